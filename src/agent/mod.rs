@@ -1,0 +1,239 @@
+//! The device agent: dials the relay (outbound only), registers its name with
+//! `tcpip-forward`, serves streams to allowed local targets, and reconnects
+//! forever with exponential backoff and jitter.
+
+pub mod config;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::AgentSettings;
+
+use crate::protocol::limits::{
+    BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, TARGET_CONNECT_TIMEOUT,
+};
+use crate::protocol::{AllowList, Name};
+use crate::ssh::client::{self, ConnectOptions, ForwardedHandler};
+use crate::ssh::{IncomingChannel, Refusal};
+
+/// State changes, for tests and embedding (the log says the same in words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// Registered with the relay; streams can arrive.
+    Online,
+    /// The connection ended or could not be made; a retry follows.
+    Offline { reason: String },
+}
+
+/// Runs the agent until `shutdown`.
+pub async fn run(
+    settings: AgentSettings,
+    shutdown: CancellationToken,
+    events: Option<mpsc::UnboundedSender<AgentEvent>>,
+) {
+    let emit = |e: AgentEvent| {
+        if let Some(tx) = &events {
+            let _ = tx.send(e);
+        }
+    };
+    let mut backoff = Backoff::new();
+    let allow = Arc::new(settings.allow.clone());
+    loop {
+        let started = Instant::now();
+        let reason = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = session(&settings, &allow, &emit, &shutdown) => r,
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if started.elapsed() >= BACKOFF_RESET_AFTER {
+            backoff = Backoff::new();
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(relay = %settings.relay, retry_in = ?delay, "offline: {reason}");
+        emit(AgentEvent::Offline { reason });
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One connection, from dial to end. Returns why it ended.
+async fn session(
+    settings: &AgentSettings,
+    allow: &Arc<AllowList>,
+    emit: &impl Fn(AgentEvent),
+    shutdown: &CancellationToken,
+) -> String {
+    tracing::info!(relay = %settings.relay, "connecting to relay");
+    let tcp =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&settings.relay)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return format!("cannot reach relay {}: {e}", settings.relay),
+            Err(_) => return format!("cannot reach relay {}: timed out", settings.relay),
+        };
+    let opts = ConnectOptions {
+        user: settings.system.to_string(),
+        key: settings.key.clone(),
+        host_key: settings.relay_host_key.clone(),
+        dead_after: settings.dead_after,
+    };
+    let serve = Serve {
+        name: settings.name.clone(),
+        allow: allow.clone(),
+    };
+    let conn = match client::connect(tcp, &opts, serve).await {
+        Ok(c) => c,
+        Err(e) => return format!("{e:#}"),
+    };
+    for port in allow.ports() {
+        if let Err(e) = conn.register(settings.name.as_str(), u32::from(port)).await {
+            conn.disconnect().await;
+            return format!("{e:#}");
+        }
+    }
+    let ports: Vec<String> = allow.ports().map(|p| p.to_string()).collect();
+    tracing::info!(
+        relay = %settings.relay,
+        system = %settings.system,
+        name = %settings.name,
+        ports = %ports.join(","),
+        "online: registered as {}/{}", settings.system, settings.name
+    );
+    emit(AgentEvent::Online);
+    tokio::select! {
+        reason = conn.closed() => reason,
+        _ = shutdown.cancelled() => "shutting down".into(),
+    }
+}
+
+/// Serves streams the relay opens to this device.
+struct Serve {
+    name: Name,
+    allow: Arc<AllowList>,
+}
+
+impl ForwardedHandler for Serve {
+    fn forwarded(&mut self, address: &str, port: u32, channel: IncomingChannel) {
+        if address != self.name.as_str() {
+            tracing::warn!(
+                asked = address,
+                port,
+                "refused stream for a name that is not ours"
+            );
+            tokio::spawn(async move {
+                channel
+                    .refuse(&Refusal::prohibited("not this device's name"))
+                    .await;
+            });
+            return;
+        }
+        let Some(target) = self.allow.target_for(port).cloned() else {
+            tracing::warn!(port, "refused stream: port not in allowlist");
+            tokio::spawn(async move {
+                let r =
+                    Refusal::prohibited(format!("port {port} is not in the device's allowlist"));
+                channel.refuse(&r).await;
+            });
+            return;
+        };
+        tokio::spawn(async move {
+            let addr = target.connect_string();
+            let connected =
+                tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(&addr)).await;
+            let tcp = match connected {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    tracing::warn!(target = %addr, error = %e, "target refused");
+                    return channel
+                        .refuse(&Refusal::connect_failed(format!("target {addr}: {e}")))
+                        .await;
+                }
+                Err(_) => {
+                    tracing::warn!(target = %addr, "target did not answer");
+                    return channel
+                        .refuse(&Refusal::connect_failed(format!(
+                            "target {addr} did not answer"
+                        )))
+                        .await;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let ch = channel.accept().await;
+            let (r, w) = tcp.into_split();
+            let stats = ch.splice_io(r, w).await;
+            tracing::debug!(target = %addr, sent = stats.sent, received = stats.received, "stream closed");
+        });
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from
+/// [d/2, d], with d doubling from [`BACKOFF_INITIAL`] to [`BACKOFF_MAX`].
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new() -> Backoff {
+        Backoff {
+            next: BACKOFF_INITIAL,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let ms = d.as_millis() as u64;
+        Duration::from_millis(rand::random_range(ms / 2..=ms))
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_with_jitter() {
+        let mut b = Backoff::new();
+        let mut caps = Vec::new();
+        for _ in 0..10 {
+            let cap = b.next;
+            let d = b.next_delay();
+            assert!(
+                d <= cap && d >= cap / 2,
+                "{d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
+            caps.push(cap.as_secs());
+        }
+        assert_eq!(caps, vec![1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
+    }
+
+    #[test]
+    fn jitter_spreads_delays() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let mut b = Backoff::new();
+            for _ in 0..6 {
+                b.next_delay();
+            }
+            seen.insert(b.next_delay().as_millis());
+        }
+        assert!(
+            seen.len() > 10,
+            "delays should differ between agents: {seen:?}"
+        );
+    }
+}

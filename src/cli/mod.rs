@@ -1,0 +1,145 @@
+//! The command line: one file per subcommand. Each `run` returns the exit
+//! code; errors are printed once, in `main`.
+
+mod admin;
+mod agent;
+mod demo;
+mod keygen;
+mod proxy;
+mod relay;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::Overrides;
+
+/// Warren: reach machines behind NAT by name, over SSH, through one relay.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WARREN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay: the public SSH server devices register with.
+    Relay(relay::RelayArgs),
+    /// Manage the relay's systems and keys (on the relay host).
+    Admin(admin::AdminArgs),
+    /// Run the device agent: register this machine by name, reconnect forever.
+    Agent(agent::AgentArgs),
+    /// Write a new ed25519 key pair (OpenSSH format) for an agent or controller.
+    Keygen(keygen::KeygenArgs),
+    /// Carry one stream to HOST PORT on stdin/stdout (for ssh's ProxyCommand).
+    Proxy(proxy::ProxyArgs),
+    /// Run stock ssh to a device through the relay: `warren ssh root@dev1`.
+    Ssh(proxy::SshArgs),
+    /// List the devices of your system, through the relay.
+    Ls(proxy::LsArgs),
+    /// Start a relay, a device and a connection through it, all on this
+    /// machine, and explain each step.
+    Demo(demo::DemoArgs),
+}
+
+/// Where a controller finds the relay. Each flag can also be set in
+/// `~/.config/warren/client.toml` or the environment.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Client config file [default: ~/.config/warren/client.toml].
+    #[arg(long, env = "WARREN_CLIENT_CONFIG")]
+    pub client_config: Option<PathBuf>,
+    /// Relay address, HOST[:PORT] (port 2222 by default).
+    #[arg(long, env = "WARREN_RELAY")]
+    pub relay: Option<String>,
+    /// System (tenant) name: the SSH user at the relay.
+    #[arg(long, env = "WARREN_SYSTEM")]
+    pub system: Option<String>,
+    /// Private key file (OpenSSH format).
+    #[arg(long, env = "WARREN_KEY")]
+    pub key: Option<PathBuf>,
+    /// The relay's pinned host-key fingerprint (SHA256:…).
+    #[arg(long, env = "WARREN_RELAY_HOST_KEY")]
+    pub relay_host_key: Option<String>,
+}
+
+impl ClientArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.client_config.clone(),
+            relay: self.relay.clone(),
+            system: self.system.clone(),
+            key: self.key.clone(),
+            relay_host_key: self.relay_host_key.clone(),
+        }
+    }
+}
+
+pub fn init_logging(cli: &Cli) {
+    // `proxy` shares stderr with ssh: only say something when it matters.
+    let default = match cli.command {
+        Command::Proxy(_) | Command::Ssh(_) | Command::Ls(_) => "warn",
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Keygen(a) => keygen::run(a),
+        Command::Admin(a) => admin::run(a),
+        Command::Ssh(a) => proxy::ssh(a),
+        command => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                match command {
+                    Command::Relay(a) => relay::run(a).await,
+                    Command::Agent(a) => agent::run(a).await,
+                    Command::Proxy(a) => proxy::proxy(a).await,
+                    Command::Ls(a) => proxy::ls(a).await,
+                    Command::Demo(a) => demo::run(a).await,
+                    Command::Keygen(_) | Command::Admin(_) | Command::Ssh(_) => {
+                        unreachable!("handled above")
+                    }
+                }
+            })
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

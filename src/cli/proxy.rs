@@ -1,0 +1,91 @@
+//! Controller commands: `warren proxy`, `warren ssh`, `warren ls`.
+
+use std::os::unix::process::CommandExt;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::ClientArgs;
+use crate::client::{self, ClientSettings, shell_quote};
+use crate::protocol::Name;
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Device name (ssh's %h).
+    pub host: String,
+    /// Port on the device (ssh's %p).
+    pub port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// [USER@]DEVICE
+    pub destination: String,
+    /// Further arguments for ssh (after `--`), e.g. a command to run.
+    #[arg(last = true)]
+    pub ssh_args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn proxy(a: ProxyArgs) -> Result<ExitCode> {
+    let settings = ClientSettings::resolve(&a.client.overrides())?;
+    client::proxy(&settings, &a.host, a.port).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces this process with stock ssh, using `warren proxy` to get there.
+pub fn ssh(a: SshArgs) -> Result<ExitCode> {
+    let s = ClientSettings::resolve(&a.client.overrides())?;
+    let device = a.destination.rsplit('@').next().unwrap_or(&a.destination);
+    let device =
+        Name::parse(device).with_context(|| format!("device name in {:?}", a.destination))?;
+    let exe = std::env::current_exe().context("cannot find the warren executable")?;
+    let proxy_command = [
+        shell_quote(&exe.to_string_lossy()),
+        "proxy".into(),
+        "--relay".into(),
+        shell_quote(&s.relay),
+        "--system".into(),
+        shell_quote(s.system.as_str()),
+        "--key".into(),
+        shell_quote(&s.key_path.to_string_lossy()),
+        "--relay-host-key".into(),
+        shell_quote(&s.relay_host_key),
+        "%h".into(),
+        "%p".into(),
+    ]
+    .join(" ");
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.arg("-o")
+        .arg(format!("ProxyCommand={proxy_command}"))
+        // Device names repeat across systems: keep their host keys apart.
+        .arg("-o")
+        .arg(format!("HostKeyAlias={device}.{}.warren", s.system))
+        .arg(&a.destination)
+        .args(&a.ssh_args);
+    let err = cmd.exec();
+    Err(anyhow::anyhow!("cannot run ssh: {err}"))
+}
+
+pub async fn ls(a: LsArgs) -> Result<ExitCode> {
+    let settings = ClientSettings::resolve(&a.client.overrides())?;
+    let conn = client::connect(&settings).await?;
+    let out = conn.exec(if a.json { "ls --json" } else { "ls" }).await?;
+    conn.disconnect().await;
+    use std::io::Write;
+    std::io::stdout().write_all(&out.stdout)?;
+    std::io::stderr().write_all(&out.stderr)?;
+    Ok(ExitCode::from(u8::try_from(out.status).unwrap_or(1)))
+}

@@ -1,0 +1,191 @@
+//! The controller side: settings (file, flags, environment), connecting to
+//! the relay, and `warren proxy` (a stream on stdin/stdout for ssh's
+//! `ProxyCommand`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use tokio::net::TcpStream;
+
+use crate::agent::config::{check_fingerprint, read_config, relay_address};
+use crate::protocol::Name;
+use crate::protocol::limits::{AGENT_DEAD_RELAY_TIMEOUT, HANDSHAKE_TIMEOUT};
+use crate::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
+use crate::ssh::keys::{self, PrivateKey};
+
+/// `~/.config/warren/client.toml` as written; every field may also come
+/// from a flag or a `WARREN_*` variable, which win.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    pub relay: Option<String>,
+    pub system: Option<String>,
+    pub key: Option<PathBuf>,
+    pub relay_host_key: Option<String>,
+}
+
+/// Values given on the command line or in the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub relay: Option<String>,
+    pub system: Option<String>,
+    pub key: Option<PathBuf>,
+    pub relay_host_key: Option<String>,
+}
+
+/// Validated controller settings.
+#[derive(Clone)]
+pub struct ClientSettings {
+    pub relay: String,
+    pub system: Name,
+    pub key_path: PathBuf,
+    pub key: Arc<PrivateKey>,
+    pub relay_host_key: String,
+}
+
+/// Where the client config lives when no path is given.
+pub fn default_config_path() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+        return Some(PathBuf::from(x).join("warren/client.toml"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/warren/client.toml"))
+}
+
+impl ClientSettings {
+    pub fn resolve(o: &Overrides) -> Result<ClientSettings> {
+        let (file, base) = match o.config.clone().or_else(default_config_path) {
+            Some(path) if path.exists() => {
+                let text = read_config(&path)?;
+                let file: ClientFile = toml::from_str(&text)
+                    .with_context(|| format!("invalid client config {}", path.display()))?;
+                let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                (file, base)
+            }
+            Some(path) if o.config.is_some() => {
+                bail!("client config {} does not exist", path.display())
+            }
+            _ => (ClientFile::default(), PathBuf::new()),
+        };
+        let missing = |what: &str, flag: &str, env: &str| {
+            anyhow::anyhow!("no {what}: set it in client.toml, with --{flag}, or with {env}")
+        };
+        let relay = o
+            .relay
+            .clone()
+            .or(file.relay)
+            .ok_or_else(|| missing("relay", "relay", "WARREN_RELAY"))?;
+        let system = o
+            .system
+            .clone()
+            .or(file.system)
+            .ok_or_else(|| missing("system", "system", "WARREN_SYSTEM"))?;
+        let key_path = match (&o.key, file.key) {
+            (Some(k), _) => k.clone(),
+            (None, Some(k)) => base.join(k),
+            (None, None) => return Err(missing("key", "key", "WARREN_KEY")),
+        };
+        let fp = o
+            .relay_host_key
+            .clone()
+            .or(file.relay_host_key)
+            .ok_or_else(|| missing("relay host key", "relay-host-key", "WARREN_RELAY_HOST_KEY"))?;
+        Ok(ClientSettings {
+            relay: relay_address(&relay)?,
+            system: Name::parse(&system).context("system")?,
+            key: Arc::new(keys::read_private(&key_path)?),
+            key_path,
+            relay_host_key: check_fingerprint(&fp)?,
+        })
+    }
+}
+
+/// Connects and authenticates to the relay as a controller.
+pub async fn connect(s: &ClientSettings) -> Result<ClientConnection<NoForwards>> {
+    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&s.relay))
+        .await
+        .map_err(|_| anyhow::anyhow!("cannot reach relay {}: timed out", s.relay))?
+        .with_context(|| format!("cannot reach relay {}", s.relay))?;
+    let opts = ConnectOptions {
+        user: s.system.to_string(),
+        key: s.key.clone(),
+        host_key: s.relay_host_key.clone(),
+        dead_after: AGENT_DEAD_RELAY_TIMEOUT,
+    };
+    client::connect(tcp, &opts, NoForwards).await
+}
+
+/// Carries one stream to `host:port` on stdin/stdout (for `ProxyCommand`).
+pub async fn proxy(s: &ClientSettings, host: &str, port: u16) -> Result<()> {
+    let conn = connect(s).await?;
+    let channel = conn.open(host, u32::from(port)).await?;
+    channel
+        .splice_io(tokio::io::stdin(), tokio::io::stdout())
+        .await;
+    conn.disconnect().await;
+    Ok(())
+}
+
+/// Quotes a word for a POSIX shell (ssh runs `ProxyCommand` through one).
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_for_the_shell() {
+        assert_eq!(shell_quote("/usr/bin/warren"), "/usr/bin/warren");
+        assert_eq!(shell_quote("/a b/warren"), "'/a b/warren'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn settings_come_from_file_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = keys::generate_ed25519().unwrap();
+        keys::write_pair(&key, &dir.path().join("id"), "t").unwrap();
+        let fp = keys::fingerprint(key.public_key());
+        let cfg = dir.path().join("client.toml");
+        std::fs::write(
+            &cfg,
+            format!("relay = \"relay.example\"\nsystem = \"tau\"\nkey = \"id\"\nrelay_host_key = \"{fp}\"\n"),
+        )
+        .unwrap();
+        let mut o = Overrides {
+            config: Some(cfg.clone()),
+            ..Default::default()
+        };
+        let s = ClientSettings::resolve(&o).unwrap();
+        assert_eq!(
+            (s.relay.as_str(), s.system.as_str()),
+            ("relay.example:2222", "tau")
+        );
+        o.system = Some("other".into());
+        o.relay = Some("10.9.9.9:2200".into());
+        let s = ClientSettings::resolve(&o).unwrap();
+        assert_eq!(
+            (s.relay.as_str(), s.system.as_str()),
+            ("10.9.9.9:2200", "other")
+        );
+
+        std::fs::write(&cfg, "relay = \"r\"\nsurprise = 1\n").unwrap();
+        assert!(ClientSettings::resolve(&o).is_err());
+        let none = Overrides {
+            config: Some(dir.path().join("missing.toml")),
+            ..Default::default()
+        };
+        assert!(ClientSettings::resolve(&none).is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! Who may do what. Pure functions: no I/O, no locks.
+
+use crate::protocol::{Name, Role};
+use crate::store::Identity;
+
+/// Whether `who` may register `asked` as a device name. A device key owns
+/// exactly one name, the one it was added with.
+pub fn may_register(who: &Identity, asked: &str) -> Result<Name, String> {
+    if who.role != Role::Device {
+        return Err(format!(
+            "{} keys cannot register device names; add a device key for that",
+            who.role
+        ));
+    }
+    let name = Name::parse(asked).map_err(|e| e.to_string())?;
+    if name != who.name {
+        return Err(format!(
+            "this key owns device name {}, not {name}",
+            who.name
+        ));
+    }
+    Ok(name)
+}
+
+/// Whether `who` may open streams at all (then only within its own system,
+/// which holds by construction: lookups use the key's system).
+pub fn may_open_streams(who: &Identity) -> Result<(), String> {
+    if who.role.may_open_streams() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} keys cannot open streams; use a controller key",
+            who.role
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(role: Role, name: &str) -> Identity {
+        Identity {
+            system: Name::parse("tau").unwrap(),
+            role,
+            name: Name::parse(name).unwrap(),
+            fingerprint: "SHA256:x".into(),
+        }
+    }
+
+    #[test]
+    fn a_device_registers_only_its_own_name() {
+        assert_eq!(
+            may_register(&id(Role::Device, "dev1"), "dev1")
+                .unwrap()
+                .as_str(),
+            "dev1"
+        );
+        assert!(may_register(&id(Role::Device, "dev1"), "dev2").is_err());
+        assert!(may_register(&id(Role::Device, "dev1"), "DEV1").is_err());
+        assert!(may_register(&id(Role::Controller, "dev1"), "dev1").is_err());
+    }
+
+    #[test]
+    fn only_controllers_and_admins_open_streams() {
+        assert!(may_open_streams(&id(Role::Device, "dev1")).is_err());
+        assert!(may_open_streams(&id(Role::Controller, "alice")).is_ok());
+        assert!(may_open_streams(&id(Role::Admin, "root")).is_ok());
+    }
+}

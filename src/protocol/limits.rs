@@ -1,0 +1,74 @@
+//! Limits and timeouts, each with the reason for its value.
+
+use std::time::Duration;
+
+/// Default SSH port of the relay. 2222 so that it can sit beside the host's own sshd.
+pub const DEFAULT_RELAY_PORT: u16 = 2222;
+
+/// Longest system or device name. A DNS label is 63 bytes; names end up in
+/// ssh configs and host names, so they obey the same bound.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Time from TCP accept to successful authentication. OpenSSH's
+/// `LoginGraceTime` is 120 s; people do not type passwords here (keys only), so
+/// a much shorter grace is enough and frees slots held by scanners sooner.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Connections accepted but not yet authenticated. Past this, new connections
+/// are closed at once (like OpenSSH's `MaxStartups`), so a flood of idle
+/// sockets cannot exhaust memory or file descriptors.
+pub const MAX_UNAUTHENTICATED: usize = 256;
+
+/// Public keys a client may try in one connection. OpenSSH's `MaxAuthTries` is 6.
+pub const MAX_AUTH_ATTEMPTS: usize = 6;
+
+/// The relay sends an SSH keepalive after this much silence from a peer...
+pub const RELAY_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// ...and drops the peer after this many unanswered ones, so a dead device is
+/// shown offline within about a minute (interval × (max + 1)).
+pub const RELAY_KEEPALIVE_MAX: usize = 3;
+
+/// How long the agent waits for a silent relay before it reconnects
+/// (configurable per agent; the spine issue asks for 30 s).
+pub const AGENT_DEAD_RELAY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reconnect backoff: first retry after 1 s, doubling to at most 60 s, with
+/// jitter so that a thousand devices do not reconnect in lockstep after a relay
+/// restart.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// A connection that stayed up this long resets the backoff to its start:
+/// a flapping link should not make a healthy device wait a minute.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+
+/// Time for a device to accept a stream (its agent connects to the target
+/// first). Past this the controller is refused rather than left hanging.
+pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Time for the agent to connect to a local target. Local targets answer in
+/// milliseconds; one that does not is down.
+pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the relay looks for key changes made by `warren admin` in
+/// another process (a cheap `PRAGMA data_version` read). Bounds how long a
+/// revoked key's connections stay open.
+pub const STORE_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often the relay writes last-seen for online devices. Status survives a
+/// relay crash to within this period.
+pub const LAST_SEEN_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Largest SSH packet we ask peers to send (RFC 4253 requires 32768 at least;
+/// OpenSSH uses 32768 for data, and larger packets cut per-packet cost).
+pub const MAX_PACKET_SIZE: u32 = 65535;
+
+/// Read buffer used when splicing a TCP socket into a channel.
+pub const SPLICE_BUFFER: usize = 32 * 1024;
+
+/// Deadline for draining connections on SIGTERM.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// Largest config or public key file read. They are a few hundred bytes; this
+/// bounds what a hostile file can make us allocate.
+pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;

@@ -1,0 +1,370 @@
+//! One relay connection: authentication, registration, routing, splicing.
+//!
+//! [`run`] owns the connection's lifetime; [`Connection`] holds its state and
+//! answers the SSH layer's callbacks. Anything that waits (opening a channel
+//! to a device, splicing) runs in a spawned task, never in a callback.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::registry::{ConnId, LiveConn};
+use super::{Relay, StatusChange, commands};
+use crate::audit;
+use crate::policy;
+use crate::protocol::Name;
+use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
+use crate::ssh::server::{self, ExecOutput, ServerHandle, ServerSession};
+use crate::ssh::{IncomingChannel, PublicKey, Refusal, keys};
+use crate::store::{self, Identity};
+
+/// Runs one accepted connection to its end.
+pub(super) async fn run(
+    relay: Arc<Relay>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+    permit: OwnedSemaphorePermit,
+    tasks: TaskTracker,
+) {
+    let span = tracing::info_span!("conn", id, %peer, system = tracing::field::Empty, name = tracing::field::Empty);
+    async move {
+        let (authed_tx, authed_rx) = oneshot::channel();
+        let deadline = relay.options.handshake_timeout;
+        let conn = Connection {
+            relay: relay.clone(),
+            id,
+            peer,
+            identity: None,
+            refused: Vec::new(),
+            permit: Some(permit),
+            authed: Some(authed_tx),
+            handle: None,
+            tasks,
+            span: tracing::Span::current(),
+        };
+        let started = match server::start(&relay.server_config, stream, conn).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "handshake failed");
+                return;
+            }
+        };
+        let handle = started.handle();
+        let finished = started.finished();
+        tokio::pin!(finished);
+        tokio::select! {
+            _ = &mut finished => return,
+            authed = tokio::time::timeout(deadline, authed_rx) => {
+                if authed.is_err() {
+                    tracing::info!(?deadline, "no authentication in time; closing");
+                    handle.disconnect("authentication timeout").await;
+                }
+            }
+        }
+        let _ = finished.await;
+    }
+    .instrument(span)
+    .await
+}
+
+struct Connection {
+    relay: Arc<Relay>,
+    id: ConnId,
+    peer: SocketAddr,
+    identity: Option<Identity>,
+    /// Fingerprints offered and refused, for the audit line if no key works.
+    refused: Vec<String>,
+    /// Held until authentication: caps unauthenticated connections.
+    permit: Option<OwnedSemaphorePermit>,
+    authed: Option<oneshot::Sender<()>>,
+    handle: Option<ServerHandle>,
+    tasks: TaskTracker,
+    span: tracing::Span,
+}
+
+impl Connection {
+    fn refuse_login(&mut self, user: &str, fp: String) {
+        if !self.refused.contains(&fp) {
+            self.refused.push(fp);
+        }
+        tracing::debug!(user, "key refused");
+    }
+}
+
+impl ServerSession for Connection {
+    async fn check_key(&mut self, user: &str, key: &PublicKey, verified: bool) -> bool {
+        let fp = keys::fingerprint(key);
+        if Name::parse(user).is_err() {
+            self.refuse_login(user, fp);
+            return false;
+        }
+        let (u, k) = (user.to_string(), key.clone());
+        let found = self.relay.store.call(move |s| s.identity(&u, &k)).await;
+        let identity = match found {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                self.refuse_login(user, fp);
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "store lookup failed during login");
+                return false;
+            }
+        };
+        if verified {
+            self.span.record("system", identity.system.as_str());
+            self.span.record("name", identity.name.as_str());
+            audit::login_ok(
+                self.peer,
+                identity.system.as_str(),
+                identity.role.as_str(),
+                identity.name.as_str(),
+                &identity.fingerprint,
+            );
+            self.identity = Some(identity);
+        }
+        true
+    }
+
+    fn authenticated(&mut self, handle: ServerHandle) {
+        self.permit = None;
+        if let Some(tx) = self.authed.take() {
+            let _ = tx.send(());
+        }
+        if let Some(id) = &self.identity {
+            self.relay.registry.add_conn(
+                self.id,
+                LiveConn {
+                    fingerprint: id.fingerprint.clone(),
+                    system: id.system.clone(),
+                    name: id.name.clone(),
+                    handle: handle.clone(),
+                },
+            );
+        }
+        self.handle = Some(handle);
+    }
+
+    async fn tcpip_forward(&mut self, address: &str, port: u32) -> bool {
+        let (Some(who), Some(handle)) = (&self.identity, &self.handle) else {
+            return false;
+        };
+        let name = match policy::may_register(who, address) {
+            Ok(n) => n,
+            Err(reason) => {
+                audit::register_refused(
+                    self.peer,
+                    who.system.as_str(),
+                    who.name.as_str(),
+                    address,
+                    &reason,
+                );
+                return false;
+            }
+        };
+        if port == 0 || port > u32::from(u16::MAX) {
+            let reason = format!("port {port} is not a device port (1-65535)");
+            audit::register_refused(
+                self.peer,
+                who.system.as_str(),
+                who.name.as_str(),
+                address,
+                &reason,
+            );
+            return false;
+        }
+        let reg = self.relay.registry.register(
+            &who.system,
+            &name,
+            port,
+            self.id,
+            handle,
+            self.peer,
+            store::now(),
+        );
+        let took_over = reg.replaced.is_some();
+        if let Some(old) = reg.replaced {
+            tokio::spawn(async move {
+                old.disconnect("replaced by a new connection of the same device")
+                    .await;
+            });
+        }
+        audit::device_up(
+            self.peer,
+            who.system.as_str(),
+            name.as_str(),
+            port,
+            took_over,
+        );
+        self.relay.status(StatusChange::Up {
+            system: who.system.to_string(),
+            name: name.to_string(),
+            peer: self.peer,
+            ports: reg.ports,
+        });
+        true
+    }
+
+    async fn cancel_tcpip_forward(&mut self, address: &str, port: u32) -> bool {
+        let Some(who) = &self.identity else {
+            return false;
+        };
+        let Ok(name) = Name::parse(address) else {
+            return false;
+        };
+        match self
+            .relay
+            .registry
+            .unregister(&who.system, &name, port, self.id)
+        {
+            None => false,
+            Some(gone) => {
+                if gone {
+                    audit::device_down(who.system.as_str(), name.as_str(), "forward cancelled");
+                    self.relay.status(StatusChange::Down {
+                        system: who.system.to_string(),
+                        name: name.to_string(),
+                    });
+                }
+                true
+            }
+        }
+    }
+
+    fn direct_tcpip(&mut self, host: &str, port: u32, channel: IncomingChannel) {
+        let Some(who) = self.identity.clone() else {
+            return;
+        };
+        let relay = self.relay.clone();
+        let (host, peer) = (host.to_string(), self.peer);
+        self.tasks.spawn(
+            async move { stream(relay, who, host, port, peer, channel).await }
+                .instrument(self.span.clone()),
+        );
+    }
+
+    async fn exec(&mut self, command: &str) -> ExecOutput {
+        match &self.identity {
+            Some(who) => commands::run(&self.relay, who, command).await,
+            None => ExecOutput::default(),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let gone = self.relay.registry.remove_conn(self.id);
+        for (system, name) in gone {
+            audit::device_down(system.as_str(), name.as_str(), "connection closed");
+            self.relay.status(StatusChange::Down {
+                system: system.to_string(),
+                name: name.to_string(),
+            });
+        }
+        if self.identity.is_none() && !self.refused.is_empty() {
+            let reason = format!("no registered key among {}", self.refused.join(", "));
+            audit::login_refused(self.peer, "", &reason);
+        }
+    }
+}
+
+/// Routes one controller stream to its device and splices the two.
+async fn stream(
+    relay: Arc<Relay>,
+    who: Identity,
+    host: String,
+    port: u32,
+    peer: SocketAddr,
+    channel: IncomingChannel,
+) {
+    let target = format!("{host}:{port}");
+    let refuse = |refusal: Refusal| {
+        audit::stream_refused(
+            who.system.as_str(),
+            who.name.as_str(),
+            &target,
+            &refusal.message,
+        );
+        refusal
+    };
+    let device = match route(&relay, &who, &host, port).await {
+        Ok(d) => d,
+        Err(r) => return channel.refuse(&refuse(r)).await,
+    };
+    let opened = tokio::time::timeout(
+        STREAM_OPEN_TIMEOUT,
+        device.open_forwarded(&host, port, peer),
+    )
+    .await;
+    let device_channel = match opened {
+        Ok(Ok(ch)) => ch,
+        Ok(Err(e)) => {
+            let r =
+                Refusal::connect_failed(format!("device {host} could not open port {port}: {e}"));
+            return channel.refuse(&refuse(r)).await;
+        }
+        Err(_) => {
+            let r = Refusal::connect_failed(format!(
+                "device {host} did not answer within {STREAM_OPEN_TIMEOUT:?}"
+            ));
+            return channel.refuse(&refuse(r)).await;
+        }
+    };
+    let started = Instant::now();
+    let controller_channel = channel.accept().await;
+    tracing::debug!(target = %target, "stream open");
+    let stats = controller_channel.splice(device_channel).await;
+    audit::stream_closed(
+        who.system.as_str(),
+        who.name.as_str(),
+        &target,
+        stats,
+        started.elapsed(),
+    );
+}
+
+/// Finds the device for `host:port` in the controller's own system.
+async fn route(
+    relay: &Relay,
+    who: &Identity,
+    host: &str,
+    port: u32,
+) -> Result<ServerHandle, Refusal> {
+    policy::may_open_streams(who).map_err(Refusal::prohibited)?;
+    let system = &who.system;
+    let name = Name::parse(host).map_err(|e| {
+        Refusal::prohibited(format!("no device named {host:?} in system {system} ({e})"))
+    })?;
+    if let Some(device) = relay.registry.lookup(system, &name) {
+        if !device.ports.contains(&port) {
+            let serves: Vec<String> = device.ports.iter().map(u32::to_string).collect();
+            return Err(Refusal::prohibited(format!(
+                "device {name} does not serve port {port} (it serves {})",
+                serves.join(", ")
+            )));
+        }
+        return Ok(device.handle);
+    }
+    // Not online: say whether it exists at all (only on this failure path
+    // do we read the store).
+    let (s, n) = (system.to_string(), name.to_string());
+    let known = relay
+        .store
+        .call(move |st| Ok(st.devices(Some(&s))?.into_iter().find(|d| d.name == n)))
+        .await
+        .ok()
+        .flatten();
+    Err(Refusal::prohibited(match known {
+        Some(d) => format!(
+            "device {name} is offline (last seen {})",
+            super::status::when(d.last_seen)
+        ),
+        None => format!("no device named {name} in system {system}"),
+    }))
+}

@@ -1,0 +1,155 @@
+//! The live registry: which device names are online, on which connection,
+//! and which connections are authenticated. Critical sections are short and
+//! never await or touch the database.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::protocol::Name;
+use crate::ssh::Fingerprint;
+use crate::ssh::server::ServerHandle;
+
+pub type ConnId = u64;
+
+/// An online device.
+#[derive(Clone)]
+pub struct DeviceEntry {
+    pub conn: ConnId,
+    pub handle: ServerHandle,
+    pub ports: BTreeSet<u32>,
+    pub since: u64,
+    pub peer: SocketAddr,
+}
+
+/// An authenticated connection.
+#[derive(Clone)]
+pub struct LiveConn {
+    pub fingerprint: Fingerprint,
+    pub system: Name,
+    pub name: Name,
+    pub handle: ServerHandle,
+}
+
+/// What a registration did.
+pub struct Registered {
+    /// The connection that held the name before, now to be closed.
+    pub replaced: Option<ServerHandle>,
+    /// All ports the name now serves.
+    pub ports: Vec<u16>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    devices: HashMap<(Name, Name), DeviceEntry>,
+    conns: HashMap<ConnId, LiveConn>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves the maps consistent before it can
+        // panic, so a poisoned lock is still safe to use.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add_conn(&self, id: ConnId, conn: LiveConn) {
+        self.lock().conns.insert(id, conn);
+    }
+
+    /// Forgets a connection; returns the device names it held (now offline).
+    pub fn remove_conn(&self, id: ConnId) -> Vec<(Name, Name)> {
+        let mut inner = self.lock();
+        inner.conns.remove(&id);
+        let gone: Vec<(Name, Name)> = inner
+            .devices
+            .iter()
+            .filter(|(_, d)| d.conn == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            inner.devices.remove(k);
+        }
+        gone
+    }
+
+    /// Registers `system/name:port` for connection `conn`. A different
+    /// connection holding the name (the same key reconnecting) is replaced.
+    pub fn register(
+        &self,
+        system: &Name,
+        name: &Name,
+        port: u32,
+        conn: ConnId,
+        handle: &ServerHandle,
+        peer: SocketAddr,
+        now: u64,
+    ) -> Registered {
+        let mut inner = self.lock();
+        let key = (system.clone(), name.clone());
+        let mut replaced = None;
+        let entry = inner.devices.entry(key).or_insert_with(|| DeviceEntry {
+            conn,
+            handle: handle.clone(),
+            ports: BTreeSet::new(),
+            since: now,
+            peer,
+        });
+        if entry.conn != conn {
+            replaced = Some(std::mem::replace(&mut entry.handle, handle.clone()));
+            entry.conn = conn;
+            entry.ports.clear();
+            entry.since = now;
+            entry.peer = peer;
+        }
+        entry.ports.insert(port);
+        let ports = entry
+            .ports
+            .iter()
+            .filter_map(|p| u16::try_from(*p).ok())
+            .collect();
+        Registered { replaced, ports }
+    }
+
+    /// Cancels one port; returns whether the name is now gone entirely.
+    pub fn unregister(&self, system: &Name, name: &Name, port: u32, conn: ConnId) -> Option<bool> {
+        let mut inner = self.lock();
+        let key = (system.clone(), name.clone());
+        let entry = inner.devices.get_mut(&key).filter(|d| d.conn == conn)?;
+        entry.ports.remove(&port);
+        if entry.ports.is_empty() {
+            inner.devices.remove(&key);
+            return Some(true);
+        }
+        Some(false)
+    }
+
+    pub fn lookup(&self, system: &Name, name: &Name) -> Option<DeviceEntry> {
+        self.lock()
+            .devices
+            .get(&(system.clone(), name.clone()))
+            .cloned()
+    }
+
+    /// Online devices of one system (or all).
+    pub fn online(&self, system: Option<&Name>) -> Vec<(Name, Name, DeviceEntry)> {
+        self.lock()
+            .devices
+            .iter()
+            .filter(|((s, _), _)| system.is_none_or(|want| want == s))
+            .map(|((s, n), d)| (s.clone(), n.clone(), d.clone()))
+            .collect()
+    }
+
+    pub fn conns(&self) -> Vec<LiveConn> {
+        self.lock().conns.values().cloned().collect()
+    }
+
+    pub fn conn_count(&self) -> usize {
+        self.lock().conns.len()
+    }
+}

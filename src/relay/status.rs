@@ -1,0 +1,180 @@
+//! Device status as people and scripts read it (`ls`, `ls --json`).
+
+use serde::Serialize;
+
+use super::Relay;
+use crate::protocol::Name;
+use crate::store::{self, DeviceRecord};
+
+/// One device as listed: the store's record with the live registry's
+/// online state laid over it (the registry is the truth about "now").
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeviceStatus {
+    pub system: String,
+    pub name: String,
+    pub online: bool,
+    /// Unix seconds: online since, or offline since.
+    pub since: Option<u64>,
+    pub last_seen: Option<u64>,
+    /// Address the device connected from (last known when offline).
+    pub address: Option<String>,
+    pub ports: Vec<u16>,
+}
+
+/// Lists devices of `system` (or all) as the running relay sees them.
+pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<DeviceStatus>> {
+    let filter = system.map(|s| s.to_string());
+    let records = relay
+        .store()
+        .call(move |s| s.devices(filter.as_deref()))
+        .await?;
+    let live = relay.registry().online(system);
+    // The registry is the truth about "now": a device the store still has
+    // online but the registry has not is offline (its status write is queued).
+    let mut out: Vec<DeviceStatus> = records
+        .into_iter()
+        .map(from_record)
+        .map(|mut d| {
+            d.online = false;
+            d
+        })
+        .collect();
+    for (sys, name, entry) in live {
+        let ports = entry
+            .ports
+            .iter()
+            .filter_map(|p| u16::try_from(*p).ok())
+            .collect();
+        let now = DeviceStatus {
+            system: sys.to_string(),
+            name: name.to_string(),
+            online: true,
+            since: Some(entry.since),
+            last_seen: Some(store::now()),
+            address: Some(entry.peer.to_string()),
+            ports,
+        };
+        match out
+            .iter_mut()
+            .find(|d| d.system == now.system && d.name == now.name)
+        {
+            Some(d) => *d = now,
+            None => out.push(now),
+        }
+    }
+    out.sort_by(|a, b| (&a.system, &a.name).cmp(&(&b.system, &b.name)));
+    Ok(out)
+}
+
+/// The store's view alone (for `warren admin ls` when no relay runs here).
+pub fn from_record(d: DeviceRecord) -> DeviceStatus {
+    DeviceStatus {
+        system: d.system,
+        name: d.name,
+        online: d.online,
+        since: d.since,
+        last_seen: d.last_seen,
+        address: d.address,
+        ports: d.ports,
+    }
+}
+
+/// "2026-11-22T10:00:00Z (5m ago)", or "never".
+pub fn when(t: Option<u64>) -> String {
+    let Some(t) = t else { return "never".into() };
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t);
+    let ago = store::now().saturating_sub(t);
+    format!(
+        "{} ({} ago)",
+        humantime::format_rfc3339_seconds(at),
+        short_duration(ago)
+    )
+}
+
+fn short_duration(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
+/// A table for people. `with_system` adds the system column (admin view).
+pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
+    let mut rows = vec![{
+        let mut h = vec!["NAME", "STATUS", "SINCE", "ADDRESS", "PORTS"];
+        if with_system {
+            h.insert(0, "SYSTEM");
+        }
+        h.into_iter().map(String::from).collect::<Vec<_>>()
+    }];
+    for d in devices {
+        let mut r = vec![
+            d.name.clone(),
+            if d.online { "online" } else { "offline" }.to_string(),
+            when(d.since),
+            d.address.clone().unwrap_or_else(|| "-".into()),
+            d.ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ];
+        if with_system {
+            r.insert(0, d.system.clone());
+        }
+        rows.push(r);
+    }
+    table(&rows)
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_readable_table() {
+        let d = DeviceStatus {
+            system: "tau".into(),
+            name: "dev1".into(),
+            online: true,
+            since: Some(store::now() - 125),
+            last_seen: Some(store::now()),
+            address: Some("198.51.100.4:40000".into()),
+            ports: vec![22, 8080],
+        };
+        let t = render(&[d], false);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NAME"));
+        assert!(lines[1].starts_with("dev1  online"), "{t}");
+        assert!(lines[1].contains("(2m ago)"), "{t}");
+        assert!(lines[1].contains("22,8080"));
+        assert_eq!(when(None), "never");
+    }
+}

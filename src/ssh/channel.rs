@@ -1,0 +1,303 @@
+//! One stream: an SSH channel, and splicing it to another channel or to a
+//! byte stream.
+//!
+//! Back-pressure: a write waits for the peer's channel window, and the read
+//! side takes the next message only after that write completed, so a slow
+//! reader slows its writer instead of filling memory.
+
+use bytes::BytesMut;
+use russh::{ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::limits::SPLICE_BUFFER;
+
+/// Bytes moved by a splice, each way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SpliceStats {
+    /// From this channel to the other side.
+    pub sent: u64,
+    /// From the other side into this channel.
+    pub received: u64,
+}
+
+enum Writer {
+    Server(ChannelWriteHalf<russh::server::Msg>),
+    Client(ChannelWriteHalf<russh::client::Msg>),
+}
+
+impl Writer {
+    async fn data(&self, data: bytes::Bytes) -> Result<(), russh::Error> {
+        match self {
+            Writer::Server(w) => w.data_bytes(data).await,
+            Writer::Client(w) => w.data_bytes(data).await,
+        }
+    }
+
+    async fn eof(&self) {
+        let _ = match self {
+            Writer::Server(w) => w.eof().await,
+            Writer::Client(w) => w.eof().await,
+        };
+    }
+
+    async fn close(&self) {
+        let _ = match self {
+            Writer::Server(w) => w.close().await,
+            Writer::Client(w) => w.close().await,
+        };
+    }
+}
+
+/// An open SSH channel carrying one stream.
+pub struct Channel {
+    read: ChannelReadHalf,
+    write: Writer,
+}
+
+/// How one direction of a splice ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The source sent EOF; the other direction may go on.
+    Eof,
+    /// The source or the sink is gone; stop both directions.
+    Closed,
+}
+
+impl Channel {
+    pub(crate) fn from_server(c: russh::Channel<russh::server::Msg>) -> Channel {
+        let (read, write) = c.split();
+        Channel {
+            read,
+            write: Writer::Server(write),
+        }
+    }
+
+    pub(crate) fn from_client(c: russh::Channel<russh::client::Msg>) -> Channel {
+        let (read, write) = c.split();
+        Channel {
+            read,
+            write: Writer::Client(write),
+        }
+    }
+
+    /// Splices two channels until both directions end or either closes.
+    /// `sent` counts bytes from `self` to `other`.
+    pub async fn splice(self, other: Channel) -> SpliceStats {
+        let Channel {
+            read: mut ra,
+            write: wa,
+        } = self;
+        let Channel {
+            read: mut rb,
+            write: wb,
+        } = other;
+        let mut stats = SpliceStats::default();
+        {
+            let a_to_b = pump(&mut ra, &wb, &mut stats.sent);
+            let b_to_a = pump(&mut rb, &wa, &mut stats.received);
+            both_directions(a_to_b, b_to_a).await;
+        }
+        wa.close().await;
+        wb.close().await;
+        stats
+    }
+
+    /// Splices this channel with a byte stream (a TCP socket, stdin/stdout).
+    /// `sent` counts bytes from the channel to the stream.
+    pub async fn splice_io<R, W>(self, mut reader: R, mut writer: W) -> SpliceStats
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let Channel { mut read, write } = self;
+        let mut stats = SpliceStats::default();
+        {
+            let to_io = async {
+                loop {
+                    match read.wait().await {
+                        Some(ChannelMsg::Data { data }) => {
+                            stats.sent += data.len() as u64;
+                            if writer.write_all(&data).await.is_err() {
+                                return End::Closed;
+                            }
+                            // Interactive streams (ssh sessions) need every
+                            // byte delivered now, not when a buffer fills.
+                            if writer.flush().await.is_err() {
+                                return End::Closed;
+                            }
+                        }
+                        Some(ChannelMsg::Eof) => {
+                            let _ = writer.shutdown().await;
+                            return End::Eof;
+                        }
+                        Some(ChannelMsg::Close) | None => return End::Closed,
+                        Some(_) => {}
+                    }
+                }
+            };
+            let from_io = async {
+                let mut buf = BytesMut::with_capacity(SPLICE_BUFFER);
+                loop {
+                    buf.reserve(SPLICE_BUFFER);
+                    match reader.read_buf(&mut buf).await {
+                        Ok(0) => {
+                            write.eof().await;
+                            return End::Eof;
+                        }
+                        Ok(n) => {
+                            stats.received += n as u64;
+                            if write.data(buf.split().freeze()).await.is_err() {
+                                return End::Closed;
+                            }
+                        }
+                        Err(_) => return End::Closed,
+                    }
+                }
+            };
+            both_directions(to_io, from_io).await;
+        }
+        write.close().await;
+        stats
+    }
+}
+
+async fn pump(read: &mut ChannelReadHalf, write: &Writer, count: &mut u64) -> End {
+    loop {
+        match read.wait().await {
+            Some(ChannelMsg::Data { data }) => {
+                *count += data.len() as u64;
+                if write.data(data).await.is_err() {
+                    return End::Closed;
+                }
+            }
+            Some(ChannelMsg::Eof) => {
+                write.eof().await;
+                return End::Eof;
+            }
+            Some(ChannelMsg::Close) | None => return End::Closed,
+            Some(_) => {}
+        }
+    }
+}
+
+/// Runs both directions; returns when both saw EOF or either saw a close.
+async fn both_directions(
+    a: impl std::future::Future<Output = End>,
+    b: impl std::future::Future<Output = End>,
+) {
+    tokio::pin!(a, b);
+    let (mut a_done, mut b_done) = (false, false);
+    while !(a_done && b_done) {
+        tokio::select! {
+            end = &mut a, if !a_done => {
+                a_done = true;
+                if end == End::Closed { return; }
+            }
+            end = &mut b, if !b_done => {
+                b_done = true;
+                if end == End::Closed { return; }
+            }
+        }
+    }
+}
+
+/// Why a stream was refused, as the other end will read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    /// A sentence for a person: OpenSSH prints it after "open failed".
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Policy says no (SSH_OPEN_ADMINISTRATIVELY_PROHIBITED).
+    Prohibited,
+    /// The target could not be reached (SSH_OPEN_CONNECT_FAILED).
+    ConnectFailed,
+    /// Out of some resource (SSH_OPEN_RESOURCE_SHORTAGE).
+    ResourceShortage,
+}
+
+impl Refusal {
+    pub fn prohibited(message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: RefusalKind::Prohibited,
+            message: message.into(),
+        }
+    }
+
+    pub fn connect_failed(message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: RefusalKind::ConnectFailed,
+            message: message.into(),
+        }
+    }
+
+    fn to_failure(&self) -> ChannelOpenFailure {
+        let code = match self.kind {
+            RefusalKind::Prohibited => 1,
+            RefusalKind::ConnectFailed => 2,
+            RefusalKind::ResourceShortage => 4,
+        };
+        ChannelOpenFailure::Other {
+            code,
+            reason: self.message.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+enum Reply {
+    Server(russh::server::ChannelOpenHandle),
+    Client(russh::client::ChannelOpenHandle),
+}
+
+/// A channel the peer asked to open, not yet accepted or refused. Dropping it
+/// refuses it.
+pub struct IncomingChannel {
+    channel: Channel,
+    reply: Reply,
+}
+
+impl IncomingChannel {
+    pub(crate) fn server(
+        c: russh::Channel<russh::server::Msg>,
+        reply: russh::server::ChannelOpenHandle,
+    ) -> Self {
+        IncomingChannel {
+            channel: Channel::from_server(c),
+            reply: Reply::Server(reply),
+        }
+    }
+
+    pub(crate) fn client(
+        c: russh::Channel<russh::client::Msg>,
+        reply: russh::client::ChannelOpenHandle,
+    ) -> Self {
+        IncomingChannel {
+            channel: Channel::from_client(c),
+            reply: Reply::Client(reply),
+        }
+    }
+
+    pub async fn accept(self) -> Channel {
+        match self.reply {
+            Reply::Server(r) => r.accept().await,
+            Reply::Client(r) => r.accept().await,
+        }
+        self.channel
+    }
+
+    pub async fn refuse(self, refusal: &Refusal) {
+        match self.reply {
+            Reply::Server(r) => r.reject(refusal.to_failure()).await,
+            Reply::Client(r) => r.reject(refusal.to_failure()).await,
+        }
+    }
+}

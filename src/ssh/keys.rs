@@ -1,0 +1,169 @@
+//! OpenSSH keys: loading, generating, fingerprints.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use russh::keys::{Algorithm, HashAlg};
+
+use crate::protocol::limits::MAX_CONFIG_FILE;
+
+pub use russh::keys::{PrivateKey, PublicKey};
+
+/// A key's `SHA256:…` fingerprint, as `ssh-keygen -l` prints it.
+pub type Fingerprint = String;
+
+pub fn fingerprint(key: &PublicKey) -> Fingerprint {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Parses one OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
+/// Accepts ed25519, ecdsa (nistp256/384/521) and rsa keys.
+pub fn parse_public(text: &str) -> Result<PublicKey> {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .context("no public key found (expected a line like 'ssh-ed25519 AAAA… comment')")?;
+    let key = PublicKey::from_openssh(line)
+        .map_err(|e| anyhow::anyhow!("not an OpenSSH public key: {e}"))?;
+    match key.algorithm() {
+        Algorithm::Ed25519 | Algorithm::Ecdsa { .. } | Algorithm::Rsa { .. } => Ok(key),
+        other => bail!("unsupported key type {other} (use ed25519, ecdsa or rsa)"),
+    }
+}
+
+pub fn read_public(path: &Path) -> Result<PublicKey> {
+    let text = read_small(path)?;
+    parse_public(&text).with_context(|| format!("reading public key {}", path.display()))
+}
+
+/// Loads an unencrypted OpenSSH private key.
+pub fn read_private(path: &Path) -> Result<PrivateKey> {
+    let text = read_small(path)?;
+    russh::keys::decode_secret_key(&text, None).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot use private key {}: {e} (Warren needs an unencrypted OpenSSH key; `warren keygen PATH` makes one)",
+            path.display()
+        )
+    })
+}
+
+fn read_small(path: &Path) -> Result<String> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > MAX_CONFIG_FILE {
+        bail!(
+            "{} is {} bytes; too big to be a key or config",
+            path.display(),
+            meta.len()
+        );
+    }
+    fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+pub fn generate_ed25519() -> Result<PrivateKey> {
+    PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
+        .map_err(|e| anyhow::anyhow!("generating an ed25519 key: {e}"))
+}
+
+/// Writes `key` to `path` (mode 0600) and its public half to `path.pub`.
+/// Refuses to overwrite an existing file.
+pub fn write_pair(key: &PrivateKey, path: &Path, comment: &str) -> Result<()> {
+    let mut key = key.clone();
+    key.set_comment(comment);
+    let private = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("encoding private key: {e}"))?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| anyhow::anyhow!("encoding public key: {e}"))?;
+    let pub_path = path.with_extension(match path.extension() {
+        Some(ext) => format!("{}.pub", ext.to_string_lossy()),
+        None => "pub".to_string(),
+    });
+    for p in [path, pub_path.as_path()] {
+        if p.exists() {
+            bail!("{} already exists; not overwriting a key", p.display());
+        }
+    }
+    write_new(path, private.as_bytes(), 0o600)?;
+    write_new(&pub_path, format!("{public}\n").as_bytes(), 0o644)?;
+    Ok(())
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Loads the relay's host key from `path`, creating an ed25519 key on first use.
+pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey> {
+    if path.exists() {
+        return read_private(path);
+    }
+    let key = generate_ed25519()?;
+    write_pair(&key, path, "warren-relay")?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pair_round_trips_with_matching_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id_ed25519");
+        let key = generate_ed25519().unwrap();
+        write_pair(&key, &path, "test").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let back = read_private(&path).unwrap();
+        let public = read_public(&dir.path().join("id_ed25519.pub")).unwrap();
+        assert_eq!(fingerprint(back.public_key()), fingerprint(&public));
+        assert!(fingerprint(&public).starts_with("SHA256:"));
+        assert!(
+            write_pair(&key, &path, "again").is_err(),
+            "must not overwrite"
+        );
+    }
+
+    #[test]
+    fn rejects_garbage_public_keys() {
+        assert!(parse_public("").is_err());
+        assert!(parse_public("ssh-ed25519 notbase64!!").is_err());
+        assert!(parse_public(&"A".repeat(10_000)).is_err());
+    }
+
+    #[test]
+    fn accepts_keys_made_by_ssh_keygen() {
+        let dir = tempfile::tempdir().unwrap();
+        for (kind, bits) in [
+            ("ed25519", None),
+            ("ecdsa", Some("384")),
+            ("rsa", Some("2048")),
+        ] {
+            let path = dir.path().join(kind);
+            let mut cmd = std::process::Command::new("ssh-keygen");
+            cmd.args(["-q", "-N", "", "-t", kind, "-f"]).arg(&path);
+            if let Some(b) = bits {
+                cmd.args(["-b", b]);
+            }
+            assert!(cmd.status().unwrap().success(), "ssh-keygen -t {kind}");
+            let public = read_public(&path.with_extension("pub")).unwrap();
+            let private = read_private(&path).unwrap();
+            assert_eq!(fingerprint(&public), fingerprint(private.public_key()));
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Numbered schema migrations. Each runs once, in order, in a transaction;
+//! `PRAGMA user_version` records how far a database has come. Never edit a
+//! released migration: add the next one.
+
+use anyhow::{Result, bail};
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: systems, keys, device status.
+    "CREATE TABLE systems (
+        name    TEXT PRIMARY KEY,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE keys (
+        fingerprint TEXT PRIMARY KEY,
+        system      TEXT NOT NULL REFERENCES systems(name),
+        role        TEXT NOT NULL CHECK (role IN ('device', 'controller', 'admin')),
+        name        TEXT NOT NULL,
+        public_key  TEXT NOT NULL,
+        created     INTEGER NOT NULL,
+        revoked     INTEGER
+    );
+    -- A device name belongs to one active key.
+    CREATE UNIQUE INDEX keys_device_name ON keys (system, name)
+        WHERE role = 'device' AND revoked IS NULL;
+    CREATE TABLE devices (
+        system    TEXT NOT NULL,
+        name      TEXT NOT NULL,
+        online    INTEGER NOT NULL DEFAULT 0,
+        since     INTEGER,
+        last_seen INTEGER,
+        address   TEXT,
+        ports     TEXT,
+        PRIMARY KEY (system, name)
+    );",
+];
+
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        bail!(
+            "database schema version {current} is newer than this warren knows ({known}); upgrade warren"
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! The relay's state in one SQLite file: systems, keys, device status.
+//!
+//! Every write is a transaction with `synchronous = FULL` in WAL mode, so a
+//! crash or `kill -9` loses nothing that was acknowledged. `warren admin`
+//! writes from another process; the relay notices through
+//! [`Store::data_version`] and never needs a restart.
+//!
+//! Calls block: async code runs them through [`Store::call`].
+
+mod migrations;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::protocol::{Name, Role};
+use crate::ssh::keys::{Fingerprint, PublicKey, fingerprint};
+
+pub const DB_FILE: &str = "warren.db";
+
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// A registered key, as `key ls` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub fingerprint: Fingerprint,
+    pub system: String,
+    pub role: Role,
+    pub name: String,
+    pub algorithm: String,
+    pub created: u64,
+    pub revoked: Option<u64>,
+}
+
+/// Who a key belongs to, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub system: Name,
+    pub role: Role,
+    pub name: Name,
+    pub fingerprint: Fingerprint,
+}
+
+/// Persisted status of a device (the live registry says who is online now).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub system: String,
+    pub name: String,
+    pub online: bool,
+    /// Unix seconds: connected since (online) or went offline (offline).
+    pub since: Option<u64>,
+    pub last_seen: Option<u64>,
+    pub address: Option<String>,
+    pub ports: Vec<u16>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir` and migrates it.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        let path = dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrations::migrate(&mut conn)
+            .with_context(|| format!("migrating database {}", path.display()))?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // rusqlite leaves the connection usable after a panic in another
+        // holder: every statement is its own transaction or rolled back.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a blocking store call off the async threads.
+    pub async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .context("store task failed")?
+    }
+
+    /// Changes when another process commits (used to notice `warren admin`).
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .lock()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
+    pub fn add_system(&self, name: &Name) -> Result<()> {
+        let n = self.lock().execute(
+            "INSERT INTO systems (name, created) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![name.as_str(), now()],
+        )?;
+        if n == 0 {
+            bail!("system {name} already exists");
+        }
+        Ok(())
+    }
+
+    pub fn systems(&self) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT name FROM systems ORDER BY name")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn add_key(
+        &self,
+        system: &Name,
+        role: Role,
+        name: &Name,
+        key: &PublicKey,
+    ) -> Result<KeyRecord> {
+        let fp = fingerprint(key);
+        let openssh = key
+            .to_openssh()
+            .map_err(|e| anyhow::anyhow!("encoding key: {e}"))?;
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT 1 FROM systems WHERE name = ?1",
+                [system.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !exists {
+            bail!("no system {system}; add it first with `warren admin system add {system}`");
+        }
+        if let Some((s, r, n)) = tx
+            .query_row(
+                "SELECT system, role, name FROM keys WHERE fingerprint = ?1",
+                [&fp],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .optional()?
+        {
+            bail!("key {fp} is already registered as {r} {n} in system {s}");
+        }
+        if role == Role::Device {
+            let owner: Option<String> = tx
+                .query_row(
+                    "SELECT fingerprint FROM keys WHERE system = ?1 AND name = ?2 AND role = 'device' AND revoked IS NULL",
+                    [system.as_str(), name.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(owner) = owner {
+                bail!(
+                    "device name {name} in system {system} already belongs to key {owner}; revoke that key first"
+                );
+            }
+        }
+        let created = now();
+        tx.execute(
+            "INSERT INTO keys (fingerprint, system, role, name, public_key, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![fp, system.as_str(), role.as_str(), name.as_str(), openssh, created],
+        )?;
+        tx.commit()?;
+        Ok(KeyRecord {
+            fingerprint: fp,
+            system: system.to_string(),
+            role,
+            name: name.to_string(),
+            algorithm: key.algorithm().to_string(),
+            created,
+            revoked: None,
+        })
+    }
+
+    pub fn keys(&self) -> Result<Vec<KeyRecord>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT fingerprint, system, role, name, public_key, created, revoked FROM keys ORDER BY system, role, name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (fingerprint, system, role, name, public_key, created, revoked) = row?;
+            let algorithm = public_key
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            out.push(KeyRecord {
+                fingerprint,
+                system,
+                role: role.parse().map_err(anyhow::Error::msg)?,
+                name,
+                algorithm,
+                created: created as u64,
+                revoked: revoked.map(|t| t as u64),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Revokes a key by fingerprint. Returns the revoked record.
+    pub fn revoke_key(&self, fp: &str) -> Result<KeyRecord> {
+        let n = self.lock().execute(
+            "UPDATE keys SET revoked = ?1 WHERE fingerprint = ?2 AND revoked IS NULL",
+            params![now(), fp],
+        )?;
+        let rec = self.keys()?.into_iter().find(|k| k.fingerprint == fp);
+        match (n, rec) {
+            (_, None) => bail!("no key with fingerprint {fp} (see `warren admin key ls`)"),
+            (0, Some(_)) => bail!("key {fp} is already revoked"),
+            (_, Some(rec)) => Ok(rec),
+        }
+    }
+
+    /// The identity of an active (not revoked) key allowed to log in as `system`.
+    pub fn identity(&self, system: &str, key: &PublicKey) -> Result<Option<Identity>> {
+        let fp = fingerprint(key);
+        let row = self
+            .lock()
+            .query_row(
+                "SELECT role, name, public_key FROM keys WHERE fingerprint = ?1 AND system = ?2 AND revoked IS NULL",
+                [&fp, system],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+            )
+            .optional()?;
+        let Some((role, name, stored)) = row else {
+            return Ok(None);
+        };
+        // The fingerprint matched; compare the whole key too, so that even a
+        // hash collision could not log anyone in.
+        let stored = PublicKey::from_openssh(&stored)
+            .map_err(|e| anyhow::anyhow!("stored key {fp} is corrupt: {e}"))?;
+        if stored.key_data() != key.key_data() {
+            return Ok(None);
+        }
+        Ok(Some(Identity {
+            system: Name::parse(system)?,
+            role: role.parse().map_err(anyhow::Error::msg)?,
+            name: Name::parse(&name)?,
+            fingerprint: fp,
+        }))
+    }
+
+    /// Whether a key is revoked or gone (for closing live connections).
+    pub fn key_active(&self, fp: &str) -> Result<bool> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT 1 FROM keys WHERE fingerprint = ?1 AND revoked IS NULL",
+                [fp],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    pub fn device_up(
+        &self,
+        system: &str,
+        name: &str,
+        peer: SocketAddr,
+        ports: &[u16],
+    ) -> Result<()> {
+        let t = now();
+        self.lock().execute(
+            "INSERT INTO devices (system, name, online, since, last_seen, address, ports) VALUES (?1, ?2, 1, ?3, ?3, ?4, ?5)
+             ON CONFLICT (system, name) DO UPDATE SET online = 1, since = ?3, last_seen = ?3, address = ?4, ports = ?5",
+            params![system, name, t, peer.to_string(), join_ports(ports)],
+        )?;
+        Ok(())
+    }
+
+    pub fn device_down(&self, system: &str, name: &str) -> Result<()> {
+        let t = now();
+        self.lock().execute(
+            "UPDATE devices SET online = 0, since = ?3, last_seen = ?3 WHERE system = ?1 AND name = ?2",
+            params![system, name, t],
+        )?;
+        Ok(())
+    }
+
+    /// Marks every device offline (at relay start: nobody is connected yet).
+    pub fn all_devices_down(&self) -> Result<()> {
+        self.lock().execute(
+            "UPDATE devices SET online = 0, since = last_seen WHERE online = 1",
+            [],
+        )?;
+        Ok(())
+    }
+
+    pub fn touch_devices(&self, devices: &[(String, String)]) -> Result<()> {
+        let t = now();
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for (system, name) in devices {
+            tx.execute(
+                "UPDATE devices SET last_seen = ?3 WHERE system = ?1 AND name = ?2",
+                params![system, name, t],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn devices(&self, system: Option<&str>) -> Result<Vec<DeviceRecord>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT system, name, online, since, last_seen, address, ports FROM devices
+             WHERE ?1 IS NULL OR system = ?1 ORDER BY system, name",
+        )?;
+        let rows = st.query_map([system], |r| {
+            Ok(DeviceRecord {
+                system: r.get(0)?,
+                name: r.get(1)?,
+                online: r.get::<_, i64>(2)? != 0,
+                since: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+                last_seen: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                address: r.get(5)?,
+                ports: split_ports(&r.get::<_, Option<String>>(6)?.unwrap_or_default()),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn join_ports(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn split_ports(s: &str) -> Vec<u16> {
+    s.split(',').filter_map(|p| p.parse().ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssh::keys::generate_ed25519;
+
+    fn name(s: &str) -> Name {
+        Name::parse(s).unwrap()
+    }
+
+    #[test]
+    fn keys_bind_to_system_role_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.add_system(&name("tau")).unwrap();
+        assert!(store.add_system(&name("tau")).is_err());
+        let k = generate_ed25519().unwrap();
+        let pk = k.public_key();
+        assert!(
+            store
+                .add_key(&name("nope"), Role::Device, &name("dev1"), pk)
+                .is_err()
+        );
+        store
+            .add_key(&name("tau"), Role::Device, &name("dev1"), pk)
+            .unwrap();
+        // The same key cannot be registered twice, anywhere.
+        assert!(
+            store
+                .add_key(&name("tau"), Role::Controller, &name("alice"), pk)
+                .is_err()
+        );
+        // Another key cannot take the device name.
+        let other = generate_ed25519().unwrap();
+        let err = store
+            .add_key(
+                &name("tau"),
+                Role::Device,
+                &name("dev1"),
+                other.public_key(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("already belongs"), "{err}");
+
+        let id = store.identity("tau", pk).unwrap().unwrap();
+        assert_eq!((id.role, id.name.as_str()), (Role::Device, "dev1"));
+        assert_eq!(store.identity("other", pk).unwrap(), None);
+        assert_eq!(store.identity("tau", other.public_key()).unwrap(), None);
+
+        store.revoke_key(&id.fingerprint).unwrap();
+        assert_eq!(store.identity("tau", pk).unwrap(), None);
+        assert!(!store.key_active(&id.fingerprint).unwrap());
+        assert!(store.revoke_key(&id.fingerprint).is_err());
+        // Once revoked, the name is free for a new key.
+        store
+            .add_key(
+                &name("tau"),
+                Role::Device,
+                &name("dev1"),
+                other.public_key(),
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn device_status_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
+            store.device_up("tau", "dev1", peer, &[22, 8080]).unwrap();
+            let d = store.devices(Some("tau")).unwrap();
+            assert_eq!(d.len(), 1);
+            assert!(d[0].online);
+            assert_eq!(d[0].ports, vec![22, 8080]);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        store.all_devices_down().unwrap();
+        let d = store.devices(None).unwrap();
+        assert!(!d[0].online);
+        assert_eq!(d[0].address.as_deref(), Some("192.0.2.7:5555"));
+        assert!(d[0].last_seen.is_some());
+    }
+
+    #[test]
+    fn another_process_write_changes_data_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(dir.path()).unwrap();
+        let b = Store::open(dir.path()).unwrap();
+        let v1 = a.data_version().unwrap();
+        b.add_system(&name("tau")).unwrap();
+        assert_ne!(a.data_version().unwrap(), v1);
+    }
+}
