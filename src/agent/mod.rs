@@ -44,10 +44,7 @@ pub async fn run(
     let allow = Arc::new(settings.allow.clone());
     loop {
         let started = Instant::now();
-        let reason = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = session(&settings, &allow, &emit, &shutdown) => r,
-        };
+        let reason = session(&settings, &allow, &emit, &shutdown).await;
         if shutdown.is_cancelled() {
             return;
         }
@@ -88,9 +85,12 @@ async fn session(
         name: settings.name.clone(),
         allow: allow.clone(),
     };
-    let conn = match client::connect(tcp, &opts, serve).await {
-        Ok(c) => c,
-        Err(e) => return format!("{e:#}"),
+    let mut conn = tokio::select! {
+        _ = shutdown.cancelled() => return "shutting down".into(),
+        c = client::connect(tcp, &opts, serve) => match c {
+            Ok(c) => c,
+            Err(e) => return format!("{e:#}"),
+        },
     };
     for port in allow.ports() {
         if let Err(e) = conn.register(settings.name.as_str(), u32::from(port)).await {
@@ -107,9 +107,16 @@ async fn session(
         "online: registered as {}/{}", settings.system, settings.name
     );
     emit(AgentEvent::Online);
-    tokio::select! {
-        reason = conn.closed() => reason,
-        _ = shutdown.cancelled() => "shutting down".into(),
+    let gone = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        reason = conn.is_gone() => Some(reason),
+    };
+    match gone {
+        Some(reason) => reason,
+        None => {
+            conn.disconnect().await;
+            "shutting down".into()
+        }
     }
 }
 

@@ -70,6 +70,10 @@ impl fmt::Display for Target {
 /// The agent's allowlist: which port of the device name leads to which local
 /// target. A controller asking for `dev1:PORT` reaches the entry for `PORT`;
 /// anything else is refused. Each port may appear once.
+///
+/// Entries are `HOST:PORT` (device port = target port), a bare `PORT`
+/// (`127.0.0.1:PORT`), or `DEVICE_PORT=HOST:PORT` to publish a target under
+/// another port (`22=127.0.0.1:2201`: `dev1:22` reaches a sshd on 2201).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowList {
     by_port: BTreeMap<u16, Target>,
@@ -79,14 +83,30 @@ impl AllowList {
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<AllowList, String> {
         let mut by_port = BTreeMap::new();
         for entry in entries {
-            let t = Target::parse(entry.as_ref())?;
-            if let Some(prev) = by_port.get(&t.port) {
+            let entry = entry.as_ref().trim();
+            let (port, t) = match entry.split_once('=') {
+                Some((port, target)) => {
+                    let port = port
+                        .trim()
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| {
+                            format!("{entry:?}: device port must be a number from 1 to 65535")
+                        })?;
+                    (port, Target::parse(target)?)
+                }
+                None => {
+                    let t = Target::parse(entry)?;
+                    (t.port, t)
+                }
+            };
+            if let Some(prev) = by_port.get(&port) {
                 return Err(format!(
-                    "port {} is allowed twice ({prev} and {t}); a device port must lead to one target",
-                    t.port
+                    "device port {port} is allowed twice ({prev} and {t}); a device port must lead to one target"
                 ));
             }
-            by_port.insert(t.port, t);
+            by_port.insert(port, t);
         }
         if by_port.is_empty() {
             return Err("the allowlist is empty: the device would serve nothing".into());
@@ -161,6 +181,19 @@ mod tests {
         assert_eq!(a.target_for(8080).unwrap().to_string(), "127.0.0.1:8080");
         assert!(a.target_for(8081).is_none());
         assert!(a.target_for(70000).is_none());
+    }
+
+    #[test]
+    fn allowlist_publishes_a_target_under_another_port() {
+        let a = AllowList::parse(&["22=127.0.0.1:2201", "80=[::1]:8080"]).unwrap();
+        assert_eq!(a.ports().collect::<Vec<_>>(), vec![22, 80]);
+        assert_eq!(a.target_for(22).unwrap().to_string(), "127.0.0.1:2201");
+        assert_eq!(a.target_for(80).unwrap().to_string(), "[::1]:8080");
+        assert!(a.target_for(2201).is_none());
+        for bad in ["0=127.0.0.1:22", "x=127.0.0.1:22", "22=", "22=host"] {
+            assert!(AllowList::parse(&[bad]).is_err(), "{bad:?}");
+        }
+        assert!(AllowList::parse(&["22=127.0.0.1:2201", "127.0.0.1:22"]).is_err());
     }
 
     #[test]

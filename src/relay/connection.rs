@@ -5,6 +5,7 @@
 //! to a device, splicing) runs in a spawned task, never in a callback.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,6 +49,10 @@ pub(super) async fn run(
             tasks,
             span: tracing::Span::current(),
         };
+        // A second handle on the socket, held until authentication, to cut a
+        // connection that stalls in the handshake: the SSH layer does not act
+        // on a disconnect request while waiting for the peer's key exchange.
+        let cutter = stream.as_fd().try_clone_to_owned().ok();
         let started = match server::start(&relay.server_config, stream, conn).await {
             Ok(s) => s,
             Err(e) => {
@@ -63,10 +68,14 @@ pub(super) async fn run(
             authed = tokio::time::timeout(deadline, authed_rx) => {
                 if authed.is_err() {
                     tracing::info!(?deadline, "no authentication in time; closing");
-                    handle.disconnect("authentication timeout").await;
+                    let _ = tokio::time::timeout(deadline, handle.disconnect("authentication timeout")).await;
+                    if let Some(fd) = &cutter {
+                        let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+                    }
                 }
             }
         }
+        drop(cutter);
         let _ = finished.await;
     }
     .instrument(span)

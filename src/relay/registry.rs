@@ -6,6 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 
+use tokio::sync::watch;
+
 use crate::protocol::Name;
 use crate::ssh::Fingerprint;
 use crate::ssh::server::ServerHandle;
@@ -39,9 +41,20 @@ pub struct Registered {
     pub ports: Vec<u16>,
 }
 
-#[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// Bumped after every change of online devices, for anyone who waits on
+    /// one (tests, and later status streams).
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            inner: Mutex::default(),
+            changed: watch::Sender::new(0),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -55,6 +68,15 @@ impl Registry {
         // Every critical section leaves the maps consistent before it can
         // panic, so a poisoned lock is still safe to use.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver that sees a new value after each change of online devices.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
     }
 
     pub fn add_conn(&self, id: ConnId, conn: LiveConn) {
@@ -73,6 +95,10 @@ impl Registry {
             .collect();
         for k in &gone {
             inner.devices.remove(k);
+        }
+        drop(inner);
+        if !gone.is_empty() {
+            self.bump();
         }
         gone
     }
@@ -112,6 +138,8 @@ impl Registry {
             .iter()
             .filter_map(|p| u16::try_from(*p).ok())
             .collect();
+        drop(inner);
+        self.bump();
         Registered { replaced, ports }
     }
 
@@ -121,11 +149,13 @@ impl Registry {
         let key = (system.clone(), name.clone());
         let entry = inner.devices.get_mut(&key).filter(|d| d.conn == conn)?;
         entry.ports.remove(&port);
-        if entry.ports.is_empty() {
+        let gone = entry.ports.is_empty();
+        if gone {
             inner.devices.remove(&key);
-            return Some(true);
         }
-        Some(false)
+        drop(inner);
+        self.bump();
+        Some(gone)
     }
 
     pub fn lookup(&self, system: &Name, name: &Name) -> Option<DeviceEntry> {

@@ -188,10 +188,9 @@ impl<H: ForwardedHandler> ClientConnection<H> {
     }
 
     /// Waits until the connection ends, and says why.
-    pub async fn closed(self) -> String {
-        let ClientConnection { handle, shared } = self;
-        let result = handle.await;
-        let said = lock(&shared).disconnect_reason.take();
+    pub async fn is_gone(&mut self) -> String {
+        let result = (&mut self.handle).await;
+        let said = lock(&self.shared).disconnect_reason.take();
         match (said, result) {
             (Some(reason), _) => format!("relay closed the connection: {reason}"),
             (None, Ok(())) => "connection closed".to_string(),

@@ -1,0 +1,303 @@
+//! Shared test fixtures: an in-process relay on 127.0.0.1:0, keys, agents,
+//! small TCP services. Everything stops when its handle is dropped.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use warren::agent::{self, AgentEvent, AgentSettings};
+use warren::protocol::{AllowList, Name, Role};
+use warren::relay::{self, Relay, RelayOptions};
+use warren::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
+use warren::ssh::keys::{self, PrivateKey};
+use warren::store::Store;
+
+/// Upper bound for anything a test waits on. Generous: CI is a noisy 2-core box.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn name(s: &str) -> Name {
+    Name::parse(s).unwrap()
+}
+
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub relay: Arc<Relay>,
+    pub dir: tempfile::TempDir,
+    pub stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestRelay {
+    pub async fn start() -> TestRelay {
+        Self::start_with(RelayOptions {
+            store_poll: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(options: RelayOptions) -> TestRelay {
+        logs();
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_on(dir, listener, options)
+    }
+
+    fn serve_on(dir: tempfile::TempDir, listener: TcpListener, options: RelayOptions) -> TestRelay {
+        let relay = Relay::open(dir.path(), options).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(relay::serve(listener, relay.clone(), stop.clone()));
+        TestRelay {
+            addr,
+            relay,
+            dir,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the relay (closing every connection) and starts a new one on the
+    /// same address and data directory, as after a restart.
+    pub async fn restart(mut self) -> TestRelay {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Self::serve_on(
+            dir,
+            listener,
+            RelayOptions {
+                store_poll: Duration::from_millis(100),
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn host_key(&self) -> String {
+        self.relay.host_key().to_string()
+    }
+
+    pub fn store(&self) -> &Store {
+        self.relay.store()
+    }
+
+    /// Another handle on the database, as `warren admin` would open it.
+    pub fn admin_store(&self) -> Store {
+        Store::open(self.dir.path()).unwrap()
+    }
+
+    pub fn add_system(&self, system: &str) {
+        self.store().add_system(&name(system)).unwrap();
+    }
+
+    /// Registers a new key and returns it (also written to the data dir, for
+    /// tests that hand it to OpenSSH).
+    pub fn add_key(&self, system: &str, role: Role, key_name: &str) -> Arc<PrivateKey> {
+        let key = keys::generate_ed25519().unwrap();
+        self.store()
+            .add_key(&name(system), role, &name(key_name), key.public_key())
+            .unwrap();
+        Arc::new(key)
+    }
+
+    pub fn agent_settings(
+        &self,
+        system: &str,
+        dev: &str,
+        key: Arc<PrivateKey>,
+        allow: &[String],
+    ) -> AgentSettings {
+        AgentSettings {
+            relay: self.addr.to_string(),
+            system: name(system),
+            name: name(dev),
+            key,
+            relay_host_key: self.host_key(),
+            allow: AllowList::parse(allow).unwrap(),
+            dead_after: Duration::from_secs(5),
+        }
+    }
+
+    pub async fn controller(
+        &self,
+        system: &str,
+        key: Arc<PrivateKey>,
+    ) -> ClientConnection<NoForwards> {
+        self.try_connect(system, key).await.unwrap()
+    }
+
+    pub async fn try_connect(
+        &self,
+        system: &str,
+        key: Arc<PrivateKey>,
+    ) -> anyhow::Result<ClientConnection<NoForwards>> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        let opts = ConnectOptions {
+            user: system.into(),
+            key,
+            host_key: self.host_key(),
+            dead_after: Duration::from_secs(10),
+        };
+        client::connect(tcp, &opts, NoForwards).await
+    }
+
+    /// Waits until the live registry shows (or stops showing) `system/dev`.
+    pub async fn wait_online(&self, system: &str, dev: &str, online: bool) {
+        let (s, d) = (name(system), name(dev));
+        let registry = self.relay.registry();
+        let mut changes = registry.watch();
+        let wait = async {
+            while (registry.lookup(&s, &d).is_some()) != online {
+                changes.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(WAIT, wait).await.unwrap_or_else(|_| {
+            panic!("{system}/{dev} online={online} not reached within {WAIT:?}")
+        });
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A running agent; stops when dropped.
+pub struct TestAgent {
+    pub events: mpsc::UnboundedReceiver<AgentEvent>,
+    stop: CancellationToken,
+}
+
+impl TestAgent {
+    pub fn start(settings: AgentSettings) -> TestAgent {
+        let (tx, events) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        tokio::spawn(agent::run(settings, stop.clone(), Some(tx)));
+        TestAgent { events, stop }
+    }
+
+    /// Waits for the next event.
+    pub async fn next(&mut self) -> AgentEvent {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("agent event in time")
+            .expect("agent running")
+    }
+
+    pub async fn online(&mut self) {
+        loop {
+            match self.next().await {
+                AgentEvent::Online => return,
+                AgentEvent::Offline { .. } => {}
+            }
+        }
+    }
+
+    pub async fn offline(&mut self) -> String {
+        loop {
+            if let AgentEvent::Offline { reason } = self.next().await {
+                return reason;
+            }
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// An echo service on 127.0.0.1:0; returns its port.
+pub async fn echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// A one-line HTTP service on 127.0.0.1:0 answering `body`; returns its port.
+pub async fn http_server(body: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// A port that nothing listens on (bound, then released).
+pub async fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Sends `msg` over a channel and reads the echo back.
+pub async fn echo_through(
+    conn: &ClientConnection<NoForwards>,
+    host: &str,
+    port: u16,
+    msg: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    let ch = conn.open(host, u32::from(port)).await?;
+    let (mut near, far) = tokio::io::duplex(64 * 1024);
+    let (fr, fw) = tokio::io::split(far);
+    let splice = tokio::spawn(ch.splice_io(fr, fw));
+    near.write_all(msg).await?;
+    near.shutdown().await?;
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, near.read_to_end(&mut back)).await??;
+    drop(near);
+    let _ = tokio::time::timeout(WAIT, splice).await;
+    Ok(back)
+}
+
+pub fn write_file(dir: &Path, file: &str, text: &str) -> PathBuf {
+    let p = dir.join(file);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Logs to stderr when `WARREN_TEST_LOG` is set (e.g. `debug`), for debugging a test.
+pub fn logs() {
+    if let Ok(filter) = std::env::var("WARREN_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
