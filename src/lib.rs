@@ -20,6 +20,11 @@
 //! - [`audit`]: structured audit events (a log line per event).
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod agent;
 pub mod audit;
 pub mod cli;

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::registry::{ConnId, LiveConn};
+use super::registry::{ConnId, Holder, LiveConn};
 use super::{Relay, StatusChange, commands};
 use crate::audit;
 use crate::policy;
@@ -188,15 +188,15 @@ impl ServerSession for Connection {
             );
             return false;
         }
-        let reg = self.relay.registry.register(
-            &who.system,
-            &name,
-            port,
-            self.id,
-            handle,
-            self.peer,
-            store::now(),
-        );
+        let holder = Holder {
+            conn: self.id,
+            handle: handle.clone(),
+            peer: self.peer,
+        };
+        let reg = self
+            .relay
+            .registry
+            .register(&who.system, &name, port, &holder, store::now());
         let took_over = reg.replaced.is_some();
         if let Some(old) = reg.replaced {
             tokio::spawn(async move {

@@ -33,6 +33,13 @@ pub struct LiveConn {
     pub handle: ServerHandle,
 }
 
+/// The connection claiming a name.
+pub struct Holder {
+    pub conn: ConnId,
+    pub handle: ServerHandle,
+    pub peer: SocketAddr,
+}
+
 /// What a registration did.
 pub struct Registered {
     /// The connection that held the name before, now to be closed.
@@ -110,11 +117,11 @@ impl Registry {
         system: &Name,
         name: &Name,
         port: u32,
-        conn: ConnId,
-        handle: &ServerHandle,
-        peer: SocketAddr,
+        by: &Holder,
         now: u64,
     ) -> Registered {
+        let Holder { conn, handle, peer } = by;
+        let (conn, peer) = (*conn, *peer);
         let mut inner = self.lock();
         let key = (system.clone(), name.clone());
         let mut replaced = None;

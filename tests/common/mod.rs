@@ -301,3 +301,22 @@ pub fn logs() {
             .try_init();
     }
 }
+
+pub mod openssh;
+
+impl TestRelay {
+    /// Like [`TestRelay::add_key`], also writing the private key to a file
+    /// in `dir` for OpenSSH to use.
+    pub fn add_key_file(&self, dir: &Path, system: &str, role: Role, key_name: &str) -> PathBuf {
+        let key = self.add_key(system, role, key_name);
+        let path = dir.join(format!("{system}-{key_name}"));
+        keys::write_pair(&key, &path, key_name).unwrap();
+        path
+    }
+
+    /// The relay's host key as a known_hosts line.
+    pub fn known_hosts_line(&self) -> String {
+        let public = std::fs::read_to_string(self.dir.path().join("host_key.pub")).unwrap();
+        format!("[127.0.0.1]:{} {}", self.addr.port(), public.trim())
+    }
+}
