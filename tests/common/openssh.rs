@@ -44,6 +44,11 @@ pub struct Sshd {
 
 impl Sshd {
     pub async fn start() -> Sshd {
+        Self::start_in(None).await
+    }
+
+    /// Starts sshd inside network namespace `netns` (its loopback must be up).
+    pub async fn start_in(netns: Option<&str>) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: install openssh-server (scripts/test does this)"
@@ -63,7 +68,15 @@ impl Sshd {
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), config).unwrap();
-        let mut child = Command::new(SSHD)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, SSHD]);
+                c
+            }
+            None => Command::new(SSHD),
+        };
+        let mut child = cmd
             .args(["-D", "-e", "-f"])
             .arg(d.join("sshd_config"))
             .stdin(Stdio::null())

@@ -1,0 +1,428 @@
+//! NAT test in network namespaces: the relay alone has a reachable address;
+//! a device and a controller each sit behind their own MASQUERADE NAT and
+//! cannot reach each other. The controller reaches the device's sshd by name
+//! through the relay; then the device's link is cut and restored, and the
+//! relay is killed and restarted, and each time the agent is back within 60 s.
+//!
+//! Topology (addresses exist only inside this test's namespaces):
+//!
+//! ```text
+//!  dev 192.168.50.2 ── natD (MASQUERADE) 203.0.113.2 ──┐
+//!                                                     relay 203.0.113.1 / .5 :2222
+//!  ctl 192.168.60.2 ── natC (MASQUERADE) 203.0.113.6 ──┘
+//! ```
+//!
+//! Needs root (namespaces, iptables). It fails, never skips, without it.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::openssh::{Sshd, login_user, run, ssh_keygen};
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+const BACK_WITHIN: Duration = Duration::from_secs(60);
+
+/// Namespaces and links of one test run, removed on drop (even on failure).
+struct Net {
+    tag: String,
+    made: Vec<String>,
+}
+
+impl Net {
+    fn new() -> Net {
+        static N: AtomicU32 = AtomicU32::new(0);
+        // Short: interface names are limited to 15 bytes.
+        let tag = format!(
+            "w{}{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        Net {
+            tag,
+            made: Vec::new(),
+        }
+    }
+
+    fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.tag)
+    }
+
+    fn add_ns(&mut self, role: &str) -> String {
+        let ns = self.ns(role);
+        ip(&["netns", "add", &ns]);
+        self.made.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A veth pair between two namespaces with an address on each end.
+    fn link(&self, a: &str, a_addr: &str, b: &str, b_addr: &str, suffix: &str) -> (String, String) {
+        let (ia, ib) = (
+            format!("{}{suffix}a", self.tag),
+            format!("{}{suffix}b", self.tag),
+        );
+        ip(&[
+            "link", "add", &ia, "netns", a, "type", "veth", "peer", "name", &ib, "netns", b,
+        ]);
+        ip(&["-n", a, "addr", "add", a_addr, "dev", &ia]);
+        ip(&["-n", b, "addr", "add", b_addr, "dev", &ib]);
+        ip(&["-n", a, "link", "set", &ia, "up"]);
+        ip(&["-n", b, "link", "set", &ib, "up"]);
+        (ia, ib)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.made.iter().rev() {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    cmd_ok("ip", args);
+}
+
+fn cmd_ok(prog: &str, args: &[&str]) {
+    let out = std::process::Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn in_ns(ns: &str, prog: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, prog]);
+    c
+}
+
+/// A long-running process whose stderr lines arrive on a channel.
+struct Watched {
+    _child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watched {
+    fn start(cmd: &mut Command) -> Watched {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("WARREN_LOG", "info")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Watched {
+            _child: child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `want`, at most `limit`.
+    async fn line(&mut self, want: &str, limit: Duration) -> String {
+        let found = tokio::time::timeout(limit, async {
+            while let Some(l) = self.lines.recv().await {
+                self.seen.push(l.clone());
+                if l.contains(want) {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(l)) => l,
+            _ => panic!(
+                "no line with {want:?} within {limit:?}; saw:\n{}",
+                self.seen.join("\n")
+            ),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self._child.start_kill();
+    }
+}
+
+async fn warren_ok(args: &[&str]) -> String {
+    let r = run(Command::new(WARREN).args(args), WAIT).await;
+    assert!(r.ok, "warren {}: {}", args.join(" "), r.stderr);
+    r.stdout_str()
+}
+
+fn start_relay(ns: &str, data: &Path) -> Watched {
+    Watched::start(
+        in_ns(ns, WARREN)
+            // Inside this test's own namespace nothing else can hold the port.
+            .args(["relay", "--listen", "0.0.0.0:2222", "--data"])
+            .arg(data),
+    )
+}
+
+/// Can `ns` open a TCP connection to `addr`? (Bounded by a short timeout.)
+async fn reachable(ns: &str, addr: &str) -> bool {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let script = format!("exec 3<>/dev/tcp/{host}/{port}");
+    run(
+        in_ns(ns, "timeout").args(["3", "bash", "-c", &script]),
+        WAIT,
+    )
+    .await
+    .ok
+}
+
+#[tokio::test]
+async fn device_and_controller_behind_nat_meet_at_the_relay() {
+    assert!(
+        is_root(),
+        "the NAT test needs root (network namespaces, iptables); run the suite as root (CI does)"
+    );
+    let mut net = Net::new();
+    let relay_ns = net.add_ns("relay");
+    let nat_d = net.add_ns("natd");
+    let nat_c = net.add_ns("natc");
+    let dev_ns = net.add_ns("dev");
+    let ctl_ns = net.add_ns("ctl");
+    let (relay_d, nat_d_wan) =
+        net.link(&relay_ns, "203.0.113.1/30", &nat_d, "203.0.113.2/30", "rd");
+    let (_, nat_c_wan) = net.link(&relay_ns, "203.0.113.5/30", &nat_c, "203.0.113.6/30", "rc");
+    net.link(&nat_d, "192.168.50.1/24", &dev_ns, "192.168.50.2/24", "dl");
+    net.link(&nat_c, "192.168.60.1/24", &ctl_ns, "192.168.60.2/24", "cl");
+    for (nat, wan, gw) in [
+        (&nat_d, &nat_d_wan, "203.0.113.1"),
+        (&nat_c, &nat_c_wan, "203.0.113.5"),
+    ] {
+        cmd_ok(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                nat,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        );
+        ip(&["-n", nat, "route", "add", "default", "via", gw]);
+        cmd_ok(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                nat,
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                wan,
+                "-j",
+                "MASQUERADE",
+            ],
+        );
+    }
+    ip(&[
+        "-n",
+        &dev_ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.168.50.1",
+    ]);
+    ip(&[
+        "-n",
+        &ctl_ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.168.60.1",
+    ]);
+
+    // The device's sshd, inside its namespace.
+    let sshd = Sshd::start_in(Some(&dev_ns)).await;
+    let dev_sshd = format!("192.168.50.2:{}", sshd.port);
+
+    // Only the relay is reachable; the two private sides cannot see each other.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("relay-data");
+    let data_s = data.to_str().unwrap();
+    let mut relay = start_relay(&relay_ns, &data);
+    relay.line("relay listening", WAIT).await;
+    assert!(
+        reachable(&dev_ns, "203.0.113.1:2222").await,
+        "device reaches the relay"
+    );
+    assert!(
+        reachable(&ctl_ns, "203.0.113.5:2222").await,
+        "controller reaches the relay"
+    );
+    assert!(
+        !reachable(&ctl_ns, &dev_sshd).await,
+        "controller must not reach the device directly"
+    );
+    assert!(
+        !reachable(&relay_ns, &dev_sshd).await,
+        "the relay has no route into the device's network"
+    );
+
+    // Keys and config, through the admin CLI.
+    let host_key = warren_ok(&["admin", "--data", data_s, "host-key"])
+        .await
+        .trim()
+        .to_string();
+    warren_ok(&["admin", "--data", data_s, "system", "add", "tau"]).await;
+    warren_ok(&["keygen", d.join("dev1").to_str().unwrap()]).await;
+    ssh_keygen(&d.join("alice"));
+    warren_ok(&[
+        "admin",
+        "--data",
+        data_s,
+        "key",
+        "add",
+        "--system",
+        "tau",
+        "--role",
+        "device",
+        "--name",
+        "dev1",
+        d.join("dev1.pub").to_str().unwrap(),
+    ])
+    .await;
+    warren_ok(&[
+        "admin",
+        "--data",
+        data_s,
+        "key",
+        "add",
+        "--system",
+        "tau",
+        "--role",
+        "controller",
+        "--name",
+        "alice",
+        d.join("alice.pub").to_str().unwrap(),
+    ])
+    .await;
+    let agent_cfg = write_file(
+        d,
+        "agent.toml",
+        &format!(
+            "relay = \"203.0.113.1:2222\"\nsystem = \"tau\"\nname = \"dev1\"\nkey = \"dev1\"\n\
+             relay_host_key = \"{host_key}\"\nallow = [\"22=127.0.0.1:{}\"]\nkeepalive_timeout = \"3s\"\n",
+            sshd.port
+        ),
+    );
+    let mut agent = Watched::start(
+        in_ns(&dev_ns, WARREN)
+            .args(["agent", "--config"])
+            .arg(&agent_cfg),
+    );
+    agent.line("online: registered", WAIT).await;
+
+    let relay_pub = std::fs::read_to_string(data.join("host_key.pub")).unwrap();
+    let known = write_file(
+        d,
+        "known_hosts",
+        &format!(
+            "[203.0.113.5]:2222 {}\ndev1 {}\n",
+            relay_pub.trim(),
+            sshd.host_pub
+        ),
+    );
+    let config = write_file(
+        d,
+        "ssh_config",
+        &format!(
+            "Host 203.0.113.5\n  IdentityFile {}\nHost dev1\n  User {}\n  IdentityFile {}\n\
+             Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n  ConnectTimeout 10\n",
+            d.join("alice").display(),
+            login_user(),
+            sshd.user_key.display(),
+            known.display()
+        ),
+    );
+    let reach = || async {
+        run(
+            in_ns(&ctl_ns, "ssh").arg("-F").arg(&config).args([
+                "-J",
+                "tau@203.0.113.5:2222",
+                "dev1",
+                "echo reached",
+            ]),
+            WAIT,
+        )
+        .await
+    };
+    let r = reach().await;
+    assert!(
+        r.ok,
+        "controller behind NAT reaches dev1 behind NAT: {}",
+        r.stderr
+    );
+    assert_eq!(r.stdout_str().trim(), "reached");
+    // The relay saw the device from its NAT's public address.
+    let ls = warren_ok(&["admin", "--data", data_s, "ls", "--json"]).await;
+    assert!(ls.contains("203.0.113.2:"), "{ls}");
+
+    // Cut the device's link long enough for the agent to notice, restore it.
+    ip(&["-n", &relay_ns, "link", "set", &relay_d, "down"]);
+    agent.line("offline:", Duration::from_secs(20)).await;
+    ip(&["-n", &relay_ns, "link", "set", &relay_d, "up"]);
+    let restored = Instant::now();
+    agent.line("online: registered", BACK_WITHIN).await;
+    let r = reach().await;
+    assert!(r.ok, "reach after link restore: {}", r.stderr);
+    let link_back = restored.elapsed();
+    assert!(link_back < BACK_WITHIN, "back after {link_back:?}");
+
+    // Kill the relay hard and start it again on the same data.
+    relay.kill();
+    agent.line("offline:", Duration::from_secs(20)).await;
+    let mut relay = start_relay(&relay_ns, &data);
+    relay.line("relay listening", WAIT).await;
+    let restarted = Instant::now();
+    agent.line("online: registered", BACK_WITHIN).await;
+    let r = reach().await;
+    assert!(r.ok, "reach after relay restart: {}", r.stderr);
+    let relay_back = restarted.elapsed();
+    assert!(relay_back < BACK_WITHIN, "back after {relay_back:?}");
+    eprintln!("agent back {link_back:?} after link restore, {relay_back:?} after relay restart");
+}
+
+fn is_root() -> bool {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
