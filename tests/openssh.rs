@@ -426,3 +426,54 @@ async fn warren_proxy_and_warren_ssh_reach_the_device() {
 fn login_user_is_known() {
     assert!(!openssh::login_user().is_empty());
 }
+
+#[tokio::test]
+async fn existing_rsa_and_ecdsa_controller_keys_work() {
+    let w = World::start().await;
+    let port = w.relay.addr.port().to_string();
+    for (kind, bits) in [("rsa", "3072"), ("ecdsa", "256"), ("ecdsa", "521")] {
+        let path = w.dir.path().join(format!("ctl-{kind}-{bits}"));
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-N", "", "-t", kind, "-b", bits, "-f"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let public = warren::ssh::keys::read_public(&path.with_extension("pub")).unwrap();
+        w.relay
+            .store()
+            .add_key(
+                &name("tau"),
+                Role::Controller,
+                &name(&format!("{kind}{bits}")),
+                &public,
+            )
+            .unwrap();
+        // Only this key: no config file that names alice's.
+        let known = format!(
+            "UserKnownHostsFile={}",
+            w.dir.path().join("known_hosts").display()
+        );
+        let r = run(
+            Command::new("ssh")
+                .args([
+                    "-F",
+                    "/dev/null",
+                    "-o",
+                    "IdentitiesOnly=yes",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    &known,
+                    "-i",
+                ])
+                .arg(&path)
+                .args(["-p", &port, "tau@127.0.0.1", "ls"]),
+            LIMIT,
+        )
+        .await;
+        assert!(r.ok, "{kind}-{bits}: {}", r.stderr);
+        assert!(r.stdout_str().contains("dev1"));
+    }
+}

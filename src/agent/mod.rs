@@ -16,7 +16,7 @@ pub use config::AgentSettings;
 use crate::protocol::limits::{
     BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, TARGET_CONNECT_TIMEOUT,
 };
-use crate::protocol::{AllowList, Name};
+use crate::protocol::{AllowList, Name, Target};
 use crate::ssh::client::{self, ConnectOptions, ForwardedHandler};
 use crate::ssh::{IncomingChannel, Refusal};
 
@@ -126,58 +126,58 @@ struct Serve {
     allow: Arc<AllowList>,
 }
 
+/// Which local target a stream the relay opened for `address:port` may
+/// reach: only this device's own name, and only ports in the allowlist.
+fn admit(name: &Name, allow: &AllowList, address: &str, port: u32) -> Result<Target, Refusal> {
+    if address != name.as_str() {
+        return Err(Refusal::prohibited(format!(
+            "this is device {name}, not {address:?}"
+        )));
+    }
+    allow.target_for(port).cloned().ok_or_else(|| {
+        Refusal::prohibited(format!(
+            "port {port} is not in the allowlist of device {name}"
+        ))
+    })
+}
+
 impl ForwardedHandler for Serve {
     fn forwarded(&mut self, address: &str, port: u32, channel: IncomingChannel) {
-        if address != self.name.as_str() {
-            tracing::warn!(
-                asked = address,
-                port,
-                "refused stream for a name that is not ours"
-            );
-            tokio::spawn(async move {
-                channel
-                    .refuse(&Refusal::prohibited("not this device's name"))
-                    .await;
-            });
-            return;
-        }
-        let Some(target) = self.allow.target_for(port).cloned() else {
-            tracing::warn!(port, "refused stream: port not in allowlist");
-            tokio::spawn(async move {
-                let r =
-                    Refusal::prohibited(format!("port {port} is not in the device's allowlist"));
-                channel.refuse(&r).await;
-            });
-            return;
+        let target = match admit(&self.name, &self.allow, address, port) {
+            Ok(t) => t,
+            Err(refusal) => {
+                tracing::warn!(asked = address, port, "refused stream: {refusal}");
+                tokio::spawn(async move { channel.refuse(&refusal).await });
+                return;
+            }
         };
-        tokio::spawn(async move {
-            let addr = target.connect_string();
-            let connected =
-                tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(&addr)).await;
-            let tcp = match connected {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(e)) => {
-                    tracing::warn!(target = %addr, error = %e, "target refused");
-                    return channel
-                        .refuse(&Refusal::connect_failed(format!("target {addr}: {e}")))
-                        .await;
-                }
-                Err(_) => {
-                    tracing::warn!(target = %addr, "target did not answer");
-                    return channel
-                        .refuse(&Refusal::connect_failed(format!(
-                            "target {addr} did not answer"
-                        )))
-                        .await;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let ch = channel.accept().await;
-            let (r, w) = tcp.into_split();
-            let stats = ch.splice_io(r, w).await;
-            tracing::debug!(target = %addr, sent = stats.sent, received = stats.received, "stream closed");
-        });
+        tokio::spawn(serve_stream(target, channel));
     }
+}
+
+/// Connects to the local target first, so that a target that is down is a
+/// clear refusal for the controller rather than an open-then-close.
+async fn serve_stream(target: Target, channel: IncomingChannel) {
+    let addr = target.connect_string();
+    let connected = tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(&addr)).await;
+    let tcp = match connected {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            tracing::warn!(target = %addr, error = %e, "target refused");
+            let r = Refusal::connect_failed(format!("target {addr}: {e}"));
+            return channel.refuse(&r).await;
+        }
+        Err(_) => {
+            tracing::warn!(target = %addr, "target did not answer");
+            let r = Refusal::connect_failed(format!("target {addr} did not answer"));
+            return channel.refuse(&r).await;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let ch = channel.accept().await;
+    let (r, w) = tcp.into_split();
+    let stats = ch.splice_io(r, w).await;
+    tracing::debug!(target = %addr, sent = stats.sent, received = stats.received, "stream closed");
 }
 
 /// Exponential backoff with jitter: each delay is drawn from
@@ -210,6 +210,24 @@ impl Default for Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_admits_only_its_name_and_allowed_ports() {
+        let name = Name::parse("dev1").unwrap();
+        let allow = AllowList::parse(&["22=127.0.0.1:2201", "8080"]).unwrap();
+        assert_eq!(
+            admit(&name, &allow, "dev1", 22).unwrap().to_string(),
+            "127.0.0.1:2201"
+        );
+        assert_eq!(
+            admit(&name, &allow, "dev1", 8080).unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
+        let err = admit(&name, &allow, "dev1", 2201).unwrap_err();
+        assert!(err.message.contains("not in the allowlist"), "{err}");
+        let err = admit(&name, &allow, "dev2", 22).unwrap_err();
+        assert!(err.message.contains("not \"dev2\""), "{err}");
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap_with_jitter() {
