@@ -306,36 +306,12 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
     warren_ok(&["admin", "--data", data_s, "system", "add", "tau"]).await;
     warren_ok(&["keygen", d.join("dev1").to_str().unwrap()]).await;
     ssh_keygen(&d.join("alice"));
-    warren_ok(&[
-        "admin",
-        "--data",
-        data_s,
-        "key",
-        "add",
-        "--system",
-        "tau",
-        "--role",
-        "device",
-        "--name",
-        "dev1",
-        d.join("dev1.pub").to_str().unwrap(),
-    ])
-    .await;
-    warren_ok(&[
-        "admin",
-        "--data",
-        data_s,
-        "key",
-        "add",
-        "--system",
-        "tau",
-        "--role",
-        "controller",
-        "--name",
-        "alice",
-        d.join("alice.pub").to_str().unwrap(),
-    ])
-    .await;
+    for (role, key) in [("device", "dev1"), ("controller", "alice")] {
+        let public = d.join(format!("{key}.pub"));
+        let public = public.to_str().unwrap();
+        let add = ["admin", "--data", data_s, "key", "add", "--system", "tau"];
+        warren_ok(&[&add[..], &["--role", role, "--name", key, public]].concat()).await;
+    }
     let agent_cfg = write_file(
         d,
         "agent.toml",

@@ -15,12 +15,11 @@ use warren::relay::RelayOptions;
 async fn controller_reaches_a_device_by_name() {
     let r = TestRelay::start().await;
     r.add_system("tau");
-    let dev = r.add_key("tau", Role::Device, "dev1");
     let ctl = r.add_key("tau", Role::Controller, "alice");
     let port = echo_server().await;
-    let mut agent =
-        TestAgent::start(r.agent_settings("tau", "dev1", dev, &[format!("127.0.0.1:{port}")]));
-    agent.online().await;
+    let _agent = r
+        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
+        .await;
 
     let conn = r.controller("tau", ctl).await;
     let msg: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
@@ -41,33 +40,18 @@ async fn nothing_crosses_systems() {
     let r = TestRelay::start().await;
     r.add_system("tau");
     r.add_system("other");
-    let tau_dev = r.add_key("tau", Role::Device, "dev1");
-    let other_dev = r.add_key("other", Role::Device, "dev1");
-    let only_tau = r.add_key("tau", Role::Device, "secret");
     let other_ctl = r.add_key("other", Role::Controller, "bob");
     let tau_port = http_server("tau's dev1").await;
     let other_port = echo_server().await;
-    let mut a1 = TestAgent::start(r.agent_settings(
-        "tau",
-        "dev1",
-        tau_dev,
-        &[format!("7000=127.0.0.1:{tau_port}")],
-    ));
-    let mut a2 = TestAgent::start(r.agent_settings(
-        "other",
-        "dev1",
-        other_dev,
-        &[format!("7000=127.0.0.1:{other_port}")],
-    ));
-    let mut a3 = TestAgent::start(r.agent_settings(
-        "tau",
-        "secret",
-        only_tau,
-        &[format!("7000=127.0.0.1:{tau_port}")],
-    ));
-    a1.online().await;
-    a2.online().await;
-    a3.online().await;
+    let _a1 = r
+        .device("tau", "dev1", &[format!("7000=127.0.0.1:{tau_port}")])
+        .await;
+    let _a2 = r
+        .device("other", "dev1", &[format!("7000=127.0.0.1:{other_port}")])
+        .await;
+    let _a3 = r
+        .device("tau", "secret", &[format!("7000=127.0.0.1:{tau_port}")])
+        .await;
 
     let conn = r.controller("other", other_ctl.clone()).await;
     // The same name in another system is a different device: bob's dev1 echoes.
@@ -97,12 +81,11 @@ async fn nothing_crosses_systems() {
 async fn device_keys_cannot_open_streams() {
     let r = TestRelay::start().await;
     r.add_system("tau");
-    let dev1 = r.add_key("tau", Role::Device, "dev1");
     let dev2 = r.add_key("tau", Role::Device, "dev2");
     let port = echo_server().await;
-    let mut a =
-        TestAgent::start(r.agent_settings("tau", "dev1", dev1, &[format!("127.0.0.1:{port}")]));
-    a.online().await;
+    let _a = r
+        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
+        .await;
     let conn = r.controller("tau", dev2).await;
     let err = echo_through(&conn, "dev1", port, b"x")
         .await
@@ -117,13 +100,12 @@ async fn device_keys_cannot_open_streams() {
 async fn a_name_belongs_to_its_key() {
     let r = TestRelay::start().await;
     r.add_system("tau");
-    let dev1 = r.add_key("tau", Role::Device, "dev1");
     let dev2 = r.add_key("tau", Role::Device, "dev2");
     let ctl = r.add_key("tau", Role::Controller, "alice");
     let port = echo_server().await;
-    let mut owner =
-        TestAgent::start(r.agent_settings("tau", "dev1", dev1, &[format!("127.0.0.1:{port}")]));
-    owner.online().await;
+    let mut owner = r
+        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
+        .await;
 
     // dev2's key asks for dev1: refused, and dev1 stays with its owner.
     let mut thief =
@@ -230,15 +212,14 @@ async fn refusals_are_readable_and_never_hang() {
 async fn ls_shows_online_and_offline_devices() {
     let r = TestRelay::start().await;
     r.add_system("tau");
-    let dev1 = r.add_key("tau", Role::Device, "dev1");
-    let dev2 = r.add_key("tau", Role::Device, "dev2");
     let ctl = r.add_key("tau", Role::Controller, "alice");
     let port = echo_server().await;
-    let mut a =
-        TestAgent::start(r.agent_settings("tau", "dev1", dev1, &[format!("127.0.0.1:{port}")]));
-    a.online().await;
-    let b = TestAgent::start(r.agent_settings("tau", "dev2", dev2, &[format!("127.0.0.1:{port}")]));
-    r.wait_online("tau", "dev2", true).await;
+    let _a = r
+        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
+        .await;
+    let b = r
+        .device("tau", "dev2", &[format!("127.0.0.1:{port}")])
+        .await;
     drop(b);
     r.wait_online("tau", "dev2", false).await;
 
@@ -399,12 +380,11 @@ async fn unauthenticated_connections_are_capped() {
 async fn agent_comes_back_after_a_relay_restart() {
     let r = TestRelay::start().await;
     r.add_system("tau");
-    let dev = r.add_key("tau", Role::Device, "dev1");
     let ctl = r.add_key("tau", Role::Controller, "alice");
     let port = echo_server().await;
-    let mut a =
-        TestAgent::start(r.agent_settings("tau", "dev1", dev, &[format!("127.0.0.1:{port}")]));
-    a.online().await;
+    let mut a = r
+        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
+        .await;
     let r = r.restart().await;
     let reason = a.offline().await;
     assert!(!reason.is_empty());

@@ -128,6 +128,14 @@ impl TestRelay {
         }
     }
 
+    /// Adds a device key, starts its agent with `allow`, waits until it is online.
+    pub async fn device(&self, system: &str, dev: &str, allow: &[String]) -> TestAgent {
+        let key = self.add_key(system, Role::Device, dev);
+        let mut agent = TestAgent::start(self.agent_settings(system, dev, key, allow));
+        agent.online().await;
+        agent
+    }
+
     pub async fn controller(
         &self,
         system: &str,
