@@ -448,7 +448,9 @@ async fn agent_drops_a_relay_that_stops_answering() {
     let (via, freeze) = freezable_proxy(r.addr).await;
     let mut s = r.agent_settings("tau", "dev1", dev, &["127.0.0.1:22".into()]);
     s.relay = via.to_string();
-    s.dead_after = Duration::from_secs(2);
+    // Keepalives go out every dead_after/3 and two unanswered ones end the
+    // connection: it must end between 2/3 and all of dead_after after the freeze.
+    s.dead_after = Duration::from_secs(3);
     let mut a = TestAgent::start(s);
     a.online().await;
     let frozen_at = tokio::time::Instant::now();
