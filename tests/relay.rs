@@ -466,3 +466,63 @@ async fn agent_drops_a_relay_that_stops_answering() {
         "took {took:?} to notice a dead relay ({reason})"
     );
 }
+
+/// Regression: a controller that sent EOF and then closed its channel while
+/// the device was still sending left the relay waiting forever for window
+/// on the closed channel; the device's queue filled and its whole
+/// connection stalled (found by the benchmark with `iperf3 -R`).
+#[tokio::test]
+async fn a_stream_closed_after_eof_does_not_stall_the_device() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    let ctl = r.add_key("tau", Role::Controller, "alice");
+    // Reads until EOF, then sends without end (like an iperf3 -R server).
+    let firehose = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fire_port = firehose.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = firehose.accept().await {
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink).await;
+                let chunk = vec![7u8; 64 * 1024];
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let echo = echo_server().await;
+    let _a = r
+        .device(
+            "tau",
+            "dev1",
+            &[
+                format!("127.0.0.1:{fire_port}"),
+                format!("127.0.0.1:{echo}"),
+            ],
+        )
+        .await;
+    let conn = r.controller("tau", ctl).await;
+    for _ in 0..3 {
+        let ch = conn.open("dev1", u32::from(fire_port)).await.unwrap();
+        let (mut near, far) = tokio::io::duplex(64 * 1024);
+        let (fr, fw) = tokio::io::split(far);
+        let splice = tokio::spawn(ch.splice_io(fr, fw));
+        near.write_all(b"go").await.unwrap();
+        near.shutdown().await.unwrap();
+        let mut some = vec![0u8; 1024 * 1024];
+        tokio::time::timeout(WAIT, near.read_exact(&mut some))
+            .await
+            .expect("device data flows")
+            .unwrap();
+        // Close the stream while the device is still sending.
+        drop(near);
+        tokio::time::timeout(WAIT, splice)
+            .await
+            .expect("stream ends")
+            .unwrap();
+    }
+    // The device's connection still carries new streams.
+    let back = tokio::time::timeout(WAIT, echo_through(&conn, "dev1", echo, b"alive"))
+        .await
+        .expect("device connection must not stall");
+    assert_eq!(back.unwrap(), b"alive");
+}

@@ -8,6 +8,7 @@
 use bytes::BytesMut;
 use russh::{ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use crate::protocol::limits::SPLICE_BUFFER;
 
@@ -54,15 +55,6 @@ pub struct Channel {
     write: Writer,
 }
 
-/// How one direction of a splice ended.
-#[derive(Debug, PartialEq, Eq)]
-enum End {
-    /// The source sent EOF; the other direction may go on.
-    Eof,
-    /// The source or the sink is gone; stop both directions.
-    Closed,
-}
-
 impl Channel {
     pub(crate) fn from_server(c: russh::Channel<russh::server::Msg>) -> Channel {
         let (read, write) = c.split();
@@ -80,7 +72,7 @@ impl Channel {
         }
     }
 
-    /// Splices two channels until both directions end or either closes.
+    /// Splices two channels until both sides sent EOF or either closed.
     /// `sent` counts bytes from `self` to `other`.
     pub async fn splice(self, other: Channel) -> SpliceStats {
         let Channel {
@@ -92,10 +84,11 @@ impl Channel {
             write: wb,
         } = other;
         let mut stats = SpliceStats::default();
+        let (eof_tx, eofs) = mpsc::unbounded_channel();
         {
-            let a_to_b = pump(&mut ra, &wb, &mut stats.sent);
-            let b_to_a = pump(&mut rb, &wa, &mut stats.received);
-            both_directions(a_to_b, b_to_a).await;
+            let a_to_b = pump(&mut ra, &wb, &mut stats.sent, eof_tx.clone());
+            let b_to_a = pump(&mut rb, &wa, &mut stats.received, eof_tx);
+            both_directions(a_to_b, b_to_a, eofs).await;
         }
         wa.close().await;
         wb.close().await;
@@ -111,26 +104,30 @@ impl Channel {
     {
         let Channel { mut read, write } = self;
         let mut stats = SpliceStats::default();
+        let (eof_tx, eofs) = mpsc::unbounded_channel();
         {
+            let from_channel = eof_tx.clone();
             let to_io = async {
                 loop {
                     match read.wait().await {
                         Some(ChannelMsg::Data { data }) => {
                             stats.sent += data.len() as u64;
                             if writer.write_all(&data).await.is_err() {
-                                return End::Closed;
+                                return;
                             }
                             // Interactive streams (ssh sessions) need every
                             // byte delivered now, not when a buffer fills.
                             if writer.flush().await.is_err() {
-                                return End::Closed;
+                                return;
                             }
                         }
                         Some(ChannelMsg::Eof) => {
                             let _ = writer.shutdown().await;
-                            return End::Eof;
+                            let _ = from_channel.send(());
+                            // Keep reading: the close that follows must end
+                            // the splice even while the other direction waits.
                         }
-                        Some(ChannelMsg::Close) | None => return End::Closed,
+                        Some(ChannelMsg::Close) | None => return,
                         Some(_) => {}
                     }
                 }
@@ -142,60 +139,75 @@ impl Channel {
                     match reader.read_buf(&mut buf).await {
                         Ok(0) => {
                             write.eof().await;
-                            return End::Eof;
+                            let _ = eof_tx.send(());
+                            // Nothing more will come from the stream; the
+                            // other direction decides when we are done.
+                            std::future::pending::<()>().await;
                         }
                         Ok(n) => {
                             stats.received += n as u64;
                             if write.data(buf.split().freeze()).await.is_err() {
-                                return End::Closed;
+                                return;
                             }
                         }
-                        Err(_) => return End::Closed,
+                        Err(_) => return,
                     }
                 }
             };
-            both_directions(to_io, from_io).await;
+            both_directions(to_io, from_io, eofs).await;
         }
         write.close().await;
         stats
     }
 }
 
-async fn pump(read: &mut ChannelReadHalf, write: &Writer, count: &mut u64) -> End {
+/// Moves one direction: data from `read` to `write`; reports EOF on `eof`
+/// and goes on reading, so that a close after EOF is seen at once. Returns
+/// when the source closed or the sink failed.
+async fn pump(
+    read: &mut ChannelReadHalf,
+    write: &Writer,
+    count: &mut u64,
+    eof: mpsc::UnboundedSender<()>,
+) {
     loop {
         match read.wait().await {
             Some(ChannelMsg::Data { data }) => {
                 *count += data.len() as u64;
                 if write.data(data).await.is_err() {
-                    return End::Closed;
+                    return;
                 }
             }
             Some(ChannelMsg::Eof) => {
                 write.eof().await;
-                return End::Eof;
+                let _ = eof.send(());
             }
-            Some(ChannelMsg::Close) | None => return End::Closed,
+            Some(ChannelMsg::Close) | None => return,
             Some(_) => {}
         }
     }
 }
 
-/// Runs both directions; returns when both saw EOF or either saw a close.
+/// Runs both directions until either ends (a close or a failed write) or
+/// both have reported EOF. Dropping the other direction also stops a write
+/// that waits for window on a channel the peer has closed: the SSH library
+/// would wait for that window forever.
 async fn both_directions(
-    a: impl std::future::Future<Output = End>,
-    b: impl std::future::Future<Output = End>,
+    a: impl std::future::Future<Output = ()>,
+    b: impl std::future::Future<Output = ()>,
+    mut eofs: mpsc::UnboundedReceiver<()>,
 ) {
     tokio::pin!(a, b);
-    let (mut a_done, mut b_done) = (false, false);
-    while !(a_done && b_done) {
+    let mut seen = 0;
+    loop {
         tokio::select! {
-            end = &mut a, if !a_done => {
-                a_done = true;
-                if end == End::Closed { return; }
-            }
-            end = &mut b, if !b_done => {
-                b_done = true;
-                if end == End::Closed { return; }
+            _ = &mut a => return,
+            _ = &mut b => return,
+            Some(()) = eofs.recv() => {
+                seen += 1;
+                if seen == 2 {
+                    return;
+                }
             }
         }
     }

@@ -1,0 +1,239 @@
+//! Load generator for `bench/run`: N idle devices held in one process.
+//!
+//! Warren mode (default): registers N new ed25519 device keys (`bdev0`,
+//! `bdev1`, …) straight into the relay's data directory, then opens N
+//! connections, each registering its own name, as `warren agent` would.
+//!
+//! OpenSSH mode (`--openssh-key`): the same client code against a stock sshd,
+//! for comparison. Every connection logs in with one key as `--user` and asks
+//! for a remote forward of `127.0.0.1:0` (what `ssh -R 0:…` sends), so sshd
+//! holds one listening socket per device, as it would for `ssh -R`.
+//!
+//! Protocol on stdout/stdin, for the benchmark script:
+//!   prints `keys-registered N`, then (with `--wait-go`) waits for one line
+//!   on stdin; connects; prints `all-up N SECONDS`; holds every connection
+//!   until stdin closes (or SIGINT/SIGTERM), then prints how many were still
+//!   open and exits.
+//!
+//! Example:
+//!   cargo run --release --example bench_devices -- \
+//!     --relay 127.0.0.1:2222 --data /var/lib/warren --host-key SHA256:… --n 1000
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use warren::protocol::{Name, Role};
+use warren::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
+use warren::ssh::keys::{self, PrivateKey};
+use warren::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(about = "Hold N idle device connections to a relay (benchmark load generator)")]
+struct Args {
+    /// Relay (or sshd) address, HOST:PORT.
+    #[arg(long)]
+    relay: String,
+    /// The relay's data directory (Warren mode: keys are registered there).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The relay's host-key fingerprint (SHA256:…).
+    #[arg(long)]
+    host_key: String,
+    /// Number of devices.
+    #[arg(long)]
+    n: usize,
+    /// System name (Warren mode; created if missing).
+    #[arg(long, default_value = "tau")]
+    system: String,
+    /// Device name prefix (Warren mode).
+    #[arg(long, default_value = "bdev")]
+    prefix: String,
+    /// Connections in their handshake at once (the relay caps unauthenticated
+    /// connections; sshd has MaxStartups).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Wait for a line on stdin after registering keys, before connecting.
+    #[arg(long)]
+    wait_go: bool,
+    /// OpenSSH mode: log in to a stock sshd with this private key.
+    #[arg(long)]
+    openssh_key: Option<PathBuf>,
+    /// OpenSSH mode: the login user.
+    #[arg(long, default_value = "root")]
+    user: String,
+}
+
+/// What one device connection needs.
+struct Device {
+    key: Arc<PrivateKey>,
+    user: String,
+    /// The forward to request: (address, port).
+    forward: (String, u32),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let devices = prepare(&args)?;
+    say(&format!("keys-registered {}", devices.len()))?;
+
+    let mut stdin = BufReader::new(tokio::io::stdin());
+    if args.wait_go {
+        let mut line = String::new();
+        stdin.read_line(&mut line).await?;
+    }
+
+    let started = Instant::now();
+    let conns = connect_all(&args, devices).await?;
+    say(&format!(
+        "all-up {} {:.3}",
+        conns.len(),
+        started.elapsed().as_secs_f64()
+    ))?;
+
+    // Hold until stdin closes or a signal arrives.
+    let mut sink = Vec::new();
+    tokio::select! {
+        _ = stdin.read_to_end(&mut sink) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm() => {}
+    }
+    let open = conns.iter().filter(|c| !c.is_closed()).count();
+    say(&format!("still-open {open} of {}", conns.len()))?;
+    Ok(())
+}
+
+fn say(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn sigterm() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+/// Makes the keys (and, in Warren mode, registers them).
+fn prepare(args: &Args) -> Result<Vec<Device>> {
+    if let Some(path) = &args.openssh_key {
+        let key = Arc::new(keys::read_private(path)?);
+        return Ok((0..args.n)
+            .map(|_| Device {
+                key: key.clone(),
+                user: args.user.clone(),
+                forward: ("127.0.0.1".to_string(), 0),
+            })
+            .collect());
+    }
+    let data = args
+        .data
+        .as_ref()
+        .context("--data is required in Warren mode")?;
+    let store = Store::open(data)?;
+    let system = Name::parse(&args.system).context("system name")?;
+    if !store.systems()?.iter().any(|s| s == system.as_str()) {
+        store.add_system(&system)?;
+    }
+    let mut devices = Vec::with_capacity(args.n);
+    for i in 0..args.n {
+        let name = format!("{}{i}", args.prefix);
+        let key = keys::generate_ed25519()?;
+        store
+            .add_key(
+                &system,
+                Role::Device,
+                &Name::parse(&name).context("device name")?,
+                key.public_key(),
+            )
+            .with_context(|| format!("registering the key of {name}"))?;
+        devices.push(Device {
+            key: Arc::new(key),
+            user: args.system.clone(),
+            forward: (name, 22),
+        });
+    }
+    Ok(devices)
+}
+
+/// Opens every connection, at most `concurrency` handshakes at a time.
+async fn connect_all(
+    args: &Args,
+    devices: Vec<Device>,
+) -> Result<Vec<ClientConnection<NoForwards>>> {
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let mut set = JoinSet::new();
+    for (i, dev) in devices.into_iter().enumerate() {
+        let gate = gate.clone();
+        let relay = args.relay.clone();
+        let host_key = args.host_key.clone();
+        set.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let conn = connect_one(&relay, &host_key, &dev)
+                .await
+                .with_context(|| format!("device {i} ({})", dev.forward.0))?;
+            anyhow::Ok((i, conn))
+        });
+    }
+    let mut conns = Vec::with_capacity(set.len());
+    while let Some(joined) = set.join_next().await {
+        conns.push(joined??);
+    }
+    conns.sort_by_key(|(i, _)| *i);
+    Ok(conns.into_iter().map(|(_, c)| c).collect())
+}
+
+async fn connect_one(
+    relay: &str,
+    host_key: &str,
+    dev: &Device,
+) -> Result<ClientConnection<NoForwards>> {
+    let opts = ConnectOptions {
+        user: dev.user.clone(),
+        key: dev.key.clone(),
+        host_key: host_key.to_string(),
+        // Idle devices: keepalives every 100 s from this side (the relay sends
+        // its own every 15 s).
+        dead_after: Duration::from_secs(300),
+    };
+    let mut last = None;
+    // A few retries: a loaded sshd may drop connections past MaxStartups.
+    for attempt in 0..5u64 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        }
+        let tcp = match TcpStream::connect(relay).await {
+            Ok(t) => t,
+            Err(e) => {
+                last = Some(anyhow::Error::from(e));
+                continue;
+            }
+        };
+        match client::connect(tcp, &opts, NoForwards).await {
+            Ok(conn) => {
+                conn.register(&dev.forward.0, dev.forward.1).await?;
+                return Ok(conn);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+}
