@@ -77,6 +77,16 @@ pub async fn connect<H: ForwardedHandler>(
         ))),
         keepalive_interval: Some(interval),
         keepalive_max: 2,
+        // AES-GCM first: with AES instructions (any current x86 or ARM
+        // server) it costs about half of chacha20-poly1305 per byte, and the
+        // agent's leg carries every byte a device serves.
+        preferred: russh::Preferred {
+            cipher: Cow::Borrowed(&[
+                russh::cipher::AES_256_GCM,
+                russh::cipher::CHACHA20_POLY1305,
+            ]),
+            ..Default::default()
+        },
         inactivity_timeout: None,
         maximum_packet_size: MAX_PACKET_SIZE,
         nodelay: true,
