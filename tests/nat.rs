@@ -8,7 +8,7 @@
 //!
 //! ```text
 //!  dev 192.168.50.2 ── natD (MASQUERADE) 203.0.113.2 ──┐
-//!                                                     relay 203.0.113.1 / .5 :2222
+//!                                                     relay 203.0.113.1 / .5
 //!  ctl 192.168.60.2 ── natC (MASQUERADE) 203.0.113.6 ──┘
 //! ```
 //!
@@ -179,11 +179,24 @@ async fn warren_ok(args: &[&str]) -> String {
     r.stdout_str()
 }
 
-fn start_relay(ns: &str, data: &Path) -> Watched {
+/// Starts the relay on `port` (0: any free one) and returns it with the port
+/// it listens on, read from its "relay listening" log line.
+async fn start_relay(ns: &str, data: &Path, port: u16) -> (Watched, u16) {
+    let mut relay = start_relay_process(ns, data, port);
+    let line = relay.line("relay listening", WAIT).await;
+    let port = line
+        .split("0.0.0.0:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    (relay, port)
+}
+
+fn start_relay_process(ns: &str, data: &Path, port: u16) -> Watched {
     Watched::start(
         in_ns(ns, WARREN)
-            // Inside this test's own namespace nothing else can hold the port.
-            .args(["relay", "--listen", "0.0.0.0:2222", "--data"])
+            .args(["relay", "--listen", &format!("0.0.0.0:{port}"), "--data"])
             .arg(data),
     )
 }
@@ -279,14 +292,13 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
     let d = dir.path();
     let data = d.join("relay-data");
     let data_s = data.to_str().unwrap();
-    let mut relay = start_relay(&relay_ns, &data);
-    relay.line("relay listening", WAIT).await;
+    let (mut relay, rport) = start_relay(&relay_ns, &data, 0).await;
     assert!(
-        reachable(&dev_ns, "203.0.113.1:2222").await,
+        reachable(&dev_ns, &format!("203.0.113.1:{rport}")).await,
         "device reaches the relay"
     );
     assert!(
-        reachable(&ctl_ns, "203.0.113.5:2222").await,
+        reachable(&ctl_ns, &format!("203.0.113.5:{rport}")).await,
         "controller reaches the relay"
     );
     assert!(
@@ -316,7 +328,7 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
         d,
         "agent.toml",
         &format!(
-            "relay = \"203.0.113.1:2222\"\nsystem = \"tau\"\nname = \"dev1\"\nkey = \"dev1\"\n\
+            "relay = \"203.0.113.1:{rport}\"\nsystem = \"tau\"\nname = \"dev1\"\nkey = \"dev1\"\n\
              relay_host_key = \"{host_key}\"\nallow = [\"22=127.0.0.1:{}\"]\nkeepalive_timeout = \"3s\"\n",
             sshd.port
         ),
@@ -333,7 +345,7 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
         d,
         "known_hosts",
         &format!(
-            "[203.0.113.5]:2222 {}\ndev1 {}\n",
+            "[203.0.113.5]:{rport} {}\ndev1 {}\n",
             relay_pub.trim(),
             sshd.host_pub
         ),
@@ -354,7 +366,7 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
         run(
             in_ns(&ctl_ns, "ssh").arg("-F").arg(&config).args([
                 "-J",
-                "tau@203.0.113.5:2222",
+                &format!("tau@203.0.113.5:{rport}"),
                 "dev1",
                 "echo reached",
             ]),
@@ -387,8 +399,7 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
     // Kill the relay hard and start it again on the same data.
     relay.kill();
     agent.line("offline:", Duration::from_secs(20)).await;
-    let mut relay = start_relay(&relay_ns, &data);
-    relay.line("relay listening", WAIT).await;
+    let (_relay, _) = start_relay(&relay_ns, &data, rport).await;
     let restarted = Instant::now();
     agent.line("online: registered", BACK_WITHIN).await;
     let r = reach().await;

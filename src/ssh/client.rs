@@ -81,10 +81,7 @@ pub async fn connect<H: ForwardedHandler>(
         // server) it costs about half of chacha20-poly1305 per byte, and the
         // agent's leg carries every byte a device serves.
         preferred: russh::Preferred {
-            cipher: Cow::Borrowed(&[
-                russh::cipher::AES_256_GCM,
-                russh::cipher::CHACHA20_POLY1305,
-            ]),
+            cipher: Cow::Borrowed(&[russh::cipher::AES_256_GCM, russh::cipher::CHACHA20_POLY1305]),
             ..Default::default()
         },
         inactivity_timeout: None,
