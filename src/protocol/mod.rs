@@ -3,9 +3,11 @@
 //!
 //! Nothing here imports from the rest of the crate.
 
+pub mod device_info;
 pub mod limits;
 pub mod names;
 pub mod target;
+pub mod token;
 
 pub use names::{Name, NameError, Role};
 pub use target::{AllowList, Target};

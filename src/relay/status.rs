@@ -1,5 +1,7 @@
 //! Device status as people and scripts read it (`ls`, `ls --json`).
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::Relay;
@@ -19,6 +21,13 @@ pub struct DeviceStatus {
     /// Address the device connected from (last known when offline).
     pub address: Option<String>,
     pub ports: Vec<u16>,
+    /// Agent version (none for devices on stock `ssh -R`).
+    pub version: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Live streams to the device.
+    pub streams: u64,
+    /// An admin disabled it: no streams.
+    pub disabled: bool,
 }
 
 /// Lists devices of `system` (or all) as the running relay sees them.
@@ -36,6 +45,7 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
         .map(from_record)
         .map(|mut d| {
             d.online = false;
+            d.streams = 0;
             d
         })
         .collect();
@@ -45,6 +55,8 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
             .iter()
             .filter_map(|p| u16::try_from(*p).ok())
             .collect();
+        let streams = relay.registry().stream_count(&sys, &name) as u64;
+        let disabled = relay.registry().is_disabled(&sys, &name);
         let now = DeviceStatus {
             system: sys.to_string(),
             name: name.to_string(),
@@ -53,12 +65,25 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
             last_seen: Some(store::now()),
             address: Some(entry.peer.to_string()),
             ports,
+            version: None,
+            labels: BTreeMap::new(),
+            streams,
+            disabled,
         };
         match out
             .iter_mut()
             .find(|d| d.system == now.system && d.name == now.name)
         {
-            Some(d) => *d = now,
+            // The store knows version and labels (written at registration;
+            // a write still queued shows at the next `ls`).
+            Some(d) => {
+                let (version, labels) = (d.version.take(), std::mem::take(&mut d.labels));
+                *d = DeviceStatus {
+                    version,
+                    labels,
+                    ..now
+                };
+            }
             None => out.push(now),
         }
     }
@@ -76,7 +101,19 @@ pub fn from_record(d: DeviceRecord) -> DeviceStatus {
         last_seen: d.last_seen,
         address: d.address,
         ports: d.ports,
+        version: d.version,
+        labels: d.labels,
+        streams: d.streams,
+        disabled: d.disabled,
     }
+}
+
+/// Keeps the devices that carry every `KEY=VALUE` label in `want`.
+pub fn filter_labels(devices: Vec<DeviceStatus>, want: &[(String, String)]) -> Vec<DeviceStatus> {
+    devices
+        .into_iter()
+        .filter(|d| crate::protocol::device_info::DeviceInfo::matches(&d.labels, want))
+        .collect()
 }
 
 /// "2026-11-22T10:00:00Z (5m ago)", or "never".
@@ -103,7 +140,17 @@ fn short_duration(secs: u64) -> String {
 /// A table for people. `with_system` adds the system column (admin view).
 pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
     let mut rows = vec![{
-        let mut h = vec!["NAME", "STATUS", "SINCE", "ADDRESS", "PORTS"];
+        let mut h = vec![
+            "NAME",
+            "STATUS",
+            "SINCE",
+            "LAST SEEN",
+            "ADDRESS",
+            "PORTS",
+            "STREAMS",
+            "VERSION",
+            "LABELS",
+        ];
         if with_system {
             h.insert(0, "SYSTEM");
         }
@@ -112,14 +159,30 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
     for d in devices {
         let mut r = vec![
             d.name.clone(),
-            if d.online { "online" } else { "offline" }.to_string(),
+            format!(
+                "{}{}",
+                if d.online { "online" } else { "offline" },
+                if d.disabled { ",disabled" } else { "" }
+            ),
             when(d.since),
+            when(d.last_seen),
             d.address.clone().unwrap_or_else(|| "-".into()),
             d.ports
                 .iter()
                 .map(u16::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
+            d.streams.to_string(),
+            d.version.clone().unwrap_or_else(|| "-".into()),
+            if d.labels.is_empty() {
+                "-".into()
+            } else {
+                d.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
         ];
         if with_system {
             r.insert(0, d.system.clone());
@@ -168,6 +231,10 @@ mod tests {
             last_seen: Some(store::now()),
             address: Some("198.51.100.4:40000".into()),
             ports: vec![22, 8080],
+            version: Some("0.1.0".into()),
+            labels: BTreeMap::from([("gpu".into(), "a100".into())]),
+            streams: 3,
+            disabled: false,
         };
         let t = render(&[d], false);
         let lines: Vec<&str> = t.lines().collect();
@@ -175,6 +242,10 @@ mod tests {
         assert!(lines[1].starts_with("dev1  online"), "{t}");
         assert!(lines[1].contains("(2m ago)"), "{t}");
         assert!(lines[1].contains("22,8080"));
+        assert!(
+            lines[1].contains("gpu=a100") && lines[1].contains("0.1.0"),
+            "{t}"
+        );
         assert_eq!(when(None), "never");
     }
 }
