@@ -117,6 +117,13 @@ impl Relay {
         let mut server_config = ServerConfig::new(host);
         server_config.handshake_timeout = options.handshake_timeout;
         store.all_devices_down()?;
+        if let Some(keep) = options.audit_retention {
+            let before = audit::now_ms().saturating_sub(keep.as_millis() as u64);
+            let pruned = store.prune_audit(before)?;
+            if pruned > 0 {
+                tracing::info!(pruned, retention = ?keep, "pruned old audit events");
+            }
+        }
         if let Some(addr) = &options.advertise {
             store.set_setting(ADVERTISE_SETTING, addr)?;
         }
