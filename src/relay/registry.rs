@@ -268,7 +268,12 @@ impl Registry {
                 }
             }
         }
+        let changed = inner.disabled != disabled;
         inner.disabled = disabled;
+        drop(inner);
+        if changed {
+            self.bump();
+        }
         closed
     }
 }
