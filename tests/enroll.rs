@@ -395,3 +395,65 @@ async fn invites_can_be_listed_and_revoked() {
         "{kinds:?}"
     );
 }
+
+#[tokio::test]
+async fn after_enroll_warren_agent_and_warren_ls_need_no_flags() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    let home = tempfile::tempdir().unwrap();
+    let xdg = home.path().to_str().unwrap();
+    let with_home = |args: &[&str]| {
+        let mut c = Command::new(WARREN);
+        c.args(args)
+            .env("XDG_CONFIG_HOME", xdg)
+            .env("WARREN_LOG", "error")
+            .env_remove("WARREN_AGENT_CONFIG")
+            .env_remove("WARREN_CLIENT_CONFIG");
+        c
+    };
+    let token = invite(&r, "device", "dev1").await;
+    let out = run(&mut with_home(&["enroll", &token]), WAIT).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(home.path().join("warren/agent.toml").exists());
+    // `warren agent` with no flags finds the config enroll wrote.
+    let _agent = common::openssh::spawn(&mut with_home(&["agent"]));
+    r.wait_online("tau", "dev1", true).await;
+
+    let token = invite(&r, "controller", "alice").await;
+    let out = run(&mut with_home(&["enroll", &token, "--json"]), WAIT).await;
+    assert!(out.ok, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["role"], "controller");
+    let ls = run(&mut with_home(&["ls"]), WAIT).await;
+    assert!(ls.ok, "{}", ls.stderr);
+    assert!(
+        ls.stdout_str()
+            .lines()
+            .any(|l| l.starts_with("dev1") && l.contains("online")),
+        "{}",
+        ls.stdout_str()
+    );
+    // `warren log` reads this system's audit log through the relay.
+    let log = run(&mut with_home(&["log", "--kind", "enroll", "--json"]), WAIT).await;
+    assert!(log.ok, "{}", log.stderr);
+    let names: Vec<String> = log
+        .stdout_str()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, vec!["alice", "dev1"]);
+    // A second enroll into the same place is refused before anything happens.
+    let token = invite(&r, "device", "dev2").await;
+    let out = run(&mut with_home(&["enroll", &token]), WAIT).await;
+    assert!(
+        !out.ok && out.stderr.contains("already exists"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(key_count(&r), 2);
+}

@@ -19,12 +19,20 @@ pub struct LogArgs {
     /// Only this system (a controller always sees only its own).
     #[arg(long)]
     pub system: Option<String>,
-    /// Only this device.
-    #[arg(long)]
-    pub device: Option<String>,
     /// Only this key (name or SHA256 fingerprint).
     #[arg(long)]
     pub key: Option<String>,
+    #[command(flatten)]
+    pub filter: LogFilter,
+}
+
+/// Everything `log` takes but the system and key (`warren log` has its own
+/// `--system` and `--key`: the client's).
+#[derive(Debug, Clone, Default, Args)]
+pub struct LogFilter {
+    /// Only this device.
+    #[arg(long)]
+    pub device: Option<String>,
     /// Only this kind: login, device_up, device_down, register, stream_open,
     /// stream_close, enroll, key_add, key_revoke, invite_create,
     /// invite_revoke, device_disable, device_enable, system_add, command.
@@ -67,13 +75,26 @@ pub fn parse_time(s: &str) -> Result<u64> {
 
 impl LogArgs {
     pub fn query(&self) -> Result<AuditQuery> {
+        let mut q = self.filter.query()?;
+        q.system = self.system.clone();
+        q.key = self.key.clone();
+        Ok(q)
+    }
+
+    pub fn render(&self, events: Vec<Event>) -> String {
+        self.filter.render(events)
+    }
+}
+
+impl LogFilter {
+    pub fn query(&self) -> Result<AuditQuery> {
         if self.limit == 0 || self.limit > AUDIT_PAGE_MAX {
             bail!("--limit must be between 1 and {AUDIT_PAGE_MAX}");
         }
         Ok(AuditQuery {
-            system: self.system.clone(),
+            system: None,
             device: self.device.clone(),
-            key: self.key.clone(),
+            key: None,
             kind: self.kind.clone(),
             since_ms: self.since.as_deref().map(parse_time).transpose()?,
             until_ms: self.until.as_deref().map(parse_time).transpose()?,
@@ -86,9 +107,7 @@ impl LogArgs {
     pub fn to_words(&self) -> Vec<String> {
         let mut w = vec!["log".to_string()];
         for (flag, v) in [
-            ("--system", &self.system),
             ("--device", &self.device),
-            ("--key", &self.key),
             ("--kind", &self.kind),
             ("--since", &self.since),
             ("--until", &self.until),
@@ -220,6 +239,14 @@ mod tests {
     use crate::audit::kind;
 
     #[test]
+    fn the_whole_command_line_is_consistent() {
+        // Duplicate flags between flattened argument groups only show when
+        // that subcommand runs; check every one here.
+        use clap::CommandFactory;
+        crate::cli::Cli::command().debug_assert();
+    }
+
+    #[test]
     fn times_parse_as_rfc3339_or_age() {
         assert_eq!(parse_time("1970-01-01T00:00:10Z").unwrap(), 10_000);
         let an_hour_ago = parse_time("1h").unwrap();
@@ -231,14 +258,14 @@ mod tests {
     fn csv_quotes_and_table_says_more() {
         let mut e = Event::new(kind::STREAM_CLOSE, "closed").detail("a, \"b\"");
         e.id = 7;
-        let args = LogArgs {
+        let args = LogFilter {
             csv: true,
             limit: 1,
             ..Default::default()
         };
         let out = args.render(vec![e.clone()]);
         assert!(out.contains("\"a, \"\"b\"\"\""), "{out}");
-        let args = LogArgs {
+        let args = LogFilter {
             limit: 1,
             ..Default::default()
         };

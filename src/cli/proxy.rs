@@ -46,8 +46,11 @@ pub struct LsArgs {
 pub struct LogCmdArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Only this key (name or SHA256 fingerprint).
+    #[arg(long)]
+    pub key_name: Option<String>,
     #[command(flatten)]
-    pub log: super::log::LogArgs,
+    pub log: super::log::LogFilter,
 }
 
 pub async fn proxy(a: ProxyArgs) -> Result<ExitCode> {
@@ -108,7 +111,12 @@ pub async fn ls(a: LsArgs) -> Result<ExitCode> {
 pub async fn log(a: LogCmdArgs) -> Result<ExitCode> {
     let settings = ClientSettings::resolve(&a.client.overrides())?;
     a.log.query()?;
-    remote(&settings, &a.log.to_words()).await
+    let mut words = a.log.to_words();
+    if let Some(k) = a.key_name {
+        words.push("--key".into());
+        words.push(k);
+    }
+    remote(&settings, &words).await
 }
 
 /// Runs a command at the relay and passes its output and exit status on.
