@@ -541,12 +541,16 @@ async fn old_audit_events_are_pruned_at_start() {
 struct RelayProcess {
     child: tokio::process::Child,
     port: u16,
+    /// Its stderr (JSON log lines), line by line.
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl RelayProcess {
     async fn start(data: &Path) -> RelayProcess {
         let mut child = Command::new(WARREN)
             .args([
+                "--log-format",
+                "json",
                 "relay",
                 "--listen",
                 "127.0.0.1:0",
@@ -575,8 +579,34 @@ impl RelayProcess {
         })
         .await
         .expect("relay listening");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        RelayProcess { child, port }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send(l);
+            }
+        });
+        RelayProcess {
+            child,
+            port,
+            lines: rx,
+        }
+    }
+
+    /// Waits for a log line containing every string in `want`.
+    async fn line(&mut self, want: &[&str]) -> serde_json::Value {
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(l) = self.lines.recv().await {
+                if want.iter().all(|w| l.contains(w)) {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(l)) => serde_json::from_str(&l).unwrap(),
+            _ => panic!("no log line with {want:?}"),
+        }
     }
 }
 
@@ -686,6 +716,11 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
     })
     .await
     .expect("stream records while the burst runs");
+    // Each event is also a structured log line.
+    let line = relay.line(&["\"target\":\"audit\"", "stream_close"]).await;
+    assert_eq!(line["fields"]["event"], "stream_close");
+    assert_eq!(line["fields"]["device"], "dev1");
+    assert!(line["fields"]["bytes_up"].as_u64().unwrap() > 0);
     relay.child.start_kill().unwrap();
     relay.child.wait().await.unwrap();
     let mut streams_done = 0;
