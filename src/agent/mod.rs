@@ -3,6 +3,7 @@
 //! forever with exponential backoff and jitter.
 
 pub mod config;
+pub mod doctor;
 pub mod gateway;
 
 use std::sync::Arc;
