@@ -70,7 +70,10 @@ pub async fn run(path: &Path) -> Report {
         }
     }
     for l in &settings.gateway.listens {
-        checks.push(can_listen(l.bind, &format!("listen {} (for {})", l.bind, l.to)));
+        checks.push(can_listen(
+            l.bind,
+            &format!("listen {} (for {})", l.bind, l.to),
+        ));
     }
     Report {
         ok: checks.iter().all(|c| c.ok),
@@ -81,8 +84,7 @@ pub async fn run(path: &Path) -> Report {
 /// Relay reachable, host key as pinned, key accepted, clock skew.
 async fn relay_checks(s: &AgentSettings, checks: &mut Vec<Check>) {
     let started = Instant::now();
-    let tcp = match tokio::time::timeout(DOCTOR_CHECK_TIMEOUT, TcpStream::connect(&s.relay)).await
-    {
+    let tcp = match tokio::time::timeout(DOCTOR_CHECK_TIMEOUT, TcpStream::connect(&s.relay)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             checks.push(check("relay reachable", false, format!("{}: {e}", s.relay)));
@@ -100,7 +102,11 @@ async fn relay_checks(s: &AgentSettings, checks: &mut Vec<Check>) {
     checks.push(check(
         "relay reachable",
         true,
-        format!("{} answered in {} ms", s.relay, started.elapsed().as_millis()),
+        format!(
+            "{} answered in {} ms",
+            s.relay,
+            started.elapsed().as_millis()
+        ),
     ));
     let opts = ConnectOptions {
         user: s.system.to_string(),
@@ -209,11 +215,9 @@ async fn answering(addr: &str, name: &str) -> Check {
 fn can_listen(bind: SocketAddr, name: &str) -> Check {
     match std::net::TcpListener::bind(bind) {
         Ok(_) => check(name, true, "this host can listen there"),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => check(
-            name,
-            true,
-            "already in use (expected while the agent runs)",
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            check(name, true, "already in use (expected while the agent runs)")
+        }
         Err(e) => check(name, false, e.to_string()),
     }
 }

@@ -282,10 +282,7 @@ pub struct Accepted {
 /// Binds every listen forward and feeds accepted connections into the
 /// returned channel until `shutdown`. A bind that fails is logged and
 /// skipped (`warren doctor` reports it too); the others still work.
-pub fn start_listens(
-    listens: &[Listen],
-    shutdown: &CancellationToken,
-) -> mpsc::Receiver<Accepted> {
+pub fn start_listens(listens: &[Listen], shutdown: &CancellationToken) -> mpsc::Receiver<Accepted> {
     let (tx, rx) = mpsc::channel(LISTEN_BACKLOG);
     for l in listens.iter().cloned() {
         let (tx, stop) = (tx.clone(), shutdown.clone());
@@ -413,7 +410,10 @@ mod tests {
             "10.0.1.7:22"
         );
         let r = admit_host(&s, "10.0.2.7", 22).await.unwrap_err();
-        assert!(r.message.contains("outside the scope of gateway gw1"), "{r}");
+        assert!(
+            r.message.contains("outside the scope of gateway gw1"),
+            "{r}"
+        );
         let r = admit_host(&s, "10.0.1.7", 80).await.unwrap_err();
         assert!(r.message.contains("serves ports 22, 9100"), "{r}");
         // The relay associates a network inside the permit and one outside:

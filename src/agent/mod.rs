@@ -165,9 +165,7 @@ async fn announce<H: ForwardedHandler>(
     gw: &GatewayState,
 ) -> anyhow::Result<()> {
     let announce = serde_json::to_string(&gw.config.announce())?;
-    let out = conn
-        .exec(&format!("{ANNOUNCE_COMMAND} {announce}"))
-        .await?;
+    let out = conn.exec(&format!("{ANNOUNCE_COMMAND} {announce}")).await?;
     if out.status != 0 {
         anyhow::bail!(
             "relay refused the gateway announcement: {}",
@@ -189,10 +187,7 @@ async fn announce<H: ForwardedHandler>(
 /// Opens a stream through the relay for a connection accepted on a listen
 /// forward. Opening waits for the relay (bounded); the bytes then flow in
 /// their own task.
-async fn carry_out<H: ForwardedHandler>(
-    conn: &client::ClientConnection<H>,
-    a: gateway::Accepted,
-) {
+async fn carry_out<H: ForwardedHandler>(conn: &client::ClientConnection<H>, a: gateway::Accepted) {
     let opened = tokio::time::timeout(
         STREAM_OPEN_TIMEOUT,
         conn.open(&a.to.host, u32::from(a.to.port)),
@@ -208,7 +203,9 @@ async fn carry_out<H: ForwardedHandler>(
             });
         }
         Ok(Err(e)) => tracing::warn!(to = %a.to, peer = %a.peer, "listen forward refused: {e:#}"),
-        Err(_) => tracing::warn!(to = %a.to, peer = %a.peer, "listen forward: relay did not answer"),
+        Err(_) => {
+            tracing::warn!(to = %a.to, peer = %a.peer, "listen forward: relay did not answer")
+        }
     }
 }
 
@@ -242,7 +239,12 @@ impl ForwardedHandler for Serve {
         }
         if address != self.name.as_str() && self.gateway.config.is_gateway() {
             let host = address.to_string();
-            tokio::spawn(gateway::serve_host(self.gateway.clone(), host, port, channel));
+            tokio::spawn(gateway::serve_host(
+                self.gateway.clone(),
+                host,
+                port,
+                channel,
+            ));
             return;
         }
         let target = match admit(&self.name, &self.allow, address, port) {

@@ -12,7 +12,11 @@ use crate::agent::doctor;
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Agent config file to check.
-    #[arg(long, env = "WARREN_AGENT_CONFIG", default_value = "/etc/warren/agent.toml")]
+    #[arg(
+        long,
+        env = "WARREN_AGENT_CONFIG",
+        default_value = "/etc/warren/agent.toml"
+    )]
     pub config: PathBuf,
     /// Print the checks as JSON: {"ok": bool, "checks": [{"check", "ok", "detail"}]}.
     #[arg(long)]

@@ -29,14 +29,13 @@ impl Cidr {
             .parse()
             .map_err(|_| format!("{s:?} is not a network (expected e.g. 10.0.1.0/24)"))?;
         let max = max_prefix(addr);
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix length must be a number from 0 to {max}"))?,
-        };
+        let prefix =
+            match prefix {
+                None => max,
+                Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+                    format!("{s:?}: prefix length must be a number from 0 to {max}")
+                })?,
+            };
         let cidr = Cidr { addr, prefix };
         if cidr.network() != addr {
             return Err(format!(
@@ -75,12 +74,8 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = unmap(ip);
         match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                u32::from(a) & mask32(self.prefix) == u32::from(n)
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                u128::from(a) & mask128(self.prefix) == u128::from(n)
-            }
+            (IpAddr::V4(n), IpAddr::V4(a)) => u32::from(a) & mask32(self.prefix) == u32::from(n),
+            (IpAddr::V6(n), IpAddr::V6(a)) => u128::from(a) & mask128(self.prefix) == u128::from(n),
             _ => false,
         }
     }
@@ -183,7 +178,14 @@ mod tests {
         assert_eq!(Cidr::parse("fd00::/8").unwrap().to_string(), "fd00::/8");
         let err = Cidr::parse("10.0.1.7/24").unwrap_err();
         assert!(err.contains("10.0.1.0/24"), "{err}");
-        for bad in ["", "10.0.1/24", "10.0.1.0/33", "10.0.1.0/x", "host/24", "fd00::/129"] {
+        for bad in [
+            "",
+            "10.0.1/24",
+            "10.0.1.0/33",
+            "10.0.1.0/x",
+            "host/24",
+            "fd00::/129",
+        ] {
             assert!(Cidr::parse(bad).is_err(), "{bad:?}");
         }
     }

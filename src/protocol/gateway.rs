@@ -219,12 +219,18 @@ mod tests {
         let (a, b) = (gw(&["10.0.0.0/16"]), gw(&["10.0.1.0/24"]));
         let both = [(&vpc, &a), (&subnet, &b)];
         let (name, net) = pick(both, ip("10.0.1.7")).unwrap();
-        assert_eq!((name.as_str(), net.to_string().as_str()), ("subnet", "10.0.1.0/24"));
+        assert_eq!(
+            (name.as_str(), net.to_string().as_str()),
+            ("subnet", "10.0.1.0/24")
+        );
         // Order does not matter.
         let (name, _) = pick([(&subnet, &b), (&vpc, &a)], ip("10.0.1.7")).unwrap();
         assert_eq!(name.as_str(), "subnet");
         let (name, net) = pick(both, ip("10.0.9.1")).unwrap();
-        assert_eq!((name.as_str(), net.to_string().as_str()), ("vpc", "10.0.0.0/16"));
+        assert_eq!(
+            (name.as_str(), net.to_string().as_str()),
+            ("vpc", "10.0.0.0/16")
+        );
         assert_eq!(pick(both, ip("192.168.1.1")), Err(Pick::None));
     }
 

@@ -141,8 +141,9 @@ fn via(
     gw: &str,
     port: Option<u16>,
 ) -> Result<Routed, Refusal> {
-    let name = Name::parse(gw)
-        .map_err(|e| Refusal::prohibited(format!("{gw:?} after {VIA:?} is no gateway name: {e}")))?;
+    let name = Name::parse(gw).map_err(|e| {
+        Refusal::prohibited(format!("{gw:?} after {VIA:?} is no gateway name: {e}"))
+    })?;
     let Some((name, scope, handle)) = online(relay, system)
         .into_iter()
         .find(|(n, _, _)| *n == name)
@@ -188,6 +189,19 @@ fn by_address(
             "no gateway of system {system} is online to reach {ip}"
         )),
         Pick::None => {
+            // An admin may have associated it with a gateway whose owner
+            // does not permit it: say so rather than "no gateway".
+            let refused = gateways.iter().find_map(|(n, s, _)| {
+                s.refused_associations()
+                    .into_iter()
+                    .find(|c| c.contains(ip))
+                    .map(|c| (n, c))
+            });
+            if let Some((n, c)) = refused {
+                return Refusal::prohibited(format!(
+                    "{ip} is in network {c}, associated with gateway {n} but outside its permit"
+                ));
+            }
             let served: Vec<String> = gateways
                 .iter()
                 .map(|(n, s, _)| format!("{n}: {}", gateway::list(&s.effective())))
@@ -277,7 +291,10 @@ pub(super) async fn device_command(
         );
     };
     if json.len() > MAX_CONTROL_MESSAGE {
-        return fail(1, format!("announcement longer than {MAX_CONTROL_MESSAGE} bytes\n"));
+        return fail(
+            1,
+            format!("announcement longer than {MAX_CONTROL_MESSAGE} bytes\n"),
+        );
     }
     let announce: Announce = match serde_json::from_str(json.trim()) {
         Ok(a) => a,
@@ -381,5 +398,8 @@ async fn push(handle: ServerHandle, nets: Vec<Cidr>) -> Option<SpliceStats> {
             return None;
         }
     };
-    Some(ch.splice_io(std::io::Cursor::new(body), tokio::io::sink()).await)
+    Some(
+        ch.splice_io(std::io::Cursor::new(body), tokio::io::sink())
+            .await,
+    )
 }

@@ -249,7 +249,17 @@ impl Store {
 
     /// Gateways of `system` (or all), with their associations and rules.
     pub fn gateways(&self, system: Option<&str>) -> Result<Vec<GatewayRecord>> {
-        let rows: Vec<(i64, String, String, String, String, Option<String>, String, i64, i64)> = {
+        let rows: Vec<(
+            i64,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            i64,
+            i64,
+        )> = {
             let conn = self.lock();
             let mut st = conn.prepare(
                 "SELECT id, system, name, scope, ports, permit, listens, created, updated FROM gateways
@@ -354,14 +364,19 @@ mod tests {
         let net = Cidr::parse("10.0.2.0/24").unwrap();
         store.gateway_associate(&n("tau"), &n("gw1"), &net).unwrap();
         assert!(store.gateway_associate(&n("tau"), &n("gw1"), &net).is_err());
-        assert_eq!(
-            store.gateway_announce("tau", "gw1", &a).unwrap(),
-            vec![net]
-        );
+        assert_eq!(store.gateway_announce("tau", "gw1", &a).unwrap(), vec![net]);
         let t = Target::parse("collector:9100").unwrap();
         store.gateway_allow(&n("tau"), &n("gw1"), &t).unwrap();
-        assert!(store.gateway_rule_allows("tau", "gw1", "collector:9100").unwrap());
-        assert!(!store.gateway_rule_allows("tau", "gw1", "collector:9101").unwrap());
+        assert!(
+            store
+                .gateway_rule_allows("tau", "gw1", "collector:9100")
+                .unwrap()
+        );
+        assert!(
+            !store
+                .gateway_rule_allows("tau", "gw1", "collector:9101")
+                .unwrap()
+        );
         let g = store.gateways(Some("tau")).unwrap();
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].scope, vec!["10.0.1.0/24"]);
@@ -378,12 +393,16 @@ mod tests {
         assert!(err.to_string().contains("no device nosuch"), "{err}");
         assert_eq!(store.gateways(None).unwrap().len(), 1);
 
-        let err = store.gateway_delete(&n("tau"), &n("gw1"), false).unwrap_err();
+        let err = store
+            .gateway_delete(&n("tau"), &n("gw1"), false)
+            .unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
         assert_eq!(store.gateways(None).unwrap().len(), 1);
         store.gateway_deny(&n("tau"), &n("gw1"), &t).unwrap();
         assert!(store.gateway_deny(&n("tau"), &n("gw1"), &t).is_err());
-        store.gateway_dissociate(&n("tau"), &n("gw1"), &net).unwrap();
+        store
+            .gateway_dissociate(&n("tau"), &n("gw1"), &net)
+            .unwrap();
         store.gateway_delete(&n("tau"), &n("gw1"), false).unwrap();
         assert!(store.gateways(None).unwrap().is_empty());
         assert!(store.gateway_delete(&n("tau"), &n("gw1"), false).is_err());
@@ -399,7 +418,11 @@ mod tests {
             .unwrap();
         store.gateway_delete(&n("tau"), &n("gw1"), true).unwrap();
         assert!(store.gateways(None).unwrap().is_empty());
-        assert!(!store.gateway_rule_allows("tau", "gw1", "collector:9100").unwrap());
+        assert!(
+            !store
+                .gateway_rule_allows("tau", "gw1", "collector:9100")
+                .unwrap()
+        );
         assert!(store.all_gateway_associations().unwrap().is_empty());
     }
 }
