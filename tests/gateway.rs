@@ -121,6 +121,8 @@ impl World {
             &host_a_if,
         ]);
         net.link(&gwb_ns, "10.0.1.1/24", &hostb, "10.0.1.7/24", "lb");
+        // A name that only site B's network resolves.
+        net.hosts(&gwb_ns, "127.0.0.1 localhost\n10.0.1.7 db.siteb\n");
         net.nat(&natc, &natc_wan);
         ip(&["-n", &natc, "route", "add", "default", "via", "203.0.113.5"]);
         ip(&["-n", &ctl, "route", "add", "default", "via", "192.168.60.1"]);
@@ -241,7 +243,7 @@ impl World {
                 "Host 203.0.113.5\n  IdentityFile {alice}\n\
                  Host 10.0.1.7 10.0.2.7 10.0.4.9 172.16.5.7 192.168.99.1\n  User {user}\n  Port {pa}\n  \
                  IdentityFile {ka}\n  HostKeyAlias hosta\n\
-                 Host 10.0.1.7.via.gwb\n  User {user}\n  Port {pb}\n  IdentityFile {kb}\n  HostKeyAlias hostb\n\
+                 Host 10.0.1.7.via.gwb db.siteb.via.gwb\n  User {user}\n  Port {pb}\n  IdentityFile {kb}\n  HostKeyAlias hostb\n\
                  Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  \
                  UserKnownHostsFile {known}\n  ConnectTimeout 10\n",
                 alice = d.join("alice").display(),
@@ -381,6 +383,25 @@ async fn stock_ssh_reaches_private_hosts_through_the_right_gateway() {
     assert_eq!(r.stdout_str(), "site-b-web");
     drop(fwd);
 
+    // A name resolved inside site B's network, by the gateway.
+    let r = w.ssh_j("db.siteb.via.gwb", WHO).await;
+    assert!(r.ok, "ssh -J to db.siteb.via.gwb: {}", r.stderr);
+    assert!(
+        r.stdout_str().trim().ends_with("-hostb"),
+        "{}",
+        r.stdout_str()
+    );
+    // Without the gateway's name, the relay cannot know whose network
+    // resolves it, and says how to name one.
+    let r = w.ssh_j("db.siteb", WHO).await;
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("no device named db.siteb in system tau")
+            && r.stderr.contains("db.siteb.via.gwa (gateways: gwa, gwb)"),
+        "{}",
+        r.stderr
+    );
+
     // Two gateways serve 10.0.4.0/24 equally specifically: an error naming both.
     let r = w.ssh_j("10.0.4.9", WHO).await;
     assert!(!r.ok);
@@ -510,9 +531,14 @@ async fn a_listen_forward_reports_out_only_where_an_admin_allows() {
 #[tokio::test]
 async fn associations_apply_at_once_and_the_permit_has_the_last_word() {
     let mut w = World::start().await;
-    // 10.0.2.7 (site A's second network) falls in gwb's /16: not reachable.
+    // 10.0.2.7 (site A's second network) falls in gwb's /16, not site A.
     let r = w.ssh_j("10.0.2.7", WHO).await;
     assert!(!r.ok, "10.0.2.7 must not reach site A yet");
+    assert!(
+        r.stderr.contains("gateway gwb "),
+        "{}",
+        r.stderr
+    );
 
     w.admin_ok(&["gateway", "associate", "gwa", "10.0.2.0/24"])
         .await;
@@ -567,6 +593,11 @@ async fn associations_apply_at_once_and_the_permit_has_the_last_word() {
         .await;
     let r = w.ssh_j("10.0.2.7", WHO).await;
     assert!(!r.ok, "dissociated: {}", r.stdout_str());
+    assert!(
+        r.stderr.contains("gateway gwb "),
+        "{}",
+        r.stderr
+    );
     let r = w
         .admin(&["gateway", "associate", "gwa", "10.0.2.7/24"])
         .await;

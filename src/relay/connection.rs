@@ -404,6 +404,9 @@ async fn route(relay: &Relay, who: &Identity, host: &str, port: u32) -> Result<R
             "device {name} is offline (last seen {})",
             super::status::when(d.last_seen)
         ),
-        None => format!("no device named {name} in system {system}"),
+        None => format!(
+            "no device named {name} in system {system}{}",
+            gateways::hint(relay, system, host)
+        ),
     }))
 }

@@ -124,6 +124,22 @@ pub(super) fn route(
     None
 }
 
+/// For a name that is no device: how to reach it through a gateway, when
+/// the system has several (with one, it would have gone there).
+pub(super) fn hint(relay: &Relay, system: &Name, host: &str) -> String {
+    let names: Vec<String> = online(relay, system)
+        .into_iter()
+        .map(|(n, _, _)| n.to_string())
+        .collect();
+    match names.first() {
+        Some(first) if names.len() > 1 => format!(
+            "; for a host behind a gateway, name the gateway: {host}{VIA}{first} (gateways: {})",
+            names.join(", ")
+        ),
+        _ => String::new(),
+    }
+}
+
 fn port_refusal(name: &Name, scope: &GatewayScope, port: u32) -> Refusal {
     let ports: Vec<String> = scope.ports.iter().map(u16::to_string).collect();
     Refusal::prohibited(format!(

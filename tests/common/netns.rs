@@ -20,6 +20,7 @@ pub const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 pub struct Net {
     pub tag: String,
     made: Vec<String>,
+    etc: Vec<std::path::PathBuf>,
 }
 
 impl Net {
@@ -34,6 +35,7 @@ impl Net {
         Net {
             tag,
             made: Vec::new(),
+            etc: Vec::new(),
         }
     }
 
@@ -102,8 +104,22 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Gives namespace `ns` its own /etc/hosts (`ip netns exec` mounts
+    /// /etc/netns/NS/hosts over it), removed on drop.
+    pub fn hosts(&mut self, ns: &str, text: &str) {
+        let dir = Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), text).unwrap();
+        self.etc.push(dir);
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
+        for dir in &self.etc {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         for ns in self.made.iter().rev() {
             let _ = std::process::Command::new("ip")
                 .args(["netns", "del", ns])
