@@ -278,7 +278,7 @@ pub(super) async fn may_open(
         return Ok(());
     }
     Err(Refusal::prohibited(format!(
-        "device {} may not open {target}: no gateway rule allows it (an admin adds one with `warren admin gateway allow {} {target}`)",
+        "device keys cannot open streams, except to targets a gateway rule allows; none allows {} to reach {target} (an admin adds one with `warren admin gateway allow {} {target}`)",
         who.name, who.name
     )))
 }
