@@ -534,11 +534,7 @@ async fn associations_apply_at_once_and_the_permit_has_the_last_word() {
     // 10.0.2.7 (site A's second network) falls in gwb's /16, not site A.
     let r = w.ssh_j("10.0.2.7", WHO).await;
     assert!(!r.ok, "10.0.2.7 must not reach site A yet");
-    assert!(
-        r.stderr.contains("gateway gwb "),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("gateway gwb "), "{}", r.stderr);
 
     w.admin_ok(&["gateway", "associate", "gwa", "10.0.2.0/24"])
         .await;
@@ -593,11 +589,7 @@ async fn associations_apply_at_once_and_the_permit_has_the_last_word() {
         .await;
     let r = w.ssh_j("10.0.2.7", WHO).await;
     assert!(!r.ok, "dissociated: {}", r.stdout_str());
-    assert!(
-        r.stderr.contains("gateway gwb "),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("gateway gwb "), "{}", r.stderr);
     let r = w
         .admin(&["gateway", "associate", "gwa", "10.0.2.7/24"])
         .await;

@@ -135,11 +135,11 @@ async fn session(
         ports = %ports.join(","),
         "online: registered as {}/{}", settings.system, settings.name
     );
-    if gw.config.is_gateway() {
-        if let Err(e) = announce(&conn, gw).await {
-            conn.disconnect().await;
-            return format!("{e:#}");
-        }
+    if gw.config.is_gateway()
+        && let Err(e) = announce(&conn, gw).await
+    {
+        conn.disconnect().await;
+        return format!("{e:#}");
     }
     emit(AgentEvent::Online);
     let gone = loop {

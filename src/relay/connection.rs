@@ -363,15 +363,15 @@ async fn route(relay: &Relay, who: &Identity, host: &str, port: u32) -> Result<R
     let online = Name::parse(host)
         .ok()
         .and_then(|n| relay.registry.lookup(system, &n).map(|d| (n, d)));
-    if online.is_none() {
-        if let Some(routed) = gateways::route(relay, system, host, port) {
-            let r = routed?;
-            return Ok(Route {
-                handle: r.handle,
-                address: r.address,
-                gateway: Some(r.gateway),
-            });
-        }
+    if online.is_none()
+        && let Some(routed) = gateways::route(relay, system, host, port)
+    {
+        let r = routed?;
+        return Ok(Route {
+            handle: r.handle,
+            address: r.address,
+            gateway: Some(r.gateway),
+        });
     }
     let name = Name::parse(host).map_err(|e| {
         Refusal::prohibited(format!("no device named {host:?} in system {system} ({e})"))

@@ -81,10 +81,11 @@ impl Gateways {
 fn online(relay: &Relay, system: &Name) -> Vec<(Name, GatewayScope, ServerHandle)> {
     let mut out = Vec::new();
     for (name, live) in relay.gateways.of_system(system) {
-        if let Some(dev) = relay.registry.lookup(system, &name) {
-            if dev.conn == live.conn && live.scope.is_gateway() {
-                out.push((name, live.scope, dev.handle));
-            }
+        if let Some(dev) = relay.registry.lookup(system, &name)
+            && dev.conn == live.conn
+            && live.scope.is_gateway()
+        {
+            out.push((name, live.scope, dev.handle));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));

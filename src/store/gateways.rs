@@ -37,6 +37,20 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| anyhow::anyhow!("stored gateway {what} is corrupt: {e}"))
 }
 
+/// One `gateways` row as read: id, system, name, scope, ports, permit,
+/// listens, created, updated.
+type Row = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+    i64,
+);
+
 impl Store {
     /// Records what a gateway's agent announced; returns the networks
     /// associated with it.
@@ -249,17 +263,7 @@ impl Store {
 
     /// Gateways of `system` (or all), with their associations and rules.
     pub fn gateways(&self, system: Option<&str>) -> Result<Vec<GatewayRecord>> {
-        let rows: Vec<(
-            i64,
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            String,
-            i64,
-            i64,
-        )> = {
+        let rows: Vec<Row> = {
             let conn = self.lock();
             let mut st = conn.prepare(
                 "SELECT id, system, name, scope, ports, permit, listens, created, updated FROM gateways
