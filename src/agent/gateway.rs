@@ -133,14 +133,20 @@ pub struct GatewayState {
     pub name: Name,
     pub config: GatewayConfig,
     associations: Mutex<Vec<Cidr>>,
+    events: Option<mpsc::UnboundedSender<super::AgentEvent>>,
 }
 
 impl GatewayState {
-    pub fn new(name: Name, config: GatewayConfig) -> GatewayState {
+    pub fn new(
+        name: Name,
+        config: GatewayConfig,
+        events: Option<mpsc::UnboundedSender<super::AgentEvent>>,
+    ) -> GatewayState {
         GatewayState {
             name,
             config,
             associations: Mutex::new(Vec::new()),
+            events,
         }
     }
 
@@ -176,6 +182,13 @@ impl GatewayState {
             list(&served),
             list(&refused)
         );
+        if let Some(tx) = &self.events {
+            let strings = |l: &[Cidr]| l.iter().map(Cidr::to_string).collect();
+            let _ = tx.send(super::AgentEvent::Associations {
+                served: strings(&served),
+                refused: strings(&refused),
+            });
+        }
     }
 }
 
@@ -399,7 +412,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        GatewayState::new(Name::parse("gw1").unwrap(), config)
+        GatewayState::new(Name::parse("gw1").unwrap(), config, None)
     }
 
     #[tokio::test]

@@ -32,6 +32,13 @@ pub enum AgentEvent {
     Online,
     /// The connection ended or could not be made; a retry follows.
     Offline { reason: String },
+    /// A gateway took a list of associated networks from the relay (at
+    /// connect, and whenever an admin changes them): those it serves, and
+    /// those its `permit` refuses.
+    Associations {
+        served: Vec<String>,
+        refused: Vec<String>,
+    },
 }
 
 /// Runs the agent until `shutdown`.
@@ -50,6 +57,7 @@ pub async fn run(
     let gw = Arc::new(GatewayState::new(
         settings.name.clone(),
         settings.gateway.clone(),
+        events.clone(),
     ));
     let mut accepted = gateway::start_listens(&settings.gateway.listens, &shutdown);
     loop {

@@ -208,7 +208,7 @@ impl TestAgent {
         loop {
             match self.next().await {
                 AgentEvent::Online => return,
-                AgentEvent::Offline { .. } => {}
+                _ => {}
             }
         }
     }
