@@ -206,9 +206,8 @@ impl TestAgent {
 
     pub async fn online(&mut self) {
         loop {
-            match self.next().await {
-                AgentEvent::Online => return,
-                _ => {}
+            if self.next().await == AgentEvent::Online {
+                return;
             }
         }
     }
