@@ -461,6 +461,16 @@ async fn stock_ssh_reaches_private_hosts_through_the_right_gateway() {
         gwa["scope"],
         serde_json::json!(["10.0.1.0/24", "10.0.4.0/24"])
     );
+    let gws: serde_json::Value =
+        serde_json::from_str(&w.admin_ok(&["gateway", "ls", "--json"]).await).unwrap();
+    let names: Vec<&str> = gws
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gwa", "gwb"]);
+    assert_eq!(gws[0]["online"], true);
     let show = w.admin_ok(&["gateway", "show", "gwb"]).await;
     for want in [
         "name:         gwb",
@@ -622,9 +632,16 @@ async fn doctor_passes_on_a_healthy_gateway_and_names_what_fails() {
     }
 
     // From site A's host (no route out), with a wrong pin: each failure named.
-    let bad = std::fs::read_to_string(&w.gwa_cfg)
+    let bad: String = std::fs::read_to_string(&w.gwa_cfg)
         .unwrap()
-        .replace("10.0.4.0/24", "10.77.0.0/16");
+        .replace("10.0.4.0/24", "10.77.0.0/16")
+        .lines()
+        .map(|l| match l.starts_with("allow") {
+            // Port 1: nothing answers there.
+            true => "allow = [\"22=10.0.1.7:1\"]\n".to_string(),
+            false => format!("{l}\n"),
+        })
+        .collect();
     let bad = write_file(w.dir.path(), "bad.toml", &bad);
     let r = run(
         in_ns(&w.hosta, WARREN).args(["doctor", "--config", bad.to_str().unwrap()]),
@@ -636,6 +653,7 @@ async fn doctor_passes_on_a_healthy_gateway_and_names_what_fails() {
     assert!(out.contains("FAIL  relay reachable"), "{out}");
     assert!(out.contains("PASS  scope 10.0.1.0/24 routable"), "{out}");
     assert!(out.contains("FAIL  scope 10.77.0.0/16 routable"), "{out}");
+    assert!(out.contains("FAIL  target 10.0.1.7:1 answering"), "{out}");
     let r = run(
         in_ns(&w.hosta, WARREN).args(["doctor", "--json", "--config", bad.to_str().unwrap()]),
         WAIT,

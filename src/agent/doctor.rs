@@ -159,9 +159,14 @@ async fn clock(conn: &client::ClientConnection<NoForwards>) -> Check {
     let Some(relay_time) = relay_time else {
         return check("clock skew", false, "the relay did not tell its time");
     };
-    // The relay read its clock somewhere between our two readings; it
-    // reports whole seconds, so allow the rounding as well.
+    skew(relay_time, before, after)
+}
+
+/// The relay read its clock (whole seconds) somewhere between our two
+/// readings `before` and `after`.
+fn skew(relay_time: f64, before: f64, after: f64) -> Check {
     let local = (before + after) / 2.0;
+    // +0.5: the relay's seconds are truncated.
     let skew = (relay_time + 0.5 - local).abs();
     let limit = MAX_CLOCK_SKEW.as_secs_f64();
     check(
@@ -241,6 +246,20 @@ pub fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_skew_passes_within_a_minute_and_fails_beyond() {
+        let t = 1_800_000_000.0;
+        assert!(skew(t, t + 0.2, t + 0.4).ok);
+        assert!(skew(t - 50.0, t, t + 1.0).ok);
+        let c = skew(t - 120.0, t, t + 1.0);
+        assert!(!c.ok, "{c:?}");
+        assert!(
+            c.detail.starts_with("120 s from the relay's clock"),
+            "{c:?}"
+        );
+        assert!(!skew(t + 90.0, t, t).ok);
+    }
 
     #[test]
     fn loopback_is_routable_and_render_marks_failures() {
