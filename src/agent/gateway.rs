@@ -132,7 +132,8 @@ impl GatewayConfig {
 pub struct GatewayState {
     pub name: Name,
     pub config: GatewayConfig,
-    associations: Mutex<Vec<Cidr>>,
+    /// The last list applied, with its `seq` (0: none on this connection).
+    associations: Mutex<(u64, Vec<Cidr>)>,
     events: Option<mpsc::UnboundedSender<super::AgentEvent>>,
 }
 
@@ -145,7 +146,7 @@ impl GatewayState {
         GatewayState {
             name,
             config,
-            associations: Mutex::new(Vec::new()),
+            associations: Mutex::new((0, Vec::new())),
             events,
         }
     }
@@ -159,14 +160,34 @@ impl GatewayState {
                 .associations
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .1
                 .clone(),
         }
     }
 
-    /// Takes the relay's list of associations; logs what is served and what
-    /// the permit refuses.
-    pub fn set_associations(&self, nets: Vec<Cidr>) {
-        *self.associations.lock().unwrap_or_else(|p| p.into_inner()) = nets;
+    /// A new connection: the relay numbers its lists afresh.
+    pub fn new_connection(&self) {
+        self.associations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0 = 0;
+    }
+
+    /// Takes the relay's list of associations unless a later one was
+    /// applied already; logs what is served and what the permit refuses.
+    pub fn set_associations(&self, a: Associations) {
+        {
+            let mut current = self.associations.lock().unwrap_or_else(|p| p.into_inner());
+            if a.seq <= current.0 {
+                tracing::debug!(
+                    seq = a.seq,
+                    applied = current.0,
+                    "ignoring an older association list"
+                );
+                return;
+            }
+            *current = (a.seq, a.associations);
+        }
         let scope = self.scope();
         let refused = scope.refused_associations();
         let served: Vec<Cidr> = scope
@@ -280,7 +301,7 @@ pub(super) async fn receive_associations(state: Arc<GatewayState>, channel: Inco
         return;
     }
     match serde_json::from_slice::<Associations>(&text) {
-        Ok(a) => state.set_associations(a.associations),
+        Ok(a) => state.set_associations(a),
         Err(e) => tracing::warn!(error = %e, "ignoring a malformed association update"),
     }
 }
@@ -431,16 +452,28 @@ mod tests {
         assert!(r.message.contains("serves ports 22, 9100"), "{r}");
         // The relay associates a network inside the permit and one outside:
         // the agent serves the first and refuses the second on its own.
-        s.set_associations(vec![
-            Cidr::parse("10.0.2.0/24").unwrap(),
-            Cidr::parse("192.168.9.0/24").unwrap(),
-        ]);
+        s.set_associations(Associations {
+            associations: vec![
+                Cidr::parse("10.0.2.0/24").unwrap(),
+                Cidr::parse("192.168.9.0/24").unwrap(),
+            ],
+            seq: 2,
+        });
         assert!(admit_host(&s, "10.0.2.7", 9100).await.is_ok());
         let r = admit_host(&s, "192.168.9.4", 22).await.unwrap_err();
         assert!(r.message.contains("outside its permit"), "{r}");
         // Names are resolved first, then checked like addresses.
         assert!(admit_host(&s, "localhost", 22).await.is_err());
-        s.set_associations(vec![Cidr::parse("127.0.0.0/8").unwrap()]);
+        // An older list that arrives late changes nothing.
+        s.set_associations(Associations {
+            associations: vec![],
+            seq: 1,
+        });
+        assert!(admit_host(&s, "10.0.2.7", 9100).await.is_ok());
+        s.set_associations(Associations {
+            associations: vec![Cidr::parse("127.0.0.0/8").unwrap()],
+            seq: 3,
+        });
         let r = admit_host(&s, "localhost", 22).await.unwrap_err();
         assert!(r.message.starts_with("localhost: "), "{r}");
     }

@@ -143,6 +143,7 @@ async fn session(
         ports = %ports.join(","),
         "online: registered as {}/{}", settings.system, settings.name
     );
+    gw.new_connection();
     if gw.config.is_gateway()
         && let Err(e) = announce(&conn, gw).await
     {
@@ -188,7 +189,7 @@ async fn announce<H: ForwardedHandler>(
         list(&gw.config.scope),
         gw.config.ports
     );
-    gw.set_associations(a.associations);
+    gw.set_associations(a);
     Ok(())
 }
 

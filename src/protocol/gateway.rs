@@ -63,6 +63,12 @@ pub struct Announce {
 #[serde(deny_unknown_fields)]
 pub struct Associations {
     pub associations: Vec<Cidr>,
+    /// Grows with every list the relay sends on one connection. Pushes
+    /// travel on channels of their own and may overtake each other (or the
+    /// announcement's answer), so the agent ignores a list older than the
+    /// one it applied.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// What a gateway may reach: its own scope, plus associations inside its

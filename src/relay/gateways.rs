@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::Relay;
@@ -26,6 +27,8 @@ use crate::store::{self, Identity};
 #[derive(Default)]
 pub struct Gateways {
     inner: Mutex<HashMap<(Name, Name), Live>>,
+    /// Numbers every association list sent (see [`Associations::seq`]).
+    seq: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -47,6 +50,10 @@ impl Gateways {
     fn lock(&self) -> MutexGuard<'_, HashMap<(Name, Name), Live>> {
         // Plain inserts and removes: a poisoned map is still consistent.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn set(&self, system: &Name, name: &Name, conn: ConnId, scope: GatewayScope) {
@@ -347,8 +354,22 @@ pub(super) async fn device_command(
         scope = %gateway::list(&scope.scope),
         associations = %gateway::list(&scope.effective()),
     );
+    let seq = relay.gateways.next_seq();
     relay.gateways.set(&who.system, &who.name, conn, scope);
-    match serde_json::to_string(&Associations { associations }) {
+    // An admin change committed between our read and `set` was missed by
+    // the store watcher (it found no entry to update): read again, and push
+    // if it differs. The push carries a later `seq`, so it wins at the agent
+    // whichever arrives first.
+    let (s, n) = (who.system.to_string(), who.name.to_string());
+    if let Ok(now) = relay
+        .store
+        .call(move |st| st.gateway_associations(&s, &n))
+        .await
+        && now != associations
+    {
+        update(relay, vec![(who.system.clone(), who.name.clone(), now)]);
+    }
+    match serde_json::to_string(&Associations { associations, seq }) {
         Ok(s) => ok(s),
         Err(e) => fail(1, format!("{e}\n")),
     }
@@ -377,19 +398,33 @@ pub(super) async fn refresh(relay: &Relay) {
     let Ok(all) = relay.store.call(|s| s.all_gateway_associations()).await else {
         return;
     };
-    let mut pushes: Vec<(Name, Name, Vec<Cidr>)> = Vec::new();
-    {
-        let mut map = relay.gateways.lock();
-        for ((system, name), live) in map.iter_mut() {
+    let changed: Vec<(Name, Name, Vec<Cidr>)> = relay
+        .gateways
+        .lock()
+        .iter()
+        .filter_map(|((system, name), live)| {
             let key = (system.to_string(), name.to_string());
             let now = all.get(&key).cloned().unwrap_or_default();
-            if now != live.scope.associations {
-                live.scope.associations = now.clone();
-                pushes.push((system.clone(), name.clone(), now));
+            (now != live.scope.associations).then(|| (system.clone(), name.clone(), now))
+        })
+        .collect();
+    update(relay, changed);
+}
+
+/// Routes by the new lists from now on, then pushes each to its gateway,
+/// numbered in the order of the changes.
+fn update(relay: &Relay, changed: Vec<(Name, Name, Vec<Cidr>)>) {
+    let mut pushes = Vec::new();
+    {
+        let mut map = relay.gateways.lock();
+        for (system, name, nets) in changed {
+            if let Some(live) = map.get_mut(&(system.clone(), name.clone())) {
+                live.scope.associations = nets.clone();
+                pushes.push((system, name, nets, relay.gateways.next_seq()));
             }
         }
     }
-    for (system, name, nets) in pushes {
+    for (system, name, nets, seq) in pushes {
         let Some(dev) = relay.registry.lookup(&system, &name) else {
             continue;
         };
@@ -400,13 +435,17 @@ pub(super) async fn refresh(relay: &Relay) {
             name = name.as_str(),
             associations = %gateway::list(&nets),
         );
-        tokio::spawn(push(dev.handle, nets));
+        tokio::spawn(push(dev.handle, nets, seq));
     }
 }
 
 /// Writes the association list on a control channel to the gateway.
-async fn push(handle: ServerHandle, nets: Vec<Cidr>) -> Option<SpliceStats> {
-    let body = serde_json::to_vec(&Associations { associations: nets }).ok()?;
+async fn push(handle: ServerHandle, nets: Vec<Cidr>, seq: u64) -> Option<SpliceStats> {
+    let body = serde_json::to_vec(&Associations {
+        associations: nets,
+        seq,
+    })
+    .ok()?;
     let origin = SocketAddr::from(([127, 0, 0, 1], 0));
     let ch = match handle.open_forwarded(CONTROL_ADDRESS, 0, origin).await {
         Ok(ch) => ch,
