@@ -546,11 +546,16 @@ async fn associations_apply_at_once_and_the_permit_has_the_last_word() {
     assert!(!r.ok, "10.0.2.7 must not reach site A yet");
     assert!(r.stderr.contains("gateway gwb "), "{}", r.stderr);
 
+    let started = std::time::Instant::now();
     w.admin_ok(&["gateway", "associate", "gwa", "10.0.2.0/24"])
         .await;
     w.gwa
         .line("associations updated: serving 10.0.2.0/24", WAIT)
         .await;
+    eprintln!(
+        "association effective at the gateway {:?} after `gateway associate` started",
+        started.elapsed()
+    );
     let r = w.ssh_j("10.0.2.7", WHO).await;
     assert!(
         r.ok,
