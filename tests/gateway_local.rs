@@ -102,13 +102,32 @@ async fn a_gateway_serves_its_scope_and_ports_and_nothing_else() {
             .unwrap(),
         b"named"
     );
-    // A single gateway also takes names that are no device.
+    // A single gateway also takes names that are no device...
     assert_eq!(
         echo_through(&ctl, "localhost", echo, b"by name")
             .await
             .unwrap(),
         b"by name"
     );
+    // ...but a device that is known and offline is reported as such.
+    let dev = r
+        .device("tau", "dev9", &strings(&[&format!("127.0.0.1:{echo}")]))
+        .await;
+    drop(dev);
+    r.wait_online("tau", "dev9", false).await;
+    let wait = async {
+        loop {
+            let err = echo_through(&ctl, "dev9", echo, b"x").await.unwrap_err();
+            if err.to_string().contains("device dev9 is offline") {
+                return err;
+            }
+            // The offline record follows the registry by one store write.
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .expect("dev9 reported offline");
     for (host, port, want) in [
         (
             "10.1.2.3",
@@ -154,7 +173,20 @@ async fn a_gateway_serves_its_scope_and_ports_and_nothing_else() {
     // The relay shows the scope in `ls`.
     let out = ctl.exec("ls --json").await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v[0]["scope"], serde_json::json!(["127.0.0.0/8"]));
+    let gw1 = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "gw1")
+        .unwrap();
+    assert_eq!(gw1["scope"], serde_json::json!(["127.0.0.0/8"]));
+    let dev9 = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "dev9")
+        .unwrap();
+    assert_eq!(dev9["scope"], serde_json::json!([]));
     let text = String::from_utf8(ctl.exec("ls").await.unwrap().stdout).unwrap();
     assert!(text.lines().next().unwrap().ends_with("SCOPE"), "{text}");
     assert!(text.contains("127.0.0.0/8"), "{text}");

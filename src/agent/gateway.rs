@@ -89,6 +89,12 @@ impl GatewayConfig {
             if bind.port() == 0 {
                 bail!("listen bind {bind}: port 0 is not a listen port");
             }
+            if l.to.trim().parse::<u16>().is_ok() {
+                bail!(
+                    "listen to {:?}: name the service as NAME:PORT (e.g. \"collector:9100\")",
+                    l.to
+                );
+            }
             let to = Target::parse(&l.to)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("listen to {:?} (expected NAME:PORT)", l.to))?;
@@ -410,13 +416,15 @@ mod tests {
             &[listen("10.0.1.1", "collector:9100")],
         ));
         assert!(e.contains("ADDRESS:PORT"), "{e}");
-        let e = err(GatewayConfig::from_file(
-            None,
-            None,
-            None,
-            &[listen("10.0.1.1:9100", "collector")],
-        ));
-        assert!(e.contains("NAME:PORT"), "{e}");
+        for to in ["collector", "9100"] {
+            let e = err(GatewayConfig::from_file(
+                None,
+                None,
+                None,
+                &[listen("10.0.1.1:9100", to)],
+            ));
+            assert!(e.contains("NAME:PORT"), "{e}");
+        }
         let twice = [
             listen("10.0.1.1:9100", "a:1"),
             listen("10.0.1.1:9100", "b:1"),

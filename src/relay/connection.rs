@@ -399,6 +399,16 @@ async fn route(relay: &Relay, who: &Identity, host: &str, port: u32) -> Result<R
         .await
         .ok()
         .flatten();
+    if known.is_none()
+        && let Some(routed) = gateways::route_name(relay, system, host, port)
+    {
+        let r = routed?;
+        return Ok(Route {
+            handle: r.handle,
+            address: r.address,
+            gateway: Some(r.gateway),
+        });
+    }
     Err(Refusal::prohibited(match known {
         Some(d) => format!(
             "device {name} is offline (last seen {})",

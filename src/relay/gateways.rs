@@ -99,9 +99,8 @@ fn online(relay: &Relay, system: &Name) -> Vec<(Name, GatewayScope, ServerHandle
     out
 }
 
-/// Routes `host:port`, which is not an online device, through a gateway.
-/// `None`: this is no gateway address (a plain unknown name), so the caller
-/// explains that no such device exists.
+/// Routes `host:port`, which is not an online device, through a gateway
+/// when it names one (`HOST.via.GATEWAY`) or is an address. `None`: neither.
 pub(super) fn route(
     relay: &Relay,
     system: &Name,
@@ -115,9 +114,19 @@ pub(super) fn route(
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Some(by_address(relay, system, ip, port16));
     }
-    // A name that is no device: a host inside the network of the system's
-    // only gateway. With several, the relay cannot know whose network
-    // resolves it, so the controller names the gateway.
+    None
+}
+
+/// A name that is no device, online or not: a host inside the network of
+/// the system's only gateway. With several, the relay cannot know whose
+/// network resolves it, so the controller names the gateway (`None`).
+pub(super) fn route_name(
+    relay: &Relay,
+    system: &Name,
+    host: &str,
+    port: u32,
+) -> Option<Result<Routed, Refusal>> {
+    let port16 = u16::try_from(port).ok().filter(|p| *p != 0);
     let gateways = online(relay, system);
     if let [(name, scope, handle)] = gateways.as_slice() {
         return Some(match port16.filter(|p| scope.ports.contains(p)) {
