@@ -461,6 +461,19 @@ async fn stock_ssh_reaches_private_hosts_through_the_right_gateway() {
         gwa["scope"],
         serde_json::json!(["10.0.1.0/24", "10.0.4.0/24"])
     );
+    let ls: serde_json::Value = serde_json::from_str(&w.admin_ok(&["ls", "--json"]).await).unwrap();
+    let gwb = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "gwb")
+        .unwrap();
+    assert_eq!(
+        gwb["scope"],
+        serde_json::json!(["10.0.0.0/16", "10.0.4.0/24"])
+    );
+    let text = w.admin_ok(&["ls"]).await;
+    assert!(text.lines().next().unwrap().ends_with("SCOPE"), "{text}");
     let gws: serde_json::Value =
         serde_json::from_str(&w.admin_ok(&["gateway", "ls", "--json"]).await).unwrap();
     let names: Vec<&str> = gws
