@@ -32,6 +32,18 @@ pub struct AgentFile {
     /// Silence from the relay after which it is taken as gone (e.g. "30s").
     #[serde(default)]
     pub keepalive_timeout: Option<String>,
+    /// Gateway: networks whose hosts this agent may also connect to.
+    #[serde(default)]
+    pub scope: Option<Vec<String>>,
+    /// Gateway: ports served on hosts of the scope (default: 22).
+    #[serde(default)]
+    pub scope_ports: Option<Vec<u16>>,
+    /// Gateway: the owner's hard limit for networks an admin associates.
+    #[serde(default)]
+    pub permit: Option<Vec<String>>,
+    /// Gateway: listen inside the network, carry connections to a service.
+    #[serde(default)]
+    pub listen: Vec<super::gateway::ListenFile>,
 }
 
 /// A validated agent configuration.
@@ -44,6 +56,8 @@ pub struct AgentSettings {
     pub relay_host_key: String,
     pub allow: AllowList,
     pub dead_after: Duration,
+    /// Scope, ports, permit and listen forwards (empty for a plain device).
+    pub gateway: super::gateway::GatewayConfig,
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -57,6 +71,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("relay_host_key", &self.relay_host_key)
             .field("allow", &self.allow)
             .field("dead_after", &self.dead_after)
+            .field("gateway", &self.gateway)
             .finish()
     }
 }
@@ -90,6 +105,12 @@ impl AgentSettings {
         if dead_after < Duration::from_secs(1) {
             bail!("keepalive_timeout must be at least 1s");
         }
+        let gateway = super::gateway::GatewayConfig::from_file(
+            file.scope.as_deref(),
+            file.scope_ports.as_deref(),
+            file.permit.as_deref(),
+            &file.listen,
+        )?;
         Ok(AgentSettings {
             relay: relay_address(&file.relay)?,
             system,
@@ -98,6 +119,7 @@ impl AgentSettings {
             relay_host_key: check_fingerprint(&file.relay_host_key)?,
             allow,
             dead_after,
+            gateway,
         })
     }
 }

@@ -37,6 +37,9 @@ pub enum AdminCommand {
     /// Keys bound to (system, role, name).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Gateways into private networks: scope, associations, forwarding rules.
+    #[command(subcommand)]
+    Gateway(super::gateway::GatewayCommand),
     /// Devices and their status.
     Ls {
         /// Only this system.
@@ -96,6 +99,7 @@ pub fn run(a: AdminArgs) -> Result<ExitCode> {
     let store = Store::open(&a.data)?;
     match a.command {
         AdminCommand::HostKey { .. } => unreachable!("handled above"),
+        AdminCommand::Gateway(g) => return super::gateway::run(&store, g),
         AdminCommand::System(SystemCommand::Add { name }) => {
             let name = Name::parse(&name).context("system name")?;
             store.add_system(&name)?;
@@ -162,11 +166,12 @@ pub fn run(a: AdminArgs) -> Result<ExitCode> {
             );
         }
         AdminCommand::Ls { system, json } => {
-            let devices: Vec<status::DeviceStatus> = store
+            let mut devices: Vec<status::DeviceStatus> = store
                 .devices(system.as_deref())?
                 .into_iter()
                 .map(status::from_record)
                 .collect();
+            status::add_scopes(&mut devices, &store.gateways(system.as_deref())?);
             if json {
                 print_json(&devices)?;
             } else {

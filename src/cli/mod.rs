@@ -4,6 +4,8 @@
 mod admin;
 mod agent;
 mod demo;
+mod doctor;
+mod gateway;
 mod keygen;
 mod proxy;
 mod relay;
@@ -50,6 +52,9 @@ pub enum Command {
     Ssh(proxy::SshArgs),
     /// List the devices of your system, through the relay.
     Ls(proxy::LsArgs),
+    /// Check what usually goes wrong on a device or gateway: relay reachable,
+    /// host key pinned, clock skew, scope networks routable, targets answering.
+    Doctor(doctor::DoctorArgs),
     /// Start a relay, a device and a connection through it, all on this
     /// machine, and explain each step.
     Demo(demo::DemoArgs),
@@ -93,6 +98,7 @@ pub fn init_logging(cli: &Cli) {
     let default = match cli.command {
         Command::Proxy(_) | Command::Ssh(_) | Command::Ls(_) => "warn",
         Command::Demo(_) => "warn",
+        Command::Doctor(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
@@ -122,6 +128,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     Command::Proxy(a) => proxy::proxy(a).await,
                     Command::Ls(a) => proxy::ls(a).await,
                     Command::Demo(a) => demo::run(a).await,
+                    Command::Doctor(a) => doctor::run(a).await,
                     Command::Keygen(_) | Command::Admin(_) | Command::Ssh(_) => {
                         unreachable!("handled above")
                     }

@@ -72,3 +72,12 @@ pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// Largest config or public key file read. They are a few hundred bytes; this
 /// bounds what a hostile file can make us allocate.
 pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// `warren doctor`: how long each network check may take. A relay or a
+/// local target that has not answered in this time is reported as failing.
+pub const DOCTOR_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `warren doctor`: clock difference to the relay above which the check
+/// fails. Expiring invites and audit timestamps tolerate a minute; more
+/// means the host's clock is not synchronised.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);

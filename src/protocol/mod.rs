@@ -3,9 +3,12 @@
 //!
 //! Nothing here imports from the rest of the crate.
 
+pub mod cidr;
+pub mod gateway;
 pub mod limits;
 pub mod names;
 pub mod target;
 
+pub use cidr::Cidr;
 pub use names::{Name, NameError, Role};
 pub use target::{AllowList, Target};

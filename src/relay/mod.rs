@@ -9,6 +9,7 @@
 
 mod commands;
 mod connection;
+pub mod gateways;
 pub mod registry;
 pub mod status;
 
@@ -57,6 +58,8 @@ impl Default for RelayOptions {
 pub struct Relay {
     store: Store,
     registry: Registry,
+    /// What each online gateway serves (issue 5).
+    gateways: gateways::Gateways,
     server_config: ServerConfig,
     host_key: Fingerprint,
     options: RelayOptions,
@@ -100,6 +103,7 @@ impl Relay {
         Ok(Arc::new(Relay {
             store,
             registry: Registry::default(),
+            gateways: gateways::Gateways::default(),
             server_config,
             host_key,
             unauthenticated: Arc::new(Semaphore::new(options.max_unauthenticated)),
@@ -120,6 +124,10 @@ impl Relay {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    pub fn gateways(&self) -> &gateways::Gateways {
+        &self.gateways
     }
 
     fn status(&self, change: StatusChange) {
@@ -262,6 +270,7 @@ async fn watch_store(relay: Arc<Relay>, stop: CancellationToken) {
             continue;
         }
         last = version;
+        gateways::refresh(&relay).await;
         let conns = relay.registry.conns();
         let fps: Vec<String> = conns.iter().map(|c| c.fingerprint.clone()).collect();
         let active = relay

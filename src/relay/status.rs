@@ -19,6 +19,10 @@ pub struct DeviceStatus {
     /// Address the device connected from (last known when offline).
     pub address: Option<String>,
     pub ports: Vec<u16>,
+    /// A gateway's networks: its own scope and served associations (empty
+    /// for a plain device).
+    #[serde(default)]
+    pub scope: Vec<String>,
 }
 
 /// Lists devices of `system` (or all) as the running relay sees them.
@@ -53,6 +57,7 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
             last_seen: Some(store::now()),
             address: Some(entry.peer.to_string()),
             ports,
+            scope: Vec::new(),
         };
         match out
             .iter_mut()
@@ -63,6 +68,12 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
         }
     }
     out.sort_by(|a, b| (&a.system, &a.name).cmp(&(&b.system, &b.name)));
+    let filter = system.map(|s| s.to_string());
+    let gws = relay
+        .store()
+        .call(move |s| s.gateways(filter.as_deref()))
+        .await?;
+    add_scopes(&mut out, &gws);
     Ok(out)
 }
 
@@ -76,6 +87,30 @@ pub fn from_record(d: DeviceRecord) -> DeviceStatus {
         last_seen: d.last_seen,
         address: d.address,
         ports: d.ports,
+        scope: Vec::new(),
+    }
+}
+
+/// Fills in each gateway's networks: its scope, then the associations its
+/// permit lets through.
+pub fn add_scopes(devices: &mut [DeviceStatus], gateways: &[store::GatewayRecord]) {
+    for g in gateways {
+        let Some(d) = devices
+            .iter_mut()
+            .find(|d| d.system == g.system && d.name == g.name)
+        else {
+            continue;
+        };
+        let parse = |l: &[String]| -> Vec<crate::protocol::Cidr> {
+            l.iter().filter_map(|c| c.parse().ok()).collect()
+        };
+        let scope = crate::protocol::gateway::GatewayScope {
+            scope: parse(&g.scope),
+            ports: g.ports.clone(),
+            permit: g.permit.as_deref().map(parse),
+            associations: parse(&g.associations),
+        };
+        d.scope = scope.effective().iter().map(|c| c.to_string()).collect();
     }
 }
 
@@ -104,6 +139,9 @@ fn short_duration(secs: u64) -> String {
 pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
     let mut rows = vec![{
         let mut h = vec!["NAME", "STATUS", "SINCE", "ADDRESS", "PORTS"];
+        if devices.iter().any(|d| !d.scope.is_empty()) {
+            h.push("SCOPE");
+        }
         if with_system {
             h.insert(0, "SYSTEM");
         }
@@ -121,6 +159,13 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
                 .collect::<Vec<_>>()
                 .join(","),
         ];
+        if devices.iter().any(|d| !d.scope.is_empty()) {
+            r.push(if d.scope.is_empty() {
+                "-".into()
+            } else {
+                d.scope.join(",")
+            });
+        }
         if with_system {
             r.insert(0, d.system.clone());
         }
@@ -168,6 +213,7 @@ mod tests {
             last_seen: Some(store::now()),
             address: Some("198.51.100.4:40000".into()),
             ports: vec![22, 8080],
+            scope: vec![],
         };
         let t = render(&[d], false);
         let lines: Vec<&str> = t.lines().collect();

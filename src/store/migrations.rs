@@ -33,6 +33,34 @@ const MIGRATIONS: &[&str] = &[
         ports     TEXT,
         PRIMARY KEY (system, name)
     );",
+    // 4 (issue-5): gateways (scope as announced by the agent), networks an
+    // admin associated with them, and the targets their listen forwards may reach.
+    "CREATE TABLE gateways (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        system   TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        scope    TEXT NOT NULL DEFAULT '[]',
+        ports    TEXT NOT NULL DEFAULT '[]',
+        permit   TEXT,
+        listens  TEXT NOT NULL DEFAULT '[]',
+        created  INTEGER NOT NULL,
+        updated  INTEGER NOT NULL,
+        UNIQUE (system, name)
+    );
+    CREATE TABLE gateway_associations (
+        system   TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        network  TEXT NOT NULL,
+        created  INTEGER NOT NULL,
+        PRIMARY KEY (system, name, network)
+    );
+    CREATE TABLE gateway_rules (
+        system   TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        target   TEXT NOT NULL,
+        created  INTEGER NOT NULL,
+        PRIMARY KEY (system, name, target)
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

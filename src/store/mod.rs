@@ -7,6 +7,7 @@
 //!
 //! Calls block: async code runs them through [`Store::call`].
 
+mod gateways;
 mod migrations;
 
 use std::net::SocketAddr;
@@ -17,6 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
+
+pub use gateways::GatewayRecord;
 
 use crate::protocol::{Name, Role};
 use crate::ssh::keys::{Fingerprint, PublicKey, fingerprint};

@@ -125,6 +125,7 @@ impl TestRelay {
             relay_host_key: self.host_key(),
             allow: AllowList::parse(allow).unwrap(),
             dead_after: Duration::from_secs(5),
+            gateway: Default::default(),
         }
     }
 
@@ -205,9 +206,8 @@ impl TestAgent {
 
     pub async fn online(&mut self) {
         loop {
-            match self.next().await {
-                AgentEvent::Online => return,
-                AgentEvent::Offline { .. } => {}
+            if self.next().await == AgentEvent::Online {
+                return;
             }
         }
     }
@@ -310,6 +310,7 @@ pub fn logs() {
     }
 }
 
+pub mod netns;
 pub mod openssh;
 
 impl TestRelay {
