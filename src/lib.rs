@@ -13,6 +13,11 @@
 //!   `relay::registry`, routes controller streams to devices and splices them.
 //! - [`agent`]: the device side. Dials the relay, registers its name with
 //!   `tcpip-forward`, serves streams to allowed local targets, reconnects forever.
+//! - Gateways (a device that also reaches hosts of its private network):
+//!   `protocol::gateway` holds the rules and wire contract both ends apply,
+//!   `relay::gateways` routes a host that is no device name to the gateway
+//!   whose scope holds it, and `agent::gateway` checks and dials it, and
+//!   carries listen forwards back out. `agent::doctor` is `warren doctor`.
 //! - [`client`]: the controller side: `warren proxy` (stdio) and `warren ssh`;
 //!   `client::enroll` turns an invite token into a key and a config.
 //! - [`store`]: SQLite state in the relay's data directory (systems, keys, device

@@ -654,6 +654,7 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
         allow: warren::protocol::AllowList::parse(&[format!("127.0.0.1:{port}")]).unwrap(),
         dead_after: Duration::from_secs(5),
         labels: Default::default(),
+        gateway: Default::default(),
     });
     agent.online().await;
     let connect = |user: &str, key: Arc<warren::ssh::keys::PrivateKey>| {

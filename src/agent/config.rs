@@ -37,6 +37,18 @@ pub struct AgentFile {
     /// Labels shown by `ls` and matched by `ls --label KEY=VALUE`.
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Gateway: networks whose hosts this agent may also connect to.
+    #[serde(default)]
+    pub scope: Option<Vec<String>>,
+    /// Gateway: ports served on hosts of the scope (default: 22).
+    #[serde(default)]
+    pub scope_ports: Option<Vec<u16>>,
+    /// Gateway: the owner's hard limit for networks an admin associates.
+    #[serde(default)]
+    pub permit: Option<Vec<String>>,
+    /// Gateway: listen inside the network, carry connections to a service.
+    #[serde(default)]
+    pub listen: Vec<super::gateway::ListenFile>,
 }
 
 /// A validated agent configuration.
@@ -50,6 +62,8 @@ pub struct AgentSettings {
     pub allow: AllowList,
     pub dead_after: Duration,
     pub labels: BTreeMap<String, String>,
+    /// Scope, ports, permit and listen forwards (empty for a plain device).
+    pub gateway: super::gateway::GatewayConfig,
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -64,6 +78,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("allow", &self.allow)
             .field("dead_after", &self.dead_after)
             .field("labels", &self.labels)
+            .field("gateway", &self.gateway)
             .finish()
     }
 }
@@ -101,6 +116,12 @@ impl AgentSettings {
         check_labels(&labels)
             .map_err(anyhow::Error::msg)
             .context("labels")?;
+        let gateway = super::gateway::GatewayConfig::from_file(
+            file.scope.as_deref(),
+            file.scope_ports.as_deref(),
+            file.permit.as_deref(),
+            &file.listen,
+        )?;
         Ok(AgentSettings {
             relay: relay_address(&file.relay)?,
             system,
@@ -110,6 +131,7 @@ impl AgentSettings {
             allow,
             dead_after,
             labels,
+            gateway,
         })
     }
 }

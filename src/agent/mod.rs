@@ -3,6 +3,8 @@
 //! forever with exponential backoff and jitter.
 
 pub mod config;
+pub mod doctor;
+pub mod gateway;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,10 +14,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::AgentSettings;
+use gateway::GatewayState;
 
 use crate::protocol::device_info::DeviceInfo;
+use crate::protocol::gateway::{ANNOUNCE_COMMAND, Associations, CONTROL_ADDRESS, list};
 use crate::protocol::limits::{
-    BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, TARGET_CONNECT_TIMEOUT,
+    BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, STREAM_OPEN_TIMEOUT,
+    TARGET_CONNECT_TIMEOUT,
 };
 use crate::protocol::{AllowList, Name, Target};
 use crate::ssh::client::{self, ConnectOptions, ForwardedHandler};
@@ -28,6 +33,13 @@ pub enum AgentEvent {
     Online,
     /// The connection ended or could not be made; a retry follows.
     Offline { reason: String },
+    /// A gateway took a list of associated networks from the relay (at
+    /// connect, and whenever an admin changes them): those it serves, and
+    /// those its `permit` refuses.
+    Associations {
+        served: Vec<String>,
+        refused: Vec<String>,
+    },
 }
 
 /// Runs the agent until `shutdown`.
@@ -43,9 +55,20 @@ pub async fn run(
     };
     let mut backoff = Backoff::new();
     let allow = Arc::new(settings.allow.clone());
+    let gw = Arc::new(GatewayState::new(
+        settings.name.clone(),
+        settings.gateway.clone(),
+        events.clone(),
+    ));
+    let mut accepted = gateway::start_listens(&settings.gateway.listens, &shutdown);
     loop {
         let started = Instant::now();
-        let reason = session(&settings, &allow, &emit, &shutdown).await;
+        let links = Links {
+            allow: &allow,
+            gateway: &gw,
+            accepted: &mut accepted,
+        };
+        let reason = session(&settings, links, &emit, &shutdown).await;
         if shutdown.is_cancelled() {
             return;
         }
@@ -62,13 +85,26 @@ pub async fn run(
     }
 }
 
+/// What a session shares with the agent's life: the allowlist, the gateway
+/// state, and connections accepted on listen forwards.
+struct Links<'a> {
+    allow: &'a Arc<AllowList>,
+    gateway: &'a Arc<GatewayState>,
+    accepted: &'a mut mpsc::Receiver<gateway::Accepted>,
+}
+
 /// One connection, from dial to end. Returns why it ended.
 async fn session(
     settings: &AgentSettings,
-    allow: &Arc<AllowList>,
+    links: Links<'_>,
     emit: &impl Fn(AgentEvent),
     shutdown: &CancellationToken,
 ) -> String {
+    let Links {
+        allow,
+        gateway: gw,
+        accepted,
+    } = links;
     tracing::info!(relay = %settings.relay, "connecting to relay");
     let tcp =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&settings.relay)).await {
@@ -85,6 +121,7 @@ async fn session(
     let serve = Serve {
         name: settings.name.clone(),
         allow: allow.clone(),
+        gateway: gw.clone(),
     };
     let mut conn = tokio::select! {
         _ = shutdown.cancelled() => return "shutting down".into(),
@@ -121,10 +158,20 @@ async fn session(
         ports = %ports.join(","),
         "online: registered as {}/{}", settings.system, settings.name
     );
+    gw.new_connection();
+    if gw.config.is_gateway()
+        && let Err(e) = announce(&conn, gw).await
+    {
+        conn.disconnect().await;
+        return format!("{e:#}");
+    }
     emit(AgentEvent::Online);
-    let gone = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        reason = conn.is_gone() => Some(reason),
+    let gone = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break None,
+            reason = conn.is_gone() => break Some(reason),
+            Some(a) = accepted.recv() => carry_out(&conn, a).await,
+        }
     };
     match gone {
         Some(reason) => reason,
@@ -135,10 +182,62 @@ async fn session(
     }
 }
 
+/// Tells the relay this agent's scope, ports, permit and listens, and takes
+/// the associations it answers with.
+async fn announce<H: ForwardedHandler>(
+    conn: &client::ClientConnection<H>,
+    gw: &GatewayState,
+) -> anyhow::Result<()> {
+    let announce = serde_json::to_string(&gw.config.announce())?;
+    let out = conn.exec(&format!("{ANNOUNCE_COMMAND} {announce}")).await?;
+    if out.status != 0 {
+        anyhow::bail!(
+            "relay refused the gateway announcement: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let a: Associations = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("relay answered the gateway announcement with {e}"))?;
+    tracing::info!(
+        scope = %list(&gw.config.scope),
+        "gateway: serving {} on ports {:?}",
+        list(&gw.config.scope),
+        gw.config.ports
+    );
+    gw.set_associations(a);
+    Ok(())
+}
+
+/// Opens a stream through the relay for a connection accepted on a listen
+/// forward. Opening waits for the relay (bounded); the bytes then flow in
+/// their own task.
+async fn carry_out<H: ForwardedHandler>(conn: &client::ClientConnection<H>, a: gateway::Accepted) {
+    let opened = tokio::time::timeout(
+        STREAM_OPEN_TIMEOUT,
+        conn.open(&a.to.host, u32::from(a.to.port)),
+    )
+    .await;
+    match opened {
+        Ok(Ok(ch)) => {
+            tracing::debug!(to = %a.to, peer = %a.peer, "listen forward open");
+            let _ = a.tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let (r, w) = a.tcp.into_split();
+                ch.splice_io(r, w).await;
+            });
+        }
+        Ok(Err(e)) => tracing::warn!(to = %a.to, peer = %a.peer, "listen forward refused: {e:#}"),
+        Err(_) => {
+            tracing::warn!(to = %a.to, peer = %a.peer, "listen forward: relay did not answer")
+        }
+    }
+}
+
 /// Serves streams the relay opens to this device.
 struct Serve {
     name: Name,
     allow: Arc<AllowList>,
+    gateway: Arc<GatewayState>,
 }
 
 /// Which local target a stream the relay opened for `address:port` may
@@ -158,6 +257,20 @@ fn admit(name: &Name, allow: &AllowList, address: &str, port: u32) -> Result<Tar
 
 impl ForwardedHandler for Serve {
     fn forwarded(&mut self, address: &str, port: u32, channel: IncomingChannel) {
+        if address == CONTROL_ADDRESS && self.gateway.config.is_gateway() {
+            tokio::spawn(gateway::receive_associations(self.gateway.clone(), channel));
+            return;
+        }
+        if address != self.name.as_str() && self.gateway.config.is_gateway() {
+            let host = address.to_string();
+            tokio::spawn(gateway::serve_host(
+                self.gateway.clone(),
+                host,
+                port,
+                channel,
+            ));
+            return;
+        }
         let target = match admit(&self.name, &self.allow, address, port) {
             Ok(t) => t,
             Err(refusal) => {

@@ -52,6 +52,9 @@ pub enum AdminCommand {
     /// Keys bound to (system, role, name).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Gateways into private networks: scope, associations, forwarding rules.
+    #[command(subcommand)]
+    Gateway(super::gateway::GatewayCommand),
     /// Devices and their status.
     Ls(LsArgs),
     /// One-time invites: `invite --system S --role R --name N` prints a token
@@ -190,6 +193,8 @@ impl Caller<'_> {
 #[derive(Default)]
 pub struct Reply {
     pub out: String,
+    /// Warnings, for standard error.
+    pub err: String,
     pub events: Vec<Event>,
     /// Keys or devices changed: a running relay should act now.
     pub changed: bool,
@@ -225,6 +230,7 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
         .await
         .context("writing the audit log")?;
     print!("{}", reply.out);
+    eprint!("{}", reply.err);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -238,6 +244,11 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
             }
             Caller::Remote { relay, .. } => host_key_text(relay.host_key(), json),
         },
+        AdminCommand::Gateway(g) => {
+            let mut reply = store.call(move |s| super::gateway::run(s, g)).await?;
+            reply.events = reply.events.into_iter().map(|e| caller.stamp(e)).collect();
+            Ok(reply)
+        }
         AdminCommand::System(SystemCommand::Add { name }) => {
             let name = Name::parse(&name).context("system name")?;
             let n = name.clone();
@@ -248,6 +259,7 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
                     caller.stamp(Event::new(kind::SYSTEM_ADD, audit::OK).system(name.as_str())),
                 ],
                 changed: false,
+                err: String::new(),
             })
         }
         AdminCommand::System(SystemCommand::Ls { json }) => {
@@ -312,6 +324,7 @@ async fn key_command(store: &Store, caller: &Caller<'_>, k: KeyCommand) -> Resul
                 out,
                 events: vec![event],
                 changed: true,
+                err: String::new(),
             })
         }
         KeyCommand::Ls { json } => {
@@ -337,6 +350,7 @@ async fn key_command(store: &Store, caller: &Caller<'_>, k: KeyCommand) -> Resul
                 ),
                 events: vec![event],
                 changed: true,
+                err: String::new(),
             })
         }
     }
@@ -355,12 +369,18 @@ async fn ls(store: &Store, caller: &Caller<'_>, a: LsArgs) -> Result<Reply> {
         }
         Caller::Local { .. } => {
             let system = a.system.clone();
-            store
-                .call(move |s| s.devices(system.as_deref()))
-                .await?
-                .into_iter()
-                .map(status::from_record)
-                .collect()
+            let (devices, gateways) = store
+                .call(move |s| {
+                    Ok((
+                        s.devices(system.as_deref())?,
+                        s.gateways(system.as_deref())?,
+                    ))
+                })
+                .await?;
+            let mut devices: Vec<status::DeviceStatus> =
+                devices.into_iter().map(status::from_record).collect();
+            status::add_scopes(&mut devices, &gateways);
+            devices
         }
     };
     let devices = status::filter_labels(devices, &want);
@@ -392,6 +412,7 @@ async fn invite_command(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Re
                 out: format!("revoked invite {}\n", rec.id),
                 events: vec![event],
                 changed: false,
+                err: String::new(),
             })
         }
         None => create_invite(store, caller, a).await,
@@ -495,6 +516,7 @@ async fn create_invite(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Res
         out,
         events: vec![event],
         changed: false,
+        err: String::new(),
     })
 }
 
@@ -531,6 +553,7 @@ async fn device_command(store: &Store, caller: &Caller<'_>, d: DeviceCommand) ->
             ),
         ],
         changed: true,
+        err: String::new(),
     })
 }
 
@@ -636,7 +659,7 @@ fn render_invites(invites: &[InviteRecord]) -> String {
     status::table(&rows)
 }
 
-fn json_text<T: Serialize>(v: &T) -> Result<String> {
+pub(crate) fn json_text<T: Serialize>(v: &T) -> Result<String> {
     let mut s = serde_json::to_string_pretty(v)?;
     s.push('\n');
     Ok(s)

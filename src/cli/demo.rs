@@ -72,6 +72,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode> {
             .map_err(anyhow::Error::msg)?,
         dead_after: Duration::from_secs(30),
         labels: Default::default(),
+        gateway: Default::default(),
     };
     let (tx, mut events) = mpsc::unbounded_channel();
     let agent_task = tokio::spawn(agent::run(settings, stop.clone(), Some(tx)));

@@ -4,7 +4,9 @@
 pub mod admin;
 mod agent;
 mod demo;
+mod doctor;
 mod enroll;
+mod gateway;
 mod keygen;
 pub mod log;
 mod proxy;
@@ -57,6 +59,9 @@ pub enum Command {
     Enroll(enroll::EnrollArgs),
     /// Read the audit log of your system, through the relay.
     Log(proxy::LogCmdArgs),
+    /// Check what usually goes wrong on a device or gateway: relay reachable,
+    /// host key pinned, clock skew, scope networks routable, targets answering.
+    Doctor(doctor::DoctorArgs),
     /// Start a relay, a device and a connection through it, all on this
     /// machine, and explain each step.
     Demo(demo::DemoArgs),
@@ -101,6 +106,7 @@ pub fn init_logging(cli: &Cli) {
         Command::Proxy(_) | Command::Ssh(_) | Command::Ls(_) | Command::Log(_) => "warn",
         Command::Enroll(_) => "warn",
         Command::Demo(_) => "warn",
+        Command::Doctor(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
@@ -132,6 +138,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     Command::Enroll(a) => enroll::run(a).await,
                     Command::Log(a) => proxy::log(a).await,
                     Command::Demo(a) => demo::run(a).await,
+                    Command::Doctor(a) => doctor::run(a).await,
                     Command::Keygen(_) | Command::Ssh(_) => {
                         unreachable!("handled above")
                     }

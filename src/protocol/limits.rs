@@ -106,3 +106,11 @@ pub const MAX_TOKEN_LEN: usize = 2048;
 /// are shown in tables and matched by `ls --label`, not a data store.
 pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_LEN: usize = 63;
+/// `warren doctor`: how long each network check may take. A relay or a
+/// local target that has not answered in this time is reported as failing.
+pub const DOCTOR_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `warren doctor`: clock difference to the relay above which the check
+/// fails. Expiring invites and audit timestamps tolerate a minute; more
+/// means the host's clock is not synchronised.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);

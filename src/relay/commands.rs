@@ -92,7 +92,11 @@ pub(super) async fn run(
             if reply.changed {
                 relay.store_changed();
             }
-            out(reply.out, 0)
+            ExecOutput {
+                stdout: reply.out.into_bytes(),
+                stderr: reply.err.into_bytes(),
+                status: 0,
+            }
         }
         Err(e) => fail(1, format!("{e:#}\n")),
     }
@@ -126,6 +130,7 @@ fn command_name(c: &AdminCommand) -> &'static str {
         AdminCommand::HostKey { .. } => "host-key",
         AdminCommand::System(_) => "system",
         AdminCommand::Key(_) => "key",
+        AdminCommand::Gateway(_) => "gateway",
         AdminCommand::Ls(_) => "ls",
         AdminCommand::Invite(_) => "invite",
         AdminCommand::Device(_) => "device",

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::registry::{ConnId, Holder, LiveConn};
-use super::{Relay, StatusChange, commands, enroll};
+use super::{Relay, StatusChange, commands, enroll, gateways};
 use crate::audit::{self, Event, kind};
 use crate::policy;
 use crate::protocol::device_info::{self, DeviceInfo};
@@ -344,9 +344,12 @@ impl ServerSession for Connection {
         let Some(who) = &self.identity else {
             return ExecOutput::default();
         };
-        let words: Vec<&str> = command.split_whitespace().collect();
-        if who.role == Role::Device && words.first() == Some(&device_info::COMMAND) {
-            return self.device_info(&words[1..]);
+        if who.role == Role::Device {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            if words.first() == Some(&device_info::COMMAND) {
+                return self.device_info(&words[1..]);
+            }
+            return gateways::device_command(&self.relay, who, self.id, command).await;
         }
         commands::run(&self.relay, who, self.peer, command).await
     }
@@ -355,6 +358,7 @@ impl ServerSession for Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         let gone = self.relay.registry.remove_conn(self.id);
+        self.relay.gateways.remove_conn(self.id);
         for (system, name) in gone {
             self.relay.audit.record(
                 Event::new(kind::DEVICE_DOWN, audit::OK)
@@ -401,31 +405,43 @@ async fn stream(
         );
         refusal
     };
-    let device = match route(&relay, &who, &host, port).await {
+    let routed = match route(&relay, &who, &host, port).await {
         Ok(d) => d,
         Err(r) => return channel.refuse(&refuse(r)).await,
     };
-    // `route` found a device by this name, so it parses.
-    let Ok(name) = Name::parse(&host) else { return };
+    // The device whose connection carries the stream: the gateway, or the
+    // device itself (`route` found it by this name, so it parses).
+    let name = match &routed.gateway {
+        Some(gw) => gw.clone(),
+        None => match Name::parse(&host) {
+            Ok(n) => n,
+            Err(_) => return,
+        },
+    };
     let Some(guard) = relay.registry.open_stream(&who.system, &name) else {
         let r = Refusal::prohibited(format!("device {name} is disabled by an admin"));
         return channel.refuse(&refuse(r)).await;
     };
+    // Through a gateway the device is the gateway, and the address is the
+    // real target, which the gateway dials after its own checks.
+    let via = match &routed.gateway {
+        Some(gw) => format!("gateway {gw} for {}", routed.address),
+        None => format!("device {host}"),
+    };
     let opened = tokio::time::timeout(
         STREAM_OPEN_TIMEOUT,
-        device.open_forwarded(&host, port, peer),
+        routed.handle.open_forwarded(&routed.address, port, peer),
     )
     .await;
     let device_channel = match opened {
         Ok(Ok(ch)) => ch,
         Ok(Err(e)) => {
-            let r =
-                Refusal::connect_failed(format!("device {host} could not open port {port}: {e}"));
+            let r = Refusal::connect_failed(format!("{via} could not open port {port}: {e}"));
             return channel.refuse(&refuse(r)).await;
         }
         Err(_) => {
             let r = Refusal::connect_failed(format!(
-                "device {host} did not answer within {STREAM_OPEN_TIMEOUT:?}"
+                "{via} did not answer within {STREAM_OPEN_TIMEOUT:?}"
             ));
             return channel.refuse(&refuse(r)).await;
         }
@@ -461,19 +477,36 @@ async fn stream(
     relay.audit.record(closed);
 }
 
-/// Finds the device for `host:port` in the controller's own system.
-async fn route(
-    relay: &Relay,
-    who: &Identity,
-    host: &str,
-    port: u32,
-) -> Result<ServerHandle, Refusal> {
-    policy::may_open_streams(who).map_err(Refusal::prohibited)?;
+/// Where a stream goes: a connection, and the address for its
+/// `forwarded-tcpip` open (the device name, or a host behind a gateway).
+struct Route {
+    handle: ServerHandle,
+    address: String,
+    gateway: Option<Name>,
+}
+
+/// Finds the device for `host:port` in the controller's own system, or the
+/// gateway whose network holds it.
+async fn route(relay: &Relay, who: &Identity, host: &str, port: u32) -> Result<Route, Refusal> {
+    gateways::may_open(relay, who, host, port).await?;
     let system = &who.system;
+    let online = Name::parse(host)
+        .ok()
+        .and_then(|n| relay.registry.lookup(system, &n).map(|d| (n, d)));
+    if online.is_none()
+        && let Some(routed) = gateways::route(relay, system, host, port)
+    {
+        let r = routed?;
+        return Ok(Route {
+            handle: r.handle,
+            address: r.address,
+            gateway: Some(r.gateway),
+        });
+    }
     let name = Name::parse(host).map_err(|e| {
         Refusal::prohibited(format!("no device named {host:?} in system {system} ({e})"))
     })?;
-    if let Some(device) = relay.registry.lookup(system, &name) {
+    if let Some((name, device)) = online {
         if !device.ports.contains(&port) {
             let serves: Vec<String> = device.ports.iter().map(u32::to_string).collect();
             return Err(Refusal::prohibited(format!(
@@ -481,7 +514,11 @@ async fn route(
                 serves.join(", ")
             )));
         }
-        return Ok(device.handle);
+        return Ok(Route {
+            handle: device.handle,
+            address: name.to_string(),
+            gateway: None,
+        });
     }
     // Not online: say whether it exists at all (only on this failure path
     // do we read the store).
@@ -492,11 +529,24 @@ async fn route(
         .await
         .ok()
         .flatten();
+    if known.is_none()
+        && let Some(routed) = gateways::route_name(relay, system, host, port)
+    {
+        let r = routed?;
+        return Ok(Route {
+            handle: r.handle,
+            address: r.address,
+            gateway: Some(r.gateway),
+        });
+    }
     Err(Refusal::prohibited(match known {
         Some(d) => format!(
             "device {name} is offline (last seen {})",
             super::status::when(d.last_seen)
         ),
-        None => format!("no device named {name} in system {system}"),
+        None => format!(
+            "no device named {name} in system {system}{}",
+            gateways::hint(relay, system, host)
+        ),
     }))
 }

@@ -10,6 +10,7 @@
 mod commands;
 mod connection;
 mod enroll;
+pub mod gateways;
 pub mod registry;
 pub mod status;
 
@@ -71,6 +72,8 @@ impl Default for RelayOptions {
 pub struct Relay {
     store: Store,
     registry: Registry,
+    /// What each online gateway serves (issue 5).
+    gateways: gateways::Gateways,
     server_config: ServerConfig,
     host_key: Fingerprint,
     options: RelayOptions,
@@ -132,6 +135,7 @@ impl Relay {
         Ok(Arc::new(Relay {
             store,
             registry: Registry::default(),
+            gateways: gateways::Gateways::default(),
             server_config,
             host_key,
             unauthenticated: Arc::new(Semaphore::new(options.max_unauthenticated)),
@@ -155,6 +159,10 @@ impl Relay {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    pub fn gateways(&self) -> &gateways::Gateways {
+        &self.gateways
     }
 
     pub fn audit(&self) -> &Audit {
@@ -324,6 +332,7 @@ async fn watch_store(relay: Arc<Relay>, stop: CancellationToken) {
             continue;
         }
         last = version;
+        gateways::refresh(&relay).await;
         apply_disabled(&relay).await;
         let conns = relay.registry.conns();
         let fps: Vec<String> = conns.iter().map(|c| c.fingerprint.clone()).collect();

@@ -28,6 +28,10 @@ pub struct DeviceStatus {
     pub streams: u64,
     /// An admin disabled it: no streams.
     pub disabled: bool,
+    /// A gateway's networks: its own scope and served associations (empty
+    /// for a plain device).
+    #[serde(default)]
+    pub scope: Vec<String>,
 }
 
 /// Lists devices of `system` (or all) as the running relay sees them.
@@ -69,6 +73,7 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
             labels: BTreeMap::new(),
             streams,
             disabled,
+            scope: Vec::new(),
         };
         match out
             .iter_mut()
@@ -88,6 +93,12 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
         }
     }
     out.sort_by(|a, b| (&a.system, &a.name).cmp(&(&b.system, &b.name)));
+    let filter = system.map(|s| s.to_string());
+    let gws = relay
+        .store()
+        .call(move |s| s.gateways(filter.as_deref()))
+        .await?;
+    add_scopes(&mut out, &gws);
     Ok(out)
 }
 
@@ -105,6 +116,30 @@ pub fn from_record(d: DeviceRecord) -> DeviceStatus {
         labels: d.labels,
         streams: d.streams,
         disabled: d.disabled,
+        scope: Vec::new(),
+    }
+}
+
+/// Fills in each gateway's networks: its scope, then the associations its
+/// permit lets through.
+pub fn add_scopes(devices: &mut [DeviceStatus], gateways: &[store::GatewayRecord]) {
+    for g in gateways {
+        let Some(d) = devices
+            .iter_mut()
+            .find(|d| d.system == g.system && d.name == g.name)
+        else {
+            continue;
+        };
+        let parse = |l: &[String]| -> Vec<crate::protocol::Cidr> {
+            l.iter().filter_map(|c| c.parse().ok()).collect()
+        };
+        let scope = crate::protocol::gateway::GatewayScope {
+            scope: parse(&g.scope),
+            ports: g.ports.clone(),
+            permit: g.permit.as_deref().map(parse),
+            associations: parse(&g.associations),
+        };
+        d.scope = scope.effective().iter().map(|c| c.to_string()).collect();
     }
 }
 
@@ -151,6 +186,9 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
             "VERSION",
             "LABELS",
         ];
+        if devices.iter().any(|d| !d.scope.is_empty()) {
+            h.push("SCOPE");
+        }
         if with_system {
             h.insert(0, "SYSTEM");
         }
@@ -184,6 +222,13 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
                     .join(",")
             },
         ];
+        if devices.iter().any(|d| !d.scope.is_empty()) {
+            r.push(if d.scope.is_empty() {
+                "-".into()
+            } else {
+                d.scope.join(",")
+            });
+        }
         if with_system {
             r.insert(0, d.system.clone());
         }
@@ -235,6 +280,7 @@ mod tests {
             labels: BTreeMap::from([("gpu".into(), "a100".into())]),
             streams: 3,
             disabled: false,
+            scope: vec![],
         };
         let t = render(&[d], false);
         let lines: Vec<&str> = t.lines().collect();

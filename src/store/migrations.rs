@@ -33,7 +33,35 @@ const MIGRATIONS: &[&str] = &[
         ports     TEXT,
         PRIMARY KEY (system, name)
     );",
-    // 2 (issue-3): invites, the audit log, richer device status, how a key was enrolled.
+    // 4 (issue-5): gateways (scope as announced by the agent), networks an
+    // admin associated with them, and the targets their listen forwards may reach.
+    "CREATE TABLE gateways (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        system   TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        scope    TEXT NOT NULL DEFAULT '[]',
+        ports    TEXT NOT NULL DEFAULT '[]',
+        permit   TEXT,
+        listens  TEXT NOT NULL DEFAULT '[]',
+        created  INTEGER NOT NULL,
+        updated  INTEGER NOT NULL,
+        UNIQUE (system, name)
+    );
+    CREATE TABLE gateway_associations (
+        system   TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        network  TEXT NOT NULL,
+        created  INTEGER NOT NULL,
+        PRIMARY KEY (system, name, network)
+    );
+    CREATE TABLE gateway_rules (
+        system   TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        target   TEXT NOT NULL,
+        created  INTEGER NOT NULL,
+        PRIMARY KEY (system, name, target)
+    );",
+    // 3 (issue-3): invites, the audit log, richer device status, how a key was enrolled.
     "CREATE TABLE invites (
         id          TEXT PRIMARY KEY,
         secret_hash TEXT NOT NULL,

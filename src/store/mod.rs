@@ -9,6 +9,7 @@
 
 mod audit;
 mod enroll;
+mod gateways;
 mod migrations;
 
 pub use audit::AuditQuery;
@@ -22,6 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
+
+pub use gateways::GatewayRecord;
 
 use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::{Name, Role};

@@ -126,6 +126,7 @@ impl TestRelay {
             allow: AllowList::parse(allow).unwrap(),
             dead_after: Duration::from_secs(5),
             labels: Default::default(),
+            gateway: Default::default(),
         }
     }
 
@@ -206,9 +207,8 @@ impl TestAgent {
 
     pub async fn online(&mut self) {
         loop {
-            match self.next().await {
-                AgentEvent::Online => return,
-                AgentEvent::Offline { .. } => {}
+            if self.next().await == AgentEvent::Online {
+                return;
             }
         }
     }
@@ -311,6 +311,7 @@ pub fn logs() {
     }
 }
 
+pub mod netns;
 pub mod openssh;
 
 impl TestRelay {

@@ -49,6 +49,12 @@ impl Sshd {
 
     /// Starts sshd inside network namespace `netns` (its loopback must be up).
     pub async fn start_in(netns: Option<&str>) -> Sshd {
+        Self::start_listening(netns, "127.0.0.1").await
+    }
+
+    /// Starts sshd inside `netns`, listening on `listen` (e.g. `0.0.0.0`
+    /// for a host that others in its private network reach).
+    pub async fn start_listening(netns: Option<&str>, listen: &str) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: install openssh-server (scripts/test does this)"
@@ -62,7 +68,7 @@ impl Sshd {
         std::fs::copy(d.join("user.pub"), d.join("authorized_keys")).unwrap();
         let port = super::closed_port().await;
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\n\
+            "Port {port}\nListenAddress {listen}\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
              PidFile {d}/sshd.pid\nPermitRootLogin prohibit-password\nLogLevel INFO\n",
             d = d.display()
