@@ -773,3 +773,57 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
     assert!(out.contains("\"online\": false"), "{out}");
     drop(relay);
 }
+
+#[tokio::test]
+async fn gateway_admin_commands_run_remotely_and_are_audited() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    r.add_system("ops");
+    let key = r.add_key("tau", Role::Device, "gw1");
+    let mut s = r.agent_settings("tau", "gw1", key, &["127.0.0.1:1".to_string()]);
+    s.gateway = warren::agent::gateway::GatewayConfig::from_file(
+        Some(&["127.0.0.1/32".to_string()]),
+        Some(&[22]),
+        Some(&["127.0.0.0/24".to_string()]),
+        &[],
+    )
+    .unwrap();
+    let mut gw = TestAgent::start(s);
+    gw.online().await;
+    let ops = r
+        .controller("ops", r.add_key("ops", Role::Admin, "root"))
+        .await;
+    let alice = r
+        .controller("tau", r.add_key("tau", Role::Controller, "alice"))
+        .await;
+
+    let (st, out, err) = exec(&ops, "gateway associate --system tau gw1 127.0.0.2/32").await;
+    assert_eq!(st, 0, "{err}");
+    assert!(out.contains("associated 127.0.0.2/32"), "{out}");
+    let (st, out, _) = exec(&ops, "gateway show --system tau gw1 --json").await;
+    assert_eq!(st, 0);
+    assert!(out.contains("127.0.0.2/32"), "{out}");
+    let e = wait_event(&r, q("gateway_associate"), |_| true).await;
+    assert_eq!(e.key.as_deref(), Some("root"));
+    assert_eq!(e.system.as_deref(), Some("tau"));
+
+    // From the relay host too, and a controller may not.
+    let data = r.dir.path().to_str().unwrap();
+    warren_ok(&[
+        "admin",
+        "--data",
+        data,
+        "gateway",
+        "dissociate",
+        "--system",
+        "tau",
+        "gw1",
+        "127.0.0.2/32",
+    ])
+    .await;
+    let stored = r.admin_store().audit(&q("gateway_dissociate")).unwrap();
+    assert_eq!(stored.len(), 1);
+    let (st, _, err) = exec(&alice, "gateway ls").await;
+    assert_eq!(st, 1);
+    assert!(err.contains("needs an admin key"), "{err}");
+}
