@@ -300,6 +300,19 @@ async fn bad_tokens_are_refused_and_nothing_is_written() {
     r.add_key("tau", Role::Device, "dev4");
     refused("taken", good.encode(), "already belongs").await;
 
+    // The `enroll` user gets nothing but `enroll`: no streams, no commands,
+    // no device names.
+    let stranger = std::sync::Arc::new(warren::ssh::keys::generate_ed25519().unwrap());
+    let conn = r.try_connect("enroll", stranger).await.unwrap();
+    assert!(conn.open("dev1", 22).await.is_err());
+    let out = conn.exec("ls").await.unwrap();
+    assert_eq!(out.status, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("can only enroll"));
+    assert!(conn.register("dev9", 22).await.is_err());
+    assert_eq!(key_count(&r), 2);
+    let err = warren(&["admin", "--data", &data, "system", "add", "enroll"]).await;
+    assert!(!err.ok && err.stderr.contains("reserved"), "{}", err.stderr);
+
     // Refusals do not consume an invite.
     let invites = r.store().invites().unwrap();
     let dev4 = invites.iter().find(|i| i.name == "dev4").unwrap();
