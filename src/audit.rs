@@ -1,60 +1,318 @@
-//! Audit events: who did what. Each is one structured log line with target
-//! `audit` and an `event` field, so operators can filter and ship them.
-//! (Persisting them in the store, with queries, is the audit-log issue.)
+//! Audit events: who did what. Each event is one structured log line with
+//! target `audit` and an `event` field, and one row in the store's `audit`
+//! table, which `warren admin log` and `ssh relay log` query.
+//!
+//! Writes never happen on the data path or under the registry lock: callers
+//! hand events to [`Audit`], and one writer task ([`run_writer`]) stores them
+//! in batches, one transaction per batch (`synchronous = FULL`). Whoever must
+//! tell a person "done" (an admin command, an enrollment) first waits for
+//! [`Audit::record_durable`], so an acknowledged event survives `kill -9`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::limits::{AUDIT_BATCH_MAX, AUDIT_PRUNE_INTERVAL};
 use crate::ssh::SpliceStats;
+use crate::store::Store;
 
-pub fn login_ok(peer: SocketAddr, system: &str, role: &str, name: &str, fingerprint: &str) {
-    tracing::info!(target: "audit", event = "login", result = "ok", %peer, system, role, name, fingerprint);
+/// Event kinds, as stored and as `--kind` filters on.
+pub mod kind {
+    pub const LOGIN: &str = "login";
+    pub const DEVICE_UP: &str = "device_up";
+    pub const DEVICE_DOWN: &str = "device_down";
+    pub const REGISTER: &str = "register";
+    pub const STREAM_OPEN: &str = "stream_open";
+    pub const STREAM_CLOSE: &str = "stream_close";
+    pub const ENROLL: &str = "enroll";
+    pub const KEY_ADD: &str = "key_add";
+    pub const KEY_REVOKE: &str = "key_revoke";
+    pub const KEY_REVOKED_DISCONNECT: &str = "key_revoked_disconnect";
+    pub const INVITE_CREATE: &str = "invite_create";
+    pub const INVITE_REVOKE: &str = "invite_revoke";
+    pub const DEVICE_DISABLE: &str = "device_disable";
+    pub const DEVICE_ENABLE: &str = "device_enable";
+    pub const SYSTEM_ADD: &str = "system_add";
+    pub const COMMAND: &str = "command";
 }
 
-pub fn login_refused(peer: SocketAddr, user: &str, reason: &str) {
-    tracing::warn!(target: "audit", event = "login", result = "refused", %peer, user, reason);
+pub const OK: &str = "ok";
+pub const REFUSED: &str = "refused";
+
+/// One audit event. Fields that do not apply to a kind stay empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Row id once stored (newest is highest); 0 before.
+    pub id: i64,
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    pub kind: String,
+    /// `ok`, `refused`, `closed`, `failed`.
+    pub result: String,
+    pub system: Option<String>,
+    /// Name of the key that acted (controller, device, admin).
+    pub key: Option<String>,
+    pub fingerprint: Option<String>,
+    pub device: Option<String>,
+    /// `host:port` of a stream.
+    pub target: Option<String>,
+    /// Bytes from the controller to the device.
+    pub bytes_up: Option<u64>,
+    /// Bytes from the device to the controller.
+    pub bytes_down: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub peer: Option<String>,
+    pub detail: Option<String>,
 }
 
-pub fn device_up(peer: SocketAddr, system: &str, name: &str, port: u32, took_over: bool) {
-    tracing::info!(target: "audit", event = "device_up", %peer, system, name, port, took_over);
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
 }
 
-pub fn device_down(system: &str, name: &str, reason: &str) {
-    tracing::info!(target: "audit", event = "device_down", system, name, reason);
+impl Event {
+    pub fn new(kind: &str, result: &str) -> Event {
+        Event {
+            time_ms: now_ms(),
+            kind: kind.to_string(),
+            result: result.to_string(),
+            ..Event::default()
+        }
+    }
+
+    pub fn system(mut self, s: impl Into<String>) -> Event {
+        self.system = Some(s.into());
+        self
+    }
+
+    pub fn key(mut self, name: impl Into<String>, fingerprint: impl Into<String>) -> Event {
+        self.key = Some(name.into());
+        self.fingerprint = Some(fingerprint.into());
+        self
+    }
+
+    pub fn key_name(mut self, name: impl Into<String>) -> Event {
+        self.key = Some(name.into());
+        self
+    }
+
+    pub fn device(mut self, d: impl Into<String>) -> Event {
+        self.device = Some(d.into());
+        self
+    }
+
+    pub fn target(mut self, t: impl Into<String>) -> Event {
+        self.target = Some(t.into());
+        self
+    }
+
+    pub fn peer(mut self, p: SocketAddr) -> Event {
+        self.peer = Some(p.to_string());
+        self
+    }
+
+    pub fn detail(mut self, d: impl Into<String>) -> Event {
+        self.detail = Some(d.into());
+        self
+    }
+
+    pub fn transfer(mut self, stats: SpliceStats, took: Duration) -> Event {
+        self.bytes_up = Some(stats.sent);
+        self.bytes_down = Some(stats.received);
+        self.duration_ms = Some(took.as_millis() as u64);
+        self
+    }
+
+    /// The structured log line for this event.
+    pub fn log(&self) {
+        let e = self;
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "audit",
+                    event = %e.kind,
+                    result = %e.result,
+                    system = e.system.as_deref(),
+                    key = e.key.as_deref(),
+                    fingerprint = e.fingerprint.as_deref(),
+                    device = e.device.as_deref(),
+                    target_addr = e.target.as_deref(),
+                    bytes_up = e.bytes_up,
+                    bytes_down = e.bytes_down,
+                    duration_ms = e.duration_ms,
+                    peer = e.peer.as_deref(),
+                    detail = e.detail.as_deref(),
+                )
+            };
+        }
+        if self.result == REFUSED || self.result == "failed" {
+            line!(warn);
+        } else {
+            line!(info);
+        }
+    }
 }
 
-pub fn register_refused(peer: SocketAddr, system: &str, key_name: &str, asked: &str, reason: &str) {
-    tracing::warn!(target: "audit", event = "register", result = "refused", %peer, system, key_name, asked, reason);
+enum Msg {
+    Event(Box<Event>),
+    /// Answered once every event sent before it is durable.
+    Flush(oneshot::Sender<Result<(), String>>),
 }
 
-pub fn stream_refused(system: &str, controller: &str, target: &str, reason: &str) {
-    tracing::warn!(target: "audit", event = "stream", result = "refused", system, controller, target, reason);
+/// Where the relay's components send audit events. Cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::UnboundedSender<Msg>,
+    written: watch::Receiver<u64>,
+}
+
+/// The other end of an [`Audit`], consumed by [`run_writer`].
+pub struct AuditWriter {
+    rx: mpsc::UnboundedReceiver<Msg>,
+    written: watch::Sender<u64>,
+}
+
+pub fn channel() -> (Audit, AuditWriter) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (wtx, wrx) = watch::channel(0);
+    (Audit { tx, written: wrx }, AuditWriter { rx, written: wtx })
+}
+
+impl Audit {
+    /// Logs the event and queues it for the store; never waits.
+    pub fn record(&self, event: Event) {
+        event.log();
+        // The writer lives as long as the relay serves; events after that are
+        // still logged.
+        let _ = self.tx.send(Msg::Event(Box::new(event)));
+    }
+
+    /// Records the events and waits until they (and everything before them)
+    /// are durable in the store.
+    pub async fn record_durable(&self, events: Vec<Event>) -> anyhow::Result<()> {
+        for e in events {
+            self.record(e);
+        }
+        self.flush().await
+    }
+
+    /// Waits until every event recorded so far is durable.
+    pub async fn flush(&self) -> anyhow::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(tx))
+            .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?
+            .map_err(|e| anyhow::anyhow!("writing the audit log: {e}"))
+    }
+
+    /// A receiver whose value (events stored so far) changes after each batch.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.written.clone()
+    }
+}
+
+/// Stores events in batches until `stop`, then stores what is still queued.
+/// Prunes events older than `retention` at start and every
+/// [`AUDIT_PRUNE_INTERVAL`].
+pub async fn run_writer(
+    store: Store,
+    mut w: AuditWriter,
+    retention: Option<Duration>,
+    stop: CancellationToken,
+) {
+    let mut prune = tokio::time::interval(AUDIT_PRUNE_INTERVAL);
+    loop {
+        let first = tokio::select! {
+            biased;
+            m = w.rx.recv() => m,
+            _ = prune.tick(), if retention.is_some() => {
+                if let Some(r) = retention {
+                    prune_now(&store, r).await;
+                }
+                continue;
+            }
+            _ = stop.cancelled() => {
+                let mut rest = Vec::new();
+                while let Ok(m) = w.rx.try_recv() {
+                    rest.push(m);
+                }
+                write_batch(&store, &w.written, rest).await;
+                return;
+            }
+        };
+        let Some(first) = first else { return };
+        let mut batch = vec![first];
+        while batch.len() < AUDIT_BATCH_MAX {
+            match w.rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        write_batch(&store, &w.written, batch).await;
+    }
+}
+
+async fn write_batch(store: &Store, written: &watch::Sender<u64>, batch: Vec<Msg>) {
+    let mut events = Vec::new();
+    let mut acks = Vec::new();
+    for m in batch {
+        match m {
+            Msg::Event(e) => events.push(*e),
+            Msg::Flush(tx) => acks.push(tx),
+        }
+    }
+    let n = events.len() as u64;
+    let result = if events.is_empty() {
+        Ok(())
+    } else {
+        store.call(move |s| s.append_audit(&events)).await
+    };
+    let result = result.map_err(|e| format!("{e:#}"));
+    match &result {
+        Ok(()) => written.send_modify(|v| *v += n),
+        Err(e) => tracing::error!(error = %e, lost = n, "writing audit events"),
+    }
+    for ack in acks {
+        let _ = ack.send(result.clone());
+    }
+}
+
+async fn prune_now(store: &Store, retention: Duration) {
+    let before = now_ms().saturating_sub(retention.as_millis() as u64);
+    match store.call(move |s| s.prune_audit(before)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(pruned = n, ?retention, "pruned old audit events"),
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "pruning audit events"),
+    }
+}
+
+/// A login or command refused before any identity was known.
+pub fn login_refused(peer: SocketAddr, user: &str, reason: &str) -> Event {
+    Event::new(kind::LOGIN, REFUSED)
+        .peer(peer)
+        .system(user)
+        .detail(reason)
 }
 
 pub fn stream_closed(
     system: &str,
     controller: &str,
+    device: &str,
     target: &str,
     stats: SpliceStats,
     duration: Duration,
-) {
-    tracing::info!(
-        target: "audit",
-        event = "stream",
-        result = "closed",
-        system,
-        controller,
-        target,
-        bytes_to_device = stats.sent,
-        bytes_from_device = stats.received,
-        duration_ms = duration.as_millis() as u64,
-    );
-}
-
-pub fn key_revoked_disconnect(system: &str, name: &str, fingerprint: &str) {
-    tracing::warn!(target: "audit", event = "key_revoked", action = "disconnect", system, name, fingerprint);
-}
-
-pub fn admin(action: &str, detail: &str) {
-    tracing::info!(target: "audit", event = "admin", action, detail);
+) -> Event {
+    Event::new(kind::STREAM_CLOSE, "closed")
+        .system(system)
+        .key_name(controller)
+        .device(device)
+        .target(target)
+        .transfer(stats, duration)
 }

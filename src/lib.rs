@@ -18,11 +18,13 @@
 //!   `relay::gateways` routes a host that is no device name to the gateway
 //!   whose scope holds it, and `agent::gateway` checks and dials it, and
 //!   carries listen forwards back out. `agent::doctor` is `warren doctor`.
-//! - [`client`]: the controller side: `warren proxy` (stdio) and `warren ssh`.
+//! - [`client`]: the controller side: `warren proxy` (stdio) and `warren ssh`;
+//!   `client::enroll` turns an invite token into a key and a config.
 //! - [`store`]: SQLite state in the relay's data directory (systems, keys, device
-//!   status), with numbered migrations.
+//!   status, invites, the audit log), with numbered migrations.
 //! - [`policy`]: who may reach what; pure functions, no I/O.
-//! - [`audit`]: structured audit events (a log line per event).
+//! - [`audit`]: audit events: a log line each, and a row in the store written
+//!   in batches by one writer task, off the data path.
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.
 
 #![cfg_attr(

@@ -1,5 +1,6 @@
 //! The agent's TOML config, validated once into [`AgentSettings`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::protocol::device_info::check_labels;
 use crate::protocol::limits::{AGENT_DEAD_RELAY_TIMEOUT, DEFAULT_RELAY_PORT, MAX_CONFIG_FILE};
 use crate::protocol::{AllowList, Name};
 use crate::ssh::keys::{self, PrivateKey};
@@ -32,6 +34,9 @@ pub struct AgentFile {
     /// Silence from the relay after which it is taken as gone (e.g. "30s").
     #[serde(default)]
     pub keepalive_timeout: Option<String>,
+    /// Labels shown by `ls` and matched by `ls --label KEY=VALUE`.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
     /// Gateway: networks whose hosts this agent may also connect to.
     #[serde(default)]
     pub scope: Option<Vec<String>>,
@@ -56,6 +61,7 @@ pub struct AgentSettings {
     pub relay_host_key: String,
     pub allow: AllowList,
     pub dead_after: Duration,
+    pub labels: BTreeMap<String, String>,
     /// Scope, ports, permit and listen forwards (empty for a plain device).
     pub gateway: super::gateway::GatewayConfig,
 }
@@ -71,6 +77,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("relay_host_key", &self.relay_host_key)
             .field("allow", &self.allow)
             .field("dead_after", &self.dead_after)
+            .field("labels", &self.labels)
             .field("gateway", &self.gateway)
             .finish()
     }
@@ -105,6 +112,10 @@ impl AgentSettings {
         if dead_after < Duration::from_secs(1) {
             bail!("keepalive_timeout must be at least 1s");
         }
+        let labels = file.labels.unwrap_or_default();
+        check_labels(&labels)
+            .map_err(anyhow::Error::msg)
+            .context("labels")?;
         let gateway = super::gateway::GatewayConfig::from_file(
             file.scope.as_deref(),
             file.scope_ports.as_deref(),
@@ -119,9 +130,18 @@ impl AgentSettings {
             relay_host_key: check_fingerprint(&file.relay_host_key)?,
             allow,
             dead_after,
+            labels,
             gateway,
         })
     }
+}
+
+/// Where the agent config lives when no path is given.
+pub fn default_config_path() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+        return Some(PathBuf::from(x).join("warren/agent.toml"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/warren/agent.toml"))
 }
 
 /// Reads a config file with a size bound (a hostile file cannot make us
@@ -222,6 +242,8 @@ mod tests {
         assert_eq!(s.allow.ports().collect::<Vec<_>>(), vec![22]);
         assert_eq!(s.dead_after, AGENT_DEAD_RELAY_TIMEOUT);
         assert!(!format!("{s:?}").contains("PRIVATE"));
+        let s = write("labels = { site = \"lab3\", gpu = \"a100\" }\n").unwrap();
+        assert_eq!(s.labels.get("gpu").map(String::as_str), Some("a100"));
         let s =
             write("allow = [\"127.0.0.1:22\", \"8080\"]\nkeepalive_timeout = \"5s\"\n").unwrap();
         assert_eq!(s.allow.ports().collect::<Vec<_>>(), vec![22, 8080]);
@@ -231,6 +253,7 @@ mod tests {
             "allow = [\"nohost\"]\n",
             "keepalive_timeout = \"soon\"\n",
             "allow = []\n",
+            "labels = { site = \"has space\" }\n",
         ] {
             let err = write(bad).err().map(|e| format!("{e:#}"));
             assert!(err.is_some(), "{bad:?} should be refused");

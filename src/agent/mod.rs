@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::AgentSettings;
 use gateway::GatewayState;
 
+use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::gateway::{ANNOUNCE_COMMAND, Associations, CONTROL_ADDRESS, list};
 use crate::protocol::limits::{
     BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, STREAM_OPEN_TIMEOUT,
@@ -129,6 +130,20 @@ async fn session(
             Err(e) => return format!("{e:#}"),
         },
     };
+    // Version and labels first, so the registration below carries them. A
+    // relay that does not know the command is no reason to stay offline.
+    let info = DeviceInfo::ours(settings.labels.clone()).to_command();
+    match conn.exec(&info).await {
+        Ok(out) if out.status == 0 => {}
+        Ok(out) => tracing::warn!(
+            "relay refused device-info: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => {
+            conn.disconnect().await;
+            return format!("{e:#}");
+        }
+    }
     for port in allow.ports() {
         if let Err(e) = conn.register(settings.name.as_str(), u32::from(port)).await {
             conn.disconnect().await;

@@ -1,19 +1,34 @@
-//! `warren admin`: systems and keys, written straight into the relay's
-//! database. A running relay sees the change without a restart.
+//! `warren admin`: systems, keys, invites, devices, status and the audit
+//! log. The same commands run in two places:
+//!
+//! - locally, `warren admin --data DIR …`, written straight into the relay's
+//!   database (a running relay sees the change without a restart);
+//! - remotely, `ssh -p 2222 SYSTEM@relay …` with an admin key, run inside
+//!   the relay ([`execute`] with [`Caller::Remote`]).
+//!
+//! Every change is audited; the audit record is durable before the command
+//! reports success.
 
+use std::collections::BTreeMap;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use crate::audit;
+use super::log::LogArgs;
+use crate::audit::{self, Event, kind};
+use crate::protocol::device_info::parse_label;
+use crate::protocol::limits::{INVITE_DEFAULT_TTL, INVITE_MAX_TTL};
+use crate::protocol::token::Invite;
 use crate::protocol::{Name, Role};
-use crate::relay::{host_key_path, status};
+use crate::relay::{ADVERTISE_SETTING, Relay, host_key_path, status};
 use crate::ssh::keys;
-use crate::store::{KeyRecord, Store};
+use crate::store::{self, Identity, InviteRecord, KeyRecord, NewInvite, Store};
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
@@ -41,13 +56,27 @@ pub enum AdminCommand {
     #[command(subcommand)]
     Gateway(super::gateway::GatewayCommand),
     /// Devices and their status.
-    Ls {
-        /// Only this system.
-        #[arg(long)]
-        system: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Ls(LsArgs),
+    /// One-time invites: `invite --system S --role R --name N` prints a token
+    /// for `warren enroll`; `invite ls`, `invite revoke ID`.
+    Invite(InviteArgs),
+    /// Disable or enable a device.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// The audit log, newest first.
+    Log(LogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only this system.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Only devices with this label (KEY=VALUE; repeat to require several).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,7 +105,7 @@ pub enum KeyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List keys.
+    /// List keys, with how each was enrolled.
     Ls {
         #[arg(long)]
         json: bool,
@@ -85,7 +114,102 @@ pub enum KeyCommand {
     Revoke { fingerprint: String },
 }
 
-pub fn run(a: AdminArgs) -> Result<ExitCode> {
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct InviteArgs {
+    #[command(subcommand)]
+    pub command: Option<InviteCommand>,
+    /// System the new key will belong to.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, value_enum)]
+    pub role: Option<Role>,
+    /// Device name, or the person's or program's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How long the token works ("30m", "1h", "2d"; at most 7d).
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Relay address (HOST:PORT) written into the token [default: the
+    /// relay's --advertise].
+    #[arg(long)]
+    pub relay: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// List invites: pending, used (by which key), expired, revoked.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a pending invite.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Refuse new streams to a device and close its live ones.
+    Disable {
+        #[arg(long)]
+        system: String,
+        name: String,
+    },
+    /// Undo `disable`.
+    Enable {
+        #[arg(long)]
+        system: String,
+        name: String,
+    },
+}
+
+/// Who runs an admin command.
+pub enum Caller<'a> {
+    /// `warren admin --data DIR` on the relay host.
+    Local { data: &'a Path },
+    /// Over the relay's SSH port, inside the running relay.
+    Remote {
+        relay: &'a Relay,
+        who: &'a Identity,
+        peer: SocketAddr,
+    },
+}
+
+impl Caller<'_> {
+    /// Fills in who acted, for the audit record.
+    fn stamp(&self, e: Event) -> Event {
+        match self {
+            Caller::Local { .. } => e.key_name("(local admin)"),
+            Caller::Remote { who, peer, .. } => e
+                .key(who.name.as_str(), who.fingerprint.as_str())
+                .peer(*peer),
+        }
+    }
+}
+
+/// What a command printed, and the audit events it caused.
+#[derive(Default)]
+pub struct Reply {
+    pub out: String,
+    /// Warnings, for standard error.
+    pub err: String,
+    pub events: Vec<Event>,
+    /// Keys or devices changed: a running relay should act now.
+    pub changed: bool,
+}
+
+impl Reply {
+    fn text(out: String) -> Reply {
+        Reply {
+            out,
+            ..Reply::default()
+        }
+    }
+}
+
+pub async fn run(a: AdminArgs) -> Result<ExitCode> {
     if let AdminCommand::HostKey { json } = a.command {
         return host_key(&a.data, json);
     }
@@ -97,89 +221,340 @@ pub fn run(a: AdminArgs) -> Result<ExitCode> {
         );
     }
     let store = Store::open(&a.data)?;
-    match a.command {
-        AdminCommand::HostKey { .. } => unreachable!("handled above"),
-        AdminCommand::Gateway(g) => return super::gateway::run(&store, g),
+    let reply = execute(&store, &Caller::Local { data: &a.data }, a.command).await?;
+    for e in &reply.events {
+        e.log();
+    }
+    store
+        .call(move |s| s.append_audit(&reply.events))
+        .await
+        .context("writing the audit log")?;
+    print!("{}", reply.out);
+    eprint!("{}", reply.err);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one admin command against the store.
+pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) -> Result<Reply> {
+    match command {
+        AdminCommand::HostKey { json } => match caller {
+            Caller::Local { data } => {
+                let key = keys::load_or_create_host_key(&host_key_path(data))?;
+                host_key_text(&keys::fingerprint(key.public_key()), json)
+            }
+            Caller::Remote { relay, .. } => host_key_text(relay.host_key(), json),
+        },
+        AdminCommand::Gateway(g) => {
+            let mut reply = store.call(move |s| super::gateway::run(s, g)).await?;
+            reply.events = reply.events.into_iter().map(|e| caller.stamp(e)).collect();
+            Ok(reply)
+        }
         AdminCommand::System(SystemCommand::Add { name }) => {
             let name = Name::parse(&name).context("system name")?;
-            store.add_system(&name)?;
-            audit::admin("system_add", name.as_str());
-            println!("added system {name}");
+            let n = name.clone();
+            store.call(move |s| s.add_system(&n)).await?;
+            Ok(Reply {
+                out: format!("added system {name}\n"),
+                events: vec![
+                    caller.stamp(Event::new(kind::SYSTEM_ADD, audit::OK).system(name.as_str())),
+                ],
+                changed: false,
+                err: String::new(),
+            })
         }
         AdminCommand::System(SystemCommand::Ls { json }) => {
-            let systems = store.systems()?;
+            let systems = store.call(|s| s.systems()).await?;
             if json {
-                print_json(&systems)?;
-            } else {
-                for s in systems {
-                    println!("{s}");
-                }
+                return Ok(Reply::text(json_text(&systems)?));
             }
+            Ok(Reply::text(
+                systems.iter().map(|s| format!("{s}\n")).collect(),
+            ))
         }
-        AdminCommand::Key(KeyCommand::Add {
+        AdminCommand::Key(k) => key_command(store, caller, k).await,
+        AdminCommand::Ls(a) => ls(store, caller, a).await,
+        AdminCommand::Invite(a) => invite_command(store, caller, a).await,
+        AdminCommand::Device(d) => device_command(store, caller, d).await,
+        AdminCommand::Log(a) => {
+            let q = a.query()?;
+            if let Caller::Remote { relay, .. } = caller {
+                // Whatever happened before this command is in the page.
+                relay.audit().flush().await?;
+            }
+            let events = store.call(move |s| s.audit(&q)).await?;
+            Ok(Reply::text(a.render(events)))
+        }
+    }
+}
+
+async fn key_command(store: &Store, caller: &Caller<'_>, k: KeyCommand) -> Result<Reply> {
+    match k {
+        KeyCommand::Add {
             system,
             role,
             name,
             pubkey_file,
             json,
-        }) => {
+        } => {
+            if matches!(caller, Caller::Remote { .. }) {
+                bail!(
+                    "`key add` reads a file on the relay host; remotely, make an invite instead (`invite --system {system} --role {role} --name {name}`)"
+                );
+            }
             let system = Name::parse(&system).context("system name")?;
             let name = Name::parse(&name).context("key name")?;
             let key = read_pubkey(&pubkey_file)?;
-            let rec = store.add_key(&system, role, &name, &key)?;
-            audit::admin(
-                "key_add",
-                &format!(
-                    "{} {} {} {}",
-                    rec.system, rec.role, rec.name, rec.fingerprint
-                ),
+            let rec = store
+                .call(move |s| s.add_key(&system, role, &name, &key))
+                .await?;
+            let event = caller.stamp(
+                Event::new(kind::KEY_ADD, audit::OK)
+                    .system(rec.system.as_str())
+                    .detail(format!("{} {} {}", rec.role, rec.name, rec.fingerprint)),
             );
-            if json {
-                print_json(&rec)?;
+            let out = if json {
+                json_text(&rec)?
             } else {
-                println!(
-                    "added {} key {} for {} in system {}",
+                format!(
+                    "added {} key {} for {} in system {}\n",
                     rec.role, rec.fingerprint, rec.name, rec.system
-                );
-            }
+                )
+            };
+            Ok(Reply {
+                out,
+                events: vec![event],
+                changed: true,
+                err: String::new(),
+            })
         }
-        AdminCommand::Key(KeyCommand::Ls { json }) => {
-            let keys = store.keys()?;
-            if json {
-                print_json(&keys)?;
+        KeyCommand::Ls { json } => {
+            let keys = store.call(|s| s.keys()).await?;
+            Ok(Reply::text(if json {
+                json_text(&keys)?
             } else {
-                print!("{}", render_keys(&keys));
-            }
+                render_keys(&keys)
+            }))
         }
-        AdminCommand::Key(KeyCommand::Revoke { fingerprint }) => {
-            let rec = store.revoke_key(fingerprint.trim())?;
-            audit::admin(
-                "key_revoke",
-                &format!(
-                    "{} {} {} {}",
-                    rec.system, rec.role, rec.name, rec.fingerprint
+        KeyCommand::Revoke { fingerprint } => {
+            let fp = fingerprint.trim().to_string();
+            let rec = store.call(move |s| s.revoke_key(&fp)).await?;
+            let event = caller.stamp(
+                Event::new(kind::KEY_REVOKE, audit::OK)
+                    .system(rec.system.as_str())
+                    .detail(format!("{} {} {}", rec.role, rec.name, rec.fingerprint)),
+            );
+            Ok(Reply {
+                out: format!(
+                    "revoked {} key {} ({} in system {}); its connections are being closed\n",
+                    rec.role, rec.fingerprint, rec.name, rec.system
                 ),
-            );
-            println!(
-                "revoked {} key {} ({} in system {}); its connections are being closed",
-                rec.role, rec.fingerprint, rec.name, rec.system
-            );
-        }
-        AdminCommand::Ls { system, json } => {
-            let mut devices: Vec<status::DeviceStatus> = store
-                .devices(system.as_deref())?
-                .into_iter()
-                .map(status::from_record)
-                .collect();
-            status::add_scopes(&mut devices, &store.gateways(system.as_deref())?);
-            if json {
-                print_json(&devices)?;
-            } else {
-                print!("{}", status::render(&devices, true));
-            }
+                events: vec![event],
+                changed: true,
+                err: String::new(),
+            })
         }
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+async fn ls(store: &Store, caller: &Caller<'_>, a: LsArgs) -> Result<Reply> {
+    let want = a
+        .labels
+        .iter()
+        .map(|l| parse_label(l).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let devices = match caller {
+        Caller::Remote { relay, .. } => {
+            let system = a.system.as_deref().map(Name::parse).transpose()?;
+            status::list(relay, system.as_ref()).await?
+        }
+        Caller::Local { .. } => {
+            let system = a.system.clone();
+            let (devices, gateways) = store
+                .call(move |s| {
+                    Ok((
+                        s.devices(system.as_deref())?,
+                        s.gateways(system.as_deref())?,
+                    ))
+                })
+                .await?;
+            let mut devices: Vec<status::DeviceStatus> =
+                devices.into_iter().map(status::from_record).collect();
+            status::add_scopes(&mut devices, &gateways);
+            devices
+        }
+    };
+    let devices = status::filter_labels(devices, &want);
+    Ok(Reply::text(if a.json {
+        json_text(&devices)?
+    } else {
+        status::render(&devices, a.system.is_none())
+    }))
+}
+
+async fn invite_command(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Result<Reply> {
+    match a.command {
+        Some(InviteCommand::Ls { json }) => {
+            let invites = store.call(|s| s.invites()).await?;
+            Ok(Reply::text(if json {
+                json_text(&invites)?
+            } else {
+                render_invites(&invites)
+            }))
+        }
+        Some(InviteCommand::Revoke { id }) => {
+            let rec = store.call(move |s| s.revoke_invite(id.trim())).await?;
+            let event = caller.stamp(
+                Event::new(kind::INVITE_REVOKE, audit::OK)
+                    .system(rec.system.as_str())
+                    .detail(format!("invite {} for {} {}", rec.id, rec.role, rec.name)),
+            );
+            Ok(Reply {
+                out: format!("revoked invite {}\n", rec.id),
+                events: vec![event],
+                changed: false,
+                err: String::new(),
+            })
+        }
+        None => create_invite(store, caller, a).await,
+    }
+}
+
+async fn create_invite(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Result<Reply> {
+    let (Some(system), Some(role), Some(name)) = (&a.system, a.role, &a.name) else {
+        bail!("invite needs --system, --role and --name (or `invite ls`, `invite revoke ID`)");
+    };
+    let system = Name::parse(system).context("system name")?;
+    let name = Name::parse(name).context("name")?;
+    let ttl = match &a.ttl {
+        Some(t) => humantime::parse_duration(t)
+            .with_context(|| format!("--ttl {t:?} (write it like \"1h\" or \"2d\")"))?,
+        None => INVITE_DEFAULT_TTL,
+    };
+    if ttl < Duration::from_secs(1) || ttl > INVITE_MAX_TTL {
+        bail!(
+            "--ttl must be between 1s and {}",
+            humantime::format_duration(INVITE_MAX_TTL)
+        );
+    }
+    let host_key = match caller {
+        Caller::Local { data } => {
+            let key = keys::load_or_create_host_key(&host_key_path(data))?;
+            keys::fingerprint(key.public_key())
+        }
+        Caller::Remote { relay, .. } => relay.host_key().to_string(),
+    };
+    let relay = match &a.relay {
+        Some(r) => Some(r.clone()),
+        None => store.call(|s| s.setting(ADVERTISE_SETTING)).await?,
+    };
+    let Some(relay) = relay else {
+        bail!(
+            "no relay address for the token: pass --relay HOST:PORT, or start the relay with --advertise HOST:PORT"
+        );
+    };
+    let relay = crate::agent::config::relay_address(&relay)?;
+    let (id, secret) = Invite::fresh_id_and_secret();
+    let invite = Invite {
+        relay,
+        host_key,
+        system,
+        role,
+        name,
+        id,
+        expires: store::now() + ttl.as_secs(),
+        secret,
+    };
+    let inv = invite.clone();
+    store
+        .call(move |s| {
+            s.create_invite(&NewInvite {
+                id: &inv.id,
+                secret_hash: &inv.secret_hash(),
+                system: &inv.system,
+                role: inv.role,
+                name: &inv.name,
+                expires: inv.expires,
+            })
+        })
+        .await?;
+    let event = caller.stamp(
+        Event::new(kind::INVITE_CREATE, audit::OK)
+            .system(invite.system.as_str())
+            .detail(format!(
+                "invite {} for {} {}, expires in {}",
+                invite.id,
+                invite.role,
+                invite.name,
+                humantime::format_duration(ttl)
+            )),
+    );
+    let token = invite.encode();
+    let out = if a.json {
+        #[derive(Serialize)]
+        struct Made<'a> {
+            token: &'a str,
+            id: &'a str,
+            system: &'a str,
+            role: Role,
+            name: &'a str,
+            relay: &'a str,
+            expires: u64,
+        }
+        json_text(&Made {
+            token: &token,
+            id: &invite.id,
+            system: invite.system.as_str(),
+            role: invite.role,
+            name: invite.name.as_str(),
+            relay: &invite.relay,
+            expires: invite.expires,
+        })?
+    } else {
+        format!("{token}\n")
+    };
+    Ok(Reply {
+        out,
+        events: vec![event],
+        changed: false,
+        err: String::new(),
+    })
+}
+
+async fn device_command(store: &Store, caller: &Caller<'_>, d: DeviceCommand) -> Result<Reply> {
+    let (system, name, disable) = match d {
+        DeviceCommand::Disable { system, name } => (system, name, true),
+        DeviceCommand::Enable { system, name } => (system, name, false),
+    };
+    let system = Name::parse(&system).context("system name")?;
+    let name = Name::parse(&name).context("device name")?;
+    let (s2, n2) = (system.clone(), name.clone());
+    store
+        .call(move |s| s.set_device_disabled(&s2, &n2, disable))
+        .await?;
+    let (k, verb) = if disable {
+        (kind::DEVICE_DISABLE, "disabled")
+    } else {
+        (kind::DEVICE_ENABLE, "enabled")
+    };
+    Ok(Reply {
+        out: format!(
+            "{verb} device {name} in system {system}{}\n",
+            if disable {
+                "; its live streams are being closed"
+            } else {
+                ""
+            }
+        ),
+        events: vec![
+            caller.stamp(
+                Event::new(k, audit::OK)
+                    .system(system.as_str())
+                    .device(name.as_str()),
+            ),
+        ],
+        changed: true,
+        err: String::new(),
+    })
 }
 
 fn host_key(data: &Path, json: bool) -> Result<ExitCode> {
@@ -206,6 +581,14 @@ fn host_key(data: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn host_key_text(fp: &str, json: bool) -> Result<Reply> {
+    Ok(Reply::text(if json {
+        json_text(&BTreeMap::from([("fingerprint", fp)]))?
+    } else {
+        format!("{fp}\n")
+    }))
+}
+
 fn read_pubkey(path: &Path) -> Result<keys::PublicKey> {
     if path.as_os_str() == "-" {
         let mut text = String::new();
@@ -219,9 +602,17 @@ fn read_pubkey(path: &Path) -> Result<keys::PublicKey> {
 
 fn render_keys(keys: &[KeyRecord]) -> String {
     let mut rows = vec![
-        ["SYSTEM", "ROLE", "NAME", "TYPE", "FINGERPRINT", "STATUS"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "SYSTEM",
+            "ROLE",
+            "NAME",
+            "TYPE",
+            "FINGERPRINT",
+            "STATUS",
+            "ENROLLED",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for k in keys {
         rows.push(vec![
@@ -234,9 +625,44 @@ fn render_keys(keys: &[KeyRecord]) -> String {
                 Some(t) => format!("revoked {}", status::when(Some(t))),
                 None => "active".into(),
             },
+            match &k.enrolled_via {
+                Some(id) => format!("invite {id}"),
+                None => "key add".into(),
+            },
         ]);
     }
     status::table(&rows)
+}
+
+fn render_invites(invites: &[InviteRecord]) -> String {
+    let mut rows = vec![
+        [
+            "ID", "SYSTEM", "ROLE", "NAME", "STATUS", "EXPIRES", "USED BY",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for i in invites {
+        rows.push(vec![
+            i.id.clone(),
+            i.system.clone(),
+            i.role.to_string(),
+            i.name.clone(),
+            i.status.clone(),
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(i.expires),
+            )
+            .to_string(),
+            i.used_by.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    status::table(&rows)
+}
+
+pub(crate) fn json_text<T: Serialize>(v: &T) -> Result<String> {
+    let mut s = serde_json::to_string_pretty(v)?;
+    s.push('\n');
+    Ok(s)
 }
 
 pub(crate) fn print_json<T: Serialize>(v: &T) -> Result<()> {

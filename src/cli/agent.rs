@@ -9,13 +9,18 @@ use crate::agent::{self, AgentSettings};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Agent config file (TOML): relay, system, name, key, relay_host_key, allow.
+    /// Agent config file (TOML): relay, system, name, key, relay_host_key,
+    /// allow, labels [default: ~/.config/warren/agent.toml, as `warren enroll` writes it].
     #[arg(long, env = "WARREN_AGENT_CONFIG")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
 pub async fn run(a: AgentArgs) -> Result<ExitCode> {
-    let settings = AgentSettings::load(&a.config)?;
+    let config = a
+        .config
+        .or_else(crate::agent::config::default_config_path)
+        .ok_or_else(|| anyhow::anyhow!("no agent config: pass --config PATH"))?;
+    let settings = AgentSettings::load(&config)?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -71,6 +71,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode> {
         allow: AllowList::parse(&[format!("127.0.0.1:{service_port}")])
             .map_err(anyhow::Error::msg)?,
         dead_after: Duration::from_secs(30),
+        labels: Default::default(),
         gateway: Default::default(),
     };
     let (tx, mut events) = mpsc::unbounded_channel();

@@ -3,14 +3,14 @@
 //! relay applies them at once (it notices the write within its store poll)
 //! and pushes changed associations to the gateway.
 
-use std::process::ExitCode;
+use std::fmt::Write as _;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::admin::print_json;
-use crate::audit;
+use super::admin::{Reply, json_text};
+use crate::audit::{self, Event};
 use crate::protocol::gateway::{GatewayScope, ListenSpec};
 use crate::protocol::{Cidr, Name, Target};
 use crate::relay::status;
@@ -254,7 +254,11 @@ fn find(store: &Store, system: &Name, name: &Name) -> Result<GatewayRecord> {
         .ok_or_else(|| anyhow::anyhow!("no gateway {name} in system {system}"))
 }
 
-pub fn run(store: &Store, cmd: GatewayCommand) -> Result<ExitCode> {
+/// Runs a gateway command; the output and audit events go back to the
+/// caller (`warren admin` locally, or the relay for an admin key over SSH).
+pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
+    let mut reply = Reply::default();
+    let out = &mut reply.out;
     match cmd {
         GatewayCommand::Ls { system, json } => {
             let views = store
@@ -263,7 +267,7 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<ExitCode> {
                 .map(|g| view(store, g))
                 .collect::<Result<Vec<_>>>()?;
             if json {
-                print_json(&views)?;
+                out.push_str(&json_text(&views)?);
             } else {
                 let mut rows = vec![
                     ["SYSTEM", "NAME", "STATUS", "SCOPE", "ASSOCIATIONS", "RULES"]
@@ -284,26 +288,26 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<ExitCode> {
                         v.rules.join(","),
                     ]);
                 }
-                print!("{}", status::table(&rows));
+                out.push_str(&status::table(&rows));
             }
         }
         GatewayCommand::Show { gw, json } => {
             let (system, name) = gw.resolve(store)?;
             let v = view(store, find(store, &system, &name)?)?;
             if json {
-                print_json(&v)?;
+                out.push_str(&json_text(&v)?);
             } else {
-                print!("{}", render(&v));
+                out.push_str(&render(&v));
             }
         }
         GatewayCommand::Rules { gw, json } => {
             let (system, name) = gw.resolve(store)?;
             let rules = find(store, &system, &name)?.rules;
             if json {
-                print_json(&rules)?;
+                out.push_str(&json_text(&rules)?);
             } else {
                 for r in rules {
-                    println!("{r}");
+                    let _ = writeln!(out, "{r}");
                 }
             }
         }
@@ -311,31 +315,56 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<ExitCode> {
             let (system, name) = gw.resolve(store)?;
             let target = parse_target(&target)?;
             store.gateway_allow(&system, &name, &target)?;
-            audit::admin("gateway_allow", &format!("{system} {name} {target}"));
-            println!("gateway {name} (system {system}) may now reach {target}");
+            reply.events.push(
+                Event::new("gateway_allow", audit::OK)
+                    .system(system.as_str())
+                    .detail(format!("{system} {name} {target}")),
+            );
+            let _ = writeln!(
+                out,
+                "gateway {name} (system {system}) may now reach {target}"
+            );
         }
         GatewayCommand::Deny { gw, target } => {
             let (system, name) = gw.resolve(store)?;
             let target = parse_target(&target)?;
             store.gateway_deny(&system, &name, &target)?;
-            audit::admin("gateway_deny", &format!("{system} {name} {target}"));
-            println!("gateway {name} (system {system}) may no longer reach {target}");
+            reply.events.push(
+                Event::new("gateway_deny", audit::OK)
+                    .system(system.as_str())
+                    .detail(format!("{system} {name} {target}")),
+            );
+            let _ = writeln!(
+                out,
+                "gateway {name} (system {system}) may no longer reach {target}"
+            );
         }
         GatewayCommand::Delete { gw, force } => {
             let (system, name) = gw.resolve(store)?;
             store.gateway_delete(&system, &name, force)?;
-            audit::admin(
-                "gateway_delete",
-                &format!("{system} {name}{}", if force { " --force" } else { "" }),
+            reply.events.push(
+                Event::new("gateway_delete", audit::OK)
+                    .system(system.as_str())
+                    .detail(format!(
+                        "{system} {name}{}",
+                        if force { " --force" } else { "" }
+                    )),
             );
-            println!("deleted gateway {name} of system {system}");
+            let _ = writeln!(out, "deleted gateway {name} of system {system}");
         }
         GatewayCommand::Associate { gw, network } => {
             let (system, name) = gw.resolve(store)?;
             let net = Cidr::parse(&network).map_err(anyhow::Error::msg)?;
             store.gateway_associate(&system, &name, &net)?;
-            audit::admin("gateway_associate", &format!("{system} {name} {net}"));
-            println!("associated {net} with gateway {name} (system {system})");
+            reply.events.push(
+                Event::new("gateway_associate", audit::OK)
+                    .system(system.as_str())
+                    .detail(format!("{system} {name} {net}")),
+            );
+            let _ = writeln!(
+                out,
+                "associated {net} with gateway {name} (system {system})"
+            );
             let g = find(store, &system, &name)?;
             if let Some(permit) = &g.permit {
                 let covered = permit
@@ -343,7 +372,8 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<ExitCode> {
                     .filter_map(|p| p.parse::<Cidr>().ok())
                     .any(|p| p.covers(&net));
                 if !covered {
-                    eprintln!(
+                    let _ = writeln!(
+                        reply.err,
                         "warning: {net} is outside gateway {name}'s permit ({}); the gateway will refuse it (flagged in `gateway show`)",
                         permit.join(", ")
                     );
@@ -354,11 +384,19 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<ExitCode> {
             let (system, name) = gw.resolve(store)?;
             let net = Cidr::parse(&network).map_err(anyhow::Error::msg)?;
             store.gateway_dissociate(&system, &name, &net)?;
-            audit::admin("gateway_dissociate", &format!("{system} {name} {net}"));
-            println!("dissociated {net} from gateway {name} (system {system})");
+            reply.events.push(
+                Event::new("gateway_dissociate", audit::OK)
+                    .system(system.as_str())
+                    .detail(format!("{system} {name} {net}")),
+            );
+            let _ = writeln!(
+                out,
+                "dissociated {net} from gateway {name} (system {system})"
+            );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    reply.changed = true;
+    Ok(reply)
 }
 
 fn parse_target(s: &str) -> Result<Target> {

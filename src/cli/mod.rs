@@ -1,12 +1,14 @@
 //! The command line: one file per subcommand. Each `run` returns the exit
 //! code; errors are printed once, in `main`.
 
-mod admin;
+pub mod admin;
 mod agent;
 mod demo;
 mod doctor;
+mod enroll;
 mod gateway;
 mod keygen;
+pub mod log;
 mod proxy;
 mod relay;
 
@@ -52,6 +54,11 @@ pub enum Command {
     Ssh(proxy::SshArgs),
     /// List the devices of your system, through the relay.
     Ls(proxy::LsArgs),
+    /// Enroll this machine with an invite token: make its key, register it
+    /// with the relay, write its agent or client config.
+    Enroll(enroll::EnrollArgs),
+    /// Read the audit log of your system, through the relay.
+    Log(proxy::LogCmdArgs),
     /// Check what usually goes wrong on a device or gateway: relay reachable,
     /// host key pinned, clock skew, scope networks routable, targets answering.
     Doctor(doctor::DoctorArgs),
@@ -96,7 +103,8 @@ impl ClientArgs {
 pub fn init_logging(cli: &Cli) {
     // `proxy` shares stderr with ssh: only say something when it matters.
     let default = match cli.command {
-        Command::Proxy(_) | Command::Ssh(_) | Command::Ls(_) => "warn",
+        Command::Proxy(_) | Command::Ssh(_) | Command::Ls(_) | Command::Log(_) => "warn",
+        Command::Enroll(_) => "warn",
         Command::Demo(_) => "warn",
         Command::Doctor(_) => "warn",
         _ => "info",
@@ -115,7 +123,6 @@ pub fn init_logging(cli: &Cli) {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Keygen(a) => keygen::run(a),
-        Command::Admin(a) => admin::run(a),
         Command::Ssh(a) => proxy::ssh(a),
         command => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -127,9 +134,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     Command::Agent(a) => agent::run(a).await,
                     Command::Proxy(a) => proxy::proxy(a).await,
                     Command::Ls(a) => proxy::ls(a).await,
+                    Command::Admin(a) => admin::run(a).await,
+                    Command::Enroll(a) => enroll::run(a).await,
+                    Command::Log(a) => proxy::log(a).await,
                     Command::Demo(a) => demo::run(a).await,
                     Command::Doctor(a) => doctor::run(a).await,
-                    Command::Keygen(_) | Command::Admin(_) | Command::Ssh(_) => {
+                    Command::Keygen(_) | Command::Ssh(_) => {
                         unreachable!("handled above")
                     }
                 }

@@ -35,8 +35,22 @@ pub struct SshArgs {
 pub struct LsArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Only devices with this label (KEY=VALUE; repeat to require several).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogCmdArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only this key (name or SHA256 fingerprint).
+    #[arg(long)]
+    pub key_name: Option<String>,
+    #[command(flatten)]
+    pub log: super::log::LogFilter,
 }
 
 pub async fn proxy(a: ProxyArgs) -> Result<ExitCode> {
@@ -81,8 +95,35 @@ pub fn ssh(a: SshArgs) -> Result<ExitCode> {
 
 pub async fn ls(a: LsArgs) -> Result<ExitCode> {
     let settings = ClientSettings::resolve(&a.client.overrides())?;
-    let conn = client::connect(&settings).await?;
-    let out = conn.exec(if a.json { "ls --json" } else { "ls" }).await?;
+    let mut words = vec!["ls".to_string()];
+    for l in &a.labels {
+        crate::protocol::device_info::parse_label(l).map_err(anyhow::Error::msg)?;
+        words.push("--label".into());
+        words.push(l.clone());
+    }
+    if a.json {
+        words.push("--json".into());
+    }
+    remote(&settings, &words).await
+}
+
+/// `warren log`: the relay's `log` command for this key's system.
+pub async fn log(a: LogCmdArgs) -> Result<ExitCode> {
+    let settings = ClientSettings::resolve(&a.client.overrides())?;
+    a.log.query()?;
+    let mut words = a.log.to_words();
+    if let Some(k) = a.key_name {
+        words.push("--key".into());
+        words.push(k);
+    }
+    remote(&settings, &words).await
+}
+
+/// Runs a command at the relay and passes its output and exit status on.
+async fn remote(settings: &ClientSettings, words: &[String]) -> Result<ExitCode> {
+    let conn = client::connect(settings).await?;
+    let line: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+    let out = conn.exec(&line.join(" ")).await?;
     conn.disconnect().await;
     use std::io::Write;
     std::io::stdout().write_all(&out.stdout)?;

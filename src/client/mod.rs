@@ -2,6 +2,8 @@
 //! the relay, and `warren proxy` (a stream on stdin/stdout for ssh's
 //! `ProxyCommand`).
 
+pub mod enroll;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

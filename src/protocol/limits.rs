@@ -73,6 +73,39 @@ pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// bounds what a hostile file can make us allocate.
 pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
 
+/// Audit events stored in one transaction. One fsync per batch keeps a burst
+/// of streams cheap; this bound keeps a transaction (and the wait of whoever
+/// waits for a flush behind it) short.
+pub const AUDIT_BATCH_MAX: usize = 512;
+
+/// How often the relay prunes audit events past `--audit-retention`. Hourly
+/// is plenty for a retention counted in days.
+pub const AUDIT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Audit events per page of `log`: one screen.
+pub const AUDIT_PAGE_SIZE: usize = 20;
+
+/// Largest page a script may ask for with `log --limit`.
+pub const AUDIT_PAGE_MAX: usize = 10_000;
+
+/// Invite lifetime when `--ttl` is not given: long enough to paste a token
+/// into another machine, short enough that a leaked one soon stops working.
+pub const INVITE_DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// Longest invite lifetime: a week, for shipping a device to a site.
+pub const INVITE_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// An enrollment connection may only run `enroll`; it is closed after this
+/// even if the client stays silent.
+pub const ENROLL_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest invite token accepted (a real one is about 300 bytes).
+pub const MAX_TOKEN_LEN: usize = 2048;
+
+/// Labels an agent may declare, and the length of each key or value: they
+/// are shown in tables and matched by `ls --label`, not a data store.
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_LEN: usize = 63;
 /// `warren doctor`: how long each network check may take. A relay or a
 /// local target that has not answered in this time is reported as failing.
 pub const DOCTOR_CHECK_TIMEOUT: Duration = Duration::from_secs(5);

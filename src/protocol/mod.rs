@@ -4,10 +4,12 @@
 //! Nothing here imports from the rest of the crate.
 
 pub mod cidr;
+pub mod device_info;
 pub mod gateway;
 pub mod limits;
 pub mod names;
 pub mod target;
+pub mod token;
 
 pub use cidr::Cidr;
 pub use names::{Name, NameError, Role};

@@ -15,10 +15,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::registry::{ConnId, Holder, LiveConn};
-use super::{Relay, StatusChange, commands, gateways};
-use crate::audit;
+use super::{Relay, StatusChange, commands, enroll, gateways};
+use crate::audit::{self, Event, kind};
 use crate::policy;
-use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
+use crate::protocol::device_info::{self, DeviceInfo};
+use crate::protocol::limits::{ENROLL_SESSION_TIMEOUT, STREAM_OPEN_TIMEOUT};
+use crate::protocol::token::ENROLL_USER;
 use crate::protocol::{Name, Role};
 use crate::ssh::server::{self, ExecOutput, ServerHandle, ServerSession};
 use crate::ssh::{IncomingChannel, PublicKey, Refusal, keys};
@@ -42,7 +44,10 @@ pub(super) async fn run(
             id,
             peer,
             identity: None,
+            enrolling: None,
+            info: DeviceInfo::default(),
             refused: Vec::new(),
+            refused_user: None,
             permit: Some(permit),
             authed: Some(authed_tx),
             handle: None,
@@ -87,8 +92,15 @@ struct Connection {
     id: ConnId,
     peer: SocketAddr,
     identity: Option<Identity>,
+    /// The new key of a machine enrolling (user `enroll`): it may only run
+    /// `enroll TOKEN`.
+    enrolling: Option<PublicKey>,
+    /// What the agent said about itself (`device-info`).
+    info: DeviceInfo,
     /// Fingerprints offered and refused, for the audit line if no key works.
     refused: Vec<String>,
+    /// The user name those keys were offered for.
+    refused_user: Option<String>,
     /// Held until authentication: caps unauthenticated connections.
     permit: Option<OwnedSemaphorePermit>,
     authed: Option<oneshot::Sender<()>>,
@@ -102,13 +114,71 @@ impl Connection {
         if !self.refused.contains(&fp) {
             self.refused.push(fp);
         }
+        if self.refused_user.is_none() {
+            self.refused_user = Some(user.chars().take(64).collect());
+        }
         tracing::debug!(user, "key refused");
+    }
+}
+
+impl Connection {
+    fn register_refused(&self, asked: &str, reason: &str) {
+        if let Some(who) = &self.identity {
+            self.relay.audit.record(
+                Event::new(kind::REGISTER, audit::REFUSED)
+                    .peer(self.peer)
+                    .system(who.system.as_str())
+                    .key(who.name.as_str(), who.fingerprint.as_str())
+                    .device(asked.chars().take(64).collect::<String>())
+                    .detail(reason),
+            );
+        }
+    }
+
+    /// `device-info …` from an agent: kept for the registration that
+    /// follows, or applied now if the device is already registered.
+    fn device_info(&mut self, words: &[&str]) -> ExecOutput {
+        let info = match DeviceInfo::parse(words) {
+            Ok(i) => i,
+            Err(e) => {
+                return ExecOutput {
+                    stdout: Vec::new(),
+                    stderr: format!("device-info: {e}\n").into_bytes(),
+                    status: 2,
+                };
+            }
+        };
+        self.info = info;
+        if let Some(who) = &self.identity
+            && let Some(entry) = self.relay.registry.lookup(&who.system, &who.name)
+            && entry.conn == self.id
+        {
+            self.relay.status(StatusChange::Up {
+                system: who.system.to_string(),
+                name: who.name.to_string(),
+                peer: self.peer,
+                ports: entry
+                    .ports
+                    .iter()
+                    .filter_map(|p| u16::try_from(*p).ok())
+                    .collect(),
+                info: self.info.clone(),
+            });
+        }
+        ExecOutput::default()
     }
 }
 
 impl ServerSession for Connection {
     async fn check_key(&mut self, user: &str, key: &PublicKey, verified: bool) -> bool {
         let fp = keys::fingerprint(key);
+        if user == ENROLL_USER {
+            // Any key may enroll: the invite token is the credential.
+            if verified {
+                self.enrolling = Some(key.clone());
+            }
+            return true;
+        }
         if Name::parse(user).is_err() {
             self.refuse_login(user, fp);
             return false;
@@ -129,12 +199,12 @@ impl ServerSession for Connection {
         if verified {
             self.span.record("system", identity.system.as_str());
             self.span.record("name", identity.name.as_str());
-            audit::login_ok(
-                self.peer,
-                identity.system.as_str(),
-                identity.role.as_str(),
-                identity.name.as_str(),
-                &identity.fingerprint,
+            self.relay.audit.record(
+                Event::new(kind::LOGIN, audit::OK)
+                    .peer(self.peer)
+                    .system(identity.system.as_str())
+                    .key(identity.name.as_str(), identity.fingerprint.as_str())
+                    .detail(format!("role {}", identity.role)),
             );
             self.identity = Some(identity);
         }
@@ -145,6 +215,13 @@ impl ServerSession for Connection {
         self.permit = None;
         if let Some(tx) = self.authed.take() {
             let _ = tx.send(());
+        }
+        if self.enrolling.is_some() {
+            let h = handle.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ENROLL_SESSION_TIMEOUT).await;
+                h.disconnect("enrollment session over").await;
+            });
         }
         if let Some(id) = &self.identity {
             self.relay.registry.add_conn(
@@ -167,25 +244,13 @@ impl ServerSession for Connection {
         let name = match policy::may_register(who, address) {
             Ok(n) => n,
             Err(reason) => {
-                audit::register_refused(
-                    self.peer,
-                    who.system.as_str(),
-                    who.name.as_str(),
-                    address,
-                    &reason,
-                );
+                self.register_refused(address, &reason);
                 return false;
             }
         };
         if port == 0 || port > u32::from(u16::MAX) {
             let reason = format!("port {port} is not a device port (1-65535)");
-            audit::register_refused(
-                self.peer,
-                who.system.as_str(),
-                who.name.as_str(),
-                address,
-                &reason,
-            );
+            self.register_refused(address, &reason);
             return false;
         }
         let holder = Holder {
@@ -204,18 +269,27 @@ impl ServerSession for Connection {
                     .await;
             });
         }
-        audit::device_up(
-            self.peer,
-            who.system.as_str(),
-            name.as_str(),
-            port,
-            took_over,
+        self.relay.audit.record(
+            Event::new(kind::DEVICE_UP, audit::OK)
+                .peer(self.peer)
+                .system(who.system.as_str())
+                .key(who.name.as_str(), who.fingerprint.as_str())
+                .device(name.as_str())
+                .detail(format!(
+                    "port {port}{}",
+                    if took_over {
+                        ", took over from an older connection"
+                    } else {
+                        ""
+                    }
+                )),
         );
         self.relay.status(StatusChange::Up {
             system: who.system.to_string(),
             name: name.to_string(),
             peer: self.peer,
             ports: reg.ports,
+            info: self.info.clone(),
         });
         true
     }
@@ -235,7 +309,12 @@ impl ServerSession for Connection {
             None => false,
             Some(gone) => {
                 if gone {
-                    audit::device_down(who.system.as_str(), name.as_str(), "forward cancelled");
+                    self.relay.audit.record(
+                        Event::new(kind::DEVICE_DOWN, audit::OK)
+                            .system(who.system.as_str())
+                            .device(name.as_str())
+                            .detail("forward cancelled"),
+                    );
                     self.relay.status(StatusChange::Down {
                         system: who.system.to_string(),
                         name: name.to_string(),
@@ -259,13 +338,20 @@ impl ServerSession for Connection {
     }
 
     async fn exec(&mut self, command: &str) -> ExecOutput {
-        match &self.identity {
-            Some(who) if who.role == Role::Device => {
-                gateways::device_command(&self.relay, who, self.id, command).await
-            }
-            Some(who) => commands::run(&self.relay, who, command).await,
-            None => ExecOutput::default(),
+        if let Some(key) = &self.enrolling {
+            return enroll::run(&self.relay, key, self.peer, command).await;
         }
+        let Some(who) = &self.identity else {
+            return ExecOutput::default();
+        };
+        if who.role == Role::Device {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            if words.first() == Some(&device_info::COMMAND) {
+                return self.device_info(&words[1..]);
+            }
+            return gateways::device_command(&self.relay, who, self.id, command).await;
+        }
+        commands::run(&self.relay, who, self.peer, command).await
     }
 }
 
@@ -274,7 +360,13 @@ impl Drop for Connection {
         let gone = self.relay.registry.remove_conn(self.id);
         self.relay.gateways.remove_conn(self.id);
         for (system, name) in gone {
-            audit::device_down(system.as_str(), name.as_str(), "connection closed");
+            self.relay.audit.record(
+                Event::new(kind::DEVICE_DOWN, audit::OK)
+                    .peer(self.peer)
+                    .system(system.as_str())
+                    .device(name.as_str())
+                    .detail("connection closed"),
+            );
             self.relay.status(StatusChange::Down {
                 system: system.to_string(),
                 name: name.to_string(),
@@ -282,7 +374,11 @@ impl Drop for Connection {
         }
         if self.identity.is_none() && !self.refused.is_empty() {
             let reason = format!("no registered key among {}", self.refused.join(", "));
-            audit::login_refused(self.peer, "", &reason);
+            self.relay.audit.record(audit::login_refused(
+                self.peer,
+                self.refused_user.as_deref().unwrap_or(""),
+                &reason,
+            ));
         }
     }
 }
@@ -298,17 +394,33 @@ async fn stream(
 ) {
     let target = format!("{host}:{port}");
     let refuse = |refusal: Refusal| {
-        audit::stream_refused(
-            who.system.as_str(),
-            who.name.as_str(),
-            &target,
-            &refusal.message,
+        relay.audit.record(
+            Event::new(kind::STREAM_OPEN, audit::REFUSED)
+                .peer(peer)
+                .system(who.system.as_str())
+                .key(who.name.as_str(), who.fingerprint.as_str())
+                .device(host.as_str())
+                .target(target.as_str())
+                .detail(refusal.message.as_str()),
         );
         refusal
     };
     let routed = match route(&relay, &who, &host, port).await {
         Ok(d) => d,
         Err(r) => return channel.refuse(&refuse(r)).await,
+    };
+    // The device whose connection carries the stream: the gateway, or the
+    // device itself (`route` found it by this name, so it parses).
+    let name = match &routed.gateway {
+        Some(gw) => gw.clone(),
+        None => match Name::parse(&host) {
+            Ok(n) => n,
+            Err(_) => return,
+        },
+    };
+    let Some(guard) = relay.registry.open_stream(&who.system, &name) else {
+        let r = Refusal::prohibited(format!("device {name} is disabled by an admin"));
+        return channel.refuse(&refuse(r)).await;
     };
     // Through a gateway the device is the gateway, and the address is the
     // real target, which the gateway dials after its own checks.
@@ -337,14 +449,32 @@ async fn stream(
     let started = Instant::now();
     let controller_channel = channel.accept().await;
     tracing::debug!(target = %target, "stream open");
-    let stats = controller_channel.splice(device_channel).await;
-    audit::stream_closed(
+    relay.audit.record(
+        Event::new(kind::STREAM_OPEN, audit::OK)
+            .peer(peer)
+            .system(who.system.as_str())
+            .key(who.name.as_str(), who.fingerprint.as_str())
+            .device(name.as_str())
+            .target(target.as_str()),
+    );
+    let stats = controller_channel
+        .splice_until(device_channel, guard.closed.cancelled())
+        .await;
+    let mut closed = audit::stream_closed(
         who.system.as_str(),
         who.name.as_str(),
+        name.as_str(),
         &target,
         stats,
         started.elapsed(),
-    );
+    )
+    .peer(peer);
+    closed.fingerprint = Some(who.fingerprint.clone());
+    if guard.closed.is_cancelled() {
+        closed = closed.detail("closed: device disabled by an admin");
+    }
+    drop(guard);
+    relay.audit.record(closed);
 }
 
 /// Where a stream goes: a connection, and the address for its

@@ -9,6 +9,7 @@
 
 mod commands;
 mod connection;
+mod enroll;
 pub mod gateways;
 pub mod registry;
 pub mod status;
@@ -25,6 +26,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::{self, Audit, AuditWriter};
+use crate::protocol::Name;
+use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::limits::{
     HANDSHAKE_TIMEOUT, LAST_SEEN_FLUSH_INTERVAL, MAX_UNAUTHENTICATED, SHUTDOWN_DRAIN,
     STORE_POLL_INTERVAL,
@@ -36,12 +40,20 @@ use registry::Registry;
 
 pub const HOST_KEY_FILE: &str = "host_key";
 
+/// Relay setting: the address written into invite tokens.
+pub const ADVERTISE_SETTING: &str = "advertise";
+
 /// Tunables; the defaults are the production values (see `protocol::limits`).
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
     pub handshake_timeout: Duration,
     pub max_unauthenticated: usize,
     pub store_poll: Duration,
+    /// Audit events older than this are pruned (`--audit-retention`).
+    pub audit_retention: Option<Duration>,
+    /// `HOST:PORT` that new machines use to reach this relay, written into
+    /// invite tokens (`--advertise`).
+    pub advertise: Option<String>,
 }
 
 impl Default for RelayOptions {
@@ -50,6 +62,8 @@ impl Default for RelayOptions {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             max_unauthenticated: MAX_UNAUTHENTICATED,
             store_poll: STORE_POLL_INTERVAL,
+            audit_retention: None,
+            advertise: None,
         }
     }
 }
@@ -67,6 +81,11 @@ pub struct Relay {
     next_conn: AtomicU64,
     status: mpsc::UnboundedSender<StatusChange>,
     status_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<StatusChange>>>,
+    audit: Audit,
+    audit_writer: std::sync::Mutex<Option<AuditWriter>>,
+    /// Woken after this relay itself changed keys or devices (remote admin),
+    /// which `PRAGMA data_version` does not show to the same connection.
+    store_changed: tokio::sync::Notify,
 }
 
 /// Device status writes, applied in order by one task so that a quick
@@ -77,12 +96,14 @@ enum StatusChange {
         name: String,
         peer: SocketAddr,
         ports: Vec<u16>,
+        info: DeviceInfo,
     },
     Down {
         system: String,
         name: String,
     },
-    Touch(Vec<(String, String)>),
+    /// Last seen and live stream count of online devices.
+    Touch(Vec<(String, String, u64)>),
 }
 
 pub fn host_key_path(data: &Path) -> PathBuf {
@@ -99,7 +120,18 @@ impl Relay {
         let mut server_config = ServerConfig::new(host);
         server_config.handshake_timeout = options.handshake_timeout;
         store.all_devices_down()?;
+        if let Some(keep) = options.audit_retention {
+            let before = audit::now_ms().saturating_sub(keep.as_millis() as u64);
+            let pruned = store.prune_audit(before)?;
+            if pruned > 0 {
+                tracing::info!(pruned, retention = ?keep, "pruned old audit events");
+            }
+        }
+        if let Some(addr) = &options.advertise {
+            store.set_setting(ADVERTISE_SETTING, addr)?;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
+        let (audit, audit_writer) = audit::channel();
         Ok(Arc::new(Relay {
             store,
             registry: Registry::default(),
@@ -111,6 +143,9 @@ impl Relay {
             next_conn: AtomicU64::new(1),
             status: tx,
             status_rx: std::sync::Mutex::new(Some(rx)),
+            audit,
+            audit_writer: std::sync::Mutex::new(Some(audit_writer)),
+            store_changed: tokio::sync::Notify::new(),
         }))
     }
 
@@ -128,6 +163,16 @@ impl Relay {
 
     pub fn gateways(&self) -> &gateways::Gateways {
         &self.gateways
+    }
+
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Tells the relay that its own store changed (keys revoked, devices
+    /// disabled), so it acts at once rather than at the next poll.
+    pub fn store_changed(&self) {
+        self.store_changed.notify_one();
     }
 
     fn status(&self, change: StatusChange) {
@@ -151,12 +196,25 @@ pub async fn serve(
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .context("relay is already serving")?;
+    let audit_writer = relay
+        .audit_writer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .context("relay is already serving")?;
     let background = CancellationToken::new();
     let status_task = tokio::spawn(write_status(
         relay.store.clone(),
         status_rx,
         background.clone(),
     ));
+    let audit_task = tokio::spawn(audit::run_writer(
+        relay.store.clone(),
+        audit_writer,
+        relay.options.audit_retention,
+        background.clone(),
+    ));
+    apply_disabled(&relay).await;
     tokio::spawn(watch_store(relay.clone(), background.clone()));
     tokio::spawn(flush_last_seen(relay.clone(), background.clone()));
 
@@ -204,6 +262,7 @@ pub async fn serve(
     }
     background.cancel();
     let _ = status_task.await;
+    let _ = audit_task.await;
     Ok(())
 }
 
@@ -239,7 +298,8 @@ async fn apply_status(store: &Store, change: StatusChange) {
                 name,
                 peer,
                 ports,
-            } => s.device_up(&system, &name, peer, &ports),
+                info,
+            } => s.device_up(&system, &name, peer, &ports, &info),
             StatusChange::Down { system, name } => s.device_down(&system, &name),
             StatusChange::Touch(list) => s.touch_devices(&list),
         })
@@ -255,9 +315,11 @@ async fn watch_store(relay: Arc<Relay>, stop: CancellationToken) {
     let mut last = relay.store.data_version().ok();
     let mut tick = tokio::time::interval(relay.options.store_poll);
     loop {
+        let mut forced = false;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = relay.store_changed.notified() => forced = true,
         }
         let version = match relay.store.call(|s| s.data_version()).await {
             Ok(v) => Some(v),
@@ -266,11 +328,12 @@ async fn watch_store(relay: Arc<Relay>, stop: CancellationToken) {
                 continue;
             }
         };
-        if version == last {
+        if version == last && !forced {
             continue;
         }
         last = version;
         gateways::refresh(&relay).await;
+        apply_disabled(&relay).await;
         let conns = relay.registry.conns();
         let fps: Vec<String> = conns.iter().map(|c| c.fingerprint.clone()).collect();
         let active = relay
@@ -284,10 +347,10 @@ async fn watch_store(relay: Arc<Relay>, stop: CancellationToken) {
         let Ok(active) = active else { continue };
         for (conn, ok) in conns.iter().zip(active) {
             if !ok {
-                crate::audit::key_revoked_disconnect(
-                    conn.system.as_str(),
-                    conn.name.as_str(),
-                    &conn.fingerprint,
+                relay.audit.record(
+                    audit::Event::new(audit::kind::KEY_REVOKED_DISCONNECT, audit::OK)
+                        .system(conn.system.as_str())
+                        .key(conn.name.as_str(), conn.fingerprint.as_str()),
                 );
                 conn.handle.disconnect("your key was revoked").await;
             }
@@ -303,14 +366,37 @@ async fn flush_last_seen(relay: Arc<Relay>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let online: Vec<(String, String)> = relay
+        let online: Vec<(String, String, u64)> = relay
             .registry
             .online(None)
             .into_iter()
-            .map(|(s, n, _)| (s.to_string(), n.to_string()))
+            .map(|(s, n, _)| {
+                let streams = relay.registry.stream_count(&s, &n) as u64;
+                (s.to_string(), n.to_string(), streams)
+            })
             .collect();
         if !online.is_empty() {
             relay.status(StatusChange::Touch(online));
         }
+    }
+}
+
+/// Loads the disabled devices from the store into the registry, which
+/// closes the live streams of any newly disabled device.
+async fn apply_disabled(relay: &Relay) {
+    let list = match relay.store.call(|s| s.disabled_devices()).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "reading disabled devices");
+            return;
+        }
+    };
+    let set = list
+        .into_iter()
+        .filter_map(|(s, n)| Some((Name::parse(&s).ok()?, Name::parse(&n).ok()?)))
+        .collect();
+    let closed = relay.registry.set_disabled(set);
+    if closed > 0 {
+        tracing::info!(closed, "closed live streams of disabled devices");
     }
 }

@@ -2,11 +2,12 @@
 //! and which connections are authenticated. Critical sections are short and
 //! never await or touch the database.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::protocol::Name;
 use crate::ssh::Fingerprint;
@@ -68,6 +69,32 @@ impl Default for Registry {
 struct Inner {
     devices: HashMap<(Name, Name), DeviceEntry>,
     conns: HashMap<ConnId, LiveConn>,
+    /// Devices an admin disabled: no new streams.
+    disabled: HashSet<(Name, Name)>,
+    /// Live streams per device, each with the token that closes it.
+    streams: HashMap<(Name, Name), HashMap<u64, CancellationToken>>,
+    next_stream: u64,
+}
+
+/// A live stream to a device, counted while this guard lives. `closed` fires
+/// when the device is disabled.
+pub struct StreamGuard<'a> {
+    registry: &'a Registry,
+    key: (Name, Name),
+    id: u64,
+    pub closed: CancellationToken,
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.registry.lock();
+        if let Some(m) = inner.streams.get_mut(&self.key) {
+            m.remove(&self.id);
+            if m.is_empty() {
+                inner.streams.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Registry {
@@ -188,5 +215,65 @@ impl Registry {
 
     pub fn conn_count(&self) -> usize {
         self.lock().conns.len()
+    }
+
+    /// Starts a stream to `system/name`, unless the device is disabled. The
+    /// check and the count happen under one lock, so a stream can never slip
+    /// past a concurrent disable.
+    pub fn open_stream(&self, system: &Name, name: &Name) -> Option<StreamGuard<'_>> {
+        let mut inner = self.lock();
+        let key = (system.clone(), name.clone());
+        if inner.disabled.contains(&key) {
+            return None;
+        }
+        inner.next_stream += 1;
+        let id = inner.next_stream;
+        let closed = CancellationToken::new();
+        inner
+            .streams
+            .entry(key.clone())
+            .or_default()
+            .insert(id, closed.clone());
+        Some(StreamGuard {
+            registry: self,
+            key,
+            id,
+            closed,
+        })
+    }
+
+    pub fn stream_count(&self, system: &Name, name: &Name) -> usize {
+        self.lock()
+            .streams
+            .get(&(system.clone(), name.clone()))
+            .map_or(0, HashMap::len)
+    }
+
+    pub fn is_disabled(&self, system: &Name, name: &Name) -> bool {
+        self.lock()
+            .disabled
+            .contains(&(system.clone(), name.clone()))
+    }
+
+    /// Replaces the set of disabled devices and closes the live streams of
+    /// every disabled one. Returns how many streams were told to close.
+    pub fn set_disabled(&self, disabled: HashSet<(Name, Name)>) -> usize {
+        let mut inner = self.lock();
+        let mut closed = 0;
+        for key in &disabled {
+            if let Some(m) = inner.streams.get(key) {
+                for token in m.values().filter(|t| !t.is_cancelled()) {
+                    token.cancel();
+                    closed += 1;
+                }
+            }
+        }
+        let changed = inner.disabled != disabled;
+        inner.disabled = disabled;
+        drop(inner);
+        if changed {
+            self.bump();
+        }
+        closed
     }
 }

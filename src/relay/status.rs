@@ -1,5 +1,7 @@
 //! Device status as people and scripts read it (`ls`, `ls --json`).
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::Relay;
@@ -19,6 +21,13 @@ pub struct DeviceStatus {
     /// Address the device connected from (last known when offline).
     pub address: Option<String>,
     pub ports: Vec<u16>,
+    /// Agent version (none for devices on stock `ssh -R`).
+    pub version: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Live streams to the device.
+    pub streams: u64,
+    /// An admin disabled it: no streams.
+    pub disabled: bool,
     /// A gateway's networks: its own scope and served associations (empty
     /// for a plain device).
     #[serde(default)]
@@ -40,6 +49,7 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
         .map(from_record)
         .map(|mut d| {
             d.online = false;
+            d.streams = 0;
             d
         })
         .collect();
@@ -49,6 +59,8 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
             .iter()
             .filter_map(|p| u16::try_from(*p).ok())
             .collect();
+        let streams = relay.registry().stream_count(&sys, &name) as u64;
+        let disabled = relay.registry().is_disabled(&sys, &name);
         let now = DeviceStatus {
             system: sys.to_string(),
             name: name.to_string(),
@@ -57,13 +69,26 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
             last_seen: Some(store::now()),
             address: Some(entry.peer.to_string()),
             ports,
+            version: None,
+            labels: BTreeMap::new(),
+            streams,
+            disabled,
             scope: Vec::new(),
         };
         match out
             .iter_mut()
             .find(|d| d.system == now.system && d.name == now.name)
         {
-            Some(d) => *d = now,
+            // The store knows version and labels (written at registration;
+            // a write still queued shows at the next `ls`).
+            Some(d) => {
+                let (version, labels) = (d.version.take(), std::mem::take(&mut d.labels));
+                *d = DeviceStatus {
+                    version,
+                    labels,
+                    ..now
+                };
+            }
             None => out.push(now),
         }
     }
@@ -87,6 +112,10 @@ pub fn from_record(d: DeviceRecord) -> DeviceStatus {
         last_seen: d.last_seen,
         address: d.address,
         ports: d.ports,
+        version: d.version,
+        labels: d.labels,
+        streams: d.streams,
+        disabled: d.disabled,
         scope: Vec::new(),
     }
 }
@@ -114,6 +143,14 @@ pub fn add_scopes(devices: &mut [DeviceStatus], gateways: &[store::GatewayRecord
     }
 }
 
+/// Keeps the devices that carry every `KEY=VALUE` label in `want`.
+pub fn filter_labels(devices: Vec<DeviceStatus>, want: &[(String, String)]) -> Vec<DeviceStatus> {
+    devices
+        .into_iter()
+        .filter(|d| crate::protocol::device_info::DeviceInfo::matches(&d.labels, want))
+        .collect()
+}
+
 /// "2026-11-22T10:00:00Z (5m ago)", or "never".
 pub fn when(t: Option<u64>) -> String {
     let Some(t) = t else { return "never".into() };
@@ -138,7 +175,17 @@ fn short_duration(secs: u64) -> String {
 /// A table for people. `with_system` adds the system column (admin view).
 pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
     let mut rows = vec![{
-        let mut h = vec!["NAME", "STATUS", "SINCE", "ADDRESS", "PORTS"];
+        let mut h = vec![
+            "NAME",
+            "STATUS",
+            "SINCE",
+            "LAST SEEN",
+            "ADDRESS",
+            "PORTS",
+            "STREAMS",
+            "VERSION",
+            "LABELS",
+        ];
         if devices.iter().any(|d| !d.scope.is_empty()) {
             h.push("SCOPE");
         }
@@ -150,14 +197,30 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
     for d in devices {
         let mut r = vec![
             d.name.clone(),
-            if d.online { "online" } else { "offline" }.to_string(),
+            format!(
+                "{}{}",
+                if d.online { "online" } else { "offline" },
+                if d.disabled { ",disabled" } else { "" }
+            ),
             when(d.since),
+            when(d.last_seen),
             d.address.clone().unwrap_or_else(|| "-".into()),
             d.ports
                 .iter()
                 .map(u16::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
+            d.streams.to_string(),
+            d.version.clone().unwrap_or_else(|| "-".into()),
+            if d.labels.is_empty() {
+                "-".into()
+            } else {
+                d.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
         ];
         if devices.iter().any(|d| !d.scope.is_empty()) {
             r.push(if d.scope.is_empty() {
@@ -213,6 +276,10 @@ mod tests {
             last_seen: Some(store::now()),
             address: Some("198.51.100.4:40000".into()),
             ports: vec![22, 8080],
+            version: Some("0.1.0".into()),
+            labels: BTreeMap::from([("gpu".into(), "a100".into())]),
+            streams: 3,
+            disabled: false,
             scope: vec![],
         };
         let t = render(&[d], false);
@@ -221,6 +288,10 @@ mod tests {
         assert!(lines[1].starts_with("dev1  online"), "{t}");
         assert!(lines[1].contains("(2m ago)"), "{t}");
         assert!(lines[1].contains("22,8080"));
+        assert!(
+            lines[1].contains("gpu=a100") && lines[1].contains("0.1.0"),
+            "{t}"
+        );
         assert_eq!(when(None), "never");
     }
 }

@@ -75,6 +75,16 @@ impl Channel {
     /// Splices two channels until both sides sent EOF or either closed.
     /// `sent` counts bytes from `self` to `other`.
     pub async fn splice(self, other: Channel) -> SpliceStats {
+        self.splice_until(other, std::future::pending()).await
+    }
+
+    /// Like [`Channel::splice`], but closes both channels early when `stop`
+    /// resolves (an admin disabled the device).
+    pub async fn splice_until(
+        self,
+        other: Channel,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> SpliceStats {
         let Channel {
             read: mut ra,
             write: wa,
@@ -88,7 +98,10 @@ impl Channel {
         {
             let a_to_b = pump(&mut ra, &wb, &mut stats.sent, eof_tx.clone());
             let b_to_a = pump(&mut rb, &wa, &mut stats.received, eof_tx);
-            both_directions(a_to_b, b_to_a, eofs).await;
+            tokio::select! {
+                _ = both_directions(a_to_b, b_to_a, eofs) => {}
+                _ = stop => {}
+            }
         }
         wa.close().await;
         wb.close().await;

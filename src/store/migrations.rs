@@ -61,6 +61,46 @@ const MIGRATIONS: &[&str] = &[
         created  INTEGER NOT NULL,
         PRIMARY KEY (system, name, target)
     );",
+    // 3 (issue-3): invites, the audit log, richer device status, how a key was enrolled.
+    "CREATE TABLE invites (
+        id          TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        system      TEXT NOT NULL,
+        role        TEXT NOT NULL CHECK (role IN ('device', 'controller', 'admin')),
+        name        TEXT NOT NULL,
+        created     INTEGER NOT NULL,
+        expires     INTEGER NOT NULL,
+        used        INTEGER,
+        used_by     TEXT,
+        revoked     INTEGER
+    );
+    CREATE TABLE audit (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        time_ms     INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        result      TEXT NOT NULL,
+        system      TEXT,
+        key         TEXT,
+        fingerprint TEXT,
+        device      TEXT,
+        target      TEXT,
+        bytes_up    INTEGER,
+        bytes_down  INTEGER,
+        duration_ms INTEGER,
+        peer        TEXT,
+        detail      TEXT
+    );
+    CREATE INDEX audit_time ON audit (time_ms);
+    CREATE INDEX audit_system ON audit (system, id);
+    CREATE TABLE relay_settings (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ALTER TABLE keys ADD COLUMN enrolled_via TEXT;
+    ALTER TABLE devices ADD COLUMN version TEXT;
+    ALTER TABLE devices ADD COLUMN labels TEXT;
+    ALTER TABLE devices ADD COLUMN streams INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

@@ -7,8 +7,13 @@
 //!
 //! Calls block: async code runs them through [`Store::call`].
 
+mod audit;
+mod enroll;
 mod gateways;
 mod migrations;
+
+pub use audit::AuditQuery;
+pub use enroll::{InviteRecord, NewInvite};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +26,7 @@ use serde::Serialize;
 
 pub use gateways::GatewayRecord;
 
+use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::{Name, Role};
 use crate::ssh::keys::{Fingerprint, PublicKey, fingerprint};
 
@@ -41,6 +47,8 @@ pub struct KeyRecord {
     pub algorithm: String,
     pub created: u64,
     pub revoked: Option<u64>,
+    /// The invite a key was enrolled with; `None` for keys added by hand.
+    pub enrolled_via: Option<String>,
 }
 
 /// Who a key belongs to, once authenticated.
@@ -63,6 +71,12 @@ pub struct DeviceRecord {
     pub last_seen: Option<u64>,
     pub address: Option<String>,
     pub ports: Vec<u16>,
+    /// Agent version, as the agent reported it (stock ssh devices report none).
+    pub version: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Live streams, as of the last status write.
+    pub streams: u64,
+    pub disabled: bool,
 }
 
 pub fn now() -> u64 {
@@ -117,6 +131,9 @@ impl Store {
     }
 
     pub fn add_system(&self, name: &Name) -> Result<()> {
+        if name.as_str() == crate::protocol::token::ENROLL_USER {
+            bail!("{name:?} is reserved (new machines log in as user {name:?} to enroll)");
+        }
         let n = self.lock().execute(
             "INSERT INTO systems (name, created) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             params![name.as_str(), now()],
@@ -141,74 +158,17 @@ impl Store {
         name: &Name,
         key: &PublicKey,
     ) -> Result<KeyRecord> {
-        let fp = fingerprint(key);
-        let openssh = key
-            .to_openssh()
-            .map_err(|e| anyhow::anyhow!("encoding key: {e}"))?;
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let exists: bool = tx
-            .query_row(
-                "SELECT 1 FROM systems WHERE name = ?1",
-                [system.as_str()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if !exists {
-            bail!("no system {system}; add it first with `warren admin system add {system}`");
-        }
-        if let Some((s, r, n)) = tx
-            .query_row(
-                "SELECT system, role, name FROM keys WHERE fingerprint = ?1",
-                [&fp],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                },
-            )
-            .optional()?
-        {
-            bail!("key {fp} is already registered as {r} {n} in system {s}");
-        }
-        if role == Role::Device {
-            let owner: Option<String> = tx
-                .query_row(
-                    "SELECT fingerprint FROM keys WHERE system = ?1 AND name = ?2 AND role = 'device' AND revoked IS NULL",
-                    [system.as_str(), name.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(owner) = owner {
-                bail!(
-                    "device name {name} in system {system} already belongs to key {owner}; revoke that key first"
-                );
-            }
-        }
-        let created = now();
-        tx.execute(
-            "INSERT INTO keys (fingerprint, system, role, name, public_key, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![fp, system.as_str(), role.as_str(), name.as_str(), openssh, created],
-        )?;
+        let rec = insert_key(&tx, system, role, name, key, None)?;
         tx.commit()?;
-        Ok(KeyRecord {
-            fingerprint: fp,
-            system: system.to_string(),
-            role,
-            name: name.to_string(),
-            algorithm: key.algorithm().to_string(),
-            created,
-            revoked: None,
-        })
+        Ok(rec)
     }
 
     pub fn keys(&self) -> Result<Vec<KeyRecord>> {
         let conn = self.lock();
         let mut st = conn.prepare(
-            "SELECT fingerprint, system, role, name, public_key, created, revoked FROM keys ORDER BY system, role, name",
+            "SELECT fingerprint, system, role, name, public_key, created, revoked, enrolled_via FROM keys ORDER BY system, role, name",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
@@ -219,11 +179,13 @@ impl Store {
                 r.get::<_, String>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, Option<i64>>(6)?,
+                r.get::<_, Option<String>>(7)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (fingerprint, system, role, name, public_key, created, revoked) = row?;
+            let (fingerprint, system, role, name, public_key, created, revoked, enrolled_via) =
+                row?;
             let algorithm = public_key
                 .split_whitespace()
                 .next()
@@ -237,6 +199,7 @@ impl Store {
                 algorithm,
                 created: created as u64,
                 revoked: revoked.map(|t| t as u64),
+                enrolled_via,
             });
         }
         Ok(out)
@@ -304,12 +267,14 @@ impl Store {
         name: &str,
         peer: SocketAddr,
         ports: &[u16],
+        info: &DeviceInfo,
     ) -> Result<()> {
         let t = now();
+        let labels = serde_json::to_string(&info.labels)?;
         self.lock().execute(
-            "INSERT INTO devices (system, name, online, since, last_seen, address, ports) VALUES (?1, ?2, 1, ?3, ?3, ?4, ?5)
-             ON CONFLICT (system, name) DO UPDATE SET online = 1, since = ?3, last_seen = ?3, address = ?4, ports = ?5",
-            params![system, name, t, peer.to_string(), join_ports(ports)],
+            "INSERT INTO devices (system, name, online, since, last_seen, address, ports, version, labels) VALUES (?1, ?2, 1, ?3, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (system, name) DO UPDATE SET online = 1, since = ?3, last_seen = ?3, address = ?4, ports = ?5, version = ?6, labels = ?7",
+            params![system, name, t, peer.to_string(), join_ports(ports), info.version, labels],
         )?;
         Ok(())
     }
@@ -317,7 +282,7 @@ impl Store {
     pub fn device_down(&self, system: &str, name: &str) -> Result<()> {
         let t = now();
         self.lock().execute(
-            "UPDATE devices SET online = 0, since = ?3, last_seen = ?3 WHERE system = ?1 AND name = ?2",
+            "UPDATE devices SET online = 0, since = ?3, last_seen = ?3, streams = 0 WHERE system = ?1 AND name = ?2",
             params![system, name, t],
         )?;
         Ok(())
@@ -326,20 +291,21 @@ impl Store {
     /// Marks every device offline (at relay start: nobody is connected yet).
     pub fn all_devices_down(&self) -> Result<()> {
         self.lock().execute(
-            "UPDATE devices SET online = 0, since = last_seen WHERE online = 1",
+            "UPDATE devices SET online = 0, since = last_seen, streams = 0 WHERE online = 1",
             [],
         )?;
         Ok(())
     }
 
-    pub fn touch_devices(&self, devices: &[(String, String)]) -> Result<()> {
+    /// Writes last-seen and the live stream count of online devices.
+    pub fn touch_devices(&self, devices: &[(String, String, u64)]) -> Result<()> {
         let t = now();
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        for (system, name) in devices {
+        for (system, name, streams) in devices {
             tx.execute(
-                "UPDATE devices SET last_seen = ?3 WHERE system = ?1 AND name = ?2",
-                params![system, name, t],
+                "UPDATE devices SET last_seen = ?3, streams = ?4 WHERE system = ?1 AND name = ?2",
+                params![system, name, t, *streams as i64],
             )?;
         }
         tx.commit()?;
@@ -349,7 +315,7 @@ impl Store {
     pub fn devices(&self, system: Option<&str>) -> Result<Vec<DeviceRecord>> {
         let conn = self.lock();
         let mut st = conn.prepare(
-            "SELECT system, name, online, since, last_seen, address, ports FROM devices
+            "SELECT system, name, online, since, last_seen, address, ports, version, labels, streams, disabled FROM devices
              WHERE ?1 IS NULL OR system = ?1 ORDER BY system, name",
         )?;
         let rows = st.query_map([system], |r| {
@@ -361,10 +327,89 @@ impl Store {
                 last_seen: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
                 address: r.get(5)?,
                 ports: split_ports(&r.get::<_, Option<String>>(6)?.unwrap_or_default()),
+                version: r.get(7)?,
+                labels: r
+                    .get::<_, Option<String>>(8)?
+                    .and_then(|l| serde_json::from_str(&l).ok())
+                    .unwrap_or_default(),
+                streams: r.get::<_, i64>(9)?.max(0) as u64,
+                disabled: r.get::<_, i64>(10)? != 0,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// Adds a key inside `tx`, after the checks every path shares: the system
+/// exists, the key is not registered yet, a device name has one active key.
+fn insert_key(
+    tx: &rusqlite::Transaction<'_>,
+    system: &Name,
+    role: Role,
+    name: &Name,
+    key: &PublicKey,
+    enrolled_via: Option<&str>,
+) -> Result<KeyRecord> {
+    let fp = fingerprint(key);
+    let openssh = key
+        .to_openssh()
+        .map_err(|e| anyhow::anyhow!("encoding key: {e}"))?;
+    let exists: bool = tx
+        .query_row(
+            "SELECT 1 FROM systems WHERE name = ?1",
+            [system.as_str()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !exists {
+        bail!("no system {system}; add it first with `warren admin system add {system}`");
+    }
+    if let Some((s, r, n)) = tx
+        .query_row(
+            "SELECT system, role, name FROM keys WHERE fingerprint = ?1",
+            [&fp],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .optional()?
+    {
+        bail!("key {fp} is already registered as {r} {n} in system {s}");
+    }
+    if role == Role::Device {
+        let owner: Option<String> = tx
+                .query_row(
+                    "SELECT fingerprint FROM keys WHERE system = ?1 AND name = ?2 AND role = 'device' AND revoked IS NULL",
+                    [system.as_str(), name.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+        if let Some(owner) = owner {
+            bail!(
+                "device name {name} in system {system} already belongs to key {owner}; revoke that key first"
+            );
+        }
+    }
+    let created = now();
+    tx.execute(
+            "INSERT INTO keys (fingerprint, system, role, name, public_key, created, enrolled_via) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![fp, system.as_str(), role.as_str(), name.as_str(), openssh, created, enrolled_via],
+        )?;
+    Ok(KeyRecord {
+        fingerprint: fp,
+        system: system.to_string(),
+        role,
+        name: name.to_string(),
+        algorithm: key.algorithm().to_string(),
+        created,
+        revoked: None,
+        enrolled_via: enrolled_via.map(str::to_string),
+    })
 }
 
 fn join_ports(ports: &[u16]) -> String {
@@ -448,7 +493,9 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
-            store.device_up("tau", "dev1", peer, &[22, 8080]).unwrap();
+            store
+                .device_up("tau", "dev1", peer, &[22, 8080], &DeviceInfo::default())
+                .unwrap();
             let d = store.devices(Some("tau")).unwrap();
             assert_eq!(d.len(), 1);
             assert!(d[0].online);

@@ -125,6 +125,7 @@ impl TestRelay {
             relay_host_key: self.host_key(),
             allow: AllowList::parse(allow).unwrap(),
             dead_after: Duration::from_secs(5),
+            labels: Default::default(),
             gateway: Default::default(),
         }
     }

@@ -1,0 +1,71 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::client::enroll::{self, EnrollRequest};
+use crate::protocol::Role;
+use crate::protocol::device_info::parse_label;
+use crate::protocol::token::Invite;
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// The invite token (`warren1.…`) from `warren admin invite`.
+    #[arg(env = "WARREN_TOKEN")]
+    pub token: String,
+    /// Config file to write [default: ~/.config/warren/agent.toml for a
+    /// device, ~/.config/warren/client.toml otherwise]. The key is written
+    /// beside it with the extension `.key` (mode 0600).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A label for a device's agent config (KEY=VALUE; repeat for several).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(a: EnrollArgs) -> Result<ExitCode> {
+    let invite = Invite::decode(&a.token)?;
+    let labels: BTreeMap<String, String> = a
+        .labels
+        .iter()
+        .map(|l| parse_label(l).map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
+    let default = match invite.role {
+        Role::Device => crate::agent::config::default_config_path(),
+        Role::Controller | Role::Admin => crate::client::default_config_path(),
+    };
+    let config = a
+        .config
+        .or(default)
+        .ok_or_else(|| anyhow::anyhow!("no config path: pass --config PATH"))?;
+    let done = enroll::enroll(&EnrollRequest {
+        token: a.token,
+        config,
+        labels,
+    })
+    .await?;
+    if a.json {
+        super::admin::print_json(&done)?;
+    } else {
+        println!(
+            "enrolled as {} {} in system {} (key {})",
+            done.role, done.name, done.system, done.fingerprint
+        );
+        println!("wrote {} and {}", done.config.display(), done.key.display());
+        match done.role {
+            Role::Device => println!(
+                "start the agent with: warren agent --config {}",
+                done.config.display()
+            ),
+            Role::Controller | Role::Admin => println!(
+                "reach a device with: warren ssh --client-config {} USER@DEVICE",
+                done.config.display()
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

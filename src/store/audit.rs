@@ -1,0 +1,183 @@
+//! The audit table: append in batches, query newest first with a cursor, prune.
+
+use anyhow::Result;
+use rusqlite::{Row, params};
+
+use super::Store;
+use crate::audit::Event;
+
+/// What `log` asks for. Every filter is optional; `before` is the cursor:
+/// only events with a smaller id (the next page).
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub system: Option<String>,
+    pub device: Option<String>,
+    /// Key name or fingerprint.
+    pub key: Option<String>,
+    pub kind: Option<String>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+const COLUMNS: &str = "id, time_ms, kind, result, system, key, fingerprint, device, target, bytes_up, bytes_down, duration_ms, peer, detail";
+
+fn event(r: &Row<'_>) -> rusqlite::Result<Event> {
+    let opt_u64 = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
+    };
+    Ok(Event {
+        id: r.get(0)?,
+        time_ms: r.get::<_, i64>(1)?.max(0) as u64,
+        kind: r.get(2)?,
+        result: r.get(3)?,
+        system: r.get(4)?,
+        key: r.get(5)?,
+        fingerprint: r.get(6)?,
+        device: r.get(7)?,
+        target: r.get(8)?,
+        bytes_up: opt_u64(9)?,
+        bytes_down: opt_u64(10)?,
+        duration_ms: opt_u64(11)?,
+        peer: r.get(12)?,
+        detail: r.get(13)?,
+    })
+}
+
+impl Store {
+    /// Appends events in one transaction (durable when this returns).
+    pub fn append_audit(&self, events: &[Event]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO audit (time_ms, kind, result, system, key, fingerprint, device, target, bytes_up, bytes_down, duration_ms, peer, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            for e in events {
+                st.execute(params![
+                    e.time_ms as i64,
+                    e.kind,
+                    e.result,
+                    e.system,
+                    e.key,
+                    e.fingerprint,
+                    e.device,
+                    e.target,
+                    e.bytes_up.map(|v| v as i64),
+                    e.bytes_down.map(|v| v as i64),
+                    e.duration_ms.map(|v| v as i64),
+                    e.peer,
+                    e.detail,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Events matching `q`, newest first, at most `q.limit + 1` (one more
+    /// than a page, so the caller knows whether another page follows).
+    pub fn audit(&self, q: &AuditQuery) -> Result<Vec<Event>> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM audit
+             WHERE (?1 IS NULL OR system = ?1)
+               AND (?2 IS NULL OR device = ?2)
+               AND (?3 IS NULL OR key = ?3 OR fingerprint = ?3)
+               AND (?4 IS NULL OR kind = ?4)
+               AND (?5 IS NULL OR time_ms >= ?5)
+               AND (?6 IS NULL OR time_ms < ?6)
+               AND (?7 IS NULL OR id < ?7)
+             ORDER BY id DESC LIMIT ?8"
+        ))?;
+        let rows = st.query_map(
+            params![
+                q.system,
+                q.device,
+                q.key,
+                q.kind,
+                q.since_ms.map(|v| v as i64),
+                q.until_ms.map(|v| v as i64),
+                q.before,
+                (q.limit + 1) as i64,
+            ],
+            event,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes events older than `before_ms`; returns how many.
+    pub fn prune_audit(&self, before_ms: u64) -> Result<usize> {
+        Ok(self
+            .lock()
+            .execute("DELETE FROM audit WHERE time_ms < ?1", [before_ms as i64])?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Event, kind};
+
+    #[test]
+    fn pages_newest_first_with_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let events: Vec<Event> = (0..45)
+            .map(|i| {
+                let mut e = Event::new(kind::STREAM_CLOSE, "closed")
+                    .system(if i % 3 == 0 { "beta" } else { "tau" })
+                    .key_name("alice")
+                    .device(format!("dev{}", i % 5));
+                e.time_ms = 1_000_000 + i * 1000;
+                e
+            })
+            .collect();
+        store.append_audit(&events).unwrap();
+        let mut q = AuditQuery {
+            limit: 20,
+            ..Default::default()
+        };
+        let p1 = store.audit(&q).unwrap();
+        assert_eq!(p1.len(), 21);
+        assert!(p1.windows(2).all(|w| w[0].id > w[1].id));
+        q.before = Some(p1[19].id);
+        let p2 = store.audit(&q).unwrap();
+        assert_eq!(p2[0].id, p1[19].id - 1);
+        q.before = Some(p2[19].id);
+        assert_eq!(store.audit(&q).unwrap().len(), 5);
+
+        let q = AuditQuery {
+            system: Some("tau".into()),
+            device: Some("dev1".into()),
+            limit: 100,
+            ..Default::default()
+        };
+        let got = store.audit(&q).unwrap();
+        assert!(!got.is_empty());
+        assert!(
+            got.iter()
+                .all(|e| e.system.as_deref() == Some("tau") && e.device.as_deref() == Some("dev1"))
+        );
+        let q = AuditQuery {
+            since_ms: Some(1_010_000),
+            until_ms: Some(1_020_000),
+            limit: 100,
+            ..Default::default()
+        };
+        assert_eq!(store.audit(&q).unwrap().len(), 10);
+        assert_eq!(store.prune_audit(1_040_000).unwrap(), 40);
+        assert_eq!(
+            store
+                .audit(&AuditQuery {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .unwrap()
+                .len(),
+            5
+        );
+    }
+}
