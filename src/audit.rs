@@ -58,3 +58,23 @@ pub fn key_revoked_disconnect(system: &str, name: &str, fingerprint: &str) {
 pub fn admin(action: &str, detail: &str) {
     tracing::info!(target: "audit", event = "admin", action, detail);
 }
+
+/// A public port opened, closed or failed to open (`action`).
+pub fn public_port(action: &str, e: &crate::store::Exposure, detail: &str) {
+    tracing::info!(
+        target: "audit",
+        event = "public_port",
+        action,
+        port = e.port,
+        system = %e.system,
+        device = %e.device,
+        device_port = e.device_port,
+        allow_from = %e.allow_from.join(","),
+        detail,
+    );
+}
+
+/// A connection to a public port from a peer outside its allow list.
+pub fn public_refused(port: u16, peer: SocketAddr, reason: &str) {
+    tracing::warn!(target: "audit", event = "public_connection", result = "refused", port, %peer, reason);
+}

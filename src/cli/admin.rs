@@ -37,6 +37,8 @@ pub enum AdminCommand {
     /// Keys bound to (system, role, name).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Public ports: `expose dev1:22 --system tau --port 4040 [--allow-from CIDR]`, `expose ls`, `expose rm PORT`.
+    Expose(super::expose::ExposeArgs),
     /// Devices and their status.
     Ls {
         /// Only this system.
@@ -161,6 +163,7 @@ pub fn run(a: AdminArgs) -> Result<ExitCode> {
                 rec.role, rec.fingerprint, rec.name, rec.system
             );
         }
+        AdminCommand::Expose(e) => super::expose::run(&store, e)?,
         AdminCommand::Ls { system, json } => {
             let devices: Vec<status::DeviceStatus> = store
                 .devices(system.as_deref())?

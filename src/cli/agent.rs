@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentSettings};
@@ -10,6 +11,7 @@ use crate::agent::{self, AgentSettings};
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Agent config file (TOML): relay, system, name, key, relay_host_key, allow.
+    /// SIGHUP re-reads it (the allowlist applies at once; live streams stay).
     #[arg(long, env = "WARREN_AGENT_CONFIG")]
     pub config: PathBuf,
 }
@@ -22,6 +24,18 @@ pub async fn run(a: AgentArgs) -> Result<ExitCode> {
         super::shutdown_signal().await;
         stop.cancel();
     });
-    agent::run(settings, shutdown, None).await;
+    let (tx, config) = watch::channel(settings);
+    let path = a.config.clone();
+    super::on_sighup(shutdown.clone(), move || match AgentSettings::load(&path) {
+        Ok(new) => {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading config");
+            let _ = tx.send(new);
+        }
+        Err(e) => tracing::error!(
+            config = %path.display(),
+            "SIGHUP: config reload refused, keeping the running config: {e:#}"
+        ),
+    })?;
+    agent::run_with_reload(config, shutdown, None).await;
     Ok(ExitCode::SUCCESS)
 }

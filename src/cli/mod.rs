@@ -4,9 +4,13 @@
 mod admin;
 mod agent;
 mod demo;
+mod expose;
 mod keygen;
 mod proxy;
 mod relay;
+mod service;
+mod socks;
+mod sshconfig;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +57,16 @@ pub enum Command {
     /// Start a relay, a device and a connection through it, all on this
     /// machine, and explain each step.
     Demo(demo::DemoArgs),
+    /// SOCKS5 proxy that reaches devices by name: `curl --socks5-hostname`.
+    Socks(socks::SocksArgs),
+    /// Local ports to device ports: `warren forward dev1:80=8080 'red00[1-3]:22' --start-port 2201`.
+    Forward(socks::ForwardArgs),
+    /// Print `Host` blocks for ~/.ssh/config so plain `ssh dev1` works.
+    SshConfig(sshconfig::SshConfigArgs),
+    /// Write connect.sh and connect.bat that ssh to one device.
+    ConnectScript(sshconfig::ConnectScriptArgs),
+    /// Run the agent or forwards as a systemd service.
+    Service(service::ServiceArgs),
 }
 
 /// Where a controller finds the relay. Each flag can also be set in
@@ -91,7 +105,7 @@ impl ClientArgs {
 pub fn init_logging(cli: &Cli) {
     // `proxy` shares stderr with ssh: only say something when it matters.
     let default = match cli.command {
-        Command::Proxy(_) | Command::Ssh(_) | Command::Ls(_) => "warn",
+        Command::Proxy(_) | Command::Ssh(_) | Command::Ls(_) | Command::SshConfig(_) => "warn",
         Command::Demo(_) => "warn",
         _ => "info",
     };
@@ -111,6 +125,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keygen(a) => keygen::run(a),
         Command::Admin(a) => admin::run(a),
         Command::Ssh(a) => proxy::ssh(a),
+        Command::ConnectScript(a) => sshconfig::connect_script(a),
+        Command::Service(a) => service::run(a),
         command => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -122,7 +138,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     Command::Proxy(a) => proxy::proxy(a).await,
                     Command::Ls(a) => proxy::ls(a).await,
                     Command::Demo(a) => demo::run(a).await,
-                    Command::Keygen(_) | Command::Admin(_) | Command::Ssh(_) => {
+                    Command::Socks(a) => socks::socks(a).await,
+                    Command::Forward(a) => socks::forward(a).await,
+                    Command::SshConfig(a) => sshconfig::ssh_config(a).await,
+                    Command::Keygen(_)
+                    | Command::Admin(_)
+                    | Command::Ssh(_)
+                    | Command::ConnectScript(_)
+                    | Command::Service(_) => {
                         unreachable!("handled above")
                     }
                 }
@@ -142,4 +165,25 @@ pub(crate) async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Calls `reload` on each SIGHUP until `stop`.
+pub(crate) fn on_sighup(
+    stop: tokio_util::sync::CancellationToken,
+    mut reload: impl FnMut() + Send + 'static,
+) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => match got {
+                    Some(()) => reload(),
+                    None => return,
+                },
+            }
+        }
+    });
+    Ok(())
 }

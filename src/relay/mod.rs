@@ -8,7 +8,9 @@
 //! each controller stream to its device and splices the two.
 
 mod commands;
+pub mod config;
 mod connection;
+pub mod expose;
 pub mod registry;
 pub mod status;
 
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,6 +43,10 @@ pub struct RelayOptions {
     pub handshake_timeout: Duration,
     pub max_unauthenticated: usize,
     pub store_poll: Duration,
+    /// Relay ports admins may expose publicly (none by default).
+    pub public_ports: config::PortRanges,
+    /// Address public ports listen on; the SSH listener's address if None.
+    pub public_bind: Option<std::net::IpAddr>,
 }
 
 impl Default for RelayOptions {
@@ -49,6 +55,8 @@ impl Default for RelayOptions {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             max_unauthenticated: MAX_UNAUTHENTICATED,
             store_poll: STORE_POLL_INTERVAL,
+            public_ports: config::PortRanges::default(),
+            public_bind: None,
         }
     }
 }
@@ -64,6 +72,12 @@ pub struct Relay {
     next_conn: AtomicU64,
     status: mpsc::UnboundedSender<StatusChange>,
     status_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<StatusChange>>>,
+    /// `public_ports` in force (reloadable).
+    public_ports: std::sync::RwLock<config::PortRanges>,
+    /// Wakes the public-port manager (store changed, config reloaded).
+    expose_wake: Notify,
+    /// Relay ports open as public ports right now.
+    exposed: watch::Sender<Vec<u16>>,
 }
 
 /// Device status writes, applied in order by one task so that a quick
@@ -98,6 +112,9 @@ impl Relay {
         store.all_devices_down()?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(Relay {
+            public_ports: std::sync::RwLock::new(options.public_ports.clone()),
+            expose_wake: Notify::new(),
+            exposed: watch::Sender::new(Vec::new()),
             store,
             registry: Registry::default(),
             server_config,
@@ -120,6 +137,26 @@ impl Relay {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The relay ports admins may expose now.
+    pub fn public_ports(&self) -> config::PortRanges {
+        self.public_ports
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a reloaded `public_ports`: exposures outside it close, those
+    /// now inside open. Live SSH connections are not touched.
+    pub fn set_public_ports(&self, ranges: config::PortRanges) {
+        *self.public_ports.write().unwrap_or_else(|p| p.into_inner()) = ranges;
+        self.expose_wake.notify_one();
+    }
+
+    /// Sees the list of open public ports after each change.
+    pub fn exposed(&self) -> watch::Receiver<Vec<u16>> {
+        self.exposed.subscribe()
     }
 
     fn status(&self, change: StatusChange) {
@@ -151,6 +188,16 @@ pub async fn serve(
     ));
     tokio::spawn(watch_store(relay.clone(), background.clone()));
     tokio::spawn(flush_last_seen(relay.clone(), background.clone()));
+    let public_ip = relay
+        .options
+        .public_bind
+        .unwrap_or(listener.local_addr()?.ip());
+    tokio::spawn(expose::run(
+        relay.clone(),
+        public_ip,
+        tasks.clone(),
+        shutdown.clone(),
+    ));
 
     tracing::info!(addr = %listener.local_addr()?, host_key = %relay.host_key, "relay listening");
     loop {
@@ -262,6 +309,8 @@ async fn watch_store(relay: Arc<Relay>, stop: CancellationToken) {
             continue;
         }
         last = version;
+        // `warren admin expose` may have changed public ports.
+        relay.expose_wake.notify_one();
         let conns = relay.registry.conns();
         let fps: Vec<String> = conns.iter().map(|c| c.fingerprint.clone()).collect();
         let active = relay

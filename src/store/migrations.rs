@@ -33,6 +33,15 @@ const MIGRATIONS: &[&str] = &[
         ports     TEXT,
         PRIMARY KEY (system, name)
     );",
+    // 3 (issue-4): public ports: a relay port that carries to one device port.
+    "CREATE TABLE exposures (
+        port        INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535),
+        system      TEXT NOT NULL,
+        device      TEXT NOT NULL,
+        device_port INTEGER NOT NULL CHECK (device_port BETWEEN 1 AND 65535),
+        allow_from  TEXT NOT NULL DEFAULT '',
+        created     INTEGER NOT NULL
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

@@ -7,7 +7,10 @@
 //!
 //! Calls block: async code runs them through [`Store::call`].
 
+mod exposures;
 mod migrations;
+
+pub use exposures::Exposure;
 
 use std::net::SocketAddr;
 use std::path::Path;
