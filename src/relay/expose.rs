@@ -43,6 +43,15 @@ pub fn peer_allowed(allow: &[IpNet], peer: IpAddr) -> bool {
     allow.is_empty() || allow.iter().any(|n| n.contains(&peer))
 }
 
+/// What the latest reconcile did, for tests and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exposed {
+    /// Relay ports listening as public ports.
+    pub open: Vec<u16>,
+    /// Exposures in the store at that moment (open or not).
+    pub known: usize,
+}
+
 struct Open {
     exposure: Exposure,
     stop: CancellationToken,
@@ -57,13 +66,17 @@ pub(super) async fn run(
 ) {
     let mut open: HashMap<u16, Open> = HashMap::new();
     loop {
+        let mut known = 0;
         match relay.store.call(|s| s.exposures()).await {
-            Ok(list) => reconcile(&relay, ip, &tasks, &shutdown, &mut open, list).await,
+            Ok(list) => {
+                known = list.len();
+                reconcile(&relay, ip, &tasks, &shutdown, &mut open, list).await
+            }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "reading exposures"),
         }
         let mut ports: Vec<u16> = open.keys().copied().collect();
         ports.sort_unstable();
-        relay.exposed.send_replace(ports);
+        relay.exposed.send_replace(Exposed { open: ports, known });
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = relay.expose_wake.notified() => {}

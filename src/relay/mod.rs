@@ -76,8 +76,8 @@ pub struct Relay {
     public_ports: std::sync::RwLock<config::PortRanges>,
     /// Wakes the public-port manager (store changed, config reloaded).
     expose_wake: Notify,
-    /// Relay ports open as public ports right now.
-    exposed: watch::Sender<Vec<u16>>,
+    /// Public ports after the latest reconcile.
+    exposed: watch::Sender<expose::Exposed>,
 }
 
 /// Device status writes, applied in order by one task so that a quick
@@ -114,7 +114,7 @@ impl Relay {
         Ok(Arc::new(Relay {
             public_ports: std::sync::RwLock::new(options.public_ports.clone()),
             expose_wake: Notify::new(),
-            exposed: watch::Sender::new(Vec::new()),
+            exposed: watch::Sender::new(expose::Exposed::default()),
             store,
             registry: Registry::default(),
             server_config,
@@ -154,8 +154,8 @@ impl Relay {
         self.expose_wake.notify_one();
     }
 
-    /// Sees the list of open public ports after each change.
-    pub fn exposed(&self) -> watch::Receiver<Vec<u16>> {
+    /// Sees the public ports after each reconcile with the store.
+    pub fn exposed(&self) -> watch::Receiver<expose::Exposed> {
         self.exposed.subscribe()
     }
 
