@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::openssh::{Sshd, login_user, run};
@@ -14,9 +15,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use warren::protocol::Role;
+use warren::agent::AgentSettings;
+use warren::protocol::{AllowList, Role};
 use warren::relay::RelayOptions;
 use warren::relay::config::PortRanges;
+use warren::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
 use warren::ssh::keys;
 
 const WARREN: &str = env!("CARGO_BIN_EXE_warren");
@@ -294,20 +297,8 @@ async fn agent_sighup_reloads_the_allowlist_and_keeps_live_streams() {
     let conn = relay.controller("tau", alice).await;
 
     // A live stream, open across both reloads.
-    let ch = conn.open("dev1", 22).await.unwrap();
-    let (mut near, far) = tokio::io::duplex(4096);
-    let (fr, fw) = tokio::io::split(far);
-    tokio::spawn(ch.splice_io(fr, fw));
-    let mut roundtrip = async |msg: &[u8]| {
-        near.write_all(msg).await.unwrap();
-        let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(WAIT, near.read_exact(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, msg);
-    };
-    roundtrip(b"before").await;
+    let mut live = LiveStream::open(&conn, "dev1", 22).await;
+    live.roundtrip(b"before").await;
     assert!(echo_through(&conn, "dev1", 8080, b"x").await.is_err());
 
     agent_config(
@@ -329,7 +320,7 @@ async fn agent_sighup_reloads_the_allowlist_and_keeps_live_streams() {
             .unwrap(),
         b"new port"
     );
-    roundtrip(b"after reload").await;
+    live.roundtrip(b"after reload").await;
 
     // An invalid file is refused with its reason; the old config stays.
     write_file(
@@ -340,11 +331,35 @@ async fn agent_sighup_reloads_the_allowlist_and_keeps_live_streams() {
     hup(&agent);
     let line = log.wait("config reload refused").await;
     assert!(line.contains("invalid agent config"), "{line}");
-    roundtrip(b"after refusal").await;
+    live.roundtrip(b"after refusal").await;
     assert_eq!(
         echo_through(&conn, "dev1", 8080, b"still").await.unwrap(),
         b"still"
     );
+}
+
+/// A stream held open through a channel, to prove it outlives a reload.
+struct LiveStream(tokio::io::DuplexStream);
+
+impl LiveStream {
+    async fn open(conn: &ClientConnection<NoForwards>, dev: &str, port: u16) -> LiveStream {
+        let ch = conn.open(dev, u32::from(port)).await.unwrap();
+        let (near, far) = tokio::io::duplex(4096);
+        let (fr, fw) = tokio::io::split(far);
+        tokio::spawn(ch.splice_io(fr, fw));
+        LiveStream(near)
+    }
+
+    /// Sends `msg` to the echo target and reads it back.
+    async fn roundtrip(&mut self, msg: &[u8]) {
+        self.0.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(WAIT, self.0.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(back, msg);
+    }
 }
 
 /// A relay on 127.0.0.1:0 that may expose any port on 127.0.0.1, with
@@ -590,6 +605,21 @@ async fn relay_sighup_reloads_public_ports_and_refuses_a_bad_file() {
     // A database with one exposure, before the relay starts.
     let store = warren::store::Store::open(&data).unwrap();
     store.add_system(&name("tau")).unwrap();
+    let dev = Arc::new(keys::generate_ed25519().unwrap());
+    let alice = Arc::new(keys::generate_ed25519().unwrap());
+    store
+        .add_key(&name("tau"), Role::Device, &name("dev1"), dev.public_key())
+        .unwrap();
+    store
+        .add_key(
+            &name("tau"),
+            Role::Controller,
+            &name("alice"),
+            alice.public_key(),
+        )
+        .unwrap();
+    drop(store);
+    let host_key = ok(&["admin", "--data", d, "host-key"]).trim().to_string();
     let port = closed_port().await;
     ok(&[
         "admin",
@@ -616,7 +646,38 @@ async fn relay_sighup_reloads_public_ports_and_refuses_a_bad_file() {
         .spawn()
         .unwrap();
     let mut log = Lines::of(&mut child);
+    let line = log.wait("relay listening").await;
+    let relay_addr = format!(
+        "127.0.0.1:{}",
+        line.split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    );
     log.wait("outside public_ports").await;
+
+    // A device and a controller stream, live across the reloads.
+    let echo = echo_server().await;
+    let mut agent = TestAgent::start(AgentSettings {
+        relay: relay_addr.clone(),
+        system: name("tau"),
+        name: name("dev1"),
+        key: dev,
+        relay_host_key: host_key.clone(),
+        allow: AllowList::parse(&[format!("22=127.0.0.1:{echo}")]).unwrap(),
+        dead_after: Duration::from_secs(5),
+    });
+    agent.online().await;
+    let tcp = TcpStream::connect(&relay_addr).await.unwrap();
+    let opts = ConnectOptions {
+        user: "tau".into(),
+        key: alice,
+        host_key,
+        dead_after: Duration::from_secs(10),
+    };
+    let conn = client::connect(tcp, &opts, NoForwards).await.unwrap();
+    let mut live = LiveStream::open(&conn, "dev1", 22).await;
+    live.roundtrip(b"before").await;
 
     write_file(
         dir.path(),
@@ -627,6 +688,7 @@ async fn relay_sighup_reloads_public_ports_and_refuses_a_bad_file() {
     log.wait("config reloaded").await;
     log.wait("listening on 127.0.0.1").await;
     TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    live.roundtrip(b"after reload").await;
 
     write_file(
         dir.path(),

@@ -277,25 +277,29 @@ pub async fn serve(
         let (tunnel, auth) = (tunnel.clone(), auth.clone());
         tasks.spawn(
             async move {
+                let mut stream = stream;
+                let _ = stream.set_nodelay(true);
                 let request = tokio::time::timeout(
                     SOCKS_HANDSHAKE_TIMEOUT,
-                    connect_phase(stream, &tunnel, (*auth).as_ref()),
+                    handshake(&mut stream, (*auth).as_ref()),
                 )
                 .await;
                 drop(permit);
-                match request {
-                    Err(_) => tracing::info!("SOCKS handshake timed out"),
-                    Ok(None) => {}
-                    Ok(Some((stream, channel))) => {
-                        let (r, w) = stream.into_split();
-                        let stats = channel.splice_io(r, w).await;
-                        tracing::debug!(
-                            sent = stats.sent,
-                            received = stats.received,
-                            "stream closed"
-                        );
-                    }
-                }
+                let req = match request {
+                    Err(_) => return tracing::info!("SOCKS handshake timed out"),
+                    Ok(Err(e)) => return tracing::info!("SOCKS handshake refused: {e}"),
+                    Ok(Ok(r)) => r,
+                };
+                let Some(channel) = open(&mut stream, &tunnel, &req).await else {
+                    return;
+                };
+                let (r, w) = stream.into_split();
+                let stats = channel.splice_io(r, w).await;
+                tracing::debug!(
+                    sent = stats.sent,
+                    received = stats.received,
+                    "stream closed"
+                );
             }
             .instrument(span),
         );
@@ -303,32 +307,24 @@ pub async fn serve(
     tasks.close();
 }
 
-/// Handshake, open the stream, answer. Returns the socket and channel to
-/// splice, or None when the client was answered with a failure.
-async fn connect_phase(
-    mut stream: TcpStream,
+/// Opens the stream the client asked for and answers it: success, or the
+/// reply code for the refusal.
+async fn open(
+    stream: &mut TcpStream,
     tunnel: &Tunnel,
-    auth: Option<&Credentials>,
-) -> Option<(TcpStream, crate::ssh::Channel)> {
-    let _ = stream.set_nodelay(true);
-    let req = match handshake(&mut stream, auth).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!("SOCKS handshake refused: {e}");
-            return None;
-        }
-    };
+    req: &Request,
+) -> Option<crate::ssh::Channel> {
     let target = format!("{}:{}", req.host, req.port);
     tracing::Span::current().record("target", target.as_str());
     match tunnel.open(&req.host, req.port).await {
         Ok(channel) => {
-            reply(&mut stream, Reply::Succeeded).await.ok()?;
-            Some((stream, channel))
+            reply(stream, Reply::Succeeded).await.ok()?;
+            Some(channel)
         }
         Err(e) => {
             let code = reply_for(&e);
             tracing::info!(reply = ?code, "stream refused: {e}");
-            let _ = reply(&mut stream, code).await;
+            let _ = reply(stream, code).await;
             None
         }
     }
