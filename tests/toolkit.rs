@@ -21,6 +21,7 @@ use warren::client::forward;
 use warren::client::socks::{self, Credentials};
 use warren::client::tunnel::{Tunnel, TunnelEvent};
 use warren::protocol::Role;
+use warren::protocol::limits::SOCKS_HANDSHAKE_TIMEOUT;
 use warren::ssh::keys;
 
 const WARREN: &str = env!("CARGO_BIN_EXE_warren");
@@ -200,13 +201,26 @@ async fn socks_with_curl_reaches_devices_by_name_over_one_connection() {
     let mut socks = Socks::start(w.settings(), None).await;
     socks.connected().await;
     let proxy = socks.addr.to_string();
-    // A client that connects and says nothing must not hold up anyone.
-    let _stalled = TcpStream::connect(socks.addr).await.unwrap();
+    // Clients that stall mid-greeting must not hold up anyone: were the
+    // handshake run in the accept loop, each would cost a whole
+    // SOCKS_HANDSHAKE_TIMEOUT before the next client is even accepted.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(socks.addr).await.unwrap();
+        s.write_all(&[5]).await.unwrap();
+        stalled.push(s);
+    }
+    let started = std::time::Instant::now();
     for _ in 0..3 {
         let r = curl(&["--socks5-hostname", &proxy, "http://dev1:8080/"]).await;
         assert!(r.ok, "curl failed: {}", r.stderr);
         assert_eq!(r.stdout_str(), "hello from dev1");
     }
+    assert!(
+        started.elapsed() < SOCKS_HANDSHAKE_TIMEOUT,
+        "stalled clients held up others: {:?}",
+        started.elapsed()
+    );
     let r = curl(&["--socks5-hostname", &proxy, "http://nosuch:8080/"]).await;
     assert!(!r.ok);
     assert!(r.stderr.contains("nosuch"), "{}", r.stderr);
