@@ -11,9 +11,12 @@
 //!   spawns one task per connection (`relay::connection`), which authenticates the
 //!   key against the [`store`], registers device names in the live
 //!   `relay::registry`, routes controller streams to devices and splices them.
+//!   `relay::expose` serves public ports that an admin opened.
 //! - [`agent`]: the device side. Dials the relay, registers its name with
 //!   `tcpip-forward`, serves streams to allowed local targets, reconnects forever.
-//! - [`client`]: the controller side: `warren proxy` (stdio) and `warren ssh`.
+//! - [`client`]: the controller side: `warren proxy` (stdio) and `warren ssh`;
+//!   `socks` and `forward` over one self-healing relay connection (`tunnel`);
+//!   ssh configs and connect scripts (`sshconfig`).
 //! - [`store`]: SQLite state in the relay's data directory (systems, keys, device
 //!   status), with numbered migrations.
 //! - [`policy`]: who may reach what; pure functions, no I/O.
