@@ -114,3 +114,21 @@ pub const DOCTOR_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// fails. Expiring invites and audit timestamps tolerate a minute; more
 /// means the host's clock is not synchronised.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// How often a controller's long-lived relay connection (`socks`,
+/// `forward`) is checked for having closed, as a backstop to the close
+/// signal from the SSH layer. Cheap (a flag read); bounds how long a lost
+/// connection can go unnoticed if that signal were missed.
+pub const TUNNEL_LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
+/// Time for a SOCKS client to finish its greeting, authentication and
+/// request. Browsers and curl send them at once; a client that dawdles holds
+/// a slot and is cut.
+pub const SOCKS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SOCKS connections still in their handshake. Past this, new connections are
+/// closed at once, so idle sockets cannot exhaust file descriptors (the
+/// same idea as [`MAX_UNAUTHENTICATED`] at the relay).
+pub const MAX_SOCKS_HANDSHAKES: usize = 256;
+
+/// Longest SOCKS username or password: RFC 1929 gives each one length byte.
+pub const MAX_SOCKS_CREDENTIAL: usize = 255;

@@ -8,8 +8,10 @@
 //! each controller stream to its device and splices the two.
 
 mod commands;
+pub mod config;
 mod connection;
 mod enroll;
+pub mod expose;
 pub mod gateways;
 pub mod registry;
 pub mod status;
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,6 +56,10 @@ pub struct RelayOptions {
     /// `HOST:PORT` that new machines use to reach this relay, written into
     /// invite tokens (`--advertise`).
     pub advertise: Option<String>,
+    /// Relay ports admins may expose publicly (none by default).
+    pub public_ports: config::PortRanges,
+    /// Address public ports listen on; the SSH listener's address if None.
+    pub public_bind: Option<std::net::IpAddr>,
 }
 
 impl Default for RelayOptions {
@@ -64,6 +70,8 @@ impl Default for RelayOptions {
             store_poll: STORE_POLL_INTERVAL,
             audit_retention: None,
             advertise: None,
+            public_ports: config::PortRanges::default(),
+            public_bind: None,
         }
     }
 }
@@ -86,6 +94,12 @@ pub struct Relay {
     /// Woken after this relay itself changed keys or devices (remote admin),
     /// which `PRAGMA data_version` does not show to the same connection.
     store_changed: tokio::sync::Notify,
+    /// `public_ports` in force (reloadable).
+    public_ports: std::sync::RwLock<config::PortRanges>,
+    /// Wakes the public-port manager (store changed, config reloaded).
+    expose_wake: Notify,
+    /// Public ports after the latest reconcile.
+    exposed: watch::Sender<expose::Exposed>,
 }
 
 /// Device status writes, applied in order by one task so that a quick
@@ -133,6 +147,9 @@ impl Relay {
         let (tx, rx) = mpsc::unbounded_channel();
         let (audit, audit_writer) = audit::channel();
         Ok(Arc::new(Relay {
+            public_ports: std::sync::RwLock::new(options.public_ports.clone()),
+            expose_wake: Notify::new(),
+            exposed: watch::Sender::new(expose::Exposed::default()),
             store,
             registry: Registry::default(),
             gateways: gateways::Gateways::default(),
@@ -173,6 +190,26 @@ impl Relay {
     /// disabled), so it acts at once rather than at the next poll.
     pub fn store_changed(&self) {
         self.store_changed.notify_one();
+    }
+
+    /// The relay ports admins may expose now.
+    pub fn public_ports(&self) -> config::PortRanges {
+        self.public_ports
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a reloaded `public_ports`: exposures outside it close, those
+    /// now inside open. Live SSH connections are not touched.
+    pub fn set_public_ports(&self, ranges: config::PortRanges) {
+        *self.public_ports.write().unwrap_or_else(|p| p.into_inner()) = ranges;
+        self.expose_wake.notify_one();
+    }
+
+    /// Sees the public ports after each reconcile with the store.
+    pub fn exposed(&self) -> watch::Receiver<expose::Exposed> {
+        self.exposed.subscribe()
     }
 
     fn status(&self, change: StatusChange) {
@@ -217,6 +254,16 @@ pub async fn serve(
     apply_disabled(&relay).await;
     tokio::spawn(watch_store(relay.clone(), background.clone()));
     tokio::spawn(flush_last_seen(relay.clone(), background.clone()));
+    let public_ip = relay
+        .options
+        .public_bind
+        .unwrap_or(listener.local_addr()?.ip());
+    tokio::spawn(expose::run(
+        relay.clone(),
+        public_ip,
+        tasks.clone(),
+        shutdown.clone(),
+    ));
 
     tracing::info!(addr = %listener.local_addr()?, host_key = %relay.host_key, "relay listening");
     loop {
@@ -334,6 +381,8 @@ async fn watch_store(relay: Arc<Relay>, stop: CancellationToken) {
         last = version;
         gateways::refresh(&relay).await;
         apply_disabled(&relay).await;
+        // `warren admin expose` may have changed public ports.
+        relay.expose_wake.notify_one();
         let conns = relay.registry.conns();
         let fps: Vec<String> = conns.iter().map(|c| c.fingerprint.clone()).collect();
         let active = relay
