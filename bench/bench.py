@@ -768,6 +768,10 @@ class Bench:
             dev = self.openssh_device(cipher)
             systems = self.systems(cipher)
             ctl = {s: self.controller(s, cipher, free_port(), "iperf") for s in systems}
+            self.results["notes"].append(
+                f"client legs {name}: for OpenSSH both client legs (controller ssh -L and device ssh -R) use "
+                f"{'the ssh default' if cipher is None else cipher}; for Warren only the controller leg does, the "
+                "agent-relay leg negotiates the agent's own preference (see ciphers)")
             self.results["ciphers"][name] = {
                 "warren_controller_leg": kex_ciphers(ctl["warren"]),
                 "warren_agent_leg": self.agent_cipher(),
@@ -1050,6 +1054,16 @@ class Bench:
                     except RuntimeError as e:
                         log(f"  {system} n={n} rep {rep} FAILED: {e}")
                         self.results["scale"].append({"system": system, "n": n, "rep": rep, "error": str(e)[-2000:]})
+        big = max(self.a.warren_devices)
+        if big not in self.a.openssh_devices:
+            per = [m["kib_per_device"]["RssAnon+VmPTE"] for m in self.results["scale"]
+                   if m["system"] == "openssh" and "kib_per_device" in m]
+            need = f"about {statistics.median(per) * big / 1024 / 1024:.0f} GiB and " if per else ""
+            mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) / 1024 / 1024
+            self.results["notes"].append(
+                f"OpenSSH relay not run at {big:,} devices (--openssh-devices): by its own per-device figure it "
+                f"would need {need}one sshd process per device, on a machine with {mem:.0f} GiB shared with other "
+                f"builds; add {big} to --openssh-devices on a larger host")
         procs = [(m["after_kib"]["processes"] - m["before_kib"]["processes"]) / m["n"]
                  for m in self.results["scale"] if m["system"] == "openssh" and "after_kib" in m]
         if procs:
@@ -1281,7 +1295,9 @@ class Bench:
                              f"had not logged as closed 3 s after iperf3 finished: "
                              f"{h['relay_data_streams_not_closed_3s_after_run']} of {h['warren_successful_runs']}. "
                              f"Agent reconnects: {len(h['agent_reconnects'])}."]
-        R["table_markdown"] = "\n".join(out + cpu_rows)
+        tail = [""] + [f"Skipped: {x['what']}: {x['reason']}." for x in R["skipped"]]
+        tail += [f"Not measured: {n}." for n in R["notes"] if n.startswith("cipher ")]
+        R["table_markdown"] = "\n".join(out + cpu_rows + tail)
         return R["table_markdown"]
 
     def markdown(self):
@@ -1321,7 +1337,7 @@ class Bench:
                     lines.append(f"# {prefix}{k}\n{val}")
         walk("", R["commands"])
         for rec in (R["rtt"][:1] + R["first_byte"][:1]):
-            lines.append(f"# probe ({rec['system']})\n{rec.get('command')}")
+            lines.append(f"# probe {rec.get('probe', '')} ({rec['system']})\n{rec.get('command')}")
         seen = set()
         for rec in R["scale"]:
             if "command" in rec and (rec["system"], rec["n"]) not in seen:
@@ -1418,8 +1434,8 @@ def main():
         table = b.table()
         Path(a.out).write_text(json.dumps(b.results, indent=2, default=str) + "\n")
         Path(a.md).write_text(b.markdown())
-    print(table)
-    print(f"\nresults: {a.md} (table, commands, versions, ciphers) and {a.out} (every run); "
+    print(Path(a.md).read_text())
+    print(f"results: {a.md} (table, commands, versions, ciphers) and {a.out} (every run); "
           f"run took {b.results['elapsed_s']:.0f}s")
 
 
