@@ -809,9 +809,9 @@ class Bench:
         argv = [self.a.probe_bin, kind, "--connect", f"127.0.0.1:{lport}", "--count", count, "--warmup", warmup]
         if kind == "rtt":
             argv += ["--size", self.a.rtt_size]
-        r = run(argv, timeout=600, check=False)
+        r = run(argv, timeout=600, check=False, env=dict(os.environ, RUST_BACKTRACE="0", RUST_LIB_BACKTRACE="0"))
         if r.returncode != 0:
-            return {"error": (r.stderr or r.stdout).strip()[-500:], "command": shlex.join(map(str, argv))}
+            return {"error": (r.stderr or r.stdout).strip()[:800], "command": shlex.join(map(str, argv))}
         out = json.loads(r.stdout.strip().splitlines()[-1])
         out["command"] = shlex.join(map(str, argv))
         return out
@@ -987,9 +987,20 @@ class Bench:
         name = f"scale_{system}_{n}_{rep}"
         world = self.scale_world(system, name)
         try:
-            warm = self.probe("first-byte", world["lport"], 3, 0)
-            if "error" in warm:
-                raise RuntimeError(f"{name}: the echo target is not reachable: {warm['error']}")
+            # The first streams through the new relay: retried for a few
+            # seconds (each failure is recorded), so that one refused stream
+            # right after start-up is visible but does not lose the run.
+            warm_errors = []
+            deadline = time.monotonic() + 10
+            while True:
+                warm = self.probe("first-byte", world["lport"], 3, 0)
+                if "error" not in warm:
+                    break
+                warm_errors.append(warm["error"])
+                log(f"  {name}: warm-up stream failed: {warm['error'].splitlines()[0] if warm['error'] else '?'}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name}: the echo target is not reachable: {warm_errors}")
+                time.sleep(0.5)
             conc = min(n, self.a.burst)
             argv = [self.a.devices_bin, "--relay", f"127.0.0.1:{world['port']}", *world["gen_args"], "--n", n,
                     "--wait-go", "--concurrency", conc, "--attempts", self.a.attempts, "--retry-ms", self.a.retry_ms]
@@ -1019,6 +1030,7 @@ class Bench:
                     k: round((gen_after[k] - gen_before[k]) / n, 2) for k in ("RssAnon", "VmPTE", "Anonymous")},
                 "command": shlex.join(map(str, argv)), "world": world["commands"], "loadavg": loadavg(),
                 "errors": [m.group(0) for m in gen.find(r"^failed: .*")[:5]],
+                "warmup_stream_errors": warm_errors,
             }
             if system == "warren":
                 online = json.loads(world["relay"].admin("ls", "--json").stdout)
