@@ -700,6 +700,7 @@ impl<E: Events> Conn<E> {
             && run.neg.is_none()
         {
             self.kex = None;
+            self.tx.ctl.kexes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.bytes_since_kex = 0;
             self.kex_at = Instant::now();
         }

@@ -14,3 +14,6 @@ pub mod packet;
 pub mod wire;
 pub mod fuzz;
 
+
+#[cfg(test)]
+mod tests;

@@ -164,6 +164,8 @@ pub struct Ctl {
     disconnect: Mutex<Option<String>>,
     pub kick: Notify,
     pub ended: watch::Sender<Option<Ended>>,
+    /// Key exchanges completed (the first one and every rekey).
+    pub kexes: std::sync::atomic::AtomicU32,
 }
 
 impl Ctl {
@@ -172,6 +174,7 @@ impl Ctl {
             disconnect: Mutex::new(None),
             kick: Notify::new(),
             ended: watch::Sender::new(None),
+            kexes: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -385,6 +388,7 @@ mod tests {
             _ => panic!("expected data"),
         }
         send.await.unwrap().unwrap();
+        assert!(shared.add_window(1));
         assert!(!shared.add_window(u32::MAX), "window overflow is refused");
     }
 
