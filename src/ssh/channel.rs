@@ -123,7 +123,12 @@ impl Channel {
 /// when the source closed or the sink failed. Reading the next message only
 /// after the write completed is what carries a slow reader's back-pressure
 /// from one channel to the other.
-async fn pump(read: &ChanHandle, write: &ChanHandle, count: &mut u64, eof: mpsc::UnboundedSender<()>) {
+async fn pump(
+    read: &ChanHandle,
+    write: &ChanHandle,
+    count: &mut u64,
+    eof: mpsc::UnboundedSender<()>,
+) {
     loop {
         match read.recv().await {
             Some(In::Data(data)) => {

@@ -51,7 +51,11 @@ pub struct ClientConnection<H: ForwardedHandler> {
 }
 
 /// Connects, checks the relay's host key against the pin, and authenticates.
-pub async fn connect<H: ForwardedHandler>(stream: TcpStream, opts: &ConnectOptions, handler: H) -> Result<ClientConnection<H>> {
+pub async fn connect<H: ForwardedHandler>(
+    stream: TcpStream,
+    opts: &ConnectOptions,
+    handler: H,
+) -> Result<ClientConnection<H>> {
     connect_with(stream, opts, handler, Settings::default()).await
 }
 
@@ -86,7 +90,9 @@ pub(crate) async fn connect_with<H: ForwardedHandler>(
     });
     let (done_tx, done_rx) = oneshot::channel();
     let handshake = async {
-        let peer = conn::version_exchange(&mut stream, false).await.map_err(|e| anyhow!(e))?;
+        let peer = conn::version_exchange(&mut stream, false)
+            .await
+            .map_err(|e| anyhow!(e))?;
         Ok::<_, anyhow::Error>(peer)
     };
     let peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
@@ -147,7 +153,12 @@ impl<H: ForwardedHandler> ClientConnection<H> {
 
     /// Opens a stream to `host:port` through the relay.
     pub async fn open(&self, host: &str, port: u32) -> Result<Channel> {
-        let extra = Writer::default().string(host).u32(port).string("127.0.0.1").u32(0).finish();
+        let extra = Writer::default()
+            .string(host)
+            .u32(port)
+            .string("127.0.0.1")
+            .u32(0)
+            .finish();
         match self.tx.open("direct-tcpip", extra).await {
             Ok(h) => Ok(Channel::new(h)),
             Err(text) => bail!("relay refused {host}:{port}: {text}"),
@@ -205,7 +216,12 @@ struct Adapter<H> {
 }
 
 impl<H: ForwardedHandler> Events for Adapter<H> {
-    fn check_key(&mut self, _user: &str, _key: &PublicKey, _verified: bool) -> impl Future<Output = bool> + Send {
+    fn check_key(
+        &mut self,
+        _user: &str,
+        _key: &PublicKey,
+        _verified: bool,
+    ) -> impl Future<Output = bool> + Send {
         std::future::ready(false)
     }
 
@@ -218,7 +234,8 @@ impl<H: ForwardedHandler> Events for Adapter<H> {
     fn channel_open(&mut self, open: OpenRequest, incoming: Incoming) {
         match open {
             OpenRequest::ForwardedTcpip { address, port } => {
-                self.handler.forwarded(&address, port, IncomingChannel::new(incoming));
+                self.handler
+                    .forwarded(&address, port, IncomingChannel::new(incoming));
             }
             OpenRequest::DirectTcpip { .. } => incoming.refuse(1, "not accepted here"),
         }

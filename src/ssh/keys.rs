@@ -49,7 +49,10 @@ pub fn read_private(path: &Path) -> Result<PrivateKey> {
     let key = PrivateKey::from_openssh(text.trim())
         .map_err(|e| anyhow::anyhow!("cannot use private key {}: {e} ({hint})", path.display()))?;
     if key.is_encrypted() {
-        bail!("cannot use private key {}: it is encrypted ({hint})", path.display());
+        bail!(
+            "cannot use private key {}: it is encrypted ({hint})",
+            path.display()
+        );
     }
     Ok(key)
 }

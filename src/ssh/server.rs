@@ -18,7 +18,9 @@ use super::proto::conn::{self, Conn, Events, Incoming, Settings, Side};
 use super::proto::kex::HostKey;
 use super::proto::mux::{ConnTx, Ended, OpenRequest};
 use super::proto::wire::{Reader, Writer};
-use crate::protocol::limits::{HANDSHAKE_TIMEOUT, MAX_AUTH_ATTEMPTS, RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX};
+use crate::protocol::limits::{
+    HANDSHAKE_TIMEOUT, MAX_AUTH_ATTEMPTS, RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX,
+};
 
 pub use super::proto::conn::ExecOutput;
 
@@ -64,7 +66,12 @@ impl ServerConfig {
 pub trait ServerSession: Send + 'static {
     /// Whether `key` may log in as `user`. Called when the key is offered and
     /// again, with `verified`, once its signature checked out.
-    fn check_key(&mut self, user: &str, key: &PublicKey, verified: bool) -> impl Future<Output = bool> + Send;
+    fn check_key(
+        &mut self,
+        user: &str,
+        key: &PublicKey,
+        verified: bool,
+    ) -> impl Future<Output = bool> + Send;
 
     /// Authentication succeeded; `handle` reaches this connection from elsewhere.
     fn authenticated(&mut self, handle: ServerHandle);
@@ -72,7 +79,11 @@ pub trait ServerSession: Send + 'static {
     /// `tcpip-forward` (what `ssh -R NAME:PORT:…` sends).
     fn tcpip_forward(&mut self, address: &str, port: u32) -> impl Future<Output = bool> + Send;
 
-    fn cancel_tcpip_forward(&mut self, address: &str, port: u32) -> impl Future<Output = bool> + Send;
+    fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+    ) -> impl Future<Output = bool> + Send;
 
     /// `direct-tcpip` (what `ssh -W`, `-J`, `-L` and `-D` send).
     fn direct_tcpip(&mut self, host: &str, port: u32, channel: IncomingChannel);
@@ -93,7 +104,12 @@ pub struct ServerHandle(ConnTx);
 impl ServerHandle {
     /// Opens a `forwarded-tcpip` channel, as sshd does for an `ssh -R`
     /// connection. `address` and `port` must be exactly what the peer registered.
-    pub async fn open_forwarded(&self, address: &str, port: u32, originator: SocketAddr) -> Result<Channel, OpenError> {
+    pub async fn open_forwarded(
+        &self,
+        address: &str,
+        port: u32,
+        originator: SocketAddr,
+    ) -> Result<Channel, OpenError> {
         let extra = Writer::default()
             .string(address)
             .u32(port)
@@ -135,7 +151,11 @@ impl<S: ServerSession> ServerConnection<S> {
 
 /// Starts the SSH protocol on an accepted socket. The version exchange is
 /// bounded by [`ServerConfig::handshake_timeout`]; the caller bounds authentication.
-pub async fn start<S: ServerSession>(config: &ServerConfig, mut stream: TcpStream, session: S) -> Result<ServerConnection<S>> {
+pub async fn start<S: ServerSession>(
+    config: &ServerConfig,
+    mut stream: TcpStream,
+    session: S,
+) -> Result<ServerConnection<S>> {
     let host_key = config.host_key.clone().map_err(|e| anyhow::anyhow!(e))?;
     let _ = stream.set_nodelay(true);
     let limit = config.handshake_timeout;
@@ -147,7 +167,13 @@ pub async fn start<S: ServerSession>(config: &ServerConfig, mut stream: TcpStrea
         host_key,
         max_auth_attempts: MAX_AUTH_ATTEMPTS,
     };
-    let (c, tx) = Conn::new(stream, peer, side, config.settings.clone(), Adapter { session });
+    let (c, tx) = Conn::new(
+        stream,
+        peer,
+        side,
+        config.settings.clone(),
+        Adapter { session },
+    );
     let task = tokio::spawn(c.run());
     Ok(ServerConnection {
         tx,
@@ -161,7 +187,12 @@ struct Adapter<S> {
 }
 
 impl<S: ServerSession> Events for Adapter<S> {
-    fn check_key(&mut self, user: &str, key: &PublicKey, verified: bool) -> impl Future<Output = bool> + Send {
+    fn check_key(
+        &mut self,
+        user: &str,
+        key: &PublicKey,
+        verified: bool,
+    ) -> impl Future<Output = bool> + Send {
         self.session.check_key(user, key, verified)
     }
 
@@ -184,7 +215,8 @@ impl<S: ServerSession> Events for Adapter<S> {
     fn channel_open(&mut self, open: OpenRequest, incoming: Incoming) {
         match open {
             OpenRequest::DirectTcpip { host, port } => {
-                self.session.direct_tcpip(&host, port, IncomingChannel::new(incoming));
+                self.session
+                    .direct_tcpip(&host, port, IncomingChannel::new(incoming));
             }
             OpenRequest::ForwardedTcpip { .. } => incoming.refuse(1, "not accepted here"),
         }

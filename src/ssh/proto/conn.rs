@@ -13,15 +13,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use signature::{Signer, Verifier};
-use ssh_key::{Algorithm, HashAlg, PrivateKey, PublicKey, Signature};
 use ssh_encoding::Encode;
+use ssh_key::{Algorithm, HashAlg, PrivateKey, PublicKey, Signature};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::kex::{self, Ephemeral, HashInput, HostKey, Negotiated};
-use super::mux::{ChanHandle, ChanShared, Cmd, ConnTx, Ctl, Ended, In, OUTBOX, OpenReply, OpenRequest, WINDOW};
+use super::mux::{
+    ChanHandle, ChanShared, Cmd, ConnTx, Ctl, Ended, In, OUTBOX, OpenReply, OpenRequest, WINDOW,
+};
 use super::packet::{CipherAlg, Direction, PacketError};
 use super::wire::{Reader, WireError, Writer, msg, reason};
 use crate::protocol::limits::MAX_PACKET_SIZE;
@@ -50,7 +52,12 @@ pub struct ExecOutput {
 /// What the application decides for the connection.
 pub trait Events: Send + 'static {
     /// Server: whether `key` may log in as `user` (`verified`: its signature checked out).
-    fn check_key(&mut self, user: &str, key: &PublicKey, verified: bool) -> impl Future<Output = bool> + Send;
+    fn check_key(
+        &mut self,
+        user: &str,
+        key: &PublicKey,
+        verified: bool,
+    ) -> impl Future<Output = bool> + Send;
     /// Authentication succeeded (both sides).
     fn authenticated(&mut self, tx: ConnTx);
     /// A global request; the answer is sent if the peer wants one.
@@ -81,6 +88,9 @@ impl Incoming {
     }
 }
 
+/// Called with the server's host key blob; says whether to trust it.
+pub type HostCheck = Box<dyn FnMut(&[u8]) -> bool + Send>;
+
 /// Which side we are.
 pub enum Side {
     Server {
@@ -91,7 +101,7 @@ pub enum Side {
         user: String,
         key: Arc<PrivateKey>,
         /// Called with the host key blob; says whether to trust it.
-        check_host: Box<dyn FnMut(&[u8]) -> bool + Send>,
+        check_host: HostCheck,
         done: Option<oneshot::Sender<Result<(), String>>>,
     },
 }
@@ -134,7 +144,11 @@ impl From<WireError> for Fail {
 
 impl From<PacketError> for Fail {
     fn from(e: PacketError) -> Fail {
-        let code = if e == PacketError::Mac { reason::MAC_ERROR } else { reason::PROTOCOL_ERROR };
+        let code = if e == PacketError::Mac {
+            reason::MAC_ERROR
+        } else {
+            reason::PROTOCOL_ERROR
+        };
         Fail::Protocol(code, e.to_string())
     }
 }
@@ -155,7 +169,10 @@ pub async fn version_exchange(stream: &mut TcpStream, server: bool) -> Result<Ve
     loop {
         let mut line = Vec::with_capacity(64);
         loop {
-            let b = stream.read_u8().await.map_err(|e| format!("reading version: {e}"))?;
+            let b = stream
+                .read_u8()
+                .await
+                .map_err(|e| format!("reading version: {e}"))?;
             if b == b'\n' {
                 break;
             }
@@ -169,7 +186,10 @@ pub async fn version_exchange(stream: &mut TcpStream, server: bool) -> Result<Ve
         }
         if line.starts_with(b"SSH-") {
             if !line.starts_with(b"SSH-2.0-") && !line.starts_with(b"SSH-1.99-") {
-                return Err(format!("unsupported protocol version {:?}", String::from_utf8_lossy(&line)));
+                return Err(format!(
+                    "unsupported protocol version {:?}",
+                    String::from_utf8_lossy(&line)
+                ));
             }
             return Ok(line);
         }
@@ -254,10 +274,20 @@ pub struct Conn<E: Events> {
 impl<E: Events> Conn<E> {
     /// A connection past the version exchange. `peer_version` is the
     /// peer's version line.
-    pub fn new(stream: TcpStream, peer_version: Vec<u8>, side: Side, settings: Settings, events: E) -> (Conn<E>, ConnTx) {
+    pub fn new(
+        stream: TcpStream,
+        peer_version: Vec<u8>,
+        side: Side,
+        settings: Settings,
+        events: E,
+    ) -> (Conn<E>, ConnTx) {
         let server = matches!(side, Side::Server { .. });
         let ours = VERSION.as_bytes().to_vec();
-        let (v_c, v_s) = if server { (peer_version, ours) } else { (ours, peer_version) };
+        let (v_c, v_s) = if server {
+            (peer_version, ours)
+        } else {
+            (ours, peer_version)
+        };
         let (cmd_tx, cmds) = mpsc::unbounded_channel();
         let tx = ConnTx {
             cmds: cmd_tx,
@@ -343,7 +373,11 @@ impl<E: Events> Conn<E> {
     }
 
     async fn send_disconnect(&mut self, code: u32, text: &str) {
-        let m = Writer::new(msg::DISCONNECT).u32(code).string(text).string("").finish();
+        let m = Writer::new(msg::DISCONNECT)
+            .u32(code)
+            .string(text)
+            .string("")
+            .finish();
         self.seal_now(&m);
         let _ = tokio::time::timeout(FLUSH_LIMIT, self.stream.write_all(&self.wbuf)).await;
         self.wbuf.clear();
@@ -359,7 +393,9 @@ impl<E: Events> Conn<E> {
             self.maybe_rekey();
             let can_read = self.wbuf.len() < WRITE_HIGH;
             let can_cmd = can_read && self.kex.as_ref().is_none_or(|k| k.sent_newkeys);
-            let timer = self.next_keepalive.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let timer = self
+                .next_keepalive
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 r = self.stream.readable(), if can_read => {
                     r.map_err(Fail::Io)?;
@@ -462,7 +498,8 @@ impl<E: Events> Conn<E> {
     /// Seals `payload` into the write buffer now (kex messages, or any
     /// message outside a key exchange).
     fn seal_now(&mut self, payload: &[u8]) {
-        self.seal.seal(self.seq_out, &payload[..1], &payload[1..], &mut self.wbuf);
+        self.seal
+            .seal(self.seq_out, &payload[..1], &payload[1..], &mut self.wbuf);
         self.seq_out = self.seq_out.wrapping_add(1);
         self.bytes_since_kex += payload.len() as u64;
     }
@@ -483,7 +520,11 @@ impl<E: Events> Conn<E> {
         if self.kex.is_some() {
             return;
         }
-        let ours = kex::our_kexinit(self.server, self.session_id.is_none(), &self.settings.ciphers);
+        let ours = kex::our_kexinit(
+            self.server,
+            self.session_id.is_none(),
+            &self.settings.ciphers,
+        );
         self.seal_now(&ours);
         self.kex = Some(KexRun {
             ours,
@@ -514,16 +555,26 @@ impl<E: Events> Conn<E> {
         }
         let first = self.session_id.is_none();
         if first && self.packets_in != 1 && self.strict_offered(payload) {
-            return Err(proto("strict key exchange: KEXINIT was not the first message"));
+            return Err(proto(
+                "strict key exchange: KEXINIT was not the first message",
+            ));
         }
         self.start_kex();
         let Some(k) = self.kex.as_mut() else {
             return Err(proto("no key exchange"));
         };
         let theirs = payload.to_vec();
-        let (c, s) = if self.server { (&theirs, &k.ours) } else { (&k.ours, &theirs) };
-        let neg = kex::negotiate(&kex::parse_kexinit(c)?, &kex::parse_kexinit(s)?, self.server)
-            .map_err(|e| Fail::Protocol(reason::KEY_EXCHANGE_FAILED, e))?;
+        let (c, s) = if self.server {
+            (&theirs, &k.ours)
+        } else {
+            (&k.ours, &theirs)
+        };
+        let neg = kex::negotiate(
+            &kex::parse_kexinit(c)?,
+            &kex::parse_kexinit(s)?,
+            self.server,
+        )
+        .map_err(|e| Fail::Protocol(reason::KEY_EXCHANGE_FAILED, e))?;
         if first {
             self.strict = neg.strict;
         }
@@ -540,12 +591,21 @@ impl<E: Events> Conn<E> {
     }
 
     fn strict_offered(&self, peer_kexinit: &[u8]) -> bool {
-        let marker = if self.server { kex::STRICT_C } else { kex::STRICT_S };
+        let marker = if self.server {
+            kex::STRICT_C
+        } else {
+            kex::STRICT_S
+        };
         kex::parse_kexinit(peer_kexinit).is_ok_and(|k| super::wire::list_has(k.kex, marker))
     }
 
     /// Derives both directions' keys from K and H.
-    fn derive_keys(&mut self, k: &[u8], h: &[u8], neg: Negotiated) -> Result<(Direction, Direction), Fail> {
+    fn derive_keys(
+        &mut self,
+        k: &[u8],
+        h: &[u8],
+        neg: Negotiated,
+    ) -> Result<(Direction, Direction), Fail> {
         let sid = self.session_id.get_or_insert_with(|| h.to_vec()).clone();
         let make = |alg: CipherAlg, iv_letter: u8, key_letter: u8, seal: bool| {
             let iv = kex::derive(k, h, iv_letter, &sid, alg.iv_len().max(1));
@@ -577,7 +637,9 @@ impl<E: Events> Conn<E> {
         let q_c = r.string()?.to_vec();
         let eph = Ephemeral::new().map_err(proto)?;
         let q_s = eph.public.clone();
-        let k = eph.agree(&q_c).map_err(|e| Fail::Protocol(reason::KEY_EXCHANGE_FAILED, e))?;
+        let k = eph
+            .agree(&q_c)
+            .map_err(|e| Fail::Protocol(reason::KEY_EXCHANGE_FAILED, e))?;
         let ours = run.ours.clone();
         let h = kex::exchange_hash(&HashInput {
             v_c: &self.v_c,
@@ -608,7 +670,8 @@ impl<E: Events> Conn<E> {
         let Some(run) = self.kex.as_mut() else {
             return Err(proto("KEX_ECDH_REPLY outside key exchange"));
         };
-        let (Some(neg), Some(theirs), Some(eph)) = (run.neg, run.theirs.clone(), run.eph.take()) else {
+        let (Some(neg), Some(theirs), Some(eph)) = (run.neg, run.theirs.clone(), run.eph.take())
+        else {
             return Err(proto("unexpected KEX_ECDH_REPLY"));
         };
         let ours = run.ours.clone();
@@ -620,10 +683,15 @@ impl<E: Events> Conn<E> {
         if let Side::Client { check_host, .. } = &mut self.side
             && !check_host(&k_s)
         {
-            return Err(Fail::Protocol(reason::HOST_KEY_NOT_VERIFIABLE, "host key mismatch".into()));
+            return Err(Fail::Protocol(
+                reason::HOST_KEY_NOT_VERIFIABLE,
+                "host key mismatch".into(),
+            ));
         }
         let q_c = eph.public.clone();
-        let k = eph.agree(&q_s).map_err(|e| Fail::Protocol(reason::KEY_EXCHANGE_FAILED, e))?;
+        let k = eph
+            .agree(&q_s)
+            .map_err(|e| Fail::Protocol(reason::KEY_EXCHANGE_FAILED, e))?;
         let h = kex::exchange_hash(&HashInput {
             v_c: &self.v_c,
             v_s: &self.v_s,
@@ -634,7 +702,8 @@ impl<E: Events> Conn<E> {
             q_s: &q_s,
             k: &k,
         });
-        kex::verify_host_signature(&k_s, &sig, &h).map_err(|e| Fail::Protocol(reason::KEY_EXCHANGE_FAILED, e))?;
+        kex::verify_host_signature(&k_s, &sig, &h)
+            .map_err(|e| Fail::Protocol(reason::KEY_EXCHANGE_FAILED, e))?;
         let (out, inn) = self.derive_keys(&k, &h, neg)?;
         if let Some(run) = self.kex.as_mut() {
             run.next_out = Some(out);
@@ -665,7 +734,9 @@ impl<E: Events> Conn<E> {
             self.seal_now(&m);
         }
         if first && !self.server {
-            let m = Writer::new(msg::SERVICE_REQUEST).string("ssh-userauth").finish();
+            let m = Writer::new(msg::SERVICE_REQUEST)
+                .string("ssh-userauth")
+                .finish();
             self.seal_now(&m);
         }
         while let Some(m) = self.deferred.pop_front() {
@@ -700,7 +771,10 @@ impl<E: Events> Conn<E> {
             && run.neg.is_none()
         {
             self.kex = None;
-            self.tx.ctl.kexes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.tx
+                .ctl
+                .kexes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.bytes_since_kex = 0;
             self.kex_at = Instant::now();
         }
@@ -713,10 +787,15 @@ impl<E: Events> Conn<E> {
         // During the first key exchange only kex messages are allowed under
         // strict kex (and KEXINIT must come first).
         if !self.first_kex_done {
-            let in_kex = matches!(t, msg::KEXINIT | msg::KEX_ECDH_INIT | msg::KEX_ECDH_REPLY | msg::NEWKEYS);
+            let in_kex = matches!(
+                t,
+                msg::KEXINIT | msg::KEX_ECDH_INIT | msg::KEX_ECDH_REPLY | msg::NEWKEYS
+            );
             let known_strict = self.kex.as_ref().is_some_and(|k| k.theirs.is_some()) && self.strict;
             if !in_kex && (known_strict || !msg::is_transport_generic(t)) {
-                return Err(proto(format!("message {t} during the initial key exchange")));
+                return Err(proto(format!(
+                    "message {t} during the initial key exchange"
+                )));
             }
         }
         if let Some(run) = self.kex.as_mut()
@@ -727,8 +806,7 @@ impl<E: Events> Conn<E> {
             return Ok(());
         }
         // Once the peer sent KEXINIT it may only send kex messages until NEWKEYS.
-        if self.kex.as_ref().is_some_and(|k| k.neg.is_some()) && !msg::is_kex(t)
-        {
+        if self.kex.as_ref().is_some_and(|k| k.neg.is_some()) && !msg::is_kex(t) {
             return Err(proto(format!("message {t} during key exchange")));
         }
         match t {
@@ -777,7 +855,9 @@ impl<E: Events> Conn<E> {
 
     async fn userauth(&mut self, body: &[u8]) -> Result<(), Fail> {
         let max = match &self.side {
-            Side::Server { max_auth_attempts, .. } => *max_auth_attempts,
+            Side::Server {
+                max_auth_attempts, ..
+            } => *max_auth_attempts,
             Side::Client { .. } => return Err(proto("USERAUTH_REQUEST sent to a client")),
         };
         let mut r = Reader::new(body);
@@ -799,7 +879,10 @@ impl<E: Events> Conn<E> {
         };
         if !signed {
             if self.events.check_key(&user, &key, false).await {
-                let m = Writer::new(msg::USERAUTH_PK_OK).string(&alg).string(blob).finish();
+                let m = Writer::new(msg::USERAUTH_PK_OK)
+                    .string(&alg)
+                    .string(blob)
+                    .finish();
                 self.send(m);
                 return Ok(());
             }
@@ -834,10 +917,16 @@ impl<E: Events> Conn<E> {
         if counts {
             self.auth_failures += 1;
             if self.auth_failures >= max {
-                return Err(Fail::Protocol(reason::NO_MORE_AUTH_METHODS, "too many authentication failures".into()));
+                return Err(Fail::Protocol(
+                    reason::NO_MORE_AUTH_METHODS,
+                    "too many authentication failures".into(),
+                ));
             }
         }
-        let m = Writer::new(msg::USERAUTH_FAILURE).string("publickey").bool(false).finish();
+        let m = Writer::new(msg::USERAUTH_FAILURE)
+            .string("publickey")
+            .bool(false)
+            .finish();
         self.send(m);
         Ok(())
     }
@@ -889,17 +978,18 @@ impl<E: Events> Conn<E> {
             return Err(proto("not a client"));
         };
         let (user, key) = (user.clone(), key.clone());
-        let blob = key
-            .public_key()
-            .key_data()
-            .encode_vec()
-            .map_err(|e| Fail::Protocol(reason::BY_APPLICATION, format!("encoding key: {e}")))?;
+        let blob =
+            key.public_key().key_data().encode_vec().map_err(|e| {
+                Fail::Protocol(reason::BY_APPLICATION, format!("encoding key: {e}"))
+            })?;
         let rsa_hash = match &self.server_sig_algs {
             Some(list) if !super::wire::list_has(list, "rsa-sha2-512") => HashAlg::Sha256,
             _ => HashAlg::Sha512,
         };
         let alg = match key.algorithm() {
-            Algorithm::Rsa { .. } => Algorithm::Rsa { hash: Some(rsa_hash) },
+            Algorithm::Rsa { .. } => Algorithm::Rsa {
+                hash: Some(rsa_hash),
+            },
             a => a,
         };
         let alg_name = alg.as_str().to_string();
@@ -917,10 +1007,11 @@ impl<E: Events> Conn<E> {
             Some(rsa) => (rsa, Some(rsa_hash)).try_sign(&data),
             None => key.try_sign(&data),
         };
-        let sig = sig.map_err(|e| Fail::Protocol(reason::BY_APPLICATION, format!("signing: {e}")))?;
-        let sig = sig
-            .encode_vec()
-            .map_err(|e| Fail::Protocol(reason::BY_APPLICATION, format!("encoding signature: {e}")))?;
+        let sig =
+            sig.map_err(|e| Fail::Protocol(reason::BY_APPLICATION, format!("signing: {e}")))?;
+        let sig = sig.encode_vec().map_err(|e| {
+            Fail::Protocol(reason::BY_APPLICATION, format!("encoding signature: {e}"))
+        })?;
         let m = Writer { buf: head }.string(&sig).finish();
         self.send(m);
         Ok(())
@@ -941,7 +1032,11 @@ impl<E: Events> Conn<E> {
                     _ => false,
                 };
                 if want {
-                    self.send(vec![if ok { msg::REQUEST_SUCCESS } else { msg::REQUEST_FAILURE }]);
+                    self.send(vec![if ok {
+                        msg::REQUEST_SUCCESS
+                    } else {
+                        msg::REQUEST_FAILURE
+                    }]);
                 }
                 Ok(())
             }
@@ -957,7 +1052,11 @@ impl<E: Events> Conn<E> {
                 if e.kind == ChanKind::Session && !e.sent_close {
                     match kind.as_str() {
                         "exec" | "shell" => {
-                            let command = if kind == "exec" { r.utf8()?.to_string() } else { String::new() };
+                            let command = if kind == "exec" {
+                                r.utf8()?.to_string()
+                            } else {
+                                String::new()
+                            };
                             let out = self.events.exec(&command).await;
                             if want {
                                 self.send(Writer::new(msg::CHANNEL_SUCCESS).u32(remote).finish());
@@ -986,12 +1085,27 @@ impl<E: Events> Conn<E> {
     }
 
     fn exec_reply(&mut self, id: u32, remote: u32, out: ExecOutput) {
-        let max = self.chans.get(&id).map_or(32768, |e| e.shared.lock().remote_max.clamp(1024, 32768)) as usize;
+        let max = self
+            .chans
+            .get(&id)
+            .map_or(32768, |e| e.shared.lock().remote_max.clamp(1024, 32768))
+            as usize;
         for chunk in out.stdout.chunks(max) {
-            self.send(Writer::new(msg::CHANNEL_DATA).u32(remote).string(chunk).finish());
+            self.send(
+                Writer::new(msg::CHANNEL_DATA)
+                    .u32(remote)
+                    .string(chunk)
+                    .finish(),
+            );
         }
         for chunk in out.stderr.chunks(max) {
-            self.send(Writer::new(msg::CHANNEL_EXTENDED_DATA).u32(remote).u32(1).string(chunk).finish());
+            self.send(
+                Writer::new(msg::CHANNEL_EXTENDED_DATA)
+                    .u32(remote)
+                    .u32(1)
+                    .string(chunk)
+                    .finish(),
+            );
         }
         self.send(
             Writer::new(msg::CHANNEL_REQUEST)
@@ -1018,20 +1132,21 @@ impl<E: Events> Conn<E> {
                     self.send(vec![msg::REQUEST_FAILURE]);
                 }
             }
-            msg::REQUEST_SUCCESS | msg::REQUEST_FAILURE => {
-                match self.pending_globals.pop_front() {
-                    Some(Some(reply)) => {
-                        let _ = reply.send(t == msg::REQUEST_SUCCESS);
-                    }
-                    Some(None) => {}
-                    None => return Err(proto("reply to a request never sent")),
+            msg::REQUEST_SUCCESS | msg::REQUEST_FAILURE => match self.pending_globals.pop_front() {
+                Some(Some(reply)) => {
+                    let _ = reply.send(t == msg::REQUEST_SUCCESS);
                 }
-            }
+                Some(None) => {}
+                None => return Err(proto("reply to a request never sent")),
+            },
             msg::CHANNEL_OPEN => self.on_channel_open(&mut r)?,
             msg::CHANNEL_OPEN_CONFIRMATION => {
                 let id = r.u32()?;
                 let (remote, window, max) = (r.u32()?, r.u32()?, r.u32()?);
-                let e = self.chans.get_mut(&id).filter(|e| e.kind == ChanKind::Opening);
+                let e = self
+                    .chans
+                    .get_mut(&id)
+                    .filter(|e| e.kind == ChanKind::Opening);
                 let Some(e) = e else {
                     return Err(proto("confirmation for a channel never opened"));
                 };
@@ -1053,7 +1168,11 @@ impl<E: Events> Conn<E> {
                 match self.chans.remove(&id) {
                     Some(e) if e.kind == ChanKind::Opening => {
                         if let Some(reply) = e.reply {
-                            let text = if text.is_empty() { format!("refused (code {code})") } else { text };
+                            let text = if text.is_empty() {
+                                format!("refused (code {code})")
+                            } else {
+                                text
+                            };
                             let _ = reply.send(Err(text));
                         }
                     }
@@ -1078,11 +1197,17 @@ impl<E: Events> Conn<E> {
                 let data = r.string()?;
                 let offset = data.as_ptr() as usize - p.as_ptr() as usize;
                 let len = data.len();
-                let Some(e) = self.chans.get_mut(&id).filter(|e| matches!(e.kind, ChanKind::Open | ChanKind::Session)) else {
+                let Some(e) = self
+                    .chans
+                    .get_mut(&id)
+                    .filter(|e| matches!(e.kind, ChanKind::Open | ChanKind::Session))
+                else {
                     return Err(proto("data on a channel that is not open"));
                 };
                 if len as u32 > e.local_window || len > MAX_PACKET_SIZE as usize {
-                    return Err(proto(format!("peer sent {len} bytes past channel {id}'s window")));
+                    return Err(proto(format!(
+                        "peer sent {len} bytes past channel {id}'s window"
+                    )));
                 }
                 e.local_window -= len as u32;
                 if e.kind == ChanKind::Session || e.sent_close {
@@ -1095,7 +1220,8 @@ impl<E: Events> Conn<E> {
                 } else {
                     Bytes::copy_from_slice(&p[offset..offset + len])
                 };
-                e.shared.push(if ext { In::Ext(bytes) } else { In::Data(bytes) });
+                e.shared
+                    .push(if ext { In::Ext(bytes) } else { In::Data(bytes) });
             }
             msg::CHANNEL_EOF => {
                 let id = r.u32()?;
@@ -1156,7 +1282,12 @@ impl<E: Events> Conn<E> {
         let window = r.u32()?;
         let max = r.u32()?;
         let refuse = |code: u32, text: &str| {
-            Writer::new(msg::CHANNEL_OPEN_FAILURE).u32(remote).u32(code).string(text).string("").finish()
+            Writer::new(msg::CHANNEL_OPEN_FAILURE)
+                .u32(remote)
+                .u32(code)
+                .string(text)
+                .string("")
+                .finish()
         };
         let request = match (kind.as_str(), self.server) {
             ("session", true) => None,
@@ -1178,7 +1309,11 @@ impl<E: Events> Conn<E> {
             return Ok(());
         };
         let shared = ChanShared::new(window, max);
-        let kind = if request.is_some() { ChanKind::Incoming } else { ChanKind::Session };
+        let kind = if request.is_some() {
+            ChanKind::Incoming
+        } else {
+            ChanKind::Session
+        };
         self.chans.insert(
             id,
             Entry {
@@ -1245,7 +1380,10 @@ impl<E: Events> Conn<E> {
                     && !e.sent_close
                 {
                     e.local_window = e.local_window.saturating_add(n);
-                    let m = Writer::new(msg::CHANNEL_WINDOW_ADJUST).u32(e.remote_id).u32(n).finish();
+                    let m = Writer::new(msg::CHANNEL_WINDOW_ADJUST)
+                        .u32(e.remote_id)
+                        .u32(n)
+                        .finish();
                     self.send(m);
                 }
             }
@@ -1261,9 +1399,15 @@ impl<E: Events> Conn<E> {
                 }
             }
             Cmd::Close(id) => {
-                let Some(e) = self.chans.get_mut(&id) else { return };
+                let Some(e) = self.chans.get_mut(&id) else {
+                    return;
+                };
                 match e.kind {
-                    ChanKind::Incoming => self.command(Cmd::Refuse { id, code: 1, text: "refused".into() }),
+                    ChanKind::Incoming => self.command(Cmd::Refuse {
+                        id,
+                        code: 1,
+                        text: "refused".into(),
+                    }),
                     ChanKind::Open | ChanKind::Session if !e.sent_close => {
                         e.sent_close = true;
                         let m = Writer::new(msg::CHANNEL_CLOSE).u32(e.remote_id).finish();
@@ -1287,7 +1431,10 @@ impl<E: Events> Conn<E> {
                 }
             }
             Cmd::Refuse { id, code, text } => {
-                if self.chans.get(&id).is_some_and(|e| e.kind == ChanKind::Incoming)
+                if self
+                    .chans
+                    .get(&id)
+                    .is_some_and(|e| e.kind == ChanKind::Incoming)
                     && let Some(e) = self.chans.remove(&id)
                 {
                     e.shared.close();
@@ -1340,7 +1487,11 @@ impl<E: Events> Conn<E> {
                 }
             }
             Cmd::Global { name, data, reply } => {
-                let m = Writer::new(msg::GLOBAL_REQUEST).string(&name).bool(true).raw(&data).finish();
+                let m = Writer::new(msg::GLOBAL_REQUEST)
+                    .string(&name)
+                    .bool(true)
+                    .raw(&data)
+                    .finish();
                 self.pending_globals.push_back(Some(reply));
                 self.send(m);
             }
@@ -1358,11 +1509,17 @@ impl<E: Events> Conn<E> {
             return Ok(());
         }
         if self.missed >= max {
-            return Err(Fail::Protocol(reason::BY_APPLICATION, "keepalive timeout: peer stopped answering".into()));
+            return Err(Fail::Protocol(
+                reason::BY_APPLICATION,
+                "keepalive timeout: peer stopped answering".into(),
+            ));
         }
         self.missed += 1;
         if self.authed {
-            let m = Writer::new(msg::GLOBAL_REQUEST).string("keepalive@openssh.com").bool(true).finish();
+            let m = Writer::new(msg::GLOBAL_REQUEST)
+                .string("keepalive@openssh.com")
+                .bool(true)
+                .finish();
             self.pending_globals.push_back(None);
             self.send(m);
         }
@@ -1386,7 +1543,9 @@ pub fn user_key(alg: &str, blob: &[u8]) -> Option<PublicKey> {
 /// Decodes any message by the field layout the connection task reads for
 /// its type (for fuzzing the layouts; the task itself reads fields inline).
 pub fn parse_any(p: &[u8]) {
-    let Some((&t, body)) = p.split_first() else { return };
+    let Some((&t, body)) = p.split_first() else {
+        return;
+    };
     let mut r = Reader::new(body);
     let _ = (|| -> Result<(), WireError> {
         match t {

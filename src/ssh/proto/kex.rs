@@ -103,17 +103,33 @@ fn choose<'a>(client: &'a str, server: &str) -> Option<&'a str> {
 }
 
 /// Negotiates per RFC 4253 §7.1: the client's first choice the server has.
-pub fn negotiate(client: &KexInit, server: &KexInit, we_are_server: bool) -> Result<Negotiated, String> {
+pub fn negotiate(
+    client: &KexInit,
+    server: &KexInit,
+    we_are_server: bool,
+) -> Result<Negotiated, String> {
     let kex = choose(client.kex, server.kex)
         .filter(|k| KEX_ALGS.contains(k))
-        .ok_or_else(|| format!("no common key exchange (peer offers {})", if we_are_server { client.kex } else { server.kex }))?;
+        .ok_or_else(|| {
+            format!(
+                "no common key exchange (peer offers {})",
+                if we_are_server {
+                    client.kex
+                } else {
+                    server.kex
+                }
+            )
+        })?;
     choose(client.host_key, server.host_key)
         .filter(|k| *k == HOST_KEY_ALG)
         .ok_or("no common host key algorithm (Warren uses ssh-ed25519)")?;
     let cipher = |c: &str, s: &str| {
-        choose(c, s)
-            .and_then(CipherAlg::from_name)
-            .ok_or_else(|| format!("no common cipher (peer offers {})", if we_are_server { c } else { s }))
+        choose(c, s).and_then(CipherAlg::from_name).ok_or_else(|| {
+            format!(
+                "no common cipher (peer offers {})",
+                if we_are_server { c } else { s }
+            )
+        })
     };
     let cipher_cs = cipher(client.cipher_cs, server.cipher_cs)?;
     let cipher_sc = cipher(client.cipher_sc, server.cipher_sc)?;
@@ -138,7 +154,8 @@ pub struct Ephemeral {
 impl Ephemeral {
     pub fn new() -> Result<Ephemeral, String> {
         let rng = SystemRandom::new();
-        let private = EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| "x25519 key generation failed")?;
+        let private = EphemeralPrivateKey::generate(&X25519, &rng)
+            .map_err(|_| "x25519 key generation failed")?;
         let public = private
             .compute_public_key()
             .map_err(|_| "x25519 public key failed")?
@@ -270,7 +287,12 @@ mod tests {
     fn no_common_cipher_is_an_error() {
         let c = our_kexinit(false, true, &[CipherAlg::Aes128Gcm]);
         let s = our_kexinit(true, true, &[CipherAlg::Aes256Gcm]);
-        let err = negotiate(&parse_kexinit(&c).unwrap(), &parse_kexinit(&s).unwrap(), true).unwrap_err();
+        let err = negotiate(
+            &parse_kexinit(&c).unwrap(),
+            &parse_kexinit(&s).unwrap(),
+            true,
+        )
+        .unwrap_err();
         assert!(err.contains("cipher"), "{err}");
     }
 

@@ -8,12 +8,11 @@
 //! - [`conn`]: the connection task: transport, authentication, channels.
 
 pub mod conn;
+pub mod fuzz;
 pub mod kex;
 pub mod mux;
 pub mod packet;
 pub mod wire;
-pub mod fuzz;
-
 
 #[cfg(test)]
 mod tests;

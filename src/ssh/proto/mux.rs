@@ -137,15 +137,37 @@ pub type OpenReply = oneshot::Sender<Result<(u32, Arc<ChanShared>), String>>;
 
 /// Requests from handles to the connection task.
 pub enum Cmd {
-    Data { id: u32, ext: bool, data: Bytes },
-    Adjust { id: u32, n: u32 },
+    Data {
+        id: u32,
+        ext: bool,
+        data: Bytes,
+    },
+    Adjust {
+        id: u32,
+        n: u32,
+    },
     Eof(u32),
     Close(u32),
     Confirm(u32),
-    Refuse { id: u32, code: u32, text: String },
-    Open { kind: &'static str, extra: Vec<u8>, reply: OpenReply },
-    Exec { id: u32, command: String },
-    Global { name: String, data: Vec<u8>, reply: oneshot::Sender<bool> },
+    Refuse {
+        id: u32,
+        code: u32,
+        text: String,
+    },
+    Open {
+        kind: &'static str,
+        extra: Vec<u8>,
+        reply: OpenReply,
+    },
+    Exec {
+        id: u32,
+        command: String,
+    },
+    Global {
+        name: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// How a connection ended.
@@ -179,7 +201,10 @@ impl Ctl {
     }
 
     pub fn take_disconnect(&self) -> Option<String> {
-        self.disconnect.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.disconnect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn is_ended(&self) -> bool {
@@ -243,7 +268,11 @@ impl ConnTx {
 
     pub async fn global(&self, name: &str, data: Vec<u8>) -> Option<bool> {
         let (reply, rx) = oneshot::channel();
-        if !self.send(Cmd::Global { name: name.to_string(), data, reply }) {
+        if !self.send(Cmd::Global {
+            name: name.to_string(),
+            data,
+            reply,
+        }) {
             return None;
         }
         rx.await.ok()
@@ -314,7 +343,11 @@ impl ChanHandle {
             let permit = self.tx.space.acquire_many(n).await.map_err(|_| ())?;
             permit.forget();
             let chunk = data.split_to(n as usize);
-            if !self.tx.send(Cmd::Data { id: self.id, ext, data: chunk }) {
+            if !self.tx.send(Cmd::Data {
+                id: self.id,
+                ext,
+                data: chunk,
+            }) {
                 return Err(());
             }
         }
@@ -330,7 +363,10 @@ impl ChanHandle {
     }
 
     pub fn exec(&self, command: &str) {
-        self.tx.send(Cmd::Exec { id: self.id, command: command.to_string() });
+        self.tx.send(Cmd::Exec {
+            id: self.id,
+            command: command.to_string(),
+        });
     }
 }
 
@@ -346,7 +382,11 @@ mod tests {
 
     fn handle() -> (ChanHandle, Arc<ChanShared>, mpsc::UnboundedReceiver<Cmd>) {
         let (cmds, rx) = mpsc::unbounded_channel();
-        let tx = ConnTx { cmds, space: Arc::new(Semaphore::new(OUTBOX)), ctl: Ctl::new() };
+        let tx = ConnTx {
+            cmds,
+            space: Arc::new(Semaphore::new(OUTBOX)),
+            ctl: Ctl::new(),
+        };
         let shared = ChanShared::new(0, 32768);
         (ChanHandle::new(1, shared.clone(), tx), shared, rx)
     }
@@ -361,7 +401,10 @@ mod tests {
         for _ in 0..(GRANT_AT / 1024) - 1 {
             h.recv().await.unwrap();
         }
-        assert!(rx.try_recv().is_err(), "nothing granted below the threshold");
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing granted below the threshold"
+        );
         h.recv().await.unwrap();
         match rx.try_recv() {
             Ok(Cmd::Adjust { id: 1, n }) => assert_eq!(n, GRANT_AT),
@@ -398,7 +441,8 @@ mod tests {
         let h = Arc::new(h);
         let (r, w) = (h.clone(), h.clone());
         let reader = tokio::spawn(async move { r.recv().await.is_none() });
-        let writer = tokio::spawn(async move { w.send(Bytes::from_static(b"x"), false).await.is_err() });
+        let writer =
+            tokio::spawn(async move { w.send(Bytes::from_static(b"x"), false).await.is_err() });
         tokio::task::yield_now().await;
         shared.close();
         assert!(reader.await.unwrap());

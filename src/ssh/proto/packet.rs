@@ -215,7 +215,11 @@ impl Direction {
 
     /// Authenticates and decrypts one whole packet in place (`buf` is exactly
     /// [`Direction::packet_size`] long); returns the payload's range in `buf`.
-    pub fn open(&mut self, seq: u32, buf: &mut [u8]) -> Result<std::ops::Range<usize>, PacketError> {
+    pub fn open(
+        &mut self,
+        seq: u32,
+        buf: &mut [u8],
+    ) -> Result<std::ops::Range<usize>, PacketError> {
         let tag_len = self.tag_len();
         if buf.len() < 4 + 8 + tag_len {
             return Err(PacketError::Length(buf.len() as u32));
@@ -226,7 +230,8 @@ impl Direction {
             Keys::ChachaOpen(k) => {
                 let (packet, tag) = buf.split_at_mut(body_end);
                 let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| PacketError::Mac)?;
-                k.open_in_place(seq, packet, tag).map_err(|_| PacketError::Mac)?;
+                k.open_in_place(seq, packet, tag)
+                    .map_err(|_| PacketError::Mac)?;
                 // The length field stays encrypted; the caller knows it.
             }
             Keys::Gcm(k, nonce) => {
@@ -273,7 +278,10 @@ mod tests {
     fn every_cipher_round_trips_many_packets() {
         for alg in CipherAlg::ALL {
             let (mut s, mut o) = pair(alg);
-            for (seq, n) in [1usize, 2, 15, 16, 17, 100, 32768, 65535].iter().enumerate() {
+            for (seq, n) in [1usize, 2, 15, 16, 17, 100, 32768, 65535]
+                .iter()
+                .enumerate()
+            {
                 let payload: Vec<u8> = (0..*n).map(|i| i as u8).collect();
                 round_trip(&mut s, &mut o, seq as u32, &payload);
             }
@@ -292,7 +300,11 @@ mod tests {
             out[last] ^= 1;
             let first = [out[0], out[1], out[2], out[3]];
             let size = o.packet_size(3, first).unwrap();
-            assert_eq!(o.open(3, &mut out[..size]), Err(PacketError::Mac), "{alg:?}");
+            assert_eq!(
+                o.open(3, &mut out[..size]),
+                Err(PacketError::Mac),
+                "{alg:?}"
+            );
         }
     }
 
@@ -314,10 +326,22 @@ mod tests {
     #[test]
     fn oversized_and_misaligned_lengths_are_refused_before_reading() {
         let o = Direction::plain();
-        assert!(matches!(o.packet_size(0, (1u32 << 30).to_be_bytes()), Err(PacketError::Length(_))));
-        assert!(matches!(o.packet_size(0, 3u32.to_be_bytes()), Err(PacketError::Length(_))));
-        assert!(matches!(o.packet_size(0, 13u32.to_be_bytes()), Err(PacketError::Alignment(_))));
+        assert!(matches!(
+            o.packet_size(0, (1u32 << 30).to_be_bytes()),
+            Err(PacketError::Length(_))
+        ));
+        assert!(matches!(
+            o.packet_size(0, 3u32.to_be_bytes()),
+            Err(PacketError::Length(_))
+        ));
+        assert!(matches!(
+            o.packet_size(0, 13u32.to_be_bytes()),
+            Err(PacketError::Alignment(_))
+        ));
         let (_, g) = pair(CipherAlg::Aes256Gcm);
-        assert!(matches!(g.packet_size(0, 24u32.to_be_bytes()), Err(PacketError::Alignment(_))));
+        assert!(matches!(
+            g.packet_size(0, 24u32.to_be_bytes()),
+            Err(PacketError::Alignment(_))
+        ));
     }
 }

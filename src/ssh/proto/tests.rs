@@ -51,11 +51,7 @@ async fn serve_channel(host: String, ch: ChanHandle) {
         "echo" => {
             while let Some(m) = ch.recv().await {
                 match m {
-                    In::Data(d) => {
-                        if ch.send(d, false).await.is_err() {
-                            return;
-                        }
-                    }
+                    In::Data(d) if ch.send(d.clone(), false).await.is_err() => return,
                     In::Eof => ch.eof(),
                     _ => {}
                 }
@@ -120,7 +116,12 @@ async fn server(settings: Settings) -> TestServer {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let host_private = generate_ed25519().unwrap();
-    let seed = host_private.key_data().ed25519().unwrap().private.to_bytes();
+    let seed = host_private
+        .key_data()
+        .ed25519()
+        .unwrap()
+        .private
+        .to_bytes();
     let host = Arc::new(HostKey::from_seed(&seed).unwrap());
     let host_fp = fingerprint(host_private.public_key());
     let user = Arc::new(generate_ed25519().unwrap());
@@ -129,17 +130,38 @@ async fn server(settings: Settings) -> TestServer {
     let (h, g, k) = (host.clone(), granted.clone(), user.public_key().clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
-            let (h, g, k, settings, ended_tx) = (h.clone(), g.clone(), k.clone(), settings.clone(), ended_tx.clone());
+            let (h, g, k, settings, ended_tx) = (
+                h.clone(),
+                g.clone(),
+                k.clone(),
+                settings.clone(),
+                ended_tx.clone(),
+            );
             tokio::spawn(async move {
-                let Ok(v) = conn::version_exchange(&mut s, true).await else { return };
-                let side = Side::Server { host_key: h, max_auth_attempts: 6 };
-                let events = TestEvents { user_key: k, granted: g };
+                let Ok(v) = conn::version_exchange(&mut s, true).await else {
+                    return;
+                };
+                let side = Side::Server {
+                    host_key: h,
+                    max_auth_attempts: 6,
+                };
+                let events = TestEvents {
+                    user_key: k,
+                    granted: g,
+                };
                 let (c, _tx) = Conn::new(s, v, side, settings, events);
                 let _ = ended_tx.send(c.run().await);
             });
         }
     });
-    TestServer { addr, host, host_fp, user, granted, ended }
+    TestServer {
+        addr,
+        host,
+        host_fp,
+        user,
+        granted,
+        ended,
+    }
 }
 
 impl TestServer {
@@ -154,12 +176,17 @@ impl TestServer {
 
     async fn client(&self, settings: Settings) -> client::ClientConnection<NoForwards> {
         let s = TcpStream::connect(self.addr).await.unwrap();
-        client::connect_with(s, &self.options(), NoForwards, settings).await.unwrap()
+        client::connect_with(s, &self.options(), NoForwards, settings)
+            .await
+            .unwrap()
     }
 
     /// Waits for the server side of a connection to end; returns how.
     async fn ended(&mut self) -> mux::Ended {
-        tokio::time::timeout(WAIT, self.ended.recv()).await.unwrap().unwrap()
+        tokio::time::timeout(WAIT, self.ended.recv())
+            .await
+            .unwrap()
+            .unwrap()
     }
 }
 
@@ -191,15 +218,33 @@ async fn echo(conn: &client::ClientConnection<NoForwards>, data: &[u8]) -> Vec<u
 #[tokio::test]
 async fn every_cipher_carries_data_across_rekeys_started_by_either_side() {
     for alg in CipherAlg::ALL {
-        let server_settings = Settings { ciphers: vec![alg], rekey_bytes: 300_000, ..Settings::default() };
+        let server_settings = Settings {
+            ciphers: vec![alg],
+            rekey_bytes: 300_000,
+            ..Settings::default()
+        };
         let srv = server(server_settings).await;
-        let conn = srv.client(Settings { ciphers: vec![alg], rekey_bytes: 500_000, ..Settings::default() }).await;
+        let conn = srv
+            .client(Settings {
+                ciphers: vec![alg],
+                rekey_bytes: 500_000,
+                ..Settings::default()
+            })
+            .await;
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let back = echo(&conn, &data).await;
-        assert!(back == data, "{alg:?}: echo differs ({} of {} bytes)", back.len(), data.len());
+        assert!(
+            back == data,
+            "{alg:?}: echo differs ({} of {} bytes)",
+            back.len(),
+            data.len()
+        );
         let tx = srv.granted.tx.lock().unwrap().clone().unwrap();
         let kexes = tx.ctl.kexes.load(Ordering::SeqCst);
-        assert!(kexes >= 5, "{alg:?}: only {kexes} key exchanges for 6 MB at a 300 kB limit");
+        assert!(
+            kexes >= 5,
+            "{alg:?}: only {kexes} key exchanges for 6 MB at a 300 kB limit"
+        );
         let out = conn.exec("hello").await.unwrap();
         assert_eq!((out.stdout.as_slice(), out.status), (&b"ran hello"[..], 3));
     }
@@ -217,15 +262,24 @@ async fn a_slow_reader_stops_only_its_own_channel() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    tokio::time::timeout(WAIT, full).await.expect("the source fills its window");
+    tokio::time::timeout(WAIT, full)
+        .await
+        .expect("the source fills its window");
     for i in 0..10 {
         let started = Instant::now();
         let back = echo(&conn, format!("ping {i}").as_bytes()).await;
         assert_eq!(back, format!("ping {i}").as_bytes());
-        assert!(started.elapsed() < Duration::from_secs(1), "echo {i} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "echo {i} took {:?}",
+            started.elapsed()
+        );
     }
     let buffered = mux::buffered_bytes();
-    assert!(buffered <= WINDOW as usize + 64 * 1024, "{buffered} bytes buffered for a window of {WINDOW}");
+    assert!(
+        buffered <= WINDOW as usize + 64 * 1024,
+        "{buffered} bytes buffered for a window of {WINDOW}"
+    );
     // Reading the slow channel now gets everything, in order.
     let mut total = 0usize;
     let h = stuck.handle();
@@ -254,7 +308,11 @@ struct Raw {
 impl Raw {
     /// Connects and runs a key exchange. `strict` offers strict kex;
     /// `before_newkeys` is sent (plain) just before our NEWKEYS.
-    async fn connect(addr: std::net::SocketAddr, strict: bool, before_newkeys: Option<Vec<u8>>) -> Raw {
+    async fn connect(
+        addr: std::net::SocketAddr,
+        strict: bool,
+        before_newkeys: Option<Vec<u8>>,
+    ) -> Raw {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let v_s = conn::version_exchange(&mut s, false).await.unwrap();
         let mut raw = Raw {
@@ -271,7 +329,8 @@ impl Raw {
         let i_s = raw.recv().await.unwrap();
         let eph = Ephemeral::new().unwrap();
         let q_c = eph.public.clone();
-        raw.send(&Writer::new(msg::KEX_ECDH_INIT).string(&q_c).finish()).await;
+        raw.send(&Writer::new(msg::KEX_ECDH_INIT).string(&q_c).finish())
+            .await;
         let reply = raw.recv().await.unwrap();
         let mut r = Reader::new(&reply[1..]);
         let (k_s, q_s) = (r.string().unwrap().to_vec(), r.string().unwrap().to_vec());
@@ -309,7 +368,8 @@ impl Raw {
 
     async fn send(&mut self, payload: &[u8]) {
         let mut out = Vec::new();
-        self.seal.seal(self.seq_out, &payload[..1], &payload[1..], &mut out);
+        self.seal
+            .seal(self.seq_out, &payload[..1], &payload[1..], &mut out);
         self.seq_out = self.seq_out.wrapping_add(1);
         let _ = self.s.write_all(&out).await;
     }
@@ -335,7 +395,10 @@ impl Raw {
                 }
             }
             let mut buf = [0u8; 65536];
-            let n = tokio::time::timeout(WAIT, self.s.read(&mut buf)).await.ok()?.ok()?;
+            let n = tokio::time::timeout(WAIT, self.s.read(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
             if n == 0 {
                 return None;
             }
@@ -346,7 +409,9 @@ impl Raw {
     /// Reads until the server hangs up; fails if it does not within WAIT.
     async fn hung_up(&mut self) {
         let end = async { while self.recv().await.is_some() {} };
-        tokio::time::timeout(WAIT, end).await.expect("server ends the connection");
+        tokio::time::timeout(WAIT, end)
+            .await
+            .expect("server ends the connection");
     }
 
     fn signed_auth(&self, key: &PrivateKey, corrupt: bool) -> Vec<u8> {
@@ -364,11 +429,18 @@ impl Raw {
             data.push(0);
         }
         let sig: ssh_key::Signature = key.try_sign(&data).unwrap();
-        Writer { buf: head }.string(sig.encode_vec().unwrap()).finish()
+        Writer { buf: head }
+            .string(sig.encode_vec().unwrap())
+            .finish()
     }
 
     async fn login(&mut self, key: &PrivateKey) {
-        self.send(&Writer::new(msg::SERVICE_REQUEST).string("ssh-userauth").finish()).await;
+        self.send(
+            &Writer::new(msg::SERVICE_REQUEST)
+                .string("ssh-userauth")
+                .finish(),
+        )
+        .await;
         assert_eq!(self.recv().await.unwrap()[0], msg::SERVICE_ACCEPT);
         let m = self.signed_auth(key, false);
         self.send(&m).await;
@@ -408,13 +480,30 @@ async fn every_connection_message_before_authentication_ends_the_connection() {
     ] {
         let mut raw = Raw::connect(srv.addr, true, None).await;
         let m = match t {
-            msg::GLOBAL_REQUEST => Writer::new(t).string("tcpip-forward").bool(true).string("dev").u32(22).finish(),
-            msg::CHANNEL_OPEN => Writer::new(t).string("direct-tcpip").u32(0).u32(1 << 20).u32(32768).string("echo").u32(1).string("x").u32(1).finish(),
+            msg::GLOBAL_REQUEST => Writer::new(t)
+                .string("tcpip-forward")
+                .bool(true)
+                .string("dev")
+                .u32(22)
+                .finish(),
+            msg::CHANNEL_OPEN => Writer::new(t)
+                .string("direct-tcpip")
+                .u32(0)
+                .u32(1 << 20)
+                .u32(32768)
+                .string("echo")
+                .u32(1)
+                .string("x")
+                .u32(1)
+                .finish(),
             _ => Writer::new(t).u32(0).u32(0).u32(0).u32(0).finish(),
         };
         raw.send(&m).await;
         raw.hung_up().await;
-        assert!(matches!(srv.ended().await, mux::Ended::Local(_)), "message {t}");
+        assert!(
+            matches!(srv.ended().await, mux::Ended::Local(_)),
+            "message {t}"
+        );
     }
     assert!(srv.granted.nothing());
 }
@@ -423,7 +512,12 @@ async fn every_connection_message_before_authentication_ends_the_connection() {
 async fn a_wrong_signature_is_refused_and_grants_nothing() {
     let srv = server(Settings::default()).await;
     let mut raw = Raw::connect(srv.addr, true, None).await;
-    raw.send(&Writer::new(msg::SERVICE_REQUEST).string("ssh-userauth").finish()).await;
+    raw.send(
+        &Writer::new(msg::SERVICE_REQUEST)
+            .string("ssh-userauth")
+            .finish(),
+    )
+    .await;
     assert_eq!(raw.recv().await.unwrap()[0], msg::SERVICE_ACCEPT);
     let m = raw.signed_auth(&srv.user, true);
     raw.send(&m).await;
@@ -433,12 +527,23 @@ async fn a_wrong_signature_is_refused_and_grants_nothing() {
     let mut m = raw.signed_auth(&other, false);
     let blob_other = other.public_key().key_data().encode_vec().unwrap();
     let blob_user = srv.user.public_key().key_data().encode_vec().unwrap();
-    let at = m.windows(blob_other.len()).position(|w| w == blob_other.as_slice()).unwrap();
+    let at = m
+        .windows(blob_other.len())
+        .position(|w| w == blob_other.as_slice())
+        .unwrap();
     m[at..at + blob_user.len()].copy_from_slice(&blob_user);
     raw.send(&m).await;
     assert_eq!(raw.recv().await.unwrap()[0], msg::USERAUTH_FAILURE);
     // And then nothing else is allowed.
-    raw.send(&Writer::new(msg::GLOBAL_REQUEST).string("tcpip-forward").bool(true).string("d").u32(1).finish()).await;
+    raw.send(
+        &Writer::new(msg::GLOBAL_REQUEST)
+            .string("tcpip-forward")
+            .bool(true)
+            .string("d")
+            .u32(1)
+            .finish(),
+    )
+    .await;
     raw.hung_up().await;
     assert!(srv.granted.nothing());
 }
@@ -452,7 +557,10 @@ async fn oversized_truncated_and_forged_packets_end_the_connection() {
     s.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
     s.write_all(&[0u8; 64]).await.unwrap();
     let mut sink = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut sink)).await.unwrap().ok();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut sink))
+        .await
+        .unwrap()
+        .ok();
     assert!(matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("length")));
     // Truncated: half a packet, then the socket closes.
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
@@ -464,18 +572,26 @@ async fn oversized_truncated_and_forged_packets_end_the_connection() {
     drop(s);
     let ended = srv.ended().await;
     assert!(
-        matches!(&ended, mux::Ended::Closed) || matches!(&ended, mux::Ended::Local(t) if t.contains("socket")),
+        matches!(&ended, mux::Ended::Closed)
+            || matches!(&ended, mux::Ended::Local(t) if t.contains("socket")),
         "{ended:?}"
     );
     // Forged: a flipped bit after the keys are on.
     let mut raw = Raw::connect(srv.addr, true, None).await;
     let mut out = Vec::new();
-    raw.seal.seal(raw.seq_out, &[msg::SERVICE_REQUEST], &Writer::default().string("ssh-userauth").finish(), &mut out);
+    raw.seal.seal(
+        raw.seq_out,
+        &[msg::SERVICE_REQUEST],
+        &Writer::default().string("ssh-userauth").finish(),
+        &mut out,
+    );
     let last = out.len() - 1;
     out[last] ^= 0x40;
     raw.s.write_all(&out).await.unwrap();
     raw.hung_up().await;
-    assert!(matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("authentication failed")));
+    assert!(
+        matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("authentication failed"))
+    );
     assert!(srv.granted.nothing());
 }
 
@@ -503,7 +619,13 @@ async fn a_window_violation_ends_the_connection() {
     let chunk = vec![1u8; 32768];
     let mut sent = 0u32;
     while sent <= window {
-        raw.send(&Writer::new(msg::CHANNEL_DATA).u32(id).string(&chunk).finish()).await;
+        raw.send(
+            &Writer::new(msg::CHANNEL_DATA)
+                .u32(id)
+                .string(&chunk)
+                .finish(),
+        )
+        .await;
         sent += chunk.len() as u32;
     }
     raw.hung_up().await;
@@ -515,12 +637,24 @@ async fn strict_kex_refuses_the_sequence_number_trick() {
     let mut srv = server(Settings::default()).await;
     // An IGNORE slipped into the initial key exchange (what the Terrapin
     // attack injects to shift sequence numbers) ends a strict connection.
-    let mut raw = Raw::connect(srv.addr, true, Some(Writer::new(msg::IGNORE).string("").finish())).await;
+    let mut raw = Raw::connect(
+        srv.addr,
+        true,
+        Some(Writer::new(msg::IGNORE).string("").finish()),
+    )
+    .await;
     raw.hung_up().await;
-    assert!(matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("initial key exchange")));
+    assert!(
+        matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("initial key exchange"))
+    );
     // Without strict kex the same message is allowed (RFC 4253), and the
     // sequence numbers simply continue.
-    let mut raw = Raw::connect(srv.addr, false, Some(Writer::new(msg::IGNORE).string("").finish())).await;
+    let mut raw = Raw::connect(
+        srv.addr,
+        false,
+        Some(Writer::new(msg::IGNORE).string("").finish()),
+    )
+    .await;
     raw.login(&srv.user).await;
     assert_eq!(srv.granted.auths.load(Ordering::SeqCst), 1);
 }
@@ -531,7 +665,11 @@ async fn a_client_refuses_a_host_key_that_is_not_pinned() {
     let mut opts = srv.options();
     opts.host_key = "SHA256:somethingelse".into();
     let s = TcpStream::connect(srv.addr).await.unwrap();
-    let err = client::connect(s, &opts, NoForwards).await.err().unwrap().to_string();
+    let err = client::connect(s, &opts, NoForwards)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("host key mismatch"), "{err}");
     assert!(srv.granted.nothing());
     let _ = &srv.host;
