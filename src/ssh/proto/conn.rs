@@ -449,7 +449,7 @@ impl<E: Events> Conn<E> {
                 Err(e) => return Err(Fail::Io(e)),
             }
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 64 * 1024 {
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 8 * 1024 {
             self.wbuf = Vec::new();
         }
         Ok(())
@@ -1061,7 +1061,7 @@ impl<E: Events> Conn<E> {
                             if want {
                                 self.send(Writer::new(msg::CHANNEL_SUCCESS).u32(remote).finish());
                             }
-                            self.exec_reply(id, remote, out);
+                            self.exec_reply(id, out);
                             return Ok(());
                         }
                         // Accepted so that a plain `ssh relay` shows the help
@@ -1084,43 +1084,21 @@ impl<E: Events> Conn<E> {
         }
     }
 
-    fn exec_reply(&mut self, id: u32, remote: u32, out: ExecOutput) {
-        let max = self
-            .chans
-            .get(&id)
-            .map_or(32768, |e| e.shared.lock().remote_max.clamp(1024, 32768))
-            as usize;
-        for chunk in out.stdout.chunks(max) {
-            self.send(
-                Writer::new(msg::CHANNEL_DATA)
-                    .u32(remote)
-                    .string(chunk)
-                    .finish(),
-            );
-        }
-        for chunk in out.stderr.chunks(max) {
-            self.send(
-                Writer::new(msg::CHANNEL_EXTENDED_DATA)
-                    .u32(remote)
-                    .u32(1)
-                    .string(chunk)
-                    .finish(),
-            );
-        }
-        self.send(
-            Writer::new(msg::CHANNEL_REQUEST)
-                .u32(remote)
-                .string("exit-status")
-                .bool(false)
-                .u32(out.status)
-                .finish(),
-        );
-        self.send(Writer::new(msg::CHANNEL_EOF).u32(remote).finish());
-        self.send(Writer::new(msg::CHANNEL_CLOSE).u32(remote).finish());
-        if let Some(e) = self.chans.get_mut(&id) {
-            e.sent_eof = true;
-            e.sent_close = true;
-        }
+    /// Sends a command's output like any channel data (within the peer's
+    /// window), then its exit status, EOF and close.
+    fn exec_reply(&mut self, id: u32, out: ExecOutput) {
+        let Some(e) = self.chans.get_mut(&id) else { return };
+        e.kind = ChanKind::Open;
+        let handle = ChanHandle::new(id, e.shared.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let ok = handle.send(Bytes::from(out.stdout), false).await.is_ok()
+                && handle.send(Bytes::from(out.stderr), true).await.is_ok();
+            if ok {
+                handle.tx.send(Cmd::ExitStatus { id, status: out.status });
+                handle.eof();
+            }
+            // Dropping the handle closes the channel.
+        });
     }
 
     fn connection_msg_sync(&mut self, t: u8, p: &Bytes) -> Result<(), Fail> {
@@ -1482,6 +1460,19 @@ impl<E: Events> Conn<E> {
                         .string("exec")
                         .bool(false)
                         .string(&command)
+                        .finish();
+                    self.send(m);
+                }
+            }
+            Cmd::ExitStatus { id, status } => {
+                if let Some(e) = self.chans.get(&id)
+                    && !e.sent_close
+                {
+                    let m = Writer::new(msg::CHANNEL_REQUEST)
+                        .u32(e.remote_id)
+                        .string("exit-status")
+                        .bool(false)
+                        .u32(status)
                         .finish();
                     self.send(m);
                 }

@@ -163,6 +163,10 @@ pub enum Cmd {
         id: u32,
         command: String,
     },
+    ExitStatus {
+        id: u32,
+        status: u32,
+    },
     Global {
         name: String,
         data: Vec<u8>,

@@ -95,6 +95,13 @@ impl Events for TestEvents {
     }
 
     async fn exec(&mut self, command: &str) -> ExecOutput {
+        if command == "big" {
+            return ExecOutput {
+                stdout: vec![b'o'; 5 << 20],
+                stderr: vec![b'e'; 3 << 20],
+                status: 0,
+            };
+        }
         ExecOutput {
             stdout: format!("ran {command}").into_bytes(),
             stderr: Vec::new(),
@@ -113,6 +120,10 @@ struct TestServer {
 }
 
 async fn server(settings: Settings) -> TestServer {
+    server_for(settings, generate_ed25519().unwrap()).await
+}
+
+async fn server_for(settings: Settings, user: PrivateKey) -> TestServer {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let host_private = generate_ed25519().unwrap();
@@ -124,7 +135,7 @@ async fn server(settings: Settings) -> TestServer {
         .to_bytes();
     let host = Arc::new(HostKey::from_seed(&seed).unwrap());
     let host_fp = fingerprint(host_private.public_key());
-    let user = Arc::new(generate_ed25519().unwrap());
+    let user = Arc::new(user);
     let granted = Arc::new(Granted::default());
     let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
     let (h, g, k) = (host.clone(), granted.clone(), user.public_key().clone());
@@ -673,4 +684,85 @@ async fn a_client_refuses_a_host_key_that_is_not_pinned() {
     assert!(err.contains("host key mismatch"), "{err}");
     assert!(srv.granted.nothing());
     let _ = &srv.host;
+}
+
+#[tokio::test]
+async fn exec_output_larger_than_the_window_arrives_whole() {
+    let srv = server(Settings::default()).await;
+    let conn = srv.client(Settings::default()).await;
+    let out = tokio::time::timeout(WAIT, conn.exec("big")).await.unwrap().unwrap();
+    assert_eq!((out.stdout.len(), out.stderr.len(), out.status), (5 << 20, 3 << 20, 0));
+}
+
+#[tokio::test]
+async fn ecdsa_and_rsa_user_keys_sign_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, bits) in [("ecdsa", "256"), ("ecdsa", "384"), ("ecdsa", "521"), ("rsa", "2048")] {
+        let path = dir.path().join(format!("{kind}{bits}"));
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-N", "", "-t", kind, "-b", bits, "-f"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ssh-keygen -t {kind} -b {bits}");
+        let key = crate::ssh::keys::read_private(&path).unwrap();
+        let srv = server_for(Settings::default(), key).await;
+        let conn = srv.client(Settings::default()).await;
+        let out = conn.exec("x").await.unwrap();
+        assert_eq!(out.stdout, b"ran x", "{kind} {bits}");
+        assert_eq!(srv.granted.auths.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[tokio::test]
+async fn openssh_follows_rekeys_the_server_starts_in_every_cipher() {
+    let dir = tempfile::tempdir().unwrap();
+    for alg in CipherAlg::ALL {
+        let settings = Settings { rekey_bytes: 512 * 1024, ..Settings::default() };
+        let srv = server(settings).await;
+        let key_path = dir.path().join(format!("user-{}", alg.name()));
+        crate::ssh::keys::write_pair(&srv.user, &key_path, "test").unwrap();
+        let known = dir.path().join(format!("known-{}", alg.name()));
+        std::fs::write(&known, format!("{}\n", known_line(&srv))).unwrap();
+        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut child = tokio::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .arg("-o")
+            .arg(format!("Ciphers={}", alg.name()))
+            .arg("-i")
+            .arg(&key_path)
+            .args(["-W", "echo:1", "-p"])
+            .arg(srv.addr.port().to_string())
+            .arg("u@127.0.0.1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            stdin.write_all(&sent).await.unwrap();
+            // Keep stdin open: ssh -W would close the channel on EOF.
+            stdin
+        });
+        let mut stdout = child.stdout.take().unwrap();
+        let mut back = vec![0u8; data.len()];
+        tokio::time::timeout(WAIT, stdout.read_exact(&mut back)).await.unwrap().unwrap();
+        assert!(back == data, "{alg:?}: echo differs");
+        let tx = srv.granted.tx.lock().unwrap().clone().unwrap();
+        let kexes = tx.ctl.kexes.load(Ordering::SeqCst);
+        assert!(kexes >= 8, "{alg:?}: only {kexes} key exchanges for 8 MB at 512 KiB");
+        drop(writer);
+        let _ = child.kill().await;
+    }
+}
+
+fn known_line(srv: &TestServer) -> String {
+    let key = PublicKey::from_bytes(srv.host.blob()).unwrap();
+    format!("[127.0.0.1]:{} {}", srv.addr.port(), key.to_openssh().unwrap())
 }
