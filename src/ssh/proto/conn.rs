@@ -1087,14 +1087,19 @@ impl<E: Events> Conn<E> {
     /// Sends a command's output like any channel data (within the peer's
     /// window), then its exit status, EOF and close.
     fn exec_reply(&mut self, id: u32, out: ExecOutput) {
-        let Some(e) = self.chans.get_mut(&id) else { return };
+        let Some(e) = self.chans.get_mut(&id) else {
+            return;
+        };
         e.kind = ChanKind::Open;
         let handle = ChanHandle::new(id, e.shared.clone(), self.tx.clone());
         tokio::spawn(async move {
             let ok = handle.send(Bytes::from(out.stdout), false).await.is_ok()
                 && handle.send(Bytes::from(out.stderr), true).await.is_ok();
             if ok {
-                handle.tx.send(Cmd::ExitStatus { id, status: out.status });
+                handle.tx.send(Cmd::ExitStatus {
+                    id,
+                    status: out.status,
+                });
                 handle.eof();
             }
             // Dropping the handle closes the channel.

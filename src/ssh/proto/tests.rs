@@ -690,14 +690,25 @@ async fn a_client_refuses_a_host_key_that_is_not_pinned() {
 async fn exec_output_larger_than_the_window_arrives_whole() {
     let srv = server(Settings::default()).await;
     let conn = srv.client(Settings::default()).await;
-    let out = tokio::time::timeout(WAIT, conn.exec("big")).await.unwrap().unwrap();
-    assert_eq!((out.stdout.len(), out.stderr.len(), out.status), (5 << 20, 3 << 20, 0));
+    let out = tokio::time::timeout(WAIT, conn.exec("big"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (out.stdout.len(), out.stderr.len(), out.status),
+        (5 << 20, 3 << 20, 0)
+    );
 }
 
 #[tokio::test]
 async fn ecdsa_and_rsa_user_keys_sign_and_verify() {
     let dir = tempfile::tempdir().unwrap();
-    for (kind, bits) in [("ecdsa", "256"), ("ecdsa", "384"), ("ecdsa", "521"), ("rsa", "2048")] {
+    for (kind, bits) in [
+        ("ecdsa", "256"),
+        ("ecdsa", "384"),
+        ("ecdsa", "521"),
+        ("rsa", "2048"),
+    ] {
         let path = dir.path().join(format!("{kind}{bits}"));
         let ok = std::process::Command::new("ssh-keygen")
             .args(["-q", "-N", "", "-t", kind, "-b", bits, "-f"])
@@ -719,7 +730,10 @@ async fn ecdsa_and_rsa_user_keys_sign_and_verify() {
 async fn openssh_follows_rekeys_the_server_starts_in_every_cipher() {
     let dir = tempfile::tempdir().unwrap();
     for alg in CipherAlg::ALL {
-        let settings = Settings { rekey_bytes: 512 * 1024, ..Settings::default() };
+        let settings = Settings {
+            rekey_bytes: 512 * 1024,
+            ..Settings::default()
+        };
         let srv = server(settings).await;
         let key_path = dir.path().join(format!("user-{}", alg.name()));
         crate::ssh::keys::write_pair(&srv.user, &key_path, "test").unwrap();
@@ -727,7 +741,14 @@ async fn openssh_follows_rekeys_the_server_starts_in_every_cipher() {
         std::fs::write(&known, format!("{}\n", known_line(&srv))).unwrap();
         let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
         let mut child = tokio::process::Command::new("ssh")
-            .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", known.display()))
             .arg("-o")
@@ -752,11 +773,17 @@ async fn openssh_follows_rekeys_the_server_starts_in_every_cipher() {
         });
         let mut stdout = child.stdout.take().unwrap();
         let mut back = vec![0u8; data.len()];
-        tokio::time::timeout(WAIT, stdout.read_exact(&mut back)).await.unwrap().unwrap();
+        tokio::time::timeout(WAIT, stdout.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(back == data, "{alg:?}: echo differs");
         let tx = srv.granted.tx.lock().unwrap().clone().unwrap();
         let kexes = tx.ctl.kexes.load(Ordering::SeqCst);
-        assert!(kexes >= 8, "{alg:?}: only {kexes} key exchanges for 8 MB at 512 KiB");
+        assert!(
+            kexes >= 8,
+            "{alg:?}: only {kexes} key exchanges for 8 MB at 512 KiB"
+        );
         drop(writer);
         let _ = child.kill().await;
     }
@@ -764,5 +791,9 @@ async fn openssh_follows_rekeys_the_server_starts_in_every_cipher() {
 
 fn known_line(srv: &TestServer) -> String {
     let key = PublicKey::from_bytes(srv.host.blob()).unwrap();
-    format!("[127.0.0.1]:{} {}", srv.addr.port(), key.to_openssh().unwrap())
+    format!(
+        "[127.0.0.1]:{} {}",
+        srv.addr.port(),
+        key.to_openssh().unwrap()
+    )
 }
