@@ -21,7 +21,7 @@ pub mod server;
 
 pub use channel::{Channel, IncomingChannel, Refusal, SpliceStats};
 pub use keys::{Fingerprint, PrivateKey, PublicKey};
-pub use proto::mux::buffered_bytes;
+pub use proto::mux::{buffered_at_least, buffered_bytes};
 
 /// Fuzzing entry points: each runs one parser over arbitrary bytes. They
 /// must never panic (the `fuzz/` targets and the smoke test call them).

@@ -32,8 +32,14 @@ use crate::protocol::limits::MAX_PACKET_SIZE;
 /// other lines a server may send before it.
 const MAX_VERSION_LINE: usize = 255;
 const MAX_PRE_BANNER_LINES: usize = 20;
-/// Stop reading the socket while this much is waiting to be written.
+/// Stop taking channel data from the application while this much waits
+/// to be written to the socket.
 const WRITE_HIGH: usize = 256 * 1024;
+/// Stop reading the socket while this much waits to be written: only a
+/// peer that sends requests and never reads the answers gets here (channel
+/// data stops at [`WRITE_HIGH`]), so two Warren peers that both write a lot
+/// always go on reading each other.
+const READ_STOP: usize = 4 * 1024 * 1024;
 /// Channels one connection may have open at once.
 const MAX_CHANNELS: usize = 4096;
 /// Time allowed to flush a DISCONNECT.
@@ -259,6 +265,9 @@ pub struct Conn<E: Events> {
     bytes_since_kex: u64,
     kex_at: Instant,
     authed: bool,
+    /// The client asked for the user authentication service.
+    userauth: bool,
+    probed: bool,
     auth_failures: usize,
     server_sig_algs: Option<String>,
     chans: HashMap<u32, Entry>,
@@ -319,6 +328,8 @@ impl<E: Events> Conn<E> {
             bytes_since_kex: 0,
             kex_at: Instant::now(),
             authed: false,
+            userauth: false,
+            probed: false,
             auth_failures: 0,
             server_sig_algs: None,
             chans: HashMap::new(),
@@ -391,8 +402,9 @@ impl<E: Events> Conn<E> {
                 return Ok(reason);
             }
             self.maybe_rekey();
-            let can_read = self.wbuf.len() < WRITE_HIGH;
-            let can_cmd = can_read && self.kex.as_ref().is_none_or(|k| k.sent_newkeys);
+            let can_read = self.wbuf.len() < READ_STOP;
+            let can_cmd =
+                self.wbuf.len() < WRITE_HIGH && self.kex.as_ref().is_none_or(|k| k.sent_newkeys);
             let timer = self
                 .next_keepalive
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -840,11 +852,15 @@ impl<E: Events> Conn<E> {
                 }
                 let m = Writer::new(msg::SERVICE_ACCEPT).string(name).finish();
                 self.send(m);
+                self.userauth = true;
                 Ok(())
             }
             msg::USERAUTH_REQUEST => {
                 if self.authed {
                     return Ok(());
+                }
+                if !self.userauth {
+                    return Err(proto("USERAUTH_REQUEST before SERVICE_REQUEST"));
                 }
                 self.userauth(&p[1..]).await
             }
@@ -868,8 +884,10 @@ impl<E: Events> Conn<E> {
             return Err(proto(format!("service {service:?} not available")));
         }
         if method != "publickey" {
-            // "none" and anything else: the list of what works.
-            return self.auth_fail(method != "none", max);
+            // "none" and anything else: the list of what works. OpenSSH
+            // starts with "none"; that first one is free.
+            let free = method == "none" && !std::mem::replace(&mut self.probed, true);
+            return self.auth_fail(!free, max);
         }
         let signed = r.bool()?;
         let alg = r.utf8()?.to_string();

@@ -27,10 +27,34 @@ pub const OUTBOX: usize = 512 * 1024;
 
 static BUFFERED: AtomicUsize = AtomicUsize::new(0);
 
+/// Created by the first [`buffered_at_least`] caller; until then a change
+/// costs one atomic load.
+static BUFFERED_WATCH: std::sync::OnceLock<watch::Sender<()>> = std::sync::OnceLock::new();
+
 /// Bytes received on channels of every connection of this process and not
 /// yet read by the application. For tests and diagnostics.
 pub fn buffered_bytes() -> usize {
     BUFFERED.load(Ordering::Relaxed)
+}
+
+/// Waits until [`buffered_bytes`] reaches `n` (for tests: "the windows
+/// along a stalled stream are full").
+pub async fn buffered_at_least(n: usize) {
+    let mut rx = BUFFERED_WATCH
+        .get_or_init(|| watch::Sender::new(()))
+        .subscribe();
+    while buffered_bytes() < n {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn buffered_add(n: usize) {
+    BUFFERED.fetch_add(n, Ordering::Relaxed);
+    if let Some(w) = BUFFERED_WATCH.get() {
+        w.send_replace(());
+    }
 }
 
 /// What a reader takes from a channel.
@@ -86,7 +110,7 @@ impl ChanShared {
         let mut st = self.lock();
         if let In::Data(b) | In::Ext(b) = &m {
             st.queued += b.len();
-            BUFFERED.fetch_add(b.len(), Ordering::Relaxed);
+            buffered_add(b.len());
         }
         st.queue.push_back(m);
         drop(st);

@@ -268,12 +268,7 @@ async fn a_slow_reader_stops_only_its_own_channel() {
     // A channel that sends 64 MiB and is never read.
     let stuck = conn.open("source", 1).await.unwrap();
     // Wait until its window is used up.
-    let full = async {
-        while mux::buffered_bytes() < WINDOW as usize {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, full)
+    tokio::time::timeout(WAIT, mux::buffered_at_least(WINDOW as usize))
         .await
         .expect("the source fills its window");
     for i in 0..10 {
@@ -796,4 +791,33 @@ fn known_line(srv: &TestServer) -> String {
         srv.addr.port(),
         key.to_openssh().unwrap()
     )
+}
+
+#[tokio::test]
+async fn authentication_needs_the_service_request_and_has_an_attempt_limit() {
+    let mut srv = server(Settings::default()).await;
+    let mut raw = Raw::connect(srv.addr, true, None).await;
+    let m = raw.signed_auth(&srv.user, false);
+    raw.send(&m).await;
+    raw.hung_up().await;
+    assert!(matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("SERVICE_REQUEST")));
+    let mut raw = Raw::connect(srv.addr, true, None).await;
+    raw.send(
+        &Writer::new(msg::SERVICE_REQUEST)
+            .string("ssh-userauth")
+            .finish(),
+    )
+    .await;
+    assert_eq!(raw.recv().await.unwrap()[0], msg::SERVICE_ACCEPT);
+    let other = generate_ed25519().unwrap();
+    for _ in 0..5 {
+        let m = raw.signed_auth(&other, false);
+        raw.send(&m).await;
+        assert_eq!(raw.recv().await.unwrap()[0], msg::USERAUTH_FAILURE);
+    }
+    let m = raw.signed_auth(&other, false);
+    raw.send(&m).await;
+    raw.hung_up().await;
+    assert!(matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("too many")));
+    assert!(srv.granted.nothing());
 }
