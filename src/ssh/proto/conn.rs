@@ -251,6 +251,8 @@ pub struct Conn<E: Events> {
     rbuf: BytesMut,
     need: Option<usize>,
     wbuf: Vec<u8>,
+    /// Bytes of `wbuf` already written.
+    wpos: usize,
     open: Direction,
     seal: Direction,
     seq_in: u32,
@@ -315,6 +317,7 @@ impl<E: Events> Conn<E> {
             rbuf: BytesMut::new(),
             need: None,
             wbuf: Vec::new(),
+            wpos: 0,
             open: Direction::plain(),
             seal: Direction::plain(),
             seq_in: 0,
@@ -390,8 +393,10 @@ impl<E: Events> Conn<E> {
             .string("")
             .finish();
         self.seal_now(&m);
-        let _ = tokio::time::timeout(FLUSH_LIMIT, self.stream.write_all(&self.wbuf)).await;
+        let _ =
+            tokio::time::timeout(FLUSH_LIMIT, self.stream.write_all(&self.wbuf[self.wpos..])).await;
         self.wbuf.clear();
+        self.wpos = 0;
     }
 
     async fn run_inner(&mut self) -> Result<String, Fail> {
@@ -402,9 +407,9 @@ impl<E: Events> Conn<E> {
                 return Ok(reason);
             }
             self.maybe_rekey();
-            let can_read = self.wbuf.len() < READ_STOP;
+            let can_read = self.pending() < READ_STOP;
             let can_cmd =
-                self.wbuf.len() < WRITE_HIGH && self.kex.as_ref().is_none_or(|k| k.sent_newkeys);
+                self.pending() < WRITE_HIGH && self.kex.as_ref().is_none_or(|k| k.sent_newkeys);
             let timer = self
                 .next_keepalive
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -414,7 +419,7 @@ impl<E: Events> Conn<E> {
                     self.read_some()?;
                     self.process().await?;
                 }
-                r = self.stream.writable(), if !self.wbuf.is_empty() => {
+                r = self.stream.writable(), if self.pending() > 0 => {
                     r.map_err(Fail::Io)?;
                     self.write_some()?;
                 }
@@ -422,7 +427,7 @@ impl<E: Events> Conn<E> {
                     if let Some(c) = c {
                         self.command(c);
                         // Take what else is queued while we are here.
-                        while self.wbuf.len() < WRITE_HIGH {
+                        while self.pending() < WRITE_HIGH {
                             match self.cmds.try_recv() {
                                 Ok(c) => self.command(c),
                                 Err(_) => break,
@@ -433,7 +438,7 @@ impl<E: Events> Conn<E> {
                 _ = self.tx.ctl.kick.notified() => {}
                 _ = tokio::time::sleep_until(timer) => self.keepalive()?,
             }
-            if !self.wbuf.is_empty() {
+            if self.pending() > 0 {
                 self.write_some()?;
             }
         }
@@ -451,18 +456,25 @@ impl<E: Events> Conn<E> {
         }
     }
 
+    /// Bytes sealed and not yet written to the socket.
+    fn pending(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
     fn write_some(&mut self) -> Result<(), Fail> {
-        while !self.wbuf.is_empty() {
-            match self.stream.try_write(&self.wbuf) {
-                Ok(n) => {
-                    self.wbuf.drain(..n);
-                }
+        while self.pending() > 0 {
+            match self.stream.try_write(&self.wbuf[self.wpos..]) {
+                Ok(n) => self.wpos += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(Fail::Io(e)),
             }
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 8 * 1024 {
-            self.wbuf = Vec::new();
+        if self.pending() == 0 {
+            self.wpos = 0;
+            self.wbuf.clear();
+        } else if self.wpos >= 64 * 1024 {
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
         }
         Ok(())
     }
@@ -497,10 +509,6 @@ impl<E: Events> Conn<E> {
                 return Err(proto("empty message"));
             }
             self.handle(payload).await?;
-        }
-        if self.rbuf.is_empty() {
-            // Idle connections keep no read buffer.
-            self.rbuf = BytesMut::new();
         }
         Ok(())
     }
@@ -1513,6 +1521,14 @@ impl<E: Events> Conn<E> {
     }
 
     fn keepalive(&mut self) -> Result<(), Fail> {
+        // Idle connections keep no buffers (a busy one reuses them).
+        if self.pending() == 0 {
+            self.wbuf = Vec::new();
+            self.wpos = 0;
+        }
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
         let Some((interval, max)) = self.settings.keepalive else {
             self.next_keepalive = None;
             return Ok(());
