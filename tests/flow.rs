@@ -143,6 +143,90 @@ async fn every_cipher_and_key_exchange_works_with_openssh_across_rekeys() {
     }
 }
 
+#[tokio::test]
+async fn an_agentless_openssh_device_works_in_every_cipher_across_rekeys() {
+    let w = World::start(&[]).await;
+    let file = w.dir.path().join("blob");
+    let data = pseudo_random(4 * 1024 * 1024);
+    std::fs::write(&file, &data).unwrap();
+    let want = Sha256::digest(&data);
+    let key = w
+        .relay
+        .add_key_file(w.dir.path(), "tau", Role::Device, "dev2");
+    let known = write_file(
+        w.dir.path(),
+        "known_hosts",
+        &format!(
+            "{}\ndev1,dev2 {}\n",
+            w.relay.known_hosts_line(),
+            w.sshd.host_pub
+        ),
+    );
+    let cfg = write_file(
+        w.dir.path(),
+        "ssh_config",
+        &format!(
+            "Host 127.0.0.1\n  IdentityFile {alice}\n\
+             Host dev2\n  User {user}\n  IdentityFile {userkey}\n\
+             Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  \
+             UserKnownHostsFile {known}\n  ConnectTimeout 20\n",
+            alice = w.alice.display(),
+            user = w.user,
+            userkey = w.sshd.user_key.display(),
+            known = known.display(),
+        ),
+    );
+    for cipher in [
+        "chacha20-poly1305@openssh.com",
+        "aes256-gcm@openssh.com",
+        "aes128-gcm@openssh.com",
+    ] {
+        // The device is stock `ssh -R`, its leg forced to `cipher` and
+        // rekeying every MiB.
+        let mut device = spawn(
+            Command::new("ssh")
+                .args(["-F", "/dev/null", "-N", "-v", "-o", "BatchMode=yes"])
+                .args(["-o", "IdentitiesOnly=yes", "-o", "ExitOnForwardFailure=yes"])
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", known.display()))
+                .arg("-o")
+                .arg(format!("Ciphers={cipher}"))
+                .args(["-o", "RekeyLimit=1M", "-i"])
+                .arg(&key)
+                .arg("-R")
+                .arg(format!("dev2:22:127.0.0.1:{}", w.sshd.port))
+                .arg("-p")
+                .arg(w.relay.addr.port().to_string())
+                .arg("tau@127.0.0.1"),
+        );
+        let mut stderr = device.stderr.take().unwrap();
+        let log = tokio::spawn(async move {
+            let mut log = String::new();
+            let _ = stderr.read_to_string(&mut log).await;
+            log
+        });
+        w.relay.wait_online("tau", "dev2", true).await;
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F")
+            .arg(&cfg)
+            .arg("-J")
+            .arg(format!("tau@127.0.0.1:{}", w.relay.addr.port()))
+            .arg(format!("{}@dev2", w.user))
+            .arg(format!("cat {}", file.display()));
+        let r = run(&mut cmd, LIMIT).await;
+        assert!(r.ok, "{cipher}: {}", r.stderr);
+        assert_eq!(Sha256::digest(&r.stdout), want, "{cipher}: bytes changed");
+        let _ = device.kill().await;
+        let log = tokio::time::timeout(WAIT, log).await.unwrap().unwrap();
+        let kexes = log.matches("SSH2_MSG_NEWKEYS received").count();
+        assert!(
+            kexes >= 4,
+            "{cipher}: the device leg saw {kexes} key exchanges:\n{log}"
+        );
+        w.relay.wait_online("tau", "dev2", false).await;
+    }
+}
+
 /// A web service that serves `len` bytes to every connection.
 async fn big_download(len: usize) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
