@@ -20,8 +20,9 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 pub const WINDOW: u32 = 2 * 1024 * 1024;
 /// Window is granted back once the reader took this much.
 pub const GRANT_AT: u32 = WINDOW / 8;
-/// Largest data packet we send (OpenSSH's own size).
-pub const SEND_PACKET: u32 = 32 * 1024;
+/// Largest data packet we send; peers announce their own limit (OpenSSH
+/// 32 KiB, Warren 64 KiB) and the smaller one applies.
+pub const SEND_PACKET: u32 = 64 * 1024;
 /// Bytes of channel data queued towards one connection's socket.
 pub const OUTBOX: usize = 512 * 1024;
 
