@@ -410,9 +410,14 @@ impl<E: Events> Conn<E> {
             let can_read = self.pending() < READ_STOP;
             let can_cmd =
                 self.pending() < WRITE_HIGH && self.kex.as_ref().is_none_or(|k| k.sent_newkeys);
-            let timer = self
+            // Wake for the next keepalive, or to rekey when the time limit
+            // passes on an otherwise quiet connection.
+            let mut timer = self
                 .next_keepalive
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            if self.first_kex_done && self.kex.is_none() {
+                timer = timer.min(self.kex_at + self.settings.rekey_time);
+            }
             tokio::select! {
                 r = self.stream.readable(), if can_read => {
                     r.map_err(Fail::Io)?;
@@ -436,7 +441,11 @@ impl<E: Events> Conn<E> {
                     }
                 }
                 _ = self.tx.ctl.kick.notified() => {}
-                _ = tokio::time::sleep_until(timer) => self.keepalive()?,
+                _ = tokio::time::sleep_until(timer) => {
+                    if self.next_keepalive.is_some_and(|t| t <= Instant::now()) {
+                        self.keepalive()?;
+                    }
+                }
             }
             if self.pending() > 0 {
                 self.write_some()?;
@@ -791,10 +800,7 @@ impl<E: Events> Conn<E> {
             && run.neg.is_none()
         {
             self.kex = None;
-            self.tx
-                .ctl
-                .kexes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.tx.ctl.kexes.send_modify(|n| *n += 1);
             self.bytes_since_kex = 0;
             self.kex_at = Instant::now();
         }

@@ -216,7 +216,7 @@ pub struct Ctl {
     pub kick: Notify,
     pub ended: watch::Sender<Option<Ended>>,
     /// Key exchanges completed (the first one and every rekey).
-    pub kexes: std::sync::atomic::AtomicU32,
+    pub kexes: watch::Sender<u32>,
 }
 
 impl Ctl {
@@ -225,7 +225,7 @@ impl Ctl {
             disconnect: Mutex::new(None),
             kick: Notify::new(),
             ended: watch::Sender::new(None),
-            kexes: std::sync::atomic::AtomicU32::new(0),
+            kexes: watch::Sender::new(0),
         })
     }
 

@@ -251,7 +251,7 @@ async fn every_cipher_carries_data_across_rekeys_started_by_either_side() {
             data.len()
         );
         let tx = srv.granted.tx.lock().unwrap().clone().unwrap();
-        let kexes = tx.ctl.kexes.load(Ordering::SeqCst);
+        let kexes = *tx.ctl.kexes.borrow();
         assert!(
             kexes >= 5,
             "{alg:?}: only {kexes} key exchanges for 6 MB at a 300 kB limit"
@@ -774,7 +774,7 @@ async fn openssh_follows_rekeys_the_server_starts_in_every_cipher() {
             .unwrap();
         assert!(back == data, "{alg:?}: echo differs");
         let tx = srv.granted.tx.lock().unwrap().clone().unwrap();
-        let kexes = tx.ctl.kexes.load(Ordering::SeqCst);
+        let kexes = *tx.ctl.kexes.borrow();
         assert!(
             kexes >= 8,
             "{alg:?}: only {kexes} key exchanges for 8 MB at 512 KiB"
@@ -820,4 +820,23 @@ async fn authentication_needs_the_service_request_and_has_an_attempt_limit() {
     raw.hung_up().await;
     assert!(matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("too many")));
     assert!(srv.granted.nothing());
+}
+
+#[tokio::test]
+async fn a_quiet_connection_rekeys_when_the_time_limit_passes() {
+    let settings = Settings {
+        rekey_time: Duration::from_millis(200),
+        ..Settings::default()
+    };
+    let srv = server(settings).await;
+    let conn = srv.client(Settings::default()).await;
+    let tx = srv.granted.tx.lock().unwrap().clone().unwrap();
+    let mut kexes = tx.ctl.kexes.subscribe();
+    // Nothing is sent: only the timer can start these key exchanges.
+    tokio::time::timeout(WAIT, kexes.wait_for(|n| *n >= 4))
+        .await
+        .expect("rekeys by time")
+        .unwrap();
+    let out = conn.exec("still").await.unwrap();
+    assert_eq!(out.stdout, b"ran still");
 }
