@@ -4,9 +4,9 @@
 //!
 //! - [`protocol`]: the wire contract that every other module shares: names,
 //!   targets, limits and timeouts. Imports nothing from the rest of the crate.
-//! - [`ssh`]: the only module that touches the SSH library. It offers a small
-//!   interface (server session callbacks, a client connection, a [`ssh::Channel`]
-//!   that can be spliced) so the connection layer can be replaced underneath.
+//! - [`ssh`]: Warren's own SSH implementation (transport, authentication,
+//!   channels with per-channel flow control), behind a small interface: server
+//!   session callbacks, a client connection, a [`ssh::Channel`] that can be spliced.
 //! - [`relay`]: the public server. `relay::serve` accepts on a bound listener and
 //!   spawns one task per connection (`relay::connection`), which authenticates the
 //!   key against the [`store`], registers device names in the live

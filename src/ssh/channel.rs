@@ -6,10 +6,11 @@
 //! reader slows its writer instead of filling memory.
 
 use bytes::BytesMut;
-use russh::{ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::proto::conn::Incoming;
+use super::proto::mux::{ChanHandle, In};
 use crate::protocol::limits::SPLICE_BUFFER;
 
 /// Bytes moved by a splice, each way.
@@ -21,55 +22,18 @@ pub struct SpliceStats {
     pub received: u64,
 }
 
-enum Writer {
-    Server(ChannelWriteHalf<russh::server::Msg>),
-    Client(ChannelWriteHalf<russh::client::Msg>),
-}
-
-impl Writer {
-    async fn data(&self, data: bytes::Bytes) -> Result<(), russh::Error> {
-        match self {
-            Writer::Server(w) => w.data_bytes(data).await,
-            Writer::Client(w) => w.data_bytes(data).await,
-        }
-    }
-
-    async fn eof(&self) {
-        let _ = match self {
-            Writer::Server(w) => w.eof().await,
-            Writer::Client(w) => w.eof().await,
-        };
-    }
-
-    async fn close(&self) {
-        let _ = match self {
-            Writer::Server(w) => w.close().await,
-            Writer::Client(w) => w.close().await,
-        };
-    }
-}
-
-/// An open SSH channel carrying one stream.
+/// An open SSH channel carrying one stream. Dropping it closes the channel.
 pub struct Channel {
-    read: ChannelReadHalf,
-    write: Writer,
+    h: ChanHandle,
 }
 
 impl Channel {
-    pub(crate) fn from_server(c: russh::Channel<russh::server::Msg>) -> Channel {
-        let (read, write) = c.split();
-        Channel {
-            read,
-            write: Writer::Server(write),
-        }
+    pub(crate) fn new(h: ChanHandle) -> Channel {
+        Channel { h }
     }
 
-    pub(crate) fn from_client(c: russh::Channel<russh::client::Msg>) -> Channel {
-        let (read, write) = c.split();
-        Channel {
-            read,
-            write: Writer::Client(write),
-        }
+    pub(crate) fn handle(&self) -> &ChanHandle {
+        &self.h
     }
 
     /// Splices two channels until both sides sent EOF or either closed.
@@ -85,26 +49,19 @@ impl Channel {
         other: Channel,
         stop: impl std::future::Future<Output = ()>,
     ) -> SpliceStats {
-        let Channel {
-            read: mut ra,
-            write: wa,
-        } = self;
-        let Channel {
-            read: mut rb,
-            write: wb,
-        } = other;
+        let (a, b) = (&self.h, &other.h);
         let mut stats = SpliceStats::default();
         let (eof_tx, eofs) = mpsc::unbounded_channel();
         {
-            let a_to_b = pump(&mut ra, &wb, &mut stats.sent, eof_tx.clone());
-            let b_to_a = pump(&mut rb, &wa, &mut stats.received, eof_tx);
+            let a_to_b = pump(a, b, &mut stats.sent, eof_tx.clone());
+            let b_to_a = pump(b, a, &mut stats.received, eof_tx);
             tokio::select! {
                 _ = both_directions(a_to_b, b_to_a, eofs) => {}
                 _ = stop => {}
             }
         }
-        wa.close().await;
-        wb.close().await;
+        a.close();
+        b.close();
         stats
     }
 
@@ -115,15 +72,15 @@ impl Channel {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let Channel { mut read, write } = self;
+        let ch = &self.h;
         let mut stats = SpliceStats::default();
         let (eof_tx, eofs) = mpsc::unbounded_channel();
         {
             let from_channel = eof_tx.clone();
             let to_io = async {
                 loop {
-                    match read.wait().await {
-                        Some(ChannelMsg::Data { data }) => {
+                    match ch.recv().await {
+                        Some(In::Data(data)) => {
                             stats.sent += data.len() as u64;
                             if writer.write_all(&data).await.is_err() {
                                 return;
@@ -134,13 +91,13 @@ impl Channel {
                                 return;
                             }
                         }
-                        Some(ChannelMsg::Eof) => {
+                        Some(In::Eof) => {
                             let _ = writer.shutdown().await;
                             let _ = from_channel.send(());
                             // Keep reading: the close that follows must end
                             // the splice even while the other direction waits.
                         }
-                        Some(ChannelMsg::Close) | None => return,
+                        None => return,
                         Some(_) => {}
                     }
                 }
@@ -151,7 +108,7 @@ impl Channel {
                     buf.reserve(SPLICE_BUFFER);
                     match reader.read_buf(&mut buf).await {
                         Ok(0) => {
-                            write.eof().await;
+                            ch.eof();
                             let _ = eof_tx.send(());
                             // Nothing more will come from the stream; the
                             // other direction decides when we are done.
@@ -159,7 +116,7 @@ impl Channel {
                         }
                         Ok(n) => {
                             stats.received += n as u64;
-                            if write.data(buf.split().freeze()).await.is_err() {
+                            if ch.send(buf.split().freeze(), false).await.is_err() {
                                 return;
                             }
                         }
@@ -169,42 +126,42 @@ impl Channel {
             };
             both_directions(to_io, from_io, eofs).await;
         }
-        write.close().await;
+        ch.close();
         stats
     }
 }
 
 /// Moves one direction: data from `read` to `write`; reports EOF on `eof`
 /// and goes on reading, so that a close after EOF is seen at once. Returns
-/// when the source closed or the sink failed.
+/// when the source closed or the sink failed. Reading the next message only
+/// after the write completed is what carries a slow reader's back-pressure
+/// from one channel to the other.
 async fn pump(
-    read: &mut ChannelReadHalf,
-    write: &Writer,
+    read: &ChanHandle,
+    write: &ChanHandle,
     count: &mut u64,
     eof: mpsc::UnboundedSender<()>,
 ) {
     loop {
-        match read.wait().await {
-            Some(ChannelMsg::Data { data }) => {
+        match read.recv().await {
+            Some(In::Data(data)) => {
                 *count += data.len() as u64;
-                if write.data(data).await.is_err() {
+                if write.send(data, false).await.is_err() {
                     return;
                 }
             }
-            Some(ChannelMsg::Eof) => {
-                write.eof().await;
+            Some(In::Eof) => {
+                write.eof();
                 let _ = eof.send(());
             }
-            Some(ChannelMsg::Close) | None => return,
+            None => return,
             Some(_) => {}
         }
     }
 }
 
 /// Runs both directions until either ends (a close or a failed write) or
-/// both have reported EOF. Dropping the other direction also stops a write
-/// that waits for window on a channel the peer has closed: the SSH library
-/// would wait for that window forever.
+/// both have reported EOF.
 async fn both_directions(
     a: impl std::future::Future<Output = ()>,
     b: impl std::future::Future<Output = ()>,
@@ -259,15 +216,11 @@ impl Refusal {
         }
     }
 
-    fn to_failure(&self) -> ChannelOpenFailure {
-        let code = match self.kind {
+    fn code(&self) -> u32 {
+        match self.kind {
             RefusalKind::Prohibited => 1,
             RefusalKind::ConnectFailed => 2,
             RefusalKind::ResourceShortage => 4,
-        };
-        ChannelOpenFailure::Other {
-            code,
-            reason: self.message.clone(),
         }
     }
 }
@@ -278,51 +231,23 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-enum Reply {
-    Server(russh::server::ChannelOpenHandle),
-    Client(russh::client::ChannelOpenHandle),
-}
-
 /// A channel the peer asked to open, not yet accepted or refused. Dropping it
 /// refuses it.
 pub struct IncomingChannel {
-    channel: Channel,
-    reply: Reply,
+    inner: Incoming,
 }
 
 impl IncomingChannel {
-    pub(crate) fn server(
-        c: russh::Channel<russh::server::Msg>,
-        reply: russh::server::ChannelOpenHandle,
-    ) -> Self {
-        IncomingChannel {
-            channel: Channel::from_server(c),
-            reply: Reply::Server(reply),
-        }
-    }
-
-    pub(crate) fn client(
-        c: russh::Channel<russh::client::Msg>,
-        reply: russh::client::ChannelOpenHandle,
-    ) -> Self {
-        IncomingChannel {
-            channel: Channel::from_client(c),
-            reply: Reply::Client(reply),
-        }
+    pub(crate) fn new(inner: Incoming) -> Self {
+        IncomingChannel { inner }
     }
 
     pub async fn accept(self) -> Channel {
-        match self.reply {
-            Reply::Server(r) => r.accept().await,
-            Reply::Client(r) => r.accept().await,
-        }
-        self.channel
+        Channel::new(self.inner.accept())
     }
 
+    /// Refuses with the reason text, which the peer receives with the refusal.
     pub async fn refuse(self, refusal: &Refusal) {
-        match self.reply {
-            Reply::Server(r) => r.reject(refusal.to_failure()).await,
-            Reply::Client(r) => r.reject(refusal.to_failure()).await,
-        }
+        self.inner.refuse(refusal.code(), &refusal.message);
     }
 }

@@ -1,21 +1,22 @@
 //! Client side of the SSH layer: connect to a relay with a pinned host key and
 //! a public key, register names, open streams, run commands.
 
-use std::borrow::Cow;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
-use russh::client::{Handle, Msg, Session};
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
-use russh::{ChannelMsg, SshId};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use super::channel::{Channel, IncomingChannel};
-use super::keys::{Fingerprint, PrivateKey, fingerprint};
-use super::server::ExecOutput;
-use crate::protocol::limits::{HANDSHAKE_TIMEOUT, MAX_PACKET_SIZE};
+use super::keys::{Fingerprint, PrivateKey, PublicKey, fingerprint};
+use super::proto::conn::{self, Conn, Events, ExecOutput, Incoming, Settings, Side};
+use super::proto::mux::{ConnTx, Ended, In, OpenRequest};
+use super::proto::packet::CipherAlg;
+use super::proto::wire::Writer;
+use crate::protocol::limits::HANDSHAKE_TIMEOUT;
 
 /// Who we are and whom we trust.
 #[derive(Clone)]
@@ -43,21 +44,10 @@ impl ForwardedHandler for NoForwards {
     }
 }
 
-/// What the connection learned that a caller may want to report.
-#[derive(Default)]
-struct Shared {
-    /// Fingerprint the relay presented, for a clear mismatch message.
-    seen_host_key: Option<Fingerprint>,
-    /// Reason text of the last refused channel open (russh keeps only the code).
-    last_refusal: Option<String>,
-    /// Why the relay disconnected us, if it said.
-    disconnect_reason: Option<String>,
-}
-
-/// An authenticated connection to the relay.
+/// An authenticated connection to the relay. Dropping it closes the connection.
 pub struct ClientConnection<H: ForwardedHandler> {
-    handle: Handle<Adapter<H>>,
-    shared: Arc<Mutex<Shared>>,
+    tx: ConnTx,
+    _handler: PhantomData<fn() -> H>,
 }
 
 /// Connects, checks the relay's host key against the pin, and authenticates.
@@ -66,217 +56,192 @@ pub async fn connect<H: ForwardedHandler>(
     opts: &ConnectOptions,
     handler: H,
 ) -> Result<ClientConnection<H>> {
+    connect_with(stream, opts, handler, Settings::default()).await
+}
+
+pub(crate) async fn connect_with<H: ForwardedHandler>(
+    mut stream: TcpStream,
+    opts: &ConnectOptions,
+    handler: H,
+    mut settings: Settings,
+) -> Result<ClientConnection<H>> {
     let _ = stream.set_nodelay(true);
     // Keepalive every third of the dead time; two unanswered → drop. A relay
     // that stops answering is detected after about `dead_after`.
     let interval = (opts.dead_after / 3).max(Duration::from_millis(100));
-    let config = russh::client::Config {
-        client_id: SshId::Standard(Cow::Borrowed(concat!(
-            "SSH-2.0-warren_",
-            env!("CARGO_PKG_VERSION")
-        ))),
-        keepalive_interval: Some(interval),
-        keepalive_max: 2,
-        // AES-GCM first: with AES instructions (any current x86 or ARM
-        // server) it costs about half of chacha20-poly1305 per byte, and the
-        // agent's leg carries every byte a device serves.
-        preferred: russh::Preferred {
-            cipher: Cow::Borrowed(&[russh::cipher::AES_256_GCM, russh::cipher::CHACHA20_POLY1305]),
-            ..Default::default()
-        },
-        inactivity_timeout: None,
-        maximum_packet_size: MAX_PACKET_SIZE,
-        nodelay: true,
-        ..Default::default()
+    settings.keepalive = Some((interval, 2));
+    // AES-GCM first: with AES instructions (any current x86 or ARM server)
+    // it costs about half of chacha20-poly1305 per byte, and the agent's leg
+    // carries every byte a device serves.
+    if settings.ciphers == CipherAlg::ALL {
+        settings.ciphers = vec![CipherAlg::Aes256Gcm, CipherAlg::Chacha20Poly1305];
+    }
+    let seen: Arc<Mutex<Option<Fingerprint>>> = Arc::default();
+    let pinned = opts.host_key.clone();
+    let seen_in = seen.clone();
+    let check_host = Box::new(move |blob: &[u8]| {
+        let Ok(key) = PublicKey::from_bytes(blob) else {
+            return false;
+        };
+        let fp = fingerprint(&key);
+        let ok = fp == pinned;
+        *seen_in.lock().unwrap_or_else(|p| p.into_inner()) = Some(fp);
+        ok
+    });
+    let (done_tx, done_rx) = oneshot::channel();
+    let handshake = async {
+        let peer = conn::version_exchange(&mut stream, false)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        Ok::<_, anyhow::Error>(peer)
     };
-    let shared = Arc::new(Mutex::new(Shared::default()));
-    let adapter = Adapter {
-        handler,
-        pinned: opts.host_key.clone(),
-        shared: shared.clone(),
-    };
-    let connecting = russh::client::connect_stream(Arc::new(config), stream, adapter);
-    let mut handle = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+    let peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Err(_) => bail!("relay did not complete the SSH handshake within {HANDSHAKE_TIMEOUT:?}"),
-        Ok(Err(e)) => {
-            let seen = lock(&shared).seen_host_key.clone();
-            if let Some(seen) = seen.filter(|s| *s != opts.host_key) {
-                bail!(
-                    "relay host key mismatch: pinned {}, relay presented {seen}; refusing to connect \
-                     (if the relay's key really changed, update relay_host_key)",
-                    opts.host_key
-                );
-            }
-            return Err(anyhow!("SSH handshake with relay failed: {e}"));
+        Ok(Err(e)) => bail!("SSH handshake with relay failed: {e:#}"),
+        Ok(Ok(p)) => p,
+    };
+    let side = Side::Client {
+        user: opts.user.clone(),
+        key: opts.key.clone(),
+        check_host,
+        done: Some(done_tx),
+    };
+    let (c, tx) = Conn::new(stream, peer, side, settings, Adapter { handler });
+    let task = tokio::spawn(c.run());
+    let failed = match tokio::time::timeout(HANDSHAKE_TIMEOUT, done_rx).await {
+        Ok(Ok(Ok(()))) => {
+            return Ok(ClientConnection {
+                tx,
+                _handler: PhantomData,
+            });
         }
-        Ok(Ok(h)) => h,
+        Err(_) => format!("relay did not complete the SSH handshake within {HANDSHAKE_TIMEOUT:?}"),
+        Ok(Err(_)) => "connection closed during the handshake".to_string(),
+        Ok(Ok(Err(e))) => e,
     };
-    let hash = if opts.key.algorithm().is_rsa() {
-        handle
-            .best_supported_rsa_hash()
-            .await?
-            .flatten()
-            .or(Some(HashAlg::Sha256))
-    } else {
-        None
-    };
-    let auth = handle
-        .authenticate_publickey(
-            opts.user.clone(),
-            PrivateKeyWithHashAlg::new(opts.key.clone(), hash),
-        )
-        .await?;
-    if !auth.success() {
+    task.abort();
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(seen) = seen.filter(|s| *s != opts.host_key) {
+        bail!(
+            "relay host key mismatch: pinned {}, relay presented {seen}; refusing to connect \
+             (if the relay's key really changed, update relay_host_key)",
+            opts.host_key
+        );
+    }
+    if failed == "key refused" {
         bail!(
             "relay refused key {} for system {:?} (not registered there, revoked, or the system does not exist)",
             fingerprint(opts.key.public_key()),
             opts.user
         );
     }
-    Ok(ClientConnection { handle, shared })
-}
-
-fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
-    // A panic while holding this lock cannot leave Shared inconsistent
-    // (plain field writes), so a poisoned lock is still usable.
-    shared.lock().unwrap_or_else(|p| p.into_inner())
+    Err(anyhow!("SSH handshake with relay failed: {failed}"))
 }
 
 impl<H: ForwardedHandler> ClientConnection<H> {
     /// Registers `name:port` (a `tcpip-forward` request, as `ssh -R` sends).
     pub async fn register(&self, name: &str, port: u32) -> Result<()> {
-        match self.handle.tcpip_forward(name, port).await {
-            Ok(_) => Ok(()),
-            Err(russh::Error::RequestDenied) => bail!(
+        let data = Writer::default().string(name).u32(port).finish();
+        match self.tx.global("tcpip-forward", data).await {
+            Some(true) => Ok(()),
+            Some(false) => bail!(
                 "relay refused to register {name}:{port} (the name belongs to another key, or this key is not a device key for it)"
             ),
-            Err(e) => Err(anyhow!("registering {name}:{port}: {e}")),
+            None => bail!("registering {name}:{port}: connection closed"),
         }
     }
 
     /// Opens a stream to `host:port` through the relay.
     pub async fn open(&self, host: &str, port: u32) -> Result<Channel> {
-        match self
-            .handle
-            .channel_open_direct_tcpip(host, port, "127.0.0.1", 0)
-            .await
-        {
-            Ok(ch) => Ok(Channel::from_client(ch)),
-            Err(russh::Error::ChannelOpenFailure(reason)) => {
-                let text = lock(&self.shared)
-                    .last_refusal
-                    .take()
-                    .unwrap_or_else(|| reason.description().to_string());
-                bail!("relay refused {host}:{port}: {text}")
-            }
-            Err(e) => bail!("opening {host}:{port} through the relay: {e}"),
+        let extra = Writer::default()
+            .string(host)
+            .u32(port)
+            .string("127.0.0.1")
+            .u32(0)
+            .finish();
+        match self.tx.open("direct-tcpip", extra).await {
+            Ok(h) => Ok(Channel::new(h)),
+            Err(text) => bail!("relay refused {host}:{port}: {text}"),
         }
     }
 
     /// Runs a command at the relay (`ls`, …) and collects its output.
     pub async fn exec(&self, command: &str) -> Result<ExecOutput> {
-        let mut ch = self.handle.channel_open_session().await?;
-        ch.exec(true, command).await?;
+        let ch = self
+            .tx
+            .open("session", Vec::new())
+            .await
+            .map_err(|e| anyhow!("opening a session at the relay: {e}"))?;
+        let ch = Channel::new(ch);
+        let h = ch.handle();
+        h.exec(command);
         let mut out = ExecOutput::default();
-        while let Some(msg) = ch.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => out.status = exit_status,
-                ChannelMsg::Close => break,
-                _ => {}
+        while let Some(m) = h.recv().await {
+            match m {
+                In::Data(d) => out.stdout.extend_from_slice(&d),
+                In::Ext(d) => out.stderr.extend_from_slice(&d),
+                In::ExitStatus(s) => out.status = s,
+                In::Eof => {}
             }
         }
         Ok(out)
     }
 
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
+        self.tx.ctl.is_ended()
     }
 
     /// Waits until the connection ends, and says why.
     pub async fn is_gone(&mut self) -> String {
-        let result = (&mut self.handle).await;
-        let said = lock(&self.shared).disconnect_reason.take();
-        match (said, result) {
-            (Some(reason), _) => format!("relay closed the connection: {reason}"),
-            (None, Ok(())) => "connection closed".to_string(),
-            (None, Err(e)) => format!("connection lost: {e}"),
+        match self.tx.ctl.wait_ended().await {
+            Ended::PeerSaid(reason) => format!("relay closed the connection: {reason}"),
+            Ended::Closed => "connection closed".to_string(),
+            Ended::Local(e) => format!("connection lost: {e}"),
         }
     }
 
     pub async fn disconnect(&self) {
-        let _ = self
-            .handle
-            .disconnect(russh::Disconnect::ByApplication, "bye", "")
-            .await;
+        self.tx.ctl.disconnect("bye").await;
+    }
+}
+
+impl<H: ForwardedHandler> Drop for ClientConnection<H> {
+    fn drop(&mut self) {
+        self.tx.ctl.request_disconnect("bye");
     }
 }
 
 struct Adapter<H> {
     handler: H,
-    pinned: Fingerprint,
-    shared: Arc<Mutex<Shared>>,
 }
 
-impl<H: ForwardedHandler> russh::client::Handler for Adapter<H> {
-    type Error = russh::Error;
-
-    fn check_server_key(
+impl<H: ForwardedHandler> Events for Adapter<H> {
+    fn check_key(
         &mut self,
-        key: &russh::keys::PublicKeyOrCertificate,
-    ) -> impl Future<Output = Result<bool, Self::Error>> + Send {
-        let ok = match key {
-            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
-                let fp = fingerprint(key);
-                let ok = fp == self.pinned;
-                lock(&self.shared).seen_host_key = Some(fp);
-                ok
+        _user: &str,
+        _key: &PublicKey,
+        _verified: bool,
+    ) -> impl Future<Output = bool> + Send {
+        std::future::ready(false)
+    }
+
+    fn authenticated(&mut self, _tx: ConnTx) {}
+
+    fn global_request(&mut self, _name: &str, _data: &[u8]) -> impl Future<Output = bool> + Send {
+        std::future::ready(false)
+    }
+
+    fn channel_open(&mut self, open: OpenRequest, incoming: Incoming) {
+        match open {
+            OpenRequest::ForwardedTcpip { address, port } => {
+                self.handler
+                    .forwarded(&address, port, IncomingChannel::new(incoming));
             }
-            // Host certificates are not part of the pinning model.
-            russh::keys::PublicKeyOrCertificate::Certificate(_) => false,
-        };
-        async move { Ok(ok) }
-    }
-
-    async fn channel_open_failure(
-        &mut self,
-        _channel: russh::ChannelId,
-        _reason: russh::ChannelOpenFailure,
-        description: &str,
-        _language: &str,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        lock(&self.shared).last_refusal = Some(description.to_string());
-        Ok(())
-    }
-
-    async fn server_channel_open_forwarded_tcpip(
-        &mut self,
-        channel: russh::Channel<Msg>,
-        connected_address: &str,
-        connected_port: u32,
-        _originator_address: &str,
-        _originator_port: u32,
-        reply: russh::client::ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        let incoming = IncomingChannel::client(channel, reply);
-        self.handler
-            .forwarded(connected_address, connected_port, incoming);
-        Ok(())
-    }
-
-    async fn disconnected(
-        &mut self,
-        reason: russh::client::DisconnectReason<Self::Error>,
-    ) -> Result<(), Self::Error> {
-        match reason {
-            russh::client::DisconnectReason::ReceivedDisconnect(info) => {
-                lock(&self.shared).disconnect_reason = Some(info.message);
-                Ok(())
-            }
-            russh::client::DisconnectReason::Error(e) => Err(e),
+            OpenRequest::DirectTcpip { .. } => incoming.refuse(1, "not accepted here"),
         }
+    }
+
+    fn exec(&mut self, _command: &str) -> impl Future<Output = ExecOutput> + Send {
+        std::future::ready(ExecOutput::default())
     }
 }

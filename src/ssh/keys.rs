@@ -6,11 +6,13 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use russh::keys::{Algorithm, HashAlg};
+use ring::rand::{SecureRandom, SystemRandom};
+use ssh_key::private::{Ed25519Keypair, KeypairData};
+use ssh_key::{Algorithm, HashAlg};
 
 use crate::protocol::limits::MAX_CONFIG_FILE;
 
-pub use russh::keys::{PrivateKey, PublicKey};
+pub use ssh_key::{PrivateKey, PublicKey};
 
 /// A key's `SHA256:…` fingerprint, as `ssh-keygen -l` prints it.
 pub type Fingerprint = String;
@@ -43,12 +45,16 @@ pub fn read_public(path: &Path) -> Result<PublicKey> {
 /// Loads an unencrypted OpenSSH private key.
 pub fn read_private(path: &Path) -> Result<PrivateKey> {
     let text = read_small(path)?;
-    russh::keys::decode_secret_key(&text, None).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot use private key {}: {e} (Warren needs an unencrypted OpenSSH key; `warren keygen PATH` makes one)",
+    let hint = "Warren needs an unencrypted OpenSSH key; `warren keygen PATH` makes one";
+    let key = PrivateKey::from_openssh(text.trim())
+        .map_err(|e| anyhow::anyhow!("cannot use private key {}: {e} ({hint})", path.display()))?;
+    if key.is_encrypted() {
+        bail!(
+            "cannot use private key {}: it is encrypted ({hint})",
             path.display()
-        )
-    })
+        );
+    }
+    Ok(key)
 }
 
 fn read_small(path: &Path) -> Result<String> {
@@ -64,7 +70,12 @@ fn read_small(path: &Path) -> Result<String> {
 }
 
 pub fn generate_ed25519() -> Result<PrivateKey> {
-    PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
+    let mut seed = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| anyhow::anyhow!("generating an ed25519 key: no system randomness"))?;
+    let pair = Ed25519Keypair::from_seed(&seed);
+    PrivateKey::new(KeypairData::Ed25519(pair), "")
         .map_err(|e| anyhow::anyhow!("generating an ed25519 key: {e}"))
 }
 
@@ -74,7 +85,7 @@ pub fn write_pair(key: &PrivateKey, path: &Path, comment: &str) -> Result<()> {
     let mut key = key.clone();
     key.set_comment(comment);
     let private = key
-        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .to_openssh(ssh_key::LineEnding::LF)
         .map_err(|e| anyhow::anyhow!("encoding private key: {e}"))?;
     let public = key
         .public_key()

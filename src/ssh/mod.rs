@@ -1,19 +1,30 @@
 //! The SSH layer behind a small interface.
 //!
-//! Everything that touches the SSH library lives here, so that the connection
-//! layer can be replaced (a later issue gives Warren its own, with per-channel
-//! flow control) without touching the relay, agent or client:
+//! Everything SSH lives here, so that the relay, agent and client only see
+//! a few types:
 //!
 //! - [`keys`]: load, generate and fingerprint OpenSSH keys.
 //! - [`channel`]: a [`Channel`] (one stream) and splicing it to another channel
 //!   or to any byte stream, with byte counts.
 //! - [`server`]: run one server connection, calling a [`server::ServerSession`].
 //! - [`client`]: connect to a relay with a pinned host key and public-key auth.
+//! - `proto`: Warren's own implementation of the SSH transport, authentication
+//!   and connection protocols, with per-channel flow control: a channel's
+//!   window is granted back only as its reader consumes, so a slow reader
+//!   stops its own sender and nothing else.
 
 pub mod channel;
 pub mod client;
 pub mod keys;
+pub(crate) mod proto;
 pub mod server;
 
 pub use channel::{Channel, IncomingChannel, Refusal, SpliceStats};
 pub use keys::{Fingerprint, PrivateKey, PublicKey};
+pub use proto::mux::{buffered_at_least, buffered_bytes};
+
+/// Fuzzing entry points: each runs one parser over arbitrary bytes. They
+/// must never panic (the `fuzz/` targets and the smoke test call them).
+pub mod fuzzing {
+    pub use super::proto::fuzz::*;
+}

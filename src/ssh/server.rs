@@ -1,71 +1,64 @@
-//! One SSH server connection. The russh `Handler` here is a thin adapter: it
-//! turns callbacks into calls on a [`ServerSession`], which owns the state.
+//! One SSH server connection: [`start`] runs Warren's SSH protocol
+//! ([`super::proto`]) on an accepted socket and calls a [`ServerSession`],
+//! which owns the state.
 
-use std::borrow::Cow;
-use std::collections::HashSet;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use russh::server::{Auth, Msg, Session};
-use russh::{ChannelId, MethodKind, MethodSet, Pty, SshId};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use super::channel::{Channel, IncomingChannel};
 use super::keys::{PrivateKey, PublicKey};
+use super::proto::conn::{self, Conn, Events, Incoming, Settings, Side};
+use super::proto::kex::HostKey;
+use super::proto::mux::{ConnTx, Ended, OpenRequest};
+use super::proto::wire::{Reader, Writer};
 use crate::protocol::limits::{
-    HANDSHAKE_TIMEOUT, MAX_AUTH_ATTEMPTS, MAX_PACKET_SIZE, RELAY_KEEPALIVE_INTERVAL,
-    RELAY_KEEPALIVE_MAX,
+    HANDSHAKE_TIMEOUT, MAX_AUTH_ATTEMPTS, RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX,
 };
+
+pub use super::proto::conn::ExecOutput;
 
 /// Server settings shared by all connections.
 #[derive(Clone)]
 pub struct ServerConfig {
-    inner: Arc<russh::server::Config>,
+    host_key: Result<Arc<HostKey>, String>,
+    settings: Settings,
     /// Bound on the SSH version exchange.
     pub handshake_timeout: Duration,
 }
 
 impl ServerConfig {
     pub fn new(host_key: PrivateKey) -> ServerConfig {
-        let config = russh::server::Config {
-            server_id: SshId::Standard(Cow::Borrowed(concat!(
-                "SSH-2.0-warren_",
-                env!("CARGO_PKG_VERSION")
-            ))),
-            methods: MethodSet::from(&[MethodKind::PublicKey][..]),
-            // Rejecting an offered public key reveals nothing secret (public
-            // keys are public), and OpenSSH clients offer several keys in
-            // turn: a long delay per rejection makes every login slow.
-            auth_rejection_time: std::time::Duration::from_millis(10),
-            // OpenSSH starts with a "none" probe; answering it at once saves a
-            // whole rejection time per login.
-            auth_rejection_time_initial: Some(std::time::Duration::ZERO),
-            keys: vec![host_key],
-            max_auth_attempts: MAX_AUTH_ATTEMPTS,
-            // Idle devices are normal: liveness comes from keepalives instead.
-            inactivity_timeout: None,
-            keepalive_interval: Some(RELAY_KEEPALIVE_INTERVAL),
-            keepalive_max: RELAY_KEEPALIVE_MAX,
-            maximum_packet_size: MAX_PACKET_SIZE,
-            nodelay: true,
-            ..Default::default()
+        let host_key = match host_key.key_data().ed25519() {
+            Some(pair) => HostKey::from_seed(&pair.private.to_bytes()).map(Arc::new),
+            None => Err(format!(
+                "the relay's host key is {}; Warren serves ssh-ed25519 host keys only",
+                host_key.algorithm()
+            )),
         };
         ServerConfig {
-            inner: Arc::new(config),
+            host_key,
+            settings: Settings {
+                // Idle devices are normal: liveness comes from keepalives.
+                keepalive: Some((RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX)),
+                ..Settings::default()
+            },
             handshake_timeout: HANDSHAKE_TIMEOUT,
         }
     }
-}
 
-/// Output of a command run over `ssh relay COMMAND`.
-#[derive(Debug, Default)]
-pub struct ExecOutput {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub status: u32,
+    /// Starts a key re-exchange after this many bytes (either way) or this
+    /// much time, whichever comes first (defaults: 1 GiB, 1 hour).
+    pub fn set_rekey_limits(&mut self, bytes: u64, time: Duration) {
+        self.settings.rekey_bytes = bytes;
+        self.settings.rekey_time = time;
+    }
 }
 
 /// What the relay does with one connection. Callbacks run inside the
@@ -99,9 +92,14 @@ pub trait ServerSession: Send + 'static {
     fn exec(&mut self, command: &str) -> impl Future<Output = ExecOutput> + Send;
 }
 
+/// Why a channel could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OpenError(String);
+
 /// Reaches a live server connection from other tasks.
 #[derive(Clone)]
-pub struct ServerHandle(russh::server::Handle);
+pub struct ServerHandle(ConnTx);
 
 impl ServerHandle {
     /// Opens a `forwarded-tcpip` channel, as sshd does for an `ssh -R`
@@ -111,41 +109,42 @@ impl ServerHandle {
         address: &str,
         port: u32,
         originator: SocketAddr,
-    ) -> Result<Channel, russh::Error> {
-        let ch = self
-            .0
-            .channel_open_forwarded_tcpip(
-                address,
-                port,
-                originator.ip().to_string(),
-                u32::from(originator.port()),
-            )
-            .await?;
-        Ok(Channel::from_server(ch))
+    ) -> Result<Channel, OpenError> {
+        let extra = Writer::default()
+            .string(address)
+            .u32(port)
+            .string(originator.ip().to_string())
+            .u32(u32::from(originator.port()))
+            .finish();
+        self.0
+            .open("forwarded-tcpip", extra)
+            .await
+            .map(Channel::new)
+            .map_err(OpenError)
     }
 
     /// Closes the connection, telling the peer why.
     pub async fn disconnect(&self, reason: &str) {
-        let _ = self
-            .0
-            .disconnect(russh::Disconnect::ByApplication, reason.into(), "".into())
-            .await;
+        self.0.ctl.disconnect(reason).await;
     }
 }
 
 /// A server connection past the version exchange, running in its own task.
 pub struct ServerConnection<S: ServerSession> {
-    running: russh::server::RunningSession<Adapter<S>>,
+    tx: ConnTx,
+    task: JoinHandle<Ended>,
+    _session: PhantomData<fn() -> S>,
 }
 
 impl<S: ServerSession> ServerConnection<S> {
     pub fn handle(&self) -> ServerHandle {
-        ServerHandle(self.running.handle())
+        ServerHandle(self.tx.clone())
     }
 
     /// Waits until the connection ends.
     pub async fn finished(self) -> Result<()> {
-        self.running.await?;
+        let ended = self.task.await?;
+        tracing::debug!(?ended, "SSH connection ended");
         Ok(())
     }
 }
@@ -154,196 +153,76 @@ impl<S: ServerSession> ServerConnection<S> {
 /// bounded by [`ServerConfig::handshake_timeout`]; the caller bounds authentication.
 pub async fn start<S: ServerSession>(
     config: &ServerConfig,
-    stream: TcpStream,
+    mut stream: TcpStream,
     session: S,
 ) -> Result<ServerConnection<S>> {
-    let adapter = Adapter {
-        session,
-        sessions: HashSet::new(),
-    };
+    let host_key = config.host_key.clone().map_err(|e| anyhow::anyhow!(e))?;
+    let _ = stream.set_nodelay(true);
     let limit = config.handshake_timeout;
-    let running = tokio::time::timeout(
-        limit,
-        russh::server::run_stream(config.inner.clone(), stream, adapter),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("no SSH version exchange within {limit:?}"))??;
-    Ok(ServerConnection { running })
+    let peer = tokio::time::timeout(limit, conn::version_exchange(&mut stream, true))
+        .await
+        .map_err(|_| anyhow::anyhow!("no SSH version exchange within {limit:?}"))?
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let side = Side::Server {
+        host_key,
+        max_auth_attempts: MAX_AUTH_ATTEMPTS,
+    };
+    let (c, tx) = Conn::new(
+        stream,
+        peer,
+        side,
+        config.settings.clone(),
+        Adapter { session },
+    );
+    let task = tokio::spawn(c.run());
+    Ok(ServerConnection {
+        tx,
+        task,
+        _session: PhantomData,
+    })
 }
 
 struct Adapter<S> {
     session: S,
-    /// Session channels (for `exec`), as opposed to stream channels.
-    sessions: HashSet<ChannelId>,
 }
 
-impl<S: ServerSession> Adapter<S> {
-    async fn run_command(&mut self, channel: ChannelId, command: &str, session: &mut Session) {
-        let out = self.session.exec(command).await;
-        let _ = session.channel_success(channel);
-        if !out.stdout.is_empty() {
-            let _ = session.data(channel, out.stdout);
-        }
-        if !out.stderr.is_empty() {
-            let _ = session.extended_data(channel, 1, out.stderr);
-        }
-        let _ = session.exit_status_request(channel, out.status);
-        let _ = session.eof(channel);
-        let _ = session.close(channel);
-    }
-}
-
-impl<S: ServerSession> russh::server::Handler for Adapter<S> {
-    type Error = russh::Error;
-
-    async fn auth_publickey_offered(
+impl<S: ServerSession> Events for Adapter<S> {
+    fn check_key(
         &mut self,
         user: &str,
-        offer: russh::server::PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
-        Ok(
-            if self.session.check_key(user, offer.public_key, false).await {
-                Auth::Accept
-            } else {
-                Auth::reject()
-            },
-        )
+        key: &PublicKey,
+        verified: bool,
+    ) -> impl Future<Output = bool> + Send {
+        self.session.check_key(user, key, verified)
     }
 
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: russh::server::VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
-        Ok(
-            if self.session.check_key(user, key.public_key, true).await {
-                Auth::Accept
-            } else {
-                Auth::reject()
-            },
-        )
+    fn authenticated(&mut self, tx: ConnTx) {
+        self.session.authenticated(ServerHandle(tx));
     }
 
-    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        self.session.authenticated(ServerHandle(session.handle()));
-        Ok(())
-    }
-
-    async fn channel_open_session(
-        &mut self,
-        channel: russh::Channel<Msg>,
-        reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        self.sessions.insert(channel.id());
-        reply.accept().await;
-        // The command comes as a request on the channel; its data is not read.
-        drop(channel);
-        Ok(())
-    }
-
-    async fn channel_open_direct_tcpip(
-        &mut self,
-        channel: russh::Channel<Msg>,
-        host_to_connect: &str,
-        port_to_connect: u32,
-        _originator_address: &str,
-        _originator_port: u32,
-        reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        let incoming = IncomingChannel::server(channel, reply);
-        self.session
-            .direct_tcpip(host_to_connect, port_to_connect, incoming);
-        Ok(())
-    }
-
-    async fn channel_close(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        self.sessions.remove(&channel);
-        Ok(())
-    }
-
-    async fn pty_request(
-        &mut self,
-        channel: ChannelId,
-        _term: &str,
-        _col_width: u32,
-        _row_height: u32,
-        _pix_width: u32,
-        _pix_height: u32,
-        _modes: &[(Pty, u32)],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        // Accepted so that a plain `ssh relay` shows the help text rather
-        // than a pty error; no shell ever runs.
-        let _ = session.channel_success(channel);
-        Ok(())
-    }
-
-    async fn env_request(
-        &mut self,
-        channel: ChannelId,
-        _name: &str,
-        _value: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        let _ = session.channel_failure(channel);
-        Ok(())
-    }
-
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        if self.sessions.contains(&channel) {
-            self.run_command(channel, "", session).await;
+    async fn global_request(&mut self, name: &str, data: &[u8]) -> bool {
+        let mut r = Reader::new(data);
+        let (Ok(address), Ok(port)) = (r.utf8(), r.u32()) else {
+            return false;
+        };
+        match name {
+            "tcpip-forward" => self.session.tcpip_forward(address, port).await,
+            "cancel-tcpip-forward" => self.session.cancel_tcpip_forward(address, port).await,
+            _ => false,
         }
-        Ok(())
     }
 
-    async fn exec_request(
-        &mut self,
-        channel: ChannelId,
-        data: &[u8],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        if self.sessions.contains(&channel) {
-            let command = String::from_utf8_lossy(data).into_owned();
-            self.run_command(channel, &command, session).await;
+    fn channel_open(&mut self, open: OpenRequest, incoming: Incoming) {
+        match open {
+            OpenRequest::DirectTcpip { host, port } => {
+                self.session
+                    .direct_tcpip(&host, port, IncomingChannel::new(incoming));
+            }
+            OpenRequest::ForwardedTcpip { .. } => incoming.refuse(1, "not accepted here"),
         }
-        Ok(())
     }
 
-    async fn subsystem_request(
-        &mut self,
-        channel: ChannelId,
-        _name: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        let _ = session.channel_failure(channel);
-        Ok(())
-    }
-
-    async fn tcpip_forward(
-        &mut self,
-        address: &str,
-        port: &mut u32,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        Ok(self.session.tcpip_forward(address, *port).await)
-    }
-
-    async fn cancel_tcpip_forward(
-        &mut self,
-        address: &str,
-        port: u32,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        Ok(self.session.cancel_tcpip_forward(address, port).await)
+    fn exec(&mut self, command: &str) -> impl Future<Output = ExecOutput> + Send {
+        self.session.exec(command)
     }
 }

@@ -1,0 +1,18 @@
+//! Warren's own SSH protocol implementation (RFC 4253, 4252, 4254), used by
+//! the server and client halves of [`crate::ssh`].
+//!
+//! - [`wire`]: bounds-checked encoding and decoding of SSH types.
+//! - [`packet`]: the binary packet protocol with the AEAD ciphers.
+//! - [`kex`]: KEXINIT negotiation, curve25519-sha256, key derivation, host keys.
+//! - [`mux`]: per-channel buffers, windows and the command queue.
+//! - [`conn`]: the connection task: transport, authentication, channels.
+
+pub mod conn;
+pub mod fuzz;
+pub mod kex;
+pub mod mux;
+pub mod packet;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,480 @@
+//! State shared between the connection task and the handles that
+//! applications hold: per-channel buffers and windows, and the command queue
+//! into the connection task.
+//!
+//! Flow control (RFC 4254 §5.2): a channel's receive buffer is its window.
+//! The connection task appends what arrives (the peer cannot send more than
+//! the window, or the connection ends), and grants more window only when the
+//! application has taken bytes out ([`ChanHandle::recv`]). Writing waits for
+//! the peer's window of that channel alone.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+
+/// Window we give each channel: at most this many received bytes wait in
+/// memory for a slow reader.
+pub const WINDOW: u32 = 2 * 1024 * 1024;
+/// Window is granted back once the reader took this much.
+pub const GRANT_AT: u32 = WINDOW / 8;
+/// Largest data packet we send; peers announce their own limit (OpenSSH
+/// 32 KiB, Warren 64 KiB) and the smaller one applies.
+pub const SEND_PACKET: u32 = 64 * 1024;
+/// Bytes of channel data queued towards one connection's socket.
+pub const OUTBOX: usize = 512 * 1024;
+
+static BUFFERED: AtomicUsize = AtomicUsize::new(0);
+
+/// Created by the first [`buffered_at_least`] caller; until then a change
+/// costs one atomic load.
+static BUFFERED_WATCH: std::sync::OnceLock<watch::Sender<()>> = std::sync::OnceLock::new();
+
+/// Bytes received on channels of every connection of this process and not
+/// yet read by the application. For tests and diagnostics.
+pub fn buffered_bytes() -> usize {
+    BUFFERED.load(Ordering::Relaxed)
+}
+
+/// Waits until [`buffered_bytes`] reaches `n` (for tests: "the windows
+/// along a stalled stream are full").
+pub async fn buffered_at_least(n: usize) {
+    let mut rx = BUFFERED_WATCH
+        .get_or_init(|| watch::Sender::new(()))
+        .subscribe();
+    while buffered_bytes() < n {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn buffered_add(n: usize) {
+    BUFFERED.fetch_add(n, Ordering::Relaxed);
+    if let Some(w) = BUFFERED_WATCH.get() {
+        w.send_replace(());
+    }
+}
+
+/// What a reader takes from a channel.
+#[derive(Debug)]
+pub enum In {
+    Data(Bytes),
+    /// Extended data (stderr of an exec).
+    Ext(Bytes),
+    Eof,
+    ExitStatus(u32),
+}
+
+pub struct ChanState {
+    queue: VecDeque<In>,
+    queued: usize,
+    /// Read by the application, not yet granted back to the peer.
+    consumed: u32,
+    /// The peer closed the channel or the connection ended.
+    pub closed: bool,
+    /// What the peer still lets us send, and its largest packet.
+    pub remote_window: u32,
+    pub remote_max: u32,
+}
+
+pub struct ChanShared {
+    st: Mutex<ChanState>,
+    rx: Notify,
+    tx: Notify,
+}
+
+impl ChanShared {
+    pub fn new(remote_window: u32, remote_max: u32) -> Arc<ChanShared> {
+        Arc::new(ChanShared {
+            st: Mutex::new(ChanState {
+                queue: VecDeque::new(),
+                queued: 0,
+                consumed: 0,
+                closed: false,
+                remote_window,
+                remote_max,
+            }),
+            rx: Notify::new(),
+            tx: Notify::new(),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, ChanState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connection side: something arrived.
+    pub fn push(&self, m: In) {
+        let mut st = self.lock();
+        if let In::Data(b) | In::Ext(b) = &m {
+            st.queued += b.len();
+            buffered_add(b.len());
+        }
+        st.queue.push_back(m);
+        drop(st);
+        self.rx.notify_one();
+    }
+
+    /// Connection side: the peer added window.
+    pub fn add_window(&self, n: u32) -> bool {
+        let mut st = self.lock();
+        match st.remote_window.checked_add(n) {
+            Some(w) => st.remote_window = w,
+            None => return false,
+        }
+        drop(st);
+        self.tx.notify_one();
+        true
+    }
+
+    pub fn set_remote(&self, window: u32, max: u32) {
+        let mut st = self.lock();
+        st.remote_window = window;
+        st.remote_max = max;
+    }
+
+    /// Connection side: the peer closed, or the connection is gone.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.rx.notify_one();
+        self.tx.notify_one();
+    }
+}
+
+impl Drop for ChanShared {
+    fn drop(&mut self) {
+        let st = self.lock();
+        BUFFERED.fetch_sub(st.queued, Ordering::Relaxed);
+    }
+}
+
+/// A channel that was asked to open by the peer.
+#[derive(Debug)]
+pub enum OpenRequest {
+    DirectTcpip { host: String, port: u32 },
+    ForwardedTcpip { address: String, port: u32 },
+}
+
+pub type OpenReply = oneshot::Sender<Result<(u32, Arc<ChanShared>), String>>;
+
+/// Requests from handles to the connection task.
+pub enum Cmd {
+    Data {
+        id: u32,
+        ext: bool,
+        data: Bytes,
+    },
+    Adjust {
+        id: u32,
+        n: u32,
+    },
+    Eof(u32),
+    Close(u32),
+    Confirm(u32),
+    Refuse {
+        id: u32,
+        code: u32,
+        text: String,
+    },
+    Open {
+        kind: &'static str,
+        extra: Vec<u8>,
+        reply: OpenReply,
+    },
+    Exec {
+        id: u32,
+        command: String,
+    },
+    ExitStatus {
+        id: u32,
+        status: u32,
+    },
+    Global {
+        name: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone)]
+pub enum Ended {
+    /// The peer sent DISCONNECT with this text.
+    PeerSaid(String),
+    /// The socket closed without a DISCONNECT.
+    Closed,
+    /// We ended it (protocol error, timeout, or the application asked).
+    Local(String),
+}
+
+/// Control shared by all handles of one connection.
+pub struct Ctl {
+    disconnect: Mutex<Option<String>>,
+    pub kick: Notify,
+    pub ended: watch::Sender<Option<Ended>>,
+    /// Key exchanges completed (the first one and every rekey).
+    pub kexes: watch::Sender<u32>,
+}
+
+impl Ctl {
+    pub fn new() -> Arc<Ctl> {
+        Arc::new(Ctl {
+            disconnect: Mutex::new(None),
+            kick: Notify::new(),
+            ended: watch::Sender::new(None),
+            kexes: watch::Sender::new(0),
+        })
+    }
+
+    pub fn take_disconnect(&self) -> Option<String> {
+        self.disconnect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.borrow().is_some()
+    }
+
+    /// Asks the connection to send DISCONNECT and close, without waiting.
+    pub fn request_disconnect(&self, reason: &str) {
+        if self.is_ended() {
+            return;
+        }
+        *self.disconnect.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        self.kick.notify_one();
+    }
+
+    /// Asks the connection to send DISCONNECT and close; returns when it has.
+    pub async fn disconnect(&self, reason: &str) {
+        self.request_disconnect(reason);
+        self.wait_ended().await;
+    }
+
+    pub async fn wait_ended(&self) -> Ended {
+        let mut rx = self.ended.subscribe();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return Ended::Closed;
+            }
+        }
+    }
+}
+
+/// The way into one connection's task.
+#[derive(Clone)]
+pub struct ConnTx {
+    pub cmds: mpsc::UnboundedSender<Cmd>,
+    /// Bytes of channel data that may be queued towards the socket.
+    pub space: Arc<Semaphore>,
+    pub ctl: Arc<Ctl>,
+}
+
+impl ConnTx {
+    pub fn send(&self, c: Cmd) -> bool {
+        self.cmds.send(c).is_ok()
+    }
+
+    /// Opens a channel of `kind`; `extra` is the type-specific data.
+    pub async fn open(&self, kind: &'static str, extra: Vec<u8>) -> Result<ChanHandle, String> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Cmd::Open { kind, extra, reply }) {
+            return Err("connection closed".into());
+        }
+        match rx.await {
+            Ok(Ok((id, shared))) => Ok(ChanHandle::new(id, shared, self.clone())),
+            Ok(Err(reason)) => Err(reason),
+            Err(_) => Err("connection closed".into()),
+        }
+    }
+
+    pub async fn global(&self, name: &str, data: Vec<u8>) -> Option<bool> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Cmd::Global {
+            name: name.to_string(),
+            data,
+            reply,
+        }) {
+            return None;
+        }
+        rx.await.ok()
+    }
+}
+
+/// An application's end of one channel. Dropping it closes the channel.
+pub struct ChanHandle {
+    pub id: u32,
+    shared: Arc<ChanShared>,
+    pub tx: ConnTx,
+}
+
+impl ChanHandle {
+    pub fn new(id: u32, shared: Arc<ChanShared>, tx: ConnTx) -> ChanHandle {
+        ChanHandle { id, shared, tx }
+    }
+
+    /// The next thing the peer sent; `None` once the channel is closed.
+    /// Taking data out is what grants the peer more window.
+    pub async fn recv(&self) -> Option<In> {
+        loop {
+            {
+                let mut st = self.shared.lock();
+                if let Some(m) = st.queue.pop_front() {
+                    if let In::Data(b) | In::Ext(b) = &m {
+                        let n = b.len();
+                        st.queued -= n;
+                        BUFFERED.fetch_sub(n, Ordering::Relaxed);
+                        st.consumed += n as u32;
+                        if st.consumed >= GRANT_AT && !st.closed {
+                            let n = std::mem::take(&mut st.consumed);
+                            drop(st);
+                            self.tx.send(Cmd::Adjust { id: self.id, n });
+                        }
+                    }
+                    return Some(m);
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            self.shared.rx.notified().await;
+        }
+    }
+
+    /// Sends `data`, waiting for this channel's window only (and for room
+    /// in the connection's outgoing queue when the socket itself is slow).
+    pub async fn send(&self, mut data: Bytes, ext: bool) -> Result<(), ()> {
+        while !data.is_empty() {
+            let n = loop {
+                {
+                    let mut st = self.shared.lock();
+                    if st.closed {
+                        return Err(());
+                    }
+                    if st.remote_window > 0 {
+                        let n = (data.len() as u32)
+                            .min(st.remote_window)
+                            .min(st.remote_max.max(1))
+                            .min(SEND_PACKET);
+                        st.remote_window -= n;
+                        break n;
+                    }
+                }
+                self.shared.tx.notified().await;
+            };
+            let permit = self.tx.space.acquire_many(n).await.map_err(|_| ())?;
+            permit.forget();
+            let chunk = data.split_to(n as usize);
+            if !self.tx.send(Cmd::Data {
+                id: self.id,
+                ext,
+                data: chunk,
+            }) {
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn eof(&self) {
+        self.tx.send(Cmd::Eof(self.id));
+    }
+
+    pub fn close(&self) {
+        self.tx.send(Cmd::Close(self.id));
+    }
+
+    pub fn exec(&self, command: &str) {
+        self.tx.send(Cmd::Exec {
+            id: self.id,
+            command: command.to_string(),
+        });
+    }
+}
+
+impl Drop for ChanHandle {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> (ChanHandle, Arc<ChanShared>, mpsc::UnboundedReceiver<Cmd>) {
+        let (cmds, rx) = mpsc::unbounded_channel();
+        let tx = ConnTx {
+            cmds,
+            space: Arc::new(Semaphore::new(OUTBOX)),
+            ctl: Ctl::new(),
+        };
+        let shared = ChanShared::new(0, 32768);
+        (ChanHandle::new(1, shared.clone(), tx), shared, rx)
+    }
+
+    #[tokio::test]
+    async fn window_is_granted_only_as_the_reader_consumes() {
+        let (h, shared, mut rx) = handle();
+        for _ in 0..(GRANT_AT / 1024) {
+            shared.push(In::Data(Bytes::from(vec![0u8; 1024])));
+        }
+        assert!(rx.try_recv().is_err(), "nothing granted before reading");
+        for _ in 0..(GRANT_AT / 1024) - 1 {
+            h.recv().await.unwrap();
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing granted below the threshold"
+        );
+        h.recv().await.unwrap();
+        match rx.try_recv() {
+            Ok(Cmd::Adjust { id: 1, n }) => assert_eq!(n, GRANT_AT),
+            _ => panic!("expected a window adjust"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_waits_for_its_window_and_no_more() {
+        let (h, shared, mut rx) = handle();
+        let h = Arc::new(h);
+        let w = h.clone();
+        let send = tokio::spawn(async move { w.send(Bytes::from(vec![1u8; 100]), false).await });
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "no window, no data");
+        assert!(shared.add_window(60));
+        match rx.recv().await {
+            Some(Cmd::Data { data, .. }) => assert_eq!(data.len(), 60),
+            _ => panic!("expected data"),
+        }
+        assert!(shared.add_window(40));
+        match rx.recv().await {
+            Some(Cmd::Data { data, .. }) => assert_eq!(data.len(), 40),
+            _ => panic!("expected data"),
+        }
+        send.await.unwrap().unwrap();
+        assert!(shared.add_window(1));
+        assert!(!shared.add_window(u32::MAX), "window overflow is refused");
+    }
+
+    #[tokio::test]
+    async fn close_wakes_reader_and_writer() {
+        let (h, shared, _rx) = handle();
+        let h = Arc::new(h);
+        let (r, w) = (h.clone(), h.clone());
+        let reader = tokio::spawn(async move { r.recv().await.is_none() });
+        let writer =
+            tokio::spawn(async move { w.send(Bytes::from_static(b"x"), false).await.is_err() });
+        tokio::task::yield_now().await;
+        shared.close();
+        assert!(reader.await.unwrap());
+        assert!(writer.await.unwrap());
+    }
+}

@@ -1,0 +1,842 @@
+//! End-to-end tests of the SSH layer over loopback: Warren's client against
+//! Warren's server, and a raw test peer that breaks the protocol on purpose.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use signature::Signer;
+use ssh_encoding::Encode;
+use ssh_key::{PrivateKey, PublicKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::conn::{self, Conn, Events, ExecOutput, Incoming, Settings, Side};
+use super::kex::{self, Ephemeral, HashInput, HostKey};
+use super::mux::{self, ChanHandle, ConnTx, In, OpenRequest, WINDOW};
+use super::packet::{CipherAlg, Direction};
+use super::wire::{Reader, Writer, msg};
+use crate::ssh::client::{self, ConnectOptions, NoForwards};
+use crate::ssh::keys::{fingerprint, generate_ed25519};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What the test server granted: anything past zero after a broken
+/// exchange is a failure.
+#[derive(Default)]
+struct Granted {
+    auths: AtomicUsize,
+    globals: AtomicUsize,
+    opens: AtomicUsize,
+    tx: Mutex<Option<ConnTx>>,
+}
+
+impl Granted {
+    fn nothing(&self) -> bool {
+        self.auths.load(Ordering::SeqCst) == 0
+            && self.globals.load(Ordering::SeqCst) == 0
+            && self.opens.load(Ordering::SeqCst) == 0
+    }
+}
+
+struct TestEvents {
+    user_key: PublicKey,
+    granted: Arc<Granted>,
+}
+
+/// Channel behaviours, chosen by the direct-tcpip host name.
+async fn serve_channel(host: String, ch: ChanHandle) {
+    match host.as_str() {
+        "echo" => {
+            while let Some(m) = ch.recv().await {
+                match m {
+                    In::Data(d) if ch.send(d.clone(), false).await.is_err() => return,
+                    In::Eof => ch.eof(),
+                    _ => {}
+                }
+            }
+        }
+        "source" => {
+            let chunk = Bytes::from(vec![7u8; 32 * 1024]);
+            for _ in 0..(64 * 1024 * 1024 / chunk.len()) {
+                if ch.send(chunk.clone(), false).await.is_err() {
+                    return;
+                }
+            }
+            ch.eof();
+            while ch.recv().await.is_some() {}
+        }
+        _ => {}
+    }
+}
+
+impl Events for TestEvents {
+    async fn check_key(&mut self, user: &str, key: &PublicKey, _verified: bool) -> bool {
+        user == "u" && key.key_data() == self.user_key.key_data()
+    }
+
+    fn authenticated(&mut self, tx: ConnTx) {
+        self.granted.auths.fetch_add(1, Ordering::SeqCst);
+        *self.granted.tx.lock().unwrap() = Some(tx);
+    }
+
+    async fn global_request(&mut self, _name: &str, _data: &[u8]) -> bool {
+        self.granted.globals.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    fn channel_open(&mut self, open: OpenRequest, incoming: Incoming) {
+        self.granted.opens.fetch_add(1, Ordering::SeqCst);
+        if let OpenRequest::DirectTcpip { host, .. } = open {
+            let ch = incoming.accept();
+            tokio::spawn(serve_channel(host, ch));
+        }
+    }
+
+    async fn exec(&mut self, command: &str) -> ExecOutput {
+        if command == "big" {
+            return ExecOutput {
+                stdout: vec![b'o'; 5 << 20],
+                stderr: vec![b'e'; 3 << 20],
+                status: 0,
+            };
+        }
+        ExecOutput {
+            stdout: format!("ran {command}").into_bytes(),
+            stderr: Vec::new(),
+            status: 3,
+        }
+    }
+}
+
+struct TestServer {
+    addr: std::net::SocketAddr,
+    host: Arc<HostKey>,
+    host_fp: String,
+    user: Arc<PrivateKey>,
+    granted: Arc<Granted>,
+    ended: tokio::sync::mpsc::UnboundedReceiver<mux::Ended>,
+}
+
+async fn server(settings: Settings) -> TestServer {
+    server_for(settings, generate_ed25519().unwrap()).await
+}
+
+async fn server_for(settings: Settings, user: PrivateKey) -> TestServer {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let host_private = generate_ed25519().unwrap();
+    let seed = host_private
+        .key_data()
+        .ed25519()
+        .unwrap()
+        .private
+        .to_bytes();
+    let host = Arc::new(HostKey::from_seed(&seed).unwrap());
+    let host_fp = fingerprint(host_private.public_key());
+    let user = Arc::new(user);
+    let granted = Arc::new(Granted::default());
+    let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
+    let (h, g, k) = (host.clone(), granted.clone(), user.public_key().clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (h, g, k, settings, ended_tx) = (
+                h.clone(),
+                g.clone(),
+                k.clone(),
+                settings.clone(),
+                ended_tx.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok(v) = conn::version_exchange(&mut s, true).await else {
+                    return;
+                };
+                let side = Side::Server {
+                    host_key: h,
+                    max_auth_attempts: 6,
+                };
+                let events = TestEvents {
+                    user_key: k,
+                    granted: g,
+                };
+                let (c, _tx) = Conn::new(s, v, side, settings, events);
+                let _ = ended_tx.send(c.run().await);
+            });
+        }
+    });
+    TestServer {
+        addr,
+        host,
+        host_fp,
+        user,
+        granted,
+        ended,
+    }
+}
+
+impl TestServer {
+    fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            user: "u".into(),
+            key: self.user.clone(),
+            host_key: self.host_fp.clone(),
+            dead_after: Duration::from_secs(30),
+        }
+    }
+
+    async fn client(&self, settings: Settings) -> client::ClientConnection<NoForwards> {
+        let s = TcpStream::connect(self.addr).await.unwrap();
+        client::connect_with(s, &self.options(), NoForwards, settings)
+            .await
+            .unwrap()
+    }
+
+    /// Waits for the server side of a connection to end; returns how.
+    async fn ended(&mut self) -> mux::Ended {
+        tokio::time::timeout(WAIT, self.ended.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+async fn echo(conn: &client::ClientConnection<NoForwards>, data: &[u8]) -> Vec<u8> {
+    let ch = conn.open("echo", 1).await.unwrap();
+    let (mut near, far) = tokio::io::duplex(64 * 1024);
+    let (fr, fw) = tokio::io::split(far);
+    let splice = tokio::spawn(ch.splice_io(fr, fw));
+    let data = data.to_vec();
+    let writer = tokio::spawn(async move {
+        let (mut r, mut w) = tokio::io::split(near);
+        let wr = async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        let mut back = Vec::new();
+        let rd = r.read_to_end(&mut back);
+        let (_, n) = tokio::join!(wr, rd);
+        n.unwrap();
+        back
+    });
+    near = tokio::io::duplex(1).0;
+    drop(near);
+    let back = tokio::time::timeout(WAIT, writer).await.unwrap().unwrap();
+    let _ = tokio::time::timeout(WAIT, splice).await;
+    back
+}
+
+#[tokio::test]
+async fn every_cipher_carries_data_across_rekeys_started_by_either_side() {
+    for alg in CipherAlg::ALL {
+        let server_settings = Settings {
+            ciphers: vec![alg],
+            rekey_bytes: 300_000,
+            ..Settings::default()
+        };
+        let srv = server(server_settings).await;
+        let conn = srv
+            .client(Settings {
+                ciphers: vec![alg],
+                rekey_bytes: 500_000,
+                ..Settings::default()
+            })
+            .await;
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let back = echo(&conn, &data).await;
+        assert!(
+            back == data,
+            "{alg:?}: echo differs ({} of {} bytes)",
+            back.len(),
+            data.len()
+        );
+        let tx = srv.granted.tx.lock().unwrap().clone().unwrap();
+        let kexes = *tx.ctl.kexes.borrow();
+        assert!(
+            kexes >= 5,
+            "{alg:?}: only {kexes} key exchanges for 6 MB at a 300 kB limit"
+        );
+        let out = conn.exec("hello").await.unwrap();
+        assert_eq!((out.stdout.as_slice(), out.status), (&b"ran hello"[..], 3));
+    }
+}
+
+#[tokio::test]
+async fn a_slow_reader_stops_only_its_own_channel() {
+    let srv = server(Settings::default()).await;
+    let conn = srv.client(Settings::default()).await;
+    // A channel that sends 64 MiB and is never read.
+    let stuck = conn.open("source", 1).await.unwrap();
+    // Wait until its window is used up.
+    tokio::time::timeout(WAIT, mux::buffered_at_least(WINDOW as usize))
+        .await
+        .expect("the source fills its window");
+    for i in 0..10 {
+        let started = Instant::now();
+        let back = echo(&conn, format!("ping {i}").as_bytes()).await;
+        assert_eq!(back, format!("ping {i}").as_bytes());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "echo {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    let buffered = mux::buffered_bytes();
+    assert!(
+        buffered <= WINDOW as usize + 64 * 1024,
+        "{buffered} bytes buffered for a window of {WINDOW}"
+    );
+    // Reading the slow channel now gets everything, in order.
+    let mut total = 0usize;
+    let h = stuck.handle();
+    while let Some(m) = tokio::time::timeout(WAIT, h.recv()).await.unwrap() {
+        match m {
+            In::Data(d) => total += d.len(),
+            In::Eof => break,
+            _ => {}
+        }
+    }
+    assert_eq!(total, 64 * 1024 * 1024);
+}
+
+// ---- a raw peer that can break the rules ----
+
+struct Raw {
+    s: TcpStream,
+    seal: Direction,
+    open: Direction,
+    seq_out: u32,
+    seq_in: u32,
+    sid: Vec<u8>,
+    rbuf: Vec<u8>,
+}
+
+impl Raw {
+    /// Connects and runs a key exchange. `strict` offers strict kex;
+    /// `before_newkeys` is sent (plain) just before our NEWKEYS.
+    async fn connect(
+        addr: std::net::SocketAddr,
+        strict: bool,
+        before_newkeys: Option<Vec<u8>>,
+    ) -> Raw {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let v_s = conn::version_exchange(&mut s, false).await.unwrap();
+        let mut raw = Raw {
+            s,
+            seal: Direction::plain(),
+            open: Direction::plain(),
+            seq_out: 0,
+            seq_in: 0,
+            sid: Vec::new(),
+            rbuf: Vec::new(),
+        };
+        let i_c = kex::our_kexinit(false, strict, &[CipherAlg::Chacha20Poly1305]);
+        raw.send(&i_c).await;
+        let i_s = raw.recv().await.unwrap();
+        let eph = Ephemeral::new().unwrap();
+        let q_c = eph.public.clone();
+        raw.send(&Writer::new(msg::KEX_ECDH_INIT).string(&q_c).finish())
+            .await;
+        let reply = raw.recv().await.unwrap();
+        let mut r = Reader::new(&reply[1..]);
+        let (k_s, q_s) = (r.string().unwrap().to_vec(), r.string().unwrap().to_vec());
+        let k = eph.agree(&q_s).unwrap();
+        let h = kex::exchange_hash(&HashInput {
+            v_c: conn::VERSION.as_bytes(),
+            v_s: &v_s,
+            i_c: &i_c,
+            i_s: &i_s,
+            k_s: &k_s,
+            q_c: &q_c,
+            q_s: &q_s,
+            k: &k,
+        });
+        if let Some(m) = before_newkeys {
+            raw.send(&m).await;
+        }
+        raw.send(&[msg::NEWKEYS]).await;
+        let alg = CipherAlg::Chacha20Poly1305;
+        let key = |l| kex::derive(&k, &h, l, &h, alg.key_len());
+        raw.seal = Direction::new(alg, &key(b'C'), &[], true).unwrap();
+        if strict {
+            raw.seq_out = 0;
+        }
+        let nk = raw.recv().await;
+        if nk.as_deref() == Some(&[msg::NEWKEYS][..]) {
+            raw.open = Direction::new(alg, &key(b'D'), &[], false).unwrap();
+            if strict {
+                raw.seq_in = 0;
+            }
+        }
+        raw.sid = h;
+        raw
+    }
+
+    async fn send(&mut self, payload: &[u8]) {
+        let mut out = Vec::new();
+        self.seal
+            .seal(self.seq_out, &payload[..1], &payload[1..], &mut out);
+        self.seq_out = self.seq_out.wrapping_add(1);
+        let _ = self.s.write_all(&out).await;
+    }
+
+    /// The next message; `None` on EOF or after a DISCONNECT.
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if self.rbuf.len() >= 4 {
+                let first = [self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]];
+                let size = self.open.packet_size(self.seq_in, first).ok()?;
+                if self.rbuf.len() >= size {
+                    let mut p: Vec<u8> = self.rbuf.drain(..size).collect();
+                    let range = self.open.open(self.seq_in, &mut p).ok()?;
+                    self.seq_in = self.seq_in.wrapping_add(1);
+                    let payload = p[range].to_vec();
+                    if payload[0] == msg::DISCONNECT {
+                        return None;
+                    }
+                    if payload[0] == msg::EXT_INFO {
+                        continue;
+                    }
+                    return Some(payload);
+                }
+            }
+            let mut buf = [0u8; 65536];
+            let n = tokio::time::timeout(WAIT, self.s.read(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.rbuf.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Reads until the server hangs up; fails if it does not within WAIT.
+    async fn hung_up(&mut self) {
+        let end = async { while self.recv().await.is_some() {} };
+        tokio::time::timeout(WAIT, end)
+            .await
+            .expect("server ends the connection");
+    }
+
+    fn signed_auth(&self, key: &PrivateKey, corrupt: bool) -> Vec<u8> {
+        let blob = key.public_key().key_data().encode_vec().unwrap();
+        let head = Writer::new(msg::USERAUTH_REQUEST)
+            .string("u")
+            .string("ssh-connection")
+            .string("publickey")
+            .bool(true)
+            .string("ssh-ed25519")
+            .string(&blob)
+            .finish();
+        let mut data = Writer::default().string(&self.sid).raw(&head).finish();
+        if corrupt {
+            data.push(0);
+        }
+        let sig: ssh_key::Signature = key.try_sign(&data).unwrap();
+        Writer { buf: head }
+            .string(sig.encode_vec().unwrap())
+            .finish()
+    }
+
+    async fn login(&mut self, key: &PrivateKey) {
+        self.send(
+            &Writer::new(msg::SERVICE_REQUEST)
+                .string("ssh-userauth")
+                .finish(),
+        )
+        .await;
+        assert_eq!(self.recv().await.unwrap()[0], msg::SERVICE_ACCEPT);
+        let m = self.signed_auth(key, false);
+        self.send(&m).await;
+        assert_eq!(self.recv().await.unwrap()[0], msg::USERAUTH_SUCCESS);
+    }
+}
+
+#[tokio::test]
+async fn the_raw_peer_logs_in_when_it_follows_the_rules() {
+    let srv = server(Settings::default()).await;
+    let mut raw = Raw::connect(srv.addr, true, None).await;
+    raw.login(&srv.user).await;
+    assert_eq!(srv.granted.auths.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn every_connection_message_before_authentication_ends_the_connection() {
+    let mut srv = server(Settings::default()).await;
+    for t in [
+        msg::GLOBAL_REQUEST,
+        msg::REQUEST_SUCCESS,
+        msg::REQUEST_FAILURE,
+        msg::CHANNEL_OPEN,
+        msg::CHANNEL_OPEN_CONFIRMATION,
+        msg::CHANNEL_OPEN_FAILURE,
+        msg::CHANNEL_WINDOW_ADJUST,
+        msg::CHANNEL_DATA,
+        msg::CHANNEL_EXTENDED_DATA,
+        msg::CHANNEL_EOF,
+        msg::CHANNEL_CLOSE,
+        msg::CHANNEL_REQUEST,
+        msg::CHANNEL_SUCCESS,
+        msg::CHANNEL_FAILURE,
+        msg::USERAUTH_SUCCESS,
+        msg::USERAUTH_PK_OK,
+        120,
+    ] {
+        let mut raw = Raw::connect(srv.addr, true, None).await;
+        let m = match t {
+            msg::GLOBAL_REQUEST => Writer::new(t)
+                .string("tcpip-forward")
+                .bool(true)
+                .string("dev")
+                .u32(22)
+                .finish(),
+            msg::CHANNEL_OPEN => Writer::new(t)
+                .string("direct-tcpip")
+                .u32(0)
+                .u32(1 << 20)
+                .u32(32768)
+                .string("echo")
+                .u32(1)
+                .string("x")
+                .u32(1)
+                .finish(),
+            _ => Writer::new(t).u32(0).u32(0).u32(0).u32(0).finish(),
+        };
+        raw.send(&m).await;
+        raw.hung_up().await;
+        assert!(
+            matches!(srv.ended().await, mux::Ended::Local(_)),
+            "message {t}"
+        );
+    }
+    assert!(srv.granted.nothing());
+}
+
+#[tokio::test]
+async fn a_wrong_signature_is_refused_and_grants_nothing() {
+    let srv = server(Settings::default()).await;
+    let mut raw = Raw::connect(srv.addr, true, None).await;
+    raw.send(
+        &Writer::new(msg::SERVICE_REQUEST)
+            .string("ssh-userauth")
+            .finish(),
+    )
+    .await;
+    assert_eq!(raw.recv().await.unwrap()[0], msg::SERVICE_ACCEPT);
+    let m = raw.signed_auth(&srv.user, true);
+    raw.send(&m).await;
+    assert_eq!(raw.recv().await.unwrap()[0], msg::USERAUTH_FAILURE);
+    // A signature by another key over the right data fails too.
+    let other = generate_ed25519().unwrap();
+    let mut m = raw.signed_auth(&other, false);
+    let blob_other = other.public_key().key_data().encode_vec().unwrap();
+    let blob_user = srv.user.public_key().key_data().encode_vec().unwrap();
+    let at = m
+        .windows(blob_other.len())
+        .position(|w| w == blob_other.as_slice())
+        .unwrap();
+    m[at..at + blob_user.len()].copy_from_slice(&blob_user);
+    raw.send(&m).await;
+    assert_eq!(raw.recv().await.unwrap()[0], msg::USERAUTH_FAILURE);
+    // And then nothing else is allowed.
+    raw.send(
+        &Writer::new(msg::GLOBAL_REQUEST)
+            .string("tcpip-forward")
+            .bool(true)
+            .string("d")
+            .u32(1)
+            .finish(),
+    )
+    .await;
+    raw.hung_up().await;
+    assert!(srv.granted.nothing());
+}
+
+#[tokio::test]
+async fn oversized_truncated_and_forged_packets_end_the_connection() {
+    let mut srv = server(Settings::default()).await;
+    // Oversized: a length far beyond the limit, in the clear before kex.
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    conn::version_exchange(&mut s, false).await.unwrap();
+    s.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+    s.write_all(&[0u8; 64]).await.unwrap();
+    let mut sink = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut sink))
+        .await
+        .unwrap()
+        .ok();
+    assert!(matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("length")));
+    // Truncated: half a packet, then the socket closes.
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    conn::version_exchange(&mut s, false).await.unwrap();
+    let i_c = kex::our_kexinit(false, true, &CipherAlg::ALL);
+    let mut out = Vec::new();
+    Direction::plain().seal(0, &i_c[..1], &i_c[1..], &mut out);
+    s.write_all(&out[..out.len() / 2]).await.unwrap();
+    drop(s);
+    let ended = srv.ended().await;
+    assert!(
+        matches!(&ended, mux::Ended::Closed)
+            || matches!(&ended, mux::Ended::Local(t) if t.contains("socket")),
+        "{ended:?}"
+    );
+    // Forged: a flipped bit after the keys are on.
+    let mut raw = Raw::connect(srv.addr, true, None).await;
+    let mut out = Vec::new();
+    raw.seal.seal(
+        raw.seq_out,
+        &[msg::SERVICE_REQUEST],
+        &Writer::default().string("ssh-userauth").finish(),
+        &mut out,
+    );
+    let last = out.len() - 1;
+    out[last] ^= 0x40;
+    raw.s.write_all(&out).await.unwrap();
+    raw.hung_up().await;
+    assert!(
+        matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("authentication failed"))
+    );
+    assert!(srv.granted.nothing());
+}
+
+#[tokio::test]
+async fn a_window_violation_ends_the_connection() {
+    let mut srv = server(Settings::default()).await;
+    let mut raw = Raw::connect(srv.addr, true, None).await;
+    raw.login(&srv.user).await;
+    let open = Writer::new(msg::CHANNEL_OPEN)
+        .string("direct-tcpip")
+        .u32(5)
+        .u32(0) // we grant the server nothing, so nothing is echoed
+        .u32(32768)
+        .string("echo")
+        .u32(1)
+        .string("127.0.0.1")
+        .u32(1)
+        .finish();
+    raw.send(&open).await;
+    let conf = raw.recv().await.unwrap();
+    assert_eq!(conf[0], msg::CHANNEL_OPEN_CONFIRMATION);
+    let mut r = Reader::new(&conf[1..]);
+    let (_, id, window) = (r.u32().unwrap(), r.u32().unwrap(), r.u32().unwrap());
+    assert_eq!(window, WINDOW);
+    let chunk = vec![1u8; 32768];
+    let mut sent = 0u32;
+    while sent <= window {
+        raw.send(
+            &Writer::new(msg::CHANNEL_DATA)
+                .u32(id)
+                .string(&chunk)
+                .finish(),
+        )
+        .await;
+        sent += chunk.len() as u32;
+    }
+    raw.hung_up().await;
+    assert!(matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("window")));
+}
+
+#[tokio::test]
+async fn strict_kex_refuses_the_sequence_number_trick() {
+    let mut srv = server(Settings::default()).await;
+    // An IGNORE slipped into the initial key exchange (what the Terrapin
+    // attack injects to shift sequence numbers) ends a strict connection.
+    let mut raw = Raw::connect(
+        srv.addr,
+        true,
+        Some(Writer::new(msg::IGNORE).string("").finish()),
+    )
+    .await;
+    raw.hung_up().await;
+    assert!(
+        matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("initial key exchange"))
+    );
+    // Without strict kex the same message is allowed (RFC 4253), and the
+    // sequence numbers simply continue.
+    let mut raw = Raw::connect(
+        srv.addr,
+        false,
+        Some(Writer::new(msg::IGNORE).string("").finish()),
+    )
+    .await;
+    raw.login(&srv.user).await;
+    assert_eq!(srv.granted.auths.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_client_refuses_a_host_key_that_is_not_pinned() {
+    let srv = server(Settings::default()).await;
+    let mut opts = srv.options();
+    opts.host_key = "SHA256:somethingelse".into();
+    let s = TcpStream::connect(srv.addr).await.unwrap();
+    let err = client::connect(s, &opts, NoForwards)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("host key mismatch"), "{err}");
+    assert!(srv.granted.nothing());
+    let _ = &srv.host;
+}
+
+#[tokio::test]
+async fn exec_output_larger_than_the_window_arrives_whole() {
+    let srv = server(Settings::default()).await;
+    let conn = srv.client(Settings::default()).await;
+    let out = tokio::time::timeout(WAIT, conn.exec("big"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (out.stdout.len(), out.stderr.len(), out.status),
+        (5 << 20, 3 << 20, 0)
+    );
+}
+
+#[tokio::test]
+async fn ecdsa_and_rsa_user_keys_sign_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, bits) in [
+        ("ecdsa", "256"),
+        ("ecdsa", "384"),
+        ("ecdsa", "521"),
+        ("rsa", "2048"),
+    ] {
+        let path = dir.path().join(format!("{kind}{bits}"));
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-N", "", "-t", kind, "-b", bits, "-f"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ssh-keygen -t {kind} -b {bits}");
+        let key = crate::ssh::keys::read_private(&path).unwrap();
+        let srv = server_for(Settings::default(), key).await;
+        let conn = srv.client(Settings::default()).await;
+        let out = conn.exec("x").await.unwrap();
+        assert_eq!(out.stdout, b"ran x", "{kind} {bits}");
+        assert_eq!(srv.granted.auths.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[tokio::test]
+async fn openssh_follows_rekeys_the_server_starts_in_every_cipher() {
+    let dir = tempfile::tempdir().unwrap();
+    for alg in CipherAlg::ALL {
+        let settings = Settings {
+            rekey_bytes: 512 * 1024,
+            ..Settings::default()
+        };
+        let srv = server(settings).await;
+        let key_path = dir.path().join(format!("user-{}", alg.name()));
+        crate::ssh::keys::write_pair(&srv.user, &key_path, "test").unwrap();
+        let known = dir.path().join(format!("known-{}", alg.name()));
+        std::fs::write(&known, format!("{}\n", known_line(&srv))).unwrap();
+        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut child = tokio::process::Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .arg("-o")
+            .arg(format!("Ciphers={}", alg.name()))
+            .arg("-i")
+            .arg(&key_path)
+            .args(["-W", "echo:1", "-p"])
+            .arg(srv.addr.port().to_string())
+            .arg("u@127.0.0.1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            stdin.write_all(&sent).await.unwrap();
+            // Keep stdin open: ssh -W would close the channel on EOF.
+            stdin
+        });
+        let mut stdout = child.stdout.take().unwrap();
+        let mut back = vec![0u8; data.len()];
+        tokio::time::timeout(WAIT, stdout.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(back == data, "{alg:?}: echo differs");
+        let tx = srv.granted.tx.lock().unwrap().clone().unwrap();
+        let kexes = *tx.ctl.kexes.borrow();
+        assert!(
+            kexes >= 8,
+            "{alg:?}: only {kexes} key exchanges for 8 MB at 512 KiB"
+        );
+        drop(writer);
+        let _ = child.kill().await;
+    }
+}
+
+fn known_line(srv: &TestServer) -> String {
+    let key = PublicKey::from_bytes(srv.host.blob()).unwrap();
+    format!(
+        "[127.0.0.1]:{} {}",
+        srv.addr.port(),
+        key.to_openssh().unwrap()
+    )
+}
+
+#[tokio::test]
+async fn authentication_needs_the_service_request_and_has_an_attempt_limit() {
+    let mut srv = server(Settings::default()).await;
+    let mut raw = Raw::connect(srv.addr, true, None).await;
+    let m = raw.signed_auth(&srv.user, false);
+    raw.send(&m).await;
+    raw.hung_up().await;
+    assert!(matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("SERVICE_REQUEST")));
+    let mut raw = Raw::connect(srv.addr, true, None).await;
+    raw.send(
+        &Writer::new(msg::SERVICE_REQUEST)
+            .string("ssh-userauth")
+            .finish(),
+    )
+    .await;
+    assert_eq!(raw.recv().await.unwrap()[0], msg::SERVICE_ACCEPT);
+    let other = generate_ed25519().unwrap();
+    for _ in 0..5 {
+        let m = raw.signed_auth(&other, false);
+        raw.send(&m).await;
+        assert_eq!(raw.recv().await.unwrap()[0], msg::USERAUTH_FAILURE);
+    }
+    let m = raw.signed_auth(&other, false);
+    raw.send(&m).await;
+    raw.hung_up().await;
+    assert!(matches!(srv.ended().await, mux::Ended::Local(t) if t.contains("too many")));
+    assert!(srv.granted.nothing());
+}
+
+#[tokio::test]
+async fn a_quiet_connection_rekeys_when_the_time_limit_passes() {
+    let settings = Settings {
+        rekey_time: Duration::from_millis(200),
+        ..Settings::default()
+    };
+    let srv = server(settings).await;
+    let conn = srv.client(Settings::default()).await;
+    let tx = srv.granted.tx.lock().unwrap().clone().unwrap();
+    let mut kexes = tx.ctl.kexes.subscribe();
+    // Nothing is sent: only the timer can start these key exchanges.
+    tokio::time::timeout(WAIT, kexes.wait_for(|n| *n >= 4))
+        .await
+        .expect("rekeys by time")
+        .unwrap();
+    let out = conn.exec("still").await.unwrap();
+    assert_eq!(out.stdout, b"ran still");
+}
