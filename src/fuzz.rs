@@ -13,7 +13,7 @@ use crate::agent::gateway::GatewayConfig;
 use crate::client::ClientFile;
 use crate::protocol::device_info::{DeviceInfo, check_labels, parse_label};
 use crate::protocol::token::Invite;
-use crate::protocol::{AllowList, Cidr, Name, Target, cidr};
+use crate::protocol::{AllowList, Cidr, Name, cidr};
 
 fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(data)
@@ -55,7 +55,7 @@ pub fn name(data: &[u8]) {
 /// host-key fingerprints.
 pub fn target(data: &[u8]) {
     let s = text(data);
-    let _ = Target::parse(&s);
+    let _ = crate::protocol::Target::parse(&s);
     let entries: Vec<&str> = s.split(',').collect();
     if let Ok(list) = AllowList::parse(&entries) {
         for p in list.ports() {
@@ -74,7 +74,7 @@ pub fn gateway(data: &[u8]) {
         let _ = Name::parse(gw);
         let _ = host.parse::<std::net::IpAddr>();
     }
-    let parts: Vec<&str> = s.split(|c| c == ',' || c == ' ').collect();
+    let parts: Vec<&str> = s.split([',', ' ']).collect();
     if let Ok(nets) = cidr::parse_list(&parts) {
         for a in &nets {
             let _ = a.first_host();
@@ -137,7 +137,10 @@ pub fn config(data: &[u8]) {
 }
 
 /// Every entry point, for a target that spreads one input over all.
-pub const ALL: &[(&str, fn(&[u8]))] = &[
+/// A fuzz entry point.
+pub type Target = fn(&[u8]);
+
+pub const ALL: &[(&str, Target)] = &[
     ("token", token),
     ("name", name),
     ("target", target),
