@@ -233,17 +233,32 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
     let mut idle_keys = Vec::with_capacity(cfg.devices);
     for i in 0..cfg.devices {
         let k = Arc::new(keys::generate_ed25519()?);
-        store.add_key(&tau, Role::Device, &Name::parse(&format!("i{i}"))?, k.public_key())?;
+        store.add_key(
+            &tau,
+            Role::Device,
+            &Name::parse(&format!("i{i}"))?,
+            k.public_key(),
+        )?;
         idle_keys.push(k);
     }
     let mut active_keys = Vec::new();
     for i in 0..cfg.active_devices {
         let k = Arc::new(keys::generate_ed25519()?);
-        store.add_key(&tau, Role::Device, &Name::parse(&format!("a{i}"))?, k.public_key())?;
+        store.add_key(
+            &tau,
+            Role::Device,
+            &Name::parse(&format!("a{i}"))?,
+            k.public_key(),
+        )?;
         active_keys.push(k);
     }
     let alice = Arc::new(keys::generate_ed25519()?);
-    store.add_key(&tau, Role::Controller, &Name::parse("alice")?, alice.public_key())?;
+    store.add_key(
+        &tau,
+        Role::Controller,
+        &Name::parse("alice")?,
+        alice.public_key(),
+    )?;
     drop(store);
 
     let mut relay = start_relay(&cfg.relay_bin, &data).await?;
@@ -297,7 +312,8 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
     let gate = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let mut set = tokio::task::JoinSet::new();
     for (i, key) in idle_keys.iter().enumerate() {
-        let (gate, addr, host_key, key) = (gate.clone(), addr.clone(), host_key.clone(), key.clone());
+        let (gate, addr, host_key, key) =
+            (gate.clone(), addr.clone(), host_key.clone(), key.clone());
         set.spawn(async move {
             let _p = gate.acquire_owned().await?;
             let c = idle_device(&addr, &host_key, &format!("i{i}"), key)
@@ -306,7 +322,8 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
             anyhow::Ok((i, c))
         });
     }
-    let mut idle: Vec<Option<ClientConnection<NoForwards>>> = (0..cfg.devices).map(|_| None).collect();
+    let mut idle: Vec<Option<ClientConnection<NoForwards>>> =
+        (0..cfg.devices).map(|_| None).collect();
     while let Some(j) = set.join_next().await {
         let (i, c) = j??;
         idle[i] = Some(c);
@@ -335,7 +352,8 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
     for c in 0..cfg.streams.div_ceil(per_conn) {
         let conn = Arc::new(connect(&addr, &host_key, "tau", alice.clone()).await?);
         for s in 0..per_conn.min(cfg.streams - c * per_conn) {
-            let (conn, stop, done, errors) = (conn.clone(), stop.clone(), done.clone(), errors.clone());
+            let (conn, stop, done, errors) =
+                (conn.clone(), stop.clone(), done.clone(), errors.clone());
             let dev = format!("a{}", (c * per_conn + s) % cfg.active_devices.max(1));
             workers.spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
@@ -411,7 +429,9 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
     let settle = Instant::now();
     loop {
         report.relay_fds_end = fd_count(pid);
-        if report.relay_fds_end <= report.relay_fds_start || settle.elapsed() > Duration::from_secs(60) {
+        if report.relay_fds_end <= report.relay_fds_start
+            || settle.elapsed() > Duration::from_secs(60)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -423,7 +443,9 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
 }
 
 #[derive(Debug, clap::Parser)]
-#[command(about = "Hold many idle devices and active streams on one relay; report leaks and memory")]
+#[command(
+    about = "Hold many idle devices and active streams on one relay; report leaks and memory"
+)]
 struct Args {
     #[arg(long, default_value_t = 10_000)]
     devices: usize,
@@ -475,7 +497,11 @@ async fn main() -> Result<()> {
         bail!("errors during the run");
     }
     if report.relay_fds_end > report.relay_fds_start {
-        bail!("relay file descriptors leaked: {} at start, {} at end", report.relay_fds_start, report.relay_fds_end);
+        bail!(
+            "relay file descriptors leaked: {} at start, {} at end",
+            report.relay_fds_start,
+            report.relay_fds_end
+        );
     }
     Ok(())
 }
