@@ -358,6 +358,15 @@ async fn a_device_key_cannot_open_streams_take_names_or_register_hundreds() {
         ))
     })
     .await;
+    wait_event(&r, kind::STREAM_OPEN, |e| {
+        e.result == "refused"
+            && e.key.as_deref() == Some("dev2")
+            && e.detail
+                .as_deref()
+                .unwrap_or("")
+                .contains("device keys cannot open streams")
+    })
+    .await;
     wait_event(&r, kind::REGISTER, |e| {
         e.device.as_deref() == Some("dev1")
             && e.detail
