@@ -64,6 +64,8 @@ pub struct Report {
     pub relay_rss_warm_kib: u64,
     pub relay_rss_end_kib: u64,
     pub relay_rss_peak_kib: u64,
+    /// After every client left: what the relay gives back.
+    pub relay_rss_after_kib: u64,
     pub relay_threads_start: u64,
     pub relay_threads_end: u64,
 }
@@ -223,7 +225,9 @@ async fn one_stream(conn: &ClientConnection<NoForwards>, dev: &str, port: u16) -
 }
 
 pub async fn run(cfg: LoadConfig) -> Result<Report> {
-    let need = (cfg.devices + cfg.active_devices + cfg.streams) as u64 * 2 + 4096;
+    // Each process (this one, the relay) holds one socket per device, and
+    // this one also both ends of each stream's echo; plus room for the rest.
+    let need = (cfg.devices + cfg.active_devices + cfg.streams * 3) as u64 + 1024;
     raise_nofile(need)?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
@@ -369,13 +373,25 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
         }
     }
     let sampler = {
-        let (stop, peak, warm) = (stop.clone(), peak.clone(), warm.clone());
+        let (stop, peak, warm, done) = (stop.clone(), peak.clone(), warm.clone(), done.clone());
         let warm_at = Instant::now() + cfg.duration / 3;
+        let t0 = Instant::now();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let rss = proc_status(pid, "VmRSS:");
+                n += 1;
+                if n % 60 == 0 {
+                    eprintln!(
+                        "load: {:>5.0} s  relay {} MiB, {} fds, {} streams done",
+                        t0.elapsed().as_secs_f64(),
+                        rss >> 10,
+                        fd_count(pid),
+                        done.load(Ordering::Relaxed)
+                    );
+                }
                 peak.fetch_max(rss, Ordering::Relaxed);
                 if Instant::now() >= warm_at && warm.load(Ordering::Relaxed) == 0 {
                     warm.store(rss, Ordering::Relaxed);
@@ -437,6 +453,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     report.relay_threads_end = proc_status(pid, "Threads:");
+    report.relay_rss_after_kib = proc_status(pid, "VmRSS:");
     let _ = relay.child.start_kill();
     let _ = relay.child.wait().await;
     Ok(report)
