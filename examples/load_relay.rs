@@ -383,7 +383,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
                 tick.tick().await;
                 let rss = proc_status(pid, "VmRSS:");
                 n += 1;
-                if n % 60 == 0 {
+                if n.is_multiple_of(60) {
                     eprintln!(
                         "load: {:>5.0} s  relay {} MiB, {} fds, {} streams done",
                         t0.elapsed().as_secs_f64(),
