@@ -1,25 +1,33 @@
 #!/usr/bin/env python3
-"""Warren vs OpenSSH on loopback. Started by bench/run (which builds first).
+"""Warren vs an OpenSSH relay on loopback. Started by bench/run (which builds first).
 
-Figures, each measured several times, alternating Warren and OpenSSH:
-  1. iperf3 throughput through the relay, one stream, both directions, with
-     the client legs on the default cipher and on a forced AEAD cipher;
-  2. wall time of a full stock `ssh -J ... true` login to a device's sshd
-     (and, as a baseline, a direct login to the same sshd);
-  3. relay memory per idle connected device (1,000 devices), from
-     /proc/PID/status (RssAnon, VmPTE) and /proc/PID/smaps_rollup (Anonymous).
-     The load generator is examples/bench_devices.rs; against sshd it holds
-     the same number of connections, each with an `ssh -R 0:…`-style forward.
+Both relays run side by side in one run; every figure is measured --reps
+times (3 by default), alternating the systems and rotating which goes first.
+The OpenSSH relay is a stock sshd; its device is `ssh -N -R`; the controller
+for both is stock `ssh -N -L` (and `warren forward` for Warren, if the build
+has that command: otherwise it is skipped with the reason printed).
 
-Each throughput run also charges CPU time (utime+stime from /proc) to the
-relay, the device side, the controller's ssh and the iperf3 server, and, for
-Warren, checks that the relay logged the data stream as closed afterwards
-(results.json: warren_stream_health). A failed run is recorded, the
-controller connection is restarted, and the figure is topped up with at most
-two extra rounds.
+  1. throughput through the relay (iperf3 behind the device), 1 and 8
+     parallel streams, both directions, with the ssh default cipher and with
+     each --ciphers cipher forced on the client legs; relay CPU seconds per
+     GiB relayed (utime+stime from /proc over the run);
+  2. round trip of 64-byte messages on one established stream (p50, p99),
+     through `ssh -L` to an echo target behind the device
+     (examples/bench_probe.rs);
+  3. new stream to first byte (p50, p99): a new TCP connection to the
+     established `ssh -L` port until the target's greeting byte arrives;
+     full `ssh -J ... true` logins to the device's sshd: time of one, and
+     logins per second with several clients at once;
+  4. idle devices (examples/bench_devices.rs holds them from one process), on
+     a fresh relay per run: relay RssAnon+VmPTE before/after per device (at
+     1,000 and 10,000 for Warren; OpenSSH at 1,000), growth over a hold
+     period, time until all are registered when they connect at the same
+     moment, and new-stream latency with that many idle devices;
+  5. a perf profile of the Warren relay under iperf3 (if perf is installed).
 
-Everything binds 127.0.0.1 only, on ports found free by binding 127.0.0.1:0.
-Stdlib only.
+Writes results.json (every run, commands, versions, ciphers, load average)
+and results.md (the table). Everything binds 127.0.0.1 only, on ports found
+free by binding 127.0.0.1:0. Stdlib only.
 """
 
 import argparse
@@ -328,6 +336,20 @@ def kex_ciphers(proc):
 
 
 # ---------------------------------------------------------------- the benchmark
+# ---------------------------------------------------------------- the benchmark
+
+GIB = 1024 ** 3
+SYSTEM_NAMES = {"warren": "Warren (ssh -L)", "openssh": "OpenSSH (ssh -L)",
+                "warren_forward": "Warren (warren forward)"}
+
+
+def loadavg():
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
+def rotate(seq, k):
+    k %= len(seq)
+    return list(seq[k:]) + list(seq[:k])
 
 
 class Bench:
@@ -338,82 +360,89 @@ class Bench:
         self.logs.mkdir()
         self.user = run(["id", "-un"]).stdout.strip()
         self.agent_logs = []  # agents replaced after a failed run
+        cpu = Path("/proc/cpuinfo").read_text()
+        model = re.search(r"^model name\s*:\s*(.*)$", cpu, re.M)
+        flags = re.search(r"^flags\s*:\s*(.*)$", cpu, re.M)
+        flags = flags.group(1).split() if flags else []
+        code = run(["git", "log", "-1", "--format=%H %cI %s", "--", "src", "Cargo.toml", "Cargo.lock"],
+                   check=False).stdout.strip()
         self.results = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "quick": a.quick,
             "machine": {
                 "nproc": os.cpu_count(),
+                "cpu": model.group(1) if model else "unknown",
+                "aes_ni": "aes" in flags,
                 "uname": " ".join(os.uname()),
-                "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+                "mem_total": re.search(r"MemTotal:\s+(\d+ kB)", Path("/proc/meminfo").read_text()).group(1),
+                "nofile_limit": run(["sh", "-c", "ulimit -n"]).stdout.strip(),
+                "loadavg_start": loadavg(),
             },
             "versions": {
                 "ssh -V": run(["ssh", "-V"]).stderr.strip(),
                 "sshd": SSHD,
                 "iperf3": run(["iperf3", "--version"]).stdout.splitlines()[0],
                 "warren": run([a.warren, "--version"]).stdout.strip(),
-                "git": run(["git", "rev-parse", "HEAD"], check=False).stdout.strip(),
-                "git_dirty": bool(run(["git", "status", "--porcelain"], check=False).stdout.strip()),
+                "git_head": run(["git", "rev-parse", "HEAD"], check=False).stdout.strip(),
+                "git_dirty": bool(run(["git", "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
+                                      check=False).stdout.strip()),
+                "code_commit": code,
+                "python": sys.version.split()[0],
             },
-            "settings": {
-                "iperf_seconds": a.iperf_seconds,
-                "iperf_omit": 1,
-                "reps": a.reps,
-                "logins_per_round": a.logins,
-                "login_rounds": a.reps,
-                "devices": a.devices,
-                "openssh_devices": a.openssh_devices,
-                "agent_keepalive_timeout": a.agent_keepalive,
-            },
+            "settings": {k: v for k, v in vars(a).items() if k not in ("work", "pids", "out", "md")},
             "commands": {},
             "ciphers": {},
+            "skipped": [],
             "throughput": [],
+            "rtt": [],
+            "first_byte": [],
             "login": [],
-            "memory": [],
+            "login_rate": [],
+            "scale": [],
             "notes": [],
         }
 
-    # --- shared world: keys, device sshd, iperf3, Warren relay + agent, OpenSSH relay
+    def skip(self, what, reason):
+        log(f"SKIP {what}: {reason}")
+        self.results["skipped"].append({"what": what, "reason": reason})
+
+    # --- shared world: keys, device sshd, iperf3, echo, Warren relay + agent, OpenSSH relay
 
     def setup(self):
         w = self.work
-        log("setting up keys, sshds, iperf3, relays")
+        log("setting up keys, sshds, iperf3, echo target, relays")
         self.ukey = w / "user_key"
         keygen(self.ukey, "controller")
         # The device's own sshd: the login target, the same for both relays.
         self.dev_sshd = Sshd("device_sshd", w, f"{self.ukey}.pub")
         # The OpenSSH relay.
         self.orelay = Sshd("openssh_relay", w, f"{self.ukey}.pub", "MaxStartups 100:30:200\n")
-        # iperf3 behind the device.
-        # One iperf3 server per system (same settings), so that a test stuck
-        # in one system cannot make the other's server busy.
+        # iperf3 behind the device: one server per system (same settings), so
+        # that a test stuck in one system cannot make the other's server busy.
         self.iperf = {}
-        for system in ("warren", "openssh"):
+        for system in ("warren", "openssh", "warren_forward"):
             self.start_iperf(system, free_port())
+        # The echo target for the latency probes (greeting byte, then echo).
+        self.echo = Proc("echo_target", [self.a.probe_bin, "echo", "--listen", "127.0.0.1:0"], self.logs)
+        self.echo_port = int(self.echo.wait_for(r"^listening (\d+)", 20)[0].group(1))
 
         # Warren relay, system, controller key (same key as for OpenSSH) and device key.
         self.wrelay = WarrenRelay("warren_relay", w, self.a.warren)
         self.wrelay.admin("system", "add", SYSTEM)
         self.wrelay.admin("key", "add", "--system", SYSTEM, "--role", "controller", "--name", "alice", f"{self.ukey}.pub")
-        devkey = w / "dev1_key"
-        run([self.a.warren, "keygen", devkey])
-        self.wrelay.admin("key", "add", "--system", SYSTEM, "--role", "device", "--name", "dev1", f"{devkey}.pub")
-        agent_toml = w / "agent.toml"
-        agent_toml.write_text(
-            f'relay = "127.0.0.1:{self.wrelay.port}"\nsystem = "{SYSTEM}"\nname = "dev1"\n'
-            f'key = "{devkey}"\nrelay_host_key = "{self.wrelay.fingerprint}"\n'
-            f'allow = ["22=127.0.0.1:{self.dev_sshd.port}", "5201=127.0.0.1:{self.iperf["warren"].port}"]\n'
-            f'keepalive_timeout = "{self.a.agent_keepalive}"\n'
-        )
-        # russh logs the negotiated algorithms at debug: that is how the agent
-        # leg's cipher is known.
-        self.agent_toml = agent_toml
+        self.devkey = w / "dev1_key"
+        run([self.a.warren, "keygen", self.devkey])
+        self.wrelay.admin("key", "add", "--system", SYSTEM, "--role", "device", "--name", "dev1", f"{self.devkey}.pub")
+        self.agent_toml = self.write_agent_toml(w / "agent.toml", self.wrelay, {
+            22: self.dev_sshd.port, 5201: self.iperf["warren"].port,
+            5202: self.iperf["warren_forward"].port, 7: self.echo_port})
         self.start_agent()
 
         # Ports the OpenSSH relay will listen on for the agentless device (ssh -R).
-        self.r22 = free_port()
-        self.r5201 = free_port()
+        self.r22, self.r5201, self.r7 = free_port(), free_port(), free_port()
 
-        known = w / "known_hosts"
-        known.write_text(
+        self.known = w / "known_hosts"
+        self.known.write_text(
             "\n".join(
                 [
                     f"[127.0.0.1]:{self.wrelay.port} {' '.join(self.wrelay.host_pub)}",
@@ -430,7 +459,7 @@ class Bench:
         self.cfg.write_text(
             "Host *\n"
             f"  IdentityFile {self.ukey}\n  IdentitiesOnly yes\n  BatchMode yes\n"
-            f"  StrictHostKeyChecking yes\n  UserKnownHostsFile {known}\n"
+            f"  StrictHostKeyChecking yes\n  UserKnownHostsFile {self.known}\n"
             "  GlobalKnownHostsFile /dev/null\n  UpdateHostKeys no\n  CheckHostIP no\n"
             "  ControlMaster no\n  ControlPath none\n  AddressFamily inet\n  ConnectTimeout 20\n"
         )
@@ -438,17 +467,43 @@ class Bench:
             "warren_relay": self.wrelay.port,
             "openssh_relay": self.orelay.port,
             "device_sshd": self.dev_sshd.port,
-            "iperf3_warren": self.iperf["warren"].port,
-            "iperf3_openssh": self.iperf["openssh"].port,
+            "echo_target": self.echo_port,
+            **{f"iperf3_{s}": p.port for s, p in self.iperf.items()},
             "openssh_relay_forward_22": self.r22,
             "openssh_relay_forward_5201": self.r5201,
+            "openssh_relay_forward_7": self.r7,
         }
         self.results["files"] = {
             "ssh_config": self.cfg.read_text(),
-            "agent.toml": agent_toml.read_text(),
+            "agent.toml": self.agent_toml.read_text(),
             "openssh_relay_sshd_config": self.orelay.config.read_text(),
             "device_sshd_config": self.dev_sshd.config.read_text(),
         }
+        self.results["commands"]["setup"] = {
+            "warren_relay": shlex.join(self.wrelay.proc.argv),
+            "warren_agent": shlex.join(self.agent.argv),
+            "openssh_relay": shlex.join(self.orelay.proc.argv),
+            "device_sshd": shlex.join(self.dev_sshd.proc.argv),
+            "echo_target": shlex.join(self.echo.argv),
+            **{f"iperf3_server_{s}": shlex.join(p.argv) for s, p in self.iperf.items()},
+        }
+        # `warren forward` is measured only if this build has it.
+        r = run([self.a.warren, "forward", "--help"], check=False)
+        self.has_forward = r.returncode == 0
+        if not self.has_forward:
+            why = (r.stderr or r.stdout).strip().splitlines()
+            self.skip("warren forward (controller side)",
+                      f"not in this build: `warren forward --help` exited {r.returncode}"
+                      + (f" ({why[0]})" if why else ""))
+
+    def write_agent_toml(self, path, relay, allow):
+        path.write_text(
+            f'relay = "127.0.0.1:{relay.port}"\nsystem = "{SYSTEM}"\nname = "dev1"\n'
+            f'key = "{self.devkey}"\nrelay_host_key = "{relay.fingerprint}"\n'
+            f'allow = [{", ".join(f"{chr(34)}{p}=127.0.0.1:{t}{chr(34)}" for p, t in allow.items())}]\n'
+            f'keepalive_timeout = "{self.a.agent_keepalive}"\n'
+        )
+        return path
 
     def start_iperf(self, system, port):
         p = Proc(
@@ -462,8 +517,8 @@ class Bench:
         self.iperf[system] = p
 
     def start_agent(self):
-        # russh logs the negotiated algorithms at debug: that is how the agent
-        # leg's cipher is known.
+        # The SSH library logs the negotiated algorithms at debug: that is how
+        # the agent leg's cipher is known.
         env = dict(os.environ, WARREN_LOG="info,russh::client::kex=debug")
         self.agent = Proc("warren_agent", [self.a.warren, "agent", "--config", self.agent_toml], self.logs, env=env)
         self.agent.wait_for("online: registered", 30)
@@ -475,83 +530,101 @@ class Bench:
     def recover(self, system, cipher, ctl, dev):
         """After a failed run: new controller connection, new device side
         (agent or ssh -R) and a fresh iperf3 server, so that one stuck run
-        does not fail the following ones. Returns the new (ctl, dev)."""
-        log(f"  {system}: failed run; restarting its controller ssh, device side and iperf3 server")
+        does not fail the following ones. Returns the new device side."""
+        log(f"  {system}: failed run; restarting its controller, device side and iperf3 server")
         self.results.setdefault("bench_restarts", []).append(
             {"system": system, "cipher": cipher or "default", "at": time.strftime("%H:%M:%S")})
         self.restart(ctl[system])
         port = self.iperf[system].port
         self.restart(self.iperf[system])
         self.start_iperf(system, port)
-        if system == "warren":
+        if system.startswith("warren"):
             self.agent_logs.append(self.agent)
             self.restart(self.agent)
             self.start_agent()
         else:
             self.restart(dev)
             dev = self.openssh_device(cipher)
-        ctl[system] = self.controller(system, cipher, free_port())
+        ctl[system] = self.controller(system, cipher, free_port(), "iperf")
         return dev
 
     def ssh(self, *args):
         return ["ssh", "-F", self.cfg, *args]
 
     def openssh_device(self, cipher):
-        """The agentless device: ssh -R to the OpenSSH relay (port 22 and iperf3)."""
+        """The agentless device: ssh -R to the OpenSSH relay (sshd, iperf3, echo)."""
         c = ["-c", cipher] if cipher else []
         argv = self.ssh(
             "-N", "-v", "-o", "ExitOnForwardFailure=yes", *c,
             "-R", f"127.0.0.1:{self.r5201}:127.0.0.1:{self.iperf['openssh'].port}",
             "-R", f"127.0.0.1:{self.r22}:127.0.0.1:{self.dev_sshd.port}",
+            "-R", f"127.0.0.1:{self.r7}:127.0.0.1:{self.echo_port}",
             "-p", self.orelay.port, f"{self.user}@127.0.0.1",
         )
         p = Proc(f"openssh_device_{cipher or 'default'}", argv, self.logs)
-        p.wait_for(r"remote forward success for: listen", 30, count=2)
+        p.wait_for(r"remote forward success for: listen", 30, count=3)
         p.wait_for(r"all expected forwarding replies received", 30)
         return p
 
-    # --- 1. throughput
+    # --- controllers
 
-    def controller(self, system, cipher, lport):
+    def controller(self, system, cipher, lport, target):
+        """A controller connection with a local forward to the iperf3 server
+        ("iperf") or the echo target ("echo") behind the device."""
         c = ["-c", cipher] if cipher else []
         if system == "warren":
+            port = 5201 if target == "iperf" else 7
             argv = self.ssh(
                 "-N", "-v", "-o", "ExitOnForwardFailure=yes", *c,
-                "-L", f"127.0.0.1:{lport}:dev1:5201",
+                "-L", f"127.0.0.1:{lport}:dev1:{port}",
                 "-p", self.wrelay.port, f"{SYSTEM}@127.0.0.1",
             )
-        else:
+        elif system == "openssh":
+            port = self.r5201 if target == "iperf" else self.r7
             argv = self.ssh(
                 "-N", "-v", "-o", "ExitOnForwardFailure=yes", *c,
-                "-L", f"127.0.0.1:{lport}:127.0.0.1:{self.r5201}",
+                "-L", f"127.0.0.1:{lport}:127.0.0.1:{port}",
                 "-p", self.orelay.port, f"{self.user}@127.0.0.1",
             )
-        p = Proc(f"{system}_controller_{cipher or 'default'}", argv, self.logs)
-        p.wait_for(rf"Local forwarding listening on 127\.0\.0\.1 port {lport}", 30)
+        else:  # warren_forward
+            port = 5202 if target == "iperf" else 7
+            argv = [self.a.warren, "forward", "--relay", f"127.0.0.1:{self.wrelay.port}", "--system", SYSTEM,
+                    "--key", self.ukey, "--relay-host-key", self.wrelay.fingerprint,
+                    f"dev1:{port}=127.0.0.1:{lport}"]
+        p = Proc(f"{system}_controller_{target}_{cipher or 'default'}", argv, self.logs)
+        if system == "warren_forward":
+            p.wait_for(rf"127\.0\.0\.1:{lport}\b", 30)
+        else:
+            p.wait_for(rf"Local forwarding listening on 127\.0\.0\.1 port {lport}", 30)
         p.lport = lport
         return p
 
+    def systems(self, cipher=None):
+        return ["warren", "openssh"] + (["warren_forward"] if self.has_forward and cipher is None else [])
+
+    # --- 1. throughput and relay CPU per GiB
+
     def cpu_groups(self, system, ctl, dev):
         """Processes whose CPU time a throughput run is charged to."""
-        if system == "warren":
+        if system.startswith("warren"):
             return {
                 "relay": ([self.wrelay.proc.pid], False),
                 "device_side": ([self.agent.pid], False),
-                "controller_ssh": ([ctl.pid], False),
+                "controller": ([ctl.pid], False),
                 "iperf3_server": ([self.iperf[system].pid], False),
             }
         return {
             "relay": ([self.orelay.proc.pid], True),
             "device_side": ([dev.pid], False),
-            "controller_ssh": ([ctl.pid], False),
+            "controller": ([ctl.pid], False),
             "iperf3_server": ([self.iperf[system].pid], False),
         }
 
-    def iperf_once(self, system, cipher, direction, lport, ctl, dev):
+    def iperf_once(self, system, cipher, streams, direction, ctl, dev):
         reverse = direction == "device_to_controller"
         argv = [
-            "iperf3", "-c", "127.0.0.1", "-p", str(lport), "-t", str(self.a.iperf_seconds),
-            "-O", "1", "-J", "--connect-timeout", "10000",
+            "iperf3", "-c", "127.0.0.1", "-p", str(ctl.lport), "-t", str(self.a.iperf_seconds),
+            "-O", "1", "-J", "--connect-timeout", "10000", "-P", str(streams),
         ] + (["-R"] if reverse else [])
         groups = self.cpu_groups(system, ctl, dev)
         self.wait_iperf_idle(system)
@@ -565,7 +638,7 @@ class Bench:
             t0 = time.monotonic()
             try:
                 r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                   timeout=self.a.iperf_seconds + 16)
+                                   timeout=self.a.iperf_seconds + 20)
                 out = json.loads(r.stdout or "{}")
             except (subprocess.TimeoutExpired, json.JSONDecodeError) as e:
                 out = {"error": str(e)}
@@ -580,31 +653,38 @@ class Bench:
         rec = {
             "system": system,
             "cipher": cipher or "default",
+            "streams": streams,
             "direction": direction,
             "command": shlex.join(argv),
+            "controller_command": shlex.join(ctl.argv),
             "wall_s": round(wall, 3),
             "cpu_s": cpu,
             "cpu_pct_of_wall": {k: round(100 * v / wall, 1) for k, v in cpu.items()},
             "busy_retries": busy_retries,
+            "loadavg": loadavg(),
         }
         if "error" in out or "end" not in out:
             rec["error"] = out.get("error", "no result")
             rec["mbit_s"] = None
-            log(f"  {system:7} {direction:21} FAILED: {rec['error']}")
+            log(f"  {system:14} P{streams} {direction:21} FAILED: {rec['error']}")
         else:
             recv = out["end"]["sum_received"]
             rec["mbit_s"] = recv["bits_per_second"] / 1e6
             rec["bytes"] = recv["bytes"]
-            rec["cpu_s_per_gb"] = {k: round(v / (recv["bytes"] / 1e9), 3) for k, v in cpu.items()}
-            log(f"  {system:7} {direction:21} {rec['mbit_s']:8.0f} Mbit/s  cpu% "
+            # CPU over the whole iperf3 run (omitted first second and setup
+            # included) divided by the bytes counted: a slight overestimate,
+            # the same for both systems.
+            rec["cpu_s_per_gib"] = {k: round(v / (recv["bytes"] / GIB), 3) for k, v in cpu.items()}
+            log(f"  {system:14} P{streams} {direction:21} {rec['mbit_s']:8.0f} Mbit/s  relay "
+                f"{rec['cpu_s_per_gib']['relay']:.2f} s/GiB  cpu% "
                 + " ".join(f"{k}={v}" for k, v in rec["cpu_pct_of_wall"].items()))
-        if system == "warren" and rec["mbit_s"]:
-            rec["relay_logged_data_stream_closed"] = self.wait_data_stream_closed(closed_before)
+        if system.startswith("warren") and rec["mbit_s"]:
+            rec["relay_logged_data_streams_closed"] = self.wait_data_stream_closed(closed_before, streams)
         self.results["throughput"].append(rec)
         return rec["mbit_s"] is not None
 
     def agent_cipher(self):
-        """The agent-relay leg's cipher, from the agent's russh debug line."""
+        """The agent-relay leg's cipher, from the agent's debug line."""
         found = self.agent.find(r"negotiated algorithms: .*")
         if not found:
             return "unknown"
@@ -627,34 +707,35 @@ class Bench:
     def data_streams_closed(self):
         """The Warren relay's audit lines for closed iperf3 data streams."""
         closed = self.wrelay.proc.find(
-            r'result="closed".*target="dev1:5201".*bytes_to_device=(\d+) bytes_from_device=(\d+)')
-        return [m for m in closed if max(int(m.group(1)), int(m.group(2))) > 10_000_000]
+            r'result="closed".*target="dev1:520[12]".*bytes_to_device=(\d+) bytes_from_device=(\d+)')
+        return [m for m in closed if max(int(m.group(1)), int(m.group(2))) > 1_000_000]
 
-    def wait_data_stream_closed(self, before, timeout=3.0):
+    def wait_data_stream_closed(self, before, streams, timeout=3.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if len(self.data_streams_closed()) > before:
+            if len(self.data_streams_closed()) >= before + streams:
                 return True
             time.sleep(0.05)
         return False
 
     def stream_health(self):
         """What the Warren relay and agent logs say about the throughput runs."""
-        ok_runs = [r for r in self.results["throughput"] if r["system"] == "warren" and r["mbit_s"]]
-        stuck = [r for r in ok_runs if not r.get("relay_logged_data_stream_closed")]
+        recs = self.results["throughput"]
+        ok_runs = [r for r in recs if r["system"].startswith("warren") and r["mbit_s"]]
+        stuck = [r for r in ok_runs if not r.get("relay_logged_data_streams_closed")]
         h = {
             "warren_successful_runs": len(ok_runs),
-            "warren_failed_runs": sum(1 for r in self.results["throughput"] if r["system"] == "warren" and not r["mbit_s"]),
-            "openssh_failed_runs": sum(1 for r in self.results["throughput"] if r["system"] == "openssh" and not r["mbit_s"]),
+            "warren_failed_runs": sum(1 for r in recs if r["system"].startswith("warren") and not r["mbit_s"]),
+            "openssh_failed_runs": sum(1 for r in recs if r["system"] == "openssh" and not r["mbit_s"]),
             "relay_data_streams_not_closed_3s_after_run": len(stuck),
-            "stuck_runs": [f"{r['cipher']} {r['direction']}" for r in stuck],
+            "stuck_runs": [f"{r['system']} {r['cipher']} P{r['streams']} {r['direction']}" for r in stuck],
             "relay_refusals": [m.group(0) for m in self.wrelay.proc.find(r'result="refused".*')],
             "agent_reconnects": [m.group(0) for a in self.agent_logs + [self.agent] for m in a.find(r"offline: .*")],
             "bench_restarts_after_failed_runs": self.results.get("bench_restarts", []),
         }
         self.results["warren_stream_health"] = h
-        log(f"  Warren: {len(stuck)} of {len(ok_runs)} successful runs left their data "
-            f"stream open at the relay; {len(h['relay_refusals'])} refusals; {len(h['agent_reconnects'])} agent reconnects")
+        log(f"  Warren: {len(stuck)} of {len(ok_runs)} successful runs left a data stream open at the "
+            f"relay; {len(h['relay_refusals'])} refusals; {len(h['agent_reconnects'])} agent reconnects")
 
     def cipher_accepted(self, cipher):
         """Whether both relays accept `cipher` from stock ssh."""
@@ -668,13 +749,6 @@ class Bench:
         return ok
 
     def throughput(self):
-        self.results["commands"]["throughput"] = {
-            "iperf3_server_warren": shlex.join(self.iperf["warren"].argv),
-            "iperf3_server_openssh": shlex.join(self.iperf["openssh"].argv),
-            "warren_agent": shlex.join(self.agent.argv),
-            "warren_relay": shlex.join(self.wrelay.proc.argv),
-            "openssh_relay": shlex.join(self.orelay.proc.argv),
-        }
         ciphers = [None]
         for c in self.a.ciphers:
             acc = self.cipher_accepted(c)
@@ -682,53 +756,96 @@ class Bench:
             if acc.get("warren") and acc.get("openssh"):
                 ciphers.append(c)
             else:
-                note = f"cipher {c} skipped: accepted by {acc}"
+                # Not a skip of a figure: a cipher one relay refuses has no
+                # same-cipher comparison. Recorded as such.
+                note = f"cipher {c} not measured: accepted by {acc}"
                 log(note)
                 self.results["notes"].append(note)
+        dirs = ("device_to_controller", "controller_to_device")
         for cipher in ciphers:
             name = cipher or "default"
-            log(f"throughput, client-leg cipher {name}")
+            log(f"throughput and relay CPU, client-leg cipher {name}")
             dev = self.openssh_device(cipher)
-            ctl = {s: self.controller(s, cipher, free_port()) for s in ("warren", "openssh")}
+            systems = self.systems(cipher)
+            ctl = {s: self.controller(s, cipher, free_port(), "iperf") for s in systems}
+            self.results["notes"].append(
+                f"client legs {name}: for OpenSSH both client legs (controller ssh -L and device ssh -R) use "
+                f"{'the ssh default' if cipher is None else cipher}; for Warren only the controller leg does, the "
+                "agent-relay leg negotiates the agent's own preference (see ciphers)")
             self.results["ciphers"][name] = {
                 "warren_controller_leg": kex_ciphers(ctl["warren"]),
                 "warren_agent_leg": self.agent_cipher(),
                 "openssh_controller_leg": kex_ciphers(ctl["openssh"]),
                 "openssh_device_leg": kex_ciphers(dev),
             }
-            if cipher:
-                self.results["notes"].append(
-                    f"with -c {cipher}: both OpenSSH client legs (controller and ssh -R device) use it; Warren's "
-                    "controller leg uses it but the agent-relay leg stays chacha20-poly1305 (russh default, no option)")
-            self.results["commands"]["throughput"][name] = {
-                "warren_controller": shlex.join(ctl["warren"].argv),
-                "openssh_controller": shlex.join(ctl["openssh"].argv),
+            self.results["commands"][f"throughput_{name}"] = {
+                **{f"{s}_controller": shlex.join(ctl[s].argv) for s in systems},
                 "openssh_device": shlex.join(dev.argv),
+                "iperf3_client": f"iperf3 -c 127.0.0.1 -p LPORT -t {self.a.iperf_seconds} -O 1 -J "
+                                 "--connect-timeout 10000 -P STREAMS [-R for device → controller]",
             }
-            def successes(system, direction):
-                return sum(1 for r in self.results["throughput"] if r["system"] == system and
-                           r["cipher"] == name and r["direction"] == direction and r["mbit_s"])
+
+            def successes(system, streams, direction):
+                return sum(1 for r in self.results["throughput"] if r["system"] == system and r["cipher"] == name
+                           and r["streams"] == streams and r["direction"] == direction and r["mbit_s"])
 
             # Alternate the systems (and which goes first); top up with at
             # most two extra rounds for figures that had failed runs.
             for rnd in range(self.a.reps + 2):
-                order = ("warren", "openssh") if rnd % 2 == 0 else ("openssh", "warren")
-                for direction in ("device_to_controller", "controller_to_device"):
-                    for system in order:
-                        if rnd >= self.a.reps and successes(system, direction) >= self.a.reps:
-                            continue
-                        ok = self.iperf_once(system, cipher, direction, ctl[system].lport, ctl[system], dev)
-                        if not ok:
-                            dev = self.recover(system, cipher, ctl, dev)
+                for streams in self.a.streams:
+                    for direction in dirs:
+                        for system in rotate(systems, rnd):
+                            if rnd >= self.a.reps and successes(system, streams, direction) >= self.a.reps:
+                                continue
+                            if not self.iperf_once(system, cipher, streams, direction, ctl[system], dev):
+                                dev = self.recover(system, cipher, ctl, dev)
             for p in list(ctl.values()) + [dev]:
-                p.stop()
-                PROCS.remove(p)
+                self.restart(p)
         self.stream_health()
 
-    # --- 2. ssh -J login time
+    # --- 2, 3a. round trip of 64-byte messages; new stream to first byte
+
+    def probe(self, kind, lport, count, warmup):
+        argv = [self.a.probe_bin, kind, "--connect", f"127.0.0.1:{lport}", "--count", count, "--warmup", warmup]
+        if kind == "rtt":
+            argv += ["--size", self.a.rtt_size]
+        r = run(argv, timeout=600, check=False, env=dict(os.environ, RUST_BACKTRACE="0", RUST_LIB_BACKTRACE="0"))
+        if r.returncode != 0:
+            return {"error": (r.stderr or r.stdout).strip()[:800], "command": shlex.join(map(str, argv))}
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        out["command"] = shlex.join(map(str, argv))
+        return out
+
+    def latency(self):
+        log(f"latency: {self.a.rtt_count} round trips of {self.a.rtt_size} bytes on one stream; "
+            f"{self.a.fb_count} new streams to first byte")
+        dev = self.openssh_device(None)
+        systems = self.systems()
+        ctl = {s: self.controller(s, None, free_port(), "echo") for s in systems}
+        self.results["commands"]["latency"] = {
+            **{f"{s}_controller": shlex.join(ctl[s].argv) for s in systems},
+            "openssh_device": shlex.join(dev.argv),
+        }
+        for rnd in range(self.a.reps):
+            for system in rotate(systems, rnd):
+                rec = self.probe("rtt", ctl[system].lport, self.a.rtt_count, 100)
+                rec.update(system=system, round=rnd, loadavg=loadavg())
+                self.results["rtt"].append(rec)
+                log(f"  rtt        {system:14} " + (f"p50 {rec['p50_us']:.0f} µs p99 {rec['p99_us']:.0f} µs"
+                                                     if "p50_us" in rec else f"FAILED {rec['error']}"))
+            for system in rotate(systems, rnd + 1):
+                rec = self.probe("first-byte", ctl[system].lport, self.a.fb_count, 5)
+                rec.update(system=system, round=rnd, loadavg=loadavg())
+                self.results["first_byte"].append(rec)
+                log(f"  first byte {system:14} " + (f"p50 {rec['p50_us']:.0f} µs p99 {rec['p99_us']:.0f} µs"
+                                                     if "p50_us" in rec else f"FAILED {rec['error']}"))
+        for p in list(ctl.values()) + [dev]:
+            self.restart(p)
+
+    # --- 3b. ssh -J logins: time of one, and logins per second
 
     def logins(self):
-        log("ssh -J login time")
+        log("ssh -J logins")
         dev = self.openssh_device(None)
         cmds = {
             "warren": self.ssh("-J", f"{SYSTEM}@127.0.0.1:{self.wrelay.port}", f"{self.user}@dev1", "true"),
@@ -742,11 +859,10 @@ class Bench:
         # One unmeasured login each (warms caches, checks that both work).
         for system, argv in cmds.items():
             run(argv, timeout=60)
+        systems = ("warren", "openssh", "direct")
         for rnd in range(self.a.reps):
             for i in range(self.a.logins):
-                systems = ("warren", "openssh", "direct")
-                k = (rnd * self.a.logins + i) % 3
-                for system in systems[k:] + systems[:k]:
+                for system in rotate(systems, rnd * self.a.logins + i):
                     t0 = time.perf_counter()
                     r = subprocess.run([str(a) for a in cmds[system]], capture_output=True, text=True,
                                        stdin=subprocess.DEVNULL, timeout=60)
@@ -756,216 +872,562 @@ class Bench:
                         "ms": round(dt * 1000, 2),
                         **({} if r.returncode == 0 else {"stderr": r.stderr[-500:]}),
                     })
-            for s in ("warren", "openssh", "direct"):
+            for s in systems:
                 ms = [x["ms"] for x in self.results["login"] if x["system"] == s and x["round"] == rnd and x["ok"]]
-                log(f"  round {rnd}: {s:7} median {statistics.median(ms):.0f} ms (n={len(ms)})" if ms
+                log(f"  round {rnd}: {s:7} one login: median {statistics.median(ms):.0f} ms (n={len(ms)})" if ms
                     else f"  round {rnd}: {s:7} all logins failed")
-        dev.stop()
-        PROCS.remove(dev)
+            # Logins per second: `login_concurrency` clients in a loop.
+            for system in rotate(systems, rnd):
+                rec = self.login_rate(system, cmds[system])
+                rec["round"] = rnd
+                self.results["login_rate"].append(rec)
+                log(f"  round {rnd}: {system:7} {rec['per_s']:.1f} logins/s "
+                    f"({rec['ok']} ok, {rec['failed']} failed, {self.a.login_concurrency} at a time)")
+        self.restart(dev)
 
-    # --- 3. memory per idle device
+    def login_rate(self, system, argv):
+        argv = [str(a) for a in argv]
+        stop = time.monotonic() + self.a.login_seconds
+        counts = {"ok": 0, "failed": 0}
+        lock = threading.Lock()
+
+        def worker():
+            while time.monotonic() < stop:
+                r = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+                with lock:
+                    counts["ok" if r.returncode == 0 else "failed"] += 1
+
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=worker) for _ in range(self.a.login_concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - t0
+        return {"system": system, "ok": counts["ok"], "failed": counts["failed"], "seconds": round(elapsed, 3),
+                "per_s": counts["ok"] / elapsed, "concurrency": self.a.login_concurrency, "loadavg": loadavg()}
+
+    # --- 4. idle devices: memory, flatness, connect burst, new stream with N idle
+
+    def hold(self, pid, tree, n):
+        """Samples the relay's memory over the hold period."""
+        samples = []
+        t0 = time.monotonic()
+        step = max(1.0, self.a.hold / max(1, self.a.hold_samples - 1))
+        while True:
+            m = memory(pid, tree)
+            samples.append({"t_s": round(time.monotonic() - t0, 1), "RssAnon": m["RssAnon"], "VmPTE": m["VmPTE"],
+                            "Anonymous": m["Anonymous"]})
+            if time.monotonic() - t0 >= self.a.hold:
+                break
+            time.sleep(min(step, max(0.0, self.a.hold - (time.monotonic() - t0))))
+        first, last = samples[0], samples[-1]
+        tot = [s["RssAnon"] + s["VmPTE"] for s in samples]
+        return {
+            "seconds": samples[-1]["t_s"],
+            "samples": samples,
+            "growth_kib": (last["RssAnon"] + last["VmPTE"]) - (first["RssAnon"] + first["VmPTE"]),
+            "growth_kib_per_device": round(((last["RssAnon"] + last["VmPTE"]) - (first["RssAnon"] + first["VmPTE"])) / n, 3),
+            "range_kib": max(tot) - min(tot),
+        }
+
+    def scale_world(self, system, name):
+        """A fresh relay with dev1 (echo only) and a controller `ssh -L` to it."""
+        procs = []
+        if system == "warren":
+            relay = WarrenRelay(name, self.work, self.a.warren)
+            procs.append(relay.proc)
+            relay.admin("system", "add", SYSTEM)
+            relay.admin("key", "add", "--system", SYSTEM, "--role", "controller", "--name", "alice", f"{self.ukey}.pub")
+            relay.admin("key", "add", "--system", SYSTEM, "--role", "device", "--name", "dev1", f"{self.devkey}.pub")
+            toml = self.write_agent_toml(self.work / f"{name}_agent.toml", relay, {7: self.echo_port})
+            agent = Proc(f"{name}_agent", [self.a.warren, "agent", "--config", toml], self.logs)
+            procs.append(agent)
+            agent.wait_for("online: registered", 30)
+            known = self.work / f"{name}_known_hosts"
+            known.write_text(f"[127.0.0.1]:{relay.port} {' '.join(relay.host_pub)}\n")
+            lport = free_port()
+            ctl_argv = self.ssh("-N", "-v", "-o", f"UserKnownHostsFile={known}", "-o", "ExitOnForwardFailure=yes",
+                                "-L", f"127.0.0.1:{lport}:dev1:7", "-p", relay.port, f"{SYSTEM}@127.0.0.1")
+            pid, tree = relay.proc.pid, False
+            gen_args = ["--data", relay.data, "--host-key", relay.fingerprint]
+            port = relay.port
+            device_cmd = shlex.join(agent.argv)
+            relay_cmd = shlex.join(relay.proc.argv)
+        else:
+            burst = self.a.burst
+            sshd = Sshd(name, self.work, f"{self.ukey}.pub",
+                        f"MaxStartups {burst}:30:{2 * burst}\nMaxSessions 10\nLogLevel ERROR\n")
+            procs.append(sshd.proc)
+            known = self.work / f"{name}_known_hosts"
+            known.write_text(sshd.known(f"[127.0.0.1]:{sshd.port}") + "\n")
+            r7 = free_port()
+            dev = Proc(f"{name}_device", self.ssh(
+                "-N", "-v", "-o", f"UserKnownHostsFile={known}", "-o", "ExitOnForwardFailure=yes",
+                "-R", f"127.0.0.1:{r7}:127.0.0.1:{self.echo_port}", "-p", sshd.port, f"{self.user}@127.0.0.1"),
+                self.logs)
+            procs.append(dev)
+            dev.wait_for(r"all expected forwarding replies received", 30)
+            lport = free_port()
+            ctl_argv = self.ssh("-N", "-v", "-o", f"UserKnownHostsFile={known}", "-o", "ExitOnForwardFailure=yes",
+                                "-L", f"127.0.0.1:{lport}:127.0.0.1:{r7}", "-p", sshd.port, f"{self.user}@127.0.0.1")
+            pid, tree = sshd.proc.pid, True
+            gen_args = ["--host-key", sshd.fingerprint, "--openssh-key", self.ukey, "--user", self.user]
+            port = sshd.port
+            device_cmd = shlex.join(dev.argv)
+            relay_cmd = shlex.join(sshd.proc.argv) + "  # sshd_config: " + sshd.config.read_text().replace("\n", "; ")
+        ctl = Proc(f"{name}_controller", ctl_argv, self.logs)
+        procs.append(ctl)
+        ctl.wait_for(rf"Local forwarding listening on 127\.0\.0\.1 port {lport}", 30)
+        return {"procs": procs, "pid": pid, "tree": tree, "lport": lport, "gen_args": gen_args, "port": port,
+                "commands": {"relay": relay_cmd, "device": device_cmd, "controller": shlex.join(map(str, ctl_argv))},
+                "relay": relay if system == "warren" else None}
+
+    def scale_once(self, system, n, rep):
+        name = f"scale_{system}_{n}_{rep}"
+        world = self.scale_world(system, name)
+        try:
+            # The first streams through the new relay: retried for a few
+            # seconds (each failure is recorded), so that one refused stream
+            # right after start-up is visible but does not lose the run.
+            warm_errors = []
+            deadline = time.monotonic() + 10
+            while True:
+                warm = self.probe("first-byte", world["lport"], 3, 0)
+                if "error" not in warm:
+                    break
+                warm_errors.append(warm["error"])
+                log(f"  {name}: warm-up stream failed: {warm['error'].splitlines()[0] if warm['error'] else '?'}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name}: the echo target is not reachable: {warm_errors}")
+                time.sleep(0.5)
+            conc = min(n, self.a.burst)
+            argv = [self.a.devices_bin, "--relay", f"127.0.0.1:{world['port']}", *world["gen_args"], "--n", n,
+                    "--wait-go", "--concurrency", conc, "--attempts", self.a.attempts, "--retry-ms", self.a.retry_ms]
+            gen = Proc(f"{name}_devices", argv, self.logs, stdin=True)
+            world["procs"].append(gen)
+            gen.wait_for(r"^keys-registered", 1800)
+            # Let the relay's store watcher see the new keys before the baseline.
+            before = self.settle(world["pid"], world["tree"], 2.0)
+            gen_before = memory(gen.pid)
+            gen.send("go\n")
+            up = gen.wait_for(r"^all-up (\d+) ([\d.]+) failed (\d+) retries (\d+) p50 ([\d.]+) p99 ([\d.]+)",
+                              1800)[0]
+            after = self.settle(world["pid"], world["tree"], 3.0)
+            gen_after = memory(gen.pid)
+            held = self.hold(world["pid"], world["tree"], n)
+            fb = self.probe("first-byte", world["lport"], self.a.fb_count, 5)
+            per = {k: round((after[k] - before[k]) / n, 2) for k in ("RssAnon", "VmPTE", "Anonymous")}
+            per["RssAnon+VmPTE"] = round(per["RssAnon"] + per["VmPTE"], 2)
+            rec = {
+                "system": system, "n": n, "rep": rep, "concurrency": conc,
+                "before_kib": before, "after_kib": after, "kib_per_device": per,
+                "up": int(up.group(1)), "failed": int(up.group(3)), "retries": int(up.group(4)),
+                "all_registered_s": float(up.group(2)) if int(up.group(3)) == 0 else None,
+                "register_p50_s": float(up.group(5)), "register_p99_s": float(up.group(6)),
+                "hold": held, "first_byte": fb,
+                "load_generator_kib_per_device": {
+                    k: round((gen_after[k] - gen_before[k]) / n, 2) for k in ("RssAnon", "VmPTE", "Anonymous")},
+                "command": shlex.join(map(str, argv)), "world": world["commands"], "loadavg": loadavg(),
+                "errors": [m.group(0) for m in gen.find(r"^failed: .*")[:5]],
+                "warmup_stream_errors": warm_errors,
+            }
+            if system == "warren":
+                online = json.loads(world["relay"].admin("ls", "--json").stdout)
+                rec["devices_online_in_store"] = sum(1 for d in online if d.get("online") is True)
+            gen.close_stdin()
+            m = gen.wait_for(r"^still-open (\d+)", 60)[0]
+            rec["still_open_after_hold"] = int(m.group(1))
+            log(f"  {system:7} n={n:<6} rep {rep}: {per['RssAnon+VmPTE']:.1f} KiB/device; "
+                f"{rec['up']} up in {float(up.group(2)):.2f}s ({rec['failed']} failed, {rec['retries']} retries); "
+                f"hold {held['seconds']:.0f}s growth {held['growth_kib']} KiB; new stream "
+                + (f"p50 {fb['p50_us']:.0f} µs p99 {fb['p99_us']:.0f} µs" if "p50_us" in fb else f"FAILED {fb['error']}"))
+            return rec
+        finally:
+            for p in reversed(world["procs"]):
+                if p in PROCS:
+                    self.restart(p)
 
     def settle(self, pid, tree, seconds):
         time.sleep(seconds)
         return memory(pid, tree)
 
-    def memory_warren(self, rep):
-        relay = WarrenRelay(f"mem_warren_relay_{rep}", self.work, self.a.warren)
-        n = self.a.devices
-        argv = [
-            self.a.devices_bin, "--relay", f"127.0.0.1:{relay.port}", "--data", relay.data,
-            "--host-key", relay.fingerprint, "--n", n, "--wait-go", "--concurrency", "32",
-        ]
-        gen = Proc(f"mem_warren_devices_{rep}", argv, self.logs, stdin=True)
-        gen.wait_for(r"^keys-registered", 300)
-        # Let the relay's store watcher see the new keys before the baseline.
-        before = self.settle(relay.proc.pid, False, 2.0)
-        gen_before = memory(gen.pid)
-        gen.send("go\n")
-        up = gen.wait_for(r"^all-up (\d+) ([\d.]+)", 300)[0]
-        after = self.settle(relay.proc.pid, False, 3.0)
-        gen_after = memory(gen.pid)
-        online = json.loads(relay.admin("ls", "--json").stdout)
-        n_online = sum(1 for d in online if d.get("online") is True)
-        gen.close_stdin()
-        gen.wait_for(r"^still-open", 30)
-        rec = self.mem_record("warren", rep, n, before, after, float(up.group(2)), shlex.join(map(str, argv)))
-        rec["devices_online_in_store"] = n_online
-        rec["load_generator_kib_per_device"] = {
-            k: round((gen_after[k] - gen_before[k]) / n, 2) for k in ("RssAnon", "VmPTE", "Anonymous")
-        }
-        rec["still_open"] = gen.find(r"^still-open.*")[0].group(0)
-        gen.stop()
-        relay.proc.stop()
-        PROCS.remove(gen)
-        PROCS.remove(relay.proc)
-        return rec
-
-    def memory_openssh(self, rep):
-        sshd = Sshd(f"mem_openssh_relay_{rep}", self.work, f"{self.ukey}.pub",
-                    "MaxStartups 100:30:200\nLogLevel ERROR\n")
-        n = self.a.openssh_devices
-        argv = [
-            self.a.devices_bin, "--relay", f"127.0.0.1:{sshd.port}", "--host-key", sshd.fingerprint,
-            "--n", n, "--wait-go", "--concurrency", "8", "--openssh-key", self.ukey, "--user", self.user,
-        ]
-        gen = Proc(f"mem_openssh_devices_{rep}", argv, self.logs, stdin=True)
-        gen.wait_for(r"^keys-registered", 60)
-        before = self.settle(sshd.proc.pid, True, 1.0)
-        gen.send("go\n")
-        up = gen.wait_for(r"^all-up (\d+) ([\d.]+)", 600)[0]
-        after = self.settle(sshd.proc.pid, True, 3.0)
-        gen.close_stdin()
-        gen.wait_for(r"^still-open", 30)
-        rec = self.mem_record("openssh", rep, n, before, after, float(up.group(2)), shlex.join(map(str, argv)))
-        rec["still_open"] = gen.find(r"^still-open.*")[0].group(0)
-        gen.stop()
-        sshd.proc.stop()
-        PROCS.remove(gen)
-        PROCS.remove(sshd.proc)
-        return rec
-
-    def mem_record(self, system, rep, n, before, after, up_s, command):
-        per = {k: round((after[k] - before[k]) / n, 2) for k in ("RssAnon", "VmPTE", "Anonymous")}
-        per["RssAnon+VmPTE"] = round(per["RssAnon"] + per["VmPTE"], 2)
-        rec = {
-            "system": system, "rep": rep, "n": n, "before_kib": before, "after_kib": after,
-            "kib_per_device": per, "connect_all_s": up_s, "command": command,
-        }
-        log(f"  {system:7} rep {rep}: {per['RssAnon+VmPTE']:.1f} KiB/device (RssAnon+VmPTE), "
-            f"{per['Anonymous']:.1f} KiB Anonymous; {after['processes']} processes; "
-            f"{n} up in {up_s:.1f}s")
-        return rec
-
-    def memory(self):
-        log(f"relay memory per idle device ({self.a.devices} Warren, {self.a.openssh_devices} OpenSSH)")
-        for rep in range(self.a.reps):
-            order = (self.memory_warren, self.memory_openssh) if rep % 2 == 0 else (self.memory_openssh, self.memory_warren)
-            for f in order:
-                self.results["memory"].append(f(rep))
-        procs = [m["after_kib"]["processes"] - m["before_kib"]["processes"] for m in self.results["memory"]
-                 if m["system"] == "openssh"]
+    def scale(self):
+        sizes = sorted(set(self.a.warren_devices) | set(self.a.openssh_devices))
+        log(f"idle devices: Warren at {self.a.warren_devices}, OpenSSH at {self.a.openssh_devices}; "
+            f"at most {self.a.burst} connecting at once; hold {self.a.hold}s")
+        for n in sizes:
+            systems = [s for s, lst in (("warren", self.a.warren_devices), ("openssh", self.a.openssh_devices))
+                       if n in lst]
+            for rep in range(self.a.reps):
+                for system in rotate(systems, rep):
+                    try:
+                        self.results["scale"].append(self.scale_once(system, n, rep))
+                    except RuntimeError as e:
+                        log(f"  {system} n={n} rep {rep} FAILED: {e}")
+                        self.results["scale"].append({"system": system, "n": n, "rep": rep, "error": str(e)[-2000:]})
+        big = max(self.a.warren_devices)
+        if big not in self.a.openssh_devices:
+            per = [m["kib_per_device"]["RssAnon+VmPTE"] for m in self.results["scale"]
+                   if m["system"] == "openssh" and "kib_per_device" in m]
+            need = f"about {statistics.median(per) * big / 1024 / 1024:.0f} GiB and " if per else ""
+            mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) / 1024 / 1024
+            self.results["notes"].append(
+                f"OpenSSH relay not run at {big:,} devices (--openssh-devices): by its own per-device figure it "
+                f"would need {need}one sshd process per device, on a machine with {mem:.0f} GiB shared with other "
+                f"builds; add {big} to --openssh-devices on a larger host")
+        procs = [(m["after_kib"]["processes"] - m["before_kib"]["processes"]) / m["n"]
+                 for m in self.results["scale"] if m["system"] == "openssh" and "after_kib" in m]
         if procs:
             self.results["notes"].append(
-                f"OpenSSH relay: {statistics.median(procs) / self.a.openssh_devices:.2f} sshd processes per device "
+                f"OpenSSH relay: {statistics.median(procs):.2f} sshd processes per device "
                 f"(devices log in as {self.user}; sshd skips the post-auth privsep child for root, so a "
                 "non-root relay account would add a process per device)")
 
+    # --- 5. a CPU profile of the relay under throughput
+
+    def profile(self):
+        cipher = self.a.profile_cipher
+        log(f"profile: perf record of the Warren relay, {self.a.profile}s of iperf3 -R through it ({cipher})")
+        dev = self.openssh_device(cipher)
+        ctl = self.controller("warren", cipher, free_port(), "iperf")
+        out = self.work / "relay.perf.data"
+        # DWARF call graphs: release builds have no frame pointers.
+        perf = Proc("perf_record", ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,32768",
+                                    "-o", out, "-p", self.wrelay.proc.pid], self.logs)
+        time.sleep(0.5)
+        argv = ["iperf3", "-c", "127.0.0.1", "-p", ctl.lport, "-t", self.a.profile, "-R", "-J"]
+        r = run(argv, timeout=self.a.profile + 30, check=False)
+        try:
+            mbit = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+        except (json.JSONDecodeError, KeyError):
+            mbit = None
+        perf.p.send_signal(signal.SIGINT)
+        perf.p.wait(120)
+        flat = run(["perf", "report", "-i", out, "--stdio", "--no-children", "--sort", "dso,symbol",
+                    "--percent-limit", "1", "-g", "none"], check=False, timeout=600)
+        lines = [ln.rstrip() for ln in flat.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+        # Inclusive time of the SSH library's and Warren's own frames, and who
+        # calls the copies, the zeroing and the page faults.
+        tree = run(["perf", "report", "-i", out, "--stdio", "--children", "--sort", "symbol",
+                    "--percent-limit", "2", "-g", "none"], check=False, timeout=600)
+        keep = re.compile(r"russh|warren::|ring::aead|ssh_encoding|\[k\] (tcp_sendmsg|tcp_recvmsg|exc_page_fault)$")
+        incl = [ln.rstrip() for ln in tree.stdout.splitlines()
+                if ln.strip() and not ln.startswith("#") and "(inlined)" not in ln and keep.search(ln.rstrip())]
+        callers = run(["perf", "report", "-i", out, "--stdio", "--no-children", "--sort", "symbol",
+                       "--symbols", "__memset_avx512_unaligned_erms,__memmove_avx512_unaligned_erms,exc_page_fault,"
+                       "__memset_evex_unaligned_erms,__memmove_evex_unaligned_erms,__memcpy_avx_unaligned_erms",
+                       "-g", "caller,0.5,callee,function,percent"], check=False, timeout=600)
+        frames = re.compile(r"%|russh::|warren::|ssh_encoding|from_elem|extend_from_slice|to_vec|resize")
+        callers_lines = [ln.rstrip() for ln in callers.stdout.splitlines()
+                         if ln.strip() and not ln.startswith("#") and frames.search(ln) and "tokio::" not in ln]
+        self.results["profile"] = {
+            "command": f"{shlex.join(map(str, perf.argv))}  (while: {shlex.join(map(str, argv))})",
+            "iperf3_mbit_s_while_profiled": mbit,
+            "report_command": shlex.join(map(str, flat.args)),
+            "top": lines[:40],
+            "inclusive_command": shlex.join(map(str, tree.args)),
+            "inclusive": incl[:60],
+            "callers_command": shlex.join(map(str, callers.args)),
+            "callers": callers_lines[:120],
+        }
+        for ln in lines[:15]:
+            log(f"  {ln}")
+        for p in (ctl, dev, perf):
+            if p in PROCS:
+                self.restart(p)
+
     # --- report
+
+    def figures(self):
+        """Every figure: the values per run for each system, the ratio of
+        medians Warren/OpenSSH, and the target if the issue sets one."""
+        R = self.results
+        figs = []
+
+        def add(fid, label, unit, better, values, target=None, check=None, digits=0):
+            sums = {s: summary(v) for s, v in values.items()}
+            w, o = sums.get("warren"), sums.get("openssh")
+            ratio = (w["median"] / o["median"]) if w and o and o["median"] else None
+            fig = {"id": fid, "label": label, "unit": unit, "better": better, "digits": digits,
+                   "values": {s: v for s, v in values.items()}, "summary": sums, "ratio": ratio}
+            if target:
+                fig["target"] = target
+                fig["met"] = bool(check(w, ratio)) if w else False
+            figs.append(fig)
+            # `warren forward` as a second Warren row.
+            if sums.get("warren_forward"):
+                wf = sums["warren_forward"]
+                f2 = {"id": fid + ":warren_forward", "label": label + " — Warren via `warren forward`", "unit": unit,
+                      "better": better, "digits": digits, "values": {"warren": values["warren_forward"],
+                                                                     "openssh": values.get("openssh", [])},
+                      "summary": {"warren": wf, "openssh": o},
+                      "ratio": (wf["median"] / o["median"]) if o and o["median"] else None}
+                if target:
+                    f2["target"] = target
+                    f2["met"] = bool(check(wf, f2["ratio"]))
+                figs.append(f2)
+
+        tp = {}
+        for rec in R["throughput"]:
+            tp.setdefault((rec["cipher"], rec["streams"], rec["direction"]), {}).setdefault(rec["system"], []).append(rec)
+        for (cipher, streams, direction), by in sorted(tp.items(), key=lambda kv: (kv[0][0] != "default",) + kv[0]):
+            d = direction.replace("_to_", " → ").replace("_", " ")
+            st = f"{streams} stream" + ("s" if streams > 1 else "")
+            add(f"throughput:{cipher}:{streams}:{direction}", f"Throughput, {st}, {d}, client legs {cipher}",
+                "Mbit/s", "higher", {s: [r["mbit_s"] for r in v] for s, v in by.items()},
+                "≥ 1.5× OpenSSH", lambda w, r: r is not None and r >= 1.5)
+        for (cipher, streams, direction), by in sorted(tp.items(), key=lambda kv: (kv[0][0] != "default",) + kv[0]):
+            d = direction.replace("_to_", " → ").replace("_", " ")
+            st = f"{streams} stream" + ("s" if streams > 1 else "")
+            add(f"relay_cpu:{cipher}:{streams}:{direction}", f"Relay CPU per GiB, {st}, {d}, client legs {cipher}",
+                "s/GiB", "lower",
+                {s: [r["cpu_s_per_gib"]["relay"] for r in v if r.get("cpu_s_per_gib")] for s, v in by.items()},
+                "≤ 0.5× OpenSSH", lambda w, r: r is not None and r <= 0.5, digits=2)
+
+        def by_system(recs, key):
+            out = {}
+            for r in recs:
+                out.setdefault(r["system"], []).append(r.get(key))
+            return out
+
+        if R["rtt"]:
+            p50 = by_system(R["rtt"], "p50_us")
+            add("rtt:p50", f"Round trip, {self.a.rtt_size}-byte messages, one stream, p50", "µs", "lower", p50,
+                "≤ 150 µs", lambda w, r: w["median"] <= 150)
+            w50 = summary(p50.get("warren", []))
+            add("rtt:p99", f"Round trip, {self.a.rtt_size}-byte messages, one stream, p99", "µs", "lower",
+                by_system(R["rtt"], "p99_us"), "≤ 2× p50",
+                lambda w, r: w50 is not None and w["median"] <= 2 * w50["median"])
+        if R["first_byte"]:
+            add("first_byte:p50", "New stream (new connection to `ssh -L`) to first byte, p50", "µs", "lower",
+                by_system(R["first_byte"], "p50_us"), "≤ 1000 µs", lambda w, r: w["median"] <= 1000)
+            add("first_byte:p99", "New stream to first byte, p99", "µs", "lower",
+                by_system(R["first_byte"], "p99_us"))
+        if R["login"]:
+            per_round = {}
+            for x in R["login"]:
+                if x["ok"]:
+                    per_round.setdefault(x["system"], {}).setdefault(x["round"], []).append(x["ms"])
+            add("login:ms", "One `ssh -J … true` login (median per round)", "ms", "lower",
+                {s: [statistics.median(v) for v in rounds.values()] for s, rounds in per_round.items()})
+        if R["login_rate"]:
+            add("login:rate", f"`ssh -J … true` logins per second, {self.a.login_concurrency} clients at a time",
+                "logins/s", "higher", by_system(R["login_rate"], "per_s"), digits=1)
+        ok = [m for m in R["scale"] if "kib_per_device" in m]
+        for n in sorted({m["n"] for m in ok}):
+            at = [m for m in ok if m["n"] == n]
+            mem = {}
+            for m in at:
+                mem.setdefault(m["system"], []).append(m["kib_per_device"]["RssAnon+VmPTE"])
+            big = n == max(self.a.warren_devices)
+            add(f"memory:{n}", f"Relay memory per idle device at {n:,} devices (RssAnon+VmPTE)", "KiB", "lower", mem,
+                "≤ 32 KiB" if big else None, (lambda w, r: w["median"] <= 32) if big else None, digits=1)
+        for n in sorted({m["n"] for m in ok}):
+            at = [m for m in ok if m["n"] == n]
+            grow = {}
+            for m in at:
+                grow.setdefault(m["system"], []).append(m["hold"]["growth_kib_per_device"])
+            add(f"memory_growth:{n}", f"Relay memory growth over a {self.a.hold:.0f} s idle hold at {n:,} devices",
+                "KiB/device", "lower", grow, "flat: no growth (≤ 1 KiB/device)",
+                lambda w, r: w["median"] <= 1, digits=2)
+        for n in sorted({m["n"] for m in ok}):
+            at = [m for m in R["scale"] if m["n"] == n]
+            t = {}
+            for m in at:
+                t.setdefault(m["system"], []).append(m.get("all_registered_s"))
+            conc = min(n, self.a.burst)
+            label = (f"{n:,} devices connecting at the same moment: time until all registered" if conc == n
+                     else f"{n:,} devices connecting, {conc:,} at a time: time until all registered")
+            tgt = n == 1000 and conc == n
+            add(f"connect_all:{n}", label, "s", "lower", t, "≤ 10 s" if tgt else None,
+                (lambda w, r: w["median"] <= 10) if tgt else None, digits=2)
+        base = {}
+        for n in sorted({m["n"] for m in ok}):
+            at = [m for m in ok if m["n"] == n and "p50_us" in m["first_byte"]]
+            fb = {}
+            for m in at:
+                fb.setdefault(m["system"], []).append(m["first_byte"]["p50_us"])
+            if n == min(self.a.warren_devices):
+                base = summary(fb.get("warren", []))
+            same = base and n == max(self.a.warren_devices) and n != min(self.a.warren_devices)
+            add(f"first_byte_idle:{n}", f"New stream to first byte, p50, with {n:,} idle devices", "µs", "lower", fb,
+                f"same as with {min(self.a.warren_devices)} (≤ 1.25×)" if same else None,
+                (lambda w, r, b=base: w["median"] <= 1.25 * b["median"]) if same else None)
+        R["figures"] = figs
+        return figs
 
     def table(self):
         R = self.results
-        rows = []
+        figs = self.figures()
 
-        def fmt(s, unit, digits=0):
+        def num(x, digits):
+            if x is None:
+                return "—"
+            x = round(x, digits)
+            return f"{x + 0.0 if x else 0:,.{digits}f}"
+
+        def cell(s, digits, values):
+            if not values:
+                return "not measured"
             if not s:
-                return "failed"
-            def num(x):
-                x = round(x, digits)
-                return f"{x + 0.0 if x else 0:.{digits}f}"  # no "-0"
-            return f"{num(s['median'])}{unit} ({num(s['min'])}–{num(s['max'])})"
+                return f"failed ({len(values)} runs)"
+            failed = sum(1 for v in values if v is None)
+            out = f"{num(s['median'], digits)} ({num(s['min'], digits)}–{num(s['max'], digits)})"
+            return out + (f"; {failed} of {len(values)} runs failed" if failed else "")
 
-        def ratio(w, o):
-            if not w or not o or w["median"] <= 0 or o["median"] <= 0:
-                return "n/a"
-            return f"{w['median'] / o['median']:.2f}"
+        out = ["| Figure | Unit | Warren median (min–max) | OpenSSH median (min–max) | Warren/OpenSSH | Target | Met |",
+               "|---|---|---|---|---|---|---|"]
+        for f in figs:
+            w = cell(f["summary"].get("warren"), f["digits"], f["values"].get("warren"))
+            o = cell(f["summary"].get("openssh"), f["digits"], f["values"].get("openssh"))
+            ratio = f"{f['ratio']:.2f}" if f["ratio"] is not None else "—"
+            met = ("yes" if f["met"] else "**no**") if "target" in f else ""
+            out.append(f"| {f['label']} | {f['unit']} ({f['better']} is better) | {w} | {o} | {ratio} | "
+                       f"{f.get('target', '')} | {met} |")
 
-        figures = {}
-        for rec in R["throughput"]:
-            key = ("throughput", rec["cipher"], rec["direction"])
-            figures.setdefault(key, {"warren": [], "openssh": []})[rec["system"]].append(rec["mbit_s"])
-        def failed(vals):
-            n = sum(1 for x in vals if x is None)
-            return f"; {n} of {len(vals)} runs failed" if n else ""
-
-        for (_, cipher, direction), v in figures.items():
-            w, o = summary(v["warren"]), summary(v["openssh"])
-            label = direction.replace("_to_", " → ").replace("_", " ")
-            rows.append((f"Throughput {label}, client legs {cipher} (Mbit/s, higher is better)",
-                         fmt(w, "", 0) + failed(v["warren"]), fmt(o, "", 0) + failed(v["openssh"]), ratio(w, o)))
-        for stat in ("median", "p90"):
-            vals = {}
-            for s in ("warren", "openssh"):
-                ms = [x["ms"] for x in R["login"] if x["system"] == s and x["ok"]]
-                rounds = [
-                    pct([x["ms"] for x in R["login"] if x["system"] == s and x["ok"] and x["round"] == r], 50 if stat == "median" else 90)
-                    for r in range(self.a.reps)
-                ]
-                rounds = [r for r in rounds if r is not None]
-                vals[s] = {"median": pct(ms, 50 if stat == "median" else 90), "min": min(rounds), "max": max(rounds)} if ms else None
-            n = sum(1 for x in R["login"] if x["system"] == "warren")
-            rows.append((f"`ssh -J … true` login, {stat} of {n} (ms; range = per-round {stat}s; lower is better)",
-                         fmt(vals["warren"], "", 0), fmt(vals["openssh"], "", 0), ratio(vals["warren"], vals["openssh"])))
-        # What the relay adds: login time minus a direct login to the same sshd.
-        def login_ms(s, r=None):
-            return [x["ms"] for x in R["login"] if x["system"] == s and x["ok"] and (r is None or x["round"] == r)]
-        if login_ms("direct"):
-            base = statistics.median(login_ms("direct"))
-            over = {}
-            for s in ("warren", "openssh"):
-                per_round = [statistics.median(login_ms(s, r)) - statistics.median(login_ms("direct", r))
-                             for r in range(self.a.reps) if login_ms(s, r) and login_ms("direct", r)]
-                over[s] = ({"median": statistics.median(login_ms(s)) - base, "min": min(per_round), "max": max(per_round)}
-                           if login_ms(s) and per_round else None)
-            rows.append((f"Login time the relay adds: median minus a direct `ssh … true` to the same sshd "
-                         f"(direct median {base:.0f} ms; range = per round)",
-                         fmt(over["warren"], "", 0), fmt(over["openssh"], "", 0), ratio(over["warren"], over["openssh"])))
-        for key, label in (("RssAnon+VmPTE", "RssAnon+VmPTE"), ("Anonymous", "smaps_rollup Anonymous")):
-            w = summary([m["kib_per_device"][key] for m in R["memory"] if m["system"] == "warren"])
-            o = summary([m["kib_per_device"][key] for m in R["memory"] if m["system"] == "openssh"])
-            rows.append((f"Relay memory per idle device, {label} (KiB, lower is better)",
-                         fmt(w, "", 1), fmt(o, "", 1), ratio(w, o)))
-        out = ["| Figure | Warren median (min–max) | OpenSSH median (min–max) | Warren/OpenSSH |",
-               "|---|---|---|---|"]
-        out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-
-        # CPU per GB moved, per process, median over runs.
-        cpu_rows = ["", "CPU seconds per GB moved (median over runs; relay = all sshd processes for OpenSSH):", "",
-                    "| System | Cipher | Direction | relay | device side | controller ssh | iperf3 server |",
-                    "|---|---|---|---|---|---|---|"]
+        cpu_rows = ["", "CPU seconds per GiB relayed, per process (median over runs; relay = all sshd processes "
+                        "for OpenSSH):", "",
+                    "| System | Cipher | Streams | Direction | relay | device side | controller | iperf3 server |",
+                    "|---|---|---|---|---|---|---|---|"]
         seen = {}
         for rec in R["throughput"]:
-            if rec.get("cpu_s_per_gb"):
-                seen.setdefault((rec["system"], rec["cipher"], rec["direction"]), []).append(rec["cpu_s_per_gb"])
-        for (s, c, d), lst in sorted(seen.items()):
+            if rec.get("cpu_s_per_gib"):
+                seen.setdefault((rec["system"], rec["cipher"], rec["streams"], rec["direction"]), []).append(
+                    rec["cpu_s_per_gib"])
+        for (s, c, n, d), lst in sorted(seen.items()):
             med = {k: statistics.median(x[k] for x in lst) for k in lst[0]}
-            cpu_rows.append(f"| {s} | {c} | {d.replace('_to_', '→')} | {med['relay']:.2f} | {med['device_side']:.2f} | "
-                            f"{med['controller_ssh']:.2f} | {med['iperf3_server']:.2f} |")
+            cpu_rows.append(f"| {s} | {c} | {n} | {d.replace('_to_', '→')} | {med['relay']:.2f} | "
+                            f"{med['device_side']:.2f} | {med['controller']:.2f} | {med['iperf3_server']:.2f} |")
         h = R.get("warren_stream_health")
         if h:
-            restarts = h["bench_restarts_after_failed_runs"]
-            cpu_rows += ["", f"Failed throughput runs: Warren {h['warren_failed_runs']}, OpenSSH {h['openssh_failed_runs']} "
-                         f"(the bench restarted the failed system's controller, device side and iperf3 server "
-                         f"{len(restarts)} times). Warren runs whose data stream the relay had not logged as closed "
-                         f"3 s after iperf3 finished: {h['relay_data_streams_not_closed_3s_after_run']} of "
-                         f"{h['warren_successful_runs']} successful runs. Agent reconnects: {len(h['agent_reconnects'])}."]
-        R["table_markdown"] = "\n".join(out + cpu_rows)
+            cpu_rows += ["", f"Failed throughput runs: Warren {h['warren_failed_runs']}, OpenSSH "
+                             f"{h['openssh_failed_runs']} (restarts after failed runs: "
+                             f"{len(h['bench_restarts_after_failed_runs'])}). Warren runs whose data streams the relay "
+                             f"had not logged as closed 3 s after iperf3 finished: "
+                             f"{h['relay_data_streams_not_closed_3s_after_run']} of {h['warren_successful_runs']}. "
+                             f"Agent reconnects: {len(h['agent_reconnects'])}."]
+        tail = [""] + [f"Skipped: {x['what']}: {x['reason']}." for x in R["skipped"]]
+        tail += [f"Not measured: {n}." for n in R["notes"] if n.startswith("cipher ")]
+        R["table_markdown"] = "\n".join(out + cpu_rows + tail)
         return R["table_markdown"]
+
+    def markdown(self):
+        R = self.results
+        v = R["versions"]
+        m = R["machine"]
+        lines = [
+            "# Warren vs an OpenSSH relay: benchmark results", "",
+            f"- Run: {R['started']} ({'BENCH_QUICK smoke run' if R['quick'] else 'full run'}, "
+            f"{R.get('elapsed_s', 0):.0f} s); command: `{R['command']}`",
+            f"- Code measured: `{v['code_commit']}` (last commit touching src/ or Cargo.*; HEAD `{v['git_head']}`"
+            + (", with uncommitted changes in src/" if v["git_dirty"] else "") + ")",
+            f"- Machine: {m['nproc']} cores, {m['cpu']}, AES-NI {'yes' if m['aes_ni'] else 'no'}, {m['mem_total']}, "
+            f"`{m['uname']}`; open-file limit {m['nofile_limit']}",
+            f"- Load average at start {' '.join(m['loadavg_start'])}, at end {' '.join(m.get('loadavg_end', []))} "
+            "(the machine is shared: other builds may run during the benchmark; each record in the JSON has the "
+            "load average at its time)",
+            f"- Versions: {v['ssh -V']}; {v['iperf3']}; {v['warren']}",
+            f"- Settings: {R['settings']['reps']} runs per figure, alternating the systems (the first system "
+            f"rotates each round); iperf3 {R['settings']['iperf_seconds']} s (+1 s omitted); "
+            f"{R['settings']['rtt_count']} round trips; {R['settings']['fb_count']} new streams; "
+            f"logins/s over {R['settings']['login_seconds']} s; idle hold {R['settings']['hold']} s",
+            "",
+            "## Figures", "",
+            R.get("table_markdown", ""), "",
+            "## Ciphers", "",
+        ]
+        for k, c in R["ciphers"].items():
+            lines.append(f"- {k}: `{json.dumps(c)}`")
+        lines += ["", "## Commands", "", "```"]
+
+        def walk(prefix, d):
+            for k, val in d.items():
+                if isinstance(val, dict):
+                    walk(f"{prefix}{k}.", val)
+                else:
+                    lines.append(f"# {prefix}{k}\n{val}")
+        walk("", R["commands"])
+        for rec in (R["rtt"][:1] + R["first_byte"][:1]):
+            lines.append(f"# probe {rec.get('probe', '')} ({rec['system']})\n{rec.get('command')}")
+        seen = set()
+        for rec in R["scale"]:
+            if "command" in rec and (rec["system"], rec["n"]) not in seen:
+                seen.add((rec["system"], rec["n"]))
+                lines.append(f"# idle devices, {rec['system']}, n={rec['n']}: load generator\n{rec['command']}")
+                for k, c in rec["world"].items():
+                    lines.append(f"# idle devices, {rec['system']}, n={rec['n']}: {k}\n{c}")
+        lines += ["```", ""]
+        if R.get("profile"):
+            P = R["profile"]
+            lines += ["## Relay profile under throughput", "", f"`{P['command']}`", "",
+                      f"Self time: `{P['report_command']}`", "", "```", *P["top"][:30], "```", "",
+                      f"Inclusive time, SSH library and Warren frames: `{P['inclusive_command']}` (filtered)", "",
+                      "```", *P["inclusive"][:40], "```", "",
+                      f"Who calls the copies, zeroing and page faults: `{P['callers_command']}` (filtered)", "",
+                      "```", *P["callers"][:80], "```", ""]
+        if R["skipped"] or R["notes"]:
+            lines += ["## Skipped and notes", ""]
+            lines += [f"- skipped: {s['what']}: {s['reason']}" for s in R["skipped"]]
+            lines += [f"- {n}" for n in R["notes"]]
+        return "\n".join(lines) + "\n"
+
+
+def render(path, md):
+    """Rewrites the table and markdown of an existing results.json (after a
+    change to the report code), without measuring anything."""
+    b = Bench.__new__(Bench)
+    b.results = json.loads(Path(path).read_text())
+    b.a = argparse.Namespace(**b.results["settings"])
+    b.table()
+    Path(path).write_text(json.dumps(b.results, indent=2, default=str) + "\n")
+    Path(md).write_text(b.markdown())
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    if len(sys.argv) == 4 and sys.argv[1] == "--render":
+        render(sys.argv[2], sys.argv[3])
+        return
+    ap = argparse.ArgumentParser(description="Warren vs an OpenSSH relay on loopback (started by bench/run)")
     ap.add_argument("--work", required=True)
     ap.add_argument("--pids")
     ap.add_argument("--warren", required=True)
     ap.add_argument("--devices", dest="devices_bin", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--probe", dest="probe_bin", required=True)
+    ap.add_argument("--out", required=True, help="JSON result file")
+    ap.add_argument("--md", required=True, help="markdown result file")
     quick = os.environ.get("BENCH_QUICK") == "1"
-    ap.add_argument("--reps", type=int, default=1 if quick else 3)
+    hold_env = os.environ.get("BENCH_HOLD")
+    ap.add_argument("--reps", type=int, default=1 if quick else 3, help="runs per figure")
     ap.add_argument("--iperf-seconds", type=int, default=2 if quick else 5)
-    ap.add_argument("--logins", type=int, default=3 if quick else 10)
-    ap.add_argument("--n-devices", dest="n_devices", type=int, default=100 if quick else 1000)
-    ap.add_argument("--openssh-devices", type=int, default=None)
-    ap.add_argument("--ciphers", nargs="*", default=["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"])
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 8], help="iperf3 parallel streams (-P)")
+    ap.add_argument("--ciphers", nargs="*", default=["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"],
+                    help="client-leg ciphers measured besides the ssh default")
+    ap.add_argument("--rtt-count", type=int, default=300 if quick else 3000)
+    ap.add_argument("--rtt-size", type=int, default=64)
+    ap.add_argument("--fb-count", type=int, default=30 if quick else 200)
+    ap.add_argument("--logins", type=int, default=3 if quick else 10, help="sequential logins per round")
+    ap.add_argument("--login-seconds", type=float, default=3 if quick else 10)
+    ap.add_argument("--login-concurrency", type=int, default=4)
+    ap.add_argument("--warren-devices", type=int, nargs="+", default=[10, 200, 1000] if quick else [10, 1000, 10000])
+    ap.add_argument("--openssh-devices", type=int, nargs="*", default=[10, 200] if quick else [10, 1000])
+    ap.add_argument("--burst", type=int, default=1000, help="devices connecting at the same moment (at most)")
+    ap.add_argument("--attempts", type=int, default=400, help="connection attempts per idle device")
+    ap.add_argument("--retry-ms", type=int, default=250, help="retry delay for idle devices (jitter: half to full)")
+    ap.add_argument("--hold", type=float, default=float(hold_env) if hold_env else (5 if quick else 30),
+                    help="seconds to hold the idle devices while sampling the relay's memory (BENCH_HOLD=3600 for 1 h)")
+    ap.add_argument("--hold-samples", type=int, default=13)
+    ap.add_argument("--profile", type=int, default=0 if quick else 10,
+                    help="seconds of perf record on the relay under iperf3 (0: none)")
+    ap.add_argument("--profile-cipher", default="aes256-gcm@openssh.com",
+                    help="client-leg cipher during the profile (both relays must accept it)")
     ap.add_argument("--agent-keepalive", default="10s",
                     help="agent keepalive_timeout: how soon a wedged agent connection is replaced")
-    ap.add_argument("--only", nargs="*", default=["throughput", "login", "memory"])
+    ap.add_argument("--only", nargs="*", default=["throughput", "latency", "login", "scale", "profile"])
     a = ap.parse_args()
-    a.devices = a.n_devices
-    if a.openssh_devices is None:
-        a.openssh_devices = a.devices
-    a.warren = str(Path(a.warren).resolve())
-    a.devices_bin = str(Path(a.devices_bin).resolve())
+    a.quick = quick
+    for attr in ("warren", "devices_bin", "probe_bin"):
+        setattr(a, attr, str(Path(getattr(a, attr)).resolve()))
 
     global PIDFILE
     PIDFILE = a.pids
@@ -974,23 +1436,33 @@ def main():
     atexit.register(stop_all)
 
     b = Bench(a)
+    b.results["command"] = os.environ.get("BENCH_COMMAND", "bash bench/run")
     t0 = time.monotonic()
     try:
         b.setup()
         if "throughput" in a.only:
             b.throughput()
+        if "latency" in a.only:
+            b.latency()
         if "login" in a.only:
             b.logins()
-        if "memory" in a.only:
-            b.memory()
+        if "scale" in a.only:
+            b.scale()
+        if "profile" in a.only and a.profile > 0:
+            if run(["sh", "-c", "command -v perf"], check=False).returncode == 0:
+                b.profile()
+            else:
+                b.skip("relay profile", "perf is not installed (apt-get install linux-perf)")
     finally:
         b.results["elapsed_s"] = round(time.monotonic() - t0, 1)
-        b.results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+        b.results["machine"]["loadavg_end"] = loadavg()
         stop_all()
         table = b.table()
         Path(a.out).write_text(json.dumps(b.results, indent=2, default=str) + "\n")
-    print(table)
-    print(f"\nraw numbers, commands, versions and ciphers: {a.out} (run took {b.results['elapsed_s']:.0f}s)")
+        Path(a.md).write_text(b.markdown())
+    print(Path(a.md).read_text())
+    print(f"results: {a.md} (table, commands, versions, ciphers) and {a.out} (every run); "
+          f"run took {b.results['elapsed_s']:.0f}s")
 
 
 if __name__ == "__main__":

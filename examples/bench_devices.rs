@@ -11,9 +11,14 @@
 //!
 //! Protocol on stdout/stdin, for the benchmark script:
 //!   prints `keys-registered N`, then (with `--wait-go`) waits for one line
-//!   on stdin; connects; prints `all-up N SECONDS`; holds every connection
-//!   until stdin closes (or SIGINT/SIGTERM), then prints how many were still
-//!   open and exits.
+//!   on stdin; connects (at most `--concurrency` handshakes at once; a
+//!   refused or dropped connection is retried after `--retry-ms` with
+//!   jitter, up to `--attempts` times); prints
+//!   `all-up UP SECONDS failed F retries R p50 P50 p99 P99 max MAX`, where
+//!   SECONDS is the time from "go" until the last device was registered (its
+//!   `tcpip-forward` answered) and P50/P99/MAX are per-device times from "go"
+//!   to registered; holds every connection until stdin closes (or
+//!   SIGINT/SIGTERM), then prints how many were still open and exits.
 //!
 //! Example:
 //!   cargo run --release --example bench_devices -- \
@@ -22,6 +27,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -61,6 +67,12 @@ struct Args {
     /// connections; sshd has MaxStartups).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Connection attempts per device before it counts as failed.
+    #[arg(long, default_value_t = 40)]
+    attempts: u64,
+    /// Base delay before a retry (the delay is drawn from [base/2, base]).
+    #[arg(long, default_value_t = 250)]
+    retry_ms: u64,
     /// Wait for a line on stdin after registering keys, before connecting.
     #[arg(long)]
     wait_go: bool,
@@ -96,12 +108,31 @@ async fn main() -> Result<()> {
     }
 
     let started = Instant::now();
-    let conns = connect_all(&args, devices).await?;
+    let total = devices.len();
+    let up = connect_all(&args, devices, started).await;
+    let mut times: Vec<f64> = up.conns.iter().map(|(t, _)| *t).collect();
+    times.sort_by(f64::total_cmp);
+    let last = times.last().copied().unwrap_or(0.0);
+    let q = |p: f64| {
+        if times.is_empty() {
+            return 0.0;
+        }
+        times[((times.len() - 1) as f64 * p).round() as usize]
+    };
     say(&format!(
-        "all-up {} {:.3}",
-        conns.len(),
-        started.elapsed().as_secs_f64()
+        "all-up {} {:.3} failed {} retries {} p50 {:.3} p99 {:.3} max {:.3}",
+        times.len(),
+        last,
+        total - times.len(),
+        up.retries,
+        q(0.5),
+        q(0.99),
+        last
     ))?;
+    for e in up.errors.iter().take(5) {
+        eprintln!("failed: {e:#}");
+    }
+    let conns: Vec<_> = up.conns.into_iter().map(|(_, c)| c).collect();
 
     // Hold until stdin closes or a signal arrives.
     let mut sink = Vec::new();
@@ -174,37 +205,55 @@ fn prepare(args: &Args) -> Result<Vec<Device>> {
     Ok(devices)
 }
 
+/// What `connect_all` got: (seconds from "go" to registered, connection)
+/// per device that made it, retries made, errors of those that did not.
+struct Up {
+    conns: Vec<(f64, ClientConnection<NoForwards>)>,
+    retries: u64,
+    errors: Vec<anyhow::Error>,
+}
+
 /// Opens every connection, at most `concurrency` handshakes at a time.
-async fn connect_all(
-    args: &Args,
-    devices: Vec<Device>,
-) -> Result<Vec<ClientConnection<NoForwards>>> {
+async fn connect_all(args: &Args, devices: Vec<Device>, started: Instant) -> Up {
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let retries = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
     for (i, dev) in devices.into_iter().enumerate() {
         let gate = gate.clone();
         let relay = args.relay.clone();
         let host_key = args.host_key.clone();
+        let retries = retries.clone();
+        let (attempts, retry_ms) = (args.attempts.max(1), args.retry_ms.max(2));
         set.spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            let conn = connect_one(&relay, &host_key, &dev)
+            let conn = connect_one(&relay, &host_key, &dev, attempts, retry_ms, &retries)
                 .await
                 .with_context(|| format!("device {i} ({})", dev.forward.0))?;
-            anyhow::Ok((i, conn))
+            anyhow::Ok((started.elapsed().as_secs_f64(), conn))
         });
     }
-    let mut conns = Vec::with_capacity(set.len());
+    let mut up = Up {
+        conns: Vec::with_capacity(set.len()),
+        retries: 0,
+        errors: Vec::new(),
+    };
     while let Some(joined) = set.join_next().await {
-        conns.push(joined??);
+        match joined.map_err(anyhow::Error::from).and_then(|r| r) {
+            Ok(c) => up.conns.push(c),
+            Err(e) => up.errors.push(e),
+        }
     }
-    conns.sort_by_key(|(i, _)| *i);
-    Ok(conns.into_iter().map(|(_, c)| c).collect())
+    up.retries = retries.load(Ordering::Relaxed);
+    up
 }
 
 async fn connect_one(
     relay: &str,
     host_key: &str,
     dev: &Device,
+    attempts: u64,
+    retry_ms: u64,
+    retries: &AtomicU64,
 ) -> Result<ClientConnection<NoForwards>> {
     let opts = ConnectOptions {
         user: dev.user.clone(),
@@ -215,10 +264,13 @@ async fn connect_one(
         dead_after: Duration::from_secs(300),
     };
     let mut last = None;
-    // A few retries: a loaded sshd may drop connections past MaxStartups.
-    for attempt in 0..5u64 {
+    // A loaded relay may close connections past its unauthenticated cap
+    // (sshd: MaxStartups); retry like a device would, with jitter.
+    for attempt in 0..attempts {
         if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            retries.fetch_add(1, Ordering::Relaxed);
+            let ms = rand::random_range(retry_ms / 2..=retry_ms);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let tcp = match TcpStream::connect(relay).await {
             Ok(t) => t,
@@ -228,10 +280,10 @@ async fn connect_one(
             }
         };
         match client::connect(tcp, &opts, NoForwards).await {
-            Ok(conn) => {
-                conn.register(&dev.forward.0, dev.forward.1).await?;
-                return Ok(conn);
-            }
+            Ok(conn) => match conn.register(&dev.forward.0, dev.forward.1).await {
+                Ok(_) => return Ok(conn),
+                Err(e) => last = Some(e),
+            },
             Err(e) => last = Some(e),
         }
     }

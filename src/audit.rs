@@ -37,6 +37,10 @@ pub mod kind {
     pub const DEVICE_ENABLE: &str = "device_enable";
     pub const SYSTEM_ADD: &str = "system_add";
     pub const COMMAND: &str = "command";
+    pub const PUBLIC_PORT: &str = "public_port";
+    pub const PUBLIC_CONNECTION: &str = "public_connection";
+    pub const EXPOSE_ADD: &str = "expose_add";
+    pub const EXPOSE_RM: &str = "expose_rm";
 }
 
 pub const OK: &str = "ok";
@@ -315,4 +319,31 @@ pub fn stream_closed(
         .device(device)
         .target(target)
         .transfer(stats, duration)
+}
+
+/// A public port opened, closed or failed to open (`action`).
+pub fn public_port(action: &str, e: &crate::store::Exposure, detail: &str) -> Event {
+    let allow = if e.allow_from.is_empty() {
+        "any".to_string()
+    } else {
+        e.allow_from.join(",")
+    };
+    Event::new(kind::PUBLIC_PORT, action)
+        .system(e.system.as_str())
+        .device(e.device.as_str())
+        .target(format!("{}:{}", e.device, e.device_port))
+        .detail(format!(
+            "relay port {}: {detail} (allow_from {allow})",
+            e.port
+        ))
+}
+
+/// A connection to a public port from a peer outside its allow list.
+pub fn public_refused(e: &crate::store::Exposure, peer: SocketAddr, reason: &str) -> Event {
+    Event::new(kind::PUBLIC_CONNECTION, REFUSED)
+        .peer(peer)
+        .system(e.system.as_str())
+        .device(e.device.as_str())
+        .target(format!("{}:{}", e.device, e.device_port))
+        .detail(format!("relay port {}: {reason}", e.port))
 }

@@ -3,8 +3,7 @@
 //! must never panic, whatever the input; a parser may only accept or refuse.
 //!
 //! Used by the cargo-fuzz targets in `fuzz-input/` (long runs) and by the
-//! seeded smoke run in `tests/fuzz_smoke.rs` (every test run). Hostlist
-//! ranges and SOCKS5 requests (issue 4) are to be added here after merge.
+//! seeded smoke run in `tests/fuzz_smoke.rs` (every test run).
 
 use std::collections::BTreeMap;
 
@@ -136,6 +135,32 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// Host ranges (`node[01-10]`), as `warren ls`/`ssh-config` take them.
+pub fn hostlist(data: &[u8]) {
+    if let Ok(names) = crate::client::hostlist::expand(&text(data)) {
+        debug_assert!(names.len() <= crate::client::hostlist::MAX_EXPANSION);
+    }
+}
+
+/// A SOCKS5 client's greeting, authentication and request, fed to the
+/// local SOCKS server's handshake (with and without a password), and
+/// `--auth USER:PASSWORD` and the relay's public port ranges.
+pub fn socks(data: &[u8]) {
+    use crate::client::socks::{Credentials, handshake};
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    let creds = Credentials::parse("user:secret").ok();
+    for auth in [None, creds.as_ref()] {
+        let mut stream = tokio::io::join(data, tokio::io::sink());
+        let _ = rt.block_on(handshake(&mut stream, auth));
+    }
+    let s = text(data);
+    let _ = Credentials::parse(&s);
+    let items: Vec<&str> = s.split(',').collect();
+    let _ = crate::relay::config::PortRanges::parse(&items);
+}
+
 /// Every entry point, for a target that spreads one input over all.
 /// A fuzz entry point.
 pub type Target = fn(&[u8]);
@@ -147,4 +172,6 @@ pub const ALL: &[(&str, Target)] = &[
     ("gateway", gateway),
     ("labels", labels),
     ("config", config),
+    ("hostlist", hostlist),
+    ("socks", socks),
 ];

@@ -11,6 +11,7 @@
 //!   spawns one task per connection (`relay::connection`), which authenticates the
 //!   key against the [`store`], registers device names in the live
 //!   `relay::registry`, routes controller streams to devices and splices them.
+//!   `relay::expose` serves public ports that an admin opened.
 //! - [`agent`]: the device side. Dials the relay, registers its name with
 //!   `tcpip-forward`, serves streams to allowed local targets, reconnects forever.
 //! - Gateways (a device that also reaches hosts of its private network):
@@ -19,7 +20,9 @@
 //!   whose scope holds it, and `agent::gateway` checks and dials it, and
 //!   carries listen forwards back out. `agent::doctor` is `warren doctor`.
 //! - [`client`]: the controller side: `warren proxy` (stdio) and `warren ssh`;
-//!   `client::enroll` turns an invite token into a key and a config.
+//!   `client::enroll` turns an invite token into a key and a config;
+//!   `socks` and `forward` over one self-healing relay connection (`tunnel`);
+//!   ssh configs and connect scripts (`sshconfig`).
 //! - [`store`]: SQLite state in the relay's data directory (systems, keys, device
 //!   status, invites, the audit log), with numbered migrations.
 //! - [`policy`]: who may reach what; pure functions, no I/O.

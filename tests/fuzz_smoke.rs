@@ -39,6 +39,12 @@ const SEEDS: &[&str] = &[
     "192.168.1.0/24 fd00::/8 0.0.0.0/0",
     "10.1.2.3.via.gw1",
     "db.via.site-a",
+    "node[01-10]",
+    "rack[1-2]-gpu[0,3-5]",
+    "\u{5}\u{1}\u{0}\u{5}\u{1}\u{0}\u{3}\u{4}dev1\u{0}\u{16}",
+    "\u{5}\u{1}\u{2}\u{1}\u{4}user\u{6}secret\u{5}\u{1}\u{0}\u{1}\u{7f}\u{0}\u{0}\u{1}\u{0}\u{50}",
+    "user:pa:ss",
+    "2000-2099,8080",
     "device-info version=0.1.0 label=site=lab label=rack=3",
     "site=lab",
     "warren1.eyJyZWxheSI6IjEyNy4wLjAuMToyMjIyIn0",
@@ -179,6 +185,12 @@ fn regressions() {
         b"warren1.",
         b"warren1.====",
         b"label=\xff",
+        b"node[1-1000000]",
+        b"n[9-1]",
+        b"n[[1]]",
+        b"n[]",
+        b"\x05\xff",
+        b"\x05\x01\x00\x05\x01\x00\x03\xff",
     ];
     for (target, f) in fuzz::ALL {
         for c in cases {

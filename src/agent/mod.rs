@@ -6,11 +6,11 @@ pub mod config;
 pub mod doctor;
 pub mod gateway;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use config::AgentSettings;
@@ -24,7 +24,7 @@ use crate::protocol::limits::{
 };
 use crate::protocol::{AllowList, Name, Target};
 use crate::ssh::client::{self, ConnectOptions, ForwardedHandler};
-use crate::ssh::{IncomingChannel, Refusal};
+use crate::ssh::{IncomingChannel, Refusal, keys};
 
 /// State changes, for tests and embedding (the log says the same in words).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,13 +48,35 @@ pub async fn run(
     shutdown: CancellationToken,
     events: Option<mpsc::UnboundedSender<AgentEvent>>,
 ) {
+    let (_keep, config) = watch::channel(settings);
+    run_with_reload(config, shutdown, events).await
+}
+
+/// The allowlist in force; swapped whole on reload, read per stream.
+type SharedAllow = Arc<RwLock<Arc<AllowList>>>;
+
+fn current(allow: &SharedAllow) -> Arc<AllowList> {
+    // Writers only swap the Arc, so a poisoned lock still holds a whole list.
+    allow.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Runs the agent until `shutdown`, taking each new value of `config` as a
+/// reloaded config (SIGHUP): the allowlist applies at once to new streams,
+/// added ports are registered on the live connection, and live streams are
+/// never touched.
+pub async fn run_with_reload(
+    mut config: watch::Receiver<AgentSettings>,
+    shutdown: CancellationToken,
+    events: Option<mpsc::UnboundedSender<AgentEvent>>,
+) {
     let emit = |e: AgentEvent| {
         if let Some(tx) = &events {
             let _ = tx.send(e);
         }
     };
+    let mut settings = config.borrow_and_update().clone();
+    let allow: SharedAllow = Arc::new(RwLock::new(Arc::new(settings.allow.clone())));
     let mut backoff = Backoff::new();
-    let allow = Arc::new(settings.allow.clone());
     let gw = Arc::new(GatewayState::new(
         settings.name.clone(),
         settings.gateway.clone(),
@@ -67,8 +89,9 @@ pub async fn run(
             allow: &allow,
             gateway: &gw,
             accepted: &mut accepted,
+            config: &mut config,
         };
-        let reason = session(&settings, links, &emit, &shutdown).await;
+        let reason = session(&mut settings, links, &emit, &shutdown).await;
         if shutdown.is_cancelled() {
             return;
         }
@@ -78,24 +101,107 @@ pub async fn run(
         let delay = backoff.next_delay();
         tracing::warn!(relay = %settings.relay, retry_in = ?delay, "offline: {reason}");
         emit(AgentEvent::Offline { reason });
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        let wait = tokio::time::sleep(delay);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut wait => break,
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        // No more reloads can come; keep running as is.
+                        (&mut wait).await;
+                        break;
+                    }
+                    let new = config.borrow_and_update().clone();
+                    settings = apply_reload(&settings, new, &allow).0;
+                }
+            }
         }
     }
 }
 
 /// What a session shares with the agent's life: the allowlist, the gateway
-/// state, and connections accepted on listen forwards.
+/// state, connections accepted on listen forwards, and reloaded configs.
 struct Links<'a> {
-    allow: &'a Arc<AllowList>,
+    allow: &'a SharedAllow,
     gateway: &'a Arc<GatewayState>,
     accepted: &'a mut mpsc::Receiver<gateway::Accepted>,
+    config: &'a mut watch::Receiver<AgentSettings>,
+}
+
+/// Takes what is safe from a reloaded config: the allowlist. Changes to
+/// the relay, identity, key or keepalive need a new connection, which would
+/// drop live streams: they are reported and wait for a restart. Returns the
+/// settings now in force and the ports the new list adds.
+fn apply_reload(
+    old: &AgentSettings,
+    new: AgentSettings,
+    allow: &SharedAllow,
+) -> (AgentSettings, Vec<u16>) {
+    let mut ignored = Vec::new();
+    if new.relay != old.relay {
+        ignored.push("relay");
+    }
+    if new.system != old.system {
+        ignored.push("system");
+    }
+    if new.name != old.name {
+        ignored.push("name");
+    }
+    if keys::fingerprint(new.key.public_key()) != keys::fingerprint(old.key.public_key()) {
+        ignored.push("key");
+    }
+    if new.relay_host_key != old.relay_host_key {
+        ignored.push("relay_host_key");
+    }
+    if new.dead_after != old.dead_after {
+        ignored.push("keepalive_timeout");
+    }
+    if new.labels != old.labels {
+        ignored.push("labels");
+    }
+    if new.gateway != old.gateway {
+        ignored.push("scope, scope_ports, permit or listen");
+    }
+    if !ignored.is_empty() {
+        tracing::warn!(
+            "config reload: {} changed; that takes a restart of the agent (kept the running values)",
+            ignored.join(", ")
+        );
+    }
+    let added: Vec<u16> = new
+        .allow
+        .ports()
+        .filter(|p| old.allow.target_for(u32::from(*p)).is_none())
+        .collect();
+    let removed: Vec<u16> = old
+        .allow
+        .ports()
+        .filter(|p| new.allow.target_for(u32::from(*p)).is_none())
+        .collect();
+    *allow.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new.allow.clone());
+    let ports: Vec<String> = new.allow.ports().map(|p| p.to_string()).collect();
+    tracing::info!(
+        ports = %ports.join(","),
+        "config reloaded: allowlist now {:?}", new.allow
+    );
+    if !removed.is_empty() {
+        tracing::info!(
+            ?removed,
+            "removed ports are refused from now on; the relay lists them until the next reconnect"
+        );
+    }
+    let settings = AgentSettings {
+        allow: new.allow,
+        ..old.clone()
+    };
+    (settings, added)
 }
 
 /// One connection, from dial to end. Returns why it ended.
 async fn session(
-    settings: &AgentSettings,
+    settings: &mut AgentSettings,
     links: Links<'_>,
     emit: &impl Fn(AgentEvent),
     shutdown: &CancellationToken,
@@ -104,6 +210,7 @@ async fn session(
         allow,
         gateway: gw,
         accepted,
+        config,
     } = links;
     tracing::info!(relay = %settings.relay, "connecting to relay");
     let tcp =
@@ -144,13 +251,14 @@ async fn session(
             return format!("{e:#}");
         }
     }
-    for port in allow.ports() {
+    let list = current(allow);
+    for port in list.ports() {
         if let Err(e) = conn.register(settings.name.as_str(), u32::from(port)).await {
             conn.disconnect().await;
             return format!("{e:#}");
         }
     }
-    let ports: Vec<String> = allow.ports().map(|p| p.to_string()).collect();
+    let ports: Vec<String> = list.ports().map(|p| p.to_string()).collect();
     tracing::info!(
         relay = %settings.relay,
         system = %settings.system,
@@ -166,18 +274,29 @@ async fn session(
         return format!("{e:#}");
     }
     emit(AgentEvent::Online);
-    let gone = loop {
+    let mut reloads = true;
+    loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break None,
-            reason = conn.is_gone() => break Some(reason),
+            _ = shutdown.cancelled() => {
+                conn.disconnect().await;
+                return "shutting down".into();
+            }
+            reason = conn.is_gone() => return reason,
             Some(a) = accepted.recv() => carry_out(&conn, a).await,
-        }
-    };
-    match gone {
-        Some(reason) => reason,
-        None => {
-            conn.disconnect().await;
-            "shutting down".into()
+            changed = config.changed(), if reloads => {
+                if changed.is_err() {
+                    reloads = false;
+                    continue;
+                }
+                let new = config.borrow_and_update().clone();
+                let (now, added) = apply_reload(settings, new, allow);
+                *settings = now;
+                for port in added {
+                    if let Err(e) = conn.register(settings.name.as_str(), u32::from(port)).await {
+                        tracing::warn!(port, "config reload: {e:#}");
+                    }
+                }
+            }
         }
     }
 }
@@ -236,7 +355,7 @@ async fn carry_out<H: ForwardedHandler>(conn: &client::ClientConnection<H>, a: g
 /// Serves streams the relay opens to this device.
 struct Serve {
     name: Name,
-    allow: Arc<AllowList>,
+    allow: SharedAllow,
     gateway: Arc<GatewayState>,
 }
 
@@ -271,7 +390,7 @@ impl ForwardedHandler for Serve {
             ));
             return;
         }
-        let target = match admit(&self.name, &self.allow, address, port) {
+        let target = match admit(&self.name, &current(&self.allow), address, port) {
             Ok(t) => t,
             Err(refusal) => {
                 tracing::warn!(asked = address, port, "refused stream: {refusal}");

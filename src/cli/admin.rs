@@ -55,6 +55,8 @@ pub enum AdminCommand {
     /// Gateways into private networks: scope, associations, forwarding rules.
     #[command(subcommand)]
     Gateway(super::gateway::GatewayCommand),
+    /// Public ports: `expose dev1:22 --system tau --port 4040 [--allow-from CIDR]`, `expose ls`, `expose rm PORT`.
+    Expose(super::expose::ExposeArgs),
     /// Devices and their status.
     Ls(LsArgs),
     /// One-time invites: `invite --system S --role R --name N` prints a token
@@ -201,7 +203,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn text(out: String) -> Reply {
+    pub(crate) fn text(out: String) -> Reply {
         Reply {
             out,
             ..Reply::default()
@@ -270,6 +272,11 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
             Ok(Reply::text(
                 systems.iter().map(|s| format!("{s}\n")).collect(),
             ))
+        }
+        AdminCommand::Expose(e) => {
+            let mut reply = store.call(move |s| super::expose::run(s, e)).await?;
+            reply.events = reply.events.into_iter().map(|e| caller.stamp(e)).collect();
+            Ok(reply)
         }
         AdminCommand::Key(k) => key_command(store, caller, k).await,
         AdminCommand::Ls(a) => ls(store, caller, a).await,

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentSettings};
@@ -11,22 +12,35 @@ use crate::agent::{self, AgentSettings};
 pub struct AgentArgs {
     /// Agent config file (TOML): relay, system, name, key, relay_host_key,
     /// allow, labels [default: ~/.config/warren/agent.toml, as `warren enroll` writes it].
+    /// SIGHUP re-reads it (the allowlist applies at once; live streams stay).
     #[arg(long, env = "WARREN_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
 }
 
 pub async fn run(a: AgentArgs) -> Result<ExitCode> {
-    let config = a
+    let config_path = a
         .config
         .or_else(crate::agent::config::default_config_path)
         .ok_or_else(|| anyhow::anyhow!("no agent config: pass --config PATH"))?;
-    let settings = AgentSettings::load(&config)?;
+    let settings = AgentSettings::load(&config_path)?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         super::shutdown_signal().await;
         stop.cancel();
     });
-    agent::run(settings, shutdown, None).await;
+    let (tx, config) = watch::channel(settings);
+    let path = config_path;
+    super::on_sighup(shutdown.clone(), move || match AgentSettings::load(&path) {
+        Ok(new) => {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading config");
+            let _ = tx.send(new);
+        }
+        Err(e) => tracing::error!(
+            config = %path.display(),
+            "SIGHUP: config reload refused, keeping the running config: {e:#}"
+        ),
+    })?;
+    agent::run_with_reload(config, shutdown, None).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -93,6 +93,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode> {
         key_path: base.join("alice_key"),
         key: std::sync::Arc::new(keys::read_private(&base.join("alice_key"))?),
         relay_host_key: relay.host_key().to_string(),
+        socks_auth: None,
     };
     let conn = client::connect(&client_settings).await?;
     let channel = conn.open("dev1", u32::from(service_port)).await?;

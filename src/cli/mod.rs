@@ -6,11 +6,15 @@ mod agent;
 mod demo;
 mod doctor;
 mod enroll;
+mod expose;
 mod gateway;
 mod keygen;
 pub mod log;
 mod proxy;
 mod relay;
+mod service;
+mod socks;
+mod sshconfig;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +69,16 @@ pub enum Command {
     /// Start a relay, a device and a connection through it, all on this
     /// machine, and explain each step.
     Demo(demo::DemoArgs),
+    /// SOCKS5 proxy that reaches devices by name: `curl --socks5-hostname`.
+    Socks(socks::SocksArgs),
+    /// Local ports to device ports: `warren forward dev1:80=8080 'red00[1-3]:22' --start-port 2201`.
+    Forward(socks::ForwardArgs),
+    /// Print `Host` blocks for ~/.ssh/config so plain `ssh dev1` works.
+    SshConfig(sshconfig::SshConfigArgs),
+    /// Write connect.sh and connect.bat that ssh to one device.
+    ConnectScript(sshconfig::ConnectScriptArgs),
+    /// Run the agent or forwards as a systemd service.
+    Service(service::ServiceArgs),
 }
 
 /// Where a controller finds the relay. Each flag can also be set in
@@ -104,7 +118,7 @@ pub fn init_logging(cli: &Cli) {
     // `proxy` shares stderr with ssh: only say something when it matters.
     let default = match cli.command {
         Command::Proxy(_) | Command::Ssh(_) | Command::Ls(_) | Command::Log(_) => "warn",
-        Command::Enroll(_) => "warn",
+        Command::Enroll(_) | Command::SshConfig(_) => "warn",
         Command::Demo(_) => "warn",
         Command::Doctor(_) => "warn",
         _ => "info",
@@ -124,6 +138,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Keygen(a) => keygen::run(a),
         Command::Ssh(a) => proxy::ssh(a),
+        Command::ConnectScript(a) => sshconfig::connect_script(a),
+        Command::Service(a) => service::run(a),
         command => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -139,7 +155,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     Command::Log(a) => proxy::log(a).await,
                     Command::Demo(a) => demo::run(a).await,
                     Command::Doctor(a) => doctor::run(a).await,
-                    Command::Keygen(_) | Command::Ssh(_) => {
+                    Command::Socks(a) => socks::socks(a).await,
+                    Command::Forward(a) => socks::forward(a).await,
+                    Command::SshConfig(a) => sshconfig::ssh_config(a).await,
+                    Command::Keygen(_)
+                    | Command::Ssh(_)
+                    | Command::ConnectScript(_)
+                    | Command::Service(_) => {
                         unreachable!("handled above")
                     }
                 }
@@ -159,4 +181,25 @@ pub(crate) async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Calls `reload` on each SIGHUP until `stop`.
+pub(crate) fn on_sighup(
+    stop: tokio_util::sync::CancellationToken,
+    mut reload: impl FnMut() + Send + 'static,
+) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => match got {
+                    Some(()) => reload(),
+                    None => return,
+                },
+            }
+        }
+    });
+    Ok(())
 }

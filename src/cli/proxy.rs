@@ -66,27 +66,16 @@ pub fn ssh(a: SshArgs) -> Result<ExitCode> {
     let device =
         Name::parse(device).with_context(|| format!("device name in {:?}", a.destination))?;
     let exe = std::env::current_exe().context("cannot find the warren executable")?;
-    let proxy_command = [
-        shell_quote(&exe.to_string_lossy()),
-        "proxy".into(),
-        "--relay".into(),
-        shell_quote(&s.relay),
-        "--system".into(),
-        shell_quote(s.system.as_str()),
-        "--key".into(),
-        shell_quote(&s.key_path.to_string_lossy()),
-        "--relay-host-key".into(),
-        shell_quote(&s.relay_host_key),
-        "%h".into(),
-        "%p".into(),
-    ]
-    .join(" ");
+    let proxy_command = client::sshconfig::proxy_command(&exe, &s);
     let mut cmd = std::process::Command::new("ssh");
     cmd.arg("-o")
         .arg(format!("ProxyCommand={proxy_command}"))
         // Device names repeat across systems: keep their host keys apart.
         .arg("-o")
-        .arg(format!("HostKeyAlias={device}.{}.warren", s.system))
+        .arg(format!(
+            "HostKeyAlias={}",
+            client::sshconfig::host_key_alias(&device, &s.system)
+        ))
         .arg(&a.destination)
         .args(&a.ssh_args);
     let err = cmd.exec();

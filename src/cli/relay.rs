@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -6,16 +6,29 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use crate::relay::config::{PortRanges, RelayFile};
 use crate::relay::{self, Relay, RelayOptions};
 
 #[derive(Debug, Args)]
 pub struct RelayArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:2222", env = "WARREN_LISTEN")]
-    pub listen: SocketAddr,
+    /// Config file (TOML with the same settings as these flags; flags win).
+    /// SIGHUP re-reads it and applies `public_ports`; the other settings
+    /// take a restart.
+    #[arg(long, env = "WARREN_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:2222].
+    #[arg(long, env = "WARREN_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// Data directory: host key and database (created on first start).
     #[arg(long, env = "WARREN_DATA")]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
+    /// Relay ports admins may expose publicly, e.g. 4000-4100 (repeatable).
+    /// None by default: `warren admin expose` then opens nothing.
+    #[arg(long = "public-ports")]
+    pub public_ports: Vec<String>,
+    /// Address public ports listen on [default: the --listen address].
+    #[arg(long)]
+    pub public_bind: Option<IpAddr>,
     /// Prune audit events older than this ("90d", "12h"); kept forever if unset.
     #[arg(long, env = "WARREN_AUDIT_RETENTION", value_parser = humantime::parse_duration)]
     pub audit_retention: Option<std::time::Duration>,
@@ -26,9 +39,26 @@ pub struct RelayArgs {
 }
 
 pub async fn run(a: RelayArgs) -> Result<ExitCode> {
-    let listener = tokio::net::TcpListener::bind(a.listen)
+    let file = match &a.config {
+        Some(path) => RelayFile::load(path)?,
+        None => RelayFile::default(),
+    };
+    let listen = a
+        .listen
+        .or(file.listen)
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 2222)));
+    let data = a.data.clone().or(file.data.clone()).context(
+        "no data directory: give --data DIR (or WARREN_DATA, or data in the --config file)",
+    )?;
+    let ports_by_flag = !a.public_ports.is_empty();
+    let public_ports = if ports_by_flag {
+        PortRanges::parse(&a.public_ports).context("--public-ports")?
+    } else {
+        PortRanges::parse(file.public_ports.as_deref().unwrap_or_default())?
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
     let advertise = match a.advertise {
         Some(addr) => Some(crate::agent::config::relay_address(&addr).context("--advertise")?),
@@ -36,17 +66,64 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         None => None,
     };
     let options = RelayOptions {
+        public_ports,
+        public_bind: a.public_bind.or(file.public_bind),
         audit_retention: a.audit_retention,
         advertise,
         ..RelayOptions::default()
     };
-    let relay = Relay::open(&a.data, options)?;
+    let relay = Relay::open(&data, options)?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         super::shutdown_signal().await;
         stop.cancel();
     });
+    if let Some(path) = a.config.clone() {
+        let r = relay.clone();
+        let started = file;
+        super::on_sighup(shutdown.clone(), move || {
+            reload(&r, &path, &started, ports_by_flag)
+        })?;
+    }
     relay::serve(listener, relay, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Re-reads the config file; applies `public_ports`, reports the rest.
+fn reload(relay: &Relay, path: &std::path::Path, started: &RelayFile, ports_by_flag: bool) {
+    let new = match RelayFile::load(path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(config = %path.display(), "SIGHUP: config reload refused, keeping the running config: {e:#}");
+            return;
+        }
+    };
+    let mut restart = Vec::new();
+    if new.listen != started.listen {
+        restart.push("listen");
+    }
+    if new.data != started.data {
+        restart.push("data");
+    }
+    if new.public_bind != started.public_bind {
+        restart.push("public_bind");
+    }
+    if !restart.is_empty() {
+        tracing::warn!(
+            "config reload: {} changed; that takes a restart (kept the running values)",
+            restart.join(", ")
+        );
+    }
+    if ports_by_flag {
+        tracing::warn!(
+            "config reload: public_ports is set by --public-ports, which wins over the file"
+        );
+    } else {
+        // Validated by load.
+        let ranges =
+            PortRanges::parse(new.public_ports.as_deref().unwrap_or_default()).unwrap_or_default();
+        tracing::info!(public_ports = %ranges, "config reloaded");
+        relay.set_public_ports(ranges);
+    }
 }

@@ -1,6 +1,14 @@
 //! The controller side: settings (file, flags, environment), connecting to
 //! the relay, and `warren proxy` (a stream on stdin/stdout for ssh's
-//! `ProxyCommand`).
+//! `ProxyCommand`); [`socks`] and [`forward`] carry many streams over one
+//! self-healing connection ([`tunnel`]); [`sshconfig`] writes ssh configs and
+//! connect scripts.
+
+pub mod forward;
+pub mod hostlist;
+pub mod socks;
+pub mod sshconfig;
+pub mod tunnel;
 
 pub mod enroll;
 
@@ -26,6 +34,8 @@ pub struct ClientFile {
     pub system: Option<String>,
     pub key: Option<PathBuf>,
     pub relay_host_key: Option<String>,
+    /// `USER:PASSWORD` for `warren socks` listeners (required off loopback).
+    pub socks_auth: Option<String>,
 }
 
 /// Values given on the command line or in the environment.
@@ -46,6 +56,8 @@ pub struct ClientSettings {
     pub key_path: PathBuf,
     pub key: Arc<PrivateKey>,
     pub relay_host_key: String,
+    /// From `socks_auth` in client.toml; never printed.
+    pub socks_auth: Option<socks::Credentials>,
 }
 
 /// Where the client config lives when no path is given.
@@ -100,6 +112,12 @@ impl ClientSettings {
             key: Arc::new(keys::read_private(&key_path)?),
             key_path,
             relay_host_key: check_fingerprint(&fp)?,
+            socks_auth: file
+                .socks_auth
+                .as_deref()
+                .map(socks::Credentials::parse)
+                .transpose()
+                .context("socks_auth in client.toml")?,
         })
     }
 }

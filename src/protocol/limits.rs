@@ -143,3 +143,22 @@ pub const MAX_FORWARD_REQUESTS: usize = 64;
 /// and lock legitimate users out (many devices behind one NAT connect one
 /// at a time, and authenticate in milliseconds).
 pub const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 32;
+
+/// How often a controller's long-lived relay connection (`socks`,
+/// `forward`) is checked for having closed, as a backstop to the close
+/// signal from the SSH layer. Cheap (a flag read); bounds how long a lost
+/// connection can go unnoticed if that signal were missed.
+pub const TUNNEL_LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
+/// Time for a SOCKS client to finish its greeting, authentication and
+/// request. Browsers and curl send them at once; a client that dawdles holds
+/// a slot and is cut.
+pub const SOCKS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SOCKS connections still in their handshake. Past this, new connections are
+/// closed at once, so idle sockets cannot exhaust file descriptors (the
+/// same idea as [`MAX_UNAUTHENTICATED`] at the relay).
+pub const MAX_SOCKS_HANDSHAKES: usize = 256;
+
+/// Longest SOCKS username or password: RFC 1929 gives each one length byte.
+pub const MAX_SOCKS_CREDENTIAL: usize = 255;

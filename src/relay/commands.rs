@@ -131,6 +131,7 @@ fn command_name(c: &AdminCommand) -> &'static str {
         AdminCommand::System(_) => "system",
         AdminCommand::Key(_) => "key",
         AdminCommand::Gateway(_) => "gateway",
+        AdminCommand::Expose(_) => "expose",
         AdminCommand::Ls(_) => "ls",
         AdminCommand::Invite(_) => "invite",
         AdminCommand::Device(_) => "device",

@@ -8,8 +8,10 @@
 //! each controller stream to its device and splices the two.
 
 mod commands;
+pub mod config;
 mod connection;
 mod enroll;
+pub mod expose;
 pub mod gateways;
 pub mod ratelimit;
 pub mod registry;
@@ -23,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -61,6 +63,10 @@ pub struct RelayOptions {
     /// one more is allowed (`protocol::limits::FAILED_LOGIN_*`).
     pub failed_login_burst: u32,
     pub failed_login_refill: Duration,
+    /// Relay ports admins may expose publicly (none by default).
+    pub public_ports: config::PortRanges,
+    /// Address public ports listen on; the SSH listener's address if None.
+    pub public_bind: Option<std::net::IpAddr>,
 }
 
 impl Default for RelayOptions {
@@ -74,6 +80,8 @@ impl Default for RelayOptions {
             advertise: None,
             failed_login_burst: FAILED_LOGIN_BURST,
             failed_login_refill: FAILED_LOGIN_REFILL,
+            public_ports: config::PortRanges::default(),
+            public_bind: None,
         }
     }
 }
@@ -97,6 +105,12 @@ pub struct Relay {
     /// Woken after this relay itself changed keys or devices (remote admin),
     /// which `PRAGMA data_version` does not show to the same connection.
     store_changed: tokio::sync::Notify,
+    /// `public_ports` in force (reloadable).
+    public_ports: std::sync::RwLock<config::PortRanges>,
+    /// Wakes the public-port manager (store changed, config reloaded).
+    expose_wake: Notify,
+    /// Public ports after the latest reconcile.
+    exposed: watch::Sender<expose::Exposed>,
 }
 
 /// Device status writes, applied in order by one task so that a quick
@@ -144,6 +158,9 @@ impl Relay {
         let (tx, rx) = mpsc::unbounded_channel();
         let (audit, audit_writer) = audit::channel();
         Ok(Arc::new(Relay {
+            public_ports: std::sync::RwLock::new(options.public_ports.clone()),
+            expose_wake: Notify::new(),
+            exposed: watch::Sender::new(expose::Exposed::default()),
             store,
             registry: Registry::default(),
             gateways: gateways::Gateways::default(),
@@ -193,6 +210,26 @@ impl Relay {
         self.store_changed.notify_one();
     }
 
+    /// The relay ports admins may expose now.
+    pub fn public_ports(&self) -> config::PortRanges {
+        self.public_ports
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a reloaded `public_ports`: exposures outside it close, those
+    /// now inside open. Live SSH connections are not touched.
+    pub fn set_public_ports(&self, ranges: config::PortRanges) {
+        *self.public_ports.write().unwrap_or_else(|p| p.into_inner()) = ranges;
+        self.expose_wake.notify_one();
+    }
+
+    /// Sees the public ports after each reconcile with the store.
+    pub fn exposed(&self) -> watch::Receiver<expose::Exposed> {
+        self.exposed.subscribe()
+    }
+
     fn status(&self, change: StatusChange) {
         // The receiver lives as long as `serve`; after it, nothing is lost
         // that matters: the next start marks every device offline anyway.
@@ -235,6 +272,16 @@ pub async fn serve(
     apply_disabled(&relay).await;
     tokio::spawn(watch_store(relay.clone(), background.clone()));
     tokio::spawn(flush_last_seen(relay.clone(), background.clone()));
+    let public_ip = relay
+        .options
+        .public_bind
+        .unwrap_or(listener.local_addr()?.ip());
+    tokio::spawn(expose::run(
+        relay.clone(),
+        public_ip,
+        tasks.clone(),
+        shutdown.clone(),
+    ));
 
     tracing::info!(addr = %listener.local_addr()?, host_key = %relay.host_key, "relay listening");
     loop {
@@ -373,6 +420,8 @@ async fn watch_store(relay: Arc<Relay>, stop: CancellationToken) {
         last = version;
         gateways::refresh(&relay).await;
         apply_disabled(&relay).await;
+        // `warren admin expose` may have changed public ports.
+        relay.expose_wake.notify_one();
         let conns = relay.registry.conns();
         let fps: Vec<String> = conns.iter().map(|c| c.fingerprint.clone()).collect();
         let active = relay

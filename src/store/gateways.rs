@@ -241,7 +241,7 @@ impl Store {
             );
         }
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "DELETE FROM gateways WHERE system = ?1 AND name = ?2",
             [system.as_str(), name.as_str()],

@@ -33,7 +33,7 @@ const MIGRATIONS: &[&str] = &[
         ports     TEXT,
         PRIMARY KEY (system, name)
     );",
-    // 4 (issue-5): gateways (scope as announced by the agent), networks an
+    // 2 (issue-5): gateways (scope as announced by the agent), networks an
     // admin associated with them, and the targets their listen forwards may reach.
     "CREATE TABLE gateways (
         id       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -101,6 +101,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN labels TEXT;
     ALTER TABLE devices ADD COLUMN streams INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;",
+    // 4 (issue-4): public ports: a relay port that carries to one device port.
+    "CREATE TABLE exposures (
+        port        INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535),
+        system      TEXT NOT NULL,
+        device      TEXT NOT NULL,
+        device_port INTEGER NOT NULL CHECK (device_port BETWEEN 1 AND 65535),
+        allow_from  TEXT NOT NULL DEFAULT '',
+        created     INTEGER NOT NULL
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {
@@ -112,7 +121,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         );
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;

@@ -9,11 +9,13 @@
 
 mod audit;
 mod enroll;
+mod exposures;
 mod gateways;
 mod migrations;
 
 pub use audit::AuditQuery;
 pub use enroll::{InviteRecord, NewInvite};
+pub use exposures::Exposure;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -159,7 +161,7 @@ impl Store {
         key: &PublicKey,
     ) -> Result<KeyRecord> {
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let rec = insert_key(&tx, system, role, name, key, None)?;
         tx.commit()?;
         Ok(rec)
@@ -301,7 +303,7 @@ impl Store {
     pub fn touch_devices(&self, devices: &[(String, String, u64)]) -> Result<()> {
         let t = now();
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for (system, name, streams) in devices {
             tx.execute(
                 "UPDATE devices SET last_seen = ?3, streams = ?4 WHERE system = ?1 AND name = ?2",

@@ -1,0 +1,218 @@
+//! One SSH connection to the relay that carries every stream of a
+//! long-running controller command (`warren socks`, `warren forward`), and
+//! comes back by itself when it is lost, with the agent's backoff.
+//!
+//! A maintenance task owns the dial-and-wait loop and publishes the live
+//! connection through a `watch`; [`Tunnel::open`] takes whatever connection is
+//! live, waiting a bounded time for one while reconnecting.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::ClientSettings;
+use crate::agent::Backoff;
+use crate::protocol::limits::{BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, TUNNEL_LIVENESS_CHECK};
+use crate::ssh::Channel;
+use crate::ssh::IncomingChannel;
+use crate::ssh::client::{self, ClientConnection, ConnectOptions, ForwardedHandler};
+
+/// State changes, for tests and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelEvent {
+    Connected,
+    Disconnected { reason: String },
+}
+
+/// Why a stream could not be opened; callers map each to their own
+/// vocabulary (a SOCKS reply code, a log line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The relay (or the device) answered and said no; the text is theirs.
+    #[error("{0}")]
+    Refused(String),
+    /// No connection to the relay right now.
+    #[error("no connection to the relay: {0}")]
+    NoRelay(String),
+    /// The connection failed while opening.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Drops a token when the SSH layer drops the connection's handler, which it
+/// does when the connection ends: a disconnect signal without polling.
+struct GoneSignal {
+    _guard: DropGuard,
+}
+
+impl ForwardedHandler for GoneSignal {
+    fn forwarded(&mut self, _address: &str, _port: u32, _channel: IncomingChannel) {
+        // Controllers serve nothing; dropping the channel refuses it.
+    }
+}
+
+type Conn = Arc<ClientConnection<GoneSignal>>;
+
+/// A shared, self-healing connection to the relay.
+pub struct Tunnel {
+    live: watch::Receiver<Option<Conn>>,
+    last_error: Arc<std::sync::Mutex<String>>,
+    stop: CancellationToken,
+}
+
+impl Tunnel {
+    /// Starts connecting in the background; streams can be opened at once
+    /// (they wait for the first connection).
+    pub fn start(
+        settings: ClientSettings,
+        shutdown: CancellationToken,
+        events: Option<mpsc::UnboundedSender<TunnelEvent>>,
+    ) -> Tunnel {
+        let (tx, live) = watch::channel(None);
+        let last_error = Arc::new(std::sync::Mutex::new("not connected yet".to_string()));
+        let stop = shutdown.child_token();
+        tokio::spawn(maintain(
+            settings,
+            tx,
+            last_error.clone(),
+            stop.clone(),
+            events,
+        ));
+        Tunnel {
+            live,
+            last_error,
+            stop,
+        }
+    }
+
+    /// Opens a stream to `host:port`, waiting up to [`HANDSHAKE_TIMEOUT`]
+    /// for a connection to the relay if there is none right now.
+    pub async fn open(&self, host: &str, port: u16) -> Result<Channel, OpenError> {
+        let mut live = self.live.clone();
+        let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            loop {
+                let current = live.borrow_and_update().clone();
+                if let Some(c) = current.filter(|c| !c.is_closed()) {
+                    return Some(c);
+                }
+                if live.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(conn) = conn else {
+            let why = self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            return Err(OpenError::NoRelay(why));
+        };
+        conn.open(host, u32::from(port)).await.map_err(|e| {
+            let text = format!("{e:#}");
+            // The SSH layer words a refusal as "relay refused HOST:PORT: why".
+            match text.strip_prefix(&format!("relay refused {host}:{port}: ")) {
+                Some(why) => OpenError::Refused(why.to_string()),
+                None => OpenError::Failed(text),
+            }
+        })
+    }
+
+    /// Whether a connection to the relay is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.live.borrow().as_ref().is_some_and(|c| !c.is_closed())
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn maintain(
+    settings: ClientSettings,
+    live: watch::Sender<Option<Conn>>,
+    last_error: Arc<std::sync::Mutex<String>>,
+    stop: CancellationToken,
+    events: Option<mpsc::UnboundedSender<TunnelEvent>>,
+) {
+    let emit = |e: TunnelEvent| {
+        if let Some(tx) = &events {
+            let _ = tx.send(e);
+        }
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        let started = Instant::now();
+        let reason = tokio::select! {
+            _ = stop.cancelled() => None,
+            r = connection(&settings, &live, &emit) => Some(r),
+        };
+        if let Some(conn) = live.send_replace(None) {
+            conn.disconnect().await;
+        }
+        let Some(reason) = reason else { return };
+        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = reason.clone();
+        if started.elapsed() >= BACKOFF_RESET_AFTER {
+            backoff = Backoff::new();
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(relay = %settings.relay, retry_in = ?delay, "relay connection down: {reason}");
+        emit(TunnelEvent::Disconnected { reason });
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Dials, publishes the connection, and returns when it is gone.
+async fn connection(
+    settings: &ClientSettings,
+    live: &watch::Sender<Option<Conn>>,
+    emit: &impl Fn(TunnelEvent),
+) -> String {
+    let tcp = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio::net::TcpStream::connect(&settings.relay),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return format!("cannot reach relay {}: {e}", settings.relay),
+        Err(_) => return format!("cannot reach relay {}: timed out", settings.relay),
+    };
+    let opts = ConnectOptions {
+        user: settings.system.to_string(),
+        key: settings.key.clone(),
+        host_key: settings.relay_host_key.clone(),
+        dead_after: crate::protocol::limits::AGENT_DEAD_RELAY_TIMEOUT,
+    };
+    let gone = CancellationToken::new();
+    let signal = GoneSignal {
+        _guard: gone.clone().drop_guard(),
+    };
+    let conn = match client::connect(tcp, &opts, signal).await {
+        Ok(c) => Arc::new(c),
+        Err(e) => return format!("{e:#}"),
+    };
+    tracing::info!(relay = %settings.relay, system = %settings.system, "connected to relay");
+    live.send_replace(Some(conn.clone()));
+    emit(TunnelEvent::Connected);
+    // The handler's drop is the prompt signal; the check is a backstop in
+    // case a connection layer keeps its handler after the end.
+    let mut check = tokio::time::interval(TUNNEL_LIVENESS_CHECK);
+    loop {
+        tokio::select! {
+            _ = gone.cancelled() => break,
+            _ = check.tick() => if conn.is_closed() { break },
+        }
+    }
+    "connection to the relay lost".to_string()
+}

@@ -1,0 +1,135 @@
+//! The relay's optional config file (`warren relay --config FILE`): the
+//! same settings as the flags, in TOML. SIGHUP re-reads it and applies what
+//! can change without touching live connections (`public_ports`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::agent::config::read_config;
+
+/// The file as written; unknown fields are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFile {
+    /// Address of the SSH port, e.g. "0.0.0.0:2222".
+    pub listen: Option<SocketAddr>,
+    /// Data directory (relative to the config file).
+    pub data: Option<PathBuf>,
+    /// Relay ports an admin may expose publicly, e.g. ["4000-4100", "8443"].
+    /// Empty (the default): no public ports at all.
+    pub public_ports: Option<Vec<String>>,
+    /// Address public ports listen on (default: the SSH port's address).
+    pub public_bind: Option<IpAddr>,
+}
+
+impl RelayFile {
+    pub fn load(path: &Path) -> Result<RelayFile> {
+        let text = read_config(path)?;
+        let mut file: RelayFile = toml::from_str(&text)
+            .with_context(|| format!("invalid relay config {}", path.display()))?;
+        if let (Some(d), Some(base)) = (&file.data, path.parent()) {
+            file.data = Some(base.join(d));
+        }
+        if let Some(p) = &file.public_ports {
+            PortRanges::parse(p).with_context(|| {
+                format!("invalid relay config {}: public_ports", path.display())
+            })?;
+        }
+        Ok(file)
+    }
+}
+
+/// Sets of relay ports, like `4000-4100` or `8443`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortRanges(Vec<(u16, u16)>);
+
+impl PortRanges {
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<PortRanges> {
+        let mut out = Vec::new();
+        for item in items {
+            let s = item.as_ref().trim();
+            let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+            let port = |p: &str| -> Result<u16> {
+                match p.trim().parse::<u16>() {
+                    Ok(0) | Err(_) => bail!("{s:?} is not a port or LO-HI port range (1-65535)"),
+                    Ok(n) => Ok(n),
+                }
+            };
+            let (lo, hi) = (port(lo)?, port(hi)?);
+            if lo > hi {
+                bail!("port range {s:?} goes backwards");
+            }
+            out.push((lo, hi));
+        }
+        Ok(PortRanges(out))
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for PortRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_parse_and_match() {
+        let r = PortRanges::parse(&["4000-4100", "8443"]).unwrap();
+        assert!(r.contains(4000) && r.contains(4100) && r.contains(8443));
+        assert!(!r.contains(3999) && !r.contains(4101) && !r.contains(22));
+        assert_eq!(r.to_string(), "4000-4100,8443");
+        assert!(PortRanges::parse::<&str>(&[]).unwrap().is_empty());
+        for bad in ["0", "http", "10-5", "1-70000", ""] {
+            assert!(PortRanges::parse(&[bad]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn config_file_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relay.toml");
+        std::fs::write(
+            &p,
+            "listen = \"127.0.0.1:2222\"\ndata = \"state\"\npublic_ports = [\"4000-4010\"]\n",
+        )
+        .unwrap();
+        let f = RelayFile::load(&p).unwrap();
+        assert_eq!(f.data.unwrap(), dir.path().join("state"));
+        for bad in [
+            "colour = 1\n",
+            "listen = \"nowhere\"\n",
+            "public_ports = [\"99999\"]\n",
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            assert!(RelayFile::load(&p).is_err(), "{bad:?}");
+        }
+    }
+}

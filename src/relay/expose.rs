@@ -1,0 +1,283 @@
+//! Public ports: a relay port that carries each TCP connection to one
+//! device port, the way `GatewayPorts` on a jump host would, but only where
+//! an admin said so (`warren admin expose`) and only within the relay's
+//! `public_ports` ranges (none by default).
+//!
+//! [`run`] keeps the listeners in line with the store: it reconciles at
+//! start, whenever `warren admin` changes the store, and on a config reload.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ipnet::IpNet;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Relay;
+use crate::audit::{self, Event, kind};
+use crate::protocol::Name;
+use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
+use crate::store::Exposure;
+
+/// Parses `--allow-from` values; each must be a CIDR (`10.0.0.0/8`) or a
+/// single address.
+pub fn parse_allow_from(items: &[String]) -> anyhow::Result<Vec<IpNet>> {
+    items
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!("{s:?} is not a CIDR like 203.0.113.0/24 or an address")
+                })
+        })
+        .collect()
+}
+
+/// Whether `peer` may use a port with this allow list (empty: anyone).
+pub fn peer_allowed(allow: &[IpNet], peer: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    allow.is_empty() || allow.iter().any(|n| n.contains(&peer))
+}
+
+/// What the latest reconcile did, for tests and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exposed {
+    /// Relay ports listening as public ports.
+    pub open: Vec<u16>,
+    /// Exposures in the store at that moment (open or not).
+    pub known: usize,
+}
+
+struct Open {
+    exposure: Exposure,
+    stop: CancellationToken,
+}
+
+/// Keeps public listeners in line with the store until `shutdown`.
+pub(super) async fn run(
+    relay: Arc<Relay>,
+    ip: IpAddr,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let mut open: HashMap<u16, Open> = HashMap::new();
+    loop {
+        let mut known = 0;
+        match relay.store.call(|s| s.exposures()).await {
+            Ok(list) => {
+                known = list.len();
+                reconcile(&relay, ip, &tasks, &shutdown, &mut open, list).await
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "reading exposures"),
+        }
+        let mut ports: Vec<u16> = open.keys().copied().collect();
+        ports.sort_unstable();
+        relay.exposed.send_replace(Exposed { open: ports, known });
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = relay.expose_wake.notified() => {}
+        }
+    }
+    for o in open.values() {
+        o.stop.cancel();
+    }
+}
+
+async fn reconcile(
+    relay: &Arc<Relay>,
+    ip: IpAddr,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+    open: &mut HashMap<u16, Open>,
+    list: Vec<Exposure>,
+) {
+    let allowed = relay.public_ports();
+    let mut desired = HashMap::new();
+    for e in list {
+        if allowed.contains(e.port) {
+            desired.insert(e.port, e);
+        } else if !open.contains_key(&e.port) {
+            tracing::warn!(port = e.port, public_ports = %allowed, "exposure {}/{}:{} not opened: relay port {} is outside public_ports", e.system, e.device, e.device_port, e.port);
+        }
+    }
+    open.retain(|port, o| {
+        let keep = desired.get(port) == Some(&o.exposure);
+        if !keep {
+            o.stop.cancel();
+            relay.audit().record(audit::public_port(
+                "closed",
+                &o.exposure,
+                "removed or changed",
+            ));
+        }
+        keep
+    });
+    for (port, e) in desired {
+        if open.contains_key(&port) {
+            continue;
+        }
+        let allow = match parse_allow_from(&e.allow_from) {
+            Ok(a) => a,
+            Err(err) => {
+                tracing::error!(port, "exposure not opened: {err:#}");
+                continue;
+            }
+        };
+        let listener = match TcpListener::bind(SocketAddr::new(ip, port)).await {
+            Ok(l) => l,
+            Err(err) => {
+                relay.audit().record(audit::public_port(
+                    "failed",
+                    &e,
+                    &format!("cannot listen on {ip}:{port}: {err}"),
+                ));
+                continue;
+            }
+        };
+        let stop = shutdown.child_token();
+        relay.audit().record(audit::public_port(
+            "open",
+            &e,
+            &format!("listening on {ip}:{port}"),
+        ));
+        tasks.spawn(accept_loop(
+            relay.clone(),
+            e.clone(),
+            allow,
+            listener,
+            stop.clone(),
+            tasks.clone(),
+        ));
+        open.insert(port, Open { exposure: e, stop });
+    }
+}
+
+async fn accept_loop(
+    relay: Arc<Relay>,
+    e: Exposure,
+    allow: Vec<IpNet>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(err) => {
+                    tracing::warn!(port = e.port, error = %err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if !peer_allowed(&allow, peer.ip()) {
+            relay.audit().record(audit::public_refused(
+                &e,
+                peer,
+                "peer address is not in allow_from",
+            ));
+            drop(tcp);
+            continue;
+        }
+        tasks.spawn(stream(relay.clone(), e.clone(), tcp, peer, stop.clone()));
+    }
+}
+
+/// Carries one public connection to the device.
+async fn stream(
+    relay: Arc<Relay>,
+    e: Exposure,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    let target = format!("{}:{}", e.device, e.device_port);
+    let who = format!("public:{}", e.port);
+    let refused = |reason: &str| {
+        relay.audit().record(
+            Event::new(kind::STREAM_OPEN, audit::REFUSED)
+                .peer(peer)
+                .system(e.system.as_str())
+                .key_name(who.as_str())
+                .device(e.device.as_str())
+                .target(target.as_str())
+                .detail(reason),
+        )
+    };
+    let (Ok(system), Ok(name)) = (Name::parse(&e.system), Name::parse(&e.device)) else {
+        return refused("exposure names no valid device");
+    };
+    let device = relay.registry.lookup(&system, &name);
+    let Some(device) = device.filter(|d| d.ports.contains(&u32::from(e.device_port))) else {
+        return refused("device offline or not serving that port");
+    };
+    let Some(guard) = relay.registry.open_stream(&system, &name) else {
+        return refused("device disabled by an admin");
+    };
+    let opened = tokio::time::timeout(
+        STREAM_OPEN_TIMEOUT,
+        device
+            .handle
+            .open_forwarded(&e.device, u32::from(e.device_port), peer),
+    )
+    .await;
+    let channel = match opened {
+        Ok(Ok(ch)) => ch,
+        Ok(Err(err)) => return refused(&format!("device could not open the port: {err}")),
+        Err(_) => return refused("device did not answer"),
+    };
+    let _ = tcp.set_nodelay(true);
+    let started = Instant::now();
+    relay.audit().record(
+        Event::new(kind::STREAM_OPEN, audit::OK)
+            .peer(peer)
+            .system(e.system.as_str())
+            .key_name(who.as_str())
+            .device(e.device.as_str())
+            .target(target.as_str()),
+    );
+    let (r, w) = tcp.into_split();
+    let mut closed = tokio::select! {
+        _ = stop.cancelled() => {
+            Event::new(kind::STREAM_CLOSE, "closed").detail("public port removed")
+        }
+        _ = guard.closed.cancelled() => {
+            Event::new(kind::STREAM_CLOSE, "closed").detail("closed: device disabled by an admin")
+        }
+        stats = channel.splice_io(r, w) => {
+            audit::stream_closed(&e.system, &who, &e.device, &target, stats, started.elapsed())
+        }
+    };
+    drop(guard);
+    closed = closed
+        .peer(peer)
+        .system(e.system.as_str())
+        .key_name(who.as_str())
+        .device(e.device.as_str())
+        .target(target.as_str());
+    relay.audit().record(closed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_from_filters_peers() {
+        let allow = parse_allow_from(&["10.0.0.0/8".into(), "192.0.2.7".into()]).unwrap();
+        assert!(peer_allowed(&allow, "10.1.2.3".parse().unwrap()));
+        assert!(peer_allowed(&allow, "192.0.2.7".parse().unwrap()));
+        assert!(peer_allowed(&allow, "::ffff:10.9.9.9".parse().unwrap()));
+        assert!(!peer_allowed(&allow, "192.0.2.8".parse().unwrap()));
+        assert!(!peer_allowed(&allow, "127.0.0.1".parse().unwrap()));
+        assert!(peer_allowed(&[], "203.0.113.1".parse().unwrap()));
+        assert!(parse_allow_from(&["10.0.0.0/33".into()]).is_err());
+        assert!(parse_allow_from(&["everyone".into()]).is_err());
+    }
+}
