@@ -29,6 +29,8 @@
 //! - [`audit`]: audit events: a log line each, and a row in the store written
 //!   in batches by one writer task, off the data path.
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.
+//! - [`fuzz`]: one entry per parser of outside input, for `fuzz-input/`
+//!   and the smoke run in the tests.
 
 #![cfg_attr(
     not(test),
@@ -39,6 +41,7 @@ pub mod agent;
 pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod fuzz;
 pub mod policy;
 pub mod protocol;
 pub mod relay;

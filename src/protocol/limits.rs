@@ -114,6 +114,36 @@ pub const DOCTOR_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// fails. Expiring invites and audit timestamps tolerate a minute; more
 /// means the host's clock is not synchronised.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Failed logins one address may make in a burst before it is rate limited.
+/// A person with a wrong key fails a handful of times; a password-less relay
+/// has nothing to guess, so anything past this is a scanner or a brute force.
+pub const FAILED_LOGIN_BURST: u32 = 10;
+
+/// One failed-login allowance returns per this period (10 a minute), so a
+/// misconfigured device retrying every few seconds is slowed, not banned.
+pub const FAILED_LOGIN_REFILL: Duration = Duration::from_secs(6);
+
+/// Addresses whose failed-login counts are kept. Past this the fullest
+/// buckets are forgotten first, so a spoofing flood cannot grow memory.
+pub const FAILED_LOGIN_TABLE_MAX: usize = 65_536;
+
+/// A rate-limited address gets at most one audit record per this period
+/// (with a count of the connections refused since), so a flood cannot flood
+/// the audit log too.
+pub const RATE_LIMIT_AUDIT_EVERY: Duration = Duration::from_secs(10);
+
+/// `tcpip-forward` requests one connection may make (granted or refused).
+/// An agent sends one per served port; past this a connection is asking
+/// for names it does not own in bulk, and is closed.
+pub const MAX_FORWARD_REQUESTS: usize = 64;
+
+/// Unauthenticated connections from one address. Well under
+/// [`MAX_UNAUTHENTICATED`], so one flooding host cannot take every slot
+/// and lock legitimate users out (many devices behind one NAT connect one
+/// at a time, and authenticate in milliseconds).
+pub const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 32;
+
 /// How often a controller's long-lived relay connection (`socks`,
 /// `forward`) is checked for having closed, as a backstop to the close
 /// signal from the SSH layer. Cheap (a flag read); bounds how long a lost

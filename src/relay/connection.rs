@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -19,7 +19,7 @@ use super::{Relay, StatusChange, commands, enroll, gateways};
 use crate::audit::{self, Event, kind};
 use crate::policy;
 use crate::protocol::device_info::{self, DeviceInfo};
-use crate::protocol::limits::{ENROLL_SESSION_TIMEOUT, STREAM_OPEN_TIMEOUT};
+use crate::protocol::limits::{ENROLL_SESSION_TIMEOUT, MAX_FORWARD_REQUESTS, STREAM_OPEN_TIMEOUT};
 use crate::protocol::token::ENROLL_USER;
 use crate::protocol::{Name, Role};
 use crate::ssh::server::{self, ExecOutput, ServerHandle, ServerSession};
@@ -32,7 +32,7 @@ pub(super) async fn run(
     stream: TcpStream,
     peer: SocketAddr,
     id: ConnId,
-    permit: OwnedSemaphorePermit,
+    permit: super::ratelimit::Slot,
     tasks: TaskTracker,
 ) {
     let span = tracing::info_span!("conn", id, %peer, system = tracing::field::Empty, name = tracing::field::Empty);
@@ -48,6 +48,7 @@ pub(super) async fn run(
             info: DeviceInfo::default(),
             refused: Vec::new(),
             refused_user: None,
+            forward_requests: 0,
             permit: Some(permit),
             authed: Some(authed_tx),
             handle: None,
@@ -101,8 +102,10 @@ struct Connection {
     refused: Vec<String>,
     /// The user name those keys were offered for.
     refused_user: Option<String>,
+    /// `tcpip-forward` requests so far, capped at [`MAX_FORWARD_REQUESTS`].
+    forward_requests: usize,
     /// Held until authentication: caps unauthenticated connections.
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<super::ratelimit::Slot>,
     authed: Option<oneshot::Sender<()>>,
     handle: Option<ServerHandle>,
     tasks: TaskTracker,
@@ -241,6 +244,22 @@ impl ServerSession for Connection {
         let (Some(who), Some(handle)) = (&self.identity, &self.handle) else {
             return false;
         };
+        self.forward_requests += 1;
+        if self.forward_requests > MAX_FORWARD_REQUESTS {
+            if self.forward_requests == MAX_FORWARD_REQUESTS + 1 {
+                self.register_refused(
+                    address,
+                    &format!(
+                        "more than {MAX_FORWARD_REQUESTS} forward requests on one connection; closing it"
+                    ),
+                );
+                let h = handle.clone();
+                tokio::spawn(async move {
+                    h.disconnect("too many forward requests").await;
+                });
+            }
+            return false;
+        }
         let name = match policy::may_register(who, address) {
             Ok(n) => n,
             Err(reason) => {
@@ -373,6 +392,9 @@ impl Drop for Connection {
             });
         }
         if self.identity.is_none() && !self.refused.is_empty() {
+            self.relay
+                .failed_logins
+                .failed(self.peer.ip(), std::time::Instant::now());
             let reason = format!("no registered key among {}", self.refused.join(", "));
             self.relay.audit.record(audit::login_refused(
                 self.peer,

@@ -13,6 +13,7 @@ mod connection;
 mod enroll;
 pub mod expose;
 pub mod gateways;
+pub mod ratelimit;
 pub mod registry;
 pub mod status;
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,8 +33,8 @@ use crate::audit::{self, Audit, AuditWriter};
 use crate::protocol::Name;
 use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::limits::{
-    HANDSHAKE_TIMEOUT, LAST_SEEN_FLUSH_INTERVAL, MAX_UNAUTHENTICATED, SHUTDOWN_DRAIN,
-    STORE_POLL_INTERVAL,
+    FAILED_LOGIN_BURST, FAILED_LOGIN_REFILL, HANDSHAKE_TIMEOUT, LAST_SEEN_FLUSH_INTERVAL,
+    MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADDRESS, SHUTDOWN_DRAIN, STORE_POLL_INTERVAL,
 };
 use crate::ssh::keys::{self, Fingerprint};
 use crate::ssh::server::ServerConfig;
@@ -50,12 +51,18 @@ pub const ADVERTISE_SETTING: &str = "advertise";
 pub struct RelayOptions {
     pub handshake_timeout: Duration,
     pub max_unauthenticated: usize,
+    /// Of those, how many one address may hold.
+    pub max_unauthenticated_per_address: usize,
     pub store_poll: Duration,
     /// Audit events older than this are pruned (`--audit-retention`).
     pub audit_retention: Option<Duration>,
     /// `HOST:PORT` that new machines use to reach this relay, written into
     /// invite tokens (`--advertise`).
     pub advertise: Option<String>,
+    /// Failed logins one address may make at once, and the period in which
+    /// one more is allowed (`protocol::limits::FAILED_LOGIN_*`).
+    pub failed_login_burst: u32,
+    pub failed_login_refill: Duration,
     /// Relay ports admins may expose publicly (none by default).
     pub public_ports: config::PortRanges,
     /// Address public ports listen on; the SSH listener's address if None.
@@ -67,9 +74,12 @@ impl Default for RelayOptions {
         RelayOptions {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             max_unauthenticated: MAX_UNAUTHENTICATED,
+            max_unauthenticated_per_address: MAX_UNAUTHENTICATED_PER_ADDRESS,
             store_poll: STORE_POLL_INTERVAL,
             audit_retention: None,
             advertise: None,
+            failed_login_burst: FAILED_LOGIN_BURST,
+            failed_login_refill: FAILED_LOGIN_REFILL,
             public_ports: config::PortRanges::default(),
             public_bind: None,
         }
@@ -85,7 +95,8 @@ pub struct Relay {
     server_config: ServerConfig,
     host_key: Fingerprint,
     options: RelayOptions,
-    unauthenticated: Arc<Semaphore>,
+    unauthenticated: ratelimit::Unauthenticated,
+    failed_logins: ratelimit::FailedLogins,
     next_conn: AtomicU64,
     status: mpsc::UnboundedSender<StatusChange>,
     status_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<StatusChange>>>,
@@ -155,7 +166,14 @@ impl Relay {
             gateways: gateways::Gateways::default(),
             server_config,
             host_key,
-            unauthenticated: Arc::new(Semaphore::new(options.max_unauthenticated)),
+            unauthenticated: ratelimit::Unauthenticated::new(
+                options.max_unauthenticated,
+                options.max_unauthenticated_per_address,
+            ),
+            failed_logins: ratelimit::FailedLogins::new(
+                options.failed_login_burst,
+                options.failed_login_refill,
+            ),
             options,
             next_conn: AtomicU64::new(1),
             status: tx,
@@ -280,10 +298,31 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = relay.unauthenticated.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = relay.options.max_unauthenticated, "too many unauthenticated connections; closing new one");
+        if let ratelimit::Verdict::Limited { audit } = relay
+            .failed_logins
+            .check(peer.ip(), std::time::Instant::now())
+        {
+            if let Some(refused) = audit {
+                tracing::warn!(%peer, refused, "too many failed logins from this address; refusing its connections");
+                relay.audit.record(audit::login_refused(
+                    peer,
+                    "",
+                    &format!(
+                        "rate limited: too many failed logins from {} ({refused} connection(s) refused)",
+                        peer.ip()
+                    ),
+                ));
+            }
             drop(stream);
             continue;
+        }
+        let permit = match relay.unauthenticated.try_take(peer.ip()) {
+            Ok(p) => p,
+            Err(full) => {
+                tracing::warn!(%peer, ?full, limit = relay.options.max_unauthenticated, "too many unauthenticated connections; closing new one");
+                drop(stream);
+                continue;
+            }
         };
         let conn_id = relay.next_conn.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(connection::run(

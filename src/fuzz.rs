@@ -1,0 +1,177 @@
+//! Entry points for fuzzing every parser of outside input: one function per
+//! parser family, each taking arbitrary bytes and returning nothing. They
+//! must never panic, whatever the input; a parser may only accept or refuse.
+//!
+//! Used by the cargo-fuzz targets in `fuzz-input/` (long runs) and by the
+//! seeded smoke run in `tests/fuzz_smoke.rs` (every test run).
+
+use std::collections::BTreeMap;
+
+use crate::agent::config::{AgentFile, check_fingerprint, relay_address};
+use crate::agent::gateway::GatewayConfig;
+use crate::client::ClientFile;
+use crate::protocol::device_info::{DeviceInfo, check_labels, parse_label};
+use crate::protocol::token::Invite;
+use crate::protocol::{AllowList, Cidr, Name, cidr};
+
+fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(data)
+}
+
+/// Invite tokens (`warren enroll TOKEN`, and the relay's `enroll` command).
+/// Also decodes the bytes as the JSON inside a well-formed envelope, so
+/// the fuzzer reaches the field checks, not only the base64 layer.
+pub fn token(data: &[u8]) {
+    let raw = text(data).into_owned();
+    let wrapped = format!(
+        "{}{}",
+        crate::protocol::token::TOKEN_PREFIX,
+        data_encoding::BASE64URL_NOPAD.encode(data)
+    );
+    for s in [raw, wrapped] {
+        if let Ok(invite) = Invite::decode(&s) {
+            let _ = relay_address(&invite.relay);
+            let _ = check_fingerprint(&invite.host_key);
+            // What decodes must encode and decode to the same invite.
+            debug_assert_eq!(
+                Invite::decode(&invite.encode()).ok().as_ref(),
+                Some(&invite)
+            );
+        }
+    }
+}
+
+/// System, device and key names, and the SSH user name at login.
+pub fn name(data: &[u8]) {
+    let s = text(data);
+    if let Ok(n) = Name::parse(&s) {
+        // An accepted name is its own canonical form.
+        debug_assert_eq!(Name::parse(n.as_str()).ok().as_ref(), Some(&n));
+    }
+}
+
+/// Agent allowlist targets (`22=127.0.0.1:22`), relay addresses and
+/// host-key fingerprints.
+pub fn target(data: &[u8]) {
+    let s = text(data);
+    let _ = crate::protocol::Target::parse(&s);
+    let entries: Vec<&str> = s.split(',').collect();
+    if let Ok(list) = AllowList::parse(&entries) {
+        for p in list.ports() {
+            let _ = list.target_for(u32::from(p));
+        }
+    }
+    let _ = relay_address(&s);
+    let _ = check_fingerprint(&s);
+}
+
+/// `HOST.via.GATEWAY` and CIDR networks, with containment checks on what
+/// parses.
+pub fn gateway(data: &[u8]) {
+    let s = text(data);
+    if let Some((host, gw)) = cidr::split_via(&s) {
+        let _ = Name::parse(gw);
+        let _ = host.parse::<std::net::IpAddr>();
+    }
+    let parts: Vec<&str> = s.split([',', ' ']).collect();
+    if let Ok(nets) = cidr::parse_list(&parts) {
+        for a in &nets {
+            let _ = a.first_host();
+            for b in &nets {
+                let _ = a.covers(b);
+                let _ = a.contains(b.first_host());
+            }
+        }
+    }
+    let _ = Cidr::parse(&s);
+}
+
+/// Device info and labels (`device-info …` from an agent, `--label K=V`).
+pub fn labels(data: &[u8]) {
+    let s = text(data);
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let _ = DeviceInfo::parse(&words);
+    let mut labels = BTreeMap::new();
+    for w in &words {
+        if let Ok((k, v)) = parse_label(w) {
+            labels.insert(k, v);
+        }
+    }
+    let _ = check_labels(&labels);
+}
+
+/// Agent and client configuration files, validated as far as they can be
+/// without reading a key file.
+pub fn config(data: &[u8]) {
+    let s = text(data);
+    if let Ok(file) = toml::from_str::<AgentFile>(&s) {
+        let _ = Name::parse(&file.system);
+        let _ = Name::parse(&file.name);
+        let _ = relay_address(&file.relay);
+        let _ = check_fingerprint(&file.relay_host_key);
+        if let Some(allow) = &file.allow {
+            let _ = AllowList::parse(allow);
+        }
+        if let Some(t) = &file.keepalive_timeout {
+            let _ = humantime::parse_duration(t);
+        }
+        if let Some(l) = &file.labels {
+            let _ = check_labels(l);
+        }
+        let _ = GatewayConfig::from_file(
+            file.scope.as_deref(),
+            file.scope_ports.as_deref(),
+            file.permit.as_deref(),
+            &file.listen,
+        );
+    }
+    if let Ok(file) = toml::from_str::<ClientFile>(&s) {
+        if let Some(r) = &file.relay {
+            let _ = relay_address(r);
+        }
+        if let Some(fp) = &file.relay_host_key {
+            let _ = check_fingerprint(fp);
+        }
+    }
+}
+
+/// Host ranges (`node[01-10]`), as `warren ls`/`ssh-config` take them.
+pub fn hostlist(data: &[u8]) {
+    if let Ok(names) = crate::client::hostlist::expand(&text(data)) {
+        debug_assert!(names.len() <= crate::client::hostlist::MAX_EXPANSION);
+    }
+}
+
+/// A SOCKS5 client's greeting, authentication and request, fed to the
+/// local SOCKS server's handshake (with and without a password), and
+/// `--auth USER:PASSWORD` and the relay's public port ranges.
+pub fn socks(data: &[u8]) {
+    use crate::client::socks::{Credentials, handshake};
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    let creds = Credentials::parse("user:secret").ok();
+    for auth in [None, creds.as_ref()] {
+        let mut stream = tokio::io::join(data, tokio::io::sink());
+        let _ = rt.block_on(handshake(&mut stream, auth));
+    }
+    let s = text(data);
+    let _ = Credentials::parse(&s);
+    let items: Vec<&str> = s.split(',').collect();
+    let _ = crate::relay::config::PortRanges::parse(&items);
+}
+
+/// Every entry point, for a target that spreads one input over all.
+/// A fuzz entry point.
+pub type Target = fn(&[u8]);
+
+pub const ALL: &[(&str, Target)] = &[
+    ("token", token),
+    ("name", name),
+    ("target", target),
+    ("gateway", gateway),
+    ("labels", labels),
+    ("config", config),
+    ("hostlist", hostlist),
+    ("socks", socks),
+];

@@ -1,0 +1,236 @@
+//! Failed logins per address: a token bucket for each peer IP. Every failed
+//! login takes a token; an address with none left is refused at accept,
+//! before any key exchange, until tokens flow back. Successful logins cost
+//! nothing, so legitimate users from a shared address keep working.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::protocol::limits::{FAILED_LOGIN_TABLE_MAX, RATE_LIMIT_AUDIT_EVERY};
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+    /// When this address was last written to the audit log as limited.
+    audited: Option<Instant>,
+    /// Connections refused since that audit record.
+    refused_since: u64,
+}
+
+/// The answer for a new connection from a limited address.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Refused; `audit` carries the number of refusals to record now (the
+    /// first one, then one summary per [`RATE_LIMIT_AUDIT_EVERY`]).
+    Limited {
+        audit: Option<u64>,
+    },
+}
+
+pub struct FailedLogins {
+    burst: f64,
+    refill: Duration,
+    table: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+impl FailedLogins {
+    pub fn new(burst: u32, refill: Duration) -> FailedLogins {
+        FailedLogins {
+            burst: f64::from(burst.max(1)),
+            refill: refill.max(Duration::from_millis(1)),
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn refilled(&self, b: &mut Bucket, now: Instant) {
+        let gained = now.duration_since(b.updated).as_secs_f64() / self.refill.as_secs_f64();
+        b.tokens = (b.tokens + gained).min(self.burst);
+        b.updated = now;
+    }
+
+    /// Whether a new connection from `ip` may proceed.
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Verdict {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(b) = table.get_mut(&ip) else {
+            return Verdict::Allow;
+        };
+        self.refilled(b, now);
+        if b.tokens >= 1.0 {
+            if b.tokens >= self.burst {
+                table.remove(&ip);
+            }
+            return Verdict::Allow;
+        }
+        b.refused_since += 1;
+        let due = b
+            .audited
+            .is_none_or(|t| now.duration_since(t) >= RATE_LIMIT_AUDIT_EVERY);
+        if due {
+            b.audited = Some(now);
+            let n = b.refused_since;
+            b.refused_since = 0;
+            Verdict::Limited { audit: Some(n) }
+        } else {
+            Verdict::Limited { audit: None }
+        }
+    }
+
+    /// Records one failed login from `ip`.
+    pub fn failed(&self, ip: IpAddr, now: Instant) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table.len() >= FAILED_LOGIN_TABLE_MAX && !table.contains_key(&ip) {
+            // Forget the addresses that have recovered the most.
+            for b in table.values_mut() {
+                self.refilled(b, now);
+            }
+            let burst = self.burst;
+            table.retain(|_, b| b.tokens < burst - 1.0);
+            if table.len() >= FAILED_LOGIN_TABLE_MAX {
+                table.clear();
+            }
+        }
+        let b = table.entry(ip).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+            audited: None,
+            refused_since: 0,
+        });
+        self.refilled(b, now);
+        b.tokens = (b.tokens - 1.0).max(0.0);
+    }
+
+    /// Addresses currently tracked (for tests and status).
+    pub fn tracked(&self) -> usize {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Not-yet-authenticated connections: a global cap and one per address.
+pub struct Unauthenticated {
+    global: Arc<Semaphore>,
+    per_address: usize,
+    by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A held slot; dropping it (at authentication or close) frees both counts.
+pub struct Slot {
+    _global: OwnedSemaphorePermit,
+    ip: IpAddr,
+    by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// Why a new connection got no slot.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Full {
+    Global,
+    Address,
+}
+
+impl Unauthenticated {
+    pub fn new(global: usize, per_address: usize) -> Unauthenticated {
+        Unauthenticated {
+            global: Arc::new(Semaphore::new(global)),
+            per_address: per_address.max(1),
+            by_ip: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn try_take(&self, ip: IpAddr) -> Result<Slot, Full> {
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let held = by_ip.entry(ip).or_insert(0);
+        if *held >= self.per_address {
+            return Err(Full::Address);
+        }
+        let Ok(permit) = self.global.clone().try_acquire_owned() else {
+            if *held == 0 {
+                by_ip.remove(&ip);
+            }
+            return Err(Full::Global);
+        };
+        *held += 1;
+        Ok(Slot {
+            _global: permit,
+            ip,
+            by_ip: self.by_ip.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_failures_limits_the_address_until_tokens_return() {
+        let limit = FailedLogins::new(3, Duration::from_secs(6));
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let other: IpAddr = "198.51.100.8".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(limit.check(ip, t0), Verdict::Allow);
+            limit.failed(ip, t0);
+        }
+        assert_eq!(limit.check(ip, t0), Verdict::Limited { audit: Some(1) });
+        // Further refusals are counted, not audited one by one.
+        assert_eq!(limit.check(ip, t0), Verdict::Limited { audit: None });
+        assert_eq!(limit.check(ip, t0), Verdict::Limited { audit: None });
+        assert_eq!(limit.check(other, t0), Verdict::Allow);
+        // One token back after the refill period.
+        let t1 = t0 + Duration::from_secs(6);
+        assert_eq!(limit.check(ip, t1), Verdict::Allow);
+        limit.failed(ip, t1);
+        // The summary after RATE_LIMIT_AUDIT_EVERY counts what was refused.
+        let t2 = t1 + Duration::from_millis(10);
+        assert_eq!(limit.check(ip, t2), Verdict::Limited { audit: None });
+        let t3 = t0 + RATE_LIMIT_AUDIT_EVERY + Duration::from_millis(1);
+        assert_eq!(limit.check(ip, t3), Verdict::Limited { audit: Some(4) });
+        // A full bucket is forgotten.
+        let later = t0 + Duration::from_secs(600);
+        assert_eq!(limit.check(ip, later), Verdict::Allow);
+        assert_eq!(limit.tracked(), 0);
+    }
+
+    #[test]
+    fn one_address_cannot_take_every_unauthenticated_slot() {
+        let u = Unauthenticated::new(5, 2);
+        let a: IpAddr = "198.51.100.1".parse().unwrap();
+        let b: IpAddr = "198.51.100.2".parse().unwrap();
+        let a1 = u.try_take(a).unwrap();
+        let _a2 = u.try_take(a).unwrap();
+        assert_eq!(u.try_take(a).err(), Some(Full::Address));
+        let _b = [u.try_take(b).unwrap(), u.try_take(b).unwrap()];
+        let c: IpAddr = "198.51.100.3".parse().unwrap();
+        let _c = u.try_take(c).unwrap();
+        assert_eq!(u.try_take(c).err(), Some(Full::Global));
+        drop(a1);
+        assert!(u.try_take(a).is_ok());
+    }
+
+    #[test]
+    fn the_table_stays_bounded_under_spoofed_addresses() {
+        let limit = FailedLogins::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..(FAILED_LOGIN_TABLE_MAX as u32 + 1000) {
+            limit.failed(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert!(limit.tracked() <= FAILED_LOGIN_TABLE_MAX);
+    }
+}
