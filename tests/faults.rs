@@ -380,13 +380,6 @@ fn rss_kib() -> (u64, u64) {
 /// agent), and other streams of the device keep flowing.
 #[tokio::test]
 async fn a_controller_that_stops_reading_holds_the_sender_back() {
-    // Explicit gate, reported in the README: on the russh layer (windows
-    // granted on arrival) this fails, as DESIGN.md predicts; it is enabled
-    // when Warren's own SSH layer (issue 6) is merged.
-    if std::env::var_os("WARREN_SLOW_CONSUMER_TEST").is_none() {
-        eprintln!("GATED: set WARREN_SLOW_CONSUMER_TEST=1 to run (needs the SSH layer of issue 6)");
-        return;
-    }
     const FILE: u64 = 1 << 30;
     let r = TestRelay::start().await;
     r.add_system("tau");

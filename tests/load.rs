@@ -37,13 +37,7 @@ async fn five_hundred_devices_and_a_hundred_streams_with_churn_leak_nothing() {
         "relay fds leaked: {report:?}"
     );
     // Flat after warm-up (the first third of the run): at most 25% (and
-    // 16 MiB of slack) above it. On the russh layer the relay grows by about
-    // 4 KiB per stream on long-lived controller connections (README,
-    // "Reliability"), so this check is gated until issue 6 is merged.
-    if std::env::var_os("WARREN_LOAD_MEMORY_FLAT").is_none() {
-        eprintln!("GATED: memory flatness; set WARREN_LOAD_MEMORY_FLAT=1 to check it");
-        return;
-    }
+    // 16 MiB of slack) above it.
     assert!(
         report.relay_rss_end_kib <= report.relay_rss_warm_kib * 5 / 4 + 16 * 1024,
         "relay memory grew: {report:?}"
