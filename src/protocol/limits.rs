@@ -63,8 +63,10 @@ pub const LAST_SEEN_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 /// OpenSSH uses 32768 for data, and larger packets cut per-packet cost).
 pub const MAX_PACKET_SIZE: u32 = 65535;
 
-/// Read buffer used when splicing a TCP socket into a channel.
-pub const SPLICE_BUFFER: usize = 32 * 1024;
+/// Read buffer used when splicing a TCP socket into a channel: one read
+/// takes up to this much, which then leaves as packets of the largest size
+/// the peer allows.
+pub const SPLICE_BUFFER: usize = 256 * 1024;
 
 /// Deadline for draining connections on SIGTERM.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);

@@ -14,7 +14,6 @@ use super::channel::{Channel, IncomingChannel};
 use super::keys::{Fingerprint, PrivateKey, PublicKey, fingerprint};
 use super::proto::conn::{self, Conn, Events, ExecOutput, Incoming, Settings, Side};
 use super::proto::mux::{ConnTx, Ended, In, OpenRequest};
-use super::proto::packet::CipherAlg;
 use super::proto::wire::Writer;
 use crate::protocol::limits::HANDSHAKE_TIMEOUT;
 
@@ -70,12 +69,10 @@ pub(crate) async fn connect_with<H: ForwardedHandler>(
     // that stops answering is detected after about `dead_after`.
     let interval = (opts.dead_after / 3).max(Duration::from_millis(100));
     settings.keepalive = Some((interval, 2));
-    // AES-GCM first: with AES instructions (any current x86 or ARM server)
-    // it costs about half of chacha20-poly1305 per byte, and the agent's leg
-    // carries every byte a device serves.
-    if settings.ciphers == CipherAlg::ALL {
-        settings.ciphers = vec![CipherAlg::Aes256Gcm, CipherAlg::Chacha20Poly1305];
-    }
+    // The cipher order is `CipherAlg::preferred` (the default settings):
+    // AES-GCM first where the CPU has AES instructions, where it costs about
+    // half of chacha20-poly1305 per byte; the agent's leg carries every byte
+    // a device serves.
     let seen: Arc<Mutex<Option<Fingerprint>>> = Arc::default();
     let pinned = opts.host_key.clone();
     let seen_in = seen.clone();

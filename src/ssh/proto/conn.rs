@@ -42,6 +42,9 @@ const WRITE_HIGH: usize = 256 * 1024;
 const READ_STOP: usize = 4 * 1024 * 1024;
 /// Channels one connection may have open at once.
 const MAX_CHANNELS: usize = 4096;
+/// First and largest read from the socket.
+const READ_MIN: usize = 16 * 1024;
+const READ_MAX: usize = 512 * 1024;
 /// Time allowed to flush a DISCONNECT.
 const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
@@ -125,7 +128,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            ciphers: CipherAlg::ALL.to_vec(),
+            ciphers: CipherAlg::preferred(),
             rekey_bytes: 1 << 30,
             rekey_time: Duration::from_secs(3600),
             keepalive: None,
@@ -249,6 +252,8 @@ pub struct Conn<E: Events> {
     v_c: Vec<u8>,
     v_s: Vec<u8>,
     rbuf: BytesMut,
+    /// Bytes the next read asks for (see [`Conn::read_some`]).
+    read_chunk: usize,
     need: Option<usize>,
     wbuf: Vec<u8>,
     /// Bytes of `wbuf` already written.
@@ -315,6 +320,7 @@ impl<E: Events> Conn<E> {
             v_c,
             v_s,
             rbuf: BytesMut::new(),
+            read_chunk: READ_MIN,
             need: None,
             wbuf: Vec::new(),
             wpos: 0,
@@ -453,13 +459,23 @@ impl<E: Events> Conn<E> {
         }
     }
 
+    /// Reads what the socket holds, in one system call when it fits. The
+    /// read size starts small (an idle connection keeps a small buffer) and
+    /// doubles up to [`READ_MAX`] while reads fill it, so bulk transfers take
+    /// many packets per call.
     fn read_some(&mut self) -> Result<(), Fail> {
-        if self.rbuf.capacity() - self.rbuf.len() < 16 * 1024 {
-            self.rbuf.reserve(64 * 1024);
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 2 {
+            self.rbuf.reserve(self.read_chunk);
         }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
         match self.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => Err(Fail::Eof),
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                if n == spare && self.read_chunk < READ_MAX {
+                    self.read_chunk *= 2;
+                }
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(Fail::Io(e)),
         }
@@ -481,7 +497,9 @@ impl<E: Events> Conn<E> {
         if self.pending() == 0 {
             self.wpos = 0;
             self.wbuf.clear();
-        } else if self.wpos >= 64 * 1024 {
+        } else if self.wpos >= 64 * 1024 && self.wpos >= self.pending() {
+            // Moving the unwritten rest to the front costs at most as much
+            // as was written since the last move.
             self.wbuf.drain(..self.wpos);
             self.wpos = 0;
         }
@@ -503,7 +521,9 @@ impl<E: Events> Conn<E> {
                 }
             };
             if self.rbuf.len() < size {
-                self.rbuf.reserve(size - self.rbuf.len());
+                // Room for the rest of this packet and the next read.
+                self.rbuf
+                    .reserve((size - self.rbuf.len()).max(self.read_chunk));
                 break;
             }
             self.need = None;

@@ -38,6 +38,26 @@ impl CipherAlg {
         CipherAlg::Aes128Gcm,
     ];
 
+    /// The order Warren offers its ciphers in: AES-GCM first when the CPU
+    /// has AES and carry-less multiply instructions (AES-GCM is then several
+    /// times cheaper per byte than chacha20-poly1305), aes128 before aes256
+    /// (fewer rounds); chacha20-poly1305 first on CPUs without them.
+    pub fn preferred() -> Vec<CipherAlg> {
+        if aes_in_hardware() {
+            vec![
+                CipherAlg::Aes128Gcm,
+                CipherAlg::Aes256Gcm,
+                CipherAlg::Chacha20Poly1305,
+            ]
+        } else {
+            vec![
+                CipherAlg::Chacha20Poly1305,
+                CipherAlg::Aes128Gcm,
+                CipherAlg::Aes256Gcm,
+            ]
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             CipherAlg::Aes256Gcm => "aes256-gcm@openssh.com",
@@ -72,6 +92,25 @@ impl CipherAlg {
             CipherAlg::Chacha20Poly1305 => return None,
         };
         UnboundKey::new(alg, key).ok().map(LessSafeKey::new)
+    }
+}
+
+/// Whether this CPU runs AES-GCM in hardware (AES-NI and PCLMULQDQ on
+/// x86-64, the crypto extension on aarch64).
+pub fn aes_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
     }
 }
 
@@ -288,6 +327,26 @@ mod tests {
         }
         let (mut s, mut o) = (Direction::plain(), Direction::plain());
         round_trip(&mut s, &mut o, 0, b"\x14hello");
+    }
+
+    #[test]
+    fn aes_gcm_is_preferred_when_the_cpu_has_aes_instructions() {
+        let order = CipherAlg::preferred();
+        assert_eq!(order.len(), CipherAlg::ALL.len());
+        for alg in CipherAlg::ALL {
+            assert!(order.contains(&alg), "{alg:?} offered");
+        }
+        if aes_in_hardware() {
+            assert_eq!(order[..2], [CipherAlg::Aes128Gcm, CipherAlg::Aes256Gcm]);
+        } else {
+            assert_eq!(order[0], CipherAlg::Chacha20Poly1305);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::fs::read_to_string("/proc/cpuinfo")
+            .is_ok_and(|c| c.contains(" aes ") && c.contains(" pclmulqdq "))
+        {
+            assert!(aes_in_hardware(), "cpuinfo lists aes and pclmulqdq");
+        }
     }
 
     #[test]
