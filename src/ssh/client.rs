@@ -173,14 +173,27 @@ impl<H: ForwardedHandler> ClientConnection<H> {
         let h = ch.handle();
         h.exec(command);
         let mut out = ExecOutput::default();
+        let mut status = None;
         while let Some(m) = h.recv().await {
             match m {
                 In::Data(d) => out.stdout.extend_from_slice(&d),
                 In::Ext(d) => out.stderr.extend_from_slice(&d),
-                In::ExitStatus(s) => out.status = s,
+                In::ExitStatus(s) => status = Some(s),
                 In::Eof => {}
             }
         }
+        // A session that ends without an exit status did not run the
+        // command (the connection closed, or the relay refused it): never
+        // report that as success.
+        let Some(s) = status else {
+            if self.is_closed() {
+                return Err(anyhow!("connection closed before the command finished"));
+            }
+            return Err(anyhow!(
+                "the relay ended the command without an exit status"
+            ));
+        };
+        out.status = s;
         Ok(out)
     }
 
