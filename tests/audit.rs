@@ -14,31 +14,13 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::Command;
 
-use common::openssh::{Ran, run};
+use common::cli::{WARREN, warren, warren_ok};
+use common::openssh::run;
 use common::*;
 use warren::audit::{Event, kind};
 use warren::protocol::Role;
 use warren::relay::{Relay, RelayOptions};
 use warren::store::{AuditQuery, Store};
-
-const WARREN: &str = env!("CARGO_BIN_EXE_warren");
-
-async fn warren(args: &[&str]) -> Ran {
-    run(
-        Command::new(WARREN)
-            .args(args)
-            .env("WARREN_LOG", "error")
-            .env_remove("WARREN_DATA"),
-        WAIT,
-    )
-    .await
-}
-
-async fn warren_ok(args: &[&str]) -> String {
-    let r = warren(args).await;
-    assert!(r.ok, "warren {}: {}", args.join(" "), r.stderr);
-    r.stdout_str()
-}
 
 /// A service that reads everything, then answers three times as many bytes.
 async fn triple_server() -> u16 {

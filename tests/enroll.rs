@@ -10,7 +10,8 @@ use std::path::Path;
 
 use tokio::process::Command;
 
-use common::openssh::{Ran, run};
+use common::cli::{WARREN, warren, warren_ok};
+use common::openssh::run;
 use common::*;
 use warren::agent::AgentSettings;
 use warren::audit::kind;
@@ -19,25 +20,6 @@ use warren::client::{ClientSettings, Overrides};
 use warren::protocol::Role;
 use warren::protocol::token::Invite;
 use warren::store::{AuditQuery, NewInvite};
-
-const WARREN: &str = env!("CARGO_BIN_EXE_warren");
-
-async fn warren(args: &[&str]) -> Ran {
-    run(
-        Command::new(WARREN)
-            .args(args)
-            .env("WARREN_LOG", "error")
-            .env_remove("WARREN_DATA"),
-        WAIT,
-    )
-    .await
-}
-
-async fn warren_ok(args: &[&str]) -> String {
-    let r = warren(args).await;
-    assert!(r.ok, "warren {}: {}", args.join(" "), r.stderr);
-    r.stdout_str()
-}
 
 /// `warren admin --data DIR invite …` for the test relay; returns the token.
 async fn invite(r: &TestRelay, role: &str, name: &str) -> String {

@@ -311,6 +311,7 @@ pub fn logs() {
     }
 }
 
+pub mod cli;
 pub mod netns;
 pub mod openssh;
 
