@@ -6,15 +6,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::process::Command;
 
-use common::cli::{WARREN, warren, warren_ok};
+use common::cli::{RelayProcess, warren, warren_ok};
 use common::openssh::run;
 use common::*;
 use warren::audit::{Event, kind};
@@ -519,77 +518,14 @@ async fn old_audit_events_are_pruned_at_start() {
     assert_eq!(left[0].detail.as_deref(), Some("recent"));
 }
 
-/// A relay process, killed with SIGKILL when dropped.
-struct RelayProcess {
-    child: tokio::process::Child,
-    port: u16,
-    /// Its stderr (JSON log lines), line by line.
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl RelayProcess {
-    async fn start(data: &Path) -> RelayProcess {
-        let mut child = Command::new(WARREN)
-            .args([
-                "--log-format",
-                "json",
-                "relay",
-                "--listen",
-                "127.0.0.1:0",
-                "--audit-retention",
-                "90d",
-                "--data",
-            ])
-            .arg(data)
-            .env("WARREN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let port = tokio::time::timeout(WAIT, async {
-            while let Some(l) = lines.next_line().await.unwrap() {
-                if l.contains("relay listening") {
-                    let rest = l.split("127.0.0.1:").nth(1).unwrap();
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    return digits.parse::<u16>().unwrap();
-                }
-            }
-            panic!("relay exited before listening");
-        })
-        .await
-        .expect("relay listening");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = lines.next_line().await {
-                let _ = tx.send(l);
-            }
-        });
-        RelayProcess {
-            child,
-            port,
-            lines: rx,
-        }
-    }
-
-    /// Waits for a log line containing every string in `want`.
-    async fn line(&mut self, want: &[&str]) -> serde_json::Value {
-        let found = tokio::time::timeout(WAIT, async {
-            while let Some(l) = self.lines.recv().await {
-                if want.iter().all(|w| l.contains(w)) {
-                    return Some(l);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(l)) => serde_json::from_str(&l).unwrap(),
-            _ => panic!("no log line with {want:?}"),
-        }
-    }
+async fn start_relay(data: &Path) -> RelayProcess {
+    RelayProcess::start(
+        &["--log-format", "json"],
+        0,
+        &["--audit-retention", "90d"],
+        data,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -623,7 +559,7 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
         .await
         .trim()
         .to_string();
-    let mut relay = RelayProcess::start(&data).await;
+    let mut relay = start_relay(&data).await;
     let addr = format!("127.0.0.1:{}", relay.port);
 
     let port = echo_server().await;
@@ -700,7 +636,8 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
     .await
     .expect("stream records while the burst runs");
     // Each event is also a structured log line.
-    let line = relay.line(&["\"target\":\"audit\"", "stream_close"]).await;
+    let line: serde_json::Value =
+        serde_json::from_str(&relay.line(&["\"target\":\"audit\"", "stream_close"]).await).unwrap();
     assert_eq!(line["fields"]["event"], "stream_close");
     assert_eq!(line["fields"]["device"], "dev1");
     assert!(line["fields"]["bytes_up"].as_u64().unwrap() > 0);
@@ -750,7 +687,7 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
         .collect();
     assert!(seen_before.iter().all(|id| closes.contains(id)));
     // A new relay starts on it and serves.
-    let relay = RelayProcess::start(&data).await;
+    let relay = start_relay(&data).await;
     let out = warren_ok(&["admin", "--data", d, "ls", "--json"]).await;
     assert!(out.contains("\"online\": false"), "{out}");
     drop(relay);

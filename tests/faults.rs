@@ -7,16 +7,16 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
+use common::cli::{RelayProcess, WARREN};
 use common::openssh::run;
 use common::*;
 use warren::agent::{AgentEvent, AgentSettings};
@@ -27,56 +27,12 @@ use warren::ssh::client::{self, ConnectOptions, NoForwards};
 use warren::ssh::keys::{self, PrivateKey};
 use warren::store::{AuditQuery, Store};
 
-const WARREN: &str = env!("CARGO_BIN_EXE_warren");
-
 /// How long the relay may take to notice a silent peer.
 fn keepalive_window() -> Duration {
     RELAY_KEEPALIVE_INTERVAL * (RELAY_KEEPALIVE_MAX as u32 + 1)
 }
 
 const BACK_WITHIN: Duration = Duration::from_secs(60);
-
-/// The relay binary on 127.0.0.1, killed with SIGKILL when dropped.
-struct RelayProcess {
-    child: Child,
-    port: u16,
-}
-
-impl RelayProcess {
-    async fn start(data: &Path, port: u16) -> RelayProcess {
-        let mut child = Command::new(WARREN)
-            .args(["relay", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-            .arg(data)
-            .env("WARREN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let port = tokio::time::timeout(WAIT, async {
-            while let Some(l) = lines.next_line().await.unwrap() {
-                if l.contains("relay listening") {
-                    let rest = l.split("127.0.0.1:").nth(1).unwrap();
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    return digits.parse::<u16>().unwrap();
-                }
-            }
-            panic!("relay exited before listening");
-        })
-        .await
-        .expect("relay listening");
-        // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        RelayProcess { child, port }
-    }
-
-    async fn kill_9(&mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-    }
-}
 
 fn settings(
     relay: &str,
@@ -133,7 +89,7 @@ async fn relay_kill_9_with_100_devices_and_streams_running_every_device_is_back(
     store
         .add_key(&name("ops"), Role::Admin, &name("root"), root.public_key())
         .unwrap();
-    let mut relay = RelayProcess::start(&data, 0).await;
+    let mut relay = RelayProcess::start(&[], 0, &[], &data).await;
     let addr = format!("127.0.0.1:{}", relay.port);
     let host_key = keys::fingerprint(
         keys::load_or_create_host_key(&warren::relay::host_key_path(&data))
@@ -232,7 +188,7 @@ async fn relay_kill_9_with_100_devices_and_streams_running_every_device_is_back(
 
     // Restart on the same port: every agent notices and comes back.
     let restarted = Instant::now();
-    let _relay = RelayProcess::start(&data, relay.port).await;
+    let _relay = RelayProcess::start(&[], relay.port, &[], &data).await;
     let mut slowest = Duration::ZERO;
     for (i, a) in agents.iter_mut().enumerate() {
         let back = tokio::time::timeout(BACK_WITHIN, async {

@@ -25,3 +25,85 @@ pub async fn warren_ok(args: &[&str]) -> String {
     assert!(r.ok, "warren {}: {}", args.join(" "), r.stderr);
     r.stdout_str()
 }
+
+/// A `warren relay` process on 127.0.0.1, killed with SIGKILL when dropped.
+pub struct RelayProcess {
+    pub child: tokio::process::Child,
+    pub port: u16,
+    /// Its stderr, line by line.
+    pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl RelayProcess {
+    /// Starts `warren GLOBAL… relay --listen 127.0.0.1:PORT RELAY_ARGS… --data DATA`
+    /// (port 0: one it picks) and waits until it listens.
+    pub async fn start(
+        global: &[&str],
+        port: u16,
+        relay_args: &[&str],
+        data: &std::path::Path,
+    ) -> RelayProcess {
+        use std::process::Stdio;
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = Command::new(WARREN)
+            .args(global)
+            .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
+            .args(relay_args)
+            .arg("--data")
+            .arg(data)
+            .env("WARREN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let port = tokio::time::timeout(WAIT, async {
+            while let Some(l) = lines.next_line().await.unwrap() {
+                if l.contains("relay listening") {
+                    let rest = l.split("127.0.0.1:").nth(1).unwrap();
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    return digits.parse::<u16>().unwrap();
+                }
+            }
+            panic!("relay exited before listening");
+        })
+        .await
+        .expect("relay listening");
+        // Keep draining its log so it never blocks on a full pipe.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send(l);
+            }
+        });
+        RelayProcess {
+            child,
+            port,
+            lines: rx,
+        }
+    }
+
+    /// Waits for a log line containing every string in `want`.
+    pub async fn line(&mut self, want: &[&str]) -> String {
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(l) = self.lines.recv().await {
+                if want.iter().all(|w| l.contains(w)) {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(l)) => l,
+            _ => panic!("no log line with {want:?}"),
+        }
+    }
+
+    pub async fn kill_9(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
