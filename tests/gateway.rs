@@ -159,7 +159,7 @@ impl World {
         let d = dir.path();
         let data = d.join("relay-data");
         let data_s = data.to_str().unwrap();
-        let (relay, rport) = start_relay(&relay_ns, &data).await;
+        let (relay, rport) = start_relay(&relay_ns, &data, 0).await;
         let host_key = warren_ok(&["admin", "--data", data_s, "host-key"])
             .await
             .trim()

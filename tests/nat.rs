@@ -16,190 +16,14 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::cli::warren_ok;
+use common::netns::{Net, WARREN, Watched, cmd_ok, in_ns, ip, is_root, start_relay};
 use common::openssh::{Sshd, login_user, run, ssh_keygen};
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
-const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 const BACK_WITHIN: Duration = Duration::from_secs(60);
-
-/// Namespaces and links of one test run, removed on drop (even on failure).
-struct Net {
-    tag: String,
-    made: Vec<String>,
-}
-
-impl Net {
-    fn new() -> Net {
-        static N: AtomicU32 = AtomicU32::new(0);
-        // Short: interface names are limited to 15 bytes.
-        let tag = format!(
-            "w{}{}",
-            std::process::id() % 100_000,
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        Net {
-            tag,
-            made: Vec::new(),
-        }
-    }
-
-    fn ns(&self, role: &str) -> String {
-        format!("{}-{role}", self.tag)
-    }
-
-    fn add_ns(&mut self, role: &str) -> String {
-        let ns = self.ns(role);
-        ip(&["netns", "add", &ns]);
-        self.made.push(ns.clone());
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// A veth pair between two namespaces with an address on each end.
-    fn link(&self, a: &str, a_addr: &str, b: &str, b_addr: &str, suffix: &str) -> (String, String) {
-        let (ia, ib) = (
-            format!("{}{suffix}a", self.tag),
-            format!("{}{suffix}b", self.tag),
-        );
-        ip(&[
-            "link", "add", &ia, "netns", a, "type", "veth", "peer", "name", &ib, "netns", b,
-        ]);
-        ip(&["-n", a, "addr", "add", a_addr, "dev", &ia]);
-        ip(&["-n", b, "addr", "add", b_addr, "dev", &ib]);
-        ip(&["-n", a, "link", "set", &ia, "up"]);
-        ip(&["-n", b, "link", "set", &ib, "up"]);
-        (ia, ib)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in self.made.iter().rev() {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    cmd_ok("ip", args);
-}
-
-fn cmd_ok(prog: &str, args: &[&str]) {
-    let out = std::process::Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{prog} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn in_ns(ns: &str, prog: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, prog]);
-    c
-}
-
-/// A long-running process whose stderr lines arrive on a channel.
-struct Watched {
-    _child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Watched {
-    fn start(cmd: &mut Command) -> Watched {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("WARREN_LOG", "info")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stderr).lines();
-            while let Ok(Some(l)) = r.next_line().await {
-                if tx.send(l).is_err() {
-                    return;
-                }
-            }
-        });
-        Watched {
-            _child: child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `want`, at most `limit`.
-    async fn line(&mut self, want: &str, limit: Duration) -> String {
-        let found = tokio::time::timeout(limit, async {
-            while let Some(l) = self.lines.recv().await {
-                self.seen.push(l.clone());
-                if l.contains(want) {
-                    return Some(l);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(l)) => l,
-            _ => panic!(
-                "no line with {want:?} within {limit:?}; saw:\n{}",
-                self.seen.join("\n")
-            ),
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self._child.start_kill();
-    }
-}
-
-async fn warren_ok(args: &[&str]) -> String {
-    let r = run(Command::new(WARREN).args(args), WAIT).await;
-    assert!(r.ok, "warren {}: {}", args.join(" "), r.stderr);
-    r.stdout_str()
-}
-
-/// Starts the relay on `port` (0: any free one) and returns it with the port
-/// it listens on, read from its "relay listening" log line.
-async fn start_relay(ns: &str, data: &Path, port: u16) -> (Watched, u16) {
-    let mut relay = start_relay_process(ns, data, port);
-    let line = relay.line("relay listening", WAIT).await;
-    let port = line
-        .split("0.0.0.0:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
-    (relay, port)
-}
-
-fn start_relay_process(ns: &str, data: &Path, port: u16) -> Watched {
-    Watched::start(
-        in_ns(ns, WARREN)
-            .args(["relay", "--listen", &format!("0.0.0.0:{port}"), "--data"])
-            .arg(data),
-    )
-}
 
 /// Can `ns` open a TCP connection to `addr`? (Bounded by a short timeout.)
 async fn reachable(ns: &str, addr: &str) -> bool {
@@ -219,7 +43,7 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
         is_root(),
         "the NAT test needs root (network namespaces, iptables); run the suite as root (CI does)"
     );
-    let mut net = Net::new();
+    let mut net = Net::new("w");
     let relay_ns = net.add_ns("relay");
     let nat_d = net.add_ns("natd");
     let nat_c = net.add_ns("natc");
@@ -407,9 +231,4 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
     let relay_back = restarted.elapsed();
     assert!(relay_back < BACK_WITHIN, "back after {relay_back:?}");
     eprintln!("agent back {link_back:?} after link restore, {relay_back:?} after relay restart");
-}
-
-fn is_root() -> bool {
-    let out = std::process::Command::new("id").arg("-u").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim() == "0"
 }

@@ -94,7 +94,7 @@ impl World {
         let d = dir.path();
         let data = d.join("data");
         let ds = data.to_str().unwrap().to_string();
-        let (relay, rport) = start_relay(&relay_ns, &data).await;
+        let (relay, rport) = start_relay(&relay_ns, &data, 0).await;
         let host_key = warren_ok(&["admin", "--data", &ds, "host-key"])
             .await
             .trim()

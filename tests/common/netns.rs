@@ -213,12 +213,12 @@ impl Watched {
     }
 }
 
-/// Starts the relay binary in `ns` on any free port; returns it and the port
-/// it listens on (read from its "relay listening" line).
-pub async fn start_relay(ns: &str, data: &Path) -> (Watched, u16) {
+/// Starts the relay binary in `ns` on `port` (0: any free one); returns it
+/// and the port it listens on (read from its "relay listening" line).
+pub async fn start_relay(ns: &str, data: &Path, port: u16) -> (Watched, u16) {
     let mut relay = Watched::start(
         in_ns(ns, WARREN)
-            .args(["relay", "--listen", "0.0.0.0:0", "--data"])
+            .args(["relay", "--listen", &format!("0.0.0.0:{port}"), "--data"])
             .arg(data),
     );
     let line = relay.line("relay listening", WAIT).await;
