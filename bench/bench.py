@@ -519,7 +519,7 @@ class Bench:
     def start_agent(self):
         # The SSH library logs the negotiated algorithms at debug: that is how
         # the agent leg's cipher is known.
-        env = dict(os.environ, WARREN_LOG="info,russh::client::kex=debug")
+        env = dict(os.environ, WARREN_LOG="info,warren::ssh::proto::conn=debug")
         self.agent = Proc("warren_agent", [self.a.warren, "agent", "--config", self.agent_toml], self.logs, env=env)
         self.agent.wait_for("online: registered", 30)
 
@@ -685,10 +685,10 @@ class Bench:
 
     def agent_cipher(self):
         """The agent-relay leg's cipher, from the agent's debug line."""
-        found = self.agent.find(r"negotiated algorithms: .*")
+        found = self.agent.find(r"negotiated ciphers.*")
         if not found:
             return "unknown"
-        m = re.search(r'cipher: Name\("([^"]+)"\)', found[-1].group(0))
+        m = re.search(r"client_to_server=(\S+)", found[-1].group(0))
         return m.group(1) if m else found[-1].group(0)
 
     def wait_iperf_idle(self, system, timeout=20.0):
@@ -1088,7 +1088,9 @@ class Bench:
 
     def profile(self):
         cipher = self.a.profile_cipher
-        log(f"profile: perf record of the Warren relay, {self.a.profile}s of iperf3 -R through it ({cipher})")
+        reverse = self.a.profile_direction == "device_to_controller"
+        log(f"profile: perf record of the Warren relay, {self.a.profile}s of iperf3{' -R' if reverse else ''} "
+            f"through it ({cipher}, {self.a.profile_direction})")
         dev = self.openssh_device(cipher)
         ctl = self.controller("warren", cipher, free_port(), "iperf")
         out = self.work / "relay.perf.data"
@@ -1096,7 +1098,7 @@ class Bench:
         perf = Proc("perf_record", ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,32768",
                                     "-o", out, "-p", self.wrelay.proc.pid], self.logs)
         time.sleep(0.5)
-        argv = ["iperf3", "-c", "127.0.0.1", "-p", ctl.lport, "-t", self.a.profile, "-R", "-J"]
+        argv = ["iperf3", "-c", "127.0.0.1", "-p", ctl.lport, "-t", self.a.profile, "-J"] + (["-R"] if reverse else [])
         r = run(argv, timeout=self.a.profile + 30, check=False)
         try:
             mbit = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
@@ -1111,18 +1113,19 @@ class Bench:
         # calls the copies, the zeroing and the page faults.
         tree = run(["perf", "report", "-i", out, "--stdio", "--children", "--sort", "symbol",
                     "--percent-limit", "2", "-g", "none"], check=False, timeout=600)
-        keep = re.compile(r"russh|warren::|ring::aead|ssh_encoding|\[k\] (tcp_sendmsg|tcp_recvmsg|exc_page_fault)$")
+        keep = re.compile(r"warren::|ring::aead|ssh_encoding|\[k\] (tcp_sendmsg|tcp_recvmsg|exc_page_fault)$")
         incl = [ln.rstrip() for ln in tree.stdout.splitlines()
                 if ln.strip() and not ln.startswith("#") and "(inlined)" not in ln and keep.search(ln.rstrip())]
         callers = run(["perf", "report", "-i", out, "--stdio", "--no-children", "--sort", "symbol",
                        "--symbols", "__memset_avx512_unaligned_erms,__memmove_avx512_unaligned_erms,exc_page_fault,"
                        "__memset_evex_unaligned_erms,__memmove_evex_unaligned_erms,__memcpy_avx_unaligned_erms",
                        "-g", "caller,0.5,callee,function,percent"], check=False, timeout=600)
-        frames = re.compile(r"%|russh::|warren::|ssh_encoding|from_elem|extend_from_slice|to_vec|resize")
+        frames = re.compile(r"%|warren::|ssh_encoding|from_elem|extend_from_slice|to_vec|resize")
         callers_lines = [ln.rstrip() for ln in callers.stdout.splitlines()
                          if ln.strip() and not ln.startswith("#") and frames.search(ln) and "tokio::" not in ln]
         self.results["profile"] = {
             "command": f"{shlex.join(map(str, perf.argv))}  (while: {shlex.join(map(str, argv))})",
+            "direction": self.a.profile_direction,
             "iperf3_mbit_s_while_profiled": mbit,
             "report_command": shlex.join(map(str, flat.args)),
             "top": lines[:40],
@@ -1421,6 +1424,9 @@ def main():
                     help="seconds of perf record on the relay under iperf3 (0: none)")
     ap.add_argument("--profile-cipher", default="aes256-gcm@openssh.com",
                     help="client-leg cipher during the profile (both relays must accept it)")
+    ap.add_argument("--profile-direction", default="device_to_controller",
+                    choices=["device_to_controller", "controller_to_device"],
+                    help="which way iperf3 sends during the profile")
     ap.add_argument("--agent-keepalive", default="10s",
                     help="agent keepalive_timeout: how soon a wedged agent connection is replaced")
     ap.add_argument("--only", nargs="*", default=["throughput", "latency", "login", "scale", "profile"])

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use signature::{Signer, Verifier};
 use ssh_encoding::Encode;
 use ssh_key::{Algorithm, HashAlg, PrivateKey, PublicKey, Signature};
@@ -25,6 +25,7 @@ use super::mux::{
     ChanHandle, ChanShared, Cmd, ConnTx, Ctl, Ended, In, OUTBOX, OpenReply, OpenRequest, WINDOW,
 };
 use super::packet::{CipherAlg, Direction, PacketError};
+use super::readbuf::ReadBuf;
 use super::wire::{Reader, WireError, Writer, msg, reason};
 use crate::protocol::limits::MAX_PACKET_SIZE;
 
@@ -251,7 +252,7 @@ pub struct Conn<E: Events> {
     server: bool,
     v_c: Vec<u8>,
     v_s: Vec<u8>,
-    rbuf: BytesMut,
+    rbuf: ReadBuf,
     /// Bytes the next read asks for (see [`Conn::read_some`]).
     read_chunk: usize,
     need: Option<usize>,
@@ -319,7 +320,7 @@ impl<E: Events> Conn<E> {
             server,
             v_c,
             v_s,
-            rbuf: BytesMut::new(),
+            rbuf: ReadBuf::default(),
             read_chunk: READ_MIN,
             need: None,
             wbuf: Vec::new(),
@@ -464,11 +465,11 @@ impl<E: Events> Conn<E> {
     /// doubles up to [`READ_MAX`] while reads fill it, so bulk transfers take
     /// many packets per call.
     fn read_some(&mut self) -> Result<(), Fail> {
-        if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 2 {
+        if self.rbuf.buf.capacity() - self.rbuf.buf.len() < self.read_chunk / 2 {
             self.rbuf.reserve(self.read_chunk);
         }
-        let spare = self.rbuf.capacity() - self.rbuf.len();
-        match self.stream.try_read_buf(&mut self.rbuf) {
+        let spare = self.rbuf.buf.capacity() - self.rbuf.buf.len();
+        match self.stream.try_read_buf(&mut self.rbuf.buf) {
             Ok(0) => Err(Fail::Eof),
             Ok(n) => {
                 if n == spare && self.read_chunk < READ_MAX {
@@ -511,23 +512,24 @@ impl<E: Events> Conn<E> {
             let size = match self.need {
                 Some(n) => n,
                 None => {
-                    if self.rbuf.len() < 4 {
+                    let b = &self.rbuf.buf;
+                    if b.len() < 4 {
                         break;
                     }
-                    let first = [self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]];
+                    let first = [b[0], b[1], b[2], b[3]];
                     let n = self.open.packet_size(self.seq_in, first)?;
                     self.need = Some(n);
                     n
                 }
             };
-            if self.rbuf.len() < size {
+            if self.rbuf.buf.len() < size {
                 // Room for the rest of this packet and the next read.
                 self.rbuf
-                    .reserve((size - self.rbuf.len()).max(self.read_chunk));
+                    .reserve((size - self.rbuf.buf.len()).max(self.read_chunk));
                 break;
             }
             self.need = None;
-            let mut packet = self.rbuf.split_to(size);
+            let mut packet = self.rbuf.buf.split_to(size);
             let range = self.open.open(self.seq_in, &mut packet)?;
             self.seq_in = self.seq_in.wrapping_add(1);
             self.bytes_since_kex += size as u64;
@@ -627,6 +629,11 @@ impl<E: Events> Conn<E> {
         if first {
             self.strict = neg.strict;
         }
+        tracing::debug!(
+            client_to_server = %neg.cipher_cs.name(),
+            server_to_client = %neg.cipher_sc.name(),
+            "negotiated ciphers"
+        );
         k.ignore_next = neg.ignore_guess;
         k.neg = Some(neg);
         k.theirs = Some(theirs);
@@ -1552,9 +1559,7 @@ impl<E: Events> Conn<E> {
             self.wbuf = Vec::new();
             self.wpos = 0;
         }
-        if self.rbuf.is_empty() {
-            self.rbuf = BytesMut::new();
-        }
+        self.rbuf.release_if_empty();
         let Some((interval, max)) = self.settings.keepalive else {
             self.next_keepalive = None;
             return Ok(());

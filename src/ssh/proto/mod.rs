@@ -4,6 +4,7 @@
 //! - [`wire`]: bounds-checked encoding and decoding of SSH types.
 //! - [`packet`]: the binary packet protocol with the AEAD ciphers.
 //! - [`kex`]: KEXINIT negotiation, curve25519-sha256, key derivation, host keys.
+//! - [`readbuf`]: read buffers, and the reuse of bulk ones.
 //! - [`mux`]: per-channel buffers, windows and the command queue.
 //! - [`conn`]: the connection task: transport, authentication, channels.
 
@@ -12,6 +13,7 @@ pub mod fuzz;
 pub mod kex;
 pub mod mux;
 pub mod packet;
+pub mod readbuf;
 pub mod wire;
 
 #[cfg(test)]
