@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use signature::{Signer, Verifier};
 use ssh_encoding::Encode;
 use ssh_key::{Algorithm, HashAlg, PrivateKey, PublicKey, Signature};
@@ -22,8 +22,10 @@ use tokio::time::Instant;
 
 use super::kex::{self, Ephemeral, HashInput, HostKey, Negotiated};
 use super::mux::{
-    ChanHandle, ChanShared, Cmd, ConnTx, Ctl, Ended, In, OUTBOX, OpenReply, OpenRequest, WINDOW,
+    ChanHandle, ChanShared, Chunk, Cmd, ConnTx, Ctl, Ended, In, OUTBOX, OpenReply, OpenRequest,
+    WINDOW,
 };
+use super::outbox::{self, Outbox};
 use super::packet::{CipherAlg, Direction, PacketError};
 use super::readbuf::ReadBuf;
 use super::wire::{Reader, WireError, Writer, msg, reason};
@@ -46,6 +48,9 @@ const MAX_CHANNELS: usize = 4096;
 /// First and largest read from the socket.
 const READ_MIN: usize = 16 * 1024;
 const READ_MAX: usize = 512 * 1024;
+/// Channel data packets from this size (payload) are passed on whole, to be
+/// sealed again in place by a relay, and not copied.
+const FRAME_MIN: usize = 9 + 8192;
 /// Time allowed to flush a DISCONNECT.
 const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
@@ -256,9 +261,7 @@ pub struct Conn<E: Events> {
     /// Bytes the next read asks for (see [`Conn::read_some`]).
     read_chunk: usize,
     need: Option<usize>,
-    wbuf: Vec<u8>,
-    /// Bytes of `wbuf` already written.
-    wpos: usize,
+    out: Outbox,
     open: Direction,
     seal: Direction,
     seq_in: u32,
@@ -323,8 +326,7 @@ impl<E: Events> Conn<E> {
             rbuf: ReadBuf::default(),
             read_chunk: READ_MIN,
             need: None,
-            wbuf: Vec::new(),
-            wpos: 0,
+            out: Outbox::default(),
             open: Direction::plain(),
             seal: Direction::plain(),
             seq_in: 0,
@@ -400,10 +402,8 @@ impl<E: Events> Conn<E> {
             .string("")
             .finish();
         self.seal_now(&m);
-        let _ =
-            tokio::time::timeout(FLUSH_LIMIT, self.stream.write_all(&self.wbuf[self.wpos..])).await;
-        self.wbuf.clear();
-        self.wpos = 0;
+        let all = self.out.take_all();
+        let _ = tokio::time::timeout(FLUSH_LIMIT, self.stream.write_all(&all)).await;
     }
 
     async fn run_inner(&mut self) -> Result<String, Fail> {
@@ -484,25 +484,18 @@ impl<E: Events> Conn<E> {
 
     /// Bytes sealed and not yet written to the socket.
     fn pending(&self) -> usize {
-        self.wbuf.len() - self.wpos
+        self.out.len()
     }
 
     fn write_some(&mut self) -> Result<(), Fail> {
-        while self.pending() > 0 {
-            match self.stream.try_write(&self.wbuf[self.wpos..]) {
-                Ok(n) => self.wpos += n,
+        while !self.out.is_empty() {
+            let mut iov = [std::io::IoSlice::new(&[]); outbox::MAX_SLICES];
+            let k = self.out.slices(&mut iov);
+            match self.stream.try_write_vectored(&iov[..k]) {
+                Ok(n) => self.out.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(Fail::Io(e)),
             }
-        }
-        if self.pending() == 0 {
-            self.wpos = 0;
-            self.wbuf.clear();
-        } else if self.wpos >= 64 * 1024 && self.wpos >= self.pending() {
-            // Moving the unwritten rest to the front costs at most as much
-            // as was written since the last move.
-            self.wbuf.drain(..self.wpos);
-            self.wpos = 0;
         }
         Ok(())
     }
@@ -535,6 +528,12 @@ impl<E: Events> Conn<E> {
             self.bytes_since_kex += size as u64;
             self.packets_in += 1;
             self.heard = true;
+            if range.len() >= FRAME_MIN && packet[range.start] == msg::CHANNEL_DATA {
+                packet = match self.data_frame(packet, range.clone())? {
+                    None => continue,
+                    Some(packet) => packet,
+                };
+            }
             let payload = packet.freeze().slice(range);
             if payload.is_empty() {
                 return Err(proto("empty message"));
@@ -544,13 +543,59 @@ impl<E: Events> Conn<E> {
         Ok(())
     }
 
+    /// Takes a big CHANNEL_DATA packet whole (see [`Chunk::Frame`]) outside
+    /// a key exchange; hands back any other packet for [`Conn::handle`].
+    fn data_frame(
+        &mut self,
+        packet: BytesMut,
+        payload: std::ops::Range<usize>,
+    ) -> Result<Option<BytesMut>, Fail> {
+        let p = &packet[payload.clone()];
+        let in_kex = !self.first_kex_done || self.kex.as_ref().is_some_and(|k| k.neg.is_some());
+        let id = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
+        let len = u32::from_be_bytes([p[5], p[6], p[7], p[8]]) as usize;
+        if in_kex || p.len() != 9 + len {
+            return Ok(Some(packet));
+        }
+        if let Some(to) = self.data_to(id, len)? {
+            to.push(In::Data(Chunk::Frame {
+                packet,
+                data: payload.start + 9..payload.end,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Counts `len` bytes of channel data against channel `id`'s window;
+    /// returns where they go (nowhere on a session channel, or one we
+    /// closed).
+    fn data_to(&mut self, id: u32, len: usize) -> Result<Option<&ChanShared>, Fail> {
+        let Some(e) = self
+            .chans
+            .get_mut(&id)
+            .filter(|e| matches!(e.kind, ChanKind::Open | ChanKind::Session))
+        else {
+            return Err(proto("data on a channel that is not open"));
+        };
+        if len as u32 > e.local_window || len > MAX_PACKET_SIZE as usize {
+            return Err(proto(format!(
+                "peer sent {len} bytes past channel {id}'s window"
+            )));
+        }
+        e.local_window -= len as u32;
+        if e.kind == ChanKind::Session || e.sent_close {
+            return Ok(None);
+        }
+        Ok(Some(&e.shared))
+    }
+
     // ---- sending ----
 
     /// Seals `payload` into the write buffer now (kex messages, or any
     /// message outside a key exchange).
     fn seal_now(&mut self, payload: &[u8]) {
         self.seal
-            .seal(self.seq_out, &payload[..1], &payload[1..], &mut self.wbuf);
+            .seal(self.seq_out, &payload[..1], &payload[1..], self.out.tail());
         self.seq_out = self.seq_out.wrapping_add(1);
         self.bytes_since_kex += payload.len() as u64;
     }
@@ -1239,31 +1284,21 @@ impl<E: Events> Conn<E> {
                 let data = r.string()?;
                 let offset = data.as_ptr() as usize - p.as_ptr() as usize;
                 let len = data.len();
-                let Some(e) = self
-                    .chans
-                    .get_mut(&id)
-                    .filter(|e| matches!(e.kind, ChanKind::Open | ChanKind::Session))
-                else {
-                    return Err(proto("data on a channel that is not open"));
-                };
-                if len as u32 > e.local_window || len > MAX_PACKET_SIZE as usize {
-                    return Err(proto(format!(
-                        "peer sent {len} bytes past channel {id}'s window"
-                    )));
-                }
-                e.local_window -= len as u32;
-                if e.kind == ChanKind::Session || e.sent_close {
+                let Some(to) = self.data_to(id, len)? else {
                     return Ok(());
-                }
+                };
                 // Big chunks keep pointing into the packet; small ones are
                 // copied so that they do not pin a whole read buffer.
-                let bytes = if len >= 8192 {
+                let bytes = if len >= FRAME_MIN - 9 {
                     p.slice(offset..offset + len)
                 } else {
                     Bytes::copy_from_slice(&p[offset..offset + len])
                 };
-                e.shared
-                    .push(if ext { In::Ext(bytes) } else { In::Data(bytes) });
+                to.push(if ext {
+                    In::Ext(bytes)
+                } else {
+                    In::Data(bytes.into())
+                });
             }
             msg::CHANNEL_EOF => {
                 let id = r.u32()?;
@@ -1410,7 +1445,32 @@ impl<E: Events> Conn<E> {
                         head[5..9].copy_from_slice(&len);
                         &head[..9]
                     };
-                    self.seal.seal(self.seq_out, head, &data, &mut self.wbuf);
+                    let framed = match data {
+                        Chunk::Frame {
+                            mut packet,
+                            data: range,
+                        } if !ext => {
+                            let ok = self.seal.seal_frame(
+                                self.seq_out,
+                                head,
+                                &mut packet,
+                                range.clone(),
+                            );
+                            if ok {
+                                self.out.push_frame(packet.freeze());
+                                None
+                            } else {
+                                Some(Chunk::Frame {
+                                    packet,
+                                    data: range,
+                                })
+                            }
+                        }
+                        other => Some(other),
+                    };
+                    if let Some(data) = framed {
+                        self.seal.seal(self.seq_out, head, &data, self.out.tail());
+                    }
                     self.seq_out = self.seq_out.wrapping_add(1);
                     self.bytes_since_kex += n as u64;
                 }
@@ -1555,10 +1615,7 @@ impl<E: Events> Conn<E> {
 
     fn keepalive(&mut self) -> Result<(), Fail> {
         // Idle connections keep no buffers (a busy one reuses them).
-        if self.pending() == 0 {
-            self.wbuf = Vec::new();
-            self.wpos = 0;
-        }
+        self.out.release_if_empty();
         self.rbuf.release_if_empty();
         let Some((interval, max)) = self.settings.keepalive else {
             self.next_keepalive = None;

@@ -5,6 +5,7 @@
 //! - [`packet`]: the binary packet protocol with the AEAD ciphers.
 //! - [`kex`]: KEXINIT negotiation, curve25519-sha256, key derivation, host keys.
 //! - [`readbuf`]: read buffers, and the reuse of bulk ones.
+//! - [`outbox`]: sealed packets waiting for the socket.
 //! - [`mux`]: per-channel buffers, windows and the command queue.
 //! - [`conn`]: the connection task: transport, authentication, channels.
 
@@ -12,6 +13,7 @@ pub mod conn;
 pub mod fuzz;
 pub mod kex;
 pub mod mux;
+pub mod outbox;
 pub mod packet;
 pub mod readbuf;
 pub mod wire;

@@ -12,7 +12,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
+use std::ops::{Deref, Range};
+
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 /// Window we give each channel: at most this many received bytes wait in
@@ -58,14 +60,65 @@ fn buffered_add(n: usize) {
     }
 }
 
+/// Channel data as it arrived.
+#[derive(Debug)]
+pub enum Chunk {
+    Bytes(Bytes),
+    /// Data that came alone in a packet, with that whole decrypted packet
+    /// around it (header before, padding and tag after). A relay forwards it
+    /// by sealing it again in place for the next hop
+    /// ([`super::packet::Direction::seal_frame`]) instead of copying it.
+    Frame {
+        packet: BytesMut,
+        data: Range<usize>,
+    },
+}
+
+impl Chunk {
+    /// The data as shared bytes (no copy).
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Chunk::Bytes(b) => b,
+            Chunk::Frame { packet, data } => packet.freeze().slice(data),
+        }
+    }
+}
+
+impl Deref for Chunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Bytes(b) => b,
+            Chunk::Frame { packet, data } => &packet[data.clone()],
+        }
+    }
+}
+
+impl From<Bytes> for Chunk {
+    fn from(b: Bytes) -> Chunk {
+        Chunk::Bytes(b)
+    }
+}
+
 /// What a reader takes from a channel.
 #[derive(Debug)]
 pub enum In {
-    Data(Bytes),
+    Data(Chunk),
     /// Extended data (stderr of an exec).
     Ext(Bytes),
     Eof,
     ExitStatus(u32),
+}
+
+impl In {
+    fn data_len(&self) -> Option<usize> {
+        match self {
+            In::Data(c) => Some(c.len()),
+            In::Ext(b) => Some(b.len()),
+            _ => None,
+        }
+    }
 }
 
 pub struct ChanState {
@@ -109,9 +162,9 @@ impl ChanShared {
     /// Connection side: something arrived.
     pub fn push(&self, m: In) {
         let mut st = self.lock();
-        if let In::Data(b) | In::Ext(b) = &m {
-            st.queued += b.len();
-            buffered_add(b.len());
+        if let Some(n) = m.data_len() {
+            st.queued += n;
+            buffered_add(n);
         }
         st.queue.push_back(m);
         drop(st);
@@ -165,7 +218,7 @@ pub enum Cmd {
     Data {
         id: u32,
         ext: bool,
-        data: Bytes,
+        data: Chunk,
     },
     Adjust {
         id: u32,
@@ -327,8 +380,7 @@ impl ChanHandle {
             {
                 let mut st = self.shared.lock();
                 if let Some(m) = st.queue.pop_front() {
-                    if let In::Data(b) | In::Ext(b) = &m {
-                        let n = b.len();
+                    if let Some(n) = m.data_len() {
                         st.queued -= n;
                         BUFFERED.fetch_sub(n, Ordering::Relaxed);
                         st.consumed += n as u32;
@@ -350,8 +402,15 @@ impl ChanHandle {
 
     /// Sends `data`, waiting for this channel's window only (and for room
     /// in the connection's outgoing queue when the socket itself is slow).
-    pub async fn send(&self, mut data: Bytes, ext: bool) -> Result<(), ()> {
-        while !data.is_empty() {
+    /// A [`Chunk::Frame`] that fits the window and the peer's packet size
+    /// goes as one packet, sealed in place.
+    pub async fn send(&self, data: impl Into<Chunk>, ext: bool) -> Result<(), ()> {
+        let mut data = data.into();
+        loop {
+            let left = data.len();
+            if left == 0 {
+                return Ok(());
+            }
             let n = loop {
                 {
                     let mut st = self.shared.lock();
@@ -359,7 +418,7 @@ impl ChanHandle {
                         return Err(());
                     }
                     if st.remote_window > 0 {
-                        let n = (data.len() as u32)
+                        let n = (left as u32)
                             .min(st.remote_window)
                             .min(st.remote_max.max(1))
                             .min(SEND_PACKET);
@@ -371,7 +430,15 @@ impl ChanHandle {
             };
             let permit = self.tx.space.acquire_many(n).await.map_err(|_| ())?;
             permit.forget();
-            let chunk = data.split_to(n as usize);
+            let chunk = if n as usize == left {
+                std::mem::replace(&mut data, Chunk::Bytes(Bytes::new()))
+            } else {
+                let mut rest =
+                    std::mem::replace(&mut data, Chunk::Bytes(Bytes::new())).into_bytes();
+                let head = rest.split_to(n as usize);
+                data = Chunk::Bytes(rest);
+                Chunk::Bytes(head)
+            };
             if !self.tx.send(Cmd::Data {
                 id: self.id,
                 ext,
@@ -380,7 +447,6 @@ impl ChanHandle {
                 return Err(());
             }
         }
-        Ok(())
     }
 
     pub fn eof(&self) {
@@ -424,7 +490,7 @@ mod tests {
     async fn window_is_granted_only_as_the_reader_consumes() {
         let (h, shared, mut rx) = handle();
         for _ in 0..(GRANT_AT / 1024) {
-            shared.push(In::Data(Bytes::from(vec![0u8; 1024])));
+            shared.push(In::Data(Bytes::from(vec![0u8; 1024]).into()));
         }
         assert!(rx.try_recv().is_err(), "nothing granted before reading");
         for _ in 0..(GRANT_AT / 1024) - 1 {

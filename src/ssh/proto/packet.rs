@@ -2,6 +2,7 @@
 //! offers. The primitives come from `ring`; this file only frames packets,
 //! counts nonces and checks every length before anything is allocated.
 
+use bytes::BytesMut;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, chacha20_poly1305_openssh as chacha};
 use thiserror::Error;
 
@@ -216,20 +217,72 @@ impl Direction {
         out.extend_from_slice(head);
         out.extend_from_slice(body);
         out.resize(out.len() + pad, 0);
+        if let Some(tag) = self.encrypt(seq, &mut out[start..]) {
+            out.extend_from_slice(&tag);
+        }
+    }
+
+    /// Seals the packet whose payload is `head` followed by
+    /// `frame[data]` in place, when `frame` has room for the length, the
+    /// padding length and `head` before the data and for the padding and tag
+    /// after it (it does when it is the received packet the data came in).
+    /// On success `frame` is exactly the packet to send.
+    pub fn seal_frame(
+        &mut self,
+        seq: u32,
+        head: &[u8],
+        frame: &mut BytesMut,
+        data: std::ops::Range<usize>,
+    ) -> bool {
+        if self.is_plain() {
+            return false;
+        }
+        let payload = head.len() + data.len();
+        let packet_len = self.packet_len(payload);
+        let pad = packet_len - 1 - payload;
+        let Some(start) = data.start.checked_sub(5 + head.len()) else {
+            return false;
+        };
+        let end = data.end + pad;
+        if end + self.tag_len() > frame.len() {
+            return false;
+        }
+        frame[start..start + 4].copy_from_slice(&(packet_len as u32).to_be_bytes());
+        frame[start + 4] = pad as u8;
+        frame[start + 5..data.start].copy_from_slice(head);
+        frame[data.end..end].fill(0);
+        frame.truncate(end + self.tag_len());
+        let _ = frame.split_to(start);
+        let body = frame.len() - self.tag_len();
+        match self.encrypt(seq, &mut frame[..body]) {
+            Some(tag) => {
+                frame[body..].copy_from_slice(&tag);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Encrypts a packet (length field onwards, without the tag) in place;
+    /// returns the tag, or `None` with no keys.
+    fn encrypt(&mut self, seq: u32, packet: &mut [u8]) -> Option<[u8; TAG_LEN]> {
         match &mut self.keys {
-            Keys::Plain | Keys::ChachaOpen(_) => {}
+            Keys::Plain | Keys::ChachaOpen(_) => None,
             Keys::ChachaSeal(k) => {
                 let mut tag = [0u8; TAG_LEN];
-                k.seal_in_place(seq, &mut out[start..], &mut tag);
-                out.extend_from_slice(&tag);
+                k.seal_in_place(seq, packet, &mut tag);
+                Some(tag)
             }
             Keys::Gcm(k, nonce) => {
-                let (len, rest) = out[start..].split_at_mut(4);
+                let (len, rest) = packet.split_at_mut(4);
                 let aad: [u8; 4] = [len[0], len[1], len[2], len[3]];
                 // Sealing cannot fail for packets far below GCM's size limit.
-                if let Ok(tag) = k.seal_in_place_separate_tag(nonce.next(), Aad::from(aad), rest) {
-                    out.extend_from_slice(tag.as_ref());
-                }
+                let tag = k
+                    .seal_in_place_separate_tag(nonce.next(), Aad::from(aad), rest)
+                    .ok()?;
+                let mut out = [0u8; TAG_LEN];
+                out.copy_from_slice(tag.as_ref());
+                Some(out)
             }
         }
     }
@@ -311,6 +364,73 @@ mod tests {
         assert_eq!(size, out.len());
         let range = open.open(seq, &mut out).unwrap();
         assert_eq!(&out[range], payload);
+    }
+
+    fn block(alg: CipherAlg) -> usize {
+        if alg == CipherAlg::Chacha20Poly1305 {
+            8
+        } else {
+            16
+        }
+    }
+
+    /// A received channel-data packet for `data`, decrypted: what a relay
+    /// holds when it forwards it.
+    fn received_frame(
+        from: CipherAlg,
+        head: &[u8],
+        data: &[u8],
+    ) -> (BytesMut, std::ops::Range<usize>) {
+        let (mut s, mut o) = pair(from);
+        let mut wire = Vec::new();
+        s.seal(4, head, data, &mut wire);
+        let range = o.open(4, &mut wire).unwrap();
+        let start = range.start + head.len();
+        (BytesMut::from(&wire[..]), start..start + data.len())
+    }
+
+    #[test]
+    fn a_frame_sealed_in_place_is_the_packet_seal_would_make() {
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
+        let head_in = [94u8, 0, 0, 0, 1, 0, 0, 0x9c, 0x40];
+        let head_out = [94u8, 0, 0, 0, 9, 0, 0, 0x9c, 0x40];
+        for from in CipherAlg::ALL {
+            for to in CipherAlg::ALL {
+                let (mut frame, range) = received_frame(from, &head_in, &data);
+                let (mut a, _) = pair(to);
+                let (mut b, mut open) = pair(to);
+                let mut copied = Vec::new();
+                a.seal(11, &head_out, &data, &mut copied);
+                if b.seal_frame(11, &head_out, &mut frame, range) {
+                    assert_eq!(&frame[..], &copied[..], "{from:?} -> {to:?}");
+                    let r = open.open(11, &mut frame).unwrap();
+                    assert_eq!(&frame[r.start + 9..r.end], &data[..]);
+                } else {
+                    // Only a peer with a smaller cipher block can leave too
+                    // little padding room; nothing was changed or used up.
+                    assert!(block(from) < block(to), "{from:?} -> {to:?}");
+                    let mut again = Vec::new();
+                    b.seal(11, &head_out, &data, &mut again);
+                    assert_eq!(again, copied, "the refused frame consumed no nonce");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_without_room_is_refused_untouched() {
+        let (mut s, _) = pair(CipherAlg::Aes128Gcm);
+        let mut frame = BytesMut::from(&[5u8; 100][..]);
+        assert!(
+            !s.seal_frame(0, &[94u8; 9], &mut frame, 3..90),
+            "no room before the data"
+        );
+        assert!(
+            !s.seal_frame(0, &[94u8; 9], &mut frame, 14..100),
+            "no room after the data"
+        );
+        assert_eq!(&frame[..], &[5u8; 100][..]);
+        assert!(!Direction::plain().seal_frame(0, &[94u8; 9], &mut frame, 14..50));
     }
 
     #[test]

@@ -51,7 +51,12 @@ async fn serve_channel(host: String, ch: ChanHandle) {
         "echo" => {
             while let Some(m) = ch.recv().await {
                 match m {
-                    In::Data(d) if ch.send(d.clone(), false).await.is_err() => return,
+                    In::Data(d) => {
+                        let sent = ch.send(d, false).await;
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
                     In::Eof => ch.eof(),
                     _ => {}
                 }
