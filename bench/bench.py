@@ -707,7 +707,7 @@ class Bench:
     def data_streams_closed(self):
         """The Warren relay's audit lines for closed iperf3 data streams."""
         closed = self.wrelay.proc.find(
-            r'result="closed".*target="dev1:520[12]".*bytes_to_device=(\d+) bytes_from_device=(\d+)')
+            r'result=closed .*target_addr="dev1:520[12]" bytes_up=(\d+) bytes_down=(\d+)')
         return [m for m in closed if max(int(m.group(1)), int(m.group(2))) > 1_000_000]
 
     def wait_data_stream_closed(self, before, streams, timeout=3.0):

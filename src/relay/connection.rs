@@ -452,7 +452,9 @@ async fn stream(
     };
     let opened = tokio::time::timeout(
         STREAM_OPEN_TIMEOUT,
-        routed.handle.open_forwarded(&routed.address, port, peer),
+        routed
+            .handle
+            .open_forwarded_for(&routed.address, port, peer, channel.peer_max_packet()),
     )
     .await;
     let device_channel = match opened {

@@ -242,6 +242,11 @@ impl IncomingChannel {
         IncomingChannel { inner }
     }
 
+    /// The largest data packet the peer accepts on this channel.
+    pub fn peer_max_packet(&self) -> u32 {
+        self.inner.handle.peer_max_packet()
+    }
+
     pub async fn accept(self) -> Channel {
         Channel::new(self.inner.accept())
     }

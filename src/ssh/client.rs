@@ -15,7 +15,7 @@ use super::keys::{Fingerprint, PrivateKey, PublicKey, fingerprint};
 use super::proto::conn::{self, Conn, Events, ExecOutput, Incoming, Settings, Side};
 use super::proto::mux::{ConnTx, Ended, In, OpenRequest};
 use super::proto::wire::Writer;
-use crate::protocol::limits::HANDSHAKE_TIMEOUT;
+use crate::protocol::limits::{HANDSHAKE_TIMEOUT, MAX_PACKET_SIZE};
 
 /// Who we are and whom we trust.
 #[derive(Clone)]
@@ -156,7 +156,7 @@ impl<H: ForwardedHandler> ClientConnection<H> {
             .string("127.0.0.1")
             .u32(0)
             .finish();
-        match self.tx.open("direct-tcpip", extra).await {
+        match self.tx.open("direct-tcpip", extra, MAX_PACKET_SIZE).await {
             Ok(h) => Ok(Channel::new(h)),
             Err(text) => bail!("relay refused {host}:{port}: {text}"),
         }
@@ -166,7 +166,7 @@ impl<H: ForwardedHandler> ClientConnection<H> {
     pub async fn exec(&self, command: &str) -> Result<ExecOutput> {
         let ch = self
             .tx
-            .open("session", Vec::new())
+            .open("session", Vec::new(), MAX_PACKET_SIZE)
             .await
             .map_err(|e| anyhow!("opening a session at the relay: {e}"))?;
         let ch = Channel::new(ch);

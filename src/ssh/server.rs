@@ -18,6 +18,7 @@ use super::proto::conn::{self, Conn, Events, Incoming, Settings, Side};
 use super::proto::kex::HostKey;
 use super::proto::mux::{ConnTx, Ended, OpenRequest};
 use super::proto::wire::{Reader, Writer};
+use crate::protocol::limits::MAX_PACKET_SIZE;
 use crate::protocol::limits::{
     HANDSHAKE_TIMEOUT, MAX_AUTH_ATTEMPTS, RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX,
 };
@@ -97,6 +98,10 @@ pub trait ServerSession: Send + 'static {
 #[error("{0}")]
 pub struct OpenError(String);
 
+/// Smallest packet size a device is asked for: a controller that takes
+/// only tinier packets gets them cut by the relay, not by the device.
+const MIN_ASKED_PACKET: u32 = 4096;
+
 /// Reaches a live server connection from other tasks.
 #[derive(Clone)]
 pub struct ServerHandle(ConnTx);
@@ -110,6 +115,22 @@ impl ServerHandle {
         port: u32,
         originator: SocketAddr,
     ) -> Result<Channel, OpenError> {
+        self.open_forwarded_for(address, port, originator, MAX_PACKET_SIZE)
+            .await
+    }
+
+    /// Like [`ServerHandle::open_forwarded`], for a stream that will be
+    /// spliced to a channel whose peer takes packets of at most
+    /// `max_packet` data bytes: the device is asked to send packets no
+    /// larger, so that the relay can pass each one on whole (sealed in
+    /// place) instead of cutting and copying it.
+    pub async fn open_forwarded_for(
+        &self,
+        address: &str,
+        port: u32,
+        originator: SocketAddr,
+        max_packet: u32,
+    ) -> Result<Channel, OpenError> {
         let extra = Writer::default()
             .string(address)
             .u32(port)
@@ -117,7 +138,11 @@ impl ServerHandle {
             .u32(u32::from(originator.port()))
             .finish();
         self.0
-            .open("forwarded-tcpip", extra)
+            .open(
+                "forwarded-tcpip",
+                extra,
+                max_packet.clamp(MIN_ASKED_PACKET, MAX_PACKET_SIZE),
+            )
             .await
             .map(Channel::new)
             .map_err(OpenError)

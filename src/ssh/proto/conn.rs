@@ -1549,7 +1549,12 @@ impl<E: Events> Conn<E> {
                     self.send(m);
                 }
             }
-            Cmd::Open { kind, extra, reply } => {
+            Cmd::Open {
+                kind,
+                extra,
+                max_packet,
+                reply,
+            } => {
                 let Some(id) = self.alloc_id() else {
                     let _ = reply.send(Err("too many channels".into()));
                     return;
@@ -1570,7 +1575,7 @@ impl<E: Events> Conn<E> {
                     .string(kind)
                     .u32(id)
                     .u32(WINDOW)
-                    .u32(MAX_PACKET_SIZE)
+                    .u32(max_packet.min(MAX_PACKET_SIZE))
                     .raw(&extra)
                     .finish();
                 self.send(m);

@@ -235,6 +235,8 @@ pub enum Cmd {
     Open {
         kind: &'static str,
         extra: Vec<u8>,
+        /// Largest data packet we ask the peer to send on this channel.
+        max_packet: u32,
         reply: OpenReply,
     },
     Exec {
@@ -335,10 +337,21 @@ impl ConnTx {
         self.cmds.send(c).is_ok()
     }
 
-    /// Opens a channel of `kind`; `extra` is the type-specific data.
-    pub async fn open(&self, kind: &'static str, extra: Vec<u8>) -> Result<ChanHandle, String> {
+    /// Opens a channel of `kind`; `extra` is the type-specific data; the
+    /// peer may send packets of up to `max_packet` bytes of data on it.
+    pub async fn open(
+        &self,
+        kind: &'static str,
+        extra: Vec<u8>,
+        max_packet: u32,
+    ) -> Result<ChanHandle, String> {
         let (reply, rx) = oneshot::channel();
-        if !self.send(Cmd::Open { kind, extra, reply }) {
+        if !self.send(Cmd::Open {
+            kind,
+            extra,
+            max_packet,
+            reply,
+        }) {
             return Err("connection closed".into());
         }
         match rx.await {
@@ -371,6 +384,11 @@ pub struct ChanHandle {
 impl ChanHandle {
     pub fn new(id: u32, shared: Arc<ChanShared>, tx: ConnTx) -> ChanHandle {
         ChanHandle { id, shared, tx }
+    }
+
+    /// The largest data packet the peer accepts on this channel.
+    pub fn peer_max_packet(&self) -> u32 {
+        self.shared.lock().remote_max
     }
 
     /// The next thing the peer sent; `None` once the channel is closed.
