@@ -122,6 +122,8 @@ struct TestServer {
     user: Arc<PrivateKey>,
     granted: Arc<Granted>,
     ended: tokio::sync::mpsc::UnboundedReceiver<mux::Ended>,
+    /// The server side of each connection, to open channels towards the client.
+    conns: tokio::sync::mpsc::UnboundedReceiver<ConnTx>,
 }
 
 async fn server(settings: Settings) -> TestServer {
@@ -143,15 +145,17 @@ async fn server_for(settings: Settings, user: PrivateKey) -> TestServer {
     let user = Arc::new(user);
     let granted = Arc::new(Granted::default());
     let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
+    let (conns_tx, conns) = tokio::sync::mpsc::unbounded_channel();
     let (h, g, k) = (host.clone(), granted.clone(), user.public_key().clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
-            let (h, g, k, settings, ended_tx) = (
+            let (h, g, k, settings, ended_tx, conns_tx) = (
                 h.clone(),
                 g.clone(),
                 k.clone(),
                 settings.clone(),
                 ended_tx.clone(),
+                conns_tx.clone(),
             );
             tokio::spawn(async move {
                 let Ok(v) = conn::version_exchange(&mut s, true).await else {
@@ -165,7 +169,8 @@ async fn server_for(settings: Settings, user: PrivateKey) -> TestServer {
                     user_key: k,
                     granted: g,
                 };
-                let (c, _tx) = Conn::new(s, v, side, settings, events);
+                let (c, tx) = Conn::new(s, v, side, settings, events);
+                let _ = conns_tx.send(tx);
                 let _ = ended_tx.send(c.run().await);
             });
         }
@@ -177,6 +182,7 @@ async fn server_for(settings: Settings, user: PrivateKey) -> TestServer {
         user,
         granted,
         ended,
+        conns,
     }
 }
 
@@ -844,4 +850,71 @@ async fn a_quiet_connection_rekeys_when_the_time_limit_passes() {
         .unwrap();
     let out = conn.exec("still").await.unwrap();
     assert_eq!(out.stdout, b"ran still");
+}
+
+/// Hands the forwarded channels the server opens to the test.
+struct Capture(tokio::sync::mpsc::UnboundedSender<crate::ssh::IncomingChannel>);
+
+impl client::ForwardedHandler for Capture {
+    fn forwarded(&mut self, _address: &str, _port: u32, channel: crate::ssh::IncomingChannel) {
+        let _ = self.0.send(channel);
+    }
+}
+
+#[tokio::test]
+async fn a_channel_opener_sets_the_packet_size_the_peer_sends() {
+    // The relay opens a device's channel asking for packets no larger than
+    // the controller takes, so that each one can be passed on whole.
+    let mut srv = server(Settings::default()).await;
+    let (tx, mut forwarded) = tokio::sync::mpsc::unbounded_channel();
+    let s = TcpStream::connect(srv.addr).await.unwrap();
+    let _conn = client::connect_with(s, &srv.options(), Capture(tx), Settings::default())
+        .await
+        .unwrap();
+    let server_side = tokio::time::timeout(WAIT, srv.conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let extra = Writer::default()
+        .string("127.0.0.1")
+        .u32(22)
+        .string("127.0.0.1")
+        .u32(1)
+        .finish();
+    let opening = tokio::spawn(async move {
+        server_side
+            .open("forwarded-tcpip", extra, 20_000)
+            .await
+            .unwrap()
+    });
+    let incoming = tokio::time::timeout(WAIT, forwarded.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(incoming.peer_max_packet(), 20_000);
+    let device = incoming.accept().await;
+    let relay = tokio::time::timeout(WAIT, opening).await.unwrap().unwrap();
+    let sent = vec![9u8; 100_000];
+    let data = sent.clone();
+    tokio::spawn(async move {
+        device
+            .handle()
+            .send(Bytes::from(data), false)
+            .await
+            .unwrap();
+        device.handle().eof();
+        // Keep the channel open until the reader is done.
+        std::future::pending::<()>().await;
+    });
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        match tokio::time::timeout(WAIT, relay.recv()).await.unwrap() {
+            Some(In::Data(d)) => {
+                assert!(d.len() <= 20_000, "a {}-byte packet", d.len());
+                got.extend_from_slice(&d);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, sent);
 }
