@@ -554,7 +554,7 @@ impl<E: Events> Conn<E> {
         let in_kex = !self.first_kex_done || self.kex.as_ref().is_some_and(|k| k.neg.is_some());
         let id = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
         let len = u32::from_be_bytes([p[5], p[6], p[7], p[8]]) as usize;
-        if in_kex || p.len() != 9 + len {
+        if in_kex || len.checked_add(9) != Some(p.len()) {
             return Ok(Some(packet));
         }
         if let Some(to) = self.data_to(id, len)? {

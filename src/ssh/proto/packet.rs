@@ -247,20 +247,20 @@ impl Direction {
         if end + self.tag_len() > frame.len() {
             return false;
         }
+        // Only bytes around the data change until the encryption succeeds
+        // (it fails, if ever, before touching anything), so a refused frame
+        // still holds its data where it was.
         frame[start..start + 4].copy_from_slice(&(packet_len as u32).to_be_bytes());
         frame[start + 4] = pad as u8;
         frame[start + 5..data.start].copy_from_slice(head);
         frame[data.end..end].fill(0);
-        frame.truncate(end + self.tag_len());
+        let Some(tag) = self.encrypt(seq, &mut frame[start..end]) else {
+            return false;
+        };
+        frame[end..end + TAG_LEN].copy_from_slice(&tag);
+        frame.truncate(end + TAG_LEN);
         let _ = frame.split_to(start);
-        let body = frame.len() - self.tag_len();
-        match self.encrypt(seq, &mut frame[..body]) {
-            Some(tag) => {
-                frame[body..].copy_from_slice(&tag);
-                true
-            }
-            None => false,
-        }
+        true
     }
 
     /// Encrypts a packet (length field onwards, without the tag) in place;
