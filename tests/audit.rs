@@ -575,23 +575,8 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
         gateway: Default::default(),
     });
     agent.online().await;
-    let connect = |user: &str, key: Arc<warren::ssh::keys::PrivateKey>| {
-        let (addr, host_key, user) = (addr.clone(), host_key.clone(), user.to_string());
-        async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            let opts = warren::ssh::client::ConnectOptions {
-                user,
-                key,
-                host_key,
-                dead_after: Duration::from_secs(10),
-            };
-            warren::ssh::client::connect(tcp, &opts, warren::ssh::client::NoForwards)
-                .await
-                .unwrap()
-        }
-    };
-    let conn = Arc::new(connect("tau", alice).await);
-    let ops = connect("ops", root).await;
+    let conn = Arc::new(connect_to(&addr, &host_key, "tau", alice).await.unwrap());
+    let ops = connect_to(&addr, &host_key, "ops", root).await.unwrap();
 
     // A burst of streams that keeps going until the kill...
     let mut burst = tokio::task::JoinSet::new();
@@ -609,14 +594,7 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
         });
     }
     // ...while an admin makes invites; each acknowledged one must survive.
-    let mut acknowledged = Vec::new();
-    for i in 0..12 {
-        let cmd = format!("invite --system tau --role device --name new{i} --relay {addr} --json");
-        let out = ops.exec(&cmd).await.unwrap();
-        assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        acknowledged.push(v["id"].as_str().unwrap().to_string());
-    }
+    let acknowledged = acknowledged_invites(&ops, &addr, 12).await;
     // Streams have been closing all along; see some on record, then kill.
     let seen_before = tokio::time::timeout(WAIT, async {
         loop {
@@ -652,12 +630,7 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
 
     // The database opens cleanly, passes the integrity check, and holds
     // every acknowledged event and every event seen before the kill.
-    let db = rusqlite::Connection::open(data.join("warren.db")).unwrap();
-    let check: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    drop(db);
+    assert_database_intact(&data);
     let store = Store::open(&data).unwrap();
     let invites = store
         .audit(&AuditQuery {

@@ -1,42 +1,11 @@
 //! The `warren` binary as people use it: admin commands, keygen, config
 //! errors. Bad input gets a clear message, a non-zero exit, and changes nothing.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-const WARREN: &str = env!("CARGO_BIN_EXE_warren");
-
-fn warren(args: &[&str]) -> Output {
-    Command::new(WARREN)
-        .args(args)
-        .env("WARREN_LOG", "error")
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = warren(args);
-    assert!(
-        out.status.success(),
-        "warren {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str], says: &str) {
-    let out = warren(args);
-    assert!(!out.status.success(), "warren {args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(says),
-        "warren {args:?}: expected {says:?} in: {err}"
-    );
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use common::cli::blocking::{fails, ok, warren};
+use common::cli::{WARREN, p};
+use std::process::Command;
 
 #[test]
 fn admin_manages_systems_and_keys() {

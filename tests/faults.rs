@@ -23,7 +23,6 @@ use warren::agent::{AgentEvent, AgentSettings};
 use warren::audit::kind;
 use warren::protocol::limits::{RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX};
 use warren::protocol::{AllowList, Role};
-use warren::ssh::client::{self, ConnectOptions, NoForwards};
 use warren::ssh::keys::{self, PrivateKey};
 use warren::store::{AuditQuery, Store};
 
@@ -114,21 +113,12 @@ async fn relay_kill_9_with_100_devices_and_streams_running_every_device_is_back(
     for a in &mut agents {
         a.online().await;
     }
-    let connect = |user: &'static str, key: Arc<PrivateKey>| {
-        let (addr, host_key) = (addr.clone(), host_key.clone());
-        async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            let opts = ConnectOptions {
-                user: user.into(),
-                key,
-                host_key,
-                dead_after: Duration::from_secs(10),
-            };
-            client::connect(tcp, &opts, NoForwards).await
-        }
-    };
-    let conn = Arc::new(connect("tau", alice.clone()).await.unwrap());
-    let ops = connect("ops", root).await.unwrap();
+    let conn = Arc::new(
+        connect_to(&addr, &host_key, "tau", alice.clone())
+            .await
+            .unwrap(),
+    );
+    let ops = connect_to(&addr, &host_key, "ops", root).await.unwrap();
 
     // Streams to many devices keep running until the kill.
     let mut streams = tokio::task::JoinSet::new();
@@ -147,14 +137,7 @@ async fn relay_kill_9_with_100_devices_and_streams_running_every_device_is_back(
         });
     }
     // Acknowledged audit events: admin invites, each durable before "ok".
-    let mut acknowledged = Vec::new();
-    for i in 0..10 {
-        let cmd = format!("invite --system tau --role device --name new{i} --relay {addr} --json");
-        let out = ops.exec(&cmd).await.unwrap();
-        assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        acknowledged.push(v["id"].as_str().unwrap().to_string());
-    }
+    let acknowledged = acknowledged_invites(&ops, &addr, 10).await;
     relay.kill_9().await;
     let mut done = 0;
     while let Some(n) = streams.join_next().await {
@@ -163,12 +146,7 @@ async fn relay_kill_9_with_100_devices_and_streams_running_every_device_is_back(
     assert!(done > 0, "streams were running");
 
     // The database is intact and holds every acknowledged event.
-    let db = rusqlite::Connection::open(data.join("warren.db")).unwrap();
-    let check: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    drop(db);
+    assert_database_intact(&data);
     let events = Store::open(&data)
         .unwrap()
         .audit(&AuditQuery {
@@ -203,7 +181,7 @@ async fn relay_kill_9_with_100_devices_and_streams_running_every_device_is_back(
         slowest = slowest.max(restarted.elapsed());
     }
     assert!(slowest < BACK_WITHIN);
-    let conn = connect("tau", alice).await.unwrap();
+    let conn = connect_to(&addr, &host_key, "tau", alice).await.unwrap();
     for i in [0, 37, 99] {
         assert_eq!(
             echo_through(&conn, &format!("d{i}"), port, b"back")

@@ -9,6 +9,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::cli::blocking::{fails, ok};
+use common::cli::{WARREN, p};
 use common::openssh::{Sshd, login_user, run};
 use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -22,40 +24,7 @@ use warren::relay::config::PortRanges;
 use warren::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
 use warren::ssh::keys;
 
-const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn warren(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(WARREN)
-        .args(args)
-        .env("WARREN_LOG", "error")
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = warren(args);
-    assert!(
-        out.status.success(),
-        "warren {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str], says: &str) {
-    let out = warren(args);
-    assert!(!out.status.success(), "warren {args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(says),
-        "warren {args:?}: expected {says:?} in: {err}"
-    );
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// An agent config in `dir` for device `dev` with `allow`, pointing at `relay`.
 fn agent_config(dir: &Path, relay: &TestRelay, dev: &str, key: &Path, allow: &[String]) -> PathBuf {

@@ -107,3 +107,46 @@ impl RelayProcess {
         self.child.wait().await.unwrap();
     }
 }
+
+/// Blocking runs of `warren` for commands that finish at once (admin,
+/// keygen, config errors), from plain `#[test]`s.
+pub mod blocking {
+    use std::process::{Command, Output};
+
+    use super::WARREN;
+
+    pub fn warren(args: &[&str]) -> Output {
+        Command::new(WARREN)
+            .args(args)
+            .env("WARREN_LOG", "error")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `warren ARGS`, which must succeed; returns its stdout.
+    pub fn ok(args: &[&str]) -> String {
+        let out = warren(args);
+        assert!(
+            out.status.success(),
+            "warren {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `warren ARGS`, which must fail saying `says`.
+    pub fn fails(args: &[&str], says: &str) {
+        let out = warren(args);
+        assert!(!out.status.success(), "warren {args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(says),
+            "warren {args:?}: expected {says:?} in: {err}"
+        );
+    }
+}
+
+/// A path as the `&str` an argument list wants.
+pub fn p(path: &std::path::Path) -> &str {
+    path.to_str().unwrap()
+}

@@ -22,6 +22,51 @@ use warren::store::Store;
 /// Upper bound for anything a test waits on. Generous: CI is a noisy 2-core box.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Logs in to the relay at `addr` (host key pinned) as `user` with `key`.
+pub async fn connect_to(
+    addr: &str,
+    host_key: &keys::Fingerprint,
+    user: &str,
+    key: Arc<PrivateKey>,
+) -> anyhow::Result<ClientConnection<NoForwards>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let opts = ConnectOptions {
+        user: user.into(),
+        key,
+        host_key: host_key.clone(),
+        dead_after: Duration::from_secs(10),
+    };
+    client::connect(tcp, &opts, NoForwards).await
+}
+
+/// Has the admin connection `ops` create `n` invites over exec; returns
+/// their ids. Each is durable in the audit log before its reply.
+pub async fn acknowledged_invites(
+    ops: &ClientConnection<NoForwards>,
+    relay_addr: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let cmd =
+            format!("invite --system tau --role device --name new{i} --relay {relay_addr} --json");
+        let out = ops.exec(&cmd).await.unwrap();
+        assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+/// SQLite's own check of the relay database in `data`.
+pub fn assert_database_intact(data: &Path) {
+    let db = rusqlite::Connection::open(data.join("warren.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
 pub fn name(s: &str) -> Name {
     Name::parse(s).unwrap()
 }
@@ -151,14 +196,7 @@ impl TestRelay {
         system: &str,
         key: Arc<PrivateKey>,
     ) -> anyhow::Result<ClientConnection<NoForwards>> {
-        let tcp = TcpStream::connect(self.addr).await?;
-        let opts = ConnectOptions {
-            user: system.into(),
-            key,
-            host_key: self.host_key(),
-            dead_after: Duration::from_secs(10),
-        };
-        client::connect(tcp, &opts, NoForwards).await
+        connect_to(&self.addr.to_string(), &self.host_key(), system, key).await
     }
 
     /// Waits until the live registry shows (or stops showing) `system/dev`.
