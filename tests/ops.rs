@@ -176,6 +176,21 @@ fn service_install_writes_the_unit_and_enables_it() {
 /// A child's stderr lines, readable as they come.
 struct Lines(mpsc::UnboundedReceiver<String>);
 
+/// Starts `warren ARGS` with its log (stderr) read line by line; killed
+/// when dropped.
+fn spawn_logged(args: &[&str]) -> (Child, Lines) {
+    let mut child = Command::new(WARREN)
+        .args(args)
+        .env("WARREN_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = Lines::of(&mut child);
+    (child, lines)
+}
+
 impl Lines {
     fn of(child: &mut Child) -> Lines {
         let stderr = child.stderr.take().unwrap();
@@ -252,15 +267,7 @@ async fn agent_sighup_reloads_the_allowlist_and_keeps_live_streams() {
         &dev_key,
         &[format!("22=127.0.0.1:{echo_a}")],
     );
-    let mut agent = Command::new(WARREN)
-        .args(["agent", "--config", p(&cfg)])
-        .env("WARREN_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = Lines::of(&mut agent);
+    let (agent, mut log) = spawn_logged(&["agent", "--config", p(&cfg)]);
     relay.wait_online("tau", "dev1", true).await;
     let alice = relay.add_key("tau", Role::Controller, "alice");
     let conn = relay.controller("tau", alice).await;
@@ -606,15 +613,7 @@ async fn relay_sighup_reloads_public_ports_and_refuses_a_bad_file() {
         "relay.toml",
         "listen = \"127.0.0.1:0\"\ndata = \"data\"\n",
     );
-    let mut child = Command::new(WARREN)
-        .args(["relay", "--config", p(&cfg)])
-        .env("WARREN_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = Lines::of(&mut child);
+    let (mut child, mut log) = spawn_logged(&["relay", "--config", p(&cfg)]);
     let line = log.wait("relay listening").await;
     let relay_addr = format!(
         "127.0.0.1:{}",
