@@ -1,9 +1,10 @@
 //! How fast this CPU seals SSH packets with each cipher Warren speaks, using
-//! the same `ring` calls as Warren's packet layer (`src/ssh/proto/packet.rs`):
-//! `chacha20-poly1305@openssh.com` (ring's OpenSSH construction) and
-//! `aes128-gcm`/`aes256-gcm@openssh.com` (ring's AES-GCM). A relay pays one
-//! open and one seal per byte it forwards, so these rates bound its CPU per
-//! GiB from below.
+//! the same code as Warren's packet layer (`src/ssh/proto/packet.rs`):
+//! `chacha20-poly1305@openssh.com` in Warren's vector code at each width
+//! the CPU runs (`src/ssh/proto/chachapoly.rs`) and in ring's OpenSSH
+//! construction (the fallback), and `aes128-gcm`/`aes256-gcm@openssh.com`
+//! (ring's AES-GCM). A relay pays one open and one seal per byte it
+//! forwards, so these rates bound its CPU per GiB from below.
 //!
 //! ```sh
 //! cargo run --release --example bench_ciphers -- --packet 32768 --seconds 1
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use clap::Parser;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, chacha20_poly1305_openssh as chacha};
+use warren::ssh::chachapoly::{Keys, Width};
 
 #[derive(Debug, Parser)]
 #[command(about = "Packet sealing speed per SSH cipher (benchmark helper)")]
@@ -70,9 +72,25 @@ fn main() -> Result<()> {
             k.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), rest);
         std::hint::black_box(tag.is_ok());
     };
-    let runs: [(&str, Box<Sealer>); 3] = [
+    let wide: Vec<(Width, Keys)> = Width::all_available()
+        .into_iter()
+        .filter_map(|w| Some((w, Keys::with_width(&key, w)?)))
+        .collect();
+    let mut runs: Vec<(String, Box<Sealer>)> = wide
+        .iter()
+        .map(|(w, k)| {
+            let seal: Box<Sealer> = Box::new(move |seq, buf: &mut [u8]| {
+                std::hint::black_box(k.seal(seq, buf));
+            });
+            (
+                format!("chacha20-poly1305@openssh.com (warren, {w:?})"),
+                seal,
+            )
+        })
+        .collect();
+    let fixed: [(&str, Box<Sealer>); 3] = [
         (
-            "chacha20-poly1305@openssh.com",
+            "chacha20-poly1305@openssh.com (ring)",
             Box::new(|seq, buf: &mut [u8]| {
                 let mut tag = [0u8; chacha::TAG_LEN];
                 sealer.seal_in_place(seq, buf, &mut tag);
@@ -88,6 +106,7 @@ fn main() -> Result<()> {
             Box::new(|seq, buf: &mut [u8]| gcm(&aes256, seq, buf)),
         ),
     ];
+    runs.extend(fixed.into_iter().map(|(n, s)| (n.to_string(), s)));
     for (name, seal) in &runs {
         let mbs: Vec<f64> = (0..5).map(|_| rate(time, args.packet, seal)).collect();
         println!(

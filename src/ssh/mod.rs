@@ -23,6 +23,10 @@ pub use channel::{Channel, IncomingChannel, Refusal, SpliceStats};
 pub use keys::{Fingerprint, PrivateKey, PublicKey};
 pub use proto::mux::{buffered_at_least, buffered_bytes};
 
+/// `chacha20-poly1305@openssh.com` in vector code, for the cipher
+/// benchmark (`examples/bench_ciphers.rs`).
+pub use proto::chachapoly;
+
 /// Fuzzing entry points: each runs one parser over arbitrary bytes. They
 /// must never panic (the `fuzz/` targets and the smoke test call them).
 pub mod fuzzing {
