@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use super::kex::{self, Ephemeral, HashInput, HostKey, Negotiated};
 use super::mux::{
-    ChanHandle, ChanShared, Chunk, Cmd, ConnTx, Ctl, Ended, In, OUTBOX, OpenReply, OpenRequest,
-    WINDOW,
+    self, ChanHandle, ChanShared, Chunk, Cmd, ConnTx, Ctl, Ended, In, OUTBOX, OpenReply,
+    OpenRequest, WINDOW,
 };
 use super::outbox::{self, Outbox};
 use super::packet::{CipherAlg, Direction, PacketError};
@@ -43,6 +43,9 @@ const WRITE_HIGH: usize = 256 * 1024;
 /// data stops at [`WRITE_HIGH`]), so two Warren peers that both write a lot
 /// always go on reading each other.
 const READ_STOP: usize = 4 * 1024 * 1024;
+/// A socket that took fewer bytes than this in a whole
+/// [`Settings::unpin_after`] counts as stalled (see [`Conn::unpin`]).
+const STALLED_BELOW: u64 = 64 * 1024;
 /// Channels one connection may have open at once.
 const MAX_CHANNELS: usize = 4096;
 /// First and largest read from the socket.
@@ -129,6 +132,8 @@ pub struct Settings {
     pub rekey_time: Duration,
     /// Send a keepalive after this much silence; give up after `.1` unanswered.
     pub keepalive: Option<(Duration, usize)>,
+    /// See [`mux::UNPIN_AFTER`].
+    pub unpin_after: Duration,
 }
 
 impl Default for Settings {
@@ -138,6 +143,7 @@ impl Default for Settings {
             rekey_bytes: 1 << 30,
             rekey_time: Duration::from_secs(3600),
             keepalive: None,
+            unpin_after: mux::UNPIN_AFTER,
         }
     }
 }
@@ -289,6 +295,14 @@ pub struct Conn<E: Events> {
     heard: bool,
     missed: usize,
     next_keepalive: Option<Instant>,
+    /// When [`Conn::unpin`] runs next, while data waits anywhere.
+    next_unpin: Option<Instant>,
+    /// Commands taken out of the queue by [`Conn::unpin`] while the socket
+    /// stalled, to run before anything newer.
+    backlog: VecDeque<Cmd>,
+    /// Bytes written to the socket, in all and at the last unpin round.
+    written: u64,
+    written_at_unpin: u64,
 }
 
 impl<E: Events> Conn<E> {
@@ -312,7 +326,7 @@ impl<E: Events> Conn<E> {
         let tx = ConnTx {
             cmds: cmd_tx,
             space: Arc::new(Semaphore::new(OUTBOX)),
-            ctl: Ctl::new(),
+            ctl: Ctl::with_unpin_after(settings.unpin_after),
         };
         let next_keepalive = settings.keepalive.map(|(i, _)| Instant::now() + i);
         let conn = Conn {
@@ -352,6 +366,10 @@ impl<E: Events> Conn<E> {
             heard: false,
             missed: 0,
             next_keepalive,
+            next_unpin: None,
+            backlog: VecDeque::new(),
+            written: 0,
+            written_at_unpin: 0,
         };
         (conn, tx)
     }
@@ -415,8 +433,18 @@ impl<E: Events> Conn<E> {
             }
             self.maybe_rekey();
             let can_read = self.pending() < READ_STOP;
-            let can_cmd =
+            let mut can_cmd =
                 self.pending() < WRITE_HIGH && self.kex.as_ref().is_none_or(|k| k.sent_newkeys);
+            if can_cmd && !self.backlog.is_empty() {
+                while self.pending() < WRITE_HIGH {
+                    let Some(c) = self.backlog.pop_front() else {
+                        break;
+                    };
+                    self.command(c);
+                }
+                // Newer commands wait until the backlog is gone.
+                can_cmd = self.pending() < WRITE_HIGH && self.backlog.is_empty();
+            }
             // Wake for the next keepalive, or to rekey when the time limit
             // passes on an otherwise quiet connection.
             let mut timer = self
@@ -424,6 +452,9 @@ impl<E: Events> Conn<E> {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             if self.first_kex_done && self.kex.is_none() {
                 timer = timer.min(self.kex_at + self.settings.rekey_time);
+            }
+            if let Some(t) = self.next_unpin {
+                timer = timer.min(t);
             }
             tokio::select! {
                 r = self.stream.readable(), if can_read => {
@@ -452,10 +483,16 @@ impl<E: Events> Conn<E> {
                     if self.next_keepalive.is_some_and(|t| t <= Instant::now()) {
                         self.keepalive()?;
                     }
+                    if self.next_unpin.is_some_and(|t| t <= Instant::now()) {
+                        self.unpin();
+                    }
                 }
             }
             if self.pending() > 0 {
                 self.write_some()?;
+                if self.pending() > 0 {
+                    self.unpin_later();
+                }
             }
         }
     }
@@ -492,7 +529,10 @@ impl<E: Events> Conn<E> {
             let mut iov = [std::io::IoSlice::new(&[]); outbox::MAX_SLICES];
             let k = self.out.slices(&mut iov);
             match self.stream.try_write_vectored(&iov[..k]) {
-                Ok(n) => self.out.advance(n),
+                Ok(n) => {
+                    self.out.advance(n);
+                    self.written += n as u64;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(Fail::Io(e)),
             }
@@ -562,6 +602,7 @@ impl<E: Events> Conn<E> {
                 packet,
                 data: payload.start + 9..payload.end,
             }));
+            self.unpin_later();
         }
         Ok(None)
     }
@@ -587,6 +628,44 @@ impl<E: Events> Conn<E> {
             return Ok(None);
         }
         Ok(Some(&e.shared))
+    }
+
+    /// Makes sure [`Conn::unpin`] runs within [`Settings::unpin_after`].
+    fn unpin_later(&mut self) {
+        if self.next_unpin.is_none() {
+            self.next_unpin = Some(Instant::now() + self.settings.unpin_after);
+        }
+    }
+
+    /// One round of [`mux::UNPIN_AFTER`], while data waits: channel data
+    /// queued since before the last round gets buffers of its own, and so
+    /// does everything waiting for a socket that took less than
+    /// [`STALLED_BELOW`] since then: sealed frames in the outbox, and data
+    /// in the command queue, which moves to the backlog. A stalled reader
+    /// or peer then holds its own bytes, not the read buffers they arrived
+    /// in.
+    fn unpin(&mut self) {
+        let mut again = false;
+        for e in self.chans.values() {
+            again |= e.shared.unpin_waiting();
+        }
+        if self.pending() > 0 {
+            if self.written - self.written_at_unpin < STALLED_BELOW {
+                // Commands stay unsealed in the backlog, so the outbox
+                // budget (given back as data is sealed) still bounds them.
+                while let Ok(mut c) = self.cmds.try_recv() {
+                    if let Cmd::Data { data, .. } = &mut c {
+                        data.unpin();
+                    }
+                    self.backlog.push_back(c);
+                }
+                self.out.unpin();
+            }
+            again = true;
+        }
+        self.written_at_unpin = self.written;
+        self.next_unpin = again.then(|| Instant::now() + self.settings.unpin_after);
+        self.tx.ctl.unpins.send_modify(|n| *n += 1);
     }
 
     // ---- sending ----
@@ -1289,7 +1368,8 @@ impl<E: Events> Conn<E> {
                 };
                 // Big chunks keep pointing into the packet; small ones are
                 // copied so that they do not pin a whole read buffer.
-                let bytes = if len >= FRAME_MIN - 9 {
+                let big = len >= FRAME_MIN - 9;
+                let bytes = if big {
                     p.slice(offset..offset + len)
                 } else {
                     Bytes::copy_from_slice(&p[offset..offset + len])
@@ -1299,6 +1379,9 @@ impl<E: Events> Conn<E> {
                 } else {
                     In::Data(bytes.into())
                 });
+                if big {
+                    self.unpin_later();
+                }
             }
             msg::CHANNEL_EOF => {
                 let id = r.u32()?;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::ops::{Deref, Range};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
@@ -27,6 +28,12 @@ pub const GRANT_AT: u32 = WINDOW / 8;
 pub const SEND_PACKET: u32 = 64 * 1024;
 /// Bytes of channel data queued towards one connection's socket.
 pub const OUTBOX: usize = 512 * 1024;
+/// Received data that has waited about this long (in a channel's queue, in
+/// a writer's hand, or towards a socket that stopped taking it) is copied
+/// into a buffer of its own. Until then it points into the read buffer it
+/// arrived in (see [`Chunk::Frame`]), and keeps all of that buffer (640 KiB)
+/// alive: a stalled reader would hold 80 times what it was sent.
+pub const UNPIN_AFTER: Duration = Duration::from_secs(2);
 
 static BUFFERED: AtomicUsize = AtomicUsize::new(0);
 
@@ -75,6 +82,11 @@ pub enum Chunk {
 }
 
 impl Chunk {
+    /// Gives the data a buffer of its own (see [`UNPIN_AFTER`]).
+    pub fn unpin(&mut self) {
+        *self = Chunk::Bytes(Bytes::copy_from_slice(self));
+    }
+
     /// The data as shared bytes (no copy).
     pub fn into_bytes(self) -> Bytes {
         match self {
@@ -112,6 +124,14 @@ pub enum In {
 }
 
 impl In {
+    fn unpin(&mut self) {
+        match self {
+            In::Data(c) => c.unpin(),
+            In::Ext(b) => *b = Bytes::copy_from_slice(b),
+            In::Eof | In::ExitStatus(_) => {}
+        }
+    }
+
     fn data_len(&self) -> Option<usize> {
         match self {
             In::Data(c) => Some(c.len()),
@@ -124,6 +144,10 @@ impl In {
 pub struct ChanState {
     queue: VecDeque<In>,
     queued: usize,
+    /// The first `aged` entries of `queue` were there at the last
+    /// [`ChanShared::unpin_waiting`]; the first `owned` have been copied.
+    aged: usize,
+    owned: usize,
     /// Read by the application, not yet granted back to the peer.
     consumed: u32,
     /// The peer closed the channel or the connection ended.
@@ -145,6 +169,8 @@ impl ChanShared {
             st: Mutex::new(ChanState {
                 queue: VecDeque::new(),
                 queued: 0,
+                aged: 0,
+                owned: 0,
                 consumed: 0,
                 closed: false,
                 remote_window,
@@ -169,6 +195,32 @@ impl ChanShared {
         st.queue.push_back(m);
         drop(st);
         self.rx.notify_one();
+    }
+
+    /// Connection side, every [`UNPIN_AFTER`] while data waits: what was
+    /// already queued at the last call and still is gets a buffer of its
+    /// own. Returns whether queued data may still point into a read buffer.
+    pub fn unpin_waiting(&self) -> bool {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let (owned, aged) = (st.owned, st.aged);
+        for m in st.queue.iter_mut().take(aged).skip(owned) {
+            m.unpin();
+        }
+        st.owned = owned.max(aged);
+        st.aged = st.queue.len();
+        st.aged > st.owned
+    }
+
+    /// Data entries queued that still point into the buffer they arrived in
+    /// (for tests).
+    #[cfg(test)]
+    pub fn pinned(&self) -> usize {
+        self.lock()
+            .queue
+            .iter()
+            .filter(|m| matches!(m, In::Data(Chunk::Frame { .. })))
+            .count()
     }
 
     /// Connection side: the peer added window.
@@ -272,15 +324,26 @@ pub struct Ctl {
     pub ended: watch::Sender<Option<Ended>>,
     /// Key exchanges completed (the first one and every rekey).
     pub kexes: watch::Sender<u32>,
+    /// See [`UNPIN_AFTER`] (tests shorten it).
+    pub unpin_after: Duration,
+    /// Rounds of the connection's unpinning (for tests).
+    pub unpins: watch::Sender<u32>,
 }
 
 impl Ctl {
+    #[cfg(test)]
     pub fn new() -> Arc<Ctl> {
+        Ctl::with_unpin_after(UNPIN_AFTER)
+    }
+
+    pub fn with_unpin_after(unpin_after: Duration) -> Arc<Ctl> {
         Arc::new(Ctl {
             disconnect: Mutex::new(None),
             kick: Notify::new(),
             ended: watch::Sender::new(None),
             kexes: watch::Sender::new(0),
+            unpin_after,
+            unpins: watch::Sender::new(0),
         })
     }
 
@@ -386,6 +449,19 @@ impl ChanHandle {
         ChanHandle { id, shared, tx }
     }
 
+    /// Received data entries that still point into their read buffer (for
+    /// tests).
+    #[cfg(test)]
+    pub fn pinned(&self) -> usize {
+        self.shared.pinned()
+    }
+
+    /// Received bytes not yet read (for tests).
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.shared.lock().queued
+    }
+
     /// The largest data packet the peer accepts on this channel.
     pub fn peer_max_packet(&self) -> u32 {
         self.shared.lock().remote_max
@@ -398,6 +474,8 @@ impl ChanHandle {
             {
                 let mut st = self.shared.lock();
                 if let Some(m) = st.queue.pop_front() {
+                    st.aged = st.aged.saturating_sub(1);
+                    st.owned = st.owned.saturating_sub(1);
                     if let Some(n) = m.data_len() {
                         st.queued -= n;
                         BUFFERED.fetch_sub(n, Ordering::Relaxed);
@@ -444,9 +522,13 @@ impl ChanHandle {
                         break n;
                     }
                 }
-                self.shared.tx.notified().await;
+                self.wait_unpinning(self.shared.tx.notified(), &mut data)
+                    .await;
             };
-            let permit = self.tx.space.acquire_many(n).await.map_err(|_| ())?;
+            let permit = self
+                .wait_unpinning(self.tx.space.acquire_many(n), &mut data)
+                .await
+                .map_err(|_| ())?;
             permit.forget();
             let chunk = if n as usize == left {
                 std::mem::replace(&mut data, Chunk::Bytes(Bytes::new()))
@@ -463,6 +545,19 @@ impl ChanHandle {
                 data: chunk,
             }) {
                 return Err(());
+            }
+        }
+    }
+
+    /// Waits for `fut`; when that takes [`Ctl::unpin_after`], gives `data`
+    /// a buffer of its own first and goes on waiting.
+    async fn wait_unpinning<F: Future>(&self, fut: F, data: &mut Chunk) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        match tokio::time::timeout(self.tx.ctl.unpin_after, &mut fut).await {
+            Ok(out) => out,
+            Err(_) => {
+                data.unpin();
+                fut.await
             }
         }
     }
@@ -546,6 +641,104 @@ mod tests {
         send.await.unwrap().unwrap();
         assert!(shared.add_window(1));
         assert!(!shared.add_window(u32::MAX), "window overflow is refused");
+    }
+
+    /// A read buffer of `len` bytes and a frame cut from it, the way the
+    /// connection cuts a received packet; the buffer can be reused (its
+    /// `try_reclaim` succeeds) only once nothing points into it.
+    fn frame_in_buffer(len: usize, fill: u8) -> (BytesMut, Chunk) {
+        let mut buf = BytesMut::with_capacity(len);
+        buf.resize(len, fill);
+        let packet = buf.split_to(len / 2);
+        buf.clear();
+        (
+            buf,
+            Chunk::Frame {
+                packet,
+                data: 16..len / 2 - 16,
+            },
+        )
+    }
+
+    #[test]
+    fn queued_data_gets_its_own_buffer_after_a_whole_round() {
+        let shared = ChanShared::new(0, 32768);
+        let (mut first_buf, first) = frame_in_buffer(64 * 1024, 1);
+        let (mut second_buf, second) = frame_in_buffer(64 * 1024, 2);
+        shared.push(In::Data(first));
+        assert!(
+            shared.unpin_waiting(),
+            "a new entry waits for the next round"
+        );
+        assert_eq!(shared.pinned(), 1);
+        shared.push(In::Data(second));
+        assert!(shared.unpin_waiting(), "the second entry is still new");
+        assert_eq!(shared.pinned(), 1, "the first entry was copied");
+        assert!(first_buf.try_reclaim(64 * 1024), "its read buffer is free");
+        assert!(!second_buf.try_reclaim(64 * 1024));
+        assert!(!shared.unpin_waiting(), "nothing left to copy");
+        assert_eq!(shared.pinned(), 0);
+        assert!(second_buf.try_reclaim(64 * 1024));
+        let st = shared.lock();
+        let data: Vec<u8> = st
+            .queue
+            .iter()
+            .flat_map(|m| match m {
+                In::Data(c) => c.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(data.len(), 2 * (32 * 1024 - 32));
+        assert!(data[..32 * 1024 - 32].iter().all(|&b| b == 1));
+        assert!(data[32 * 1024 - 32..].iter().all(|&b| b == 2));
+    }
+
+    #[test]
+    fn reading_keeps_the_unpin_marks_in_step() {
+        let shared = ChanShared::new(0, 32768);
+        let (cmds, _rx) = mpsc::unbounded_channel();
+        let tx = ConnTx {
+            cmds,
+            space: Arc::new(Semaphore::new(OUTBOX)),
+            ctl: Ctl::new(),
+        };
+        let h = ChanHandle::new(1, shared.clone(), tx);
+        let (_a, first) = frame_in_buffer(4096, 1);
+        shared.push(In::Data(first));
+        shared.unpin_waiting();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(h.recv()).unwrap();
+        let (mut b_buf, second) = frame_in_buffer(4096, 2);
+        shared.push(In::Data(second));
+        assert!(shared.unpin_waiting());
+        assert_eq!(shared.pinned(), 1, "the new entry waits a whole round");
+        assert!(!shared.unpin_waiting());
+        assert!(b_buf.try_reclaim(4096));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_that_waits_long_lets_go_of_the_read_buffer() {
+        let (h, shared, mut rx) = handle();
+        let (mut buf, frame) = frame_in_buffer(64 * 1024, 9);
+        let h = Arc::new(h);
+        let w = h.clone();
+        let send = tokio::spawn(async move { w.send(frame, false).await });
+        tokio::task::yield_now().await;
+        assert!(!buf.try_reclaim(64 * 1024), "the writer holds the frame");
+        // No window for longer than `UNPIN_AFTER` (the paused clock jumps).
+        tokio::time::sleep(UNPIN_AFTER + Duration::from_millis(1)).await;
+        assert!(buf.try_reclaim(64 * 1024), "the waiting data was copied");
+        assert!(shared.add_window(WINDOW));
+        match rx.recv().await {
+            Some(Cmd::Data { data, .. }) => {
+                assert_eq!(data.len(), 32 * 1024 - 32);
+                assert!(data.iter().all(|&b| b == 9));
+            }
+            _ => panic!("expected data"),
+        }
+        send.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -94,6 +94,15 @@ impl Outbox {
         }
     }
 
+    /// Gives every queued frame a buffer of its own, for a socket that has
+    /// stopped taking them: a frame sealed in place keeps the whole read
+    /// buffer it arrived in alive (see `mux::UNPIN_AFTER`).
+    pub fn unpin(&mut self) {
+        for b in self.queue.iter_mut() {
+            *b = Bytes::copy_from_slice(b);
+        }
+    }
+
     /// Everything not yet written, in one buffer (for a last flush).
     pub fn take_all(&mut self) -> Vec<u8> {
         let mut all = Vec::with_capacity(self.len());
@@ -164,6 +173,24 @@ mod tests {
         o.push_frame(Bytes::from_static(b"F"));
         o.tail().extend_from_slice(b"xy");
         assert_eq!(written(&mut o, 100), b"456789Fxy");
+    }
+
+    #[test]
+    fn unpinned_frames_free_their_buffer_and_keep_their_place() {
+        let mut o = Outbox::default();
+        let mut buf = bytes::BytesMut::with_capacity(4096);
+        buf.resize(4096, b'F');
+        let frame = buf.split_to(2048).freeze();
+        buf.clear();
+        o.tail().extend_from_slice(b"head");
+        o.push_frame(frame.slice(..6));
+        o.tail().extend_from_slice(b"tail");
+        drop(frame);
+        assert_eq!(written(&mut o, 6), b"headFF");
+        assert!(!buf.try_reclaim(4096), "the queued frame points into it");
+        o.unpin();
+        assert!(buf.try_reclaim(4096), "the frame has a buffer of its own");
+        assert_eq!(written(&mut o, 100), b"FFFFtail");
     }
 
     #[test]

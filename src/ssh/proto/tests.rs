@@ -45,9 +45,13 @@ struct TestEvents {
     granted: Arc<Granted>,
 }
 
+/// Channels opened to "hold": accepted and never read.
+static HELD: Mutex<Vec<ChanHandle>> = Mutex::new(Vec::new());
+
 /// Channel behaviours, chosen by the direct-tcpip host name.
 async fn serve_channel(host: String, ch: ChanHandle) {
     match host.as_str() {
+        "hold" => HELD.lock().unwrap().push(ch),
         "echo" => {
             while let Some(m) = ch.recv().await {
                 match m {
@@ -917,4 +921,49 @@ async fn a_channel_opener_sets_the_packet_size_the_peer_sends() {
         }
     }
     assert_eq!(got, sent);
+}
+
+#[tokio::test]
+async fn data_a_reader_leaves_waiting_lets_go_of_its_read_buffers() {
+    let mut srv = server(Settings {
+        unpin_after: Duration::from_millis(500),
+        ..Settings::default()
+    })
+    .await;
+    let conn = srv.client(Settings::default()).await;
+    let server_tx = srv.conns.recv().await.unwrap();
+    let ch = conn.open("hold", 1).await.unwrap();
+    let (mut near, far) = tokio::io::duplex(64 * 1024);
+    let (fr, fw) = tokio::io::split(far);
+    let _splice = tokio::spawn(ch.splice_io(fr, fw));
+    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 241) as u8).collect();
+    near.write_all(&data).await.unwrap();
+    let mut rounds = server_tx.ctl.unpins.subscribe();
+    // Unpin rounds run while data waits; look after each one.
+    let held_when = |f: &dyn Fn(&ChanHandle) -> bool| HELD.lock().unwrap().iter().any(f);
+    let deadline = Instant::now() + WAIT;
+    while !held_when(&|h| h.queued() == data.len()) {
+        assert!(Instant::now() < deadline, "the data never arrived");
+        let _ = tokio::time::timeout(WAIT, rounds.changed()).await;
+    }
+    // The last packet arrived after the last round, so it still points
+    // into the read buffer it came in.
+    assert!(held_when(&|h| h.queued() == data.len() && h.pinned() > 0));
+    while !held_when(&|h| h.queued() == data.len() && h.pinned() == 0) {
+        assert!(Instant::now() < deadline, "queued data stayed pinned");
+        let _ = tokio::time::timeout(WAIT, rounds.changed()).await;
+    }
+    let held = {
+        let mut all = HELD.lock().unwrap();
+        let i = all.iter().position(|h| h.queued() == data.len()).unwrap();
+        all.swap_remove(i)
+    };
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        match tokio::time::timeout(WAIT, held.recv()).await.unwrap() {
+            Some(In::Data(d)) => got.extend_from_slice(&d),
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+    assert!(got == data, "the copied data is the data that was sent");
 }
