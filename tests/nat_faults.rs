@@ -229,8 +229,10 @@ async fn a_link_cut_mid_transfer_ends_the_stream_and_the_agent_comes_back() {
     ip(&["-n", &w.relay_ns, "link", "set", &w.relay_if, "down"]);
     let cut = Instant::now();
     // The controller keeps reading what is in flight, then its stream ends:
-    // the relay drops the silent device within its keepalive window.
-    let limit = relay_keepalive_window() + Duration::from_secs(15);
+    // the relay drops the silent device within its keepalive window, which
+    // starts at the first keepalive tick after the cut (up to one interval
+    // later), plus a few seconds for the close to travel.
+    let limit = relay_keepalive_window() + RELAY_KEEPALIVE_INTERVAL + Duration::from_secs(5);
     let ended = tokio::time::timeout(limit, async {
         let mut buf = vec![0u8; 64 * 1024];
         loop {

@@ -105,15 +105,18 @@ impl Keys {
         }
     }
 
-    /// Encrypts `packet` (length field first) in place and returns its tag.
-    pub fn seal(&self, seq: u32, packet: &mut [u8]) -> Tag {
+    /// Encrypts `packet` (length field first) in place and returns its
+    /// tag; `None`, with nothing changed, for less than a length field.
+    pub fn seal(&self, seq: u32, packet: &mut [u8]) -> Option<Tag> {
         if packet.len() < 4 {
-            return [0; 16];
+            return None;
         }
         let (len, payload) = packet.split_at_mut(4);
         xor_block(self.stream(self.header, seq), 0, len);
-        let poly_key = self.payload(seq, payload);
-        poly1305(&poly_key, packet)
+        let poly_key = self
+            .payload(seq, payload)
+            .unwrap_or_else(|| first_block(self.stream(self.main, seq)));
+        Some(poly1305(&poly_key, packet))
     }
 
     /// Checks the tag of `packet` (length field first, still encrypted) and
@@ -139,18 +142,18 @@ impl Keys {
     }
 
     /// XORs the main key's stream from block 1 into `payload`; returns the
-    /// Poly1305 key (block 0), made in the same pass when that is cheaper.
-    fn payload(&self, seq: u32, payload: &mut [u8]) -> [u8; 32] {
+    /// Poly1305 key (block 0) when the vector code made it in the same pass.
+    fn payload(&self, seq: u32, payload: &mut [u8]) -> Option<[u8; 32]> {
         let s = self.stream(self.main, seq);
         if payload.len() <= 3 * 64 {
             for (i, chunk) in payload.chunks_mut(64).enumerate() {
                 xor_block(s, 1 + i as u64, chunk);
             }
-            return first_block(s);
+            return None;
         }
         let mut poly_key = [0u8; 32];
         wide_xor(self.width, s, payload, &mut poly_key);
-        poly_key
+        Some(poly_key)
     }
 }
 
@@ -902,7 +905,7 @@ mod tests {
             for &w in &widths {
                 let keys = Keys::with_width(&key, w).unwrap();
                 let mut got = plain.clone();
-                let tag = keys.seal(seq, &mut got);
+                let tag = keys.seal(seq, &mut got).unwrap();
                 assert_eq!(got, want, "{w:?} len {len}");
                 assert_eq!(tag, want_tag, "{w:?} len {len}");
                 let first = [got[0], got[1], got[2], got[3]];
@@ -919,7 +922,8 @@ mod tests {
         for w in Width::all_available() {
             let keys = Keys::with_width(&key, w).unwrap();
             let mut packet = vec![0x42u8; 2000];
-            let tag = keys.seal(9, &mut packet);
+            let tag = keys.seal(9, &mut packet).unwrap();
+            assert!(keys.seal(9, &mut [1, 2, 3]).is_none(), "no length field");
             let sealed = packet.clone();
             let mut bad_tag = tag;
             bad_tag[15] ^= 1;

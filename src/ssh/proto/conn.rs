@@ -300,6 +300,8 @@ pub struct Conn<E: Events> {
     /// Commands taken out of the queue by [`Conn::unpin`] while the socket
     /// stalled, to run before anything newer.
     backlog: VecDeque<Cmd>,
+    /// Channels closed while their reader had not taken everything yet.
+    closed_waiting: Vec<std::sync::Weak<ChanShared>>,
     /// Bytes written to the socket, in all and at the last unpin round.
     written: u64,
     written_at_unpin: u64,
@@ -368,6 +370,7 @@ impl<E: Events> Conn<E> {
             next_keepalive,
             next_unpin: None,
             backlog: VecDeque::new(),
+            closed_waiting: Vec::new(),
             written: 0,
             written_at_unpin: 0,
         };
@@ -392,7 +395,15 @@ impl<E: Events> Conn<E> {
     }
 
     fn finish(&mut self, ended: &Ended) {
+        // No unpin round comes after this: what readers have not taken yet
+        // gets its own buffers now.
+        for w in self.closed_waiting.drain(..) {
+            if let Some(shared) = w.upgrade() {
+                shared.unpin_all();
+            }
+        }
         for (_, e) in self.chans.drain() {
+            e.shared.unpin_all();
             e.shared.close();
             if let Some(reply) = e.reply {
                 let _ = reply.send(Err("connection closed".into()));
@@ -634,6 +645,8 @@ impl<E: Events> Conn<E> {
     fn unpin_later(&mut self) {
         if self.next_unpin.is_none() {
             self.next_unpin = Some(Instant::now() + self.settings.unpin_after);
+            // Socket progress counts from here, not from a round long ago.
+            self.written_at_unpin = self.written;
         }
     }
 
@@ -649,6 +662,11 @@ impl<E: Events> Conn<E> {
         for e in self.chans.values() {
             again |= e.shared.unpin_waiting();
         }
+        self.closed_waiting.retain(|w| {
+            w.upgrade()
+                .is_some_and(|shared| shared.unpin_waiting() || shared.has_queued())
+        });
+        again |= !self.closed_waiting.is_empty();
         if self.pending() > 0 {
             if self.written - self.written_at_unpin < STALLED_BELOW {
                 // Commands stay unsealed in the backlog, so the outbox
@@ -1395,6 +1413,10 @@ impl<E: Events> Conn<E> {
                     return Err(proto("close of an unknown channel"));
                 };
                 e.shared.close();
+                if e.shared.has_queued() {
+                    self.closed_waiting.push(Arc::downgrade(&e.shared));
+                    self.unpin_later();
+                }
                 if !e.sent_close {
                     self.send(Writer::new(msg::CHANNEL_CLOSE).u32(e.remote_id).finish());
                 }

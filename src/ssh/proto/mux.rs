@@ -82,9 +82,20 @@ pub enum Chunk {
 }
 
 impl Chunk {
-    /// Gives the data a buffer of its own (see [`UNPIN_AFTER`]).
+    /// Gives the data a buffer of its own (see [`UNPIN_AFTER`]), unless it
+    /// has one.
     pub fn unpin(&mut self) {
-        *self = Chunk::Bytes(Bytes::copy_from_slice(self));
+        if self.is_pinned() {
+            *self = Chunk::Bytes(Bytes::copy_from_slice(self));
+        }
+    }
+
+    /// Whether the data shares its buffer (with the rest of a read buffer).
+    pub fn is_pinned(&self) -> bool {
+        match self {
+            Chunk::Bytes(b) => !b.is_unique(),
+            Chunk::Frame { .. } => true,
+        }
     }
 
     /// The data as shared bytes (no copy).
@@ -127,8 +138,16 @@ impl In {
     fn unpin(&mut self) {
         match self {
             In::Data(c) => c.unpin(),
-            In::Ext(b) => *b = Bytes::copy_from_slice(b),
-            In::Eof | In::ExitStatus(_) => {}
+            In::Ext(b) if !b.is_unique() => *b = Bytes::copy_from_slice(b),
+            _ => {}
+        }
+    }
+
+    fn is_pinned(&self) -> bool {
+        match self {
+            In::Data(c) => c.is_pinned(),
+            In::Ext(b) => !b.is_unique(),
+            In::Eof | In::ExitStatus(_) => false,
         }
     }
 
@@ -212,15 +231,29 @@ impl ChanShared {
         st.aged > st.owned
     }
 
-    /// Data entries queued that still point into the buffer they arrived in
-    /// (for tests).
+    /// Connection side, when the connection lets go of the channel (it was
+    /// closed, or the connection ended) while data still waits: copies it
+    /// all now, as no later round will. Returns whether anything was copied.
+    pub fn unpin_all(&self) -> bool {
+        let mut st = self.lock();
+        let mut any = false;
+        for m in st.queue.iter_mut().filter(|m| m.is_pinned()) {
+            m.unpin();
+            any = true;
+        }
+        any
+    }
+
+    /// Whether queued data waits (so [`ChanShared::unpin_waiting`] has work
+    /// to come).
+    pub fn has_queued(&self) -> bool {
+        self.lock().queued > 0
+    }
+
+    /// Data entries queued that still share their buffer (for tests).
     #[cfg(test)]
     pub fn pinned(&self) -> usize {
-        self.lock()
-            .queue
-            .iter()
-            .filter(|m| matches!(m, In::Data(Chunk::Frame { .. })))
-            .count()
+        self.lock().queue.iter().filter(|m| m.is_pinned()).count()
     }
 
     /// Connection side: the peer added window.
@@ -456,6 +489,12 @@ impl ChanHandle {
         self.shared.pinned()
     }
 
+    /// Whether the peer closed the channel (for tests).
+    #[cfg(test)]
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+
     /// Received bytes not yet read (for tests).
     #[cfg(test)]
     pub fn queued(&self) -> usize {
@@ -525,11 +564,14 @@ impl ChanHandle {
                 self.wait_unpinning(self.shared.tx.notified(), &mut data)
                     .await;
             };
-            let permit = self
-                .wait_unpinning(self.tx.space.acquire_many(n), &mut data)
-                .await
-                .map_err(|_| ())?;
-            permit.forget();
+            match self.tx.space.try_acquire_many(n) {
+                Ok(permit) => permit.forget(),
+                Err(_) => self
+                    .wait_unpinning(self.tx.space.acquire_many(n), &mut data)
+                    .await
+                    .map_err(|_| ())?
+                    .forget(),
+            }
             let chunk = if n as usize == left {
                 std::mem::replace(&mut data, Chunk::Bytes(Bytes::new()))
             } else {

@@ -98,7 +98,7 @@ impl Outbox {
     /// stopped taking them: a frame sealed in place keeps the whole read
     /// buffer it arrived in alive (see `mux::UNPIN_AFTER`).
     pub fn unpin(&mut self) {
-        for b in self.queue.iter_mut() {
+        for b in self.queue.iter_mut().filter(|b| !b.is_unique()) {
             *b = Bytes::copy_from_slice(b);
         }
     }

@@ -280,7 +280,7 @@ impl Direction {
                 k.seal_in_place(seq, packet, &mut tag);
                 Some(tag)
             }
-            Keys::ChachaWide(k) => Some(k.seal(seq, packet)),
+            Keys::ChachaWide(k) => k.seal(seq, packet),
             Keys::Gcm(k, nonce) => {
                 let (len, rest) = packet.split_at_mut(4);
                 let aad: [u8; 4] = [len[0], len[1], len[2], len[3]];

@@ -923,47 +923,83 @@ async fn a_channel_opener_sets_the_packet_size_the_peer_sends() {
     assert_eq!(got, sent);
 }
 
+/// The held channel with `len` bytes queued: how many of its entries still
+/// share a read buffer, and whether the peer closed it.
+fn held(len: usize) -> Option<(usize, bool)> {
+    HELD.lock()
+        .unwrap()
+        .iter()
+        .find(|h| h.queued() == len)
+        .map(|h| (h.pinned(), h.is_closed()))
+}
+
+/// Takes the held channel with `len` bytes queued and reads them all.
+async fn take_held(len: usize) -> Vec<u8> {
+    let h = {
+        let mut all = HELD.lock().unwrap();
+        let i = all.iter().position(|h| h.queued() == len).unwrap();
+        all.swap_remove(i)
+    };
+    let mut got = Vec::new();
+    while got.len() < len {
+        match tokio::time::timeout(WAIT, h.recv()).await.unwrap() {
+            Some(In::Data(d)) => got.extend_from_slice(&d),
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+    got
+}
+
 #[tokio::test]
 async fn data_a_reader_leaves_waiting_lets_go_of_its_read_buffers() {
     let mut srv = server(Settings {
-        unpin_after: Duration::from_millis(500),
+        unpin_after: Duration::from_secs(1),
         ..Settings::default()
     })
     .await;
     let conn = srv.client(Settings::default()).await;
     let server_tx = srv.conns.recv().await.unwrap();
-    let ch = conn.open("hold", 1).await.unwrap();
-    let (mut near, far) = tokio::io::duplex(64 * 1024);
-    let (fr, fw) = tokio::io::split(far);
-    let _splice = tokio::spawn(ch.splice_io(fr, fw));
-    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 241) as u8).collect();
-    near.write_all(&data).await.unwrap();
     let mut rounds = server_tx.ctl.unpins.subscribe();
+    // Channel `a` stays open; the client closes `b` once its data waits.
+    let a: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 241) as u8).collect();
+    let b: Vec<u8> = (0..192 * 1024u32).map(|i| (i % 239) as u8).collect();
+    let mut ends = Vec::new();
+    for data in [&a, &b] {
+        let ch = conn.open("hold", 1).await.unwrap();
+        let (mut near, far) = tokio::io::duplex(64 * 1024);
+        let (fr, fw) = tokio::io::split(far);
+        let splice = tokio::spawn(ch.splice_io(fr, fw));
+        near.write_all(data).await.unwrap();
+        ends.push((splice, near));
+    }
     // Unpin rounds run while data waits; look after each one.
-    let held_when = |f: &dyn Fn(&ChanHandle) -> bool| HELD.lock().unwrap().iter().any(f);
     let deadline = Instant::now() + WAIT;
-    while !held_when(&|h| h.queued() == data.len()) {
+    while held(a.len()).is_none() || held(b.len()).is_none() {
         assert!(Instant::now() < deadline, "the data never arrived");
         let _ = tokio::time::timeout(WAIT, rounds.changed()).await;
     }
-    // The last packet arrived after the last round, so it still points
-    // into the read buffer it came in.
-    assert!(held_when(&|h| h.queued() == data.len() && h.pinned() > 0));
-    while !held_when(&|h| h.queued() == data.len() && h.pinned() == 0) {
-        assert!(Instant::now() < deadline, "queued data stayed pinned");
+    // The last packets arrived after the last round, so they still point
+    // into the read buffers they came in.
+    assert!(held(a.len()).is_some_and(|(pinned, _)| pinned > 0));
+    assert!(held(b.len()).is_some_and(|(pinned, _)| pinned > 0));
+    // Dropping the client's channel closes it; the server forgets the
+    // channel while its data still waits for the reader.
+    ends[1].0.abort();
+    while held(a.len()) != Some((0, false)) || held(b.len()) != Some((0, true)) {
+        assert!(
+            Instant::now() < deadline,
+            "queued data stayed pinned: open {:?}, closed {:?}",
+            held(a.len()),
+            held(b.len())
+        );
         let _ = tokio::time::timeout(WAIT, rounds.changed()).await;
     }
-    let held = {
-        let mut all = HELD.lock().unwrap();
-        let i = all.iter().position(|h| h.queued() == data.len()).unwrap();
-        all.swap_remove(i)
-    };
-    let mut got = Vec::new();
-    while got.len() < data.len() {
-        match tokio::time::timeout(WAIT, held.recv()).await.unwrap() {
-            Some(In::Data(d)) => got.extend_from_slice(&d),
-            other => panic!("expected data, got {other:?}"),
-        }
-    }
-    assert!(got == data, "the copied data is the data that was sent");
+    assert!(
+        take_held(a.len()).await == a,
+        "the copies hold the data sent"
+    );
+    assert!(
+        take_held(b.len()).await == b,
+        "the copies hold the data sent"
+    );
 }
