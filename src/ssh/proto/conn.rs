@@ -683,6 +683,7 @@ impl<E: Events> Conn<E> {
         }
         self.written_at_unpin = self.written;
         self.next_unpin = again.then(|| Instant::now() + self.settings.unpin_after);
+        #[cfg(test)]
         self.tx.ctl.unpins.send_modify(|n| *n += 1);
     }
 

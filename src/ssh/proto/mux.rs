@@ -360,6 +360,7 @@ pub struct Ctl {
     /// See [`UNPIN_AFTER`] (tests shorten it).
     pub unpin_after: Duration,
     /// Rounds of the connection's unpinning (for tests).
+    #[cfg(test)]
     pub unpins: watch::Sender<u32>,
 }
 
@@ -376,6 +377,7 @@ impl Ctl {
             ended: watch::Sender::new(None),
             kexes: watch::Sender::new(0),
             unpin_after,
+            #[cfg(test)]
             unpins: watch::Sender::new(0),
         })
     }
