@@ -35,6 +35,37 @@ struct Stream {
     nonce: [u32; 2],
 }
 
+impl Stream {
+    /// The 16-word input state, each word made a `V` by `splat` (itself
+    /// for one block; one lane per block for the vector code), with the
+    /// block counter's low and high words given.
+    #[inline(always)]
+    fn state<V: Copy>(&self, counter: [V; 2], splat: impl Fn(u32) -> V) -> [V; 16] {
+        let words = [
+            SIGMA[0],
+            SIGMA[1],
+            SIGMA[2],
+            SIGMA[3],
+            self.key[0],
+            self.key[1],
+            self.key[2],
+            self.key[3],
+            self.key[4],
+            self.key[5],
+            self.key[6],
+            self.key[7],
+            0,
+            0,
+            self.nonce[0],
+            self.nonce[1],
+        ];
+        let mut state = words.map(splat);
+        state[12] = counter[0];
+        state[13] = counter[1];
+        state
+    }
+}
+
 /// How wide the ChaCha20 code runs on this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Width {
@@ -174,24 +205,7 @@ const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
 
 /// One ChaCha20 block (RFC 8439 §2.3, with a 64-bit counter and nonce).
 fn block(s: Stream, counter: u64) -> [u32; 16] {
-    let init = [
-        SIGMA[0],
-        SIGMA[1],
-        SIGMA[2],
-        SIGMA[3],
-        s.key[0],
-        s.key[1],
-        s.key[2],
-        s.key[3],
-        s.key[4],
-        s.key[5],
-        s.key[6],
-        s.key[7],
-        counter as u32,
-        (counter >> 32) as u32,
-        s.nonce[0],
-        s.nonce[1],
-    ];
+    let init = s.state([counter as u32, (counter >> 32) as u32], |w| w);
     let mut x = init;
     let qr = |x: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize| {
         x[a] = x[a].wrapping_add(x[b]);
@@ -385,7 +399,7 @@ mod x86 {
     //! The vector code. Every function here needs the CPU features named in
     //! its `target_feature`; callers check them first.
 
-    use super::{Poly, SIGMA, Stream};
+    use super::{Poly, Stream};
     use std::arch::x86_64::*;
 
     macro_rules! quarter_rounds {
@@ -469,25 +483,7 @@ mod x86 {
         // Where the low word wrapped, carry one into the high word.
         let wrapped = _mm512_cmplt_epu32_mask(lo, lanes);
         let hi = _mm512_mask_add_epi32(hi, wrapped, hi, _mm512_set1_epi32(1));
-        let k = |i: usize| _mm512_set1_epi32(s.key[i] as i32);
-        let init = [
-            _mm512_set1_epi32(SIGMA[0] as i32),
-            _mm512_set1_epi32(SIGMA[1] as i32),
-            _mm512_set1_epi32(SIGMA[2] as i32),
-            _mm512_set1_epi32(SIGMA[3] as i32),
-            k(0),
-            k(1),
-            k(2),
-            k(3),
-            k(4),
-            k(5),
-            k(6),
-            k(7),
-            lo,
-            hi,
-            _mm512_set1_epi32(s.nonce[0] as i32),
-            _mm512_set1_epi32(s.nonce[1] as i32),
-        ];
+        let init = s.state([lo, hi], |w| _mm512_set1_epi32(w as i32));
         let mut x = init;
         quarter_rounds!(x, qr16);
         for (x, i) in x.iter_mut().zip(init) {
@@ -576,25 +572,7 @@ mod x86 {
             hi[l] = (c >> 32) as i32;
         }
         let v = |a: [i32; 8]| _mm256_setr_epi32(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
-        let k = |i: usize| _mm256_set1_epi32(s.key[i] as i32);
-        let init = [
-            _mm256_set1_epi32(SIGMA[0] as i32),
-            _mm256_set1_epi32(SIGMA[1] as i32),
-            _mm256_set1_epi32(SIGMA[2] as i32),
-            _mm256_set1_epi32(SIGMA[3] as i32),
-            k(0),
-            k(1),
-            k(2),
-            k(3),
-            k(4),
-            k(5),
-            k(6),
-            k(7),
-            v(lo),
-            v(hi),
-            _mm256_set1_epi32(s.nonce[0] as i32),
-            _mm256_set1_epi32(s.nonce[1] as i32),
-        ];
+        let init = s.state([v(lo), v(hi)], |w| _mm256_set1_epi32(w as i32));
         let mut x = init;
         quarter_rounds!(x, qr8);
         for (x, i) in x.iter_mut().zip(init) {

@@ -662,10 +662,9 @@ impl<E: Events> Conn<E> {
         for e in self.chans.values() {
             again |= e.shared.unpin_waiting();
         }
-        self.closed_waiting.retain(|w| {
-            w.upgrade()
-                .is_some_and(|shared| shared.unpin_waiting() || shared.has_queued())
-        });
+        // A closed channel gets nothing new: kept until its data is copied.
+        self.closed_waiting
+            .retain(|w| w.upgrade().is_some_and(|shared| shared.unpin_waiting()));
         again |= !self.closed_waiting.is_empty();
         if self.pending() > 0 {
             if self.written - self.written_at_unpin < STALLED_BELOW {
