@@ -135,10 +135,30 @@ pub fn host_key_path(data: &Path) -> PathBuf {
     data.join(HOST_KEY_FILE)
 }
 
+/// Refuses a host key that others may read, as sshd does: whoever reads it
+/// can pose as this relay to every agent that pinned it.
+fn host_key_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        // Not made yet: it is created 0600.
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "host key {} is accessible by group or others (mode {mode:04o}); fix it with `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 impl Relay {
     /// Opens the data directory: host key (created on first start) and store.
     pub fn open(data: &Path, options: RelayOptions) -> Result<Arc<Relay>> {
         let store = Store::open(data)?;
+        host_key_private(&host_key_path(data))?;
         let host = keys::load_or_create_host_key(&host_key_path(data))
             .with_context(|| format!("loading host key in {}", data.display()))?;
         let host_key = keys::fingerprint(host.public_key());
