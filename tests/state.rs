@@ -1,0 +1,304 @@
+//! The relay's state and logs as an operator expects them: concurrent
+//! processes opening a new database, a port that accepts only once the
+//! store is ready, no identity made by `admin host-key`, private files,
+//! plain logs on a pipe.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use common::cli::{RelayProcess, WARREN, p, warren};
+use common::{WAIT, closed_port};
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Starts `warren relay` on `listen`; returns it once it logs that it
+/// listens, or panics with its stderr if it exits first.
+async fn relay_listening(data: &Path, listen: &str) -> Child {
+    let mut child = Command::new(WARREN)
+        .args(["relay", "--listen", listen, "--data", p(data)])
+        .env("WARREN_LOG", "info")
+        .env_remove("WARREN_DATA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let listening = tokio::time::timeout(WAIT, async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.contains("relay listening") {
+                return true;
+            }
+            seen.push(l);
+        }
+        false
+    })
+    .await
+    .expect("relay listening in time");
+    assert!(listening, "relay exited before listening: {seen:?}");
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// Eight processes (a relay and seven `warren admin` commands) open the same
+/// new database at once, 50 times: each finds the schema made exactly once.
+#[tokio::test]
+async fn eight_processes_opening_a_new_database_at_once_all_succeed() {
+    const ROUNDS: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..ROUNDS {
+        let data = dir.path().join(format!("data{round}"));
+        std::fs::create_dir(&data).unwrap();
+        // A new, empty database, as the relay leaves it the moment it
+        // creates the file (admin commands refuse a directory without one).
+        std::fs::File::create(data.join("warren.db")).unwrap();
+        let d = p(&data);
+        let admin = [
+            vec!["admin", "--data", d, "system", "add", "tau"],
+            vec!["admin", "--data", d, "system", "add", "beta"],
+            vec!["admin", "--data", d, "system", "add", "gamma"],
+            vec!["admin", "--data", d, "system", "ls"],
+            vec!["admin", "--data", d, "key", "ls"],
+            vec!["admin", "--data", d, "invite", "ls"],
+            vec!["admin", "--data", d, "log"],
+        ];
+        let runs: Vec<_> = admin
+            .iter()
+            .map(|a| {
+                let a: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+                tokio::spawn(async move {
+                    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+                    (a.join(" "), warren(&args).await)
+                })
+            })
+            .collect();
+        let mut relay = relay_listening(&data, "127.0.0.1:0").await;
+        for run in runs {
+            let (a, r) = run.await.unwrap();
+            assert!(r.ok, "round {round}: warren {a}: {}", r.stderr);
+        }
+        relay.start_kill().unwrap();
+        relay.wait().await.unwrap();
+        let db = rusqlite::Connection::open(data.join("warren.db")).unwrap();
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 4, "round {round}");
+        let systems: i64 = db
+            .query_row("SELECT count(*) FROM systems", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(systems, 3, "round {round}");
+    }
+}
+
+/// A script that waits for the relay's port and then runs `warren admin`
+/// must find the database migrated: the port accepts only once it is.
+#[tokio::test]
+async fn the_relay_port_accepts_only_once_the_store_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let db_path = data.join("warren.db");
+    // Another process holds the new database while the relay starts (a
+    // backup, an admin command): the relay cannot migrate it yet.
+    let holder = rusqlite::Connection::open(&db_path).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let port = closed_port().await;
+    let addr = format!("127.0.0.1:{port}");
+    let mut relay = Command::new(WARREN)
+        .args(["relay", "--listen", &addr, "--data", p(&data)])
+        .env("WARREN_LOG", "error")
+        .env_remove("WARREN_DATA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The relay starts in milliseconds; give it ample time to (wrongly)
+    // accept while the store is held.
+    let accepted_early = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .is_ok();
+    assert!(
+        !accepted_early,
+        "the relay accepted connections before its store was open and migrated"
+    );
+    assert!(relay.try_wait().unwrap().is_none(), "the relay exited");
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop(holder);
+    tokio::time::timeout(WAIT, async {
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("relay accepts once the store is free");
+    // The moment the port accepts, the schema is complete.
+    let db = rusqlite::Connection::open(&db_path).unwrap();
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 4);
+    let r = warren(&["admin", "--data", p(&data), "system", "add", "tau"]).await;
+    assert!(r.ok, "{}", r.stderr);
+    relay.start_kill().unwrap();
+    relay.wait().await.unwrap();
+}
+
+/// `admin host-key` on a mistyped `--data` makes nothing: no directory, no
+/// key, no fingerprint to pin; only the relay makes its identity.
+#[tokio::test]
+async fn admin_host_key_refuses_a_directory_without_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("dta");
+    let r = warren(&["admin", "--data", p(&typo), "host-key"]).await;
+    assert!(!r.ok);
+    assert!(r.stdout.is_empty(), "{}", r.stdout_str());
+    assert!(r.stderr.contains("no Warren database"), "{}", r.stderr);
+    assert!(!typo.exists(), "admin host-key created {}", typo.display());
+
+    // An existing directory without a database: the same.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let r = warren(&["admin", "--data", p(&empty), "host-key", "--json"]).await;
+    assert!(!r.ok);
+    assert!(r.stderr.contains("no Warren database"), "{}", r.stderr);
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+
+    // A database but no host key (never started): refused, not made.
+    let data = dir.path().join("data");
+    warren::store::Store::open(&data).unwrap();
+    let r = warren(&["admin", "--data", p(&data), "host-key"]).await;
+    assert!(!r.ok);
+    assert!(r.stderr.contains("no relay host key"), "{}", r.stderr);
+    assert!(!data.join("host_key").exists());
+
+    // Once the relay made it, admin prints the relay's fingerprint.
+    let relay = RelayProcess::start(&[], 0, &[], &data).await;
+    let r = warren(&["admin", "--data", p(&data), "host-key"]).await;
+    assert!(r.ok, "{}", r.stderr);
+    let fp = r.stdout_str();
+    assert!(fp.trim().starts_with("SHA256:"), "{fp}");
+    drop(relay);
+}
+
+/// The data directory is 0700 and the database with its `-wal` and `-shm`
+/// 0600 when the relay creates them; files an older warren left 0644 are
+/// tightened.
+#[tokio::test]
+async fn the_relay_creates_its_data_directory_and_database_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var").join("warren");
+    let mut relay = RelayProcess::start(&[], 0, &[], &data).await;
+    let r = warren(&["admin", "--data", p(&data), "system", "add", "tau"]).await;
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&dir.path().join("var")), 0o700);
+    for f in ["warren.db", "warren.db-wal", "warren.db-shm", "host_key"] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    relay.kill_9().await;
+
+    // An existing database readable by others gets 0600 at the next open.
+    for f in ["warren.db", "warren.db-wal", "warren.db-shm"] {
+        let path = data.join(f);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let r = warren(&["admin", "--data", p(&data), "system", "ls"]).await;
+    assert!(r.ok, "{}", r.stderr);
+    for f in ["warren.db", "warren.db-wal", "warren.db-shm"] {
+        let path = data.join(f);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{f}");
+        }
+    }
+}
+
+/// A host key that others may read is refused at start, with the fix.
+#[tokio::test]
+async fn the_relay_refuses_a_host_key_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut relay = RelayProcess::start(&[], 0, &[], &data).await;
+    relay.kill_9().await;
+    let key = data.join("host_key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = warren(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        p(&data),
+    ])
+    .await;
+    assert!(!r.ok, "the relay started with a host key mode 0644");
+    let fix = format!("chmod 600 {}", key.display());
+    assert!(r.stderr.contains(&fix), "{}", r.stderr);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let relay = RelayProcess::start(&[], 0, &[], &data).await;
+    drop(relay);
+}
+
+/// Logs to a pipe (or a file) are plain text, without terminal colour codes.
+#[tokio::test]
+async fn relay_logs_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(WARREN)
+        .args(["relay", "--listen", "127.0.0.1:0", "--data", p(&data)])
+        .env("WARREN_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .env_remove("WARREN_DATA")
+        .env_remove("WARREN_LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            let done = l.contains("relay listening");
+            seen.push(l);
+            if done {
+                return;
+            }
+        }
+        panic!("relay exited: {seen:?}");
+    })
+    .await
+    .expect("relay listening");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let all = seen.join("\n");
+    assert!(all.contains("INFO"), "{all}");
+    assert!(!all.contains('\u{1b}'), "colour codes on a pipe: {all:?}");
+}
