@@ -533,8 +533,8 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let d = data.to_str().unwrap();
-    warren_ok(&["admin", "--data", d, "host-key"]).await;
     Store::open(&data).unwrap();
+    warren::ssh::keys::load_or_create_host_key(&warren::relay::host_key_path(&data)).unwrap();
     warren_ok(&["admin", "--data", d, "system", "add", "tau"]).await;
     warren_ok(&["admin", "--data", d, "system", "add", "ops"]).await;
     let store = Store::open(&data).unwrap();

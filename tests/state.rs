@@ -249,14 +249,7 @@ async fn the_relay_refuses_a_host_key_others_can_read() {
     relay.kill_9().await;
     let key = data.join("host_key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let r = warren(&[
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        p(&data),
-    ])
-    .await;
+    let r = warren(&["relay", "--listen", "127.0.0.1:0", "--data", p(&data)]).await;
     assert!(!r.ok, "the relay started with a host key mode 0644");
     let fix = format!("chmod 600 {}", key.display());
     assert!(r.stderr.contains(&fix), "{}", r.stderr);
