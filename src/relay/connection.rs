@@ -2,8 +2,11 @@
 //!
 //! [`run`] owns the connection's lifetime; [`Connection`] holds its state and
 //! answers the SSH layer's callbacks. Anything that waits (opening a channel
-//! to a device, splicing) runs in a spawned task, never in a callback.
+//! to a device, splicing, commands and their store calls) runs in a task of
+//! its own, never in a callback: the key lookup at login is the one store
+//! call a callback awaits, and it reads on a connection of its own.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -11,6 +14,7 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -22,7 +26,7 @@ use crate::protocol::device_info::{self, DeviceInfo};
 use crate::protocol::limits::{ENROLL_SESSION_TIMEOUT, MAX_FORWARD_REQUESTS, STREAM_OPEN_TIMEOUT};
 use crate::protocol::token::ENROLL_USER;
 use crate::protocol::{Name, Role};
-use crate::ssh::server::{self, ExecOutput, ServerHandle, ServerSession};
+use crate::ssh::server::{self, Exec, ExecOutput, ServerHandle, ServerSession};
 use crate::ssh::{IncomingChannel, PublicKey, Refusal, keys};
 use crate::store::{self, Identity};
 
@@ -54,6 +58,8 @@ pub(super) async fn run(
             handle: None,
             tasks,
             span: tracing::Span::current(),
+            last_exec: None,
+            ended: CancellationToken::new(),
         };
         // A second handle on the socket, held until authentication, to cut a
         // connection that stalls in the handshake: the SSH layer does not act
@@ -110,6 +116,10 @@ struct Connection {
     handle: Option<ServerHandle>,
     tasks: TaskTracker,
     span: tracing::Span,
+    /// Ends when the previous command's task does (see `exec_task`).
+    last_exec: Option<oneshot::Receiver<()>>,
+    /// Cancelled when the connection ends, for its commands still running.
+    ended: CancellationToken,
 }
 
 impl Connection {
@@ -169,6 +179,28 @@ impl Connection {
             });
         }
         ExecOutput::default()
+    }
+}
+
+impl Connection {
+    /// Runs a command in a task of its own (store calls wait there, not in
+    /// the connection's task), after the commands before it on this
+    /// connection finished, so they take effect in the order sent.
+    fn exec_task(&mut self, run: impl Future<Output = ExecOutput> + Send + 'static) -> Exec {
+        let (done, next) = oneshot::channel::<()>();
+        let previous = self.last_exec.replace(next);
+        Exec::Task(Box::pin(
+            async move {
+                if let Some(previous) = previous {
+                    // Err: the previous command finished (its sender dropped).
+                    let _ = previous.await;
+                }
+                let out = run.await;
+                drop(done);
+                out
+            }
+            .instrument(self.span.clone()),
+        ))
     }
 }
 
@@ -356,26 +388,38 @@ impl ServerSession for Connection {
         );
     }
 
-    async fn exec(&mut self, command: &str) -> ExecOutput {
-        if let Some(key) = &self.enrolling {
-            return enroll::run(&self.relay, key, self.peer, command).await;
+    fn exec(&mut self, command: &str) -> Exec {
+        let (relay, peer, command) = (self.relay.clone(), self.peer, command.to_string());
+        if let Some(key) = self.enrolling.clone() {
+            return self.exec_task(async move { enroll::run(&relay, &key, peer, &command).await });
         }
-        let Some(who) = &self.identity else {
-            return ExecOutput::default();
+        let Some(who) = self.identity.clone() else {
+            return Exec::Done(ExecOutput::default());
         };
         if who.role == Role::Device {
             let words: Vec<&str> = command.split_whitespace().collect();
             if words.first() == Some(&device_info::COMMAND) {
-                return self.device_info(&words[1..]);
+                return Exec::Done(self.device_info(&words[1..]));
             }
-            return gateways::device_command(&self.relay, who, self.id, command).await;
+            let (id, ended) = (self.id, self.ended.clone());
+            return self.exec_task(async move {
+                let out = gateways::device_command(&relay, &who, id, &command).await;
+                // The connection ended while the command ran: what it
+                // registered must not outlive it (`Drop` cancels `ended`
+                // before it forgets this connection's gateways).
+                if ended.is_cancelled() {
+                    relay.gateways.remove_conn(id);
+                }
+                out
+            });
         }
-        commands::run(&self.relay, who, self.peer, command).await
+        self.exec_task(async move { commands::run(&relay, &who, peer, &command).await })
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        self.ended.cancel();
         let gone = self.relay.registry.remove_conn(self.id);
         self.relay.gateways.remove_conn(self.id);
         for (system, name) in gone {
