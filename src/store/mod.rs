@@ -106,9 +106,11 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         create_private_dir(dir)?;
         let path = dir.join(DB_FILE);
-        private_files(&path)?;
         let mut conn = Connection::open(&path)
             .with_context(|| format!("cannot open database {}", path.display()))?;
+        // Before the first statement: SQLite makes `-wal` and `-shm` with the
+        // database's mode.
+        private_files(&path)?;
         conn.busy_timeout(STORE_BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -466,18 +468,12 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create data directory {}", dir.display()))
 }
 
-/// Creates the database file 0600 before SQLite does (SQLite gives its
-/// `-wal` and `-shm` files the database's mode), and takes group and other
-/// permissions off files an older warren created 0644.
+/// Takes group and other permissions off the database and its `-wal` and
+/// `-shm` (SQLite creates a new database with the umask's mode, and an older
+/// warren left them 0644). By path only: opening and closing a descriptor
+/// on the database here would drop the locks this process's connections hold.
 fn private_files(db: &Path) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(db)
-        .with_context(|| format!("cannot create database {}", db.display()))?;
+    use std::os::unix::fs::PermissionsExt;
     for suffix in ["", "-wal", "-shm"] {
         let mut name = db.as_os_str().to_owned();
         name.push(suffix);
