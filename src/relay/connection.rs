@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::ratelimit::Flood;
 use super::registry::{ConnId, Holder, LiveConn};
 use super::{Relay, StatusChange, commands, enroll, gateways};
 use crate::audit::{self, Event, kind};
@@ -29,6 +30,10 @@ use crate::protocol::{Name, Role};
 use crate::ssh::server::{self, Exec, ExecOutput, ServerHandle, ServerSession};
 use crate::ssh::{IncomingChannel, PublicKey, Refusal, keys};
 use crate::store::{self, Identity};
+
+/// Registered keys one connection's probe record lists (the other helper's
+/// cap on unsigned queries ends such a connection long before many more).
+const MAX_PROBES_LISTED: usize = 16;
 
 /// Runs one accepted connection to its end.
 pub(super) async fn run(
@@ -52,6 +57,10 @@ pub(super) async fn run(
             info: DeviceInfo::default(),
             refused: Vec::new(),
             refused_user: None,
+            probed: Vec::new(),
+            probed_system: None,
+            queries: 0,
+            enroll_offered: None,
             forward_requests: 0,
             permit: Some(permit),
             authed: Some(authed_tx),
@@ -108,6 +117,14 @@ struct Connection {
     refused: Vec<String>,
     /// The user name those keys were offered for.
     refused_user: Option<String>,
+    /// Registered keys the relay said yes to when asked without a
+    /// signature, and that were never used to log in (key probing).
+    probed: Vec<String>,
+    probed_system: Option<String>,
+    /// `publickey` queries without a signature so far.
+    queries: u64,
+    /// The first key offered as user `enroll`, until a login completes.
+    enroll_offered: Option<String>,
     /// `tcpip-forward` requests so far, capped at [`MAX_FORWARD_REQUESTS`].
     forward_requests: usize,
     /// Held until authentication: caps unauthenticated connections.
@@ -135,6 +152,36 @@ impl Connection {
 }
 
 impl Connection {
+    /// At the end: an enroll login begun and never completed, and registered
+    /// keys asked about without ever being used (aggregated per address).
+    fn audit_unfinished_logins(&mut self) {
+        if self.enrolling.is_none()
+            && self.identity.is_none()
+            && let Some(fp) = self.enroll_offered.take()
+        {
+            let mut e = audit::login_refused(
+                self.peer,
+                ENROLL_USER,
+                "enroll: a key was offered but never signed with",
+            );
+            e.fingerprint = Some(fp);
+            self.relay
+                .record_flood(self.peer.ip(), Flood::EnrollRefused, e);
+        }
+        if !self.probed.is_empty() {
+            let e = Event::new(kind::KEY_PROBE, audit::REFUSED)
+                .peer(self.peer)
+                .system(self.probed_system.clone().unwrap_or_default())
+                .detail(format!(
+                    "asked whether {} registered key(s) may log in without signing with them: {} ({} publickey queries without signature)",
+                    self.probed.len(),
+                    self.probed.join(", "),
+                    self.queries
+                ));
+            self.relay.record_flood(self.peer.ip(), Flood::KeyProbe, e);
+        }
+    }
+
     fn register_refused(&self, asked: &str, reason: &str) {
         if let Some(who) = &self.identity {
             self.relay.audit.record(
@@ -207,10 +254,24 @@ impl Connection {
 impl ServerSession for Connection {
     async fn check_key(&mut self, user: &str, key: &PublicKey, verified: bool) -> bool {
         let fp = keys::fingerprint(key);
+        if !verified {
+            self.queries += 1;
+        }
         if user == ENROLL_USER {
             // Any key may enroll: the invite token is the credential.
             if verified {
                 self.enrolling = Some(key.clone());
+                self.relay.record_flood(
+                    self.peer.ip(),
+                    Flood::EnrollLogin,
+                    Event::new(kind::LOGIN, audit::OK)
+                        .peer(self.peer)
+                        .system(ENROLL_USER)
+                        .key(ENROLL_USER, fp.as_str())
+                        .detail("enroll: any key logs in; it may only redeem an invite"),
+                );
+            } else if self.enroll_offered.is_none() {
+                self.enroll_offered = Some(fp);
             }
             return true;
         }
@@ -231,18 +292,24 @@ impl ServerSession for Connection {
                 return false;
             }
         };
-        if verified {
-            self.span.record("system", identity.system.as_str());
-            self.span.record("name", identity.name.as_str());
-            self.relay.audit.record(
-                Event::new(kind::LOGIN, audit::OK)
-                    .peer(self.peer)
-                    .system(identity.system.as_str())
-                    .key(identity.name.as_str(), identity.fingerprint.as_str())
-                    .detail(format!("role {}", identity.role)),
-            );
-            self.identity = Some(identity);
+        if !verified {
+            if !self.probed.contains(&fp) && self.probed.len() < MAX_PROBES_LISTED {
+                self.probed.push(fp);
+                self.probed_system = Some(identity.system.to_string());
+            }
+            return true;
         }
+        self.probed.retain(|p| *p != fp);
+        self.span.record("system", identity.system.as_str());
+        self.span.record("name", identity.name.as_str());
+        self.relay.audit.record(
+            Event::new(kind::LOGIN, audit::OK)
+                .peer(self.peer)
+                .system(identity.system.as_str())
+                .key(identity.name.as_str(), identity.fingerprint.as_str())
+                .detail(format!("role {}", identity.role)),
+        );
+        self.identity = Some(identity);
         true
     }
 
@@ -435,6 +502,7 @@ impl Drop for Connection {
                 name: name.to_string(),
             });
         }
+        self.audit_unfinished_logins();
         if self.identity.is_none() && !self.refused.is_empty() {
             self.relay
                 .failed_logins
