@@ -848,6 +848,8 @@ async fn enroll_logins_and_key_probes_are_audited_and_floods_aggregated() {
         limit: 1000,
         ..Default::default()
     };
+    // The completed enroll login above, and the flood.
+    let total = FLOOD + 1;
     let mut written = r.relay.audit().watch();
     let rows = tokio::time::timeout(WAIT, async {
         loop {
@@ -858,7 +860,7 @@ async fn enroll_logins_and_key_probes_are_audited_and_floods_aggregated() {
                 .into_iter()
                 .filter(|e| e.result == "ok")
                 .collect();
-            if rows.iter().map(stands_for).sum::<u64>() >= FLOOD + 1 {
+            if rows.iter().map(stands_for).sum::<u64>() >= total {
                 return rows;
             }
             written.changed().await.unwrap();
