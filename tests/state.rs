@@ -345,6 +345,22 @@ async fn round_trip(s: &mut tokio::io::DuplexStream) {
     assert_eq!(&back, b"ping");
 }
 
+/// A device that echoes every stream the relay opens to it.
+struct Echo;
+
+impl warren::ssh::client::ForwardedHandler for Echo {
+    fn forwarded(&mut self, _address: &str, _port: u32, channel: warren::ssh::IncomingChannel) {
+        tokio::spawn(async move {
+            let ch = channel.accept().await;
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            let (fr, fw) = tokio::io::split(far);
+            tokio::spawn(ch.splice_io(fr, fw));
+            let (mut r, mut w) = tokio::io::split(near);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+    }
+}
+
 /// While another process holds the database's write lock, the relay's
 /// writes wait (off every connection's task) but nothing else does: a
 /// stream keeps flowing, a new stream opens on a connection whose `log`
@@ -370,6 +386,24 @@ async fn a_write_lock_held_by_another_process_stalls_no_stream_and_no_login() {
     let mut flowing = echo_stream(&conn, port).await;
     round_trip(&mut flowing).await;
     let bob = r.add_key("tau", Role::Controller, "bob");
+    // A device connection that will announce itself as a gateway (a store
+    // write) while the lock is held, and serves streams meanwhile.
+    let gw_key = r.add_key("tau", Role::Device, "gw1");
+    let gw = warren::ssh::client::connect(
+        tokio::net::TcpStream::connect(r.addr).await.unwrap(),
+        &warren::ssh::client::ConnectOptions {
+            user: "tau".into(),
+            key: gw_key,
+            host_key: r.host_key(),
+            dead_after: Duration::from_secs(10),
+        },
+        Echo,
+    )
+    .await
+    .unwrap();
+    gw.register("gw1", 7).await.unwrap();
+    r.wait_online("tau", "gw1", true).await;
+    let gw = Arc::new(gw);
 
     let (release, holder, locked) = hold_write_lock(r.dir.path(), Duration::from_secs(5));
     locked.await.unwrap();
@@ -396,20 +430,47 @@ async fn a_write_lock_held_by_another_process_stalls_no_stream_and_no_login() {
     let mut new = echo_stream(&conn, port).await;
     round_trip(&mut new).await;
     let new_stream = t.elapsed();
+    let announce = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            gw.exec(r#"gateway-announce {"scope":["10.9.0.0/24"],"ports":[22],"permit":null,"listens":[]}"#)
+                .await
+        })
+    };
+    let t = Instant::now();
+    let ch = conn.open("gw1", 7).await.unwrap();
+    let (mut to_gw, far) = tokio::io::duplex(64 * 1024);
+    let (fr, fw) = tokio::io::split(far);
+    tokio::spawn(ch.splice_io(fr, fw));
+    round_trip(&mut to_gw).await;
+    let device_stream = t.elapsed();
     let t = Instant::now();
     let second = r.controller("tau", bob.clone()).await;
     let login = t.elapsed();
     let still_held = held.elapsed() < Duration::from_secs(5);
+    // The lock did hold the relay's writes back: what writes still waits.
+    let writes_waited = !log.is_finished() && !announce.is_finished();
     release.send(()).unwrap();
     holder.join().unwrap();
 
     assert!(still_held, "measured after the lock was released");
+    assert!(writes_waited, "the lock held no write back");
     assert!(old_stream < PROMPT, "open stream stalled {old_stream:?}");
     assert!(
         new_stream < PROMPT,
         "a new stream beside a waiting `log` took {new_stream:?}"
     );
+    assert!(
+        device_stream < PROMPT,
+        "a stream to a device whose gateway announcement waits took {device_stream:?}"
+    );
     assert!(login < PROMPT, "a login took {login:?}");
+    let out = tokio::time::timeout(WAIT, announce)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
     // What waited for the lock completes once it is free.
     let out = tokio::time::timeout(WAIT, log)
         .await
