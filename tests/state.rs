@@ -450,11 +450,10 @@ async fn a_write_lock_held_by_another_process_stalls_no_stream_and_no_login() {
     let still_held = held.elapsed() < Duration::from_secs(5);
     // The lock did hold the relay's writes back: what writes still waits.
     let writes_waited = !log.is_finished() && !announce.is_finished();
-    release.send(()).unwrap();
+    // Err: the holder already let go (the time limit passed).
+    let _ = release.send(());
     holder.join().unwrap();
 
-    assert!(still_held, "measured after the lock was released");
-    assert!(writes_waited, "the lock held no write back");
     assert!(old_stream < PROMPT, "open stream stalled {old_stream:?}");
     assert!(
         new_stream < PROMPT,
@@ -465,6 +464,8 @@ async fn a_write_lock_held_by_another_process_stalls_no_stream_and_no_login() {
         "a stream to a device whose gateway announcement waits took {device_stream:?}"
     );
     assert!(login < PROMPT, "a login took {login:?}");
+    assert!(still_held, "measured after the lock was released");
+    assert!(writes_waited, "the lock held no write back");
     let out = tokio::time::timeout(WAIT, announce)
         .await
         .unwrap()
