@@ -112,7 +112,7 @@ impl Store {
         // database's mode.
         private_files(&path)?;
         conn.busy_timeout(STORE_BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        wal_mode(&conn).with_context(|| format!("opening database {}", path.display()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrations::migrate(&mut conn)
@@ -453,6 +453,29 @@ fn insert_key(
         enrolled_via: enrolled_via.map(str::to_string),
     })
 }
+
+/// Switches a database to WAL mode (a no-op once it is). The switch needs
+/// the database to itself, and SQLite answers "busy" at once rather than
+/// waiting while another process has it open (a relay and `warren admin`
+/// opening a new database together): retry for as long as the busy timeout.
+fn wal_mode(conn: &Connection) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < STORE_BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(WAL_SWITCH_RETRY);
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Pause between attempts to switch to WAL mode: short, since the switch is
+/// one statement long.
+const WAL_SWITCH_RETRY: Duration = Duration::from_millis(5);
 
 /// Creates `dir` (and missing parents) readable by its owner only. An
 /// existing directory keeps its mode: it may be the operator's choice.
