@@ -31,8 +31,8 @@ use crate::ssh::server::{self, Exec, ExecOutput, ServerHandle, ServerSession};
 use crate::ssh::{IncomingChannel, PublicKey, Refusal, keys};
 use crate::store::{self, Identity};
 
-/// Registered keys one connection's probe record lists (the other helper's
-/// cap on unsigned queries ends such a connection long before many more).
+/// Registered keys one `key_probe` record lists; more are only counted (in
+/// `queries`). A client asks about a few keys, never sixteen it cannot use.
 const MAX_PROBES_LISTED: usize = 16;
 
 /// Runs one accepted connection to its end.
