@@ -123,6 +123,10 @@ impl Store {
                     .with_context(|| format!("cannot open database {}", path.display()))?;
                 r.busy_timeout(STORE_BUSY_TIMEOUT)?;
                 r.pragma_update(None, "query_only", "ON")?;
+                // One read now: it opens the connection's WAL handle and
+                // reads the schema, so the relay's descriptors are all open
+                // from its start.
+                r.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
                 Ok(Mutex::new(r))
             })
             .collect::<Result<Vec<_>>>()?;
