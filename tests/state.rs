@@ -454,6 +454,10 @@ async fn a_write_lock_held_by_another_process_stalls_no_stream_and_no_login() {
     let _ = release.send(());
     holder.join().unwrap();
 
+    eprintln!(
+        "under a foreign write lock: open stream {old_stream:?}, new stream beside `log` {new_stream:?}, \
+         stream to a device announcing a gateway {device_stream:?}, login {login:?}"
+    );
     assert!(old_stream < PROMPT, "open stream stalled {old_stream:?}");
     assert!(
         new_stream < PROMPT,
