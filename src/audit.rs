@@ -22,6 +22,9 @@ use crate::store::Store;
 /// Event kinds, as stored and as `--kind` filters on.
 pub mod kind {
     pub const LOGIN: &str = "login";
+    /// Registered keys asked about without a signature (`publickey` queries)
+    /// and never used to log in: someone testing which keys the relay knows.
+    pub const KEY_PROBE: &str = "key_probe";
     pub const DEVICE_UP: &str = "device_up";
     pub const DEVICE_DOWN: &str = "device_down";
     pub const REGISTER: &str = "register";

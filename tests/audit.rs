@@ -533,8 +533,8 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let d = data.to_str().unwrap();
-    warren_ok(&["admin", "--data", d, "host-key"]).await;
     Store::open(&data).unwrap();
+    warren::ssh::keys::load_or_create_host_key(&warren::relay::host_key_path(&data)).unwrap();
     warren_ok(&["admin", "--data", d, "system", "add", "tau"]).await;
     warren_ok(&["admin", "--data", d, "system", "add", "ops"]).await;
     let store = Store::open(&data).unwrap();
@@ -718,4 +718,168 @@ async fn gateway_admin_commands_run_remotely_and_are_audited() {
     let (st, _, err) = exec(&alice, "gateway ls").await;
     assert_eq!(st, 1);
     assert!(err.contains("needs an admin key"), "{err}");
+}
+
+/// How many events of a flood a record stands for: itself plus what it says
+/// was counted before it, or (a summary) just what it counted.
+fn stands_for(e: &Event) -> u64 {
+    let detail = e.detail.as_deref().unwrap_or("");
+    let leading =
+        |s: &str| -> Option<u64> { s.split_whitespace().next().and_then(|w| w.parse().ok()) };
+    if let Some(n) = leading(detail) {
+        return n;
+    }
+    match detail.split_once("; ") {
+        Some((_, rest)) => 1 + leading(rest).unwrap_or(0),
+        None => 1,
+    }
+}
+
+/// Logins as `enroll` (completed or not) and registered keys asked about
+/// without a signature are on record, and a flood of them from one address
+/// is recorded once per window with a count, not row by row.
+#[tokio::test]
+async fn enroll_logins_and_key_probes_are_audited_and_floods_aggregated() {
+    let r = TestRelay::start_with(RelayOptions {
+        store_poll: Duration::from_millis(100),
+        audit_flood_window: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    r.add_system("tau");
+    let dir = tempfile::tempdir().unwrap();
+    let known = write_file(
+        dir.path(),
+        "known_hosts",
+        &format!("{}\n", r.known_hosts_line()),
+    );
+    let port = r.addr.port().to_string();
+    // Stock ssh with only a public key: it asks whether the key may log in
+    // (a `publickey` query without signature), hears yes, and cannot sign.
+    let probe = |public: &Path, user: &str| {
+        let mut c = Command::new("ssh");
+        c.args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "BatchMode=yes",
+        ])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .args(["-o", "StrictHostKeyChecking=yes", "-p", &port, "-i"])
+        .arg(public)
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("ls");
+        c
+    };
+    let public_only = |key: &Path| {
+        let public = dir.path().join(format!(
+            "{}-public-only.pub",
+            key.file_name().unwrap().to_str().unwrap()
+        ));
+        std::fs::copy(key.with_extension("pub"), &public).unwrap();
+        public
+    };
+    let fp_of = |public: &Path| {
+        let k = warren::ssh::keys::read_public(public).unwrap();
+        warren::ssh::keys::fingerprint(&k)
+    };
+
+    // A completed enroll login.
+    let new_key = Arc::new(warren::ssh::keys::generate_ed25519().unwrap());
+    let new_fp = warren::ssh::keys::fingerprint(new_key.public_key());
+    let c = r.try_connect("enroll", new_key.clone()).await.unwrap();
+    drop(c);
+    let ok = wait_event(&r, q(kind::LOGIN), |e| {
+        e.fingerprint.as_deref() == Some(new_fp.as_str())
+    })
+    .await;
+    assert_eq!(ok.result, "ok");
+    assert_eq!(ok.system.as_deref(), Some("enroll"));
+    assert!(ok.peer.as_deref().unwrap().starts_with("127.0.0.1:"));
+
+    // An enroll login begun and never completed.
+    let stranger = dir.path().join("stranger");
+    warren::ssh::keys::write_pair(
+        &warren::ssh::keys::generate_ed25519().unwrap(),
+        &stranger,
+        "stranger",
+    )
+    .unwrap();
+    let stranger_pub = public_only(&stranger);
+    let out = run(&mut probe(&stranger_pub, "enroll"), WAIT).await;
+    assert!(!out.ok);
+    let stranger_fp = fp_of(&stranger_pub);
+    let refused = wait_event(&r, q(kind::LOGIN), |e| {
+        e.fingerprint.as_deref() == Some(stranger_fp.as_str())
+    })
+    .await;
+    assert_eq!(refused.result, "refused");
+    assert_eq!(refused.system.as_deref(), Some("enroll"));
+
+    // A registered key asked about, never signed with.
+    let alice = r.add_key_file(dir.path(), "tau", Role::Controller, "alice");
+    let alice_pub = public_only(&alice);
+    let out = run(&mut probe(&alice_pub, "tau"), WAIT).await;
+    assert!(!out.ok, "logged in without the private key?");
+    let alice_fp = fp_of(&alice_pub);
+    let probed = wait_event(&r, q(kind::KEY_PROBE), |_| true).await;
+    assert_eq!(probed.result, "refused");
+    assert_eq!(probed.system.as_deref(), Some("tau"));
+    assert!(probed.detail.unwrap().contains(&alice_fp));
+    // A normal login (which asks, then signs) is no probe.
+    let ctl = r.add_key("tau", Role::Controller, "bob");
+    drop(r.controller("tau", ctl).await);
+
+    // A flood of enroll logins from one address: fewer rows than logins,
+    // and the rows account for every one.
+    const FLOOD: u64 = 12;
+    for _ in 0..FLOOD {
+        let k = Arc::new(warren::ssh::keys::generate_ed25519().unwrap());
+        drop(r.try_connect("enroll", k).await.unwrap());
+    }
+    let enroll_ok = AuditQuery {
+        kind: Some(kind::LOGIN.into()),
+        system: Some("enroll".into()),
+        limit: 1000,
+        ..Default::default()
+    };
+    // The completed enroll login above, and the flood.
+    let total = FLOOD + 1;
+    let mut written = r.relay.audit().watch();
+    let rows = tokio::time::timeout(WAIT, async {
+        loop {
+            let rows: Vec<Event> = r
+                .store()
+                .audit(&enroll_ok)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.result == "ok")
+                .collect();
+            if rows.iter().map(stands_for).sum::<u64>() >= total {
+                return rows;
+            }
+            written.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("every enroll login accounted for");
+    assert_eq!(
+        rows.iter().map(stands_for).sum::<u64>(),
+        FLOOD + 1,
+        "{rows:#?}"
+    );
+    assert!(
+        rows.len() < FLOOD as usize,
+        "{} rows for {} logins",
+        rows.len(),
+        FLOOD + 1
+    );
+    // Exactly one key probe was recorded (the normal login added none).
+    r.relay.audit().flush().await.unwrap();
+    assert_eq!(r.store().audit(&q(kind::KEY_PROBE)).unwrap().len(), 1);
 }

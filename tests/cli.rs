@@ -12,6 +12,18 @@ fn admin_manages_systems_and_keys() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let d = p(&data);
+    // Only the relay makes the host key and the database; admin refuses a
+    // directory without a database, host-key included.
+    fails(&["admin", "--data", d, "host-key"], "no Warren database");
+    assert!(!data.exists());
+    fails(
+        &["admin", "--data", d, "system", "ls"],
+        "no Warren database",
+    );
+    // The relay creates the database on first start; so does opening the store.
+    warren::store::Store::open(&data).unwrap();
+    fails(&["admin", "--data", d, "host-key"], "no relay host key");
+    warren::ssh::keys::load_or_create_host_key(&warren::relay::host_key_path(&data)).unwrap();
     let fp = ok(&["admin", "--data", d, "host-key"]);
     assert!(
         fp.trim().starts_with("SHA256:") && fp.trim().len() == 50,
@@ -23,12 +35,6 @@ fn admin_manages_systems_and_keys() {
         serde_json::from_str(&ok(&["admin", "--data", d, "host-key", "--json"])).unwrap();
     assert_eq!(json["fingerprint"], fp.trim());
 
-    fails(
-        &["admin", "--data", d, "system", "ls"],
-        "no Warren database",
-    );
-    // The relay creates the database on first start; so does opening the store.
-    warren::store::Store::open(&data).unwrap();
     ok(&["admin", "--data", d, "system", "add", "tau"]);
     fails(
         &["admin", "--data", d, "system", "add", "tau"],

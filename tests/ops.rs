@@ -577,9 +577,9 @@ async fn relay_sighup_reloads_public_ports_and_refuses_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let d = p(&data);
-    ok(&["admin", "--data", d, "host-key"]);
     // A database with one exposure, before the relay starts.
     let store = warren::store::Store::open(&data).unwrap();
+    keys::load_or_create_host_key(&warren::relay::host_key_path(&data)).unwrap();
     store.add_system(&name("tau")).unwrap();
     let dev = Arc::new(keys::generate_ed25519().unwrap());
     let alice = Arc::new(keys::generate_ed25519().unwrap());

@@ -212,15 +212,15 @@ impl Reply {
 }
 
 pub async fn run(a: AdminArgs) -> Result<ExitCode> {
-    if let AdminCommand::HostKey { json } = a.command {
-        return host_key(&a.data, json);
-    }
     if !a.data.join(crate::store::DB_FILE).exists() {
         anyhow::bail!(
             "no Warren database in {} (start `warren relay --data {}` once, or check --data)",
             a.data.display(),
             a.data.display()
         );
+    }
+    if let AdminCommand::HostKey { json } = a.command {
+        return host_key(&a.data, json);
     }
     let store = Store::open(&a.data)?;
     let reply = execute(&store, &Caller::Local { data: &a.data }, a.command).await?;
@@ -241,7 +241,7 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
     match command {
         AdminCommand::HostKey { json } => match caller {
             Caller::Local { data } => {
-                let key = keys::load_or_create_host_key(&host_key_path(data))?;
+                let key = local_host_key(data)?;
                 host_key_text(&keys::fingerprint(key.public_key()), json)
             }
             Caller::Remote { relay, .. } => host_key_text(relay.host_key(), json),
@@ -445,7 +445,7 @@ async fn create_invite(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Res
     }
     let host_key = match caller {
         Caller::Local { data } => {
-            let key = keys::load_or_create_host_key(&host_key_path(data))?;
+            let key = local_host_key(data)?;
             keys::fingerprint(key.public_key())
         }
         Caller::Remote { relay, .. } => relay.host_key().to_string(),
@@ -564,9 +564,22 @@ async fn device_command(store: &Store, caller: &Caller<'_>, d: DeviceCommand) ->
     })
 }
 
+/// The relay's host key in `data`. Only the relay makes one: a fingerprint
+/// printed for a mistyped `--data` would be pinned by agents and never match.
+fn local_host_key(data: &Path) -> Result<keys::PrivateKey> {
+    let path = host_key_path(data);
+    if !path.exists() {
+        bail!(
+            "no relay host key in {} (start `warren relay --data {}` once: it makes the key; or check --data)",
+            data.display(),
+            data.display()
+        );
+    }
+    keys::read_private(&path)
+}
+
 fn host_key(data: &Path, json: bool) -> Result<ExitCode> {
-    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
-    let key = keys::load_or_create_host_key(&host_key_path(data))?;
+    let key = local_host_key(data)?;
     let fp = keys::fingerprint(key.public_key());
     if json {
         #[derive(Serialize)]

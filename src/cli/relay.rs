@@ -56,10 +56,11 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
     } else {
         PortRanges::parse(file.public_ports.as_deref().unwrap_or_default())?
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let bound = listener.local_addr()?;
+    // Bound now (a taken port fails before anything else), but listening
+    // only once the store is open and migrated: a script that waits for the
+    // port and then runs `warren admin` must find the database ready.
+    let socket = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = socket.local_addr()?;
     let advertise = match a.advertise {
         Some(addr) => Some(crate::agent::config::relay_address(&addr).context("--advertise")?),
         None if !bound.ip().is_unspecified() => Some(bound.to_string()),
@@ -73,6 +74,9 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         ..RelayOptions::default()
     };
     let relay = Relay::open(&data, options)?;
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -88,6 +92,21 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
     }
     relay::serve(listener, relay, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pending connections the kernel queues for the accept loop.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A TCP socket bound to `addr` (address reuse as `TcpListener::bind`), not yet listening.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 /// Re-reads the config file; applies `public_ports`, reports the rest.

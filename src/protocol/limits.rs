@@ -55,6 +55,17 @@ pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// revoked key's connections stay open.
 pub const STORE_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Read-only connections a store keeps beside its one writing connection.
+/// Reads (key lookups at login, `log`, `ls`) run on these, so they never
+/// queue behind a write that waits for another process's lock (WAL lets
+/// readers run beside a writer). A few cover the relay's concurrent reads;
+/// more only hold file descriptors.
+pub const STORE_READERS: usize = 4;
+
+/// How long a store call waits for a lock another process holds (a
+/// `warren admin` command, a backup) before it fails.
+pub const STORE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often the relay writes last-seen for online devices. Status survives a
 /// relay crash to within this period.
 pub const LAST_SEEN_FLUSH_INTERVAL: Duration = Duration::from_secs(60);

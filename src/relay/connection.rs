@@ -2,8 +2,11 @@
 //!
 //! [`run`] owns the connection's lifetime; [`Connection`] holds its state and
 //! answers the SSH layer's callbacks. Anything that waits (opening a channel
-//! to a device, splicing) runs in a spawned task, never in a callback.
+//! to a device, splicing, commands and their store calls) runs in a task of
+//! its own, never in a callback: the key lookup at login is the one store
+//! call a callback awaits, and it reads on a connection of its own.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -11,9 +14,11 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::ratelimit::Flood;
 use super::registry::{ConnId, Holder, LiveConn};
 use super::{Relay, StatusChange, commands, enroll, gateways};
 use crate::audit::{self, Event, kind};
@@ -22,9 +27,13 @@ use crate::protocol::device_info::{self, DeviceInfo};
 use crate::protocol::limits::{ENROLL_SESSION_TIMEOUT, MAX_FORWARD_REQUESTS, STREAM_OPEN_TIMEOUT};
 use crate::protocol::token::ENROLL_USER;
 use crate::protocol::{Name, Role};
-use crate::ssh::server::{self, ExecOutput, ServerHandle, ServerSession};
+use crate::ssh::server::{self, Exec, ExecOutput, ServerHandle, ServerSession};
 use crate::ssh::{IncomingChannel, PublicKey, Refusal, keys};
 use crate::store::{self, Identity};
+
+/// Registered keys one `key_probe` record lists; more are only counted (in
+/// `queries`). A client asks about a few keys, never sixteen it cannot use.
+const MAX_PROBES_LISTED: usize = 16;
 
 /// Runs one accepted connection to its end.
 pub(super) async fn run(
@@ -48,12 +57,18 @@ pub(super) async fn run(
             info: DeviceInfo::default(),
             refused: Vec::new(),
             refused_user: None,
+            probed: Vec::new(),
+            probed_system: None,
+            queries: 0,
+            enroll_offered: None,
             forward_requests: 0,
             permit: Some(permit),
             authed: Some(authed_tx),
             handle: None,
             tasks,
             span: tracing::Span::current(),
+            last_exec: None,
+            ended: CancellationToken::new(),
         };
         // A second handle on the socket, held until authentication, to cut a
         // connection that stalls in the handshake: the SSH layer does not act
@@ -102,6 +117,14 @@ struct Connection {
     refused: Vec<String>,
     /// The user name those keys were offered for.
     refused_user: Option<String>,
+    /// Registered keys the relay said yes to when asked without a
+    /// signature, and that were never used to log in (key probing).
+    probed: Vec<String>,
+    probed_system: Option<String>,
+    /// `publickey` queries without a signature so far.
+    queries: u64,
+    /// The first key offered as user `enroll`, until a login completes.
+    enroll_offered: Option<String>,
     /// `tcpip-forward` requests so far, capped at [`MAX_FORWARD_REQUESTS`].
     forward_requests: usize,
     /// Held until authentication: caps unauthenticated connections.
@@ -110,6 +133,10 @@ struct Connection {
     handle: Option<ServerHandle>,
     tasks: TaskTracker,
     span: tracing::Span,
+    /// Ends when the previous command's task does (see `exec_task`).
+    last_exec: Option<oneshot::Receiver<()>>,
+    /// Cancelled when the connection ends, for its commands still running.
+    ended: CancellationToken,
 }
 
 impl Connection {
@@ -125,6 +152,36 @@ impl Connection {
 }
 
 impl Connection {
+    /// At the end: an enroll login begun and never completed, and registered
+    /// keys asked about without ever being used (aggregated per address).
+    fn audit_unfinished_logins(&mut self) {
+        if self.enrolling.is_none()
+            && self.identity.is_none()
+            && let Some(fp) = self.enroll_offered.take()
+        {
+            let mut e = audit::login_refused(
+                self.peer,
+                ENROLL_USER,
+                "enroll: a key was offered but never signed with",
+            );
+            e.fingerprint = Some(fp);
+            self.relay
+                .record_flood(self.peer.ip(), Flood::EnrollRefused, e);
+        }
+        if !self.probed.is_empty() {
+            let e = Event::new(kind::KEY_PROBE, audit::REFUSED)
+                .peer(self.peer)
+                .system(self.probed_system.clone().unwrap_or_default())
+                .detail(format!(
+                    "asked whether {} registered key(s) may log in without signing with them: {} ({} publickey queries without signature)",
+                    self.probed.len(),
+                    self.probed.join(", "),
+                    self.queries
+                ));
+            self.relay.record_flood(self.peer.ip(), Flood::KeyProbe, e);
+        }
+    }
+
     fn register_refused(&self, asked: &str, reason: &str) {
         if let Some(who) = &self.identity {
             self.relay.audit.record(
@@ -172,13 +229,49 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Runs a command in a task of its own (store calls wait there, not in
+    /// the connection's task), after the commands before it on this
+    /// connection finished, so they take effect in the order sent.
+    fn exec_task(&mut self, run: impl Future<Output = ExecOutput> + Send + 'static) -> Exec {
+        let (done, next) = oneshot::channel::<()>();
+        let previous = self.last_exec.replace(next);
+        Exec::Task(Box::pin(
+            async move {
+                if let Some(previous) = previous {
+                    // Err: the previous command finished (its sender dropped).
+                    let _ = previous.await;
+                }
+                let out = run.await;
+                drop(done);
+                out
+            }
+            .instrument(self.span.clone()),
+        ))
+    }
+}
+
 impl ServerSession for Connection {
     async fn check_key(&mut self, user: &str, key: &PublicKey, verified: bool) -> bool {
         let fp = keys::fingerprint(key);
+        if !verified {
+            self.queries += 1;
+        }
         if user == ENROLL_USER {
             // Any key may enroll: the invite token is the credential.
             if verified {
                 self.enrolling = Some(key.clone());
+                self.relay.record_flood(
+                    self.peer.ip(),
+                    Flood::EnrollLogin,
+                    Event::new(kind::LOGIN, audit::OK)
+                        .peer(self.peer)
+                        .system(ENROLL_USER)
+                        .key(ENROLL_USER, fp.as_str())
+                        .detail("enroll: any key logs in; it may only redeem an invite"),
+                );
+            } else if self.enroll_offered.is_none() {
+                self.enroll_offered = Some(fp);
             }
             return true;
         }
@@ -199,18 +292,24 @@ impl ServerSession for Connection {
                 return false;
             }
         };
-        if verified {
-            self.span.record("system", identity.system.as_str());
-            self.span.record("name", identity.name.as_str());
-            self.relay.audit.record(
-                Event::new(kind::LOGIN, audit::OK)
-                    .peer(self.peer)
-                    .system(identity.system.as_str())
-                    .key(identity.name.as_str(), identity.fingerprint.as_str())
-                    .detail(format!("role {}", identity.role)),
-            );
-            self.identity = Some(identity);
+        if !verified {
+            if !self.probed.contains(&fp) && self.probed.len() < MAX_PROBES_LISTED {
+                self.probed.push(fp);
+                self.probed_system = Some(identity.system.to_string());
+            }
+            return true;
         }
+        self.probed.retain(|p| *p != fp);
+        self.span.record("system", identity.system.as_str());
+        self.span.record("name", identity.name.as_str());
+        self.relay.audit.record(
+            Event::new(kind::LOGIN, audit::OK)
+                .peer(self.peer)
+                .system(identity.system.as_str())
+                .key(identity.name.as_str(), identity.fingerprint.as_str())
+                .detail(format!("role {}", identity.role)),
+        );
+        self.identity = Some(identity);
         true
     }
 
@@ -356,26 +455,38 @@ impl ServerSession for Connection {
         );
     }
 
-    async fn exec(&mut self, command: &str) -> ExecOutput {
-        if let Some(key) = &self.enrolling {
-            return enroll::run(&self.relay, key, self.peer, command).await;
+    fn exec(&mut self, command: &str) -> Exec {
+        let (relay, peer, command) = (self.relay.clone(), self.peer, command.to_string());
+        if let Some(key) = self.enrolling.clone() {
+            return self.exec_task(async move { enroll::run(&relay, &key, peer, &command).await });
         }
-        let Some(who) = &self.identity else {
-            return ExecOutput::default();
+        let Some(who) = self.identity.clone() else {
+            return Exec::Done(ExecOutput::default());
         };
         if who.role == Role::Device {
             let words: Vec<&str> = command.split_whitespace().collect();
             if words.first() == Some(&device_info::COMMAND) {
-                return self.device_info(&words[1..]);
+                return Exec::Done(self.device_info(&words[1..]));
             }
-            return gateways::device_command(&self.relay, who, self.id, command).await;
+            let (id, ended) = (self.id, self.ended.clone());
+            return self.exec_task(async move {
+                let out = gateways::device_command(&relay, &who, id, &command).await;
+                // The connection ended while the command ran: what it
+                // registered must not outlive it (`Drop` cancels `ended`
+                // before it forgets this connection's gateways).
+                if ended.is_cancelled() {
+                    relay.gateways.remove_conn(id);
+                }
+                out
+            });
         }
-        commands::run(&self.relay, who, self.peer, command).await
+        self.exec_task(async move { commands::run(&relay, &who, peer, &command).await })
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        self.ended.cancel();
         let gone = self.relay.registry.remove_conn(self.id);
         self.relay.gateways.remove_conn(self.id);
         for (system, name) in gone {
@@ -391,6 +502,7 @@ impl Drop for Connection {
                 name: name.to_string(),
             });
         }
+        self.audit_unfinished_logins();
         if self.identity.is_none() && !self.refused.is_empty() {
             self.relay
                 .failed_logins

@@ -34,7 +34,8 @@ use crate::protocol::Name;
 use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::limits::{
     FAILED_LOGIN_BURST, FAILED_LOGIN_REFILL, HANDSHAKE_TIMEOUT, LAST_SEEN_FLUSH_INTERVAL,
-    MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADDRESS, SHUTDOWN_DRAIN, STORE_POLL_INTERVAL,
+    MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADDRESS, RATE_LIMIT_AUDIT_EVERY, SHUTDOWN_DRAIN,
+    STORE_POLL_INTERVAL,
 };
 use crate::ssh::keys::{self, Fingerprint};
 use crate::ssh::server::ServerConfig;
@@ -63,6 +64,9 @@ pub struct RelayOptions {
     /// one more is allowed (`protocol::limits::FAILED_LOGIN_*`).
     pub failed_login_burst: u32,
     pub failed_login_refill: Duration,
+    /// Enroll logins and key probes from one address are recorded once per
+    /// this window, the rest counted (`protocol::limits::RATE_LIMIT_AUDIT_EVERY`).
+    pub audit_flood_window: Duration,
     /// Relay ports admins may expose publicly (none by default).
     pub public_ports: config::PortRanges,
     /// Address public ports listen on; the SSH listener's address if None.
@@ -80,6 +84,7 @@ impl Default for RelayOptions {
             advertise: None,
             failed_login_burst: FAILED_LOGIN_BURST,
             failed_login_refill: FAILED_LOGIN_REFILL,
+            audit_flood_window: RATE_LIMIT_AUDIT_EVERY,
             public_ports: config::PortRanges::default(),
             public_bind: None,
         }
@@ -97,6 +102,7 @@ pub struct Relay {
     options: RelayOptions,
     unauthenticated: ratelimit::Unauthenticated,
     failed_logins: ratelimit::FailedLogins,
+    floods: ratelimit::AuditFloods,
     next_conn: AtomicU64,
     status: mpsc::UnboundedSender<StatusChange>,
     status_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<StatusChange>>>,
@@ -135,10 +141,30 @@ pub fn host_key_path(data: &Path) -> PathBuf {
     data.join(HOST_KEY_FILE)
 }
 
+/// Refuses a host key that others may read, as sshd does: whoever reads it
+/// can pose as this relay to every agent that pinned it.
+fn host_key_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        // Not made yet: it is created 0600.
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "host key {} is accessible by group or others (mode {mode:04o}); fix it with `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 impl Relay {
     /// Opens the data directory: host key (created on first start) and store.
     pub fn open(data: &Path, options: RelayOptions) -> Result<Arc<Relay>> {
         let store = Store::open(data)?;
+        host_key_private(&host_key_path(data))?;
         let host = keys::load_or_create_host_key(&host_key_path(data))
             .with_context(|| format!("loading host key in {}", data.display()))?;
         let host_key = keys::fingerprint(host.public_key());
@@ -174,6 +200,7 @@ impl Relay {
                 options.failed_login_burst,
                 options.failed_login_refill,
             ),
+            floods: ratelimit::AuditFloods::new(options.audit_flood_window),
             options,
             next_conn: AtomicU64::new(1),
             status: tx,
@@ -230,6 +257,24 @@ impl Relay {
         self.exposed.subscribe()
     }
 
+    /// Records an event that a peer can cause at will, at most once per
+    /// address and window; the others are counted into the next record or a
+    /// summary (see [`sweep_floods`]).
+    fn record_flood(&self, ip: std::net::IpAddr, flood: ratelimit::Flood, mut event: audit::Event) {
+        match self.floods.note(ip, flood, std::time::Instant::now()) {
+            None => tracing::debug!(%ip, ?flood, kind = %event.kind, "counted, not recorded"),
+            Some(0) => self.audit.record(event),
+            Some(n) => {
+                let detail = event.detail.take().unwrap_or_default();
+                event.detail = Some(format!(
+                    "{detail}; {n} more like it from this address in the {:?} before, counted, not recorded one by one",
+                    self.floods.window()
+                ));
+                self.audit.record(event);
+            }
+        }
+    }
+
     fn status(&self, change: StatusChange) {
         // The receiver lives as long as `serve`; after it, nothing is lost
         // that matters: the next start marks every device offline anyway.
@@ -272,6 +317,7 @@ pub async fn serve(
     apply_disabled(&relay).await;
     tokio::spawn(watch_store(relay.clone(), background.clone()));
     tokio::spawn(flush_last_seen(relay.clone(), background.clone()));
+    let floods_task = tokio::spawn(sweep_floods(relay.clone(), background.clone()));
     let public_ip = relay
         .options
         .public_bind
@@ -347,6 +393,7 @@ pub async fn serve(
         tracing::warn!("some connections did not close within {SHUTDOWN_DRAIN:?}");
     }
     background.cancel();
+    let _ = floods_task.await;
     let _ = status_task.await;
     let _ = audit_task.await;
     Ok(())
@@ -444,6 +491,52 @@ async fn watch_store(relay: Arc<Relay>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// Records a summary for each address whose aggregated events were
+/// counted and not recorded, once their window is over (and at shutdown).
+async fn sweep_floods(relay: Arc<Relay>, stop: CancellationToken) {
+    let window = relay.floods.window();
+    let mut tick = tokio::time::interval(window);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let now = tokio::select! {
+            _ = stop.cancelled() => std::time::Instant::now() + window,
+            _ = tick.tick() => std::time::Instant::now(),
+        };
+        for (ip, flood, n) in relay.floods.sweep(now) {
+            relay.audit.record(flood_summary(ip, flood, n, window));
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+    }
+}
+
+fn flood_summary(
+    ip: std::net::IpAddr,
+    flood: ratelimit::Flood,
+    n: u64,
+    window: Duration,
+) -> audit::Event {
+    use ratelimit::Flood;
+    let (kind, result, what) = match flood {
+        Flood::EnrollLogin => (audit::kind::LOGIN, audit::OK, "enroll logins"),
+        Flood::EnrollRefused => (
+            audit::kind::LOGIN,
+            audit::REFUSED,
+            "enroll logins not completed",
+        ),
+        Flood::KeyProbe => (audit::kind::KEY_PROBE, audit::REFUSED, "key probes"),
+    };
+    let mut e = audit::Event::new(kind, result).detail(format!(
+        "{n} more {what} from {ip} within {window:?}, counted, not recorded one by one"
+    ));
+    if flood != Flood::KeyProbe {
+        e = e.system(crate::protocol::token::ENROLL_USER);
+    }
+    e.peer = Some(ip.to_string());
+    e
 }
 
 async fn flush_last_seen(relay: Arc<Relay>, stop: CancellationToken) {

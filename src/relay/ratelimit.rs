@@ -2,6 +2,9 @@
 //! login takes a token; an address with none left is refused at accept,
 //! before any key exchange, until tokens flow back. Successful logins cost
 //! nothing, so legitimate users from a shared address keep working.
+//!
+//! Audit events that cost an attacker nothing (enroll logins, key probes)
+//! are aggregated per address and window ([`AuditFloods`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -111,6 +114,97 @@ impl FailedLogins {
     }
 }
 
+/// Audit events that anyone can cause at will (enroll logins, key probes),
+/// aggregated per address: the first of a kind from an address in each
+/// window is recorded; the rest are counted, and the count goes into the
+/// next one recorded or into a summary ([`AuditFloods::sweep`]).
+pub struct AuditFloods {
+    window: Duration,
+    table: Mutex<HashMap<(IpAddr, Flood), FloodWindow>>,
+}
+
+/// What is aggregated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flood {
+    /// Logins as user `enroll` (any key may log in).
+    EnrollLogin,
+    /// Logins as user `enroll` begun and never completed.
+    EnrollRefused,
+    /// Registered keys asked about without a signature.
+    KeyProbe,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FloodWindow {
+    started: Instant,
+    counted: u64,
+}
+
+impl AuditFloods {
+    pub fn new(window: Duration) -> AuditFloods {
+        AuditFloods {
+            window: window.max(Duration::from_millis(1)),
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// One event of `flood` from `ip`: `Some(n)` to record it now (`n`:
+    /// events counted, not recorded, in the window before), `None` when it
+    /// is only counted.
+    pub fn note(&self, ip: IpAddr, flood: Flood, now: Instant) -> Option<u64> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = table.get_mut(&(ip, flood)) {
+            if now.duration_since(w.started) < self.window {
+                w.counted += 1;
+                return None;
+            }
+            let before = w.counted;
+            *w = FloodWindow {
+                started: now,
+                counted: 0,
+            };
+            return Some(before);
+        }
+        if table.len() >= FAILED_LOGIN_TABLE_MAX {
+            // Spoofed addresses: forget finished windows, then everything.
+            let window = self.window;
+            table.retain(|_, w| now.duration_since(w.started) < window);
+            if table.len() >= FAILED_LOGIN_TABLE_MAX {
+                table.clear();
+            }
+        }
+        table.insert(
+            (ip, flood),
+            FloodWindow {
+                started: now,
+                counted: 0,
+            },
+        );
+        Some(0)
+    }
+
+    /// Windows that are over: forgotten, and those that counted events
+    /// returned with their count, for a summary record.
+    pub fn sweep(&self, now: Instant) -> Vec<(IpAddr, Flood, u64)> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        table.retain(|&(ip, flood), w| {
+            if now.duration_since(w.started) < self.window {
+                return true;
+            }
+            if w.counted > 0 {
+                due.push((ip, flood, w.counted));
+            }
+            false
+        });
+        due
+    }
+}
+
 /// Not-yet-authenticated connections: a global cap and one per address.
 pub struct Unauthenticated {
     global: Arc<Semaphore>,
@@ -206,6 +300,33 @@ mod tests {
         let later = t0 + Duration::from_secs(600);
         assert_eq!(limit.check(ip, later), Verdict::Allow);
         assert_eq!(limit.tracked(), 0);
+    }
+
+    #[test]
+    fn floods_are_recorded_once_per_address_and_window_and_counted() {
+        let floods = AuditFloods::new(Duration::from_secs(10));
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let other: IpAddr = "198.51.100.8".parse().unwrap();
+        let t0 = Instant::now();
+        assert_eq!(floods.note(ip, Flood::EnrollLogin, t0), Some(0));
+        for _ in 0..5 {
+            assert_eq!(floods.note(ip, Flood::EnrollLogin, t0), None);
+        }
+        // Other kinds and other addresses have windows of their own.
+        assert_eq!(floods.note(ip, Flood::KeyProbe, t0), Some(0));
+        assert_eq!(floods.note(other, Flood::EnrollLogin, t0), Some(0));
+        assert!(floods.sweep(t0 + Duration::from_secs(9)).is_empty());
+        // The next one after the window carries the count...
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(floods.note(ip, Flood::EnrollLogin, t1), Some(5));
+        assert_eq!(floods.note(ip, Flood::EnrollLogin, t1), None);
+        assert_eq!(floods.note(ip, Flood::EnrollLogin, t1), None);
+        // ...or, when none comes, the sweep does; windows without a count
+        // are just forgotten.
+        let t2 = t1 + Duration::from_secs(10);
+        assert_eq!(floods.sweep(t2), vec![(ip, Flood::EnrollLogin, 2)]);
+        assert!(floods.sweep(t2).is_empty());
+        assert_eq!(floods.note(ip, Flood::EnrollLogin, t2), Some(0));
     }
 
     #[test]

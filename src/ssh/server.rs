@@ -23,7 +23,14 @@ use crate::protocol::limits::{
     HANDSHAKE_TIMEOUT, MAX_AUTH_ATTEMPTS, RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX,
 };
 
-pub use super::proto::conn::ExecOutput;
+pub use super::proto::conn::{ExecOutput, ExecTask};
+
+/// How a command runs: answered at once, or by a task of its own while the
+/// connection keeps serving its other channels.
+pub enum Exec {
+    Done(ExecOutput),
+    Task(ExecTask),
+}
 
 /// Server settings shared by all connections.
 #[derive(Clone)]
@@ -90,7 +97,8 @@ pub trait ServerSession: Send + 'static {
     fn direct_tcpip(&mut self, host: &str, port: u32, channel: IncomingChannel);
 
     /// A command (`ssh relay ls`); an empty command is a shell request.
-    fn exec(&mut self, command: &str) -> impl Future<Output = ExecOutput> + Send;
+    /// Anything that waits (a store call) belongs in [`Exec::Task`].
+    fn exec(&mut self, command: &str) -> Exec;
 }
 
 /// Why a channel could not be opened.
@@ -248,6 +256,19 @@ impl<S: ServerSession> Events for Adapter<S> {
     }
 
     fn exec(&mut self, command: &str) -> impl Future<Output = ExecOutput> + Send {
-        self.session.exec(command)
+        let exec = self.session.exec(command);
+        async move {
+            match exec {
+                Exec::Done(out) => out,
+                Exec::Task(task) => task.await,
+            }
+        }
+    }
+
+    fn exec_task(&mut self, command: &str) -> Option<ExecTask> {
+        Some(match self.session.exec(command) {
+            Exec::Done(out) => Box::pin(std::future::ready(out)),
+            Exec::Task(task) => task,
+        })
     }
 }

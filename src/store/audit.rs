@@ -80,7 +80,7 @@ impl Store {
     /// Events matching `q`, newest first, at most `q.limit + 1` (one more
     /// than a page, so the caller knows whether another page follows).
     pub fn audit(&self, q: &AuditQuery) -> Result<Vec<Event>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut st = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM audit
              WHERE (?1 IS NULL OR system = ?1)

@@ -101,7 +101,7 @@ impl Store {
     }
 
     pub fn invites(&self) -> Result<Vec<InviteRecord>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut st = conn.prepare(
             "SELECT id, system, role, name, created, expires, used, used_by, revoked FROM invites ORDER BY created DESC, id",
         )?;
@@ -232,7 +232,7 @@ impl Store {
 
     pub fn setting(&self, name: &str) -> Result<Option<String>> {
         Ok(self
-            .lock()
+            .read()
             .query_row(
                 "SELECT value FROM relay_settings WHERE name = ?1",
                 [name],
@@ -278,7 +278,7 @@ impl Store {
 
     /// `(system, name)` of every disabled device.
     pub fn disabled_devices(&self) -> Result<Vec<(String, String)>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut st = conn.prepare("SELECT system, name FROM devices WHERE disabled = 1")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -76,7 +76,7 @@ impl Store {
     }
 
     pub fn exposures(&self) -> Result<Vec<Exposure>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut st = conn.prepare(
             "SELECT port, system, device, device_port, allow_from, created FROM exposures ORDER BY port",
         )?;

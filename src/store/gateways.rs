@@ -79,7 +79,7 @@ impl Store {
     }
 
     pub fn gateway_associations(&self, system: &str, name: &str) -> Result<Vec<Cidr>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut st = conn.prepare(
             "SELECT network FROM gateway_associations WHERE system = ?1 AND name = ?2 ORDER BY network",
         )?;
@@ -93,7 +93,7 @@ impl Store {
 
     /// Associations of every gateway, by (system, name).
     pub fn all_gateway_associations(&self) -> Result<HashMap<(String, String), Vec<Cidr>>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut st = conn.prepare(
             "SELECT system, name, network FROM gateway_associations ORDER BY system, name, network",
         )?;
@@ -209,7 +209,7 @@ impl Store {
     /// Whether gateway `name` may open a stream to `target`.
     pub fn gateway_rule_allows(&self, system: &str, name: &str, target: &str) -> Result<bool> {
         Ok(self
-            .lock()
+            .read()
             .query_row(
                 "SELECT 1 FROM gateway_rules WHERE system = ?1 AND name = ?2 AND target = ?3",
                 [system, name, target],
@@ -220,7 +220,7 @@ impl Store {
     }
 
     fn gateway_rules(&self, system: &str, name: &str) -> Result<Vec<String>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut st = conn.prepare(
             "SELECT target FROM gateway_rules WHERE system = ?1 AND name = ?2 ORDER BY target",
         )?;
@@ -264,7 +264,7 @@ impl Store {
     /// Gateways of `system` (or all), with their associations and rules.
     pub fn gateways(&self, system: Option<&str>) -> Result<Vec<GatewayRecord>> {
         let rows: Vec<Row> = {
-            let conn = self.lock();
+            let conn = self.read();
             let mut st = conn.prepare(
                 "SELECT id, system, name, scope, ports, permit, listens, created, updated FROM gateways
                  WHERE ?1 IS NULL OR system = ?1 ORDER BY system, name",
@@ -311,7 +311,7 @@ impl Store {
 
     /// The system of gateway (or device) `name`, when only one system has it.
     pub fn gateway_system(&self, name: &Name) -> Result<Name> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut st = conn.prepare(
             "SELECT system FROM gateways WHERE name = ?1
              UNION SELECT system FROM keys WHERE name = ?1 AND role = 'device' AND revoked IS NULL

@@ -1,6 +1,6 @@
-//! Numbered schema migrations. Each runs once, in order, in a transaction;
-//! `PRAGMA user_version` records how far a database has come. Never edit a
-//! released migration: add the next one.
+//! Numbered schema migrations. Each runs once, in order; the pending ones
+//! run in one exclusive transaction, and `PRAGMA user_version` records how
+//! far a database has come. Never edit a released migration: add the next one.
 
 use anyhow::{Result, bail};
 use rusqlite::Connection;
@@ -113,18 +113,25 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    // The version is read inside the same exclusive transaction that applies
+    // the migrations: processes opening a new database at once (a relay and
+    // `warren admin` commands) then take turns, and each one after the first
+    // finds the schema current instead of creating the same tables again.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
         bail!(
             "database schema version {current} is newer than this warren knows ({known}); upgrade warren"
         );
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
+    if current == known {
+        return Ok(());
     }
+    for sql in MIGRATIONS.iter().skip(current as usize) {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", known)?;
+    tx.commit()?;
     Ok(())
 }

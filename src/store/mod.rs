@@ -5,7 +5,14 @@
 //! writes from another process; the relay notices through
 //! [`Store::data_version`] and never needs a restart.
 //!
-//! Calls block: async code runs them through [`Store::call`].
+//! Writes go through one connection; reads have connections of their own
+//! ([`STORE_READERS`]), so a read never waits behind a write that waits for
+//! another process's lock. Calls block: async code runs them through
+//! [`Store::call`], never on a connection's task.
+//!
+//! The data directory is created 0700 and the database (with its `-wal` and
+//! `-shm` files, which SQLite creates with the database's mode) 0600: they
+//! hold the audit log with peer addresses and invite hashes.
 
 mod audit;
 mod enroll;
@@ -19,6 +26,7 @@ pub use exposures::Exposure;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +37,7 @@ use serde::Serialize;
 pub use gateways::GatewayRecord;
 
 use crate::protocol::device_info::DeviceInfo;
+use crate::protocol::limits::{STORE_BUSY_TIMEOUT, STORE_READERS};
 use crate::protocol::{Name, Role};
 use crate::ssh::keys::{Fingerprint, PublicKey, fingerprint};
 
@@ -36,7 +45,11 @@ pub const DB_FILE: &str = "warren.db";
 
 #[derive(Clone)]
 pub struct Store {
+    /// The one connection that writes (and reads `data_version`).
     conn: Arc<Mutex<Connection>>,
+    /// Connections that only read (`query_only`), taken in turn.
+    readers: Arc<[Mutex<Connection>]>,
+    next_reader: Arc<AtomicUsize>,
 }
 
 /// A registered key, as `key ls` shows it.
@@ -91,19 +104,36 @@ pub fn now() -> u64 {
 impl Store {
     /// Opens (creating if needed) the database in `dir` and migrates it.
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        create_private_dir(dir)?;
         let path = dir.join(DB_FILE);
         let mut conn = Connection::open(&path)
             .with_context(|| format!("cannot open database {}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Before the first statement: SQLite makes `-wal` and `-shm` with the
+        // database's mode.
+        private_files(&path)?;
+        conn.busy_timeout(STORE_BUSY_TIMEOUT)?;
+        wal_mode(&conn).with_context(|| format!("opening database {}", path.display()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrations::migrate(&mut conn)
             .with_context(|| format!("migrating database {}", path.display()))?;
+        let readers = (0..STORE_READERS)
+            .map(|_| {
+                let r = Connection::open(&path)
+                    .with_context(|| format!("cannot open database {}", path.display()))?;
+                r.busy_timeout(STORE_BUSY_TIMEOUT)?;
+                r.pragma_update(None, "query_only", "ON")?;
+                // One read now: it opens the connection's WAL handle and
+                // reads the schema, so the relay's descriptors are all open
+                // from its start.
+                r.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+                Ok(Mutex::new(r))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            readers: readers.into(),
+            next_reader: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -111,6 +141,20 @@ impl Store {
         // rusqlite leaves the connection usable after a panic in another
         // holder: every statement is its own transaction or rolled back.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reading connection: a free one if any, else the next in turn.
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        let n = self.readers.len();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(c) = self.readers[(start + i) % n].try_lock() {
+                return c;
+            }
+        }
+        self.readers[start % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs a blocking store call off the async threads.
@@ -147,7 +191,7 @@ impl Store {
     }
 
     pub fn systems(&self) -> Result<Vec<String>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut st = conn.prepare("SELECT name FROM systems ORDER BY name")?;
         let rows = st.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -168,7 +212,7 @@ impl Store {
     }
 
     pub fn keys(&self) -> Result<Vec<KeyRecord>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut st = conn.prepare(
             "SELECT fingerprint, system, role, name, public_key, created, revoked, enrolled_via FROM keys ORDER BY system, role, name",
         )?;
@@ -225,7 +269,7 @@ impl Store {
     pub fn identity(&self, system: &str, key: &PublicKey) -> Result<Option<Identity>> {
         let fp = fingerprint(key);
         let row = self
-            .lock()
+            .read()
             .query_row(
                 "SELECT role, name, public_key FROM keys WHERE fingerprint = ?1 AND system = ?2 AND revoked IS NULL",
                 [&fp, system],
@@ -253,7 +297,7 @@ impl Store {
     /// Whether a key is revoked or gone (for closing live connections).
     pub fn key_active(&self, fp: &str) -> Result<bool> {
         Ok(self
-            .lock()
+            .read()
             .query_row(
                 "SELECT 1 FROM keys WHERE fingerprint = ?1 AND revoked IS NULL",
                 [fp],
@@ -315,7 +359,7 @@ impl Store {
     }
 
     pub fn devices(&self, system: Option<&str>) -> Result<Vec<DeviceRecord>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut st = conn.prepare(
             "SELECT system, name, online, since, last_seen, address, ports, version, labels, streams, disabled FROM devices
              WHERE ?1 IS NULL OR system = ?1 ORDER BY system, name",
@@ -412,6 +456,71 @@ fn insert_key(
         revoked: None,
         enrolled_via: enrolled_via.map(str::to_string),
     })
+}
+
+/// Switches a database to WAL mode (a no-op once it is). The switch needs
+/// the database to itself, and SQLite answers "busy" at once rather than
+/// waiting while another process has it open (a relay and `warren admin`
+/// opening a new database together): retry for as long as the busy timeout.
+fn wal_mode(conn: &Connection) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < STORE_BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(WAL_SWITCH_RETRY);
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Pause between attempts to switch to WAL mode: short, since the switch is
+/// one statement long.
+const WAL_SWITCH_RETRY: Duration = Duration::from_millis(5);
+
+/// Creates `dir` (and missing parents) readable by its owner only. An
+/// existing directory keeps its mode: it may be the operator's choice.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))
+}
+
+/// Takes group and other permissions off the database and its `-wal` and
+/// `-shm` (SQLite creates a new database with the umask's mode, and an older
+/// warren left them 0644). By path only: opening and closing a descriptor
+/// on the database here would drop the locks this process's connections hold.
+fn private_files(db: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o700))
+                .with_context(|| {
+                    format!(
+                        "{} is readable by others and cannot be changed; fix it with `chmod 600 {}`",
+                        path.display(),
+                        path.display()
+                    )
+                })?;
+        }
+    }
+    Ok(())
 }
 
 fn join_ports(ports: &[u16]) -> String {

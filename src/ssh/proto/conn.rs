@@ -84,7 +84,17 @@ pub trait Events: Send + 'static {
     fn channel_open(&mut self, open: OpenRequest, incoming: Incoming);
     /// Server: a command on a session channel (empty for a shell).
     fn exec(&mut self, command: &str) -> impl Future<Output = ExecOutput> + Send;
+    /// Server: a command that may wait (on a database, on another process's
+    /// lock), run by a task of its own so that the connection keeps serving
+    /// its other channels meanwhile. `None`: the command runs through
+    /// [`Events::exec`] instead.
+    fn exec_task(&mut self, _command: &str) -> Option<ExecTask> {
+        None
+    }
 }
+
+/// A command's output, computed by a task apart from the connection's.
+pub type ExecTask = std::pin::Pin<Box<dyn Future<Output = ExecOutput> + Send>>;
 
 /// A channel the peer asked for, before the application's answer.
 pub struct Incoming {
@@ -1258,7 +1268,12 @@ impl<E: Events> Conn<E> {
                             } else {
                                 String::new()
                             };
-                            let out = self.events.exec(&command).await;
+                            let out: ExecTask = match self.events.exec_task(&command) {
+                                Some(task) => task,
+                                None => {
+                                    Box::pin(std::future::ready(self.events.exec(&command).await))
+                                }
+                            };
                             if want {
                                 self.send(Writer::new(msg::CHANNEL_SUCCESS).u32(remote).finish());
                             }
@@ -1285,15 +1300,16 @@ impl<E: Events> Conn<E> {
         }
     }
 
-    /// Sends a command's output like any channel data (within the peer's
-    /// window), then its exit status, EOF and close.
-    fn exec_reply(&mut self, id: u32, out: ExecOutput) {
+    /// Sends a command's output, once ready, like any channel data (within
+    /// the peer's window), then its exit status, EOF and close.
+    fn exec_reply(&mut self, id: u32, out: ExecTask) {
         let Some(e) = self.chans.get_mut(&id) else {
             return;
         };
         e.kind = ChanKind::Open;
         let handle = ChanHandle::new(id, e.shared.clone(), self.tx.clone());
         tokio::spawn(async move {
+            let out = out.await;
             let ok = handle.send(Bytes::from(out.stdout), false).await.is_ok()
                 && handle.send(Bytes::from(out.stderr), true).await.is_ok();
             if ok {
