@@ -345,7 +345,12 @@ impl Raw {
             sid: Vec::new(),
             rbuf: Vec::new(),
         };
-        let i_c = kex::our_kexinit(false, strict, &[CipherAlg::Chacha20Poly1305]);
+        let i_c = kex::our_kexinit(
+            false,
+            strict,
+            &[kex::KexAlg::Curve25519],
+            &[CipherAlg::Chacha20Poly1305],
+        );
         raw.send(&i_c).await;
         let i_s = raw.recv().await.unwrap();
         let eph = Ephemeral::new().unwrap();
@@ -586,7 +591,7 @@ async fn oversized_truncated_and_forged_packets_end_the_connection() {
     // Truncated: half a packet, then the socket closes.
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     conn::version_exchange(&mut s, false).await.unwrap();
-    let i_c = kex::our_kexinit(false, true, &CipherAlg::ALL);
+    let i_c = kex::our_kexinit(false, true, &kex::KexAlg::ALL, &CipherAlg::ALL);
     let mut out = Vec::new();
     Direction::plain().seal(0, &i_c[..1], &i_c[1..], &mut out);
     s.write_all(&out[..out.len() / 2]).await.unwrap();
