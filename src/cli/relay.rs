@@ -41,11 +41,11 @@ pub struct RelayArgs {
     /// sshd's Ciphers; or -NAME,... to drop some from the default
     /// [default: aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com
     /// on CPUs with AES instructions, chacha20 first otherwise].
-    #[arg(long, value_parser = clap::value_parser!(Ciphers))]
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(Ciphers))]
     pub ciphers: Option<Ciphers>,
     /// Key exchanges offered, in order, like sshd's KexAlgorithms
     /// [default: mlkem768x25519-sha256,curve25519-sha256,curve25519-sha256@libssh.org].
-    #[arg(long, value_parser = clap::value_parser!(KexAlgorithms))]
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(KexAlgorithms))]
     pub kex_algorithms: Option<KexAlgorithms>,
     /// Refuse clients that do not offer strict key exchange
     /// (kex-strict-c-v00@openssh.com; OpenSSH 9.6 and later do).
