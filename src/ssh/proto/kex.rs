@@ -641,6 +641,11 @@ mod tests {
         let (_, q_c) = ClientKex::new(KexAlg::Mlkem768X25519).unwrap();
         assert!(server_kex(KexAlg::Mlkem768X25519, &q_c[..1215]).is_err());
         assert!(server_kex(KexAlg::Mlkem768X25519, &[q_c.clone(), vec![0]].concat()).is_err());
+        // An encapsulation key whose coefficients are out of range fails
+        // the FIPS 203 modulus check.
+        let mut bad = q_c.clone();
+        bad[..1184].fill(0xff);
+        assert!(server_kex(KexAlg::Mlkem768X25519, &bad).is_err());
         // An all-zero X25519 half makes an all-zero shared secret: refused.
         let mut low = q_c.clone();
         low[1184..].fill(0);

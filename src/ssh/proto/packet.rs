@@ -135,6 +135,13 @@ impl GcmNonce {
     }
 }
 
+/// The IV is derived key material too.
+impl Drop for GcmNonce {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 fn gcm_nonce(iv: &[u8]) -> GcmNonce {
     let mut n = [0u8; 12];
     n.copy_from_slice(&iv[..12]);
