@@ -134,6 +134,31 @@ async fn openssh_10_negotiates_mlkem768x25519_with_the_relay() {
 }
 
 #[tokio::test]
+async fn warren_agents_and_clients_negotiate_mlkem768x25519_with_the_relay() {
+    let relay = TestRelay::start().await;
+    relay.add_system("tau");
+    let key = relay.add_key("tau", Role::Controller, "alice");
+    let conn = connect_to(&relay.addr.to_string(), &relay.host_key(), "tau", key)
+        .await
+        .unwrap();
+    assert_eq!(conn.key_exchange(), Some("mlkem768x25519-sha256"));
+    let out = conn.exec("ls").await.unwrap();
+    assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    // A relay limited to curve25519 still serves Warren's clients.
+    let relay = TestRelay::start_with(RelayOptions {
+        kex_algorithms: "-mlkem768x25519-sha256".parse().unwrap(),
+        ..RelayOptions::default()
+    })
+    .await;
+    relay.add_system("tau");
+    let key = relay.add_key("tau", Role::Controller, "alice");
+    let conn = connect_to(&relay.addr.to_string(), &relay.host_key(), "tau", key)
+        .await
+        .unwrap();
+    assert_eq!(conn.key_exchange(), Some("curve25519-sha256"));
+}
+
+#[tokio::test]
 async fn a_client_offering_only_curve25519_still_works() {
     let w = World::start(RelayOptions::default()).await;
     for kex in ["curve25519-sha256", "curve25519-sha256@libssh.org"] {
