@@ -1113,7 +1113,7 @@ class Bench:
         # calls the copies, the zeroing and the page faults.
         tree = run(["perf", "report", "-i", out, "--stdio", "--children", "--sort", "symbol",
                     "--percent-limit", "2", "-g", "none"], check=False, timeout=600)
-        keep = re.compile(r"warren::|ring::aead|ssh_encoding|\[k\] (tcp_sendmsg|tcp_recvmsg|exc_page_fault)$")
+        keep = re.compile(r"warren::|aws_lc_rs::|aws_lc_0_\d+_\d+_\d+_|ssh_encoding|\[k\] (tcp_sendmsg|tcp_recvmsg|exc_page_fault)$")
         incl = [ln.rstrip() for ln in tree.stdout.splitlines()
                 if ln.strip() and not ln.startswith("#") and "(inlined)" not in ln and keep.search(ln.rstrip())]
         callers = run(["perf", "report", "-i", out, "--stdio", "--no-children", "--sort", "symbol",

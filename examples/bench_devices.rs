@@ -269,7 +269,7 @@ async fn connect_one(
     for attempt in 0..attempts {
         if attempt > 0 {
             retries.fetch_add(1, Ordering::Relaxed);
-            let ms = rand::random_range(retry_ms / 2..=retry_ms);
+            let ms = warren::protocol::jitter(retry_ms / 2, retry_ms);
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let tcp = match TcpStream::connect(relay).await {

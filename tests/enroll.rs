@@ -212,7 +212,7 @@ async fn bad_tokens_are_refused_and_nothing_is_written() {
     // Expired: an invite whose time is up (made straight in the store, so
     // the test needs no clock tricks).
     let mut expired = Invite::decode(&invite(&r, "device", "dev2").await).unwrap();
-    let (id, secret) = Invite::fresh_id_and_secret();
+    let (id, secret) = Invite::fresh_id_and_secret().unwrap();
     expired.id = id;
     expired.secret = secret;
     expired.name = name("dev3");
@@ -232,7 +232,7 @@ async fn bad_tokens_are_refused_and_nothing_is_written() {
     // Forged: a valid invite's id with another secret, or another name.
     let good = Invite::decode(&invite(&r, "device", "dev4").await).unwrap();
     let mut forged = good.clone();
-    forged.secret = Invite::fresh_id_and_secret().1;
+    forged.secret = Invite::fresh_id_and_secret().unwrap().1;
     refused("forged-secret", forged.encode(), "secret does not match").await;
     let mut renamed = good.clone();
     renamed.name = name("dev5");

@@ -444,7 +444,7 @@ impl Backoff {
         let d = self.next;
         self.next = (self.next * 2).min(BACKOFF_MAX);
         let ms = d.as_millis() as u64;
-        Duration::from_millis(rand::random_range(ms / 2..=ms))
+        Duration::from_millis(crate::protocol::jitter(ms / 2, ms))
     }
 }
 

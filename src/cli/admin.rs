@@ -460,7 +460,7 @@ async fn create_invite(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Res
         );
     };
     let relay = crate::agent::config::relay_address(&relay)?;
-    let (id, secret) = Invite::fresh_id_and_secret();
+    let (id, secret) = Invite::fresh_id_and_secret()?;
     let invite = Invite {
         relay,
         host_key,

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::relay::config::{PortRanges, RelayFile};
 use crate::relay::{self, Relay, RelayOptions};
+use crate::ssh::algorithms::{Ciphers, KexAlgorithms};
 
 #[derive(Debug, Args)]
 pub struct RelayArgs {
@@ -36,6 +37,20 @@ pub struct RelayArgs {
     /// tokens [default: --listen, unless it is a wildcard address].
     #[arg(long, env = "WARREN_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Ciphers offered, in order of preference, comma-separated, like
+    /// sshd's Ciphers; or -NAME,... to drop some from the default
+    /// [default: aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com
+    /// on CPUs with AES instructions, chacha20 first otherwise].
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(Ciphers))]
+    pub ciphers: Option<Ciphers>,
+    /// Key exchanges offered, in order, like sshd's KexAlgorithms
+    /// [default: mlkem768x25519-sha256,curve25519-sha256,curve25519-sha256@libssh.org].
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(KexAlgorithms))]
+    pub kex_algorithms: Option<KexAlgorithms>,
+    /// Refuse clients that do not offer strict key exchange
+    /// (kex-strict-c-v00@openssh.com; OpenSSH 9.6 and later do).
+    #[arg(long)]
+    pub require_strict_kex: bool,
 }
 
 pub async fn run(a: RelayArgs) -> Result<ExitCode> {
@@ -56,6 +71,17 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
     } else {
         PortRanges::parse(file.public_ports.as_deref().unwrap_or_default())?
     };
+    // Checked by RelayFile::load; parsed again here for the values.
+    let ciphers = match (a.ciphers, &file.ciphers) {
+        (Some(c), _) => c,
+        (None, Some(c)) => c.parse().map_err(anyhow::Error::msg)?,
+        (None, None) => Ciphers::default(),
+    };
+    let kex_algorithms = match (a.kex_algorithms, &file.kex_algorithms) {
+        (Some(k), _) => k,
+        (None, Some(k)) => k.parse().map_err(anyhow::Error::msg)?,
+        (None, None) => KexAlgorithms::default(),
+    };
     // Bound now (a taken port fails before anything else), but listening
     // only once the store is open and migrated: a script that waits for the
     // port and then runs `warren admin` must find the database ready.
@@ -71,6 +97,9 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         public_bind: a.public_bind.or(file.public_bind),
         audit_retention: a.audit_retention,
         advertise,
+        ciphers,
+        kex_algorithms,
+        require_strict_kex: a.require_strict_kex || file.require_strict_kex.unwrap_or(false),
         ..RelayOptions::default()
     };
     let relay = Relay::open(&data, options)?;
@@ -127,6 +156,15 @@ fn reload(relay: &Relay, path: &std::path::Path, started: &RelayFile, ports_by_f
     }
     if new.public_bind != started.public_bind {
         restart.push("public_bind");
+    }
+    if new.ciphers != started.ciphers {
+        restart.push("ciphers");
+    }
+    if new.kex_algorithms != started.kex_algorithms {
+        restart.push("kex_algorithms");
+    }
+    if new.require_strict_kex != started.require_strict_kex {
+        restart.push("require_strict_kex");
     }
     if !restart.is_empty() {
         tracing::warn!(

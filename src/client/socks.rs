@@ -81,14 +81,12 @@ impl Credentials {
     }
 
     fn matches(&self, user: &[u8], password: &[u8]) -> bool {
-        // Compare every byte whatever the first difference, so the time
-        // taken says nothing about how much of a guess was right.
-        let eq = |a: &[u8], b: &[u8]| {
-            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-        };
-        let u = eq(self.user.as_bytes(), user);
-        let p = eq(self.password.as_bytes(), password);
-        u & p
+        // Constant time whatever the first difference, so the time taken
+        // says nothing about how much of a guess was right.
+        use subtle::ConstantTimeEq;
+        let u = self.user.as_bytes().ct_eq(user);
+        let p = self.password.as_bytes().ct_eq(password);
+        (u & p).into()
     }
 }
 

@@ -8,7 +8,7 @@
 use anyhow::{Context, Result, bail};
 use data_encoding::BASE64URL_NOPAD;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::limits::MAX_TOKEN_LEN;
 use super::{Name, Role};
@@ -43,13 +43,16 @@ pub struct Invite {
 
 impl Invite {
     /// A fresh id and secret for a new invite.
-    pub fn fresh_id_and_secret() -> (String, String) {
-        let id: [u8; 6] = rand::random();
-        let secret: [u8; SECRET_BYTES] = rand::random();
-        (
+    pub fn fresh_id_and_secret() -> Result<(String, String)> {
+        let mut id = [0u8; 6];
+        let mut secret = zeroize::Zeroizing::new([0u8; SECRET_BYTES]);
+        aws_lc_rs::rand::fill(&mut id)
+            .and_then(|()| aws_lc_rs::rand::fill(&mut secret[..]))
+            .map_err(|_| anyhow::anyhow!("making an invite: no system randomness"))?;
+        Ok((
             data_encoding::HEXLOWER.encode(&id),
-            BASE64URL_NOPAD.encode(&secret),
-        )
+            BASE64URL_NOPAD.encode(&secret[..]),
+        ))
     }
 
     pub fn encode(&self) -> String {
@@ -92,16 +95,13 @@ impl Invite {
 }
 
 pub fn hash_secret(secret: &str) -> String {
-    data_encoding::HEXLOWER.encode(&Sha256::digest(secret.as_bytes()))
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
+    data_encoding::HEXLOWER.encode(digest.as_ref())
 }
 
 /// Compares two hashes in time independent of where they differ.
 pub fn same_hash(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 #[cfg(test)]
@@ -109,7 +109,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Invite {
-        let (id, secret) = Invite::fresh_id_and_secret();
+        let (id, secret) = Invite::fresh_id_and_secret().unwrap();
         Invite {
             relay: "relay.example:2222".into(),
             host_key: format!("SHA256:{}", "a".repeat(43)),

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use crate::agent::config::read_config;
+use crate::ssh::algorithms::{Ciphers, KexAlgorithms};
 
 /// The file as written; unknown fields are refused.
 #[derive(Debug, Default, Deserialize)]
@@ -23,6 +24,14 @@ pub struct RelayFile {
     pub public_ports: Option<Vec<String>>,
     /// Address public ports listen on (default: the SSH port's address).
     pub public_bind: Option<IpAddr>,
+    /// Ciphers offered, in order, as sshd's `Ciphers`:
+    /// "aes128-gcm@openssh.com,aes256-gcm@openssh.com", or
+    /// "-chacha20-poly1305@openssh.com" to drop one from the default.
+    pub ciphers: Option<String>,
+    /// Key exchanges offered, in order, as sshd's `KexAlgorithms`.
+    pub kex_algorithms: Option<String>,
+    /// Refuse clients that do not offer strict key exchange.
+    pub require_strict_kex: Option<bool>,
 }
 
 impl RelayFile {
@@ -32,6 +41,19 @@ impl RelayFile {
             .with_context(|| format!("invalid relay config {}", path.display()))?;
         if let (Some(d), Some(base)) = (&file.data, path.parent()) {
             file.data = Some(base.join(d));
+        }
+        if let Some(c) = &file.ciphers {
+            c.parse::<Ciphers>().map_err(|e| {
+                anyhow::anyhow!("invalid relay config {}: ciphers: {e}", path.display())
+            })?;
+        }
+        if let Some(k) = &file.kex_algorithms {
+            k.parse::<KexAlgorithms>().map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid relay config {}: kex_algorithms: {e}",
+                    path.display()
+                )
+            })?;
         }
         if let Some(p) = &file.public_ports {
             PortRanges::parse(p).with_context(|| {
@@ -127,6 +149,8 @@ mod tests {
             "colour = 1\n",
             "listen = \"nowhere\"\n",
             "public_ports = [\"99999\"]\n",
+            "ciphers = \"aes128-cbc\"\n",
+            "kex_algorithms = \"diffie-hellman-group1-sha1\"\n",
         ] {
             std::fs::write(&p, bad).unwrap();
             assert!(RelayFile::load(&p).is_err(), "{bad:?}");

@@ -71,6 +71,12 @@ pub struct RelayOptions {
     pub public_ports: config::PortRanges,
     /// Address public ports listen on; the SSH listener's address if None.
     pub public_bind: Option<std::net::IpAddr>,
+    /// Ciphers and key exchanges offered, in order (`--ciphers`,
+    /// `--kex-algorithms`).
+    pub ciphers: crate::ssh::algorithms::Ciphers,
+    pub kex_algorithms: crate::ssh::algorithms::KexAlgorithms,
+    /// Refuse clients without strict key exchange (`--require-strict-kex`).
+    pub require_strict_kex: bool,
 }
 
 impl Default for RelayOptions {
@@ -87,6 +93,9 @@ impl Default for RelayOptions {
             audit_flood_window: RATE_LIMIT_AUDIT_EVERY,
             public_ports: config::PortRanges::default(),
             public_bind: None,
+            ciphers: Default::default(),
+            kex_algorithms: Default::default(),
+            require_strict_kex: false,
         }
     }
 }
@@ -170,6 +179,11 @@ impl Relay {
         let host_key = keys::fingerprint(host.public_key());
         let mut server_config = ServerConfig::new(host);
         server_config.handshake_timeout = options.handshake_timeout;
+        server_config.set_algorithms(
+            &options.ciphers,
+            &options.kex_algorithms,
+            options.require_strict_kex,
+        );
         store.all_devices_down()?;
         if let Some(keep) = options.audit_retention {
             let before = audit::now_ms().saturating_sub(keep.as_millis() as u64);

@@ -197,6 +197,12 @@ impl<H: ForwardedHandler> ClientConnection<H> {
         Ok(out)
     }
 
+    /// The key exchange agreed with the relay (`mlkem768x25519-sha256`
+    /// when both ends have it).
+    pub fn key_exchange(&self) -> Option<&'static str> {
+        *self.tx.ctl.kex_alg.borrow()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.tx.ctl.is_ended()
     }

@@ -6,7 +6,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use ring::rand::{SecureRandom, SystemRandom};
 use ssh_key::private::{Ed25519Keypair, KeypairData};
 use ssh_key::{Algorithm, HashAlg};
 
@@ -70,9 +69,8 @@ fn read_small(path: &Path) -> Result<String> {
 }
 
 pub fn generate_ed25519() -> Result<PrivateKey> {
-    let mut seed = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut seed)
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(&mut seed[..])
         .map_err(|_| anyhow::anyhow!("generating an ed25519 key: no system randomness"))?;
     let pair = Ed25519Keypair::from_seed(&seed);
     PrivateKey::new(KeypairData::Ed25519(pair), "")

@@ -4,6 +4,7 @@
 //! a few types:
 //!
 //! - [`keys`]: load, generate and fingerprint OpenSSH keys.
+//! - [`algorithms`]: the ciphers and key exchanges a server offers.
 //! - [`channel`]: a [`Channel`] (one stream) and splicing it to another channel
 //!   or to any byte stream, with byte counts.
 //! - [`server`]: run one server connection, calling a [`server::ServerSession`].
@@ -13,6 +14,7 @@
 //!   window is granted back only as its reader consumes, so a slow reader
 //!   stops its own sender and nothing else.
 
+pub mod algorithms;
 pub mod channel;
 pub mod client;
 pub mod keys;
@@ -22,10 +24,6 @@ pub mod server;
 pub use channel::{Channel, IncomingChannel, Refusal, SpliceStats};
 pub use keys::{Fingerprint, PrivateKey, PublicKey};
 pub use proto::mux::{buffered_at_least, buffered_bytes};
-
-/// `chacha20-poly1305@openssh.com` in vector code, for the cipher
-/// benchmark (`examples/bench_ciphers.rs`).
-pub use proto::chachapoly;
 
 /// Fuzzing entry points: each runs one parser over arbitrary bytes. They
 /// must never panic (the `fuzz/` targets and the smoke test call them).

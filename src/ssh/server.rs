@@ -12,6 +12,7 @@ use anyhow::Result;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use super::algorithms::{Ciphers, KexAlgorithms};
 use super::channel::{Channel, IncomingChannel};
 use super::keys::{PrivateKey, PublicKey};
 use super::proto::conn::{self, Conn, Events, Incoming, Settings, Side};
@@ -44,7 +45,9 @@ pub struct ServerConfig {
 impl ServerConfig {
     pub fn new(host_key: PrivateKey) -> ServerConfig {
         let host_key = match host_key.key_data().ed25519() {
-            Some(pair) => HostKey::from_seed(&pair.private.to_bytes()).map(Arc::new),
+            Some(pair) => {
+                HostKey::from_seed(&zeroize::Zeroizing::new(pair.private.to_bytes())).map(Arc::new)
+            }
             None => Err(format!(
                 "the relay's host key is {}; Warren serves ssh-ed25519 host keys only",
                 host_key.algorithm()
@@ -59,6 +62,19 @@ impl ServerConfig {
             },
             handshake_timeout: HANDSHAKE_TIMEOUT,
         }
+    }
+
+    /// Offers these ciphers and key exchanges, in this order, and refuses
+    /// peers without strict key exchange when `require_strict_kex`.
+    pub fn set_algorithms(
+        &mut self,
+        ciphers: &Ciphers,
+        kex: &KexAlgorithms,
+        require_strict_kex: bool,
+    ) {
+        self.settings.ciphers = ciphers.0.clone();
+        self.settings.kex = kex.0.clone();
+        self.settings.require_strict_kex = require_strict_kex;
     }
 
     /// Starts a key re-exchange after this many bytes (either way) or this

@@ -291,7 +291,7 @@ mod tests {
     use crate::ssh::keys::generate_ed25519;
 
     fn invite(store: &Store, name: &str, ttl: i64) -> Invite {
-        let (id, secret) = Invite::fresh_id_and_secret();
+        let (id, secret) = Invite::fresh_id_and_secret().unwrap();
         let inv = Invite {
             relay: "127.0.0.1:2222".into(),
             host_key: format!("SHA256:{}", "a".repeat(43)),
@@ -324,7 +324,7 @@ mod tests {
         let k = generate_ed25519().unwrap();
 
         let mut forged = inv.clone();
-        forged.secret = Invite::fresh_id_and_secret().1;
+        forged.secret = Invite::fresh_id_and_secret().unwrap().1;
         let err = store.enroll(&forged, k.public_key()).unwrap_err();
         assert!(err.to_string().contains("secret does not match"), "{err}");
         let mut renamed = inv.clone();

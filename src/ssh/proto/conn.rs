@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::kex::{self, Ephemeral, HashInput, HostKey, Negotiated};
+use super::kex::{self, ClientKex, HashInput, HostKey, KexAlg, Negotiated};
 use super::mux::{
     self, ChanHandle, ChanShared, Chunk, Cmd, ConnTx, Ctl, Ended, In, OUTBOX, OpenReply,
     OpenRequest, WINDOW,
@@ -137,7 +137,13 @@ pub enum Side {
 /// Tunables; tests lower the rekey limits.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Offered in this order (the client's order decides).
     pub ciphers: Vec<CipherAlg>,
+    /// Key exchanges offered, in this order.
+    pub kex: Vec<KexAlg>,
+    /// Refuse a peer that does not offer strict key exchange
+    /// (`kex-strict-*-v00@openssh.com`, the Terrapin countermeasure).
+    pub require_strict_kex: bool,
     pub rekey_bytes: u64,
     pub rekey_time: Duration,
     /// Send a keepalive after this much silence; give up after `.1` unanswered.
@@ -150,6 +156,8 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             ciphers: CipherAlg::preferred(),
+            kex: KexAlg::ALL.to_vec(),
+            require_strict_kex: false,
             rekey_bytes: 1 << 30,
             rekey_time: Duration::from_secs(3600),
             keepalive: None,
@@ -236,7 +244,8 @@ struct KexRun {
     ours: Vec<u8>,
     theirs: Option<Vec<u8>>,
     neg: Option<Negotiated>,
-    eph: Option<Ephemeral>,
+    /// The client's keys, between KEX_ECDH_INIT and the reply.
+    eph: Option<(ClientKex, Vec<u8>)>,
     next_out: Option<Direction>,
     next_in: Option<Direction>,
     sent_newkeys: bool,
@@ -726,6 +735,7 @@ impl<E: Events> Conn<E> {
         let ours = kex::our_kexinit(
             self.server,
             self.session_id.is_none(),
+            &self.settings.kex,
             &self.settings.ciphers,
         );
         self.seal_now(&ours);
@@ -779,20 +789,36 @@ impl<E: Events> Conn<E> {
         )
         .map_err(|e| Fail::Protocol(reason::KEY_EXCHANGE_FAILED, e))?;
         if first {
+            if self.settings.require_strict_kex && !neg.strict {
+                return Err(Fail::Protocol(
+                    reason::KEY_EXCHANGE_FAILED,
+                    format!(
+                        "strict key exchange required: the peer does not offer {}",
+                        if self.server {
+                            kex::STRICT_C
+                        } else {
+                            kex::STRICT_S
+                        }
+                    ),
+                ));
+            }
             self.strict = neg.strict;
         }
         tracing::debug!(
+            kex = %neg.kex.name(),
             client_to_server = %neg.cipher_cs.name(),
             server_to_client = %neg.cipher_sc.name(),
             "negotiated ciphers"
         );
+        self.tx.ctl.kex_alg.send_replace(Some(neg.kex.name()));
         k.ignore_next = neg.ignore_guess;
         k.neg = Some(neg);
         k.theirs = Some(theirs);
         if !self.server {
-            let eph = Ephemeral::new().map_err(proto)?;
-            let m = Writer::new(msg::KEX_ECDH_INIT).string(&eph.public).finish();
-            k.eph = Some(eph);
+            let (eph, q_c) = ClientKex::new(neg.kex).map_err(proto)?;
+            // Q_C, or the hybrid's C_INIT: the same message number and layout.
+            let m = Writer::new(msg::KEX_ECDH_INIT).string(&q_c).finish();
+            k.eph = Some((eph, q_c));
             self.seal_now(&m);
         }
         Ok(())
@@ -815,6 +841,7 @@ impl<E: Events> Conn<E> {
         neg: Negotiated,
     ) -> Result<(Direction, Direction), Fail> {
         let sid = self.session_id.get_or_insert_with(|| h.to_vec()).clone();
+        // Both are zeroed when dropped, at the end of this closure.
         let make = |alg: CipherAlg, iv_letter: u8, key_letter: u8, seal: bool| {
             let iv = kex::derive(k, h, iv_letter, &sid, alg.iv_len().max(1));
             let key = kex::derive(k, h, key_letter, &sid, alg.key_len());
@@ -843,10 +870,7 @@ impl<E: Events> Conn<E> {
         let mut r = Reader::new(payload);
         r.u8()?;
         let q_c = r.string()?.to_vec();
-        let eph = Ephemeral::new().map_err(proto)?;
-        let q_s = eph.public.clone();
-        let k = eph
-            .agree(&q_c)
+        let (q_s, k) = kex::server_kex(neg.kex, &q_c)
             .map_err(|e| Fail::Protocol(reason::KEY_EXCHANGE_FAILED, e))?;
         let ours = run.ours.clone();
         let h = kex::exchange_hash(&HashInput {
@@ -878,7 +902,8 @@ impl<E: Events> Conn<E> {
         let Some(run) = self.kex.as_mut() else {
             return Err(proto("KEX_ECDH_REPLY outside key exchange"));
         };
-        let (Some(neg), Some(theirs), Some(eph)) = (run.neg, run.theirs.clone(), run.eph.take())
+        let (Some(neg), Some(theirs), Some((eph, q_c))) =
+            (run.neg, run.theirs.clone(), run.eph.take())
         else {
             return Err(proto("unexpected KEX_ECDH_REPLY"));
         };
@@ -896,9 +921,8 @@ impl<E: Events> Conn<E> {
                 "host key mismatch".into(),
             ));
         }
-        let q_c = eph.public.clone();
         let k = eph
-            .agree(&q_s)
+            .finish(&q_s)
             .map_err(|e| Fail::Protocol(reason::KEY_EXCHANGE_FAILED, e))?;
         let h = kex::exchange_hash(&HashInput {
             v_c: &self.v_c,

@@ -36,7 +36,7 @@ pub fn packet(data: &[u8]) {
 /// messages the connection task reads.
 pub fn messages(data: &[u8]) {
     if let Ok(k) = kex::parse_kexinit(data) {
-        let ours = kex::our_kexinit(true, true, &CipherAlg::ALL);
+        let ours = kex::our_kexinit(true, true, &kex::KexAlg::ALL, &CipherAlg::ALL);
         if let Ok(o) = kex::parse_kexinit(&ours) {
             let _ = kex::negotiate(&k, &o, true);
             let _ = kex::negotiate(&o, &k, false);
@@ -69,7 +69,7 @@ mod tests {
             x
         };
         let mut seeds: Vec<Vec<u8>> = vec![
-            super::kex::our_kexinit(true, true, &CipherAlg::ALL),
+            super::kex::our_kexinit(true, true, &super::kex::KexAlg::ALL, &CipherAlg::ALL),
             Writer::new(msg::CHANNEL_OPEN)
                 .string("direct-tcpip")
                 .u32(1)

@@ -3,14 +3,13 @@
 //!
 //! - [`wire`]: bounds-checked encoding and decoding of SSH types.
 //! - [`packet`]: the binary packet protocol with the AEAD ciphers.
-//! - [`chachapoly`]: `chacha20-poly1305@openssh.com` in vector code on x86-64.
-//! - [`kex`]: KEXINIT negotiation, curve25519-sha256, key derivation, host keys.
+//! - [`kex`]: KEXINIT negotiation, mlkem768x25519-sha256 and curve25519-sha256,
+//!   key derivation, host keys.
 //! - [`readbuf`]: read buffers, and the reuse of bulk ones.
 //! - [`outbox`]: sealed packets waiting for the socket.
 //! - [`mux`]: per-channel buffers, windows and the command queue.
 //! - [`conn`]: the connection task: transport, authentication, channels.
 
-pub mod chachapoly;
 pub mod conn;
 pub mod fuzz;
 pub mod kex;

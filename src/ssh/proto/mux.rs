@@ -357,6 +357,8 @@ pub struct Ctl {
     pub ended: watch::Sender<Option<Ended>>,
     /// Key exchanges completed (the first one and every rekey).
     pub kexes: watch::Sender<u32>,
+    /// The key exchange negotiated last (its SSH name), once known.
+    pub kex_alg: watch::Sender<Option<&'static str>>,
     /// See [`UNPIN_AFTER`] (tests shorten it).
     pub unpin_after: Duration,
     /// Rounds of the connection's unpinning (for tests).
@@ -376,6 +378,7 @@ impl Ctl {
             kick: Notify::new(),
             ended: watch::Sender::new(None),
             kexes: watch::Sender::new(0),
+            kex_alg: watch::Sender::new(None),
             unpin_after,
             #[cfg(test)]
             unpins: watch::Sender::new(0),

@@ -1,12 +1,14 @@
 //! The binary packet protocol (RFC 4253 §6) with the AEAD ciphers Warren
-//! offers. The primitives come from `ring`, except chacha20-poly1305 on
-//! x86-64 CPUs with AVX2, which runs Warren's vector code
-//! ([`super::chachapoly`]); this file only frames packets, counts nonces
-//! and checks every length before anything is allocated.
+//! offers. The primitives come from `aws-lc-rs` (AES-GCM and its OpenSSH
+//! chacha20-poly1305 construction); this file only frames packets, counts
+//! nonces and checks every length before anything is allocated. The key
+//! objects zero their key schedules when dropped (aws-lc-rs zeroizes its
+//! ChaCha20 keys, and AWS-LC cleanses the AES-GCM context it frees).
 
-use super::chachapoly;
+use aws_lc_rs::aead::{
+    self, Aad, LessSafeKey, Nonce, UnboundKey, chacha20_poly1305_openssh as chacha,
+};
 use bytes::BytesMut;
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, chacha20_poly1305_openssh as chacha};
 use thiserror::Error;
 
 /// Longest `packet_length` accepted from a peer. RFC 4253 asks for at least
@@ -133,6 +135,13 @@ impl GcmNonce {
     }
 }
 
+/// The IV is derived key material too.
+impl Drop for GcmNonce {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 fn gcm_nonce(iv: &[u8]) -> GcmNonce {
     let mut n = [0u8; 12];
     n.copy_from_slice(&iv[..12]);
@@ -143,8 +152,6 @@ enum Keys {
     Plain,
     ChachaSeal(Box<chacha::SealingKey>),
     ChachaOpen(Box<chacha::OpeningKey>),
-    /// Either direction, in vector code.
-    ChachaWide(Box<chachapoly::Keys>),
     Gcm(Box<LessSafeKey>, GcmNonce),
 }
 
@@ -164,9 +171,7 @@ impl Direction {
         let keys = match alg {
             CipherAlg::Chacha20Poly1305 => {
                 let k: &[u8; chacha::KEY_LEN] = key.get(..chacha::KEY_LEN)?.try_into().ok()?;
-                if let Some(wide) = chachapoly::Keys::new(k) {
-                    Keys::ChachaWide(Box::new(wide))
-                } else if seal {
+                if seal {
                     Keys::ChachaSeal(Box::new(chacha::SealingKey::new(k)))
                 } else {
                     Keys::ChachaOpen(Box::new(chacha::OpeningKey::new(k)))
@@ -280,7 +285,6 @@ impl Direction {
                 k.seal_in_place(seq, packet, &mut tag);
                 Some(tag)
             }
-            Keys::ChachaWide(k) => k.seal(seq, packet),
             Keys::Gcm(k, nonce) => {
                 let (len, rest) = packet.split_at_mut(4);
                 let aad: [u8; 4] = [len[0], len[1], len[2], len[3]];
@@ -300,7 +304,6 @@ impl Direction {
     pub fn packet_size(&self, seq: u32, first: [u8; 4]) -> Result<usize, PacketError> {
         let len = match &self.keys {
             Keys::ChachaOpen(k) => u32::from_be_bytes(k.decrypt_packet_length(seq, first)),
-            Keys::ChachaWide(k) => u32::from_be_bytes(k.decrypt_length(seq, first)),
             _ => u32::from_be_bytes(first),
         };
         let l = len as usize;
@@ -334,11 +337,6 @@ impl Direction {
                 k.open_in_place(seq, packet, tag)
                     .map_err(|_| PacketError::Mac)?;
                 // The length field stays encrypted; the caller knows it.
-            }
-            Keys::ChachaWide(k) => {
-                let (packet, tag) = buf.split_at_mut(body_end);
-                let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| PacketError::Mac)?;
-                k.open(seq, packet, tag)?;
             }
             Keys::Gcm(k, nonce) => {
                 let (len, rest) = buf.split_at_mut(4);

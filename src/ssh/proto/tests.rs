@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::conn::{self, Conn, Events, ExecOutput, Incoming, Settings, Side};
-use super::kex::{self, Ephemeral, HashInput, HostKey};
+use super::kex::{self, Ephemeral, HashInput, HostKey, KexAlg};
 use super::mux::{self, ChanHandle, ConnTx, In, OpenRequest, WINDOW};
 use super::packet::{CipherAlg, Direction};
 use super::wire::{Reader, Writer, msg};
@@ -345,7 +345,12 @@ impl Raw {
             sid: Vec::new(),
             rbuf: Vec::new(),
         };
-        let i_c = kex::our_kexinit(false, strict, &[CipherAlg::Chacha20Poly1305]);
+        let i_c = kex::our_kexinit(
+            false,
+            strict,
+            &[kex::KexAlg::Curve25519],
+            &[CipherAlg::Chacha20Poly1305],
+        );
         raw.send(&i_c).await;
         let i_s = raw.recv().await.unwrap();
         let eph = Ephemeral::new().unwrap();
@@ -586,7 +591,7 @@ async fn oversized_truncated_and_forged_packets_end_the_connection() {
     // Truncated: half a packet, then the socket closes.
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     conn::version_exchange(&mut s, false).await.unwrap();
-    let i_c = kex::our_kexinit(false, true, &CipherAlg::ALL);
+    let i_c = kex::our_kexinit(false, true, &kex::KexAlg::ALL, &CipherAlg::ALL);
     let mut out = Vec::new();
     Direction::plain().seal(0, &i_c[..1], &i_c[1..], &mut out);
     s.write_all(&out[..out.len() / 2]).await.unwrap();
@@ -1002,4 +1007,133 @@ async fn data_a_reader_leaves_waiting_lets_go_of_its_read_buffers() {
         take_held(b.len()).await == b,
         "the copies hold the data sent"
     );
+}
+
+/// Sends one plain KEXINIT `payload` as a client would, then waits for the
+/// server to end the connection; returns how it ended.
+async fn kexinit_then_end(srv: &mut TestServer, payload: &[u8]) -> mux::Ended {
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    conn::version_exchange(&mut s, false).await.unwrap();
+    let mut out = Vec::new();
+    Direction::plain().seal(0, &payload[..1], &payload[1..], &mut out);
+    s.write_all(&out).await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut sink)).await;
+    srv.ended().await
+}
+
+/// A client KEXINIT with these kex and compression lists.
+fn client_kexinit(kex: &str, compression: &str) -> Vec<u8> {
+    Writer::new(msg::KEXINIT)
+        .raw(&[1u8; 16])
+        .string(kex)
+        .string("ssh-ed25519")
+        .string("aes128-gcm@openssh.com")
+        .string("aes128-gcm@openssh.com")
+        .string("hmac-sha2-256")
+        .string("hmac-sha2-256")
+        .string(compression)
+        .string(compression)
+        .string("")
+        .string("")
+        .bool(false)
+        .u32(0)
+        .finish()
+}
+
+#[tokio::test]
+async fn warren_client_and_server_negotiate_mlkem768x25519_first() {
+    let srv = server(Settings::default()).await;
+    let conn = srv.client(Settings::default()).await;
+    assert_eq!(echo(&conn, b"pq").await, b"pq");
+    let tx = srv.granted.tx.lock().unwrap().clone().unwrap();
+    assert_eq!(*tx.ctl.kex_alg.borrow(), Some("mlkem768x25519-sha256"));
+    drop(conn);
+    // A client that only knows curve25519-sha256 (older Warren) still works,
+    // and a rekey under the hybrid works too.
+    for (client_kex, want) in [
+        (vec![KexAlg::Curve25519], "curve25519-sha256"),
+        (
+            vec![KexAlg::Curve25519Libssh],
+            "curve25519-sha256@libssh.org",
+        ),
+        (vec![KexAlg::Mlkem768X25519], "mlkem768x25519-sha256"),
+    ] {
+        let srv = server(Settings::default()).await;
+        let conn = srv
+            .client(Settings {
+                kex: client_kex,
+                rekey_bytes: 200_000,
+                ..Settings::default()
+            })
+            .await;
+        let data = vec![7u8; 1_000_000];
+        assert!(echo(&conn, &data).await == data, "{want}");
+        let tx = srv.granted.tx.lock().unwrap().clone().unwrap();
+        assert_eq!(*tx.ctl.kex_alg.borrow(), Some(want));
+        assert!(*tx.ctl.kexes.borrow() >= 3, "{want}: rekeys happened");
+    }
+}
+
+#[tokio::test]
+async fn a_server_without_the_clients_kex_refuses_with_the_offer() {
+    let mut srv = server(Settings {
+        kex: vec![KexAlg::Mlkem768X25519],
+        ..Settings::default()
+    })
+    .await;
+    let ended = kexinit_then_end(&mut srv, &client_kexinit("curve25519-sha256", "none")).await;
+    assert!(
+        matches!(&ended, mux::Ended::Local(t) if t.contains("no common key exchange") && t.contains("curve25519-sha256")),
+        "{ended:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_offering_only_compression_is_refused_by_name() {
+    let mut srv = server(Settings::default()).await;
+    let ended = kexinit_then_end(
+        &mut srv,
+        &client_kexinit("curve25519-sha256", "zlib@openssh.com"),
+    )
+    .await;
+    assert!(
+        matches!(&ended, mux::Ended::Local(t) if t.contains("compression") && t.contains("zlib@openssh.com")),
+        "{ended:?}"
+    );
+    assert!(srv.granted.nothing());
+}
+
+#[tokio::test]
+async fn strict_kex_can_be_required() {
+    let mut srv = server(Settings {
+        require_strict_kex: true,
+        ..Settings::default()
+    })
+    .await;
+    // No kex-strict-c-v00@openssh.com in the client's list.
+    let ended = kexinit_then_end(&mut srv, &client_kexinit("curve25519-sha256", "none")).await;
+    assert!(
+        matches!(&ended, mux::Ended::Local(t) if t.contains("strict key exchange required")),
+        "{ended:?}"
+    );
+    assert!(srv.granted.nothing());
+    // A client that offers it logs in as usual.
+    let mut raw = Raw::connect(srv.addr, true, None).await;
+    raw.login(&srv.user).await;
+    assert_eq!(srv.granted.auths.load(Ordering::SeqCst), 1);
+    // And Warren's client, told to require it, refuses a server without it.
+    let srv = server(Settings::default()).await;
+    let s = TcpStream::connect(srv.addr).await.unwrap();
+    let plain = client::connect_with(
+        s,
+        &srv.options(),
+        NoForwards,
+        Settings {
+            require_strict_kex: true,
+            ..Settings::default()
+        },
+    )
+    .await;
+    assert!(plain.is_ok(), "Warren's server offers strict kex");
 }
