@@ -213,7 +213,9 @@ impl Direction {
     }
 
     /// Appends one packet whose payload is `head` followed by `body`.
-    pub fn seal(&mut self, seq: u32, head: &[u8], body: &[u8], out: &mut Vec<u8>) {
+    /// Returns false, with `out` as it was, when the keys cannot seal (the
+    /// connection must then end: a packet never goes without its tag).
+    pub fn seal(&mut self, seq: u32, head: &[u8], body: &[u8], out: &mut Vec<u8>) -> bool {
         let payload = head.len() + body.len();
         let packet_len = self.packet_len(payload);
         let pad = packet_len - 1 - payload;
@@ -224,9 +226,15 @@ impl Direction {
         out.extend_from_slice(head);
         out.extend_from_slice(body);
         out.resize(out.len() + pad, 0);
-        if let Some(tag) = self.encrypt(seq, &mut out[start..]) {
-            out.extend_from_slice(&tag);
+        match self.encrypt(seq, &mut out[start..]) {
+            Some(tag) => out.extend_from_slice(&tag),
+            None if self.is_plain() => {}
+            None => {
+                out.truncate(start);
+                return false;
+            }
         }
+        true
     }
 
     /// Seals the packet whose payload is `head` followed by
