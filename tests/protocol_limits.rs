@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use tokio::net::TcpStream;
 
 use common::WAIT;

@@ -283,7 +283,11 @@ mod tests {
             ctl: Ctl::new(),
         };
         let shared = ChanShared::new(1 << 20, 32 * 1024);
-        (Channel::new(ChanHandle::new(id, shared.clone(), tx)), shared, rx)
+        (
+            Channel::new(ChanHandle::new(id, shared.clone(), tx)),
+            shared,
+            rx,
+        )
     }
 
     /// Polls `f` once: whether it finished.
@@ -301,7 +305,10 @@ mod tests {
         // One side says EOF twice: the other side still has data to send.
         a_in.push(In::Eof);
         a_in.push(In::Eof);
-        assert!(!done(splice.as_mut()).await, "two EOFs from one side ended the splice");
+        assert!(
+            !done(splice.as_mut()).await,
+            "two EOFs from one side ended the splice"
+        );
         b_in.push(In::Data(Bytes::from_static(b"late reply").into()));
         assert!(!done(splice.as_mut()).await);
         match a_cmds.try_recv() {

@@ -85,6 +85,7 @@ pub struct Peer {
 impl Peer {
     /// Version and key exchange on `s`.
     pub async fn handshake(mut s: TcpStream) -> Result<Peer, String> {
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
         let v_s = conn::version_exchange(&mut s, false).await?;
         let mut p = Peer {
             s,
@@ -277,7 +278,7 @@ impl Events for FuzzEvents {
     fn authenticated(&mut self, _tx: ConnTx) {}
 
     async fn global_request(&mut self, _name: &str, data: &[u8]) -> bool {
-        data.len() % 2 == 0
+        data.len().is_multiple_of(2)
     }
 
     fn channel_open(&mut self, open: OpenRequest, incoming: Incoming) {
@@ -291,14 +292,16 @@ impl Events for FuzzEvents {
                 let ch = incoming.accept();
                 tokio::spawn(async move {
                     while let Some(m) = ch.recv().await {
-                        match m {
-                            In::Data(d) => {
-                                if ch.send(d, false).await.is_err() {
-                                    return;
-                                }
+                        let sent = match m {
+                            In::Data(d) => ch.send(d, false).await,
+                            In::Eof => {
+                                ch.eof();
+                                Ok(())
                             }
-                            In::Eof => ch.eof(),
-                            _ => {}
+                            _ => Ok(()),
+                        };
+                        if sent.is_err() {
+                            return;
                         }
                     }
                 });
@@ -360,6 +363,8 @@ pub fn conn(data: &[u8]) {
     rt.block_on(drive(mode & 1 == 1, data));
 }
 
+// A panic is how a fuzz entry reports what it found.
+#[allow(clippy::panic)]
 async fn drive(login: bool, data: &[u8]) {
     let Ok(l) = TcpListener::bind("127.0.0.1:0").await else {
         return;
@@ -377,6 +382,7 @@ async fn drive(login: bool, data: &[u8]) {
     };
     let server = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.ok()?;
+        s.set_nodelay(true).ok()?;
         let v = conn::version_exchange(&mut s, true).await.ok()?;
         let side = Side::Server {
             host_key: Arc::new(host),
@@ -438,6 +444,161 @@ async fn drive(login: bool, data: &[u8]) {
         Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Ok(_) => {}
     }
+}
+
+/// Inputs for [`conn`] that follow the protocol some way before they break
+/// it: the starting corpus of the fuzz target and the smoke run.
+pub fn conn_seeds() -> Vec<Vec<u8>> {
+    let user = fuzz_user();
+    let blob = user
+        .public_key()
+        .key_data()
+        .encode_vec()
+        .unwrap_or_default();
+    let open = |kind: &str, id: u32, window: u32, max: u32, host: &str| {
+        let w = Writer::new(msg::CHANNEL_OPEN)
+            .string(kind)
+            .u32(id)
+            .u32(window)
+            .u32(max);
+        if kind == "session" {
+            w.finish()
+        } else {
+            w.string(host).u32(22).string("127.0.0.1").u32(1).finish()
+        }
+    };
+    let data = |id: u32, len: usize| {
+        Writer::new(msg::CHANNEL_DATA)
+            .u32(id)
+            .string(vec![b'd'; len])
+            .finish()
+    };
+    let eof = |id: u32| Writer::new(msg::CHANNEL_EOF).u32(id).finish();
+    let close = |id: u32| Writer::new(msg::CHANNEL_CLOSE).u32(id).finish();
+    let request = |id: u32, kind: &str, extra: &[u8]| {
+        Writer::new(msg::CHANNEL_REQUEST)
+            .u32(id)
+            .string(kind)
+            .bool(true)
+            .raw(extra)
+            .finish()
+    };
+    let global = |name: &str| {
+        Writer::new(msg::GLOBAL_REQUEST)
+            .string(name)
+            .bool(true)
+            .string("dev")
+            .u32(22)
+            .finish()
+    };
+    let query = Writer::new(msg::USERAUTH_REQUEST)
+        .string("fuzz")
+        .string("ssh-connection")
+        .string("publickey")
+        .bool(false)
+        .string("ssh-ed25519")
+        .string(&blob)
+        .finish();
+    let sequences: Vec<(bool, Vec<Vec<u8>>)> = vec![
+        (
+            true,
+            vec![
+                open("session", 0, 1 << 20, 32768, ""),
+                request(0, "exec", &Writer::default().string("ls").finish()),
+                eof(0),
+                eof(0),
+                request(0, "exit-status", &[0, 0, 0, 1]),
+                request(0, "exit-status", &[0, 0, 0, 2]),
+                close(0),
+            ],
+        ),
+        (
+            true,
+            vec![
+                open("direct-tcpip", 1, 1 << 20, 32768, "echo"),
+                data(0, 5),
+                data(0, 9000),
+                Writer::new(msg::CHANNEL_WINDOW_ADJUST)
+                    .u32(0)
+                    .u32(1 << 16)
+                    .finish(),
+                Writer::new(msg::CHANNEL_EXTENDED_DATA)
+                    .u32(0)
+                    .u32(1)
+                    .string("e")
+                    .finish(),
+                eof(0),
+                eof(0),
+                close(0),
+                close(0),
+            ],
+        ),
+        (
+            true,
+            vec![
+                open("direct-tcpip", 2, 0, 32768, "hold"),
+                open("direct-tcpip", 3, 1 << 20, 100, "echo"),
+                open("direct-tcpip", 4, 1 << 20, 32768, "refuse"),
+                data(0, 40_000),
+                Writer::new(msg::CHANNEL_OPEN_CONFIRMATION)
+                    .u32(7)
+                    .u32(8)
+                    .u32(1 << 20)
+                    .u32(32768)
+                    .finish(),
+                close(0),
+                eof(0),
+            ],
+        ),
+        (
+            true,
+            vec![
+                global("tcpip-forward"),
+                global("cancel-tcpip-forward"),
+                global("keepalive@openssh.com"),
+                vec![msg::REQUEST_SUCCESS],
+                vec![200, 1, 2, 3],
+                Writer::new(msg::IGNORE).string("x").finish(),
+                query.clone(),
+            ],
+        ),
+        (false, vec![query.clone(); 20]),
+        (
+            false,
+            vec![
+                Writer::new(msg::SERVICE_REQUEST)
+                    .string("ssh-userauth")
+                    .finish(),
+                query,
+                Writer::new(msg::USERAUTH_REQUEST)
+                    .string("fuzz")
+                    .string("ssh-connection")
+                    .string("none")
+                    .finish(),
+                open("session", 0, 1 << 20, 32768, ""),
+            ],
+        ),
+        (
+            true,
+            vec![
+                kex::our_kexinit(false, false, &CipherAlg::ALL),
+                Writer::new(msg::KEX_ECDH_INIT).string([5u8; 32]).finish(),
+                vec![msg::NEWKEYS],
+            ],
+        ),
+    ];
+    sequences
+        .into_iter()
+        .map(|(login, msgs)| {
+            let mut input = vec![u8::from(login)];
+            for m in msgs {
+                let n = u16::try_from(m.len()).unwrap_or(u16::MAX);
+                input.extend_from_slice(&n.to_be_bytes());
+                input.extend_from_slice(&m[..usize::from(n)]);
+            }
+            input
+        })
+        .collect()
 }
 
 #[cfg(test)]
