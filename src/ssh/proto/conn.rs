@@ -42,7 +42,7 @@ const WRITE_HIGH: usize = 256 * 1024;
 /// peer that sends requests and never reads the answers gets here (channel
 /// data stops at [`WRITE_HIGH`]), so two Warren peers that both write a lot
 /// always go on reading each other.
-const READ_STOP: usize = 4 * 1024 * 1024;
+pub const READ_STOP: usize = 4 * 1024 * 1024;
 /// A socket that took fewer bytes than this in a whole
 /// [`Settings::unpin_after`] counts as stalled (see [`Conn::unpin`]).
 const STALLED_BELOW: u64 = 64 * 1024;
@@ -50,7 +50,7 @@ const STALLED_BELOW: u64 = 64 * 1024;
 const MAX_CHANNELS: usize = 4096;
 /// First and largest read from the socket.
 const READ_MIN: usize = 16 * 1024;
-const READ_MAX: usize = 512 * 1024;
+pub const READ_MAX: usize = 512 * 1024;
 /// Channel data packets from this size (payload) are passed on whole, to be
 /// sealed again in place by a relay, and not copied.
 const FRAME_MIN: usize = 9 + 8192;
@@ -497,6 +497,9 @@ impl<E: Events> Conn<E> {
     async fn run_inner(&mut self) -> Result<String, Fail> {
         self.start_kex();
         loop {
+            if let Some(why) = self.broken {
+                return Err(Fail::Broken(why));
+            }
             if let Some(reason) = self.tx.ctl.take_disconnect() {
                 self.send_disconnect(reason::BY_APPLICATION, &reason).await;
                 return Ok(reason);
@@ -815,6 +818,11 @@ impl<E: Events> Conn<E> {
         if blocked && !msg::is_kex(payload[0]) {
             self.deferred_bytes += payload.len() + DEFERRED_OVERHEAD;
             self.deferred.push_back(payload);
+            #[cfg(test)]
+            self.tx
+                .ctl
+                .deferred_peak
+                .send_modify(|n| *n = (*n).max(self.deferred_bytes));
         } else {
             self.seal_now(&payload);
         }
