@@ -158,6 +158,15 @@ impl Direction {
         Direction { keys: Keys::Plain }
     }
 
+    /// Keys that can open but never seal: every seal fails (for tests of
+    /// what the connection does then).
+    #[cfg(test)]
+    pub fn cannot_seal() -> Direction {
+        Direction {
+            keys: Keys::ChachaOpen(Box::new(chacha::OpeningKey::new(&[1u8; chacha::KEY_LEN]))),
+        }
+    }
+
     /// Keys for sending (`seal`) or receiving (`open`) with `alg`. `key` and
     /// `iv` are at least [`CipherAlg::key_len`] and [`CipherAlg::iv_len`] long.
     pub fn new(alg: CipherAlg, key: &[u8], iv: &[u8], seal: bool) -> Option<Direction> {
