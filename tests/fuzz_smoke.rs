@@ -200,3 +200,96 @@ fn regressions() {
         run_one(target, *f, &"[".repeat(100_000).into_bytes());
     }
 }
+
+/// Mutates a `conn` input message by message (its u16-length framing
+/// kept), so that most mutations reach the handlers instead of breaking
+/// the framing: flip bytes, drop, repeat or swap messages, splice in
+/// another seed's messages.
+fn mutate_messages(rng: &mut Rng, seeds: &[Vec<u8>], input: &[u8]) -> Vec<u8> {
+    let (mode, rest) = input.split_first().unwrap_or((&1, &[]));
+    let mut msgs: Vec<Vec<u8>> = warren::ssh::fuzzing::split_messages(rest)
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    for _ in 0..1 + rng.below(3) {
+        let n = msgs.len();
+        match rng.below(6) {
+            0 if n > 0 => {
+                let m = &mut msgs[rng.below(n)];
+                if !m.is_empty() {
+                    let i = rng.below(m.len());
+                    m[i] ^= 1 << rng.below(8);
+                }
+            }
+            1 if n > 0 => {
+                msgs.remove(rng.below(n));
+            }
+            2 if n > 0 => {
+                let m = msgs[rng.below(n)].clone();
+                for _ in 0..1 + rng.below(50) {
+                    msgs.insert(rng.below(msgs.len() + 1), m.clone());
+                }
+            }
+            3 if n > 1 => {
+                let (a, b) = (rng.below(n), rng.below(n));
+                msgs.swap(a, b);
+            }
+            4 => {
+                let other = &seeds[rng.below(seeds.len())];
+                let theirs = warren::ssh::fuzzing::split_messages(&other[1..]);
+                if !theirs.is_empty() {
+                    let m = theirs[rng.below(theirs.len())].to_vec();
+                    msgs.insert(rng.below(n + 1), m);
+                }
+            }
+            _ if n > 0 => {
+                let m = &mut msgs[rng.below(n)];
+                let cut = rng.below(m.len() + 1);
+                m.truncate(cut);
+            }
+            _ => {}
+        }
+    }
+    let mut out = vec![*mode ^ u8::from(rng.below(16) == 0)];
+    for m in msgs {
+        let m = &m[..m.len().min(usize::from(u16::MAX))];
+        out.extend_from_slice(&(m.len() as u16).to_be_bytes());
+        out.extend_from_slice(m);
+    }
+    out
+}
+
+/// The connection task (a real server `Conn` after a real key exchange)
+/// fed seeded message sequences: it must neither panic nor hang (see
+/// `warren::ssh::fuzzing::conn`).
+#[test]
+fn the_connection_task_survives_a_seeded_fuzz_run() {
+    const ROUNDS: usize = 150;
+    let seeds = warren::ssh::fuzzing::conn_seeds();
+    let started = std::time::Instant::now();
+    let check = |input: &[u8]| {
+        if catch_unwind(AssertUnwindSafe(|| warren::ssh::fuzzing::conn(input))).is_err() {
+            panic!("fuzz target conn panicked on input {input:?} (add it to regressions)");
+        }
+    };
+    for seed in &seeds {
+        check(seed);
+    }
+    let mut rng = Rng(0x5EED_C044);
+    for _ in 0..ROUNDS {
+        let input = if rng.below(10) == 0 {
+            let mut raw = vec![1u8];
+            raw.extend((0..rng.below(512)).map(|_| rng.next() as u8));
+            raw
+        } else {
+            let seed = &seeds[rng.below(seeds.len())];
+            mutate_messages(&mut rng, &seeds, seed)
+        };
+        check(&input);
+    }
+    eprintln!(
+        "conn fuzz smoke: {} inputs in {:?}",
+        seeds.len() + ROUNDS,
+        started.elapsed()
+    );
+}

@@ -78,6 +78,7 @@ impl Channel {
         {
             let from_channel = eof_tx.clone();
             let to_io = async {
+                let mut eof = false;
                 loop {
                     match ch.recv().await {
                         Some(In::Data(data)) => {
@@ -91,7 +92,9 @@ impl Channel {
                                 return;
                             }
                         }
-                        Some(In::Eof) => {
+                        // EOF counts once per direction (the connection
+                        // passes one per channel; this holds either way).
+                        Some(In::Eof) if !std::mem::replace(&mut eof, true) => {
                             let _ = writer.shutdown().await;
                             let _ = from_channel.send(());
                             // Keep reading: the close that follows must end
@@ -132,7 +135,7 @@ impl Channel {
 }
 
 /// Moves one direction: data from `read` to `write`; reports EOF on `eof`
-/// and goes on reading, so that a close after EOF is seen at once. Returns
+/// (once) and goes on reading, so that a close after EOF is seen at once. Returns
 /// when the source closed or the sink failed. Reading the next message only
 /// after the write completed is what carries a slow reader's back-pressure
 /// from one channel to the other.
@@ -142,6 +145,7 @@ async fn pump(
     count: &mut u64,
     eof: mpsc::UnboundedSender<()>,
 ) {
+    let mut seen_eof = false;
     loop {
         match read.recv().await {
             Some(In::Data(data)) => {
@@ -150,7 +154,9 @@ async fn pump(
                     return;
                 }
             }
-            Some(In::Eof) => {
+            // A second EOF from the same side must not count as the other
+            // side's and end the splice early.
+            Some(In::Eof) if !std::mem::replace(&mut seen_eof, true) => {
                 write.eof();
                 let _ = eof.send(());
             }
@@ -254,5 +260,63 @@ impl IncomingChannel {
     /// Refuses with the reason text, which the peer receives with the refusal.
     pub async fn refuse(self, refusal: &Refusal) {
         self.inner.refuse(refusal.code(), &refusal.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::Poll;
+
+    use bytes::Bytes;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::ssh::proto::mux::{ChanShared, Cmd, ConnTx, Ctl, OUTBOX};
+
+    fn channel(id: u32) -> (Channel, Arc<ChanShared>, mpsc::UnboundedReceiver<Cmd>) {
+        let (cmds, rx) = mpsc::unbounded_channel();
+        let tx = ConnTx {
+            cmds,
+            space: Arc::new(Semaphore::new(OUTBOX)),
+            ctl: Ctl::new(),
+        };
+        let shared = ChanShared::new(1 << 20, 32 * 1024);
+        (
+            Channel::new(ChanHandle::new(id, shared.clone(), tx)),
+            shared,
+            rx,
+        )
+    }
+
+    /// Polls `f` once: whether it finished.
+    async fn done<F: Future>(f: std::pin::Pin<&mut F>) -> bool {
+        let mut f = f;
+        std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx).is_ready())).await
+    }
+
+    #[tokio::test]
+    async fn a_splice_counts_eof_per_direction_not_per_message() {
+        let (a, a_in, mut a_cmds) = channel(1);
+        let (b, b_in, _b_cmds) = channel(2);
+        let splice = a.splice(b);
+        tokio::pin!(splice);
+        // One side says EOF twice: the other side still has data to send.
+        a_in.push(In::Eof);
+        a_in.push(In::Eof);
+        assert!(
+            !done(splice.as_mut()).await,
+            "two EOFs from one side ended the splice"
+        );
+        b_in.push(In::Data(Bytes::from_static(b"late reply").into()));
+        assert!(!done(splice.as_mut()).await);
+        match a_cmds.try_recv() {
+            Ok(Cmd::Data { data, .. }) => assert_eq!(&data[..], b"late reply"),
+            _ => panic!("the other direction's data was not passed on"),
+        }
+        // Its own EOF ends the splice.
+        b_in.push(In::Eof);
+        assert!(done(splice.as_mut()).await);
     }
 }

@@ -42,7 +42,7 @@ const WRITE_HIGH: usize = 256 * 1024;
 /// peer that sends requests and never reads the answers gets here (channel
 /// data stops at [`WRITE_HIGH`]), so two Warren peers that both write a lot
 /// always go on reading each other.
-const READ_STOP: usize = 4 * 1024 * 1024;
+pub const READ_STOP: usize = 4 * 1024 * 1024;
 /// A socket that took fewer bytes than this in a whole
 /// [`Settings::unpin_after`] counts as stalled (see [`Conn::unpin`]).
 const STALLED_BELOW: u64 = 64 * 1024;
@@ -50,12 +50,33 @@ const STALLED_BELOW: u64 = 64 * 1024;
 const MAX_CHANNELS: usize = 4096;
 /// First and largest read from the socket.
 const READ_MIN: usize = 16 * 1024;
-const READ_MAX: usize = 512 * 1024;
+pub const READ_MAX: usize = 512 * 1024;
 /// Channel data packets from this size (payload) are passed on whole, to be
 /// sealed again in place by a relay, and not copied.
 const FRAME_MIN: usize = 9 + 8192;
 /// Time allowed to flush a DISCONNECT.
 const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+/// What one message held back during a key exchange costs beside its
+/// bytes (its allocation and queue slot); counted toward [`READ_STOP`], so
+/// a peer that never answers our KEXINIT cannot make the queue grow by
+/// sending requests whose replies wait.
+const DEFERRED_OVERHEAD: usize = 64;
+/// A key exchange not finished within this ends the connection: a peer
+/// could otherwise hold a rekey open, and everything it defers, forever.
+/// OpenSSH's own login grace time is 120 s for the whole handshake.
+pub const KEX_TIMEOUT: Duration = Duration::from_secs(60);
+/// Packets one key may protect in each direction: the sequence number is
+/// part of the nonce, and must never repeat under one key (RFC 4344 §3.1
+/// asks for a rekey well before). A rekey starts at half of it.
+pub const PACKETS_PER_KEY: u64 = 1 << 32;
+/// Public-key queries (no signature) per attempt allowed: a client offers
+/// each key it holds before signing with one, but every query costs the
+/// application a key lookup and tells the peer whether a key is known.
+const QUERIES_PER_ATTEMPT: usize = 2;
+/// Smallest maximum packet size we accept from a peer for a channel:
+/// below it each byte of data costs dozens on the wire (OpenSSH offers
+/// 16 KiB and more; RFC 4253 requires every peer to take 32 KiB packets).
+const MIN_PEER_PACKET: u32 = 1024;
 
 pub const VERSION: &str = concat!("SSH-2.0-warren_", env!("CARGO_PKG_VERSION"));
 
@@ -150,6 +171,10 @@ pub struct Settings {
     pub keepalive: Option<(Duration, usize)>,
     /// See [`mux::UNPIN_AFTER`].
     pub unpin_after: Duration,
+    /// See [`KEX_TIMEOUT`].
+    pub kex_timeout: Duration,
+    /// See [`PACKETS_PER_KEY`].
+    pub packets_per_key: u64,
 }
 
 impl Default for Settings {
@@ -162,6 +187,8 @@ impl Default for Settings {
             rekey_time: Duration::from_secs(3600),
             keepalive: None,
             unpin_after: mux::UNPIN_AFTER,
+            kex_timeout: KEX_TIMEOUT,
+            packets_per_key: PACKETS_PER_KEY,
         }
     }
 }
@@ -173,6 +200,9 @@ enum Fail {
     Io(std::io::Error),
     Peer(String),
     Eof,
+    /// A packet could not be sealed: nothing more can be sent, not even
+    /// a DISCONNECT.
+    Broken(&'static str),
 }
 
 impl From<WireError> for Fail {
@@ -250,6 +280,8 @@ struct KexRun {
     next_in: Option<Direction>,
     sent_newkeys: bool,
     ignore_next: bool,
+    /// See [`Settings::kex_timeout`].
+    started: Instant,
 }
 
 #[derive(PartialEq, Eq)]
@@ -270,8 +302,13 @@ struct Entry {
     reply: Option<OpenReply>,
     /// Window we still grant the peer.
     local_window: u32,
+    /// Largest data packet we told the peer it may send on this channel.
+    local_max: u32,
     sent_eof: bool,
     sent_close: bool,
+    /// The peer sent EOF, and an exit status or signal: each once.
+    got_eof: bool,
+    got_exit: bool,
 }
 
 pub struct Conn<E: Events> {
@@ -298,6 +335,14 @@ pub struct Conn<E: Events> {
     strict: bool,
     packets_in: u64,
     deferred: VecDeque<Vec<u8>>,
+    /// What [`Conn::deferred`] holds, with [`DEFERRED_OVERHEAD`] each.
+    deferred_bytes: usize,
+    /// Packets opened and sealed under the current keys (see
+    /// [`Settings::packets_per_key`]).
+    packets_in_key: u64,
+    packets_out_key: u64,
+    /// Why sealing stopped; set, the connection ends before writing more.
+    broken: Option<&'static str>,
     bytes_since_kex: u64,
     kex_at: Instant,
     authed: bool,
@@ -305,6 +350,8 @@ pub struct Conn<E: Events> {
     userauth: bool,
     probed: bool,
     auth_failures: usize,
+    /// Public-key queries without a signature.
+    key_queries: usize,
     server_sig_algs: Option<String>,
     chans: HashMap<u32, Entry>,
     next_id: u32,
@@ -372,12 +419,17 @@ impl<E: Events> Conn<E> {
             strict: false,
             packets_in: 0,
             deferred: VecDeque::new(),
+            deferred_bytes: 0,
+            packets_in_key: 0,
+            packets_out_key: 0,
+            broken: None,
             bytes_since_kex: 0,
             kex_at: Instant::now(),
             authed: false,
             userauth: false,
             probed: false,
             auth_failures: 0,
+            key_queries: 0,
             server_sig_algs: None,
             chans: HashMap::new(),
             next_id: 0,
@@ -408,6 +460,10 @@ impl<E: Events> Conn<E> {
             Err(Fail::Peer(text)) => Ended::PeerSaid(text),
             Err(Fail::Eof) => Ended::Closed,
             Err(Fail::Io(e)) => Ended::Local(format!("socket error: {e}")),
+            Err(Fail::Broken(why)) => {
+                tracing::warn!(why, "closing SSH connection");
+                Ended::Local(why.to_string())
+            }
         };
         self.finish(&ended);
         ended
@@ -450,6 +506,9 @@ impl<E: Events> Conn<E> {
             .string("")
             .finish();
         self.seal_now(&m);
+        if self.broken.is_some() {
+            return;
+        }
         let all = self.out.take_all();
         let _ = tokio::time::timeout(FLUSH_LIMIT, self.stream.write_all(&all)).await;
     }
@@ -457,12 +516,15 @@ impl<E: Events> Conn<E> {
     async fn run_inner(&mut self) -> Result<String, Fail> {
         self.start_kex();
         loop {
+            if let Some(why) = self.broken {
+                return Err(Fail::Broken(why));
+            }
             if let Some(reason) = self.tx.ctl.take_disconnect() {
                 self.send_disconnect(reason::BY_APPLICATION, &reason).await;
                 return Ok(reason);
             }
             self.maybe_rekey();
-            let can_read = self.pending() < READ_STOP;
+            let can_read = self.pending() + self.deferred_bytes < READ_STOP;
             let mut can_cmd =
                 self.pending() < WRITE_HIGH && self.kex.as_ref().is_none_or(|k| k.sent_newkeys);
             if can_cmd && !self.backlog.is_empty() {
@@ -485,6 +547,9 @@ impl<E: Events> Conn<E> {
             }
             if let Some(t) = self.next_unpin {
                 timer = timer.min(t);
+            }
+            if let Some(k) = &self.kex {
+                timer = timer.min(k.started + self.settings.kex_timeout);
             }
             tokio::select! {
                 r = self.stream.readable(), if can_read => {
@@ -515,6 +580,19 @@ impl<E: Events> Conn<E> {
                     }
                     if self.next_unpin.is_some_and(|t| t <= Instant::now()) {
                         self.unpin();
+                    }
+                    if self
+                        .kex
+                        .as_ref()
+                        .is_some_and(|k| k.started.elapsed() >= self.settings.kex_timeout)
+                    {
+                        return Err(Fail::Protocol(
+                            reason::KEY_EXCHANGE_FAILED,
+                            format!(
+                                "key exchange not finished within {:?}",
+                                self.settings.kex_timeout
+                            ),
+                        ));
                     }
                 }
             }
@@ -555,6 +633,9 @@ impl<E: Events> Conn<E> {
     }
 
     fn write_some(&mut self) -> Result<(), Fail> {
+        if let Some(why) = self.broken {
+            return Err(Fail::Broken(why));
+        }
         while !self.out.is_empty() {
             let mut iov = [std::io::IoSlice::new(&[]); outbox::MAX_SLICES];
             let k = self.out.slices(&mut iov);
@@ -592,9 +673,13 @@ impl<E: Events> Conn<E> {
                 break;
             }
             self.need = None;
+            if self.packets_in_key >= self.settings.packets_per_key {
+                return Err(proto("sequence number would wrap under one key"));
+            }
             let mut packet = self.rbuf.buf.split_to(size);
             let range = self.open.open(self.seq_in, &mut packet)?;
             self.seq_in = self.seq_in.wrapping_add(1);
+            self.packets_in_key += 1;
             self.bytes_since_kex += size as u64;
             self.packets_in += 1;
             self.heard = true;
@@ -624,7 +709,8 @@ impl<E: Events> Conn<E> {
         let in_kex = !self.first_kex_done || self.kex.as_ref().is_some_and(|k| k.neg.is_some());
         let id = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
         let len = u32::from_be_bytes([p[5], p[6], p[7], p[8]]) as usize;
-        if in_kex || len.checked_add(9) != Some(p.len()) {
+        // Anything unusual takes the common path, with its checks.
+        if in_kex || !self.authed || len.checked_add(9) != Some(p.len()) {
             return Ok(Some(packet));
         }
         if let Some(to) = self.data_to(id, len)? {
@@ -648,7 +734,13 @@ impl<E: Events> Conn<E> {
         else {
             return Err(proto("data on a channel that is not open"));
         };
-        if len as u32 > e.local_window || len > MAX_PACKET_SIZE as usize {
+        if len > e.local_max as usize {
+            return Err(proto(format!(
+                "peer sent {len} bytes in one packet on channel {id}, past the {} announced",
+                e.local_max
+            )));
+        }
+        if len as u32 > e.local_window {
             return Err(proto(format!(
                 "peer sent {len} bytes past channel {id}'s window"
             )));
@@ -710,17 +802,46 @@ impl<E: Events> Conn<E> {
     /// Seals `payload` into the write buffer now (kex messages, or any
     /// message outside a key exchange).
     fn seal_now(&mut self, payload: &[u8]) {
-        self.seal
-            .seal(self.seq_out, &payload[..1], &payload[1..], self.out.tail());
+        if !self.may_seal() {
+            return;
+        }
+        if !self
+            .seal
+            .seal(self.seq_out, &payload[..1], &payload[1..], self.out.tail())
+        {
+            self.broken = Some("sealing a packet failed");
+            return;
+        }
+        self.sealed(payload.len());
+    }
+
+    /// Whether one more packet may be sealed under the current keys; if
+    /// not, the connection is marked to end (see [`Conn::broken`]).
+    fn may_seal(&mut self) -> bool {
+        if self.broken.is_none() && self.packets_out_key >= self.settings.packets_per_key {
+            self.broken = Some("sequence number would wrap under one key");
+        }
+        self.broken.is_none()
+    }
+
+    /// Counts a packet of `len` payload bytes just sealed.
+    fn sealed(&mut self, len: usize) {
         self.seq_out = self.seq_out.wrapping_add(1);
-        self.bytes_since_kex += payload.len() as u64;
+        self.packets_out_key += 1;
+        self.bytes_since_kex += len as u64;
     }
 
     /// Sends a message, holding it back while our key exchange runs.
     fn send(&mut self, payload: Vec<u8>) {
         let blocked = self.kex.as_ref().is_some_and(|k| !k.sent_newkeys);
         if blocked && !msg::is_kex(payload[0]) {
+            self.deferred_bytes += payload.len() + DEFERRED_OVERHEAD;
             self.deferred.push_back(payload);
+            #[cfg(test)]
+            self.tx
+                .ctl
+                .deferred_peak
+                .send_modify(|n| *n = (*n).max(self.deferred_bytes));
         } else {
             self.seal_now(&payload);
         }
@@ -748,6 +869,7 @@ impl<E: Events> Conn<E> {
             next_in: None,
             sent_newkeys: false,
             ignore_next: false,
+            started: Instant::now(),
         });
     }
 
@@ -755,7 +877,9 @@ impl<E: Events> Conn<E> {
         if self.kex.is_none()
             && self.first_kex_done
             && (self.bytes_since_kex >= self.settings.rekey_bytes
-                || self.kex_at.elapsed() >= self.settings.rekey_time)
+                || self.kex_at.elapsed() >= self.settings.rekey_time
+                || self.packets_in_key.max(self.packets_out_key)
+                    >= self.settings.packets_per_key / 2)
         {
             tracing::debug!(bytes = self.bytes_since_kex, "rekeying");
             self.start_kex();
@@ -951,6 +1075,7 @@ impl<E: Events> Conn<E> {
         if let Some(run) = self.kex.as_mut() {
             if let Some(out) = run.next_out.take() {
                 self.seal = out;
+                self.packets_out_key = 0;
             }
             run.sent_newkeys = true;
         }
@@ -974,6 +1099,7 @@ impl<E: Events> Conn<E> {
         while let Some(m) = self.deferred.pop_front() {
             self.seal_now(&m);
         }
+        self.deferred_bytes = 0;
         self.kex_done_if_complete();
     }
 
@@ -985,6 +1111,7 @@ impl<E: Events> Conn<E> {
             return Err(proto("NEWKEYS before the key exchange finished"));
         };
         self.open = inn;
+        self.packets_in_key = 0;
         if self.strict {
             self.seq_in = 0;
         }
@@ -1113,6 +1240,13 @@ impl<E: Events> Conn<E> {
             return self.auth_fail(true, max);
         };
         if !signed {
+            self.key_queries += 1;
+            if self.key_queries > QUERIES_PER_ATTEMPT * max {
+                return Err(Fail::Protocol(
+                    reason::NO_MORE_AUTH_METHODS,
+                    "too many public key queries".into(),
+                ));
+            }
             if self.events.check_key(&user, &key, false).await {
                 let m = Writer::new(msg::USERAUTH_PK_OK)
                     .string(&alg)
@@ -1376,6 +1510,15 @@ impl<E: Events> Conn<E> {
                 };
                 e.remote_id = remote;
                 e.kind = ChanKind::Open;
+                if max < MIN_PEER_PACKET {
+                    if let Some(reply) = e.reply.take() {
+                        let _ = reply.send(Err(format!(
+                            "peer's maximum packet size {max} is below {MIN_PEER_PACKET}"
+                        )));
+                    }
+                    self.command(Cmd::Close(id));
+                    return Ok(());
+                }
                 e.shared.set_remote(window, max);
                 let shared = e.shared.clone();
                 if let Some(reply) = e.reply.take()
@@ -1443,8 +1586,15 @@ impl<E: Events> Conn<E> {
             }
             msg::CHANNEL_EOF => {
                 let id = r.u32()?;
-                if let Some(e) = self.chans.get(&id) {
-                    e.shared.push(In::Eof);
+                // Once per channel: repeats would queue without bound where
+                // nobody reads (a session channel, or one we closed).
+                if let Some(e) = self.chans.get_mut(&id) {
+                    if std::mem::replace(&mut e.got_eof, true) {
+                        return Err(proto(format!("second CHANNEL_EOF on channel {id}")));
+                    }
+                    if e.kind != ChanKind::Session && !e.sent_close {
+                        e.shared.push(In::Eof);
+                    }
                 }
             }
             msg::CHANNEL_CLOSE => {
@@ -1465,11 +1615,16 @@ impl<E: Events> Conn<E> {
                 let id = r.u32()?;
                 let kind = r.utf8()?;
                 let want = r.bool()?;
-                let Some(e) = self.chans.get(&id) else {
+                let Some(e) = self.chans.get_mut(&id) else {
                     return Err(proto("request on unknown channel"));
                 };
-                if kind == "exit-status" {
-                    e.shared.push(In::ExitStatus(r.u32()?));
+                if kind == "exit-status" || kind == "exit-signal" {
+                    if std::mem::replace(&mut e.got_exit, true) {
+                        return Err(proto(format!("second exit status on channel {id}")));
+                    }
+                    if kind == "exit-status" && !e.sent_close {
+                        e.shared.push(In::ExitStatus(r.u32()?));
+                    }
                 }
                 if want {
                     let m = Writer::new(msg::CHANNEL_FAILURE).u32(e.remote_id).finish();
@@ -1526,6 +1681,13 @@ impl<E: Events> Conn<E> {
                 return Ok(());
             }
         };
+        if max < MIN_PEER_PACKET {
+            self.send(refuse(
+                1,
+                &format!("maximum packet size {max} is below {MIN_PEER_PACKET}"),
+            ));
+            return Ok(());
+        }
         let Some(id) = self.alloc_id() else {
             self.send(refuse(4, "too many channels"));
             return Ok(());
@@ -1544,8 +1706,11 @@ impl<E: Events> Conn<E> {
                 kind,
                 reply: None,
                 local_window: WINDOW,
+                local_max: MAX_PACKET_SIZE,
                 sent_eof: false,
                 sent_close: false,
+                got_eof: false,
+                got_exit: false,
             },
         );
         match request {
@@ -1570,7 +1735,8 @@ impl<E: Events> Conn<E> {
         match c {
             Cmd::Data { id, ext, data } => {
                 let n = data.len();
-                if let Some(e) = self.chans.get(&id)
+                if self.may_seal()
+                    && let Some(e) = self.chans.get(&id)
                     && e.kind == ChanKind::Open
                     && !e.sent_eof
                     && !e.sent_close
@@ -1613,11 +1779,15 @@ impl<E: Events> Conn<E> {
                         }
                         other => Some(other),
                     };
-                    if let Some(data) = framed {
-                        self.seal.seal(self.seq_out, head, &data, self.out.tail());
+                    let sealed = match framed {
+                        Some(data) => self.seal.seal(self.seq_out, head, &data, self.out.tail()),
+                        None => true,
+                    };
+                    if sealed {
+                        self.sealed(n);
+                    } else {
+                        self.broken = Some("sealing a packet failed");
                     }
-                    self.seq_out = self.seq_out.wrapping_add(1);
-                    self.bytes_since_kex += n as u64;
                 }
                 self.tx.space.add_permits(n);
             }
@@ -1704,6 +1874,7 @@ impl<E: Events> Conn<E> {
                     let _ = reply.send(Err("too many channels".into()));
                     return;
                 };
+                let max_packet = max_packet.min(MAX_PACKET_SIZE);
                 self.chans.insert(
                     id,
                     Entry {
@@ -1712,15 +1883,18 @@ impl<E: Events> Conn<E> {
                         kind: ChanKind::Opening,
                         reply: Some(reply),
                         local_window: WINDOW,
+                        local_max: max_packet,
                         sent_eof: false,
                         sent_close: false,
+                        got_eof: false,
+                        got_exit: false,
                     },
                 );
                 let m = Writer::new(msg::CHANNEL_OPEN)
                     .string(kind)
                     .u32(id)
                     .u32(WINDOW)
-                    .u32(max_packet.min(MAX_PACKET_SIZE))
+                    .u32(max_packet)
                     .raw(&extra)
                     .finish();
                 self.send(m);
@@ -1908,4 +2082,90 @@ pub fn parse_any(p: &[u8]) {
         }
         Ok(())
     })();
+}
+
+#[cfg(test)]
+mod seal_tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::ssh::proto::mux::ChanHandle;
+
+    /// Refuses everything; the connection under test never gets that far.
+    struct Nothing;
+
+    impl Events for Nothing {
+        async fn check_key(&mut self, _: &str, _: &PublicKey, _: bool) -> bool {
+            false
+        }
+        fn authenticated(&mut self, _: ConnTx) {}
+        async fn global_request(&mut self, _: &str, _: &[u8]) -> bool {
+            false
+        }
+        fn channel_open(&mut self, _: OpenRequest, incoming: Incoming) {
+            incoming.refuse(1, "no");
+        }
+        async fn exec(&mut self, _: &str) -> ExecOutput {
+            ExecOutput::default()
+        }
+    }
+
+    /// A server connection whose sealing keys cannot seal (keys made for
+    /// opening), and the other end of its socket.
+    async fn broken_conn() -> (Conn<Nothing>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let side = Side::Server {
+            host_key: Arc::new(kex::HostKey::from_seed(&[3u8; 32]).unwrap()),
+            max_auth_attempts: 6,
+        };
+        let (mut c, _tx) = Conn::new(s, b"SSH-2.0-x".to_vec(), side, Settings::default(), Nothing);
+        c.seal = Direction::cannot_seal();
+        (c, peer)
+    }
+
+    #[tokio::test]
+    async fn a_seal_that_fails_ends_the_connection_and_sends_nothing() {
+        // A message: nothing goes out, and the connection ends at once,
+        // without a DISCONNECT it could not seal either.
+        let (c, mut peer) = broken_conn().await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), c.run())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&ended, Ended::Local(t) if t.contains("sealing a packet failed")),
+            "{ended:?}"
+        );
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty(), "{} bytes sent without a tag", got.len());
+
+        // Channel data: the same.
+        let (mut c, _peer) = broken_conn().await;
+        let shared = ChanShared::new(1 << 20, 32768);
+        c.chans.insert(
+            0,
+            Entry {
+                shared: shared.clone(),
+                remote_id: 0,
+                kind: ChanKind::Open,
+                reply: None,
+                local_window: WINDOW,
+                local_max: MAX_PACKET_SIZE,
+                sent_eof: false,
+                sent_close: false,
+                got_eof: false,
+                got_exit: false,
+            },
+        );
+        let _h = ChanHandle::new(0, shared, c.tx.clone());
+        c.command(Cmd::Data {
+            id: 0,
+            ext: false,
+            data: Bytes::from_static(b"secret").into(),
+        });
+        assert!(c.out.is_empty(), "channel data queued without a tag");
+        assert!(matches!(c.write_some(), Err(Fail::Broken(_))));
+    }
 }

@@ -364,6 +364,10 @@ pub struct Ctl {
     /// Rounds of the connection's unpinning (for tests).
     #[cfg(test)]
     pub unpins: watch::Sender<u32>,
+    /// Most bytes (with overhead) held back during a key exchange at once
+    /// (for tests).
+    #[cfg(test)]
+    pub deferred_peak: watch::Sender<usize>,
 }
 
 impl Ctl {
@@ -382,6 +386,8 @@ impl Ctl {
             unpin_after,
             #[cfg(test)]
             unpins: watch::Sender::new(0),
+            #[cfg(test)]
+            deferred_peak: watch::Sender::new(0),
         })
     }
 

@@ -165,6 +165,15 @@ impl Direction {
         Direction { keys: Keys::Plain }
     }
 
+    /// Keys that can open but never seal: every seal fails (for tests of
+    /// what the connection does then).
+    #[cfg(test)]
+    pub fn cannot_seal() -> Direction {
+        Direction {
+            keys: Keys::ChachaOpen(Box::new(chacha::OpeningKey::new(&[1u8; chacha::KEY_LEN]))),
+        }
+    }
+
     /// Keys for sending (`seal`) or receiving (`open`) with `alg`. `key` and
     /// `iv` are at least [`CipherAlg::key_len`] and [`CipherAlg::iv_len`] long.
     pub fn new(alg: CipherAlg, key: &[u8], iv: &[u8], seal: bool) -> Option<Direction> {
@@ -218,7 +227,9 @@ impl Direction {
     }
 
     /// Appends one packet whose payload is `head` followed by `body`.
-    pub fn seal(&mut self, seq: u32, head: &[u8], body: &[u8], out: &mut Vec<u8>) {
+    /// Returns false, with `out` as it was, when the keys cannot seal (the
+    /// connection must then end: a packet never goes without its tag).
+    pub fn seal(&mut self, seq: u32, head: &[u8], body: &[u8], out: &mut Vec<u8>) -> bool {
         let payload = head.len() + body.len();
         let packet_len = self.packet_len(payload);
         let pad = packet_len - 1 - payload;
@@ -229,9 +240,15 @@ impl Direction {
         out.extend_from_slice(head);
         out.extend_from_slice(body);
         out.resize(out.len() + pad, 0);
-        if let Some(tag) = self.encrypt(seq, &mut out[start..]) {
-            out.extend_from_slice(&tag);
+        match self.encrypt(seq, &mut out[start..]) {
+            Some(tag) => out.extend_from_slice(&tag),
+            None if self.is_plain() => {}
+            None => {
+                out.truncate(start);
+                return false;
+            }
         }
+        true
     }
 
     /// Seals the packet whose payload is `head` followed by

@@ -1,0 +1,101 @@
+//! The SSH layer's limits against a real relay process, measured from
+//! outside: a peer that needs no credentials (any key may log in as
+//! `enroll`) must not make the relay's memory grow.
+
+mod common;
+
+use tokio::net::TcpStream;
+
+use common::WAIT;
+use common::cli::RelayProcess;
+use warren::ssh::fuzzing::Peer;
+use warren::ssh::keys;
+
+const CHANNEL_OPEN: u8 = 90;
+const CHANNEL_OPEN_CONFIRMATION: u8 = 91;
+const CHANNEL_EOF: u8 = 96;
+const GLOBAL_REQUEST: u8 = 80;
+const REQUEST_SUCCESS: u8 = 81;
+const REQUEST_FAILURE: u8 = 82;
+
+/// Anonymous resident memory of process `pid` (heap and such), in bytes.
+fn rss_anon(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .expect("RssAnon in /proc/PID/status");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+fn string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+#[tokio::test]
+async fn a_million_eofs_on_one_channel_do_not_grow_the_relays_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&[], 0, &[], &dir.path().join("data")).await;
+    let pid = relay.child.id().unwrap();
+    let s = TcpStream::connect(("127.0.0.1", relay.port)).await.unwrap();
+    let mut peer = Peer::handshake(s).await.unwrap();
+    // No credentials: the enroll user takes any key.
+    let key = keys::generate_ed25519().unwrap();
+    peer.login("enroll", &key).await.unwrap();
+    let mut open = vec![CHANNEL_OPEN];
+    string(&mut open, b"session");
+    for n in [0u32, 1 << 20, 32 * 1024] {
+        open.extend_from_slice(&n.to_be_bytes());
+    }
+    peer.send(&open).await.unwrap();
+    let conf = peer.recv().await.expect("session channel confirmed");
+    assert_eq!(conf[0], CHANNEL_OPEN_CONFIRMATION);
+    let relay_id: [u8; 4] = conf[5..9].try_into().unwrap();
+    let before = rss_anon(pid);
+
+    let mut eof = vec![CHANNEL_EOF];
+    eof.extend_from_slice(&relay_id);
+    let mut out = Vec::new();
+    let mut sent = 0;
+    'flood: for _ in 0..100 {
+        out.clear();
+        for _ in 0..10_000 {
+            peer.seal(&eof, &mut out);
+        }
+        if peer.write(&out).await.is_err() {
+            break 'flood;
+        }
+        sent += 10_000;
+    }
+    // Either the relay ended the connection, or it answers a request sent
+    // after every EOF: then it has read them all.
+    let mut ping = vec![GLOBAL_REQUEST];
+    string(&mut ping, b"keepalive@openssh.com");
+    ping.push(1);
+    let _ = peer.send(&ping).await;
+    let settled = async {
+        while let Some(m) = peer.recv().await {
+            if m[0] == REQUEST_SUCCESS || m[0] == REQUEST_FAILURE {
+                return "answered";
+            }
+        }
+        "ended"
+    };
+    let how = tokio::time::timeout(WAIT * 4, settled)
+        .await
+        .expect("the relay answers or ends the connection");
+    let after = rss_anon(pid);
+    let grew = after.saturating_sub(before);
+    eprintln!("{sent} EOFs sent; relay {how}; RssAnon {before} -> {after} bytes");
+    assert!(
+        grew < 1024 * 1024,
+        "relay memory grew by {grew} bytes after {sent} EOFs ({how})"
+    );
+    assert_eq!(how, "ended", "a repeated EOF ends the connection");
+}
