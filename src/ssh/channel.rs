@@ -290,10 +290,17 @@ mod tests {
         )
     }
 
-    /// Polls `f` once: whether it finished.
+    /// Polls `f` until it finishes or has nothing left to do (select!
+    /// polls its branches in random order, so one poll may not be enough):
+    /// whether it finished.
     async fn done<F: Future>(f: std::pin::Pin<&mut F>) -> bool {
         let mut f = f;
-        std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx).is_ready())).await
+        for _ in 0..20 {
+            if std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx).is_ready())).await {
+                return true;
+            }
+        }
+        false
     }
 
     #[tokio::test]
