@@ -99,3 +99,65 @@ async fn a_million_eofs_on_one_channel_do_not_grow_the_relays_memory() {
     );
     assert_eq!(how, "ended", "a repeated EOF ends the connection");
 }
+
+/// An enrollment connection (any key logs in as `enroll`) may try only a
+/// few tokens: past [`MAX_ENROLL_ATTEMPTS`] each `enroll` is refused at
+/// once, before any store work, so one connection cannot guess or queue.
+#[tokio::test]
+async fn an_enroll_connection_gets_a_few_attempts_only() {
+    use warren::protocol::limits::MAX_ENROLL_ATTEMPTS;
+    const CHANNEL_EXTENDED_DATA: u8 = 95;
+    const CHANNEL_CLOSE: u8 = 97;
+    const CHANNEL_REQUEST: u8 = 98;
+    const SENT: u32 = 6;
+
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&[], 0, &[], &dir.path().join("data")).await;
+    let s = TcpStream::connect(("127.0.0.1", relay.port)).await.unwrap();
+    let mut peer = Peer::handshake(s).await.unwrap();
+    let key = keys::generate_ed25519().unwrap();
+    peer.login("enroll", &key).await.unwrap();
+    let mut relay_ids = Vec::new();
+    for ours in 0..SENT {
+        let mut open = vec![CHANNEL_OPEN];
+        string(&mut open, b"session");
+        for n in [ours, 1 << 20, 32 * 1024] {
+            open.extend_from_slice(&n.to_be_bytes());
+        }
+        peer.send(&open).await.unwrap();
+        let conf = peer.recv().await.expect("session channel confirmed");
+        assert_eq!(conf[0], CHANNEL_OPEN_CONFIRMATION);
+        relay_ids.push(<[u8; 4]>::try_from(&conf[5..9]).unwrap());
+    }
+    for id in &relay_ids {
+        let mut exec = vec![CHANNEL_REQUEST];
+        exec.extend_from_slice(id);
+        string(&mut exec, b"exec");
+        exec.push(0);
+        string(&mut exec, b"enroll warren1.not-a-token");
+        peer.send(&exec).await.unwrap();
+    }
+    // Each channel's stderr, until the relay closes all of them.
+    let mut stderr = vec![String::new(); SENT as usize];
+    let mut closed = 0;
+    tokio::time::timeout(WAIT * 2, async {
+        while closed < SENT {
+            let m = peer.recv().await.expect("the relay answers every command");
+            let ours = || u32::from_be_bytes(m[1..5].try_into().unwrap()) as usize;
+            match m[0] {
+                CHANNEL_EXTENDED_DATA => {
+                    stderr[ours()].push_str(&String::from_utf8_lossy(&m[13..]));
+                }
+                CHANNEL_CLOSE => closed += 1,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("every command answered");
+    let capped = stderr
+        .iter()
+        .filter(|e| e.contains(&format!("at most {MAX_ENROLL_ATTEMPTS} enroll attempts")))
+        .count();
+    assert_eq!(capped, SENT as usize - MAX_ENROLL_ATTEMPTS, "{stderr:?}");
+}

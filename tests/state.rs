@@ -487,3 +487,67 @@ async fn a_write_lock_held_by_another_process_stalls_no_stream_and_no_login() {
     assert!(events.contains("\"bob\""), "{events}");
     drop((first, second));
 }
+
+/// Commands run off the connection's task, but a connection may have only
+/// a few running or waiting: with the store locked by another process,
+/// `log` commands past the limit are refused at once instead of queueing
+/// store work without bound, and those admitted finish once it is free.
+#[tokio::test]
+async fn commands_waiting_on_one_connection_are_capped() {
+    use common::TestRelay;
+    use std::sync::Arc;
+    use warren::protocol::Role;
+    use warren::protocol::limits::MAX_COMMANDS_IN_FLIGHT;
+
+    const SENT: usize = 10;
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    let alice = r.add_key("tau", Role::Controller, "alice");
+    let bob = r.add_key("tau", Role::Controller, "bob");
+    let conn = Arc::new(r.controller("tau", alice).await);
+    let (release, holder, locked) = hold_write_lock(r.dir.path(), Duration::from_secs(10));
+    locked.await.unwrap();
+    // A login under the lock: its audit record keeps every `log` (which
+    // flushes the audit log before it reads) waiting for the lock.
+    let _bob = r.controller("tau", bob).await;
+    let logs: Vec<_> = (0..SENT)
+        .map(|_| {
+            let c = conn.clone();
+            tokio::spawn(async move { c.exec("log --json").await })
+        })
+        .collect();
+    // Those past the limit answer while the lock is still held.
+    let mut refused = 0;
+    let mut waiting = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    for mut log in logs {
+        match tokio::time::timeout_at(deadline, &mut log).await {
+            Ok(out) => {
+                let out = out.unwrap().unwrap();
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                assert_eq!(out.status, 1, "{err}");
+                assert!(err.contains("commands waiting on this connection"), "{err}");
+                refused += 1;
+            }
+            Err(_) => waiting.push(log),
+        }
+    }
+    assert_eq!(refused, SENT - MAX_COMMANDS_IN_FLIGHT);
+    assert_eq!(waiting.len(), MAX_COMMANDS_IN_FLIGHT);
+    let _ = release.send(());
+    holder.join().unwrap();
+    for log in waiting {
+        let out = tokio::time::timeout(WAIT, log)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The places are given back: the next command runs.
+    let out = tokio::time::timeout(WAIT, conn.exec("log --json"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+}

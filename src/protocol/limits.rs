@@ -112,6 +112,16 @@ pub const INVITE_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// even if the client stays silent.
 pub const ENROLL_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Commands (`exec`) of one connection running or waiting their turn. Each
+/// runs in a task of its own, off the connection's task; past this many the
+/// next is refused at once, so a peer (even one logged in as `enroll`, with
+/// any key) cannot queue store work faster than the disk takes it.
+pub const MAX_COMMANDS_IN_FLIGHT: usize = 4;
+
+/// `enroll TOKEN` attempts on one enrollment connection: a real machine
+/// needs one; a few allow a mistyped token, not guessing.
+pub const MAX_ENROLL_ATTEMPTS: usize = 3;
+
 /// Longest invite token accepted (a real one is about 300 bytes).
 pub const MAX_TOKEN_LEN: usize = 2048;
 

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::net::TcpStream;
@@ -24,7 +25,10 @@ use super::{Relay, StatusChange, commands, enroll, gateways};
 use crate::audit::{self, Event, kind};
 use crate::policy;
 use crate::protocol::device_info::{self, DeviceInfo};
-use crate::protocol::limits::{ENROLL_SESSION_TIMEOUT, MAX_FORWARD_REQUESTS, STREAM_OPEN_TIMEOUT};
+use crate::protocol::limits::{
+    ENROLL_SESSION_TIMEOUT, MAX_COMMANDS_IN_FLIGHT, MAX_ENROLL_ATTEMPTS, MAX_FORWARD_REQUESTS,
+    STREAM_OPEN_TIMEOUT,
+};
 use crate::protocol::token::ENROLL_USER;
 use crate::protocol::{Name, Role};
 use crate::ssh::server::{self, Exec, ExecOutput, ServerHandle, ServerSession};
@@ -68,6 +72,8 @@ pub(super) async fn run(
             tasks,
             span: tracing::Span::current(),
             last_exec: None,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            enroll_attempts: 0,
             ended: CancellationToken::new(),
         };
         // A second handle on the socket, held until authentication, to cut a
@@ -135,6 +141,11 @@ struct Connection {
     span: tracing::Span,
     /// Ends when the previous command's task does (see `exec_task`).
     last_exec: Option<oneshot::Receiver<()>>,
+    /// Commands running or waiting their turn, at most
+    /// [`MAX_COMMANDS_IN_FLIGHT`].
+    in_flight: Arc<AtomicUsize>,
+    /// `enroll TOKEN` runs on this connection, at most [`MAX_ENROLL_ATTEMPTS`].
+    enroll_attempts: usize,
     /// Cancelled when the connection ends, for its commands still running.
     ended: CancellationToken,
 }
@@ -234,15 +245,31 @@ impl Connection {
     /// the connection's task), after the commands before it on this
     /// connection finished, so they take effect in the order sent.
     fn exec_task(&mut self, run: impl Future<Output = ExecOutput> + Send + 'static) -> Exec {
+        if self.in_flight.load(Ordering::Relaxed) >= MAX_COMMANDS_IN_FLIGHT {
+            return Exec::Done(refused(format!(
+                "more than {MAX_COMMANDS_IN_FLIGHT} commands waiting on this connection; \
+                 wait for one to finish\n"
+            )));
+        }
+        let counted = InFlight::new(self.in_flight.clone());
         let (done, next) = oneshot::channel::<()>();
         let previous = self.last_exec.replace(next);
+        let ended = self.ended.clone();
         Exec::Task(Box::pin(
             async move {
-                if let Some(previous) = previous {
-                    // Err: the previous command finished (its sender dropped).
-                    let _ = previous.await;
-                }
-                let out = run.await;
+                let _counted = counted;
+                // Nobody reads the answer of a connection that ended: its
+                // queued commands stop there, store work and all.
+                let out = tokio::select! {
+                    out = async {
+                        if let Some(previous) = previous {
+                            // Err: the previous command finished (its sender dropped).
+                            let _ = previous.await;
+                        }
+                        run.await
+                    } => out,
+                    () = ended.cancelled() => refused("the connection ended\n".into()),
+                };
                 drop(done);
                 out
             }
@@ -458,6 +485,12 @@ impl ServerSession for Connection {
     fn exec(&mut self, command: &str) -> Exec {
         let (relay, peer, command) = (self.relay.clone(), self.peer, command.to_string());
         if let Some(key) = self.enrolling.clone() {
+            self.enroll_attempts += 1;
+            if self.enroll_attempts > MAX_ENROLL_ATTEMPTS {
+                return Exec::Done(refused(format!(
+                    "at most {MAX_ENROLL_ATTEMPTS} enroll attempts per connection\n"
+                )));
+            }
             return self.exec_task(async move { enroll::run(&relay, &key, peer, &command).await });
         }
         let Some(who) = self.identity.clone() else {
@@ -481,6 +514,32 @@ impl ServerSession for Connection {
             });
         }
         self.exec_task(async move { commands::run(&relay, &who, peer, &command).await })
+    }
+}
+
+/// A command's place among [`MAX_COMMANDS_IN_FLIGHT`], given back when its
+/// task ends or is dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A command refused before it ran.
+fn refused(text: String) -> ExecOutput {
+    ExecOutput {
+        stdout: Vec::new(),
+        stderr: text.into_bytes(),
+        status: 1,
     }
 }
 

@@ -106,6 +106,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         create_private_dir(dir)?;
         let path = dir.join(DB_FILE);
+        create_private_file(&path)?;
         let mut conn = Connection::open(&path)
             .with_context(|| format!("cannot open database {}", path.display()))?;
         // Before the first statement: SQLite makes `-wal` and `-shm` with the
@@ -493,6 +494,25 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))
+}
+
+/// Makes a new, empty database file 0600 before SQLite opens it (SQLite
+/// would create it with the umask's mode, readable by others until
+/// [`private_files`] runs; its `-wal` and `-shm` take the database's mode).
+/// An empty file is an empty database. No descriptor is opened on a file
+/// that exists: closing one would drop the locks this process holds on it.
+fn create_private_file(db: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot create database {}", db.display())),
+    }
 }
 
 /// Takes group and other permissions off the database and its `-wal` and

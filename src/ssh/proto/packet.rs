@@ -347,7 +347,10 @@ impl Direction {
         }
         let body_end = buf.len() - tag_len;
         match &mut self.keys {
-            Keys::Plain | Keys::ChachaSeal(_) => {}
+            Keys::Plain => {}
+            // Sealing keys in an opening direction: fail closed, never
+            // take a packet whose tag nobody checked.
+            Keys::ChachaSeal(_) => return Err(PacketError::Mac),
             Keys::ChachaOpen(k) => {
                 let (packet, tag) = buf.split_at_mut(body_end);
                 let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| PacketError::Mac)?;
@@ -514,6 +517,19 @@ mod tests {
                 "{alg:?}"
             );
         }
+    }
+
+    /// chacha20-poly1305's sealing keys never open a packet (AES-GCM keys
+    /// are the same both ways): a swapped direction fails closed instead of
+    /// taking packets whose tag nobody checked.
+    #[test]
+    fn a_chacha_sealing_direction_opens_nothing() {
+        let alg = CipherAlg::Chacha20Poly1305;
+        let (mut s, _) = pair(alg);
+        let (mut other, _) = pair(alg);
+        let mut out = Vec::new();
+        s.seal(3, b"\x5e", &[1u8; 100], &mut out);
+        assert_eq!(other.open(3, &mut out), Err(PacketError::Mac));
     }
 
     #[test]
