@@ -272,8 +272,8 @@ async fn slow_sink(rate: usize) -> u16 {
     port
 }
 
-/// How long a login beside a slow stream may take: 1 s, the bound
-/// on an idle machine. On a machine so loaded that logins with no other
+/// How long a login beside a slow stream may take: 1 s, the bound the README
+/// promises on an idle machine. On a machine so loaded that logins with no other
 /// traffic at all already take over half a second, twice the slowest of
 /// three such logins. A stalled connection takes tens of seconds either way.
 async fn login_bound(w: &World, cfg: &Path) -> Duration {

@@ -364,8 +364,8 @@ impl warren::ssh::client::ForwardedHandler for Echo {
 /// While another process holds the database's write lock, the relay's
 /// writes wait (off every connection's task) but nothing else does: a
 /// stream keeps flowing, a new stream opens on a connection whose `log`
-/// command waits, and new logins succeed. Before, each of these waited
-/// for the lock (about 4.5 s of the 5 s it was held).
+/// command waits, and new logins succeed. Any of these that waited for the
+/// lock would take about 4.5 s of the 5 s it is held.
 #[tokio::test]
 async fn a_write_lock_held_by_another_process_stalls_no_stream_and_no_login() {
     use common::{TestRelay, echo_server};
