@@ -14,13 +14,12 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use common::*;
-use warren::audit::{Event, kind};
+use warren::audit::kind;
 use warren::protocol::Role;
 use warren::protocol::limits::MAX_FORWARD_REQUESTS;
 use warren::relay::RelayOptions;
 use warren::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
 use warren::ssh::keys::{self, PrivateKey};
-use warren::store::AuditQuery;
 
 /// A TCP connection to the relay from a chosen loopback address (Linux
 /// routes all of 127.0.0.0/8 to lo), so tests can play several hosts.
@@ -44,27 +43,6 @@ async fn login_from(
         dead_after: Duration::from_secs(10),
     };
     client::connect(tcp, &opts, NoForwards).await
-}
-
-/// Waits until the store holds an audit event of `kind` matching `pred`.
-async fn wait_event(r: &TestRelay, kind: &str, pred: impl Fn(&Event) -> bool) -> Event {
-    let mut written = r.relay.audit().watch();
-    let q = AuditQuery {
-        kind: Some(kind.into()),
-        limit: 1000,
-        ..Default::default()
-    };
-    let find = async {
-        loop {
-            if let Some(e) = r.store().audit(&q).unwrap().into_iter().find(|e| pred(e)) {
-                return e;
-            }
-            written.changed().await.unwrap();
-        }
-    };
-    tokio::time::timeout(WAIT, find)
-        .await
-        .unwrap_or_else(|_| panic!("no {kind} audit event as expected within {WAIT:?}"))
 }
 
 /// Is the connection closed by the relay (EOF or reset) within `limit`?
@@ -102,26 +80,11 @@ async fn repeated_failed_logins_from_one_address_are_rate_limited() {
     }
     // Each failure is counted when its connection ends; wait for the third
     // to be on record before the next attempt.
-    let mut written = r.relay.audit().watch();
-    let refused = || {
-        r.store()
-            .audit(&AuditQuery {
-                kind: Some(kind::LOGIN.into()),
-                limit: 100,
-                ..Default::default()
-            })
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.result == "refused")
-            .count()
-    };
-    tokio::time::timeout(WAIT, async {
-        while refused() < 3 {
-            written.changed().await.unwrap();
-        }
+    r.wait_audit_for(&audit_of(kind::LOGIN, 100), |events| {
+        let refused = events.iter().filter(|e| e.result == "refused").count();
+        (refused >= 3).then_some(())
     })
-    .await
-    .expect("three refused logins on record");
+    .await;
 
     // Now even the right key from that address is refused at once, before
     // any key exchange (no banner)...
@@ -137,10 +100,11 @@ async fn repeated_failed_logins_from_one_address_are_rate_limited() {
             .is_err()
     );
     // ...audited once with the reason, not once per connection...
-    let limited = wait_event(&r, kind::LOGIN, |e| {
-        e.detail.as_deref().unwrap_or("").contains("rate limited")
-    })
-    .await;
+    let limited = r
+        .wait_audit(&audit_of(kind::LOGIN, 1000), |e| {
+            e.detail.as_deref().unwrap_or("").contains("rate limited")
+        })
+        .await;
     assert_eq!(limited.result, "refused");
     assert!(limited.peer.as_deref().unwrap().starts_with("127.0.0.7:"));
     assert!(
@@ -168,10 +132,7 @@ async fn a_flood_that_never_authenticates_is_capped_and_timed_out_while_users_lo
     .await;
     r.add_system("tau");
     let alice = r.add_key("tau", Role::Controller, "alice");
-    let port = echo_server().await;
-    let _dev = r
-        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-        .await;
+    let (_dev, port) = r.echo_device("tau", "dev1").await;
 
     // 300 idle sockets from three "hosts": only 16 each get a slot (48 of
     // the 64), the
@@ -226,10 +187,7 @@ async fn other_systems_the_relays_own_addresses_and_unserved_ports_are_refused()
     r.add_system("tau");
     r.add_system("beta");
     let alice = r.add_key("tau", Role::Controller, "alice");
-    let port = echo_server().await;
-    let _other = r
-        .device("beta", "secret", &[format!("127.0.0.1:{port}")])
-        .await;
+    let (_other, port) = r.echo_device("beta", "secret").await;
     let _dev = r
         .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
         .await;
@@ -300,7 +258,7 @@ async fn other_systems_the_relays_own_addresses_and_unserved_ports_are_refused()
     );
     // Every refusal is on record with the reason.
     for (host, _, want) in &asks {
-        wait_event(&r, kind::STREAM_OPEN, |e| {
+        r.wait_audit(&audit_of(kind::STREAM_OPEN, 1000), |e| {
             e.result == "refused"
                 && e.device.as_deref() == Some(host.as_str())
                 && e.detail.as_deref().unwrap_or("").contains(want)
@@ -318,10 +276,7 @@ async fn other_systems_the_relays_own_addresses_and_unserved_ports_are_refused()
 async fn a_device_key_cannot_open_streams_take_names_or_register_hundreds() {
     let r = TestRelay::start().await;
     r.add_system("tau");
-    let port = echo_server().await;
-    let _dev1 = r
-        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-        .await;
+    let (_dev1, port) = r.echo_device("tau", "dev1").await;
     let dev2 = r.add_key("tau", Role::Device, "dev2");
     let alice = r.add_key("tau", Role::Controller, "alice");
 
@@ -352,13 +307,13 @@ async fn a_device_key_cannot_open_streams_take_names_or_register_hundreds() {
         refused >= MAX_FORWARD_REQUESTS - 1,
         "refused {refused}, closed: {why}"
     );
-    wait_event(&r, kind::REGISTER, |e| {
+    r.wait_audit(&audit_of(kind::REGISTER, 1000), |e| {
         e.detail.as_deref().unwrap_or("").contains(&format!(
             "more than {MAX_FORWARD_REQUESTS} forward requests"
         ))
     })
     .await;
-    wait_event(&r, kind::STREAM_OPEN, |e| {
+    r.wait_audit(&audit_of(kind::STREAM_OPEN, 1000), |e| {
         e.result == "refused"
             && e.key.as_deref() == Some("dev2")
             && e.detail
@@ -367,7 +322,7 @@ async fn a_device_key_cannot_open_streams_take_names_or_register_hundreds() {
                 .contains("device keys cannot open streams")
     })
     .await;
-    wait_event(&r, kind::REGISTER, |e| {
+    r.wait_audit(&audit_of(kind::REGISTER, 1000), |e| {
         e.device.as_deref() == Some("dev1")
             && e.detail
                 .as_deref()
@@ -401,10 +356,7 @@ async fn hostile_input_is_refused_and_the_relay_stays_responsive() {
     let r = TestRelay::start().await;
     r.add_system("tau");
     let alice = r.add_key("tau", Role::Controller, "alice");
-    let port = echo_server().await;
-    let _dev = r
-        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-        .await;
+    let (_dev, port) = r.echo_device("tau", "dev1").await;
 
     // A huge or hostile user name: refused, and audited truncated.
     let huge_user = "a".repeat(20_000);
@@ -414,10 +366,11 @@ async fn hostile_input_is_refused_and_the_relay_stays_responsive() {
             "{user:.20}"
         );
     }
-    let e = wait_event(&r, kind::LOGIN, |e| {
-        e.result == "refused" && e.system.as_deref().unwrap_or("").starts_with("aaaa")
-    })
-    .await;
+    let e = r
+        .wait_audit(&audit_of(kind::LOGIN, 1000), |e| {
+            e.result == "refused" && e.system.as_deref().unwrap_or("").starts_with("aaaa")
+        })
+        .await;
     assert!(e.system.unwrap().len() <= 64);
 
     // Huge and hostile targets and commands on a good connection.

@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::process::Command;
 
 use common::cli::{RelayProcess, warren, warren_ok};
-use common::openssh::run;
+use common::openssh::{run, stock_ssh};
 use common::*;
 use warren::audit::{Event, kind};
 use warren::protocol::Role;
@@ -39,29 +38,8 @@ async fn triple_server() -> u16 {
     port
 }
 
-/// Waits until the store holds an event matching `q` and `pred`.
-async fn wait_event(r: &TestRelay, q: AuditQuery, pred: impl Fn(&Event) -> bool) -> Event {
-    let mut written = r.relay.audit().watch();
-    let find = async {
-        loop {
-            let events = r.store().audit(&q).unwrap();
-            if let Some(e) = events.into_iter().find(|e| pred(e)) {
-                return e;
-            }
-            written.changed().await.unwrap();
-        }
-    };
-    tokio::time::timeout(WAIT, find)
-        .await
-        .unwrap_or_else(|_| panic!("no audit event for {q:?} within {WAIT:?}"))
-}
-
 fn q(kind: &str) -> AuditQuery {
-    AuditQuery {
-        kind: Some(kind.into()),
-        limit: 100,
-        ..Default::default()
-    }
+    audit_of(kind, 100)
 }
 
 /// Runs a command at the relay over an open connection.
@@ -91,7 +69,7 @@ async fn a_stream_record_has_exact_bytes_each_way() {
     let back = echo_through(&conn, "dev1", port, &sent).await.unwrap();
     assert_eq!(back.len(), 300_000);
 
-    let closed = wait_event(&r, q(kind::STREAM_CLOSE), |_| true).await;
+    let closed = r.wait_audit(&q(kind::STREAM_CLOSE), |_| true).await;
     assert_eq!(closed.bytes_up, Some(100_000), "{closed:?}");
     assert_eq!(closed.bytes_down, Some(300_000), "{closed:?}");
     assert_eq!(closed.system.as_deref(), Some("tau"));
@@ -100,23 +78,26 @@ async fn a_stream_record_has_exact_bytes_each_way() {
     assert_eq!(closed.target, Some(format!("dev1:{port}")));
     assert!(closed.duration_ms.is_some());
     assert!(closed.peer.as_deref().unwrap().starts_with("127.0.0.1:"));
-    let opened = wait_event(&r, q(kind::STREAM_OPEN), |_| true).await;
+    let opened = r.wait_audit(&q(kind::STREAM_OPEN), |_| true).await;
     assert_eq!(opened.result, "ok");
     assert!(opened.id < closed.id);
     // Logins and the device coming up are on record too.
-    wait_event(&r, q(kind::LOGIN), |e| e.key.as_deref() == Some("alice")).await;
-    wait_event(&r, q(kind::DEVICE_UP), |e| {
-        e.device.as_deref() == Some("dev1")
-    })
-    .await;
+    r.wait_audit(&q(kind::LOGIN), |e| e.key.as_deref() == Some("alice"))
+        .await;
+    r.wait_audit(&q(kind::DEVICE_UP), |e| e.device.as_deref() == Some("dev1"))
+        .await;
 
     // A refused stream and a refused login say why, and from where.
     assert!(conn.open("nosuch", 22).await.is_err());
-    let refused = wait_event(&r, q(kind::STREAM_OPEN), |e| e.result == "refused").await;
+    let refused = r
+        .wait_audit(&q(kind::STREAM_OPEN), |e| e.result == "refused")
+        .await;
     assert!(refused.detail.unwrap().contains("no device named nosuch"));
     let stranger = Arc::new(warren::ssh::keys::generate_ed25519().unwrap());
     assert!(r.try_connect("tau", stranger).await.is_err());
-    let login = wait_event(&r, q(kind::LOGIN), |e| e.result == "refused").await;
+    let login = r
+        .wait_audit(&q(kind::LOGIN), |e| e.result == "refused")
+        .await;
     assert!(login.detail.unwrap().contains("no registered key"));
     assert!(login.peer.is_some());
 }
@@ -248,21 +229,10 @@ async fn remote_admin_works_with_stock_ssh_for_admin_keys_only() {
     );
     let port = r.addr.port().to_string();
     let ssh = |key: &Path, user: &str, args: &[&str]| {
-        let mut c = Command::new("ssh");
-        c.args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", known.display()))
-        .args(["-o", "StrictHostKeyChecking=yes", "-p", &port, "-i"])
-        .arg(key)
-        .arg(format!("{user}@127.0.0.1"))
-        .args(args);
+        let mut c = stock_ssh(&known, key);
+        c.args(["-p", &port])
+            .arg(format!("{user}@127.0.0.1"))
+            .args(args);
         c
     };
     let relay = r.addr.to_string();
@@ -305,7 +275,9 @@ async fn remote_admin_works_with_stock_ssh_for_admin_keys_only() {
     assert!(!out.ok);
     assert!(out.stderr.contains("needs an admin key"), "{}", out.stderr);
     assert_eq!(r.store().invites().unwrap().len(), before);
-    let refused = wait_event(&r, q(kind::COMMAND), |e| e.result == "refused").await;
+    let refused = r
+        .wait_audit(&q(kind::COMMAND), |e| e.result == "refused")
+        .await;
     assert_eq!(refused.key.as_deref(), Some("alice"));
     assert!(refused.detail.unwrap().contains("invite"));
     // ...and it still reads its own system's status and log.
@@ -403,10 +375,7 @@ async fn disabling_a_device_closes_its_streams_and_refuses_new_ones() {
     let r = TestRelay::start().await;
     r.add_system("tau");
     r.add_system("ops");
-    let port = echo_server().await;
-    let _dev = r
-        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-        .await;
+    let (_dev, port) = r.echo_device("tau", "dev1").await;
     let ctl = r.add_key("tau", Role::Controller, "alice");
     let conn = r.controller("tau", ctl).await;
     let admin = r.add_key("ops", Role::Admin, "root");
@@ -433,10 +402,10 @@ async fn disabling_a_device_closes_its_streams_and_refuses_new_ones() {
     tokio::time::timeout(WAIT, splice).await.unwrap().unwrap();
     let err = echo_through(&conn, "dev1", port, b"x").await.unwrap_err();
     assert!(format!("{err:#}").contains("disabled"), "{err:#}");
-    let closed = wait_event(&r, q(kind::STREAM_CLOSE), |_| true).await;
+    let closed = r.wait_audit(&q(kind::STREAM_CLOSE), |_| true).await;
     assert!(closed.detail.unwrap().contains("disabled"));
     assert_eq!(closed.bytes_up, Some(4));
-    wait_event(&r, q(kind::DEVICE_DISABLE), |e| {
+    r.wait_audit(&q(kind::DEVICE_DISABLE), |e| {
         e.key.as_deref() == Some("root")
     })
     .await;
@@ -538,22 +507,10 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
     warren_ok(&["admin", "--data", d, "system", "add", "tau"]).await;
     warren_ok(&["admin", "--data", d, "system", "add", "ops"]).await;
     let store = Store::open(&data).unwrap();
-    let key = |role, n: &str| {
-        let k = Arc::new(warren::ssh::keys::generate_ed25519().unwrap());
-        store
-            .add_key(
-                &name(if role == Role::Admin { "ops" } else { "tau" }),
-                role,
-                &name(n),
-                k.public_key(),
-            )
-            .unwrap();
-        k
-    };
     let (dev, alice, root) = (
-        key(Role::Device, "dev1"),
-        key(Role::Controller, "alice"),
-        key(Role::Admin, "root"),
+        add_key_to(&store, "tau", Role::Device, "dev1"),
+        add_key_to(&store, "tau", Role::Controller, "alice"),
+        add_key_to(&store, "ops", Role::Admin, "root"),
     );
     let host_key = warren_ok(&["admin", "--data", d, "host-key"])
         .await
@@ -563,17 +520,14 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
     let addr = format!("127.0.0.1:{}", relay.port);
 
     let port = echo_server().await;
-    let mut agent = TestAgent::start(warren::agent::AgentSettings {
-        relay: addr.clone(),
-        system: name("tau"),
-        name: name("dev1"),
-        key: dev,
-        relay_host_key: host_key.clone(),
-        allow: warren::protocol::AllowList::parse(&[format!("127.0.0.1:{port}")]).unwrap(),
-        dead_after: Duration::from_secs(5),
-        labels: Default::default(),
-        gateway: Default::default(),
-    });
+    let mut agent = TestAgent::start(agent_settings(
+        &addr,
+        &host_key,
+        "tau",
+        "dev1",
+        dev,
+        &[format!("127.0.0.1:{port}")],
+    ));
     agent.online().await;
     let conn = Arc::new(connect_to(&addr, &host_key, "tau", alice).await.unwrap());
     let ops = connect_to(&addr, &host_key, "ops", root).await.unwrap();
@@ -632,21 +586,7 @@ async fn relay_kill_9_during_a_burst_keeps_every_acknowledged_event() {
     // every acknowledged event and every event seen before the kill.
     assert_database_intact(&data);
     let store = Store::open(&data).unwrap();
-    let invites = store
-        .audit(&AuditQuery {
-            kind: Some(kind::INVITE_CREATE.into()),
-            limit: 10_000,
-            ..Default::default()
-        })
-        .unwrap();
-    for id in &acknowledged {
-        assert!(
-            invites
-                .iter()
-                .any(|e| e.detail.as_deref().unwrap_or("").contains(id.as_str())),
-            "acknowledged invite {id} lost"
-        );
-    }
+    assert_invites_on_record(&store, &acknowledged);
     assert_eq!(store.invites().unwrap().len(), acknowledged.len());
     let closes: Vec<i64> = store
         .audit(&AuditQuery {
@@ -695,7 +635,7 @@ async fn gateway_admin_commands_run_remotely_and_are_audited() {
     let (st, out, _) = exec(&ops, "gateway show --system tau gw1 --json").await;
     assert_eq!(st, 0);
     assert!(out.contains("127.0.0.2/32"), "{out}");
-    let e = wait_event(&r, q("gateway_associate"), |_| true).await;
+    let e = r.wait_audit(&q("gateway_associate"), |_| true).await;
     assert_eq!(e.key.as_deref(), Some("root"));
     assert_eq!(e.system.as_deref(), Some("tau"));
 
@@ -757,23 +697,10 @@ async fn enroll_logins_and_key_probes_are_audited_and_floods_aggregated() {
     // Stock ssh with only a public key: it asks whether the key may log in
     // (a `publickey` query without signature), hears yes, and cannot sign.
     let probe = |public: &Path, user: &str| {
-        let mut c = Command::new("ssh");
-        c.args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "BatchMode=yes",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", known.display()))
-        .args(["-o", "StrictHostKeyChecking=yes", "-p", &port, "-i"])
-        .arg(public)
-        .arg(format!("{user}@127.0.0.1"))
-        .arg("ls");
+        let mut c = stock_ssh(&known, public);
+        c.args(["-o", "IdentityAgent=none", "-p", &port])
+            .arg(format!("{user}@127.0.0.1"))
+            .arg("ls");
         c
     };
     let public_only = |key: &Path| {
@@ -794,10 +721,11 @@ async fn enroll_logins_and_key_probes_are_audited_and_floods_aggregated() {
     let new_fp = warren::ssh::keys::fingerprint(new_key.public_key());
     let c = r.try_connect("enroll", new_key.clone()).await.unwrap();
     drop(c);
-    let ok = wait_event(&r, q(kind::LOGIN), |e| {
-        e.fingerprint.as_deref() == Some(new_fp.as_str())
-    })
-    .await;
+    let ok = r
+        .wait_audit(&q(kind::LOGIN), |e| {
+            e.fingerprint.as_deref() == Some(new_fp.as_str())
+        })
+        .await;
     assert_eq!(ok.result, "ok");
     assert_eq!(ok.system.as_deref(), Some("enroll"));
     assert!(ok.peer.as_deref().unwrap().starts_with("127.0.0.1:"));
@@ -814,10 +742,11 @@ async fn enroll_logins_and_key_probes_are_audited_and_floods_aggregated() {
     let out = run(&mut probe(&stranger_pub, "enroll"), WAIT).await;
     assert!(!out.ok);
     let stranger_fp = fp_of(&stranger_pub);
-    let refused = wait_event(&r, q(kind::LOGIN), |e| {
-        e.fingerprint.as_deref() == Some(stranger_fp.as_str())
-    })
-    .await;
+    let refused = r
+        .wait_audit(&q(kind::LOGIN), |e| {
+            e.fingerprint.as_deref() == Some(stranger_fp.as_str())
+        })
+        .await;
     assert_eq!(refused.result, "refused");
     assert_eq!(refused.system.as_deref(), Some("enroll"));
 
@@ -827,7 +756,7 @@ async fn enroll_logins_and_key_probes_are_audited_and_floods_aggregated() {
     let out = run(&mut probe(&alice_pub, "tau"), WAIT).await;
     assert!(!out.ok, "logged in without the private key?");
     let alice_fp = fp_of(&alice_pub);
-    let probed = wait_event(&r, q(kind::KEY_PROBE), |_| true).await;
+    let probed = r.wait_audit(&q(kind::KEY_PROBE), |_| true).await;
     assert_eq!(probed.result, "refused");
     assert_eq!(probed.system.as_deref(), Some("tau"));
     assert!(probed.detail.unwrap().contains(&alice_fp));
@@ -850,24 +779,12 @@ async fn enroll_logins_and_key_probes_are_audited_and_floods_aggregated() {
     };
     // The completed enroll login above, and the flood.
     let total = FLOOD + 1;
-    let mut written = r.relay.audit().watch();
-    let rows = tokio::time::timeout(WAIT, async {
-        loop {
-            let rows: Vec<Event> = r
-                .store()
-                .audit(&enroll_ok)
-                .unwrap()
-                .into_iter()
-                .filter(|e| e.result == "ok")
-                .collect();
-            if rows.iter().map(stands_for).sum::<u64>() >= total {
-                return rows;
-            }
-            written.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("every enroll login accounted for");
+    let rows = r
+        .wait_audit_for(&enroll_ok, |events| {
+            let rows: Vec<Event> = events.into_iter().filter(|e| e.result == "ok").collect();
+            (rows.iter().map(stands_for).sum::<u64>() >= total).then_some(rows)
+        })
+        .await;
     assert_eq!(
         rows.iter().map(stands_for).sum::<u64>(),
         FLOOD + 1,

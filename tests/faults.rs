@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,41 +16,14 @@ use tokio::net::TcpListener;
 use tokio::process::Command;
 
 use common::cli::{RelayProcess, WARREN};
-use common::openssh::run;
+use common::openssh::{run, spawn_quiet, ssh_w, stock_ssh};
 use common::*;
-use warren::agent::{AgentEvent, AgentSettings};
-use warren::audit::kind;
-use warren::protocol::limits::{RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX};
-use warren::protocol::{AllowList, Role};
-use warren::ssh::keys::{self, PrivateKey};
-use warren::store::{AuditQuery, Store};
-
-/// How long the relay may take to notice a silent peer.
-fn keepalive_window() -> Duration {
-    RELAY_KEEPALIVE_INTERVAL * (RELAY_KEEPALIVE_MAX as u32 + 1)
-}
+use warren::agent::AgentEvent;
+use warren::protocol::Role;
+use warren::ssh::keys;
+use warren::store::Store;
 
 const BACK_WITHIN: Duration = Duration::from_secs(60);
-
-fn settings(
-    relay: &str,
-    host_key: &str,
-    dev: &str,
-    key: Arc<PrivateKey>,
-    port: u16,
-) -> AgentSettings {
-    AgentSettings {
-        relay: relay.to_string(),
-        system: name("tau"),
-        name: name(dev),
-        key,
-        relay_host_key: host_key.to_string(),
-        allow: AllowList::parse(&[format!("127.0.0.1:{port}")]).unwrap(),
-        dead_after: Duration::from_secs(5),
-        labels: Default::default(),
-        gateway: Default::default(),
-    }
-}
 
 #[tokio::test]
 async fn relay_kill_9_with_100_devices_and_streams_running_every_device_is_back() {
@@ -62,32 +34,11 @@ async fn relay_kill_9_with_100_devices_and_streams_running_every_device_is_back(
     let store = Store::open(&data).unwrap();
     store.add_system(&name("tau")).unwrap();
     store.add_system(&name("ops")).unwrap();
-    let mut devs = Vec::new();
-    for i in 0..DEVICES {
-        let k = Arc::new(keys::generate_ed25519().unwrap());
-        store
-            .add_key(
-                &name("tau"),
-                Role::Device,
-                &name(&format!("d{i}")),
-                k.public_key(),
-            )
-            .unwrap();
-        devs.push(k);
-    }
-    let alice = Arc::new(keys::generate_ed25519().unwrap());
-    store
-        .add_key(
-            &name("tau"),
-            Role::Controller,
-            &name("alice"),
-            alice.public_key(),
-        )
-        .unwrap();
-    let root = Arc::new(keys::generate_ed25519().unwrap());
-    store
-        .add_key(&name("ops"), Role::Admin, &name("root"), root.public_key())
-        .unwrap();
+    let devs: Vec<_> = (0..DEVICES)
+        .map(|i| add_key_to(&store, "tau", Role::Device, &format!("d{i}")))
+        .collect();
+    let alice = add_key_to(&store, "tau", Role::Controller, "alice");
+    let root = add_key_to(&store, "ops", Role::Admin, "root");
     let mut relay = RelayProcess::start(&[], 0, &[], &data).await;
     let addr = format!("127.0.0.1:{}", relay.port);
     let host_key = keys::fingerprint(
@@ -101,12 +52,13 @@ async fn relay_kill_9_with_100_devices_and_streams_running_every_device_is_back(
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            TestAgent::start(settings(
+            TestAgent::start(agent_settings(
                 &addr,
                 &host_key,
+                "tau",
                 &format!("d{i}"),
                 k.clone(),
-                port,
+                &[format!("127.0.0.1:{port}")],
             ))
         })
         .collect();
@@ -147,22 +99,7 @@ async fn relay_kill_9_with_100_devices_and_streams_running_every_device_is_back(
 
     // The database is intact and holds every acknowledged event.
     assert_database_intact(&data);
-    let events = Store::open(&data)
-        .unwrap()
-        .audit(&AuditQuery {
-            kind: Some(kind::INVITE_CREATE.into()),
-            limit: 10_000,
-            ..Default::default()
-        })
-        .unwrap();
-    for id in &acknowledged {
-        assert!(
-            events
-                .iter()
-                .any(|e| e.detail.as_deref().unwrap_or("").contains(id.as_str())),
-            "acknowledged invite {id} lost"
-        );
-    }
+    assert_invites_on_record(&Store::open(&data).unwrap(), &acknowledged);
 
     // Restart on the same port: every agent notices and comes back.
     let restarted = Instant::now();
@@ -223,16 +160,12 @@ async fn an_agent_killed_with_sigkill_shows_offline_with_last_seen() {
             r.host_key()
         ),
     );
-    let mut agent = Command::new(WARREN)
-        .args(["agent", "--config"])
-        .arg(&cfg)
-        .env("WARREN_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut agent = spawn_quiet(
+        Command::new(WARREN)
+            .args(["agent", "--config"])
+            .arg(&cfg)
+            .env("WARREN_LOG", "error"),
+    );
     r.wait_online("tau", "dev1", true).await;
     let before = warren::audit::now_ms();
     agent.start_kill().unwrap();
@@ -240,23 +173,12 @@ async fn an_agent_killed_with_sigkill_shows_offline_with_last_seen() {
     let killed = Instant::now();
     r.wait_online("tau", "dev1", false).await;
     let noticed = killed.elapsed();
-    assert!(noticed < keepalive_window(), "offline after {noticed:?}");
+    assert!(
+        noticed < relay_keepalive_window(),
+        "offline after {noticed:?}"
+    );
     // The store says offline, with a last-seen no older than the kill.
-    let store = r.admin_store();
-    let seen = tokio::time::timeout(WAIT, async {
-        let mut written = r.relay.audit().watch();
-        loop {
-            let d = store.devices(Some("tau")).unwrap();
-            if let Some(d) = d.into_iter().find(|d| d.name == "dev1" && !d.online) {
-                return d;
-            }
-            // Status is written by its own task after the audit event; look
-            // again on the next audit write or shortly.
-            let _ = tokio::time::timeout(Duration::from_millis(50), written.changed()).await;
-        }
-    })
-    .await
-    .expect("offline in the store");
+    let seen = r.wait_status("tau", "dev1", |d| !d.online).await;
     let last_seen = seen.last_seen.expect("last seen");
     // Seconds, no older than the kill.
     assert!(last_seen + 1 >= before / 1000, "{last_seen} vs {before} ms");
@@ -320,17 +242,20 @@ async fn a_controller_that_stops_reading_holds_the_sender_back() {
     let sent = Arc::new(AtomicU64::new(0));
     let big = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let big_port = big.local_addr().unwrap().port();
-    let counter = sent.clone();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (counter, first) = (sent.clone(), started.clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = big.accept().await {
-            let counter = counter.clone();
+            let (counter, first) = (counter.clone(), first.clone());
             tokio::spawn(async move {
                 let chunk = vec![b'z'; 64 * 1024];
                 while counter.load(Ordering::Relaxed) < FILE {
                     if s.write_all(&chunk).await.is_err() {
                         return;
                     }
-                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    if counter.fetch_add(chunk.len() as u64, Ordering::Relaxed) == 0 {
+                        first.notify_one();
+                    }
                 }
             });
         }
@@ -348,41 +273,15 @@ async fn a_controller_that_stops_reading_holds_the_sender_back() {
     let known = write_file(dir.path(), "known_hosts", &r.known_hosts_line());
     let (rss_start, _) = rss_kib();
     // stdout is a pipe that this test never reads.
-    let mut ssh = Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", known.display()))
-        .arg("-i")
-        .arg(&alice)
-        .args([
-            "-p",
-            &r.addr.port().to_string(),
-            "-W",
-            &format!("dev1:{big_port}"),
-            "tau@127.0.0.1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut ssh = ssh_w(
+        &mut stock_ssh(&known, &alice),
+        r.addr.port(),
+        &format!("dev1:{big_port}"),
+    );
     // The stream is open once the target starts sending.
-    tokio::time::timeout(WAIT, async {
-        let mut w = r.relay.registry().watch();
-        while sent.load(Ordering::Relaxed) == 0 {
-            let _ = tokio::time::timeout(Duration::from_millis(50), w.changed()).await;
-        }
-    })
-    .await
-    .expect("the device starts sending");
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the device starts sending");
     // Other streams of the device keep flowing meanwhile, for 10 s.
     let conn = r
         .controller("tau", r.add_key("tau", Role::Controller, "bob"))

@@ -14,12 +14,6 @@ use tokio::net::TcpListener;
 use tokio::process::Command;
 use warren::protocol::Role;
 
-fn sha256(data: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
-}
-
 const LIMIT: Duration = Duration::from_secs(60);
 
 struct World {
@@ -87,18 +81,6 @@ impl World {
             .arg(cmd);
         c
     }
-}
-
-fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -272,8 +254,8 @@ async fn slow_sink(rate: usize) -> u16 {
     port
 }
 
-/// How long a login beside a slow stream may take: 1 s, the bound
-/// on an idle machine. On a machine so loaded that logins with no other
+/// How long a login beside a slow stream may take: 1 s, the bound the README
+/// promises on an idle machine. On a machine so loaded that logins with no other
 /// traffic at all already take over half a second, twice the slowest of
 /// three such logins. A stalled connection takes tens of seconds either way.
 async fn login_bound(w: &World, cfg: &Path) -> Duration {

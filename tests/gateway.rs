@@ -23,12 +23,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use common::netns::{Net, WARREN, Watched, in_ns, ip, is_root, start_relay};
-use common::openssh::{Ran, Sshd, login_user, run, spawn, ssh_keygen, wait_for_line};
+use common::cli::{admin_tau, warren};
+use common::netns::{
+    Net, WARREN, Watched, agent_config, default_route, in_ns, ip, is_root, start_relay,
+};
+use common::openssh::{Ran, Sshd, login_user, run, spawn, wait_for_line};
 use common::*;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 struct World {
     ctl: String,
@@ -74,16 +77,6 @@ async fn web(ns: &str, addr: &str, port: u16, body: &str) -> Child {
     child
 }
 
-async fn warren(args: &[&str]) -> Ran {
-    run(Command::new(WARREN).args(args), WAIT).await
-}
-
-async fn warren_ok(args: &[&str]) -> String {
-    let r = warren(args).await;
-    assert!(r.ok, "warren {}: {}", args.join(" "), r.stderr);
-    r.stdout_str()
-}
-
 impl World {
     async fn start() -> World {
         assert!(
@@ -124,26 +117,10 @@ impl World {
         // A name that only site B's network resolves.
         net.hosts(&gwb_ns, "127.0.0.1 localhost\n10.0.1.7 db.siteb\n");
         net.nat(&natc, &natc_wan);
-        ip(&["-n", &natc, "route", "add", "default", "via", "203.0.113.5"]);
-        ip(&["-n", &ctl, "route", "add", "default", "via", "192.168.60.1"]);
-        ip(&[
-            "-n",
-            &gwa_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.1",
-        ]);
-        ip(&[
-            "-n",
-            &gwb_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.9",
-        ]);
+        default_route(&natc, "203.0.113.5");
+        default_route(&ctl, "192.168.60.1");
+        default_route(&gwa_ns, "203.0.113.1");
+        default_route(&gwb_ns, "203.0.113.9");
 
         // The private hosts: sshd on every address, and no agent.
         let sshd_a = Sshd::start_listening(Some(&hosta), "0.0.0.0").await;
@@ -158,37 +135,26 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let data = d.join("relay-data");
-        let data_s = data.to_str().unwrap();
         let (relay, rport) = start_relay(&relay_ns, &data, 0).await;
-        let host_key = warren_ok(&["admin", "--data", data_s, "host-key"])
-            .await
-            .trim()
-            .to_string();
-        warren_ok(&["admin", "--data", data_s, "system", "add", "tau"]).await;
-        ssh_keygen(&d.join("alice"));
-        for (role, key) in [
-            ("controller", "alice"),
-            ("device", "gwa"),
-            ("device", "gwb"),
-            ("device", "collector"),
-        ] {
-            if role == "device" {
-                warren_ok(&["keygen", d.join(key).to_str().unwrap()]).await;
-            }
-            let public = d.join(format!("{key}.pub"));
-            let add = ["admin", "--data", data_s, "key", "add", "--system", "tau"];
-            let who = ["--role", role, "--name", key, public.to_str().unwrap()];
-            warren_ok(&[&add[..], &who[..]].concat()).await;
-        }
+        let host_key = admin_tau(
+            &data,
+            d,
+            &[
+                ("controller", "alice"),
+                ("device", "gwa"),
+                ("device", "gwb"),
+                ("device", "collector"),
+            ],
+        )
+        .await;
         let lport = closed_port().await;
         let agent_cfg = |name: &str, relay_ip: &str, extra: &str| {
-            write_file(
+            agent_config(
                 d,
-                &format!("{name}.toml"),
-                &format!(
-                    "relay = \"{relay_ip}:{rport}\"\nsystem = \"tau\"\nname = \"{name}\"\nkey = \"{name}\"\n\
-                     relay_host_key = \"{host_key}\"\nkeepalive_timeout = \"5s\"\n{extra}"
-                ),
+                name,
+                &format!("{relay_ip}:{rport}"),
+                &host_key,
+                &format!("keepalive_timeout = \"5s\"\n{extra}"),
             )
         };
         let gwa_cfg = agent_cfg(
@@ -213,12 +179,9 @@ impl World {
             "203.0.113.5",
             &format!("allow = [\"9100=127.0.0.1:{metrics_port}\"]\n"),
         );
-        let agent = |ns: &str, cfg: &Path| {
-            Watched::start(in_ns(ns, WARREN).args(["agent", "--config"]).arg(cfg))
-        };
-        let mut gwa = agent(&gwa_ns, &gwa_cfg);
-        let mut gwb = agent(&gwb_ns, &gwb_cfg);
-        let mut collector = agent(&ctl, &collector_cfg);
+        let mut gwa = Watched::agent(&gwa_ns, &gwa_cfg);
+        let mut gwb = Watched::agent(&gwb_ns, &gwb_cfg);
+        let mut collector = Watched::agent(&ctl, &collector_cfg);
         gwa.line("gateway: serving", WAIT).await;
         gwa.line("associations updated", WAIT).await;
         gwb.line("gateway: serving", WAIT).await;

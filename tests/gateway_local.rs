@@ -115,19 +115,13 @@ async fn a_gateway_serves_its_scope_and_ports_and_nothing_else() {
         .await;
     drop(dev);
     r.wait_online("tau", "dev9", false).await;
-    let wait = async {
-        loop {
-            let err = echo_through(&ctl, "dev9", echo, b"x").await.unwrap_err();
-            if err.to_string().contains("device dev9 is offline") {
-                return err;
-            }
-            // The offline record follows the registry by one store write.
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(WAIT, wait)
-        .await
-        .expect("dev9 reported offline");
+    // The offline record follows the registry by one store write.
+    r.wait_status("tau", "dev9", |d| !d.online).await;
+    let err = echo_through(&ctl, "dev9", echo, b"x").await.unwrap_err();
+    assert!(
+        err.to_string().contains("device dev9 is offline"),
+        "{err:#}"
+    );
     for (host, port, want) in [
         (
             "10.1.2.3",

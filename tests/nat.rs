@@ -18,9 +18,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cli::warren_ok;
-use common::netns::{Net, WARREN, Watched, cmd_ok, in_ns, ip, is_root, start_relay};
-use common::openssh::{Sshd, login_user, run, ssh_keygen};
+use common::cli::{admin_tau, p, warren_ok};
+use common::netns::{Net, Watched, agent_config, default_route, in_ns, ip, is_root, start_relay};
+use common::openssh::{Sshd, login_user, run};
 use common::*;
 
 const BACK_WITHIN: Duration = Duration::from_secs(60);
@@ -58,54 +58,11 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
         (&nat_d, &nat_d_wan, "203.0.113.1"),
         (&nat_c, &nat_c_wan, "203.0.113.5"),
     ] {
-        cmd_ok(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                nat,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        );
-        ip(&["-n", nat, "route", "add", "default", "via", gw]);
-        cmd_ok(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                nat,
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                wan,
-                "-j",
-                "MASQUERADE",
-            ],
-        );
+        net.nat(nat, wan);
+        default_route(nat, gw);
     }
-    ip(&[
-        "-n",
-        &dev_ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        "192.168.50.1",
-    ]);
-    ip(&[
-        "-n",
-        &ctl_ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        "192.168.60.1",
-    ]);
+    default_route(&dev_ns, "192.168.50.1");
+    default_route(&ctl_ns, "192.168.60.1");
 
     // The device's sshd, inside its namespace.
     let sshd = Sshd::start_in(Some(&dev_ns)).await;
@@ -115,7 +72,6 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let data = d.join("relay-data");
-    let data_s = data.to_str().unwrap();
     let (mut relay, rport) = start_relay(&relay_ns, &data, 0).await;
     assert!(
         reachable(&dev_ns, &format!("203.0.113.1:{rport}")).await,
@@ -135,33 +91,18 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
     );
 
     // Keys and config, through the admin CLI.
-    let host_key = warren_ok(&["admin", "--data", data_s, "host-key"])
-        .await
-        .trim()
-        .to_string();
-    warren_ok(&["admin", "--data", data_s, "system", "add", "tau"]).await;
-    warren_ok(&["keygen", d.join("dev1").to_str().unwrap()]).await;
-    ssh_keygen(&d.join("alice"));
-    for (role, key) in [("device", "dev1"), ("controller", "alice")] {
-        let public = d.join(format!("{key}.pub"));
-        let public = public.to_str().unwrap();
-        let add = ["admin", "--data", data_s, "key", "add", "--system", "tau"];
-        warren_ok(&[&add[..], &["--role", role, "--name", key, public]].concat()).await;
-    }
-    let agent_cfg = write_file(
+    let host_key = admin_tau(&data, d, &[("device", "dev1"), ("controller", "alice")]).await;
+    let agent_cfg = agent_config(
         d,
-        "agent.toml",
+        "dev1",
+        &format!("203.0.113.1:{rport}"),
+        &host_key,
         &format!(
-            "relay = \"203.0.113.1:{rport}\"\nsystem = \"tau\"\nname = \"dev1\"\nkey = \"dev1\"\n\
-             relay_host_key = \"{host_key}\"\nallow = [\"22=127.0.0.1:{}\"]\nkeepalive_timeout = \"3s\"\n",
+            "allow = [\"22=127.0.0.1:{}\"]\nkeepalive_timeout = \"3s\"\n",
             sshd.port
         ),
     );
-    let mut agent = Watched::start(
-        in_ns(&dev_ns, WARREN)
-            .args(["agent", "--config"])
-            .arg(&agent_cfg),
-    );
+    let mut agent = Watched::agent(&dev_ns, &agent_cfg);
     agent.line("online: registered", WAIT).await;
 
     let relay_pub = std::fs::read_to_string(data.join("host_key.pub")).unwrap();
@@ -206,7 +147,7 @@ async fn device_and_controller_behind_nat_meet_at_the_relay() {
     );
     assert_eq!(r.stdout_str().trim(), "reached");
     // The relay saw the device from its NAT's public address.
-    let ls = warren_ok(&["admin", "--data", data_s, "ls", "--json"]).await;
+    let ls = warren_ok(&["admin", "--data", p(&data), "ls", "--json"]).await;
     assert!(ls.contains("203.0.113.2:"), "{ls}");
 
     // Cut the device's link long enough for the agent to notice, restore it.

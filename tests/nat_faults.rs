@@ -12,32 +12,23 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::netns::{Net, Watched, cmd_ok, in_ns, ip, is_root, start_relay};
-use common::openssh::{run, ssh_keygen};
+use common::cli::{admin_tau, warren_ok};
+use common::netns::{
+    Net, Watched, agent_config, cmd_ok, default_route, in_ns, ip, is_root, start_relay,
+};
+use common::openssh::{spawn_quiet, ssh_w};
 use common::*;
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
-use warren::protocol::limits::{RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX};
+use tokio::process::Child;
+use warren::protocol::limits::RELAY_KEEPALIVE_INTERVAL;
 
-const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 const BACK_WITHIN: Duration = Duration::from_secs(60);
 /// The agent's keepalive timeout in these tests.
 const AGENT_DEAD_AFTER: Duration = Duration::from_secs(3);
 /// A port inside the device's own namespace (nothing else lives there).
 const TARGET_PORT: u16 = 9000;
-
-fn relay_keepalive_window() -> Duration {
-    RELAY_KEEPALIVE_INTERVAL * (RELAY_KEEPALIVE_MAX as u32 + 1)
-}
-
-async fn warren_ok(args: &[&str]) -> String {
-    let r = run(Command::new(WARREN).args(args), WAIT).await;
-    assert!(r.ok, "warren {}: {}", args.join(" "), r.stderr);
-    r.stdout_str()
-}
 
 struct World {
     net: Net,
@@ -68,67 +59,32 @@ impl World {
         let (relay_if, nat_wan) =
             net.link(&relay_ns, "203.0.113.1/29", &nat_ns, "203.0.113.2/29", "w");
         net.link(&nat_ns, "192.168.70.1/24", &dev_ns, "192.168.70.2/24", "l");
-        ip(&[
-            "-n",
-            &dev_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "192.168.70.1",
-        ]);
+        default_route(&dev_ns, "192.168.70.1");
         net.nat(&nat_ns, &nat_wan);
 
         // The device's target: an endless stream of bytes.
-        let target = in_ns(&dev_ns, "ncat")
-            .args(["-l", "-k", "127.0.0.1", &TARGET_PORT.to_string()])
-            .args(["--sh-exec", "cat /dev/zero"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let target = spawn_quiet(
+            in_ns(&dev_ns, "ncat")
+                .args(["-l", "-k", "127.0.0.1", &TARGET_PORT.to_string()])
+                .args(["--sh-exec", "cat /dev/zero"]),
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let data = d.join("data");
-        let ds = data.to_str().unwrap().to_string();
         let (relay, rport) = start_relay(&relay_ns, &data, 0).await;
-        let host_key = warren_ok(&["admin", "--data", &ds, "host-key"])
-            .await
-            .trim()
-            .to_string();
-        warren_ok(&["admin", "--data", &ds, "system", "add", "tau"]).await;
-        warren_ok(&["keygen", d.join("dev1").to_str().unwrap()]).await;
-        ssh_keygen(&d.join("alice"));
-        for (role, key) in [("device", "dev1"), ("controller", "alice")] {
-            let public = d.join(format!("{key}.pub"));
-            let add = ["admin", "--data", &ds, "key", "add", "--system", "tau"];
-            warren_ok(
-                &[
-                    &add[..],
-                    &["--role", role, "--name", key, public.to_str().unwrap()],
-                ]
-                .concat(),
-            )
-            .await;
-        }
-        let agent_cfg = write_file(
+        let host_key = admin_tau(&data, d, &[("device", "dev1"), ("controller", "alice")]).await;
+        let agent_cfg = agent_config(
             d,
-            "agent.toml",
+            "dev1",
+            &format!("203.0.113.1:{rport}"),
+            &host_key,
             &format!(
-                "relay = \"203.0.113.1:{rport}\"\nsystem = \"tau\"\nname = \"dev1\"\nkey = \"dev1\"\n\
-                 relay_host_key = \"{host_key}\"\nallow = [\"{TARGET_PORT}=127.0.0.1:{TARGET_PORT}\"]\n\
-                 keepalive_timeout = \"{}s\"\n",
+                "allow = [\"{TARGET_PORT}=127.0.0.1:{TARGET_PORT}\"]\nkeepalive_timeout = \"{}s\"\n",
                 AGENT_DEAD_AFTER.as_secs()
             ),
         );
-        let mut agent = Watched::start(
-            in_ns(&dev_ns, WARREN)
-                .args(["agent", "--config"])
-                .arg(&agent_cfg),
-        );
+        let mut agent = Watched::agent(&dev_ns, &agent_cfg);
         agent.line("online: registered", WAIT).await;
         let relay_pub = std::fs::read_to_string(data.join("host_key.pub")).unwrap();
         let known = write_file(
@@ -168,22 +124,11 @@ impl World {
 
     /// Stock `ssh -W dev1:TARGET_PORT` next to the relay; stdout piped.
     fn controller(&self) -> Child {
-        in_ns(&self.relay_ns, "ssh")
-            .arg("-F")
-            .arg(&self.ssh_config)
-            .args([
-                "-p",
-                &self.rport.to_string(),
-                "-W",
-                &format!("dev1:{TARGET_PORT}"),
-                "tau@127.0.0.1",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
+        ssh_w(
+            in_ns(&self.relay_ns, "ssh").arg("-F").arg(&self.ssh_config),
+            self.rport,
+            &format!("dev1:{TARGET_PORT}"),
+        )
     }
 
     /// `warren admin ls --json`, once dev1's row satisfies `want`. The

@@ -7,16 +7,10 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::openssh::{self, Ran, Sshd, login_user, run, spawn, wait_for_line};
+use common::openssh::{self, Ran, Sshd, curl, login_user, run, spawn, stock_ssh, wait_for_line};
 use common::*;
 use tokio::process::Command;
 use warren::protocol::Role;
-
-fn sha256(data: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
-}
 
 /// A relay, a device `dev1` (agent) whose port 22 is a real sshd and whose
 /// port 8080 is a web service, and ssh config files for stock ssh.
@@ -123,16 +117,6 @@ impl World {
         wait_for_line(stderr, "Local forwarding listening on 127.0.0.1", "ssh -N").await;
         child
     }
-}
-
-async fn curl(args: &[&str]) -> Ran {
-    run(
-        Command::new("curl")
-            .args(["-sS", "--max-time", "20"])
-            .args(args),
-        LIMIT,
-    )
-    .await
 }
 
 #[tokio::test]
@@ -264,18 +248,7 @@ async fn passwords_are_never_offered() {
 async fn a_64_mib_file_arrives_intact_through_ssh_jump() {
     let w = World::start().await;
     let file = w.dir.path().join("blob");
-    let data: Vec<u8> = {
-        // Pseudo-random, incompressible bytes (xorshift), made here.
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        (0..64 * 1024 * 1024 / 8)
-            .flat_map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()
-            })
-            .collect()
-    };
+    let data = pseudo_random(64 * 1024 * 1024);
     std::fs::write(&file, &data).unwrap();
     let want = sha256(&data);
     let started = std::time::Instant::now();
@@ -456,25 +429,9 @@ async fn existing_rsa_and_ecdsa_controller_keys_work() {
             )
             .unwrap();
         // Only this key: no config file that names alice's.
-        let known = format!(
-            "UserKnownHostsFile={}",
-            w.dir.path().join("known_hosts").display()
-        );
+        let known = w.dir.path().join("known_hosts");
         let r = run(
-            Command::new("ssh")
-                .args([
-                    "-F",
-                    "/dev/null",
-                    "-o",
-                    "IdentitiesOnly=yes",
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    &known,
-                    "-i",
-                ])
-                .arg(&path)
-                .args(["-p", &port, "tau@127.0.0.1", "ls"]),
+            stock_ssh(&known, &path).args(["-p", &port, "tau@127.0.0.1", "ls"]),
             LIMIT,
         )
         .await;

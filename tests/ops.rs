@@ -6,22 +6,20 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::cli::blocking::{fails, ok};
 use common::cli::{WARREN, p};
-use common::openssh::{Sshd, login_user, run};
+use common::openssh::{Sshd, curl, login_user, run};
 use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use warren::agent::AgentSettings;
-use warren::protocol::{AllowList, Role};
+use warren::protocol::Role;
 use warren::relay::RelayOptions;
 use warren::relay::config::PortRanges;
-use warren::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
+use warren::ssh::client::{ClientConnection, NoForwards};
 use warren::ssh::keys;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -382,12 +380,12 @@ async fn reconciled(relay: &TestRelay, known: usize) -> Vec<u16> {
     .unwrap_or_else(|_| panic!("relay never saw {known} exposures"))
 }
 
-async fn curl(url: &str) -> common::openssh::Ran {
-    run(
-        Command::new("curl").args(["-sS", "--max-time", "20", url]),
-        LIMIT,
-    )
-    .await
+/// `warren admin --data DATA expose TARGET --system tau --port PORT`, then `more`.
+fn expose<'a>(data: &'a str, target: &'a str, port: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let args = [
+        "admin", "--data", data, "expose", target, "--system", "tau", "--port", port,
+    ];
+    [&args[..], more].concat()
 }
 
 #[tokio::test]
@@ -401,50 +399,26 @@ async fn admin_exposes_a_device_port_with_allow_from_ls_and_rm() {
         closed_port().await,
     );
     let (web_s, ssh_s, walled_s) = (web.to_string(), ssh.to_string(), walled.to_string());
-    ok(&[
-        "admin",
-        "--data",
+    ok(&expose(d, "dev1:8080", &web_s, &[]));
+    ok(&expose(
         d,
-        "expose",
-        "dev1:8080",
-        "--system",
-        "tau",
-        "--port",
-        &web_s,
-    ]);
-    ok(&[
-        "admin",
-        "--data",
-        d,
-        "expose",
         "dev1:22",
-        "--system",
-        "tau",
-        "--port",
         &ssh_s,
-        "--allow-from",
-        "127.0.0.0/8",
-    ]);
-    ok(&[
-        "admin",
-        "--data",
+        &["--allow-from", "127.0.0.0/8"],
+    ));
+    ok(&expose(
         d,
-        "expose",
         "dev1:8080",
-        "--system",
-        "tau",
-        "--port",
         &walled_s,
-        "--allow-from",
-        "10.0.0.0/8",
-    ]);
+        &["--allow-from", "10.0.0.0/8"],
+    ));
     let mut open = reconciled(&relay, 3).await;
     open.sort_unstable();
     let mut want = vec![web, ssh, walled];
     want.sort_unstable();
     assert_eq!(open, want);
 
-    let r = curl(&format!("http://127.0.0.1:{web}/")).await;
+    let r = curl(&[&format!("http://127.0.0.1:{web}/")]).await;
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(r.stdout_str(), "hello from dev1");
 
@@ -477,7 +451,7 @@ async fn admin_exposes_a_device_port_with_allow_from_ls_and_rm() {
     assert_eq!(r.stdout_str().trim(), "via-public-port");
 
     // 127.0.0.1 is not in 10.0.0.0/8: the connection is closed unanswered.
-    let r = curl(&format!("http://127.0.0.1:{walled}/")).await;
+    let r = curl(&[&format!("http://127.0.0.1:{walled}/")]).await;
     assert!(!r.ok, "a peer outside allow_from must be refused");
     assert!(r.stdout.is_empty());
 
@@ -504,26 +478,9 @@ async fn admin_exposes_a_device_port_with_allow_from_ls_and_rm() {
         &["admin", "--data", d, "expose", "rm", &web_s],
         "no exposure",
     );
+    fails(&expose(d, "dev1:22", &ssh_s, &[]), "already exposes");
     fails(
-        &[
-            "admin", "--data", d, "expose", "dev1:22", "--system", "tau", "--port", &ssh_s,
-        ],
-        "already exposes",
-    );
-    fails(
-        &[
-            "admin",
-            "--data",
-            d,
-            "expose",
-            "dev1:22",
-            "--system",
-            "tau",
-            "--port",
-            "1",
-            "--allow-from",
-            "everyone",
-        ],
+        &expose(d, "dev1:22", "1", &["--allow-from", "everyone"]),
         "not a CIDR",
     );
 }
@@ -537,17 +494,12 @@ async fn public_ports_are_off_by_default_and_not_for_controller_keys() {
         .device("tau", "dev1", &[format!("8080=127.0.0.1:{web}")])
         .await;
     let port = closed_port().await;
-    ok(&[
-        "admin",
-        "--data",
+    ok(&expose(
         p(relay.dir.path()),
-        "expose",
         "dev1:8080",
-        "--system",
-        "tau",
-        "--port",
         &port.to_string(),
-    ]);
+        &[],
+    ));
     // The relay saw it, and opened nothing: it has no public_ports.
     assert!(reconciled(&relay, 1).await.is_empty());
     assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
@@ -581,33 +533,12 @@ async fn relay_sighup_reloads_public_ports_and_refuses_a_bad_file() {
     let store = warren::store::Store::open(&data).unwrap();
     keys::load_or_create_host_key(&warren::relay::host_key_path(&data)).unwrap();
     store.add_system(&name("tau")).unwrap();
-    let dev = Arc::new(keys::generate_ed25519().unwrap());
-    let alice = Arc::new(keys::generate_ed25519().unwrap());
-    store
-        .add_key(&name("tau"), Role::Device, &name("dev1"), dev.public_key())
-        .unwrap();
-    store
-        .add_key(
-            &name("tau"),
-            Role::Controller,
-            &name("alice"),
-            alice.public_key(),
-        )
-        .unwrap();
+    let dev = add_key_to(&store, "tau", Role::Device, "dev1");
+    let alice = add_key_to(&store, "tau", Role::Controller, "alice");
     drop(store);
     let host_key = ok(&["admin", "--data", d, "host-key"]).trim().to_string();
     let port = closed_port().await;
-    ok(&[
-        "admin",
-        "--data",
-        d,
-        "expose",
-        "dev1:22",
-        "--system",
-        "tau",
-        "--port",
-        &port.to_string(),
-    ]);
+    ok(&expose(d, "dev1:22", &port.to_string(), &[]));
     let cfg = write_file(
         dir.path(),
         "relay.toml",
@@ -626,26 +557,18 @@ async fn relay_sighup_reloads_public_ports_and_refuses_a_bad_file() {
 
     // A device and a controller stream, live across the reloads.
     let echo = echo_server().await;
-    let mut agent = TestAgent::start(AgentSettings {
-        relay: relay_addr.clone(),
-        system: name("tau"),
-        name: name("dev1"),
-        key: dev,
-        relay_host_key: host_key.clone(),
-        allow: AllowList::parse(&[format!("22=127.0.0.1:{echo}")]).unwrap(),
-        dead_after: Duration::from_secs(5),
-        labels: Default::default(),
-        gateway: Default::default(),
-    });
+    let mut agent = TestAgent::start(agent_settings(
+        &relay_addr,
+        &host_key,
+        "tau",
+        "dev1",
+        dev,
+        &[format!("22=127.0.0.1:{echo}")],
+    ));
     agent.online().await;
-    let tcp = TcpStream::connect(&relay_addr).await.unwrap();
-    let opts = ConnectOptions {
-        user: "tau".into(),
-        key: alice,
-        host_key,
-        dead_after: Duration::from_secs(10),
-    };
-    let conn = client::connect(tcp, &opts, NoForwards).await.unwrap();
+    let conn = connect_to(&relay_addr, &host_key, "tau", alice)
+        .await
+        .unwrap();
     let mut live = LiveStream::open(&conn, "dev1", 22).await;
     live.roundtrip(b"before").await;
 

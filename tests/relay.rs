@@ -16,10 +16,7 @@ async fn controller_reaches_a_device_by_name() {
     let r = TestRelay::start().await;
     r.add_system("tau");
     let ctl = r.add_key("tau", Role::Controller, "alice");
-    let port = echo_server().await;
-    let _agent = r
-        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-        .await;
+    let (_agent, port) = r.echo_device("tau", "dev1").await;
 
     let conn = r.controller("tau", ctl).await;
     let msg: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
@@ -82,10 +79,7 @@ async fn device_keys_cannot_open_streams() {
     let r = TestRelay::start().await;
     r.add_system("tau");
     let dev2 = r.add_key("tau", Role::Device, "dev2");
-    let port = echo_server().await;
-    let _a = r
-        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-        .await;
+    let (_a, port) = r.echo_device("tau", "dev1").await;
     let conn = r.controller("tau", dev2).await;
     let err = echo_through(&conn, "dev1", port, b"x")
         .await
@@ -102,10 +96,7 @@ async fn a_name_belongs_to_its_key() {
     r.add_system("tau");
     let dev2 = r.add_key("tau", Role::Device, "dev2");
     let ctl = r.add_key("tau", Role::Controller, "alice");
-    let port = echo_server().await;
-    let mut owner = r
-        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-        .await;
+    let (mut owner, port) = r.echo_device("tau", "dev1").await;
 
     // dev2's key asks for dev1: refused, and dev1 stays with its owner.
     let mut thief =
@@ -213,10 +204,7 @@ async fn ls_shows_online_and_offline_devices() {
     let r = TestRelay::start().await;
     r.add_system("tau");
     let ctl = r.add_key("tau", Role::Controller, "alice");
-    let port = echo_server().await;
-    let _a = r
-        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-        .await;
+    let (_a, port) = r.echo_device("tau", "dev1").await;
     let b = r
         .device("tau", "dev2", &[format!("127.0.0.1:{port}")])
         .await;
@@ -363,17 +351,15 @@ async fn unauthenticated_connections_are_capped() {
         "got {:?}",
         String::from_utf8_lossy(&buf)
     );
-    // Slots free up when the idle ones go away.
+    // Slots free up when the idle ones go away: the relay notices the
+    // dropped sockets as soon as it reads EOF.
+    let mut held = r.relay.unauthenticated();
     drop(idle);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match r.try_connect("tau", ctl.clone()).await {
-            Ok(_) => break,
-            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e:#}"),
-        }
-        // The relay notices the dropped sockets as soon as it reads EOF.
-        tokio::task::yield_now().await;
-    }
+    tokio::time::timeout(WAIT, held.wait_for(|n| *n < 2))
+        .await
+        .expect("a slot frees up")
+        .unwrap();
+    r.try_connect("tau", ctl).await.unwrap();
 }
 
 #[tokio::test]
@@ -381,10 +367,7 @@ async fn agent_comes_back_after_a_relay_restart() {
     let r = TestRelay::start().await;
     r.add_system("tau");
     let ctl = r.add_key("tau", Role::Controller, "alice");
-    let port = echo_server().await;
-    let mut a = r
-        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-        .await;
+    let (mut a, port) = r.echo_device("tau", "dev1").await;
     let r = r.restart().await;
     let reason = a.offline().await;
     assert!(!reason.is_empty());

@@ -7,13 +7,13 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use common::cli::{RelayProcess, WARREN, p, warren};
+use common::openssh::{spawn, spawn_quiet};
 use common::{WAIT, closed_port};
 
 fn mode(path: &Path) -> u32 {
@@ -27,16 +27,12 @@ fn mode(path: &Path) -> u32 {
 /// Starts `warren relay` on `listen`; returns it once it logs that it
 /// listens, or panics with its stderr if it exits first.
 async fn relay_listening(data: &Path, listen: &str) -> Child {
-    let mut child = Command::new(WARREN)
-        .args(["relay", "--listen", listen, "--data", p(data)])
-        .env("WARREN_LOG", "info")
-        .env_remove("WARREN_DATA")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn(
+        Command::new(WARREN)
+            .args(["relay", "--listen", listen, "--data", p(data)])
+            .env("WARREN_LOG", "info")
+            .env_remove("WARREN_DATA"),
+    );
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
     let listening = tokio::time::timeout(WAIT, async {
@@ -121,16 +117,12 @@ async fn the_relay_port_accepts_only_once_the_store_is_migrated() {
     holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let port = closed_port().await;
     let addr = format!("127.0.0.1:{port}");
-    let mut relay = Command::new(WARREN)
-        .args(["relay", "--listen", &addr, "--data", p(&data)])
-        .env("WARREN_LOG", "error")
-        .env_remove("WARREN_DATA")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut relay = spawn_quiet(
+        Command::new(WARREN)
+            .args(["relay", "--listen", &addr, "--data", p(&data)])
+            .env("WARREN_LOG", "error")
+            .env_remove("WARREN_DATA"),
+    );
     // The relay starts in milliseconds; give it ample time to (wrongly)
     // accept while the store is held.
     let accepted_early = tokio::time::timeout(Duration::from_secs(2), async {
@@ -263,18 +255,14 @@ async fn the_relay_refuses_a_host_key_others_can_read() {
 async fn relay_logs_to_a_pipe_have_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(WARREN)
-        .args(["relay", "--listen", "127.0.0.1:0", "--data", p(&data)])
-        .env("WARREN_LOG", "debug")
-        .env_remove("NO_COLOR")
-        .env_remove("WARREN_DATA")
-        .env_remove("WARREN_LOG_FORMAT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn(
+        Command::new(WARREN)
+            .args(["relay", "--listen", "127.0.0.1:0", "--data", p(&data)])
+            .env("WARREN_LOG", "debug")
+            .env_remove("NO_COLOR")
+            .env_remove("WARREN_DATA")
+            .env_remove("WARREN_LOG_FORMAT"),
+    );
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
     tokio::time::timeout(WAIT, async {
@@ -364,11 +352,11 @@ impl warren::ssh::client::ForwardedHandler for Echo {
 /// While another process holds the database's write lock, the relay's
 /// writes wait (off every connection's task) but nothing else does: a
 /// stream keeps flowing, a new stream opens on a connection whose `log`
-/// command waits, and new logins succeed. Before, each of these waited
-/// for the lock (about 4.5 s of the 5 s it was held).
+/// command waits, and new logins succeed. Any of these that waited for the
+/// lock would take about 4.5 s of the 5 s it is held.
 #[tokio::test]
 async fn a_write_lock_held_by_another_process_stalls_no_stream_and_no_login() {
-    use common::{TestRelay, echo_server};
+    use common::TestRelay;
     use std::sync::Arc;
     use std::time::Instant;
     use warren::protocol::Role;
@@ -377,10 +365,7 @@ async fn a_write_lock_held_by_another_process_stalls_no_stream_and_no_login() {
     const PROMPT: Duration = Duration::from_secs(1);
     let r = TestRelay::start().await;
     r.add_system("tau");
-    let port = echo_server().await;
-    let _dev = r
-        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-        .await;
+    let (_dev, port) = r.echo_device("tau", "dev1").await;
     let alice = r.add_key("tau", Role::Controller, "alice");
     let conn = r.controller("tau", alice.clone()).await;
     let mut flowing = echo_stream(&conn, port).await;

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::openssh::{Ran, Sshd, login_user, run, wait_for_line};
+use common::cli::warren_ok;
+use common::openssh::{Sshd, curl, login_user, run, wait_for_line};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -157,16 +158,6 @@ impl Drop for Socks {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-async fn curl(args: &[&str]) -> Ran {
-    run(
-        Command::new("curl")
-            .args(["-sS", "--max-time", "30"])
-            .args(args),
-        LIMIT,
-    )
-    .await
 }
 
 /// Sends a SOCKS5 CONNECT for `host:port` and returns the reply code.
@@ -442,13 +433,6 @@ async fn warren_forward_rejects_a_malformed_range() {
     .await;
     assert!(!r.ok);
     assert!(r.stderr.contains("without ']'"), "{}", r.stderr);
-}
-
-/// Runs `warren ARGS` to completion and returns stdout (must succeed).
-async fn warren_ok(args: &[String]) -> String {
-    let r = run(Command::new(WARREN).args(args), LIMIT).await;
-    assert!(r.ok, "warren {args:?}: {}", r.stderr);
-    r.stdout_str()
 }
 
 #[tokio::test]

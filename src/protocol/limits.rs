@@ -29,7 +29,8 @@ pub const RELAY_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 pub const RELAY_KEEPALIVE_MAX: usize = 3;
 
 /// How long the agent waits for a silent relay before it reconnects
-/// (configurable per agent; the spine issue asks for 30 s).
+/// (configurable per agent; the README promises that an agent notices a dead
+/// relay within 30 s).
 pub const AGENT_DEAD_RELAY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reconnect backoff: first retry after 1 s, doubling to at most 60 s, with

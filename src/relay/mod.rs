@@ -104,7 +104,7 @@ impl Default for RelayOptions {
 pub struct Relay {
     store: Store,
     registry: Registry,
-    /// What each online gateway serves (issue 5).
+    /// What each online gateway serves.
     gateways: gateways::Gateways,
     server_config: ServerConfig,
     host_key: Fingerprint,
@@ -115,6 +115,8 @@ pub struct Relay {
     next_conn: AtomicU64,
     status: mpsc::UnboundedSender<StatusChange>,
     status_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<StatusChange>>>,
+    /// Counts the status writes applied to the store.
+    status_written: watch::Sender<u64>,
     audit: Audit,
     audit_writer: std::sync::Mutex<Option<AuditWriter>>,
     /// Woken after this relay itself changed keys or devices (remote admin),
@@ -219,6 +221,7 @@ impl Relay {
             next_conn: AtomicU64::new(1),
             status: tx,
             status_rx: std::sync::Mutex::new(Some(rx)),
+            status_written: watch::Sender::new(0),
             audit,
             audit_writer: std::sync::Mutex::new(Some(audit_writer)),
             store_changed: tokio::sync::Notify::new(),
@@ -243,6 +246,17 @@ impl Relay {
 
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// Sees the count of device status writes applied to the store, for
+    /// whoever waits on what the store says (status follows the registry).
+    pub fn status_written(&self) -> watch::Receiver<u64> {
+        self.status_written.subscribe()
+    }
+
+    /// Sees the number of connections holding an unauthenticated slot.
+    pub fn unauthenticated(&self) -> watch::Receiver<usize> {
+        self.unauthenticated.watch()
     }
 
     /// Tells the relay that its own store changed (keys revoked, devices
@@ -320,6 +334,7 @@ pub async fn serve(
     let status_task = tokio::spawn(write_status(
         relay.store.clone(),
         status_rx,
+        relay.status_written.clone(),
         background.clone(),
     ));
     let audit_task = tokio::spawn(audit::run_writer(
@@ -416,6 +431,7 @@ pub async fn serve(
 async fn write_status(
     store: Store,
     mut rx: mpsc::UnboundedReceiver<StatusChange>,
+    written: watch::Sender<u64>,
     stop: CancellationToken,
 ) {
     loop {
@@ -426,6 +442,7 @@ async fn write_status(
                 // Connections are closed: apply what they queued, then stop.
                 while let Ok(change) = rx.try_recv() {
                     apply_status(&store, change).await;
+                    written.send_modify(|n| *n += 1);
                 }
                 return;
             }
@@ -434,6 +451,7 @@ async fn write_status(
             Some(change) => apply_status(&store, change).await,
             None => return,
         }
+        written.send_modify(|n| *n += 1);
     }
 }
 

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::protocol::limits::{FAILED_LOGIN_TABLE_MAX, RATE_LIMIT_AUDIT_EVERY};
 
@@ -210,6 +210,8 @@ pub struct Unauthenticated {
     global: Arc<Semaphore>,
     per_address: usize,
     by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Slots held now, for whoever waits for one to free up (tests).
+    held: Arc<watch::Sender<usize>>,
 }
 
 /// A held slot; dropping it (at authentication or close) frees both counts.
@@ -217,6 +219,7 @@ pub struct Slot {
     _global: OwnedSemaphorePermit,
     ip: IpAddr,
     by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    held: Arc<watch::Sender<usize>>,
 }
 
 /// Why a new connection got no slot.
@@ -232,7 +235,13 @@ impl Unauthenticated {
             global: Arc::new(Semaphore::new(global)),
             per_address: per_address.max(1),
             by_ip: Arc::new(Mutex::new(HashMap::new())),
+            held: Arc::new(watch::Sender::new(0)),
         }
+    }
+
+    /// Sees the number of slots held, after every take and release.
+    pub fn watch(&self) -> watch::Receiver<usize> {
+        self.held.subscribe()
     }
 
     pub fn try_take(&self, ip: IpAddr) -> Result<Slot, Full> {
@@ -248,10 +257,12 @@ impl Unauthenticated {
             return Err(Full::Global);
         };
         *held += 1;
+        self.held.send_modify(|n| *n += 1);
         Ok(Slot {
             _global: permit,
             ip,
             by_ip: self.by_ip.clone(),
+            held: self.held.clone(),
         })
     }
 }
@@ -265,6 +276,7 @@ impl Drop for Slot {
                 by_ip.remove(&self.ip);
             }
         }
+        self.held.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -341,7 +353,10 @@ mod tests {
         let c: IpAddr = "198.51.100.3".parse().unwrap();
         let _c = u.try_take(c).unwrap();
         assert_eq!(u.try_take(c).err(), Some(Full::Global));
+        let held = u.watch();
+        assert_eq!(*held.borrow(), 5);
         drop(a1);
+        assert_eq!(*held.borrow(), 4);
         assert!(u.try_take(a).is_ok());
     }
 

@@ -33,7 +33,7 @@ const MIGRATIONS: &[&str] = &[
         ports     TEXT,
         PRIMARY KEY (system, name)
     );",
-    // 2 (issue-5): gateways (scope as announced by the agent), networks an
+    // 2: gateways (scope as announced by the agent), networks an
     // admin associated with them, and the targets their listen forwards may reach.
     "CREATE TABLE gateways (
         id       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,7 +61,7 @@ const MIGRATIONS: &[&str] = &[
         created  INTEGER NOT NULL,
         PRIMARY KEY (system, name, target)
     );",
-    // 3 (issue-3): invites, the audit log, richer device status, how a key was enrolled.
+    // 3: invites, the audit log, richer device status, how a key was enrolled.
     "CREATE TABLE invites (
         id          TEXT PRIMARY KEY,
         secret_hash TEXT NOT NULL,
@@ -101,7 +101,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN labels TEXT;
     ALTER TABLE devices ADD COLUMN streams INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;",
-    // 4 (issue-4): public ports: a relay port that carries to one device port.
+    // 4: public ports: a relay port that carries to one device port.
     "CREATE TABLE exposures (
         port        INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535),
         system      TEXT NOT NULL,

@@ -1,9 +1,11 @@
 //! Running the `warren` binary the way a person would, with a time limit.
 
+use std::path::Path;
+
 use tokio::process::Command;
 
 use super::WAIT;
-use super::openssh::{Ran, run};
+use super::openssh::{Ran, run, spawn, ssh_keygen};
 
 pub const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
@@ -20,10 +22,36 @@ pub async fn warren(args: &[&str]) -> Ran {
 }
 
 /// Runs `warren ARGS`, which must succeed; returns its stdout.
-pub async fn warren_ok(args: &[&str]) -> String {
-    let r = warren(args).await;
+pub async fn warren_ok<S: AsRef<str>>(args: &[S]) -> String {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let r = warren(&args).await;
     assert!(r.ok, "warren {}: {}", args.join(" "), r.stderr);
     r.stdout_str()
+}
+
+/// Prepares the relay data directory `data` with the admin CLI, as an
+/// operator would: system `tau`, and for each `(role, name)` a key pair at
+/// `dir/NAME` (`warren keygen` for a device, `ssh-keygen` otherwise)
+/// registered with that role. Returns the relay's host key.
+pub async fn admin_tau(data: &Path, dir: &Path, keys: &[(&str, &str)]) -> String {
+    let data = p(data);
+    let host_key = warren_ok(&["admin", "--data", data, "host-key"])
+        .await
+        .trim()
+        .to_string();
+    warren_ok(&["admin", "--data", data, "system", "add", "tau"]).await;
+    for &(role, key) in keys {
+        let path = dir.join(key);
+        if role == "device" {
+            warren_ok(&["keygen", p(&path)]).await;
+        } else {
+            ssh_keygen(&path);
+        }
+        let public = dir.join(format!("{key}.pub"));
+        let add = ["admin", "--data", data, "key", "add", "--system", "tau"];
+        warren_ok(&[&add[..], &["--role", role, "--name", key, p(&public)]].concat()).await;
+    }
+    host_key
 }
 
 /// A `warren relay` process on 127.0.0.1, killed with SIGKILL when dropped.
@@ -43,21 +71,16 @@ impl RelayProcess {
         relay_args: &[&str],
         data: &std::path::Path,
     ) -> RelayProcess {
-        use std::process::Stdio;
         use tokio::io::{AsyncBufReadExt, BufReader};
-        let mut child = Command::new(WARREN)
-            .args(global)
-            .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
-            .args(relay_args)
-            .arg("--data")
-            .arg(data)
-            .env("WARREN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = spawn(
+            Command::new(WARREN)
+                .args(global)
+                .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
+                .args(relay_args)
+                .arg("--data")
+                .arg(data)
+                .env("WARREN_LOG", "info"),
+        );
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let port = tokio::time::timeout(WAIT, async {
             while let Some(l) = lines.next_line().await.unwrap() {

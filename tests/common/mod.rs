@@ -13,11 +13,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use warren::agent::{self, AgentEvent, AgentSettings};
+use warren::audit::{Event, kind};
+use warren::protocol::limits::{RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX};
 use warren::protocol::{AllowList, Name, Role};
 use warren::relay::{self, Relay, RelayOptions};
 use warren::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
 use warren::ssh::keys::{self, PrivateKey};
-use warren::store::Store;
+use warren::store::{AuditQuery, DeviceRecord, Store};
 
 /// Upper bound for anything a test waits on. Generous: CI is a noisy 2-core box.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -56,6 +58,72 @@ pub async fn acknowledged_invites(
         ids.push(v["id"].as_str().unwrap().to_string());
     }
     ids
+}
+
+/// Asserts that the audit log in `store` holds the `invite_create` event of
+/// every invite id in `acknowledged` (see [`acknowledged_invites`]).
+pub fn assert_invites_on_record(store: &Store, acknowledged: &[String]) {
+    let events = store
+        .audit(&AuditQuery {
+            kind: Some(kind::INVITE_CREATE.into()),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .unwrap();
+    for id in acknowledged {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.detail.as_deref().unwrap_or("").contains(id.as_str())),
+            "acknowledged invite {id} lost"
+        );
+    }
+}
+
+/// The audit events of `kind`, newest first, at most `limit`.
+pub fn audit_of(kind: &str, limit: usize) -> AuditQuery {
+    AuditQuery {
+        kind: Some(kind.into()),
+        limit,
+        ..Default::default()
+    }
+}
+
+/// How long the relay may take to notice a silent peer.
+pub fn relay_keepalive_window() -> Duration {
+    RELAY_KEEPALIVE_INTERVAL * (RELAY_KEEPALIVE_MAX as u32 + 1)
+}
+
+/// Makes a new key and registers it in `store`.
+pub fn add_key_to(store: &Store, system: &str, role: Role, key_name: &str) -> Arc<PrivateKey> {
+    let key = keys::generate_ed25519().unwrap();
+    store
+        .add_key(&name(system), role, &name(key_name), key.public_key())
+        .unwrap();
+    Arc::new(key)
+}
+
+/// Settings for an agent of device `system/dev` that reaches the relay at
+/// `relay` and serves `allow`.
+pub fn agent_settings(
+    relay: &str,
+    host_key: &str,
+    system: &str,
+    dev: &str,
+    key: Arc<PrivateKey>,
+    allow: &[String],
+) -> AgentSettings {
+    AgentSettings {
+        relay: relay.to_string(),
+        system: name(system),
+        name: name(dev),
+        key,
+        relay_host_key: host_key.to_string(),
+        allow: AllowList::parse(allow).unwrap(),
+        dead_after: Duration::from_secs(5),
+        labels: Default::default(),
+        gateway: Default::default(),
+    }
 }
 
 /// SQLite's own check of the relay database in `data`.
@@ -148,11 +216,7 @@ impl TestRelay {
     /// Registers a new key and returns it (also written to the data dir, for
     /// tests that hand it to OpenSSH).
     pub fn add_key(&self, system: &str, role: Role, key_name: &str) -> Arc<PrivateKey> {
-        let key = keys::generate_ed25519().unwrap();
-        self.store()
-            .add_key(&name(system), role, &name(key_name), key.public_key())
-            .unwrap();
-        Arc::new(key)
+        add_key_to(self.store(), system, role, key_name)
     }
 
     pub fn agent_settings(
@@ -162,17 +226,14 @@ impl TestRelay {
         key: Arc<PrivateKey>,
         allow: &[String],
     ) -> AgentSettings {
-        AgentSettings {
-            relay: self.addr.to_string(),
-            system: name(system),
-            name: name(dev),
+        agent_settings(
+            &self.addr.to_string(),
+            &self.host_key(),
+            system,
+            dev,
             key,
-            relay_host_key: self.host_key(),
-            allow: AllowList::parse(allow).unwrap(),
-            dead_after: Duration::from_secs(5),
-            labels: Default::default(),
-            gateway: Default::default(),
-        }
+            allow,
+        )
     }
 
     /// Adds a device key, starts its agent with `allow`, waits until it is online.
@@ -181,6 +242,16 @@ impl TestRelay {
         let mut agent = TestAgent::start(self.agent_settings(system, dev, key, allow));
         agent.online().await;
         agent
+    }
+
+    /// Starts an echo service and device `system/dev` serving it (as
+    /// `127.0.0.1:PORT`); returns the device's agent and the port.
+    pub async fn echo_device(&self, system: &str, dev: &str) -> (TestAgent, u16) {
+        let port = echo_server().await;
+        let agent = self
+            .device(system, dev, &[format!("127.0.0.1:{port}")])
+            .await;
+        (agent, port)
     }
 
     pub async fn controller(
@@ -212,6 +283,58 @@ impl TestRelay {
         tokio::time::timeout(WAIT, wait).await.unwrap_or_else(|_| {
             panic!("{system}/{dev} online={online} not reached within {WAIT:?}")
         });
+    }
+
+    /// Waits until the store, read as `warren admin` would, has a status
+    /// row for `system/dev` that satisfies `want`. The relay writes status
+    /// in its own task, after the live registry has changed.
+    pub async fn wait_status(
+        &self,
+        system: &str,
+        dev: &str,
+        want: impl Fn(&DeviceRecord) -> bool,
+    ) -> DeviceRecord {
+        let store = self.admin_store();
+        let mut written = self.relay.status_written();
+        let find = async {
+            loop {
+                let devices = store.devices(Some(system)).unwrap();
+                if let Some(d) = devices.into_iter().find(|d| d.name == dev && want(d)) {
+                    return d;
+                }
+                written.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(WAIT, find)
+            .await
+            .unwrap_or_else(|_| panic!("no status of {system}/{dev} as expected within {WAIT:?}"))
+    }
+
+    /// Waits until `found` picks its answer out of the audit events that
+    /// match `q`; they are read again after every audit write.
+    pub async fn wait_audit_for<T>(
+        &self,
+        q: &AuditQuery,
+        found: impl Fn(Vec<Event>) -> Option<T>,
+    ) -> T {
+        let mut written = self.relay.audit().watch();
+        let find = async {
+            loop {
+                if let Some(t) = found(self.store().audit(q).unwrap()) {
+                    return t;
+                }
+                written.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(WAIT, find)
+            .await
+            .unwrap_or_else(|_| panic!("no audit events for {q:?} as expected within {WAIT:?}"))
+    }
+
+    /// Waits until the store holds an audit event matching `q` and `pred`.
+    pub async fn wait_audit(&self, q: &AuditQuery, pred: impl Fn(&Event) -> bool) -> Event {
+        self.wait_audit_for(q, |events| events.into_iter().find(|e| pred(e)))
+            .await
     }
 }
 
@@ -331,6 +454,25 @@ pub async fn echo_through(
     drop(near);
     let _ = tokio::time::timeout(WAIT, splice).await;
     Ok(back)
+}
+
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+/// `len` pseudo-random, incompressible bytes (xorshift), the same each run.
+pub fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
 }
 
 pub fn write_file(dir: &Path, file: &str, text: &str) -> PathBuf {

@@ -2,8 +2,7 @@
 //! processes inside them whose log lines can be waited for, and the relay
 //! binary started in one.
 
-use std::path::Path;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -128,6 +127,11 @@ impl Drop for Net {
     }
 }
 
+/// Routes everything from namespace `ns` that has no closer route via `gw`.
+pub fn default_route(ns: &str, gw: &str) {
+    ip(&["-n", ns, "route", "add", "default", "via", gw]);
+}
+
 pub fn ip(args: &[&str]) {
     cmd_ok("ip", args);
 }
@@ -162,14 +166,7 @@ pub struct Watched {
 
 impl Watched {
     pub fn start(cmd: &mut Command) -> Watched {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("WARREN_LOG", "info")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = super::openssh::spawn(cmd.env("WARREN_LOG", "info"));
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -211,6 +208,27 @@ impl Watched {
     pub fn kill(&mut self) {
         let _ = self.child.start_kill();
     }
+}
+
+impl Watched {
+    /// Starts `warren agent --config CFG` inside `ns`.
+    pub fn agent(ns: &str, cfg: &Path) -> Watched {
+        Watched::start(in_ns(ns, WARREN).args(["agent", "--config"]).arg(cfg))
+    }
+}
+
+/// Writes `dir/NAME.toml`: the config of an agent for device `NAME` of
+/// system `tau`, its key at `dir/NAME`, reaching the relay at `relay`;
+/// `extra` adds lines (allow, scope, keepalive_timeout; tables last).
+pub fn agent_config(dir: &Path, name: &str, relay: &str, host_key: &str, extra: &str) -> PathBuf {
+    super::write_file(
+        dir,
+        &format!("{name}.toml"),
+        &format!(
+            "relay = \"{relay}\"\nsystem = \"tau\"\nname = \"{name}\"\nkey = \"{name}\"\n\
+             relay_host_key = \"{host_key}\"\n{extra}"
+        ),
+    )
 }
 
 /// Starts the relay binary in `ns` on `port` (0: any free one); returns it

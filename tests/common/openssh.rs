@@ -82,15 +82,7 @@ impl Sshd {
             }
             None => Command::new(SSHD),
         };
-        let mut child = cmd
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start sshd");
+        let mut child = spawn(cmd.args(["-D", "-e", "-f"]).arg(d.join("sshd_config")));
         let stderr = child.stderr.take().unwrap();
         wait_for_line(stderr, "Server listening on", "sshd").await;
         let host_pub = std::fs::read_to_string(d.join("host.pub"))
@@ -174,4 +166,60 @@ pub fn spawn(cmd: &mut Command) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn")
+}
+
+/// Starts a long-running command whose output nobody reads; killed when dropped.
+pub fn spawn_quiet(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn")
+}
+
+/// Runs `curl -sS ARGS…`, which gives up after 30 s (and is killed after 60 s).
+pub async fn curl(args: &[&str]) -> Ran {
+    run(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "30"])
+            .args(args),
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+/// Stock `ssh` with no config file and nothing of the user's own setup:
+/// only the identity `key`, no prompts, host keys only from `known_hosts`.
+pub fn stock_ssh(known_hosts: &Path, key: &Path) -> Command {
+    let mut c = Command::new("ssh");
+    c.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+    ])
+    .arg("-o")
+    .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+    .arg("-i")
+    .arg(key);
+    c
+}
+
+/// Starts stock `ssh` (the command given, with its options) as a controller
+/// that carries `target` on its stdin and stdout: `-p PORT -W TARGET
+/// tau@127.0.0.1`. Its stdin and stdout are piped for the caller (who may
+/// never read); killed on drop.
+pub fn ssh_w(ssh: &mut Command, port: u16, target: &str) -> Child {
+    ssh.args(["-p", &port.to_string(), "-W", target, "tau@127.0.0.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ssh -W")
 }
