@@ -215,13 +215,7 @@ async fn grace_server_and_peer() -> (TestServer, Raw) {
     };
     let srv = server(settings).await;
     let mut raw = Raw::connect(srv.addr, true, None).await;
-    raw.send(
-        &Writer::new(msg::SERVICE_REQUEST)
-            .string("ssh-userauth")
-            .finish(),
-    )
-    .await;
-    assert_eq!(raw.recv().await.unwrap()[0], msg::SERVICE_ACCEPT);
+    raw.service_request().await;
     (srv, raw)
 }
 

@@ -397,7 +397,8 @@ impl Raw {
             .finish()
     }
 
-    async fn login(&mut self, key: &PrivateKey) {
+    /// Asks for the user authentication service.
+    async fn service_request(&mut self) {
         self.send(
             &Writer::new(msg::SERVICE_REQUEST)
                 .string("ssh-userauth")
@@ -405,6 +406,10 @@ impl Raw {
         )
         .await;
         assert_eq!(self.recv().await.unwrap()[0], msg::SERVICE_ACCEPT);
+    }
+
+    async fn login(&mut self, key: &PrivateKey) {
+        self.service_request().await;
         let m = self.signed_auth(key, false);
         self.send(&m).await;
         assert_eq!(self.recv().await.unwrap()[0], msg::USERAUTH_SUCCESS);
