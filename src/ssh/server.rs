@@ -206,7 +206,8 @@ impl<S: ServerSession> ServerConnection<S> {
 }
 
 /// Starts the SSH protocol on an accepted socket. The version exchange is
-/// bounded by [`ServerConfig::handshake_timeout`]; the caller bounds authentication.
+/// bounded by [`ServerConfig::handshake_timeout`], authentication by
+/// [`ServerConfig::set_login_grace`] when set (else by the caller).
 pub async fn start<S: ServerSession>(
     config: &ServerConfig,
     mut stream: TcpStream,

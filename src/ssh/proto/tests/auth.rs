@@ -1,6 +1,7 @@
 //! User authentication: the rules, the limits and the login deadline.
 
 use super::*;
+use crate::ssh::server;
 
 #[tokio::test]
 async fn the_raw_peer_logs_in_when_it_follows_the_rules() {
@@ -268,4 +269,42 @@ async fn a_peer_that_logged_in_in_time_outlives_the_grace() {
         .finish();
     raw.send(&m).await;
     assert_eq!(raw.recv().await.unwrap()[0], msg::REQUEST_SUCCESS);
+}
+
+/// A server session that lets nobody in.
+struct NoLogin;
+
+impl server::ServerSession for NoLogin {
+    async fn check_key(&mut self, _: &str, _: &PublicKey, _: bool) -> bool {
+        false
+    }
+    fn authenticated(&mut self, _: server::ServerHandle) {}
+    async fn tcpip_forward(&mut self, _: &str, _: u32) -> bool {
+        false
+    }
+    async fn cancel_tcpip_forward(&mut self, _: &str, _: u32) -> bool {
+        false
+    }
+    fn direct_tcpip(&mut self, _: &str, _: u32, _: crate::ssh::IncomingChannel) {}
+    fn exec(&mut self, _: &str) -> server::Exec {
+        server::Exec::Done(ExecOutput::default())
+    }
+}
+
+#[tokio::test]
+async fn a_server_config_login_grace_ends_a_connection_that_does_not_log_in() {
+    let mut config = server::ServerConfig::new(generate_ed25519().unwrap());
+    config.set_login_grace(Duration::from_millis(300));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let conn = server::start(&config, s, NoLogin).await.unwrap();
+        conn.finished().await.unwrap();
+    });
+    let mut raw = Raw::connect(addr, true, None).await;
+    raw.service_request().await;
+    // Without the grace the server would wait for a login forever.
+    raw.hung_up().await;
+    tokio::time::timeout(WAIT, served).await.unwrap().unwrap();
 }
