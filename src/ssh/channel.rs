@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::proto::conn::Incoming;
 use super::proto::mux::{ChanHandle, In};
+use super::proto::wire::open_failure;
 use crate::protocol::limits::SPLICE_BUFFER;
 
 /// Bytes moved by a splice, each way.
@@ -224,9 +225,9 @@ impl Refusal {
 
     fn code(&self) -> u32 {
         match self.kind {
-            RefusalKind::Prohibited => 1,
-            RefusalKind::ConnectFailed => 2,
-            RefusalKind::ResourceShortage => 4,
+            RefusalKind::Prohibited => open_failure::ADMINISTRATIVELY_PROHIBITED,
+            RefusalKind::ConnectFailed => open_failure::CONNECT_FAILED,
+            RefusalKind::ResourceShortage => open_failure::RESOURCE_SHORTAGE,
         }
     }
 }

@@ -14,7 +14,7 @@ use super::channel::{Channel, IncomingChannel};
 use super::keys::{Fingerprint, PrivateKey, PublicKey, fingerprint};
 use super::proto::conn::{self, Conn, Events, ExecOutput, Incoming, Settings, Side};
 use super::proto::mux::{ConnTx, Ended, In, OpenRequest};
-use super::proto::wire::Writer;
+use super::proto::wire::{Writer, open_failure};
 use crate::protocol::limits::{HANDSHAKE_TIMEOUT, MAX_PACKET_SIZE};
 
 /// Who we are and whom we trust.
@@ -253,7 +253,10 @@ impl<H: ForwardedHandler> Events for Adapter<H> {
                 self.handler
                     .forwarded(&address, port, IncomingChannel::new(incoming));
             }
-            OpenRequest::DirectTcpip { .. } => incoming.refuse(1, "not accepted here"),
+            OpenRequest::DirectTcpip { .. } => incoming.refuse(
+                open_failure::ADMINISTRATIVELY_PROHIBITED,
+                "not accepted here",
+            ),
         }
     }
 

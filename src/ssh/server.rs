@@ -18,7 +18,7 @@ use super::keys::{PrivateKey, PublicKey};
 use super::proto::conn::{self, Conn, Events, Incoming, Settings, Side};
 use super::proto::kex::HostKey;
 use super::proto::mux::{ConnTx, Ended, OpenRequest};
-use super::proto::wire::{Reader, Writer};
+use super::proto::wire::{Reader, Writer, open_failure};
 use crate::protocol::limits::MAX_PACKET_SIZE;
 use crate::protocol::limits::{
     HANDSHAKE_TIMEOUT, MAX_AUTH_ATTEMPTS, RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX,
@@ -82,6 +82,13 @@ impl ServerConfig {
     pub fn set_rekey_limits(&mut self, bytes: u64, time: Duration) {
         self.settings.rekey_bytes = bytes;
         self.settings.rekey_time = time;
+    }
+
+    /// Ends a connection whose peer has not logged in within `grace` of the
+    /// version exchange, with DISCONNECT "authentication timeout"; a key
+    /// check still running then is abandoned. Default: no limit here.
+    pub fn set_login_grace(&mut self, grace: Duration) {
+        self.settings.login_grace = Some(grace);
     }
 }
 
@@ -199,7 +206,8 @@ impl<S: ServerSession> ServerConnection<S> {
 }
 
 /// Starts the SSH protocol on an accepted socket. The version exchange is
-/// bounded by [`ServerConfig::handshake_timeout`]; the caller bounds authentication.
+/// bounded by [`ServerConfig::handshake_timeout`], authentication by
+/// [`ServerConfig::set_login_grace`] when set (else by the caller).
 pub async fn start<S: ServerSession>(
     config: &ServerConfig,
     mut stream: TcpStream,
@@ -267,7 +275,10 @@ impl<S: ServerSession> Events for Adapter<S> {
                 self.session
                     .direct_tcpip(&host, port, IncomingChannel::new(incoming));
             }
-            OpenRequest::ForwardedTcpip { .. } => incoming.refuse(1, "not accepted here"),
+            OpenRequest::ForwardedTcpip { .. } => incoming.refuse(
+                open_failure::ADMINISTRATIVELY_PROHIBITED,
+                "not accepted here",
+            ),
         }
     }
 

@@ -48,8 +48,8 @@ pub fn packet(data: &[u8]) {
     }
 }
 
-/// Every message parser: KEXINIT, user keys, and the field layouts of the
-/// messages the connection task reads.
+/// Every message parser: KEXINIT, user keys, and the connection task's own
+/// message parser ([`conn::msg::parse`]).
 pub fn messages(data: &[u8]) {
     if let Ok(k) = kex::parse_kexinit(data) {
         let ours = kex::our_kexinit(true, true, &kex::KexAlg::ALL, &CipherAlg::ALL);
@@ -63,10 +63,20 @@ pub fn messages(data: &[u8]) {
     if let Ok(alg) = r.utf8()
         && let Ok(blob) = r.string()
     {
-        let _ = super::conn::user_key(alg, blob);
+        let _ = conn::user_key(alg, blob);
     }
     let _ = ssh_key::Signature::try_from(data);
-    super::conn::parse_any(data);
+    if let Ok(conn::msg::Msg::UserauthRequest {
+        method: conn::msg::Method::Publickey { alg, blob, sig },
+        ..
+    }) = conn::msg::parse(data)
+    {
+        let _ = conn::user_key(alg, blob);
+        if let Some(sig) = sig {
+            let _ = ssh_key::Signature::try_from(sig);
+        }
+    }
+    let _ = conn::msg::data_header(data);
 }
 
 /// A scripted SSH client: a real key exchange (curve25519-sha256,
@@ -449,13 +459,44 @@ async fn drive(login: bool, data: &[u8]) {
 /// Inputs for [`conn`] that follow the protocol some way before they break
 /// it: the starting corpus of the fuzz target and the smoke run.
 pub fn conn_seeds() -> Vec<Vec<u8>> {
-    let user = fuzz_user();
-    let blob = user
-        .public_key()
-        .key_data()
-        .encode_vec()
-        .unwrap_or_default();
-    let open = |kind: &str, id: u32, window: u32, max: u32, host: &str| {
+    let query = seed::key_query();
+    let table: [(bool, Vec<Vec<u8>>); 7] = [
+        (true, seed::session_channel()),
+        (true, seed::data_channel()),
+        (true, seed::odd_opens()),
+        (true, seed::globals(query.clone())),
+        (false, vec![query.clone(); 20]),
+        (false, seed::login_out_of_order(query)),
+        (true, seed::rekey()),
+    ];
+    table
+        .into_iter()
+        .map(|(login, msgs)| seed::input(login, &msgs))
+        .collect()
+}
+
+/// The messages of [`conn_seeds`], and how an input is made of them.
+mod seed {
+    use ssh_encoding::Encode;
+
+    use super::super::kex::{self, KexAlg};
+    use super::super::packet::CipherAlg;
+    use super::super::wire::{Writer, msg};
+    use super::fuzz_user;
+
+    /// An input for [`super::conn`]: the login bit, then each message with
+    /// its length.
+    pub(super) fn input(login: bool, msgs: &[Vec<u8>]) -> Vec<u8> {
+        let mut input = vec![u8::from(login)];
+        for m in msgs {
+            let n = u16::try_from(m.len()).unwrap_or(u16::MAX);
+            input.extend_from_slice(&n.to_be_bytes());
+            input.extend_from_slice(&m[..usize::from(n)]);
+        }
+        input
+    }
+
+    fn open(kind: &str, id: u32, window: u32, max: u32, host: &str) -> Vec<u8> {
         let w = Writer::new(msg::CHANNEL_OPEN)
             .string(kind)
             .u32(id)
@@ -466,139 +507,143 @@ pub fn conn_seeds() -> Vec<Vec<u8>> {
         } else {
             w.string(host).u32(22).string("127.0.0.1").u32(1).finish()
         }
-    };
-    let data = |id: u32, len: usize| {
+    }
+
+    fn data(id: u32, len: usize) -> Vec<u8> {
         Writer::new(msg::CHANNEL_DATA)
             .u32(id)
             .string(vec![b'd'; len])
             .finish()
-    };
-    let eof = |id: u32| Writer::new(msg::CHANNEL_EOF).u32(id).finish();
-    let close = |id: u32| Writer::new(msg::CHANNEL_CLOSE).u32(id).finish();
-    let request = |id: u32, kind: &str, extra: &[u8]| {
+    }
+
+    fn eof(id: u32) -> Vec<u8> {
+        Writer::new(msg::CHANNEL_EOF).u32(id).finish()
+    }
+
+    fn close(id: u32) -> Vec<u8> {
+        Writer::new(msg::CHANNEL_CLOSE).u32(id).finish()
+    }
+
+    fn request(id: u32, kind: &str, extra: &[u8]) -> Vec<u8> {
         Writer::new(msg::CHANNEL_REQUEST)
             .u32(id)
             .string(kind)
             .bool(true)
             .raw(extra)
             .finish()
-    };
-    let global = |name: &str| {
+    }
+
+    fn global(name: &str) -> Vec<u8> {
         Writer::new(msg::GLOBAL_REQUEST)
             .string(name)
             .bool(true)
             .string("dev")
             .u32(22)
             .finish()
-    };
-    let query = Writer::new(msg::USERAUTH_REQUEST)
-        .string("fuzz")
-        .string("ssh-connection")
-        .string("publickey")
-        .bool(false)
-        .string("ssh-ed25519")
-        .string(&blob)
-        .finish();
-    let sequences: Vec<(bool, Vec<Vec<u8>>)> = vec![
-        (
-            true,
-            vec![
-                open("session", 0, 1 << 20, 32768, ""),
-                request(0, "exec", &Writer::default().string("ls").finish()),
-                eof(0),
-                eof(0),
-                request(0, "exit-status", &[0, 0, 0, 1]),
-                request(0, "exit-status", &[0, 0, 0, 2]),
-                close(0),
-            ],
-        ),
-        (
-            true,
-            vec![
-                open("direct-tcpip", 1, 1 << 20, 32768, "echo"),
-                data(0, 5),
-                data(0, 9000),
-                Writer::new(msg::CHANNEL_WINDOW_ADJUST)
-                    .u32(0)
-                    .u32(1 << 16)
-                    .finish(),
-                Writer::new(msg::CHANNEL_EXTENDED_DATA)
-                    .u32(0)
-                    .u32(1)
-                    .string("e")
-                    .finish(),
-                eof(0),
-                eof(0),
-                close(0),
-                close(0),
-            ],
-        ),
-        (
-            true,
-            vec![
-                open("direct-tcpip", 2, 0, 32768, "hold"),
-                open("direct-tcpip", 3, 1 << 20, 100, "echo"),
-                open("direct-tcpip", 4, 1 << 20, 32768, "refuse"),
-                data(0, 40_000),
-                Writer::new(msg::CHANNEL_OPEN_CONFIRMATION)
-                    .u32(7)
-                    .u32(8)
-                    .u32(1 << 20)
-                    .u32(32768)
-                    .finish(),
-                close(0),
-                eof(0),
-            ],
-        ),
-        (
-            true,
-            vec![
-                global("tcpip-forward"),
-                global("cancel-tcpip-forward"),
-                global("keepalive@openssh.com"),
-                vec![msg::REQUEST_SUCCESS],
-                vec![200, 1, 2, 3],
-                Writer::new(msg::IGNORE).string("x").finish(),
-                query.clone(),
-            ],
-        ),
-        (false, vec![query.clone(); 20]),
-        (
-            false,
-            vec![
-                Writer::new(msg::SERVICE_REQUEST)
-                    .string("ssh-userauth")
-                    .finish(),
-                query,
-                Writer::new(msg::USERAUTH_REQUEST)
-                    .string("fuzz")
-                    .string("ssh-connection")
-                    .string("none")
-                    .finish(),
-                open("session", 0, 1 << 20, 32768, ""),
-            ],
-        ),
-        (
-            true,
-            vec![
-                kex::our_kexinit(false, false, &[KexAlg::Curve25519], &CipherAlg::ALL),
-                Writer::new(msg::KEX_ECDH_INIT).string([5u8; 32]).finish(),
-                vec![msg::NEWKEYS],
-            ],
-        ),
-    ];
-    sequences
-        .into_iter()
-        .map(|(login, msgs)| {
-            let mut input = vec![u8::from(login)];
-            for m in msgs {
-                let n = u16::try_from(m.len()).unwrap_or(u16::MAX);
-                input.extend_from_slice(&n.to_be_bytes());
-                input.extend_from_slice(&m[..usize::from(n)]);
-            }
-            input
-        })
-        .collect()
+    }
+
+    /// A public-key query (no signature) for the fuzz user's key.
+    pub(super) fn key_query() -> Vec<u8> {
+        let user = fuzz_user();
+        let blob = user
+            .public_key()
+            .key_data()
+            .encode_vec()
+            .unwrap_or_default();
+        Writer::new(msg::USERAUTH_REQUEST)
+            .string("fuzz")
+            .string("ssh-connection")
+            .string("publickey")
+            .bool(false)
+            .string("ssh-ed25519")
+            .string(&blob)
+            .finish()
+    }
+
+    pub(super) fn session_channel() -> Vec<Vec<u8>> {
+        vec![
+            open("session", 0, 1 << 20, 32768, ""),
+            request(0, "exec", &Writer::default().string("ls").finish()),
+            eof(0),
+            eof(0),
+            request(0, "exit-status", &[0, 0, 0, 1]),
+            request(0, "exit-status", &[0, 0, 0, 2]),
+            close(0),
+        ]
+    }
+
+    pub(super) fn data_channel() -> Vec<Vec<u8>> {
+        vec![
+            open("direct-tcpip", 1, 1 << 20, 32768, "echo"),
+            data(0, 5),
+            data(0, 9000),
+            Writer::new(msg::CHANNEL_WINDOW_ADJUST)
+                .u32(0)
+                .u32(1 << 16)
+                .finish(),
+            Writer::new(msg::CHANNEL_EXTENDED_DATA)
+                .u32(0)
+                .u32(1)
+                .string("e")
+                .finish(),
+            eof(0),
+            eof(0),
+            close(0),
+            close(0),
+        ]
+    }
+
+    pub(super) fn odd_opens() -> Vec<Vec<u8>> {
+        vec![
+            open("direct-tcpip", 2, 0, 32768, "hold"),
+            open("direct-tcpip", 3, 1 << 20, 100, "echo"),
+            open("direct-tcpip", 4, 1 << 20, 32768, "refuse"),
+            data(0, 40_000),
+            Writer::new(msg::CHANNEL_OPEN_CONFIRMATION)
+                .u32(7)
+                .u32(8)
+                .u32(1 << 20)
+                .u32(32768)
+                .finish(),
+            close(0),
+            eof(0),
+        ]
+    }
+
+    pub(super) fn globals(query: Vec<u8>) -> Vec<Vec<u8>> {
+        vec![
+            global("tcpip-forward"),
+            global("cancel-tcpip-forward"),
+            global("keepalive@openssh.com"),
+            vec![msg::REQUEST_SUCCESS],
+            vec![200, 1, 2, 3],
+            Writer::new(msg::IGNORE).string("x").finish(),
+            query,
+        ]
+    }
+
+    pub(super) fn login_out_of_order(query: Vec<u8>) -> Vec<Vec<u8>> {
+        vec![
+            Writer::new(msg::SERVICE_REQUEST)
+                .string("ssh-userauth")
+                .finish(),
+            query,
+            Writer::new(msg::USERAUTH_REQUEST)
+                .string("fuzz")
+                .string("ssh-connection")
+                .string("none")
+                .finish(),
+            open("session", 0, 1 << 20, 32768, ""),
+        ]
+    }
+
+    pub(super) fn rekey() -> Vec<Vec<u8>> {
+        vec![
+            kex::our_kexinit(false, false, &[KexAlg::Curve25519], &CipherAlg::ALL),
+            Writer::new(msg::KEX_ECDH_INIT).string([5u8; 32]).finish(),
+            vec![msg::NEWKEYS],
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! - [`readbuf`]: read buffers, and the reuse of bulk ones.
 //! - [`outbox`]: sealed packets waiting for the socket.
 //! - [`mux`]: per-channel buffers, windows and the command queue.
-//! - [`conn`]: the connection task: transport, authentication, channels.
+//! - [`conn`]: the connection task: transport, key exchange, authentication,
+//!   channels, and the one message parser ([`conn::msg`]).
 
 pub mod conn;
 pub mod fuzz;

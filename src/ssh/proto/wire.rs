@@ -59,6 +59,14 @@ pub mod reason {
     pub const NO_MORE_AUTH_METHODS: u32 = 14;
 }
 
+/// Channel open failure reason codes (RFC 4254 §5.1).
+pub mod open_failure {
+    pub const ADMINISTRATIVELY_PROHIBITED: u32 = 1;
+    pub const CONNECT_FAILED: u32 = 2;
+    pub const UNKNOWN_CHANNEL_TYPE: u32 = 3;
+    pub const RESOURCE_SHORTAGE: u32 = 4;
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("malformed SSH message: {0}")]
 pub struct WireError(pub &'static str);
