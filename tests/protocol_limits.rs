@@ -161,3 +161,82 @@ async fn an_enroll_connection_gets_a_few_attempts_only() {
         .count();
     assert_eq!(capped, SENT as usize - MAX_ENROLL_ATTEMPTS, "{stderr:?}");
 }
+
+/// Data a peer sends on a session channel whose command is still running
+/// (its output held back by a window of 0) has no reader: the relay drops
+/// it as it arrives instead of keeping up to a whole window (2 MiB) per
+/// channel. Before, 16 such channels of an `enroll` peer held 32 MiB.
+#[tokio::test]
+async fn data_sent_to_a_running_command_is_not_kept() {
+    const CHANNEL_DATA: u8 = 94;
+    const CHANNEL_REQUEST: u8 = 98;
+    const CHANNELS: u32 = 16;
+    const CHUNK: usize = 16 * 1024;
+    // What the relay grants a channel before any window adjustment.
+    const WINDOW: usize = 2 * 1024 * 1024;
+
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&[], 0, &[], &dir.path().join("data")).await;
+    let pid = relay.child.id().unwrap();
+    let s = TcpStream::connect(("127.0.0.1", relay.port)).await.unwrap();
+    let mut peer = Peer::handshake(s).await.unwrap();
+    let key = keys::generate_ed25519().unwrap();
+    peer.login("enroll", &key).await.unwrap();
+    let mut relay_ids = Vec::new();
+    for ours in 0..CHANNELS {
+        let mut open = vec![CHANNEL_OPEN];
+        string(&mut open, b"session");
+        // A window of 0: the command's output can never be sent.
+        for n in [ours, 0, 32 * 1024] {
+            open.extend_from_slice(&n.to_be_bytes());
+        }
+        peer.send(&open).await.unwrap();
+        let conf = peer.recv().await.expect("session channel confirmed");
+        assert_eq!(conf[0], CHANNEL_OPEN_CONFIRMATION);
+        relay_ids.push(<[u8; 4]>::try_from(&conf[5..9]).unwrap());
+    }
+    for id in &relay_ids {
+        let mut exec = vec![CHANNEL_REQUEST];
+        exec.extend_from_slice(id);
+        string(&mut exec, b"exec");
+        exec.push(0);
+        string(&mut exec, b"enroll warren1.not-a-token");
+        peer.send(&exec).await.unwrap();
+    }
+    let before = rss_anon(pid);
+    let chunk = vec![0x55u8; CHUNK];
+    let mut out = Vec::new();
+    for id in &relay_ids {
+        out.clear();
+        for _ in 0..WINDOW / CHUNK {
+            let mut data = vec![CHANNEL_DATA];
+            data.extend_from_slice(id);
+            string(&mut data, &chunk);
+            peer.seal(&data, &mut out);
+        }
+        peer.write(&out).await.unwrap();
+    }
+    // The relay has read it all once it answers a request sent after it.
+    let mut ping = vec![GLOBAL_REQUEST];
+    string(&mut ping, b"keepalive@openssh.com");
+    ping.push(1);
+    peer.send(&ping).await.unwrap();
+    tokio::time::timeout(WAIT * 4, async {
+        loop {
+            let m = peer.recv().await.expect("the relay keeps the connection");
+            if m[0] == REQUEST_SUCCESS || m[0] == REQUEST_FAILURE {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the relay answers");
+    let after = rss_anon(pid);
+    let grew = after.saturating_sub(before);
+    let sent = CHANNELS as usize * WINDOW;
+    eprintln!("{sent} bytes sent to running commands; RssAnon {before} -> {after} bytes");
+    assert!(
+        grew < 4 * 1024 * 1024,
+        "relay memory grew by {grew} bytes after {sent} bytes sent to commands"
+    );
+}

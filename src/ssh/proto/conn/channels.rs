@@ -48,6 +48,9 @@ pub(super) struct Entry {
     /// The peer sent EOF, and an exit status or signal: each once.
     got_eof: bool,
     got_exit: bool,
+    /// A server session running a command: what the peer sends on it has
+    /// no reader (commands take no input), so it is counted and dropped.
+    pub(super) input_dropped: bool,
 }
 
 impl Entry {
@@ -69,6 +72,7 @@ impl Entry {
             sent_close: false,
             got_eof: false,
             got_exit: false,
+            input_dropped: false,
         }
     }
 
@@ -125,7 +129,7 @@ impl Channels {
             )));
         }
         e.local_window -= len as u32;
-        if e.kind == ChanKind::Session || e.sent_close {
+        if e.kind == ChanKind::Session || e.input_dropped || e.sent_close {
             return Ok(None);
         }
         Ok(Some(&e.shared))
@@ -472,6 +476,7 @@ impl<E: Events> Conn<E> {
             return;
         };
         e.kind = ChanKind::Open;
+        e.input_dropped = true;
         let handle = ChanHandle::new(id, e.shared.clone(), self.tx.clone());
         tokio::spawn(async move {
             let out = out.await;
