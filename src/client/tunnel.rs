@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::ClientSettings;
-use crate::agent::Backoff;
+use crate::protocol::Backoff;
 use crate::protocol::limits::{BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, TUNNEL_LIVENESS_CHECK};
 use crate::ssh::Channel;
 use crate::ssh::IncomingChannel;
@@ -178,15 +178,9 @@ async fn connection(
     live: &watch::Sender<Option<Conn>>,
     emit: &impl Fn(TunnelEvent),
 ) -> String {
-    let tcp = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio::net::TcpStream::connect(&settings.relay),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return format!("cannot reach relay {}: {e}", settings.relay),
-        Err(_) => return format!("cannot reach relay {}: timed out", settings.relay),
+    let tcp = match client::dial(&settings.relay, HANDSHAKE_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => return format!("{e:#}"),
     };
     let opts = ConnectOptions {
         user: settings.system.to_string(),

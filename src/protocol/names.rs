@@ -85,6 +85,27 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
+/// A device: its name within its system. Names are unique per system
+/// only, so this pair is what identifies a device across the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId {
+    pub system: Name,
+    pub name: Name,
+}
+
+impl DeviceId {
+    pub fn new(system: Name, name: Name) -> DeviceId {
+        DeviceId { system, name }
+    }
+}
+
+impl fmt::Display for DeviceId {
+    /// `system/name`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.system, self.name)
+    }
+}
+
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
