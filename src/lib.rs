@@ -26,7 +26,8 @@
 //!   ssh configs and connect scripts (`sshconfig`).
 //! - [`store`]: SQLite state in the relay's data directory (systems, keys, device
 //!   status, invites, the audit log), with numbered migrations.
-//! - [`policy`]: who may reach what; pure functions, no I/O.
+//! - [`policy`]: who may reach what, and every refusal as data (its text and
+//!   a stable code); pure functions, no I/O.
 //! - [`audit`]: audit events: a log line each, and a row in the store written
 //!   in batches by one writer task, off the data path.
 //! - [`render`]: tables, times and JSON as commands print them; [`files`]:

@@ -21,7 +21,7 @@ use super::limits::MAX_NAME_LEN;
 pub struct Name(String);
 
 /// Why a string is not a name. Callers show it to people as it is.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
     #[error("a name cannot be empty")]
     Empty,
