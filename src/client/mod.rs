@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::files::{CLIENT_CONFIG, config_path, read_config};
 use crate::protocol::limits::{AGENT_DEAD_RELAY_TIMEOUT, HANDSHAKE_TIMEOUT};
 use crate::protocol::{Name, RelayAddress};
-use crate::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
+use crate::ssh::client::{self, ClientConnection, ConnectOptions, ForwardedHandler, NoForwards};
 use crate::ssh::keys::{self, PrivateKey};
 
 /// `~/.config/warren/client.toml` as written; every field may also come
@@ -115,6 +115,15 @@ impl ClientSettings {
 
 /// Connects and authenticates to the relay as a controller.
 pub async fn connect(s: &ClientSettings) -> Result<ClientConnection<NoForwards>> {
+    connect_with(s, NoForwards).await
+}
+
+/// Connects as a controller, with `handler` for channels the relay opens
+/// (its drop tells [`tunnel`] that the connection is gone).
+pub async fn connect_with<H: ForwardedHandler>(
+    s: &ClientSettings,
+    handler: H,
+) -> Result<ClientConnection<H>> {
     let tcp = client::dial(&s.relay, HANDSHAKE_TIMEOUT).await?;
     let opts = ConnectOptions {
         user: s.system.to_string(),
@@ -122,7 +131,7 @@ pub async fn connect(s: &ClientSettings) -> Result<ClientConnection<NoForwards>>
         host_key: s.relay_host_key.clone(),
         dead_after: AGENT_DEAD_RELAY_TIMEOUT,
     };
-    client::connect(tcp, &opts, NoForwards).await
+    client::connect(tcp, &opts, handler).await
 }
 
 /// Carries one stream to `host:port` on stdin/stdout (for `ProxyCommand`).
