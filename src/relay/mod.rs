@@ -334,6 +334,9 @@ pub async fn serve(
         .options
         .public_bind
         .unwrap_or(listener.local_addr()?.ip());
+    // Said before the public ports start, so that their log lines (a port
+    // outside public_ports, say) always follow it.
+    tracing::info!(addr = %listener.local_addr()?, host_key = %relay.host_key, "relay listening");
     tokio::spawn(expose::run(
         relay.clone(),
         public_ip,
@@ -341,7 +344,6 @@ pub async fn serve(
         shutdown.clone(),
     ));
 
-    tracing::info!(addr = %listener.local_addr()?, host_key = %relay.host_key, "relay listening");
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
