@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::agent::config::{AgentFile, check_fingerprint, relay_address};
+use crate::agent::config::AgentFile;
 use crate::agent::gateway::GatewayConfig;
 use crate::client::ClientFile;
 use crate::protocol::device_info::{DeviceInfo, check_labels, parse_label};
 use crate::protocol::token::Invite;
-use crate::protocol::{AllowList, Cidr, Name, cidr};
+use crate::protocol::{AllowList, Cidr, Name, RelayAddress, cidr};
+use crate::ssh::keys::parse_fingerprint;
 
 fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(data)
@@ -30,8 +31,8 @@ pub fn token(data: &[u8]) {
     );
     for s in [raw, wrapped] {
         if let Ok(invite) = Invite::decode(&s) {
-            let _ = relay_address(&invite.relay);
-            let _ = check_fingerprint(&invite.host_key);
+            let _ = RelayAddress::parse(&invite.relay);
+            let _ = parse_fingerprint(&invite.host_key);
             // What decodes must encode and decode to the same invite.
             debug_assert_eq!(
                 Invite::decode(&invite.encode()).ok().as_ref(),
@@ -61,8 +62,8 @@ pub fn target(data: &[u8]) {
             let _ = list.target_for(u32::from(p));
         }
     }
-    let _ = relay_address(&s);
-    let _ = check_fingerprint(&s);
+    let _ = RelayAddress::parse(&s);
+    let _ = parse_fingerprint(&s);
 }
 
 /// `HOST.via.GATEWAY` and CIDR networks, with containment checks on what
@@ -107,8 +108,8 @@ pub fn config(data: &[u8]) {
     if let Ok(file) = toml::from_str::<AgentFile>(&s) {
         let _ = Name::parse(&file.system);
         let _ = Name::parse(&file.name);
-        let _ = relay_address(&file.relay);
-        let _ = check_fingerprint(&file.relay_host_key);
+        let _ = RelayAddress::parse(&file.relay);
+        let _ = parse_fingerprint(&file.relay_host_key);
         if let Some(allow) = &file.allow {
             let _ = AllowList::parse(allow);
         }
@@ -127,10 +128,10 @@ pub fn config(data: &[u8]) {
     }
     if let Ok(file) = toml::from_str::<ClientFile>(&s) {
         if let Some(r) = &file.relay {
-            let _ = relay_address(r);
+            let _ = RelayAddress::parse(r);
         }
         if let Some(fp) = &file.relay_host_key {
-            let _ = check_fingerprint(fp);
+            let _ = parse_fingerprint(fp);
         }
     }
 }

@@ -3,7 +3,8 @@
 //! A map of the crate, in the order a connection travels through it:
 //!
 //! - [`protocol`]: the wire contract that every other module shares: names,
-//!   targets, limits and timeouts. Imports nothing from the rest of the crate.
+//!   device identities, targets, the relay's address, retry backoff, limits
+//!   and timeouts. Imports nothing from the rest of the crate.
 //! - [`ssh`]: Warren's own SSH implementation (transport, authentication,
 //!   channels with per-channel flow control), behind a small interface: server
 //!   session callbacks, a client connection, a [`ssh::Channel`] that can be spliced.
@@ -25,9 +26,12 @@
 //!   ssh configs and connect scripts (`sshconfig`).
 //! - [`store`]: SQLite state in the relay's data directory (systems, keys, device
 //!   status, invites, the audit log), with numbered migrations.
-//! - [`policy`]: who may reach what; pure functions, no I/O.
+//! - [`policy`]: who may reach what, and every refusal as data (its text and
+//!   a stable code); pure functions, no I/O.
 //! - [`audit`]: audit events: a log line each, and a row in the store written
 //!   in batches by one writer task, off the data path.
+//! - [`render`]: tables, times and JSON as commands print them; [`files`]:
+//!   config files (size-bounded reads, default paths).
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.
 //! - [`fuzz`]: one entry per parser of outside input, for `fuzz-input/`
 //!   and the smoke run in the tests.
@@ -41,9 +45,11 @@ pub mod agent;
 pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod files;
 pub mod fuzz;
 pub mod policy;
 pub mod protocol;
 pub mod relay;
+pub mod render;
 pub mod ssh;
 pub mod store;

@@ -8,9 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::files::read_config;
 use crate::protocol::device_info::check_labels;
-use crate::protocol::limits::{AGENT_DEAD_RELAY_TIMEOUT, DEFAULT_RELAY_PORT, MAX_CONFIG_FILE};
-use crate::protocol::{AllowList, Name};
+use crate::protocol::limits::AGENT_DEAD_RELAY_TIMEOUT;
+use crate::protocol::{AllowList, Name, RelayAddress};
 use crate::ssh::keys::{self, PrivateKey};
 
 /// The file as written. Unknown fields are refused, so a typo never passes
@@ -123,11 +124,11 @@ impl AgentSettings {
             &file.listen,
         )?;
         Ok(AgentSettings {
-            relay: relay_address(&file.relay)?,
+            relay: RelayAddress::parse(&file.relay)?.into_string(),
             system,
             name,
             key: Arc::new(key),
-            relay_host_key: check_fingerprint(&file.relay_host_key)?,
+            relay_host_key: keys::parse_fingerprint(&file.relay_host_key)?,
             allow,
             dead_after,
             labels,
@@ -136,93 +137,9 @@ impl AgentSettings {
     }
 }
 
-/// Where the agent config lives when no path is given.
-pub fn default_config_path() -> Option<PathBuf> {
-    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
-        return Some(PathBuf::from(x).join("warren/agent.toml"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/warren/agent.toml"))
-}
-
-/// Reads a config file with a size bound (a hostile file cannot make us
-/// allocate much).
-pub fn read_config(path: &Path) -> Result<String> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.len() > MAX_CONFIG_FILE {
-        bail!(
-            "{} is {} bytes; a config is at most {MAX_CONFIG_FILE}",
-            path.display(),
-            meta.len()
-        );
-    }
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-/// `host` or `host:port`; the port defaults to 2222.
-pub fn relay_address(s: &str) -> Result<String> {
-    let s = s.trim();
-    if s.is_empty() {
-        bail!("relay address is empty (expected HOST:PORT)");
-    }
-    if s.starts_with('[') || s.rsplit_once(':').is_some_and(|(h, _)| !h.contains(':')) {
-        let port = s.rsplit_once(':').map(|(_, p)| p).unwrap_or("");
-        if port.parse::<u16>().map_or(true, |p| p == 0) {
-            bail!("relay address {s:?}: bad port");
-        }
-        return Ok(s.to_string());
-    }
-    if s.contains(':') {
-        // A bare IPv6 address.
-        return Ok(format!("[{s}]:{DEFAULT_RELAY_PORT}"));
-    }
-    Ok(format!("{s}:{DEFAULT_RELAY_PORT}"))
-}
-
-/// Checks a `SHA256:` fingerprint's form (43 base64 characters).
-pub fn check_fingerprint(s: &str) -> Result<String> {
-    let s = s.trim();
-    let ok = s.strip_prefix("SHA256:").is_some_and(|b| {
-        b.len() == 43
-            && b.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
-    });
-    if !ok {
-        bail!(
-            "relay host key {s:?} is not a SHA256 fingerprint (expected SHA256: and 43 characters, as `warren admin host-key` prints)"
-        );
-    }
-    Ok(s.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relay_addresses_get_a_default_port() {
-        assert_eq!(
-            relay_address("relay.example").unwrap(),
-            "relay.example:2222"
-        );
-        assert_eq!(
-            relay_address("relay.example:22").unwrap(),
-            "relay.example:22"
-        );
-        assert_eq!(relay_address("::1").unwrap(), "[::1]:2222");
-        assert_eq!(relay_address("[::1]:2200").unwrap(), "[::1]:2200");
-        assert!(relay_address("").is_err());
-        assert!(relay_address("relay:0").is_err());
-        assert!(relay_address("relay:http").is_err());
-    }
-
-    #[test]
-    fn fingerprints_are_checked() {
-        let good = format!("SHA256:{}", "a".repeat(43));
-        assert!(check_fingerprint(&good).is_ok());
-        assert!(check_fingerprint("SHA256:short").is_err());
-        assert!(check_fingerprint(&format!("MD5:{}", "a".repeat(43))).is_err());
-    }
 
     #[test]
     fn config_rejects_unknown_fields_and_bad_values() {

@@ -7,7 +7,7 @@ pub mod doctor;
 pub mod gateway;
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -19,10 +19,9 @@ use gateway::GatewayState;
 use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::gateway::{ANNOUNCE_COMMAND, Associations, CONTROL_ADDRESS, list};
 use crate::protocol::limits::{
-    BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, STREAM_OPEN_TIMEOUT,
-    TARGET_CONNECT_TIMEOUT,
+    BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, STREAM_OPEN_TIMEOUT, TARGET_CONNECT_TIMEOUT,
 };
-use crate::protocol::{AllowList, Name, Target};
+use crate::protocol::{AllowList, Backoff, Name, Target};
 use crate::ssh::client::{self, ConnectOptions, ForwardedHandler};
 use crate::ssh::{IncomingChannel, Refusal, keys};
 
@@ -213,12 +212,10 @@ async fn session(
         config,
     } = links;
     tracing::info!(relay = %settings.relay, "connecting to relay");
-    let tcp =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&settings.relay)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return format!("cannot reach relay {}: {e}", settings.relay),
-            Err(_) => return format!("cannot reach relay {}: timed out", settings.relay),
-        };
+    let tcp = match client::dial(&settings.relay, HANDSHAKE_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => return format!("{e:#}"),
+    };
     let opts = ConnectOptions {
         user: settings.system.to_string(),
         key: settings.key.clone(),
@@ -427,33 +424,6 @@ async fn serve_stream(target: Target, channel: IncomingChannel) {
     tracing::debug!(target = %addr, sent = stats.sent, received = stats.received, "stream closed");
 }
 
-/// Exponential backoff with jitter: each delay is drawn from
-/// [d/2, d], with d doubling from [`BACKOFF_INITIAL`] to [`BACKOFF_MAX`].
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new() -> Backoff {
-        Backoff {
-            next: BACKOFF_INITIAL,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        let ms = d.as_millis() as u64;
-        Duration::from_millis(crate::protocol::jitter(ms / 2, ms))
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,38 +444,5 @@ mod tests {
         assert!(err.message.contains("not in the allowlist"), "{err}");
         let err = admit(&name, &allow, "dev2", 22).unwrap_err();
         assert!(err.message.contains("not \"dev2\""), "{err}");
-    }
-
-    #[test]
-    fn backoff_doubles_to_a_cap_with_jitter() {
-        let mut b = Backoff::new();
-        let mut caps = Vec::new();
-        for _ in 0..10 {
-            let cap = b.next;
-            let d = b.next_delay();
-            assert!(
-                d <= cap && d >= cap / 2,
-                "{d:?} not in [{:?}, {cap:?}]",
-                cap / 2
-            );
-            caps.push(cap.as_secs());
-        }
-        assert_eq!(caps, vec![1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
-    }
-
-    #[test]
-    fn jitter_spreads_delays() {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..50 {
-            let mut b = Backoff::new();
-            for _ in 0..6 {
-                b.next_delay();
-            }
-            seen.insert(b.next_delay().as_millis());
-        }
-        assert!(
-            seen.len() > 10,
-            "delays should differ between agents: {seen:?}"
-        );
     }
 }

@@ -27,6 +27,7 @@ use crate::protocol::limits::{INVITE_DEFAULT_TTL, INVITE_MAX_TTL};
 use crate::protocol::token::Invite;
 use crate::protocol::{Name, Role};
 use crate::relay::{ADVERTISE_SETTING, Relay, host_key_path, status};
+use crate::render::{json_text, print_json};
 use crate::ssh::keys;
 use crate::store::{self, Identity, InviteRecord, KeyRecord, NewInvite, Store};
 
@@ -459,7 +460,7 @@ async fn create_invite(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Res
             "no relay address for the token: pass --relay HOST:PORT, or start the relay with --advertise HOST:PORT"
         );
     };
-    let relay = crate::agent::config::relay_address(&relay)?;
+    let relay = crate::protocol::RelayAddress::parse(&relay)?.into_string();
     let (id, secret) = Invite::fresh_id_and_secret()?;
     let invite = Invite {
         relay,
@@ -642,7 +643,7 @@ fn render_keys(keys: &[KeyRecord]) -> String {
             k.algorithm.clone(),
             k.fingerprint.clone(),
             match k.revoked {
-                Some(t) => format!("revoked {}", status::when(Some(t))),
+                Some(t) => format!("revoked {}", crate::render::when(Some(t))),
                 None => "active".into(),
             },
             match &k.enrolled_via {
@@ -651,7 +652,7 @@ fn render_keys(keys: &[KeyRecord]) -> String {
             },
         ]);
     }
-    status::table(&rows)
+    crate::render::table(&rows)
 }
 
 fn render_invites(invites: &[InviteRecord]) -> String {
@@ -676,16 +677,5 @@ fn render_invites(invites: &[InviteRecord]) -> String {
             i.used_by.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    status::table(&rows)
-}
-
-pub(crate) fn json_text<T: Serialize>(v: &T) -> Result<String> {
-    let mut s = serde_json::to_string_pretty(v)?;
-    s.push('\n');
-    Ok(s)
-}
-
-pub(crate) fn print_json<T: Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    crate::render::table(&rows)
 }

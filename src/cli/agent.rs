@@ -20,7 +20,7 @@ pub struct AgentArgs {
 pub async fn run(a: AgentArgs) -> Result<ExitCode> {
     let config_path = a
         .config
-        .or_else(crate::agent::config::default_config_path)
+        .or_else(|| crate::files::config_path(crate::files::AGENT_CONFIG))
         .ok_or_else(|| anyhow::anyhow!("no agent config: pass --config PATH"))?;
     let settings = AgentSettings::load(&config_path)?;
     let shutdown = CancellationToken::new();

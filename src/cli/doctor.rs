@@ -26,7 +26,7 @@ pub struct DoctorArgs {
 pub async fn run(a: DoctorArgs) -> Result<ExitCode> {
     let report = doctor::run(&a.config).await;
     if a.json {
-        super::admin::print_json(&report)?;
+        crate::render::print_json(&report)?;
     } else {
         print!("{}", doctor::render(&report));
     }

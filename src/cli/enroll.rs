@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::client::enroll::{self, EnrollRequest};
+use crate::files;
 use crate::protocol::Role;
 use crate::protocol::device_info::parse_label;
 use crate::protocol::token::Invite;
@@ -35,8 +36,8 @@ pub async fn run(a: EnrollArgs) -> Result<ExitCode> {
         .map(|l| parse_label(l).map_err(anyhow::Error::msg))
         .collect::<Result<_>>()?;
     let default = match invite.role {
-        Role::Device => crate::agent::config::default_config_path(),
-        Role::Controller | Role::Admin => crate::client::default_config_path(),
+        Role::Device => files::config_path(files::AGENT_CONFIG),
+        Role::Controller | Role::Admin => files::config_path(files::CLIENT_CONFIG),
     };
     let config = a
         .config
@@ -49,7 +50,7 @@ pub async fn run(a: EnrollArgs) -> Result<ExitCode> {
     })
     .await?;
     if a.json {
-        super::admin::print_json(&done)?;
+        crate::render::print_json(&done)?;
     } else {
         println!(
             "enrolled as {} {} in system {} (key {})",

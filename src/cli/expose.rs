@@ -5,10 +5,11 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use super::admin::{Reply, json_text};
+use super::admin::Reply;
 use crate::audit::{self, Event, kind};
 use crate::protocol::Name;
-use crate::relay::{expose, status};
+use crate::relay::expose;
+use crate::render::json_text;
 use crate::store::{Exposure, Store};
 
 #[derive(Debug, Args)]
@@ -161,8 +162,8 @@ fn render(list: &[Exposure]) -> String {
             } else {
                 e.allow_from.join(",")
             },
-            status::when(Some(e.created)),
+            crate::render::when(Some(e.created)),
         ]);
     }
-    status::table(&rows)
+    crate::render::table(&rows)
 }

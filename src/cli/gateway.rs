@@ -9,11 +9,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::admin::{Reply, json_text};
+use super::admin::Reply;
 use crate::audit::{self, Event};
 use crate::protocol::gateway::{GatewayScope, ListenSpec};
-use crate::protocol::{Cidr, Name, Target};
-use crate::relay::status;
+use crate::protocol::{Cidr, DeviceId, Name, Target};
+use crate::render::json_text;
 use crate::store::{GatewayRecord, Store};
 
 #[derive(Debug, Subcommand)]
@@ -88,13 +88,13 @@ pub struct Which {
 }
 
 impl Which {
-    fn resolve(&self, store: &Store) -> Result<(Name, Name)> {
+    fn resolve(&self, store: &Store) -> Result<DeviceId> {
         let name = Name::parse(&self.name).context("gateway name")?;
         let system = match &self.system {
             Some(s) => Name::parse(s).context("system name")?,
             None => store.gateway_system(&name)?,
         };
-        Ok((system, name))
+        Ok(DeviceId::new(system, name))
     }
 }
 
@@ -222,7 +222,7 @@ fn render(v: &GatewayView) -> String {
             format!(
                 "{} since {}",
                 if v.online { "online" } else { "offline" },
-                status::when(v.since)
+                crate::render::when(v.since)
             ),
         ),
         ("address", v.address.clone().unwrap_or_else(|| "-".into())),
@@ -238,8 +238,8 @@ fn render(v: &GatewayView) -> String {
         ("associations", none(&assoc)),
         ("listens", none(&listens)),
         ("rules", none(&v.rules)),
-        ("created", status::when(Some(v.created))),
-        ("updated", status::when(Some(v.updated))),
+        ("created", crate::render::when(Some(v.created))),
+        ("updated", crate::render::when(Some(v.updated))),
     ];
     rows.iter()
         .map(|(k, v)| format!("{:<13} {v}\n", format!("{k}:")))
@@ -288,11 +288,11 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
                         v.rules.join(","),
                     ]);
                 }
-                out.push_str(&status::table(&rows));
+                out.push_str(&crate::render::table(&rows));
             }
         }
         GatewayCommand::Show { gw, json } => {
-            let (system, name) = gw.resolve(store)?;
+            let DeviceId { system, name } = gw.resolve(store)?;
             let v = view(store, find(store, &system, &name)?)?;
             if json {
                 out.push_str(&json_text(&v)?);
@@ -301,7 +301,7 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
             }
         }
         GatewayCommand::Rules { gw, json } => {
-            let (system, name) = gw.resolve(store)?;
+            let DeviceId { system, name } = gw.resolve(store)?;
             let rules = find(store, &system, &name)?.rules;
             if json {
                 out.push_str(&json_text(&rules)?);
@@ -312,7 +312,7 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
             }
         }
         GatewayCommand::Allow { gw, target } => {
-            let (system, name) = gw.resolve(store)?;
+            let DeviceId { system, name } = gw.resolve(store)?;
             let target = parse_target(&target)?;
             store.gateway_allow(&system, &name, &target)?;
             reply.events.push(
@@ -326,7 +326,7 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
             );
         }
         GatewayCommand::Deny { gw, target } => {
-            let (system, name) = gw.resolve(store)?;
+            let DeviceId { system, name } = gw.resolve(store)?;
             let target = parse_target(&target)?;
             store.gateway_deny(&system, &name, &target)?;
             reply.events.push(
@@ -340,7 +340,7 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
             );
         }
         GatewayCommand::Delete { gw, force } => {
-            let (system, name) = gw.resolve(store)?;
+            let DeviceId { system, name } = gw.resolve(store)?;
             store.gateway_delete(&system, &name, force)?;
             reply.events.push(
                 Event::new("gateway_delete", audit::OK)
@@ -353,7 +353,7 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
             let _ = writeln!(out, "deleted gateway {name} of system {system}");
         }
         GatewayCommand::Associate { gw, network } => {
-            let (system, name) = gw.resolve(store)?;
+            let DeviceId { system, name } = gw.resolve(store)?;
             let net = Cidr::parse(&network).map_err(anyhow::Error::msg)?;
             store.gateway_associate(&system, &name, &net)?;
             reply.events.push(
@@ -381,7 +381,7 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
             }
         }
         GatewayCommand::Dissociate { gw, network } => {
-            let (system, name) = gw.resolve(store)?;
+            let DeviceId { system, name } = gw.resolve(store)?;
             let net = Cidr::parse(&network).map_err(anyhow::Error::msg)?;
             store.gateway_dissociate(&system, &name, &net)?;
             reply.events.push(

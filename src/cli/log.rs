@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::audit::{Event, now_ms};
 use crate::protocol::limits::{AUDIT_PAGE_MAX, AUDIT_PAGE_SIZE};
-use crate::relay::status::table;
+use crate::render::table;
 use crate::store::AuditQuery;
 
 #[derive(Debug, Clone, Default, Args)]

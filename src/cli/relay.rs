@@ -88,7 +88,11 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
     let socket = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let bound = socket.local_addr()?;
     let advertise = match a.advertise {
-        Some(addr) => Some(crate::agent::config::relay_address(&addr).context("--advertise")?),
+        Some(addr) => Some(
+            crate::protocol::RelayAddress::parse(&addr)
+                .map(crate::protocol::RelayAddress::into_string)
+                .context("--advertise")?,
+        ),
         None if !bound.ip().is_unspecified() => Some(bound.to_string()),
         None => None,
     };

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 
 use crate::protocol::device_info::check_labels;
 use crate::protocol::limits::HANDSHAKE_TIMEOUT;
@@ -97,10 +96,7 @@ pub async fn enroll(req: &EnrollRequest) -> Result<Enrolled> {
         }
     }
     let key = Arc::new(keys::generate_ed25519()?);
-    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&invite.relay))
-        .await
-        .map_err(|_| anyhow::anyhow!("cannot reach relay {}: timed out", invite.relay))?
-        .with_context(|| format!("cannot reach relay {}", invite.relay))?;
+    let tcp = client::dial(&invite.relay, HANDSHAKE_TIMEOUT).await?;
     let opts = ConnectOptions {
         user: ENROLL_USER.into(),
         key: key.clone(),

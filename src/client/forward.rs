@@ -146,7 +146,7 @@ pub fn render(forwards: &[Forward]) -> String {
             f.port.to_string(),
         ]);
     }
-    crate::relay::status::table(&rows)
+    crate::render::table(&rows)
 }
 
 /// Serves every listener until `shutdown`.

@@ -17,12 +17,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use tokio::net::TcpStream;
 
-use crate::agent::config::{check_fingerprint, read_config, relay_address};
-use crate::protocol::Name;
+use crate::files::{CLIENT_CONFIG, config_path, read_config};
 use crate::protocol::limits::{AGENT_DEAD_RELAY_TIMEOUT, HANDSHAKE_TIMEOUT};
-use crate::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
+use crate::protocol::{Name, RelayAddress};
+use crate::ssh::client::{self, ClientConnection, ConnectOptions, ForwardedHandler, NoForwards};
 use crate::ssh::keys::{self, PrivateKey};
 
 /// `~/.config/warren/client.toml` as written; every field may also come
@@ -60,17 +59,9 @@ pub struct ClientSettings {
     pub socks_auth: Option<socks::Credentials>,
 }
 
-/// Where the client config lives when no path is given.
-pub fn default_config_path() -> Option<PathBuf> {
-    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
-        return Some(PathBuf::from(x).join("warren/client.toml"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/warren/client.toml"))
-}
-
 impl ClientSettings {
     pub fn resolve(o: &Overrides) -> Result<ClientSettings> {
-        let (file, base) = match o.config.clone().or_else(default_config_path) {
+        let (file, base) = match o.config.clone().or_else(|| config_path(CLIENT_CONFIG)) {
             Some(path) if path.exists() => {
                 let text = read_config(&path)?;
                 let file: ClientFile = toml::from_str(&text)
@@ -107,11 +98,11 @@ impl ClientSettings {
             .or(file.relay_host_key)
             .ok_or_else(|| missing("relay host key", "relay-host-key", "WARREN_RELAY_HOST_KEY"))?;
         Ok(ClientSettings {
-            relay: relay_address(&relay)?,
+            relay: RelayAddress::parse(&relay)?.into_string(),
             system: Name::parse(&system).context("system")?,
             key: Arc::new(keys::read_private(&key_path)?),
             key_path,
-            relay_host_key: check_fingerprint(&fp)?,
+            relay_host_key: keys::parse_fingerprint(&fp)?,
             socks_auth: file
                 .socks_auth
                 .as_deref()
@@ -124,17 +115,23 @@ impl ClientSettings {
 
 /// Connects and authenticates to the relay as a controller.
 pub async fn connect(s: &ClientSettings) -> Result<ClientConnection<NoForwards>> {
-    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&s.relay))
-        .await
-        .map_err(|_| anyhow::anyhow!("cannot reach relay {}: timed out", s.relay))?
-        .with_context(|| format!("cannot reach relay {}", s.relay))?;
+    connect_with(s, NoForwards).await
+}
+
+/// Connects as a controller, with `handler` for channels the relay opens
+/// (its drop tells [`tunnel`] that the connection is gone).
+pub async fn connect_with<H: ForwardedHandler>(
+    s: &ClientSettings,
+    handler: H,
+) -> Result<ClientConnection<H>> {
+    let tcp = client::dial(&s.relay, HANDSHAKE_TIMEOUT).await?;
     let opts = ConnectOptions {
         user: s.system.to_string(),
         key: s.key.clone(),
         host_key: s.relay_host_key.clone(),
         dead_after: AGENT_DEAD_RELAY_TIMEOUT,
     };
-    client::connect(tcp, &opts, NoForwards).await
+    client::connect(tcp, &opts, handler).await
 }
 
 /// Carries one stream to `host:port` on stdin/stdout (for `ProxyCommand`).

@@ -13,11 +13,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::ClientSettings;
-use crate::agent::Backoff;
+use crate::protocol::Backoff;
 use crate::protocol::limits::{BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, TUNNEL_LIVENESS_CHECK};
 use crate::ssh::Channel;
 use crate::ssh::IncomingChannel;
-use crate::ssh::client::{self, ClientConnection, ConnectOptions, ForwardedHandler};
+use crate::ssh::client::{ClientConnection, ForwardedHandler};
 
 /// State changes, for tests and the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,27 +178,11 @@ async fn connection(
     live: &watch::Sender<Option<Conn>>,
     emit: &impl Fn(TunnelEvent),
 ) -> String {
-    let tcp = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio::net::TcpStream::connect(&settings.relay),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return format!("cannot reach relay {}: {e}", settings.relay),
-        Err(_) => return format!("cannot reach relay {}: timed out", settings.relay),
-    };
-    let opts = ConnectOptions {
-        user: settings.system.to_string(),
-        key: settings.key.clone(),
-        host_key: settings.relay_host_key.clone(),
-        dead_after: crate::protocol::limits::AGENT_DEAD_RELAY_TIMEOUT,
-    };
     let gone = CancellationToken::new();
     let signal = GoneSignal {
         _guard: gone.clone().drop_guard(),
     };
-    let conn = match client::connect(tcp, &opts, signal).await {
+    let conn = match super::connect_with(settings, signal).await {
         Ok(c) => Arc::new(c),
         Err(e) => return format!("{e:#}"),
     };

@@ -3,6 +3,8 @@
 //!
 //! Nothing here imports from the rest of the crate.
 
+pub mod address;
+pub mod backoff;
 pub mod cidr;
 pub mod device_info;
 pub mod gateway;
@@ -11,8 +13,10 @@ pub mod names;
 pub mod target;
 pub mod token;
 
+pub use address::RelayAddress;
+pub use backoff::Backoff;
 pub use cidr::Cidr;
-pub use names::{Name, NameError, Role};
+pub use names::{DeviceId, Name, NameError, Role};
 pub use target::{AllowList, Target};
 
 /// A number from `lo..=hi` for jitter (retry delays), drawn from the one

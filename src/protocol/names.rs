@@ -21,7 +21,7 @@ use super::limits::MAX_NAME_LEN;
 pub struct Name(String);
 
 /// Why a string is not a name. Callers show it to people as it is.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
     #[error("a name cannot be empty")]
     Empty,
@@ -82,6 +82,27 @@ impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Name::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A device: its name within its system. Names are unique per system
+/// only, so this pair is what identifies a device across the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId {
+    pub system: Name,
+    pub name: Name,
+}
+
+impl DeviceId {
+    pub fn new(system: Name, name: Name) -> DeviceId {
+        DeviceId { system, name }
+    }
+}
+
+impl fmt::Display for DeviceId {
+    /// `system/name`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.system, self.name)
     }
 }
 

@@ -44,15 +44,15 @@ pub(super) async fn run(
     command: &str,
 ) -> ExecOutput {
     if !who.role.may_open_streams() {
-        return fail(1, format!("{} keys cannot run commands here\n", who.role));
+        return ExecOutput::fail(1, format!("{} keys cannot run commands here\n", who.role));
     }
     let words = match split_words(command) {
         Ok(w) => w,
-        Err(e) => return fail(2, format!("{e}\n")),
+        Err(e) => return ExecOutput::fail(2, format!("{e}\n")),
     };
     match words.first().map(String::as_str) {
-        None => return out(HELP.into(), 1),
-        Some("help") => return out(HELP.into(), 0),
+        None => return ExecOutput::with_status(HELP, 1),
+        Some("help") => return ExecOutput::with_status(HELP, 0),
         _ => {}
     }
     let mut command = match Remote::try_parse_from(&words) {
@@ -60,9 +60,9 @@ pub(super) async fn run(
         Err(e) => {
             let text = e.render().to_string();
             return if e.use_stderr() {
-                fail(2, format!("{text}\n{HELP}"))
+                ExecOutput::fail(2, format!("{text}\n{HELP}"))
             } else {
-                out(text, 0)
+                ExecOutput::with_status(text, 0)
             };
         }
     };
@@ -78,13 +78,13 @@ pub(super) async fn run(
         );
         // The refusal is on record before the caller hears of it.
         let _ = relay.audit().flush().await;
-        return fail(1, format!("{reason}\n"));
+        return ExecOutput::fail(1, format!("{reason}\n"));
     }
     let caller = Caller::Remote { relay, who, peer };
     match admin::execute(relay.store(), &caller, command).await {
         Ok(reply) => {
             if let Err(e) = relay.audit().record_durable(reply.events).await {
-                return fail(
+                return ExecOutput::fail(
                     1,
                     format!("done, but writing the audit log failed: {e:#}\n"),
                 );
@@ -98,7 +98,7 @@ pub(super) async fn run(
                 status: 0,
             }
         }
-        Err(e) => fail(1, format!("{e:#}\n")),
+        Err(e) => ExecOutput::fail(1, format!("{e:#}\n")),
     }
 }
 
@@ -180,22 +180,6 @@ fn split_words(line: &str) -> Result<Vec<String>, String> {
         words.push(cur);
     }
     Ok(words)
-}
-
-fn out(stdout: String, status: u32) -> ExecOutput {
-    ExecOutput {
-        stdout: stdout.into_bytes(),
-        stderr: Vec::new(),
-        status,
-    }
-}
-
-fn fail(status: u32, message: String) -> ExecOutput {
-    ExecOutput {
-        stdout: Vec::new(),
-        stderr: message.into_bytes(),
-        status,
-    }
 }
 
 #[cfg(test)]

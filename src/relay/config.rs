@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use crate::agent::config::read_config;
+use crate::files::read_config;
 use crate::ssh::algorithms::{Ciphers, KexAlgorithms};
 
 /// The file as written; unknown fields are refused.

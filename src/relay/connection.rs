@@ -30,7 +30,7 @@ use crate::protocol::limits::{
     STREAM_OPEN_TIMEOUT,
 };
 use crate::protocol::token::ENROLL_USER;
-use crate::protocol::{Name, Role};
+use crate::protocol::{DeviceId, Name, Role};
 use crate::ssh::server::{self, Exec, ExecOutput, ServerHandle, ServerSession};
 use crate::ssh::{IncomingChannel, PublicKey, Refusal, keys};
 use crate::store::{self, Identity};
@@ -212,11 +212,7 @@ impl Connection {
         let info = match DeviceInfo::parse(words) {
             Ok(i) => i,
             Err(e) => {
-                return ExecOutput {
-                    stdout: Vec::new(),
-                    stderr: format!("device-info: {e}\n").into_bytes(),
-                    status: 2,
-                };
+                return ExecOutput::fail(2, format!("device-info: {e}\n"));
             }
         };
         self.info = info;
@@ -225,8 +221,7 @@ impl Connection {
             && entry.conn == self.id
         {
             self.relay.status(StatusChange::Up {
-                system: who.system.to_string(),
-                name: who.name.to_string(),
+                device: DeviceId::new(who.system.clone(), who.name.clone()),
                 peer: self.peer,
                 ports: entry
                     .ports
@@ -403,10 +398,11 @@ impl ServerSession for Connection {
             handle: handle.clone(),
             peer: self.peer,
         };
+        let device = DeviceId::new(who.system.clone(), name.clone());
         let reg = self
             .relay
             .registry
-            .register(&who.system, &name, port, &holder, store::now());
+            .register(&device, port, &holder, store::now());
         let took_over = reg.replaced.is_some();
         if let Some(old) = reg.replaced {
             tokio::spawn(async move {
@@ -430,8 +426,7 @@ impl ServerSession for Connection {
                 )),
         );
         self.relay.status(StatusChange::Up {
-            system: who.system.to_string(),
-            name: name.to_string(),
+            device,
             peer: self.peer,
             ports: reg.ports,
             info: self.info.clone(),
@@ -446,11 +441,8 @@ impl ServerSession for Connection {
         let Ok(name) = Name::parse(address) else {
             return false;
         };
-        match self
-            .relay
-            .registry
-            .unregister(&who.system, &name, port, self.id)
-        {
+        let device = DeviceId::new(who.system.clone(), name.clone());
+        match self.relay.registry.unregister(&device, port, self.id) {
             None => false,
             Some(gone) => {
                 if gone {
@@ -460,10 +452,7 @@ impl ServerSession for Connection {
                             .device(name.as_str())
                             .detail("forward cancelled"),
                     );
-                    self.relay.status(StatusChange::Down {
-                        system: who.system.to_string(),
-                        name: name.to_string(),
-                    });
+                    self.relay.status(StatusChange::Down { device });
                 }
                 true
             }
@@ -548,18 +537,15 @@ impl Drop for Connection {
         self.ended.cancel();
         let gone = self.relay.registry.remove_conn(self.id);
         self.relay.gateways.remove_conn(self.id);
-        for (system, name) in gone {
+        for device in gone {
             self.relay.audit.record(
                 Event::new(kind::DEVICE_DOWN, audit::OK)
                     .peer(self.peer)
-                    .system(system.as_str())
-                    .device(name.as_str())
+                    .system(device.system.as_str())
+                    .device(device.name.as_str())
                     .detail("connection closed"),
             );
-            self.relay.status(StatusChange::Down {
-                system: system.to_string(),
-                name: name.to_string(),
-            });
+            self.relay.status(StatusChange::Down { device });
         }
         self.audit_unfinished_logins();
         if self.identity.is_none() && !self.refused.is_empty() {
@@ -611,7 +597,10 @@ async fn stream(
             Err(_) => return,
         },
     };
-    let Some(guard) = relay.registry.open_stream(&who.system, &name) else {
+    let Some(guard) = relay
+        .registry
+        .open_stream(&DeviceId::new(who.system.clone(), name.clone()))
+    else {
         let r = Refusal::prohibited(format!("device {name} is disabled by an admin"));
         return channel.refuse(&refuse(r)).await;
     };
@@ -737,7 +726,7 @@ async fn route(relay: &Relay, who: &Identity, host: &str, port: u32) -> Result<R
     Err(Refusal::prohibited(match known {
         Some(d) => format!(
             "device {name} is offline (last seen {})",
-            super::status::when(d.last_seen)
+            crate::render::when(d.last_seen)
         ),
         None => format!(
             "no device named {name} in system {system}{}",

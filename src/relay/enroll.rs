@@ -32,10 +32,9 @@ pub(super) async fn run(
 ) -> ExecOutput {
     let words: Vec<&str> = command.split_whitespace().collect();
     let ["enroll", token] = words.as_slice() else {
-        return fail(
+        return ExecOutput::fail(
             2,
-            "this connection can only enroll: run `warren enroll TOKEN` on the new machine\n"
-                .into(),
+            "this connection can only enroll: run `warren enroll TOKEN` on the new machine\n",
         );
     };
     let fp = fingerprint(key);
@@ -66,7 +65,7 @@ pub(super) async fn run(
     match result {
         Ok(rec) => {
             if let Err(e) = relay.audit().record_durable(vec![event]).await {
-                return fail(
+                return ExecOutput::fail(
                     1,
                     format!("enrolled, but the relay cannot write its audit log: {e:#}\n"),
                 );
@@ -79,26 +78,14 @@ pub(super) async fn run(
             };
             let mut out = serde_json::to_string(&reply).unwrap_or_default();
             out.push('\n');
-            ExecOutput {
-                stdout: out.into_bytes(),
-                stderr: Vec::new(),
-                status: 0,
-            }
+            ExecOutput::ok(out)
         }
         Err(e) => {
             let msg = format!("{e:#}");
             let mut refused = event.detail(msg.as_str());
             refused.result = audit::REFUSED.into();
             let _ = relay.audit().record_durable(vec![refused]).await;
-            fail(1, format!("{msg}\n"))
+            ExecOutput::fail(1, format!("{msg}\n"))
         }
-    }
-}
-
-fn fail(status: u32, message: String) -> ExecOutput {
-    ExecOutput {
-        stdout: Vec::new(),
-        stderr: message.into_bytes(),
-        status,
     }
 }

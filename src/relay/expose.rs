@@ -18,8 +18,8 @@ use tokio_util::task::TaskTracker;
 
 use super::Relay;
 use crate::audit::{self, Event, kind};
-use crate::protocol::Name;
 use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
+use crate::protocol::{DeviceId, Name};
 use crate::store::Exposure;
 
 /// Parses `--allow-from` values; each must be a CIDR (`10.0.0.0/8`) or a
@@ -217,7 +217,7 @@ async fn stream(
     let Some(device) = device.filter(|d| d.ports.contains(&u32::from(e.device_port))) else {
         return refused("device offline or not serving that port");
     };
-    let Some(guard) = relay.registry.open_stream(&system, &name) else {
+    let Some(guard) = relay.registry.open_stream(&DeviceId::new(system, name)) else {
         return refused("device disabled by an admin");
     };
     let opened = tokio::time::timeout(

@@ -19,14 +19,14 @@ use crate::protocol::gateway::{
     self, ANNOUNCE_COMMAND, Announce, Associations, CONTROL_ADDRESS, GatewayScope,
     MAX_CONTROL_MESSAGE, Pick,
 };
-use crate::protocol::{Cidr, Name, Role, Target};
+use crate::protocol::{Cidr, DeviceId, Name, Role, Target};
 use crate::ssh::server::{ExecOutput, ServerHandle};
 use crate::ssh::{Refusal, SpliceStats};
 use crate::store::{self, Identity};
 
 #[derive(Default)]
 pub struct Gateways {
-    inner: Mutex<HashMap<(Name, Name), Live>>,
+    inner: Mutex<HashMap<DeviceId, Live>>,
     /// Numbers every association list sent (see [`Associations::seq`]).
     seq: AtomicU64,
 }
@@ -47,7 +47,7 @@ pub struct Routed {
 }
 
 impl Gateways {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(Name, Name), Live>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<DeviceId, Live>> {
         // Plain inserts and removes: a poisoned map is still consistent.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -56,9 +56,8 @@ impl Gateways {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn set(&self, system: &Name, name: &Name, conn: ConnId, scope: GatewayScope) {
-        self.lock()
-            .insert((system.clone(), name.clone()), Live { conn, scope });
+    fn set(&self, device: DeviceId, conn: ConnId, scope: GatewayScope) {
+        self.lock().insert(device, Live { conn, scope });
     }
 
     /// Forgets the gateways announced on a closed connection.
@@ -70,16 +69,14 @@ impl Gateways {
     fn of_system(&self, system: &Name) -> Vec<(Name, Live)> {
         self.lock()
             .iter()
-            .filter(|((s, _), _)| s == system)
-            .map(|((_, n), l)| (n.clone(), l.clone()))
+            .filter(|(id, _)| id.system == *system)
+            .map(|(id, l)| (id.name.clone(), l.clone()))
             .collect()
     }
 
     /// The live scope of one gateway, if it announced one.
-    pub fn scope(&self, system: &Name, name: &Name) -> Option<GatewayScope> {
-        self.lock()
-            .get(&(system.clone(), name.clone()))
-            .map(|l| l.scope.clone())
+    pub fn scope(&self, device: &DeviceId) -> Option<GatewayScope> {
+        self.lock().get(device).map(|l| l.scope.clone())
     }
 }
 
@@ -309,13 +306,13 @@ pub(super) async fn device_command(
 ) -> ExecOutput {
     let command = command.trim();
     if command == "time" {
-        return ok(format!("{}\n", store::now()));
+        return ExecOutput::ok(format!("{}\n", store::now()));
     }
     let Some(json) = command
         .strip_prefix(ANNOUNCE_COMMAND)
         .filter(|rest| rest.is_empty() || rest.starts_with(' '))
     else {
-        return fail(
+        return ExecOutput::fail(
             2,
             format!(
                 "device keys may run only `{ANNOUNCE_COMMAND} JSON` and `time` here, not {:?}\n",
@@ -324,17 +321,17 @@ pub(super) async fn device_command(
         );
     };
     if json.len() > MAX_CONTROL_MESSAGE {
-        return fail(
+        return ExecOutput::fail(
             1,
             format!("announcement longer than {MAX_CONTROL_MESSAGE} bytes\n"),
         );
     }
     let announce: Announce = match serde_json::from_str(json.trim()) {
         Ok(a) => a,
-        Err(e) => return fail(1, format!("malformed gateway announcement: {e}\n")),
+        Err(e) => return ExecOutput::fail(1, format!("malformed gateway announcement: {e}\n")),
     };
     if announce.ports.is_empty() || announce.ports.contains(&0) {
-        return fail(1, "a gateway must serve ports from 1 to 65535\n".into());
+        return ExecOutput::fail(1, "a gateway must serve ports from 1 to 65535\n");
     }
     let (s, n, a) = (
         who.system.to_string(),
@@ -347,7 +344,7 @@ pub(super) async fn device_command(
         .await
     {
         Ok(a) => a,
-        Err(e) => return fail(1, format!("cannot record the gateway: {e:#}\n")),
+        Err(e) => return ExecOutput::fail(1, format!("cannot record the gateway: {e:#}\n")),
     };
     let scope = GatewayScope {
         scope: announce.scope,
@@ -364,7 +361,11 @@ pub(super) async fn device_command(
         associations = %gateway::list(&scope.effective()),
     );
     let seq = relay.gateways.next_seq();
-    relay.gateways.set(&who.system, &who.name, conn, scope);
+    relay.gateways.set(
+        DeviceId::new(who.system.clone(), who.name.clone()),
+        conn,
+        scope,
+    );
     // An admin change committed between our read and `set` was missed by
     // the store watcher (it found no entry to update): read again, and push
     // if it differs. The push carries a later `seq`, so it wins at the agent
@@ -376,27 +377,14 @@ pub(super) async fn device_command(
         .await
         && now != associations
     {
-        update(relay, vec![(who.system.clone(), who.name.clone(), now)]);
+        update(
+            relay,
+            vec![(DeviceId::new(who.system.clone(), who.name.clone()), now)],
+        );
     }
     match serde_json::to_string(&Associations { associations, seq }) {
-        Ok(s) => ok(s),
-        Err(e) => fail(1, format!("{e}\n")),
-    }
-}
-
-fn ok(stdout: String) -> ExecOutput {
-    ExecOutput {
-        stdout: stdout.into_bytes(),
-        stderr: Vec::new(),
-        status: 0,
-    }
-}
-
-fn fail(status: u32, message: String) -> ExecOutput {
-    ExecOutput {
-        stdout: Vec::new(),
-        stderr: message.into_bytes(),
-        status,
+        Ok(s) => ExecOutput::ok(s),
+        Err(e) => ExecOutput::fail(1, format!("{e}\n")),
     }
 }
 
@@ -407,14 +395,14 @@ pub(super) async fn refresh(relay: &Relay) {
     let Ok(all) = relay.store.call(|s| s.all_gateway_associations()).await else {
         return;
     };
-    let changed: Vec<(Name, Name, Vec<Cidr>)> = relay
+    let changed: Vec<(DeviceId, Vec<Cidr>)> = relay
         .gateways
         .lock()
         .iter()
-        .filter_map(|((system, name), live)| {
-            let key = (system.to_string(), name.to_string());
+        .filter_map(|(id, live)| {
+            let key = (id.system.to_string(), id.name.to_string());
             let now = all.get(&key).cloned().unwrap_or_default();
-            (now != live.scope.associations).then(|| (system.clone(), name.clone(), now))
+            (now != live.scope.associations).then(|| (id.clone(), now))
         })
         .collect();
     update(relay, changed);
@@ -422,26 +410,26 @@ pub(super) async fn refresh(relay: &Relay) {
 
 /// Routes by the new lists from now on, then pushes each to its gateway,
 /// numbered in the order of the changes.
-fn update(relay: &Relay, changed: Vec<(Name, Name, Vec<Cidr>)>) {
+fn update(relay: &Relay, changed: Vec<(DeviceId, Vec<Cidr>)>) {
     let mut pushes = Vec::new();
     {
         let mut map = relay.gateways.lock();
-        for (system, name, nets) in changed {
-            if let Some(live) = map.get_mut(&(system.clone(), name.clone())) {
+        for (id, nets) in changed {
+            if let Some(live) = map.get_mut(&id) {
                 live.scope.associations = nets.clone();
-                pushes.push((system, name, nets, relay.gateways.next_seq()));
+                pushes.push((id, nets, relay.gateways.next_seq()));
             }
         }
     }
-    for (system, name, nets, seq) in pushes {
-        let Some(dev) = relay.registry.lookup(&system, &name) else {
+    for (id, nets, seq) in pushes {
+        let Some(dev) = relay.registry.lookup(&id.system, &id.name) else {
             continue;
         };
         tracing::info!(
             target: "audit",
             event = "gateway_associations",
-            system = system.as_str(),
-            name = name.as_str(),
+            system = id.system.as_str(),
+            name = id.name.as_str(),
             associations = %gateway::list(&nets),
         );
         tokio::spawn(push(dev.handle, nets, seq));

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{self, Audit, AuditWriter};
-use crate::protocol::Name;
+use crate::protocol::DeviceId;
 use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::limits::{
     FAILED_LOGIN_BURST, FAILED_LOGIN_REFILL, HANDSHAKE_TIMEOUT, LAST_SEEN_FLUSH_INTERVAL,
@@ -134,18 +134,16 @@ pub struct Relay {
 /// reconnect can never leave the store saying "offline".
 enum StatusChange {
     Up {
-        system: String,
-        name: String,
+        device: DeviceId,
         peer: SocketAddr,
         ports: Vec<u16>,
         info: DeviceInfo,
     },
     Down {
-        system: String,
-        name: String,
+        device: DeviceId,
     },
     /// Last seen and live stream count of online devices.
-    Touch(Vec<(String, String, u64)>),
+    Touch(Vec<(DeviceId, u64)>),
 }
 
 pub fn host_key_path(data: &Path) -> PathBuf {
@@ -351,6 +349,9 @@ pub async fn serve(
         .options
         .public_bind
         .unwrap_or(listener.local_addr()?.ip());
+    // Said before the public ports start, so that their log lines (a port
+    // outside public_ports, say) always follow it.
+    tracing::info!(addr = %listener.local_addr()?, host_key = %relay.host_key, "relay listening");
     tokio::spawn(expose::run(
         relay.clone(),
         public_ip,
@@ -358,7 +359,6 @@ pub async fn serve(
         shutdown.clone(),
     ));
 
-    tracing::info!(addr = %listener.local_addr()?, host_key = %relay.host_key, "relay listening");
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -459,14 +459,27 @@ async fn apply_status(store: &Store, change: StatusChange) {
     let result = store
         .call(move |s| match change {
             StatusChange::Up {
-                system,
-                name,
+                device,
                 peer,
                 ports,
                 info,
-            } => s.device_up(&system, &name, peer, &ports, &info),
-            StatusChange::Down { system, name } => s.device_down(&system, &name),
-            StatusChange::Touch(list) => s.touch_devices(&list),
+            } => s.device_up(
+                device.system.as_str(),
+                device.name.as_str(),
+                peer,
+                &ports,
+                &info,
+            ),
+            StatusChange::Down { device } => {
+                s.device_down(device.system.as_str(), device.name.as_str())
+            }
+            StatusChange::Touch(list) => {
+                let list: Vec<(String, String, u64)> = list
+                    .into_iter()
+                    .map(|(d, streams)| (d.system.to_string(), d.name.to_string(), streams))
+                    .collect();
+                s.touch_devices(&list)
+            }
         })
         .await;
     if let Err(e) = result {
@@ -579,13 +592,13 @@ async fn flush_last_seen(relay: Arc<Relay>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let online: Vec<(String, String, u64)> = relay
+        let online: Vec<(DeviceId, u64)> = relay
             .registry
             .online(None)
             .into_iter()
-            .map(|(s, n, _)| {
-                let streams = relay.registry.stream_count(&s, &n) as u64;
-                (s.to_string(), n.to_string(), streams)
+            .map(|(d, _)| {
+                let streams = relay.registry.stream_count(&d) as u64;
+                (d, streams)
             })
             .collect();
         if !online.is_empty() {
@@ -604,11 +617,7 @@ async fn apply_disabled(relay: &Relay) {
             return;
         }
     };
-    let set = list
-        .into_iter()
-        .filter_map(|(s, n)| Some((Name::parse(&s).ok()?, Name::parse(&n).ok()?)))
-        .collect();
-    let closed = relay.registry.set_disabled(set);
+    let closed = relay.registry.set_disabled(list.into_iter().collect());
     if closed > 0 {
         tracing::info!(closed, "closed live streams of disabled devices");
     }

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::Name;
+use crate::protocol::{DeviceId, Name};
 use crate::ssh::Fingerprint;
 use crate::ssh::server::ServerHandle;
 
@@ -67,12 +67,12 @@ impl Default for Registry {
 
 #[derive(Default)]
 struct Inner {
-    devices: HashMap<(Name, Name), DeviceEntry>,
+    devices: HashMap<DeviceId, DeviceEntry>,
     conns: HashMap<ConnId, LiveConn>,
     /// Devices an admin disabled: no new streams.
-    disabled: HashSet<(Name, Name)>,
+    disabled: HashSet<DeviceId>,
     /// Live streams per device, each with the token that closes it.
-    streams: HashMap<(Name, Name), HashMap<u64, CancellationToken>>,
+    streams: HashMap<DeviceId, HashMap<u64, CancellationToken>>,
     next_stream: u64,
 }
 
@@ -80,7 +80,7 @@ struct Inner {
 /// when the device is disabled.
 pub struct StreamGuard<'a> {
     registry: &'a Registry,
-    key: (Name, Name),
+    key: DeviceId,
     id: u64,
     pub closed: CancellationToken,
 }
@@ -118,10 +118,10 @@ impl Registry {
     }
 
     /// Forgets a connection; returns the device names it held (now offline).
-    pub fn remove_conn(&self, id: ConnId) -> Vec<(Name, Name)> {
+    pub fn remove_conn(&self, id: ConnId) -> Vec<DeviceId> {
         let mut inner = self.lock();
         inner.conns.remove(&id);
-        let gone: Vec<(Name, Name)> = inner
+        let gone: Vec<DeviceId> = inner
             .devices
             .iter()
             .filter(|(_, d)| d.conn == id)
@@ -137,20 +137,13 @@ impl Registry {
         gone
     }
 
-    /// Registers `system/name:port` for connection `conn`. A different
+    /// Registers `device:port` for connection `conn`. A different
     /// connection holding the name (the same key reconnecting) is replaced.
-    pub fn register(
-        &self,
-        system: &Name,
-        name: &Name,
-        port: u32,
-        by: &Holder,
-        now: u64,
-    ) -> Registered {
+    pub fn register(&self, device: &DeviceId, port: u32, by: &Holder, now: u64) -> Registered {
         let Holder { conn, handle, peer } = by;
         let (conn, peer) = (*conn, *peer);
         let mut inner = self.lock();
-        let key = (system.clone(), name.clone());
+        let key = device.clone();
         let mut replaced = None;
         let entry = inner.devices.entry(key).or_insert_with(|| DeviceEntry {
             conn,
@@ -178,14 +171,13 @@ impl Registry {
     }
 
     /// Cancels one port; returns whether the name is now gone entirely.
-    pub fn unregister(&self, system: &Name, name: &Name, port: u32, conn: ConnId) -> Option<bool> {
+    pub fn unregister(&self, device: &DeviceId, port: u32, conn: ConnId) -> Option<bool> {
         let mut inner = self.lock();
-        let key = (system.clone(), name.clone());
-        let entry = inner.devices.get_mut(&key).filter(|d| d.conn == conn)?;
+        let entry = inner.devices.get_mut(device).filter(|d| d.conn == conn)?;
         entry.ports.remove(&port);
         let gone = entry.ports.is_empty();
         if gone {
-            inner.devices.remove(&key);
+            inner.devices.remove(device);
         }
         drop(inner);
         self.bump();
@@ -195,17 +187,17 @@ impl Registry {
     pub fn lookup(&self, system: &Name, name: &Name) -> Option<DeviceEntry> {
         self.lock()
             .devices
-            .get(&(system.clone(), name.clone()))
+            .get(&DeviceId::new(system.clone(), name.clone()))
             .cloned()
     }
 
     /// Online devices of one system (or all).
-    pub fn online(&self, system: Option<&Name>) -> Vec<(Name, Name, DeviceEntry)> {
+    pub fn online(&self, system: Option<&Name>) -> Vec<(DeviceId, DeviceEntry)> {
         self.lock()
             .devices
             .iter()
-            .filter(|((s, _), _)| system.is_none_or(|want| want == s))
-            .map(|((s, n), d)| (s.clone(), n.clone(), d.clone()))
+            .filter(|(id, _)| system.is_none_or(|want| *want == id.system))
+            .map(|(id, d)| (id.clone(), d.clone()))
             .collect()
     }
 
@@ -217,12 +209,12 @@ impl Registry {
         self.lock().conns.len()
     }
 
-    /// Starts a stream to `system/name`, unless the device is disabled. The
-    /// check and the count happen under one lock, so a stream can never slip
-    /// past a concurrent disable.
-    pub fn open_stream(&self, system: &Name, name: &Name) -> Option<StreamGuard<'_>> {
+    /// Starts a stream to `device`, unless it is disabled. The check and
+    /// the count happen under one lock, so a stream can never slip past a
+    /// concurrent disable.
+    pub fn open_stream(&self, device: &DeviceId) -> Option<StreamGuard<'_>> {
         let mut inner = self.lock();
-        let key = (system.clone(), name.clone());
+        let key = device.clone();
         if inner.disabled.contains(&key) {
             return None;
         }
@@ -242,22 +234,19 @@ impl Registry {
         })
     }
 
-    pub fn stream_count(&self, system: &Name, name: &Name) -> usize {
-        self.lock()
-            .streams
-            .get(&(system.clone(), name.clone()))
-            .map_or(0, HashMap::len)
+    pub fn stream_count(&self, device: &DeviceId) -> usize {
+        self.lock().streams.get(device).map_or(0, HashMap::len)
     }
 
     pub fn is_disabled(&self, system: &Name, name: &Name) -> bool {
         self.lock()
             .disabled
-            .contains(&(system.clone(), name.clone()))
+            .contains(&DeviceId::new(system.clone(), name.clone()))
     }
 
     /// Replaces the set of disabled devices and closes the live streams of
     /// every disabled one. Returns how many streams were told to close.
-    pub fn set_disabled(&self, disabled: HashSet<(Name, Name)>) -> usize {
+    pub fn set_disabled(&self, disabled: HashSet<DeviceId>) -> usize {
         let mut inner = self.lock();
         let mut closed = 0;
         for key in &disabled {

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::Relay;
 use crate::protocol::Name;
+use crate::render::{table, when};
 use crate::store::{self, DeviceRecord};
 
 /// One device as listed: the store's record with the live registry's
@@ -53,17 +54,17 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
             d
         })
         .collect();
-    for (sys, name, entry) in live {
+    for (id, entry) in live {
         let ports = entry
             .ports
             .iter()
             .filter_map(|p| u16::try_from(*p).ok())
             .collect();
-        let streams = relay.registry().stream_count(&sys, &name) as u64;
-        let disabled = relay.registry().is_disabled(&sys, &name);
+        let streams = relay.registry().stream_count(&id) as u64;
+        let disabled = relay.registry().is_disabled(&id.system, &id.name);
         let now = DeviceStatus {
-            system: sys.to_string(),
-            name: name.to_string(),
+            system: id.system.to_string(),
+            name: id.name.to_string(),
             online: true,
             since: Some(entry.since),
             last_seen: Some(store::now()),
@@ -151,27 +152,6 @@ pub fn filter_labels(devices: Vec<DeviceStatus>, want: &[(String, String)]) -> V
         .collect()
 }
 
-/// "2026-11-22T10:00:00Z (5m ago)", or "never".
-pub fn when(t: Option<u64>) -> String {
-    let Some(t) = t else { return "never".into() };
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t);
-    let ago = store::now().saturating_sub(t);
-    format!(
-        "{} ({} ago)",
-        humantime::format_rfc3339_seconds(at),
-        short_duration(ago)
-    )
-}
-
-fn short_duration(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m", secs / 60),
-        3600..86400 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
-        _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
-    }
-}
-
 /// A table for people. `with_system` adds the system column (admin view).
 pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
     let mut rows = vec![{
@@ -235,31 +215,6 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
         rows.push(r);
     }
     table(&rows)
-}
-
-/// Left-aligned columns separated by two spaces.
-pub fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| format!("{cell:<w$}", w = widths.get(i).copied().unwrap_or(0)))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]

@@ -49,6 +49,16 @@ pub struct ClientConnection<H: ForwardedHandler> {
     _handler: PhantomData<fn() -> H>,
 }
 
+/// Opens the TCP connection to the relay at `addr`, giving up after
+/// `timeout`. The error reads "cannot reach relay ADDR: why".
+pub async fn dial(addr: &str, timeout: Duration) -> Result<TcpStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(anyhow!("cannot reach relay {addr}: {e}")),
+        Err(_) => Err(anyhow!("cannot reach relay {addr}: timed out")),
+    }
+}
+
 /// Connects, checks the relay's host key against the pin, and authenticates.
 pub async fn connect<H: ForwardedHandler>(
     stream: TcpStream,

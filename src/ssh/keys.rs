@@ -20,6 +20,23 @@ pub fn fingerprint(key: &PublicKey) -> Fingerprint {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
+/// Checks a `SHA256:` fingerprint's form (43 base64 characters), as a
+/// config or an invite gives it.
+pub fn parse_fingerprint(s: &str) -> Result<Fingerprint> {
+    let s = s.trim();
+    let ok = s.strip_prefix("SHA256:").is_some_and(|b| {
+        b.len() == 43
+            && b.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
+    });
+    if !ok {
+        bail!(
+            "relay host key {s:?} is not a SHA256 fingerprint (expected SHA256: and 43 characters, as `warren admin host-key` prints)"
+        );
+    }
+    Ok(s.to_string())
+}
+
 /// Parses one OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
 /// Accepts ed25519, ecdsa (nistp256/384/521) and rsa keys.
 pub fn parse_public(text: &str) -> Result<PublicKey> {
@@ -129,6 +146,14 @@ pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_are_checked() {
+        let good = format!("SHA256:{}", "a".repeat(43));
+        assert!(parse_fingerprint(&good).is_ok());
+        assert!(parse_fingerprint("SHA256:short").is_err());
+        assert!(parse_fingerprint(&format!("MD5:{}", "a".repeat(43))).is_err());
+    }
 
     #[test]
     fn generated_pair_round_trips_with_matching_fingerprint() {

@@ -26,6 +26,33 @@ use crate::protocol::limits::{
 
 pub use super::proto::conn::{ExecOutput, ExecTask};
 
+/// The answers a command gives (the type lives with the connection, which
+/// sends it; these are for the relay's command handlers).
+impl ExecOutput {
+    /// Success: `stdout`, exit status 0.
+    pub fn ok(stdout: impl Into<String>) -> ExecOutput {
+        ExecOutput::with_status(stdout, 0)
+    }
+
+    /// `stdout` and exit status `status`, nothing on stderr.
+    pub fn with_status(stdout: impl Into<String>, status: u32) -> ExecOutput {
+        ExecOutput {
+            stdout: stdout.into().into_bytes(),
+            stderr: Vec::new(),
+            status,
+        }
+    }
+
+    /// Failure: `stderr` and exit status `status`, nothing on stdout.
+    pub fn fail(status: u32, stderr: impl Into<String>) -> ExecOutput {
+        ExecOutput {
+            stdout: Vec::new(),
+            stderr: stderr.into().into_bytes(),
+            status,
+        }
+    }
+}
+
 /// How a command runs: answered at once, or by a task of its own while the
 /// connection keeps serving its other channels.
 pub enum Exec {

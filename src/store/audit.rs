@@ -1,10 +1,161 @@
-//! The audit table: append in batches, query newest first with a cursor, prune.
+//! Audit events as stored (the [`Event`] record and its kinds), and the audit
+//! table: append in batches, query newest first with a cursor, prune.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use rusqlite::{Row, params};
+use serde::{Deserialize, Serialize};
 
 use super::Store;
-use crate::audit::Event;
+use crate::ssh::SpliceStats;
+
+/// Event kinds, as stored and as `--kind` filters on.
+pub mod kind {
+    pub const LOGIN: &str = "login";
+    /// Registered keys asked about without a signature (`publickey` queries)
+    /// and never used to log in: someone testing which keys the relay knows.
+    pub const KEY_PROBE: &str = "key_probe";
+    pub const DEVICE_UP: &str = "device_up";
+    pub const DEVICE_DOWN: &str = "device_down";
+    pub const REGISTER: &str = "register";
+    pub const STREAM_OPEN: &str = "stream_open";
+    pub const STREAM_CLOSE: &str = "stream_close";
+    pub const ENROLL: &str = "enroll";
+    pub const KEY_ADD: &str = "key_add";
+    pub const KEY_REVOKE: &str = "key_revoke";
+    pub const KEY_REVOKED_DISCONNECT: &str = "key_revoked_disconnect";
+    pub const INVITE_CREATE: &str = "invite_create";
+    pub const INVITE_REVOKE: &str = "invite_revoke";
+    pub const DEVICE_DISABLE: &str = "device_disable";
+    pub const DEVICE_ENABLE: &str = "device_enable";
+    pub const SYSTEM_ADD: &str = "system_add";
+    pub const COMMAND: &str = "command";
+    pub const PUBLIC_PORT: &str = "public_port";
+    pub const PUBLIC_CONNECTION: &str = "public_connection";
+    pub const EXPOSE_ADD: &str = "expose_add";
+    pub const EXPOSE_RM: &str = "expose_rm";
+}
+
+pub const OK: &str = "ok";
+pub const REFUSED: &str = "refused";
+
+/// One audit event. Fields that do not apply to a kind stay empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Row id once stored (newest is highest); 0 before.
+    pub id: i64,
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    pub kind: String,
+    /// `ok`, `refused`, `closed`, `failed`.
+    pub result: String,
+    pub system: Option<String>,
+    /// Name of the key that acted (controller, device, admin).
+    pub key: Option<String>,
+    pub fingerprint: Option<String>,
+    pub device: Option<String>,
+    /// `host:port` of a stream.
+    pub target: Option<String>,
+    /// Bytes from the controller to the device.
+    pub bytes_up: Option<u64>,
+    /// Bytes from the device to the controller.
+    pub bytes_down: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub peer: Option<String>,
+    pub detail: Option<String>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+impl Event {
+    pub fn new(kind: &str, result: &str) -> Event {
+        Event {
+            time_ms: now_ms(),
+            kind: kind.to_string(),
+            result: result.to_string(),
+            ..Event::default()
+        }
+    }
+
+    pub fn system(mut self, s: impl Into<String>) -> Event {
+        self.system = Some(s.into());
+        self
+    }
+
+    pub fn key(mut self, name: impl Into<String>, fingerprint: impl Into<String>) -> Event {
+        self.key = Some(name.into());
+        self.fingerprint = Some(fingerprint.into());
+        self
+    }
+
+    pub fn key_name(mut self, name: impl Into<String>) -> Event {
+        self.key = Some(name.into());
+        self
+    }
+
+    pub fn device(mut self, d: impl Into<String>) -> Event {
+        self.device = Some(d.into());
+        self
+    }
+
+    pub fn target(mut self, t: impl Into<String>) -> Event {
+        self.target = Some(t.into());
+        self
+    }
+
+    pub fn peer(mut self, p: SocketAddr) -> Event {
+        self.peer = Some(p.to_string());
+        self
+    }
+
+    pub fn detail(mut self, d: impl Into<String>) -> Event {
+        self.detail = Some(d.into());
+        self
+    }
+
+    pub fn transfer(mut self, stats: SpliceStats, took: Duration) -> Event {
+        self.bytes_up = Some(stats.sent);
+        self.bytes_down = Some(stats.received);
+        self.duration_ms = Some(took.as_millis() as u64);
+        self
+    }
+
+    /// The structured log line for this event.
+    pub fn log(&self) {
+        let e = self;
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "audit",
+                    event = %e.kind,
+                    result = %e.result,
+                    system = e.system.as_deref(),
+                    key = e.key.as_deref(),
+                    fingerprint = e.fingerprint.as_deref(),
+                    device = e.device.as_deref(),
+                    target_addr = e.target.as_deref(),
+                    bytes_up = e.bytes_up,
+                    bytes_down = e.bytes_down,
+                    duration_ms = e.duration_ms,
+                    peer = e.peer.as_deref(),
+                    detail = e.detail.as_deref(),
+                )
+            };
+        }
+        if self.result == REFUSED || self.result == "failed" {
+            line!(warn);
+        } else {
+            line!(info);
+        }
+    }
+}
 
 /// What `log` asks for. Every filter is optional; `before` is the cursor:
 /// only events with a smaller id (the next page).
@@ -119,7 +270,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{Event, kind};
 
     #[test]
     fn pages_newest_first_with_filters() {

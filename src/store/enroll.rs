@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{KeyRecord, Store, insert_key, now};
 use crate::protocol::token::{Invite, same_hash};
-use crate::protocol::{Name, Role};
+use crate::protocol::{DeviceId, Name, Role};
 use crate::ssh::keys::{PublicKey, fingerprint};
 
 /// An invite as `invite ls` shows it (never its secret).
@@ -276,12 +276,17 @@ impl Store {
         Ok(())
     }
 
-    /// `(system, name)` of every disabled device.
-    pub fn disabled_devices(&self) -> Result<Vec<(String, String)>> {
+    /// Every disabled device (rows whose names no longer parse are skipped:
+    /// no such device can be online).
+    pub fn disabled_devices(&self) -> Result<Vec<DeviceId>> {
         let conn = self.read();
         let mut st = conn.prepare("SELECT system, name FROM devices WHERE disabled = 1")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let rows: Vec<(String, String)> = rows.collect::<Result<_, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| Some(DeviceId::new(Name::parse(&s).ok()?, Name::parse(&n).ok()?)))
+            .collect())
     }
 }
 

@@ -14,7 +14,7 @@
 //! `-shm` files, which SQLite creates with the database's mode) 0600: they
 //! hold the audit log with peer addresses and invite hashes.
 
-mod audit;
+pub mod audit;
 mod enroll;
 mod exposures;
 mod gateways;

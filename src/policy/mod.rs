@@ -1,4 +1,9 @@
-//! Who may do what. Pure functions: no I/O, no locks.
+//! Who may do what. Pure functions: no I/O, no locks. The refusals, as
+//! data, are in [`refusal`].
+
+mod refusal;
+
+pub use refusal::{CommandRefusal, LoginRefusal, PublicRefusal, Refusal, RegisterRefusal, Via};
 
 use crate::protocol::{Name, Role};
 use crate::store::Identity;
