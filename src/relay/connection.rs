@@ -241,10 +241,13 @@ impl Connection {
     /// connection finished, so they take effect in the order sent.
     fn exec_task(&mut self, run: impl Future<Output = ExecOutput> + Send + 'static) -> Exec {
         if self.in_flight.load(Ordering::Relaxed) >= MAX_COMMANDS_IN_FLIGHT {
-            return Exec::Done(refused(format!(
-                "more than {MAX_COMMANDS_IN_FLIGHT} commands waiting on this connection; \
+            return Exec::Done(ExecOutput::fail(
+                1,
+                format!(
+                    "more than {MAX_COMMANDS_IN_FLIGHT} commands waiting on this connection; \
                  wait for one to finish\n"
-            )));
+                ),
+            ));
         }
         let counted = InFlight::new(self.in_flight.clone());
         let (done, next) = oneshot::channel::<()>();
@@ -263,7 +266,7 @@ impl Connection {
                         }
                         run.await
                     } => out,
-                    () = ended.cancelled() => refused("the connection ended\n".into()),
+                    () = ended.cancelled() => ExecOutput::fail(1, "the connection ended\n"),
                 };
                 drop(done);
                 out
@@ -476,9 +479,10 @@ impl ServerSession for Connection {
         if let Some(key) = self.enrolling.clone() {
             self.enroll_attempts += 1;
             if self.enroll_attempts > MAX_ENROLL_ATTEMPTS {
-                return Exec::Done(refused(format!(
-                    "at most {MAX_ENROLL_ATTEMPTS} enroll attempts per connection\n"
-                )));
+                return Exec::Done(ExecOutput::fail(
+                    1,
+                    format!("at most {MAX_ENROLL_ATTEMPTS} enroll attempts per connection\n"),
+                ));
             }
             return self.exec_task(async move { enroll::run(&relay, &key, peer, &command).await });
         }
@@ -520,15 +524,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A command refused before it ran.
-fn refused(text: String) -> ExecOutput {
-    ExecOutput {
-        stdout: Vec::new(),
-        stderr: text.into_bytes(),
-        status: 1,
     }
 }
 
