@@ -17,6 +17,7 @@ const CHANNEL_EOF: u8 = 96;
 const GLOBAL_REQUEST: u8 = 80;
 const REQUEST_SUCCESS: u8 = 81;
 const REQUEST_FAILURE: u8 = 82;
+const CHANNEL_REQUEST: u8 = 98;
 
 /// Anonymous resident memory of process `pid` (heap and such), in bytes.
 fn rss_anon(pid: u32) -> u64 {
@@ -38,25 +39,54 @@ fn string(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// A relay process, and a peer logged in to it as `enroll` (no credentials:
+/// any key may).
+async fn enroll_peer(dir: &std::path::Path) -> (RelayProcess, Peer) {
+    let relay = RelayProcess::start(&[], 0, &[], &dir.join("data")).await;
+    let s = TcpStream::connect(("127.0.0.1", relay.port)).await.unwrap();
+    let mut peer = Peer::handshake(s).await.unwrap();
+    let key = keys::generate_ed25519().unwrap();
+    peer.login("enroll", &key).await.unwrap();
+    (relay, peer)
+}
+
+/// Opens `n` session channels (ours numbered from 0) granting the relay
+/// `window` bytes each; returns the relay's ids for them.
+async fn open_sessions(peer: &mut Peer, n: u32, window: u32) -> Vec<[u8; 4]> {
+    let mut relay_ids = Vec::new();
+    for ours in 0..n {
+        let mut open = vec![CHANNEL_OPEN];
+        string(&mut open, b"session");
+        for v in [ours, window, 32 * 1024] {
+            open.extend_from_slice(&v.to_be_bytes());
+        }
+        peer.send(&open).await.unwrap();
+        let conf = peer.recv().await.expect("session channel confirmed");
+        assert_eq!(conf[0], CHANNEL_OPEN_CONFIRMATION);
+        relay_ids.push(<[u8; 4]>::try_from(&conf[5..9]).unwrap());
+    }
+    relay_ids
+}
+
+/// Runs `command` on each channel, asking for no reply.
+async fn exec_each(peer: &mut Peer, relay_ids: &[[u8; 4]], command: &[u8]) {
+    for id in relay_ids {
+        let mut exec = vec![CHANNEL_REQUEST];
+        exec.extend_from_slice(id);
+        string(&mut exec, b"exec");
+        exec.push(0);
+        string(&mut exec, command);
+        peer.send(&exec).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_million_eofs_on_one_channel_do_not_grow_the_relays_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start(&[], 0, &[], &dir.path().join("data")).await;
-    let pid = relay.child.id().unwrap();
-    let s = TcpStream::connect(("127.0.0.1", relay.port)).await.unwrap();
-    let mut peer = Peer::handshake(s).await.unwrap();
     // No credentials: the enroll user takes any key.
-    let key = keys::generate_ed25519().unwrap();
-    peer.login("enroll", &key).await.unwrap();
-    let mut open = vec![CHANNEL_OPEN];
-    string(&mut open, b"session");
-    for n in [0u32, 1 << 20, 32 * 1024] {
-        open.extend_from_slice(&n.to_be_bytes());
-    }
-    peer.send(&open).await.unwrap();
-    let conf = peer.recv().await.expect("session channel confirmed");
-    assert_eq!(conf[0], CHANNEL_OPEN_CONFIRMATION);
-    let relay_id: [u8; 4] = conf[5..9].try_into().unwrap();
+    let (relay, mut peer) = enroll_peer(dir.path()).await;
+    let pid = relay.child.id().unwrap();
+    let relay_id = open_sessions(&mut peer, 1, 1 << 20).await[0];
     let before = rss_anon(pid);
 
     let mut eof = vec![CHANNEL_EOF];
@@ -108,35 +138,12 @@ async fn an_enroll_connection_gets_a_few_attempts_only() {
     use warren::protocol::limits::MAX_ENROLL_ATTEMPTS;
     const CHANNEL_EXTENDED_DATA: u8 = 95;
     const CHANNEL_CLOSE: u8 = 97;
-    const CHANNEL_REQUEST: u8 = 98;
     const SENT: u32 = 6;
 
     let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start(&[], 0, &[], &dir.path().join("data")).await;
-    let s = TcpStream::connect(("127.0.0.1", relay.port)).await.unwrap();
-    let mut peer = Peer::handshake(s).await.unwrap();
-    let key = keys::generate_ed25519().unwrap();
-    peer.login("enroll", &key).await.unwrap();
-    let mut relay_ids = Vec::new();
-    for ours in 0..SENT {
-        let mut open = vec![CHANNEL_OPEN];
-        string(&mut open, b"session");
-        for n in [ours, 1 << 20, 32 * 1024] {
-            open.extend_from_slice(&n.to_be_bytes());
-        }
-        peer.send(&open).await.unwrap();
-        let conf = peer.recv().await.expect("session channel confirmed");
-        assert_eq!(conf[0], CHANNEL_OPEN_CONFIRMATION);
-        relay_ids.push(<[u8; 4]>::try_from(&conf[5..9]).unwrap());
-    }
-    for id in &relay_ids {
-        let mut exec = vec![CHANNEL_REQUEST];
-        exec.extend_from_slice(id);
-        string(&mut exec, b"exec");
-        exec.push(0);
-        string(&mut exec, b"enroll warren1.not-a-token");
-        peer.send(&exec).await.unwrap();
-    }
+    let (_relay, mut peer) = enroll_peer(dir.path()).await;
+    let relay_ids = open_sessions(&mut peer, SENT, 1 << 20).await;
+    exec_each(&mut peer, &relay_ids, b"enroll warren1.not-a-token").await;
     // Each channel's stderr, until the relay closes all of them.
     let mut stderr = vec![String::new(); SENT as usize];
     let mut closed = 0;
@@ -169,40 +176,17 @@ async fn an_enroll_connection_gets_a_few_attempts_only() {
 #[tokio::test]
 async fn data_sent_to_a_running_command_is_not_kept() {
     const CHANNEL_DATA: u8 = 94;
-    const CHANNEL_REQUEST: u8 = 98;
     const CHANNELS: u32 = 16;
     const CHUNK: usize = 16 * 1024;
     // What the relay grants a channel before any window adjustment.
     const WINDOW: usize = 2 * 1024 * 1024;
 
     let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start(&[], 0, &[], &dir.path().join("data")).await;
+    let (relay, mut peer) = enroll_peer(dir.path()).await;
     let pid = relay.child.id().unwrap();
-    let s = TcpStream::connect(("127.0.0.1", relay.port)).await.unwrap();
-    let mut peer = Peer::handshake(s).await.unwrap();
-    let key = keys::generate_ed25519().unwrap();
-    peer.login("enroll", &key).await.unwrap();
-    let mut relay_ids = Vec::new();
-    for ours in 0..CHANNELS {
-        let mut open = vec![CHANNEL_OPEN];
-        string(&mut open, b"session");
-        // A window of 0: the command's output can never be sent.
-        for n in [ours, 0, 32 * 1024] {
-            open.extend_from_slice(&n.to_be_bytes());
-        }
-        peer.send(&open).await.unwrap();
-        let conf = peer.recv().await.expect("session channel confirmed");
-        assert_eq!(conf[0], CHANNEL_OPEN_CONFIRMATION);
-        relay_ids.push(<[u8; 4]>::try_from(&conf[5..9]).unwrap());
-    }
-    for id in &relay_ids {
-        let mut exec = vec![CHANNEL_REQUEST];
-        exec.extend_from_slice(id);
-        string(&mut exec, b"exec");
-        exec.push(0);
-        string(&mut exec, b"enroll warren1.not-a-token");
-        peer.send(&exec).await.unwrap();
-    }
+    // A window of 0: the commands' output can never be sent.
+    let relay_ids = open_sessions(&mut peer, CHANNELS, 0).await;
+    exec_each(&mut peer, &relay_ids, b"enroll warren1.not-a-token").await;
     let before = rss_anon(pid);
     let chunk = vec![0x55u8; CHUNK];
     let mut out = Vec::new();
