@@ -10,33 +10,35 @@ use crate::store::Identity;
 
 /// Whether `who` may register `asked` as a device name. A device key owns
 /// exactly one name, the one it was added with.
-pub fn may_register(who: &Identity, asked: &str) -> Result<Name, String> {
+pub fn may_register(who: &Identity, asked: &str) -> Result<Name, RegisterRefusal> {
     if who.role != Role::Device {
-        return Err(format!(
-            "{} keys cannot register device names; add a device key for that",
-            who.role
-        ));
+        return Err(RegisterRefusal::RoleCannotRegister { role: who.role });
     }
-    let name = Name::parse(asked).map_err(|e| e.to_string())?;
+    let name = Name::parse(asked).map_err(RegisterRefusal::BadName)?;
     if name != who.name {
-        return Err(format!(
-            "this key owns device name {}, not {name}",
-            who.name
-        ));
+        return Err(RegisterRefusal::NotYourName {
+            owns: who.name.clone(),
+            asked: name,
+        });
     }
     Ok(name)
 }
 
+/// Whether `port` may be registered as a device port.
+pub fn may_register_port(port: u32) -> Result<(), RegisterRefusal> {
+    if port == 0 || port > u32::from(u16::MAX) {
+        return Err(RegisterRefusal::NotADevicePort { port });
+    }
+    Ok(())
+}
+
 /// Whether `who` may open streams at all (then only within its own system,
 /// which holds by construction: lookups use the key's system).
-pub fn may_open_streams(who: &Identity) -> Result<(), String> {
+pub fn may_open_streams(who: &Identity) -> Result<(), Refusal> {
     if who.role.may_open_streams() {
         Ok(())
     } else {
-        Err(format!(
-            "{} keys cannot open streams; use a controller key",
-            who.role
-        ))
+        Err(Refusal::RoleCannotOpen { role: who.role })
     }
 }
 
