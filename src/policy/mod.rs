@@ -2,8 +2,10 @@
 //! data, are in [`refusal`].
 
 mod refusal;
+mod socks;
 
 pub use refusal::{CommandRefusal, LoginRefusal, PublicRefusal, Refusal, RegisterRefusal, Via};
+pub use socks::{SocksClass, classify};
 
 use crate::protocol::{Name, Role};
 use crate::store::Identity;
