@@ -71,6 +71,36 @@ mod tests {
     }
 
     #[test]
+    fn registration_refusals_are_typed() {
+        let dev1 = id(Role::Device, "dev1");
+        assert!(matches!(
+            may_register(&dev1, "dev2"),
+            Err(RegisterRefusal::NotYourName { .. })
+        ));
+        assert!(matches!(
+            may_register(&dev1, "DEV1"),
+            Err(RegisterRefusal::BadName(_))
+        ));
+        assert!(matches!(
+            may_register(&id(Role::Controller, "dev1"), "dev1"),
+            Err(RegisterRefusal::RoleCannotRegister { .. })
+        ));
+        assert_eq!(
+            may_register_port(0),
+            Err(RegisterRefusal::NotADevicePort { port: 0 })
+        );
+        assert_eq!(
+            may_register_port(65_536),
+            Err(RegisterRefusal::NotADevicePort { port: 65_536 })
+        );
+        assert_eq!(may_register_port(65_535), Ok(()));
+        assert_eq!(
+            may_open_streams(&dev1),
+            Err(Refusal::RoleCannotOpen { role: Role::Device })
+        );
+    }
+
+    #[test]
     fn only_controllers_and_admins_open_streams() {
         assert!(may_open_streams(&id(Role::Device, "dev1")).is_err());
         assert!(may_open_streams(&id(Role::Controller, "alice")).is_ok());
