@@ -310,7 +310,7 @@ async fn a_device_key_cannot_open_streams_take_names_or_register_hundreds() {
     r.wait_audit(&audit_of(kind::REGISTER, 1000), |e| {
         e.detail.as_deref().unwrap_or("").contains(&format!(
             "more than {MAX_FORWARD_REQUESTS} forward requests"
-        ))
+        )) && e.reason.as_deref() == Some("too_many_forwards")
     })
     .await;
     r.wait_audit(&audit_of(kind::STREAM_OPEN, 1000), |e| {
@@ -320,6 +320,7 @@ async fn a_device_key_cannot_open_streams_take_names_or_register_hundreds() {
                 .as_deref()
                 .unwrap_or("")
                 .contains("device keys cannot open streams")
+            && e.reason.as_deref() == Some("no_gateway_rule")
     })
     .await;
     r.wait_audit(&audit_of(kind::REGISTER, 1000), |e| {
@@ -328,6 +329,7 @@ async fn a_device_key_cannot_open_streams_take_names_or_register_hundreds() {
                 .as_deref()
                 .unwrap_or("")
                 .contains("owns device name dev2")
+            && e.reason.as_deref() == Some("not_your_name")
     })
     .await;
     // Its own name on hundreds of ports hits the same cap.

@@ -92,7 +92,34 @@ async fn a_stream_record_has_exact_bytes_each_way() {
     let refused = r
         .wait_audit(&q(kind::STREAM_OPEN), |e| e.result == "refused")
         .await;
+    assert_eq!(refused.reason.as_deref(), Some("no_device"), "{refused:?}");
     assert!(refused.detail.unwrap().contains("no device named nosuch"));
+    // `log --json` shows the code of a refusal, and no `reason` otherwise.
+    let data = r.dir.path().to_str().unwrap();
+    let json = warren_ok(&[
+        "admin",
+        "--data",
+        data,
+        "log",
+        "--json",
+        "--kind",
+        "stream_open",
+    ])
+    .await;
+    let rows: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|e| e["result"] == "refused" && e["reason"] == "no_device"),
+        "{json}"
+    );
+    assert!(
+        rows.iter()
+            .all(|e| e["result"] != "ok" || e.get("reason").is_none()),
+        "{json}"
+    );
     let stranger = Arc::new(warren::ssh::keys::generate_ed25519().unwrap());
     assert!(r.try_connect("tau", stranger).await.is_err());
     let login = r
@@ -402,6 +429,10 @@ async fn disabling_a_device_closes_its_streams_and_refuses_new_ones() {
     tokio::time::timeout(WAIT, splice).await.unwrap().unwrap();
     let err = echo_through(&conn, "dev1", port, b"x").await.unwrap_err();
     assert!(format!("{err:#}").contains("disabled"), "{err:#}");
+    r.wait_audit(&q(kind::STREAM_OPEN), |e| {
+        e.result == "refused" && e.reason.as_deref() == Some("disabled")
+    })
+    .await;
     let closed = r.wait_audit(&q(kind::STREAM_CLOSE), |_| true).await;
     assert!(closed.detail.unwrap().contains("disabled"));
     assert_eq!(closed.bytes_up, Some(4));

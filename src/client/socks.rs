@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::tunnel::{OpenError, Tunnel};
+use crate::policy::{self, SocksClass};
 use crate::protocol::limits::{
     MAX_SOCKS_CREDENTIAL, MAX_SOCKS_HANDSHAKES, SOCKS_HANDSHAKE_TIMEOUT,
 };
@@ -218,37 +219,19 @@ pub async fn reply<S: AsyncWrite + Unpin>(s: &mut S, code: Reply) -> std::io::Re
 /// The SOCKS reply for a stream the relay could not open.
 ///
 /// The relay's refusals are sentences (for people reading `ssh` output);
-/// these are the phrasings it and the agent use for each case.
+/// [`policy::classify`] knows the phrasings it and the agent use for each
+/// case, next to the texts themselves.
 pub fn reply_for(err: &OpenError) -> Reply {
     match err {
         OpenError::NoRelay(_) => Reply::NetworkUnreachable,
         OpenError::Failed(_) => Reply::GeneralFailure,
-        OpenError::Refused(why) => {
-            let has = |s: &str| why.contains(s);
-            if has("no device named")
-                || has("is offline")
-                || has("no gateway of system")
-                || has("outside the scope of every gateway")
-                || has("is ambiguous")
-                || has("went offline")
-                || has("is no gateway name")
-            {
-                Reply::HostUnreachable
-            } else if has("does not serve port")
-                || has("not in the allowlist")
-                || has("cannot open streams")
-                || has("outside its permit")
-                || has("is disabled by an admin")
-            {
-                Reply::NotAllowed
-            } else if has("did not answer") {
-                Reply::TtlExpired
-            } else if has("could not open port") {
-                Reply::ConnectionRefused
-            } else {
-                Reply::GeneralFailure
-            }
-        }
+        OpenError::Refused(why) => match policy::classify(why) {
+            Some(SocksClass::HostUnreachable) => Reply::HostUnreachable,
+            Some(SocksClass::NotAllowed) => Reply::NotAllowed,
+            Some(SocksClass::TtlExpired) => Reply::TtlExpired,
+            Some(SocksClass::ConnectionRefused) => Reply::ConnectionRefused,
+            None => Reply::GeneralFailure,
+        },
     }
 }
 

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -27,12 +26,11 @@ use crate::policy;
 use crate::protocol::device_info::{self, DeviceInfo};
 use crate::protocol::limits::{
     ENROLL_SESSION_TIMEOUT, MAX_COMMANDS_IN_FLIGHT, MAX_ENROLL_ATTEMPTS, MAX_FORWARD_REQUESTS,
-    STREAM_OPEN_TIMEOUT,
 };
 use crate::protocol::token::ENROLL_USER;
 use crate::protocol::{DeviceId, Name, Role};
 use crate::ssh::server::{self, Exec, ExecOutput, ServerHandle, ServerSession};
-use crate::ssh::{IncomingChannel, PublicKey, Refusal, keys};
+use crate::ssh::{IncomingChannel, PublicKey, keys};
 use crate::store::{self, Identity};
 
 /// Registered keys one `key_probe` record lists; more are only counted (in
@@ -193,7 +191,7 @@ impl Connection {
         }
     }
 
-    fn register_refused(&self, asked: &str, reason: &str) {
+    fn register_refused(&self, asked: &str, refusal: &policy::RegisterRefusal) {
         if let Some(who) = &self.identity {
             self.relay.audit.record(
                 Event::new(kind::REGISTER, audit::REFUSED)
@@ -201,7 +199,8 @@ impl Connection {
                     .system(who.system.as_str())
                     .key(who.name.as_str(), who.fingerprint.as_str())
                     .device(asked.chars().take(64).collect::<String>())
-                    .detail(reason),
+                    .detail(refusal.to_string())
+                    .reason(refusal.code()),
             );
         }
     }
@@ -371,12 +370,7 @@ impl ServerSession for Connection {
         self.forward_requests += 1;
         if self.forward_requests > MAX_FORWARD_REQUESTS {
             if self.forward_requests == MAX_FORWARD_REQUESTS + 1 {
-                self.register_refused(
-                    address,
-                    &format!(
-                        "more than {MAX_FORWARD_REQUESTS} forward requests on one connection; closing it"
-                    ),
-                );
+                self.register_refused(address, &policy::RegisterRefusal::TooManyForwards);
                 let h = handle.clone();
                 tokio::spawn(async move {
                     h.disconnect("too many forward requests").await;
@@ -384,18 +378,15 @@ impl ServerSession for Connection {
             }
             return false;
         }
-        let name = match policy::may_register(who, address) {
+        let checked = policy::may_register(who, address)
+            .and_then(|n| policy::may_register_port(port).map(|()| n));
+        let name = match checked {
             Ok(n) => n,
-            Err(reason) => {
-                self.register_refused(address, &reason);
+            Err(refusal) => {
+                self.register_refused(address, &refusal);
                 return false;
             }
         };
-        if port == 0 || port > u32::from(u16::MAX) {
-            let reason = format!("port {port} is not a device port (1-65535)");
-            self.register_refused(address, &reason);
-            return false;
-        }
         let holder = Holder {
             conn: self.id,
             handle: handle.clone(),
@@ -469,7 +460,7 @@ impl ServerSession for Connection {
         let relay = self.relay.clone();
         let (host, peer) = (host.to_string(), self.peer);
         self.tasks.spawn(
-            async move { stream(relay, who, host, port, peer, channel).await }
+            async move { super::stream::stream(relay, who, host, port, peer, channel).await }
                 .instrument(self.span.clone()),
         );
     }
@@ -555,177 +546,4 @@ impl Drop for Connection {
             ));
         }
     }
-}
-
-/// Routes one controller stream to its device and splices the two.
-async fn stream(
-    relay: Arc<Relay>,
-    who: Identity,
-    host: String,
-    port: u32,
-    peer: SocketAddr,
-    channel: IncomingChannel,
-) {
-    let target = format!("{host}:{port}");
-    let refuse = |refusal: Refusal| {
-        relay.audit.record(
-            Event::new(kind::STREAM_OPEN, audit::REFUSED)
-                .peer(peer)
-                .system(who.system.as_str())
-                .key(who.name.as_str(), who.fingerprint.as_str())
-                .device(host.as_str())
-                .target(target.as_str())
-                .detail(refusal.message.as_str()),
-        );
-        refusal
-    };
-    let routed = match route(&relay, &who, &host, port).await {
-        Ok(d) => d,
-        Err(r) => return channel.refuse(&refuse(r)).await,
-    };
-    // The device whose connection carries the stream: the gateway, or the
-    // device itself (`route` found it by this name, so it parses).
-    let name = match &routed.gateway {
-        Some(gw) => gw.clone(),
-        None => match Name::parse(&host) {
-            Ok(n) => n,
-            Err(_) => return,
-        },
-    };
-    let Some(guard) = relay
-        .registry
-        .open_stream(&DeviceId::new(who.system.clone(), name.clone()))
-    else {
-        let r = Refusal::prohibited(format!("device {name} is disabled by an admin"));
-        return channel.refuse(&refuse(r)).await;
-    };
-    // Through a gateway the device is the gateway, and the address is the
-    // real target, which the gateway dials after its own checks.
-    let via = match &routed.gateway {
-        Some(gw) => format!("gateway {gw} for {}", routed.address),
-        None => format!("device {host}"),
-    };
-    let opened = tokio::time::timeout(
-        STREAM_OPEN_TIMEOUT,
-        routed
-            .handle
-            .open_forwarded_for(&routed.address, port, peer, channel.peer_max_packet()),
-    )
-    .await;
-    let device_channel = match opened {
-        Ok(Ok(ch)) => ch,
-        Ok(Err(e)) => {
-            let r = Refusal::connect_failed(format!("{via} could not open port {port}: {e}"));
-            return channel.refuse(&refuse(r)).await;
-        }
-        Err(_) => {
-            let r = Refusal::connect_failed(format!(
-                "{via} did not answer within {STREAM_OPEN_TIMEOUT:?}"
-            ));
-            return channel.refuse(&refuse(r)).await;
-        }
-    };
-    let started = Instant::now();
-    let controller_channel = channel.accept().await;
-    tracing::debug!(target = %target, "stream open");
-    relay.audit.record(
-        Event::new(kind::STREAM_OPEN, audit::OK)
-            .peer(peer)
-            .system(who.system.as_str())
-            .key(who.name.as_str(), who.fingerprint.as_str())
-            .device(name.as_str())
-            .target(target.as_str()),
-    );
-    let stats = controller_channel
-        .splice_until(device_channel, guard.closed.cancelled())
-        .await;
-    let mut closed = audit::stream_closed(
-        who.system.as_str(),
-        who.name.as_str(),
-        name.as_str(),
-        &target,
-        stats,
-        started.elapsed(),
-    )
-    .peer(peer);
-    closed.fingerprint = Some(who.fingerprint.clone());
-    if guard.closed.is_cancelled() {
-        closed = closed.detail("closed: device disabled by an admin");
-    }
-    drop(guard);
-    relay.audit.record(closed);
-}
-
-/// Where a stream goes: a connection, and the address for its
-/// `forwarded-tcpip` open (the device name, or a host behind a gateway).
-struct Route {
-    handle: ServerHandle,
-    address: String,
-    gateway: Option<Name>,
-}
-
-/// Finds the device for `host:port` in the controller's own system, or the
-/// gateway whose network holds it.
-async fn route(relay: &Relay, who: &Identity, host: &str, port: u32) -> Result<Route, Refusal> {
-    gateways::may_open(relay, who, host, port).await?;
-    let system = &who.system;
-    let online = Name::parse(host)
-        .ok()
-        .and_then(|n| relay.registry.lookup(system, &n).map(|d| (n, d)));
-    if online.is_none()
-        && let Some(routed) = gateways::route(relay, system, host, port)
-    {
-        let r = routed?;
-        return Ok(Route {
-            handle: r.handle,
-            address: r.address,
-            gateway: Some(r.gateway),
-        });
-    }
-    let name = Name::parse(host).map_err(|e| {
-        Refusal::prohibited(format!("no device named {host:?} in system {system} ({e})"))
-    })?;
-    if let Some((name, device)) = online {
-        if !device.ports.contains(&port) {
-            let serves: Vec<String> = device.ports.iter().map(u32::to_string).collect();
-            return Err(Refusal::prohibited(format!(
-                "device {name} does not serve port {port} (it serves {})",
-                serves.join(", ")
-            )));
-        }
-        return Ok(Route {
-            handle: device.handle,
-            address: name.to_string(),
-            gateway: None,
-        });
-    }
-    // Not online: say whether it exists at all (only on this failure path
-    // do we read the store).
-    let (s, n) = (system.to_string(), name.to_string());
-    let known = relay
-        .store
-        .call(move |st| Ok(st.devices(Some(&s))?.into_iter().find(|d| d.name == n)))
-        .await
-        .ok()
-        .flatten();
-    if known.is_none()
-        && let Some(routed) = gateways::route_name(relay, system, host, port)
-    {
-        let r = routed?;
-        return Ok(Route {
-            handle: r.handle,
-            address: r.address,
-            gateway: Some(r.gateway),
-        });
-    }
-    Err(Refusal::prohibited(match known {
-        Some(d) => format!(
-            "device {name} is offline (last seen {})",
-            crate::render::when(d.last_seen)
-        ),
-        None => format!(
-            "no device named {name} in system {system}{}",
-            gateways::hint(relay, system, host)
-        ),
-    }))
 }

@@ -1,27 +1,26 @@
-//! Gateways at the relay: what each online gateway serves, routing a host
-//! that is not a device name to the right gateway, the announcements and
-//! association pushes, and which targets a gateway's listen forwards may
-//! reach.
+//! Gateways at the relay: what each online gateway serves, the
+//! announcements and association pushes. Routing a host to the right
+//! gateway, and which targets a gateway's listen forwards may reach, is in
+//! `router.rs`.
 //!
 //! The live map is keyed by (system, name) and tagged with the connection
 //! that announced it; an entry counts only while the registry shows the same
 //! connection holding that device name, so a stale entry can never route.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::Relay;
 use super::registry::ConnId;
-use crate::protocol::cidr::{VIA, split_via};
 use crate::protocol::gateway::{
     self, ANNOUNCE_COMMAND, Announce, Associations, CONTROL_ADDRESS, GatewayScope,
-    MAX_CONTROL_MESSAGE, Pick,
+    MAX_CONTROL_MESSAGE,
 };
-use crate::protocol::{Cidr, DeviceId, Name, Role, Target};
+use crate::protocol::{Cidr, DeviceId, Name};
+use crate::ssh::SpliceStats;
 use crate::ssh::server::{ExecOutput, ServerHandle};
-use crate::ssh::{Refusal, SpliceStats};
 use crate::store::{self, Identity};
 
 #[derive(Default)]
@@ -35,15 +34,6 @@ pub struct Gateways {
 struct Live {
     conn: ConnId,
     scope: GatewayScope,
-}
-
-/// Where a stream goes: the connection, and the address to put in the
-/// `forwarded-tcpip` open (the device's name, or the real target host).
-pub struct Routed {
-    pub handle: ServerHandle,
-    pub address: String,
-    /// The gateway that carries it, for messages.
-    pub gateway: Name,
 }
 
 impl Gateways {
@@ -65,12 +55,13 @@ impl Gateways {
         self.lock().retain(|_, live| live.conn != conn);
     }
 
-    /// Live gateways of one system (unchecked against the registry).
-    fn of_system(&self, system: &Name) -> Vec<(Name, Live)> {
+    /// Live gateways of one system, with the connection that announced
+    /// each (unchecked against the registry).
+    pub(super) fn of_system(&self, system: &Name) -> Vec<(Name, ConnId, GatewayScope)> {
         self.lock()
             .iter()
             .filter(|(id, _)| id.system == *system)
-            .map(|(id, l)| (id.name.clone(), l.clone()))
+            .map(|(id, l)| (id.name.clone(), l.conn, l.scope.clone()))
             .collect()
     }
 
@@ -78,223 +69,6 @@ impl Gateways {
     pub fn scope(&self, device: &DeviceId) -> Option<GatewayScope> {
         self.lock().get(device).map(|l| l.scope.clone())
     }
-}
-
-/// The gateways of `system` that are online on the connection that
-/// announced them, with their connection handles.
-fn online(relay: &Relay, system: &Name) -> Vec<(Name, GatewayScope, ServerHandle)> {
-    let mut out = Vec::new();
-    for (name, live) in relay.gateways.of_system(system) {
-        if let Some(dev) = relay.registry.lookup(system, &name)
-            && dev.conn == live.conn
-            && live.scope.is_gateway()
-        {
-            out.push((name, live.scope, dev.handle));
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-/// Routes `host:port`, which is not an online device, through a gateway
-/// when it names one (`HOST.via.GATEWAY`) or is an address. `None`: neither.
-pub(super) fn route(
-    relay: &Relay,
-    system: &Name,
-    host: &str,
-    port: u32,
-) -> Option<Result<Routed, Refusal>> {
-    let port16 = u16::try_from(port).ok().filter(|p| *p != 0);
-    if let Some((inner, gw)) = split_via(host) {
-        return Some(via(relay, system, inner, gw, port16));
-    }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(by_address(relay, system, ip, port16));
-    }
-    None
-}
-
-/// A name that is no device, online or not: a host inside the network of
-/// the system's only gateway. With several, the relay cannot know whose
-/// network resolves it, so the controller names the gateway (`None`).
-pub(super) fn route_name(
-    relay: &Relay,
-    system: &Name,
-    host: &str,
-    port: u32,
-) -> Option<Result<Routed, Refusal>> {
-    let port16 = u16::try_from(port).ok().filter(|p| *p != 0);
-    let gateways = online(relay, system);
-    if let [(name, scope, handle)] = gateways.as_slice() {
-        return Some(match port16.filter(|p| scope.ports.contains(p)) {
-            Some(_) => Ok(Routed {
-                handle: handle.clone(),
-                address: host.to_string(),
-                gateway: name.clone(),
-            }),
-            None => Err(port_refusal(name, scope, port)),
-        });
-    }
-    None
-}
-
-/// For a name that is no device: how to reach it through a gateway, when
-/// the system has several (with one, it would have gone there).
-pub(super) fn hint(relay: &Relay, system: &Name, host: &str) -> String {
-    let names: Vec<String> = online(relay, system)
-        .into_iter()
-        .map(|(n, _, _)| n.to_string())
-        .collect();
-    match names.first() {
-        Some(first) if names.len() > 1 => format!(
-            "; for a host behind a gateway, name the gateway: {host}{VIA}{first} (gateways: {})",
-            names.join(", ")
-        ),
-        _ => String::new(),
-    }
-}
-
-fn port_refusal(name: &Name, scope: &GatewayScope, port: u32) -> Refusal {
-    let ports: Vec<String> = scope.ports.iter().map(u16::to_string).collect();
-    Refusal::prohibited(format!(
-        "gateway {name} serves port{} {} on its networks, not {port}",
-        if ports.len() == 1 { "" } else { "s" },
-        ports.join(", ")
-    ))
-}
-
-/// `HOST.via.GATEWAY`: the controller named the gateway.
-fn via(
-    relay: &Relay,
-    system: &Name,
-    inner: &str,
-    gw: &str,
-    port: Option<u16>,
-) -> Result<Routed, Refusal> {
-    let name = Name::parse(gw).map_err(|e| {
-        Refusal::prohibited(format!("{gw:?} after {VIA:?} is no gateway name: {e}"))
-    })?;
-    let Some((name, scope, handle)) = online(relay, system)
-        .into_iter()
-        .find(|(n, _, _)| *n == name)
-    else {
-        let why = match relay.registry.lookup(system, &name) {
-            Some(_) => "is online but is not a gateway (its agent has no scope)",
-            None => "is not online",
-        };
-        return Err(Refusal::prohibited(format!(
-            "gateway {name} of system {system} {why}"
-        )));
-    };
-    let Some(port) = port else {
-        return Err(port_refusal(&name, &scope, 0));
-    };
-    match inner.parse::<IpAddr>() {
-        Ok(ip) => scope
-            .check(name.as_str(), ip, port)
-            .map_err(Refusal::prohibited)?,
-        // A name inside the network: the gateway resolves it and checks the
-        // address against its scope.
-        Err(_) if scope.ports.contains(&port) => {}
-        Err(_) => return Err(port_refusal(&name, &scope, u32::from(port))),
-    }
-    Ok(Routed {
-        handle,
-        address: inner.to_string(),
-        gateway: name,
-    })
-}
-
-/// An address: the gateway whose networks hold it most specifically.
-fn by_address(
-    relay: &Relay,
-    system: &Name,
-    ip: IpAddr,
-    port: Option<u16>,
-) -> Result<Routed, Refusal> {
-    let gateways = online(relay, system);
-    let picked = gateway::pick(gateways.iter().map(|(n, s, _)| (n, s)), ip);
-    let (name, _) = picked.map_err(|p| match p {
-        Pick::None if gateways.is_empty() => Refusal::prohibited(format!(
-            "no gateway of system {system} is online to reach {ip}"
-        )),
-        Pick::None => {
-            // An admin may have associated it with a gateway whose owner
-            // does not permit it: say so rather than "no gateway".
-            let refused = gateways.iter().find_map(|(n, s, _)| {
-                s.refused_associations()
-                    .into_iter()
-                    .find(|c| c.contains(ip))
-                    .map(|c| (n, c))
-            });
-            if let Some((n, c)) = refused {
-                return Refusal::prohibited(format!(
-                    "{ip} is in network {c}, associated with gateway {n} but outside its permit"
-                ));
-            }
-            let served: Vec<String> = gateways
-                .iter()
-                .map(|(n, s, _)| format!("{n}: {}", gateway::list(&s.effective())))
-                .collect();
-            Refusal::prohibited(format!(
-                "{ip} is outside the scope of every gateway of system {system} ({})",
-                served.join("; ")
-            ))
-        }
-        Pick::Ambiguous(all) => {
-            let names: Vec<String> = all.iter().map(|(n, c)| format!("{n} ({c})")).collect();
-            Refusal::prohibited(format!(
-                "{ip} is ambiguous: it is in the scope of gateways {}; name one, e.g. {ip}{VIA}{}",
-                names.join(" and "),
-                all[0].0
-            ))
-        }
-    })?;
-    let Some((name, scope, handle)) = gateways.into_iter().find(|(n, _, _)| *n == name) else {
-        return Err(Refusal::prohibited(format!("gateway {name} went offline")));
-    };
-    scope
-        .check(name.as_str(), ip, port.unwrap_or(0))
-        .map_err(Refusal::prohibited)?;
-    Ok(Routed {
-        handle,
-        address: ip.to_string(),
-        gateway: name,
-    })
-}
-
-/// Whether a device key may open `host:port`: only a gateway, only to a
-/// target an admin allowed for it (its listen forwards).
-pub(super) async fn may_open(
-    relay: &Relay,
-    who: &Identity,
-    host: &str,
-    port: u32,
-) -> Result<(), Refusal> {
-    if who.role != Role::Device {
-        return crate::policy::may_open_streams(who).map_err(Refusal::prohibited);
-    }
-    let target = match u16::try_from(port) {
-        Ok(p) => Target {
-            host: host.to_string(),
-            port: p,
-        }
-        .to_string(),
-        Err(_) => return Err(Refusal::prohibited(format!("{port} is not a port"))),
-    };
-    let (s, n, t) = (who.system.to_string(), who.name.to_string(), target.clone());
-    let allowed = relay
-        .store
-        .call(move |st| st.gateway_rule_allows(&s, &n, &t))
-        .await
-        .unwrap_or(false);
-    if allowed {
-        return Ok(());
-    }
-    Err(Refusal::prohibited(format!(
-        "device keys cannot open streams, except to targets a gateway rule allows; none allows {} to reach {target} (an admin adds one with `warren admin gateway allow {} {target}`)",
-        who.name, who.name
-    )))
 }
 
 /// Commands a device key may run: `gateway-announce JSON` and `time`.
@@ -308,31 +82,46 @@ pub(super) async fn device_command(
     if command == "time" {
         return ExecOutput::ok(format!("{}\n", store::now()));
     }
+    match parse_announce(command) {
+        Ok(announce) => gateway_up(relay, who, conn, announce).await,
+        Err(refused) => refused,
+    }
+}
+
+/// `gateway-announce JSON`, checked; `Err`: the answer to give instead.
+fn parse_announce(command: &str) -> Result<Announce, ExecOutput> {
     let Some(json) = command
         .strip_prefix(ANNOUNCE_COMMAND)
         .filter(|rest| rest.is_empty() || rest.starts_with(' '))
     else {
-        return ExecOutput::fail(
+        return Err(ExecOutput::fail(
             2,
             format!(
                 "device keys may run only `{ANNOUNCE_COMMAND} JSON` and `time` here, not {:?}\n",
                 command.chars().take(80).collect::<String>()
             ),
-        );
+        ));
     };
     if json.len() > MAX_CONTROL_MESSAGE {
-        return ExecOutput::fail(
+        return Err(ExecOutput::fail(
             1,
             format!("announcement longer than {MAX_CONTROL_MESSAGE} bytes\n"),
-        );
+        ));
     }
-    let announce: Announce = match serde_json::from_str(json.trim()) {
-        Ok(a) => a,
-        Err(e) => return ExecOutput::fail(1, format!("malformed gateway announcement: {e}\n")),
-    };
+    let announce: Announce = serde_json::from_str(json.trim())
+        .map_err(|e| ExecOutput::fail(1, format!("malformed gateway announcement: {e}\n")))?;
     if announce.ports.is_empty() || announce.ports.contains(&0) {
-        return ExecOutput::fail(1, "a gateway must serve ports from 1 to 65535\n");
+        return Err(ExecOutput::fail(
+            1,
+            "a gateway must serve ports from 1 to 65535\n",
+        ));
     }
+    Ok(announce)
+}
+
+/// Records an announced gateway, makes it live on this connection and
+/// answers with its associations.
+async fn gateway_up(relay: &Relay, who: &Identity, conn: ConnId, announce: Announce) -> ExecOutput {
     let (s, n, a) = (
         who.system.to_string(),
         who.name.to_string(),

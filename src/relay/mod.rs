@@ -15,7 +15,9 @@ pub mod expose;
 pub mod gateways;
 pub mod ratelimit;
 pub mod registry;
+mod router;
 pub mod status;
+mod stream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

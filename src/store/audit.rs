@@ -65,6 +65,10 @@ pub struct Event {
     pub duration_ms: Option<u64>,
     pub peer: Option<String>,
     pub detail: Option<String>,
+    /// A refusal's stable code (`Refusal::code`), beside its text in
+    /// `detail`; absent from older rows and from events that are no refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 pub fn now_ms() -> u64 {
@@ -120,6 +124,11 @@ impl Event {
         self
     }
 
+    pub fn reason(mut self, code: &str) -> Event {
+        self.reason = Some(code.to_string());
+        self
+    }
+
     pub fn transfer(mut self, stats: SpliceStats, took: Duration) -> Event {
         self.bytes_up = Some(stats.sent);
         self.bytes_down = Some(stats.received);
@@ -146,6 +155,7 @@ impl Event {
                     duration_ms = e.duration_ms,
                     peer = e.peer.as_deref(),
                     detail = e.detail.as_deref(),
+                    reason = e.reason.as_deref(),
                 )
             };
         }
@@ -172,7 +182,7 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
-const COLUMNS: &str = "id, time_ms, kind, result, system, key, fingerprint, device, target, bytes_up, bytes_down, duration_ms, peer, detail";
+const COLUMNS: &str = "id, time_ms, kind, result, system, key, fingerprint, device, target, bytes_up, bytes_down, duration_ms, peer, detail, reason";
 
 fn event(r: &Row<'_>) -> rusqlite::Result<Event> {
     let opt_u64 = |i: usize| -> rusqlite::Result<Option<u64>> {
@@ -193,6 +203,7 @@ fn event(r: &Row<'_>) -> rusqlite::Result<Event> {
         duration_ms: opt_u64(11)?,
         peer: r.get(12)?,
         detail: r.get(13)?,
+        reason: r.get(14)?,
     })
 }
 
@@ -203,8 +214,8 @@ impl Store {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO audit (time_ms, kind, result, system, key, fingerprint, device, target, bytes_up, bytes_down, duration_ms, peer, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                "INSERT INTO audit (time_ms, kind, result, system, key, fingerprint, device, target, bytes_up, bytes_down, duration_ms, peer, detail, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             for e in events {
                 st.execute(params![
@@ -221,6 +232,7 @@ impl Store {
                     e.duration_ms.map(|v| v as i64),
                     e.peer,
                     e.detail,
+                    e.reason,
                 ])?;
             }
         }
@@ -270,6 +282,29 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_code_is_stored_and_shown_in_json_only_when_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let refused = Event::new(kind::STREAM_OPEN, REFUSED)
+            .detail("device dev1 is disabled by an admin")
+            .reason("disabled");
+        let plain = Event::new(kind::LOGIN, OK);
+        store.append_audit(&[refused, plain]).unwrap();
+        let got = store
+            .audit(&AuditQuery {
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        assert_eq!(got[0].reason, None);
+        assert_eq!(got[1].reason.as_deref(), Some("disabled"));
+        let json = serde_json::to_string(&got[1]).unwrap();
+        assert!(json.contains(r#""reason":"disabled""#), "{json}");
+        let json = serde_json::to_string(&got[0]).unwrap();
+        assert!(!json.contains("reason"), "{json}");
+    }
 
     #[test]
     fn pages_newest_first_with_filters() {

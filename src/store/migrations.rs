@@ -110,6 +110,8 @@ const MIGRATIONS: &[&str] = &[
         allow_from  TEXT NOT NULL DEFAULT '',
         created     INTEGER NOT NULL
     );",
+    // 5: the stable code of a refusal, beside its text in `detail`.
+    "ALTER TABLE audit ADD COLUMN reason TEXT;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

@@ -221,6 +221,30 @@ fn stream_refusals_read_as_today() {
 }
 
 #[test]
+fn every_refusal_text_classifies_as_its_variant_says() {
+    use crate::policy::{SocksClass, classify};
+    let mut classes = Vec::new();
+    for (r, text) in streams() {
+        assert_eq!(classify(text), r.socks_class(), "{}: {text}", r.code());
+        classes.push(r.socks_class());
+    }
+    for want in [
+        SocksClass::HostUnreachable,
+        SocksClass::NotAllowed,
+        SocksClass::TtlExpired,
+        SocksClass::ConnectionRefused,
+    ] {
+        assert!(classes.contains(&Some(want)), "no variant is {want:?}");
+    }
+    // The gateway agent's refusal, which is no relay text.
+    assert_eq!(
+        classify("10.0.0.9:22 is not in the allowlist"),
+        Some(SocksClass::NotAllowed)
+    );
+    assert_eq!(classify("something else"), None);
+}
+
+#[test]
 fn codes_are_unique_snake_case() {
     let mut codes: Vec<&str> = streams().iter().map(|(r, _)| r.code()).collect();
     codes.sort_unstable();

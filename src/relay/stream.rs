@@ -1,0 +1,137 @@
+//! One controller stream (`direct-tcpip`): route it, hold a place in the
+//! registry's stream count, open the channel to the device, audit, splice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Relay;
+use super::router::{self, Route};
+use crate::audit::{self, Event, kind};
+use crate::policy::Refusal;
+use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
+use crate::ssh::IncomingChannel;
+use crate::ssh::server::ServerHandle;
+use crate::ssh::{Channel, SpliceStats};
+use crate::store::Identity;
+
+/// One stream's fixed facts, for its audit lines.
+struct Request {
+    relay: Arc<Relay>,
+    who: Identity,
+    host: String,
+    port: u32,
+    peer: SocketAddr,
+}
+
+impl Request {
+    fn target(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn event(&self, outcome: &str, device: &str) -> Event {
+        Event::new(kind::STREAM_OPEN, outcome)
+            .peer(self.peer)
+            .system(self.who.system.as_str())
+            .key(self.who.name.as_str(), self.who.fingerprint.as_str())
+            .device(device)
+            .target(self.target())
+    }
+
+    /// Audits a refusal and sends it to the controller.
+    async fn refuse(&self, channel: IncomingChannel, refusal: Refusal) {
+        self.relay.audit.record(
+            self.event(audit::REFUSED, &self.host)
+                .detail(refusal.to_string())
+                .reason(refusal.code()),
+        );
+        channel.refuse(&refusal.to_wire()).await;
+    }
+}
+
+/// Routes one controller stream to its device and splices the two.
+pub(super) async fn stream(
+    relay: Arc<Relay>,
+    who: Identity,
+    host: String,
+    port: u32,
+    peer: SocketAddr,
+    channel: IncomingChannel,
+) {
+    let req = Request {
+        relay,
+        who,
+        host,
+        port,
+        peer,
+    };
+    let route = match router::route(req.relay.as_ref(), &req.who, &req.host, port).await {
+        Ok(r) => r,
+        Err(r) => return req.refuse(channel, r).await,
+    };
+    let relay = req.relay.clone();
+    let Some(guard) = relay.registry.open_stream(route.carrier()) else {
+        let device = route.carrier().name.clone();
+        return req.refuse(channel, Refusal::Disabled { device }).await;
+    };
+    let max_packet = channel.peer_max_packet();
+    let device_channel = match open(&req, &route, max_packet).await {
+        Ok(ch) => ch,
+        Err(r) => return req.refuse(channel, r).await,
+    };
+    let started = Instant::now();
+    let controller_channel = channel.accept().await;
+    let name = route.carrier().name.as_str();
+    tracing::debug!(target = %req.target(), "stream open");
+    relay.audit.record(req.event(audit::OK, name));
+    let stats = controller_channel
+        .splice_until(device_channel, guard.closed.cancelled())
+        .await;
+    let disabled = guard.closed.is_cancelled();
+    drop(guard);
+    closed(&req, name, stats, started, disabled);
+}
+
+/// Asks the carrier to open the stream, within [`STREAM_OPEN_TIMEOUT`].
+async fn open(
+    req: &Request,
+    route: &Route<ServerHandle>,
+    max_packet: u32,
+) -> Result<Channel, Refusal> {
+    let address = route.address();
+    let opened = tokio::time::timeout(
+        STREAM_OPEN_TIMEOUT,
+        route
+            .handle()
+            .open_forwarded_for(&address, req.port, req.peer, max_packet),
+    )
+    .await;
+    match opened {
+        Ok(Ok(ch)) => Ok(ch),
+        Ok(Err(e)) => Err(Refusal::OpenFailed {
+            via: route.via(),
+            port: req.port,
+            err: e.to_string(),
+        }),
+        Err(_) => Err(Refusal::OpenTimeout { via: route.via() }),
+    }
+}
+
+/// The audit line of a stream that ended.
+fn closed(req: &Request, device: &str, stats: SpliceStats, started: Instant, disabled: bool) {
+    let who = &req.who;
+    let mut closed = audit::stream_closed(
+        who.system.as_str(),
+        who.name.as_str(),
+        device,
+        &req.target(),
+        stats,
+        started.elapsed(),
+    )
+    .peer(req.peer);
+    closed.fingerprint = Some(who.fingerprint.clone());
+    if disabled {
+        closed = closed.detail("closed: device disabled by an admin");
+    }
+    req.relay.audit.record(closed);
+}
