@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -50,8 +49,6 @@ pub(super) async fn run(
 ) {
     let span = tracing::info_span!("conn", id, %peer, system = tracing::field::Empty, name = tracing::field::Empty);
     async move {
-        let (authed_tx, authed_rx) = oneshot::channel();
-        let deadline = relay.options.handshake_timeout;
         let conn = Connection {
             relay: relay.clone(),
             id,
@@ -67,7 +64,6 @@ pub(super) async fn run(
             enroll_offered: None,
             forward_requests: 0,
             permit: Some(permit),
-            authed: Some(authed_tx),
             handle: None,
             tasks,
             span: tracing::Span::current(),
@@ -76,10 +72,8 @@ pub(super) async fn run(
             enroll_attempts: 0,
             ended: CancellationToken::new(),
         };
-        // A second handle on the socket, held until authentication, to cut a
-        // connection that stalls in the handshake: the SSH layer does not act
-        // on a disconnect request while waiting for the peer's key exchange.
-        let cutter = stream.as_fd().try_clone_to_owned().ok();
+        // The SSH layer ends a connection that does not log in within
+        // `handshake_timeout` (`ServerConfig::set_login_grace`).
         let started = match server::start(&relay.server_config, stream, conn).await {
             Ok(s) => s,
             Err(e) => {
@@ -87,23 +81,7 @@ pub(super) async fn run(
                 return;
             }
         };
-        let handle = started.handle();
-        let finished = started.finished();
-        tokio::pin!(finished);
-        tokio::select! {
-            _ = &mut finished => return,
-            authed = tokio::time::timeout(deadline, authed_rx) => {
-                if authed.is_err() {
-                    tracing::info!(?deadline, "no authentication in time; closing");
-                    let _ = tokio::time::timeout(deadline, handle.disconnect("authentication timeout")).await;
-                    if let Some(fd) = &cutter {
-                        let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
-                    }
-                }
-            }
-        }
-        drop(cutter);
-        let _ = finished.await;
+        let _ = started.finished().await;
     }
     .instrument(span)
     .await
@@ -135,7 +113,6 @@ struct Connection {
     forward_requests: usize,
     /// Held until authentication: caps unauthenticated connections.
     permit: Option<super::ratelimit::Slot>,
-    authed: Option<oneshot::Sender<()>>,
     handle: Option<ServerHandle>,
     tasks: TaskTracker,
     span: tracing::Span,
@@ -340,9 +317,6 @@ impl ServerSession for Connection {
 
     fn authenticated(&mut self, handle: ServerHandle) {
         self.permit = None;
-        if let Some(tx) = self.authed.take() {
-            let _ = tx.send(());
-        }
         if self.enrolling.is_some() {
             let h = handle.clone();
             tokio::spawn(async move {

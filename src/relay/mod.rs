@@ -179,6 +179,7 @@ impl Relay {
         let host_key = keys::fingerprint(host.public_key());
         let mut server_config = ServerConfig::new(host);
         server_config.handshake_timeout = options.handshake_timeout;
+        server_config.set_login_grace(options.handshake_timeout);
         server_config.set_algorithms(
             &options.ciphers,
             &options.kex_algorithms,
