@@ -468,7 +468,7 @@ async fn old_audit_events_are_pruned_at_start() {
         let recent = Event::new(kind::LOGIN, "ok").detail("recent");
         store.append_audit(&[old, recent]).unwrap();
     }
-    let relay = Relay::open(
+    let server = Relay::open(
         dir.path(),
         RelayOptions {
             audit_retention: Some(Duration::from_secs(86_400)),
@@ -476,7 +476,8 @@ async fn old_audit_events_are_pruned_at_start() {
         },
     )
     .unwrap();
-    let left = relay
+    let left = server
+        .relay()
         .store()
         .audit(&AuditQuery {
             limit: 10,

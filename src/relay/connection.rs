@@ -45,7 +45,6 @@ pub(super) async fn run(
     peer: SocketAddr,
     id: ConnId,
     permit: super::ratelimit::Slot,
-    tasks: TaskTracker,
 ) {
     let span = tracing::info_span!("conn", id, %peer, system = tracing::field::Empty, name = tracing::field::Empty);
     async move {
@@ -65,23 +64,39 @@ pub(super) async fn run(
             forward_requests: 0,
             permit: Some(permit),
             handle: None,
-            tasks,
+            tasks: relay.tasks.clone(),
             span: tracing::Span::current(),
             last_exec: None,
             in_flight: Arc::new(AtomicUsize::new(0)),
             enroll_attempts: 0,
             ended: CancellationToken::new(),
         };
+        let shutting_down = relay.shutting_down().clone();
         // The SSH layer ends a connection that does not log in within
         // `handshake_timeout` (`ServerConfig::set_login_grace`).
-        let started = match server::start(&relay.server_config, stream, conn).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "handshake failed");
-                return;
-            }
+        let started = tokio::select! {
+            started = server::start(&relay.server_config, stream, conn) => match started {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "handshake failed");
+                    return;
+                }
+            },
+            // Before the version exchange there is no one to tell: the
+            // socket just closes.
+            _ = shutting_down.cancelled() => return,
         };
-        let _ = started.finished().await;
+        let handle = started.handle();
+        let finished = started.finished();
+        tokio::pin!(finished);
+        tokio::select! {
+            _ = &mut finished => return,
+            _ = shutting_down.cancelled() => {
+                // In any state: logging in, enrolling, or serving.
+                handle.disconnect("relay shutting down").await;
+            }
+        }
+        let _ = finished.await;
     }
     .instrument(span)
     .await
@@ -318,10 +333,15 @@ impl ServerSession for Connection {
     fn authenticated(&mut self, handle: ServerHandle) {
         self.permit = None;
         if self.enrolling.is_some() {
-            let h = handle.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(ENROLL_SESSION_TIMEOUT).await;
-                h.disconnect("enrollment session over").await;
+            let (h, ended) = (handle.clone(), self.ended.clone());
+            self.relay.spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(ENROLL_SESSION_TIMEOUT) => {
+                        h.disconnect("enrollment session over").await;
+                    }
+                    // The connection is gone (at shutdown too): nothing to end.
+                    _ = ended.cancelled() => {}
+                }
             });
         }
         if let Some(id) = &self.identity {
