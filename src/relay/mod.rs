@@ -14,6 +14,7 @@ mod connection;
 mod enroll;
 pub mod expose;
 pub mod gateways;
+mod listen;
 pub mod ratelimit;
 pub mod registry;
 pub mod status;
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -373,20 +374,7 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
         relay.shutting_down.clone(),
     ));
 
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and similar: wait a little
-                    // rather than spin, and keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let admit = |stream: TcpStream, peer: SocketAddr| {
         if let ratelimit::Verdict::Limited { audit } = relay
             .failed_logins
             .check(peer.ip(), std::time::Instant::now())
@@ -402,27 +390,25 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
                     ),
                 ));
             }
-            drop(stream);
-            continue;
+            return None;
         }
         let permit = match relay.unauthenticated.try_take(peer.ip()) {
             Ok(p) => p,
             Err(full) => {
                 tracing::warn!(%peer, ?full, limit = relay.options.max_unauthenticated, "too many unauthenticated connections; closing new one");
-                drop(stream);
-                continue;
+                return None;
             }
         };
         let conn_id = relay.next_conn.fetch_add(1, Ordering::Relaxed);
-        relay.spawn(connection::run(
+        Some(connection::run(
             relay.clone(),
             stream,
             peer,
             conn_id,
             permit,
-        ));
-    }
-    drop(listener);
+        ))
+    };
+    listen::accept_loop(listener, shutdown, relay.tasks.clone(), admit).await;
 
     tracing::info!("relay shutting down");
     // Public ports stop accepting, and every connection task says goodbye.
