@@ -373,6 +373,23 @@ async fn an_enrolling_connection_is_closed_at_shutdown() {
 }
 
 #[tokio::test]
+async fn the_relay_rechecks_the_store_when_told_it_changed() {
+    // No poll during the test: only `store_changed` can cause a re-check.
+    let r = TestRelay::start_with(RelayOptions {
+        store_poll: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await;
+    let mut rechecks = r.relay.rechecks();
+    let before = *rechecks.borrow_and_update();
+    r.relay.store_changed();
+    tokio::time::timeout(WAIT, rechecks.wait_for(|n| *n > before))
+        .await
+        .expect("a re-check after store_changed")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn unauthenticated_connections_are_capped() {
     let r = TestRelay::start_with(RelayOptions {
         max_unauthenticated: 2,

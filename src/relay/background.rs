@@ -169,7 +169,10 @@ pub(super) async fn watch_store(relay: Arc<Relay>) {
                     .collect::<Result<Vec<bool>>>()
             })
             .await;
-        let Ok(active) = active else { continue };
+        let Ok(active) = active else {
+            relay.rechecks.send_modify(|n| *n += 1);
+            continue;
+        };
         for (conn, ok) in conns.iter().zip(active) {
             if !ok {
                 relay.audit.record(
@@ -180,6 +183,7 @@ pub(super) async fn watch_store(relay: Arc<Relay>) {
                 conn.handle.disconnect("your key was revoked").await;
             }
         }
+        relay.rechecks.send_modify(|n| *n += 1);
     }
 }
 

@@ -137,6 +137,8 @@ pub struct Relay {
     status: mpsc::UnboundedSender<StatusChange>,
     /// Counts the status writes applied to the store.
     status_written: watch::Sender<u64>,
+    /// Counts the store re-checks (`background::watch_store`) done.
+    rechecks: watch::Sender<u64>,
     audit: Audit,
     /// Every task the relay starts (connections, their helpers, public
     /// ports, background work): shutdown waits for them.
@@ -245,6 +247,7 @@ impl Relay {
             next_conn: AtomicU64::new(1),
             status: tx,
             status_written: watch::Sender::new(0),
+            rechecks: watch::Sender::new(0),
             audit,
             tasks: TaskTracker::new(),
             shutting_down: CancellationToken::new(),
@@ -292,6 +295,13 @@ impl Relay {
     /// whoever waits on what the store says (status follows the registry).
     pub fn status_written(&self) -> watch::Receiver<u64> {
         self.status_written.subscribe()
+    }
+
+    /// Sees the count of store re-checks done (keys, disabled devices,
+    /// gateways, public ports), for whoever waits until the relay has seen a
+    /// change to the store.
+    pub fn rechecks(&self) -> watch::Receiver<u64> {
+        self.rechecks.subscribe()
     }
 
     /// Sees the number of connections holding an unauthenticated slot.
