@@ -180,6 +180,9 @@ async fn refusals_are_readable_and_never_hang() {
     r.wait_online("tau", "gone", true).await;
     drop(g);
     r.wait_online("tau", "gone", false).await;
+    // Its row in the store ("last seen") is written after the registry
+    // changes; the refusal below reads it.
+    r.wait_status("tau", "gone", |d| !d.online).await;
 
     let conn = r.controller("tau", ctl).await;
     let cases = [
