@@ -57,13 +57,10 @@ struct Open {
     stop: CancellationToken,
 }
 
-/// Keeps public listeners in line with the store until `shutdown`.
-pub(super) async fn run(
-    relay: Arc<Relay>,
-    ip: IpAddr,
-    tasks: TaskTracker,
-    shutdown: CancellationToken,
-) {
+/// Keeps public listeners in line with the store until the relay shuts
+/// down; listeners and their streams run on the relay's tracker.
+pub(super) async fn run(relay: Arc<Relay>, ip: IpAddr) {
+    let (tasks, shutdown) = (relay.tasks.clone(), relay.shutting_down().clone());
     let mut open: HashMap<u16, Open> = HashMap::new();
     loop {
         let mut known = 0;

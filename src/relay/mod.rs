@@ -377,12 +377,7 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
     // Said before the public ports start, so that their log lines (a port
     // outside public_ports, say) always follow it.
     tracing::info!(addr = %listener.local_addr()?, host_key = %relay.host_key, "relay listening");
-    relay.spawn(expose::run(
-        relay.clone(),
-        public_ip,
-        relay.tasks.clone(),
-        relay.shutting_down.clone(),
-    ));
+    relay.spawn(expose::run(relay.clone(), public_ip));
 
     let admit = |stream: TcpStream, peer: SocketAddr| {
         if let ratelimit::Verdict::Limited { audit } = relay
