@@ -499,7 +499,7 @@ async fn old_audit_events_are_pruned_at_start() {
         let recent = Event::new(kind::LOGIN, "ok").detail("recent");
         store.append_audit(&[old, recent]).unwrap();
     }
-    let relay = Relay::open(
+    let server = Relay::open(
         dir.path(),
         RelayOptions {
             audit_retention: Some(Duration::from_secs(86_400)),
@@ -507,7 +507,8 @@ async fn old_audit_events_are_pruned_at_start() {
         },
     )
     .unwrap();
-    let left = relay
+    let left = server
+        .relay()
         .store()
         .audit(&AuditQuery {
             limit: 10,

@@ -180,6 +180,9 @@ async fn refusals_are_readable_and_never_hang() {
     r.wait_online("tau", "gone", true).await;
     drop(g);
     r.wait_online("tau", "gone", false).await;
+    // Its row in the store ("last seen") is written after the registry
+    // changes; the refusal below reads it.
+    r.wait_status("tau", "gone", |d| !d.online).await;
 
     let conn = r.controller("tau", ctl).await;
     let cases = [
@@ -320,6 +323,73 @@ async fn silent_connections_are_dropped_after_the_handshake_timeout() {
             "relay must close an unauthenticated connection"
         );
     }
+}
+
+#[tokio::test]
+async fn an_unauthenticated_connection_is_told_at_shutdown() {
+    // A handshake deadline far beyond the test's patience: shutdown, not
+    // the deadline, must end the connection.
+    let mut r = TestRelay::start_with(RelayOptions {
+        handshake_timeout: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await;
+    let mut raw = TcpStream::connect(r.addr).await.unwrap();
+    raw.write_all(b"SSH-2.0-raw\r\n").await.unwrap();
+    // The relay's version line: the connection is past the version exchange.
+    let mut b = [0u8; 4];
+    raw.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"SSH-");
+    let started = std::time::Instant::now();
+    r.shut_down().await;
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, raw.read_to_end(&mut buf))
+        .await
+        .expect("an unauthenticated connection is closed at shutdown")
+        .unwrap();
+    // Told why: the DISCONNECT goes out before any keys, so in the clear.
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.contains("relay shutting down"), "{text:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown waited {:?} for an unauthenticated connection",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_enrolling_connection_is_closed_at_shutdown() {
+    let mut r = TestRelay::start().await;
+    let newcomer = std::sync::Arc::new(warren::ssh::keys::generate_ed25519().unwrap());
+    let mut enrolling = r.try_connect("enroll", newcomer).await.unwrap();
+    let started = std::time::Instant::now();
+    r.shut_down().await;
+    let why = tokio::time::timeout(WAIT, enrolling.is_gone())
+        .await
+        .expect("an enrolling connection is closed at shutdown");
+    assert!(why.contains("relay shutting down"), "{why}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown waited {:?} for an enrolling connection",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_relay_rechecks_the_store_when_told_it_changed() {
+    // No poll during the test: only `store_changed` can cause a re-check.
+    let r = TestRelay::start_with(RelayOptions {
+        store_poll: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await;
+    let mut rechecks = r.relay.rechecks();
+    let before = *rechecks.borrow_and_update();
+    r.relay.store_changed();
+    tokio::time::timeout(WAIT, rechecks.wait_for(|n| *n > before))
+        .await
+        .expect("a re-check after store_changed")
+        .unwrap();
 }
 
 #[tokio::test]

@@ -33,11 +33,12 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode> {
     let dev = Name::parse("dev1")?;
 
     // 1. The relay.
-    let relay = Relay::open(&data, RelayOptions::default())?;
+    let server = Relay::open(&data, RelayOptions::default())?;
+    let relay = server.relay().clone();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let relay_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
-    let relay_task = tokio::spawn(relay::serve(listener, relay.clone(), stop.clone()));
+    let relay_task = tokio::spawn(server.serve(listener, stop.clone()));
     say(&format!(
         "1. Started a relay on {relay_addr} (data in {}).\n   Its host key is {}; agents and clients pin it.",
         data.display(),

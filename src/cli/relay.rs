@@ -7,7 +7,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::relay::config::{PortRanges, RelayFile};
-use crate::relay::{self, Relay, RelayOptions};
+use crate::relay::{Relay, RelayOptions};
 use crate::ssh::algorithms::{Ciphers, KexAlgorithms};
 
 #[derive(Debug, Args)]
@@ -106,7 +106,7 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         require_strict_kex: a.require_strict_kex || file.require_strict_kex.unwrap_or(false),
         ..RelayOptions::default()
     };
-    let relay = Relay::open(&data, options)?;
+    let server = Relay::open(&data, options)?;
     let listener = socket
         .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -117,13 +117,13 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         stop.cancel();
     });
     if let Some(path) = a.config.clone() {
-        let r = relay.clone();
+        let r = server.relay().clone();
         let started = file;
         super::on_sighup(shutdown.clone(), move || {
             reload(&r, &path, &started, ports_by_flag)
         })?;
     }
-    relay::serve(listener, relay, shutdown).await?;
+    server.serve(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -83,6 +83,11 @@ pub const SPLICE_BUFFER: usize = 256 * 1024;
 /// Deadline for draining connections on SIGTERM.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
+/// Pause after a failed `accept` (out of file descriptors, say): long
+/// enough not to spin on an error that persists, short enough that serving
+/// resumes at once when it clears.
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
 /// Largest config or public key file read. They are a few hundred bytes; this
 /// bounds what a hostile file can make us allocate.
 pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;

@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -44,12 +43,9 @@ pub(super) async fn run(
     peer: SocketAddr,
     id: ConnId,
     permit: super::ratelimit::Slot,
-    tasks: TaskTracker,
 ) {
     let span = tracing::info_span!("conn", id, %peer, system = tracing::field::Empty, name = tracing::field::Empty);
     async move {
-        let (authed_tx, authed_rx) = oneshot::channel();
-        let deadline = relay.options.handshake_timeout;
         let conn = Connection {
             relay: relay.clone(),
             id,
@@ -65,42 +61,39 @@ pub(super) async fn run(
             enroll_offered: None,
             forward_requests: 0,
             permit: Some(permit),
-            authed: Some(authed_tx),
             handle: None,
-            tasks,
+            tasks: relay.tasks.clone(),
             span: tracing::Span::current(),
             last_exec: None,
             in_flight: Arc::new(AtomicUsize::new(0)),
             enroll_attempts: 0,
             ended: CancellationToken::new(),
         };
-        // A second handle on the socket, held until authentication, to cut a
-        // connection that stalls in the handshake: the SSH layer does not act
-        // on a disconnect request while waiting for the peer's key exchange.
-        let cutter = stream.as_fd().try_clone_to_owned().ok();
-        let started = match server::start(&relay.server_config, stream, conn).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "handshake failed");
-                return;
-            }
+        let shutting_down = relay.shutting_down().clone();
+        // The SSH layer ends a connection that does not log in within
+        // `handshake_timeout` (`ServerConfig::set_login_grace`).
+        let started = tokio::select! {
+            started = server::start(&relay.server_config, stream, conn) => match started {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "handshake failed");
+                    return;
+                }
+            },
+            // Before the version exchange there is no one to tell: the
+            // socket just closes.
+            _ = shutting_down.cancelled() => return,
         };
         let handle = started.handle();
         let finished = started.finished();
         tokio::pin!(finished);
         tokio::select! {
             _ = &mut finished => return,
-            authed = tokio::time::timeout(deadline, authed_rx) => {
-                if authed.is_err() {
-                    tracing::info!(?deadline, "no authentication in time; closing");
-                    let _ = tokio::time::timeout(deadline, handle.disconnect("authentication timeout")).await;
-                    if let Some(fd) = &cutter {
-                        let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
-                    }
-                }
+            _ = shutting_down.cancelled() => {
+                // In any state: logging in, enrolling, or serving.
+                handle.disconnect("relay shutting down").await;
             }
         }
-        drop(cutter);
         let _ = finished.await;
     }
     .instrument(span)
@@ -133,7 +126,6 @@ struct Connection {
     forward_requests: usize,
     /// Held until authentication: caps unauthenticated connections.
     permit: Option<super::ratelimit::Slot>,
-    authed: Option<oneshot::Sender<()>>,
     handle: Option<ServerHandle>,
     tasks: TaskTracker,
     span: tracing::Span,
@@ -339,14 +331,16 @@ impl ServerSession for Connection {
 
     fn authenticated(&mut self, handle: ServerHandle) {
         self.permit = None;
-        if let Some(tx) = self.authed.take() {
-            let _ = tx.send(());
-        }
         if self.enrolling.is_some() {
-            let h = handle.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(ENROLL_SESSION_TIMEOUT).await;
-                h.disconnect("enrollment session over").await;
+            let (h, ended) = (handle.clone(), self.ended.clone());
+            self.relay.spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(ENROLL_SESSION_TIMEOUT) => {
+                        h.disconnect("enrollment session over").await;
+                    }
+                    // The connection is gone (at shutdown too): nothing to end.
+                    _ = ended.cancelled() => {}
+                }
             });
         }
         if let Some(id) = &self.identity {

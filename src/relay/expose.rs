@@ -57,13 +57,10 @@ struct Open {
     stop: CancellationToken,
 }
 
-/// Keeps public listeners in line with the store until `shutdown`.
-pub(super) async fn run(
-    relay: Arc<Relay>,
-    ip: IpAddr,
-    tasks: TaskTracker,
-    shutdown: CancellationToken,
-) {
+/// Keeps public listeners in line with the store until the relay shuts
+/// down; listeners and their streams run on the relay's tracker.
+pub(super) async fn run(relay: Arc<Relay>, ip: IpAddr) {
+    let (tasks, shutdown) = (relay.tasks.clone(), relay.shutting_down().clone());
     let mut open: HashMap<u16, Open> = HashMap::new();
     loop {
         let mut known = 0;
@@ -144,48 +141,31 @@ async fn reconcile(
             &e,
             &format!("listening on {ip}:{port}"),
         ));
-        tasks.spawn(accept_loop(
-            relay.clone(),
-            e.clone(),
-            allow,
+        let (r, exposure, streams_stop) = (relay.clone(), e.clone(), stop.clone());
+        let admit = move |tcp: TcpStream, peer: SocketAddr| {
+            if !peer_allowed(&allow, peer.ip()) {
+                r.audit().record(audit::public_refused(
+                    &exposure,
+                    peer,
+                    "peer address is not in allow_from",
+                ));
+                return None;
+            }
+            Some(stream(
+                r.clone(),
+                exposure.clone(),
+                tcp,
+                peer,
+                streams_stop.clone(),
+            ))
+        };
+        tasks.spawn(super::listen::accept_loop(
             listener,
             stop.clone(),
             tasks.clone(),
+            admit,
         ));
         open.insert(port, Open { exposure: e, stop });
-    }
-}
-
-async fn accept_loop(
-    relay: Arc<Relay>,
-    e: Exposure,
-    allow: Vec<IpNet>,
-    listener: TcpListener,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(err) => {
-                    tracing::warn!(port = e.port, error = %err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        if !peer_allowed(&allow, peer.ip()) {
-            relay.audit().record(audit::public_refused(
-                &e,
-                peer,
-                "peer address is not in allow_from",
-            ));
-            drop(tcp);
-            continue;
-        }
-        tasks.spawn(stream(relay.clone(), e.clone(), tcp, peer, stop.clone()));
     }
 }
 

@@ -1,24 +1,27 @@
 //! The relay: the public SSH server that devices register with and
 //! controllers reach devices through.
 //!
-//! Flow: [`serve`] accepts on a bound listener and spawns one task per
+//! Flow: [`Server::serve`] accepts on a bound listener and spawns one task per
 //! connection ([`connection`]); that task runs the SSH handshake under a
 //! deadline and a cap on unauthenticated connections, authenticates the key
 //! against the [`Store`], registers device names in the [`registry`], and routes
 //! each controller stream to its device and splices the two.
 
+mod background;
 mod commands;
 pub mod config;
 mod connection;
 mod enroll;
 pub mod expose;
 pub mod gateways;
+mod listen;
 pub mod ratelimit;
 pub mod registry;
 mod router;
 pub mod status;
 mod stream;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,18 +29,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{self, Audit, AuditWriter};
+use crate::audit::{self, Audit};
 use crate::protocol::DeviceId;
 use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::limits::{
-    FAILED_LOGIN_BURST, FAILED_LOGIN_REFILL, HANDSHAKE_TIMEOUT, LAST_SEEN_FLUSH_INTERVAL,
-    MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADDRESS, RATE_LIMIT_AUDIT_EVERY, SHUTDOWN_DRAIN,
-    STORE_POLL_INTERVAL,
+    FAILED_LOGIN_BURST, FAILED_LOGIN_REFILL, HANDSHAKE_TIMEOUT, MAX_UNAUTHENTICATED,
+    MAX_UNAUTHENTICATED_PER_ADDRESS, RATE_LIMIT_AUDIT_EVERY, SHUTDOWN_DRAIN, STORE_POLL_INTERVAL,
 };
 use crate::ssh::keys::{self, Fingerprint};
 use crate::ssh::server::ServerConfig;
@@ -102,6 +104,25 @@ impl Default for RelayOptions {
     }
 }
 
+/// An opened relay, not yet serving: its shared state, and the writers'
+/// ends that [`Server::serve`] alone runs.
+pub struct Server {
+    relay: Arc<Relay>,
+    background: background::Background,
+}
+
+impl Server {
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    /// Serves SSH on `listener` until `shutdown` is cancelled, then closes
+    /// every connection and waits for them (at most [`SHUTDOWN_DRAIN`]).
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+        serve(listener, self, shutdown).await
+    }
+}
+
 /// The relay's shared state.
 pub struct Relay {
     store: Store,
@@ -116,11 +137,17 @@ pub struct Relay {
     floods: ratelimit::AuditFloods,
     next_conn: AtomicU64,
     status: mpsc::UnboundedSender<StatusChange>,
-    status_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<StatusChange>>>,
     /// Counts the status writes applied to the store.
     status_written: watch::Sender<u64>,
+    /// Counts the store re-checks (`background::watch_store`) done.
+    rechecks: watch::Sender<u64>,
     audit: Audit,
-    audit_writer: std::sync::Mutex<Option<AuditWriter>>,
+    /// Every task the relay starts (connections, their helpers, public
+    /// ports, background work): shutdown waits for them.
+    tasks: TaskTracker,
+    /// Cancelled when shutdown begins; every connection and background task
+    /// selects on it.
+    shutting_down: CancellationToken,
     /// Woken after this relay itself changed keys or devices (remote admin),
     /// which `PRAGMA data_version` does not show to the same connection.
     store_changed: tokio::sync::Notify,
@@ -173,7 +200,7 @@ fn host_key_private(path: &Path) -> Result<()> {
 
 impl Relay {
     /// Opens the data directory: host key (created on first start) and store.
-    pub fn open(data: &Path, options: RelayOptions) -> Result<Arc<Relay>> {
+    pub fn open(data: &Path, options: RelayOptions) -> Result<Server> {
         let store = Store::open(data)?;
         host_key_private(&host_key_path(data))?;
         let host = keys::load_or_create_host_key(&host_key_path(data))
@@ -181,6 +208,7 @@ impl Relay {
         let host_key = keys::fingerprint(host.public_key());
         let mut server_config = ServerConfig::new(host);
         server_config.handshake_timeout = options.handshake_timeout;
+        server_config.set_login_grace(options.handshake_timeout);
         server_config.set_algorithms(
             &options.ciphers,
             &options.kex_algorithms,
@@ -199,7 +227,7 @@ impl Relay {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let (audit, audit_writer) = audit::channel();
-        Ok(Arc::new(Relay {
+        let relay = Arc::new(Relay {
             public_ports: std::sync::RwLock::new(options.public_ports.clone()),
             expose_wake: Notify::new(),
             exposed: watch::Sender::new(expose::Exposed::default()),
@@ -220,12 +248,29 @@ impl Relay {
             options,
             next_conn: AtomicU64::new(1),
             status: tx,
-            status_rx: std::sync::Mutex::new(Some(rx)),
             status_written: watch::Sender::new(0),
+            rechecks: watch::Sender::new(0),
             audit,
-            audit_writer: std::sync::Mutex::new(Some(audit_writer)),
+            tasks: TaskTracker::new(),
+            shutting_down: CancellationToken::new(),
             store_changed: tokio::sync::Notify::new(),
-        }))
+        });
+        Ok(Server {
+            relay,
+            background: background::Background::new(rx, audit_writer),
+        })
+    }
+
+    /// Runs `f` on the relay's one task tracker, which shutdown drains
+    /// (within [`SHUTDOWN_DRAIN`]): a task that may wait long selects on
+    /// [`Relay::shutting_down`].
+    pub fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(f);
+    }
+
+    /// Cancelled when the relay starts shutting down.
+    pub fn shutting_down(&self) -> &CancellationToken {
+        &self.shutting_down
     }
 
     pub fn host_key(&self) -> &str {
@@ -252,6 +297,13 @@ impl Relay {
     /// whoever waits on what the store says (status follows the registry).
     pub fn status_written(&self) -> watch::Receiver<u64> {
         self.status_written.subscribe()
+    }
+
+    /// Sees the count of store re-checks done (keys, disabled devices,
+    /// gateways, public ports), for whoever waits until the relay has seen a
+    /// change to the store.
+    pub fn rechecks(&self) -> watch::Receiver<u64> {
+        self.rechecks.subscribe()
     }
 
     /// Sees the number of connections holding an unauthenticated slot.
@@ -310,43 +362,16 @@ impl Relay {
     }
 }
 
-/// Serves SSH on `listener` until `shutdown` is cancelled, then closes every
-/// connection and waits for them (at most [`SHUTDOWN_DRAIN`]).
-pub async fn serve(
-    listener: TcpListener,
-    relay: Arc<Relay>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let tasks = TaskTracker::new();
-    let status_rx = relay
-        .status_rx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .context("relay is already serving")?;
-    let audit_writer = relay
-        .audit_writer
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .context("relay is already serving")?;
-    let background = CancellationToken::new();
-    let status_task = tokio::spawn(write_status(
-        relay.store.clone(),
-        status_rx,
-        relay.status_written.clone(),
-        background.clone(),
-    ));
-    let audit_task = tokio::spawn(audit::run_writer(
-        relay.store.clone(),
-        audit_writer,
-        relay.options.audit_retention,
-        background.clone(),
-    ));
-    apply_disabled(&relay).await;
-    tokio::spawn(watch_store(relay.clone(), background.clone()));
-    tokio::spawn(flush_last_seen(relay.clone(), background.clone()));
-    let floods_task = tokio::spawn(sweep_floods(relay.clone(), background.clone()));
+/// Serves SSH on `listener` until `shutdown` is cancelled, then shuts down
+/// in order: stop accepting; tell every connection, in any state, "relay
+/// shutting down"; wait for the relay's tasks (at most [`SHUTDOWN_DRAIN`]);
+/// stop the status and audit writers, which first store what is queued.
+async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToken) -> Result<()> {
+    let Server { relay, background } = server;
+    let writers = background.start(&relay);
+    background::apply_disabled(&relay).await;
+    relay.spawn(background::watch_store(relay.clone()));
+    relay.spawn(background::flush_last_seen(relay.clone()));
     let public_ip = relay
         .options
         .public_bind
@@ -354,27 +379,9 @@ pub async fn serve(
     // Said before the public ports start, so that their log lines (a port
     // outside public_ports, say) always follow it.
     tracing::info!(addr = %listener.local_addr()?, host_key = %relay.host_key, "relay listening");
-    tokio::spawn(expose::run(
-        relay.clone(),
-        public_ip,
-        tasks.clone(),
-        shutdown.clone(),
-    ));
+    relay.spawn(expose::run(relay.clone(), public_ip));
 
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and similar: wait a little
-                    // rather than spin, and keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let admit = |stream: TcpStream, peer: SocketAddr| {
         if let ratelimit::Verdict::Limited { audit } = relay
             .failed_logins
             .check(peer.ip(), std::time::Instant::now())
@@ -390,237 +397,36 @@ pub async fn serve(
                     ),
                 ));
             }
-            drop(stream);
-            continue;
+            return None;
         }
         let permit = match relay.unauthenticated.try_take(peer.ip()) {
             Ok(p) => p,
             Err(full) => {
                 tracing::warn!(%peer, ?full, limit = relay.options.max_unauthenticated, "too many unauthenticated connections; closing new one");
-                drop(stream);
-                continue;
+                return None;
             }
         };
         let conn_id = relay.next_conn.fetch_add(1, Ordering::Relaxed);
-        tasks.spawn(connection::run(
+        Some(connection::run(
             relay.clone(),
             stream,
             peer,
             conn_id,
             permit,
-            tasks.clone(),
-        ));
-    }
+        ))
+    };
+    listen::accept_loop(listener, shutdown, relay.tasks.clone(), admit).await;
 
     tracing::info!("relay shutting down");
-    for conn in relay.registry.conns() {
-        conn.handle.disconnect("relay shutting down").await;
-    }
-    tasks.close();
-    if tokio::time::timeout(SHUTDOWN_DRAIN, tasks.wait())
+    // Public ports stop accepting, and every connection task says goodbye.
+    relay.shutting_down.cancel();
+    relay.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_DRAIN, relay.tasks.wait())
         .await
         .is_err()
     {
         tracing::warn!("some connections did not close within {SHUTDOWN_DRAIN:?}");
     }
-    background.cancel();
-    let _ = floods_task.await;
-    let _ = status_task.await;
-    let _ = audit_task.await;
+    writers.stop().await;
     Ok(())
-}
-
-async fn write_status(
-    store: Store,
-    mut rx: mpsc::UnboundedReceiver<StatusChange>,
-    written: watch::Sender<u64>,
-    stop: CancellationToken,
-) {
-    loop {
-        let change = tokio::select! {
-            biased;
-            change = rx.recv() => change,
-            _ = stop.cancelled() => {
-                // Connections are closed: apply what they queued, then stop.
-                while let Ok(change) = rx.try_recv() {
-                    apply_status(&store, change).await;
-                    written.send_modify(|n| *n += 1);
-                }
-                return;
-            }
-        };
-        match change {
-            Some(change) => apply_status(&store, change).await,
-            None => return,
-        }
-        written.send_modify(|n| *n += 1);
-    }
-}
-
-async fn apply_status(store: &Store, change: StatusChange) {
-    let result = store
-        .call(move |s| match change {
-            StatusChange::Up {
-                device,
-                peer,
-                ports,
-                info,
-            } => s.device_up(
-                device.system.as_str(),
-                device.name.as_str(),
-                peer,
-                &ports,
-                &info,
-            ),
-            StatusChange::Down { device } => {
-                s.device_down(device.system.as_str(), device.name.as_str())
-            }
-            StatusChange::Touch(list) => {
-                let list: Vec<(String, String, u64)> = list
-                    .into_iter()
-                    .map(|(d, streams)| (d.system.to_string(), d.name.to_string(), streams))
-                    .collect();
-                s.touch_devices(&list)
-            }
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %format!("{e:#}"), "writing device status");
-    }
-}
-
-/// Notices key changes made by `warren admin` in another process, and closes
-/// connections of keys that were revoked.
-async fn watch_store(relay: Arc<Relay>, stop: CancellationToken) {
-    let mut last = relay.store.data_version().ok();
-    let mut tick = tokio::time::interval(relay.options.store_poll);
-    loop {
-        let mut forced = false;
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = relay.store_changed.notified() => forced = true,
-        }
-        let version = match relay.store.call(|s| s.data_version()).await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "reading store version");
-                continue;
-            }
-        };
-        if version == last && !forced {
-            continue;
-        }
-        last = version;
-        gateways::refresh(&relay).await;
-        apply_disabled(&relay).await;
-        // `warren admin expose` may have changed public ports.
-        relay.expose_wake.notify_one();
-        let conns = relay.registry.conns();
-        let fps: Vec<String> = conns.iter().map(|c| c.fingerprint.clone()).collect();
-        let active = relay
-            .store
-            .call(move |s| {
-                fps.iter()
-                    .map(|fp| s.key_active(fp))
-                    .collect::<Result<Vec<bool>>>()
-            })
-            .await;
-        let Ok(active) = active else { continue };
-        for (conn, ok) in conns.iter().zip(active) {
-            if !ok {
-                relay.audit.record(
-                    audit::Event::new(audit::kind::KEY_REVOKED_DISCONNECT, audit::OK)
-                        .system(conn.system.as_str())
-                        .key(conn.name.as_str(), conn.fingerprint.as_str()),
-                );
-                conn.handle.disconnect("your key was revoked").await;
-            }
-        }
-    }
-}
-
-/// Records a summary for each address whose aggregated events were
-/// counted and not recorded, once their window is over (and at shutdown).
-async fn sweep_floods(relay: Arc<Relay>, stop: CancellationToken) {
-    let window = relay.floods.window();
-    let mut tick = tokio::time::interval(window);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let now = tokio::select! {
-            _ = stop.cancelled() => std::time::Instant::now() + window,
-            _ = tick.tick() => std::time::Instant::now(),
-        };
-        for (ip, flood, n) in relay.floods.sweep(now) {
-            relay.audit.record(flood_summary(ip, flood, n, window));
-        }
-        if stop.is_cancelled() {
-            return;
-        }
-    }
-}
-
-fn flood_summary(
-    ip: std::net::IpAddr,
-    flood: ratelimit::Flood,
-    n: u64,
-    window: Duration,
-) -> audit::Event {
-    use ratelimit::Flood;
-    let (kind, result, what) = match flood {
-        Flood::EnrollLogin => (audit::kind::LOGIN, audit::OK, "enroll logins"),
-        Flood::EnrollRefused => (
-            audit::kind::LOGIN,
-            audit::REFUSED,
-            "enroll logins not completed",
-        ),
-        Flood::KeyProbe => (audit::kind::KEY_PROBE, audit::REFUSED, "key probes"),
-    };
-    let mut e = audit::Event::new(kind, result).detail(format!(
-        "{n} more {what} from {ip} within {window:?}, counted, not recorded one by one"
-    ));
-    if flood != Flood::KeyProbe {
-        e = e.system(crate::protocol::token::ENROLL_USER);
-    }
-    e.peer = Some(ip.to_string());
-    e
-}
-
-async fn flush_last_seen(relay: Arc<Relay>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(LAST_SEEN_FLUSH_INTERVAL);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let online: Vec<(DeviceId, u64)> = relay
-            .registry
-            .online(None)
-            .into_iter()
-            .map(|(d, _)| {
-                let streams = relay.registry.stream_count(&d) as u64;
-                (d, streams)
-            })
-            .collect();
-        if !online.is_empty() {
-            relay.status(StatusChange::Touch(online));
-        }
-    }
-}
-
-/// Loads the disabled devices from the store into the registry, which
-/// closes the live streams of any newly disabled device.
-async fn apply_disabled(relay: &Relay) {
-    let list = match relay.store.call(|s| s.disabled_devices()).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "reading disabled devices");
-            return;
-        }
-    };
-    let closed = relay.registry.set_disabled(list.into_iter().collect());
-    if closed > 0 {
-        tracing::info!(closed, "closed live streams of disabled devices");
-    }
 }

@@ -16,7 +16,7 @@ use warren::agent::{self, AgentEvent, AgentSettings};
 use warren::audit::{Event, kind};
 use warren::protocol::limits::{RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX};
 use warren::protocol::{AllowList, Name, Role};
-use warren::relay::{self, Relay, RelayOptions};
+use warren::relay::{Relay, RelayOptions};
 use warren::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
 use warren::ssh::keys::{self, PrivateKey};
 use warren::store::{AuditQuery, DeviceRecord, Store};
@@ -164,16 +164,25 @@ impl TestRelay {
     }
 
     fn serve_on(dir: tempfile::TempDir, listener: TcpListener, options: RelayOptions) -> TestRelay {
-        let relay = Relay::open(dir.path(), options).unwrap();
+        let server = Relay::open(dir.path(), options).unwrap();
+        let relay = server.relay().clone();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(relay::serve(listener, relay.clone(), stop.clone()));
+        let task = tokio::spawn(server.serve(listener, stop.clone()));
         TestRelay {
             addr,
             relay,
             dir,
             stop,
             task: Some(task),
+        }
+    }
+
+    /// Shuts the relay down and waits until `serve` returns.
+    pub async fn shut_down(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
         }
     }
 
