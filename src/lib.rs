@@ -1,6 +1,33 @@
 //! Warren: reach machines behind NAT by name, over SSH, through one relay.
 //!
-//! A map of the crate, in the order a connection travels through it:
+//! ## One stream, file by file
+//!
+//! Accept → authenticate → register → route → splice, as a relay serves a
+//! controller's `ssh -J tau@relay dev1`:
+//!
+//! 1. **Accept.** `relay/mod.rs`: `Relay::open` opens the store and returns a
+//!    `Server`, whose `serve(listener, shutdown)` starts the background work
+//!    (`relay/background.rs`) and runs `relay/listen.rs::accept_loop`, which
+//!    only admits (rate limit, cap on unauthenticated connections) and spawns
+//!    `relay/connection.rs::run` on the relay's one task tracker.
+//! 2. **Authenticate.** `run` hands the socket to `ssh/server.rs::start`. The
+//!    SSH layer (`ssh/proto/conn/`: `transport.rs` seals and opens packets,
+//!    `exchange.rs` runs the key exchange, `auth.rs` the public-key login
+//!    and its deadline, `dispatch.rs` routes each parsed `msg.rs` message)
+//!    asks `Connection::check_key` (`relay/connection.rs`), which looks the
+//!    key up in the [`store`] and audits the outcome.
+//! 3. **Register.** A device sends `tcpip-forward` with its name:
+//!    `Connection::tcpip_forward` checks `policy::may_register` and records
+//!    the name in `relay/registry.rs` (a new connection takes the name over).
+//! 4. **Route.** A controller opens `direct-tcpip` for `dev1:22`:
+//!    `relay/stream.rs::stream` asks `relay/router.rs::route`, which turns
+//!    (identity, host, port) into a `Route` (device, gateway by scope,
+//!    gateway by name) or a `policy::Refusal`, in the order its module doc
+//!    gives, then opens `forwarded-tcpip` on the device's connection.
+//! 5. **Splice.** `ssh/channel.rs`: `Channel::splice` joins the two channels
+//!    with per-channel flow control; `stream.rs` audits the bytes each way.
+//!
+//! ## Modules
 //!
 //! - [`protocol`]: the wire contract that every other module shares: names,
 //!   device identities, targets, the relay's address, retry backoff, limits
@@ -8,24 +35,21 @@
 //! - [`ssh`]: Warren's own SSH implementation (transport, authentication,
 //!   channels with per-channel flow control), behind a small interface: server
 //!   session callbacks, a client connection, a [`ssh::Channel`] that can be spliced.
-//! - [`relay`]: the public server. `relay::serve` accepts on a bound listener and
-//!   spawns one task per connection (`relay::connection`), which authenticates the
-//!   key against the [`store`], registers device names in the live
-//!   `relay::registry`, routes controller streams to devices and splices them.
-//!   `relay::expose` serves public ports that an admin opened.
+//! - [`relay`]: the public server (the walk above); `relay::expose` serves
+//!   public ports that an admin opened, `relay::gateways` keeps the live
+//!   gateway scopes, `relay::commands` answers remote admin commands.
 //! - [`agent`]: the device side. Dials the relay, registers its name with
 //!   `tcpip-forward`, serves streams to allowed local targets, reconnects forever.
-//! - Gateways (a device that also reaches hosts of its private network):
-//!   `protocol::gateway` holds the rules and wire contract both ends apply,
-//!   `relay::gateways` routes a host that is no device name to the gateway
-//!   whose scope holds it, and `agent::gateway` checks and dials it, and
-//!   carries listen forwards back out. `agent::doctor` is `warren doctor`.
+//!   `agent::gateway` dials hosts of a gateway's private network and carries
+//!   listen forwards back out; `protocol::gateway` holds the rules both ends
+//!   apply. `agent::doctor` is `warren doctor`.
 //! - [`client`]: the controller side: `warren proxy` (stdio) and `warren ssh`;
 //!   `client::enroll` turns an invite token into a key and a config;
 //!   `socks` and `forward` over one self-healing relay connection (`tunnel`);
 //!   ssh configs and connect scripts (`sshconfig`).
 //! - [`store`]: SQLite state in the relay's data directory (systems, keys, device
-//!   status, invites, the audit log), with numbered migrations.
+//!   status, invites, the audit log), with numbered migrations; reads on
+//!   connections of their own beside the one writer.
 //! - [`policy`]: who may reach what, and every refusal as data (its text and
 //!   a stable code); pure functions, no I/O.
 //! - [`audit`]: audit events: a log line each, and a row in the store written
