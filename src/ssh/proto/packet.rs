@@ -101,18 +101,19 @@ impl CipherAlg {
     }
 }
 
+// Runtime CPU-feature detection from the `cpufeatures` crate (on aarch64
+// its "aes" covers the crypto extension with PMULL).
+#[cfg(target_arch = "x86_64")]
+cpufeatures::new!(aes_clmul, "aes", "pclmulqdq");
+#[cfg(target_arch = "aarch64")]
+cpufeatures::new!(aes_clmul, "aes");
+
 /// Whether this CPU runs AES-GCM in hardware (AES-NI and PCLMULQDQ on
 /// x86-64, the crypto extension on aarch64).
 pub fn aes_in_hardware() -> bool {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
-        std::arch::is_x86_feature_detected!("aes")
-            && std::arch::is_x86_feature_detected!("pclmulqdq")
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        std::arch::is_aarch64_feature_detected!("aes")
-            && std::arch::is_aarch64_feature_detected!("pmull")
+        aes_clmul::get()
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
