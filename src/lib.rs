@@ -56,6 +56,9 @@
 //!   in batches by one writer task, off the data path.
 //! - [`render`]: tables, times and JSON as commands print them; [`files`]:
 //!   config files (size-bounded reads, default paths).
+//! - [`admin`]: the admin operations (systems, keys, invites, devices,
+//!   gateways, public ports, the log) that `warren admin` and remote admin
+//!   over SSH (`relay::commands`) both run.
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.
 //! - [`fuzz`]: one entry per parser of outside input, for `fuzz-input/`
 //!   and the smoke run in the tests.
@@ -65,6 +68,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod admin;
 pub mod agent;
 pub mod audit;
 pub mod cli;

@@ -1,15 +1,13 @@
 //! The command line: one file per subcommand. Each `run` returns the exit
 //! code; errors are printed once, in `main`.
 
-pub mod admin;
+pub use crate::admin;
 mod agent;
 mod demo;
 mod doctor;
 mod enroll;
-mod expose;
-mod gateway;
 mod keygen;
-pub mod log;
+pub use crate::admin::log;
 mod proxy;
 mod relay;
 mod service;
@@ -217,7 +215,15 @@ pub(crate) fn on_sighup(
 
 #[cfg(test)]
 mod tests {
-    use super::colour;
+    use super::{Cli, colour};
+
+    #[test]
+    fn the_whole_command_line_is_consistent() {
+        // Duplicate flags between flattened argument groups only show when
+        // that subcommand runs; check every one here.
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

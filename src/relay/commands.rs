@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use clap::Parser;
 
 use super::Relay;
+use crate::admin::{self, AdminCommand, Caller};
 use crate::audit::{self, Event, kind};
-use crate::cli::admin::{self, AdminCommand, Caller};
 use crate::protocol::Role;
 use crate::ssh::server::ExecOutput;
 use crate::store::Identity;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::admin::Reply;
+use super::Reply;
 use crate::audit::{self, Event};
 use crate::protocol::gateway::{GatewayScope, ListenSpec};
 use crate::protocol::{Cidr, DeviceId, Name, Target};

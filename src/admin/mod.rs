@@ -9,6 +9,10 @@
 //! Every change is audited; the audit record is durable before the command
 //! reports success.
 
+mod expose;
+mod gateway;
+pub mod log;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -20,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::log::LogArgs;
+use self::log::LogArgs;
 use crate::audit::{self, Event, kind};
 use crate::protocol::device_info::parse_label;
 use crate::protocol::limits::{INVITE_DEFAULT_TTL, INVITE_MAX_TTL};
@@ -55,9 +59,9 @@ pub enum AdminCommand {
     Key(KeyCommand),
     /// Gateways into private networks: scope, associations, forwarding rules.
     #[command(subcommand)]
-    Gateway(super::gateway::GatewayCommand),
+    Gateway(gateway::GatewayCommand),
     /// Public ports: `expose dev1:22 --system tau --port 4040 [--allow-from CIDR]`, `expose ls`, `expose rm PORT`.
-    Expose(super::expose::ExposeArgs),
+    Expose(expose::ExposeArgs),
     /// Devices and their status.
     Ls(LsArgs),
     /// One-time invites: `invite --system S --role R --name N` prints a token
@@ -248,7 +252,7 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
             Caller::Remote { relay, .. } => host_key_text(relay.host_key(), json),
         },
         AdminCommand::Gateway(g) => {
-            let mut reply = store.call(move |s| super::gateway::run(s, g)).await?;
+            let mut reply = store.call(move |s| gateway::run(s, g)).await?;
             reply.events = reply.events.into_iter().map(|e| caller.stamp(e)).collect();
             Ok(reply)
         }
@@ -275,7 +279,7 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
             ))
         }
         AdminCommand::Expose(e) => {
-            let mut reply = store.call(move |s| super::expose::run(s, e)).await?;
+            let mut reply = store.call(move |s| expose::run(s, e)).await?;
             reply.events = reply.events.into_iter().map(|e| caller.stamp(e)).collect();
             Ok(reply)
         }

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use super::admin::Reply;
+use super::Reply;
 use crate::audit::{self, Event, kind};
 use crate::protocol::Name;
 use crate::relay::expose;
