@@ -395,7 +395,7 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
             );
         }
     }
-    reply.changed = true;
+    reply.change = Some(super::Change::Gateways);
     Ok(reply)
 }
 

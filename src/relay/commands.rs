@@ -80,25 +80,22 @@ pub(super) async fn run(
         let _ = relay.audit().flush().await;
         return ExecOutput::fail(1, format!("{reason}\n"));
     }
-    let caller = Caller::Remote { relay, who, peer };
-    match admin::execute(relay.store(), &caller, command).await {
-        Ok(reply) => {
-            if let Err(e) = relay.audit().record_durable(reply.events).await {
-                return ExecOutput::fail(
-                    1,
-                    format!("done, but writing the audit log failed: {e:#}\n"),
-                );
-            }
-            if reply.changed {
-                relay.store_changed();
-            }
-            ExecOutput {
-                stdout: reply.out.into_bytes(),
-                stderr: reply.err.into_bytes(),
-                status: 0,
-            }
-        }
-        Err(e) => ExecOutput::fail(1, format!("{e:#}\n")),
+    let caller = Caller::Remote {
+        live: relay,
+        who,
+        peer,
+    };
+    let reply = match admin::execute(relay.store(), &caller, command).await {
+        Ok(reply) => reply,
+        Err(e) => return ExecOutput::fail(1, format!("{e:#}\n")),
+    };
+    if let Err(e) = admin::commit(relay.store(), &caller, &reply).await {
+        return ExecOutput::fail(1, format!("{e:#}\n"));
+    }
+    ExecOutput {
+        stdout: reply.out.into_bytes(),
+        stderr: reply.err.into_bytes(),
+        status: 0,
     }
 }
 

@@ -15,6 +15,7 @@
 //! hold the audit log with peer addresses and invite hashes.
 
 pub mod audit;
+pub mod datadir;
 mod enroll;
 mod exposures;
 mod gateways;

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::Relay;
+use super::live::{LiveDevice, LiveRelay};
 use crate::protocol::Name;
 use crate::render::{table, when};
-use crate::store::{self, DeviceRecord};
+use crate::store::{self, DeviceRecord, Store};
 
 /// One device as listed: the store's record with the live registry's
 /// online state laid over it (the registry is the truth about "now").
@@ -36,15 +36,29 @@ pub struct DeviceStatus {
 }
 
 /// Lists devices of `system` (or all) as the running relay sees them.
-pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<DeviceStatus>> {
+pub async fn list(
+    store: &Store,
+    live: &dyn LiveRelay,
+    system: Option<&Name>,
+) -> anyhow::Result<Vec<DeviceStatus>> {
     let filter = system.map(|s| s.to_string());
-    let records = relay
-        .store()
-        .call(move |s| s.devices(filter.as_deref()))
+    let (records, gws) = store
+        .call(move |s| {
+            Ok((
+                s.devices(filter.as_deref())?,
+                s.gateways(filter.as_deref())?,
+            ))
+        })
         .await?;
-    let live = relay.registry().online(system);
-    // The registry is the truth about "now": a device the store still has
-    // online but the registry has not is offline (its status write is queued).
+    let mut out = overlay(records, live.online(system));
+    add_scopes(&mut out, &gws);
+    Ok(out)
+}
+
+/// The store's records with the registry's online devices laid over them.
+/// The registry is the truth about "now": a device the store still has
+/// online but the registry has not is offline (its status write is queued).
+fn overlay(records: Vec<DeviceRecord>, live: Vec<LiveDevice>) -> Vec<DeviceStatus> {
     let mut out: Vec<DeviceStatus> = records
         .into_iter()
         .map(from_record)
@@ -54,26 +68,19 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
             d
         })
         .collect();
-    for (id, entry) in live {
-        let ports = entry
-            .ports
-            .iter()
-            .filter_map(|p| u16::try_from(*p).ok())
-            .collect();
-        let streams = relay.registry().stream_count(&id) as u64;
-        let disabled = relay.registry().is_disabled(&id.system, &id.name);
+    for l in live {
         let now = DeviceStatus {
-            system: id.system.to_string(),
-            name: id.name.to_string(),
+            system: l.device.system.to_string(),
+            name: l.device.name.to_string(),
             online: true,
-            since: Some(entry.since),
+            since: Some(l.since),
             last_seen: Some(store::now()),
-            address: Some(entry.peer.to_string()),
-            ports,
+            address: Some(l.peer.to_string()),
+            ports: l.ports,
             version: None,
             labels: BTreeMap::new(),
-            streams,
-            disabled,
+            streams: l.streams,
+            disabled: l.disabled,
             scope: Vec::new(),
         };
         match out
@@ -94,13 +101,7 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
         }
     }
     out.sort_by(|a, b| (&a.system, &a.name).cmp(&(&b.system, &b.name)));
-    let filter = system.map(|s| s.to_string());
-    let gws = relay
-        .store()
-        .call(move |s| s.gateways(filter.as_deref()))
-        .await?;
-    add_scopes(&mut out, &gws);
-    Ok(out)
+    out
 }
 
 /// The store's view alone (for `warren admin ls` when no relay runs here).
