@@ -257,7 +257,10 @@ fn find(store: &Store, system: &Name, name: &Name) -> Result<GatewayRecord> {
 /// Runs a gateway command; the output and audit events go back to the
 /// caller (`warren admin` locally, or the relay for an admin key over SSH).
 pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
-    let mut reply = Reply::default();
+    let mut reply = Reply {
+        change: cmd.writes().then_some(super::Change::Gateways),
+        ..Reply::default()
+    };
     let out = &mut reply.out;
     match cmd {
         GatewayCommand::Ls { system, json } => {
@@ -395,8 +398,17 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
             );
         }
     }
-    reply.change = Some(super::Change::Gateways);
     Ok(reply)
+}
+
+impl GatewayCommand {
+    /// Whether the command changes the store (`ls`, `show` and `rules` only read).
+    fn writes(&self) -> bool {
+        !matches!(
+            self,
+            GatewayCommand::Ls { .. } | GatewayCommand::Show { .. } | GatewayCommand::Rules { .. }
+        )
+    }
 }
 
 fn parse_target(s: &str) -> Result<Target> {
