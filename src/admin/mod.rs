@@ -13,9 +13,11 @@ pub mod expose;
 mod gateway;
 mod live;
 pub mod log;
+pub mod remote;
 pub mod status;
 
 pub use live::{BoxFuture, Change, LiveDevice, LiveRelay};
+pub use remote::check_remote;
 
 use std::collections::BTreeMap;
 use std::io::Read;
