@@ -403,27 +403,11 @@ async fn ls(store: &Store, caller: &Caller<'_>, a: LsArgs) -> Result<Reply> {
         .iter()
         .map(|l| parse_label(l).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let devices = match caller {
-        Caller::Remote { live, .. } => {
-            let system = a.system.as_deref().map(Name::parse).transpose()?;
-            status::list(store, *live, system.as_ref()).await?
-        }
-        Caller::Local { .. } => {
-            let system = a.system.clone();
-            let (devices, gateways) = store
-                .call(move |s| {
-                    Ok((
-                        s.devices(system.as_deref())?,
-                        s.gateways(system.as_deref())?,
-                    ))
-                })
-                .await?;
-            let mut devices: Vec<status::DeviceStatus> =
-                devices.into_iter().map(status::from_record).collect();
-            status::add_scopes(&mut devices, &gateways);
-            devices
-        }
+    let live = match caller {
+        Caller::Remote { live, .. } => Some(*live),
+        Caller::Local { .. } => None,
     };
+    let devices = status::list(store, live, a.system.clone()).await?;
     let devices = status::filter_labels(devices, &want);
     Ok(Reply::text(if a.json {
         json_text(&devices)?

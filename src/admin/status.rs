@@ -2,55 +2,35 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use super::live::{LiveDevice, LiveRelay};
 use crate::protocol::Name;
 use crate::render::{table, when};
-use crate::store::{self, DeviceRecord, Store};
+pub use crate::store::DeviceStatus;
+use crate::store::{self, Store};
 
-/// One device as listed: the store's record with the live registry's
-/// online state laid over it (the registry is the truth about "now").
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct DeviceStatus {
-    pub system: String,
-    pub name: String,
-    pub online: bool,
-    /// Unix seconds: online since, or offline since.
-    pub since: Option<u64>,
-    pub last_seen: Option<u64>,
-    /// Address the device connected from (last known when offline).
-    pub address: Option<String>,
-    pub ports: Vec<u16>,
-    /// Agent version (none for devices on stock `ssh -R`).
-    pub version: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    /// Live streams to the device.
-    pub streams: u64,
-    /// An admin disabled it: no streams.
-    pub disabled: bool,
-    /// A gateway's networks: its own scope and served associations (empty
-    /// for a plain device).
-    #[serde(default)]
-    pub scope: Vec<String>,
-}
-
-/// Lists devices of `system` (or all) as the running relay sees them.
+/// Lists devices of `system` (or all): the store's view, with the online
+/// state of a running relay laid over it when there is one.
 pub async fn list(
     store: &Store,
-    live: &dyn LiveRelay,
-    system: Option<&Name>,
+    live: Option<&dyn LiveRelay>,
+    system: Option<String>,
 ) -> anyhow::Result<Vec<DeviceStatus>> {
-    let filter = system.map(|s| s.to_string());
+    let name = match (live, &system) {
+        (Some(_), Some(s)) => Some(Name::parse(s)?),
+        _ => None,
+    };
     let (records, gws) = store
         .call(move |s| {
             Ok((
-                s.devices(filter.as_deref())?,
-                s.gateways(filter.as_deref())?,
+                s.devices(system.as_deref())?,
+                s.gateways(system.as_deref())?,
             ))
         })
         .await?;
-    let mut out = overlay(records, live.online(system));
+    let mut out = match live {
+        Some(live) => overlay(records, live.online(name.as_ref())),
+        None => records,
+    };
     add_scopes(&mut out, &gws);
     Ok(out)
 }
@@ -58,10 +38,9 @@ pub async fn list(
 /// The store's records with the registry's online devices laid over them.
 /// The registry is the truth about "now": a device the store still has
 /// online but the registry has not is offline (its status write is queued).
-fn overlay(records: Vec<DeviceRecord>, live: Vec<LiveDevice>) -> Vec<DeviceStatus> {
+fn overlay(records: Vec<DeviceStatus>, live: Vec<LiveDevice>) -> Vec<DeviceStatus> {
     let mut out: Vec<DeviceStatus> = records
         .into_iter()
-        .map(from_record)
         .map(|mut d| {
             d.online = false;
             d.streams = 0;
@@ -102,24 +81,6 @@ fn overlay(records: Vec<DeviceRecord>, live: Vec<LiveDevice>) -> Vec<DeviceStatu
     }
     out.sort_by(|a, b| (&a.system, &a.name).cmp(&(&b.system, &b.name)));
     out
-}
-
-/// The store's view alone (for `warren admin ls` when no relay runs here).
-pub fn from_record(d: DeviceRecord) -> DeviceStatus {
-    DeviceStatus {
-        system: d.system,
-        name: d.name,
-        online: d.online,
-        since: d.since,
-        last_seen: d.last_seen,
-        address: d.address,
-        ports: d.ports,
-        version: d.version,
-        labels: d.labels,
-        streams: d.streams,
-        disabled: d.disabled,
-        scope: Vec::new(),
-    }
 }
 
 /// Fills in each gateway's networks: its scope, then the associations its
