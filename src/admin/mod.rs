@@ -450,17 +450,7 @@ async fn create_invite(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Res
     };
     let system = Name::parse(system).context("system name")?;
     let name = Name::parse(name).context("name")?;
-    let ttl = match &a.ttl {
-        Some(t) => humantime::parse_duration(t)
-            .with_context(|| format!("--ttl {t:?} (write it like \"1h\" or \"2d\")"))?,
-        None => INVITE_DEFAULT_TTL,
-    };
-    if ttl < Duration::from_secs(1) || ttl > INVITE_MAX_TTL {
-        bail!(
-            "--ttl must be between 1s and {}",
-            humantime::format_duration(INVITE_MAX_TTL)
-        );
-    }
+    let ttl = invite_ttl(a.ttl.as_deref())?;
     let host_key = match caller {
         Caller::Local { data } => {
             let key = local_host_key(data)?;
@@ -515,25 +505,7 @@ async fn create_invite(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Res
     );
     let token = invite.encode();
     let out = if a.json {
-        #[derive(Serialize)]
-        struct Made<'a> {
-            token: &'a str,
-            id: &'a str,
-            system: &'a str,
-            role: Role,
-            name: &'a str,
-            relay: &'a str,
-            expires: u64,
-        }
-        json_text(&Made {
-            token: &token,
-            id: &invite.id,
-            system: invite.system.as_str(),
-            role: invite.role,
-            name: invite.name.as_str(),
-            relay: &invite.relay,
-            expires: invite.expires,
-        })?
+        made_json(&token, &invite)?
     } else {
         format!("{token}\n")
     };
@@ -542,6 +514,45 @@ async fn create_invite(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Res
         events: vec![event],
         change: None,
         err: String::new(),
+    })
+}
+
+/// `--ttl`: how long an invite works (default and bounds from `limits`).
+fn invite_ttl(ttl: Option<&str>) -> Result<Duration> {
+    let ttl = match ttl {
+        Some(t) => humantime::parse_duration(t)
+            .with_context(|| format!("--ttl {t:?} (write it like \"1h\" or \"2d\")"))?,
+        None => INVITE_DEFAULT_TTL,
+    };
+    if ttl < Duration::from_secs(1) || ttl > INVITE_MAX_TTL {
+        bail!(
+            "--ttl must be between 1s and {}",
+            humantime::format_duration(INVITE_MAX_TTL)
+        );
+    }
+    Ok(ttl)
+}
+
+/// `invite --json`: the token and what it grants.
+fn made_json(token: &str, invite: &Invite) -> Result<String> {
+    #[derive(Serialize)]
+    struct Made<'a> {
+        token: &'a str,
+        id: &'a str,
+        system: &'a str,
+        role: Role,
+        name: &'a str,
+        relay: &'a str,
+        expires: u64,
+    }
+    json_text(&Made {
+        token,
+        id: &invite.id,
+        system: invite.system.as_str(),
+        role: invite.role,
+        name: invite.name.as_str(),
+        relay: &invite.relay,
+        expires: invite.expires,
     })
 }
 
