@@ -211,4 +211,45 @@ mod tests {
         );
         assert_eq!(when(None), "never");
     }
+
+    #[test]
+    fn the_registry_is_the_truth_about_now() {
+        let stored = |name: &str, online: bool| DeviceStatus {
+            system: "tau".into(),
+            name: name.into(),
+            online,
+            since: Some(1),
+            last_seen: Some(1),
+            address: None,
+            ports: vec![],
+            version: Some("0.1.0".into()),
+            labels: BTreeMap::from([("site".into(), "lab".into())]),
+            streams: 4,
+            disabled: false,
+            scope: vec![],
+        };
+        let live = LiveDevice {
+            device: crate::protocol::DeviceId::new(
+                Name::parse("tau").unwrap(),
+                Name::parse("dev2").unwrap(),
+            ),
+            since: 50,
+            peer: "192.0.2.1:4000".parse().unwrap(),
+            ports: vec![22],
+            streams: 1,
+            disabled: true,
+        };
+        // dev1: the store still says online, the registry does not have it.
+        let out = overlay(
+            vec![stored("dev1", true), stored("dev2", false)],
+            vec![live],
+        );
+        assert!(!out[0].online && out[0].streams == 0, "{:?}", out[0]);
+        let d = &out[1];
+        assert!(d.online && d.disabled && d.streams == 1 && d.since == Some(50));
+        assert_eq!(d.address.as_deref(), Some("192.0.2.1:4000"));
+        // Version and labels come from the store.
+        assert_eq!(d.version.as_deref(), Some("0.1.0"));
+        assert_eq!(d.labels.get("site").map(String::as_str), Some("lab"));
+    }
 }
