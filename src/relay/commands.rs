@@ -1,9 +1,10 @@
 //! Commands run over the relay's SSH port: `ssh -p 2222 tau@relay ls`.
 //!
 //! A thin adapter over [`crate::admin`]: split the line into words, parse
-//! the `warren admin` grammar, check who may run it ([`admin::check_remote`];
-//! a refused command is audited with its reason code), execute, commit
-//! (the audit record is durable before the caller hears of success), print.
+//! the `warren admin` grammar, turn it into a typed request, check who may
+//! run it ([`admin::check_remote`]; a refused command is audited with its
+//! reason code), run, commit (the audit record is durable before the caller
+//! hears of success), render.
 
 use std::net::SocketAddr;
 
@@ -34,7 +35,7 @@ pub(super) async fn run(
         Some("help") => return ExecOutput::with_status(HELP, 0),
         _ => {}
     }
-    let mut command = match Remote::try_parse_from(&words) {
+    let command = match Remote::try_parse_from(&words) {
         Ok(r) => r.command,
         Err(e) => {
             let text = e.render().to_string();
@@ -45,7 +46,11 @@ pub(super) async fn run(
             };
         }
     };
-    if let Err(refusal) = admin::check_remote(who, &mut command) {
+    let (mut request, format) = match command.into_request() {
+        Ok(r) => r,
+        Err(e) => return ExecOutput::fail(1, format!("{e:#}\n")),
+    };
+    if let Err(refusal) = admin::check_remote(who, &mut request) {
         relay.audit().record(
             Event::new(kind::COMMAND, audit::REFUSED)
                 .peer(peer)
@@ -63,16 +68,19 @@ pub(super) async fn run(
         who,
         peer,
     };
-    let reply = match admin::execute(relay.store(), &caller, command).await {
-        Ok(reply) => reply,
+    let outcome = match admin::run(relay.store(), &caller, request).await {
+        Ok(outcome) => outcome,
         Err(e) => return ExecOutput::fail(1, format!("{e:#}\n")),
     };
-    if let Err(e) = admin::commit(relay.store(), &caller, &reply).await {
+    if let Err(e) = admin::commit(relay.store(), &caller, &outcome).await {
         return ExecOutput::fail(1, format!("{e:#}\n"));
     }
-    ExecOutput {
-        stdout: reply.out.into_bytes(),
-        stderr: reply.err.into_bytes(),
-        status: 0,
+    match admin::render(&outcome.reply, format) {
+        Ok(text) => ExecOutput {
+            stdout: text.out.into_bytes(),
+            stderr: text.err.into_bytes(),
+            status: 0,
+        },
+        Err(e) => ExecOutput::fail(1, format!("{e:#}\n")),
     }
 }
