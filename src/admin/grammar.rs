@@ -288,3 +288,6 @@ impl DeviceCommand {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
