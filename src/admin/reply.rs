@@ -315,3 +315,6 @@ fn render_invites(invites: &[InviteRecord]) -> String {
     }
     table(&rows)
 }
+
+#[cfg(test)]
+mod tests;
