@@ -152,6 +152,21 @@ pub enum DeviceCommand {
 }
 
 impl AdminCommand {
+    /// The command's first word, as a remote refusal names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AdminCommand::HostKey { .. } => "host-key",
+            AdminCommand::System(_) => "system",
+            AdminCommand::Key(_) => "key",
+            AdminCommand::Gateway(_) => "gateway",
+            AdminCommand::Expose(_) => "expose",
+            AdminCommand::Ls(_) => "ls",
+            AdminCommand::Invite(_) => "invite",
+            AdminCommand::Device(_) => "device",
+            AdminCommand::Log(_) => "log",
+        }
+    }
+
     /// The typed request, with its values checked, and how its reply is
     /// printed. Error texts name the value at fault (`system name: …`).
     pub fn into_request(self) -> Result<(Request, Format)> {

@@ -47,10 +47,25 @@ pub fn may_run_commands(who: &Identity) -> Result<(), CommandRefusal> {
     }
 }
 
-/// Whether `who` may run `request` remotely. A controller's `ls` and `log`
-/// are limited to its own system (the system is filled in).
-pub fn check_remote(who: &Identity, request: &mut Request) -> Result<(), CommandRefusal> {
+/// Whether `who` may run the command `command` (its first word) at all:
+/// admin keys every one, controllers `ls` and `log`. Checked before the
+/// command's values, so a refused command is refused as such whatever
+/// they are.
+pub fn may_run(who: &Identity, command: &'static str) -> Result<(), CommandRefusal> {
     may_run_commands(who)?;
+    if who.role == Role::Admin || matches!(command, "ls" | "log") {
+        return Ok(());
+    }
+    Err(CommandRefusal::NeedsAdmin {
+        role: who.role,
+        command,
+    })
+}
+
+/// Whether `who` may run `request` remotely ([`may_run`]). A controller's
+/// `ls` and `log` are limited to its own system (the system is filled in).
+pub fn check_remote(who: &Identity, request: &mut Request) -> Result<(), CommandRefusal> {
+    may_run(who, command_name(request))?;
     if who.role == Role::Admin {
         return Ok(());
     }
@@ -67,10 +82,8 @@ pub fn check_remote(who: &Identity, request: &mut Request) -> Result<(), Command
     match request {
         Request::ListDevices { system, .. } => check(system),
         Request::Log { query } => check(&mut query.system),
-        other => Err(CommandRefusal::NeedsAdmin {
-            role: who.role,
-            command: command_name(other),
-        }),
+        // `may_run` let only `ls` and `log` through.
+        _ => Ok(()),
     }
 }
 
@@ -151,6 +164,27 @@ mod tests {
             refused.to_string(),
             "controller keys may run only ls, log and help; `key` needs an admin key"
         );
+    }
+
+    #[test]
+    fn a_controller_is_refused_by_command_before_its_values_are_read() {
+        let alice = who(Role::Controller);
+        let command = Remote::try_parse_from(["invite", "--system", "NOT A NAME"])
+            .unwrap()
+            .command;
+        assert!(command.into_request().is_err(), "the values are bad");
+        let command = Remote::try_parse_from(["invite", "--system", "NOT A NAME"])
+            .unwrap()
+            .command;
+        assert_eq!(
+            may_run(&alice, command.name()),
+            Err(CommandRefusal::NeedsAdmin {
+                role: Role::Controller,
+                command: "invite"
+            })
+        );
+        assert_eq!(may_run(&alice, "log"), Ok(()));
+        assert_eq!(may_run(&who(Role::Admin), "invite"), Ok(()));
     }
 
     #[test]

@@ -11,9 +11,10 @@ use std::net::SocketAddr;
 use clap::Parser;
 
 use super::Relay;
-use crate::admin::remote::{HELP, Remote, may_run_commands, split_words};
+use crate::admin::remote::{HELP, Remote, may_run, may_run_commands, split_words};
 use crate::admin::{self, Caller};
 use crate::audit::{self, Event, kind};
+use crate::policy::CommandRefusal;
 use crate::ssh::server::ExecOutput;
 use crate::store::Identity;
 
@@ -46,22 +47,16 @@ pub(super) async fn run(
             };
         }
     };
+    // A command the key may not run is refused as such, whatever its values.
+    if let Err(refusal) = may_run(who, command.name()) {
+        return refuse(relay, who, peer, &words, refusal).await;
+    }
     let (mut request, format) = match command.into_request() {
         Ok(r) => r,
         Err(e) => return ExecOutput::fail(1, format!("{e:#}\n")),
     };
     if let Err(refusal) = admin::check_remote(who, &mut request) {
-        relay.audit().record(
-            Event::new(kind::COMMAND, audit::REFUSED)
-                .peer(peer)
-                .system(who.system.as_str())
-                .key(who.name.as_str(), who.fingerprint.as_str())
-                .reason(refusal.code())
-                .detail(format!("{refusal}: {}", words.join(" "))),
-        );
-        // The refusal is on record before the caller hears of it.
-        let _ = relay.audit().flush().await;
-        return ExecOutput::fail(1, format!("{refusal}\n"));
+        return refuse(relay, who, peer, &words, refusal).await;
     }
     let caller = Caller::Remote {
         live: relay,
@@ -83,4 +78,25 @@ pub(super) async fn run(
         },
         Err(e) => ExecOutput::fail(1, format!("{e:#}\n")),
     }
+}
+
+/// A command `who` may not run: audited with its reason code, and the
+/// record is on disk before the caller hears of it.
+async fn refuse(
+    relay: &Relay,
+    who: &Identity,
+    peer: SocketAddr,
+    words: &[String],
+    refusal: CommandRefusal,
+) -> ExecOutput {
+    relay.audit().record(
+        Event::new(kind::COMMAND, audit::REFUSED)
+            .peer(peer)
+            .system(who.system.as_str())
+            .key(who.name.as_str(), who.fingerprint.as_str())
+            .reason(refusal.code())
+            .detail(format!("{refusal}: {}", words.join(" "))),
+    );
+    let _ = relay.audit().flush().await;
+    ExecOutput::fail(1, format!("{refusal}\n"))
 }
