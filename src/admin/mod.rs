@@ -188,16 +188,7 @@ pub async fn run(store: &Store, caller: &Caller<'_>, request: Request) -> Result
             }
         }
         Request::ListDevices { system, labels } => {
-            let live = match caller {
-                Caller::Remote { live, .. } => Some(*live),
-                Caller::Local { .. } => None,
-            };
-            let all_systems = system.is_none();
-            let devices = status::list(store, live, system).await?;
-            Outcome::read(Reply::Devices {
-                devices: status::filter_labels(devices, &labels),
-                all_systems,
-            })
+            list_devices(store, caller, system, labels).await?
         }
         Request::CreateInvite { .. } => create_invite(store, caller, request).await?,
         Request::ListInvites => Outcome::read(Reply::Invites(store.call(|s| s.invites()).await?)),
@@ -215,15 +206,7 @@ pub async fn run(store: &Store, caller: &Caller<'_>, request: Request) -> Result
         Request::SetDisabled { device, disabled } => set_disabled(store, device, disabled).await?,
         Request::Gateway(g) => store.call(move |s| gateway::run(s, g)).await?,
         Request::Expose(e) => store.call(move |s| expose::run(s, e)).await?,
-        Request::Log { query } => {
-            if let Caller::Remote { live, .. } = caller {
-                // Whatever happened before this command is in the page.
-                live.flush_audit().await?;
-            }
-            let limit = query.limit;
-            let events = store.call(move |s| s.audit(&query)).await?;
-            Outcome::read(Reply::Log { events, limit })
-        }
+        Request::Log { query } => read_log(store, caller, query).await?,
     };
     outcome.events = outcome
         .events
@@ -231,6 +214,34 @@ pub async fn run(store: &Store, caller: &Caller<'_>, request: Request) -> Result
         .map(|e| caller.stamp(e))
         .collect();
     Ok(outcome)
+}
+
+async fn list_devices(
+    store: &Store,
+    caller: &Caller<'_>,
+    system: Option<String>,
+    labels: Vec<(String, String)>,
+) -> Result<Outcome> {
+    let live = match caller {
+        Caller::Remote { live, .. } => Some(*live),
+        Caller::Local { .. } => None,
+    };
+    let all_systems = system.is_none();
+    let devices = status::list(store, live, system).await?;
+    Ok(Outcome::read(Reply::Devices {
+        devices: status::filter_labels(devices, &labels),
+        all_systems,
+    }))
+}
+
+async fn read_log(store: &Store, caller: &Caller<'_>, query: store::AuditQuery) -> Result<Outcome> {
+    if let Caller::Remote { live, .. } = caller {
+        // Whatever happened before this command is in the page.
+        live.flush_audit().await?;
+    }
+    let limit = query.limit;
+    let events = store.call(move |s| s.audit(&query)).await?;
+    Ok(Outcome::read(Reply::Log { events, limit }))
 }
 
 fn host_key(caller: &Caller<'_>) -> Result<String> {
