@@ -2,15 +2,12 @@
 //! writes the relay's database); a running relay opens or closes the port
 //! within a moment, if the port is inside its `public_ports`.
 
-use std::net::IpAddr;
-
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use ipnet::IpNet;
 
 use super::{ExposeRequest, Format, Outcome, Reply};
 use crate::audit::{self, Event, kind};
-use crate::protocol::{DeviceId, Name};
+use crate::protocol::{Cidr, DeviceId, Name};
 use crate::store::{Exposure, Store};
 
 #[derive(Debug, Args)]
@@ -192,15 +189,13 @@ pub(super) fn render(list: &[Exposure]) -> String {
 
 /// Parses `--allow-from` values; each must be a CIDR (`10.0.0.0/8`) or a
 /// single address.
-pub fn parse_allow_from(items: &[String]) -> anyhow::Result<Vec<IpNet>> {
+pub fn parse_allow_from(items: &[String]) -> anyhow::Result<Vec<Cidr>> {
     items
         .iter()
         .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    anyhow::anyhow!("{s:?} is not a CIDR like 203.0.113.0/24 or an address")
-                })
+            Cidr::parse(s).map_err(|e| {
+                anyhow::anyhow!("{s:?} is not a CIDR like 203.0.113.0/24 or an address: {e}")
+            })
         })
         .collect()
 }

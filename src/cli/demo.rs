@@ -25,6 +25,8 @@ pub struct DemoArgs {
     pub stay: bool,
 }
 
+// Longer than most functions here, on purpose: it reads top to bottom as
+// the numbered steps it prints, so the code and the demo's story match.
 pub async fn run(a: DemoArgs) -> Result<ExitCode> {
     let dir = tempfile::Builder::new().prefix("warren-demo-").tempdir()?;
     let base = dir.path();
@@ -88,12 +90,44 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode> {
     ));
 
     // 4. A controller reaches dev1 by name.
+    controller_steps(base, relay_addr, &system, relay.host_key(), service_port).await?;
+
+    let ssh_config = write_ssh_config(base, relay_addr)?;
+    say(&format!(
+        "Stock OpenSSH works the same way (these work while `warren demo --stay` runs):\n\n\
+         \x20 ssh -F {cfg} relay ls\n\
+         \x20 ssh -F {cfg} -N -L 8080:dev1:{service_port} relay &   then: curl http://127.0.0.1:8080/\n\
+         \x20 ssh -F {cfg} -N -D 1080 relay &                  then: curl --socks5-hostname 127.0.0.1:1080 http://dev1:{service_port}/\n\n\
+         On real machines: `warren relay` on a public host, `warren agent` on each device,\n\
+         and `ssh -J demo@relay:2222 user@dev1` from anywhere. See the README.",
+        cfg = ssh_config.display()
+    ));
+
+    if a.stay {
+        say("Running; press Ctrl-C to stop.");
+        super::shutdown_signal().await;
+    }
+    stop.cancel();
+    let _ = agent_task.await;
+    relay_task.await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Steps 4 and 5: as controller alice, a stream to dev1 through the relay,
+/// then `ls` at the relay.
+async fn controller_steps(
+    base: &Path,
+    relay_addr: std::net::SocketAddr,
+    system: &Name,
+    relay_host_key: &str,
+    service_port: u16,
+) -> Result<()> {
     let client_settings = ClientSettings {
         relay: relay_addr.to_string(),
         system: system.clone(),
         key_path: base.join("alice_key"),
         key: std::sync::Arc::new(keys::read_private(&base.join("alice_key"))?),
-        relay_host_key: relay.host_key().to_string(),
+        relay_host_key: relay_host_key.to_string(),
         socks_auth: None,
     };
     let conn = client::connect(&client_settings).await?;
@@ -120,26 +154,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode> {
         indent(&String::from_utf8_lossy(&listing.stdout))
     ));
     conn.disconnect().await;
-
-    let ssh_config = write_ssh_config(base, relay_addr)?;
-    say(&format!(
-        "Stock OpenSSH works the same way (these work while `warren demo --stay` runs):\n\n\
-         \x20 ssh -F {cfg} relay ls\n\
-         \x20 ssh -F {cfg} -N -L 8080:dev1:{service_port} relay &   then: curl http://127.0.0.1:8080/\n\
-         \x20 ssh -F {cfg} -N -D 1080 relay &                  then: curl --socks5-hostname 127.0.0.1:1080 http://dev1:{service_port}/\n\n\
-         On real machines: `warren relay` on a public host, `warren agent` on each device,\n\
-         and `ssh -J demo@relay:2222 user@dev1` from anywhere. See the README.",
-        cfg = ssh_config.display()
-    ));
-
-    if a.stay {
-        say("Running; press Ctrl-C to stop.");
-        super::shutdown_signal().await;
-    }
-    stop.cancel();
-    let _ = agent_task.await;
-    relay_task.await??;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn say(s: &str) {

@@ -11,7 +11,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,13 +20,12 @@ pub use crate::admin::expose::parse_allow_from;
 use crate::audit::{self, Event, kind};
 use crate::policy::PublicRefusal;
 use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
-use crate::protocol::{DeviceId, Name};
+use crate::protocol::{Cidr, DeviceId, Name};
 use crate::store::Exposure;
 
 /// Whether `peer` may use a port with this allow list (empty: anyone).
-pub fn peer_allowed(allow: &[IpNet], peer: IpAddr) -> bool {
-    let peer = peer.to_canonical();
-    allow.is_empty() || allow.iter().any(|n| n.contains(&peer))
+pub fn peer_allowed(allow: &[Cidr], peer: IpAddr) -> bool {
+    allow.is_empty() || allow.iter().any(|n| n.contains(peer))
 }
 
 /// What the latest reconcile did, for tests and status.
@@ -266,5 +264,8 @@ mod tests {
         assert!(peer_allowed(&[], "203.0.113.1".parse().unwrap()));
         assert!(parse_allow_from(&["10.0.0.0/33".into()]).is_err());
         assert!(parse_allow_from(&["everyone".into()]).is_err());
+        // One network type everywhere: host bits are refused, as for gateways.
+        let err = parse_allow_from(&["10.1.2.3/8".into()]).unwrap_err();
+        assert!(err.to_string().contains("host bits"), "{err}");
     }
 }
