@@ -19,10 +19,12 @@ mod enroll;
 mod exposures;
 mod gateways;
 mod migrations;
+mod on_demand;
 
 pub use audit::AuditQuery;
 pub use enroll::{InviteRecord, NewInvite};
 pub use exposures::Exposure;
+pub use on_demand::OnDemandRecord;
 
 use std::net::SocketAddr;
 use std::path::Path;
