@@ -436,6 +436,8 @@ async fn broker(mut eventloop: EventLoop, mut link: BrokerLink, stop: Cancellati
                 link.publish_state();
             }
             Ok(Event::Incoming(Packet::Publish(p))) => link.take(&p.topic, &p.payload),
+            // Our own goodbye: no reconnect after it.
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
                 connected = false;

@@ -33,6 +33,54 @@ pub struct DeviceStatus {
     /// for a plain device).
     #[serde(default)]
     pub scope: Vec<String>,
+    /// `online`, `offline`, `asleep` (an on-demand device, woken on use) or
+    /// `waking` (a wake in progress).
+    pub status: String,
+    /// An on-demand device's last reported state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<OnDemandInfo>,
+}
+
+/// What an on-demand device last reported on its MQTT state topic.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OnDemandInfo {
+    /// `asleep`, `connecting`, `online`, `error` or `offline`.
+    pub state: Option<String>,
+    pub reason: Option<String>,
+    /// RFC 3339, as the device reported it.
+    pub at: Option<String>,
+}
+
+/// Lays on-demand devices' reports over the list and sets each STATUS.
+pub fn add_on_demand(
+    devices: &mut [DeviceStatus],
+    records: Vec<store::OnDemandRecord>,
+    waking: impl Fn(&str, &str) -> bool,
+) {
+    for r in records {
+        let Some(d) = devices
+            .iter_mut()
+            .find(|d| d.system == r.system && d.name == r.name)
+        else {
+            continue;
+        };
+        if !d.online {
+            d.status = if waking(&r.system, &r.name) {
+                "waking"
+            } else if r.state.as_deref() == Some("offline") {
+                // Its MQTT session ended (the last will): it cannot be woken.
+                "offline"
+            } else {
+                "asleep"
+            }
+            .into();
+        }
+        d.on_demand = Some(OnDemandInfo {
+            state: r.state,
+            reason: r.reason,
+            at: r.at,
+        });
+    }
 }
 
 /// Lists devices of `system` (or all) as the running relay sees them.
@@ -50,6 +98,7 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
         .map(from_record)
         .map(|mut d| {
             d.online = false;
+            d.status = "offline".into();
             d.streams = 0;
             d
         })
@@ -75,6 +124,8 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
             streams,
             disabled,
             scope: Vec::new(),
+            status: "online".into(),
+            on_demand: None,
         };
         match out
             .iter_mut()
@@ -100,6 +151,19 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
         .call(move |s| s.gateways(filter.as_deref()))
         .await?;
     add_scopes(&mut out, &gws);
+    let filter = system.map(|s| s.to_string());
+    let sleepers = relay
+        .store()
+        .call(move |s| s.on_demand_devices(filter.as_deref()))
+        .await?;
+    add_on_demand(&mut out, sleepers, |s, n| {
+        let (Ok(s), Ok(n)) = (Name::parse(s), Name::parse(n)) else {
+            return false;
+        };
+        relay
+            .waker()
+            .is_some_and(|w| w.is_waking(&crate::protocol::DeviceId::new(s, n)))
+    });
     Ok(out)
 }
 
@@ -118,6 +182,8 @@ pub fn from_record(d: DeviceRecord) -> DeviceStatus {
         streams: d.streams,
         disabled: d.disabled,
         scope: Vec::new(),
+        status: if d.online { "online" } else { "offline" }.into(),
+        on_demand: None,
     }
 }
 
@@ -178,8 +244,12 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
         let mut r = vec![
             d.name.clone(),
             format!(
-                "{}{}",
-                if d.online { "online" } else { "offline" },
+                "{}{}{}",
+                d.status,
+                match &d.on_demand {
+                    Some(o) if !d.online && o.state.as_deref() == Some("error") => ",error",
+                    _ => "",
+                },
                 if d.disabled { ",disabled" } else { "" }
             ),
             when(d.since),
@@ -236,7 +306,43 @@ mod tests {
             streams: 3,
             disabled: false,
             scope: vec![],
+            status: "online".into(),
+            on_demand: None,
         };
+        let mut asleep = DeviceStatus {
+            name: "dev2".into(),
+            online: false,
+            status: "offline".into(),
+            ..d.clone()
+        };
+        let record = |state: &str| store::OnDemandRecord {
+            system: "tau".into(),
+            name: "dev2".into(),
+            state: Some(state.into()),
+            reason: Some("relay unreachable".into()),
+            at: None,
+        };
+        add_on_demand(
+            std::slice::from_mut(&mut asleep),
+            vec![record("error")],
+            |_, _| false,
+        );
+        assert_eq!(asleep.status, "asleep");
+        assert!(render(&[asleep.clone()], false).contains("dev2  asleep,error"));
+        add_on_demand(
+            std::slice::from_mut(&mut asleep),
+            vec![record("asleep")],
+            |_, n| n == "dev2",
+        );
+        assert_eq!(asleep.status, "waking");
+        add_on_demand(
+            std::slice::from_mut(&mut asleep),
+            vec![record("offline")],
+            |_, _| false,
+        );
+        assert_eq!(asleep.status, "offline");
+        let json = serde_json::to_value(&asleep).unwrap();
+        assert_eq!(json["on_demand"]["reason"], "relay unreachable");
         let t = render(&[d], false);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("NAME"));

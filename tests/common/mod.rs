@@ -502,6 +502,7 @@ pub fn logs() {
 }
 
 pub mod cli;
+pub mod mosquitto;
 pub mod netns;
 pub mod openssh;
 
