@@ -498,3 +498,98 @@ async fn broker_down_while_asleep_the_agent_retries_and_reports_when_back() {
     let echoed = echo_through(&conn, "dev1", 22, b"after").await.unwrap();
     assert_eq!(echoed, b"after");
 }
+
+/// A CA, a broker certificate for 127.0.0.1, and client certificates
+/// whose common names are `clients` (the broker's user names), in `dir`.
+fn make_pki(dir: &std::path::Path, clients: &[&str]) -> common::mosquitto::BrokerTls {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "warren test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>, cn: &str, eku: ExtendedKeyUsagePurpose, file: &str| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![eku];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &ca).unwrap();
+        (
+            write_file(dir, &format!("{file}.crt"), &cert.pem()),
+            write_file(dir, &format!("{file}.key"), &key.serialize_pem()),
+        )
+    };
+    let (cert, key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        "broker",
+        ExtendedKeyUsagePurpose::ServerAuth,
+        "broker",
+    );
+    for c in clients {
+        leaf(vec![], c, ExtendedKeyUsagePurpose::ClientAuth, c);
+    }
+    common::mosquitto::BrokerTls {
+        ca: write_file(dir, "ca.crt", &ca.pem()),
+        cert,
+        key,
+        client_certs: true,
+    }
+}
+
+#[tokio::test]
+async fn mqtts_with_a_private_ca_and_client_certificates_wakes_a_device() {
+    let pki = tempfile::tempdir().unwrap();
+    let tls = make_pki(pki.path(), &["relay", "dev1", "admin"]);
+    let ca = tls.ca.clone();
+    let broker = Mosquitto::start_with(Some(tls)).await;
+    let with_cert = |user: &str| BrokerSettings {
+        url: BrokerUrl::parse(&format!("mqtts://127.0.0.1:{}", broker.port)).unwrap(),
+        username: None,
+        password: None,
+        ca: Some(ca.clone()),
+        client_cert: Some((
+            pki.path().join(format!("{user}.crt")),
+            pki.path().join(format!("{user}.key")),
+        )),
+    };
+    let relay_broker = with_cert("relay");
+    let device_broker = with_cert("dev1");
+    let w = World::with_broker(broker, Some(relay_broker)).await;
+    let echo = echo_server().await;
+    let key = w.relay.add_key("tau", Role::Device, "dev1");
+    let od = OnDemand {
+        broker: device_broker.clone(),
+        idle_timeout: IDLE,
+        topics: Topics::default(),
+    };
+    let mut dev = w.sleeper("dev1", key.clone(), &[format!("22=127.0.0.1:{echo}")], od);
+    dev.state(State::Asleep).await;
+    w.wait_listed("dev1", "asleep").await;
+    let bob = w.relay.add_key("tau", Role::Controller, "bob");
+    let conn = w.relay.controller("tau", bob).await;
+    let echoed = echo_through(&conn, "dev1", 22, b"over tls").await.unwrap();
+    assert_eq!(echoed, b"over tls");
+    dev.state(State::Online).await;
+    let wake = w.relay.wait_audit(&w.audit(kind::WAKE), |_| true).await;
+    assert_eq!(wake.result, "ok");
+
+    // The broker requires a certificate: without one, no session.
+    let no_cert = OnDemand {
+        broker: BrokerSettings {
+            client_cert: None,
+            ..device_broker
+        },
+        idle_timeout: IDLE,
+        topics: Topics::default(),
+    };
+    let mut settings =
+        w.relay
+            .agent_settings("tau", "dev1", key, &[format!("22=127.0.0.1:{echo}")]);
+    settings.on_demand = Some(no_cert.clone());
+    let mut refused = Sleeper::start(settings, no_cert);
+    let why = refused.broker(false).await;
+    assert!(!why.is_empty());
+}
