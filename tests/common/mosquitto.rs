@@ -52,6 +52,8 @@ pub struct Mosquitto {
     pub dir: tempfile::TempDir,
     conf: PathBuf,
     child: Option<Child>,
+    /// The network namespace it runs in (listening on every address there).
+    netns: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -68,6 +70,15 @@ impl Mosquitto {
 
     /// A broker on TLS only (`tls`), with the same ACL.
     pub async fn start_with(tls: Option<BrokerTls>) -> Mosquitto {
+        Self::start_full(tls, None).await
+    }
+
+    /// A broker inside network namespace `ns`, on every address there.
+    pub async fn start_in(ns: &str) -> Mosquitto {
+        Self::start_full(None, Some(ns)).await
+    }
+
+    async fn start_full(tls: Option<BrokerTls>, netns: Option<&str>) -> Mosquitto {
         assert!(
             Path::new(MOSQUITTO).exists(),
             "{MOSQUITTO} is missing: install mosquitto and mosquitto-clients (scripts/test does this)"
@@ -85,8 +96,13 @@ impl Mosquitto {
             assert!(ok, "mosquitto_passwd failed");
         }
         let acl = super::write_file(dir.path(), "acl", ACL);
+        let listen = if netns.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
         let mut conf = format!(
-            "listener {port} 127.0.0.1\nacl_file {}\nuser root\nlog_dest stderr\nlog_type all\npersistence false\n",
+            "listener {port} {listen}\nacl_file {}\nuser root\nlog_dest stderr\nlog_type all\npersistence false\n",
             acl.display(),
         );
         match &tls {
@@ -117,6 +133,7 @@ impl Mosquitto {
             dir,
             conf,
             child: None,
+            netns: netns.map(String::from),
         };
         m.run().await;
         m
@@ -124,7 +141,8 @@ impl Mosquitto {
 
     /// Starts the broker process and waits until it says it is running.
     async fn run(&mut self) {
-        let mut child = Command::new(MOSQUITTO)
+        let mut child = self
+            .command(MOSQUITTO)
             .arg("-c")
             .arg(&self.conf)
             .stdin(Stdio::null())
@@ -171,6 +189,18 @@ impl Mosquitto {
         self.run().await;
     }
 
+    /// `prog` run where the broker runs (its namespace, if any).
+    fn command(&self, prog: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, prog]);
+                c
+            }
+            None => Command::new(prog),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
@@ -192,7 +222,7 @@ impl Mosquitto {
 
     /// `mosquitto_pub` as `user`, QoS 1, with `extra` arguments.
     pub async fn publish(&self, user: &str, topic: &str, payload: &str, extra: &[&str]) -> Ran {
-        let mut c = Command::new("mosquitto_pub");
+        let mut c = self.command("mosquitto_pub");
         self.login(&mut c, user);
         c.args(["-q", "1", "-t", topic, "-m", payload]).args(extra);
         run(&mut c, WAIT).await
@@ -202,7 +232,7 @@ impl Mosquitto {
     /// Returns once it is subscribed.
     pub async fn subscribe(&self, user: &str, topic: &str) -> Subscriber {
         // Line-buffered: its -d lines are how we know it has subscribed.
-        let mut c = Command::new("stdbuf");
+        let mut c = self.command("stdbuf");
         c.args(["-oL", "mosquitto_sub"]);
         self.login(&mut c, user);
         let mut child = c
