@@ -214,6 +214,116 @@ struct Args {
     json: bool,
 }
 
+/// The keys made before the relay starts: a controller, and devices dev0…devN.
+struct Keys {
+    controller: Arc<PrivateKey>,
+    devices: Vec<Arc<PrivateKey>>,
+}
+
+fn make_keys(data: &Path, n: usize) -> Result<Keys> {
+    let tau = Name::parse("tau")?;
+    let store = Store::open(data)?;
+    store.add_system(&tau)?;
+    let controller = Arc::new(keys::generate_ed25519()?);
+    store.add_key(
+        &tau,
+        Role::Controller,
+        &Name::parse("bench")?,
+        controller.public_key(),
+    )?;
+    let mut devices = Vec::new();
+    for i in 0..=n {
+        let k = keys::generate_ed25519()?;
+        store.add_key(
+            &tau,
+            Role::Device,
+            &Name::parse(&format!("dev{i}"))?,
+            k.public_key(),
+        )?;
+        devices.push(Arc::new(k));
+    }
+    Ok(Keys {
+        controller,
+        devices,
+    })
+}
+
+/// Phase 1: `reps` wakes of dev0 (an on-demand agent in this process);
+/// each stream open to first byte, in ms, sorted.
+async fn wake_phase(
+    addr: &str,
+    host_key: &str,
+    mqtt: &str,
+    key: Arc<PrivateKey>,
+    conn: &ClientConnection<NoForwards>,
+    reps: usize,
+) -> Result<(Vec<f64>, CancellationToken)> {
+    let echo = echo_server().await?;
+    let od = OnDemand {
+        broker: BrokerSettings {
+            url: BrokerUrl::parse(mqtt)?,
+            username: None,
+            password: None,
+            ca: None,
+            client_cert: None,
+        },
+        idle_timeout: Duration::from_secs(1),
+        topics: Topics::default(),
+    };
+    let settings = AgentSettings {
+        relay: addr.to_string(),
+        system: Name::parse("tau")?,
+        name: Name::parse("dev0")?,
+        key,
+        relay_host_key: host_key.to_string(),
+        allow: AllowList::parse(&[format!("22=127.0.0.1:{echo}")]).map_err(anyhow::Error::msg)?,
+        dead_after: Duration::from_secs(30),
+        labels: Default::default(),
+        gateway: Default::default(),
+        on_demand: Some(od.clone()),
+    };
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    tokio::spawn(on_demand::run(settings, od, stop.clone(), Some(tx)));
+    let mut took = Vec::new();
+    for i in 0..reps {
+        until_status(conn, "dev0", "asleep").await?;
+        let t = one_wake(conn).await.with_context(|| format!("wake {i}"))?;
+        took.push(t.as_secs_f64() * 1000.0);
+        // Its idle sleep before the next wake.
+        loop {
+            match events.recv().await {
+                Some(OnDemandEvent::State {
+                    state: State::Asleep,
+                    ..
+                }) => break,
+                Some(_) => {}
+                None => bail!("the agent stopped"),
+            }
+        }
+        eprintln!("wake {}: {:.1} ms", i + 1, took[i]);
+    }
+    took.sort_by(f64::total_cmp);
+    Ok((took, stop))
+}
+
+/// Phase 2: devices dev1…devN register once as on-demand agents and leave.
+async fn register_asleep(addr: &str, host_key: &str, keys: &[Arc<PrivateKey>]) -> Result<()> {
+    let mut info = DeviceInfo::ours(Default::default());
+    info.on_demand = true;
+    let info = info.to_command();
+    for (i, key) in keys.iter().enumerate().skip(1) {
+        let c = connect(addr, host_key, key.clone()).await?;
+        c.exec(&info).await?;
+        c.register(&format!("dev{i}"), 22).await?;
+        c.disconnect().await;
+        if i % 100 == 0 {
+            eprintln!("{i} devices registered and asleep");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     use clap::Parser;
@@ -230,97 +340,17 @@ async fn main() -> Result<()> {
     let (_broker, mqtt_port) = start_broker(dir.path()).await?;
     let mqtt = format!("mqtt://127.0.0.1:{mqtt_port}");
     let data = dir.path().join("data");
-    let tau = Name::parse("tau")?;
-    let mut device_keys = Vec::new();
-    let controller = Arc::new(keys::generate_ed25519()?);
-    {
-        let store = Store::open(&data)?;
-        store.add_system(&tau)?;
-        store.add_key(
-            &tau,
-            Role::Controller,
-            &Name::parse("bench")?,
-            controller.public_key(),
-        )?;
-        for i in 0..=a.devices {
-            let k = keys::generate_ed25519()?;
-            store.add_key(
-                &tau,
-                Role::Device,
-                &Name::parse(&format!("dev{i}"))?,
-                k.public_key(),
-            )?;
-            device_keys.push(Arc::new(k));
-        }
-    }
+    let keys = make_keys(&data, a.devices)?;
     let (_relay, pid, addr) = start_relay(&bin, &data, &mqtt).await?;
     let host = keys::load_or_create_host_key(&warren::relay::host_key_path(&data))?;
     let host_key = keys::fingerprint(host.public_key());
+    let conn = connect(&addr, &host_key, keys.controller.clone()).await?;
+    let dev0 = keys.devices[0].clone();
+    let (took, stop) = wake_phase(&addr, &host_key, &mqtt, dev0, &conn, a.reps).await?;
 
-    // 1. Wake latency, device dev0.
-    let echo = echo_server().await?;
-    let od = OnDemand {
-        broker: BrokerSettings {
-            url: BrokerUrl::parse(&mqtt)?,
-            username: None,
-            password: None,
-            ca: None,
-            client_cert: None,
-        },
-        idle_timeout: Duration::from_secs(1),
-        topics: Topics::default(),
-    };
-    let settings = AgentSettings {
-        relay: addr.clone(),
-        system: tau.clone(),
-        name: Name::parse("dev0")?,
-        key: device_keys[0].clone(),
-        relay_host_key: host_key.clone(),
-        allow: AllowList::parse(&[format!("22=127.0.0.1:{echo}")]).map_err(anyhow::Error::msg)?,
-        dead_after: Duration::from_secs(30),
-        labels: Default::default(),
-        gateway: Default::default(),
-        on_demand: Some(od.clone()),
-    };
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    tokio::spawn(on_demand::run(settings, od, stop.clone(), Some(tx)));
-    let conn = connect(&addr, &host_key, controller.clone()).await?;
-    let mut took = Vec::new();
-    for i in 0..a.reps {
-        until_status(&conn, "dev0", "asleep").await?;
-        let t = one_wake(&conn).await.with_context(|| format!("wake {i}"))?;
-        took.push(t.as_secs_f64() * 1000.0);
-        // Wait for its idle sleep before the next wake.
-        loop {
-            match events.recv().await {
-                Some(OnDemandEvent::State {
-                    state: State::Asleep,
-                    ..
-                }) => break,
-                Some(_) => {}
-                None => bail!("the agent stopped"),
-            }
-        }
-        eprintln!("wake {}: {:.1} ms", i + 1, took[i]);
-    }
-    took.sort_by(f64::total_cmp);
-
-    // 2. Memory with more asleep devices: each registers once and leaves.
     until_status(&conn, "dev0", "asleep").await?;
     let before = proc_rss_kib(pid);
-    let mut info = DeviceInfo::ours(Default::default());
-    info.on_demand = true;
-    let info = info.to_command();
-    for (i, key) in device_keys.iter().enumerate().skip(1) {
-        let c = connect(&addr, &host_key, key.clone()).await?;
-        c.exec(&info).await?;
-        c.register(&format!("dev{i}"), 22).await?;
-        c.disconnect().await;
-        if i % 100 == 0 {
-            eprintln!("{i} devices registered and asleep");
-        }
-    }
+    register_asleep(&addr, &host_key, &keys.devices).await?;
     until_status(&conn, &format!("dev{}", a.devices), "asleep").await?;
     let after = proc_rss_kib(pid);
     stop.cancel();

@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::cli::{admin_tau, p};
@@ -31,13 +32,8 @@ async fn reachable(ns: &str, addr: &str) -> bool {
     .ok
 }
 
-#[tokio::test]
-async fn a_device_behind_nat_is_woken_through_the_broker_with_outbound_connections_only() {
-    assert!(
-        is_root(),
-        "the NAT test needs root (network namespaces, iptables); run the suite as root (CI does)"
-    );
-    let mut net = Net::new("m");
+/// Namespaces: the relay's public side, the NAT, the device behind it.
+fn topology(net: &mut Net) -> (String, String) {
     let relay_ns = net.add_ns("relay");
     let nat_d = net.add_ns("natd");
     let dev_ns = net.add_ns("dev");
@@ -46,16 +42,15 @@ async fn a_device_behind_nat_is_woken_through_the_broker_with_outbound_connectio
     net.nat(&nat_d, &nat_wan);
     default_route(&nat_d, "203.0.113.1");
     default_route(&dev_ns, "192.168.50.1");
+    (relay_ns, dev_ns)
+}
 
-    let sshd = Sshd::start_in(Some(&dev_ns)).await;
-    let broker = Mosquitto::start_in(&relay_ns).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let data = d.join("relay-data");
+/// `warren relay --mqtt …` in `ns`, connected to `broker`; returns it and its port.
+async fn relay_with_mqtt(ns: &str, data: &Path, broker: &Mosquitto) -> (Watched, u16) {
     let relay_pass = broker.password_file("relay");
     let mut relay = Watched::start(
-        in_ns(&relay_ns, WARREN)
-            .args(["relay", "--listen", "0.0.0.0:0", "--data", p(&data)])
+        in_ns(ns, WARREN)
+            .args(["relay", "--listen", "0.0.0.0:0", "--data", p(data)])
             .args(["--mqtt", &format!("mqtt://127.0.0.1:{}", broker.port)])
             .args([
                 "--mqtt-username",
@@ -71,9 +66,56 @@ async fn a_device_behind_nat_is_woken_through_the_broker_with_outbound_connectio
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line:?}"));
-    if !relay.seen.iter().any(|l| l.contains("MQTT broker connected")) {
+    if !relay
+        .seen
+        .iter()
+        .any(|l| l.contains("MQTT broker connected"))
+    {
         relay.line("MQTT broker connected", WAIT).await;
     }
+    (relay, rport)
+}
+
+/// An ssh config for controller alice: `-J tau@127.0.0.1:RPORT dev1`.
+fn ssh_config(d: &Path, data: &Path, rport: u16, sshd: &Sshd) -> std::path::PathBuf {
+    let relay_pub = std::fs::read_to_string(data.join("host_key.pub")).unwrap();
+    let known = write_file(
+        d,
+        "known_hosts",
+        &format!(
+            "[127.0.0.1]:{rport} {}\ndev1 {}\n",
+            relay_pub.trim(),
+            sshd.host_pub
+        ),
+    );
+    write_file(
+        d,
+        "ssh_config",
+        &format!(
+            "Host 127.0.0.1\n  IdentityFile {}\nHost dev1\n  User {}\n  IdentityFile {}\n\
+             Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n  ConnectTimeout 30\n",
+            d.join("alice").display(),
+            login_user(),
+            sshd.user_key.display(),
+            known.display()
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_device_behind_nat_is_woken_through_the_broker_with_outbound_connections_only() {
+    assert!(
+        is_root(),
+        "the NAT test needs root (network namespaces, iptables); run the suite as root (CI does)"
+    );
+    let mut net = Net::new("m");
+    let (relay_ns, dev_ns) = topology(&mut net);
+    let sshd = Sshd::start_in(Some(&dev_ns)).await;
+    let broker = Mosquitto::start_in(&relay_ns).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("relay-data");
+    let (mut relay, rport) = relay_with_mqtt(&relay_ns, &data, &broker).await;
     let host_key = admin_tau(&data, d, &[("device", "dev1"), ("controller", "alice")]).await;
 
     let dev_sshd = format!("192.168.50.2:{}", sshd.port);
@@ -85,7 +127,6 @@ async fn a_device_behind_nat_is_woken_through_the_broker_with_outbound_connectio
         reachable(&dev_ns, &format!("203.0.113.1:{}", broker.port)).await,
         "the device reaches the broker (outbound)"
     );
-
     let dev_pass = broker.password_file("dev1");
     let cfg = agent_config(
         d,
@@ -105,28 +146,7 @@ async fn a_device_behind_nat_is_woken_through_the_broker_with_outbound_connectio
     agent.line("state=asleep", WAIT).await;
     states.until_state("asleep").await;
 
-    let relay_pub = std::fs::read_to_string(data.join("host_key.pub")).unwrap();
-    let known = write_file(
-        d,
-        "known_hosts",
-        &format!(
-            "[127.0.0.1]:{rport} {}\ndev1 {}\n",
-            relay_pub.trim(),
-            sshd.host_pub
-        ),
-    );
-    let config = write_file(
-        d,
-        "ssh_config",
-        &format!(
-            "Host 127.0.0.1\n  IdentityFile {}\nHost dev1\n  User {}\n  IdentityFile {}\n\
-             Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n  ConnectTimeout 30\n",
-            d.join("alice").display(),
-            login_user(),
-            sshd.user_key.display(),
-            known.display()
-        ),
-    );
+    let config = ssh_config(d, &data, rport, &sshd);
     let r = run(
         in_ns(&relay_ns, "ssh").arg("-F").arg(&config).args([
             "-J",

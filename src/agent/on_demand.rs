@@ -199,20 +199,20 @@ pub async fn run(
             }
         }
     }
-    // A clean goodbye: the retained state says offline, and the will is
-    // not needed.
-    let _ = client
-        .publish(
-            od.topics.state(&system, &name),
-            QoS::AtLeastOnce,
-            true,
-            Report::now(State::Offline, Some("agent stopped".into())).to_json(),
-        )
-        .await;
-    let _ = client.disconnect().await;
+    goodbye(&client, od.topics.state(&system, &name)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), broker_task).await;
     stop_broker.cancel();
     Ok(())
+}
+
+/// A clean goodbye: the retained state says offline (the will is then not
+/// needed), and the session ends with a DISCONNECT.
+async fn goodbye(client: &mqtt::AsyncClient, state_topic: String) {
+    let report = Report::now(State::Offline, Some("agent stopped".into()));
+    let _ = client
+        .publish(state_topic, QoS::AtLeastOnce, true, report.to_json())
+        .await;
+    let _ = client.disconnect().await;
 }
 
 /// What a normal agent keeps across connections, made once.

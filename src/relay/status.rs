@@ -151,12 +151,22 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
         .call(move |s| s.gateways(filter.as_deref()))
         .await?;
     add_scopes(&mut out, &gws);
+    on_demand(relay, system, &mut out).await?;
+    Ok(out)
+}
+
+/// Lays the on-demand devices' reports and wakes in progress over the list.
+async fn on_demand(
+    relay: &Relay,
+    system: Option<&Name>,
+    out: &mut [DeviceStatus],
+) -> anyhow::Result<()> {
     let filter = system.map(|s| s.to_string());
     let sleepers = relay
         .store()
         .call(move |s| s.on_demand_devices(filter.as_deref()))
         .await?;
-    add_on_demand(&mut out, sleepers, |s, n| {
+    add_on_demand(out, sleepers, |s, n| {
         let (Ok(s), Ok(n)) = (Name::parse(s), Name::parse(n)) else {
             return false;
         };
@@ -164,7 +174,7 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
             .waker()
             .is_some_and(|w| w.is_waking(&crate::protocol::DeviceId::new(s, n)))
     });
-    Ok(out)
+    Ok(())
 }
 
 /// The store's view alone (for `warren admin ls` when no relay runs here).
