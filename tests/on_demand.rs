@@ -593,3 +593,78 @@ async fn mqtts_with_a_private_ca_and_client_certificates_wakes_a_device() {
     let why = refused.broker(false).await;
     assert!(!why.is_empty());
 }
+
+#[tokio::test]
+async fn wake_and_sleep_through_the_relay_without_broker_credentials() {
+    let w = World::start().await;
+    let echo = echo_server().await;
+    let key = w.relay.add_key("tau", Role::Device, "dev1");
+    let od = OnDemand {
+        idle_timeout: Duration::from_secs(600),
+        ..w.on_demand("dev1")
+    };
+    let mut dev = w.sleeper("dev1", key, &[format!("22=127.0.0.1:{echo}")], od);
+    dev.state(State::Asleep).await;
+    w.wait_listed("dev1", "asleep").await;
+
+    // `warren wake dev1`: the controller's own key, no broker credentials.
+    let r = common::cli::warren(&[
+        "wake",
+        "dev1",
+        "--relay",
+        &w.relay.addr.to_string(),
+        "--system",
+        "tau",
+        "--key",
+        common::cli::p(&w.alice),
+        "--relay-host-key",
+        &w.relay.host_key(),
+    ])
+    .await;
+    assert!(r.ok, "warren wake: {}", r.stderr);
+    assert!(
+        r.stderr.contains("waking dev1 through the relay"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout_str().starts_with("dev1: online"),
+        "{}",
+        r.stdout_str()
+    );
+    dev.state(State::Online).await;
+    w.wait_listed("dev1", "online").await;
+    let wake = w.relay.wait_audit(&w.audit(kind::WAKE), |_| true).await;
+    assert_eq!(
+        (wake.result.as_str(), wake.key.as_deref()),
+        ("ok", Some("alice"))
+    );
+
+    // `ssh tau@relay sleep dev1` with stock ssh.
+    let known = write_file(w.dir.path(), "known_relay", &w.relay.known_hosts_line());
+    let r = run(
+        common::openssh::stock_ssh(&known, &w.alice)
+            .args(["-p", &w.relay.addr.port().to_string(), "tau@127.0.0.1"])
+            .arg("sleep dev1 --json"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(r.ok, "ssh sleep: {}", r.stderr);
+    let reply: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(reply["result"], "asleep", "{reply}");
+    let reason = dev.state(State::Asleep).await;
+    assert_eq!(reason.as_deref(), Some("disconnect command"));
+    w.relay
+        .wait_audit(&w.audit(kind::SLEEP_REQUEST), |_| true)
+        .await;
+    w.relay.wait_audit(&w.audit(kind::SLEEP), |_| true).await;
+    w.wait_listed("dev1", "asleep").await;
+
+    // A device that is not on demand is refused with the reason.
+    let bob = w.relay.add_key("tau", Role::Controller, "bob");
+    let conn = w.relay.controller("tau", bob).await;
+    let out = conn.exec("wake dev9").await.unwrap();
+    assert_eq!(out.status, 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not an on-demand device"), "{err}");
+}

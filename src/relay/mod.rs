@@ -21,6 +21,7 @@ mod router;
 pub mod status;
 mod stream;
 pub mod wake;
+mod wake_remote;
 
 use std::future::Future;
 use std::net::SocketAddr;

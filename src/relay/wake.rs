@@ -132,6 +132,11 @@ impl Waker {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long a wake waits (`--wake-timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Whether a wake of `device` is in progress.
     pub fn is_waking(&self, device: &DeviceId) -> bool {
         self.lock().contains_key(device)
