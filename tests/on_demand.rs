@@ -15,11 +15,12 @@ use common::*;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use warren::admin::{LiveRelay, status};
 use warren::agent::on_demand::{self, OnDemand, OnDemandEvent};
 use warren::mqtt::{BrokerSettings, BrokerUrl, Op, State, Topics};
 use warren::protocol::Role;
+use warren::relay::RelayOptions;
 use warren::relay::wake::{WakeOptions, kind};
-use warren::relay::{RelayOptions, status};
 use warren::ssh::keys::PrivateKey;
 use warren::store::AuditQuery;
 
@@ -93,7 +94,8 @@ impl World {
         let mut audit = self.relay.relay.audit().watch();
         let find = async {
             loop {
-                let list = status::list(&self.relay.relay, Some(&name("tau")))
+                let live: &dyn LiveRelay = self.relay.relay.as_ref();
+                let list = status::list(self.relay.store(), Some(live), Some("tau".into()))
                     .await
                     .unwrap();
                 if let Some(d) = list.into_iter().find(|d| d.name == dev && d.status == want) {

@@ -21,6 +21,16 @@ pub struct OnDemandRecord {
     pub at: Option<String>,
 }
 
+/// What an on-demand device last reported on its MQTT state topic, as `ls` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OnDemandInfo {
+    /// `asleep`, `connecting`, `online`, `error` or `offline`.
+    pub state: Option<String>,
+    pub reason: Option<String>,
+    /// RFC 3339, as the device reported it.
+    pub at: Option<String>,
+}
+
 fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<OnDemandRecord> {
     Ok(OnDemandRecord {
         system: r.get(0)?,
