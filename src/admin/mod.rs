@@ -15,8 +15,9 @@ mod live;
 pub mod log;
 pub mod remote;
 pub mod status;
+pub mod wake;
 
-pub use live::{BoxFuture, Change, LiveDevice, LiveRelay};
+pub use live::{BoxFuture, Change, LiveDevice, LiveRelay, NO_BROKER};
 pub use remote::check_remote;
 
 use std::collections::BTreeMap;
@@ -78,6 +79,11 @@ pub enum AdminCommand {
     Device(DeviceCommand),
     /// The audit log, newest first.
     Log(LogArgs),
+    /// Wake an on-demand device through the running relay's MQTT broker;
+    /// answers once it is online or failed.
+    Wake(wake::WakeArgs),
+    /// Put an on-demand device to sleep through the running relay.
+    Sleep(wake::WakeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +322,8 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
         AdminCommand::Ls(a) => ls(store, caller, a).await,
         AdminCommand::Invite(a) => invite_command(store, caller, a).await,
         AdminCommand::Device(d) => device_command(store, caller, d).await,
+        AdminCommand::Wake(a) => wake::run(store, caller, wake::WakeOp::Wake, a).await,
+        AdminCommand::Sleep(a) => wake::run(store, caller, wake::WakeOp::Sleep, a).await,
         AdminCommand::Log(a) => {
             let q = a.query()?;
             if let Caller::Remote { live, .. } = caller {

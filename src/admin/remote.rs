@@ -69,6 +69,7 @@ pub fn check_remote(who: &Identity, command: &mut AdminCommand) -> Result<(), Co
     match command {
         AdminCommand::Ls(a) => check(&mut a.system),
         AdminCommand::Log(a) => check(&mut a.system),
+        AdminCommand::Wake(a) | AdminCommand::Sleep(a) => check(&mut a.system),
         other => Err(CommandRefusal::NeedsAdmin {
             role: who.role,
             command: command_name(other),
@@ -87,6 +88,8 @@ fn command_name(c: &AdminCommand) -> &'static str {
         AdminCommand::Invite(_) => "invite",
         AdminCommand::Device(_) => "device",
         AdminCommand::Log(_) => "log",
+        AdminCommand::Wake(_) => "wake",
+        AdminCommand::Sleep(_) => "sleep",
     }
 }
 
@@ -120,6 +123,19 @@ mod tests {
         assert!(split_words("ls 'oops").is_err());
         // What `shell_quote` makes of a quote inside a word.
         assert_eq!(split_words(r"'it'\''s'").unwrap(), vec!["it's"]);
+    }
+
+    #[test]
+    fn a_controller_wakes_and_puts_to_sleep_devices_of_its_own_system_only() {
+        let alice = who(Role::Controller);
+        let mut wake = parse("wake dev1 --json");
+        assert_eq!(check_remote(&alice, &mut wake), Ok(()));
+        assert!(
+            matches!(&wake, AdminCommand::Wake(a) if a.system.as_deref() == Some("tau") && a.device == "dev1" && a.json)
+        );
+        let refused = check_remote(&alice, &mut parse("sleep --system ops dev1")).unwrap_err();
+        assert_eq!(refused.code(), "other_system");
+        assert!(check_remote(&who(Role::Device), &mut parse("wake dev1")).is_err());
     }
 
     #[test]

@@ -491,10 +491,6 @@ impl ServerSession for Connection {
                 out
             });
         }
-        if super::wake_remote::is_remote(&command) {
-            return self
-                .exec_task(async move { super::wake_remote::run(&relay, &who, &command).await });
-        }
         self.exec_task(async move { commands::run(&relay, &who, peer, &command).await })
     }
 }

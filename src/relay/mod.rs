@@ -163,6 +163,9 @@ pub struct Relay {
     exposed: watch::Sender<expose::Exposed>,
     /// Wakes on-demand devices over MQTT (`--mqtt`).
     waker: Option<Arc<wake::Waker>>,
+    /// This relay, for work it starts from a borrowed `&Relay` (a wake
+    /// asked for through [`crate::admin::LiveRelay`]).
+    me: std::sync::Weak<Relay>,
 }
 
 /// Device status writes, applied in order by one task so that a quick
@@ -236,7 +239,8 @@ impl Relay {
             }
             None => (None, None),
         };
-        let relay = Arc::new(Relay {
+        let relay = Arc::new_cyclic(|me| Relay {
+            me: me.clone(),
             waker,
             public_ports: std::sync::RwLock::new(options.public_ports.clone()),
             expose_wake: Notify::new(),

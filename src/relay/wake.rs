@@ -183,12 +183,7 @@ impl Waker {
 /// Wakes `device` for `who` (a key name, for the audit) and waits until it
 /// is online, failed, or timed out. Many callers for one device share one
 /// wake and one `connect`.
-pub async fn wake(
-    relay: &Arc<Relay>,
-    waker: &Arc<Waker>,
-    device: &DeviceId,
-    who: &str,
-) -> WakeOutcome {
+pub async fn wake(relay: &Relay, waker: &Arc<Waker>, device: &DeviceId, who: &str) -> WakeOutcome {
     let (pending, first) = {
         let mut map = waker.lock();
         match map.get(device) {
@@ -205,8 +200,14 @@ pub async fn wake(
     };
     let mut done = pending.done.subscribe();
     if first {
+        let Some(me) = relay.me.upgrade() else {
+            waker.lock().remove(device);
+            return WakeOutcome::Failed {
+                reason: "relay shutting down".into(),
+            };
+        };
         relay.spawn(drive(
-            relay.clone(),
+            me,
             waker.clone(),
             device.clone(),
             pending,
