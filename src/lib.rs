@@ -59,11 +59,12 @@
 //! - [`mqtt`]: on-demand devices' MQTT side (broker addresses, topics, the
 //!   JSON commands and state reports, an MQTT 5 session over rustls), used
 //!   by `agent::on_demand` (asleep until a `connect`) and `relay::wake`
-//!   (a stream to an asleep device wakes it and waits).
+//!   (a stream to an asleep device wakes it and waits; `admin::wake` asks
+//!   the same through `LiveRelay::wake`).
 //! - [`render`]: tables, times and JSON as commands print them; [`files`]:
 //!   config files (size-bounded reads, default paths).
 //! - [`admin`]: the admin operations (systems, keys, invites, devices,
-//!   gateways, public ports, the log) that `warren admin` and remote admin
+//!   gateways, public ports, the log, waking on-demand devices) that `warren admin` and remote admin
 //!   over SSH (`relay::commands`) both run: `execute` then `commit`. It holds
 //!   the clap grammar both parse, the remote permission rules
 //!   (`admin::remote`, refusals as `policy::CommandRefusal`), device status
