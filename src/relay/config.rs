@@ -168,6 +168,16 @@ mod tests {
         .unwrap();
         let f = RelayFile::load(&p).unwrap();
         assert_eq!(f.data.unwrap(), dir.path().join("state"));
+        std::fs::write(
+            &p,
+            "mqtt = \"mqtts://broker:8883\"\nmqtt_username = \"relay\"\nmqtt_password_file = \"relay.pass\"\nmqtt_ca = \"ca.crt\"\nwake_timeout = \"45s\"\n",
+        )
+        .unwrap();
+        let f = RelayFile::load(&p).unwrap();
+        assert_eq!(f.mqtt.as_deref(), Some("mqtts://broker:8883"));
+        assert_eq!(f.mqtt_password_file.unwrap(), dir.path().join("relay.pass"));
+        assert_eq!(f.mqtt_ca.unwrap(), dir.path().join("ca.crt"));
+        assert_eq!(f.wake_timeout.as_deref(), Some("45s"));
         for bad in [
             "colour = 1\n",
             "listen = \"nowhere\"\n",
