@@ -166,6 +166,23 @@ pub fn socks(data: &[u8]) {
 /// A fuzz entry point.
 pub type Target = fn(&[u8]);
 
+/// MQTT: commands on a device's `cmd` topic, state reports, topics and
+/// broker addresses (on-demand devices).
+pub fn mqtt(data: &[u8]) {
+    use crate::mqtt::{BrokerUrl, Command, Report, Topics};
+    if let Ok(c) = Command::parse(data) {
+        // An accepted command survives its own encoding.
+        debug_assert_eq!(Command::parse(c.to_json().as_bytes()).ok(), Some(c));
+    }
+    if let Ok(r) = Report::parse(data) {
+        debug_assert_eq!(Report::parse(r.to_json().as_bytes()).ok(), Some(r));
+    }
+    let s = text(data);
+    let _ = Topics::default().parse_state(&s);
+    let _ = Topics::new(&s);
+    let _ = BrokerUrl::parse(&s);
+}
+
 pub const ALL: &[(&str, Target)] = &[
     ("token", token),
     ("name", name),
@@ -175,4 +192,5 @@ pub const ALL: &[(&str, Target)] = &[
     ("config", config),
     ("hostlist", hostlist),
     ("socks", socks),
+    ("mqtt", mqtt),
 ];

@@ -56,10 +56,15 @@
 //!   a stable code); pure functions, no I/O.
 //! - [`audit`]: audit events: a log line each, and a row in the store written
 //!   in batches by one writer task, off the data path.
+//! - [`mqtt`]: on-demand devices' MQTT side (broker addresses, topics, the
+//!   JSON commands and state reports, an MQTT 5 session over rustls), used
+//!   by `agent::on_demand` (asleep until a `connect`) and `relay::wake`
+//!   (a stream to an asleep device wakes it and waits; `admin::wake` asks
+//!   the same through `LiveRelay::wake`).
 //! - [`render`]: tables, times and JSON as commands print them; [`files`]:
 //!   config files (size-bounded reads, default paths).
 //! - [`admin`]: the admin operations (systems, keys, invites, devices,
-//!   gateways, public ports, the log) as typed requests and replies. Every
+//!   gateways, public ports, the log, waking on-demand devices) as typed requests and replies. Every
 //!   front end is a thin adapter: parse the clap grammar (`admin::grammar`),
 //!   `into_request` (values checked: `admin::request`), `check_remote` over
 //!   SSH (`admin::remote`, refusals as `policy::CommandRefusal`), `run`
@@ -86,6 +91,7 @@ pub mod cli;
 pub mod client;
 pub mod files;
 pub mod fuzz;
+pub mod mqtt;
 pub mod policy;
 pub mod protocol;
 pub mod relay;

@@ -47,6 +47,10 @@ const SEEDS: &[&str] = &[
     "2000-2099,8080",
     "device-info version=0.1.0 label=site=lab label=rack=3",
     "site=lab",
+    "{\"op\":\"connect\",\"id\":\"relay-1\"}",
+    "{\"state\":\"error\",\"reason\":\"relay unreachable\",\"at\":\"2026-01-01T00:00:00Z\",\"version\":\"0.1.0\"}",
+    "warren/tau/dev1/state",
+    "mqtts://broker.example:8883",
     "warren1.eyJyZWxheSI6IjEyNy4wLjAuMToyMjIyIn0",
     "relay = \"127.0.0.1:2222\"\nsystem = \"tau\"\nname = \"dev1\"\nkey = \"dev1\"\n\
      relay_host_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\n\

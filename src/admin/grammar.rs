@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use super::log::LogArgs;
+use super::wake::{WakeArgs, WakeOp};
 use super::{Format, Request, expose, gateway};
 use crate::protocol::device_info::parse_label;
 use crate::protocol::limits::{INVITE_DEFAULT_TTL, INVITE_MAX_TTL};
@@ -51,6 +52,11 @@ pub enum AdminCommand {
     Device(DeviceCommand),
     /// The audit log, newest first.
     Log(LogArgs),
+    /// Wake an on-demand device through the running relay's MQTT broker;
+    /// answers once it is online or failed.
+    Wake(WakeArgs),
+    /// Put an on-demand device to sleep through the running relay.
+    Sleep(WakeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +170,8 @@ impl AdminCommand {
             AdminCommand::Invite(_) => "invite",
             AdminCommand::Device(_) => "device",
             AdminCommand::Log(_) => "log",
+            AdminCommand::Wake(_) => "wake",
+            AdminCommand::Sleep(_) => "sleep",
         }
     }
 
@@ -206,6 +214,8 @@ impl AdminCommand {
             AdminCommand::Invite(a) => a.into_request()?,
             AdminCommand::Device(d) => (d.into_request()?, text),
             AdminCommand::Log(a) => a.into_request()?,
+            AdminCommand::Wake(a) => a.into_request(WakeOp::Wake)?,
+            AdminCommand::Sleep(a) => a.into_request(WakeOp::Sleep)?,
         })
     }
 }

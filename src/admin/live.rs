@@ -6,8 +6,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
+use super::wake::{WakeOp, WakeReply};
 use crate::audit::Event;
 use crate::protocol::{DeviceId, Name};
+use crate::store::Identity;
+
+/// Why a relay without a broker cannot wake or sleep a device.
+pub const NO_BROKER: &str = "this relay has no MQTT broker (warren relay --mqtt URL)";
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -48,4 +53,17 @@ pub trait LiveRelay: Send + Sync {
     fn flush_audit(&self) -> BoxFuture<'_, anyhow::Result<()>>;
     /// The store changed: act now rather than at the next poll.
     fn changed(&self, change: Change);
+    /// Whether a wake of on-demand `device` is in progress.
+    fn waking(&self, _device: &DeviceId) -> bool {
+        false
+    }
+    /// Wakes on-demand `device` for `who`; returns once it is online or failed.
+    fn wake(&self, device: DeviceId, _who: Identity) -> BoxFuture<'_, WakeReply> {
+        Box::pin(async move { WakeReply::failed(&device, WakeOp::Wake, NO_BROKER.into()) })
+    }
+    /// Asks on-demand `device` to sleep for `who`; returns once it left (or
+    /// the wake timeout passed).
+    fn sleep(&self, device: DeviceId, _who: Identity) -> BoxFuture<'_, WakeReply> {
+        Box::pin(async move { WakeReply::failed(&device, WakeOp::Sleep, NO_BROKER.into()) })
+    }
 }

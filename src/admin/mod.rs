@@ -22,13 +22,14 @@ pub mod remote;
 mod reply;
 mod request;
 pub mod status;
+pub mod wake;
 
 pub use gateway::{AssociationView, GatewayCommand, GatewayView, ListenView, Which};
 pub use grammar::{
     AdminArgs, AdminCommand, DeviceCommand, InviteArgs, InviteCommand, KeyCommand, LsArgs,
     SystemCommand,
 };
-pub use live::{BoxFuture, Change, LiveDevice, LiveRelay};
+pub use live::{BoxFuture, Change, LiveDevice, LiveRelay, NO_BROKER};
 pub use remote::check_remote;
 pub use reply::{InviteMade, Outcome, Reply, Text, render};
 pub use request::{ExposeRequest, Format, GatewayRef, GatewayRequest, Request};
@@ -207,6 +208,9 @@ pub async fn run(store: &Store, caller: &Caller<'_>, request: Request) -> Result
         Request::Gateway(g) => store.call(move |s| gateway::run(s, g)).await?,
         Request::Expose(e) => store.call(move |s| expose::run(s, e)).await?,
         Request::Log { query } => read_log(store, caller, query).await?,
+        Request::Wake { op, system, device } => {
+            Outcome::read(Reply::Woken(wake::run(store, caller, op, system, device).await?))
+        }
     };
     outcome.events = outcome
         .events

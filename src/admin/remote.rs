@@ -6,6 +6,7 @@
 
 use clap::Parser;
 
+use super::wake::WakeOp;
 use super::{AdminCommand, Request};
 use crate::policy::CommandRefusal;
 use crate::protocol::Role;
@@ -16,6 +17,8 @@ This is a Warren relay; it has no shell. Commands:
   ls [--label K=V] [--json]     devices of your system: status, since, last seen, address, labels
   log [--device D] [--key K] [--kind K] [--since T] [--until T] [--before ID] [--json|--csv]
                                 the audit log of your system, newest first, 20 per page
+  wake DEVICE [--json]          wake an on-demand device (over the relay's MQTT broker); waits until online
+  sleep DEVICE [--json]         put an on-demand device to sleep
   help                          this text
 Admin keys may also run every `warren admin` command, e.g.
   invite --system tau --role device --name dev3 [--ttl 1h]
@@ -53,7 +56,7 @@ pub fn may_run_commands(who: &Identity) -> Result<(), CommandRefusal> {
 /// they are.
 pub fn may_run(who: &Identity, command: &'static str) -> Result<(), CommandRefusal> {
     may_run_commands(who)?;
-    if who.role == Role::Admin || matches!(command, "ls" | "log") {
+    if who.role == Role::Admin || matches!(command, "ls" | "log" | "wake" | "sleep") {
         return Ok(());
     }
     Err(CommandRefusal::NeedsAdmin {
@@ -82,6 +85,7 @@ pub fn check_remote(who: &Identity, request: &mut Request) -> Result<(), Command
     match request {
         Request::ListDevices { system, .. } => check(system),
         Request::Log { query } => check(&mut query.system),
+        Request::Wake { system, .. } => check(system),
         // `may_run` let only `ls` and `log` through.
         _ => Ok(()),
     }
@@ -101,6 +105,10 @@ fn command_name(r: &Request) -> &'static str {
         }
         Request::SetDisabled { .. } => "device",
         Request::Log { .. } => "log",
+        Request::Wake { op, .. } => match op {
+            WakeOp::Wake => "wake",
+            WakeOp::Sleep => "sleep",
+        },
     }
 }
 
@@ -123,6 +131,21 @@ mod tests {
             .unwrap()
             .command;
         command.into_request().unwrap().0
+    }
+
+    #[test]
+    fn a_controller_wakes_and_puts_to_sleep_devices_of_its_own_system_only() {
+        let alice = who(Role::Controller);
+        let mut wake = parse("wake dev1 --json");
+        assert_eq!(check_remote(&alice, &mut wake), Ok(()));
+        assert!(matches!(
+            &wake,
+            Request::Wake { op: WakeOp::Wake, system, device }
+                if system.as_deref() == Some("tau") && device.as_str() == "dev1"
+        ));
+        let refused = check_remote(&alice, &mut parse("sleep --system ops dev1")).unwrap_err();
+        assert_eq!(refused.code(), "other_system");
+        assert!(check_remote(&who(Role::Device), &mut parse("wake dev1")).is_err());
     }
 
     #[test]

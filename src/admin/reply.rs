@@ -10,6 +10,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::gateway::GatewayView;
+use super::wake::WakeReply;
 use super::{Change, Format, expose, gateway, log, status};
 use crate::audit::Event;
 use crate::protocol::Role;
@@ -98,6 +99,8 @@ pub enum Reply {
         events: Vec<Event>,
         limit: usize,
     },
+    /// How a wake or sleep ended.
+    Woken(WakeReply),
 }
 
 /// A new invite: the token and what it grants.
@@ -158,6 +161,7 @@ fn json(reply: &Reply) -> Result<String> {
         Reply::Rules(r) => json_text(r),
         Reply::Exposed(e) => json_text(e),
         Reply::Exposures(e) => json_text(e),
+        Reply::Woken(w) => Ok(format!("{}\n", serde_json::to_string(w)?)),
         other => json_text(other),
     }
 }
@@ -182,6 +186,7 @@ fn text(reply: &Reply) -> Result<Text> {
         } => status::render(devices, *all_systems),
         Reply::InviteMade(m) => format!("{}\n", m.token),
         Reply::Invites(i) => render_invites(i),
+        Reply::Woken(w) => w.text(),
         Reply::InviteRevoked(rec) => format!("revoked invite {}\n", rec.id),
         Reply::Disabled {
             system,

@@ -74,6 +74,14 @@ pub enum Request {
     Log {
         query: AuditQuery,
     },
+    /// Wake an on-demand device, or put it to sleep, through the running
+    /// relay (which holds the broker's credentials).
+    Wake {
+        op: super::wake::WakeOp,
+        /// `None`: the caller's own system.
+        system: Option<String>,
+        device: Name,
+    },
 }
 
 /// A gateway by name, with its system when given (otherwise the one system

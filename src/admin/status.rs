@@ -19,11 +19,12 @@ pub async fn list(
         (Some(_), Some(s)) => Some(Name::parse(s)?),
         _ => None,
     };
-    let (records, gws) = store
+    let (records, gws, sleepers) = store
         .call(move |s| {
             Ok((
                 s.devices(system.as_deref())?,
                 s.gateways(system.as_deref())?,
+                s.on_demand_devices(system.as_deref())?,
             ))
         })
         .await?;
@@ -32,7 +33,45 @@ pub async fn list(
         None => records,
     };
     add_scopes(&mut out, &gws);
+    add_on_demand(&mut out, sleepers, |s, n| {
+        let (Some(live), Ok(s), Ok(n)) = (live, Name::parse(s), Name::parse(n)) else {
+            return false;
+        };
+        live.waking(&crate::protocol::DeviceId::new(s, n))
+    });
     Ok(out)
+}
+
+/// Lays on-demand devices' reports over the list and sets each STATUS.
+pub fn add_on_demand(
+    devices: &mut [DeviceStatus],
+    records: Vec<store::OnDemandRecord>,
+    waking: impl Fn(&str, &str) -> bool,
+) {
+    for r in records {
+        let Some(d) = devices
+            .iter_mut()
+            .find(|d| d.system == r.system && d.name == r.name)
+        else {
+            continue;
+        };
+        if !d.online {
+            d.status = if waking(&r.system, &r.name) {
+                "waking"
+            } else if r.state.as_deref() == Some("offline") {
+                // Its MQTT session ended (the last will): it cannot be woken.
+                "offline"
+            } else {
+                "asleep"
+            }
+            .into();
+        }
+        d.on_demand = Some(store::OnDemandInfo {
+            state: r.state,
+            reason: r.reason,
+            at: r.at,
+        });
+    }
 }
 
 /// The store's records with the registry's online devices laid over them.
@@ -43,6 +82,7 @@ fn overlay(records: Vec<DeviceStatus>, live: Vec<LiveDevice>) -> Vec<DeviceStatu
         .into_iter()
         .map(|mut d| {
             d.online = false;
+            d.status = "offline".into();
             d.streams = 0;
             d
         })
@@ -61,6 +101,8 @@ fn overlay(records: Vec<DeviceStatus>, live: Vec<LiveDevice>) -> Vec<DeviceStatu
             streams: l.streams,
             disabled: l.disabled,
             scope: Vec::new(),
+            status: "online".into(),
+            on_demand: None,
         };
         match out
             .iter_mut()
@@ -140,8 +182,12 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
         let mut r = vec![
             d.name.clone(),
             format!(
-                "{}{}",
-                if d.online { "online" } else { "offline" },
+                "{}{}{}",
+                d.status,
+                match &d.on_demand {
+                    Some(o) if !d.online && o.state.as_deref() == Some("error") => ",error",
+                    _ => "",
+                },
                 if d.disabled { ",disabled" } else { "" }
             ),
             when(d.since),
@@ -198,7 +244,34 @@ mod tests {
             streams: 3,
             disabled: false,
             scope: vec![],
+            status: "online".into(),
+            on_demand: None,
         };
+        let mut asleep = DeviceStatus {
+            name: "dev2".into(),
+            online: false,
+            status: "offline".into(),
+            ..d.clone()
+        };
+        let record = |state: &str| store::OnDemandRecord {
+            system: "tau".into(),
+            name: "dev2".into(),
+            state: Some(state.into()),
+            reason: Some("relay unreachable".into()),
+            at: None,
+        };
+        let one = std::slice::from_mut(&mut asleep);
+        add_on_demand(one, vec![record("error")], |_, _| false);
+        assert_eq!(asleep.status, "asleep");
+        assert!(render(std::slice::from_ref(&asleep), false).contains("dev2  asleep,error"));
+        let one = std::slice::from_mut(&mut asleep);
+        add_on_demand(one, vec![record("asleep")], |_, n| n == "dev2");
+        assert_eq!(asleep.status, "waking");
+        let one = std::slice::from_mut(&mut asleep);
+        add_on_demand(one, vec![record("offline")], |_, _| false);
+        assert_eq!(asleep.status, "offline");
+        let json = serde_json::to_value(&asleep).unwrap();
+        assert_eq!(json["on_demand"]["reason"], "relay unreachable");
         let t = render(&[d], false);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("NAME"));
@@ -227,6 +300,8 @@ mod tests {
             streams: 4,
             disabled: false,
             scope: vec![],
+            status: if online { "online" } else { "offline" }.into(),
+            on_demand: None,
         };
         let live = LiveDevice {
             device: crate::protocol::DeviceId::new(

@@ -50,6 +50,9 @@ pub struct AgentFile {
     /// Gateway: listen inside the network, carry connections to a service.
     #[serde(default)]
     pub listen: Vec<super::gateway::ListenFile>,
+    /// On demand: asleep on an MQTT broker until a `connect` command.
+    #[serde(default)]
+    pub on_demand: Option<super::on_demand::OnDemandFile>,
 }
 
 /// A validated agent configuration.
@@ -65,6 +68,8 @@ pub struct AgentSettings {
     pub labels: BTreeMap<String, String>,
     /// Scope, ports, permit and listen forwards (empty for a plain device).
     pub gateway: super::gateway::GatewayConfig,
+    /// Asleep on an MQTT broker until woken (`[on_demand]`); `None`: always connected.
+    pub on_demand: Option<super::on_demand::OnDemand>,
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -80,6 +85,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("dead_after", &self.dead_after)
             .field("labels", &self.labels)
             .field("gateway", &self.gateway)
+            .field("on_demand", &self.on_demand)
             .finish()
     }
 }
@@ -123,7 +129,12 @@ impl AgentSettings {
             file.permit.as_deref(),
             &file.listen,
         )?;
+        let on_demand = match &file.on_demand {
+            Some(od) => Some(super::on_demand::OnDemand::from_file(od, base).context("on_demand")?),
+            None => None,
+        };
         Ok(AgentSettings {
+            on_demand,
             relay: RelayAddress::parse(&file.relay)?.into_string(),
             system,
             name,
@@ -165,12 +176,28 @@ mod tests {
             write("allow = [\"127.0.0.1:22\", \"8080\"]\nkeepalive_timeout = \"5s\"\n").unwrap();
         assert_eq!(s.allow.ports().collect::<Vec<_>>(), vec![22, 8080]);
         assert_eq!(s.dead_after, Duration::from_secs(5));
+        assert!(s.on_demand.is_none());
+        std::fs::write(dir.path().join("mqtt.pass"), "pw\n").unwrap();
+        let s = write(
+            "[on_demand]\nbroker = \"mqtt://broker:1999\"\nusername = \"dev1\"\npassword_file = \"mqtt.pass\"\nidle_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let od = s.on_demand.as_ref().unwrap();
+        assert_eq!(od.idle_timeout, Duration::from_secs(2));
+        assert_eq!(od.broker.password.as_deref(), Some("pw"));
+        assert_eq!(od.broker.url.port, 1999);
+        assert!(!format!("{s:?}").contains("\"pw\""));
         for bad in [
             "colour = \"red\"\n",
             "allow = [\"nohost\"]\n",
             "keepalive_timeout = \"soon\"\n",
             "allow = []\n",
             "labels = { site = \"has space\" }\n",
+            "[on_demand]\nbroker = \"tcp://h\"\n",
+            "[on_demand]\nbroker = \"mqtt://h\"\nidle_timeout = \"0s\"\n",
+            "[on_demand]\nbroker = \"mqtt://h\"\npassword = \"x\"\n",
+            "[on_demand]\nbroker = \"mqtt://h\"\nusername = \"u\"\npassword_file = \"missing\"\n",
+            "[on_demand]\nbroker = \"mqtt://h\"\ncert = \"c.pem\"\n",
         ] {
             let err = write(bad).err().map(|e| format!("{e:#}"));
             assert!(err.is_some(), "{bad:?} should be refused");

@@ -5,8 +5,9 @@
 pub mod config;
 pub mod doctor;
 pub mod gateway;
+pub mod on_demand;
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tokio::net::TcpStream;
@@ -51,6 +52,67 @@ pub async fn run(
     run_with_reload(config, shutdown, events).await
 }
 
+/// Live streams and when the last one ended: an on-demand agent sleeps
+/// after `idle_timeout` without any.
+pub(crate) struct Activity {
+    /// (live streams, when the count last fell to zero or was reset)
+    state: Mutex<(usize, Instant)>,
+    changed: watch::Sender<u64>,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            state: Mutex::new((0, Instant::now())),
+            changed: watch::Sender::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Instant)> {
+        // Two plain numbers: a poisoned lock still holds a usable pair.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a stream until the guard drops.
+    fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.lock().0 += 1;
+        self.changed.send_modify(|v| *v += 1);
+        ActivityGuard(self.clone())
+    }
+
+    /// Idle time counts from now (a new connection).
+    pub(crate) fn reset(&self) {
+        self.lock().1 = Instant::now();
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Since when no stream has been open; `None` while one is.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        let (live, since) = *self.lock();
+        (live == 0).then_some(since)
+    }
+
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// One live stream, for [`Activity`].
+struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        {
+            let mut s = self.0.lock();
+            s.0 = s.0.saturating_sub(1);
+            if s.0 == 0 {
+                s.1 = Instant::now();
+            }
+        }
+        self.0.changed.send_modify(|v| *v += 1);
+    }
+}
+
 /// The allowlist in force; swapped whole on reload, read per stream.
 type SharedAllow = Arc<RwLock<Arc<AllowList>>>;
 
@@ -82,6 +144,7 @@ pub async fn run_with_reload(
         events.clone(),
     ));
     let mut accepted = gateway::start_listens(&settings.gateway.listens, &shutdown);
+    let activity = Activity::new();
     loop {
         let started = Instant::now();
         let links = Links {
@@ -89,6 +152,7 @@ pub async fn run_with_reload(
             gateway: &gw,
             accepted: &mut accepted,
             config: &mut config,
+            activity: &activity,
         };
         let reason = session(&mut settings, links, &emit, &shutdown).await;
         if shutdown.is_cancelled() {
@@ -127,6 +191,8 @@ struct Links<'a> {
     gateway: &'a Arc<GatewayState>,
     accepted: &'a mut mpsc::Receiver<gateway::Accepted>,
     config: &'a mut watch::Receiver<AgentSettings>,
+    /// Live streams, for an on-demand agent's idle timer.
+    activity: &'a Arc<Activity>,
 }
 
 /// Takes what is safe from a reloaded config: the allowlist. Changes to
@@ -162,6 +228,9 @@ fn apply_reload(
     }
     if new.gateway != old.gateway {
         ignored.push("scope, scope_ports, permit or listen");
+    }
+    if new.on_demand != old.on_demand {
+        ignored.push("on_demand");
     }
     if !ignored.is_empty() {
         tracing::warn!(
@@ -210,6 +279,7 @@ async fn session(
         gateway: gw,
         accepted,
         config,
+        activity,
     } = links;
     tracing::info!(relay = %settings.relay, "connecting to relay");
     let tcp = match client::dial(&settings.relay, HANDSHAKE_TIMEOUT).await {
@@ -226,6 +296,7 @@ async fn session(
         name: settings.name.clone(),
         allow: allow.clone(),
         gateway: gw.clone(),
+        activity: activity.clone(),
     };
     let mut conn = tokio::select! {
         _ = shutdown.cancelled() => return "shutting down".into(),
@@ -236,7 +307,9 @@ async fn session(
     };
     // Version and labels first, so the registration below carries them. A
     // relay that does not know the command is no reason to stay offline.
-    let info = DeviceInfo::ours(settings.labels.clone()).to_command();
+    let mut info = DeviceInfo::ours(settings.labels.clone());
+    info.on_demand = settings.on_demand.is_some();
+    let info = info.to_command();
     match conn.exec(&info).await {
         Ok(out) if out.status == 0 => {}
         Ok(out) => tracing::warn!(
@@ -354,6 +427,7 @@ struct Serve {
     name: Name,
     allow: SharedAllow,
     gateway: Arc<GatewayState>,
+    activity: Arc<Activity>,
 }
 
 /// Which local target a stream the relay opened for `address:port` may
@@ -379,12 +453,12 @@ impl ForwardedHandler for Serve {
         }
         if address != self.name.as_str() && self.gateway.config.is_gateway() {
             let host = address.to_string();
-            tokio::spawn(gateway::serve_host(
-                self.gateway.clone(),
-                host,
-                port,
-                channel,
-            ));
+            let counted = self.activity.begin();
+            let gw = self.gateway.clone();
+            tokio::spawn(async move {
+                gateway::serve_host(gw, host, port, channel).await;
+                drop(counted);
+            });
             return;
         }
         let target = match admit(&self.name, &current(&self.allow), address, port) {
@@ -395,7 +469,11 @@ impl ForwardedHandler for Serve {
                 return;
             }
         };
-        tokio::spawn(serve_stream(target, channel));
+        let counted = self.activity.begin();
+        tokio::spawn(async move {
+            serve_stream(target, channel).await;
+            drop(counted);
+        });
     }
 }
 

@@ -11,7 +11,7 @@ use crate::agent::{self, AgentSettings};
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Agent config file (TOML): relay, system, name, key, relay_host_key,
-    /// allow, labels [default: ~/.config/warren/agent.toml, as `warren enroll` writes it].
+    /// allow, labels, [on_demand] [default: ~/.config/warren/agent.toml, as `warren enroll` writes it].
     /// SIGHUP re-reads it (the allowlist applies at once; live streams stay).
     #[arg(long, env = "WARREN_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
@@ -29,6 +29,12 @@ pub async fn run(a: AgentArgs) -> Result<ExitCode> {
         super::shutdown_signal().await;
         stop.cancel();
     });
+    if let Some(od) = settings.on_demand.clone() {
+        // The broker session and the relay connection are set up from the
+        // config once; a changed config takes a restart.
+        agent::on_demand::run(settings, od, shutdown, None).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let (tx, config) = watch::channel(settings);
     let path = config_path;
     super::on_sighup(shutdown.clone(), move || match AgentSettings::load(&path) {

@@ -13,6 +13,7 @@ mod relay;
 mod service;
 mod socks;
 mod sshconfig;
+mod wake;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,11 @@ pub enum Command {
     Enroll(enroll::EnrollArgs),
     /// Read the audit log of your system, through the relay.
     Log(proxy::LogCmdArgs),
+    /// Wake an on-demand device through the relay (it holds the MQTT
+    /// broker's credentials); shows progress until it is online or failed.
+    Wake(wake::WakeArgs),
+    /// Put an on-demand device to sleep through the relay.
+    Sleep(wake::WakeArgs),
     /// Check what usually goes wrong on a device or gateway: relay reachable,
     /// host key pinned, clock skew, scope networks routable, targets answering.
     Doctor(doctor::DoctorArgs),
@@ -115,7 +121,12 @@ impl ClientArgs {
 pub fn init_logging(cli: &Cli) {
     // `proxy` shares stderr with ssh: only say something when it matters.
     let default = match cli.command {
-        Command::Proxy(_) | Command::Ssh(_) | Command::Ls(_) | Command::Log(_) => "warn",
+        Command::Proxy(_)
+        | Command::Ssh(_)
+        | Command::Ls(_)
+        | Command::Log(_)
+        | Command::Wake(_)
+        | Command::Sleep(_) => "warn",
         Command::Enroll(_) | Command::SshConfig(_) => "warn",
         Command::Demo(_) => "warn",
         Command::Doctor(_) => "warn",
@@ -162,6 +173,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     Command::Admin(a) => admin::run(a).await,
                     Command::Enroll(a) => enroll::run(a).await,
                     Command::Log(a) => proxy::log(a).await,
+                    Command::Wake(a) => wake::wake(a).await,
+                    Command::Sleep(a) => wake::sleep(a).await,
                     Command::Demo(a) => demo::run(a).await,
                     Command::Doctor(a) => doctor::run(a).await,
                     Command::Socks(a) => socks::socks(a).await,

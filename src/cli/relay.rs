@@ -6,7 +6,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use crate::mqtt::{BrokerSettings, BrokerUrl, Topics};
 use crate::relay::config::{PortRanges, RelayFile};
+use crate::relay::wake::WakeOptions;
 use crate::relay::{Relay, RelayOptions};
 use crate::ssh::algorithms::{Ciphers, KexAlgorithms};
 
@@ -51,6 +53,81 @@ pub struct RelayArgs {
     /// (kex-strict-c-v00@openssh.com; OpenSSH 9.6 and later do).
     #[arg(long)]
     pub require_strict_kex: bool,
+    /// MQTT broker that wakes on-demand devices: mqtt://HOST[:PORT] or
+    /// mqtts://HOST[:PORT]. A stream to an asleep device then publishes
+    /// `connect` on its cmd topic and waits for it (--wake-timeout).
+    #[arg(long, env = "WARREN_MQTT")]
+    pub mqtt: Option<String>,
+    /// Broker user name.
+    #[arg(long)]
+    pub mqtt_username: Option<String>,
+    /// File holding the broker password (its first line).
+    #[arg(long)]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// A private CA (PEM) for mqtts:// [default: the system's roots].
+    #[arg(long)]
+    pub mqtt_ca: Option<PathBuf>,
+    /// TLS client certificate (PEM) for brokers that require one; with --mqtt-key.
+    #[arg(long)]
+    pub mqtt_cert: Option<PathBuf>,
+    /// The key of --mqtt-cert (PEM).
+    #[arg(long)]
+    pub mqtt_key: Option<PathBuf>,
+    /// First topic levels of the device topics [default: warren].
+    #[arg(long)]
+    pub mqtt_topic_prefix: Option<String>,
+    /// How long a stream to an asleep device waits for it to come online ("30s").
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub wake_timeout: Option<std::time::Duration>,
+}
+
+/// `--mqtt` and its companions (flags win over the config file).
+fn wake_options(a: &RelayArgs, file: &RelayFile) -> Result<Option<WakeOptions>> {
+    let Some(url) = a.mqtt.clone().or(file.mqtt.clone()) else {
+        return Ok(None);
+    };
+    let url = BrokerUrl::parse(&url).context("--mqtt")?;
+    let password = match a
+        .mqtt_password_file
+        .as_ref()
+        .or(file.mqtt_password_file.as_ref())
+    {
+        Some(p) => Some(crate::mqtt::read_password(p)?),
+        None => None,
+    };
+    let cert = a.mqtt_cert.clone().or(file.mqtt_cert.clone());
+    let key = a.mqtt_key.clone().or(file.mqtt_key.clone());
+    let client_cert = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => anyhow::bail!("--mqtt-cert and --mqtt-key go together"),
+    };
+    let topics = match a
+        .mqtt_topic_prefix
+        .as_ref()
+        .or(file.mqtt_topic_prefix.as_ref())
+    {
+        Some(p) => Topics::new(p)?,
+        None => Topics::default(),
+    };
+    let timeout = match (a.wake_timeout, &file.wake_timeout) {
+        (Some(t), _) => t,
+        (None, Some(t)) => humantime::parse_duration(t)
+            .with_context(|| format!("wake_timeout {t:?} (write it like \"30s\")"))?,
+        (None, None) => crate::relay::wake::DEFAULT_WAKE_TIMEOUT,
+    };
+    let broker = BrokerSettings {
+        url,
+        username: a.mqtt_username.clone().or(file.mqtt_username.clone()),
+        password,
+        ca: a.mqtt_ca.clone().or(file.mqtt_ca.clone()),
+        client_cert,
+    };
+    Ok(Some(WakeOptions {
+        broker,
+        topics,
+        timeout,
+    }))
 }
 
 pub async fn run(a: RelayArgs) -> Result<ExitCode> {
@@ -58,6 +135,7 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         Some(path) => RelayFile::load(path)?,
         None => RelayFile::default(),
     };
+    let wake = wake_options(&a, &file)?;
     let listen = a
         .listen
         .or(file.listen)
@@ -97,6 +175,7 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         None => None,
     };
     let options = RelayOptions {
+        wake,
         public_ports,
         public_bind: a.public_bind.or(file.public_bind),
         audit_retention: a.audit_retention,

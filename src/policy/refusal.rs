@@ -102,6 +102,20 @@ pub enum Refusal {
     OpenTimeout {
         via: Via,
     },
+    /// An on-demand device was woken and reported why it cannot come.
+    WakeFailed {
+        device: Name,
+        reason: String,
+    },
+    /// An on-demand device was woken and did not register in time.
+    WakeTimeout {
+        device: Name,
+        waited: std::time::Duration,
+    },
+    /// An on-demand device is asleep and this relay has no broker.
+    CannotWake {
+        device: Name,
+    },
 }
 
 /// Whom the relay asked to open a stream.
@@ -244,6 +258,17 @@ impl fmt::Display for Refusal {
             Refusal::OpenTimeout { via } => {
                 write!(f, "{via} did not answer within {STREAM_OPEN_TIMEOUT:?}")
             }
+            Refusal::WakeFailed { device, reason } => {
+                write!(f, "device {device} was asleep and could not wake: {reason}")
+            }
+            Refusal::WakeTimeout { device, waited } => write!(
+                f,
+                "device {device} was asleep and did not come online within {waited:?} of the wake request"
+            ),
+            Refusal::CannotWake { device } => write!(
+                f,
+                "device {device} is asleep (on demand) and this relay has no MQTT broker to wake it (warren relay --mqtt URL)"
+            ),
         }
     }
 }
@@ -272,6 +297,9 @@ impl Refusal {
             Refusal::RoleCannotOpen { .. } => "role_cannot_open",
             Refusal::OpenFailed { .. } => "open_failed",
             Refusal::OpenTimeout { .. } => "open_timeout",
+            Refusal::WakeFailed { .. } => "wake_failed",
+            Refusal::WakeTimeout { .. } => "wake_timeout",
+            Refusal::CannotWake { .. } => "cannot_wake",
         }
     }
 

@@ -28,6 +28,8 @@ const PHRASES: &[(SocksClass, &[&str])] = &[
             "is ambiguous",
             "went offline",
             "is no gateway name",
+            "could not wake",
+            "no MQTT broker to wake it",
         ],
     ),
     (
@@ -41,7 +43,10 @@ const PHRASES: &[(SocksClass, &[&str])] = &[
             "is disabled by an admin",
         ],
     ),
-    (SocksClass::TtlExpired, &["did not answer"]),
+    (
+        SocksClass::TtlExpired,
+        &["did not answer", "did not come online within"],
+    ),
     (SocksClass::ConnectionRefused, &["could not open port"]),
 ];
 
@@ -65,13 +70,15 @@ impl Refusal {
             | Refusal::GatewayGone { .. }
             | Refusal::NoGatewayOnline { .. }
             | Refusal::OutsideEveryScope { .. }
-            | Refusal::Ambiguous { .. } => Some(HostUnreachable),
+            | Refusal::Ambiguous { .. }
+            | Refusal::WakeFailed { .. }
+            | Refusal::CannotWake { .. } => Some(HostUnreachable),
             Refusal::PortNotServed { .. }
             | Refusal::Disabled { .. }
             | Refusal::OutsidePermit { .. }
             | Refusal::NoGatewayRule { .. }
             | Refusal::RoleCannotOpen { .. } => Some(NotAllowed),
-            Refusal::OpenTimeout { .. } => Some(TtlExpired),
+            Refusal::OpenTimeout { .. } | Refusal::WakeTimeout { .. } => Some(TtlExpired),
             Refusal::OpenFailed { .. } => Some(ConnectionRefused),
             Refusal::NotAGateway { .. }
             | Refusal::GatewayOffline { .. }

@@ -2,8 +2,11 @@
 //! travels as one exec command right after login, before `tcpip-forward`:
 //!
 //! ```text
-//! device-info version=0.1.0 label=site=lab3 label=gpu=a100
+//! device-info version=0.1.0 on-demand label=site=lab3 label=gpu=a100
 //! ```
+//!
+//! `on-demand`: the agent sleeps on an MQTT broker between uses, so the
+//! relay lists it as `asleep` rather than `offline` and may wake it.
 //!
 //! Words without spaces or quotes, so it reads well in logs and needs no
 //! escaping. Devices on stock `ssh -R` send nothing and show no version.
@@ -16,10 +19,16 @@ use super::limits::{MAX_LABEL_LEN, MAX_LABELS};
 
 pub const COMMAND: &str = "device-info";
 
+/// The word that marks an on-demand agent.
+pub const ON_DEMAND: &str = "on-demand";
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceInfo {
     pub version: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// An on-demand agent (woken over MQTT).
+    #[serde(default)]
+    pub on_demand: bool,
 }
 
 fn label_key_ok(k: &str) -> bool {
@@ -73,6 +82,7 @@ impl DeviceInfo {
         DeviceInfo {
             version: Some(env!("CARGO_PKG_VERSION").to_string()),
             labels,
+            on_demand: false,
         }
     }
 
@@ -80,6 +90,9 @@ impl DeviceInfo {
         let mut words = vec![COMMAND.to_string()];
         if let Some(v) = &self.version {
             words.push(format!("version={v}"));
+        }
+        if self.on_demand {
+            words.push(ON_DEMAND.to_string());
         }
         for (k, v) in &self.labels {
             words.push(format!("label={k}={v}"));
@@ -96,6 +109,8 @@ impl DeviceInfo {
                     return Err(format!("bad version {v:?}"));
                 }
                 info.version = Some(v.to_string());
+            } else if *w == ON_DEMAND {
+                info.on_demand = true;
             } else if let Some(l) = w.strip_prefix("label=") {
                 let (k, v) = parse_label(l)?;
                 info.labels.insert(k, v);
@@ -128,6 +143,15 @@ mod tests {
         assert!(cmd.starts_with("device-info version="));
         let words: Vec<&str> = cmd.split_whitespace().skip(1).collect();
         assert_eq!(DeviceInfo::parse(&words).unwrap(), info);
+        assert!(!info.on_demand);
+        let sleeper = DeviceInfo {
+            on_demand: true,
+            ..info.clone()
+        };
+        let cmd = sleeper.to_command();
+        assert!(cmd.contains(" on-demand "), "{cmd}");
+        let words: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+        assert_eq!(DeviceInfo::parse(&words).unwrap(), sleeper);
         assert!(DeviceInfo::parse(&["label=a b"]).is_err());
         assert!(DeviceInfo::parse(&["label=noequals"]).is_err());
         assert!(DeviceInfo::parse(&["colour=red"]).is_err());

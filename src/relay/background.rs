@@ -107,13 +107,11 @@ async fn apply_status(store: &Store, change: StatusChange) {
                 peer,
                 ports,
                 info,
-            } => s.device_up(
-                device.system.as_str(),
-                device.name.as_str(),
-                peer,
-                &ports,
-                &info,
-            ),
+            } => {
+                let (system, name) = (device.system.as_str(), device.name.as_str());
+                s.device_up(system, name, peer, &ports, &info)?;
+                s.set_on_demand(system, name, info.on_demand)
+            }
             StatusChange::Down { device } => {
                 s.device_down(device.system.as_str(), device.name.as_str())
             }

@@ -32,6 +32,18 @@ pub struct RelayFile {
     pub kex_algorithms: Option<String>,
     /// Refuse clients that do not offer strict key exchange.
     pub require_strict_kex: Option<bool>,
+    /// MQTT broker that wakes on-demand devices ("mqtt://broker:1883").
+    pub mqtt: Option<String>,
+    pub mqtt_username: Option<String>,
+    /// File holding the broker password (relative to the config file).
+    pub mqtt_password_file: Option<PathBuf>,
+    /// A private CA, a client certificate and its key (PEM) for mqtts://.
+    pub mqtt_ca: Option<PathBuf>,
+    pub mqtt_cert: Option<PathBuf>,
+    pub mqtt_key: Option<PathBuf>,
+    pub mqtt_topic_prefix: Option<String>,
+    /// How long a stream to an asleep device waits ("30s").
+    pub wake_timeout: Option<String>,
 }
 
 impl RelayFile {
@@ -39,8 +51,19 @@ impl RelayFile {
         let text = read_config(path)?;
         let mut file: RelayFile = toml::from_str(&text)
             .with_context(|| format!("invalid relay config {}", path.display()))?;
-        if let (Some(d), Some(base)) = (&file.data, path.parent()) {
-            file.data = Some(base.join(d));
+        if let Some(base) = path.parent() {
+            for p in [
+                &mut file.data,
+                &mut file.mqtt_password_file,
+                &mut file.mqtt_ca,
+                &mut file.mqtt_cert,
+                &mut file.mqtt_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *p = base.join(&*p);
+            }
         }
         if let Some(c) = &file.ciphers {
             c.parse::<Ciphers>().map_err(|e| {
@@ -145,6 +168,16 @@ mod tests {
         .unwrap();
         let f = RelayFile::load(&p).unwrap();
         assert_eq!(f.data.unwrap(), dir.path().join("state"));
+        std::fs::write(
+            &p,
+            "mqtt = \"mqtts://broker:8883\"\nmqtt_username = \"relay\"\nmqtt_password_file = \"relay.pass\"\nmqtt_ca = \"ca.crt\"\nwake_timeout = \"45s\"\n",
+        )
+        .unwrap();
+        let f = RelayFile::load(&p).unwrap();
+        assert_eq!(f.mqtt.as_deref(), Some("mqtts://broker:8883"));
+        assert_eq!(f.mqtt_password_file.unwrap(), dir.path().join("relay.pass"));
+        assert_eq!(f.mqtt_ca.unwrap(), dir.path().join("ca.crt"));
+        assert_eq!(f.wake_timeout.as_deref(), Some("45s"));
         for bad in [
             "colour = 1\n",
             "listen = \"nowhere\"\n",

@@ -1,9 +1,11 @@
 //! The running relay as admin operations see it ([`LiveRelay`]).
 
 use super::Relay;
+use crate::admin::wake::WakeReply;
 use crate::admin::{BoxFuture, Change, LiveDevice, LiveRelay};
 use crate::audit::Event;
-use crate::protocol::Name;
+use crate::protocol::{DeviceId, Name};
+use crate::store::Identity;
 
 impl LiveRelay for Relay {
     fn host_key(&self) -> &str {
@@ -44,5 +46,17 @@ impl LiveRelay for Relay {
 
     fn changed(&self, _change: Change) {
         self.store_changed();
+    }
+
+    fn waking(&self, device: &DeviceId) -> bool {
+        self.waker().is_some_and(|w| w.is_waking(device))
+    }
+
+    fn wake(&self, device: DeviceId, who: Identity) -> BoxFuture<'_, WakeReply> {
+        Box::pin(async move { super::wake_remote::wake_now(self, &who, &device).await })
+    }
+
+    fn sleep(&self, device: DeviceId, who: Identity) -> BoxFuture<'_, WakeReply> {
+        Box::pin(async move { super::wake_remote::sleep_now(self, &who, &device).await })
     }
 }

@@ -20,6 +20,8 @@ pub mod ratelimit;
 pub mod registry;
 mod router;
 mod stream;
+pub mod wake;
+mod wake_remote;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -78,6 +80,8 @@ pub struct RelayOptions {
     pub kex_algorithms: crate::ssh::algorithms::KexAlgorithms,
     /// Refuse clients without strict key exchange (`--require-strict-kex`).
     pub require_strict_kex: bool,
+    /// The MQTT broker that wakes on-demand devices (`--mqtt`), if any.
+    pub wake: Option<wake::WakeOptions>,
 }
 
 impl Default for RelayOptions {
@@ -97,6 +101,7 @@ impl Default for RelayOptions {
             ciphers: Default::default(),
             kex_algorithms: Default::default(),
             require_strict_kex: false,
+            wake: None,
         }
     }
 }
@@ -106,6 +111,8 @@ impl Default for RelayOptions {
 pub struct Server {
     relay: Arc<Relay>,
     background: background::Background,
+    /// The MQTT session's event loop, driven once serving starts.
+    mqtt: Option<crate::mqtt::EventLoop>,
 }
 
 impl Server {
@@ -154,6 +161,11 @@ pub struct Relay {
     expose_wake: Notify,
     /// Public ports after the latest reconcile.
     exposed: watch::Sender<expose::Exposed>,
+    /// Wakes on-demand devices over MQTT (`--mqtt`).
+    waker: Option<Arc<wake::Waker>>,
+    /// This relay, for work it starts from a borrowed `&Relay` (a wake
+    /// asked for through [`crate::admin::LiveRelay`]).
+    me: std::sync::Weak<Relay>,
 }
 
 /// Device status writes, applied in order by one task so that a quick
@@ -220,7 +232,16 @@ impl Relay {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let (audit, audit_writer) = audit::channel();
-        let relay = Arc::new(Relay {
+        let (waker, mqtt) = match &options.wake {
+            Some(w) => {
+                let (waker, eventloop) = wake::Waker::new(w)?;
+                (Some(Arc::new(waker)), Some(eventloop))
+            }
+            None => (None, None),
+        };
+        let relay = Arc::new_cyclic(|me| Relay {
+            me: me.clone(),
+            waker,
             public_ports: std::sync::RwLock::new(options.public_ports.clone()),
             expose_wake: Notify::new(),
             exposed: watch::Sender::new(expose::Exposed::default()),
@@ -251,6 +272,7 @@ impl Relay {
         Ok(Server {
             relay,
             background: background::Background::new(rx, audit_writer),
+            mqtt,
         })
     }
 
@@ -284,6 +306,11 @@ impl Relay {
 
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// The waker of on-demand devices, when the relay has a broker.
+    pub fn waker(&self) -> Option<&Arc<wake::Waker>> {
+        self.waker.as_ref()
     }
 
     /// Sees the count of device status writes applied to the store, for
@@ -360,8 +387,15 @@ impl Relay {
 /// shutting down"; wait for the relay's tasks (at most [`SHUTDOWN_DRAIN`]);
 /// stop the status and audit writers, which first store what is queued.
 async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToken) -> Result<()> {
-    let Server { relay, background } = server;
+    let Server {
+        relay,
+        background,
+        mqtt,
+    } = server;
     let writers = background.start(&relay);
+    if let (Some(waker), Some(eventloop)) = (relay.waker.clone(), mqtt) {
+        relay.spawn(wake::run_broker(relay.clone(), waker, eventloop));
+    }
     background::apply_disabled(&relay).await;
     relay.spawn(background::watch_store(relay.clone()));
     relay.spawn(background::flush_last_seen(relay.clone()));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Relay;
-use super::router::{self, Route};
+use super::router::Route;
 use crate::audit::{self, Event, kind};
 use crate::policy::Refusal;
 use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
@@ -65,7 +65,7 @@ pub(super) async fn stream(
         port,
         peer,
     };
-    let route = match router::route(req.relay.as_ref(), &req.who, &req.host, port).await {
+    let route = match super::wake::route_waking(&req.relay, &req.who, &req.host, port).await {
         Ok(r) => r,
         Err(r) => return req.refuse(channel, r).await,
     };

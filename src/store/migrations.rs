@@ -112,6 +112,15 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 5: the stable code of a refusal, beside its text in `detail`.
     "ALTER TABLE audit ADD COLUMN reason TEXT;",
+    // 6: on-demand devices (woken over MQTT) and the state each last reported.
+    "CREATE TABLE on_demand (
+        system  TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        state   TEXT,
+        reason  TEXT,
+        at      TEXT,
+        PRIMARY KEY (system, name)
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

@@ -20,10 +20,12 @@ mod enroll;
 mod exposures;
 mod gateways;
 mod migrations;
+mod on_demand;
 
 pub use audit::AuditQuery;
 pub use enroll::{InviteRecord, NewInvite};
 pub use exposures::Exposure;
+pub use on_demand::{OnDemandInfo, OnDemandRecord};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -101,6 +103,12 @@ pub struct DeviceStatus {
     /// for a plain device, and as the store returns it).
     #[serde(default)]
     pub scope: Vec<String>,
+    /// `online`, `offline`, `asleep` (an on-demand device, woken on use) or
+    /// `waking` (a wake in progress).
+    pub status: String,
+    /// An on-demand device's last reported state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<OnDemandInfo>,
 }
 
 pub fn now() -> u64 {
@@ -391,6 +399,13 @@ impl Store {
                 streams: r.get::<_, i64>(9)?.max(0) as u64,
                 disabled: r.get::<_, i64>(10)? != 0,
                 scope: Vec::new(),
+                status: if r.get::<_, i64>(2)? != 0 {
+                    "online"
+                } else {
+                    "offline"
+                }
+                .into(),
+                on_demand: None,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

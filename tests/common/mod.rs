@@ -123,6 +123,7 @@ pub fn agent_settings(
         dead_after: Duration::from_secs(5),
         labels: Default::default(),
         gateway: Default::default(),
+        on_demand: None,
     }
 }
 
@@ -501,6 +502,7 @@ pub fn logs() {
 }
 
 pub mod cli;
+pub mod mosquitto;
 pub mod netns;
 pub mod openssh;
 

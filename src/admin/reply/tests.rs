@@ -164,6 +164,8 @@ fn devices_and_invites() {
         streams: 0,
         disabled: false,
         scope: vec![],
+        status: "offline".into(),
+        on_demand: None,
     };
     let mut all = Reply::Devices {
         devices: vec![d.clone()],

@@ -209,6 +209,24 @@ fn streams() -> Vec<(Refusal, &'static str)> {
             Refusal::OpenTimeout { via: via_gw },
             "gateway gw1 for 10.0.0.5 did not answer within 15s",
         ),
+        (
+            Refusal::WakeFailed {
+                device: n("dev1"),
+                reason: "relay unreachable".into(),
+            },
+            "device dev1 was asleep and could not wake: relay unreachable",
+        ),
+        (
+            Refusal::WakeTimeout {
+                device: n("dev1"),
+                waited: std::time::Duration::from_secs(30),
+            },
+            "device dev1 was asleep and did not come online within 30s of the wake request",
+        ),
+        (
+            Refusal::CannotWake { device: n("dev1") },
+            "device dev1 is asleep (on demand) and this relay has no MQTT broker to wake it (warren relay --mqtt URL)",
+        ),
     ]
 }
 
@@ -249,7 +267,7 @@ fn codes_are_unique_snake_case() {
     let mut codes: Vec<&str> = streams().iter().map(|(r, _)| r.code()).collect();
     codes.sort_unstable();
     codes.dedup();
-    assert_eq!(codes.len(), 20, "one code per variant: {codes:?}");
+    assert_eq!(codes.len(), 23, "one code per variant: {codes:?}");
     for c in codes {
         assert!(
             c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'),
