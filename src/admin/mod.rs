@@ -12,6 +12,7 @@
 mod expose;
 mod gateway;
 pub mod log;
+pub mod migrate;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -38,8 +39,12 @@ use crate::store::{self, Identity, InviteRecord, KeyRecord, NewInvite, Store};
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// The relay's data directory.
-    #[arg(long, env = "WARREN_DATA")]
-    pub data: PathBuf,
+    #[arg(long, env = "WARREN_DATA", required_unless_present = "database")]
+    pub data: Option<PathBuf>,
+    /// The PostgreSQL database of a cluster of relays (postgres://…),
+    /// instead of the SQLite database in --data.
+    #[arg(long, env = "WARREN_DATABASE")]
+    pub database: Option<String>,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -72,6 +77,9 @@ pub enum AdminCommand {
     Device(DeviceCommand),
     /// The audit log, newest first.
     Log(LogArgs),
+    /// Copy this relay's SQLite state (--data) into a cluster's PostgreSQL
+    /// database: `migrate --to postgres://…` (checked; safe to run again).
+    Migrate(migrate::MigrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -217,18 +225,22 @@ impl Reply {
 }
 
 pub async fn run(a: AdminArgs) -> Result<ExitCode> {
-    if !a.data.join(crate::store::DB_FILE).exists() {
+    let data = a.data.clone().unwrap_or_default();
+    if let AdminCommand::Migrate(m) = &a.command {
+        return migrate::run(&data, m);
+    }
+    if a.database.is_none() && !data.join(crate::store::DB_FILE).exists() {
         anyhow::bail!(
             "no Warren database in {} (start `warren relay --data {}` once, or check --data)",
-            a.data.display(),
-            a.data.display()
+            data.display(),
+            data.display()
         );
     }
     if let AdminCommand::HostKey { json } = a.command {
-        return host_key(&a.data, json);
+        return host_key(&data, json);
     }
-    let store = Store::open(&a.data)?;
-    let reply = execute(&store, &Caller::Local { data: &a.data }, a.command).await?;
+    let store = Store::open_any(&data, a.database.as_deref())?;
+    let reply = execute(&store, &Caller::Local { data: &data }, a.command).await?;
     for e in &reply.events {
         e.log();
     }
@@ -287,6 +299,11 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
         AdminCommand::Ls(a) => ls(store, caller, a).await,
         AdminCommand::Invite(a) => invite_command(store, caller, a).await,
         AdminCommand::Device(d) => device_command(store, caller, d).await,
+        AdminCommand::Migrate(_) => {
+            anyhow::bail!(
+                "migrate runs on the relay host: `warren admin --data DIR migrate --to postgres://…`"
+            )
+        }
         AdminCommand::Log(a) => {
             let q = a.query()?;
             if let Caller::Remote { relay, .. } = caller {

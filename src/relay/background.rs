@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -161,14 +160,7 @@ pub(super) async fn watch_store(relay: Arc<Relay>) {
         relay.expose_wake.notify_one();
         let conns = relay.registry.conns();
         let fps: Vec<String> = conns.iter().map(|c| c.fingerprint.clone()).collect();
-        let active = relay
-            .store
-            .call(move |s| {
-                fps.iter()
-                    .map(|fp| s.key_active(fp))
-                    .collect::<Result<Vec<bool>>>()
-            })
-            .await;
+        let active = relay.store.call(move |s| s.keys_active(&fps)).await;
         let Ok(active) = active else {
             relay.rechecks.send_modify(|n| *n += 1);
             continue;

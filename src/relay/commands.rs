@@ -136,6 +136,7 @@ fn command_name(c: &AdminCommand) -> &'static str {
         AdminCommand::Invite(_) => "invite",
         AdminCommand::Device(_) => "device",
         AdminCommand::Log(_) => "log",
+        AdminCommand::Migrate(_) => "migrate",
     }
 }
 

@@ -19,6 +19,8 @@ pub struct RelayFile {
     pub listen: Option<SocketAddr>,
     /// Data directory (relative to the config file).
     pub data: Option<PathBuf>,
+    /// PostgreSQL database of a cluster of relays ("postgres://…").
+    pub database: Option<String>,
     /// Relay ports an admin may expose publicly, e.g. ["4000-4100", "8443"].
     /// Empty (the default): no public ports at all.
     pub public_ports: Option<Vec<String>>,

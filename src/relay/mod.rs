@@ -8,6 +8,7 @@
 //! each controller stream to its device and splices the two.
 
 mod background;
+mod cluster;
 mod commands;
 pub mod config;
 mod connection;
@@ -81,6 +82,9 @@ pub struct RelayOptions {
     pub kex_algorithms: crate::ssh::algorithms::KexAlgorithms,
     /// Refuse clients without strict key exchange (`--require-strict-kex`).
     pub require_strict_kex: bool,
+    /// The PostgreSQL database of a cluster (`--database`); the SQLite
+    /// database in the data directory if None.
+    pub database: Option<String>,
 }
 
 impl Default for RelayOptions {
@@ -100,6 +104,7 @@ impl Default for RelayOptions {
             ciphers: Default::default(),
             kex_algorithms: Default::default(),
             require_strict_kex: false,
+            database: None,
         }
     }
 }
@@ -201,11 +206,15 @@ fn host_key_private(path: &Path) -> Result<()> {
 impl Relay {
     /// Opens the data directory: host key (created on first start) and store.
     pub fn open(data: &Path, options: RelayOptions) -> Result<Server> {
-        let store = Store::open(data)?;
+        let store = Store::open_any(data, options.database.as_deref())?;
         host_key_private(&host_key_path(data))?;
         let host = keys::load_or_create_host_key(&host_key_path(data))
             .with_context(|| format!("loading host key in {}", data.display()))?;
         let host_key = keys::fingerprint(host.public_key());
+        if let Some(pg) = store.postgres() {
+            // The relay's id in the cluster is its host key's fingerprint.
+            pg.join(&host_key, options.advertise.as_deref(), &host_key)?;
+        }
         let mut server_config = ServerConfig::new(host);
         server_config.handshake_timeout = options.handshake_timeout;
         server_config.set_login_grace(options.handshake_timeout);
@@ -372,6 +381,7 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
     background::apply_disabled(&relay).await;
     relay.spawn(background::watch_store(relay.clone()));
     relay.spawn(background::flush_last_seen(relay.clone()));
+    relay.spawn(cluster::close_lost(relay.clone()));
     let public_ip = relay
         .options
         .public_bind

@@ -503,6 +503,7 @@ pub fn logs() {
 pub mod cli;
 pub mod netns;
 pub mod openssh;
+pub mod postgres;
 
 impl TestRelay {
     /// Like [`TestRelay::add_key`], also writing the private key to a file

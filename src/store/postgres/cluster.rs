@@ -1,0 +1,98 @@
+//! The cluster's registry of relays (id, address for other relays, host
+//! key, heartbeat) and the claims relays make on devices.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::Pg;
+use super::keys::u;
+use crate::store::now;
+
+/// How often a relay writes its heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A relay's claim on a device, as `warren_owner` notifications carry it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claim {
+    pub system: String,
+    pub name: String,
+    pub relay: String,
+    pub epoch: i64,
+}
+
+/// A relay of the cluster, as the registry holds it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RelayRecord {
+    pub id: String,
+    pub address: Option<String>,
+    pub host_key: String,
+    pub started: u64,
+    pub heartbeat: u64,
+}
+
+impl Pg {
+    /// Enters this relay in the registry (or renews its row) and starts its
+    /// heartbeat; from now on device claims name it.
+    pub fn join(&self, id: &str, address: Option<&str>, host_key: &str) -> Result<()> {
+        let t = now() as i64;
+        self.block(async {
+            let c = self.client().await?;
+            c.execute(
+                "INSERT INTO relays (id, address, host_key, started, heartbeat) VALUES ($1, $2, $3, $4, $4)
+                 ON CONFLICT (id) DO UPDATE SET address = $2, host_key = $3, started = $4, heartbeat = $4",
+                &[&id, &address, &host_key, &t],
+            )
+            .await?;
+            Ok(())
+        })?;
+        *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
+        let pool = self.pool.clone();
+        let id = id.to_string();
+        self.handle().spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Ok(c) = pool.get().await else { continue };
+                let _ = c
+                    .execute(
+                        "UPDATE relays SET heartbeat = $2 WHERE id = $1",
+                        &[&id, &(now() as i64)],
+                    )
+                    .await;
+            }
+        });
+        Ok(())
+    }
+
+    pub fn relays(&self) -> Result<Vec<RelayRecord>> {
+        self.block(async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    "SELECT id, address, host_key, started, heartbeat FROM relays ORDER BY id",
+                    &[],
+                )
+                .await?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(RelayRecord {
+                    id: r.try_get(0)?,
+                    address: r.try_get(1)?,
+                    host_key: r.try_get(2)?,
+                    started: u(r.try_get(3)?),
+                    heartbeat: u(r.try_get(4)?),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Devices this relay held that another relay claimed since (each
+    /// once): the relay closes its stale connection.
+    pub fn lost_devices(&self) -> broadcast::Receiver<(String, String)> {
+        self.lost.subscribe()
+    }
+}
