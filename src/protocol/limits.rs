@@ -101,6 +101,14 @@ pub const AUDIT_BATCH_MAX: usize = 512;
 /// is plenty for a retention counted in days.
 pub const AUDIT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// Audit events kept in memory, in order, while the store refuses writes
+/// (a cluster's database is away); past this, new events are dropped with
+/// an error. About 300 bytes each: some 30 MB at most.
+pub const AUDIT_BACKLOG_MAX: usize = 100_000;
+
+/// How often kept audit events are tried again while the store refuses them.
+pub const AUDIT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Audit events per page of `log`: one screen.
 pub const AUDIT_PAGE_SIZE: usize = 20;
 

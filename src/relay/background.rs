@@ -90,15 +90,25 @@ async fn write_status(
                 return;
             }
         };
-        match change {
-            Some(change) => apply_status(&store, change).await,
-            None => return,
+        let Some(change) = change else { return };
+        // In order: a change the store refused (its database is away) is
+        // tried again before any later one, until it is written or the
+        // relay stops.
+        while !apply_status(&store, change.clone()).await {
+            tokio::select! {
+                _ = tokio::time::sleep(STATUS_RETRY_INTERVAL) => {}
+                _ = stop.cancelled() => break,
+            }
         }
         written.send_modify(|n| *n += 1);
     }
 }
 
-async fn apply_status(store: &Store, change: StatusChange) {
+/// Pause before writing a refused status change again.
+const STATUS_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Writes one status change; false if the store refused it.
+async fn apply_status(store: &Store, change: StatusChange) -> bool {
     let result = store
         .call(move |s| match change {
             StatusChange::Up {
@@ -125,8 +135,12 @@ async fn apply_status(store: &Store, change: StatusChange) {
             }
         })
         .await;
-    if let Err(e) = result {
-        tracing::error!(error = %format!("{e:#}"), "writing device status");
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "writing device status");
+            false
+        }
     }
 }
 

@@ -57,6 +57,7 @@ pub(super) async fn run(
             refused_user: None,
             probed: Vec::new(),
             probed_system: None,
+            store_down: None,
             queries: 0,
             enroll_offered: None,
             forward_requests: 0,
@@ -118,6 +119,8 @@ struct Connection {
     /// signature, and that were never used to log in (key probing).
     probed: Vec<String>,
     probed_system: Option<String>,
+    /// Why logins are refused outright: the store could not be asked.
+    store_down: Option<String>,
     /// `publickey` queries without a signature so far.
     queries: u64,
     /// The first key offered as user `enroll`, until a login completes.
@@ -305,6 +308,11 @@ impl ServerSession for Connection {
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "store lookup failed during login");
+                let why = "login refused: the relay cannot check keys now (its database is unreachable); try again shortly";
+                let mut e = audit::login_refused(self.peer, user, why).reason("store_unavailable");
+                e.fingerprint = Some(fp);
+                self.relay.audit.record(e);
+                self.store_down = Some(why.to_string());
                 return false;
             }
         };
@@ -327,6 +335,10 @@ impl ServerSession for Connection {
         );
         self.identity = Some(identity);
         true
+    }
+
+    fn login_refusal(&mut self) -> Option<String> {
+        self.store_down.take()
     }
 
     fn authenticated(&mut self, handle: ServerHandle) {

@@ -166,6 +166,7 @@ pub struct Relay {
 
 /// Device status writes, applied in order by one task so that a quick
 /// reconnect can never leave the store saying "offline".
+#[derive(Clone)]
 enum StatusChange {
     Up {
         device: DeviceId,
