@@ -50,3 +50,18 @@ pub(super) async fn close_lost(relay: Arc<Relay>) {
             .await;
     }
 }
+
+/// Has the relay re-check the store as soon as the database notifies a
+/// change (rather than at its next poll of the store's version).
+pub(super) async fn wake_on_change(relay: Arc<Relay>) {
+    let Some(pg) = relay.store.postgres() else {
+        return;
+    };
+    let stop = relay.shutting_down.clone();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = pg.changed() => relay.store_changed.notify_one(),
+        }
+    }
+}

@@ -383,6 +383,7 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
     relay.spawn(background::watch_store(relay.clone()));
     relay.spawn(background::flush_last_seen(relay.clone()));
     relay.spawn(cluster::close_lost(relay.clone()));
+    relay.spawn(cluster::wake_on_change(relay.clone()));
     let public_ip = relay
         .options
         .public_bind

@@ -144,6 +144,8 @@ pub struct TestRelay {
     pub relay: Arc<Relay>,
     pub dir: tempfile::TempDir,
     pub stop: CancellationToken,
+    /// The cluster's PostgreSQL database, if the relay runs on one.
+    pub database: Option<String>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -164,6 +166,7 @@ impl TestRelay {
     }
 
     fn serve_on(dir: tempfile::TempDir, listener: TcpListener, options: RelayOptions) -> TestRelay {
+        let database = options.database.clone();
         let server = Relay::open(dir.path(), options).unwrap();
         let relay = server.relay().clone();
         let addr = listener.local_addr().unwrap();
@@ -174,6 +177,7 @@ impl TestRelay {
             relay,
             dir,
             stop,
+            database,
             task: Some(task),
         }
     }
@@ -200,6 +204,7 @@ impl TestRelay {
             listener,
             RelayOptions {
                 store_poll: Duration::from_millis(100),
+                database: self.database.clone(),
                 ..Default::default()
             },
         )
@@ -215,7 +220,7 @@ impl TestRelay {
 
     /// Another handle on the database, as `warren admin` would open it.
     pub fn admin_store(&self) -> Store {
-        Store::open(self.dir.path()).unwrap()
+        Store::open_any(self.dir.path(), self.database.as_deref()).unwrap()
     }
 
     pub fn add_system(&self, system: &str) {

@@ -23,6 +23,7 @@ const RECONNECT_AFTER: Duration = Duration::from_millis(250);
 pub(super) async fn run(
     config: tokio_postgres::Config,
     version: Arc<AtomicI64>,
+    changed: Arc<tokio::sync::Notify>,
     listening: Arc<AtomicBool>,
     relay: Arc<Mutex<Option<String>>>,
     epochs: Arc<Mutex<HashMap<(String, String), i64>>>,
@@ -54,6 +55,7 @@ pub(super) async fn run(
                     listening.store(true, Ordering::Relaxed);
                     // Whatever changed while nobody listened: resync.
                     version.fetch_add(1, Ordering::Relaxed);
+                    changed.notify_waiters();
                     if was_down {
                         tracing::info!("database reachable again; resyncing");
                     }
@@ -62,6 +64,7 @@ pub(super) async fn run(
                             claimed(n.payload(), &relay, &epochs, &lost);
                         }
                         version.fetch_add(1, Ordering::Relaxed);
+                        changed.notify_waiters();
                     }
                 }
                 drive.abort();

@@ -72,6 +72,8 @@ pub struct Pg {
     version: Arc<AtomicI64>,
     /// Whether the listening connection is up (the database is reachable).
     listening: Arc<AtomicBool>,
+    /// Woken with every bump of `version`.
+    changed: Arc<tokio::sync::Notify>,
     /// The relay this store serves, once it joined the cluster.
     relay: Arc<Mutex<Option<String>>>,
     /// The epoch of each device this relay holds, from its latest claim.
@@ -119,6 +121,7 @@ impl Pg {
             config,
             version: Arc::new(AtomicI64::new(0)),
             listening: Arc::new(AtomicBool::new(false)),
+            changed: Arc::default(),
             relay: Arc::default(),
             epochs: Arc::default(),
             lost,
@@ -131,6 +134,7 @@ impl Pg {
         pg.handle().spawn(listen::run(
             pg.config.clone(),
             pg.version.clone(),
+            pg.changed.clone(),
             pg.listening.clone(),
             pg.relay.clone(),
             pg.epochs.clone(),
@@ -171,6 +175,13 @@ impl Pg {
     /// Whether the listening connection is up (so notifications arrive).
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::Relaxed)
+    }
+
+    /// Wakes whoever waits when the version moves (a notification, or the
+    /// listening connection back): the relay re-checks at once rather than
+    /// at its next poll.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     pub fn data_version(&self) -> i64 {

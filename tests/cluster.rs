@@ -1,0 +1,263 @@
+//! Relays in a cluster on one real PostgreSQL database
+//! (tests/common/postgres.rs): a revocation through one relay closes the
+//! key's connections on another within a second; two relays claiming one
+//! device leave exactly one holding it; the database stopped and started
+//! again: streams keep flowing, logins are refused with a reason and then
+//! accepted, the outage's audit events are written afterwards; `admin
+//! migrate` copies a relay's SQLite state, checked and idempotent.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::postgres::PgServer;
+use common::{TestRelay, WAIT, connect_to, echo_server, name};
+use warren::audit::kind;
+use warren::protocol::Role;
+use warren::relay::RelayOptions;
+use warren::ssh::keys::fingerprint;
+use warren::store::AuditQuery;
+
+/// `n` relays on one new database of `pg`, with production timings.
+async fn cluster(pg: &PgServer, n: usize) -> Vec<TestRelay> {
+    let url = pg.database();
+    let mut relays = Vec::new();
+    for _ in 0..n {
+        relays.push(
+            TestRelay::start_with(RelayOptions {
+                database: Some(url.clone()),
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    // Each listens for the others' changes before the test begins.
+    for r in &relays {
+        let pg = r.store().postgres().unwrap();
+        tokio::time::timeout(WAIT, async {
+            while !pg.listening() {
+                pg.changed().await;
+            }
+        })
+        .await
+        .expect("relay listening to the database");
+    }
+    relays
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_revoked_through_relay_a_closes_its_connections_on_relay_c_within_a_second() {
+    let pg = PgServer::start();
+    let relays = cluster(&pg, 3).await;
+    let (a, c) = (&relays[0], &relays[2]);
+    a.add_system("tau");
+    a.add_system("ops");
+    let alice = a.add_key("tau", Role::Controller, "alice");
+    let admin = a.add_key("ops", Role::Admin, "root");
+    // Alice is logged in on C (the key was added through A).
+    let mut on_c = c.controller("tau", alice.clone()).await;
+    let ops = a.controller("ops", admin).await;
+    let fp = fingerprint(alice.public_key());
+    let revoked = Instant::now();
+    let out = ops.exec(&format!("key revoke {fp}")).await.unwrap();
+    assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let reason = tokio::time::timeout(WAIT, on_c.is_gone()).await.unwrap();
+    let took = revoked.elapsed();
+    assert!(reason.contains("revoked"), "{reason}");
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
+    // And the key logs in nowhere.
+    for r in &relays {
+        assert!(r.try_connect("tau", alice.clone()).await.is_err());
+    }
+    c.wait_audit(&common::audit_of(kind::KEY_REVOKED_DISCONNECT, 10), |e| {
+        e.fingerprint.as_deref() == Some(fp.as_str())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_relays_claiming_one_device_at_once_leave_exactly_one_holding_it() {
+    let pg = PgServer::start();
+    let relays = cluster(&pg, 2).await;
+    let (a, b) = (&relays[0], &relays[1]);
+    a.add_system("tau");
+    let dev = a.add_key("tau", Role::Device, "dev1");
+    let (addr_a, key_a, addr_b, key_b) = (
+        a.addr.to_string(),
+        a.host_key(),
+        b.addr.to_string(),
+        b.host_key(),
+    );
+    let (mut on_a, mut on_b) = tokio::join!(
+        connect_to(&addr_a, &key_a, "tau", dev.clone()),
+        connect_to(&addr_b, &key_b, "tau", dev.clone()),
+    );
+    let (on_a, on_b) = (on_a.as_mut().unwrap(), on_b.as_mut().unwrap());
+    let (ra, rb) = tokio::join!(on_a.register("dev1", 22), on_b.register("dev1", 22));
+    ra.unwrap();
+    rb.unwrap();
+    // One of them is closed: the one whose claim came first.
+    let (reason, winner, loser) = tokio::time::timeout(WAIT, async {
+        tokio::select! {
+            r = on_a.is_gone() => (r, b, a),
+            r = on_b.is_gone() => (r, a, b),
+        }
+    })
+    .await
+    .expect("one connection closed");
+    assert!(reason.contains("another relay"), "{reason}");
+    loser.wait_online("tau", "dev1", false).await;
+    let holder = winner
+        .store()
+        .postgres()
+        .unwrap()
+        .device_holder("tau", "dev1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(holder.0, winner.host_key());
+    assert!(
+        winner
+            .relay
+            .registry()
+            .lookup(&name("tau"), &name("dev1"))
+            .is_some()
+    );
+    assert!(!(on_a.is_closed() && on_b.is_closed()), "both closed");
+    let d = &winner.store().devices(Some("tau")).unwrap()[0];
+    assert!(d.online);
+}
+
+/// Sends `chunk` through `s` and reads it back (an echo service).
+async fn echo(s: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin), chunk: &[u8]) {
+    s.write_all(chunk).await.unwrap();
+    let mut back = vec![0; chunk.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back))
+        .await
+        .expect("echo within WAIT")
+        .unwrap();
+    assert_eq!(back, chunk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_away_for_twenty_seconds_keeps_streams_and_refuses_logins_with_a_reason() {
+    let pg = PgServer::start();
+    let relays = cluster(&pg, 1).await;
+    let r = &relays[0];
+    r.add_system("tau");
+    let port = echo_server().await;
+    let _dev = r
+        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
+        .await;
+    let alice = r.add_key("tau", Role::Controller, "alice");
+    let conn = r.controller("tau", alice.clone()).await;
+    let ch = conn.open("dev1", u32::from(port)).await.unwrap();
+    let (mut stream, far) = tokio::io::duplex(64 * 1024);
+    let (fr, fw) = tokio::io::split(far);
+    let _splice = tokio::spawn(ch.splice_io(fr, fw));
+    echo(&mut stream, b"before").await;
+
+    pg.pg_stop();
+    let stopped = Instant::now();
+    // A new login is refused, saying why.
+    let err = match r.try_connect("tau", alice.clone()).await {
+        Ok(_) => panic!("logged in without the database"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("database is unreachable"), "{err}");
+    // The open stream keeps flowing for the whole outage.
+    let mut n = 0u64;
+    while stopped.elapsed() < Duration::from_secs(20) {
+        echo(&mut stream, format!("during {n}").as_bytes()).await;
+        n += 1;
+    }
+    pg.pg_start();
+
+    // Logins are accepted again once the relay reaches the database.
+    let back = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(c) = r.try_connect("tau", alice.clone()).await {
+                return c;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("login accepted after the outage");
+    drop(back);
+    echo(&mut stream, b"after").await;
+    // The refusal during the outage is in the audit log, in order before
+    // the login after it.
+    let q = AuditQuery {
+        kind: Some(kind::LOGIN.into()),
+        limit: 50,
+        ..Default::default()
+    };
+    let events = r
+        .wait_audit_for(&q, |events| {
+            let refused = events
+                .iter()
+                .position(|e| e.reason.as_deref() == Some("store_unavailable"))?;
+            let ok_after = events[..refused].iter().any(|e| e.result == "ok");
+            ok_after.then_some(events)
+        })
+        .await;
+    assert!(events.iter().any(|e| {
+        e.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("database is unreachable")
+    }));
+}
+
+#[tokio::test]
+async fn admin_migrate_copies_a_relay_into_postgres_checked_and_idempotent() {
+    let pg = PgServer::start();
+    let url = pg.database();
+    // A single relay's state, as `warren admin` leaves it.
+    let relay = TestRelay::start().await;
+    relay.add_system("tau");
+    let dev = relay.add_key("tau", Role::Device, "dev1");
+    relay
+        .store()
+        .append_audit(&[warren::audit::Event::new(kind::SYSTEM_ADD, "ok").system("tau")])
+        .unwrap();
+    let data = relay.dir.path().to_str().unwrap().to_string();
+    let first =
+        common::cli::warren_ok(&["admin", "--data", &data, "migrate", "--to", &url, "--json"])
+            .await;
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let keys = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "keys")
+        .unwrap();
+    assert_eq!(
+        (keys["rows"].as_u64(), keys["inserted"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // Again: nothing new, still checked.
+    let again =
+        common::cli::warren_ok(&["admin", "--data", &data, "migrate", "--to", &url, "--json"])
+            .await;
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert!(
+        again.as_array().unwrap().iter().all(|t| t["inserted"] == 0),
+        "{again}"
+    );
+    // The cluster's store has the key, and `admin --database` reads it.
+    let store = warren::store::Store::open_postgres(&url).unwrap();
+    assert!(store.identity("tau", dev.public_key()).unwrap().is_some());
+    let out = common::cli::warren_ok(&["admin", "--database", &url, "key", "ls", "--json"]).await;
+    assert!(out.contains(&fingerprint(dev.public_key())), "{out}");
+    // A bad address is refused clearly.
+    let bad = common::cli::warren(&["admin", "--data", &data, "migrate", "--to", "/tmp/x"]).await;
+    assert!(!bad.ok);
+    assert!(
+        bad.stderr.contains("not a PostgreSQL address"),
+        "{}",
+        bad.stderr
+    );
+}
