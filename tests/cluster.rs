@@ -1,5 +1,7 @@
 //! Relays in a cluster on one real PostgreSQL database
-//! (tests/common/postgres.rs): a revocation through one relay closes the
+//! (tests/common/postgres.rs): three relays with a device each, and stock
+//! `ssh -J` through every relay reaches every device (one hop between
+//! relays), byte-exact; a revocation through one relay closes the
 //! key's connections on another within a second; two relays claiming one
 //! device leave exactly one holding it; the database stopped and started
 //! again: streams keep flowing, logins are refused with a reason and then
@@ -12,8 +14,12 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use common::openssh::{Sshd, login_user, run};
 use common::postgres::PgServer;
-use common::{TestRelay, WAIT, connect_to, echo_server, name};
+use common::{
+    TestAgent, TestRelay, WAIT, connect_to, echo_server, echo_through, name, pseudo_random,
+    write_file,
+};
 use warren::audit::kind;
 use warren::protocol::Role;
 use warren::relay::RelayOptions;
@@ -45,6 +51,98 @@ async fn cluster(pg: &PgServer, n: usize) -> Vec<TestRelay> {
         .expect("relay listening to the database");
     }
     relays
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stock_ssh_jump_through_each_of_three_relays_reaches_every_device_byte_exact() {
+    let pg = PgServer::start();
+    let relays = cluster(&pg, 3).await;
+    relays[0].add_system("tau");
+    let sshd = Sshd::start().await;
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = relays[0].add_key_file(dir.path(), "tau", Role::Controller, "alice");
+    // dev1 on the first relay, dev2 on the second, dev3 on the third.
+    let mut agents = Vec::new();
+    for (i, r) in relays.iter().enumerate() {
+        let dev = format!("dev{}", i + 1);
+        let key = r.add_key("tau", Role::Device, &dev);
+        let allow = [
+            format!("22=127.0.0.1:{}", sshd.port),
+            format!("7=127.0.0.1:{echo}"),
+        ];
+        let mut agent = TestAgent::start(r.agent_settings("tau", &dev, key, &allow));
+        agent.online().await;
+        agents.push(agent);
+    }
+    let user = login_user();
+    let mut known = String::new();
+    for r in &relays {
+        known.push_str(&r.known_hosts_line());
+        known.push('\n');
+    }
+    known.push_str(&format!("dev1,dev2,dev3 {}\n", sshd.host_pub));
+    let known = write_file(dir.path(), "known_hosts", &known);
+    let config = write_file(
+        dir.path(),
+        "ssh_config",
+        &format!(
+            "Host 127.0.0.1\n  IdentityFile {alice}\n\
+             Host dev1 dev2 dev3\n  User {user}\n  IdentityFile {userkey}\n\
+             Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  \
+             UserKnownHostsFile {known}\n  ConnectTimeout 20\n",
+            alice = alice.display(),
+            userkey = sshd.user_key.display(),
+            known = known.display(),
+        ),
+    );
+    let payload = pseudo_random(256 * 1024);
+    let file = dir.path().join("payload");
+    std::fs::write(&file, &payload).unwrap();
+    for r in &relays {
+        let jump = format!("tau@127.0.0.1:{}", r.addr.port());
+        for dev in ["dev1", "dev2", "dev3"] {
+            let ran = run(
+                tokio::process::Command::new("ssh")
+                    .arg("-F")
+                    .arg(&config)
+                    .arg("-J")
+                    .arg(&jump)
+                    .arg(dev)
+                    .arg(format!("cat {}", file.display())),
+                Duration::from_secs(60),
+            )
+            .await;
+            assert!(ran.ok, "ssh -J {jump} {dev}: {}", ran.stderr);
+            assert!(ran.stdout == payload, "{dev} through {jump}: bytes differ");
+        }
+        // And Warren's own client, each way.
+        let conn = r.controller("tau", alice_key(&alice)).await;
+        for dev in ["dev1", "dev2", "dev3"] {
+            let back = echo_through(&conn, dev, 7, &payload).await.unwrap();
+            assert!(back == payload, "{dev}: echo differs");
+        }
+    }
+    // The relay where alice asked audits the stream, naming the hop.
+    let q = AuditQuery {
+        kind: Some(kind::STREAM_OPEN.into()),
+        device: Some("dev2".into()),
+        limit: 50,
+        ..Default::default()
+    };
+    relays[0]
+        .wait_audit(&q, |e| {
+            e.result == "ok"
+                && e.detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains(&relays[1].host_key()))
+        })
+        .await;
+}
+
+/// Alice's key as written by `add_key_file`, for Warren's own client.
+fn alice_key(path: &std::path::Path) -> std::sync::Arc<warren::ssh::keys::PrivateKey> {
+    std::sync::Arc::new(warren::ssh::keys::read_private(path).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

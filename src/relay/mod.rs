@@ -15,6 +15,7 @@ mod connection;
 mod enroll;
 pub mod expose;
 pub mod gateways;
+pub mod hop;
 mod listen;
 pub mod ratelimit;
 pub mod registry;
@@ -136,6 +137,8 @@ pub struct Relay {
     gateways: gateways::Gateways,
     server_config: ServerConfig,
     host_key: Fingerprint,
+    /// Connections to the other relays of a cluster, for hops.
+    hops: hop::Hops,
     options: RelayOptions,
     unauthenticated: ratelimit::Unauthenticated,
     failed_logins: ratelimit::FailedLogins,
@@ -212,6 +215,7 @@ impl Relay {
         let host = keys::load_or_create_host_key(&host_key_path(data))
             .with_context(|| format!("loading host key in {}", data.display()))?;
         let host_key = keys::fingerprint(host.public_key());
+        let hops = hop::Hops::new(Arc::new(host.clone()));
         if let Some(pg) = store.postgres() {
             // The relay's id in the cluster is its host key's fingerprint.
             pg.join(&host_key, options.advertise.as_deref(), &host_key)?;
@@ -246,6 +250,7 @@ impl Relay {
             gateways: gateways::Gateways::default(),
             server_config,
             host_key,
+            hops,
             unauthenticated: ratelimit::Unauthenticated::new(
                 options.max_unauthenticated,
                 options.max_unauthenticated_per_address,

@@ -165,8 +165,16 @@ impl TestRelay {
         Self::serve_on(dir, listener, options)
     }
 
-    fn serve_on(dir: tempfile::TempDir, listener: TcpListener, options: RelayOptions) -> TestRelay {
+    fn serve_on(
+        dir: tempfile::TempDir,
+        listener: TcpListener,
+        mut options: RelayOptions,
+    ) -> TestRelay {
         let database = options.database.clone();
+        if database.is_some() && options.advertise.is_none() {
+            // Other relays of the cluster reach this one here.
+            options.advertise = Some(listener.local_addr().unwrap().to_string());
+        }
         let server = Relay::open(dir.path(), options).unwrap();
         let relay = server.relay().clone();
         let addr = listener.local_addr().unwrap();

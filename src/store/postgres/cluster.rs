@@ -90,6 +90,49 @@ impl Pg {
         })
     }
 
+    /// The relay that holds `system/name` now, if another relay of the
+    /// registry does (and its heartbeat is recent: a relay that died holds
+    /// nothing).
+    pub fn held_by_other(&self, system: &str, name: &str) -> Result<Option<RelayRecord>> {
+        let me = self.relay_id();
+        let fresh = now().saturating_sub(3 * HEARTBEAT_INTERVAL.as_secs()) as i64;
+        self.block(async {
+            let c = self.client().await?;
+            let row = c
+                .query_opt(
+                    "SELECT r.id, r.address, r.host_key, r.started, r.heartbeat FROM devices d JOIN relays r ON r.id = d.relay
+                     WHERE d.system = $1 AND d.name = $2 AND d.online = 1 AND r.heartbeat >= $3
+                       AND r.id IS DISTINCT FROM $4",
+                    &[&system, &name, &fresh, &me],
+                )
+                .await?;
+            Ok(match row {
+                Some(r) => Some(RelayRecord {
+                    id: r.try_get(0)?,
+                    address: r.try_get(1)?,
+                    host_key: r.try_get(2)?,
+                    started: u(r.try_get(3)?),
+                    heartbeat: u(r.try_get(4)?),
+                }),
+                None => None,
+            })
+        })
+    }
+
+    /// The id of the registry's relay whose host key is `fp`, if any: only
+    /// those may open hops to this relay.
+    pub fn relay_with_key(&self, fp: &str) -> Result<Option<String>> {
+        self.block(async {
+            let c = self.client().await?;
+            Ok(
+                c.query_opt("SELECT id FROM relays WHERE host_key = $1", &[&fp])
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?,
+            )
+        })
+    }
+
     /// Devices this relay held that another relay claimed since (each
     /// once): the relay closes its stale connection.
     pub fn lost_devices(&self) -> broadcast::Receiver<(String, String)> {
