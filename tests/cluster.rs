@@ -146,6 +146,71 @@ fn alice_key(path: &std::path::Path) -> std::sync::Arc<warren::ssh::keys::Privat
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_relay_brings_its_devices_back_through_another_within_60_s_losing_no_acknowledged_audit()
+ {
+    use common::cli::RelayProcess;
+    let pg = PgServer::start();
+    let url = pg.database();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut procs = Vec::new();
+    for d in &dirs {
+        procs.push(RelayProcess::start(&[], 0, &["--database", &url], d.path()).await);
+    }
+    let pins: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            let key = warren::ssh::keys::read_private(&d.path().join("host_key")).unwrap();
+            fingerprint(key.public_key())
+        })
+        .collect();
+    let addrs: Vec<String> = procs
+        .iter()
+        .map(|p| format!("127.0.0.1:{}", p.port))
+        .collect();
+    let store = warren::store::Store::open_postgres(&url).unwrap();
+    store.add_system(&name("tau")).unwrap();
+    store.add_system(&name("ops")).unwrap();
+    let admin = common::add_key_to(&store, "ops", Role::Admin, "root");
+    let alice = common::add_key_to(&store, "tau", Role::Controller, "alice");
+    let dev = common::add_key_to(&store, "tau", Role::Device, "dev1");
+    let port = echo_server().await;
+    // The agent knows every relay and pins every key; it starts on the first.
+    let mut agent = TestAgent::start(common::agent_settings(
+        &addrs.join(","),
+        &pins.join(","),
+        "tau",
+        "dev1",
+        dev,
+        &[format!("127.0.0.1:{port}")],
+    ));
+    agent.online().await;
+    // Acknowledged admin work through the relay about to die.
+    let ops = connect_to(&addrs[0], &pins[0], "ops", admin).await.unwrap();
+    let ids = common::acknowledged_invites(&ops, &addrs[0], 5).await;
+
+    procs[0].kill_9().await;
+    let killed = Instant::now();
+    agent.offline().await;
+    agent.online().await;
+    // Reachable through the third relay (the agent is on the second now).
+    let conn = connect_to(&addrs[2], &pins[2], "tau", alice).await.unwrap();
+    let reached = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(back) = echo_through(&conn, "dev1", port, b"still here").await
+                && back == b"still here"
+            {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "dev1 not reachable within 60 s of kill -9");
+    assert!(killed.elapsed() < Duration::from_secs(60));
+    common::assert_invites_on_record(&store, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_revoked_through_relay_a_closes_its_connections_on_relay_c_within_a_second() {
     let pg = PgServer::start();
     let relays = cluster(&pg, 3).await;
