@@ -187,6 +187,27 @@ async fn kill_9_of_a_relay_brings_its_devices_back_through_another_within_60_s_l
     // Acknowledged admin work through the relay about to die.
     let ops = connect_to(&addrs[0], &pins[0], "ops", admin).await.unwrap();
     let ids = common::acknowledged_invites(&ops, &addrs[0], 5).await;
+    // An invite token of the cluster names every relay and pins every key.
+    let out = ops
+        .exec(&format!(
+            "invite --system tau --role device --name dev9 --relay {} --json",
+            addrs[0]
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = warren::protocol::token::Invite::decode(made["token"].as_str().unwrap()).unwrap();
+    let mut in_token: Vec<&str> = token.relay.split(',').collect();
+    let mut pinned: Vec<&str> = token.host_key.split(',').collect();
+    assert_eq!(in_token[0], addrs[0]);
+    in_token.sort();
+    pinned.sort();
+    let (mut want_addrs, mut want_pins) = (addrs.clone(), pins.clone());
+    want_addrs.sort();
+    want_pins.sort();
+    assert_eq!(in_token, want_addrs);
+    assert_eq!(pinned, want_pins);
 
     procs[0].kill_9().await;
     let killed = Instant::now();
