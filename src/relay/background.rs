@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Relay, StatusChange, gateways, ratelimit};
 use crate::audit::{self, AuditWriter};
 use crate::protocol::DeviceId;
-use crate::protocol::limits::LAST_SEEN_FLUSH_INTERVAL;
+use crate::protocol::limits::{LAST_SEEN_FLUSH_INTERVAL, STATUS_RETRY_INTERVAL};
 use crate::store::Store;
 
 /// The receiving ends of the relay's status and audit channels, until
@@ -103,9 +103,6 @@ async fn write_status(
         written.send_modify(|n| *n += 1);
     }
 }
-
-/// Pause before writing a refused status change again.
-const STATUS_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Writes one status change; false if the store refused it.
 async fn apply_status(store: &Store, change: StatusChange) -> bool {

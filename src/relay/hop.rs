@@ -12,13 +12,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::sync::Mutex;
 
 use super::Relay;
-use crate::protocol::limits::{RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX, STREAM_OPEN_TIMEOUT};
+use crate::protocol::limits::{
+    HOP_DIAL_TIMEOUT, RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX, STREAM_OPEN_TIMEOUT,
+};
 use crate::protocol::{DeviceId, Name};
 use crate::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
 use crate::ssh::keys::PrivateKey;
@@ -28,9 +29,6 @@ use crate::store::postgres::RelayRecord;
 /// The SSH user a relay logs in to another as. Not a valid system name, so
 /// no key of a system can stand for a relay.
 pub const HOP_USER: &str = "@relay";
-
-/// How long dialing a peer relay may take.
-const HOP_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The pooled connections to peer relays, by relay id.
 pub struct Hops {

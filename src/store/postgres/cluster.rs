@@ -1,18 +1,14 @@
 //! The cluster's registry of relays (id, address for other relays, host
 //! key, heartbeat) and the claims relays make on devices.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::Pg;
 use super::keys::u;
+use crate::protocol::limits::RELAY_HEARTBEAT_INTERVAL as HEARTBEAT_INTERVAL;
 use crate::store::now;
-
-/// How often a relay writes its heartbeat.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A relay's claim on a device, as `warren_owner` notifications carry it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -9,16 +9,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::Claim;
-
-/// Pause before connecting again after the listening connection failed.
-const RECONNECT_AFTER: Duration = Duration::from_millis(250);
+use crate::protocol::limits::DATABASE_LISTEN_RETRY;
 
 pub(super) async fn run(
     config: tokio_postgres::Config,
@@ -79,7 +76,7 @@ pub(super) async fn run(
                 was_down = true;
             }
         }
-        tokio::time::sleep(RECONNECT_AFTER).await;
+        tokio::time::sleep(DATABASE_LISTEN_RETRY).await;
     }
 }
 

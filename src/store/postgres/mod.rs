@@ -30,23 +30,16 @@ use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::broadcast;
 use tokio_postgres::NoTls;
 
+use crate::protocol::limits::{DATABASE_CONNECT_TIMEOUT, DATABASE_POOL_SIZE, DATABASE_WAIT};
+
 pub use cluster::{Claim, RelayRecord};
 pub use copy::Copied;
-
-/// Connections the pool keeps at most (per relay or admin command).
-const POOL_SIZE: usize = 16;
-/// How long a call waits for a connection before it fails (the database is
-/// away: logins are refused with this error rather than hang).
-const POOL_WAIT: Duration = Duration::from_secs(3);
-/// How long opening one connection to the database may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The runtime the backend's connections live on; shut down without
 /// waiting when the last store handle goes, from any thread (even an async one).
@@ -89,7 +82,7 @@ impl Pg {
     pub fn open(url: &str) -> Result<Pg> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| anyhow!("bad database address {}: {e}", redact(url)))?;
-        config.connect_timeout(CONNECT_TIMEOUT);
+        config.connect_timeout(DATABASE_CONNECT_TIMEOUT);
         if config.get_application_name().is_none() {
             config.application_name("warren");
         }
@@ -107,10 +100,10 @@ impl Pg {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(DATABASE_POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(DATABASE_WAIT))
+            .create_timeout(Some(DATABASE_CONNECT_TIMEOUT))
             .build()
             .context("building the database pool")?;
         let (lost, _) = broadcast::channel(1024);
