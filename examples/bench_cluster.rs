@@ -304,11 +304,11 @@ fn rss_kib() -> u64 {
 }
 
 async fn scale(a: &Args) -> Result<Scale> {
-    let url = format!("{}", a.database);
-    let relays = vec![
-        relay(Some(&url)).await?,
-        relay(Some(&url)).await?,
-        relay(Some(&url)).await?,
+    let url = a.database.as_str();
+    let relays = [
+        relay(Some(url)).await?,
+        relay(Some(url)).await?,
+        relay(Some(url)).await?,
     ];
     let store = relays[0].relay.store();
     let system = Name::parse("fleet")?;
