@@ -52,10 +52,18 @@ impl Pg {
             loop {
                 tick.tick().await;
                 let Ok(c) = pool.get().await else { continue };
+                let t = now() as i64;
+                let _ = c
+                    .execute("UPDATE relays SET heartbeat = $2 WHERE id = $1", &[&id, &t])
+                    .await;
+                // Devices of a relay that stopped beating are offline (their
+                // agents are moving to other relays, which claim them anew).
+                let dead = t - 3 * HEARTBEAT_INTERVAL.as_secs() as i64;
                 let _ = c
                     .execute(
-                        "UPDATE relays SET heartbeat = $2 WHERE id = $1",
-                        &[&id, &(now() as i64)],
+                        "UPDATE devices SET online = 0, since = last_seen, streams = 0
+                         WHERE online = 1 AND relay IN (SELECT id FROM relays WHERE heartbeat < $1)",
+                        &[&dead],
                     )
                     .await;
             }
