@@ -15,7 +15,7 @@ use super::Pg;
 use super::keys::u;
 use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::{DeviceId, Name};
-use crate::store::{DeviceRecord, join_ports, now, split_ports};
+use crate::store::{DeviceStatus, join_ports, now, split_ports};
 
 impl Pg {
     pub fn device_up(
@@ -133,7 +133,7 @@ impl Pg {
         })
     }
 
-    pub fn devices(&self, system: Option<&str>) -> Result<Vec<DeviceRecord>> {
+    pub fn devices(&self, system: Option<&str>) -> Result<Vec<DeviceStatus>> {
         self.block(async {
             let c = self.client().await?;
             let rows = c
@@ -145,7 +145,7 @@ impl Pg {
                 .await?;
             let mut out = Vec::new();
             for r in rows {
-                out.push(DeviceRecord {
+                out.push(DeviceStatus {
                     system: r.try_get(0)?,
                     name: r.try_get(1)?,
                     online: r.try_get::<_, i64>(2)? != 0,
@@ -160,6 +160,7 @@ impl Pg {
                         .unwrap_or_default(),
                     streams: u(r.try_get(9)?),
                     disabled: r.try_get::<_, i64>(10)? != 0,
+                    scope: Vec::new(),
                 });
             }
             Ok(out)
