@@ -436,7 +436,34 @@ async fn admin_migrate_copies_a_relay_into_postgres_checked_and_idempotent() {
     assert!(store.identity("tau", dev.public_key()).unwrap().is_some());
     let out = common::cli::warren_ok(&["admin", "--database", &url, "key", "ls", "--json"]).await;
     assert!(out.contains(&fingerprint(dev.public_key())), "{out}");
-    // A bad address is refused clearly.
+    // Bad addresses are refused clearly.
+    let dir = tempfile::tempdir().unwrap();
+    let relay_bad = common::cli::warren(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--database",
+        "mysql://db/warren",
+    ])
+    .await;
+    assert!(!relay_bad.ok);
+    assert!(
+        relay_bad.stderr.contains("not a PostgreSQL address"),
+        "{}",
+        relay_bad.stderr
+    );
+    let away = common::cli::warren(&[
+        "admin",
+        "--database",
+        &pg.url("no_such_database"),
+        "key",
+        "ls",
+    ])
+    .await;
+    assert!(!away.ok);
+    assert!(away.stderr.contains("no_such_database"), "{}", away.stderr);
     let bad = common::cli::warren(&["admin", "--data", &data, "migrate", "--to", "/tmp/x"]).await;
     assert!(!bad.ok);
     assert!(

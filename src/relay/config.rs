@@ -142,11 +142,13 @@ mod tests {
         let p = dir.path().join("relay.toml");
         std::fs::write(
             &p,
-            "listen = \"127.0.0.1:2222\"\ndata = \"state\"\npublic_ports = [\"4000-4010\"]\n",
+            "listen = \"127.0.0.1:2222\"\ndata = \"state\"\npublic_ports = [\"4000-4010\"]\n\
+             database = \"postgres://warren@db/warren\"\n",
         )
         .unwrap();
         let f = RelayFile::load(&p).unwrap();
         assert_eq!(f.data.unwrap(), dir.path().join("state"));
+        assert_eq!(f.database.as_deref(), Some("postgres://warren@db/warren"));
         for bad in [
             "colour = 1\n",
             "listen = \"nowhere\"\n",
