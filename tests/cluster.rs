@@ -472,3 +472,39 @@ async fn admin_migrate_copies_a_relay_into_postgres_checked_and_idempotent() {
         bad.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_relays_of_the_registry_may_open_hops_and_only_to_their_own_devices() {
+    let pg = PgServer::start();
+    let relays = cluster(&pg, 2).await;
+    let (a, b) = (&relays[0], &relays[1]);
+    a.add_system("tau");
+    let (_dev1, port) = a.echo_device("tau", "dev1").await;
+    let (_dev2, _) = b.echo_device("tau", "dev2").await;
+    let hop_user = warren::relay::hop::HOP_USER;
+    // A key outside the registry, even a registered controller key, is refused.
+    let stranger = std::sync::Arc::new(warren::ssh::keys::generate_ed25519().unwrap());
+    assert!(a.try_connect(hop_user, stranger).await.is_err());
+    let alice = a.add_key("tau", Role::Controller, "alice");
+    assert!(a.try_connect(hop_user, alice).await.is_err());
+    // Relay B's host key is in the registry: A serves it its own device…
+    let b_key = warren::ssh::keys::read_private(&b.dir.path().join("host_key")).unwrap();
+    let from_b = a
+        .try_connect(hop_user, std::sync::Arc::new(b_key))
+        .await
+        .unwrap();
+    let back = echo_through(&from_b, "tau/dev1", port, b"one hop")
+        .await
+        .unwrap();
+    assert_eq!(back, b"one hop");
+    // …and never a second hop: dev2 is on B, not on A.
+    let err = echo_through(&from_b, "tau/dev2", port, b"two hops")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not connected to this relay"),
+        "{err:#}"
+    );
+    // Nor a plain name: a hop names SYSTEM/DEVICE.
+    assert!(echo_through(&from_b, "dev1", port, b"x").await.is_err());
+}
