@@ -75,27 +75,7 @@ async fn stock_ssh_jump_through_each_of_three_relays_reaches_every_device_byte_e
         agent.online().await;
         agents.push(agent);
     }
-    let user = login_user();
-    let mut known = String::new();
-    for r in &relays {
-        known.push_str(&r.known_hosts_line());
-        known.push('\n');
-    }
-    known.push_str(&format!("dev1,dev2,dev3 {}\n", sshd.host_pub));
-    let known = write_file(dir.path(), "known_hosts", &known);
-    let config = write_file(
-        dir.path(),
-        "ssh_config",
-        &format!(
-            "Host 127.0.0.1\n  IdentityFile {alice}\n\
-             Host dev1 dev2 dev3\n  User {user}\n  IdentityFile {userkey}\n\
-             Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  \
-             UserKnownHostsFile {known}\n  ConnectTimeout 20\n",
-            alice = alice.display(),
-            userkey = sshd.user_key.display(),
-            known = known.display(),
-        ),
-    );
+    let config = ssh_config(dir.path(), &relays, &alice, &sshd);
     let payload = pseudo_random(256 * 1024);
     let file = dir.path().join("payload");
     std::fs::write(&file, &payload).unwrap();
@@ -140,9 +120,69 @@ async fn stock_ssh_jump_through_each_of_three_relays_reaches_every_device_byte_e
         .await;
 }
 
+/// An ssh config for stock `ssh -J` through any of `relays` (alice's key
+/// for the relays, the sshd's user key for the devices).
+fn ssh_config(
+    dir: &std::path::Path,
+    relays: &[TestRelay],
+    alice: &std::path::Path,
+    sshd: &Sshd,
+) -> std::path::PathBuf {
+    let user = login_user();
+    let mut known = String::new();
+    for r in relays {
+        known.push_str(&r.known_hosts_line());
+        known.push('\n');
+    }
+    known.push_str(&format!("dev1,dev2,dev3 {}\n", sshd.host_pub));
+    let known = write_file(dir, "known_hosts", &known);
+    write_file(
+        dir,
+        "ssh_config",
+        &format!(
+            "Host 127.0.0.1\n  IdentityFile {alice}\n\
+             Host dev1 dev2 dev3\n  User {user}\n  IdentityFile {userkey}\n\
+             Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  \
+             UserKnownHostsFile {known}\n  ConnectTimeout 20\n",
+            alice = alice.display(),
+            userkey = sshd.user_key.display(),
+            known = known.display(),
+        ),
+    )
+}
+
 /// Alice's key as written by `add_key_file`, for Warren's own client.
 fn alice_key(path: &std::path::Path) -> std::sync::Arc<warren::ssh::keys::PrivateKey> {
     std::sync::Arc::new(warren::ssh::keys::read_private(path).unwrap())
+}
+
+/// An invite token made in a cluster names every relay (`addrs`, the one
+/// asked first) and pins every key (`pins`).
+async fn token_names_every_relay(
+    ops: &warren::ssh::client::ClientConnection<warren::ssh::client::NoForwards>,
+    addrs: &[String],
+    pins: &[String],
+) {
+    let out = ops
+        .exec(&format!(
+            "invite --system tau --role device --name dev9 --relay {} --json",
+            addrs[0]
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = warren::protocol::token::Invite::decode(made["token"].as_str().unwrap()).unwrap();
+    let mut in_token: Vec<&str> = token.relay.split(',').collect();
+    let mut pinned: Vec<&str> = token.host_key.split(',').collect();
+    assert_eq!(in_token[0], addrs[0]);
+    in_token.sort();
+    pinned.sort();
+    let (mut want_addrs, mut want_pins) = (addrs.to_vec(), pins.to_vec());
+    want_addrs.sort();
+    want_pins.sort();
+    assert_eq!(in_token, want_addrs);
+    assert_eq!(pinned, want_pins);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -187,27 +227,7 @@ async fn kill_9_of_a_relay_brings_its_devices_back_through_another_within_60_s_l
     // Acknowledged admin work through the relay about to die.
     let ops = connect_to(&addrs[0], &pins[0], "ops", admin).await.unwrap();
     let ids = common::acknowledged_invites(&ops, &addrs[0], 5).await;
-    // An invite token of the cluster names every relay and pins every key.
-    let out = ops
-        .exec(&format!(
-            "invite --system tau --role device --name dev9 --relay {} --json",
-            addrs[0]
-        ))
-        .await
-        .unwrap();
-    assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
-    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = warren::protocol::token::Invite::decode(made["token"].as_str().unwrap()).unwrap();
-    let mut in_token: Vec<&str> = token.relay.split(',').collect();
-    let mut pinned: Vec<&str> = token.host_key.split(',').collect();
-    assert_eq!(in_token[0], addrs[0]);
-    in_token.sort();
-    pinned.sort();
-    let (mut want_addrs, mut want_pins) = (addrs.clone(), pins.clone());
-    want_addrs.sort();
-    want_pins.sort();
-    assert_eq!(in_token, want_addrs);
-    assert_eq!(pinned, want_pins);
+    token_names_every_relay(&ops, &addrs, &pins).await;
 
     procs[0].kill_9().await;
     let killed = Instant::now();
