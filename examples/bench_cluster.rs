@@ -257,15 +257,15 @@ struct Logins {
 async fn logins(database: Option<&str>, n: usize) -> Result<Logins> {
     let r = Arc::new(relay(database).await?);
     let store = r.relay.store();
-    store.add_system(&Name::parse("tau")?)?;
-    let key = add_key(store, "tau", Role::Controller, "alice")?;
+    store.add_system(&Name::parse("logins")?)?;
+    let key = add_key(store, "logins", Role::Controller, "alice")?;
     let t = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(8));
     let mut tasks = Vec::new();
     for _ in 0..n {
         let (r, key, permit) = (r.clone(), key.clone(), sem.clone().acquire_owned().await?);
         tasks.push(tokio::spawn(async move {
-            let c = login(&r, "tau", key).await;
+            let c = login(&r, "logins", key).await;
             drop(permit);
             c.map(|_| ())
         }));
