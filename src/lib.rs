@@ -64,12 +64,17 @@
 //! - [`render`]: tables, times and JSON as commands print them; [`files`]:
 //!   config files (size-bounded reads, default paths).
 //! - [`admin`]: the admin operations (systems, keys, invites, devices,
-//!   gateways, public ports, the log) that `warren admin` and remote admin
-//!   over SSH (`relay::commands`) both run: `execute` then `commit`. It holds
-//!   the clap grammar both parse, the remote permission rules
-//!   (`admin::remote`, refusals as `policy::CommandRefusal`), device status
-//!   and its rendering (`admin::status`), and the [`admin::LiveRelay`] trait:
-//!   what it needs of a running relay. It imports neither `relay` nor `cli`.
+//!   gateways, public ports, the log) as typed requests and replies. Every
+//!   front end is a thin adapter: parse the clap grammar (`admin::grammar`),
+//!   `into_request` (values checked: `admin::request`), `check_remote` over
+//!   SSH (`admin::remote`, refusals as `policy::CommandRefusal`), `run`
+//!   (returns an `Outcome`: the typed `Reply`, audit events, what changed),
+//!   `commit`, then `render` (`admin::reply`: today's text, JSON and CSV).
+//!   `cli::admin` and `relay::commands` are those adapters; `execute` does
+//!   into_request + run + render in one call for callers written against
+//!   it. Device status and its table are in `admin::status`; the
+//!   [`admin::LiveRelay`] trait is what it needs of a running relay. It
+//!   imports neither `relay` nor `cli`.
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.
 //! - [`fuzz`]: one entry per parser of outside input, for `fuzz-input/`
 //!   and the smoke run in the tests.

@@ -6,7 +6,7 @@
 
 use clap::Parser;
 
-use super::AdminCommand;
+use super::{AdminCommand, Request};
 use crate::policy::CommandRefusal;
 use crate::protocol::Role;
 use crate::store::Identity;
@@ -47,10 +47,25 @@ pub fn may_run_commands(who: &Identity) -> Result<(), CommandRefusal> {
     }
 }
 
-/// Whether `who` may run `command` remotely. A controller's `ls` and `log`
-/// are limited to its own system (the system is filled in).
-pub fn check_remote(who: &Identity, command: &mut AdminCommand) -> Result<(), CommandRefusal> {
+/// Whether `who` may run the command `command` (its first word) at all:
+/// admin keys every one, controllers `ls` and `log`. Checked before the
+/// command's values, so a refused command is refused as such whatever
+/// they are.
+pub fn may_run(who: &Identity, command: &'static str) -> Result<(), CommandRefusal> {
     may_run_commands(who)?;
+    if who.role == Role::Admin || matches!(command, "ls" | "log") {
+        return Ok(());
+    }
+    Err(CommandRefusal::NeedsAdmin {
+        role: who.role,
+        command,
+    })
+}
+
+/// Whether `who` may run `request` remotely ([`may_run`]). A controller's
+/// `ls` and `log` are limited to its own system (the system is filled in).
+pub fn check_remote(who: &Identity, request: &mut Request) -> Result<(), CommandRefusal> {
+    may_run(who, command_name(request))?;
     if who.role == Role::Admin {
         return Ok(());
     }
@@ -64,28 +79,28 @@ pub fn check_remote(who: &Identity, command: &mut AdminCommand) -> Result<(), Co
             Ok(())
         }
     };
-    match command {
-        AdminCommand::Ls(a) => check(&mut a.system),
-        AdminCommand::Log(a) => check(&mut a.system),
-        other => Err(CommandRefusal::NeedsAdmin {
-            role: who.role,
-            command: command_name(other),
-        }),
+    match request {
+        Request::ListDevices { system, .. } => check(system),
+        Request::Log { query } => check(&mut query.system),
+        // `may_run` let only `ls` and `log` through.
+        _ => Ok(()),
     }
 }
 
-fn command_name(c: &AdminCommand) -> &'static str {
-    match c {
-        AdminCommand::HostKey { .. } => "host-key",
-        AdminCommand::System(_) => "system",
-        AdminCommand::Key(_) => "key",
-        AdminCommand::Gateway(_) => "gateway",
-        AdminCommand::Expose(_) => "expose",
-        AdminCommand::Ls(_) => "ls",
-        AdminCommand::Invite(_) => "invite",
-        AdminCommand::Device(_) => "device",
-        AdminCommand::Log(_) => "log",
-        AdminCommand::Migrate(_) => "migrate",
+/// The command's first word, as the refusal names it.
+fn command_name(r: &Request) -> &'static str {
+    match r {
+        Request::HostKey => "host-key",
+        Request::AddSystem { .. } | Request::ListSystems => "system",
+        Request::AddKey { .. } | Request::ListKeys | Request::RevokeKey { .. } => "key",
+        Request::Gateway(_) => "gateway",
+        Request::Expose(_) => "expose",
+        Request::ListDevices { .. } => "ls",
+        Request::CreateInvite { .. } | Request::ListInvites | Request::RevokeInvite { .. } => {
+            "invite"
+        }
+        Request::SetDisabled { .. } => "device",
+        Request::Log { .. } => "log",
     }
 }
 
@@ -103,10 +118,11 @@ mod tests {
         }
     }
 
-    fn parse(line: &str) -> AdminCommand {
-        Remote::try_parse_from(split_words(line).unwrap())
+    fn parse(line: &str) -> Request {
+        let command: AdminCommand = Remote::try_parse_from(split_words(line).unwrap())
             .unwrap()
-            .command
+            .command;
+        command.into_request().unwrap().0
     }
 
     #[test]
@@ -126,7 +142,9 @@ mod tests {
         let alice = who(Role::Controller);
         let mut ls = parse("ls");
         assert_eq!(check_remote(&alice, &mut ls), Ok(()));
-        assert!(matches!(&ls, AdminCommand::Ls(a) if a.system.as_deref() == Some("tau")));
+        assert!(
+            matches!(&ls, Request::ListDevices { system, .. } if system.as_deref() == Some("tau"))
+        );
         let mut other = parse("log --system ops");
         let refused = check_remote(&alice, &mut other).unwrap_err();
         assert!(
@@ -146,6 +164,27 @@ mod tests {
             refused.to_string(),
             "controller keys may run only ls, log and help; `key` needs an admin key"
         );
+    }
+
+    #[test]
+    fn a_controller_is_refused_by_command_before_its_values_are_read() {
+        let alice = who(Role::Controller);
+        let command = Remote::try_parse_from(["invite", "--system", "NOT A NAME"])
+            .unwrap()
+            .command;
+        assert!(command.into_request().is_err(), "the values are bad");
+        let command = Remote::try_parse_from(["invite", "--system", "NOT A NAME"])
+            .unwrap()
+            .command;
+        assert_eq!(
+            may_run(&alice, command.name()),
+            Err(CommandRefusal::NeedsAdmin {
+                role: Role::Controller,
+                command: "invite"
+            })
+        );
+        assert_eq!(may_run(&alice, "log"), Ok(()));
+        assert_eq!(may_run(&who(Role::Admin), "invite"), Ok(()));
     }
 
     #[test]
