@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::PublicRefusal;
-use crate::protocol::limits::{AUDIT_BATCH_MAX, AUDIT_PRUNE_INTERVAL};
+use crate::protocol::limits::{
+    AUDIT_BACKLOG_MAX, AUDIT_BATCH_MAX, AUDIT_PRUNE_INTERVAL, AUDIT_RETRY_INTERVAL,
+};
 use crate::ssh::SpliceStats;
 use crate::store::{Exposure, Store};
 
@@ -84,6 +86,11 @@ impl Audit {
 /// Stores events in batches until `stop`, then stores what is still queued.
 /// Prunes events older than `retention` at start and every
 /// [`AUDIT_PRUNE_INTERVAL`].
+///
+/// A batch the store refuses (its database is away) is kept, in order, and
+/// written before anything newer once the store answers again (tried every
+/// [`AUDIT_RETRY_INTERVAL`]), up to [`AUDIT_BACKLOG_MAX`] events; past that
+/// bound new events are dropped with an error line each batch.
 pub async fn run_writer(
     store: Store,
     mut w: AuditWriter,
@@ -91,10 +98,16 @@ pub async fn run_writer(
     stop: CancellationToken,
 ) {
     let mut prune = tokio::time::interval(AUDIT_PRUNE_INTERVAL);
+    let mut retry = tokio::time::interval(AUDIT_RETRY_INTERVAL);
+    let mut backlog = Backlog::default();
     loop {
         let first = tokio::select! {
             biased;
             m = w.rx.recv() => m,
+            _ = retry.tick(), if !backlog.events.is_empty() => {
+                write_batch(&store, &w.written, &mut backlog, Vec::new()).await;
+                continue;
+            }
             _ = prune.tick(), if retention.is_some() => {
                 if let Some(r) = retention {
                     prune_now(&store, r).await;
@@ -106,7 +119,10 @@ pub async fn run_writer(
                 while let Ok(m) = w.rx.try_recv() {
                     rest.push(m);
                 }
-                write_batch(&store, &w.written, rest).await;
+                write_batch(&store, &w.written, &mut backlog, rest).await;
+                if !backlog.events.is_empty() {
+                    tracing::error!(lost = backlog.events.len(), "audit events not written at shutdown: the store is unreachable");
+                }
                 return;
             }
         };
@@ -118,29 +134,64 @@ pub async fn run_writer(
                 Err(_) => break,
             }
         }
-        write_batch(&store, &w.written, batch).await;
+        write_batch(&store, &w.written, &mut backlog, batch).await;
     }
 }
 
-async fn write_batch(store: &Store, written: &watch::Sender<u64>, batch: Vec<Msg>) {
-    let mut events = Vec::new();
+/// Events the store refused, oldest first, waiting to be written.
+#[derive(Default)]
+struct Backlog {
+    events: std::collections::VecDeque<Event>,
+    /// Events dropped because the backlog was full, since the last write.
+    dropped: u64,
+}
+
+async fn write_batch(
+    store: &Store,
+    written: &watch::Sender<u64>,
+    backlog: &mut Backlog,
+    batch: Vec<Msg>,
+) {
     let mut acks = Vec::new();
     for m in batch {
         match m {
-            Msg::Event(e) => events.push(*e),
+            Msg::Event(e) => {
+                if backlog.events.len() < AUDIT_BACKLOG_MAX {
+                    backlog.events.push_back(*e);
+                } else {
+                    backlog.dropped += 1;
+                }
+            }
             Msg::Flush(tx) => acks.push(tx),
         }
     }
-    let n = events.len() as u64;
-    let result = if events.is_empty() {
-        Ok(())
-    } else {
-        store.call(move |s| s.append_audit(&events)).await
-    };
-    let result = result.map_err(|e| format!("{e:#}"));
-    match &result {
-        Ok(()) => written.send_modify(|v| *v += n),
-        Err(e) => tracing::error!(error = %e, lost = n, "writing audit events"),
+    let mut result = Ok(());
+    while !backlog.events.is_empty() {
+        let take = backlog.events.len().min(AUDIT_BATCH_MAX);
+        let events: Vec<Event> = backlog.events.iter().take(take).cloned().collect();
+        match store.call(move |s| s.append_audit(&events)).await {
+            Ok(()) => {
+                backlog.events.drain(..take);
+                written.send_modify(|v| *v += take as u64);
+            }
+            Err(e) => {
+                result = Err(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    if let Err(e) = &result {
+        tracing::error!(error = %e, kept = backlog.events.len(), "writing audit events; kept to write when the store is back");
+    }
+    if backlog.dropped > 0 {
+        tracing::error!(
+            dropped = backlog.dropped,
+            bound = AUDIT_BACKLOG_MAX,
+            "audit backlog full while the store is unreachable: events dropped"
+        );
+        if result.is_ok() {
+            backlog.dropped = 0;
+        }
     }
     for ack in acks {
         let _ = ack.send(result.clone());

@@ -49,9 +49,14 @@
 //!   `client::enroll` turns an invite token into a key and a config;
 //!   `socks` and `forward` over one self-healing relay connection (`tunnel`);
 //!   ssh configs and connect scripts (`sshconfig`).
-//! - [`store`]: SQLite state in the relay's data directory (systems, keys, device
-//!   status, invites, the audit log), with numbered migrations; reads on
-//!   connections of their own beside the one writer.
+//! - [`store`]: the relay's state (systems, keys, device status, invites,
+//!   the audit log) behind one `Store`, with numbered migrations: SQLite in
+//!   the relay's data directory (reads on connections of their own beside
+//!   the one writer), or PostgreSQL shared by a cluster of relays
+//!   (`store/postgres/`: device claims with epochs, the relay registry,
+//!   `LISTEN`/`NOTIFY`). In a cluster, `relay/hop.rs` carries a stream to a
+//!   device on another relay and `relay/cluster.rs` closes connections of
+//!   devices that moved to another relay.
 //! - [`policy`]: who may reach what, and every refusal as data (its text and
 //!   a stable code); pure functions, no I/O.
 //! - [`audit`]: audit events: a log line each, and a row in the store written

@@ -18,8 +18,12 @@ use crate::protocol::{DeviceId, Name, RelayAddress, Role};
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// The relay's data directory.
-    #[arg(long, env = "WARREN_DATA")]
-    pub data: PathBuf,
+    #[arg(long, env = "WARREN_DATA", required_unless_present = "database")]
+    pub data: Option<PathBuf>,
+    /// The PostgreSQL database of a cluster of relays (postgres://…),
+    /// instead of the SQLite database in --data.
+    #[arg(long, env = "WARREN_DATABASE")]
+    pub database: Option<String>,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -57,6 +61,9 @@ pub enum AdminCommand {
     Wake(WakeArgs),
     /// Put an on-demand device to sleep through the running relay.
     Sleep(WakeArgs),
+    /// Copy this relay's SQLite state (--data) into a cluster's PostgreSQL
+    /// database: `migrate --to postgres://…` (checked; safe to run again).
+    Migrate(super::migrate::MigrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +179,7 @@ impl AdminCommand {
             AdminCommand::Log(_) => "log",
             AdminCommand::Wake(_) => "wake",
             AdminCommand::Sleep(_) => "sleep",
+            AdminCommand::Migrate(_) => "migrate",
         }
     }
 
@@ -216,6 +224,9 @@ impl AdminCommand {
             AdminCommand::Log(a) => a.into_request()?,
             AdminCommand::Wake(a) => a.into_request(WakeOp::Wake)?,
             AdminCommand::Sleep(a) => a.into_request(WakeOp::Sleep)?,
+            AdminCommand::Migrate(_) => bail!(
+                "migrate runs on the relay host: `warren admin --data DIR migrate --to postgres://…`"
+            ),
         })
     }
 }

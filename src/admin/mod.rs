@@ -18,6 +18,7 @@ mod gateway;
 mod grammar;
 mod live;
 pub mod log;
+pub mod migrate;
 pub mod remote;
 mod reply;
 mod request;
@@ -286,6 +287,33 @@ async fn add_key(
     })
 }
 
+/// In a cluster, a token names every relay of the registry (this one
+/// first) and pins every relay's host key, comma-separated: the agent
+/// moves to the next relay when one fails.
+async fn cluster_pins(store: &Store, relay: String, host_key: String) -> Result<(String, String)> {
+    if store.postgres().is_none() {
+        return Ok((relay, host_key));
+    }
+    let others = store
+        .call(|s| match s.postgres() {
+            Some(pg) => pg.relays(),
+            None => Ok(Vec::new()),
+        })
+        .await?;
+    let (mut relays, mut keys) = (vec![relay], vec![host_key]);
+    for r in others {
+        if let Some(a) = r.address
+            && !relays.contains(&a)
+        {
+            relays.push(a);
+        }
+        if !keys.contains(&r.host_key) {
+            keys.push(r.host_key);
+        }
+    }
+    Ok((relays.join(","), keys.join(",")))
+}
+
 async fn create_invite(store: &Store, caller: &Caller<'_>, request: Request) -> Result<Outcome> {
     let Request::CreateInvite {
         system,
@@ -309,6 +337,7 @@ async fn create_invite(store: &Store, caller: &Caller<'_>, request: Request) -> 
             crate::protocol::RelayAddress::parse(&r)?.into_string()
         }
     };
+    let (relay, host_key) = cluster_pins(store, relay, host_key).await?;
     let (id, secret) = Invite::fresh_id_and_secret()?;
     let invite = Invite {
         relay,

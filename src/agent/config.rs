@@ -135,17 +135,27 @@ impl AgentSettings {
         };
         Ok(AgentSettings {
             on_demand,
-            relay: RelayAddress::parse(&file.relay)?.into_string(),
+            relay: relay_list(&file.relay)?,
             system,
             name,
             key: Arc::new(key),
-            relay_host_key: keys::parse_fingerprint(&file.relay_host_key)?,
+            relay_host_key: keys::parse_fingerprints(&file.relay_host_key)?,
             allow,
             dead_after,
             labels,
             gateway,
         })
     }
+}
+
+/// `relay` as written: one address, or the relays of a cluster separated
+/// by commas, tried in turn (each may also be a name with several addresses).
+fn relay_list(s: &str) -> Result<String> {
+    let list = s
+        .split(',')
+        .map(|a| RelayAddress::parse(a.trim()).map(RelayAddress::into_string))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(list.join(","))
 }
 
 #[cfg(test)]

@@ -84,17 +84,19 @@ pub async fn run(path: &Path) -> Report {
 /// Relay reachable, host key as pinned, key accepted, clock skew.
 async fn relay_checks(s: &AgentSettings, checks: &mut Vec<Check>) {
     let started = Instant::now();
-    let tcp = match tokio::time::timeout(DOCTOR_CHECK_TIMEOUT, TcpStream::connect(&s.relay)).await {
+    // A cluster's list: the first relay (the agent moves on from it).
+    let relay = s.relay.split(',').next().unwrap_or_default();
+    let tcp = match tokio::time::timeout(DOCTOR_CHECK_TIMEOUT, TcpStream::connect(relay)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
-            checks.push(check("relay reachable", false, format!("{}: {e}", s.relay)));
+            checks.push(check("relay reachable", false, format!("{relay}: {e}")));
             return;
         }
         Err(_) => {
             checks.push(check(
                 "relay reachable",
                 false,
-                format!("{}: no answer within {DOCTOR_CHECK_TIMEOUT:?}", s.relay),
+                format!("{relay}: no answer within {DOCTOR_CHECK_TIMEOUT:?}"),
             ));
             return;
         }
@@ -102,11 +104,7 @@ async fn relay_checks(s: &AgentSettings, checks: &mut Vec<Check>) {
     checks.push(check(
         "relay reachable",
         true,
-        format!(
-            "{} answered in {} ms",
-            s.relay,
-            started.elapsed().as_millis()
-        ),
+        format!("{relay} answered in {} ms", started.elapsed().as_millis()),
     ));
     let opts = ConnectOptions {
         user: s.system.to_string(),

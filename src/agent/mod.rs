@@ -138,6 +138,7 @@ pub async fn run_with_reload(
     let mut settings = config.borrow_and_update().clone();
     let allow: SharedAllow = Arc::new(RwLock::new(Arc::new(settings.allow.clone())));
     let mut backoff = Backoff::new();
+    let mut turn = 0usize;
     let gw = Arc::new(GatewayState::new(
         settings.name.clone(),
         settings.gateway.clone(),
@@ -154,7 +155,8 @@ pub async fn run_with_reload(
             config: &mut config,
             activity: &activity,
         };
-        let reason = session(&mut settings, links, &emit, &shutdown).await;
+        let reason = session(&mut settings, links, &emit, &shutdown, turn).await;
+        turn += 1;
         if shutdown.is_cancelled() {
             return;
         }
@@ -273,6 +275,7 @@ async fn session(
     links: Links<'_>,
     emit: &impl Fn(AgentEvent),
     shutdown: &CancellationToken,
+    turn: usize,
 ) -> String {
     let Links {
         allow,
@@ -281,8 +284,12 @@ async fn session(
         config,
         activity,
     } = links;
-    tracing::info!(relay = %settings.relay, "connecting to relay");
-    let tcp = match client::dial(&settings.relay, HANDSHAKE_TIMEOUT).await {
+    // A cluster's relays in turn: each new session after a failed one
+    // dials the next.
+    let relays: Vec<String> = settings.relay.split(',').map(str::to_string).collect();
+    let relay = relays[turn % relays.len().max(1)].clone();
+    tracing::info!(%relay, "connecting to relay");
+    let tcp = match client::dial(&relay, HANDSHAKE_TIMEOUT).await {
         Ok(s) => s,
         Err(e) => return format!("{e:#}"),
     };

@@ -286,7 +286,8 @@ async fn awake(
         config: &mut life.config,
         activity: &life.activity,
     };
-    let session = super::session(settings, links, &on_event, &stop);
+    // Every wake starts at the first relay of a cluster's list.
+    let session = super::session(settings, links, &on_event, &stop, 0);
     tokio::pin!(session);
     let mut sleep_reason: Option<String> = None;
     let ended = loop {

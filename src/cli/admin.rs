@@ -15,19 +15,23 @@ use crate::ssh::keys;
 use crate::store::Store;
 
 pub async fn run(a: AdminArgs) -> Result<ExitCode> {
-    if !a.data.join(crate::store::DB_FILE).exists() {
+    let data = a.data.clone().unwrap_or_default();
+    if let AdminCommand::Migrate(m) = &a.command {
+        return admin::migrate::run(&data, m);
+    }
+    if a.database.is_none() && !data.join(crate::store::DB_FILE).exists() {
         anyhow::bail!(
             "no Warren database in {} (start `warren relay --data {}` once, or check --data)",
-            a.data.display(),
-            a.data.display()
+            data.display(),
+            data.display()
         );
     }
     if let AdminCommand::HostKey { json } = a.command {
-        return host_key(&a.data, json);
+        return host_key(&data, json);
     }
     let (request, format) = a.command.into_request()?;
-    let store = Store::open(&a.data)?;
-    let caller = Caller::Local { data: &a.data };
+    let store = Store::open_any(&data, a.database.as_deref())?;
+    let caller = Caller::Local { data: &data };
     let outcome = admin::run(&store, &caller, request).await?;
     admin::commit(&store, &caller, &outcome).await?;
     let Text { out, err } = admin::render(&outcome.reply, format)?;

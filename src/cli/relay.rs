@@ -25,6 +25,11 @@ pub struct RelayArgs {
     /// Data directory: host key and database (created on first start).
     #[arg(long, env = "WARREN_DATA")]
     pub data: Option<PathBuf>,
+    /// PostgreSQL database shared by a cluster of relays
+    /// (postgres://USER@HOST/DB); the host key stays in --data. Without it
+    /// the state is the SQLite database in --data.
+    #[arg(long, env = "WARREN_DATABASE")]
+    pub database: Option<String>,
     /// Relay ports admins may expose publicly, e.g. 4000-4100 (repeatable).
     /// None by default: `warren admin expose` then opens nothing.
     #[arg(long = "public-ports")]
@@ -183,6 +188,7 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         ciphers,
         kex_algorithms,
         require_strict_kex: a.require_strict_kex || file.require_strict_kex.unwrap_or(false),
+        database: a.database.clone().or(file.database.clone()),
         ..RelayOptions::default()
     };
     let server = Relay::open(&data, options)?;

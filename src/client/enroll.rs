@@ -96,7 +96,9 @@ pub async fn enroll(req: &EnrollRequest) -> Result<Enrolled> {
         }
     }
     let key = Arc::new(keys::generate_ed25519()?);
-    let tcp = client::dial(&invite.relay, HANDSHAKE_TIMEOUT).await?;
+    // A cluster's token lists every relay: enroll at the first.
+    let first = invite.relay.split(',').next().unwrap_or_default();
+    let tcp = client::dial(first, HANDSHAKE_TIMEOUT).await?;
     let opts = ConnectOptions {
         user: ENROLL_USER.into(),
         key: key.clone(),
@@ -105,7 +107,7 @@ pub async fn enroll(req: &EnrollRequest) -> Result<Enrolled> {
     };
     let conn = client::connect(tcp, &opts, NoForwards)
         .await
-        .with_context(|| format!("enrolling at relay {}", invite.relay))?;
+        .with_context(|| format!("enrolling at relay {first}"))?;
     let out = conn.exec(&format!("enroll {}", req.token.trim())).await;
     conn.disconnect().await;
     let out = out?;
@@ -160,7 +162,8 @@ fn write_files(
             labels: &req.labels,
         })?,
         Role::Controller | Role::Admin => toml::to_string(&ClientToml {
-            relay: &invite.relay,
+            // A controller dials one relay (any relay reaches every device).
+            relay: invite.relay.split(',').next().unwrap_or_default(),
             system: system.as_str(),
             key: &key_file,
             relay_host_key: &invite.host_key,

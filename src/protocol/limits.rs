@@ -101,6 +101,14 @@ pub const AUDIT_BATCH_MAX: usize = 512;
 /// is plenty for a retention counted in days.
 pub const AUDIT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// Audit events kept in memory, in order, while the store refuses writes
+/// (a cluster's database is away); past this, new events are dropped with
+/// an error. About 300 bytes each: some 30 MB at most.
+pub const AUDIT_BACKLOG_MAX: usize = 100_000;
+
+/// How often kept audit events are tried again while the store refuses them.
+pub const AUDIT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Audit events per page of `log`: one screen.
 pub const AUDIT_PAGE_SIZE: usize = 20;
 
@@ -191,3 +199,30 @@ pub const MAX_SOCKS_HANDSHAKES: usize = 256;
 
 /// Longest SOCKS username or password: RFC 1929 gives each one length byte.
 pub const MAX_SOCKS_CREDENTIAL: usize = 255;
+
+/// Connections a store on PostgreSQL keeps at most (per relay or admin
+/// command): the relay's concurrent logins and writers, with room to spare;
+/// three relays stay far below PostgreSQL's default 100.
+pub const DATABASE_POOL_SIZE: usize = 16;
+
+/// How long a store call waits for a pooled database connection before it
+/// fails: a database that is away refuses logins in seconds, not minutes.
+pub const DATABASE_WAIT: Duration = Duration::from_secs(3);
+
+/// How long opening one connection to the database may take.
+pub const DATABASE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Pause before the listening connection (`LISTEN`) connects again after it
+/// failed: short, since notifications are lost while it is down.
+pub const DATABASE_LISTEN_RETRY: Duration = Duration::from_millis(250);
+
+/// How often a relay of a cluster writes its heartbeat. A relay silent for
+/// three of these is taken for dead: no hop is tried to it.
+pub const RELAY_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long dialing another relay of the cluster for a hop may take
+/// (relays are near each other; a controller is waiting).
+pub const HOP_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause before a device status change the store refused is tried again.
+pub const STATUS_RETRY_INTERVAL: Duration = Duration::from_secs(1);

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Relay, StatusChange, gateways, ratelimit};
 use crate::audit::{self, AuditWriter};
 use crate::protocol::DeviceId;
-use crate::protocol::limits::LAST_SEEN_FLUSH_INTERVAL;
+use crate::protocol::limits::{LAST_SEEN_FLUSH_INTERVAL, STATUS_RETRY_INTERVAL};
 use crate::store::Store;
 
 /// The receiving ends of the relay's status and audit channels, until
@@ -91,15 +90,22 @@ async fn write_status(
                 return;
             }
         };
-        match change {
-            Some(change) => apply_status(&store, change).await,
-            None => return,
+        let Some(change) = change else { return };
+        // In order: a change the store refused (its database is away) is
+        // tried again before any later one, until it is written or the
+        // relay stops.
+        while !apply_status(&store, change.clone()).await {
+            tokio::select! {
+                _ = tokio::time::sleep(STATUS_RETRY_INTERVAL) => {}
+                _ = stop.cancelled() => break,
+            }
         }
         written.send_modify(|n| *n += 1);
     }
 }
 
-async fn apply_status(store: &Store, change: StatusChange) {
+/// Writes one status change; false if the store refused it.
+async fn apply_status(store: &Store, change: StatusChange) -> bool {
     let result = store
         .call(move |s| match change {
             StatusChange::Up {
@@ -124,8 +130,12 @@ async fn apply_status(store: &Store, change: StatusChange) {
             }
         })
         .await;
-    if let Err(e) = result {
-        tracing::error!(error = %format!("{e:#}"), "writing device status");
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "writing device status");
+            false
+        }
     }
 }
 
@@ -159,14 +169,7 @@ pub(super) async fn watch_store(relay: Arc<Relay>) {
         relay.expose_wake.notify_one();
         let conns = relay.registry.conns();
         let fps: Vec<String> = conns.iter().map(|c| c.fingerprint.clone()).collect();
-        let active = relay
-            .store
-            .call(move |s| {
-                fps.iter()
-                    .map(|fp| s.key_active(fp))
-                    .collect::<Result<Vec<bool>>>()
-            })
-            .await;
+        let active = relay.store.call(move |s| s.keys_active(&fps)).await;
         let Ok(active) = active else {
             relay.rechecks.send_modify(|n| *n += 1);
             continue;

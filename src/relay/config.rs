@@ -19,6 +19,8 @@ pub struct RelayFile {
     pub listen: Option<SocketAddr>,
     /// Data directory (relative to the config file).
     pub data: Option<PathBuf>,
+    /// PostgreSQL database of a cluster of relays ("postgres://…").
+    pub database: Option<String>,
     /// Relay ports an admin may expose publicly, e.g. ["4000-4100", "8443"].
     /// Empty (the default): no public ports at all.
     pub public_ports: Option<Vec<String>>,
@@ -163,11 +165,13 @@ mod tests {
         let p = dir.path().join("relay.toml");
         std::fs::write(
             &p,
-            "listen = \"127.0.0.1:2222\"\ndata = \"state\"\npublic_ports = [\"4000-4010\"]\n",
+            "listen = \"127.0.0.1:2222\"\ndata = \"state\"\npublic_ports = [\"4000-4010\"]\n\
+             database = \"postgres://warren@db/warren\"\n",
         )
         .unwrap();
         let f = RelayFile::load(&p).unwrap();
         assert_eq!(f.data.unwrap(), dir.path().join("state"));
+        assert_eq!(f.database.as_deref(), Some("postgres://warren@db/warren"));
         std::fs::write(
             &p,
             "mqtt = \"mqtts://broker:8883\"\nmqtt_username = \"relay\"\nmqtt_password_file = \"relay.pass\"\nmqtt_ca = \"ca.crt\"\nwake_timeout = \"45s\"\n",

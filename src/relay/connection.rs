@@ -57,6 +57,8 @@ pub(super) async fn run(
             refused_user: None,
             probed: Vec::new(),
             probed_system: None,
+            store_down: None,
+            hop_from: None,
             queries: 0,
             enroll_offered: None,
             forward_requests: 0,
@@ -118,6 +120,10 @@ struct Connection {
     /// signature, and that were never used to log in (key probing).
     probed: Vec<String>,
     probed_system: Option<String>,
+    /// Why logins are refused outright: the store could not be asked.
+    store_down: Option<String>,
+    /// The relay of the cluster this connection comes from (hops only).
+    hop_from: Option<String>,
     /// `publickey` queries without a signature so far.
     queries: u64,
     /// The first key offered as user `enroll`, until a login completes.
@@ -141,6 +147,33 @@ struct Connection {
 }
 
 impl Connection {
+    /// A relay of the cluster logging in to open hops: its host key must
+    /// be in the registry.
+    async fn check_relay_key(&mut self, user: &str, fp: String, verified: bool) -> bool {
+        match super::hop::peer_relay(&self.relay, &fp).await {
+            Ok(Some(id)) => {
+                if verified {
+                    self.relay.audit.record(
+                        Event::new(kind::LOGIN, audit::OK)
+                            .peer(self.peer)
+                            .key(format!("relay {id}"), fp.as_str())
+                            .detail("a relay of the cluster, for hops"),
+                    );
+                    self.hop_from = Some(id);
+                }
+                true
+            }
+            Ok(None) => {
+                self.refuse_login(user, fp);
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "store lookup failed during a relay's login");
+                false
+            }
+        }
+    }
+
     fn refuse_login(&mut self, user: &str, fp: String) {
         if !self.refused.contains(&fp) {
             self.refused.push(fp);
@@ -291,6 +324,9 @@ impl ServerSession for Connection {
             }
             return true;
         }
+        if user == super::hop::HOP_USER {
+            return self.check_relay_key(user, fp, verified).await;
+        }
         if Name::parse(user).is_err() {
             self.refuse_login(user, fp);
             return false;
@@ -305,6 +341,11 @@ impl ServerSession for Connection {
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "store lookup failed during login");
+                let why = "login refused: the relay cannot check keys now (its database is unreachable); try again shortly";
+                let mut e = audit::login_refused(self.peer, user, why).reason("store_unavailable");
+                e.fingerprint = Some(fp);
+                self.relay.audit.record(e);
+                self.store_down = Some(why.to_string());
                 return false;
             }
         };
@@ -327,6 +368,10 @@ impl ServerSession for Connection {
         );
         self.identity = Some(identity);
         true
+    }
+
+    fn login_refusal(&mut self) -> Option<String> {
+        self.store_down.take()
     }
 
     fn authenticated(&mut self, handle: ServerHandle) {
@@ -448,6 +493,14 @@ impl ServerSession for Connection {
     }
 
     fn direct_tcpip(&mut self, host: &str, port: u32, channel: IncomingChannel) {
+        if let Some(from) = self.hop_from.clone() {
+            let (relay, host, peer) = (self.relay.clone(), host.to_string(), self.peer);
+            self.tasks.spawn(
+                super::hop::serve(relay, from, host, port, peer, channel)
+                    .instrument(self.span.clone()),
+            );
+            return;
+        }
         let Some(who) = self.identity.clone() else {
             return;
         };

@@ -8,12 +8,14 @@
 //! each controller stream to its device and splices the two.
 
 mod background;
+mod cluster;
 mod commands;
 pub mod config;
 mod connection;
 mod enroll;
 pub mod expose;
 pub mod gateways;
+pub mod hop;
 mod listen;
 mod live;
 pub mod ratelimit;
@@ -82,6 +84,9 @@ pub struct RelayOptions {
     pub require_strict_kex: bool,
     /// The MQTT broker that wakes on-demand devices (`--mqtt`), if any.
     pub wake: Option<wake::WakeOptions>,
+    /// The PostgreSQL database of a cluster (`--database`); the SQLite
+    /// database in the data directory if None.
+    pub database: Option<String>,
 }
 
 impl Default for RelayOptions {
@@ -102,6 +107,7 @@ impl Default for RelayOptions {
             kex_algorithms: Default::default(),
             require_strict_kex: false,
             wake: None,
+            database: None,
         }
     }
 }
@@ -135,6 +141,8 @@ pub struct Relay {
     gateways: gateways::Gateways,
     server_config: ServerConfig,
     host_key: Fingerprint,
+    /// Connections to the other relays of a cluster, for hops.
+    hops: hop::Hops,
     options: RelayOptions,
     unauthenticated: ratelimit::Unauthenticated,
     failed_logins: ratelimit::FailedLogins,
@@ -170,6 +178,7 @@ pub struct Relay {
 
 /// Device status writes, applied in order by one task so that a quick
 /// reconnect can never leave the store saying "offline".
+#[derive(Clone)]
 enum StatusChange {
     Up {
         device: DeviceId,
@@ -206,11 +215,16 @@ fn host_key_private(path: &Path) -> Result<()> {
 impl Relay {
     /// Opens the data directory: host key (created on first start) and store.
     pub fn open(data: &Path, options: RelayOptions) -> Result<Server> {
-        let store = Store::open(data)?;
+        let store = Store::open_any(data, options.database.as_deref())?;
         host_key_private(&host_key_path(data))?;
         let host = keys::load_or_create_host_key(&host_key_path(data))
             .with_context(|| format!("loading host key in {}", data.display()))?;
         let host_key = keys::fingerprint(host.public_key());
+        let hops = hop::Hops::new(Arc::new(host.clone()));
+        if let Some(pg) = store.postgres() {
+            // The relay's id in the cluster is its host key's fingerprint.
+            pg.join(&host_key, options.advertise.as_deref(), &host_key)?;
+        }
         let mut server_config = ServerConfig::new(host);
         server_config.handshake_timeout = options.handshake_timeout;
         server_config.set_login_grace(options.handshake_timeout);
@@ -250,6 +264,7 @@ impl Relay {
             gateways: gateways::Gateways::default(),
             server_config,
             host_key,
+            hops,
             unauthenticated: ratelimit::Unauthenticated::new(
                 options.max_unauthenticated,
                 options.max_unauthenticated_per_address,
@@ -399,6 +414,8 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
     background::apply_disabled(&relay).await;
     relay.spawn(background::watch_store(relay.clone()));
     relay.spawn(background::flush_last_seen(relay.clone()));
+    relay.spawn(cluster::close_lost(relay.clone()));
+    relay.spawn(cluster::wake_on_change(relay.clone()));
     let public_ip = relay
         .options
         .public_bind

@@ -67,6 +67,13 @@ pub(super) async fn stream(
     };
     let route = match super::wake::route_waking(&req.relay, &req.who, &req.host, port).await {
         Ok(r) => r,
+        Err(r @ Refusal::Offline { .. }) => {
+            // Offline here: in a cluster, another relay may hold it.
+            match super::hop::holder(&req.relay, &req.who.system, &req.host).await {
+                Some(peer) => return hop(req, peer, channel).await,
+                None => return req.refuse(channel, r).await,
+            }
+        }
         Err(r) => return req.refuse(channel, r).await,
     };
     let relay = req.relay.clone();
@@ -90,6 +97,37 @@ pub(super) async fn stream(
     let disabled = guard.closed.is_cancelled();
     drop(guard);
     closed(&req, name, stats, started, disabled);
+}
+
+/// Carries the stream through `peer`, the relay of the cluster that holds
+/// the device (policy was applied here; `peer` only hands it to the device).
+async fn hop(req: Request, peer: crate::store::postgres::RelayRecord, channel: IncomingChannel) {
+    let Ok(name) = crate::protocol::Name::parse(&req.host) else {
+        return;
+    };
+    let device = crate::protocol::DeviceId::new(req.who.system.clone(), name);
+    let opened = req.relay.hops.open(&peer, &device, req.port).await;
+    let device_channel = match opened {
+        Ok(ch) => ch,
+        Err(e) => {
+            let refusal = Refusal::OpenFailed {
+                via: crate::policy::Via::Device {
+                    host: req.host.clone(),
+                },
+                port: req.port,
+                err: format!("{e:#} (through relay {})", peer.id),
+            };
+            return req.refuse(channel, refusal).await;
+        }
+    };
+    let started = Instant::now();
+    let controller_channel = channel.accept().await;
+    req.relay.audit.record(
+        req.event(audit::OK, &req.host)
+            .detail(format!("through relay {}", peer.id)),
+    );
+    let stats = controller_channel.splice(device_channel).await;
+    closed(&req, &req.host, stats, started, false);
 }
 
 /// Asks the carrier to open the stream, within [`STREAM_OPEN_TIMEOUT`].

@@ -91,7 +91,8 @@ pub(crate) async fn connect_with<H: ForwardedHandler>(
             return false;
         };
         let fp = fingerprint(&key);
-        let ok = fp == pinned;
+        // A cluster's agents pin every relay's key (comma-separated).
+        let ok = crate::ssh::keys::pinned(&pinned, &fp);
         *seen_in.lock().unwrap_or_else(|p| p.into_inner()) = Some(fp);
         ok
     });
@@ -128,7 +129,7 @@ pub(crate) async fn connect_with<H: ForwardedHandler>(
     };
     task.abort();
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Some(seen) = seen.filter(|s| *s != opts.host_key) {
+    if let Some(seen) = seen.filter(|s| !crate::ssh::keys::pinned(&opts.host_key, s)) {
         bail!(
             "relay host key mismatch: pinned {}, relay presented {seen}; refusing to connect \
              (if the relay's key really changed, update relay_host_key)",

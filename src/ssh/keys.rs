@@ -22,6 +22,21 @@ pub fn fingerprint(key: &PublicKey) -> Fingerprint {
 
 /// Checks a `SHA256:` fingerprint's form (43 base64 characters), as a
 /// config or an invite gives it.
+/// A comma-separated list of fingerprints (the relays of a cluster, any of
+/// which an agent accepts), checked and joined again with commas.
+pub fn parse_fingerprints(s: &str) -> Result<Fingerprint> {
+    let keys = s
+        .split(',')
+        .map(parse_fingerprint)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(keys.join(","))
+}
+
+/// Whether `seen` is one of the comma-separated pinned fingerprints.
+pub fn pinned(pins: &str, seen: &str) -> bool {
+    pins.split(',').any(|p| p == seen)
+}
+
 pub fn parse_fingerprint(s: &str) -> Result<Fingerprint> {
     let s = s.trim();
     let ok = s.strip_prefix("SHA256:").is_some_and(|b| {

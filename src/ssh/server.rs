@@ -131,6 +131,12 @@ pub trait ServerSession: Send + 'static {
         verified: bool,
     ) -> impl Future<Output = bool> + Send;
 
+    /// After `check_key` said no: a reason to end the connection with
+    /// instead of a plain failure (no key can log in now).
+    fn login_refusal(&mut self) -> Option<String> {
+        None
+    }
+
     /// Authentication succeeded; `handle` reaches this connection from elsewhere.
     fn authenticated(&mut self, handle: ServerHandle);
 
@@ -278,6 +284,10 @@ impl<S: ServerSession> Events for Adapter<S> {
         verified: bool,
     ) -> impl Future<Output = bool> + Send {
         self.session.check_key(user, key, verified)
+    }
+
+    fn login_refusal(&mut self) -> Option<String> {
+        self.session.login_refusal()
     }
 
     fn authenticated(&mut self, tx: ConnTx) {

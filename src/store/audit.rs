@@ -210,6 +210,9 @@ fn event(r: &Row<'_>) -> rusqlite::Result<Event> {
 impl Store {
     /// Appends events in one transaction (durable when this returns).
     pub fn append_audit(&self, events: &[Event]) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.append_audit(events);
+        }
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
@@ -243,6 +246,9 @@ impl Store {
     /// Events matching `q`, newest first, at most `q.limit + 1` (one more
     /// than a page, so the caller knows whether another page follows).
     pub fn audit(&self, q: &AuditQuery) -> Result<Vec<Event>> {
+        if let Some(pg) = &self.pg {
+            return pg.audit(q);
+        }
         let conn = self.read();
         let mut st = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM audit
@@ -273,6 +279,9 @@ impl Store {
 
     /// Deletes events older than `before_ms`; returns how many.
     pub fn prune_audit(&self, before_ms: u64) -> Result<usize> {
+        if let Some(pg) = &self.pg {
+            return pg.prune_audit(before_ms);
+        }
         Ok(self
             .lock()
             .execute("DELETE FROM audit WHERE time_ms < ?1", [before_ms as i64])?)

@@ -64,6 +64,9 @@ fn name_taken(system: &Name, role: Role, name: &Name, fp: &str) -> anyhow::Error
 
 impl Store {
     pub fn create_invite(&self, inv: &NewInvite<'_>) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.create_invite(inv);
+        }
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists = tx
@@ -101,6 +104,9 @@ impl Store {
     }
 
     pub fn invites(&self) -> Result<Vec<InviteRecord>> {
+        if let Some(pg) = &self.pg {
+            return pg.invites();
+        }
         let conn = self.read();
         let mut st = conn.prepare(
             "SELECT id, system, role, name, created, expires, used, used_by, revoked FROM invites ORDER BY created DESC, id",
@@ -145,6 +151,9 @@ impl Store {
 
     /// Revokes a pending invite; returns it.
     pub fn revoke_invite(&self, id: &str) -> Result<InviteRecord> {
+        if let Some(pg) = &self.pg {
+            return pg.revoke_invite(id);
+        }
         let n = self.lock().execute(
             "UPDATE invites SET revoked = ?1 WHERE id = ?2 AND revoked IS NULL AND used IS NULL",
             params![now(), id],
@@ -160,6 +169,9 @@ impl Store {
 
     /// Redeems `invite` for `key`. On any refusal nothing is written.
     pub fn enroll(&self, invite: &Invite, key: &PublicKey) -> Result<KeyRecord> {
+        if let Some(pg) = &self.pg {
+            return pg.enroll(invite, key);
+        }
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let row = tx
@@ -231,6 +243,9 @@ impl Store {
     }
 
     pub fn setting(&self, name: &str) -> Result<Option<String>> {
+        if let Some(pg) = &self.pg {
+            return pg.setting(name);
+        }
         Ok(self
             .read()
             .query_row(
@@ -242,6 +257,9 @@ impl Store {
     }
 
     pub fn set_setting(&self, name: &str, value: &str) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.set_setting(name, value);
+        }
         self.lock().execute(
             "INSERT INTO relay_settings (name, value) VALUES (?1, ?2)
              ON CONFLICT (name) DO UPDATE SET value = ?2",
@@ -253,6 +271,9 @@ impl Store {
     /// Disables (refuses streams to) or enables a device. The device must be
     /// known: it has a device key or has been online.
     pub fn set_device_disabled(&self, system: &Name, name: &Name, disabled: bool) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.set_device_disabled(system, name, disabled);
+        }
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let known = owner(&tx, system, Role::Device, name)?.is_some()
@@ -279,6 +300,9 @@ impl Store {
     /// Every disabled device (rows whose names no longer parse are skipped:
     /// no such device can be online).
     pub fn disabled_devices(&self) -> Result<Vec<DeviceId>> {
+        if let Some(pg) = &self.pg {
+            return pg.disabled_devices();
+        }
         let conn = self.read();
         let mut st = conn.prepare("SELECT system, name FROM devices WHERE disabled = 1")?;
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;

@@ -34,6 +34,9 @@ impl Store {
         if port == 0 || device_port == 0 {
             bail!("port 0 is not a port");
         }
+        if let Some(pg) = &self.pg {
+            return pg.add_exposure(port, system, device, device_port, allow_from);
+        }
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let system_exists = tx
@@ -76,6 +79,9 @@ impl Store {
     }
 
     pub fn exposures(&self) -> Result<Vec<Exposure>> {
+        if let Some(pg) = &self.pg {
+            return pg.exposures();
+        }
         let conn = self.read();
         let mut st = conn.prepare(
             "SELECT port, system, device, device_port, allow_from, created FROM exposures ORDER BY port",
@@ -103,8 +109,13 @@ impl Store {
         let Some(e) = self.exposures()?.into_iter().find(|e| e.port == port) else {
             bail!("no exposure on relay port {port} (see `expose ls`)");
         };
-        self.lock()
-            .execute("DELETE FROM exposures WHERE port = ?1", [port])?;
+        match &self.pg {
+            Some(pg) => pg.delete_exposure(port)?,
+            None => {
+                self.lock()
+                    .execute("DELETE FROM exposures WHERE port = ?1", [port])?;
+            }
+        }
         Ok(e)
     }
 }

@@ -55,6 +55,9 @@ impl Store {
     /// Records what a gateway's agent announced; returns the networks
     /// associated with it.
     pub fn gateway_announce(&self, system: &str, name: &str, a: &Announce) -> Result<Vec<Cidr>> {
+        if let Some(pg) = &self.pg {
+            return pg.gateway_announce(system, name, a);
+        }
         let t = now();
         {
             let conn = self.lock();
@@ -79,6 +82,9 @@ impl Store {
     }
 
     pub fn gateway_associations(&self, system: &str, name: &str) -> Result<Vec<Cidr>> {
+        if let Some(pg) = &self.pg {
+            return pg.gateway_associations(system, name);
+        }
         let conn = self.read();
         let mut st = conn.prepare(
             "SELECT network FROM gateway_associations WHERE system = ?1 AND name = ?2 ORDER BY network",
@@ -93,6 +99,9 @@ impl Store {
 
     /// Associations of every gateway, by (system, name).
     pub fn all_gateway_associations(&self) -> Result<HashMap<(String, String), Vec<Cidr>>> {
+        if let Some(pg) = &self.pg {
+            return pg.all_gateway_associations();
+        }
         let conn = self.read();
         let mut st = conn.prepare(
             "SELECT system, name, network FROM gateway_associations ORDER BY system, name, network",
@@ -150,6 +159,9 @@ impl Store {
 
     /// Routes `net` to gateway `name`. Errors if it is already associated.
     pub fn gateway_associate(&self, system: &Name, name: &Name, net: &Cidr) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.gateway_associate(system, name, net);
+        }
         self.gateway_row(system, name)?;
         let n = self.lock().execute(
             "INSERT INTO gateway_associations (system, name, network, created) VALUES (?1, ?2, ?3, ?4)
@@ -163,6 +175,9 @@ impl Store {
     }
 
     pub fn gateway_dissociate(&self, system: &Name, name: &Name, net: &Cidr) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.gateway_dissociate(system, name, net);
+        }
         let n = self.lock().execute(
             "DELETE FROM gateway_associations WHERE system = ?1 AND name = ?2 AND network = ?3",
             params![system.as_str(), name.as_str(), net.to_string()],
@@ -183,6 +198,9 @@ impl Store {
 
     /// Lets gateway `name`'s listen forwards reach `target`.
     pub fn gateway_allow(&self, system: &Name, name: &Name, target: &Target) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.gateway_allow(system, name, target);
+        }
         self.gateway_row(system, name)?;
         let n = self.lock().execute(
             "INSERT INTO gateway_rules (system, name, target, created) VALUES (?1, ?2, ?3, ?4)
@@ -196,6 +214,9 @@ impl Store {
     }
 
     pub fn gateway_deny(&self, system: &Name, name: &Name, target: &Target) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.gateway_deny(system, name, target);
+        }
         let n = self.lock().execute(
             "DELETE FROM gateway_rules WHERE system = ?1 AND name = ?2 AND target = ?3",
             params![system.as_str(), name.as_str(), target.to_string()],
@@ -208,6 +229,9 @@ impl Store {
 
     /// Whether gateway `name` may open a stream to `target`.
     pub fn gateway_rule_allows(&self, system: &str, name: &str, target: &str) -> Result<bool> {
+        if let Some(pg) = &self.pg {
+            return pg.gateway_rule_allows(system, name, target);
+        }
         Ok(self
             .read()
             .query_row(
@@ -220,6 +244,9 @@ impl Store {
     }
 
     fn gateway_rules(&self, system: &str, name: &str) -> Result<Vec<String>> {
+        if let Some(pg) = &self.pg {
+            return pg.gateway_rules(system, name);
+        }
         let conn = self.read();
         let mut st = conn.prepare(
             "SELECT target FROM gateway_rules WHERE system = ?1 AND name = ?2 ORDER BY target",
@@ -239,6 +266,9 @@ impl Store {
                 if rules.len() == 1 { "" } else { "s" },
                 rules.join(", ")
             );
+        }
+        if let Some(pg) = &self.pg {
+            return pg.gateway_delete(system, name);
         }
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -263,6 +293,9 @@ impl Store {
 
     /// Gateways of `system` (or all), with their associations and rules.
     pub fn gateways(&self, system: Option<&str>) -> Result<Vec<GatewayRecord>> {
+        if let Some(pg) = &self.pg {
+            return pg.gateways(system);
+        }
         let rows: Vec<Row> = {
             let conn = self.read();
             let mut st = conn.prepare(
@@ -311,15 +344,19 @@ impl Store {
 
     /// The system of gateway (or device) `name`, when only one system has it.
     pub fn gateway_system(&self, name: &Name) -> Result<Name> {
-        let conn = self.read();
-        let mut st = conn.prepare(
-            "SELECT system FROM gateways WHERE name = ?1
-             UNION SELECT system FROM keys WHERE name = ?1 AND role = 'device' AND revoked IS NULL
-             ORDER BY 1",
-        )?;
-        let systems: Vec<String> = st
-            .query_map([name.as_str()], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let systems: Vec<String> = match &self.pg {
+            Some(pg) => pg.gateway_systems(name)?,
+            None => {
+                let conn = self.read();
+                let mut st = conn.prepare(
+                    "SELECT system FROM gateways WHERE name = ?1
+                     UNION SELECT system FROM keys WHERE name = ?1 AND role = 'device' AND revoked IS NULL
+                     ORDER BY 1",
+                )?;
+                st.query_map([name.as_str()], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            }
+        };
         match systems.as_slice() {
             [] => bail!("no gateway or device named {name}"),
             [one] => Ok(Name::parse(one)?),

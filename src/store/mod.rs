@@ -21,6 +21,7 @@ mod exposures;
 mod gateways;
 mod migrations;
 mod on_demand;
+pub mod postgres;
 
 pub use audit::AuditQuery;
 pub use enroll::{InviteRecord, NewInvite};
@@ -53,6 +54,10 @@ pub struct Store {
     /// Connections that only read (`query_only`), taken in turn.
     readers: Arc<[Mutex<Connection>]>,
     next_reader: Arc<AtomicUsize>,
+    /// The PostgreSQL backend, when the store is a cluster's database:
+    /// every method then answers from it first, and the SQLite handles
+    /// above are an empty in-memory database that nothing reaches.
+    pg: Option<Arc<postgres::Pg>>,
 }
 
 /// A registered key, as `key ls` shows it.
@@ -152,7 +157,41 @@ impl Store {
             conn: Arc::new(Mutex::new(conn)),
             readers: readers.into(),
             next_reader: Arc::new(AtomicUsize::new(0)),
+            pg: None,
         })
+    }
+
+    /// Opens (migrating if needed) the PostgreSQL database at `url`.
+    pub fn open_postgres(url: &str) -> Result<Store> {
+        let pg = postgres::Pg::open(url)?;
+        let idle = || Connection::open_in_memory().context("opening an in-memory handle");
+        Ok(Store {
+            conn: Arc::new(Mutex::new(idle()?)),
+            readers: vec![Mutex::new(idle()?)].into(),
+            next_reader: Arc::new(AtomicUsize::new(0)),
+            pg: Some(Arc::new(pg)),
+        })
+    }
+
+    /// Opens `database` (a `postgres://` address) if given, else the SQLite
+    /// database in `data`.
+    pub fn open_any(data: &Path, database: Option<&str>) -> Result<Store> {
+        match database {
+            Some(url) => {
+                if !postgres::is_postgres_url(url) {
+                    bail!(
+                        "--database {url:?} is not a PostgreSQL address (postgres://USER@HOST/DB); the SQLite database lives in --data"
+                    );
+                }
+                Store::open_postgres(url)
+            }
+            None => Store::open(data),
+        }
+    }
+
+    /// The PostgreSQL backend, if this store is one.
+    pub fn postgres(&self) -> Option<&postgres::Pg> {
+        self.pg.as_deref()
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -189,6 +228,9 @@ impl Store {
 
     /// Changes when another process commits (used to notice `warren admin`).
     pub fn data_version(&self) -> Result<i64> {
+        if let Some(pg) = &self.pg {
+            return Ok(pg.data_version());
+        }
         Ok(self
             .lock()
             .query_row("PRAGMA data_version", [], |r| r.get(0))?)
@@ -197,6 +239,9 @@ impl Store {
     pub fn add_system(&self, name: &Name) -> Result<()> {
         if name.as_str() == crate::protocol::token::ENROLL_USER {
             bail!("{name:?} is reserved (new machines log in as user {name:?} to enroll)");
+        }
+        if let Some(pg) = &self.pg {
+            return pg.add_system(name);
         }
         let n = self.lock().execute(
             "INSERT INTO systems (name, created) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
@@ -209,6 +254,9 @@ impl Store {
     }
 
     pub fn systems(&self) -> Result<Vec<String>> {
+        if let Some(pg) = &self.pg {
+            return pg.systems();
+        }
         let conn = self.read();
         let mut st = conn.prepare("SELECT name FROM systems ORDER BY name")?;
         let rows = st.query_map([], |r| r.get(0))?;
@@ -222,6 +270,9 @@ impl Store {
         name: &Name,
         key: &PublicKey,
     ) -> Result<KeyRecord> {
+        if let Some(pg) = &self.pg {
+            return pg.add_key(system, role, name, key);
+        }
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let rec = insert_key(&tx, system, role, name, key, None)?;
@@ -230,6 +281,9 @@ impl Store {
     }
 
     pub fn keys(&self) -> Result<Vec<KeyRecord>> {
+        if let Some(pg) = &self.pg {
+            return pg.keys();
+        }
         let conn = self.read();
         let mut st = conn.prepare(
             "SELECT fingerprint, system, role, name, public_key, created, revoked, enrolled_via FROM keys ORDER BY system, role, name",
@@ -271,6 +325,9 @@ impl Store {
 
     /// Revokes a key by fingerprint. Returns the revoked record.
     pub fn revoke_key(&self, fp: &str) -> Result<KeyRecord> {
+        if let Some(pg) = &self.pg {
+            return pg.revoke_key(fp);
+        }
         let n = self.lock().execute(
             "UPDATE keys SET revoked = ?1 WHERE fingerprint = ?2 AND revoked IS NULL",
             params![now(), fp],
@@ -285,6 +342,9 @@ impl Store {
 
     /// The identity of an active (not revoked) key allowed to log in as `system`.
     pub fn identity(&self, system: &str, key: &PublicKey) -> Result<Option<Identity>> {
+        if let Some(pg) = &self.pg {
+            return pg.identity(system, key);
+        }
         let fp = fingerprint(key);
         let row = self
             .read()
@@ -314,6 +374,9 @@ impl Store {
 
     /// Whether a key is revoked or gone (for closing live connections).
     pub fn key_active(&self, fp: &str) -> Result<bool> {
+        if let Some(pg) = &self.pg {
+            return pg.key_active(fp);
+        }
         Ok(self
             .read()
             .query_row(
@@ -325,6 +388,15 @@ impl Store {
             .is_some())
     }
 
+    /// [`Store::key_active`] of each fingerprint, in order (one query on
+    /// PostgreSQL).
+    pub fn keys_active(&self, fps: &[String]) -> Result<Vec<bool>> {
+        if let Some(pg) = &self.pg {
+            return pg.active_keys(fps);
+        }
+        fps.iter().map(|fp| self.key_active(fp)).collect()
+    }
+
     pub fn device_up(
         &self,
         system: &str,
@@ -333,6 +405,9 @@ impl Store {
         ports: &[u16],
         info: &DeviceInfo,
     ) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.device_up(system, name, peer, ports, info);
+        }
         let t = now();
         let labels = serde_json::to_string(&info.labels)?;
         self.lock().execute(
@@ -344,6 +419,9 @@ impl Store {
     }
 
     pub fn device_down(&self, system: &str, name: &str) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.device_down(system, name);
+        }
         let t = now();
         self.lock().execute(
             "UPDATE devices SET online = 0, since = ?3, last_seen = ?3, streams = 0 WHERE system = ?1 AND name = ?2",
@@ -354,6 +432,9 @@ impl Store {
 
     /// Marks every device offline (at relay start: nobody is connected yet).
     pub fn all_devices_down(&self) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.all_devices_down();
+        }
         self.lock().execute(
             "UPDATE devices SET online = 0, since = last_seen, streams = 0 WHERE online = 1",
             [],
@@ -363,6 +444,9 @@ impl Store {
 
     /// Writes last-seen and the live stream count of online devices.
     pub fn touch_devices(&self, devices: &[(String, String, u64)]) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.touch_devices(devices);
+        }
         let t = now();
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -377,6 +461,9 @@ impl Store {
     }
 
     pub fn devices(&self, system: Option<&str>) -> Result<Vec<DeviceStatus>> {
+        if let Some(pg) = &self.pg {
+            return pg.devices(system);
+        }
         let conn = self.read();
         let mut st = conn.prepare(
             "SELECT system, name, online, since, last_seen, address, ports, version, labels, streams, disabled FROM devices

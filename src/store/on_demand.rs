@@ -45,6 +45,9 @@ impl Store {
     /// Records whether a device is on demand (as its agent said at
     /// registration); a device that stops being on demand loses its row.
     pub fn set_on_demand(&self, system: &str, name: &str, on_demand: bool) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.set_on_demand(system, name, on_demand);
+        }
         let conn = self.lock();
         if on_demand {
             conn.execute(
@@ -70,6 +73,9 @@ impl Store {
         reason: Option<&str>,
         at: &str,
     ) -> Result<bool> {
+        if let Some(pg) = &self.pg {
+            return pg.report_state(system, name, state, reason, at);
+        }
         let n = self.lock().execute(
             "UPDATE on_demand SET state = ?3, reason = ?4, at = ?5 WHERE system = ?1 AND name = ?2",
             params![system, name, state, reason, at],
@@ -79,6 +85,10 @@ impl Store {
 
     /// One on-demand device, if it is one.
     pub fn on_demand_device(&self, system: &str, name: &str) -> Result<Option<OnDemandRecord>> {
+        if self.pg.is_some() {
+            let all = self.on_demand_devices(Some(system))?;
+            return Ok(all.into_iter().find(|r| r.name == name));
+        }
         Ok(self
             .read()
             .query_row(
@@ -91,6 +101,9 @@ impl Store {
 
     /// The on-demand devices of `system` (or all).
     pub fn on_demand_devices(&self, system: Option<&str>) -> Result<Vec<OnDemandRecord>> {
+        if let Some(pg) = &self.pg {
+            return pg.on_demand_devices(system);
+        }
         let conn = self.read();
         let mut st = conn.prepare(
             "SELECT system, name, state, reason, at FROM on_demand

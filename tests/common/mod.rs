@@ -145,6 +145,8 @@ pub struct TestRelay {
     pub relay: Arc<Relay>,
     pub dir: tempfile::TempDir,
     pub stop: CancellationToken,
+    /// The cluster's PostgreSQL database, if the relay runs on one.
+    pub database: Option<String>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -164,7 +166,16 @@ impl TestRelay {
         Self::serve_on(dir, listener, options)
     }
 
-    fn serve_on(dir: tempfile::TempDir, listener: TcpListener, options: RelayOptions) -> TestRelay {
+    fn serve_on(
+        dir: tempfile::TempDir,
+        listener: TcpListener,
+        mut options: RelayOptions,
+    ) -> TestRelay {
+        let database = options.database.clone();
+        if database.is_some() && options.advertise.is_none() {
+            // Other relays of the cluster reach this one here.
+            options.advertise = Some(listener.local_addr().unwrap().to_string());
+        }
         let server = Relay::open(dir.path(), options).unwrap();
         let relay = server.relay().clone();
         let addr = listener.local_addr().unwrap();
@@ -175,6 +186,7 @@ impl TestRelay {
             relay,
             dir,
             stop,
+            database,
             task: Some(task),
         }
     }
@@ -201,6 +213,7 @@ impl TestRelay {
             listener,
             RelayOptions {
                 store_poll: Duration::from_millis(100),
+                database: self.database.clone(),
                 ..Default::default()
             },
         )
@@ -216,7 +229,7 @@ impl TestRelay {
 
     /// Another handle on the database, as `warren admin` would open it.
     pub fn admin_store(&self) -> Store {
-        Store::open(self.dir.path()).unwrap()
+        Store::open_any(self.dir.path(), self.database.as_deref()).unwrap()
     }
 
     pub fn add_system(&self, system: &str) {
@@ -505,6 +518,7 @@ pub mod cli;
 pub mod mosquitto;
 pub mod netns;
 pub mod openssh;
+pub mod postgres;
 
 impl TestRelay {
     /// Like [`TestRelay::add_key`], also writing the private key to a file

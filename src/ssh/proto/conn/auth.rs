@@ -108,12 +108,16 @@ impl<E: Events> Conn<E> {
         verified: bool,
     ) -> Result<bool, Fail> {
         let check = self.events.check_key(user, key, verified);
-        match self.auth.deadline {
+        let ok = match self.auth.deadline {
             Some(at) => tokio::time::timeout_at(at, check)
                 .await
-                .map_err(|_| timed_out()),
-            None => Ok(check.await),
+                .map_err(|_| timed_out())?,
+            None => check.await,
+        };
+        if !ok && let Some(why) = self.events.login_refusal() {
+            return Err(Fail::Protocol(reason::BY_APPLICATION, why));
         }
+        Ok(ok)
     }
 
     pub(super) async fn on_userauth_request(

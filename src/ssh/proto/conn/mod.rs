@@ -88,6 +88,12 @@ pub trait Events: Send + 'static {
         key: &PublicKey,
         verified: bool,
     ) -> impl Future<Output = bool> + Send;
+    /// Server: after `check_key` said no, a reason to end the connection
+    /// with (DISCONNECT "by application") instead of letting the peer try
+    /// another key: no key can log in now (the relay's store is away).
+    fn login_refusal(&mut self) -> Option<String> {
+        None
+    }
     /// Authentication succeeded (both sides).
     fn authenticated(&mut self, tx: ConnTx);
     /// A global request; the answer is sent if the peer wants one.

@@ -1,0 +1,384 @@
+//! Cluster benchmark, in one process on loopback (run by `bench/cluster`,
+//! which starts a PostgreSQL server of its own):
+//!
+//! 1. the relay-to-relay hop: round trip and throughput of an echo stream
+//!    to a device on relay A, from a controller on A (direct) and on B (one
+//!    hop);
+//! 2. logins per second on a relay with SQLite and with PostgreSQL;
+//! 3. three relays on one database with `--devices` idle devices each:
+//!    registration time, and the process's memory growth per device (the
+//!    devices' side lives in the same process and is counted too).
+//!
+//!   cargo run --release --example bench_cluster -- --database postgres://… [--devices 1000] [--json]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use warren::agent::{self, AgentEvent, AgentSettings};
+use warren::protocol::{AllowList, Name, Role};
+use warren::relay::{Relay, RelayOptions};
+use warren::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
+use warren::ssh::keys::{self, PrivateKey};
+use warren::store::Store;
+
+struct Args {
+    database: String,
+    devices: usize,
+    logins: usize,
+    rtts: usize,
+    mib: usize,
+    json: bool,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        database: String::new(),
+        devices: 1000,
+        logins: 200,
+        rtts: 500,
+        mib: 64,
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--database" => a.database = value()?,
+            "--devices" => a.devices = value()?.parse()?,
+            "--logins" => a.logins = value()?.parse()?,
+            "--rtts" => a.rtts = value()?.parse()?,
+            "--mib" => a.mib = value()?.parse()?,
+            "--json" => a.json = true,
+            other => bail!("unknown option {other}"),
+        }
+    }
+    if a.database.is_empty() {
+        bail!("--database postgres://… is required (bench/cluster starts one)");
+    }
+    Ok(a)
+}
+
+/// A relay serving on 127.0.0.1:0 until dropped.
+struct Running {
+    relay: Arc<Relay>,
+    addr: String,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn relay(database: Option<&str>) -> Result<Running> {
+    let dir = tempfile::tempdir()?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let server = Relay::open(
+        dir.path(),
+        RelayOptions {
+            database: database.map(str::to_string),
+            advertise: Some(addr.clone()),
+            ..Default::default()
+        },
+    )?;
+    let relay = server.relay().clone();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.serve(listener, stop.clone()));
+    Ok(Running {
+        relay,
+        addr,
+        stop,
+        _dir: dir,
+    })
+}
+
+fn add_key(store: &Store, system: &str, role: Role, name: &str) -> Result<Arc<PrivateKey>> {
+    let key = keys::generate_ed25519()?;
+    store.add_key(
+        &Name::parse(system)?,
+        role,
+        &Name::parse(name)?,
+        key.public_key(),
+    )?;
+    Ok(Arc::new(key))
+}
+
+async fn login(
+    r: &Running,
+    user: &str,
+    key: Arc<PrivateKey>,
+) -> Result<ClientConnection<NoForwards>> {
+    let tcp = client::dial(&r.addr, Duration::from_secs(10)).await?;
+    let opts = ConnectOptions {
+        user: user.into(),
+        key,
+        host_key: r.relay.host_key().to_string(),
+        dead_after: Duration::from_secs(30),
+    };
+    client::connect(tcp, &opts, NoForwards).await
+}
+
+async fn echo_server() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let port = l.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+#[derive(Debug, Serialize)]
+struct Path {
+    via: &'static str,
+    rtt_median_us: u128,
+    rtt_p99_us: u128,
+    echo_mib_per_s: f64,
+}
+
+/// Round trips of 64 bytes, then `mib` MiB echoed, through `conn` to dev1.
+async fn measure(
+    conn: &ClientConnection<NoForwards>,
+    port: u16,
+    a: &Args,
+    via: &'static str,
+) -> Result<Path> {
+    let ch = conn.open("dev1", u32::from(port)).await?;
+    let (mut near, far) = tokio::io::duplex(256 * 1024);
+    let (fr, fw) = tokio::io::split(far);
+    tokio::spawn(ch.splice_io(fr, fw));
+    let mut rtts = Vec::with_capacity(a.rtts);
+    let mut buf = [0u8; 64];
+    for _ in 0..a.rtts {
+        let t = Instant::now();
+        near.write_all(&[7u8; 64]).await?;
+        near.read_exact(&mut buf).await?;
+        rtts.push(t.elapsed().as_micros());
+    }
+    rtts.sort_unstable();
+    let (mut r, mut w) = tokio::io::split(near);
+    let total = a.mib * 1024 * 1024;
+    let t = Instant::now();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![1u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            w.write_all(&chunk).await?;
+            sent += chunk.len();
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut got = 0;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while got < total {
+        let n = r.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("stream ended after {got} bytes");
+        }
+        got += n;
+    }
+    writer.await??;
+    let secs = t.elapsed().as_secs_f64();
+    Ok(Path {
+        via,
+        rtt_median_us: rtts[rtts.len() / 2],
+        rtt_p99_us: rtts[rtts.len() * 99 / 100],
+        echo_mib_per_s: a.mib as f64 / secs,
+    })
+}
+
+async fn hop(a: &Args) -> Result<Vec<Path>> {
+    let (ra, rb) = (
+        relay(Some(&a.database)).await?,
+        relay(Some(&a.database)).await?,
+    );
+    let store = ra.relay.store();
+    store.add_system(&Name::parse("tau")?)?;
+    let dev = add_key(store, "tau", Role::Device, "dev1")?;
+    let alice = add_key(store, "tau", Role::Controller, "alice")?;
+    let port = echo_server().await?;
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let settings = AgentSettings {
+        relay: ra.addr.clone(),
+        system: Name::parse("tau")?,
+        name: Name::parse("dev1")?,
+        key: dev,
+        relay_host_key: ra.relay.host_key().to_string(),
+        allow: AllowList::parse(&[format!("127.0.0.1:{port}")]).map_err(anyhow::Error::msg)?,
+        dead_after: Duration::from_secs(30),
+        labels: Default::default(),
+        gateway: Default::default(),
+    };
+    tokio::spawn(agent::run(settings, stop.clone(), Some(tx)));
+    while events.recv().await.context("agent stopped")? != AgentEvent::Online {}
+    // The device's claim is in the store before the hop looks it up.
+    let mut written = ra.relay.status_written();
+    while ra
+        .relay
+        .store()
+        .devices(Some("tau"))?
+        .iter()
+        .all(|d| !d.online)
+    {
+        written.changed().await?;
+    }
+    let direct = login(&ra, "tau", alice.clone()).await?;
+    let through = login(&rb, "tau", alice).await?;
+    let out = vec![
+        measure(&direct, port, a, "direct (relay A)").await?,
+        measure(&through, port, a, "one hop (relay B → A)").await?,
+    ];
+    stop.cancel();
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+struct Logins {
+    backend: &'static str,
+    logins: usize,
+    per_second: f64,
+}
+
+/// `n` logins, 8 at a time, each a full SSH handshake and key lookup.
+async fn logins(database: Option<&str>, n: usize) -> Result<Logins> {
+    let r = Arc::new(relay(database).await?);
+    let store = r.relay.store();
+    store.add_system(&Name::parse("logins")?)?;
+    let key = add_key(store, "logins", Role::Controller, "alice")?;
+    let t = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (r, key, permit) = (r.clone(), key.clone(), sem.clone().acquire_owned().await?);
+        tasks.push(tokio::spawn(async move {
+            let c = login(&r, "logins", key).await;
+            drop(permit);
+            c.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(Logins {
+        backend: if database.is_some() {
+            "postgresql"
+        } else {
+            "sqlite"
+        },
+        logins: n,
+        per_second: n as f64 / t.elapsed().as_secs_f64(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Scale {
+    relays: usize,
+    devices_per_relay: usize,
+    registration_s: f64,
+    rss_growth_kib_per_device: f64,
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn scale(a: &Args) -> Result<Scale> {
+    let url = a.database.as_str();
+    let relays = [
+        relay(Some(url)).await?,
+        relay(Some(url)).await?,
+        relay(Some(url)).await?,
+    ];
+    let store = relays[0].relay.store();
+    let system = Name::parse("fleet")?;
+    store.add_system(&system)?;
+    let mut keys = Vec::new();
+    for i in 0..relays.len() * a.devices {
+        keys.push(add_key(store, "fleet", Role::Device, &format!("d{i}"))?);
+    }
+    let before = rss_kib();
+    let t = Instant::now();
+    let mut conns = Vec::new();
+    for (i, key) in keys.into_iter().enumerate() {
+        let r = &relays[i % relays.len()];
+        let c = login(r, "fleet", key).await?;
+        c.register(&format!("d{i}"), 22).await?;
+        conns.push(c);
+    }
+    let took = t.elapsed().as_secs_f64();
+    let grown = rss_kib().saturating_sub(before);
+    Ok(Scale {
+        relays: relays.len(),
+        devices_per_relay: a.devices,
+        registration_s: took,
+        rss_growth_kib_per_device: grown as f64 / conns.len().max(1) as f64,
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    hop: Vec<Path>,
+    logins: Vec<Logins>,
+    scale: Scale,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let a = args()?;
+    eprintln!(
+        "hop: {} round trips, {} MiB echoed, direct and through a second relay …",
+        a.rtts, a.mib
+    );
+    let hop = hop(&a).await?;
+    eprintln!("logins: {} on SQLite, then on PostgreSQL …", a.logins);
+    let logins = vec![
+        logins(None, a.logins).await?,
+        logins(Some(&a.database), a.logins).await?,
+    ];
+    eprintln!("scale: 3 relays × {} idle devices …", a.devices);
+    let scale = scale(&a).await?;
+    let report = Report { hop, logins, scale };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for p in &report.hop {
+        println!(
+            "{:<24} rtt median {:>5} µs  p99 {:>6} µs  echo {:>7.1} MiB/s",
+            p.via, p.rtt_median_us, p.rtt_p99_us, p.echo_mib_per_s
+        );
+    }
+    for l in &report.logins {
+        println!(
+            "logins on {:<10} {:>7.1}/s ({} logins, 8 at a time)",
+            l.backend, l.per_second, l.logins
+        );
+    }
+    let s = &report.scale;
+    println!(
+        "{} relays × {} idle devices: registered in {:.1} s, {:.1} KiB more memory per device (both ends, one process)",
+        s.relays, s.devices_per_relay, s.registration_s, s.rss_growth_kib_per_device
+    );
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Relay-to-relay hops in a cluster: a controller on relay A reaches a
+//! device held by relay B. A authenticates, applies policy and audits as
+//! always (`stream.rs`), then opens one `direct-tcpip` channel to B over an
+//! SSH connection between the two relays, which A logs in to as
+//! [`HOP_USER`] with its host key. B trusts only keys of relays in the
+//! registry, and serves a hop only to a device connected to B itself: one
+//! hop, never more.
+//!
+//! A keeps one connection per peer relay ([`Hops`]), opened on first use,
+//! kept alive by the SSH layer's keepalives, and opened again when it died.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::sync::Mutex;
+
+use super::Relay;
+use crate::protocol::limits::{
+    HOP_DIAL_TIMEOUT, RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX, STREAM_OPEN_TIMEOUT,
+};
+use crate::protocol::{DeviceId, Name};
+use crate::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
+use crate::ssh::keys::PrivateKey;
+use crate::ssh::{Channel, IncomingChannel};
+use crate::store::postgres::RelayRecord;
+
+/// The SSH user a relay logs in to another as. Not a valid system name, so
+/// no key of a system can stand for a relay.
+pub const HOP_USER: &str = "@relay";
+
+/// The pooled connections to peer relays, by relay id.
+pub struct Hops {
+    key: Arc<PrivateKey>,
+    conns: Mutex<HashMap<String, Arc<ClientConnection<NoForwards>>>>,
+}
+
+impl Hops {
+    pub fn new(key: Arc<PrivateKey>) -> Hops {
+        Hops {
+            key,
+            conns: Mutex::default(),
+        }
+    }
+
+    /// The live connection to `peer`, opened if there is none.
+    async fn connection(&self, peer: &RelayRecord) -> Result<Arc<ClientConnection<NoForwards>>> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&peer.id)
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let Some(address) = &peer.address else {
+            bail!(
+                "relay {} has no address for other relays (--advertise)",
+                peer.id
+            );
+        };
+        let tcp = client::dial(address, HOP_DIAL_TIMEOUT)
+            .await
+            .with_context(|| format!("dialing relay {address}"))?;
+        let opts = ConnectOptions {
+            user: HOP_USER.into(),
+            key: self.key.clone(),
+            host_key: peer.host_key.clone(),
+            dead_after: RELAY_KEEPALIVE_INTERVAL * RELAY_KEEPALIVE_MAX as u32,
+        };
+        let conn = Arc::new(
+            client::connect(tcp, &opts, NoForwards)
+                .await
+                .with_context(|| format!("logging in to relay {address}"))?,
+        );
+        conns.insert(peer.id.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Opens a stream to `device:port` on `peer`.
+    pub async fn open(&self, peer: &RelayRecord, device: &DeviceId, port: u32) -> Result<Channel> {
+        let conn = self.connection(peer).await?;
+        let host = format!("{}/{}", device.system, device.name);
+        tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.open(&host, port))
+            .await
+            .map_err(|_| anyhow!("relay {} did not open the stream in time", peer.id))?
+    }
+}
+
+/// The relay holding `system/host` if it is another relay of the cluster.
+pub(super) async fn holder(relay: &Relay, system: &Name, host: &str) -> Option<RelayRecord> {
+    relay.store.postgres()?;
+    let (s, h) = (system.to_string(), host.to_string());
+    match relay
+        .store
+        .call(move |st| match st.postgres() {
+            Some(pg) => pg.held_by_other(&s, &h),
+            None => Ok(None),
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "looking up the relay that holds a device");
+            None
+        }
+    }
+}
+
+/// Whether `fp` is the host key of a relay in the registry (its id).
+pub(super) async fn peer_relay(relay: &Relay, fp: &str) -> Result<Option<String>> {
+    let fp = fp.to_string();
+    relay
+        .store
+        .call(move |st| match st.postgres() {
+            Some(pg) => pg.relay_with_key(&fp),
+            None => Ok(None),
+        })
+        .await
+}
+
+/// Serves a hop that relay `from` opened to `system/name` here: only to a
+/// device connected to this relay, on a port it registered.
+pub(super) async fn serve(
+    relay: Arc<Relay>,
+    from: String,
+    host: String,
+    port: u32,
+    peer: SocketAddr,
+    channel: IncomingChannel,
+) {
+    use crate::ssh::Refusal;
+    let device = host
+        .split_once('/')
+        .and_then(|(s, n)| Some(DeviceId::new(Name::parse(s).ok()?, Name::parse(n).ok()?)));
+    let Some(device) = device else {
+        return channel
+            .refuse(&Refusal::prohibited(format!(
+                "{host:?} is not SYSTEM/DEVICE"
+            )))
+            .await;
+    };
+    let Some(entry) = relay.registry.lookup(&device.system, &device.name) else {
+        return channel
+            .refuse(&Refusal::connect_failed(format!(
+                "device {} is not connected to this relay",
+                device.name
+            )))
+            .await;
+    };
+    if !entry.ports.contains(&port) {
+        return channel
+            .refuse(&Refusal::connect_failed(format!(
+                "device {} does not serve port {port}",
+                device.name
+            )))
+            .await;
+    }
+    let Some(guard) = relay.registry.open_stream(&device) else {
+        return channel
+            .refuse(&Refusal::prohibited(format!(
+                "device {} is disabled by an admin",
+                device.name
+            )))
+            .await;
+    };
+    let max_packet = channel.peer_max_packet();
+    let opened = tokio::time::timeout(
+        STREAM_OPEN_TIMEOUT,
+        entry
+            .handle
+            .open_forwarded_for(device.name.as_str(), port, peer, max_packet),
+    )
+    .await;
+    let device_channel = match opened {
+        Ok(Ok(ch)) => ch,
+        Ok(Err(e)) => {
+            return channel
+                .refuse(&Refusal::connect_failed(e.to_string()))
+                .await;
+        }
+        Err(_) => {
+            return channel
+                .refuse(&Refusal::connect_failed(
+                    "the device did not answer in time",
+                ))
+                .await;
+        }
+    };
+    tracing::debug!(%from, device = %device.name, port, "hop stream open");
+    let incoming = channel.accept().await;
+    incoming
+        .splice_until(device_channel, guard.closed.cancelled())
+        .await;
+}

@@ -1,0 +1,145 @@
+//! The cluster's registry of relays (id, address for other relays, host
+//! key, heartbeat) and the claims relays make on devices.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::Pg;
+use super::keys::u;
+use crate::protocol::limits::RELAY_HEARTBEAT_INTERVAL as HEARTBEAT_INTERVAL;
+use crate::store::now;
+
+/// A relay's claim on a device, as `warren_owner` notifications carry it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claim {
+    pub system: String,
+    pub name: String,
+    pub relay: String,
+    pub epoch: i64,
+}
+
+/// A relay of the cluster, as the registry holds it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RelayRecord {
+    pub id: String,
+    pub address: Option<String>,
+    pub host_key: String,
+    pub started: u64,
+    pub heartbeat: u64,
+}
+
+impl Pg {
+    /// Enters this relay in the registry (or renews its row) and starts its
+    /// heartbeat; from now on device claims name it.
+    pub fn join(&self, id: &str, address: Option<&str>, host_key: &str) -> Result<()> {
+        let t = now() as i64;
+        self.block(async {
+            let c = self.client().await?;
+            c.execute(
+                "INSERT INTO relays (id, address, host_key, started, heartbeat) VALUES ($1, $2, $3, $4, $4)
+                 ON CONFLICT (id) DO UPDATE SET address = $2, host_key = $3, started = $4, heartbeat = $4",
+                &[&id, &address, &host_key, &t],
+            )
+            .await?;
+            Ok(())
+        })?;
+        *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
+        let pool = self.pool.clone();
+        let id = id.to_string();
+        self.handle().spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Ok(c) = pool.get().await else { continue };
+                let t = now() as i64;
+                let _ = c
+                    .execute("UPDATE relays SET heartbeat = $2 WHERE id = $1", &[&id, &t])
+                    .await;
+                // Devices of a relay that stopped beating are offline (their
+                // agents are moving to other relays, which claim them anew).
+                let dead = t - 3 * HEARTBEAT_INTERVAL.as_secs() as i64;
+                let _ = c
+                    .execute(
+                        "UPDATE devices SET online = 0, since = last_seen, streams = 0
+                         WHERE online = 1 AND relay IN (SELECT id FROM relays WHERE heartbeat < $1)",
+                        &[&dead],
+                    )
+                    .await;
+            }
+        });
+        Ok(())
+    }
+
+    pub fn relays(&self) -> Result<Vec<RelayRecord>> {
+        self.block(async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    "SELECT id, address, host_key, started, heartbeat FROM relays ORDER BY id",
+                    &[],
+                )
+                .await?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(RelayRecord {
+                    id: r.try_get(0)?,
+                    address: r.try_get(1)?,
+                    host_key: r.try_get(2)?,
+                    started: u(r.try_get(3)?),
+                    heartbeat: u(r.try_get(4)?),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The relay that holds `system/name` now, if another relay of the
+    /// registry does (and its heartbeat is recent: a relay that died holds
+    /// nothing).
+    pub fn held_by_other(&self, system: &str, name: &str) -> Result<Option<RelayRecord>> {
+        let me = self.relay_id();
+        let fresh = now().saturating_sub(3 * HEARTBEAT_INTERVAL.as_secs()) as i64;
+        self.block(async {
+            let c = self.client().await?;
+            let row = c
+                .query_opt(
+                    "SELECT r.id, r.address, r.host_key, r.started, r.heartbeat FROM devices d JOIN relays r ON r.id = d.relay
+                     WHERE d.system = $1 AND d.name = $2 AND d.online = 1 AND r.heartbeat >= $3
+                       AND r.id IS DISTINCT FROM $4",
+                    &[&system, &name, &fresh, &me],
+                )
+                .await?;
+            Ok(match row {
+                Some(r) => Some(RelayRecord {
+                    id: r.try_get(0)?,
+                    address: r.try_get(1)?,
+                    host_key: r.try_get(2)?,
+                    started: u(r.try_get(3)?),
+                    heartbeat: u(r.try_get(4)?),
+                }),
+                None => None,
+            })
+        })
+    }
+
+    /// The id of the registry's relay whose host key is `fp`, if any: only
+    /// those may open hops to this relay.
+    pub fn relay_with_key(&self, fp: &str) -> Result<Option<String>> {
+        self.block(async {
+            let c = self.client().await?;
+            Ok(
+                c.query_opt("SELECT id FROM relays WHERE host_key = $1", &[&fp])
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?,
+            )
+        })
+    }
+
+    /// Devices this relay held that another relay claimed since (each
+    /// once): the relay closes its stale connection.
+    pub fn lost_devices(&self) -> broadcast::Receiver<(String, String)> {
+        self.lost.subscribe()
+    }
+}

@@ -1,0 +1,245 @@
+//! Device status and who holds each device, on PostgreSQL.
+//!
+//! A relay that registers a device claims it: the row names the relay and
+//! its epoch grows by one, in the same transaction as a `warren_owner`
+//! notification. The relay remembers the epoch of its claim; its later
+//! writes for that device (down, last seen) only apply while the row still
+//! names it and that epoch, so a relay that lost the device (it reconnected
+//! elsewhere) cannot take it back with a late write.
+
+use std::net::SocketAddr;
+
+use anyhow::{Result, bail};
+
+use super::Pg;
+use super::keys::u;
+use crate::protocol::device_info::DeviceInfo;
+use crate::protocol::{DeviceId, Name};
+use crate::store::{DeviceStatus, join_ports, now, split_ports};
+
+impl Pg {
+    pub fn device_up(
+        &self,
+        system: &str,
+        name: &str,
+        peer: SocketAddr,
+        ports: &[u16],
+        info: &DeviceInfo,
+    ) -> Result<()> {
+        let t = now() as i64;
+        let labels = serde_json::to_string(&info.labels)?;
+        let relay = self.relay_id();
+        let epoch = self.block(async {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await?;
+            let row = tx
+                .query_one(
+                    "INSERT INTO devices (system, name, online, since, last_seen, address, ports, version, labels, relay, epoch)
+                     VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7, $8, 1)
+                     ON CONFLICT (system, name) DO UPDATE SET online = 1, since = $3, last_seen = $3, address = $4,
+                       ports = $5, version = $6, labels = $7, relay = $8, epoch = devices.epoch + 1
+                     RETURNING epoch",
+                    &[&system, &name, &t, &peer.to_string(), &join_ports(ports), &info.version, &labels, &relay],
+                )
+                .await?;
+            let epoch: i64 = row.try_get(0)?;
+            let claim = super::Claim {
+                system: system.to_string(),
+                name: name.to_string(),
+                relay: relay.clone().unwrap_or_default(),
+                epoch,
+            };
+            tx.execute(
+                "SELECT pg_notify('warren_owner', $1)",
+                &[&serde_json::to_string(&claim)?],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(epoch)
+        })?;
+        self.epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((system.to_string(), name.to_string()), epoch);
+        Ok(())
+    }
+
+    /// The epoch of this relay's claim on a device, if it holds it.
+    fn held(&self, system: &str, name: &str) -> i64 {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(system.to_string(), name.to_string()))
+            .copied()
+            .unwrap_or(-1)
+    }
+
+    pub fn device_down(&self, system: &str, name: &str) -> Result<()> {
+        let t = now() as i64;
+        let relay = self.relay_id();
+        let epoch = self.held(system, name);
+        self.block(async {
+            let c = self.client().await?;
+            c.execute(
+                "UPDATE devices SET online = 0, since = $3, last_seen = $3, streams = 0
+                 WHERE system = $1 AND name = $2 AND relay IS NOT DISTINCT FROM $4 AND epoch = $5",
+                &[&system, &name, &t, &relay, &epoch],
+            )
+            .await?;
+            Ok(())
+        })?;
+        let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        if epochs.get(&(system.to_string(), name.to_string())) == Some(&epoch) {
+            epochs.remove(&(system.to_string(), name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Marks offline the devices this relay (or, without a relay, nobody)
+    /// held: at start, nobody is connected to it yet.
+    pub fn all_devices_down(&self) -> Result<()> {
+        let relay = self.relay_id();
+        self.block(async {
+            let c = self.client().await?;
+            c.execute(
+                "UPDATE devices SET online = 0, since = last_seen, streams = 0
+                 WHERE online = 1 AND relay IS NOT DISTINCT FROM $1",
+                &[&relay],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    pub fn touch_devices(&self, devices: &[(String, String, u64)]) -> Result<()> {
+        let t = now() as i64;
+        let relay = self.relay_id();
+        let held: Vec<i64> = devices.iter().map(|(s, n, _)| self.held(s, n)).collect();
+        self.block(async {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await?;
+            let st = tx
+                .prepare(
+                    "UPDATE devices SET last_seen = $3, streams = $4
+                     WHERE system = $1 AND name = $2 AND relay IS NOT DISTINCT FROM $5 AND epoch = $6",
+                )
+                .await?;
+            for ((system, name, streams), epoch) in devices.iter().zip(&held) {
+                tx.execute(&st, &[system, name, &t, &(*streams as i64), &relay, epoch])
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub fn devices(&self, system: Option<&str>) -> Result<Vec<DeviceStatus>> {
+        self.block(async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    "SELECT system, name, online, since, last_seen, address, ports, version, labels, streams, disabled FROM devices
+                     WHERE $1::text IS NULL OR system = $1 ORDER BY system, name",
+                    &[&system],
+                )
+                .await?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(DeviceStatus {
+                    system: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    online: r.try_get::<_, i64>(2)? != 0,
+                    since: r.try_get::<_, Option<i64>>(3)?.map(u),
+                    last_seen: r.try_get::<_, Option<i64>>(4)?.map(u),
+                    address: r.try_get(5)?,
+                    ports: split_ports(&r.try_get::<_, Option<String>>(6)?.unwrap_or_default()),
+                    version: r.try_get(7)?,
+                    labels: r
+                        .try_get::<_, Option<String>>(8)?
+                        .and_then(|l| serde_json::from_str(&l).ok())
+                        .unwrap_or_default(),
+                    streams: u(r.try_get(9)?),
+                    disabled: r.try_get::<_, i64>(10)? != 0,
+                    scope: Vec::new(),
+                    status: if r.try_get::<_, i64>(2)? != 0 {
+                        "online"
+                    } else {
+                        "offline"
+                    }
+                    .into(),
+                    on_demand: None,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Which relay holds a device now (per the store), if any.
+    pub fn device_holder(&self, system: &str, name: &str) -> Result<Option<(String, i64)>> {
+        self.block(async {
+            let c = self.client().await?;
+            let row = c
+                .query_opt(
+                    "SELECT relay, epoch FROM devices WHERE system = $1 AND name = $2 AND online = 1 AND relay IS NOT NULL",
+                    &[&system, &name],
+                )
+                .await?;
+            Ok(match row {
+                Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+                None => None,
+            })
+        })
+    }
+
+    pub fn set_device_disabled(&self, system: &Name, name: &Name, disabled: bool) -> Result<()> {
+        self.block(async {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await?;
+            super::keys::serialize(&tx).await?;
+            let key = tx
+                .query_opt(
+                    "SELECT 1 FROM keys WHERE system = $1 AND role = 'device' AND name = $2 AND revoked IS NULL",
+                    &[&system.as_str(), &name.as_str()],
+                )
+                .await?
+                .is_some();
+            let seen = tx
+                .query_opt(
+                    "SELECT 1 FROM devices WHERE system = $1 AND name = $2",
+                    &[&system.as_str(), &name.as_str()],
+                )
+                .await?
+                .is_some();
+            if !key && !seen {
+                bail!("no device {name} in system {system}");
+            }
+            tx.execute(
+                "INSERT INTO devices (system, name, disabled) VALUES ($1, $2, $3)
+                 ON CONFLICT (system, name) DO UPDATE SET disabled = EXCLUDED.disabled",
+                &[&system.as_str(), &name.as_str(), &i64::from(disabled)],
+            )
+            .await?;
+            tx.execute("SELECT pg_notify('warren', 'devices')", &[])
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub fn disabled_devices(&self) -> Result<Vec<DeviceId>> {
+        self.block(async {
+            let c = self.client().await?;
+            let rows = c
+                .query("SELECT system, name FROM devices WHERE disabled = 1", &[])
+                .await?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (s, n): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+                if let (Ok(s), Ok(n)) = (Name::parse(&s), Name::parse(&n)) {
+                    out.push(DeviceId::new(s, n));
+                }
+            }
+            Ok(out)
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! The listening connection: `LISTEN warren` (keys, disabled devices,
+//! gateways, public ports changed) and `LISTEN warren_owner` (a relay
+//! claimed a device). Every notification bumps the store's version, which
+//! the relay polls (`Store::data_version`) and then re-checks everything
+//! (revoked keys, disabled devices, gateways, public ports). Notifications
+//! sent while the connection was down are lost, so each (re)connection
+//! bumps the version too: a full resync.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::Claim;
+use crate::protocol::limits::DATABASE_LISTEN_RETRY;
+
+pub(super) async fn run(
+    config: tokio_postgres::Config,
+    version: Arc<AtomicI64>,
+    changed: Arc<tokio::sync::Notify>,
+    listening: Arc<AtomicBool>,
+    relay: Arc<Mutex<Option<String>>>,
+    epochs: Arc<Mutex<HashMap<(String, String), i64>>>,
+    lost: broadcast::Sender<(String, String)>,
+) {
+    let mut was_down = false;
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut conn)) => {
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                let drive = tokio::spawn(async move {
+                    let mut messages = futures_util::stream::poll_fn(|cx| conn.poll_message(cx));
+                    while let Some(Ok(m)) = messages.next().await {
+                        if let AsyncMessage::Notification(n) = m
+                            && tx.send(n).is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                if client
+                    .batch_execute("LISTEN warren; LISTEN warren_owner")
+                    .await
+                    .is_ok()
+                {
+                    if let Err(e) = held_elsewhere(&client, &relay, &epochs, &lost).await {
+                        tracing::warn!(error = %e, "checking which devices other relays claimed");
+                    }
+                    listening.store(true, Ordering::Relaxed);
+                    // Whatever changed while nobody listened: resync.
+                    version.fetch_add(1, Ordering::Relaxed);
+                    changed.notify_waiters();
+                    if was_down {
+                        tracing::info!("database reachable again; resyncing");
+                    }
+                    while let Some(n) = rx.recv().await {
+                        if n.channel() == "warren_owner" {
+                            claimed(n.payload(), &relay, &epochs, &lost);
+                        }
+                        version.fetch_add(1, Ordering::Relaxed);
+                        changed.notify_waiters();
+                    }
+                }
+                drive.abort();
+                listening.store(false, Ordering::Relaxed);
+                tracing::warn!("lost the database's listening connection; reconnecting");
+                was_down = true;
+            }
+            Err(e) => {
+                if !was_down {
+                    tracing::warn!(error = %e, "cannot listen for database changes; retrying");
+                }
+                was_down = true;
+            }
+        }
+        tokio::time::sleep(DATABASE_LISTEN_RETRY).await;
+    }
+}
+
+/// A relay claimed a device: if this relay holds it under an older epoch,
+/// it lost it (the device reconnected elsewhere).
+fn claimed(
+    payload: &str,
+    relay: &Mutex<Option<String>>,
+    epochs: &Mutex<HashMap<(String, String), i64>>,
+    lost: &broadcast::Sender<(String, String)>,
+) {
+    let Ok(claim) = serde_json::from_str::<Claim>(payload) else {
+        tracing::warn!(payload, "unreadable device claim");
+        return;
+    };
+    let me = relay.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if Some(&claim.relay) == me.as_ref() || (me.is_none() && claim.relay.is_empty()) {
+        return;
+    }
+    let key = (claim.system, claim.name);
+    let mut epochs = epochs.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(mine) = epochs.get(&key)
+        && *mine < claim.epoch
+    {
+        epochs.remove(&key);
+        drop(epochs);
+        let _ = lost.send(key);
+    }
+}
+
+/// After (re)connecting: claims made while nobody listened are lost, so
+/// each device this relay holds is looked up; those another relay claimed
+/// since (or that a later epoch holds) are lost.
+async fn held_elsewhere(
+    client: &tokio_postgres::Client,
+    relay: &Mutex<Option<String>>,
+    epochs: &Mutex<HashMap<(String, String), i64>>,
+    lost: &broadcast::Sender<(String, String)>,
+) -> Result<(), tokio_postgres::Error> {
+    let me = relay.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let held: Vec<((String, String), i64)> = epochs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    for ((system, name), epoch) in held {
+        let row = client
+            .query_opt(
+                "SELECT relay, epoch FROM devices WHERE system = $1 AND name = $2",
+                &[&system, &name],
+            )
+            .await?;
+        let Some(row) = row else { continue };
+        let (holder, now): (Option<String>, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if holder != me || now > epoch {
+            let key = (system, name);
+            let mut map = epochs.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&key) == Some(&epoch) {
+                map.remove(&key);
+                drop(map);
+                let _ = lost.send(key);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! On-demand devices in a cluster's database: the same rows as SQLite's
+//! `on_demand` table (see `store/on_demand.rs`).
+
+use anyhow::Result;
+
+use super::Pg;
+use crate::store::OnDemandRecord;
+
+const COLUMNS: &str = "SELECT system, name, state, reason, at FROM on_demand";
+
+fn record(r: &tokio_postgres::Row) -> Result<OnDemandRecord> {
+    Ok(OnDemandRecord {
+        system: r.try_get(0)?,
+        name: r.try_get(1)?,
+        state: r.try_get(2)?,
+        reason: r.try_get(3)?,
+        at: r.try_get(4)?,
+    })
+}
+
+impl Pg {
+    pub fn set_on_demand(&self, system: &str, name: &str, on_demand: bool) -> Result<()> {
+        self.block(async {
+            let c = self.client().await?;
+            if on_demand {
+                c.execute(
+                    "INSERT INTO on_demand (system, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&system, &name],
+                )
+                .await?;
+            } else {
+                c.execute(
+                    "DELETE FROM on_demand WHERE system = $1 AND name = $2",
+                    &[&system, &name],
+                )
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn report_state(
+        &self,
+        system: &str,
+        name: &str,
+        state: &str,
+        reason: Option<&str>,
+        at: &str,
+    ) -> Result<bool> {
+        self.block(async {
+            let c = self.client().await?;
+            let n = c
+                .execute(
+                    "UPDATE on_demand SET state = $3, reason = $4, at = $5 WHERE system = $1 AND name = $2",
+                    &[&system, &name, &state, &reason, &at],
+                )
+                .await?;
+            Ok(n > 0)
+        })
+    }
+
+    pub fn on_demand_devices(&self, system: Option<&str>) -> Result<Vec<OnDemandRecord>> {
+        self.block(async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    &format!("{COLUMNS} WHERE $1::text IS NULL OR system = $1 ORDER BY system, name"),
+                    &[&system],
+                )
+                .await?;
+            rows.iter().map(record).collect()
+        })
+    }
+}

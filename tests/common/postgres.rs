@@ -1,0 +1,162 @@
+//! A real PostgreSQL server for a test: `initdb` and `pg_ctl` run as the
+//! `postgres` user (tests run as root) in a temporary directory, listening
+//! only on a unix socket in that directory (`listen_addresses = ''`), and
+//! stopped (`pg_ctl stop -m immediate`) when the guard drops, even when the
+//! test fails. Each test takes a database of its own ([`PgServer::database`]).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Where Debian's `postgresql` package puts the server binaries.
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    next_db: AtomicUsize,
+}
+
+fn bin(name: &str) -> PathBuf {
+    let path = Path::new(BIN).join(name);
+    assert!(
+        path.exists(),
+        "{} missing: install Debian's postgresql (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `args` as the postgres user; panics with its output on failure.
+fn as_postgres(program: &Path, args: &[&str]) {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("runuser");
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}{}",
+        program.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl PgServer {
+    /// Creates a cluster and starts it (waiting until it accepts connections).
+    pub fn start() -> PgServer {
+        let dir = tempfile::Builder::new()
+            .prefix("wpg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let status = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown postgres {}", dir.path().display());
+        let server = PgServer {
+            dir,
+            next_db: AtomicUsize::new(0),
+        };
+        let data = server.data_dir();
+        as_postgres(
+            &bin("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        server.pg_start();
+        server
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the server (again), waiting until it accepts connections.
+    pub fn pg_start(&self) {
+        let opts = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=200",
+            self.socket_dir().display()
+        );
+        as_postgres(
+            &bin("pg_ctl"),
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                self.dir.path().join("log").to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server at once, as a crash would.
+    pub fn pg_stop(&self) {
+        as_postgres(
+            &bin("pg_ctl"),
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// The address of database `db` on this server.
+    pub fn url(&self, db: &str) -> String {
+        let socket = self.socket_dir().display().to_string().replace('/', "%2F");
+        format!("postgres://postgres@{socket}/{db}")
+    }
+
+    /// Creates a fresh database and returns its address.
+    pub fn database(&self) -> String {
+        let n = self.next_db.fetch_add(1, Ordering::Relaxed);
+        let db = format!("t{n}");
+        as_postgres(
+            &bin("psql").with_file_name("psql"),
+            &[
+                "-h",
+                self.socket_dir().to_str().unwrap(),
+                "-d",
+                "postgres",
+                "-q",
+                "-c",
+                &format!("CREATE DATABASE {db}"),
+            ],
+        );
+        self.url(&db)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(Path::new(BIN).join("pg_ctl"))
+            .args(["-D", self.data_dir().to_str().unwrap_or_default()])
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
