@@ -292,6 +292,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
             dead_after: Duration::from_secs(60),
             labels: Default::default(),
             gateway: Default::default(),
+            p2p: true,
         };
         let (tx, _) = (tx.clone(), ());
         let (etx, mut erx) = mpsc::unbounded_channel();

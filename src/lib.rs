@@ -47,6 +47,10 @@
 //!   `client::enroll` turns an invite token into a key and a config;
 //!   `socks` and `forward` over one self-healing relay connection (`tunnel`);
 //!   ssh configs and connect scripts (`sshconfig`).
+//! - [`p2p`]: direct paths between a controller process and an agent:
+//!   UDP discovery, signalling through the relay, hole punching, QUIC with
+//!   pinned per-session certificates (`relay::p2p` and `relay::udp` are the
+//!   relay's part, `agent::p2p` and `client::direct` the two ends).
 //! - [`store`]: SQLite state in the relay's data directory (systems, keys, device
 //!   status, invites, the audit log), with numbered migrations; reads on
 //!   connections of their own beside the one writer.
@@ -75,6 +79,7 @@ pub mod cli;
 pub mod client;
 pub mod files;
 pub mod fuzz;
+pub mod p2p;
 pub mod policy;
 pub mod protocol;
 pub mod relay;

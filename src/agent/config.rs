@@ -50,6 +50,9 @@ pub struct AgentFile {
     /// Gateway: listen inside the network, carry connections to a service.
     #[serde(default)]
     pub listen: Vec<super::gateway::ListenFile>,
+    /// Direct paths with controllers (default true); `false`: always relayed.
+    #[serde(default)]
+    pub p2p: Option<bool>,
 }
 
 /// A validated agent configuration.
@@ -65,6 +68,8 @@ pub struct AgentSettings {
     pub labels: BTreeMap<String, String>,
     /// Scope, ports, permit and listen forwards (empty for a plain device).
     pub gateway: super::gateway::GatewayConfig,
+    /// Accept direct paths (`p2p`, default true).
+    pub p2p: bool,
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -80,6 +85,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("dead_after", &self.dead_after)
             .field("labels", &self.labels)
             .field("gateway", &self.gateway)
+            .field("p2p", &self.p2p)
             .finish()
     }
 }
@@ -133,6 +139,7 @@ impl AgentSettings {
             dead_after,
             labels,
             gateway,
+            p2p: file.p2p.unwrap_or(true),
         })
     }
 }

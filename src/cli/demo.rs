@@ -74,6 +74,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode> {
         dead_after: Duration::from_secs(30),
         labels: Default::default(),
         gateway: Default::default(),
+        p2p: true,
     };
     let (tx, mut events) = mpsc::unbounded_channel();
     let agent_task = tokio::spawn(agent::run(settings, stop.clone(), Some(tx)));

@@ -6,7 +6,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use crate::protocol::Name;
 use crate::relay::config::{PortRanges, RelayFile};
+use crate::relay::udp::Discovery;
 use crate::relay::{Relay, RelayOptions};
 use crate::ssh::algorithms::{Ciphers, KexAlgorithms};
 
@@ -51,6 +53,14 @@ pub struct RelayArgs {
     /// (kex-strict-c-v00@openssh.com; OpenSSH 9.6 and later do).
     #[arg(long)]
     pub require_strict_kex: bool,
+    /// UDP address discovery for direct paths: ADDR, or `off` (no direct
+    /// paths) [default: the --listen address and port, on UDP]. A second
+    /// UDP port (any free one) tells symmetric NATs apart.
+    #[arg(long, value_name = "ADDR|off")]
+    pub udp: Option<String>,
+    /// A system whose streams never take direct paths (repeatable).
+    #[arg(long = "forbid-direct", value_name = "SYSTEM")]
+    pub forbid_direct: Vec<String>,
 }
 
 pub async fn run(a: RelayArgs) -> Result<ExitCode> {
@@ -87,6 +97,12 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
     // port and then runs `warren admin` must find the database ready.
     let socket = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let bound = socket.local_addr()?;
+    let discovery = udp_discovery(a.udp.as_deref().or(file.udp.as_deref()), bound).await?;
+    let udp_port = match &discovery {
+        Some(d) => Some(d.local_addr()?.port()),
+        None => None,
+    };
+    let forbid_direct = forbid_direct(&a.forbid_direct, file.forbid_direct.as_deref())?;
     let advertise = match a.advertise {
         Some(addr) => Some(
             crate::protocol::RelayAddress::parse(&addr)
@@ -104,6 +120,8 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         ciphers,
         kex_algorithms,
         require_strict_kex: a.require_strict_kex || file.require_strict_kex.unwrap_or(false),
+        udp_port,
+        forbid_direct,
         ..RelayOptions::default()
     };
     let server = Relay::open(&data, options)?;
@@ -123,8 +141,38 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
             reload(&r, &path, &started, ports_by_flag)
         })?;
     }
+    if let Some(d) = discovery {
+        tokio::spawn(d.serve(shutdown.clone()));
+    }
     server.serve(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds UDP discovery: `spec` (an address, or `off`), by default the SSH
+/// listener's own address and port.
+async fn udp_discovery(spec: Option<&str>, ssh: SocketAddr) -> Result<Option<Discovery>> {
+    let addr = match spec {
+        Some("off") => return Ok(None),
+        Some(s) => s
+            .parse::<SocketAddr>()
+            .with_context(|| format!("--udp {s:?}: write IP:PORT or off"))?,
+        None => ssh,
+    };
+    let d = Discovery::bind(addr).await?;
+    tracing::info!(udp = %d.local_addr()?, "UDP discovery for direct paths");
+    Ok(Some(d))
+}
+
+fn forbid_direct(flags: &[String], file: Option<&[String]>) -> Result<Vec<Name>> {
+    let names = if flags.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flags
+    };
+    names
+        .iter()
+        .map(|s| Name::parse(s).with_context(|| format!("--forbid-direct {s:?}")))
+        .collect()
 }
 
 /// Pending connections the kernel queues for the accept loop.

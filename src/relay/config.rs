@@ -32,6 +32,10 @@ pub struct RelayFile {
     pub kex_algorithms: Option<String>,
     /// Refuse clients that do not offer strict key exchange.
     pub require_strict_kex: Option<bool>,
+    /// UDP discovery for direct paths: "IP:PORT" or "off" (default: `listen`).
+    pub udp: Option<String>,
+    /// Systems whose streams never take direct paths.
+    pub forbid_direct: Option<Vec<String>>,
 }
 
 impl RelayFile {

@@ -15,11 +15,13 @@ mod enroll;
 pub mod expose;
 pub mod gateways;
 mod listen;
+pub mod p2p;
 pub mod ratelimit;
 pub mod registry;
 mod router;
 pub mod status;
 mod stream;
+pub mod udp;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -81,6 +83,11 @@ pub struct RelayOptions {
     pub kex_algorithms: crate::ssh::algorithms::KexAlgorithms,
     /// Refuse clients without strict key exchange (`--require-strict-kex`).
     pub require_strict_kex: bool,
+    /// The UDP discovery port announced to direct-path signalling; `None`:
+    /// no discovery, so no direct paths (`--udp off`).
+    pub udp_port: Option<u16>,
+    /// Systems whose streams never take direct paths (`--forbid-direct`).
+    pub forbid_direct: Vec<crate::protocol::Name>,
 }
 
 impl Default for RelayOptions {
@@ -100,6 +107,8 @@ impl Default for RelayOptions {
             ciphers: Default::default(),
             kex_algorithms: Default::default(),
             require_strict_kex: false,
+            udp_port: None,
+            forbid_direct: Vec::new(),
         }
     }
 }
@@ -157,6 +166,8 @@ pub struct Relay {
     expose_wake: Notify,
     /// Public ports after the latest reconcile.
     exposed: watch::Sender<expose::Exposed>,
+    /// Direct paths per device, for `ls`.
+    paths: p2p::Paths,
 }
 
 /// Device status writes, applied in order by one task so that a quick
@@ -254,6 +265,7 @@ impl Relay {
             tasks: TaskTracker::new(),
             shutting_down: CancellationToken::new(),
             store_changed: tokio::sync::Notify::new(),
+            paths: p2p::Paths::default(),
         });
         Ok(Server {
             relay,
@@ -287,6 +299,11 @@ impl Relay {
 
     pub fn gateways(&self) -> &gateways::Gateways {
         &self.gateways
+    }
+
+    /// Direct paths per device (`ls` shows them).
+    pub fn paths(&self) -> &p2p::Paths {
+        &self.paths
     }
 
     pub fn audit(&self) -> &Audit {

@@ -123,6 +123,7 @@ pub fn agent_settings(
         dead_after: Duration::from_secs(5),
         labels: Default::default(),
         gateway: Default::default(),
+        p2p: true,
     }
 }
 
