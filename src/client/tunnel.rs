@@ -120,7 +120,13 @@ impl Tunnel {
         }
         let path = self.paths.get(host);
         if path.claim_upgrade() {
-            self.start_upgrade(path.clone(), port);
+            match self.conn().await {
+                Ok(conn) => self.start_upgrade(path.clone(), conn, port),
+                Err(e) => {
+                    path.reset();
+                    return Err(e);
+                }
+            }
         }
         let link = match self.mode {
             Mode::Require => path.wait_up(REQUIRE_WAIT).await,
@@ -171,8 +177,11 @@ impl Tunnel {
                     .is_some_and(|c| !c.is_closed());
                 if connected {
                     let Some(t) = tunnel.upgrade() else { return };
-                    if path.claim_upgrade() {
-                        t.start_upgrade(path.clone(), port);
+                    let conn = live.borrow().clone().filter(|c| !c.is_closed());
+                    if let Some(conn) = conn
+                        && path.claim_upgrade()
+                    {
+                        t.start_upgrade(path.clone(), conn, port);
                     }
                 }
                 tokio::select! {
@@ -184,13 +193,7 @@ impl Tunnel {
         });
     }
 
-    fn start_upgrade(&self, path: Arc<DevicePath>, port: u16) {
-        let conn = self.live.borrow().clone().filter(|c| !c.is_closed());
-        let Some(conn) = conn else {
-            // No relay connection now: the next stream tries again.
-            path.reset();
-            return;
-        };
+    fn start_upgrade(&self, path: Arc<DevicePath>, conn: Conn, port: u16) {
         let (relay, stop) = (self.relay.clone(), self.stop.clone());
         tokio::spawn(async move {
             tokio::select! {
@@ -203,6 +206,19 @@ impl Tunnel {
     /// Opens a stream to `host:port`, waiting up to [`HANDSHAKE_TIMEOUT`]
     /// for a connection to the relay if there is none right now.
     pub async fn open(&self, host: &str, port: u16) -> Result<Channel, OpenError> {
+        let conn = self.conn().await?;
+        conn.open(host, u32::from(port)).await.map_err(|e| {
+            let text = format!("{e:#}");
+            // The SSH layer words a refusal as "relay refused HOST:PORT: why".
+            match text.strip_prefix(&format!("relay refused {host}:{port}: ")) {
+                Some(why) => OpenError::Refused(why.to_string()),
+                None => OpenError::Failed(text),
+            }
+        })
+    }
+
+    /// The live relay connection, waiting up to [`HANDSHAKE_TIMEOUT`].
+    async fn conn(&self) -> Result<Conn, OpenError> {
         let mut live = self.live.clone();
         let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             loop {
@@ -226,14 +242,7 @@ impl Tunnel {
                 .clone();
             return Err(OpenError::NoRelay(why));
         };
-        conn.open(host, u32::from(port)).await.map_err(|e| {
-            let text = format!("{e:#}");
-            // The SSH layer words a refusal as "relay refused HOST:PORT: why".
-            match text.strip_prefix(&format!("relay refused {host}:{port}: ")) {
-                Some(why) => OpenError::Refused(why.to_string()),
-                None => OpenError::Failed(text),
-            }
-        })
+        Ok(conn)
     }
 
     /// Whether a connection to the relay is up right now.
