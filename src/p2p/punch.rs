@@ -19,9 +19,6 @@ use super::PUNCH_INTERVAL;
 const PROBE: u8 = 1;
 const ACK: u8 = 2;
 const LEN: usize = 16;
-/// The side that connects afterwards keeps answering probes this long, in
-/// case its last ack was lost and the other side still waits for it.
-const LINGER: Duration = Duration::from_millis(300);
 
 pub type Session = [u8; 12];
 
@@ -39,7 +36,8 @@ fn parse(p: &[u8], session: &Session) -> Option<u8> {
 }
 
 /// Punches toward `candidates` for at most `budget`; the peer's address
-/// that answered, or `None`.
+/// that answered, or `None`. `linger`: the side that connects afterwards
+/// repeats its last ack.
 pub async fn punch(
     sock: &UdpSocket,
     session: &Session,
@@ -75,18 +73,12 @@ pub async fn punch(
             }
         }
     }
-    if linger {
-        let until = Instant::now() + LINGER;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => break,
-                r = sock.recv_from(&mut buf) => {
-                    let Ok((n, from)) = r else { break };
-                    if parse(&buf[..n], session) == Some(PROBE) {
-                        let _ = sock.send_to(&ack, from).await;
-                    }
-                }
-            }
+    if linger && let Some(peer) = acked {
+        // The side that connects next acks the peer's probe once more, in
+        // case its first ack was lost while the peer still waits for it
+        // (quinn will drop any probe that arrives later).
+        for _ in 0..2 {
+            let _ = sock.send_to(&ack, peer).await;
         }
     }
     acked
