@@ -300,6 +300,26 @@ async fn a_symmetric_nat_is_relayed_with_the_reason() {
     lab.fetch(local).await;
     let line = lab.audited("relayed").await;
     assert_eq!(bytes_down(&line), BLOB as u64, "{line}");
+    // `warren ls --json` shows the path to dev1 and why it is relayed.
+    let ls = run(
+        in_ns(&lab.ctl_ns, common::netns::WARREN)
+            .arg("ls")
+            .args(lab.client_flags())
+            .arg("--json"),
+        WAIT,
+    )
+    .await;
+    let text = ls.stdout_str();
+    assert!(ls.ok, "{}", ls.stderr);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dev1 = &v[0];
+    assert_eq!(dev1["name"], "dev1", "{text}");
+    assert_eq!(dev1["path"], "relayed", "{text}");
+    let why = dev1["path_why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("symmetric NAT on device dev1's side"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

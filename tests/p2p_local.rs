@@ -126,15 +126,10 @@ async fn a_direct_path_carries_streams_the_relay_authorized() {
         opened.target.as_deref(),
         Some(format!("dev1:{port}").as_str())
     );
+    let ls = ls_dev1(&r).await;
     assert_eq!(
-        r.relay
-            .paths()
-            .get(&warren::protocol::DeviceId {
-                system: name("tau"),
-                name: name("dev1"),
-            })
-            .direct,
-        1
+        (ls.path.as_deref(), ls.path_why.as_deref()),
+        (Some("direct"), None)
     );
 
     // The relay still decides: a port dev1 does not serve is refused on
@@ -148,6 +143,17 @@ async fn a_direct_path_carries_streams_the_relay_authorized() {
         e.result == "refused" && e.detail.as_deref().unwrap_or("").starts_with("path=direct")
     })
     .await;
+}
+
+/// dev1 as `ls` shows it, with the running relay's live view.
+async fn ls_dev1(r: &TestRelay) -> warren::store::DeviceStatus {
+    let live: &dyn warren::admin::LiveRelay = r.relay.as_ref();
+    let all = warren::admin::status::list(r.store(), Some(live), Some("tau".into()))
+        .await
+        .unwrap();
+    all.into_iter()
+        .find(|d| d.name == "dev1")
+        .expect("dev1 listed")
 }
 
 /// Waits until the direct path to dev1 has failed; its reason.
@@ -188,12 +194,15 @@ async fn the_relay_can_forbid_direct_paths_for_a_system() {
     let t = tunnel(&r, Mode::Prefer);
     let why = relayed_because(&t, port).await;
     assert!(why.contains("forbids direct paths in system tau"), "{why}");
-    let info = r.relay.paths().get(&warren::protocol::DeviceId {
-        system: name("tau"),
-        name: name("dev1"),
-    });
-    assert_eq!(info.direct, 0);
-    assert!(info.why_relayed.unwrap().contains("forbids"));
+    // `ls` (and its JSON) shows the path and why it is relayed.
+    let ls = ls_dev1(&r).await;
+    assert_eq!(ls.path.as_deref(), Some("relayed"));
+    assert!(
+        ls.path_why.as_deref().unwrap().contains("forbids"),
+        "{ls:?}"
+    );
+    let json = serde_json::to_string(&ls).unwrap();
+    assert!(json.contains(r#""path":"relayed""#), "{json}");
 }
 
 #[tokio::test]

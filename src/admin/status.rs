@@ -61,6 +61,8 @@ fn overlay(records: Vec<DeviceStatus>, live: Vec<LiveDevice>) -> Vec<DeviceStatu
             streams: l.streams,
             disabled: l.disabled,
             scope: Vec::new(),
+            path: Some(if l.direct > 0 { "direct" } else { "relayed" }.into()),
+            path_why: if l.direct > 0 { None } else { l.why_relayed },
         };
         match out
             .iter_mut()
@@ -127,9 +129,10 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
             "STREAMS",
             "VERSION",
             "LABELS",
+            "PATH",
         ];
         if devices.iter().any(|d| !d.scope.is_empty()) {
-            h.push("SCOPE");
+            h.insert(h.len() - 1, "SCOPE");
         }
         if with_system {
             h.insert(0, "SYSTEM");
@@ -163,13 +166,21 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             },
+            match (&d.path, &d.path_why) {
+                (Some(p), Some(why)) => format!("{p} ({why})"),
+                (Some(p), None) => p.clone(),
+                (None, _) => "-".into(),
+            },
         ];
         if devices.iter().any(|d| !d.scope.is_empty()) {
-            r.push(if d.scope.is_empty() {
-                "-".into()
-            } else {
-                d.scope.join(",")
-            });
+            r.insert(
+                r.len() - 1,
+                if d.scope.is_empty() {
+                    "-".into()
+                } else {
+                    d.scope.join(",")
+                },
+            );
         }
         if with_system {
             r.insert(0, d.system.clone());
@@ -198,6 +209,8 @@ mod tests {
             streams: 3,
             disabled: false,
             scope: vec![],
+            path: Some("relayed".into()),
+            path_why: Some("symmetric NAT on device dev1's side".into()),
         };
         let t = render(&[d], false);
         let lines: Vec<&str> = t.lines().collect();
@@ -207,6 +220,11 @@ mod tests {
         assert!(lines[1].contains("22,8080"));
         assert!(
             lines[1].contains("gpu=a100") && lines[1].contains("0.1.0"),
+            "{t}"
+        );
+        assert!(
+            lines[0].ends_with("PATH")
+                && lines[1].ends_with("relayed (symmetric NAT on device dev1's side)"),
             "{t}"
         );
         assert_eq!(when(None), "never");
@@ -227,6 +245,8 @@ mod tests {
             streams: 4,
             disabled: false,
             scope: vec![],
+            path: None,
+            path_why: None,
         };
         let live = LiveDevice {
             device: crate::protocol::DeviceId::new(
@@ -238,6 +258,8 @@ mod tests {
             ports: vec![22],
             streams: 1,
             disabled: true,
+            direct: 1,
+            why_relayed: None,
         };
         // dev1: the store still says online, the registry does not have it.
         let out = overlay(
@@ -248,6 +270,8 @@ mod tests {
         let d = &out[1];
         assert!(d.online && d.disabled && d.streams == 1 && d.since == Some(50));
         assert_eq!(d.address.as_deref(), Some("192.0.2.1:4000"));
+        assert_eq!(d.path.as_deref(), Some("direct"), "{d:?}");
+        assert_eq!(out[0].path, None, "offline: no path");
         // Version and labels come from the store.
         assert_eq!(d.version.as_deref(), Some("0.1.0"));
         assert_eq!(d.labels.get("site").map(String::as_str), Some("lab"));

@@ -101,6 +101,13 @@ pub struct DeviceStatus {
     /// for a plain device, and as the store returns it).
     #[serde(default)]
     pub scope: Vec<String>,
+    /// Online devices, from a running relay: `direct` while a controller
+    /// has a direct path to it, else `relayed` (never stored).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Why the latest direct-path attempt left it relayed.
+    #[serde(default)]
+    pub path_why: Option<String>,
 }
 
 pub fn now() -> u64 {
@@ -391,6 +398,8 @@ impl Store {
                 streams: r.get::<_, i64>(9)?.max(0) as u64,
                 disabled: r.get::<_, i64>(10)? != 0,
                 scope: Vec::new(),
+                path: None,
+                path_why: None,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
