@@ -97,11 +97,8 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
     // port and then runs `warren admin` must find the database ready.
     let socket = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let bound = socket.local_addr()?;
-    let discovery = udp_discovery(a.udp.as_deref().or(file.udp.as_deref()), bound).await?;
-    let udp_port = match &discovery {
-        Some(d) => Some(d.local_addr()?.port()),
-        None => None,
-    };
+    let (discovery, udp_port) =
+        udp_discovery(a.udp.as_deref().or(file.udp.as_deref()), bound).await?;
     let forbid_direct = forbid_direct(&a.forbid_direct, file.forbid_direct.as_deref())?;
     let advertise = match a.advertise {
         Some(addr) => Some(
@@ -149,18 +146,22 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
 }
 
 /// Binds UDP discovery: `spec` (an address, or `off`), by default the SSH
-/// listener's own address and port.
-async fn udp_discovery(spec: Option<&str>, ssh: SocketAddr) -> Result<Option<Discovery>> {
+/// listener's own address and port. Returns it and the port it announces.
+async fn udp_discovery(
+    spec: Option<&str>,
+    ssh: SocketAddr,
+) -> Result<(Option<Discovery>, Option<u16>)> {
     let addr = match spec {
-        Some("off") => return Ok(None),
+        Some("off") => return Ok((None, None)),
         Some(s) => s
             .parse::<SocketAddr>()
             .with_context(|| format!("--udp {s:?}: write IP:PORT or off"))?,
         None => ssh,
     };
     let d = Discovery::bind(addr).await?;
-    tracing::info!(udp = %d.local_addr()?, "UDP discovery for direct paths");
-    Ok(Some(d))
+    let bound = d.local_addr()?;
+    tracing::info!(udp = %bound, "UDP discovery for direct paths");
+    Ok((Some(d), Some(bound.port())))
 }
 
 fn forbid_direct(flags: &[String], file: Option<&[String]>) -> Result<Vec<Name>> {
