@@ -132,7 +132,7 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
             "PATH",
         ];
         if devices.iter().any(|d| !d.scope.is_empty()) {
-            h.insert(h.len() - 1, "SCOPE");
+            h.push("SCOPE");
         }
         if with_system {
             h.insert(0, "SYSTEM");
@@ -173,14 +173,11 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
             },
         ];
         if devices.iter().any(|d| !d.scope.is_empty()) {
-            r.insert(
-                r.len() - 1,
-                if d.scope.is_empty() {
-                    "-".into()
-                } else {
-                    d.scope.join(",")
-                },
-            );
+            r.push(if d.scope.is_empty() {
+                "-".into()
+            } else {
+                d.scope.join(",")
+            });
         }
         if with_system {
             r.insert(0, d.system.clone());
