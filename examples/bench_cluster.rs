@@ -222,6 +222,8 @@ async fn hop(a: &Args) -> Result<Vec<Path>> {
         dead_after: Duration::from_secs(30),
         labels: Default::default(),
         gateway: Default::default(),
+        on_demand: None,
+        p2p: true,
     };
     tokio::spawn(agent::run(settings, stop.clone(), Some(tx)));
     while events.recv().await.context("agent stopped")? != AgentEvent::Online {}

@@ -281,6 +281,7 @@ async fn wake_phase(
         labels: Default::default(),
         gateway: Default::default(),
         on_demand: Some(od.clone()),
+        p2p: true,
     };
     let (tx, mut events) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();

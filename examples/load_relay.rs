@@ -293,6 +293,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
             labels: Default::default(),
             gateway: Default::default(),
             on_demand: None,
+            p2p: true,
         };
         let (tx, _) = (tx.clone(), ());
         let (etx, mut erx) = mpsc::unbounded_channel();

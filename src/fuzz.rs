@@ -162,6 +162,32 @@ pub fn socks(data: &[u8]) {
     let _ = crate::relay::config::PortRanges::parse(&items);
 }
 
+/// Direct paths: a UDP discovery request as the relay reads it (from
+/// anyone) and a reply as a client reads it, a signalling line as the
+/// relay and both ends parse it, and a direct stream's header.
+pub fn p2p(data: &[u8]) {
+    use crate::p2p::{discovery, signal};
+    let from = std::net::SocketAddr::from(([198, 51, 100, 1], 40000));
+    if let Some(reply) = discovery::answer(data, from, 7) {
+        // Never an amplifier: no reply is larger than its request.
+        debug_assert!(reply.len() <= data.len());
+        let mut txid = [0u8; 12];
+        txid.copy_from_slice(&data[6..18]);
+        debug_assert_eq!(
+            discovery::parse_reply(&reply, &txid).map(|r| r.seen),
+            Some(from)
+        );
+    }
+    if data.len() >= 18 {
+        let mut txid = [0u8; 12];
+        txid.copy_from_slice(&data[6..18]);
+        let _ = discovery::parse_reply(data, &txid);
+    }
+    let _ = signal::Signal::parse(data);
+    let _ = signal::parse_session(&text(data));
+    let _ = serde_json::from_slice::<signal::Header>(data);
+}
+
 /// Every entry point, for a target that spreads one input over all.
 /// A fuzz entry point.
 pub type Target = fn(&[u8]);
@@ -193,4 +219,5 @@ pub const ALL: &[(&str, Target)] = &[
     ("hostlist", hostlist),
     ("socks", socks),
     ("mqtt", mqtt),
+    ("p2p", p2p),
 ];

@@ -57,6 +57,13 @@
 //!   `LISTEN`/`NOTIFY`). In a cluster, `relay/hop.rs` carries a stream to a
 //!   device on another relay and `relay/cluster.rs` closes connections of
 //!   devices that moved to another relay.
+//! - [`p2p`]: direct paths between a controller process and an agent:
+//!   UDP discovery, signalling through the relay, hole punching, QUIC with
+//!   pinned per-session certificates (`relay::p2p` and `relay::udp` are the
+//!   relay's part, `agent::p2p` and `client::direct` the two ends).
+//! - [`store`]: SQLite state in the relay's data directory (systems, keys, device
+//!   status, invites, the audit log), with numbered migrations; reads on
+//!   connections of their own beside the one writer.
 //! - [`policy`]: who may reach what, and every refusal as data (its text and
 //!   a stable code); pure functions, no I/O.
 //! - [`audit`]: audit events: a log line each, and a row in the store written
@@ -97,6 +104,7 @@ pub mod client;
 pub mod files;
 pub mod fuzz;
 pub mod mqtt;
+pub mod p2p;
 pub mod policy;
 pub mod protocol;
 pub mod relay;

@@ -37,6 +37,10 @@ pub struct LiveDevice {
     /// Live streams to the device.
     pub streams: u64,
     pub disabled: bool,
+    /// Direct paths up to it now (`crate::p2p`).
+    pub direct: usize,
+    /// Why the latest direct-path attempt failed, if it did.
+    pub why_relayed: Option<String>,
 }
 
 /// A running relay, as admin operations see it.

@@ -209,9 +209,9 @@ pub async fn run(store: &Store, caller: &Caller<'_>, request: Request) -> Result
         Request::Gateway(g) => store.call(move |s| gateway::run(s, g)).await?,
         Request::Expose(e) => store.call(move |s| expose::run(s, e)).await?,
         Request::Log { query } => read_log(store, caller, query).await?,
-        Request::Wake { op, system, device } => {
-            Outcome::read(Reply::Woken(wake::run(store, caller, op, system, device).await?))
-        }
+        Request::Wake { op, system, device } => Outcome::read(Reply::Woken(
+            wake::run(store, caller, op, system, device).await?,
+        )),
     };
     outcome.events = outcome
         .events

@@ -103,6 +103,8 @@ fn overlay(records: Vec<DeviceStatus>, live: Vec<LiveDevice>) -> Vec<DeviceStatu
             scope: Vec::new(),
             status: "online".into(),
             on_demand: None,
+            path: Some(if l.direct > 0 { "direct" } else { "relayed" }.into()),
+            path_why: if l.direct > 0 { None } else { l.why_relayed },
         };
         match out
             .iter_mut()
@@ -169,6 +171,7 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
             "STREAMS",
             "VERSION",
             "LABELS",
+            "PATH",
         ];
         if devices.iter().any(|d| !d.scope.is_empty()) {
             h.push("SCOPE");
@@ -209,6 +212,11 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             },
+            match (&d.path, &d.path_why) {
+                (Some(p), Some(why)) => format!("{p} ({why})"),
+                (Some(p), None) => p.clone(),
+                (None, _) => "-".into(),
+            },
         ];
         if devices.iter().any(|d| !d.scope.is_empty()) {
             r.push(if d.scope.is_empty() {
@@ -246,6 +254,8 @@ mod tests {
             scope: vec![],
             status: "online".into(),
             on_demand: None,
+            path: Some("relayed".into()),
+            path_why: Some("symmetric NAT on device dev1's side".into()),
         };
         let mut asleep = DeviceStatus {
             name: "dev2".into(),
@@ -282,6 +292,11 @@ mod tests {
             lines[1].contains("gpu=a100") && lines[1].contains("0.1.0"),
             "{t}"
         );
+        assert!(
+            lines[0].ends_with("PATH")
+                && lines[1].ends_with("relayed (symmetric NAT on device dev1's side)"),
+            "{t}"
+        );
         assert_eq!(when(None), "never");
     }
 
@@ -302,6 +317,8 @@ mod tests {
             scope: vec![],
             status: if online { "online" } else { "offline" }.into(),
             on_demand: None,
+            path: None,
+            path_why: None,
         };
         let live = LiveDevice {
             device: crate::protocol::DeviceId::new(
@@ -313,6 +330,8 @@ mod tests {
             ports: vec![22],
             streams: 1,
             disabled: true,
+            direct: 1,
+            why_relayed: None,
         };
         // dev1: the store still says online, the registry does not have it.
         let out = overlay(
@@ -323,6 +342,8 @@ mod tests {
         let d = &out[1];
         assert!(d.online && d.disabled && d.streams == 1 && d.since == Some(50));
         assert_eq!(d.address.as_deref(), Some("192.0.2.1:4000"));
+        assert_eq!(d.path.as_deref(), Some("direct"), "{d:?}");
+        assert_eq!(out[0].path, None, "offline: no path");
         // Version and labels come from the store.
         assert_eq!(d.version.as_deref(), Some("0.1.0"));
         assert_eq!(d.labels.get("site").map(String::as_str), Some("lab"));

@@ -53,6 +53,9 @@ pub struct AgentFile {
     /// On demand: asleep on an MQTT broker until a `connect` command.
     #[serde(default)]
     pub on_demand: Option<super::on_demand::OnDemandFile>,
+    /// Direct paths with controllers (default true); `false`: always relayed.
+    #[serde(default)]
+    pub p2p: Option<bool>,
 }
 
 /// A validated agent configuration.
@@ -70,6 +73,8 @@ pub struct AgentSettings {
     pub gateway: super::gateway::GatewayConfig,
     /// Asleep on an MQTT broker until woken (`[on_demand]`); `None`: always connected.
     pub on_demand: Option<super::on_demand::OnDemand>,
+    /// Accept direct paths (`p2p`, default true).
+    pub p2p: bool,
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -86,6 +91,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("labels", &self.labels)
             .field("gateway", &self.gateway)
             .field("on_demand", &self.on_demand)
+            .field("p2p", &self.p2p)
             .finish()
     }
 }
@@ -144,6 +150,7 @@ impl AgentSettings {
             dead_after,
             labels,
             gateway,
+            p2p: file.p2p.unwrap_or(true),
         })
     }
 }

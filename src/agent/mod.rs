@@ -6,6 +6,7 @@ pub mod config;
 pub mod doctor;
 pub mod gateway;
 pub mod on_demand;
+pub mod p2p;
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -304,6 +305,11 @@ async fn session(
         allow: allow.clone(),
         gateway: gw.clone(),
         activity: activity.clone(),
+        p2p: settings.p2p.then(|| p2p::Ctx {
+            name: settings.name.clone(),
+            relay: settings.relay.clone(),
+            allow: allow.clone(),
+        }),
     };
     let mut conn = tokio::select! {
         _ = shutdown.cancelled() => return "shutting down".into(),
@@ -435,6 +441,8 @@ struct Serve {
     allow: SharedAllow,
     gateway: Arc<GatewayState>,
     activity: Arc<Activity>,
+    /// Direct paths (`p2p` in the config); `None`: refused.
+    p2p: Option<p2p::Ctx>,
 }
 
 /// Which local target a stream the relay opened for `address:port` may
@@ -453,6 +461,18 @@ fn admit(name: &Name, allow: &AllowList, address: &str, port: u32) -> Result<Tar
 }
 
 impl ForwardedHandler for Serve {
+    fn p2p(&mut self, from: &str, _port: u32, channel: IncomingChannel) {
+        let Some(ctx) = self.p2p.clone() else {
+            let r = Refusal::prohibited(format!(
+                "direct paths are off on device {} (p2p = false)",
+                self.name
+            ));
+            tokio::spawn(async move { channel.refuse(&r).await });
+            return;
+        };
+        tokio::spawn(p2p::serve(ctx, from.to_string(), channel));
+    }
+
     fn forwarded(&mut self, address: &str, port: u32, channel: IncomingChannel) {
         if address == CONTROL_ADDRESS && self.gateway.config.is_gateway() {
             tokio::spawn(gateway::receive_associations(self.gateway.clone(), channel));

@@ -77,6 +77,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode> {
         labels: Default::default(),
         gateway: Default::default(),
         on_demand: None,
+        p2p: true,
     };
     let (tx, mut events) = mpsc::unbounded_channel();
     let agent_task = tokio::spawn(agent::run(settings, stop.clone(), Some(tx)));

@@ -18,6 +18,10 @@ pub struct ProxyArgs {
     pub host: String,
     /// Port on the device (ssh's %p).
     pub port: u16,
+    /// Direct paths to devices: `prefer` (used when one comes up, else the
+    /// relay), `off` (always the relay) or `require` (fail without one). A direct path is used if up within 500 ms.
+    #[arg(long, default_value = "prefer", value_name = "prefer|off|require")]
+    pub p2p: crate::p2p::Mode,
 }
 
 #[derive(Debug, Args)]
@@ -55,7 +59,7 @@ pub struct LogCmdArgs {
 
 pub async fn proxy(a: ProxyArgs) -> Result<ExitCode> {
     let settings = ClientSettings::resolve(&a.client.overrides())?;
-    client::proxy(&settings, &a.host, a.port).await?;
+    client::proxy(&settings, &a.host, a.port, a.p2p).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,7 +7,9 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::mqtt::{BrokerSettings, BrokerUrl, Topics};
+use crate::protocol::Name;
 use crate::relay::config::{PortRanges, RelayFile};
+use crate::relay::udp::Discovery;
 use crate::relay::wake::WakeOptions;
 use crate::relay::{Relay, RelayOptions};
 use crate::ssh::algorithms::{Ciphers, KexAlgorithms};
@@ -84,6 +86,14 @@ pub struct RelayArgs {
     /// How long a stream to an asleep device waits for it to come online ("30s").
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wake_timeout: Option<std::time::Duration>,
+    /// UDP address discovery for direct paths: ADDR, or `off` (no direct
+    /// paths) [default: the --listen address and port, on UDP]. A second
+    /// UDP port (any free one) tells symmetric NATs apart.
+    #[arg(long, value_name = "ADDR|off")]
+    pub udp: Option<String>,
+    /// A system whose streams never take direct paths (repeatable).
+    #[arg(long = "forbid-direct", value_name = "SYSTEM")]
+    pub forbid_direct: Vec<String>,
 }
 
 /// `--mqtt` and its companions (flags win over the config file).
@@ -170,6 +180,9 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
     // port and then runs `warren admin` must find the database ready.
     let socket = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let bound = socket.local_addr()?;
+    let (discovery, udp_port) =
+        udp_discovery(a.udp.as_deref().or(file.udp.as_deref()), bound).await?;
+    let forbid_direct = forbid_direct(&a.forbid_direct, file.forbid_direct.as_deref())?;
     let advertise = match a.advertise {
         Some(addr) => Some(
             crate::protocol::RelayAddress::parse(&addr)
@@ -189,6 +202,8 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         kex_algorithms,
         require_strict_kex: a.require_strict_kex || file.require_strict_kex.unwrap_or(false),
         database: a.database.clone().or(file.database.clone()),
+        udp_port,
+        forbid_direct,
         ..RelayOptions::default()
     };
     let server = Relay::open(&data, options)?;
@@ -208,8 +223,42 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
             reload(&r, &path, &started, ports_by_flag)
         })?;
     }
+    if let Some(d) = discovery {
+        tokio::spawn(d.serve(shutdown.clone()));
+    }
     server.serve(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds UDP discovery: `spec` (an address, or `off`), by default the SSH
+/// listener's own address and port. Returns it and the port it announces.
+async fn udp_discovery(
+    spec: Option<&str>,
+    ssh: SocketAddr,
+) -> Result<(Option<Discovery>, Option<u16>)> {
+    let addr = match spec {
+        Some("off") => return Ok((None, None)),
+        Some(s) => s
+            .parse::<SocketAddr>()
+            .with_context(|| format!("--udp {s:?}: write IP:PORT or off"))?,
+        None => ssh,
+    };
+    let d = Discovery::bind(addr).await?;
+    let bound = d.local_addr()?;
+    tracing::info!(udp = %bound, "UDP discovery for direct paths");
+    Ok((Some(d), Some(bound.port())))
+}
+
+fn forbid_direct(flags: &[String], file: Option<&[String]>) -> Result<Vec<Name>> {
+    let names = if flags.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flags
+    };
+    names
+        .iter()
+        .map(|s| Name::parse(s).with_context(|| format!("--forbid-direct {s:?}")))
+        .collect()
 }
 
 /// Pending connections the kernel queues for the accept loop.

@@ -26,6 +26,10 @@ pub struct SocksArgs {
     /// `socks_auth` in client.toml.
     #[arg(long, env = "WARREN_SOCKS_AUTH", hide_env_values = true)]
     pub auth: Option<String>,
+    /// Direct paths to devices: `prefer` (used when one comes up, else the
+    /// relay), `off` (always the relay) or `require` (fail without one).
+    #[arg(long, default_value = "prefer", value_name = "prefer|off|require")]
+    pub p2p: crate::p2p::Mode,
 }
 
 #[derive(Debug, Args)]
@@ -46,6 +50,10 @@ pub struct ForwardArgs {
     /// Print the table of forwards as JSON (one line).
     #[arg(long)]
     pub json: bool,
+    /// Direct paths to devices: `prefer` (used when one comes up, else the
+    /// relay), `off` (always the relay) or `require` (fail without one).
+    #[arg(long, default_value = "prefer", value_name = "prefer|off|require")]
+    pub p2p: crate::p2p::Mode,
 }
 
 fn signal_token() -> CancellationToken {
@@ -69,7 +77,9 @@ pub async fn socks(a: SocksArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let shutdown = signal_token();
-    let tunnel = Arc::new(Tunnel::start(settings, shutdown.clone(), None));
+    let mut tunnel = Tunnel::start(settings, shutdown.clone(), None);
+    tunnel.set_p2p(a.p2p);
+    let tunnel = Arc::new(tunnel);
     println!(
         "SOCKS5 proxy on {} (names resolve at the relay; e.g. curl --socks5-hostname {} http://dev1:8080/)",
         listener.local_addr()?,
@@ -92,7 +102,13 @@ pub async fn forward(a: ForwardArgs) -> Result<ExitCode> {
     }
     std::io::stdout().flush()?;
     let shutdown = signal_token();
-    let tunnel = Arc::new(Tunnel::start(settings, shutdown.clone(), None));
+    let mut tunnel = Tunnel::start(settings, shutdown.clone(), None);
+    tunnel.set_p2p(a.p2p);
+    let tunnel = Arc::new(tunnel);
+    // Direct paths come up in the background while streams are relayed.
+    for f in &table {
+        tunnel.keep_direct(&f.device, f.port);
+    }
     forward::serve(bound, tunnel, shutdown).await;
     Ok(ExitCode::SUCCESS)
 }

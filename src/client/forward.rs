@@ -183,13 +183,14 @@ async fn accept_loop(f: Forward, l: TcpListener, tunnel: Arc<Tunnel>, shutdown: 
         streams.spawn(
             async move {
                 let _ = tcp.set_nodelay(true);
-                let channel = match tunnel.open(&device, port).await {
+                let channel = match tunnel.open_stream(&device, port).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!("cannot open {device}:{port}: {e}");
                         return;
                     }
                 };
+                tracing::info!(path = channel.path().as_str(), "stream open");
                 let (r, w) = tcp.into_split();
                 tokio::select! {
                     _ = stop.cancelled() => {}

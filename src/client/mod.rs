@@ -4,6 +4,7 @@
 //! self-healing connection ([`tunnel`]); [`sshconfig`] writes ssh configs and
 //! connect scripts.
 
+pub mod direct;
 pub mod forward;
 pub mod hostlist;
 pub mod socks;
@@ -19,6 +20,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use crate::files::{CLIENT_CONFIG, config_path, read_config};
+use crate::p2p;
 use crate::protocol::limits::{AGENT_DEAD_RELAY_TIMEOUT, HANDSHAKE_TIMEOUT};
 use crate::protocol::{Name, RelayAddress};
 use crate::ssh::client::{self, ClientConnection, ConnectOptions, ForwardedHandler, NoForwards};
@@ -134,11 +136,40 @@ pub async fn connect_with<H: ForwardedHandler>(
     client::connect(tcp, &opts, handler).await
 }
 
-/// Carries one stream to `host:port` on stdin/stdout (for `ProxyCommand`).
-pub async fn proxy(s: &ClientSettings, host: &str, port: u16) -> Result<()> {
-    let conn = connect(s).await?;
-    let channel = conn.open(host, u32::from(port)).await?;
-    channel
+/// Carries one stream to `host:port` on stdin/stdout (for `ProxyCommand`):
+/// on a direct path if one comes up within [`p2p::PROXY_BUDGET`] (`prefer`)
+/// or at all (`require`), else through the relay.
+pub async fn proxy(s: &ClientSettings, host: &str, port: u16, mode: p2p::Mode) -> Result<()> {
+    let conn = Arc::new(connect(s).await?);
+    let mut direct = None;
+    if mode != p2p::Mode::Off && Name::parse(host).is_ok() {
+        let path = direct::DevicePath::new(host);
+        path.claim_upgrade();
+        tokio::spawn(path.clone().run(conn.clone(), s.relay.clone(), port));
+        let budget = match mode {
+            p2p::Mode::Require => p2p::SIGNAL_TIMEOUT + p2p::PUNCH_BUDGET * 2,
+            _ => p2p::PROXY_BUDGET,
+        };
+        if let Some(link) = path.wait_up(budget).await {
+            match link.open(host, port).await {
+                Ok(d) => direct = Some(d),
+                Err(tunnel::OpenError::Failed(why)) => {
+                    tracing::info!("direct stream failed ({why}); relaying it")
+                }
+                Err(e) => bail!("{e}"),
+            }
+        }
+        if direct.is_none() && mode == p2p::Mode::Require {
+            let why = path.why_relayed().unwrap_or_default();
+            bail!("no direct path to {host} (--p2p require): {why}");
+        }
+    }
+    let stream = match direct {
+        Some(d) => direct::Stream::Direct(d),
+        None => direct::Stream::Relayed(conn.open(host, u32::from(port)).await?),
+    };
+    tracing::debug!(path = stream.path().as_str(), "stream open");
+    stream
         .splice_io(tokio::io::stdin(), tokio::io::stdout())
         .await;
     conn.disconnect().await;

@@ -303,11 +303,12 @@ async fn open(
     stream: &mut TcpStream,
     tunnel: &Tunnel,
     req: &Request,
-) -> Option<crate::ssh::Channel> {
+) -> Option<super::direct::Stream> {
     let target = format!("{}:{}", req.host, req.port);
     tracing::Span::current().record("target", target.as_str());
-    match tunnel.open(&req.host, req.port).await {
+    match tunnel.open_stream(&req.host, req.port).await {
         Ok(channel) => {
+            tracing::info!(path = channel.path().as_str(), "stream open");
             reply(stream, Reply::Succeeded).await.ok()?;
             Some(channel)
         }

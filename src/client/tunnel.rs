@@ -13,11 +13,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::ClientSettings;
+use super::direct::{DevicePath, Paths, State, Stream};
+use crate::p2p::{Mode, PUNCH_BUDGET, SIGNAL_TIMEOUT};
 use crate::protocol::Backoff;
 use crate::protocol::limits::{BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, TUNNEL_LIVENESS_CHECK};
 use crate::ssh::Channel;
 use crate::ssh::IncomingChannel;
 use crate::ssh::client::{ClientConnection, ForwardedHandler};
+
+/// How long `--p2p require` waits for a direct path to come up.
+const REQUIRE_WAIT: std::time::Duration = SIGNAL_TIMEOUT.saturating_add(PUNCH_BUDGET);
 
 /// State changes, for tests and the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +65,10 @@ pub struct Tunnel {
     live: watch::Receiver<Option<Conn>>,
     last_error: Arc<std::sync::Mutex<String>>,
     stop: CancellationToken,
+    /// Direct paths (`--p2p`); off unless [`Tunnel::set_p2p`] says otherwise.
+    mode: Mode,
+    paths: Arc<Paths>,
+    relay: String,
 }
 
 impl Tunnel {
@@ -73,6 +82,7 @@ impl Tunnel {
         let (tx, live) = watch::channel(None);
         let last_error = Arc::new(std::sync::Mutex::new("not connected yet".to_string()));
         let stop = shutdown.child_token();
+        let relay = settings.relay.clone();
         tokio::spawn(maintain(
             settings,
             tx,
@@ -84,12 +94,131 @@ impl Tunnel {
             live,
             last_error,
             stop,
+            mode: Mode::Off,
+            paths: Arc::default(),
+            relay,
         }
+    }
+
+    /// Sets the direct-path mode (`--p2p`) before the first stream.
+    pub fn set_p2p(&mut self, mode: Mode) {
+        self.mode = mode;
+    }
+
+    /// The direct path to `device` (for status and tests).
+    pub fn path(&self, device: &str) -> Arc<DevicePath> {
+        self.paths.get(device)
+    }
+
+    /// Opens a stream to `host:port`: on the device's direct path when it
+    /// is up, else through the relay (starting an upgrade in the
+    /// background when one is due). `--p2p require` waits for the direct
+    /// path and fails without it; `off` always relays.
+    pub async fn open_stream(&self, host: &str, port: u16) -> Result<Stream, OpenError> {
+        if self.mode == Mode::Off || crate::protocol::Name::parse(host).is_err() {
+            return self.open(host, port).await.map(Stream::Relayed);
+        }
+        let path = self.paths.get(host);
+        if path.claim_upgrade() {
+            match self.conn().await {
+                Ok(conn) => self.start_upgrade(path.clone(), conn, port),
+                Err(e) => {
+                    path.reset();
+                    return Err(e);
+                }
+            }
+        }
+        let link = match self.mode {
+            Mode::Require => path.wait_up(REQUIRE_WAIT).await,
+            _ => path.link(),
+        };
+        if let Some(link) = link {
+            match link.open(host, port).await {
+                Ok(s) => return Ok(Stream::Direct(s)),
+                Err(OpenError::Failed(why)) => {
+                    tracing::info!(device = host, "direct stream failed ({why}); relaying it");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.mode == Mode::Require {
+            let why = path.why_relayed().unwrap_or_else(|| "it failed".into());
+            return Err(OpenError::Failed(format!(
+                "no direct path to {host} (--p2p require): {why}"
+            )));
+        }
+        self.open(host, port).await.map(Stream::Relayed)
+    }
+
+    /// Keeps a direct path to `device` coming up in the background, from
+    /// the first relay connection on, and again [`crate::p2p::RETRY_AFTER`]
+    /// after each failure (for `warren forward`, whose devices are known).
+    pub fn keep_direct(self: &Arc<Self>, device: &str, port: u16) {
+        if self.mode == Mode::Off {
+            return;
+        }
+        let (tunnel, path) = (Arc::downgrade(self), self.paths.get(device));
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let mut live = match tunnel.upgrade() {
+                Some(t) => t.live.clone(),
+                None => return,
+            };
+            loop {
+                let wait = match path.state() {
+                    State::Relayed { retry_at, .. } => {
+                        retry_at.saturating_duration_since(std::time::Instant::now())
+                    }
+                    _ => crate::p2p::RETRY_AFTER,
+                };
+                let connected = live
+                    .borrow_and_update()
+                    .as_ref()
+                    .is_some_and(|c| !c.is_closed());
+                if connected {
+                    let Some(t) = tunnel.upgrade() else { return };
+                    let conn = live.borrow().clone().filter(|c| !c.is_closed());
+                    if let Some(conn) = conn
+                        && path.claim_upgrade()
+                    {
+                        t.start_upgrade(path.clone(), conn, port);
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = live.changed(), if !connected => {}
+                    _ = tokio::time::sleep(wait), if connected => {}
+                }
+            }
+        });
+    }
+
+    fn start_upgrade(&self, path: Arc<DevicePath>, conn: Conn, port: u16) {
+        let (relay, stop) = (self.relay.clone(), self.stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = path.run(conn, relay, port) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
     }
 
     /// Opens a stream to `host:port`, waiting up to [`HANDSHAKE_TIMEOUT`]
     /// for a connection to the relay if there is none right now.
     pub async fn open(&self, host: &str, port: u16) -> Result<Channel, OpenError> {
+        let conn = self.conn().await?;
+        conn.open(host, u32::from(port)).await.map_err(|e| {
+            let text = format!("{e:#}");
+            // The SSH layer words a refusal as "relay refused HOST:PORT: why".
+            match text.strip_prefix(&format!("relay refused {host}:{port}: ")) {
+                Some(why) => OpenError::Refused(why.to_string()),
+                None => OpenError::Failed(text),
+            }
+        })
+    }
+
+    /// The live relay connection, waiting up to [`HANDSHAKE_TIMEOUT`].
+    async fn conn(&self) -> Result<Conn, OpenError> {
         let mut live = self.live.clone();
         let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             loop {
@@ -113,14 +242,7 @@ impl Tunnel {
                 .clone();
             return Err(OpenError::NoRelay(why));
         };
-        conn.open(host, u32::from(port)).await.map_err(|e| {
-            let text = format!("{e:#}");
-            // The SSH layer words a refusal as "relay refused HOST:PORT: why".
-            match text.strip_prefix(&format!("relay refused {host}:{port}: ")) {
-                Some(why) => OpenError::Refused(why.to_string()),
-                None => OpenError::Failed(text),
-            }
-        })
+        Ok(conn)
     }
 
     /// Whether a connection to the relay is up right now.

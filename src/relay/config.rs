@@ -46,6 +46,10 @@ pub struct RelayFile {
     pub mqtt_topic_prefix: Option<String>,
     /// How long a stream to an asleep device waits ("30s").
     pub wake_timeout: Option<String>,
+    /// UDP discovery for direct paths: "IP:PORT" or "off" (default: `listen`).
+    pub udp: Option<String>,
+    /// Systems whose streams never take direct paths.
+    pub forbid_direct: Option<Vec<String>>,
 }
 
 impl RelayFile {

@@ -512,6 +512,18 @@ impl ServerSession for Connection {
         );
     }
 
+    fn p2p(&mut self, host: &str, port: u32, channel: IncomingChannel) {
+        let Some(who) = self.identity.clone() else {
+            return;
+        };
+        let relay = self.relay.clone();
+        let (host, peer) = (host.to_string(), self.peer);
+        self.tasks.spawn(
+            async move { super::p2p::signal(relay, who, host, port, peer, channel).await }
+                .instrument(self.span.clone()),
+        );
+    }
+
     fn exec(&mut self, command: &str) -> Exec {
         let (relay, peer, command) = (self.relay.clone(), self.peer, command.to_string());
         if let Some(key) = self.enrolling.clone() {

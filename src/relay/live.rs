@@ -27,6 +27,8 @@ impl LiveRelay for Relay {
                 disabled: registry.is_disabled(&id.system, &id.name),
                 since: entry.since,
                 peer: entry.peer,
+                direct: self.paths().get(&id).direct,
+                why_relayed: self.paths().get(&id).why_relayed,
                 device: id,
             })
             .collect()

@@ -18,10 +18,12 @@ pub mod gateways;
 pub mod hop;
 mod listen;
 mod live;
+pub mod p2p;
 pub mod ratelimit;
 pub mod registry;
 mod router;
 mod stream;
+pub mod udp;
 pub mod wake;
 mod wake_remote;
 
@@ -87,6 +89,11 @@ pub struct RelayOptions {
     /// The PostgreSQL database of a cluster (`--database`); the SQLite
     /// database in the data directory if None.
     pub database: Option<String>,
+    /// The UDP discovery port announced to direct-path signalling; `None`:
+    /// no discovery, so no direct paths (`--udp off`).
+    pub udp_port: Option<u16>,
+    /// Systems whose streams never take direct paths (`--forbid-direct`).
+    pub forbid_direct: Vec<crate::protocol::Name>,
 }
 
 impl Default for RelayOptions {
@@ -108,6 +115,8 @@ impl Default for RelayOptions {
             require_strict_kex: false,
             wake: None,
             database: None,
+            udp_port: None,
+            forbid_direct: Vec::new(),
         }
     }
 }
@@ -174,6 +183,8 @@ pub struct Relay {
     /// This relay, for work it starts from a borrowed `&Relay` (a wake
     /// asked for through [`crate::admin::LiveRelay`]).
     me: std::sync::Weak<Relay>,
+    /// Direct paths per device, for `ls`.
+    paths: p2p::Paths,
 }
 
 /// Device status writes, applied in order by one task so that a quick
@@ -283,6 +294,7 @@ impl Relay {
             tasks: TaskTracker::new(),
             shutting_down: CancellationToken::new(),
             store_changed: tokio::sync::Notify::new(),
+            paths: p2p::Paths::default(),
         });
         Ok(Server {
             relay,
@@ -317,6 +329,11 @@ impl Relay {
 
     pub fn gateways(&self) -> &gateways::Gateways {
         &self.gateways
+    }
+
+    /// Direct paths per device (`ls` shows them).
+    pub fn paths(&self) -> &p2p::Paths {
+        &self.paths
     }
 
     pub fn audit(&self) -> &Audit {

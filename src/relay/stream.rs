@@ -90,7 +90,9 @@ pub(super) async fn stream(
     let controller_channel = channel.accept().await;
     let name = route.carrier().name.as_str();
     tracing::debug!(target = %req.target(), "stream open");
-    relay.audit.record(req.event(audit::OK, name));
+    relay
+        .audit
+        .record(req.event(audit::OK, name).detail("path=relayed"));
     let stats = controller_channel
         .splice_until(device_channel, guard.closed.cancelled())
         .await;
@@ -168,8 +170,10 @@ fn closed(req: &Request, device: &str, stats: SpliceStats, started: Instant, dis
     )
     .peer(req.peer);
     closed.fingerprint = Some(who.fingerprint.clone());
-    if disabled {
-        closed = closed.detail("closed: device disabled by an admin");
-    }
+    closed = closed.detail(if disabled {
+        "path=relayed; closed: device disabled by an admin"
+    } else {
+        "path=relayed"
+    });
     req.relay.audit.record(closed);
 }

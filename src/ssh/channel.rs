@@ -37,6 +37,28 @@ impl Channel {
         &self.h
     }
 
+    /// The next data the peer sent, for message channels (signalling);
+    /// `None` at EOF or close.
+    pub async fn recv_data(&self) -> Option<bytes::Bytes> {
+        loop {
+            match self.h.recv().await? {
+                In::Data(d) => return Some(d.into_bytes()),
+                In::Eof => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends `data`, waiting for window; false once the channel is closed.
+    pub async fn send_data(&self, data: Vec<u8>) -> bool {
+        self.h.send(bytes::Bytes::from(data), false).await.is_ok()
+    }
+
+    /// Closes the channel now.
+    pub fn close(&self) {
+        self.h.close();
+    }
+
     /// Splices two channels until both sides sent EOF or either closed.
     /// `sent` counts bytes from `self` to `other`.
     pub async fn splice(self, other: Channel) -> SpliceStats {

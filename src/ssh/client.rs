@@ -32,6 +32,13 @@ pub struct ConnectOptions {
 /// Receives `forwarded-tcpip` channels the relay opens (device side).
 pub trait ForwardedHandler: Send + 'static {
     fn forwarded(&mut self, address: &str, port: u32, channel: IncomingChannel);
+
+    /// `p2p@warren` from the relay: controller `from` wants a direct path
+    /// (`crate::p2p`). Refused (dropped) unless implemented.
+    fn p2p(&mut self, from: &str, port: u32, channel: IncomingChannel) {
+        let _ = (from, port);
+        drop(channel);
+    }
 }
 
 /// For controllers: the relay has no reason to open channels to them.
@@ -173,6 +180,20 @@ impl<H: ForwardedHandler> ClientConnection<H> {
         }
     }
 
+    /// Opens the signalling channel for a direct path to `device`, which
+    /// the relay routes as a stream to `device:port`.
+    pub async fn open_p2p(&self, device: &str, port: u32) -> Result<Channel> {
+        let extra = Writer::default().string(device).u32(port).finish();
+        match self
+            .tx
+            .open(crate::ssh::P2P_CHANNEL, extra, MAX_PACKET_SIZE)
+            .await
+        {
+            Ok(h) => Ok(Channel::new(h)),
+            Err(text) => bail!("{text}"),
+        }
+    }
+
     /// Runs a command at the relay (`ls`, …) and collects its output.
     pub async fn exec(&self, command: &str) -> Result<ExecOutput> {
         let ch = self
@@ -263,6 +284,10 @@ impl<H: ForwardedHandler> Events for Adapter<H> {
             OpenRequest::ForwardedTcpip { address, port } => {
                 self.handler
                     .forwarded(&address, port, IncomingChannel::new(incoming));
+            }
+            OpenRequest::P2p { host, port } => {
+                self.handler
+                    .p2p(&host, port, IncomingChannel::new(incoming));
             }
             OpenRequest::DirectTcpip { .. } => incoming.refuse(
                 open_failure::ADMINISTRATIVELY_PROHIBITED,

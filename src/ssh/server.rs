@@ -152,6 +152,13 @@ pub trait ServerSession: Send + 'static {
     /// `direct-tcpip` (what `ssh -W`, `-J`, `-L` and `-D` send).
     fn direct_tcpip(&mut self, host: &str, port: u32, channel: IncomingChannel);
 
+    /// `p2p@warren`: a controller asks for a direct path to device `host`
+    /// (routed as a stream to `host:port`). Refused unless implemented.
+    fn p2p(&mut self, host: &str, port: u32, channel: IncomingChannel) {
+        let _ = (host, port);
+        drop(channel);
+    }
+
     /// A command (`ssh relay ls`); an empty command is a shell request.
     /// Anything that waits (a store call) belongs in [`Exec::Task`].
     fn exec(&mut self, command: &str) -> Exec;
@@ -207,6 +214,17 @@ impl ServerHandle {
                 extra,
                 max_packet.clamp(MIN_ASKED_PACKET, MAX_PACKET_SIZE),
             )
+            .await
+            .map(Channel::new)
+            .map_err(OpenError)
+    }
+
+    /// Opens a `p2p@warren` channel (signalling for a direct path) for the
+    /// controller key `controller`, routed as a stream to `port`.
+    pub async fn open_p2p(&self, controller: &str, port: u32) -> Result<Channel, OpenError> {
+        let extra = Writer::default().string(controller).u32(port).finish();
+        self.0
+            .open(crate::ssh::P2P_CHANNEL, extra, MAX_PACKET_SIZE)
             .await
             .map(Channel::new)
             .map_err(OpenError)
@@ -311,6 +329,10 @@ impl<S: ServerSession> Events for Adapter<S> {
             OpenRequest::DirectTcpip { host, port } => {
                 self.session
                     .direct_tcpip(&host, port, IncomingChannel::new(incoming));
+            }
+            OpenRequest::P2p { host, port } => {
+                self.session
+                    .p2p(&host, port, IncomingChannel::new(incoming));
             }
             OpenRequest::ForwardedTcpip { .. } => incoming.refuse(
                 open_failure::ADMINISTRATIVELY_PROHIBITED,

@@ -114,6 +114,13 @@ pub struct DeviceStatus {
     /// An on-demand device's last reported state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_demand: Option<OnDemandInfo>,
+    /// Online devices, from a running relay: `direct` while a controller
+    /// has a direct path to it, else `relayed` (never stored).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Why the latest direct-path attempt left it relayed.
+    #[serde(default)]
+    pub path_why: Option<String>,
 }
 
 pub fn now() -> u64 {
@@ -493,6 +500,8 @@ impl Store {
                 }
                 .into(),
                 on_demand: None,
+                path: None,
+                path_why: None,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

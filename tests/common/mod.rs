@@ -124,6 +124,7 @@ pub fn agent_settings(
         labels: Default::default(),
         gateway: Default::default(),
         on_demand: None,
+        p2p: true,
     }
 }
 

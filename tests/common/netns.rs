@@ -72,6 +72,55 @@ impl Net {
 
     /// Makes `ns` a MASQUERADE NAT router whose uplink is `wan`.
     pub fn nat(&self, ns: &str, wan: &str) {
+        self.nat_with(ns, wan, Mapping::Masquerade);
+    }
+
+    /// Makes `ns` a NAT router whose uplink is `wan`, mapping UDP as
+    /// `mapping` says. Like a home router, it drops unsolicited packets
+    /// addressed to itself on its WAN side: otherwise a peer's first UDP
+    /// packet, arriving before the LAN host's own, is taken by the box
+    /// itself and its conntrack entry clashes with the mapping the LAN
+    /// host needs next, so hole punching could never work in the lab.
+    pub fn nat_with(&self, ns: &str, wan: &str, mapping: Mapping) {
+        let ipt = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns, "iptables"];
+            all.extend_from_slice(args);
+            cmd_ok("ip", &all);
+        };
+        if mapping == Mapping::Symmetric {
+            // A fresh random public port for every UDP flow: a port per
+            // destination (endpoint-dependent mapping).
+            ipt(&[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                wan,
+                "-p",
+                "udp",
+                "-j",
+                "MASQUERADE",
+                "--random-fully",
+            ]);
+        }
+        ipt(&[
+            "-A",
+            "INPUT",
+            "-i",
+            wan,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ]);
+        ipt(&["-A", "INPUT", "-i", wan, "-j", "DROP"]);
+        self.masquerade(ns, wan);
+    }
+
+    fn masquerade(&self, ns: &str, wan: &str) {
         cmd_ok(
             "ip",
             &[
@@ -101,6 +150,28 @@ impl Net {
             ],
         );
     }
+}
+
+/// How a lab NAT maps UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// One public port per socket, whatever the destination (what most
+    /// home routers do; hole punching works).
+    Masquerade,
+    /// A new public port per destination (`--random-fully`).
+    Symmetric,
+}
+
+/// Drops (or, with `blocked` false, passes again) all UDP that NAT `ns`
+/// forwards, both ways.
+pub fn block_udp(ns: &str, blocked: bool) {
+    let op = if blocked { "-I" } else { "-D" };
+    cmd_ok(
+        "ip",
+        &[
+            "netns", "exec", ns, "iptables", op, "FORWARD", "-p", "udp", "-j", "DROP",
+        ],
+    );
 }
 
 impl Net {
@@ -181,6 +252,27 @@ impl Watched {
             child,
             lines,
             seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing every one of `want`, at most `limit`.
+    pub async fn line_with(&mut self, want: &[&str], limit: Duration) -> String {
+        let found = tokio::time::timeout(limit, async {
+            while let Some(l) = self.lines.recv().await {
+                self.seen.push(l.clone());
+                if want.iter().all(|w| l.contains(w)) {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(l)) => l,
+            _ => panic!(
+                "no line with all of {want:?} within {limit:?}; saw:\n{}",
+                self.seen.join("\n")
+            ),
         }
     }
 

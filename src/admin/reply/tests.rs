@@ -166,6 +166,8 @@ fn devices_and_invites() {
         scope: vec![],
         status: "offline".into(),
         on_demand: None,
+        path: None,
+        path_why: None,
     };
     let mut all = Reply::Devices {
         devices: vec![d.clone()],

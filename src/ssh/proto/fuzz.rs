@@ -295,6 +295,7 @@ impl Events for FuzzEvents {
         let host = match open {
             OpenRequest::DirectTcpip { host, .. } => host,
             OpenRequest::ForwardedTcpip { address, .. } => address,
+            OpenRequest::P2p { host, .. } => host,
         };
         match host.as_str() {
             "refuse" => incoming.refuse(1, "refused"),

@@ -292,8 +292,19 @@ impl Drop for ChanShared {
 /// A channel that was asked to open by the peer.
 #[derive(Debug)]
 pub enum OpenRequest {
-    DirectTcpip { host: String, port: u32 },
-    ForwardedTcpip { address: String, port: u32 },
+    DirectTcpip {
+        host: String,
+        port: u32,
+    },
+    ForwardedTcpip {
+        address: String,
+        port: u32,
+    },
+    /// Signalling for a direct path (`crate::p2p::CHANNEL_TYPE`).
+    P2p {
+        host: String,
+        port: u32,
+    },
 }
 
 pub type OpenReply = oneshot::Sender<Result<(u32, Arc<ChanShared>), String>>;

@@ -168,6 +168,8 @@ impl Pg {
                     }
                     .into(),
                     on_demand: None,
+                    path: None,
+                    path_why: None,
                 });
             }
             Ok(out)

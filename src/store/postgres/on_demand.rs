@@ -64,7 +64,9 @@ impl Pg {
             let c = self.client().await?;
             let rows = c
                 .query(
-                    &format!("{COLUMNS} WHERE $1::text IS NULL OR system = $1 ORDER BY system, name"),
+                    &format!(
+                        "{COLUMNS} WHERE $1::text IS NULL OR system = $1 ORDER BY system, name"
+                    ),
                     &[&system],
                 )
                 .await?;

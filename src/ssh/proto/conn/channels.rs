@@ -206,6 +206,11 @@ impl<E: Events> Conn<E> {
                     port,
                 })
             }
+            (OpenKind::P2p { host, port }, _) => Some(OpenRequest::P2p {
+                host: host.to_string(),
+                port,
+            }),
+            (OpenKind::Malformed("p2p@warren", e), _) => return Err(e.into()),
             (OpenKind::Malformed("direct-tcpip", e), true)
             | (OpenKind::Malformed("forwarded-tcpip", e), false) => return Err(e.into()),
             _ => {

@@ -122,6 +122,12 @@ pub enum OpenKind<'a> {
         address: &'a str,
         port: u32,
     },
+    /// `p2p@warren`: signalling for a direct path (`crate::p2p`); the
+    /// device (toward the relay) or controller (toward a device) and port.
+    P2p {
+        host: &'a str,
+        port: u32,
+    },
     /// A type Warren knows whose fields did not parse: a protocol error
     /// on the side that serves it, an unknown type on the other.
     Malformed(&'a str, WireError),
@@ -273,6 +279,10 @@ fn channel_open<'a>(r: &mut Reader<'a>) -> Result<Msg<'a>, WireError> {
         },
         "forwarded-tcpip" => match fields() {
             Ok((address, port)) => OpenKind::ForwardedTcpip { address, port },
+            Err(e) => OpenKind::Malformed(name, e),
+        },
+        "p2p@warren" => match fields() {
+            Ok((host, port)) => OpenKind::P2p { host, port },
             Err(e) => OpenKind::Malformed(name, e),
         },
         _ => OpenKind::Other,
