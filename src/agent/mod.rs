@@ -318,41 +318,7 @@ async fn session(
             Err(e) => return format!("{e:#}"),
         },
     };
-    // Version and labels first, so the registration below carries them. A
-    // relay that does not know the command is no reason to stay offline.
-    let mut info = DeviceInfo::ours(settings.labels.clone());
-    info.on_demand = settings.on_demand.is_some();
-    let info = info.to_command();
-    match conn.exec(&info).await {
-        Ok(out) if out.status == 0 => {}
-        Ok(out) => tracing::warn!(
-            "relay refused device-info: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => {
-            conn.disconnect().await;
-            return format!("{e:#}");
-        }
-    }
-    let list = current(allow);
-    for port in list.ports() {
-        if let Err(e) = conn.register(settings.name.as_str(), u32::from(port)).await {
-            conn.disconnect().await;
-            return format!("{e:#}");
-        }
-    }
-    let ports: Vec<String> = list.ports().map(|p| p.to_string()).collect();
-    tracing::info!(
-        relay = %settings.relay,
-        system = %settings.system,
-        name = %settings.name,
-        ports = %ports.join(","),
-        "online: registered as {}/{}", settings.system, settings.name
-    );
-    gw.new_connection();
-    if gw.config.is_gateway()
-        && let Err(e) = announce(&conn, gw).await
-    {
+    if let Err(e) = register(&conn, settings, allow, gw).await {
         conn.disconnect().await;
         return format!("{e:#}");
     }
@@ -382,6 +348,45 @@ async fn session(
             }
         }
     }
+}
+
+/// Tells the relay who this device is (version, labels, on demand), then
+/// registers its ports and, for a gateway, announces its scope.
+async fn register<H: ForwardedHandler>(
+    conn: &client::ClientConnection<H>,
+    settings: &AgentSettings,
+    allow: &SharedAllow,
+    gw: &Arc<GatewayState>,
+) -> anyhow::Result<()> {
+    // Version and labels first, so the registration below carries them. A
+    // relay that does not know the command is no reason to stay offline.
+    let mut info = DeviceInfo::ours(settings.labels.clone());
+    info.on_demand = settings.on_demand.is_some();
+    let out = conn.exec(&info.to_command()).await?;
+    if out.status != 0 {
+        tracing::warn!(
+            "relay refused device-info: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let list = current(allow);
+    for port in list.ports() {
+        conn.register(settings.name.as_str(), u32::from(port))
+            .await?;
+    }
+    let ports: Vec<String> = list.ports().map(|p| p.to_string()).collect();
+    tracing::info!(
+        relay = %settings.relay,
+        system = %settings.system,
+        name = %settings.name,
+        ports = %ports.join(","),
+        "online: registered as {}/{}", settings.system, settings.name
+    );
+    gw.new_connection();
+    if gw.config.is_gateway() {
+        announce(conn, gw).await?;
+    }
+    Ok(())
 }
 
 /// Tells the relay this agent's scope, ports, permit and listens, and takes
