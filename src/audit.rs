@@ -49,6 +49,16 @@ impl Audit {
     /// Logs the event and queues it for the store; never waits.
     pub fn record(&self, event: Event) {
         event.log();
+        let m = crate::metrics::global();
+        m.event(crate::metrics::EventFacts {
+            kind: &event.kind,
+            result: &event.result,
+            reason: event.reason.as_deref(),
+            system: event.system.as_deref(),
+            bytes_up: event.bytes_up,
+            bytes_down: event.bytes_down,
+        });
+        m.audit_queued(1);
         // The writer lives as long as the relay serves; events after that are
         // still logged.
         let _ = self.tx.send(Msg::Event(Box::new(event)));
@@ -131,6 +141,7 @@ async fn write_batch(store: &Store, written: &watch::Sender<u64>, batch: Vec<Msg
         }
     }
     let n = events.len() as u64;
+    crate::metrics::global().audit_queued(-(n as i64));
     let result = if events.is_empty() {
         Ok(())
     } else {
@@ -156,11 +167,23 @@ async fn prune_now(store: &Store, retention: Duration) {
 }
 
 /// A login or command refused before any identity was known.
-pub fn login_refused(peer: SocketAddr, user: &str, reason: &str) -> Event {
+pub fn login_refused(peer: SocketAddr, user: &str, code: &str, reason: &str) -> Event {
     Event::new(kind::LOGIN, REFUSED)
         .peer(peer)
         .system(user)
         .detail(reason)
+        .reason(code)
+}
+
+/// The reason codes of refused logins (the audit log's `reason`, and the
+/// `reason` label of `warren_login_failures_total`).
+pub mod login_reason {
+    /// No key offered is registered for the system asked for.
+    pub const UNKNOWN_KEY: &str = "unknown_key";
+    /// An enroll login offered a key and never signed with it.
+    pub const ENROLL_UNSIGNED: &str = "enroll_unsigned";
+    /// Too many failed logins from the address.
+    pub const RATE_LIMITED: &str = "rate_limited";
 }
 
 pub fn stream_closed(

@@ -9,6 +9,7 @@
 //! Every change is audited; the audit record is durable before the command
 //! reports success.
 
+pub mod access;
 mod expose;
 mod gateway;
 pub mod log;

@@ -51,6 +51,17 @@ pub struct RelayArgs {
     /// (kex-strict-c-v00@openssh.com; OpenSSH 9.6 and later do).
     #[arg(long)]
     pub require_strict_kex: bool,
+    /// Serve the HTTP API and web console on this address, e.g.
+    /// 127.0.0.1:8080 (off by default; put it behind SSH or a TLS proxy).
+    #[arg(long, env = "WARREN_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// The console's URL as browsers reach it, printed by `console-login`
+    /// [default: http://HTTP-ADDRESS/].
+    #[arg(long)]
+    pub console_url: Option<String>,
+    /// Serve Prometheus metrics at /metrics on this address (off by default).
+    #[arg(long, env = "WARREN_METRICS")]
+    pub metrics: Option<SocketAddr>,
 }
 
 pub async fn run(a: RelayArgs) -> Result<ExitCode> {
@@ -65,6 +76,11 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
     let data = a.data.clone().or(file.data.clone()).context(
         "no data directory: give --data DIR (or WARREN_DATA, or data in the --config file)",
     )?;
+    let http = HttpFlags {
+        http: a.http,
+        metrics: a.metrics,
+        console_url: a.console_url.clone(),
+    };
     let ports_by_flag = !a.public_ports.is_empty();
     let public_ports = if ports_by_flag {
         PortRanges::parse(&a.public_ports).context("--public-ports")?
@@ -107,6 +123,7 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         ..RelayOptions::default()
     };
     let server = Relay::open(&data, options)?;
+    let http = http_listeners(&http, &file, server.relay()).await?;
     let listener = socket
         .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -123,8 +140,77 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
             reload(&r, &path, &started, ports_by_flag)
         })?;
     }
+    http.spawn(server.relay(), &shutdown);
     server.serve(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The HTTP API's and the metrics' listeners, bound before the relay serves
+/// (a taken port fails the start).
+struct HttpListeners {
+    api: Option<tokio::net::TcpListener>,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+/// The HTTP flags, taken before the rest of the arguments are used up.
+struct HttpFlags {
+    http: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    console_url: Option<String>,
+}
+
+async fn http_listeners(
+    a: &HttpFlags,
+    file: &RelayFile,
+    relay: &std::sync::Arc<Relay>,
+) -> Result<HttpListeners> {
+    let bind = |addr: Option<SocketAddr>, what: &'static str| async move {
+        match addr {
+            Some(addr) => tokio::net::TcpListener::bind(addr)
+                .await
+                .map(Some)
+                .with_context(|| format!("cannot listen on {addr} ({what})")),
+            None => Ok(None),
+        }
+    };
+    let api = bind(a.http.or(file.http), "--http").await?;
+    let metrics = bind(a.metrics.or(file.metrics), "--metrics").await?;
+    if let Some(l) = &api {
+        let url = match a.console_url.clone().or(file.console_url.clone()) {
+            Some(u) if u.ends_with('/') => u,
+            Some(u) => format!("{u}/"),
+            None => format!("http://{}/", l.local_addr()?),
+        };
+        relay
+            .store()
+            .set_setting(crate::web::CONSOLE_URL_SETTING, &url)?;
+    }
+    Ok(HttpListeners { api, metrics })
+}
+
+impl HttpListeners {
+    fn spawn(self, relay: &std::sync::Arc<Relay>, shutdown: &CancellationToken) {
+        if let Some(l) = self.api {
+            let web = crate::web::Web {
+                relay: relay.clone(),
+                secure: false,
+            };
+            let stop = shutdown.clone();
+            relay.spawn(async move {
+                if let Err(e) = crate::web::serve(l, web, stop).await {
+                    tracing::error!(error = %format!("{e:#}"), "HTTP API stopped");
+                }
+            });
+        }
+        if let Some(l) = self.metrics {
+            let (r, stop) = (relay.clone(), shutdown.clone());
+            relay.spawn(async move {
+                if let Err(e) = crate::web::serve_metrics(l, r, stop).await {
+                    tracing::error!(error = %format!("{e:#}"), "metrics stopped");
+                }
+            });
+        }
+    }
 }
 
 /// Pending connections the kernel queues for the accept loop.

@@ -163,6 +163,7 @@ impl Connection {
             let mut e = audit::login_refused(
                 self.peer,
                 ENROLL_USER,
+                audit::login_reason::ENROLL_UNSIGNED,
                 "enroll: a key was offered but never signed with",
             );
             e.fingerprint = Some(fp);
@@ -536,6 +537,7 @@ impl Drop for Connection {
             self.relay.audit.record(audit::login_refused(
                 self.peer,
                 self.refused_user.as_deref().unwrap_or(""),
+                audit::login_reason::UNKNOWN_KEY,
                 &reason,
             ));
         }

@@ -65,6 +65,7 @@ pub(super) async fn stream(
         port,
         peer,
     };
+    let asked = Instant::now();
     let route = match router::route(req.relay.as_ref(), &req.who, &req.host, port).await {
         Ok(r) => r,
         Err(r) => return req.refuse(channel, r).await,
@@ -80,6 +81,7 @@ pub(super) async fn stream(
         Err(r) => return req.refuse(channel, r).await,
     };
     let started = Instant::now();
+    crate::metrics::global().stream_setup(started - asked);
     let controller_channel = channel.accept().await;
     let name = route.carrier().name.as_str();
     tracing::debug!(target = %req.target(), "stream open");
