@@ -79,10 +79,16 @@ impl Principal {
         }
     }
 
-    /// Fills in who acted, for an audit record of a change made over HTTP.
+    /// Fills in who acted, for an audit record of something done over HTTP.
     pub fn stamp(&self, e: Event) -> Event {
-        let via = format!("(via {} {})", self.via(), self.cred.id);
         let mut e = e.key_name(self.cred.who.as_str());
+        e.fingerprint = Some(format!("web:{}", self.cred.id));
+        self.stamp_detail(e)
+    }
+
+    /// Adds "(via console session ID)" or "(via token ID)" to the detail.
+    pub fn stamp_detail(&self, mut e: Event) -> Event {
+        let via = format!("(via {} {})", self.via(), self.cred.id);
         e.detail = Some(match e.detail.take() {
             Some(d) => format!("{d} {via}"),
             None => via,

@@ -11,10 +11,12 @@
 //! - [`audit`]: the audit log with filters, keyset paging and CSV export.
 //! - [`error`]: JSON errors with stable codes.
 
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod input;
+pub mod ops;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +54,29 @@ pub fn router(web: Web) -> Router {
         .route("/session", get(auth::session))
         .route("/logout", post(auth::logout))
         .route("/audit", get(audit::list))
-        .route("/audit.csv", get(audit::csv));
+        .route("/audit.csv", get(audit::csv))
+        .route("/systems", get(api::systems).post(api::add_system))
+        .route("/devices", get(api::devices))
+        .route("/devices/{system}/{name}", get(api::device))
+        .route(
+            "/devices/{system}/{name}/{action}",
+            post(api::device_action),
+        )
+        .route("/keys", get(api::keys))
+        .route("/keys/revoke", post(api::revoke_key))
+        .route("/invites", get(api::invites).post(api::create_invite))
+        .route("/invites/{id}/revoke", post(api::revoke_invite))
+        .route("/gateways", get(api::gateways))
+        .route(
+            "/gateways/{system}/{name}",
+            get(api::gateway).delete(api::delete_gateway),
+        )
+        .route(
+            "/gateways/{system}/{name}/{action}",
+            post(api::gateway_action),
+        )
+        .route("/ports", get(api::ports).post(api::add_port))
+        .route("/ports/{port}", axum::routing::delete(api::remove_port));
     Router::new()
         .nest("/api/v1", api)
         .route("/login/{token}", get(auth::login))
@@ -65,7 +89,8 @@ pub fn router(web: Web) -> Router {
 /// Serves the API and console on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, web: Web, shutdown: CancellationToken) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "HTTP API and console listening");
-    axum::serve(listener, router(web))
+    let app = router(web).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     Ok(())

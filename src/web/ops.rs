@@ -1,0 +1,111 @@
+//! Runs an admin operation for an HTTP caller: the same command grammar and
+//! the same `admin::execute` as `warren admin` and remote admin over SSH,
+//! with the same audit records, stamped with who acted and through which
+//! session or token.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+use super::Web;
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult};
+use crate::admin::{self, AdminCommand, Caller};
+use crate::protocol::Name;
+use crate::store::Identity;
+
+/// An admin command line, as remote admin parses it.
+#[derive(Debug, Parser)]
+#[command(name = "api", no_binary_name = true, disable_version_flag = true)]
+struct Words {
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+/// A value taken from a request into a command line: never a flag.
+pub fn value(field: &str, v: &str) -> ApiResult<String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Err(ApiError::bad("bad_value", format!("{field} is empty")));
+    }
+    if v.starts_with('-') {
+        return Err(ApiError::bad(
+            "bad_value",
+            format!("{field} {v:?} may not start with '-'"),
+        ));
+    }
+    Ok(v.to_string())
+}
+
+/// Whether this operation changes state (only admins may) or only reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Change,
+}
+
+/// Runs `words` (built by the route from checked values) for `p`; returns
+/// what the command printed. A change is durable in the audit log and
+/// signalled to the relay before this returns.
+pub async fn run(
+    web: &Web,
+    p: &Principal,
+    peer: SocketAddr,
+    access: Access,
+    words: Vec<String>,
+) -> ApiResult<String> {
+    if access == Access::Change {
+        p.must_be_admin()?;
+    }
+    let command = Words::try_parse_from(&words)
+        .map_err(|e| ApiError::bad("bad_request", e.render().to_string()))?
+        .command;
+    let who = identity(p)?;
+    let caller = Caller::Remote {
+        relay: &web.relay,
+        who: &who,
+        peer,
+    };
+    let reply = admin::execute(web.relay.store(), &caller, command)
+        .await
+        .map_err(|e| ApiError::refused(&e))?;
+    let events = reply
+        .events
+        .into_iter()
+        .map(|e| p.stamp_detail(e))
+        .collect();
+    web.relay
+        .audit()
+        .record_durable(events)
+        .await
+        .map_err(|e| ApiError::internal(&e.context("done, but writing the audit log failed")))?;
+    if reply.changed {
+        web.relay.store_changed();
+    }
+    Ok(reply.out)
+}
+
+/// Runs a read that prints JSON, and parses it.
+pub async fn read_json(
+    web: &Web,
+    p: &Principal,
+    peer: SocketAddr,
+    words: Vec<String>,
+) -> ApiResult<serde_json::Value> {
+    let out = run(web, p, peer, Access::Read, words).await?;
+    serde_json::from_str(&out).map_err(|e| ApiError::internal(&e.into()))
+}
+
+/// The identity an HTTP caller acts as: its name, and `web:ID` (the session
+/// or token) where an SSH caller has a key fingerprint.
+fn identity(p: &Principal) -> ApiResult<Identity> {
+    let name = |s: &str| {
+        Name::parse(s).map_err(|e| ApiError::internal(&anyhow::anyhow!("caller name {s:?}: {e}")))
+    };
+    Ok(Identity {
+        system: name(p.system().unwrap_or("relay"))?,
+        role: p.role(),
+        name: name(&p.cred.who)?,
+        fingerprint: format!("web:{}", p.cred.id),
+    })
+}
