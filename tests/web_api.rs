@@ -119,17 +119,23 @@ async fn devices_list_filter_sort_detail_and_disable() {
         .send(&admin, "POST", "api/v1/devices/tau/dev1/disable", None)
         .await;
     assert_eq!(status, 200, "{body}");
-    // The relay applies it at its next re-check of the store, woken now.
-    tokio::time::timeout(WAIT, rechecks.changed())
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!(
         body["message"],
         "disabled device dev1 in system tau; its live streams are being closed"
     );
-    let (_, list) = w.get(&admin, "api/v1/devices?status=disabled").await;
-    assert_eq!(list["devices"][0]["name"], "dev1");
+    // The relay applies it at its next re-check of the store, woken now.
+    let disabled = async {
+        loop {
+            let (_, list) = w.get(&admin, "api/v1/devices?status=disabled").await;
+            if list["devices"][0]["name"] == "dev1" {
+                return;
+            }
+            rechecks.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(WAIT, disabled)
+        .await
+        .expect("dev1 shown disabled");
     // On record, durable before the reply, with who and through what.
     let e = r
         .store()
