@@ -73,6 +73,15 @@ pub enum AdminCommand {
     Device(DeviceCommand),
     /// The audit log, newest first.
     Log(LogArgs),
+    /// Print a one-time URL (valid 5 minutes) that logs a browser in to
+    /// the web console; a controller's login sees its own system read-only.
+    ConsoleLogin(access::ConsoleLoginArgs),
+    /// End console sessions: `console-logout --all`.
+    ConsoleLogout(access::ConsoleLogoutArgs),
+    /// Bearer tokens for the HTTP API: `token create --system S --role R
+    /// --ttl 30d`, `token ls`, `token revoke ID`.
+    #[command(subcommand)]
+    Token(access::TokenCommand),
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +294,9 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
             Ok(reply)
         }
         AdminCommand::Key(k) => key_command(store, caller, k).await,
+        AdminCommand::ConsoleLogin(_) | AdminCommand::ConsoleLogout(_) | AdminCommand::Token(_) => {
+            access_command(store, caller, command).await
+        }
         AdminCommand::Ls(a) => ls(store, caller, a).await,
         AdminCommand::Invite(a) => invite_command(store, caller, a).await,
         AdminCommand::Device(d) => device_command(store, caller, d).await,
@@ -298,6 +310,43 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
             Ok(Reply::text(a.render(events)))
         }
     }
+}
+
+/// `console-login`, `console-logout`, `token`.
+async fn access_command(
+    store: &Store,
+    caller: &Caller<'_>,
+    command: AdminCommand,
+) -> Result<Reply> {
+    let (system, role, who) = match caller {
+        Caller::Local { .. } => (None, Role::Admin, "local-admin".to_string()),
+        Caller::Remote { who, .. } => (
+            (who.role != Role::Admin).then(|| who.system.to_string()),
+            who.role,
+            who.name.to_string(),
+        ),
+    };
+    let done = store
+        .call(move |s| {
+            let asker = access::Asker {
+                system: system.as_deref(),
+                role,
+                who: &who,
+            };
+            match &command {
+                AdminCommand::ConsoleLogin(a) => access::console_login(s, &asker, a),
+                AdminCommand::ConsoleLogout(_) => access::console_logout(s),
+                AdminCommand::Token(t) => access::token(s, t),
+                _ => bail!("not an access command"),
+            }
+        })
+        .await?;
+    Ok(Reply {
+        out: done.out,
+        events: done.events.into_iter().map(|e| caller.stamp(e)).collect(),
+        changed: false,
+        err: String::new(),
+    })
 }
 
 async fn key_command(store: &Store, caller: &Caller<'_>, k: KeyCommand) -> Result<Reply> {

@@ -21,6 +21,8 @@ This is a Warren relay; it has no shell. Commands:
   ls [--label K=V] [--json]     devices of your system: status, since, last seen, address, labels
   log [--device D] [--key K] [--kind K] [--since T] [--until T] [--before ID] [--json|--csv]
                                 the audit log of your system, newest first, 20 per page
+  console-login                 a one-time URL (5 minutes) for the web console, read-only
+                                for controller keys
   help                          this text
 Admin keys may also run every `warren admin` command, e.g.
   invite --system tau --role device --name dev3 [--ttl 1h]
@@ -117,6 +119,7 @@ fn limit_to_own_system(who: &Identity, command: &mut AdminCommand) -> Result<(),
     match command {
         AdminCommand::Ls(a) => check(&mut a.system),
         AdminCommand::Log(a) => check(&mut a.system),
+        AdminCommand::ConsoleLogin(a) => check(&mut a.system),
         other => Err(format!(
             "{} keys may run only ls, log and help; `{}` needs an admin key",
             who.role,
@@ -136,6 +139,9 @@ fn command_name(c: &AdminCommand) -> &'static str {
         AdminCommand::Invite(_) => "invite",
         AdminCommand::Device(_) => "device",
         AdminCommand::Log(_) => "log",
+        AdminCommand::ConsoleLogin(_) => "console-login",
+        AdminCommand::ConsoleLogout(_) => "console-logout",
+        AdminCommand::Token(_) => "token",
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod input;
 pub mod ops;
@@ -79,6 +80,7 @@ pub fn router(web: Web) -> Router {
         .route("/ports/{port}", axum::routing::delete(api::remove_port));
     Router::new()
         .nest("/api/v1", api)
+        .merge(console::routes())
         .route("/login/{token}", get(auth::login))
         .fallback(|| async { ApiError::not_found("no such page or API route") })
         .layer(axum::middleware::from_fn(auth::csrf_guard))
