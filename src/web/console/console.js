@@ -102,11 +102,7 @@ document.addEventListener("submit", async (ev) => {
   }
   if (f.classList.contains("export")) {
     ev.preventDefault();
-    const cols = [...f.querySelectorAll("input[name=col]:checked")].map(c => c.value);
-    const q = new URLSearchParams();
-    for (const el of f.querySelectorAll("input[type=hidden]")) if (el.value) q.set(el.name, el.value);
-    if (cols.length) q.set("columns", cols.join(","));
-    location.href = "/api/v1/audit.csv?" + q.toString();
+    location.href = exportUrl(f);
     return;
   }
   if (f.classList.contains("range")) {
@@ -118,6 +114,15 @@ document.addEventListener("submit", async (ev) => {
     for (const el of f.elements) if (el.name && el.value === "" && !el.disabled) el.disabled = true;
   }
 });
+
+// The CSV export of the log's filters, with the columns ticked.
+function exportUrl(f) {
+  const cols = [...f.querySelectorAll("input[name=col]:checked")].map(c => c.value);
+  const q = new URLSearchParams();
+  for (const el of f.querySelectorAll("input[type=hidden]")) if (el.value) q.set(el.name, el.value);
+  if (cols.length) q.set("columns", cols.join(","));
+  return "/api/v1/audit.csv?" + q.toString();
+}
 
 function rangeInputs() {
   const f = document.querySelector("form.range");
