@@ -395,3 +395,79 @@ async fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn remote_console_login_gives_a_controller_its_own_system_read_only() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    let w = TestWeb::start(r.relay.clone()).await;
+    let ctl = r.add_key("tau", Role::Controller, "alice");
+    let conn = r.controller("tau", ctl).await;
+    let out = conn.exec("console-login --system beta").await.unwrap();
+    assert_ne!(out.status, 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only its own system (tau)"));
+    let out = conn.exec("console-login --json").await.unwrap();
+    assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = v["url"].as_str().unwrap();
+    assert!(url.starts_with(&w.base), "{url}");
+    let cookie = w.open_login(url).await.unwrap();
+    let me: serde_json::Value = w
+        .http
+        .get(w.url("api/v1/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            me["who"].as_str(),
+            me["role"].as_str(),
+            me["system"].as_str()
+        ),
+        (Some("alice"), Some("controller"), Some("tau"))
+    );
+    // Controllers may not hand out tokens or end sessions.
+    for cmd in [
+        "token create --system tau --role admin",
+        "console-logout --all",
+    ] {
+        let out = conn.exec(cmd).await.unwrap();
+        assert_ne!(out.status, 0, "{cmd}");
+    }
+}
+
+#[tokio::test]
+async fn systems_are_added_by_unscoped_admins_only() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    let w = TestWeb::start(r.relay.clone()).await;
+    let s = w.session(None, Role::Admin, "root").await;
+    let add = |cookie: &str, csrf: &str, name: &str| {
+        w.http
+            .post(w.url("api/v1/systems"))
+            .header("cookie", cookie.to_string())
+            .header("x-csrf-token", csrf.to_string())
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+    };
+    let resp = add(&s.cookie, &s.csrf, "beta").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let scoped = w.session(Some("tau"), Role::Admin, "tauadmin").await;
+    let resp = add(&scoped.cookie, &scoped.csrf, "gamma").await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = add(&s.cookie, &s.csrf, "Bad Name").await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().starts_with("system name"),
+        "{body}"
+    );
+    let token = w.token("tau", Role::Admin);
+    let (_, systems) = w.get(&token, "api/v1/systems").await;
+    assert_eq!(systems, serde_json::json!(["tau"]));
+    assert_eq!(r.store().systems().unwrap(), ["beta", "tau"]);
+}
