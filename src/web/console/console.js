@@ -65,7 +65,8 @@ document.addEventListener("click", async (ev) => {
     const refused = [];
     let done = 0;
     for (const it of items) {
-      const r = await call(method, tpl.replace("{item}", it));
+      const body = batch.dataset.batchBody ? JSON.parse(batch.dataset.batchBody.replace("{item}", it)) : undefined;
+      const r = await call(method, tpl.replace("{item}", it), body);
       if (r.ok) done++; else refused.push(it + ": " + ((r.json && r.json.error) || "refused"));
     }
     flash(done + " done" + (refused.length ? ", " + refused.length + " refused:\n" + refused.join("\n") : ""), !refused.length);

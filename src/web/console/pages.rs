@@ -135,35 +135,7 @@ pub async fn devices(
         .await
         .map_err(error_page)?;
     let total = list["total"].as_u64().unwrap_or(0) as usize;
-    let mut body = String::from("<h1>Devices</h1><form class=bar method=get action=/devices>");
-    for (k, v) in &filters {
-        if *k == "status" {
-            let opt = |o: &str| {
-                format!(
-                    "<option{}>{o}</option>",
-                    if v == o { " selected" } else { "" }
-                )
-            };
-            let _ = write!(
-                body,
-                "<label>status<select name=status><option value=\"\">any</option>{}{}{}</select></label>",
-                opt("online"),
-                opt("offline"),
-                opt("disabled")
-            );
-        } else {
-            let _ = write!(
-                body,
-                "<label>{k}<input name={k} value=\"{}\" size=12></label>",
-                esc(v)
-            );
-        }
-    }
-    let _ = write!(
-        body,
-        "<input type=hidden name=sort value=\"{}\"><button>Filter</button></form>",
-        esc(&sort)
-    );
+    let mut body = device_filters(&filters, &sort);
     body.push_str("<div class=bar style=\"margin-bottom:8px\"><button class=danger data-batch=\"POST /api/v1/devices/{item}/disable\" data-confirm=\"Disable these devices? Their live streams close.\">Disable selected</button> <button data-batch=\"POST /api/v1/devices/{item}/enable\" data-confirm=\"Enable these devices?\">Enable selected</button></div>");
     body.push_str("<table><tr><th><input type=checkbox class=pick-all>");
     let pairs = |extra: &[(&'static str, String)]| {
@@ -201,28 +173,7 @@ pub async fn devices(
     }
     body.push_str("<th>Ports<th>Labels</tr>");
     for d in list["devices"].as_array().into_iter().flatten() {
-        let (sys, name) = (s(&d["system"]), s(&d["name"]));
-        let labels: Vec<String> = d["labels"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| format!("{k}={}", s(v)))
-            .collect();
-        let ports: Vec<String> = d["ports"].as_array().into_iter().flatten().map(s).collect();
-        let _ = write!(
-            body,
-            "<tr><td><input type=checkbox class=pick value=\"{sys}/{name}\"><td><a href=\"/devices/{sys}/{name}\">{name}</a><td>{sys}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td class=wrap>{}</tr>",
-            badge(status_of(d)),
-            time_s(d["since"].as_u64()),
-            time_s(d["last_seen"].as_u64()),
-            esc(&s(&d["address"])),
-            s(&d["streams"]),
-            esc(&s(&d["version"])),
-            esc(&ports.join(",")),
-            esc(&labels.join(" ")),
-            sys = esc(&sys),
-            name = esc(&name),
-        );
+        body.push_str(&device_row(d));
     }
     body.push_str("</table>");
     body.push_str(&pager(
@@ -242,6 +193,64 @@ pub async fn devices(
             body,
         },
     ))
+}
+
+/// The devices page's filter form.
+fn device_filters(filters: &[(&'static str, String)], sort: &str) -> String {
+    let mut body = String::from("<h1>Devices</h1><form class=bar method=get action=/devices>");
+    for (k, v) in filters {
+        if *k == "status" {
+            let opt = |o: &str| {
+                format!(
+                    "<option{}>{o}</option>",
+                    if v == o { " selected" } else { "" }
+                )
+            };
+            let _ = write!(
+                body,
+                "<label>status<select name=status><option value=\"\">any</option>{}{}{}</select></label>",
+                opt("online"),
+                opt("offline"),
+                opt("disabled")
+            );
+        } else {
+            let _ = write!(
+                body,
+                "<label>{k}<input name={k} value=\"{}\" size=12></label>",
+                esc(v)
+            );
+        }
+    }
+    let _ = write!(
+        body,
+        "<input type=hidden name=sort value=\"{}\"><button>Filter</button></form>",
+        esc(sort)
+    );
+    body
+}
+/// One row of the devices table.
+fn device_row(d: &Value) -> String {
+    let (sys, name) = (s(&d["system"]), s(&d["name"]));
+    let labels: Vec<String> = d["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", s(v)))
+        .collect();
+    let ports: Vec<String> = d["ports"].as_array().into_iter().flatten().map(s).collect();
+    format!(
+        "<tr><td><input type=checkbox class=pick value=\"{sys}/{name}\"><td><a href=\"/devices/{sys}/{name}\">{name}</a><td>{sys}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td class=wrap>{}</tr>",
+        badge(status_of(d)),
+        time_s(d["since"].as_u64()),
+        time_s(d["last_seen"].as_u64()),
+        esc(&s(&d["address"])),
+        s(&d["streams"]),
+        esc(&s(&d["version"])),
+        esc(&ports.join(",")),
+        esc(&labels.join(" ")),
+        sys = esc(&sys),
+        name = esc(&name),
+    )
 }
 
 fn pager(
@@ -455,21 +464,7 @@ pub async fn gateway(
     body.push_str("</div>");
     let base = format!("/api/v1/gateways/{sys}/{nm}");
     match tab.as_str() {
-        "rules" => {
-            body.push_str("<table><tr><th>Target<th></tr>");
-            for r in g["rules"].as_array().into_iter().flatten() {
-                let t = esc(&s(r));
-                let _ = write!(
-                    body,
-                    "<tr><td>{t}<td><button class=danger data-action=\"POST {base}/deny\" data-body=\"{}\" data-confirm=\"Remove the rule for {t}?\">remove</button></tr>",
-                    json_attr(&serde_json::json!({"target": s(r)}))
-                );
-            }
-            let _ = write!(
-                body,
-                "</table><form class=bar data-api=\"POST {base}/allow\" style=\"margin-top:10px\"><label>target (NAME:PORT)<input name=target required></label><button>Allow</button></form>"
-            );
-        }
+        "rules" => body.push_str(&rules_tab(&g, &base)),
         "log" => {
             let q = crate::store::AuditQuery {
                 system: Some(system.clone()),
@@ -485,33 +480,7 @@ pub async fn gateway(
                 .collect();
             body.push_str(&super::log::table(&rows));
         }
-        _ => {
-            let scope: Vec<String> = g["scope"].as_array().into_iter().flatten().map(s).collect();
-            let _ = write!(
-                body,
-                "<p>Scope announced by the gateway: <b>{}</b>; address {}</p>",
-                esc(&scope.join(", ")),
-                esc(&s(&g["address"]))
-            );
-            body.push_str("<table><tr><th><input type=checkbox class=pick-all><th>Associated network<th>Served<th></tr>");
-            for a in g["associations"].as_array().into_iter().flatten() {
-                let n = esc(&s(&a["network"]));
-                let served = if a["served"].as_bool() == Some(true) {
-                    "yes"
-                } else {
-                    "refused by the gateway's permit"
-                };
-                let _ = write!(
-                    body,
-                    "<tr><td><input type=checkbox class=pick value=\"{n}\"><td>{n}<td>{served}<td><button class=danger data-action=\"POST {base}/dissociate\" data-body=\"{}\" data-confirm=\"Dissociate {n}?\">dissociate</button></tr>",
-                    json_attr(&serde_json::json!({"network": s(&a["network"])}))
-                );
-            }
-            let _ = write!(
-                body,
-                "</table><form class=bar data-api=\"POST {base}/associate\" style=\"margin-top:10px\"><label>network (CIDR)<input name=network required></label><button>Associate</button></form>"
-            );
-        }
+        _ => body.push_str(&networks_tab(&g, &base)),
     }
     let _ = write!(
         body,
@@ -527,6 +496,60 @@ pub async fn gateway(
             body,
         },
     ))
+}
+
+/// The gateway page's rules tab.
+fn rules_tab(g: &Value, base: &str) -> String {
+    let mut body = String::new();
+    body.push_str("<table><tr><th>Target<th></tr>");
+    for r in g["rules"].as_array().into_iter().flatten() {
+        let t = esc(&s(r));
+        let _ = write!(
+            body,
+            "<tr><td>{t}<td><button class=danger data-action=\"POST {base}/deny\" data-body=\"{}\" data-confirm=\"Remove the rule for {t}?\">remove</button></tr>",
+            json_attr(&serde_json::json!({"target": s(r)}))
+        );
+    }
+    let _ = write!(
+        body,
+        "</table><form class=bar data-api=\"POST {base}/allow\" style=\"margin-top:10px\"><label>target (NAME:PORT)<input name=target required></label><button>Allow</button></form>"
+    );
+    body
+}
+
+/// The gateway page's scope and networks tab, with batch dissociate.
+fn networks_tab(g: &Value, base: &str) -> String {
+    let mut body = String::new();
+    let scope: Vec<String> = g["scope"].as_array().into_iter().flatten().map(s).collect();
+    let _ = write!(
+        body,
+        "<p>Scope announced by the gateway: <b>{}</b>; address {}</p>",
+        esc(&scope.join(", ")),
+        esc(&s(&g["address"]))
+    );
+    let _ = write!(
+        body,
+        "<div class=bar style=\"margin-bottom:8px\"><button class=danger data-batch=\"POST {base}/dissociate\" data-batch-body='{{\"network\":\"{{item}}\"}}' data-confirm=\"Dissociate these networks?\">Dissociate selected</button></div>"
+    );
+    body.push_str("<table><tr><th><input type=checkbox class=pick-all><th>Associated network<th>Served<th></tr>");
+    for a in g["associations"].as_array().into_iter().flatten() {
+        let n = esc(&s(&a["network"]));
+        let served = if a["served"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "refused by the gateway's permit"
+        };
+        let _ = write!(
+            body,
+            "<tr><td><input type=checkbox class=pick value=\"{n}\"><td>{n}<td>{served}<td><button class=danger data-action=\"POST {base}/dissociate\" data-body=\"{}\" data-confirm=\"Dissociate {n}?\">dissociate</button></tr>",
+            json_attr(&serde_json::json!({"network": s(&a["network"])}))
+        );
+    }
+    let _ = write!(
+        body,
+        "</table><form class=bar data-api=\"POST {base}/associate\" style=\"margin-top:10px\"><label>network (CIDR)<input name=network required></label><button>Associate</button></form>"
+    );
+    body
 }
 
 pub async fn ports(
