@@ -37,7 +37,9 @@
 //!   session callbacks, a client connection, a [`ssh::Channel`] that can be spliced.
 //! - [`relay`]: the public server (the walk above); `relay::expose` serves
 //!   public ports that an admin opened, `relay::gateways` keeps the live
-//!   gateway scopes, `relay::commands` answers remote admin commands.
+//!   gateway scopes, `relay::commands` answers remote admin commands (a
+//!   thin adapter over [`admin`]), `relay::live` offers the running relay
+//!   to admin through the [`admin::LiveRelay`] trait.
 //! - [`agent`]: the device side. Dials the relay, registers its name with
 //!   `tcpip-forward`, serves streams to allowed local targets, reconnects forever.
 //!   `agent::gateway` dials hosts of a gateway's private network and carries
@@ -58,7 +60,11 @@
 //!   config files (size-bounded reads, default paths).
 //! - [`admin`]: the admin operations (systems, keys, invites, devices,
 //!   gateways, public ports, the log) that `warren admin` and remote admin
-//!   over SSH (`relay::commands`) both run.
+//!   over SSH (`relay::commands`) both run: `execute` then `commit`. It holds
+//!   the clap grammar both parse, the remote permission rules
+//!   (`admin::remote`, refusals as `policy::CommandRefusal`), device status
+//!   and its rendering (`admin::status`), and the [`admin::LiveRelay`] trait:
+//!   what it needs of a running relay. It imports neither `relay` nor `cli`.
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.
 //! - [`fuzz`]: one entry per parser of outside input, for `fuzz-input/`
 //!   and the smoke run in the tests.

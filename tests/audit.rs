@@ -306,6 +306,7 @@ async fn remote_admin_works_with_stock_ssh_for_admin_keys_only() {
         .wait_audit(&q(kind::COMMAND), |e| e.result == "refused")
         .await;
     assert_eq!(refused.key.as_deref(), Some("alice"));
+    assert_eq!(refused.reason.as_deref(), Some("needs_admin"));
     assert!(refused.detail.unwrap().contains("invite"));
     // ...and it still reads its own system's status and log.
     let out = run(&mut ssh(&alice, "tau", &["log", "--json"]), WAIT).await;

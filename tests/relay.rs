@@ -393,6 +393,66 @@ async fn the_relay_rechecks_the_store_when_told_it_changed() {
 }
 
 #[tokio::test]
+async fn a_read_only_remote_command_does_not_recheck_live_keys() {
+    // No poll during the test: only a command that tells the relay its store
+    // changed causes a re-check.
+    let r = TestRelay::start_with(RelayOptions {
+        store_poll: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await;
+    r.add_system("tau");
+    r.add_key("tau", Role::Device, "dev1");
+    let announce = warren::protocol::gateway::Announce {
+        scope: vec!["10.9.0.0/24".parse().unwrap()],
+        ports: vec![22],
+        permit: None,
+        listens: vec![],
+    };
+    r.store().gateway_announce("tau", "gw1", &announce).unwrap();
+    let admin = r
+        .controller("tau", r.add_key("tau", Role::Admin, "root"))
+        .await;
+    let mut rechecks = r.relay.rechecks();
+    let before = *rechecks.borrow_and_update();
+
+    for cmd in ["gateway ls", "gateway show gw1", "ls", "log"] {
+        let out = admin.exec(cmd).await.unwrap();
+        assert_eq!(
+            out.status,
+            0,
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            *rechecks.borrow(),
+            before,
+            "`{cmd}` made the relay re-check"
+        );
+    }
+    let out = admin
+        .exec("device disable --system tau dev1")
+        .await
+        .unwrap();
+    assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    // The write's re-check is the one that applies the disable; had a read
+    // asked for a re-check too, the count would be past `before + 1`.
+    let (tau, dev1) = (
+        warren::protocol::Name::parse("tau").unwrap(),
+        warren::protocol::Name::parse("dev1").unwrap(),
+    );
+    let registry = r.relay.registry();
+    tokio::time::timeout(
+        WAIT,
+        rechecks.wait_for(|n| *n > before && registry.is_disabled(&tau, &dev1)),
+    )
+    .await
+    .expect("the relay re-checks after `device disable`")
+    .unwrap();
+    assert_eq!(*rechecks.borrow(), before + 1);
+}
+
+#[tokio::test]
 async fn unauthenticated_connections_are_capped() {
     let r = TestRelay::start_with(RelayOptions {
         max_unauthenticated: 2,

@@ -2,13 +2,15 @@
 //! writes the relay's database); a running relay opens or closes the port
 //! within a moment, if the port is inside its `public_ports`.
 
+use std::net::IpAddr;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use ipnet::IpNet;
 
 use super::Reply;
 use crate::audit::{self, Event, kind};
 use crate::protocol::Name;
-use crate::relay::expose;
 use crate::render::json_text;
 use crate::store::{Exposure, Store};
 
@@ -67,7 +69,7 @@ pub fn run(store: &Store, a: ExposeArgs) -> Result<Reply> {
                     e.system, e.device, e.device_port
                 ),
                 events: vec![event(kind::EXPOSE_RM, &e)],
-                changed: true,
+                change: Some(super::Change::Exposures),
                 err: String::new(),
             })
         }
@@ -101,7 +103,7 @@ fn add(store: &Store, a: AddArgs) -> Result<Reply> {
         .filter(|p| *p != 0)
         .with_context(|| format!("{device_port:?} is not a device port (1-65535)"))?;
     let system = Name::parse(&system).context("system name")?;
-    expose::parse_allow_from(&a.allow_from).context("--allow-from")?;
+    parse_allow_from(&a.allow_from).context("--allow-from")?;
     let e = store.add_exposure(port, &system, &device, device_port, &a.allow_from)?;
     let out = if a.json {
         json_text(&e)?
@@ -118,7 +120,7 @@ fn add(store: &Store, a: AddArgs) -> Result<Reply> {
     Ok(Reply {
         out,
         events: vec![event(kind::EXPOSE_ADD, &e)],
-        changed: true,
+        change: Some(super::Change::Exposures),
         err: String::new(),
     })
 }
@@ -166,4 +168,19 @@ fn render(list: &[Exposure]) -> String {
         ]);
     }
     crate::render::table(&rows)
+}
+
+/// Parses `--allow-from` values; each must be a CIDR (`10.0.0.0/8`) or a
+/// single address.
+pub fn parse_allow_from(items: &[String]) -> anyhow::Result<Vec<IpNet>> {
+    items
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!("{s:?} is not a CIDR like 203.0.113.0/24 or an address")
+                })
+        })
+        .collect()
 }

@@ -257,88 +257,34 @@ fn find(store: &Store, system: &Name, name: &Name) -> Result<GatewayRecord> {
 /// Runs a gateway command; the output and audit events go back to the
 /// caller (`warren admin` locally, or the relay for an admin key over SSH).
 pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
-    let mut reply = Reply::default();
-    let out = &mut reply.out;
+    let mut reply = Reply {
+        change: cmd.writes().then_some(super::Change::Gateways),
+        ..Reply::default()
+    };
     match cmd {
-        GatewayCommand::Ls { system, json } => {
-            let views = store
-                .gateways(system.as_deref())?
-                .into_iter()
-                .map(|g| view(store, g))
-                .collect::<Result<Vec<_>>>()?;
-            if json {
-                out.push_str(&json_text(&views)?);
-            } else {
-                let mut rows = vec![
-                    ["SYSTEM", "NAME", "STATUS", "SCOPE", "ASSOCIATIONS", "RULES"]
-                        .map(String::from)
-                        .to_vec(),
-                ];
-                for v in &views {
-                    rows.push(vec![
-                        v.system.clone(),
-                        v.name.clone(),
-                        if v.online { "online" } else { "offline" }.into(),
-                        v.scope.join(","),
-                        v.associations
-                            .iter()
-                            .map(|a| a.network.clone())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        v.rules.join(","),
-                    ]);
-                }
-                out.push_str(&crate::render::table(&rows));
-            }
-        }
+        GatewayCommand::Ls { system, json } => reply.out.push_str(&list(store, system, json)?),
         GatewayCommand::Show { gw, json } => {
             let DeviceId { system, name } = gw.resolve(store)?;
             let v = view(store, find(store, &system, &name)?)?;
             if json {
-                out.push_str(&json_text(&v)?);
+                reply.out.push_str(&json_text(&v)?);
             } else {
-                out.push_str(&render(&v));
+                reply.out.push_str(&render(&v));
             }
         }
         GatewayCommand::Rules { gw, json } => {
             let DeviceId { system, name } = gw.resolve(store)?;
             let rules = find(store, &system, &name)?.rules;
             if json {
-                out.push_str(&json_text(&rules)?);
+                reply.out.push_str(&json_text(&rules)?);
             } else {
                 for r in rules {
-                    let _ = writeln!(out, "{r}");
+                    let _ = writeln!(reply.out, "{r}");
                 }
             }
         }
-        GatewayCommand::Allow { gw, target } => {
-            let DeviceId { system, name } = gw.resolve(store)?;
-            let target = parse_target(&target)?;
-            store.gateway_allow(&system, &name, &target)?;
-            reply.events.push(
-                Event::new("gateway_allow", audit::OK)
-                    .system(system.as_str())
-                    .detail(format!("{system} {name} {target}")),
-            );
-            let _ = writeln!(
-                out,
-                "gateway {name} (system {system}) may now reach {target}"
-            );
-        }
-        GatewayCommand::Deny { gw, target } => {
-            let DeviceId { system, name } = gw.resolve(store)?;
-            let target = parse_target(&target)?;
-            store.gateway_deny(&system, &name, &target)?;
-            reply.events.push(
-                Event::new("gateway_deny", audit::OK)
-                    .system(system.as_str())
-                    .detail(format!("{system} {name} {target}")),
-            );
-            let _ = writeln!(
-                out,
-                "gateway {name} (system {system}) may no longer reach {target}"
-            );
-        }
+        GatewayCommand::Allow { gw, target } => rule(store, &mut reply, gw, &target, true)?,
+        GatewayCommand::Deny { gw, target } => rule(store, &mut reply, gw, &target, false)?,
         GatewayCommand::Delete { gw, force } => {
             let DeviceId { system, name } = gw.resolve(store)?;
             store.gateway_delete(&system, &name, force)?;
@@ -350,36 +296,9 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
                         if force { " --force" } else { "" }
                     )),
             );
-            let _ = writeln!(out, "deleted gateway {name} of system {system}");
+            let _ = writeln!(reply.out, "deleted gateway {name} of system {system}");
         }
-        GatewayCommand::Associate { gw, network } => {
-            let DeviceId { system, name } = gw.resolve(store)?;
-            let net = Cidr::parse(&network).map_err(anyhow::Error::msg)?;
-            store.gateway_associate(&system, &name, &net)?;
-            reply.events.push(
-                Event::new("gateway_associate", audit::OK)
-                    .system(system.as_str())
-                    .detail(format!("{system} {name} {net}")),
-            );
-            let _ = writeln!(
-                out,
-                "associated {net} with gateway {name} (system {system})"
-            );
-            let g = find(store, &system, &name)?;
-            if let Some(permit) = &g.permit {
-                let covered = permit
-                    .iter()
-                    .filter_map(|p| p.parse::<Cidr>().ok())
-                    .any(|p| p.covers(&net));
-                if !covered {
-                    let _ = writeln!(
-                        reply.err,
-                        "warning: {net} is outside gateway {name}'s permit ({}); the gateway will refuse it (flagged in `gateway show`)",
-                        permit.join(", ")
-                    );
-                }
-            }
-        }
+        GatewayCommand::Associate { gw, network } => associate(store, &mut reply, gw, &network)?,
         GatewayCommand::Dissociate { gw, network } => {
             let DeviceId { system, name } = gw.resolve(store)?;
             let net = Cidr::parse(&network).map_err(anyhow::Error::msg)?;
@@ -390,13 +309,109 @@ pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
                     .detail(format!("{system} {name} {net}")),
             );
             let _ = writeln!(
-                out,
+                reply.out,
                 "dissociated {net} from gateway {name} (system {system})"
             );
         }
     }
-    reply.changed = true;
     Ok(reply)
+}
+
+/// `gateway ls`: a table, or JSON.
+fn list(store: &Store, system: Option<String>, json: bool) -> Result<String> {
+    let views = store
+        .gateways(system.as_deref())?
+        .into_iter()
+        .map(|g| view(store, g))
+        .collect::<Result<Vec<_>>>()?;
+    if json {
+        return json_text(&views);
+    }
+    let mut rows = vec![
+        ["SYSTEM", "NAME", "STATUS", "SCOPE", "ASSOCIATIONS", "RULES"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for v in &views {
+        rows.push(vec![
+            v.system.clone(),
+            v.name.clone(),
+            if v.online { "online" } else { "offline" }.into(),
+            v.scope.join(","),
+            v.associations
+                .iter()
+                .map(|a| a.network.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+            v.rules.join(","),
+        ]);
+    }
+    Ok(crate::render::table(&rows))
+}
+
+/// `gateway allow` (`allow`) or `gateway deny`.
+fn rule(store: &Store, reply: &mut Reply, gw: Which, target: &str, allow: bool) -> Result<()> {
+    let DeviceId { system, name } = gw.resolve(store)?;
+    let target = parse_target(target)?;
+    let (kind, verb) = if allow {
+        store.gateway_allow(&system, &name, &target)?;
+        ("gateway_allow", "may now reach")
+    } else {
+        store.gateway_deny(&system, &name, &target)?;
+        ("gateway_deny", "may no longer reach")
+    };
+    reply.events.push(
+        Event::new(kind, audit::OK)
+            .system(system.as_str())
+            .detail(format!("{system} {name} {target}")),
+    );
+    let _ = writeln!(
+        reply.out,
+        "gateway {name} (system {system}) {verb} {target}"
+    );
+    Ok(())
+}
+
+/// `gateway associate`, with a warning when the gateway's permit refuses
+/// the network.
+fn associate(store: &Store, reply: &mut Reply, gw: Which, network: &str) -> Result<()> {
+    let DeviceId { system, name } = gw.resolve(store)?;
+    let net = Cidr::parse(network).map_err(anyhow::Error::msg)?;
+    store.gateway_associate(&system, &name, &net)?;
+    reply.events.push(
+        Event::new("gateway_associate", audit::OK)
+            .system(system.as_str())
+            .detail(format!("{system} {name} {net}")),
+    );
+    let _ = writeln!(
+        reply.out,
+        "associated {net} with gateway {name} (system {system})"
+    );
+    let g = find(store, &system, &name)?;
+    if let Some(permit) = &g.permit {
+        let covered = permit
+            .iter()
+            .filter_map(|p| p.parse::<Cidr>().ok())
+            .any(|p| p.covers(&net));
+        if !covered {
+            let _ = writeln!(
+                reply.err,
+                "warning: {net} is outside gateway {name}'s permit ({}); the gateway will refuse it (flagged in `gateway show`)",
+                permit.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+impl GatewayCommand {
+    /// Whether the command changes the store (`ls`, `show` and `rules` only read).
+    fn writes(&self) -> bool {
+        !matches!(
+            self,
+            GatewayCommand::Ls { .. } | GatewayCommand::Show { .. } | GatewayCommand::Rules { .. }
+        )
+    }
 }
 
 fn parse_target(s: &str) -> Result<Target> {

@@ -10,9 +10,15 @@
 //! reports success.
 
 pub mod access;
-mod expose;
+pub mod expose;
 mod gateway;
+mod live;
 pub mod log;
+pub mod remote;
+pub mod status;
+
+pub use live::{BoxFuture, Change, LiveDevice, LiveRelay};
+pub use remote::check_remote;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -31,9 +37,9 @@ use crate::protocol::device_info::parse_label;
 use crate::protocol::limits::{INVITE_DEFAULT_TTL, INVITE_MAX_TTL};
 use crate::protocol::token::Invite;
 use crate::protocol::{Name, Role};
-use crate::relay::{ADVERTISE_SETTING, Relay, host_key_path, status};
 use crate::render::{json_text, print_json};
 use crate::ssh::keys;
+use crate::store::datadir::{ADVERTISE_SETTING, host_key_path};
 use crate::store::{self, Identity, InviteRecord, KeyRecord, NewInvite, Store};
 
 #[derive(Debug, Args)]
@@ -188,7 +194,7 @@ pub enum Caller<'a> {
     Local { data: &'a Path },
     /// Over the relay's SSH port, inside the running relay.
     Remote {
-        relay: &'a Relay,
+        live: &'a dyn LiveRelay,
         who: &'a Identity,
         peer: SocketAddr,
     },
@@ -213,8 +219,9 @@ pub struct Reply {
     /// Warnings, for standard error.
     pub err: String,
     pub events: Vec<Event>,
-    /// Keys or devices changed: a running relay should act now.
-    pub changed: bool,
+    /// What the command wrote, if anything: a running relay should act now.
+    /// Read-only commands leave it `None`.
+    pub change: Option<Change>,
 }
 
 impl Reply {
@@ -238,17 +245,39 @@ pub async fn run(a: AdminArgs) -> Result<ExitCode> {
         return host_key(&a.data, json);
     }
     let store = Store::open(&a.data)?;
-    let reply = execute(&store, &Caller::Local { data: &a.data }, a.command).await?;
-    for e in &reply.events {
-        e.log();
-    }
-    store
-        .call(move |s| s.append_audit(&reply.events))
-        .await
-        .context("writing the audit log")?;
+    let caller = Caller::Local { data: &a.data };
+    let reply = execute(&store, &caller, a.command).await?;
+    commit(&store, &caller, &reply).await?;
     print!("{}", reply.out);
     eprint!("{}", reply.err);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes a command's effects known: its audit events are on disk (locally
+/// in the store; remotely through the relay's audit writer), and a running
+/// relay hears of a write.
+pub async fn commit(store: &Store, caller: &Caller<'_>, reply: &Reply) -> Result<()> {
+    match caller {
+        Caller::Local { .. } => {
+            for e in &reply.events {
+                e.log();
+            }
+            let events = reply.events.clone();
+            store
+                .call(move |s| s.append_audit(&events))
+                .await
+                .context("writing the audit log")?;
+        }
+        Caller::Remote { live, .. } => {
+            live.record_durable(reply.events.clone())
+                .await
+                .context("done, but writing the audit log failed")?;
+            if let Some(change) = reply.change {
+                live.changed(change);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs one admin command against the store.
@@ -259,7 +288,7 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
                 let key = local_host_key(data)?;
                 host_key_text(&keys::fingerprint(key.public_key()), json)
             }
-            Caller::Remote { relay, .. } => host_key_text(relay.host_key(), json),
+            Caller::Remote { live, .. } => host_key_text(live.host_key(), json),
         },
         AdminCommand::Gateway(g) => {
             let mut reply = store.call(move |s| gateway::run(s, g)).await?;
@@ -275,7 +304,7 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
                 events: vec![
                     caller.stamp(Event::new(kind::SYSTEM_ADD, audit::OK).system(name.as_str())),
                 ],
-                changed: false,
+                change: None,
                 err: String::new(),
             })
         }
@@ -302,9 +331,9 @@ pub async fn execute(store: &Store, caller: &Caller<'_>, command: AdminCommand) 
         AdminCommand::Device(d) => device_command(store, caller, d).await,
         AdminCommand::Log(a) => {
             let q = a.query()?;
-            if let Caller::Remote { relay, .. } = caller {
+            if let Caller::Remote { live, .. } = caller {
                 // Whatever happened before this command is in the page.
-                relay.audit().flush().await?;
+                live.flush_audit().await?;
             }
             let events = store.call(move |s| s.audit(&q)).await?;
             Ok(Reply::text(a.render(events)))
@@ -344,7 +373,7 @@ async fn access_command(
     Ok(Reply {
         out: done.out,
         events: done.events.into_iter().map(|e| caller.stamp(e)).collect(),
-        changed: false,
+        change: None,
         err: String::new(),
     })
 }
@@ -385,7 +414,7 @@ async fn key_command(store: &Store, caller: &Caller<'_>, k: KeyCommand) -> Resul
             Ok(Reply {
                 out,
                 events: vec![event],
-                changed: true,
+                change: Some(Change::Keys),
                 err: String::new(),
             })
         }
@@ -411,7 +440,7 @@ async fn key_command(store: &Store, caller: &Caller<'_>, k: KeyCommand) -> Resul
                     rec.role, rec.fingerprint, rec.name, rec.system
                 ),
                 events: vec![event],
-                changed: true,
+                change: Some(Change::Keys),
                 err: String::new(),
             })
         }
@@ -424,27 +453,11 @@ async fn ls(store: &Store, caller: &Caller<'_>, a: LsArgs) -> Result<Reply> {
         .iter()
         .map(|l| parse_label(l).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let devices = match caller {
-        Caller::Remote { relay, .. } => {
-            let system = a.system.as_deref().map(Name::parse).transpose()?;
-            status::list(relay, system.as_ref()).await?
-        }
-        Caller::Local { .. } => {
-            let system = a.system.clone();
-            let (devices, gateways) = store
-                .call(move |s| {
-                    Ok((
-                        s.devices(system.as_deref())?,
-                        s.gateways(system.as_deref())?,
-                    ))
-                })
-                .await?;
-            let mut devices: Vec<status::DeviceStatus> =
-                devices.into_iter().map(status::from_record).collect();
-            status::add_scopes(&mut devices, &gateways);
-            devices
-        }
+    let live = match caller {
+        Caller::Remote { live, .. } => Some(*live),
+        Caller::Local { .. } => None,
     };
+    let devices = status::list(store, live, a.system.clone()).await?;
     let devices = status::filter_labels(devices, &want);
     Ok(Reply::text(if a.json {
         json_text(&devices)?
@@ -473,7 +486,7 @@ async fn invite_command(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Re
             Ok(Reply {
                 out: format!("revoked invite {}\n", rec.id),
                 events: vec![event],
-                changed: false,
+                change: None,
                 err: String::new(),
             })
         }
@@ -487,23 +500,13 @@ async fn create_invite(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Res
     };
     let system = Name::parse(system).context("system name")?;
     let name = Name::parse(name).context("name")?;
-    let ttl = match &a.ttl {
-        Some(t) => humantime::parse_duration(t)
-            .with_context(|| format!("--ttl {t:?} (write it like \"1h\" or \"2d\")"))?,
-        None => INVITE_DEFAULT_TTL,
-    };
-    if ttl < Duration::from_secs(1) || ttl > INVITE_MAX_TTL {
-        bail!(
-            "--ttl must be between 1s and {}",
-            humantime::format_duration(INVITE_MAX_TTL)
-        );
-    }
+    let ttl = invite_ttl(a.ttl.as_deref())?;
     let host_key = match caller {
         Caller::Local { data } => {
             let key = local_host_key(data)?;
             keys::fingerprint(key.public_key())
         }
-        Caller::Remote { relay, .. } => relay.host_key().to_string(),
+        Caller::Remote { live, .. } => live.host_key().to_string(),
     };
     let relay = match &a.relay {
         Some(r) => Some(r.clone()),
@@ -552,33 +555,54 @@ async fn create_invite(store: &Store, caller: &Caller<'_>, a: InviteArgs) -> Res
     );
     let token = invite.encode();
     let out = if a.json {
-        #[derive(Serialize)]
-        struct Made<'a> {
-            token: &'a str,
-            id: &'a str,
-            system: &'a str,
-            role: Role,
-            name: &'a str,
-            relay: &'a str,
-            expires: u64,
-        }
-        json_text(&Made {
-            token: &token,
-            id: &invite.id,
-            system: invite.system.as_str(),
-            role: invite.role,
-            name: invite.name.as_str(),
-            relay: &invite.relay,
-            expires: invite.expires,
-        })?
+        made_json(&token, &invite)?
     } else {
         format!("{token}\n")
     };
     Ok(Reply {
         out,
         events: vec![event],
-        changed: false,
+        change: None,
         err: String::new(),
+    })
+}
+
+/// `--ttl`: how long an invite works (default and bounds from `limits`).
+fn invite_ttl(ttl: Option<&str>) -> Result<Duration> {
+    let ttl = match ttl {
+        Some(t) => humantime::parse_duration(t)
+            .with_context(|| format!("--ttl {t:?} (write it like \"1h\" or \"2d\")"))?,
+        None => INVITE_DEFAULT_TTL,
+    };
+    if ttl < Duration::from_secs(1) || ttl > INVITE_MAX_TTL {
+        bail!(
+            "--ttl must be between 1s and {}",
+            humantime::format_duration(INVITE_MAX_TTL)
+        );
+    }
+    Ok(ttl)
+}
+
+/// `invite --json`: the token and what it grants.
+fn made_json(token: &str, invite: &Invite) -> Result<String> {
+    #[derive(Serialize)]
+    struct Made<'a> {
+        token: &'a str,
+        id: &'a str,
+        system: &'a str,
+        role: Role,
+        name: &'a str,
+        relay: &'a str,
+        expires: u64,
+    }
+    json_text(&Made {
+        token,
+        id: &invite.id,
+        system: invite.system.as_str(),
+        role: invite.role,
+        name: invite.name.as_str(),
+        relay: &invite.relay,
+        expires: invite.expires,
     })
 }
 
@@ -614,7 +638,7 @@ async fn device_command(store: &Store, caller: &Caller<'_>, d: DeviceCommand) ->
                     .device(name.as_str()),
             ),
         ],
-        changed: true,
+        change: Some(Change::Devices),
         err: String::new(),
     })
 }

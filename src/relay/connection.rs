@@ -367,7 +367,7 @@ impl ServerSession for Connection {
             if self.forward_requests == MAX_FORWARD_REQUESTS + 1 {
                 self.register_refused(address, &policy::RegisterRefusal::TooManyForwards);
                 let h = handle.clone();
-                tokio::spawn(async move {
+                self.relay.spawn(async move {
                     h.disconnect("too many forward requests").await;
                 });
             }
@@ -394,7 +394,7 @@ impl ServerSession for Connection {
             .register(&device, port, &holder, store::now());
         let took_over = reg.replaced.is_some();
         if let Some(old) = reg.replaced {
-            tokio::spawn(async move {
+            self.relay.spawn(async move {
                 old.disconnect("replaced by a new connection of the same device")
                     .await;
             });

@@ -17,25 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Relay;
+pub use crate::admin::expose::parse_allow_from;
 use crate::audit::{self, Event, kind};
 use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
 use crate::protocol::{DeviceId, Name};
 use crate::store::Exposure;
-
-/// Parses `--allow-from` values; each must be a CIDR (`10.0.0.0/8`) or a
-/// single address.
-pub fn parse_allow_from(items: &[String]) -> anyhow::Result<Vec<IpNet>> {
-    items
-        .iter()
-        .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    anyhow::anyhow!("{s:?} is not a CIDR like 203.0.113.0/24 or an address")
-                })
-        })
-        .collect()
-}
 
 /// Whether `peer` may use a port with this allow list (empty: anyone).
 pub fn peer_allowed(allow: &[IpNet], peer: IpAddr) -> bool {

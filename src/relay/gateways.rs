@@ -221,7 +221,9 @@ fn update(relay: &Relay, changed: Vec<(DeviceId, Vec<Cidr>)>) {
             name = id.name.as_str(),
             associations = %gateway::list(&nets),
         );
-        tokio::spawn(push(dev.handle, nets, seq));
+        relay.spawn(async move {
+            push(dev.handle, nets, seq).await;
+        });
     }
 }
 

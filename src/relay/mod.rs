@@ -15,15 +15,15 @@ mod enroll;
 pub mod expose;
 pub mod gateways;
 mod listen;
+mod live;
 pub mod ratelimit;
 pub mod registry;
 mod router;
-pub mod status;
 mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -46,10 +46,7 @@ use crate::ssh::server::ServerConfig;
 use crate::store::Store;
 use registry::Registry;
 
-pub const HOST_KEY_FILE: &str = "host_key";
-
-/// Relay setting: the address written into invite tokens.
-pub const ADVERTISE_SETTING: &str = "advertise";
+pub use crate::store::datadir::{ADVERTISE_SETTING, HOST_KEY_FILE, host_key_path};
 
 /// Tunables; the defaults are the production values (see `protocol::limits`).
 #[derive(Debug, Clone)]
@@ -173,10 +170,6 @@ enum StatusChange {
     },
     /// Last seen and live stream count of online devices.
     Touch(Vec<(DeviceId, u64)>),
-}
-
-pub fn host_key_path(data: &Path) -> PathBuf {
-    data.join(HOST_KEY_FILE)
 }
 
 /// Refuses a host key that others may read, as sshd does: whoever reads it

@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod datadir;
 mod enroll;
 mod exposures;
 mod gateways;
@@ -76,23 +77,31 @@ pub struct Identity {
     pub fingerprint: Fingerprint,
 }
 
-/// Persisted status of a device (the live registry says who is online now).
+/// One device as listed (`ls`, `ls --json`): its persisted status, and in
+/// admin's listing the live registry's online state laid over it (the
+/// registry is the truth about "now") and a gateway's networks.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct DeviceRecord {
+pub struct DeviceStatus {
     pub system: String,
     pub name: String,
     pub online: bool,
     /// Unix seconds: connected since (online) or went offline (offline).
     pub since: Option<u64>,
     pub last_seen: Option<u64>,
+    /// Address the device connected from (last known when offline).
     pub address: Option<String>,
     pub ports: Vec<u16>,
     /// Agent version, as the agent reported it (stock ssh devices report none).
     pub version: Option<String>,
     pub labels: std::collections::BTreeMap<String, String>,
-    /// Live streams, as of the last status write.
+    /// Live streams (as of the last status write, when read from the store).
     pub streams: u64,
+    /// An admin disabled it: no streams.
     pub disabled: bool,
+    /// A gateway's networks: its own scope and served associations (empty
+    /// for a plain device, and as the store returns it).
+    #[serde(default)]
+    pub scope: Vec<String>,
 }
 
 pub fn now() -> u64 {
@@ -363,14 +372,14 @@ impl Store {
         Ok(())
     }
 
-    pub fn devices(&self, system: Option<&str>) -> Result<Vec<DeviceRecord>> {
+    pub fn devices(&self, system: Option<&str>) -> Result<Vec<DeviceStatus>> {
         let conn = self.read();
         let mut st = conn.prepare(
             "SELECT system, name, online, since, last_seen, address, ports, version, labels, streams, disabled FROM devices
              WHERE ?1 IS NULL OR system = ?1 ORDER BY system, name",
         )?;
         let rows = st.query_map([system], |r| {
-            Ok(DeviceRecord {
+            Ok(DeviceStatus {
                 system: r.get(0)?,
                 name: r.get(1)?,
                 online: r.get::<_, i64>(2)? != 0,
@@ -385,6 +394,7 @@ impl Store {
                     .unwrap_or_default(),
                 streams: r.get::<_, i64>(9)?.max(0) as u64,
                 disabled: r.get::<_, i64>(10)? != 0,
+                scope: Vec::new(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -62,26 +62,20 @@ pub async fn run(
         .command;
     let who = identity(p)?;
     let caller = Caller::Remote {
-        relay: &web.relay,
+        live: web.relay.as_ref(),
         who: &who,
         peer,
     };
-    let reply = admin::execute(web.relay.store(), &caller, command)
+    let mut reply = admin::execute(web.relay.store(), &caller, command)
         .await
         .map_err(|e| ApiError::refused(&e))?;
-    let events = reply
-        .events
+    reply.events = std::mem::take(&mut reply.events)
         .into_iter()
         .map(|e| p.stamp_detail(e))
         .collect();
-    web.relay
-        .audit()
-        .record_durable(events)
+    admin::commit(web.relay.store(), &caller, &reply)
         .await
-        .map_err(|e| ApiError::internal(&e.context("done, but writing the audit log failed")))?;
-    if reply.changed {
-        web.relay.store_changed();
-    }
+        .map_err(|e| ApiError::internal(&e))?;
     Ok(reply.out)
 }
 

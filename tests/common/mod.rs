@@ -19,7 +19,7 @@ use warren::protocol::{AllowList, Name, Role};
 use warren::relay::{Relay, RelayOptions};
 use warren::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
 use warren::ssh::keys::{self, PrivateKey};
-use warren::store::{AuditQuery, DeviceRecord, Store};
+use warren::store::{AuditQuery, DeviceStatus, Store};
 
 /// Upper bound for anything a test waits on. Generous: CI is a noisy 2-core box.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -301,8 +301,8 @@ impl TestRelay {
         &self,
         system: &str,
         dev: &str,
-        want: impl Fn(&DeviceRecord) -> bool,
-    ) -> DeviceRecord {
+        want: impl Fn(&DeviceStatus) -> bool,
+    ) -> DeviceStatus {
         let store = self.admin_store();
         let mut written = self.relay.status_written();
         let find = async {

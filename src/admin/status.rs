@@ -2,78 +2,64 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
-use super::Relay;
+use super::live::{LiveDevice, LiveRelay};
 use crate::protocol::Name;
 use crate::render::{table, when};
-use crate::store::{self, DeviceRecord};
+pub use crate::store::DeviceStatus;
+use crate::store::{self, Store};
 
-/// One device as listed: the store's record with the live registry's
-/// online state laid over it (the registry is the truth about "now").
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct DeviceStatus {
-    pub system: String,
-    pub name: String,
-    pub online: bool,
-    /// Unix seconds: online since, or offline since.
-    pub since: Option<u64>,
-    pub last_seen: Option<u64>,
-    /// Address the device connected from (last known when offline).
-    pub address: Option<String>,
-    pub ports: Vec<u16>,
-    /// Agent version (none for devices on stock `ssh -R`).
-    pub version: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    /// Live streams to the device.
-    pub streams: u64,
-    /// An admin disabled it: no streams.
-    pub disabled: bool,
-    /// A gateway's networks: its own scope and served associations (empty
-    /// for a plain device).
-    #[serde(default)]
-    pub scope: Vec<String>,
+/// Lists devices of `system` (or all): the store's view, with the online
+/// state of a running relay laid over it when there is one.
+pub async fn list(
+    store: &Store,
+    live: Option<&dyn LiveRelay>,
+    system: Option<String>,
+) -> anyhow::Result<Vec<DeviceStatus>> {
+    let name = match (live, &system) {
+        (Some(_), Some(s)) => Some(Name::parse(s)?),
+        _ => None,
+    };
+    let (records, gws) = store
+        .call(move |s| {
+            Ok((
+                s.devices(system.as_deref())?,
+                s.gateways(system.as_deref())?,
+            ))
+        })
+        .await?;
+    let mut out = match live {
+        Some(live) => overlay(records, live.online(name.as_ref())),
+        None => records,
+    };
+    add_scopes(&mut out, &gws);
+    Ok(out)
 }
 
-/// Lists devices of `system` (or all) as the running relay sees them.
-pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<DeviceStatus>> {
-    let filter = system.map(|s| s.to_string());
-    let records = relay
-        .store()
-        .call(move |s| s.devices(filter.as_deref()))
-        .await?;
-    let live = relay.registry().online(system);
-    // The registry is the truth about "now": a device the store still has
-    // online but the registry has not is offline (its status write is queued).
+/// The store's records with the registry's online devices laid over them.
+/// The registry is the truth about "now": a device the store still has
+/// online but the registry has not is offline (its status write is queued).
+fn overlay(records: Vec<DeviceStatus>, live: Vec<LiveDevice>) -> Vec<DeviceStatus> {
     let mut out: Vec<DeviceStatus> = records
         .into_iter()
-        .map(from_record)
         .map(|mut d| {
             d.online = false;
             d.streams = 0;
             d
         })
         .collect();
-    for (id, entry) in live {
-        let ports = entry
-            .ports
-            .iter()
-            .filter_map(|p| u16::try_from(*p).ok())
-            .collect();
-        let streams = relay.registry().stream_count(&id) as u64;
-        let disabled = relay.registry().is_disabled(&id.system, &id.name);
+    for l in live {
         let now = DeviceStatus {
-            system: id.system.to_string(),
-            name: id.name.to_string(),
+            system: l.device.system.to_string(),
+            name: l.device.name.to_string(),
             online: true,
-            since: Some(entry.since),
+            since: Some(l.since),
             last_seen: Some(store::now()),
-            address: Some(entry.peer.to_string()),
-            ports,
+            address: Some(l.peer.to_string()),
+            ports: l.ports,
             version: None,
             labels: BTreeMap::new(),
-            streams,
-            disabled,
+            streams: l.streams,
+            disabled: l.disabled,
             scope: Vec::new(),
         };
         match out
@@ -94,31 +80,7 @@ pub async fn list(relay: &Relay, system: Option<&Name>) -> anyhow::Result<Vec<De
         }
     }
     out.sort_by(|a, b| (&a.system, &a.name).cmp(&(&b.system, &b.name)));
-    let filter = system.map(|s| s.to_string());
-    let gws = relay
-        .store()
-        .call(move |s| s.gateways(filter.as_deref()))
-        .await?;
-    add_scopes(&mut out, &gws);
-    Ok(out)
-}
-
-/// The store's view alone (for `warren admin ls` when no relay runs here).
-pub fn from_record(d: DeviceRecord) -> DeviceStatus {
-    DeviceStatus {
-        system: d.system,
-        name: d.name,
-        online: d.online,
-        since: d.since,
-        last_seen: d.last_seen,
-        address: d.address,
-        ports: d.ports,
-        version: d.version,
-        labels: d.labels,
-        streams: d.streams,
-        disabled: d.disabled,
-        scope: Vec::new(),
-    }
+    out
 }
 
 /// Fills in each gateway's networks: its scope, then the associations its
@@ -248,5 +210,46 @@ mod tests {
             "{t}"
         );
         assert_eq!(when(None), "never");
+    }
+
+    #[test]
+    fn the_registry_is_the_truth_about_now() {
+        let stored = |name: &str, online: bool| DeviceStatus {
+            system: "tau".into(),
+            name: name.into(),
+            online,
+            since: Some(1),
+            last_seen: Some(1),
+            address: None,
+            ports: vec![],
+            version: Some("0.1.0".into()),
+            labels: BTreeMap::from([("site".into(), "lab".into())]),
+            streams: 4,
+            disabled: false,
+            scope: vec![],
+        };
+        let live = LiveDevice {
+            device: crate::protocol::DeviceId::new(
+                Name::parse("tau").unwrap(),
+                Name::parse("dev2").unwrap(),
+            ),
+            since: 50,
+            peer: "192.0.2.1:4000".parse().unwrap(),
+            ports: vec![22],
+            streams: 1,
+            disabled: true,
+        };
+        // dev1: the store still says online, the registry does not have it.
+        let out = overlay(
+            vec![stored("dev1", true), stored("dev2", false)],
+            vec![live],
+        );
+        assert!(!out[0].online && out[0].streams == 0, "{:?}", out[0]);
+        let d = &out[1];
+        assert!(d.online && d.disabled && d.streams == 1 && d.since == Some(50));
+        assert_eq!(d.address.as_deref(), Some("192.0.2.1:4000"));
+        // Version and labels come from the store.
+        assert_eq!(d.version.as_deref(), Some("0.1.0"));
+        assert_eq!(d.labels.get("site").map(String::as_str), Some("lab"));
     }
 }
