@@ -154,12 +154,12 @@ fn sort_devices(list: &mut [Value], sort: &str) -> ApiResult<()> {
     let text = |d: &Value, k: &str| d[k].as_str().unwrap_or("").to_string();
     let num = |d: &Value, k: &str| d[k].as_u64().unwrap_or(0);
     match key {
-        "name" | "system" | "address" | "version" => list
-            .sort_by(|a, b| (text(a, key), text(a, "name")).cmp(&(text(b, key), text(b, "name")))),
-        "status" => list
-            .sort_by(|a, b| (status_of(a), text(a, "name")).cmp(&(status_of(b), text(b, "name")))),
+        "name" | "system" | "address" | "version" => {
+            list.sort_by_cached_key(|a| (text(a, key), text(a, "name")))
+        }
+        "status" => list.sort_by_cached_key(|a| (status_of(a), text(a, "name"))),
         "since" | "last_seen" | "streams" => {
-            list.sort_by(|a, b| (num(a, key), text(a, "name")).cmp(&(num(b, key), text(b, "name"))))
+            list.sort_by_cached_key(|a| (num(a, key), text(a, "name")))
         }
         other => {
             return Err(ApiError::bad(
