@@ -65,6 +65,14 @@
 //!   (`admin::remote`, refusals as `policy::CommandRefusal`), device status
 //!   and its rendering (`admin::status`), and the [`admin::LiveRelay`] trait:
 //!   what it needs of a running relay. It imports neither `relay` nor `cli`.
+//!   `admin::access` makes console login links and API tokens.
+//! - [`web`]: the HTTP side, beside `cli` over `admin`: the JSON API
+//!   (`web::api` builds admin command lines and runs them through
+//!   `web::ops`, the same `execute` and `commit`), the audit API with keyset
+//!   paging and streamed CSV (`web::audit`), sessions, tokens and CSRF
+//!   (`web::auth`), the console pages (`web::console`), and `/metrics`.
+//! - [`metrics`]: the process's Prometheus metrics, counted from audit
+//!   events as they are recorded, stream setup and store calls; fixed labels.
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.
 //! - [`fuzz`]: one entry per parser of outside input, for `fuzz-input/`
 //!   and the smoke run in the tests.
