@@ -471,3 +471,13 @@ async fn systems_are_added_by_unscoped_admins_only() {
     assert_eq!(systems, serde_json::json!(["tau"]));
     assert_eq!(r.store().systems().unwrap(), ["beta", "tau"]);
 }
+
+#[tokio::test]
+async fn behind_tls_the_session_cookie_is_secure() {
+    let r = TestRelay::start().await;
+    let w = TestWeb::start_with(r.relay.clone(), true).await;
+    let url = w.login_url(None, Role::Admin, "root");
+    let resp = w.http.get(&url).send().await.unwrap();
+    let set = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.contains("; Secure"), "{set}");
+}

@@ -150,6 +150,9 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
 struct HttpListeners {
     api: Option<tokio::net::TcpListener>,
     metrics: Option<tokio::net::TcpListener>,
+    /// Browsers reach the console over https (a TLS proxy in front):
+    /// session cookies get `Secure`.
+    secure: bool,
 }
 
 /// The HTTP flags, taken before the rest of the arguments are used up.
@@ -175,6 +178,7 @@ async fn http_listeners(
     };
     let api = bind(a.http.or(file.http), "--http").await?;
     let metrics = bind(a.metrics.or(file.metrics), "--metrics").await?;
+    let mut secure = false;
     if let Some(l) = &api {
         let url = match a.console_url.clone().or(file.console_url.clone()) {
             Some(u) if u.ends_with('/') => u,
@@ -184,8 +188,13 @@ async fn http_listeners(
         relay
             .store()
             .set_setting(crate::web::CONSOLE_URL_SETTING, &url)?;
+        secure = url.starts_with("https://");
     }
-    Ok(HttpListeners { api, metrics })
+    Ok(HttpListeners {
+        api,
+        metrics,
+        secure,
+    })
 }
 
 impl HttpListeners {
@@ -193,7 +202,7 @@ impl HttpListeners {
         if let Some(l) = self.api {
             let web = crate::web::Web {
                 relay: relay.clone(),
-                secure: false,
+                secure: self.secure,
             };
             let stop = shutdown.clone();
             relay.spawn(async move {

@@ -21,6 +21,11 @@ pub struct TestWeb {
 
 impl TestWeb {
     pub async fn start(relay: Arc<Relay>) -> TestWeb {
+        Self::start_with(relay, false).await
+    }
+
+    /// `secure`: as behind a TLS proxy (`--console-url https://…`).
+    pub async fn start_with(relay: Arc<Relay>, secure: bool) -> TestWeb {
         let stop = CancellationToken::new();
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -32,7 +37,7 @@ impl TestWeb {
             .unwrap();
         let web = warren::web::Web {
             relay: relay.clone(),
-            secure: false,
+            secure,
         };
         tokio::spawn(warren::web::serve(api, web, stop.clone()));
         tokio::spawn(warren::web::serve_metrics(
