@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::policy::PublicRefusal;
 use crate::protocol::limits::{AUDIT_BATCH_MAX, AUDIT_PRUNE_INTERVAL};
 use crate::ssh::SpliceStats;
 use crate::store::{Exposure, Store};
@@ -220,11 +221,12 @@ pub fn public_port(action: &str, e: &Exposure, detail: &str) -> Event {
 }
 
 /// A connection to a public port from a peer outside its allow list.
-pub fn public_refused(e: &Exposure, peer: SocketAddr, reason: &str) -> Event {
+pub fn public_refused(e: &Exposure, peer: SocketAddr, why: &PublicRefusal) -> Event {
     Event::new(kind::PUBLIC_CONNECTION, REFUSED)
         .peer(peer)
         .system(e.system.as_str())
         .device(e.device.as_str())
         .target(format!("{}:{}", e.device, e.device_port))
-        .detail(format!("relay port {}: {reason}", e.port))
+        .detail(format!("relay port {}: {why}", e.port))
+        .reason(why.code())
 }

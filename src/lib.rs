@@ -59,18 +59,23 @@
 //! - [`render`]: tables, times and JSON as commands print them; [`files`]:
 //!   config files (size-bounded reads, default paths).
 //! - [`admin`]: the admin operations (systems, keys, invites, devices,
-//!   gateways, public ports, the log) that `warren admin` and remote admin
-//!   over SSH (`relay::commands`) both run: `execute` then `commit`. It holds
-//!   the clap grammar both parse, the remote permission rules
-//!   (`admin::remote`, refusals as `policy::CommandRefusal`), device status
-//!   and its rendering (`admin::status`), and the [`admin::LiveRelay`] trait:
-//!   what it needs of a running relay. It imports neither `relay` nor `cli`.
+//!   gateways, public ports, the log) as typed requests and replies. Every
+//!   front end is a thin adapter: parse the clap grammar (`admin::grammar`),
+//!   `into_request` (values checked: `admin::request`), `check_remote` over
+//!   SSH (`admin::remote`, refusals as `policy::CommandRefusal`), `run`
+//!   (returns an `Outcome`: the typed `Reply`, audit events, what changed),
+//!   `commit`, then `render` (`admin::reply`: today's text, JSON and CSV).
+//!   `cli::admin` and `relay::commands` are those adapters; `execute` does
+//!   into_request + run + render in one call for callers written against
+//!   it. Device status and its table are in `admin::status`; the
+//!   [`admin::LiveRelay`] trait is what it needs of a running relay. It
+//!   imports neither `relay` nor `cli`.
 //!   `admin::access` makes console login links and API tokens.
 //! - [`web`]: the HTTP side, beside `cli` over `admin`: the JSON API
 //!   (`web::api` builds admin command lines and runs them through
-//!   `web::ops`, the same `execute` and `commit`), the audit API with keyset
-//!   paging and streamed CSV (`web::audit`), sessions, tokens and CSRF
-//!   (`web::auth`), the console pages (`web::console`), and `/metrics`.
+//!   `web::ops`: `execute` and `commit`, as an SSH caller would), the audit API with keyset paging and streamed
+//!   CSV (`web::audit`), sessions, tokens and CSRF (`web::auth`), the
+//!   console pages (`web::console`), and `/metrics`.
 //! - [`metrics`]: the process's Prometheus metrics, counted from audit
 //!   events as they are recorded, stream setup and store calls; fixed labels.
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.

@@ -454,6 +454,26 @@ async fn admin_exposes_a_device_port_with_allow_from_ls_and_rm() {
     let r = curl(&[&format!("http://127.0.0.1:{walled}/")]).await;
     assert!(!r.ok, "a peer outside allow_from must be refused");
     assert!(r.stdout.is_empty());
+    // The refusal is audited with its reason code.
+    let audited = tokio::time::timeout(LIMIT, async {
+        loop {
+            let log = ok(&[
+                "admin",
+                "--data",
+                d,
+                "log",
+                "--json",
+                "--kind",
+                "public_connection",
+            ]);
+            if log.contains("\"reason\":\"not_in_allow_from\"") {
+                break log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(audited.is_ok(), "the refusal was not audited with its code");
 
     let listed: serde_json::Value =
         serde_json::from_str(&ok(&["admin", "--data", d, "expose", "ls", "--json"])).unwrap();

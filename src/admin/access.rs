@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use super::{Format, Outcome, Reply, Request};
 use crate::audit::{self, Event, kind};
 use crate::protocol::{Name, Role};
-use crate::render::json_text;
 use crate::store::Store;
 use crate::store::credentials::{CredKind, Credential, NewCredential};
 
@@ -68,6 +68,73 @@ pub enum TokenCommand {
     Revoke { id: String },
 }
 
+/// `token create|ls|revoke`, its values checked.
+#[derive(Debug)]
+pub enum TokenRequest {
+    Create {
+        system: Name,
+        role: Role,
+        ttl: Duration,
+        name: Name,
+    },
+    List,
+    Revoke {
+        /// Trimmed.
+        id: String,
+    },
+}
+
+impl ConsoleLoginArgs {
+    pub(super) fn into_request(self) -> Result<(Request, Format)> {
+        let system = self
+            .system
+            .map(|s| Name::parse(&s).map(|n| n.to_string()))
+            .transpose()
+            .context("system name")?;
+        Ok((Request::ConsoleLogin { system }, Format::json_if(self.json)))
+    }
+}
+
+impl TokenCommand {
+    pub(super) fn into_request(self) -> Result<(Request, Format)> {
+        let (request, format) = match self {
+            TokenCommand::Create {
+                system,
+                role,
+                ttl,
+                name,
+                json,
+            } => {
+                let system = Name::parse(&system).context("system name")?;
+                let name = Name::parse(&name).context("token name")?;
+                if !matches!(role, Role::Controller | Role::Admin) {
+                    bail!("--role must be controller or admin");
+                }
+                let ttl = humantime::parse_duration(&ttl)
+                    .with_context(|| format!("--ttl {ttl:?} (write it like \"30d\" or \"12h\")"))?;
+                if ttl < Duration::from_secs(60) || ttl > TOKEN_MAX_TTL {
+                    bail!("--ttl must be between 1m and 366d");
+                }
+                let create = TokenRequest::Create {
+                    system,
+                    role,
+                    ttl,
+                    name,
+                };
+                (create, Format::json_if(json))
+            }
+            TokenCommand::Ls { json } => (TokenRequest::List, Format::json_if(json)),
+            TokenCommand::Revoke { id } => (
+                TokenRequest::Revoke {
+                    id: id.trim().to_string(),
+                },
+                Format::Text,
+            ),
+        };
+        Ok((Request::Token(request), format))
+    }
+}
+
 /// Who asks for a login link or a token.
 pub struct Asker<'a> {
     /// `None`: a local admin (every system).
@@ -77,15 +144,37 @@ pub struct Asker<'a> {
     pub who: &'a str,
 }
 
-/// What an access command printed and the audit events it caused.
-pub struct Done {
-    pub out: String,
-    pub events: Vec<Event>,
+/// A one-time console login link.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginLink {
+    pub url: String,
+    pub expires: u64,
+    pub system: Option<String>,
+    pub role: Role,
 }
 
-/// `console-login`: a one-time URL valid [`LOGIN_TTL`].
-pub fn console_login(store: &Store, asker: &Asker<'_>, a: &ConsoleLoginArgs) -> Result<Done> {
-    let system = match (asker.system, a.system.as_deref()) {
+/// A new API token: its secret (shown this once) and its record.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenMade {
+    pub token: String,
+    #[serde(flatten)]
+    pub record: Credential,
+}
+
+/// Runs `console-login`, `console-logout` or `token` for `asker`.
+pub fn run(store: &Store, asker: &Asker<'_>, request: Request) -> Result<Outcome> {
+    match request {
+        Request::ConsoleLogin { system } => console_login(store, asker, system.as_deref()),
+        Request::ConsoleLogout => console_logout(store),
+        Request::Token(t) => token(store, t),
+        _ => bail!("not an access request"),
+    }
+}
+
+/// `console-login`: a one-time URL valid [`LOGIN_TTL`], for `system` only
+/// when given (a controller's is always its own).
+pub fn console_login(store: &Store, asker: &Asker<'_>, system: Option<&str>) -> Result<Outcome> {
+    let system = match (asker.system, system) {
         (Some(own), Some(s)) if s != own => {
             bail!("a controller key sees only its own system ({own}), not {s}")
         }
@@ -106,7 +195,6 @@ pub fn console_login(store: &Store, asker: &Asker<'_>, a: &ConsoleLoginArgs) -> 
         now: crate::store::now(),
         ttl_secs: LOGIN_TTL.as_secs(),
     })?;
-    let url = format!("{base}login/{}", link.secret);
     let mut e = Event::new(kind::CONSOLE_LOGIN, audit::OK)
         .key_name(asker.who)
         .detail(format!(
@@ -114,68 +202,47 @@ pub fn console_login(store: &Store, asker: &Asker<'_>, a: &ConsoleLoginArgs) -> 
             asker.role, link.record.id
         ));
     e.system = system.clone();
-    let out = if a.json {
-        #[derive(Serialize)]
-        struct Link<'a> {
-            url: &'a str,
-            expires: u64,
-            system: Option<&'a str>,
-            role: Role,
-        }
-        json_text(&Link {
-            url: &url,
+    Ok(Outcome {
+        reply: Reply::ConsoleLogin(LoginLink {
+            url: format!("{base}login/{}", link.secret),
             expires: link.record.expires,
-            system: system.as_deref(),
+            system,
             role: asker.role,
-        })?
-    } else {
-        format!("{url}\n(works once, for 5 minutes)\n")
-    };
-    Ok(Done {
-        out,
+        }),
         events: vec![e],
+        change: None,
     })
 }
 
 /// `console-logout --all`.
-pub fn console_logout(store: &Store) -> Result<Done> {
+pub fn console_logout(store: &Store) -> Result<Outcome> {
     let n = store.revoke_sessions(crate::store::now())?;
-    Ok(Done {
-        out: format!("ended {n} console session(s) and login link(s)\n"),
+    Ok(Outcome {
+        reply: Reply::SessionsEnded { count: n as u64 },
         events: vec![
             Event::new(kind::CONSOLE_LOGOUT, audit::OK)
                 .detail(format!("all console sessions ended ({n})")),
         ],
+        change: None,
     })
 }
 
 /// `token create|ls|revoke`.
-pub fn token(store: &Store, command: &TokenCommand) -> Result<Done> {
-    match command {
-        TokenCommand::Create {
+fn token(store: &Store, request: TokenRequest) -> Result<Outcome> {
+    match request {
+        TokenRequest::Create {
             system,
             role,
             ttl,
             name,
-            json,
         } => {
-            let system = Name::parse(system).context("system name")?;
-            let name = Name::parse(name).context("token name")?;
-            if !matches!(role, Role::Controller | Role::Admin) {
-                bail!("--role must be controller or admin");
-            }
-            let ttl = humantime::parse_duration(ttl)
-                .with_context(|| format!("--ttl {ttl:?} (write it like \"30d\" or \"12h\")"))?;
-            if ttl < Duration::from_secs(60) || ttl > TOKEN_MAX_TTL {
-                bail!("--ttl must be between 1m and 366d");
-            }
             if !store.systems()?.iter().any(|s| s == system.as_str()) {
                 bail!("no system {system} (add it with `system add {system}`)");
             }
             let t = store.issue_credential(&NewCredential {
                 kind: CredKind::Token,
                 system: Some(system.as_str()),
-                role: *role,
+                role,
                 who: name.as_str(),
                 now: crate::store::now(),
                 ttl_secs: ttl.as_secs(),
@@ -187,47 +254,43 @@ pub fn token(store: &Store, command: &TokenCommand) -> Result<Done> {
                     t.record.id,
                     humantime::format_duration(ttl)
                 ));
-            let out = if *json {
-                #[derive(Serialize)]
-                struct Made<'a> {
-                    token: &'a str,
-                    #[serde(flatten)]
-                    record: &'a Credential,
-                }
-                json_text(&Made {
-                    token: &t.secret,
-                    record: &t.record,
-                })?
-            } else {
-                format!("{}\n", t.secret)
-            };
-            Ok(Done {
-                out,
+            Ok(Outcome {
+                reply: Reply::TokenMade(TokenMade {
+                    token: t.secret,
+                    record: t.record,
+                }),
                 events: vec![e],
+                change: None,
             })
         }
-        TokenCommand::Ls { json } => {
-            let tokens = store.credentials(CredKind::Token)?;
-            let out = if *json {
-                json_text(&tokens)?
-            } else {
-                render_tokens(&tokens)
-            };
-            Ok(Done {
-                out,
-                events: Vec::new(),
-            })
-        }
-        TokenCommand::Revoke { id } => {
-            let t = store.revoke_credential(CredKind::Token, id.trim(), crate::store::now())?;
+        TokenRequest::List => Ok(Outcome::read(Reply::Tokens(
+            store.credentials(CredKind::Token)?,
+        ))),
+        TokenRequest::Revoke { id } => {
+            let t = store.revoke_credential(CredKind::Token, &id, crate::store::now())?;
             let mut e = Event::new(kind::TOKEN_REVOKE, audit::OK)
                 .detail(format!("{} token {} for {}", t.role, t.id, t.who));
             e.system = t.system.clone();
-            Ok(Done {
-                out: format!("revoked token {}\n", t.id),
+            Ok(Outcome {
+                reply: Reply::TokenRevoked(t),
                 events: vec![e],
+                change: None,
             })
         }
+    }
+}
+
+/// The text of the access replies (and of none other).
+pub(super) fn render_text(reply: &Reply) -> String {
+    match reply {
+        Reply::ConsoleLogin(link) => format!("{}\n(works once, for 5 minutes)\n", link.url),
+        Reply::SessionsEnded { count } => {
+            format!("ended {count} console session(s) and login link(s)\n")
+        }
+        Reply::TokenMade(t) => format!("{}\n", t.token),
+        Reply::Tokens(tokens) => render_tokens(tokens),
+        Reply::TokenRevoked(t) => format!("revoked token {}\n", t.id),
+        _ => String::new(),
     }
 }
 
@@ -258,3 +321,6 @@ fn render_tokens(tokens: &[Credential]) -> String {
     }
     crate::render::table(&rows)
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,10 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use ipnet::IpNet;
 
-use super::Reply;
+use super::{ExposeRequest, Format, Outcome, Reply};
 use crate::audit::{self, Event, kind};
-use crate::protocol::Name;
-use crate::render::json_text;
+use crate::protocol::{DeviceId, Name};
 use crate::store::{Exposure, Store};
 
 #[derive(Debug, Args)]
@@ -51,30 +50,74 @@ pub enum ExposeCommand {
     Rm { port: u16 },
 }
 
-pub fn run(store: &Store, a: ExposeArgs) -> Result<Reply> {
-    match a.command {
-        Some(ExposeCommand::Ls { json }) => {
-            let list = store.exposures()?;
-            Ok(Reply::text(if json {
-                json_text(&list)?
-            } else {
-                render(&list)
-            }))
-        }
-        Some(ExposeCommand::Rm { port }) => {
-            let e = store.remove_exposure(port)?;
-            Ok(Reply {
-                out: format!(
-                    "removed public port {port} ({}/{}:{})\n",
-                    e.system, e.device, e.device_port
-                ),
-                events: vec![event(kind::EXPOSE_RM, &e)],
-                change: Some(super::Change::Exposures),
-                err: String::new(),
-            })
-        }
-        None => add(store, a.add),
+impl ExposeArgs {
+    /// The typed request, and how its reply is printed.
+    pub fn into_request(self) -> Result<(ExposeRequest, Format)> {
+        Ok(match self.command {
+            Some(ExposeCommand::Ls { json }) => (ExposeRequest::List, Format::json_if(json)),
+            Some(ExposeCommand::Rm { port }) => (ExposeRequest::Remove { port }, Format::Text),
+            None => {
+                let json = self.add.json;
+                (self.add.into_request()?, Format::json_if(json))
+            }
+        })
     }
+}
+
+impl AddArgs {
+    fn into_request(self) -> Result<ExposeRequest> {
+        let usage =
+            "usage: expose DEVICE:PORT --system SYSTEM --port RELAY_PORT [--allow-from CIDR]…";
+        let Some(target) = self.target else {
+            bail!("{usage}")
+        };
+        let (Some(system), Some(port)) = (self.system, self.port) else {
+            bail!("{usage}")
+        };
+        let Some((device, device_port)) = target.rsplit_once(':') else {
+            bail!("{target:?} is not DEVICE:PORT; {usage}");
+        };
+        let device = Name::parse(device).with_context(|| format!("device name {device:?}"))?;
+        let device_port: u16 = device_port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .with_context(|| format!("{device_port:?} is not a device port (1-65535)"))?;
+        let system = Name::parse(&system).context("system name")?;
+        parse_allow_from(&self.allow_from).context("--allow-from")?;
+        Ok(ExposeRequest::Add {
+            device: DeviceId::new(system, device),
+            device_port,
+            port,
+            allow_from: self.allow_from,
+        })
+    }
+}
+
+/// Runs an expose request against the store.
+pub fn run(store: &Store, req: ExposeRequest) -> Result<Outcome> {
+    let (reply, kind, e) = match req {
+        ExposeRequest::List => return Ok(Outcome::read(Reply::Exposures(store.exposures()?))),
+        ExposeRequest::Remove { port } => {
+            let e = store.remove_exposure(port)?;
+            (Reply::ExposureRemoved(e.clone()), kind::EXPOSE_RM, e)
+        }
+        ExposeRequest::Add {
+            device,
+            device_port,
+            port,
+            allow_from,
+        } => {
+            let e =
+                store.add_exposure(port, &device.system, &device.name, device_port, &allow_from)?;
+            (Reply::Exposed(e.clone()), kind::EXPOSE_ADD, e)
+        }
+    };
+    Ok(Outcome {
+        reply,
+        events: vec![event(kind, &e)],
+        change: Some(super::Change::Exposures),
+    })
 }
 
 fn event(kind: &str, e: &Exposure) -> Event {
@@ -85,44 +128,21 @@ fn event(kind: &str, e: &Exposure) -> Event {
         .detail(describe(e))
 }
 
-fn add(store: &Store, a: AddArgs) -> Result<Reply> {
-    let usage = "usage: expose DEVICE:PORT --system SYSTEM --port RELAY_PORT [--allow-from CIDR]…";
-    let Some(target) = a.target else {
-        bail!("{usage}")
-    };
-    let (Some(system), Some(port)) = (a.system, a.port) else {
-        bail!("{usage}")
-    };
-    let Some((device, device_port)) = target.rsplit_once(':') else {
-        bail!("{target:?} is not DEVICE:PORT; {usage}");
-    };
-    let device = Name::parse(device).with_context(|| format!("device name {device:?}"))?;
-    let device_port: u16 = device_port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .with_context(|| format!("{device_port:?} is not a device port (1-65535)"))?;
-    let system = Name::parse(&system).context("system name")?;
-    parse_allow_from(&a.allow_from).context("--allow-from")?;
-    let e = store.add_exposure(port, &system, &device, device_port, &a.allow_from)?;
-    let out = if a.json {
-        json_text(&e)?
-    } else {
-        format!(
-            "relay port {port} now carries to {system}/{device}:{device_port} (from {}); the relay's public_ports must include {port}\n",
-            if e.allow_from.is_empty() {
-                "anywhere".to_string()
-            } else {
-                e.allow_from.join(", ")
-            }
-        )
-    };
-    Ok(Reply {
-        out,
-        events: vec![event(kind::EXPOSE_ADD, &e)],
-        change: Some(super::Change::Exposures),
-        err: String::new(),
-    })
+/// `expose` done, as text.
+pub(super) fn render_added(e: &Exposure) -> String {
+    format!(
+        "relay port {} now carries to {}/{}:{} (from {}); the relay's public_ports must include {}\n",
+        e.port,
+        e.system,
+        e.device,
+        e.device_port,
+        if e.allow_from.is_empty() {
+            "anywhere".to_string()
+        } else {
+            e.allow_from.join(", ")
+        },
+        e.port
+    )
 }
 
 fn describe(e: &Exposure) -> String {
@@ -140,7 +160,7 @@ fn describe(e: &Exposure) -> String {
     )
 }
 
-fn render(list: &[Exposure]) -> String {
+pub(super) fn render(list: &[Exposure]) -> String {
     let mut rows = vec![
         [
             "PORT",

@@ -3,17 +3,14 @@
 //! relay applies them at once (it notices the write within its store poll)
 //! and pushes changed associations to the gateway.
 
-use std::fmt::Write as _;
-
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::Reply;
+use super::{Format, GatewayRef, GatewayRequest, Outcome, Reply};
 use crate::audit::{self, Event};
 use crate::protocol::gateway::{GatewayScope, ListenSpec};
 use crate::protocol::{Cidr, DeviceId, Name, Target};
-use crate::render::json_text;
 use crate::store::{GatewayRecord, Store};
 
 #[derive(Debug, Subcommand)]
@@ -85,17 +82,6 @@ pub struct Which {
     /// Its system (needed only when the name exists in several).
     #[arg(long)]
     pub system: Option<String>,
-}
-
-impl Which {
-    fn resolve(&self, store: &Store) -> Result<DeviceId> {
-        let name = Name::parse(&self.name).context("gateway name")?;
-        let system = match &self.system {
-            Some(s) => Name::parse(s).context("system name")?,
-            None => store.gateway_system(&name)?,
-        };
-        Ok(DeviceId::new(system, name))
-    }
 }
 
 /// One gateway as `gateway show` prints it.
@@ -181,7 +167,7 @@ fn view(store: &Store, g: GatewayRecord) -> Result<GatewayView> {
     })
 }
 
-fn render(v: &GatewayView) -> String {
+pub(super) fn render(v: &GatewayView) -> String {
     let none = |l: &[String]| {
         if l.is_empty() {
             "-".to_string()
@@ -254,85 +240,82 @@ fn find(store: &Store, system: &Name, name: &Name) -> Result<GatewayRecord> {
         .ok_or_else(|| anyhow::anyhow!("no gateway {name} in system {system}"))
 }
 
-/// Runs a gateway command; the output and audit events go back to the
+/// Runs a gateway request; the reply and audit events go back to the
 /// caller (`warren admin` locally, or the relay for an admin key over SSH).
-pub fn run(store: &Store, cmd: GatewayCommand) -> Result<Reply> {
-    let mut reply = Reply {
-        change: cmd.writes().then_some(super::Change::Gateways),
-        ..Reply::default()
-    };
-    match cmd {
-        GatewayCommand::Ls { system, json } => reply.out.push_str(&list(store, system, json)?),
-        GatewayCommand::Show { gw, json } => {
-            let DeviceId { system, name } = gw.resolve(store)?;
-            let v = view(store, find(store, &system, &name)?)?;
-            if json {
-                reply.out.push_str(&json_text(&v)?);
-            } else {
-                reply.out.push_str(&render(&v));
-            }
+pub fn run(store: &Store, req: GatewayRequest) -> Result<Outcome> {
+    let change = req.writes().then_some(super::Change::Gateways);
+    let (reply, event) = match req {
+        GatewayRequest::List { system } => (Reply::Gateways(list(store, system)?), None),
+        GatewayRequest::Show(gw) => {
+            let DeviceId { system, name } = resolve(store, gw)?;
+            (
+                Reply::Gateway(view(store, find(store, &system, &name)?)?),
+                None,
+            )
         }
-        GatewayCommand::Rules { gw, json } => {
-            let DeviceId { system, name } = gw.resolve(store)?;
-            let rules = find(store, &system, &name)?.rules;
-            if json {
-                reply.out.push_str(&json_text(&rules)?);
-            } else {
-                for r in rules {
-                    let _ = writeln!(reply.out, "{r}");
-                }
-            }
+        GatewayRequest::Rules(gw) => {
+            let DeviceId { system, name } = resolve(store, gw)?;
+            (Reply::Rules(find(store, &system, &name)?.rules), None)
         }
-        GatewayCommand::Allow { gw, target } => rule(store, &mut reply, gw, &target, true)?,
-        GatewayCommand::Deny { gw, target } => rule(store, &mut reply, gw, &target, false)?,
-        GatewayCommand::Delete { gw, force } => {
-            let DeviceId { system, name } = gw.resolve(store)?;
+        GatewayRequest::Allow(gw, target) => rule(store, gw, target, true)?,
+        GatewayRequest::Deny(gw, target) => rule(store, gw, target, false)?,
+        GatewayRequest::Delete { gw, force } => {
+            let DeviceId { system, name } = resolve(store, gw)?;
             store.gateway_delete(&system, &name, force)?;
-            reply.events.push(
-                Event::new("gateway_delete", audit::OK)
-                    .system(system.as_str())
-                    .detail(format!(
-                        "{system} {name}{}",
-                        if force { " --force" } else { "" }
-                    )),
-            );
-            let _ = writeln!(reply.out, "deleted gateway {name} of system {system}");
+            let event = Event::new("gateway_delete", audit::OK)
+                .system(system.as_str())
+                .detail(format!(
+                    "{system} {name}{}",
+                    if force { " --force" } else { "" }
+                ));
+            let reply = Reply::GatewayDeleted {
+                system: system.to_string(),
+                gateway: name.to_string(),
+            };
+            (reply, Some(event))
         }
-        GatewayCommand::Associate { gw, network } => associate(store, &mut reply, gw, &network)?,
-        GatewayCommand::Dissociate { gw, network } => {
-            let DeviceId { system, name } = gw.resolve(store)?;
-            let net = Cidr::parse(&network).map_err(anyhow::Error::msg)?;
+        GatewayRequest::Associate(gw, net) => associate(store, gw, net)?,
+        GatewayRequest::Dissociate(gw, net) => {
+            let DeviceId { system, name } = resolve(store, gw)?;
             store.gateway_dissociate(&system, &name, &net)?;
-            reply.events.push(
-                Event::new("gateway_dissociate", audit::OK)
-                    .system(system.as_str())
-                    .detail(format!("{system} {name} {net}")),
-            );
-            let _ = writeln!(
-                reply.out,
-                "dissociated {net} from gateway {name} (system {system})"
-            );
+            let event = Event::new("gateway_dissociate", audit::OK)
+                .system(system.as_str())
+                .detail(format!("{system} {name} {net}"));
+            let reply = Reply::Dissociated {
+                system: system.to_string(),
+                gateway: name.to_string(),
+                network: net.to_string(),
+            };
+            (reply, Some(event))
         }
-    }
-    Ok(reply)
+    };
+    Ok(Outcome {
+        reply,
+        events: event.into_iter().collect(),
+        change,
+    })
 }
 
-/// `gateway ls`: a table, or JSON.
-fn list(store: &Store, system: Option<String>, json: bool) -> Result<String> {
-    let views = store
+/// A reply and, for a write, its audit event.
+type Done = (Reply, Option<Event>);
+
+/// `gateway ls`: every gateway (of `system`).
+fn list(store: &Store, system: Option<String>) -> Result<Vec<GatewayView>> {
+    store
         .gateways(system.as_deref())?
         .into_iter()
         .map(|g| view(store, g))
-        .collect::<Result<Vec<_>>>()?;
-    if json {
-        return json_text(&views);
-    }
+        .collect()
+}
+
+/// `gateway ls` as a table.
+pub(super) fn render_list(views: &[GatewayView]) -> String {
     let mut rows = vec![
         ["SYSTEM", "NAME", "STATUS", "SCOPE", "ASSOCIATIONS", "RULES"]
             .map(String::from)
             .to_vec(),
     ];
-    for v in &views {
+    for v in views {
         rows.push(vec![
             v.system.clone(),
             v.name.clone(),
@@ -346,72 +329,122 @@ fn list(store: &Store, system: Option<String>, json: bool) -> Result<String> {
             v.rules.join(","),
         ]);
     }
-    Ok(crate::render::table(&rows))
+    crate::render::table(&rows)
 }
 
 /// `gateway allow` (`allow`) or `gateway deny`.
-fn rule(store: &Store, reply: &mut Reply, gw: Which, target: &str, allow: bool) -> Result<()> {
-    let DeviceId { system, name } = gw.resolve(store)?;
-    let target = parse_target(target)?;
-    let (kind, verb) = if allow {
+fn rule(store: &Store, gw: GatewayRef, target: Target, allow: bool) -> Result<Done> {
+    let DeviceId { system, name } = resolve(store, gw)?;
+    let kind = if allow {
         store.gateway_allow(&system, &name, &target)?;
-        ("gateway_allow", "may now reach")
+        "gateway_allow"
     } else {
         store.gateway_deny(&system, &name, &target)?;
-        ("gateway_deny", "may no longer reach")
+        "gateway_deny"
     };
-    reply.events.push(
-        Event::new(kind, audit::OK)
-            .system(system.as_str())
-            .detail(format!("{system} {name} {target}")),
-    );
-    let _ = writeln!(
-        reply.out,
-        "gateway {name} (system {system}) {verb} {target}"
-    );
-    Ok(())
+    let event = Event::new(kind, audit::OK)
+        .system(system.as_str())
+        .detail(format!("{system} {name} {target}"));
+    let reply = Reply::RuleChanged {
+        system: system.to_string(),
+        gateway: name.to_string(),
+        target: target.to_string(),
+        allowed: allow,
+    };
+    Ok((reply, Some(event)))
 }
 
 /// `gateway associate`, with a warning when the gateway's permit refuses
 /// the network.
-fn associate(store: &Store, reply: &mut Reply, gw: Which, network: &str) -> Result<()> {
-    let DeviceId { system, name } = gw.resolve(store)?;
-    let net = Cidr::parse(network).map_err(anyhow::Error::msg)?;
+fn associate(store: &Store, gw: GatewayRef, net: Cidr) -> Result<Done> {
+    let DeviceId { system, name } = resolve(store, gw)?;
     store.gateway_associate(&system, &name, &net)?;
-    reply.events.push(
-        Event::new("gateway_associate", audit::OK)
-            .system(system.as_str())
-            .detail(format!("{system} {name} {net}")),
-    );
-    let _ = writeln!(
-        reply.out,
-        "associated {net} with gateway {name} (system {system})"
-    );
+    let event = Event::new("gateway_associate", audit::OK)
+        .system(system.as_str())
+        .detail(format!("{system} {name} {net}"));
     let g = find(store, &system, &name)?;
-    if let Some(permit) = &g.permit {
-        let covered = permit
+    let outside_permit = g.permit.filter(|permit| {
+        !permit
             .iter()
             .filter_map(|p| p.parse::<Cidr>().ok())
-            .any(|p| p.covers(&net));
-        if !covered {
-            let _ = writeln!(
-                reply.err,
-                "warning: {net} is outside gateway {name}'s permit ({}); the gateway will refuse it (flagged in `gateway show`)",
-                permit.join(", ")
-            );
-        }
+            .any(|p| p.covers(&net))
+    });
+    let reply = Reply::Associated {
+        system: system.to_string(),
+        gateway: name.to_string(),
+        network: net.to_string(),
+        outside_permit,
+    };
+    Ok((reply, Some(event)))
+}
+
+/// The gateway's device: its system as given, or the one system with a
+/// gateway of that name.
+fn resolve(store: &Store, gw: GatewayRef) -> Result<DeviceId> {
+    let system = match gw.system {
+        Some(s) => s,
+        None => store.gateway_system(&gw.name)?,
+    };
+    Ok(DeviceId::new(system, gw.name))
+}
+
+impl Which {
+    fn into_ref(self) -> Result<GatewayRef> {
+        Ok(GatewayRef {
+            name: Name::parse(&self.name).context("gateway name")?,
+            system: self
+                .system
+                .as_deref()
+                .map(Name::parse)
+                .transpose()
+                .context("system name")?,
+        })
     }
-    Ok(())
 }
 
 impl GatewayCommand {
-    /// Whether the command changes the store (`ls`, `show` and `rules` only read).
-    fn writes(&self) -> bool {
-        !matches!(
-            self,
-            GatewayCommand::Ls { .. } | GatewayCommand::Show { .. } | GatewayCommand::Rules { .. }
-        )
+    /// The typed request, and how its reply is printed.
+    pub fn into_request(self) -> Result<(GatewayRequest, Format)> {
+        let text = Format::Text;
+        Ok(match self {
+            GatewayCommand::Ls { system, json } => {
+                (GatewayRequest::List { system }, Format::json_if(json))
+            }
+            GatewayCommand::Show { gw, json } => {
+                (GatewayRequest::Show(gw.into_ref()?), Format::json_if(json))
+            }
+            GatewayCommand::Rules { gw, json } => {
+                (GatewayRequest::Rules(gw.into_ref()?), Format::json_if(json))
+            }
+            GatewayCommand::Allow { gw, target } => (
+                GatewayRequest::Allow(gw.into_ref()?, parse_target(&target)?),
+                text,
+            ),
+            GatewayCommand::Deny { gw, target } => (
+                GatewayRequest::Deny(gw.into_ref()?, parse_target(&target)?),
+                text,
+            ),
+            GatewayCommand::Delete { gw, force } => (
+                GatewayRequest::Delete {
+                    gw: gw.into_ref()?,
+                    force,
+                },
+                text,
+            ),
+            GatewayCommand::Associate { gw, network } => (
+                GatewayRequest::Associate(gw.into_ref()?, parse_cidr(&network)?),
+                text,
+            ),
+            GatewayCommand::Dissociate { gw, network } => (
+                GatewayRequest::Dissociate(gw.into_ref()?, parse_cidr(&network)?),
+                text,
+            ),
+        })
     }
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr> {
+    Cidr::parse(s).map_err(anyhow::Error::msg)
 }
 
 fn parse_target(s: &str) -> Result<Target> {

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 
+use super::{Format, Request};
 use crate::audit::{Event, now_ms};
 use crate::protocol::limits::{AUDIT_PAGE_MAX, AUDIT_PAGE_SIZE};
 use crate::render::table;
@@ -81,8 +82,15 @@ impl LogArgs {
         Ok(q)
     }
 
-    pub fn render(&self, events: Vec<Event>) -> String {
-        self.filter.render(events)
+    /// The typed request, and how its reply is printed.
+    pub fn into_request(self) -> Result<(Request, Format)> {
+        let format = self.filter.format();
+        Ok((
+            Request::Log {
+                query: self.query()?,
+            },
+            format,
+        ))
     }
 }
 
@@ -132,38 +140,56 @@ impl LogFilter {
         w
     }
 
-    /// Renders one page. `events` may hold one more than a page: that one is
-    /// not shown, it only says another page follows.
-    pub fn render(&self, mut events: Vec<Event>) -> String {
-        let more = events.len() > self.limit;
-        events.truncate(self.limit);
+    /// `--json`, `--csv` or a table.
+    pub fn format(&self) -> Format {
         if self.json {
+            Format::Json
+        } else if self.csv {
+            Format::Csv
+        } else {
+            Format::Text
+        }
+    }
+
+    /// Renders one page (see [`render_page`]).
+    pub fn render(&self, events: &[Event]) -> String {
+        render_page(events, self.limit, self.format())
+    }
+}
+
+/// Renders one page of `limit` events. `events` may hold one more: that one
+/// is not shown, it only says another page follows.
+pub fn render_page(events: &[Event], limit: usize, format: Format) -> String {
+    let more = events.len() > limit;
+    let events = &events[..events.len().min(limit)];
+    match format {
+        Format::Json => {
             let mut out = String::new();
-            for e in &events {
+            for e in events {
                 out.push_str(&serde_json::to_string(&Line::from(e)).unwrap_or_default());
                 out.push('\n');
             }
-            return out;
+            out
         }
-        if self.csv {
-            return csv(&events);
+        Format::Csv => csv(events),
+        Format::Text => {
+            let mut rows = vec![
+                [
+                    "ID", "TIME", "KIND", "RESULT", "SYSTEM", "KEY", "DEVICE", "TARGET", "UP",
+                    "DOWN", "MS", "PEER", "DETAIL",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for e in events {
+                rows.push(cells(e).into_iter().map(|c| or_dash(&c)).collect());
+            }
+            let mut out = table(&rows);
+            if more && let Some(last) = events.last() {
+                let _ = writeln!(out, "-- more: add --before {} --", last.id);
+            }
+            out
         }
-        let mut rows = vec![
-            [
-                "ID", "TIME", "KIND", "RESULT", "SYSTEM", "KEY", "DEVICE", "TARGET", "UP", "DOWN",
-                "MS", "PEER", "DETAIL",
-            ]
-            .map(String::from)
-            .to_vec(),
-        ];
-        for e in &events {
-            rows.push(cells(e).into_iter().map(|c| or_dash(&c)).collect());
-        }
-        let mut out = table(&rows);
-        if more && let Some(last) = events.last() {
-            let _ = writeln!(out, "-- more: add --before {} --", last.id);
-        }
-        out
     }
 }
 
@@ -255,7 +281,7 @@ mod tests {
             limit: 1,
             ..Default::default()
         };
-        let out = args.render(vec![e.clone()]);
+        let out = args.render(&[e.clone()]);
         assert!(out.contains("\"a, \"\"b\"\"\""), "{out}");
         let args = LogFilter {
             limit: 1,
@@ -263,7 +289,7 @@ mod tests {
         };
         let mut older = e.clone();
         older.id = 6;
-        let out = args.render(vec![e, older]);
+        let out = args.render(&[e, older]);
         assert!(out.contains("-- more: add --before 7 --"), "{out}");
         assert_eq!(out.lines().count(), 3, "{out}");
     }

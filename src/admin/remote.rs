@@ -1,12 +1,12 @@
 //! Admin commands over the relay's SSH port (`ssh -p 2222 tau@relay ls`):
 //! the command line (the `warren admin` grammar without `--data`, split into
 //! words as a shell would) and who may run what. Admin keys run every
-//! command, for every system; controllers run `ls` and `log` of their own
+//! command, for every system; controllers run `ls`, `log` and `console-login` of their own
 //! system only; device keys run none.
 
 use clap::Parser;
 
-use super::AdminCommand;
+use super::{AdminCommand, Request};
 use crate::policy::CommandRefusal;
 use crate::protocol::Role;
 use crate::store::Identity;
@@ -49,10 +49,25 @@ pub fn may_run_commands(who: &Identity) -> Result<(), CommandRefusal> {
     }
 }
 
-/// Whether `who` may run `command` remotely. A controller's `ls` and `log`
-/// are limited to its own system (the system is filled in).
-pub fn check_remote(who: &Identity, command: &mut AdminCommand) -> Result<(), CommandRefusal> {
+/// Whether `who` may run the command `command` (its first word) at all:
+/// admin keys every one, controllers `ls`, `log` and `console-login`. Checked before the
+/// command's values, so a refused command is refused as such whatever
+/// they are.
+pub fn may_run(who: &Identity, command: &'static str) -> Result<(), CommandRefusal> {
     may_run_commands(who)?;
+    if who.role == Role::Admin || matches!(command, "ls" | "log" | "console-login") {
+        return Ok(());
+    }
+    Err(CommandRefusal::NeedsAdmin {
+        role: who.role,
+        command,
+    })
+}
+
+/// Whether `who` may run `request` remotely ([`may_run`]). A controller's
+/// `ls` and `log` are limited to its own system (the system is filled in).
+pub fn check_remote(who: &Identity, request: &mut Request) -> Result<(), CommandRefusal> {
+    may_run(who, command_name(request))?;
     if who.role == Role::Admin {
         return Ok(());
     }
@@ -66,31 +81,32 @@ pub fn check_remote(who: &Identity, command: &mut AdminCommand) -> Result<(), Co
             Ok(())
         }
     };
-    match command {
-        AdminCommand::Ls(a) => check(&mut a.system),
-        AdminCommand::Log(a) => check(&mut a.system),
-        AdminCommand::ConsoleLogin(a) => check(&mut a.system),
-        other => Err(CommandRefusal::NeedsAdmin {
-            role: who.role,
-            command: command_name(other),
-        }),
+    match request {
+        Request::ListDevices { system, .. } => check(system),
+        Request::Log { query } => check(&mut query.system),
+        Request::ConsoleLogin { system } => check(system),
+        // `may_run` let only `ls`, `log` and `console-login` through.
+        _ => Ok(()),
     }
 }
 
-fn command_name(c: &AdminCommand) -> &'static str {
-    match c {
-        AdminCommand::HostKey { .. } => "host-key",
-        AdminCommand::System(_) => "system",
-        AdminCommand::Key(_) => "key",
-        AdminCommand::Gateway(_) => "gateway",
-        AdminCommand::Expose(_) => "expose",
-        AdminCommand::Ls(_) => "ls",
-        AdminCommand::Invite(_) => "invite",
-        AdminCommand::Device(_) => "device",
-        AdminCommand::Log(_) => "log",
-        AdminCommand::ConsoleLogin(_) => "console-login",
-        AdminCommand::ConsoleLogout(_) => "console-logout",
-        AdminCommand::Token(_) => "token",
+/// The command's first word, as the refusal names it.
+fn command_name(r: &Request) -> &'static str {
+    match r {
+        Request::HostKey => "host-key",
+        Request::AddSystem { .. } | Request::ListSystems => "system",
+        Request::AddKey { .. } | Request::ListKeys | Request::RevokeKey { .. } => "key",
+        Request::Gateway(_) => "gateway",
+        Request::Expose(_) => "expose",
+        Request::ListDevices { .. } => "ls",
+        Request::CreateInvite { .. } | Request::ListInvites | Request::RevokeInvite { .. } => {
+            "invite"
+        }
+        Request::SetDisabled { .. } => "device",
+        Request::Log { .. } => "log",
+        Request::ConsoleLogin { .. } => "console-login",
+        Request::ConsoleLogout => "console-logout",
+        Request::Token(_) => "token",
     }
 }
 
@@ -108,10 +124,11 @@ mod tests {
         }
     }
 
-    fn parse(line: &str) -> AdminCommand {
-        Remote::try_parse_from(split_words(line).unwrap())
+    fn parse(line: &str) -> Request {
+        let command: AdminCommand = Remote::try_parse_from(split_words(line).unwrap())
             .unwrap()
-            .command
+            .command;
+        command.into_request().unwrap().0
     }
 
     #[test]
@@ -131,7 +148,9 @@ mod tests {
         let alice = who(Role::Controller);
         let mut ls = parse("ls");
         assert_eq!(check_remote(&alice, &mut ls), Ok(()));
-        assert!(matches!(&ls, AdminCommand::Ls(a) if a.system.as_deref() == Some("tau")));
+        assert!(
+            matches!(&ls, Request::ListDevices { system, .. } if system.as_deref() == Some("tau"))
+        );
         let mut other = parse("log --system ops");
         let refused = check_remote(&alice, &mut other).unwrap_err();
         assert!(
@@ -151,6 +170,27 @@ mod tests {
             refused.to_string(),
             "controller keys may run only ls, log and help; `key` needs an admin key"
         );
+    }
+
+    #[test]
+    fn a_controller_is_refused_by_command_before_its_values_are_read() {
+        let alice = who(Role::Controller);
+        let command = Remote::try_parse_from(["invite", "--system", "NOT A NAME"])
+            .unwrap()
+            .command;
+        assert!(command.into_request().is_err(), "the values are bad");
+        let command = Remote::try_parse_from(["invite", "--system", "NOT A NAME"])
+            .unwrap()
+            .command;
+        assert_eq!(
+            may_run(&alice, command.name()),
+            Err(CommandRefusal::NeedsAdmin {
+                role: Role::Controller,
+                command: "invite"
+            })
+        );
+        assert_eq!(may_run(&alice, "log"), Ok(()));
+        assert_eq!(may_run(&who(Role::Admin), "invite"), Ok(()));
     }
 
     #[test]

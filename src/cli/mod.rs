@@ -1,7 +1,7 @@
 //! The command line: one file per subcommand. Each `run` returns the exit
 //! code; errors are printed once, in `main`.
 
-pub use crate::admin;
+mod admin;
 mod agent;
 mod demo;
 mod doctor;

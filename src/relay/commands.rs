@@ -1,18 +1,20 @@
 //! Commands run over the relay's SSH port: `ssh -p 2222 tau@relay ls`.
 //!
 //! A thin adapter over [`crate::admin`]: split the line into words, parse
-//! the `warren admin` grammar, check who may run it ([`admin::check_remote`];
-//! a refused command is audited with its reason code), execute, commit
-//! (the audit record is durable before the caller hears of success), print.
+//! the `warren admin` grammar, turn it into a typed request, check who may
+//! run it ([`admin::check_remote`]; a refused command is audited with its
+//! reason code), run, commit (the audit record is durable before the caller
+//! hears of success), render.
 
 use std::net::SocketAddr;
 
 use clap::Parser;
 
 use super::Relay;
-use crate::admin::remote::{HELP, Remote, may_run_commands, split_words};
+use crate::admin::remote::{HELP, Remote, may_run, may_run_commands, split_words};
 use crate::admin::{self, Caller};
 use crate::audit::{self, Event, kind};
+use crate::policy::CommandRefusal;
 use crate::ssh::server::ExecOutput;
 use crate::store::Identity;
 
@@ -34,7 +36,7 @@ pub(super) async fn run(
         Some("help") => return ExecOutput::with_status(HELP, 0),
         _ => {}
     }
-    let mut command = match Remote::try_parse_from(&words) {
+    let command = match Remote::try_parse_from(&words) {
         Ok(r) => r.command,
         Err(e) => {
             let text = e.render().to_string();
@@ -45,34 +47,56 @@ pub(super) async fn run(
             };
         }
     };
-    if let Err(refusal) = admin::check_remote(who, &mut command) {
-        relay.audit().record(
-            Event::new(kind::COMMAND, audit::REFUSED)
-                .peer(peer)
-                .system(who.system.as_str())
-                .key(who.name.as_str(), who.fingerprint.as_str())
-                .reason(refusal.code())
-                .detail(format!("{refusal}: {}", words.join(" "))),
-        );
-        // The refusal is on record before the caller hears of it.
-        let _ = relay.audit().flush().await;
-        return ExecOutput::fail(1, format!("{refusal}\n"));
+    // A command the key may not run is refused as such, whatever its values.
+    if let Err(refusal) = may_run(who, command.name()) {
+        return refuse(relay, who, peer, &words, refusal).await;
+    }
+    let (mut request, format) = match command.into_request() {
+        Ok(r) => r,
+        Err(e) => return ExecOutput::fail(1, format!("{e:#}\n")),
+    };
+    if let Err(refusal) = admin::check_remote(who, &mut request) {
+        return refuse(relay, who, peer, &words, refusal).await;
     }
     let caller = Caller::Remote {
         live: relay,
         who,
         peer,
     };
-    let reply = match admin::execute(relay.store(), &caller, command).await {
-        Ok(reply) => reply,
+    let outcome = match admin::run(relay.store(), &caller, request).await {
+        Ok(outcome) => outcome,
         Err(e) => return ExecOutput::fail(1, format!("{e:#}\n")),
     };
-    if let Err(e) = admin::commit(relay.store(), &caller, &reply).await {
+    if let Err(e) = admin::commit(relay.store(), &caller, &outcome).await {
         return ExecOutput::fail(1, format!("{e:#}\n"));
     }
-    ExecOutput {
-        stdout: reply.out.into_bytes(),
-        stderr: reply.err.into_bytes(),
-        status: 0,
+    match admin::render(&outcome.reply, format) {
+        Ok(text) => ExecOutput {
+            stdout: text.out.into_bytes(),
+            stderr: text.err.into_bytes(),
+            status: 0,
+        },
+        Err(e) => ExecOutput::fail(1, format!("{e:#}\n")),
     }
+}
+
+/// A command `who` may not run: audited with its reason code, and the
+/// record is on disk before the caller hears of it.
+async fn refuse(
+    relay: &Relay,
+    who: &Identity,
+    peer: SocketAddr,
+    words: &[String],
+    refusal: CommandRefusal,
+) -> ExecOutput {
+    relay.audit().record(
+        Event::new(kind::COMMAND, audit::REFUSED)
+            .peer(peer)
+            .system(who.system.as_str())
+            .key(who.name.as_str(), who.fingerprint.as_str())
+            .reason(refusal.code())
+            .detail(format!("{refusal}: {}", words.join(" "))),
+    );
+    let _ = relay.audit().flush().await;
+    ExecOutput::fail(1, format!("{refusal}\n"))
 }

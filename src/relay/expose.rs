@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::Relay;
 pub use crate::admin::expose::parse_allow_from;
 use crate::audit::{self, Event, kind};
+use crate::policy::PublicRefusal;
 use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
 use crate::protocol::{DeviceId, Name};
 use crate::store::Exposure;
@@ -103,56 +104,71 @@ async fn reconcile(
         if open.contains_key(&port) {
             continue;
         }
-        let allow = match parse_allow_from(&e.allow_from) {
-            Ok(a) => a,
-            Err(err) => {
-                tracing::error!(port, "exposure not opened: {err:#}");
-                continue;
-            }
-        };
-        let listener = match TcpListener::bind(SocketAddr::new(ip, port)).await {
-            Ok(l) => l,
-            Err(err) => {
-                relay.audit().record(audit::public_port(
-                    "failed",
-                    &e,
-                    &format!("cannot listen on {ip}:{port}: {err}"),
-                ));
-                continue;
-            }
-        };
-        let stop = shutdown.child_token();
-        relay.audit().record(audit::public_port(
-            "open",
-            &e,
-            &format!("listening on {ip}:{port}"),
-        ));
-        let (r, exposure, streams_stop) = (relay.clone(), e.clone(), stop.clone());
-        let admit = move |tcp: TcpStream, peer: SocketAddr| {
-            if !peer_allowed(&allow, peer.ip()) {
-                r.audit().record(audit::public_refused(
-                    &exposure,
-                    peer,
-                    "peer address is not in allow_from",
-                ));
-                return None;
-            }
-            Some(stream(
-                r.clone(),
-                exposure.clone(),
-                tcp,
-                peer,
-                streams_stop.clone(),
-            ))
-        };
-        tasks.spawn(super::listen::accept_loop(
-            listener,
-            stop.clone(),
-            tasks.clone(),
-            admit,
-        ));
-        open.insert(port, Open { exposure: e, stop });
+        if let Some(o) = open_port(relay, ip, tasks, shutdown, e).await {
+            open.insert(port, o);
+        }
     }
+}
+
+/// Starts listening on one public port; a failure is logged or audited and
+/// leaves the port closed until the next reconcile.
+async fn open_port(
+    relay: &Arc<Relay>,
+    ip: IpAddr,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+    e: Exposure,
+) -> Option<Open> {
+    let port = e.port;
+    let allow = match parse_allow_from(&e.allow_from) {
+        Ok(a) => a,
+        Err(err) => {
+            tracing::error!(port, "exposure not opened: {err:#}");
+            return None;
+        }
+    };
+    let listener = match TcpListener::bind(SocketAddr::new(ip, port)).await {
+        Ok(l) => l,
+        Err(err) => {
+            relay.audit().record(audit::public_port(
+                "failed",
+                &e,
+                &format!("cannot listen on {ip}:{port}: {err}"),
+            ));
+            return None;
+        }
+    };
+    let stop = shutdown.child_token();
+    relay.audit().record(audit::public_port(
+        "open",
+        &e,
+        &format!("listening on {ip}:{port}"),
+    ));
+    let (r, exposure, streams_stop) = (relay.clone(), e.clone(), stop.clone());
+    let admit = move |tcp: TcpStream, peer: SocketAddr| {
+        if !peer_allowed(&allow, peer.ip()) {
+            r.audit().record(audit::public_refused(
+                &exposure,
+                peer,
+                &PublicRefusal::NotInAllowFrom,
+            ));
+            return None;
+        }
+        Some(stream(
+            r.clone(),
+            exposure.clone(),
+            tcp,
+            peer,
+            streams_stop.clone(),
+        ))
+    };
+    tasks.spawn(super::listen::accept_loop(
+        listener,
+        stop.clone(),
+        tasks.clone(),
+        admit,
+    ));
+    Some(Open { exposure: e, stop })
 }
 
 /// Carries one public connection to the device.
@@ -165,7 +181,7 @@ async fn stream(
 ) {
     let target = format!("{}:{}", e.device, e.device_port);
     let who = format!("public:{}", e.port);
-    let refused = |reason: &str| {
+    let refused = |why: PublicRefusal| {
         relay.audit().record(
             Event::new(kind::STREAM_OPEN, audit::REFUSED)
                 .peer(peer)
@@ -173,18 +189,19 @@ async fn stream(
                 .key_name(who.as_str())
                 .device(e.device.as_str())
                 .target(target.as_str())
-                .detail(reason),
+                .detail(why.to_string())
+                .reason(why.code()),
         )
     };
     let (Ok(system), Ok(name)) = (Name::parse(&e.system), Name::parse(&e.device)) else {
-        return refused("exposure names no valid device");
+        return refused(PublicRefusal::NoValidDevice);
     };
     let device = relay.registry.lookup(&system, &name);
     let Some(device) = device.filter(|d| d.ports.contains(&u32::from(e.device_port))) else {
-        return refused("device offline or not serving that port");
+        return refused(PublicRefusal::DeviceNotServing);
     };
     let Some(guard) = relay.registry.open_stream(&DeviceId::new(system, name)) else {
-        return refused("device disabled by an admin");
+        return refused(PublicRefusal::Disabled);
     };
     let opened = tokio::time::timeout(
         STREAM_OPEN_TIMEOUT,
@@ -195,8 +212,12 @@ async fn stream(
     .await;
     let channel = match opened {
         Ok(Ok(ch)) => ch,
-        Ok(Err(err)) => return refused(&format!("device could not open the port: {err}")),
-        Err(_) => return refused("device did not answer"),
+        Ok(Err(err)) => {
+            return refused(PublicRefusal::OpenFailed {
+                err: err.to_string(),
+            });
+        }
+        Err(_) => return refused(PublicRefusal::OpenTimeout),
     };
     let _ = tcp.set_nodelay(true);
     let started = Instant::now();

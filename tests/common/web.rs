@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use warren::admin::access::{self, Asker, ConsoleLoginArgs};
+use warren::admin::Reply;
+use warren::admin::access::{self, Asker};
 use warren::protocol::Role;
 use warren::relay::Relay;
 use warren::store::credentials::{CredKind, NewCredential};
@@ -64,17 +65,12 @@ impl TestWeb {
 
     /// A one-time login URL, as `console-login` prints it.
     pub fn login_url(&self, system: Option<&str>, role: Role, who: &str) -> String {
-        let done = access::console_login(
-            self.relay.store(),
-            &Asker { system, role, who },
-            &ConsoleLoginArgs {
-                system: None,
-                json: true,
-            },
-        )
-        .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&done.out).unwrap();
-        v["url"].as_str().unwrap().to_string()
+        let done =
+            access::console_login(self.relay.store(), &Asker { system, role, who }, None).unwrap();
+        match done.reply {
+            Reply::ConsoleLogin(link) => link.url,
+            other => panic!("console-login replied {other:?}"),
+        }
     }
 
     /// Opens a login URL; returns the session cookie (`name=value`).

@@ -1,0 +1,323 @@
+//! The `warren admin` grammar (its doc comments are the `--help` text),
+//! parsed by the CLI and by `ssh relay …`, and its turning into typed
+//! requests ([`AdminCommand::into_request`]): names, durations and
+//! addresses are checked here, before anything runs.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+
+use super::log::LogArgs;
+use super::{Format, Request, access, expose, gateway};
+use crate::protocol::device_info::parse_label;
+use crate::protocol::limits::{INVITE_DEFAULT_TTL, INVITE_MAX_TTL};
+use crate::protocol::{DeviceId, Name, RelayAddress, Role};
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The relay's data directory.
+    #[arg(long, env = "WARREN_DATA")]
+    pub data: PathBuf,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Print the relay's host-key fingerprint (agents and clients pin it).
+    HostKey {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Systems (tenants).
+    #[command(subcommand)]
+    System(SystemCommand),
+    /// Keys bound to (system, role, name).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Gateways into private networks: scope, associations, forwarding rules.
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
+    /// Public ports: `expose dev1:22 --system tau --port 4040 [--allow-from CIDR]`, `expose ls`, `expose rm PORT`.
+    Expose(expose::ExposeArgs),
+    /// Devices and their status.
+    Ls(LsArgs),
+    /// One-time invites: `invite --system S --role R --name N` prints a token
+    /// for `warren enroll`; `invite ls`, `invite revoke ID`.
+    Invite(InviteArgs),
+    /// Disable or enable a device.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// The audit log, newest first.
+    Log(LogArgs),
+    /// Print a one-time URL (valid 5 minutes) that logs a browser in to
+    /// the web console; a controller's login sees its own system read-only.
+    ConsoleLogin(access::ConsoleLoginArgs),
+    /// End console sessions: `console-logout --all`.
+    ConsoleLogout(access::ConsoleLogoutArgs),
+    /// Bearer tokens for the HTTP API: `token create --system S --role R
+    /// --ttl 30d`, `token ls`, `token revoke ID`.
+    #[command(subcommand)]
+    Token(access::TokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only this system.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Only devices with this label (KEY=VALUE; repeat to require several).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Add a system.
+    Add { name: String },
+    /// List systems.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Register a public key (OpenSSH format; `-` reads standard input).
+    Add {
+        #[arg(long)]
+        system: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Device name (for device keys) or the person's or program's name.
+        #[arg(long)]
+        name: String,
+        pubkey_file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys, with how each was enrolled.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key; its live connections are closed at once.
+    Revoke { fingerprint: String },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct InviteArgs {
+    #[command(subcommand)]
+    pub command: Option<InviteCommand>,
+    /// System the new key will belong to.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, value_enum)]
+    pub role: Option<Role>,
+    /// Device name, or the person's or program's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How long the token works ("30m", "1h", "2d"; at most 7d).
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Relay address (HOST:PORT) written into the token [default: the
+    /// relay's --advertise].
+    #[arg(long)]
+    pub relay: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// List invites: pending, used (by which key), expired, revoked.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a pending invite.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Refuse new streams to a device and close its live ones.
+    Disable {
+        #[arg(long)]
+        system: String,
+        name: String,
+    },
+    /// Undo `disable`.
+    Enable {
+        #[arg(long)]
+        system: String,
+        name: String,
+    },
+}
+
+impl AdminCommand {
+    /// The command's first word, as a remote refusal names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AdminCommand::HostKey { .. } => "host-key",
+            AdminCommand::System(_) => "system",
+            AdminCommand::Key(_) => "key",
+            AdminCommand::Gateway(_) => "gateway",
+            AdminCommand::Expose(_) => "expose",
+            AdminCommand::Ls(_) => "ls",
+            AdminCommand::Invite(_) => "invite",
+            AdminCommand::Device(_) => "device",
+            AdminCommand::Log(_) => "log",
+            AdminCommand::ConsoleLogin(_) => "console-login",
+            AdminCommand::ConsoleLogout(_) => "console-logout",
+            AdminCommand::Token(_) => "token",
+        }
+    }
+
+    /// The typed request, with its values checked, and how its reply is
+    /// printed. Error texts name the value at fault (`system name: …`).
+    pub fn into_request(self) -> Result<(Request, Format)> {
+        let text = Format::Text;
+        Ok(match self {
+            AdminCommand::HostKey { json } => (Request::HostKey, Format::json_if(json)),
+            AdminCommand::System(SystemCommand::Add { name }) => (
+                Request::AddSystem {
+                    name: Name::parse(&name).context("system name")?,
+                },
+                text,
+            ),
+            AdminCommand::System(SystemCommand::Ls { json }) => {
+                (Request::ListSystems, Format::json_if(json))
+            }
+            AdminCommand::Key(k) => k.into_request()?,
+            AdminCommand::Gateway(g) => {
+                let (g, format) = g.into_request()?;
+                (Request::Gateway(g), format)
+            }
+            AdminCommand::Expose(e) => {
+                let (e, format) = e.into_request()?;
+                (Request::Expose(e), format)
+            }
+            AdminCommand::Ls(a) => {
+                let labels = a
+                    .labels
+                    .iter()
+                    .map(|l| parse_label(l).map_err(anyhow::Error::msg))
+                    .collect::<Result<Vec<_>>>()?;
+                let request = Request::ListDevices {
+                    system: a.system,
+                    labels,
+                };
+                (request, Format::json_if(a.json))
+            }
+            AdminCommand::Invite(a) => a.into_request()?,
+            AdminCommand::Device(d) => (d.into_request()?, text),
+            AdminCommand::Log(a) => a.into_request()?,
+            AdminCommand::ConsoleLogin(a) => a.into_request()?,
+            AdminCommand::ConsoleLogout(_) => (Request::ConsoleLogout, text),
+            AdminCommand::Token(t) => t.into_request()?,
+        })
+    }
+}
+
+impl KeyCommand {
+    fn into_request(self) -> Result<(Request, Format)> {
+        Ok(match self {
+            KeyCommand::Add {
+                system,
+                role,
+                name,
+                pubkey_file,
+                json,
+            } => (
+                Request::AddKey {
+                    system: Name::parse(&system).context("system name")?,
+                    role,
+                    name: Name::parse(&name).context("key name")?,
+                    pubkey_file,
+                },
+                Format::json_if(json),
+            ),
+            KeyCommand::Ls { json } => (Request::ListKeys, Format::json_if(json)),
+            KeyCommand::Revoke { fingerprint } => (
+                Request::RevokeKey {
+                    fingerprint: fingerprint.trim().to_string(),
+                },
+                Format::Text,
+            ),
+        })
+    }
+}
+
+impl InviteArgs {
+    fn into_request(self) -> Result<(Request, Format)> {
+        match self.command {
+            Some(InviteCommand::Ls { json }) => Ok((Request::ListInvites, Format::json_if(json))),
+            Some(InviteCommand::Revoke { id }) => Ok((
+                Request::RevokeInvite {
+                    id: id.trim().to_string(),
+                },
+                Format::Text,
+            )),
+            None => {
+                let (Some(system), Some(role), Some(name)) = (&self.system, self.role, &self.name)
+                else {
+                    bail!(
+                        "invite needs --system, --role and --name (or `invite ls`, `invite revoke ID`)"
+                    );
+                };
+                let request = Request::CreateInvite {
+                    system: Name::parse(system).context("system name")?,
+                    role,
+                    name: Name::parse(name).context("name")?,
+                    ttl: invite_ttl(self.ttl.as_deref())?,
+                    relay: self
+                        .relay
+                        .as_deref()
+                        .map(|r| RelayAddress::parse(r).map(RelayAddress::into_string))
+                        .transpose()?,
+                };
+                Ok((request, Format::json_if(self.json)))
+            }
+        }
+    }
+}
+
+/// `--ttl`: how long an invite works (default and bounds from `limits`).
+fn invite_ttl(ttl: Option<&str>) -> Result<std::time::Duration> {
+    let ttl = match ttl {
+        Some(t) => humantime::parse_duration(t)
+            .with_context(|| format!("--ttl {t:?} (write it like \"1h\" or \"2d\")"))?,
+        None => INVITE_DEFAULT_TTL,
+    };
+    if ttl < std::time::Duration::from_secs(1) || ttl > INVITE_MAX_TTL {
+        bail!(
+            "--ttl must be between 1s and {}",
+            humantime::format_duration(INVITE_MAX_TTL)
+        );
+    }
+    Ok(ttl)
+}
+
+impl DeviceCommand {
+    fn into_request(self) -> Result<Request> {
+        let (system, name, disabled) = match self {
+            DeviceCommand::Disable { system, name } => (system, name, true),
+            DeviceCommand::Enable { system, name } => (system, name, false),
+        };
+        let system = Name::parse(&system).context("system name")?;
+        let name = Name::parse(&name).context("device name")?;
+        Ok(Request::SetDisabled {
+            device: DeviceId::new(system, name),
+            disabled,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,61 @@
+//! `warren admin --data DIR …`: the local adapter over [`crate::admin`]:
+//! parse → into_request → run → commit → render, against the relay's
+//! database.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde::Serialize;
+
+pub use crate::admin::AdminArgs;
+use crate::admin::{self, AdminCommand, Caller, Text};
+use crate::render::print_json;
+use crate::ssh::keys;
+use crate::store::Store;
+
+pub async fn run(a: AdminArgs) -> Result<ExitCode> {
+    if !a.data.join(crate::store::DB_FILE).exists() {
+        anyhow::bail!(
+            "no Warren database in {} (start `warren relay --data {}` once, or check --data)",
+            a.data.display(),
+            a.data.display()
+        );
+    }
+    if let AdminCommand::HostKey { json } = a.command {
+        return host_key(&a.data, json);
+    }
+    let (request, format) = a.command.into_request()?;
+    let store = Store::open(&a.data)?;
+    let caller = Caller::Local { data: &a.data };
+    let outcome = admin::run(&store, &caller, request).await?;
+    admin::commit(&store, &caller, &outcome).await?;
+    let Text { out, err } = admin::render(&outcome.reply, format)?;
+    print!("{out}");
+    eprint!("{err}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `host-key`: locally, `--json` adds the public key itself.
+fn host_key(data: &Path, json: bool) -> Result<ExitCode> {
+    let key = admin::local_host_key(data)?;
+    let fp = keys::fingerprint(key.public_key());
+    if json {
+        #[derive(Serialize)]
+        struct HostKey {
+            fingerprint: String,
+            public_key: String,
+        }
+        let public_key = key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        print_json(&HostKey {
+            fingerprint: fp,
+            public_key,
+        })?;
+    } else {
+        println!("{fp}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
