@@ -1,7 +1,8 @@
 //! The JSON routes over the admin operations: systems, devices, keys,
-//! invites, gateways and public ports. Each builds the admin command line
-//! from checked values and runs it through [`ops::run`]; reads return the
-//! command's own JSON.
+//! invites, gateways and public ports. The device list builds a typed
+//! request and gets typed devices back ([`ops::request_for`]); the other
+//! routes build the admin command line from checked values and run it
+//! through [`ops::run`]; reads return the command's own JSON.
 
 use std::net::SocketAddr;
 
@@ -14,6 +15,9 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
 use super::input::{Json, Query};
 use super::ops::{self, Access, value};
+use crate::admin::{Reply, Request};
+use crate::protocol::device_info::parse_label;
+use crate::store::DeviceStatus;
 
 type Peer = ConnectInfo<SocketAddr>;
 
@@ -101,15 +105,24 @@ pub async fn device_list(
     peer: SocketAddr,
     q: DeviceParams,
 ) -> ApiResult<Value> {
-    let mut w = words(&["ls", "--json"]);
-    if let Some(s) = p.scope(q.system.clone())? {
-        w.extend(["--system".to_string(), value("system", &s)?]);
-    }
-    if let Some(l) = &q.label {
-        w.extend(["--label".to_string(), value("label", l)?]);
-    }
-    let all = ops::read_json(web, p, peer, w).await?;
-    let mut list: Vec<Value> = all.as_array().cloned().unwrap_or_default();
+    let system = match p.scope(q.system.clone())? {
+        Some(s) => Some(value("system", &s)?),
+        None => None,
+    };
+    let labels = match &q.label {
+        Some(l) => {
+            vec![parse_label(&value("label", l)?).map_err(|e| ApiError::bad("bad_value", e))?]
+        }
+        None => Vec::new(),
+    };
+    let devices = list_devices(web, p, peer, system, labels).await?;
+    // Values for the filters and the sort below, made from the typed list
+    // (no JSON text printed and parsed back).
+    let mut list = devices
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|e| ApiError::internal(&e.into()))?;
     if let Some(st) = q.status.as_deref() {
         if !matches!(st, "online" | "offline" | "disabled") {
             return Err(ApiError::bad(
@@ -133,6 +146,22 @@ pub async fn device_list(
     let total = list.len();
     let page: Vec<Value> = list.into_iter().skip(offset).take(limit).collect();
     Ok(json!({ "devices": page, "total": total, "offset": offset, "limit": limit }))
+}
+
+/// The devices of `system` (every one when `None`; the route has limited
+/// it to the caller's), typed: no JSON text to print and parse back.
+async fn list_devices(
+    web: &Web,
+    p: &Principal,
+    peer: SocketAddr,
+    system: Option<String>,
+    labels: Vec<(String, String)>,
+) -> ApiResult<Vec<DeviceStatus>> {
+    let request = Request::ListDevices { system, labels };
+    match ops::request_for(web, p, peer, Access::Read, request).await? {
+        Reply::Devices { devices, .. } => Ok(devices),
+        other => Err(ApiError::internal(&anyhow::anyhow!("ls replied {other:?}"))),
+    }
 }
 
 /// online, offline or disabled.
@@ -195,24 +224,14 @@ pub async fn device_detail(
 ) -> ApiResult<Value> {
     let system = own(p, system)?;
     let name = value("name", name)?;
-    let all = ops::read_json(
-        web,
-        p,
-        peer,
-        vec![
-            "ls".into(),
-            "--system".into(),
-            system.clone(),
-            "--json".into(),
-        ],
-    )
-    .await?;
-    let Some(device) = all
-        .as_array()
+    let found = list_devices(web, p, peer, Some(system.clone()), Vec::new())
+        .await?
         .into_iter()
-        .flatten()
-        .find(|d| d["name"].as_str() == Some(name.as_str()))
-        .cloned()
+        .find(|d| d.name == name);
+    let Some(device) = found
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| ApiError::internal(&e.into()))?
     else {
         return Err(ApiError::not_found(format!(
             "no device {name} in system {system}"

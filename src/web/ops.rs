@@ -1,7 +1,8 @@
-//! Runs an admin operation for an HTTP caller: the same command grammar and
-//! the same `admin::execute` as `warren admin` and remote admin over SSH,
-//! with the same audit records, stamped with who acted and through which
-//! session or token.
+//! Runs an admin operation for an HTTP caller: a typed request (or the
+//! same command grammar, turned into one) through the same `admin::run` and
+//! `admin::commit` as `warren admin` and remote admin over SSH, with the
+//! same audit records, stamped with who acted and through which session or
+//! token.
 
 use std::net::SocketAddr;
 
@@ -10,7 +11,7 @@ use clap::Parser;
 use super::Web;
 use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
-use crate::admin::{self, AdminCommand, Caller};
+use crate::admin::{self, AdminCommand, Caller, Reply, Request};
 use crate::protocol::Name;
 use crate::store::Identity;
 
@@ -60,23 +61,42 @@ pub async fn run(
     let command = Words::try_parse_from(&words)
         .map_err(|e| ApiError::bad("bad_request", e.render().to_string()))?
         .command;
+    let (request, format) = command.into_request().map_err(|e| ApiError::refused(&e))?;
+    let reply = request_for(web, p, peer, access, request).await?;
+    let text = admin::render(&reply, format).map_err(|e| ApiError::internal(&e))?;
+    Ok(text.out)
+}
+
+/// Runs a typed request for `p` and gives back its typed reply (a change
+/// is durable in the audit log and signalled to the relay first). The
+/// route has checked the values and limited them to `p`'s system.
+pub async fn request_for(
+    web: &Web,
+    p: &Principal,
+    peer: SocketAddr,
+    access: Access,
+    request: Request,
+) -> ApiResult<Reply> {
+    if access == Access::Change {
+        p.must_be_admin()?;
+    }
     let who = identity(p)?;
     let caller = Caller::Remote {
         live: web.relay.as_ref(),
         who: &who,
         peer,
     };
-    let mut reply = admin::execute(web.relay.store(), &caller, command)
+    let mut outcome = admin::run(web.relay.store(), &caller, request)
         .await
         .map_err(|e| ApiError::refused(&e))?;
-    reply.events = std::mem::take(&mut reply.events)
+    outcome.events = std::mem::take(&mut outcome.events)
         .into_iter()
         .map(|e| p.stamp_detail(e))
         .collect();
-    admin::commit(web.relay.store(), &caller, &reply)
+    admin::commit(web.relay.store(), &caller, &outcome)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    Ok(reply.out)
+    Ok(outcome.reply)
 }
 
 /// Runs a read that prints JSON, and parses it.
