@@ -84,11 +84,16 @@ async fn devices_list_filter_sort_detail_and_disable() {
     assert_eq!(list["devices"][0]["name"], "dev2");
     let (_, list) = w.get(&admin, "api/v1/devices?name=v2").await;
     assert_eq!(list["devices"][0]["name"], "dev2");
+    // The echo devices have no labels: a label filter leaves none.
+    let (status, list) = w.get(&admin, "api/v1/devices?label=site%3Dlab").await;
+    assert_eq!((status, list["total"].as_u64()), (200, Some(0)), "{list}");
     for (q, code) in [
         ("sort=colour", "bad_query"),
         ("status=asleepish", "bad_query"),
         ("limit=0", "bad_limit"),
         ("shape=round", "bad_query"),
+        ("label=nokey", "bad_value"),
+        ("label=-x%3Dy", "bad_value"),
     ] {
         let (status, body) = w.get(&admin, &format!("api/v1/devices?{q}")).await;
         assert_eq!((status, body["code"].as_str()), (400, Some(code)), "{q}");
