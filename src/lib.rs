@@ -72,8 +72,9 @@
 //!   imports neither `relay` nor `cli`.
 //!   `admin::access` makes console login links and API tokens.
 //! - [`web`]: the HTTP side, beside `cli` over `admin`: the JSON API
-//!   (`web::api` builds admin command lines and runs them through
-//!   `web::ops`: `execute` and `commit`, as an SSH caller would), the audit API with keyset paging and streamed
+//!   (`web::api` builds typed requests, or admin command lines turned into
+//!   them, and runs them through `web::ops`: `run` and `commit` as an SSH
+//!   caller would; replies are taken as data, `admin::json_value`), the audit API with keyset paging and streamed
 //!   CSV (`web::audit`), sessions, tokens and CSRF (`web::auth`), the
 //!   console pages (`web::console`), and `/metrics`.
 //! - [`metrics`]: the process's Prometheus metrics, counted from audit

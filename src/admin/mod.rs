@@ -32,7 +32,7 @@ pub use grammar::{
 };
 pub use live::{BoxFuture, Change, LiveDevice, LiveRelay};
 pub use remote::check_remote;
-pub use reply::{InviteMade, Outcome, Reply, Text, render};
+pub use reply::{InviteMade, Outcome, Reply, Text, json_value, render};
 pub use request::{ExposeRequest, Format, GatewayRef, GatewayRequest, Request};
 
 use std::io::Read;

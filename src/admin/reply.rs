@@ -155,27 +155,58 @@ pub fn render(reply: &Reply, format: Format) -> Result<Text> {
     }
 }
 
-fn json(reply: &Reply) -> Result<String> {
+/// What `--json` gives of a reply: the data alone for lists and records,
+/// the typed reply (`{"kind","data"}`) for the rest.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonForm<'a> {
+    Map(BTreeMap<&'static str, &'a String>),
+    Strings(&'a [String]),
+    Key(&'a KeyRecord),
+    Keys(&'a [KeyRecord]),
+    Devices(&'a [DeviceStatus]),
+    InviteMade(&'a InviteMade),
+    Invites(&'a [InviteRecord]),
+    Gateways(&'a [GatewayView]),
+    Gateway(&'a GatewayView),
+    Exposure(&'a Exposure),
+    Exposures(&'a [Exposure]),
+    Login(&'a LoginLink),
+    TokenMade(&'a TokenMade),
+    Tokens(&'a [Credential]),
+    Whole(&'a Reply),
+}
+
+fn json_form(reply: &Reply) -> JsonForm<'_> {
     match reply {
         Reply::HostKey { fingerprint } => {
-            json_text(&BTreeMap::from([("fingerprint", fingerprint)]))
+            JsonForm::Map(BTreeMap::from([("fingerprint", fingerprint)]))
         }
-        Reply::Systems(s) => json_text(s),
-        Reply::KeyAdded(k) => json_text(k),
-        Reply::Keys(k) => json_text(k),
-        Reply::Devices { devices, .. } => json_text(devices),
-        Reply::InviteMade(m) => json_text(m),
-        Reply::Invites(i) => json_text(i),
-        Reply::Gateways(g) => json_text(g),
-        Reply::Gateway(g) => json_text(g),
-        Reply::Rules(r) => json_text(r),
-        Reply::Exposed(e) => json_text(e),
-        Reply::Exposures(e) => json_text(e),
-        Reply::ConsoleLogin(l) => json_text(l),
-        Reply::TokenMade(t) => json_text(t),
-        Reply::Tokens(t) => json_text(t),
-        other => json_text(other),
+        Reply::Systems(s) | Reply::Rules(s) => JsonForm::Strings(s),
+        Reply::KeyAdded(k) => JsonForm::Key(k),
+        Reply::Keys(k) => JsonForm::Keys(k),
+        Reply::Devices { devices, .. } => JsonForm::Devices(devices),
+        Reply::InviteMade(m) => JsonForm::InviteMade(m),
+        Reply::Invites(i) => JsonForm::Invites(i),
+        Reply::Gateways(g) => JsonForm::Gateways(g),
+        Reply::Gateway(g) => JsonForm::Gateway(g),
+        Reply::Exposed(e) => JsonForm::Exposure(e),
+        Reply::Exposures(e) => JsonForm::Exposures(e),
+        Reply::ConsoleLogin(l) => JsonForm::Login(l),
+        Reply::TokenMade(t) => JsonForm::TokenMade(t),
+        Reply::Tokens(t) => JsonForm::Tokens(t),
+        other => JsonForm::Whole(other),
     }
+}
+
+fn json(reply: &Reply) -> Result<String> {
+    json_text(&json_form(reply))
+}
+
+/// A reply as `--json` prints it, as a JSON value (for the HTTP API: no
+/// text to print and parse back). `log` is the typed reply here.
+pub fn json_value(reply: &Reply) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(json_form(reply))?)
 }
 
 fn text(reply: &Reply) -> Result<Text> {

@@ -58,10 +58,7 @@ pub async fn run(
     if access == Access::Change {
         p.must_be_admin()?;
     }
-    let command = Words::try_parse_from(&words)
-        .map_err(|e| ApiError::bad("bad_request", e.render().to_string()))?
-        .command;
-    let (request, format) = command.into_request().map_err(|e| ApiError::refused(&e))?;
+    let (request, format) = parse(&words)?;
     let reply = request_for(web, p, peer, access, request).await?;
     let text = admin::render(&reply, format).map_err(|e| ApiError::internal(&e))?;
     Ok(text.out)
@@ -99,15 +96,25 @@ pub async fn request_for(
     Ok(outcome.reply)
 }
 
-/// Runs a read that prints JSON, and parses it.
+/// Runs a read (its `--json` command line) and gives its reply as the
+/// JSON value the command prints, made from the typed reply.
 pub async fn read_json(
     web: &Web,
     p: &Principal,
     peer: SocketAddr,
     words: Vec<String>,
 ) -> ApiResult<serde_json::Value> {
-    let out = run(web, p, peer, Access::Read, words).await?;
-    serde_json::from_str(&out).map_err(|e| ApiError::internal(&e.into()))
+    let (request, _) = parse(&words)?;
+    let reply = request_for(web, p, peer, Access::Read, request).await?;
+    admin::json_value(&reply).map_err(|e| ApiError::internal(&e))
+}
+
+/// A command line, as remote admin parses it, turned into a typed request.
+fn parse(words: &[String]) -> ApiResult<(Request, admin::Format)> {
+    let command = Words::try_parse_from(words)
+        .map_err(|e| ApiError::bad("bad_request", e.render().to_string()))?
+        .command;
+    command.into_request().map_err(|e| ApiError::refused(&e))
 }
 
 /// The identity an HTTP caller acts as: its name, and `web:ID` (the session

@@ -42,7 +42,9 @@ fn text(reply: &Reply) -> String {
 }
 
 fn json(reply: &Reply) -> serde_json::Value {
-    serde_json::from_str(&render(reply, Format::Json).unwrap().out).unwrap()
+    let value = serde_json::from_str(&render(reply, Format::Json).unwrap().out).unwrap();
+    assert_eq!(crate::admin::json_value(reply).unwrap(), value, "{reply:?}");
+    value
 }
 
 #[test]
