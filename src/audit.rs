@@ -52,6 +52,16 @@ impl Audit {
     /// Logs the event and queues it for the store; never waits.
     pub fn record(&self, event: Event) {
         event.log();
+        let m = crate::metrics::global();
+        m.event(crate::metrics::EventFacts {
+            kind: &event.kind,
+            result: &event.result,
+            reason: event.reason.as_deref(),
+            system: event.system.as_deref(),
+            bytes_up: event.bytes_up,
+            bytes_down: event.bytes_down,
+        });
+        m.audit_queued(1);
         // The writer lives as long as the relay serves; events after that are
         // still logged.
         let _ = self.tx.send(Msg::Event(Box::new(event)));
@@ -153,9 +163,11 @@ async fn write_batch(
     batch: Vec<Msg>,
 ) {
     let mut acks = Vec::new();
+    let mut taken = 0i64;
     for m in batch {
         match m {
             Msg::Event(e) => {
+                taken += 1;
                 if backlog.events.len() < AUDIT_BACKLOG_MAX {
                     backlog.events.push_back(*e);
                 } else {
@@ -165,6 +177,8 @@ async fn write_batch(
             Msg::Flush(tx) => acks.push(tx),
         }
     }
+    // Off the queue (written now, or kept in the backlog).
+    crate::metrics::global().audit_queued(-taken);
     let mut result = Ok(());
     while !backlog.events.is_empty() {
         let take = backlog.events.len().min(AUDIT_BATCH_MAX);
@@ -208,11 +222,25 @@ async fn prune_now(store: &Store, retention: Duration) {
 }
 
 /// A login or command refused before any identity was known.
-pub fn login_refused(peer: SocketAddr, user: &str, reason: &str) -> Event {
+pub fn login_refused(peer: SocketAddr, user: &str, code: &str, reason: &str) -> Event {
     Event::new(kind::LOGIN, REFUSED)
         .peer(peer)
         .system(user)
         .detail(reason)
+        .reason(code)
+}
+
+/// The reason codes of refused logins (the audit log's `reason`, and the
+/// `reason` label of `warren_login_failures_total`).
+pub mod login_reason {
+    /// No key offered is registered for the system asked for.
+    pub const UNKNOWN_KEY: &str = "unknown_key";
+    /// An enroll login offered a key and never signed with it.
+    pub const ENROLL_UNSIGNED: &str = "enroll_unsigned";
+    /// Too many failed logins from the address.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// The store (a cluster's database) cannot be reached to check keys.
+    pub const STORE_UNAVAILABLE: &str = "store_unavailable";
 }
 
 pub fn stream_closed(

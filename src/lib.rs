@@ -87,6 +87,15 @@
 //!   it. Device status and its table are in `admin::status`; the
 //!   [`admin::LiveRelay`] trait is what it needs of a running relay. It
 //!   imports neither `relay` nor `cli`.
+//!   `admin::access` makes console login links and API tokens.
+//! - [`web`]: the HTTP side, beside `cli` over `admin`: the JSON API
+//!   (`web::api` builds typed requests, or admin command lines turned into
+//!   them, and runs them through `web::ops`: `run` and `commit` as an SSH
+//!   caller would; replies are taken as data, `admin::json_value`), the audit API with keyset paging and streamed
+//!   CSV (`web::audit`), sessions, tokens and CSRF (`web::auth`), the
+//!   console pages (`web::console`), and `/metrics`.
+//! - [`metrics`]: the process's Prometheus metrics, counted from audit
+//!   events as they are recorded, stream setup and store calls; fixed labels.
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.
 //! - [`fuzz`]: one entry per parser of outside input, for `fuzz-input/`
 //!   and the smoke run in the tests.
@@ -103,6 +112,7 @@ pub mod cli;
 pub mod client;
 pub mod files;
 pub mod fuzz;
+pub mod metrics;
 pub mod mqtt;
 pub mod p2p;
 pub mod policy;
@@ -111,3 +121,4 @@ pub mod relay;
 pub mod render;
 pub mod ssh;
 pub mod store;
+pub mod web;

@@ -148,3 +148,25 @@ fn proxy_without_settings_says_what_is_missing() {
         "{err}"
     );
 }
+
+#[test]
+fn a_cluster_relay_refuses_to_serve_the_console_rather_than_lose_its_logins() {
+    // Console sessions and API tokens live in the SQLite store only: a relay
+    // on a cluster's PostgreSQL must say so at start, before it dials the
+    // database (none is running here).
+    let dir = tempfile::tempdir().unwrap();
+    fails(
+        &[
+            "relay",
+            "--data",
+            p(dir.path()),
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "postgres://warren@127.0.0.1:1/warren",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        "--http with --database",
+    );
+}

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::log::LogArgs;
 use super::wake::{WakeArgs, WakeOp};
-use super::{Format, Request, expose, gateway};
+use super::{Format, Request, access, expose, gateway};
 use crate::protocol::device_info::parse_label;
 use crate::protocol::limits::{INVITE_DEFAULT_TTL, INVITE_MAX_TTL};
 use crate::protocol::{DeviceId, Name, RelayAddress, Role};
@@ -64,6 +64,15 @@ pub enum AdminCommand {
     /// Copy this relay's SQLite state (--data) into a cluster's PostgreSQL
     /// database: `migrate --to postgres://…` (checked; safe to run again).
     Migrate(super::migrate::MigrateArgs),
+    /// Print a one-time URL (valid 5 minutes) that logs a browser in to
+    /// the web console; a controller's login sees its own system read-only.
+    ConsoleLogin(access::ConsoleLoginArgs),
+    /// End console sessions: `console-logout --all`.
+    ConsoleLogout(access::ConsoleLogoutArgs),
+    /// Bearer tokens for the HTTP API: `token create --system S --role R
+    /// --ttl 30d`, `token ls`, `token revoke ID`.
+    #[command(subcommand)]
+    Token(access::TokenCommand),
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +189,9 @@ impl AdminCommand {
             AdminCommand::Wake(_) => "wake",
             AdminCommand::Sleep(_) => "sleep",
             AdminCommand::Migrate(_) => "migrate",
+            AdminCommand::ConsoleLogin(_) => "console-login",
+            AdminCommand::ConsoleLogout(_) => "console-logout",
+            AdminCommand::Token(_) => "token",
         }
     }
 
@@ -227,6 +239,9 @@ impl AdminCommand {
             AdminCommand::Migrate(_) => bail!(
                 "migrate runs on the relay host: `warren admin --data DIR migrate --to postgres://…`"
             ),
+            AdminCommand::ConsoleLogin(a) => a.into_request()?,
+            AdminCommand::ConsoleLogout(_) => (Request::ConsoleLogout, text),
+            AdminCommand::Token(t) => t.into_request()?,
         })
     }
 }

@@ -13,6 +13,7 @@
 //! Every change is audited; the audit record is durable before the command
 //! reports success.
 
+pub mod access;
 pub mod expose;
 mod gateway;
 mod grammar;
@@ -25,6 +26,7 @@ mod request;
 pub mod status;
 pub mod wake;
 
+pub use access::TokenRequest;
 pub use gateway::{AssociationView, GatewayCommand, GatewayView, ListenView, Which};
 pub use grammar::{
     AdminArgs, AdminCommand, DeviceCommand, InviteArgs, InviteCommand, KeyCommand, LsArgs,
@@ -32,7 +34,7 @@ pub use grammar::{
 };
 pub use live::{BoxFuture, Change, LiveDevice, LiveRelay, NO_BROKER};
 pub use remote::check_remote;
-pub use reply::{InviteMade, Outcome, Reply, Text, render};
+pub use reply::{InviteMade, Outcome, Reply, Text, json_value, render};
 pub use request::{ExposeRequest, Format, GatewayRef, GatewayRequest, Request};
 
 use std::io::Read;
@@ -212,6 +214,9 @@ pub async fn run(store: &Store, caller: &Caller<'_>, request: Request) -> Result
         Request::Wake { op, system, device } => Outcome::read(Reply::Woken(
             wake::run(store, caller, op, system, device).await?,
         )),
+        Request::ConsoleLogin { .. } | Request::ConsoleLogout | Request::Token(_) => {
+            access_request(store, caller, request).await?
+        }
     };
     outcome.events = outcome
         .events
@@ -219,6 +224,29 @@ pub async fn run(store: &Store, caller: &Caller<'_>, request: Request) -> Result
         .map(|e| caller.stamp(e))
         .collect();
     Ok(outcome)
+}
+
+/// `console-login`, `console-logout`, `token`: a local admin asks for every
+/// system; a remote key for its own unless it is an admin key.
+async fn access_request(store: &Store, caller: &Caller<'_>, request: Request) -> Result<Outcome> {
+    let (system, role, who) = match caller {
+        Caller::Local { .. } => (None, Role::Admin, "local-admin".to_string()),
+        Caller::Remote { who, .. } => (
+            (who.role != Role::Admin).then(|| who.system.to_string()),
+            who.role,
+            who.name.to_string(),
+        ),
+    };
+    store
+        .call(move |s| {
+            let asker = access::Asker {
+                system: system.as_deref(),
+                role,
+                who: &who,
+            };
+            access::run(s, &asker, request)
+        })
+        .await
 }
 
 async fn list_devices(

@@ -1,7 +1,7 @@
 //! Admin commands over the relay's SSH port (`ssh -p 2222 tau@relay ls`):
 //! the command line (the `warren admin` grammar without `--data`, split into
 //! words as a shell would) and who may run what. Admin keys run every
-//! command, for every system; controllers run `ls` and `log` of their own
+//! command, for every system; controllers run `ls`, `log` and `console-login` of their own
 //! system only; device keys run none.
 
 use clap::Parser;
@@ -19,6 +19,8 @@ This is a Warren relay; it has no shell. Commands:
                                 the audit log of your system, newest first, 20 per page
   wake DEVICE [--json]          wake an on-demand device (over the relay's MQTT broker); waits until online
   sleep DEVICE [--json]         put an on-demand device to sleep
+  console-login                 a one-time URL (5 minutes) for the web console, read-only
+                                for controller keys
   help                          this text
 Admin keys may also run every `warren admin` command, e.g.
   invite --system tau --role device --name dev3 [--ttl 1h]
@@ -51,12 +53,14 @@ pub fn may_run_commands(who: &Identity) -> Result<(), CommandRefusal> {
 }
 
 /// Whether `who` may run the command `command` (its first word) at all:
-/// admin keys every one, controllers `ls` and `log`. Checked before the
+/// admin keys every one, controllers `ls`, `log` and `console-login`. Checked before the
 /// command's values, so a refused command is refused as such whatever
 /// they are.
 pub fn may_run(who: &Identity, command: &'static str) -> Result<(), CommandRefusal> {
     may_run_commands(who)?;
-    if who.role == Role::Admin || matches!(command, "ls" | "log" | "wake" | "sleep") {
+    if who.role == Role::Admin
+        || matches!(command, "ls" | "log" | "wake" | "sleep" | "console-login")
+    {
         return Ok(());
     }
     Err(CommandRefusal::NeedsAdmin {
@@ -86,7 +90,8 @@ pub fn check_remote(who: &Identity, request: &mut Request) -> Result<(), Command
         Request::ListDevices { system, .. } => check(system),
         Request::Log { query } => check(&mut query.system),
         Request::Wake { system, .. } => check(system),
-        // `may_run` let only `ls` and `log` through.
+        Request::ConsoleLogin { system } => check(system),
+        // `may_run` let only these (and `ls`, `log`) through.
         _ => Ok(()),
     }
 }
@@ -109,6 +114,9 @@ fn command_name(r: &Request) -> &'static str {
             WakeOp::Wake => "wake",
             WakeOp::Sleep => "sleep",
         },
+        Request::ConsoleLogin { .. } => "console-login",
+        Request::ConsoleLogout => "console-logout",
+        Request::Token(_) => "token",
     }
 }
 

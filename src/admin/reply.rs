@@ -9,12 +9,14 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use serde::Serialize;
 
+use super::access::{self, LoginLink, TokenMade};
 use super::gateway::GatewayView;
 use super::wake::WakeReply;
 use super::{Change, Format, expose, gateway, log, status};
 use crate::audit::Event;
 use crate::protocol::Role;
 use crate::render::{json_text, table, when};
+use crate::store::credentials::Credential;
 use crate::store::{DeviceStatus, Exposure, InviteRecord, KeyRecord};
 
 /// What an operation did: its reply, the audit events it caused, and what
@@ -101,6 +103,17 @@ pub enum Reply {
     },
     /// How a wake or sleep ended.
     Woken(WakeReply),
+    /// A one-time console login link.
+    ConsoleLogin(LoginLink),
+    /// Console sessions and unused login links ended.
+    SessionsEnded {
+        count: u64,
+    },
+    /// A new API token, its secret shown this once.
+    TokenMade(TokenMade),
+    /// API tokens (never their secrets).
+    Tokens(Vec<Credential>),
+    TokenRevoked(Credential),
 }
 
 /// A new invite: the token and what it grants.
@@ -145,25 +158,60 @@ pub fn render(reply: &Reply, format: Format) -> Result<Text> {
     }
 }
 
-fn json(reply: &Reply) -> Result<String> {
+/// What `--json` gives of a reply: the data alone for lists and records,
+/// the typed reply (`{"kind","data"}`) for the rest.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonForm<'a> {
+    Map(BTreeMap<&'static str, &'a String>),
+    Strings(&'a [String]),
+    Key(&'a KeyRecord),
+    Keys(&'a [KeyRecord]),
+    Devices(&'a [DeviceStatus]),
+    InviteMade(&'a InviteMade),
+    Invites(&'a [InviteRecord]),
+    Gateways(&'a [GatewayView]),
+    Gateway(&'a GatewayView),
+    Exposure(&'a Exposure),
+    Exposures(&'a [Exposure]),
+    Login(&'a LoginLink),
+    TokenMade(&'a TokenMade),
+    Tokens(&'a [Credential]),
+    Woken(&'a WakeReply),
+    Whole(&'a Reply),
+}
+
+fn json_form(reply: &Reply) -> JsonForm<'_> {
     match reply {
         Reply::HostKey { fingerprint } => {
-            json_text(&BTreeMap::from([("fingerprint", fingerprint)]))
+            JsonForm::Map(BTreeMap::from([("fingerprint", fingerprint)]))
         }
-        Reply::Systems(s) => json_text(s),
-        Reply::KeyAdded(k) => json_text(k),
-        Reply::Keys(k) => json_text(k),
-        Reply::Devices { devices, .. } => json_text(devices),
-        Reply::InviteMade(m) => json_text(m),
-        Reply::Invites(i) => json_text(i),
-        Reply::Gateways(g) => json_text(g),
-        Reply::Gateway(g) => json_text(g),
-        Reply::Rules(r) => json_text(r),
-        Reply::Exposed(e) => json_text(e),
-        Reply::Exposures(e) => json_text(e),
-        Reply::Woken(w) => Ok(format!("{}\n", serde_json::to_string(w)?)),
-        other => json_text(other),
+        Reply::Systems(s) | Reply::Rules(s) => JsonForm::Strings(s),
+        Reply::KeyAdded(k) => JsonForm::Key(k),
+        Reply::Keys(k) => JsonForm::Keys(k),
+        Reply::Devices { devices, .. } => JsonForm::Devices(devices),
+        Reply::InviteMade(m) => JsonForm::InviteMade(m),
+        Reply::Invites(i) => JsonForm::Invites(i),
+        Reply::Gateways(g) => JsonForm::Gateways(g),
+        Reply::Gateway(g) => JsonForm::Gateway(g),
+        Reply::Exposed(e) => JsonForm::Exposure(e),
+        Reply::Exposures(e) => JsonForm::Exposures(e),
+        Reply::ConsoleLogin(l) => JsonForm::Login(l),
+        Reply::TokenMade(t) => JsonForm::TokenMade(t),
+        Reply::Tokens(t) => JsonForm::Tokens(t),
+        Reply::Woken(w) => JsonForm::Woken(w),
+        other => JsonForm::Whole(other),
     }
+}
+
+fn json(reply: &Reply) -> Result<String> {
+    json_text(&json_form(reply))
+}
+
+/// A reply as `--json` prints it, as a JSON value (for the HTTP API: no
+/// text to print and parse back). `log` is the typed reply here.
+pub fn json_value(reply: &Reply) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(json_form(reply))?)
 }
 
 fn text(reply: &Reply) -> Result<Text> {
@@ -223,6 +271,11 @@ fn text(reply: &Reply) -> Result<Text> {
             "removed public port {} ({}/{}:{})\n",
             e.port, e.system, e.device, e.device_port
         ),
+        Reply::ConsoleLogin(_)
+        | Reply::SessionsEnded { .. }
+        | Reply::TokenMade(_)
+        | Reply::Tokens(_)
+        | Reply::TokenRevoked(_) => access::render_text(reply),
         gw => gateway_text(gw),
     };
     Ok(Text::out(out))

@@ -82,6 +82,15 @@ pub enum Request {
         system: Option<String>,
         device: Name,
     },
+    /// A one-time web console login link, for `system` only when given (a
+    /// controller's is filled in with its own).
+    ConsoleLogin {
+        system: Option<String>,
+    },
+    /// End every console session and unused login link.
+    ConsoleLogout,
+    /// Bearer tokens for the HTTP API.
+    Token(super::TokenRequest),
 }
 
 /// A gateway by name, with its system when given (otherwise the one system

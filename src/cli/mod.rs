@@ -44,7 +44,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay: the public SSH server devices register with.
-    Relay(relay::RelayArgs),
+    Relay(Box<relay::RelayArgs>),
     /// Manage the relay's systems and keys (on the relay host).
     Admin(admin::AdminArgs),
     /// Run the device agent: register this machine by name, reconnect forever.
@@ -166,7 +166,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .build()?;
             rt.block_on(async move {
                 match command {
-                    Command::Relay(a) => relay::run(a).await,
+                    Command::Relay(a) => relay::run(*a).await,
                     Command::Agent(a) => agent::run(a).await,
                     Command::Proxy(a) => proxy::proxy(a).await,
                     Command::Ls(a) => proxy::ls(a).await,

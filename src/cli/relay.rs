@@ -94,6 +94,17 @@ pub struct RelayArgs {
     /// A system whose streams never take direct paths (repeatable).
     #[arg(long = "forbid-direct", value_name = "SYSTEM")]
     pub forbid_direct: Vec<String>,
+    /// Serve the HTTP API and web console on this address, e.g.
+    /// 127.0.0.1:8080 (off by default; put it behind SSH or a TLS proxy).
+    #[arg(long, env = "WARREN_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// The console's URL as browsers reach it, printed by `console-login`
+    /// [default: http://HTTP-ADDRESS/].
+    #[arg(long)]
+    pub console_url: Option<String>,
+    /// Serve Prometheus metrics at /metrics on this address (off by default).
+    #[arg(long, env = "WARREN_METRICS")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `--mqtt` and its companions (flags win over the config file).
@@ -158,6 +169,19 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
     let data = a.data.clone().or(file.data.clone()).context(
         "no data directory: give --data DIR (or WARREN_DATA, or data in the --config file)",
     )?;
+    let http = HttpFlags {
+        http: a.http,
+        metrics: a.metrics,
+        console_url: a.console_url.clone(),
+    };
+    let http_on = http.http.is_some() || file.http.is_some();
+    if http_on && (a.database.is_some() || file.database.is_some()) {
+        anyhow::bail!(
+            "--http with --database: the web console and API keep their login links, sessions \
+             and tokens in the SQLite store only, so a relay of a PostgreSQL cluster cannot serve \
+             them yet; run the console on a single relay"
+        );
+    }
     let ports_by_flag = !a.public_ports.is_empty();
     let public_ports = if ports_by_flag {
         PortRanges::parse(&a.public_ports).context("--public-ports")?
@@ -207,6 +231,7 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         ..RelayOptions::default()
     };
     let server = Relay::open(&data, options)?;
+    let http = http_listeners(&http, &file, server.relay()).await?;
     let listener = socket
         .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -226,6 +251,7 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
     if let Some(d) = discovery {
         tokio::spawn(d.serve(shutdown.clone()));
     }
+    http.spawn(server.relay(), &shutdown);
     server.serve(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -259,6 +285,83 @@ fn forbid_direct(flags: &[String], file: Option<&[String]>) -> Result<Vec<Name>>
         .iter()
         .map(|s| Name::parse(s).with_context(|| format!("--forbid-direct {s:?}")))
         .collect()
+}
+
+/// The HTTP API's and the metrics' listeners, bound before the relay serves
+/// (a taken port fails the start).
+struct HttpListeners {
+    api: Option<tokio::net::TcpListener>,
+    metrics: Option<tokio::net::TcpListener>,
+    /// Browsers reach the console over https (a TLS proxy in front):
+    /// session cookies get `Secure`.
+    secure: bool,
+}
+
+/// The HTTP flags, taken before the rest of the arguments are used up.
+struct HttpFlags {
+    http: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    console_url: Option<String>,
+}
+
+async fn http_listeners(
+    a: &HttpFlags,
+    file: &RelayFile,
+    relay: &std::sync::Arc<Relay>,
+) -> Result<HttpListeners> {
+    let bind = |addr: Option<SocketAddr>, what: &'static str| async move {
+        match addr {
+            Some(addr) => tokio::net::TcpListener::bind(addr)
+                .await
+                .map(Some)
+                .with_context(|| format!("cannot listen on {addr} ({what})")),
+            None => Ok(None),
+        }
+    };
+    let api = bind(a.http.or(file.http), "--http").await?;
+    let metrics = bind(a.metrics.or(file.metrics), "--metrics").await?;
+    let mut secure = false;
+    if let Some(l) = &api {
+        let url = match a.console_url.clone().or(file.console_url.clone()) {
+            Some(u) if u.ends_with('/') => u,
+            Some(u) => format!("{u}/"),
+            None => format!("http://{}/", l.local_addr()?),
+        };
+        relay
+            .store()
+            .set_setting(crate::web::CONSOLE_URL_SETTING, &url)?;
+        secure = url.starts_with("https://");
+    }
+    Ok(HttpListeners {
+        api,
+        metrics,
+        secure,
+    })
+}
+
+impl HttpListeners {
+    fn spawn(self, relay: &std::sync::Arc<Relay>, shutdown: &CancellationToken) {
+        if let Some(l) = self.api {
+            let web = crate::web::Web {
+                relay: relay.clone(),
+                secure: self.secure,
+            };
+            let stop = shutdown.clone();
+            relay.spawn(async move {
+                if let Err(e) = crate::web::serve(l, web, stop).await {
+                    tracing::error!(error = %format!("{e:#}"), "HTTP API stopped");
+                }
+            });
+        }
+        if let Some(l) = self.metrics {
+            let (r, stop) = (relay.clone(), shutdown.clone());
+            relay.spawn(async move {
+                if let Err(e) = crate::web::serve_metrics(l, r, stop).await {
+                    tracing::error!(error = %format!("{e:#}"), "metrics stopped");
+                }
+            });
+        }
+    }
 }
 
 /// Pending connections the kernel queues for the accept loop.

@@ -50,6 +50,14 @@ pub struct RelayFile {
     pub udp: Option<String>,
     /// Systems whose streams never take direct paths.
     pub forbid_direct: Option<Vec<String>>,
+    /// Address of the HTTP API and web console, e.g. "127.0.0.1:8080"
+    /// (off when unset).
+    pub http: Option<SocketAddr>,
+    /// The console's URL as browsers reach it (behind a proxy), which
+    /// `console-login` prints [default: http://HTTP-ADDRESS/].
+    pub console_url: Option<String>,
+    /// Address of the Prometheus `/metrics` endpoint (off when unset).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl RelayFile {

@@ -196,6 +196,7 @@ impl Connection {
             let mut e = audit::login_refused(
                 self.peer,
                 ENROLL_USER,
+                audit::login_reason::ENROLL_UNSIGNED,
                 "enroll: a key was offered but never signed with",
             );
             e.fingerprint = Some(fp);
@@ -342,7 +343,12 @@ impl ServerSession for Connection {
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "store lookup failed during login");
                 let why = "login refused: the relay cannot check keys now (its database is unreachable); try again shortly";
-                let mut e = audit::login_refused(self.peer, user, why).reason("store_unavailable");
+                let mut e = audit::login_refused(
+                    self.peer,
+                    user,
+                    audit::login_reason::STORE_UNAVAILABLE,
+                    why,
+                );
                 e.fingerprint = Some(fp);
                 self.relay.audit.record(e);
                 self.store_down = Some(why.to_string());
@@ -601,6 +607,7 @@ impl Drop for Connection {
             self.relay.audit.record(audit::login_refused(
                 self.peer,
                 self.refused_user.as_deref().unwrap_or(""),
+                audit::login_reason::UNKNOWN_KEY,
                 &reason,
             ));
         }

@@ -452,6 +452,7 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
                 relay.audit.record(audit::login_refused(
                     peer,
                     "",
+                    audit::login_reason::RATE_LIMITED,
                     &format!(
                         "rate limited: too many failed logins from {} ({refused} connection(s) refused)",
                         peer.ip()

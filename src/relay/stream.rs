@@ -65,6 +65,7 @@ pub(super) async fn stream(
         port,
         peer,
     };
+    let asked = Instant::now();
     let route = match super::wake::route_waking(&req.relay, &req.who, &req.host, port).await {
         Ok(r) => r,
         Err(r @ Refusal::Offline { .. }) => {
@@ -87,6 +88,7 @@ pub(super) async fn stream(
         Err(r) => return req.refuse(channel, r).await,
     };
     let started = Instant::now();
+    crate::metrics::global().stream_setup(started - asked);
     let controller_channel = channel.accept().await;
     let name = route.carrier().name.as_str();
     tracing::debug!(target = %req.target(), "stream open");

@@ -36,6 +36,12 @@ pub mod kind {
     pub const PUBLIC_CONNECTION: &str = "public_connection";
     pub const EXPOSE_ADD: &str = "expose_add";
     pub const EXPOSE_RM: &str = "expose_rm";
+    /// A console login link made, or traded for a session (or refused).
+    pub const CONSOLE_LOGIN: &str = "console_login";
+    /// Console sessions ended (one by logout, or all by an admin).
+    pub const CONSOLE_LOGOUT: &str = "console_logout";
+    pub const TOKEN_CREATE: &str = "token_create";
+    pub const TOKEN_REVOKE: &str = "token_revoke";
 }
 
 pub const OK: &str = "ok";

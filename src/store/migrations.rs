@@ -121,6 +121,24 @@ const MIGRATIONS: &[&str] = &[
         at      TEXT,
         PRIMARY KEY (system, name)
     );",
+    // 7: the web console's one-time login links and sessions, and the HTTP
+    // API's bearer tokens (secrets stored as SHA-256 only); indexes for the
+    // audit API's device and kind filters.
+    "CREATE TABLE web_credentials (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL CHECK (kind IN ('login', 'session', 'token')),
+        secret_hash TEXT NOT NULL,
+        system      TEXT,
+        role        TEXT NOT NULL CHECK (role IN ('controller', 'admin')),
+        who         TEXT NOT NULL,
+        created     INTEGER NOT NULL,
+        expires     INTEGER NOT NULL,
+        used        INTEGER,
+        revoked     INTEGER
+    );
+    CREATE INDEX web_credentials_kind ON web_credentials (kind, created);
+    CREATE INDEX audit_device ON audit (device, id);
+    CREATE INDEX audit_kind ON audit (kind, id);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

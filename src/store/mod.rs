@@ -15,6 +15,7 @@
 //! hold the audit log with peer addresses and invite hashes.
 
 pub mod audit;
+pub mod credentials;
 pub mod datadir;
 mod enroll;
 mod exposures;
@@ -228,9 +229,12 @@ impl Store {
         F: FnOnce(&Store) -> Result<T> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || f(&store))
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || f(&store))
             .await
-            .context("store task failed")?
+            .context("store task failed");
+        crate::metrics::global().store_call(started.elapsed());
+        result?
     }
 
     /// Changes when another process commits (used to notice `warren admin`).

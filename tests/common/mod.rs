@@ -537,3 +537,4 @@ impl TestRelay {
         format!("[127.0.0.1]:{} {}", self.addr.port(), public.trim())
     }
 }
+pub mod web;

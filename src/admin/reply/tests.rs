@@ -17,7 +17,10 @@ fn out(reply: &Reply, format: Format) -> String {
 fn json(reply: &Reply) -> serde_json::Value {
     let text = out(reply, Format::Json);
     assert!(text.ends_with("}\n") || text.ends_with("]\n"), "{text}");
-    serde_json::from_str(&text).unwrap()
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // The HTTP API's form of it (no text round trip) is the same value.
+    assert_eq!(json_value(reply).unwrap(), value, "{reply:?}");
+    value
 }
 
 fn key(revoked: Option<u64>, via: Option<&str>) -> KeyRecord {

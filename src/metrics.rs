@@ -1,0 +1,272 @@
+//! Prometheus metrics of the relay process, served as text format 0.0.4 on
+//! `--metrics ADDR` (`web::serve_metrics`).
+//!
+//! Label sets are fixed and small: `system` (tenants, which admins create),
+//! `direction`, `result` and `reason` (stable refusal codes). No label names
+//! a device, key or peer: a relay with 100,000 devices must not make 100,000
+//! series. Most counters move from audit events as they are recorded
+//! ([`Metrics::event`]), so a metric and the audit log never disagree about
+//! what happened; events that the relay counts but does not record one by
+//! one (login floods from one address, see `relay::ratelimit`) count once.
+//!
+//! One set per process ([`global`]): a process runs one relay; tests that
+//! start several read differences.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Stream setup: from the controller's `direct-tcpip` to the device's
+/// channel open, in seconds. A relay on a LAN is in the low milliseconds; a
+/// device on a slow link reaches the open timeout (10 s).
+const SETUP_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A store call, queued to a blocking thread and run: SQLite answers in
+/// microseconds when idle; a busy disk shows in the upper buckets.
+const STORE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// The relay's metrics.
+pub struct Metrics {
+    registry: Registry,
+    devices_connected: IntGaugeVec,
+    streams_active: IntGauge,
+    streams: IntCounterVec,
+    bytes: IntCounterVec,
+    logins: IntCounter,
+    login_failures: IntCounterVec,
+    stream_setup: Histogram,
+    audit_queue: IntGauge,
+    store_calls: Histogram,
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        // Registration fails only for an invalid or repeated name; the names
+        // are fixed, and the unit test `every_metric_registers` builds them.
+        #[allow(clippy::expect_used)]
+        Metrics::new().expect("metric names are valid and distinct")
+    })
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: T,
+) -> prometheus::Result<T> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let build = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("warren_build_info", "Warren's version; always 1"),
+                &["version"],
+            )?,
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Ok(Metrics {
+            devices_connected: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("warren_devices_connected", "Devices online, per system"),
+                    &["system"],
+                )?,
+            )?,
+            streams_active: register(
+                &r,
+                IntGauge::new("warren_streams_active", "Streams being spliced now")?,
+            )?,
+            streams: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "warren_streams_total",
+                        "Streams asked for, by result (ok, refused) and refusal code",
+                    ),
+                    &["result", "reason"],
+                )?,
+            )?,
+            bytes: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "warren_relayed_bytes_total",
+                        "Bytes of ended streams, per system; up is controller to device",
+                    ),
+                    &["system", "direction"],
+                )?,
+            )?,
+            logins: register(
+                &r,
+                IntCounter::new("warren_logins_total", "SSH logins accepted")?,
+            )?,
+            login_failures: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "warren_login_failures_total",
+                        "SSH logins refused, by reason",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            stream_setup: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "warren_stream_setup_seconds",
+                        "Time from a controller's stream request to the device's channel open",
+                    )
+                    .buckets(SETUP_BUCKETS.to_vec()),
+                )?,
+            )?,
+            audit_queue: register(
+                &r,
+                IntGauge::new(
+                    "warren_audit_queue_depth",
+                    "Audit events waiting for the writer",
+                )?,
+            )?,
+            store_calls: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "warren_store_call_seconds",
+                        "Store calls from the async side: queue wait plus run time",
+                    )
+                    .buckets(STORE_BUCKETS.to_vec()),
+                )?,
+            )?,
+            registry: r,
+        })
+    }
+
+    /// Counts one audit event: logins, streams and their bytes.
+    pub fn event(&self, e: EventFacts<'_>) {
+        match (e.kind, e.result) {
+            ("login", "ok") => self.logins.inc(),
+            ("login", _) => self
+                .login_failures
+                .with_label_values(&[e.reason.unwrap_or("other")])
+                .inc(),
+            ("stream_open", "ok") => {
+                self.streams.with_label_values(&["ok", ""]).inc();
+                self.streams_active.inc();
+            }
+            ("stream_open", _) => self
+                .streams
+                .with_label_values(&["refused", e.reason.unwrap_or("other")])
+                .inc(),
+            ("stream_close", _) => {
+                self.streams_active.dec();
+                let system = e.system.unwrap_or("");
+                self.bytes
+                    .with_label_values(&[system, "up"])
+                    .inc_by(e.bytes_up.unwrap_or(0));
+                self.bytes
+                    .with_label_values(&[system, "down"])
+                    .inc_by(e.bytes_down.unwrap_or(0));
+            }
+            _ => {}
+        }
+    }
+
+    pub fn stream_setup(&self, took: Duration) {
+        self.stream_setup.observe(took.as_secs_f64());
+    }
+
+    pub fn store_call(&self, took: Duration) {
+        self.store_calls.observe(took.as_secs_f64());
+    }
+
+    /// `n` audit events queued (positive) or written (negative).
+    pub fn audit_queued(&self, n: i64) {
+        self.audit_queue.add(n);
+    }
+
+    /// The text exposition (format 0.0.4), with the devices online now.
+    pub fn render(&self, online_per_system: &[(String, usize)]) -> String {
+        self.devices_connected.reset();
+        for (system, n) in online_per_system {
+            self.devices_connected
+                .with_label_values(&[system.as_str()])
+                .set(*n as i64);
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// The fields of an audit event that metrics read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventFacts<'a> {
+    pub kind: &'a str,
+    pub result: &'a str,
+    pub reason: Option<&'a str>,
+    pub system: Option<&'a str>,
+    pub bytes_up: Option<u64>,
+    pub bytes_down: Option<u64>,
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_registers_and_events_count() {
+        let m = Metrics::new().unwrap();
+        m.event(EventFacts {
+            kind: "stream_open",
+            result: "ok",
+            ..Default::default()
+        });
+        m.event(EventFacts {
+            kind: "stream_close",
+            result: "closed",
+            system: Some("tau"),
+            bytes_up: Some(5),
+            bytes_down: Some(7),
+            ..Default::default()
+        });
+        m.event(EventFacts {
+            kind: "login",
+            result: "refused",
+            reason: Some("unknown_key"),
+            ..Default::default()
+        });
+        let text = m.render(&[("tau".into(), 3)]);
+        for want in [
+            "warren_build_info{version=\"",
+            "warren_devices_connected{system=\"tau\"} 3",
+            "warren_streams_total{reason=\"\",result=\"ok\"} 1",
+            "warren_streams_active 0",
+            "warren_relayed_bytes_total{direction=\"up\",system=\"tau\"} 5",
+            "warren_relayed_bytes_total{direction=\"down\",system=\"tau\"} 7",
+            "warren_login_failures_total{reason=\"unknown_key\"} 1",
+            "# TYPE warren_stream_setup_seconds histogram",
+        ] {
+            assert!(text.contains(want), "{want} not in\n{text}");
+        }
+        // A system gone offline leaves no stale series.
+        assert!(!m.render(&[]).contains("warren_devices_connected{"));
+    }
+}
