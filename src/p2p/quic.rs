@@ -88,6 +88,24 @@ impl Pinned {
     }
 }
 
+/// Both ends speak TLS 1.3 only (QUIC requires it).
+fn no_tls12() -> TlsError {
+    TlsError::General("TLS 1.2 is not used on direct paths".into())
+}
+
+impl Pinned {
+    /// The handshake signature, checked with the provider's algorithms
+    /// (the certificate itself is checked by fingerprint in `check`).
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+}
+
 impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
@@ -107,9 +125,7 @@ impl ServerCertVerifier for Pinned {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::General(
-            "TLS 1.2 is not used on direct paths".into(),
-        ))
+        Err(no_tls12())
     }
 
     fn verify_tls13_signature(
@@ -118,7 +134,7 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -147,9 +163,7 @@ impl ClientCertVerifier for Pinned {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::General(
-            "TLS 1.2 is not used on direct paths".into(),
-        ))
+        Err(no_tls12())
     }
 
     fn verify_tls13_signature(
@@ -158,7 +172,7 @@ impl ClientCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -322,17 +322,31 @@ pub async fn revoke_key(
     Json(b): Json<Fingerprint>,
 ) -> ApiResult<axum::Json<Value>> {
     let fp = value("fingerprint", &b.fingerprint)?;
-    let keys = scoped_list(&web, &p, peer, &["key", "ls", "--json"]).await?;
-    if !keys
+    revoke_listed(&web, &p, peer, "key", "fingerprint", fp).await
+}
+
+/// Revokes `id` of `what` (`key`, `invite`) when the caller's own list
+/// holds it under `field`; 404 otherwise, so nothing of another system is
+/// even confirmed to exist.
+async fn revoke_listed(
+    web: &Web,
+    p: &Principal,
+    peer: SocketAddr,
+    what: &str,
+    field: &str,
+    id: String,
+) -> ApiResult<axum::Json<Value>> {
+    let list = scoped_list(web, p, peer, &[what, "ls", "--json"]).await?;
+    let known = list
         .as_array()
         .into_iter()
         .flatten()
-        .any(|k| k["fingerprint"].as_str() == Some(fp.as_str()))
-    {
-        return Err(ApiError::not_found(format!("no key {fp}")));
+        .any(|v| v[field].as_str() == Some(id.as_str()));
+    if !known {
+        return Err(ApiError::not_found(format!("no {what} {id}")));
     }
-    let w = vec!["key".into(), "revoke".into(), fp];
-    Ok(done(ops::run(&web, &p, peer, Access::Change, w).await?))
+    let w = vec![what.to_string(), "revoke".into(), id];
+    Ok(done(ops::run(web, p, peer, Access::Change, w).await?))
 }
 
 pub async fn invites(
@@ -387,17 +401,7 @@ pub async fn revoke_invite(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
     let id = value("id", &id)?;
-    let invites = scoped_list(&web, &p, peer, &["invite", "ls", "--json"]).await?;
-    if !invites
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|i| i["id"].as_str() == Some(id.as_str()))
-    {
-        return Err(ApiError::not_found(format!("no invite {id}")));
-    }
-    let w = vec!["invite".into(), "revoke".into(), id];
-    Ok(done(ops::run(&web, &p, peer, Access::Change, w).await?))
+    revoke_listed(&web, &p, peer, "invite", "id", id).await
 }
 
 pub async fn gateways(
