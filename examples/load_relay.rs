@@ -160,7 +160,7 @@ async fn start_relay(bin: &Path, data: &Path) -> Result<Relay> {
         child,
         pid,
         addr,
-        host_key: keys::fingerprint(host.public_key()),
+        host_key: keys::fingerprint(host.public_key()).into(),
     })
 }
 

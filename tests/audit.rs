@@ -792,7 +792,7 @@ async fn enroll_logins_and_key_probes_are_audited_and_floods_aggregated() {
     let probed = r.wait_audit(&q(kind::KEY_PROBE), |_| true).await;
     assert_eq!(probed.result, "refused");
     assert_eq!(probed.system.as_deref(), Some("tau"));
-    assert!(probed.detail.unwrap().contains(&alice_fp));
+    assert!(probed.detail.unwrap().contains(alice_fp.as_str()));
     // A normal login (which asks, then signs) is no probe.
     let ctl = r.add_key("tau", Role::Controller, "bob");
     drop(r.controller("tau", ctl).await);

@@ -200,7 +200,7 @@ async fn kill_9_of_a_relay_brings_its_devices_back_through_another_within_60_s_l
         .iter()
         .map(|d| {
             let key = warren::ssh::keys::read_private(&d.path().join("host_key")).unwrap();
-            fingerprint(key.public_key())
+            fingerprint(key.public_key()).to_string()
         })
         .collect();
     let addrs: Vec<String> = procs
@@ -455,7 +455,10 @@ async fn admin_migrate_copies_a_relay_into_postgres_checked_and_idempotent() {
     let store = warren::store::Store::open_postgres(&url).unwrap();
     assert!(store.identity("tau", dev.public_key()).unwrap().is_some());
     let out = common::cli::warren_ok(&["admin", "--database", &url, "key", "ls", "--json"]).await;
-    assert!(out.contains(&fingerprint(dev.public_key())), "{out}");
+    assert!(
+        out.contains(fingerprint(dev.public_key()).as_str()),
+        "{out}"
+    );
     // Bad addresses are refused clearly.
     let dir = tempfile::tempdir().unwrap();
     let relay_bad = common::cli::warren(&[

@@ -15,7 +15,7 @@ use warren::protocol::device_info::DeviceInfo;
 use warren::protocol::gateway::{Announce, ListenSpec};
 use warren::protocol::token::Invite;
 use warren::protocol::{Cidr, Name, Role, Target};
-use warren::ssh::keys::generate_ed25519;
+use warren::ssh::keys::{Fingerprint, generate_ed25519};
 use warren::store::audit::{Event, OK, REFUSED, kind};
 use warren::store::{AuditQuery, NewInvite, Store, now};
 
@@ -60,7 +60,10 @@ fn keys_bind_to_system_role_and_name(open: Open) {
     assert_eq!(keys[0].algorithm, "ssh-ed25519");
     assert_eq!(
         store
-            .keys_active(&[id.fingerprint.clone(), "SHA256:x".into()])
+            .keys_active(&[
+                id.fingerprint.clone(),
+                Fingerprint::from_stored("SHA256:x".into())
+            ])
             .unwrap(),
         vec![true, false]
     );

@@ -279,7 +279,7 @@ async fn read_log(store: &Store, caller: &Caller<'_>, query: store::AuditQuery) 
 
 fn host_key(caller: &Caller<'_>) -> Result<String> {
     Ok(match caller {
-        Caller::Local { data } => keys::fingerprint(local_host_key(data)?.public_key()),
+        Caller::Local { data } => keys::fingerprint(local_host_key(data)?.public_key()).into(),
         Caller::Remote { live, .. } => live.host_key().to_string(),
     })
 }

@@ -335,7 +335,7 @@ fn render_keys(keys: &[KeyRecord]) -> String {
             k.role.to_string(),
             k.name.clone(),
             k.algorithm.clone(),
-            k.fingerprint.clone(),
+            k.fingerprint.to_string(),
             match k.revoked {
                 Some(t) => format!("revoked {}", when(Some(t))),
                 None => "active".into(),

@@ -11,7 +11,7 @@ use serde::Serialize;
 pub use crate::admin::AdminArgs;
 use crate::admin::{self, AdminCommand, Caller, Text};
 use crate::render::print_json;
-use crate::ssh::keys;
+use crate::ssh::keys::{self, Fingerprint};
 use crate::store::Store;
 
 pub async fn run(a: AdminArgs) -> Result<ExitCode> {
@@ -47,7 +47,7 @@ fn host_key(data: &Path, json: bool) -> Result<ExitCode> {
     if json {
         #[derive(Serialize)]
         struct HostKey {
-            fingerprint: String,
+            fingerprint: Fingerprint,
             public_key: String,
         }
         let public_key = key

@@ -19,7 +19,7 @@ use crate::protocol::limits::HANDSHAKE_TIMEOUT;
 use crate::protocol::token::{ENROLL_USER, Invite};
 use crate::protocol::{Name, Role};
 use crate::ssh::client::{self, ConnectOptions, NoForwards};
-use crate::ssh::keys;
+use crate::ssh::keys::{self, Fingerprint};
 
 /// What to enroll and where to write the result.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ struct Answer {
     system: String,
     role: Role,
     name: String,
-    fingerprint: String,
+    fingerprint: Fingerprint,
 }
 
 /// What was written.
@@ -46,7 +46,7 @@ pub struct Enrolled {
     pub system: String,
     pub role: Role,
     pub name: String,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub config: PathBuf,
     pub key: PathBuf,
 }

@@ -14,6 +14,7 @@ use super::{Relay, StatusChange, gateways, ratelimit};
 use crate::audit::{self, AuditWriter};
 use crate::protocol::DeviceId;
 use crate::protocol::limits::{LAST_SEEN_FLUSH_INTERVAL, STATUS_RETRY_INTERVAL};
+use crate::ssh::Fingerprint;
 use crate::store::Store;
 
 /// The receiving ends of the relay's status and audit channels, until
@@ -168,7 +169,7 @@ pub(super) async fn watch_store(relay: Arc<Relay>) {
         // `warren admin expose` may have changed public ports.
         relay.expose_wake.notify_one();
         let conns = relay.registry.conns();
-        let fps: Vec<String> = conns.iter().map(|c| c.fingerprint.clone()).collect();
+        let fps: Vec<Fingerprint> = conns.iter().map(|c| c.fingerprint.clone()).collect();
         let active = relay.store.call(move |s| s.keys_active(&fps)).await;
         let Ok(active) = active else {
             relay.rechecks.send_modify(|n| *n += 1);

@@ -29,7 +29,7 @@ use crate::protocol::limits::{
 use crate::protocol::token::ENROLL_USER;
 use crate::protocol::{DeviceId, Name, Role};
 use crate::ssh::server::{self, Exec, ExecOutput, ServerHandle, ServerSession};
-use crate::ssh::{IncomingChannel, PublicKey, keys};
+use crate::ssh::{Fingerprint, IncomingChannel, PublicKey, keys};
 use crate::store::{self, Identity};
 
 /// Registered keys one `key_probe` record lists; more are only counted (in
@@ -113,12 +113,12 @@ struct Connection {
     /// What the agent said about itself (`device-info`).
     info: DeviceInfo,
     /// Fingerprints offered and refused, for the audit line if no key works.
-    refused: Vec<String>,
+    refused: Vec<Fingerprint>,
     /// The user name those keys were offered for.
     refused_user: Option<String>,
     /// Registered keys the relay said yes to when asked without a
     /// signature, and that were never used to log in (key probing).
-    probed: Vec<String>,
+    probed: Vec<Fingerprint>,
     probed_system: Option<String>,
     /// Why logins are refused outright: the store could not be asked.
     store_down: Option<String>,
@@ -127,7 +127,7 @@ struct Connection {
     /// `publickey` queries without a signature so far.
     queries: u64,
     /// The first key offered as user `enroll`, until a login completes.
-    enroll_offered: Option<String>,
+    enroll_offered: Option<Fingerprint>,
     /// `tcpip-forward` requests so far, capped at [`MAX_FORWARD_REQUESTS`].
     forward_requests: usize,
     /// Held until authentication: caps unauthenticated connections.
@@ -149,7 +149,7 @@ struct Connection {
 impl Connection {
     /// A relay of the cluster logging in to open hops: its host key must
     /// be in the registry.
-    async fn check_relay_key(&mut self, user: &str, fp: String, verified: bool) -> bool {
+    async fn check_relay_key(&mut self, user: &str, fp: Fingerprint, verified: bool) -> bool {
         match super::hop::peer_relay(&self.relay, &fp).await {
             Ok(Some(id)) => {
                 if verified {
@@ -174,7 +174,7 @@ impl Connection {
         }
     }
 
-    fn refuse_login(&mut self, user: &str, fp: String) {
+    fn refuse_login(&mut self, user: &str, fp: Fingerprint) {
         if !self.refused.contains(&fp) {
             self.refused.push(fp);
         }
@@ -199,7 +199,7 @@ impl Connection {
                 audit::login_reason::ENROLL_UNSIGNED,
                 "enroll: a key was offered but never signed with",
             );
-            e.fingerprint = Some(fp);
+            e.fingerprint = Some(fp.into());
             self.relay
                 .record_flood(self.peer.ip(), Flood::EnrollRefused, e);
         }
@@ -349,7 +349,7 @@ impl ServerSession for Connection {
                     audit::login_reason::STORE_UNAVAILABLE,
                     why,
                 );
-                e.fingerprint = Some(fp);
+                e.fingerprint = Some(fp.into());
                 self.relay.audit.record(e);
                 self.store_down = Some(why.to_string());
                 return false;

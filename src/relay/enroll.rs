@@ -12,7 +12,7 @@ use crate::audit::{self, Event, kind};
 use crate::protocol::Role;
 use crate::protocol::token::Invite;
 use crate::ssh::PublicKey;
-use crate::ssh::keys::fingerprint;
+use crate::ssh::keys::{Fingerprint, fingerprint};
 use crate::ssh::server::ExecOutput;
 
 /// What the relay answers on success (one JSON object on stdout).
@@ -21,7 +21,7 @@ pub struct Enrolled {
     pub system: String,
     pub role: Role,
     pub name: String,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
 }
 
 pub(super) async fn run(
@@ -39,7 +39,7 @@ pub(super) async fn run(
     };
     let fp = fingerprint(key);
     let mut event = Event::new(kind::ENROLL, audit::OK).peer(peer);
-    event.fingerprint = Some(fp.clone());
+    event.fingerprint = Some(fp.to_string());
     let invite = Invite::decode(token);
     if let Ok(inv) = &invite {
         event = event

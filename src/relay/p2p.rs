@@ -267,6 +267,6 @@ fn closed(s: &Session, o: &Open, up: u64, down: u64, took: Duration) {
     )
     .peer(s.peer)
     .detail("path=direct (bytes as counted by the controller; none passed through the relay)");
-    e.fingerprint = Some(s.who.fingerprint.clone());
+    e.fingerprint = Some(s.who.fingerprint.to_string());
     s.relay.audit.record(e);
 }

@@ -171,7 +171,7 @@ fn closed(req: &Request, device: &str, stats: SpliceStats, started: Instant, dis
         started.elapsed(),
     )
     .peer(req.peer);
-    closed.fingerprint = Some(who.fingerprint.clone());
+    closed.fingerprint = Some(who.fingerprint.to_string());
     closed = closed.detail(if disabled {
         "path=relayed; closed: device disabled by an admin"
     } else {

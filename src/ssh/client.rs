@@ -23,8 +23,9 @@ pub struct ConnectOptions {
     /// The system name (the SSH user name at the relay).
     pub user: String,
     pub key: Arc<PrivateKey>,
-    /// The relay's pinned host-key fingerprint (`SHA256:…`).
-    pub host_key: Fingerprint,
+    /// The relay's pinned host-key fingerprints (`SHA256:…`), comma-separated
+    /// when any relay of a cluster may answer.
+    pub host_key: String,
     /// Drop the connection when the relay has been silent this long.
     pub dead_after: Duration,
 }

@@ -13,21 +13,116 @@ use crate::protocol::limits::MAX_CONFIG_FILE;
 
 pub use ssh_key::{PrivateKey, PublicKey};
 
-/// A key's `SHA256:…` fingerprint, as `ssh-keygen -l` prints it.
-pub type Fingerprint = String;
+/// A key's `SHA256:…` fingerprint, as `ssh-keygen -l` prints it. Made only
+/// from a key, from text whose form was checked, or from the store (which
+/// holds only fingerprints made here); it reads as a `&str` everywhere else.
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
+pub struct Fingerprint(String);
 
-pub fn fingerprint(key: &PublicKey) -> Fingerprint {
-    key.fingerprint(HashAlg::Sha256).to_string()
+impl From<Fingerprint> for String {
+    fn from(f: Fingerprint) -> String {
+        f.0
+    }
 }
 
-/// Checks a `SHA256:` fingerprint's form (43 base64 characters), as a
-/// config or an invite gives it.
+impl TryFrom<String> for Fingerprint {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        parse_fingerprint(&s)
+    }
+}
+
+impl Fingerprint {
+    /// A fingerprint read back from the store, which only ever holds ones
+    /// made by [`fingerprint`] or [`parse_fingerprint`].
+    pub fn from_stored(text: String) -> Self {
+        Fingerprint(text)
+    }
+
+    /// What a console session or an API token acts under where a key would
+    /// give its fingerprint: `web:` and the credential's id.
+    pub fn web_credential(id: &str) -> Self {
+        Fingerprint(format!("web:{id}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl From<&str> for Fingerprint {
+    fn from(s: &str) -> Self {
+        Fingerprint(s.to_string())
+    }
+}
+
+impl std::ops::Deref for Fingerprint {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Fingerprint {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Fingerprint {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for Fingerprint {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Fingerprint {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::str::FromStr for Fingerprint {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        parse_fingerprint(s)
+    }
+}
+
+pub fn fingerprint(key: &PublicKey) -> Fingerprint {
+    Fingerprint(key.fingerprint(HashAlg::Sha256).to_string())
+}
+
 /// A comma-separated list of fingerprints (the relays of a cluster, any of
 /// which an agent accepts), checked and joined again with commas.
-pub fn parse_fingerprints(s: &str) -> Result<Fingerprint> {
+pub fn parse_fingerprints(s: &str) -> Result<String> {
     let keys = s
         .split(',')
-        .map(parse_fingerprint)
+        .map(|one| parse_fingerprint(one).map(|f| f.0))
         .collect::<Result<Vec<_>>>()?;
     Ok(keys.join(","))
 }
@@ -37,6 +132,8 @@ pub fn pinned(pins: &str, seen: &str) -> bool {
     pins.split(',').any(|p| p == seen)
 }
 
+/// Checks a `SHA256:` fingerprint's form (43 base64 characters), as a
+/// config or an invite gives it.
 pub fn parse_fingerprint(s: &str) -> Result<Fingerprint> {
     let s = s.trim();
     let ok = s.strip_prefix("SHA256:").is_some_and(|b| {
@@ -49,7 +146,7 @@ pub fn parse_fingerprint(s: &str) -> Result<Fingerprint> {
             "relay host key {s:?} is not a SHA256 fingerprint (expected SHA256: and 43 characters, as `warren admin host-key` prints)"
         );
     }
-    Ok(s.to_string())
+    Ok(Fingerprint(s.to_string()))
 }
 
 /// Parses one OpenSSH public key line (`ssh-ed25519 AAAA… comment`).

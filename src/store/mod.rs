@@ -124,6 +124,20 @@ pub struct DeviceStatus {
     pub path_why: Option<String>,
 }
 
+impl rusqlite::ToSql for Fingerprint {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+/// Fingerprints in the store were all made by `ssh::keys`, so they are read
+/// back without checking their form again.
+impl rusqlite::types::FromSql for Fingerprint {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        String::column_result(v).map(Fingerprint::from_stored)
+    }
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -321,7 +335,7 @@ impl Store {
                 .unwrap_or("")
                 .to_string();
             out.push(KeyRecord {
-                fingerprint,
+                fingerprint: Fingerprint::from_stored(fingerprint),
                 system,
                 role: role.parse().map_err(anyhow::Error::msg)?,
                 name,
@@ -401,7 +415,7 @@ impl Store {
 
     /// [`Store::key_active`] of each fingerprint, in order (one query on
     /// PostgreSQL).
-    pub fn keys_active(&self, fps: &[String]) -> Result<Vec<bool>> {
+    pub fn keys_active(&self, fps: &[Fingerprint]) -> Result<Vec<bool>> {
         if let Some(pg) = &self.pg {
             return pg.active_keys(fps);
         }

@@ -13,6 +13,7 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
 use crate::admin::{self, AdminCommand, Caller, Reply, Request};
 use crate::protocol::Name;
+use crate::ssh::Fingerprint;
 use crate::store::Identity;
 
 /// An admin command line, as remote admin parses it.
@@ -127,6 +128,6 @@ fn identity(p: &Principal) -> ApiResult<Identity> {
         system: name(p.system().unwrap_or("relay"))?,
         role: p.role(),
         name: name(&p.cred.who)?,
-        fingerprint: format!("web:{}", p.cred.id),
+        fingerprint: Fingerprint::web_credential(&p.cred.id),
     })
 }

@@ -27,7 +27,7 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// Logs in to the relay at `addr` (host key pinned) as `user` with `key`.
 pub async fn connect_to(
     addr: &str,
-    host_key: &keys::Fingerprint,
+    host_key: &str,
     user: &str,
     key: Arc<PrivateKey>,
 ) -> anyhow::Result<ClientConnection<NoForwards>> {
@@ -35,7 +35,7 @@ pub async fn connect_to(
     let opts = ConnectOptions {
         user: user.into(),
         key,
-        host_key: host_key.clone(),
+        host_key: host_key.to_string(),
         dead_after: Duration::from_secs(10),
     };
     client::connect(tcp, &opts, NoForwards).await

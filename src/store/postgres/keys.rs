@@ -5,7 +5,7 @@ use tokio_postgres::Transaction;
 
 use super::Pg;
 use crate::protocol::{Name, Role};
-use crate::ssh::keys::{PublicKey, fingerprint};
+use crate::ssh::keys::{Fingerprint, PublicKey, fingerprint};
 use crate::store::{Identity, KeyRecord, now};
 
 /// The advisory lock that checked writes (a key, an invite, an enrollment,
@@ -167,7 +167,7 @@ impl Pg {
     }
 
     /// Of `fps`, the fingerprints whose keys are active, in one query.
-    pub fn active_keys(&self, fps: &[String]) -> Result<Vec<bool>> {
+    pub fn active_keys(&self, fps: &[Fingerprint]) -> Result<Vec<bool>> {
         self.block(async {
             let c = self.client().await?;
             let rows = c
@@ -176,7 +176,7 @@ impl Pg {
                     &[&fps],
                 )
                 .await?;
-            let active: std::collections::HashSet<String> = rows
+            let active: std::collections::HashSet<Fingerprint> = rows
                 .iter()
                 .map(|r| r.try_get(0))
                 .collect::<Result<_, _>>()?;

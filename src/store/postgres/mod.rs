@@ -38,6 +38,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::NoTls;
 
 use crate::protocol::limits::{DATABASE_CONNECT_TIMEOUT, DATABASE_POOL_SIZE, DATABASE_WAIT};
+use crate::ssh::Fingerprint;
 
 pub use cluster::{Claim, RelayRecord};
 pub use copy::Copied;
@@ -198,6 +199,37 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+impl tokio_postgres::types::ToSql for Fingerprint {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        self.as_str().to_sql(ty, out)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as tokio_postgres::types::ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// As in SQLite: the store holds only fingerprints made by `ssh::keys`.
+impl<'a> tokio_postgres::types::FromSql<'a> for Fingerprint {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        String::from_sql(ty, raw).map(Fingerprint::from_stored)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <String as tokio_postgres::types::FromSql>::accepts(ty)
     }
 }
 

@@ -192,7 +192,7 @@ async fn server_for(settings: Settings, user: PrivateKey) -> TestServer {
     TestServer {
         addr,
         host,
-        host_fp,
+        host_fp: host_fp.into(),
         user,
         granted,
         ended,
