@@ -119,33 +119,3 @@ impl Store {
         Ok(e)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exposures_are_added_listed_and_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let tau = Name::parse("tau").unwrap();
-        let dev1 = Name::parse("dev1").unwrap();
-        assert!(
-            store.add_exposure(4040, &tau, &dev1, 22, &[]).is_err(),
-            "no system yet"
-        );
-        store.add_system(&tau).unwrap();
-        let e = store
-            .add_exposure(4040, &tau, &dev1, 22, &["10.0.0.0/8".into()])
-            .unwrap();
-        assert_eq!(store.exposures().unwrap(), vec![e.clone()]);
-        let err = store.add_exposure(4040, &tau, &dev1, 80, &[]).unwrap_err();
-        assert!(
-            err.to_string().contains("already exposes tau/dev1:22"),
-            "{err}"
-        );
-        assert_eq!(store.remove_exposure(4040).unwrap(), e);
-        assert!(store.exposures().unwrap().is_empty());
-        assert!(store.remove_exposure(4040).is_err());
-    }
-}

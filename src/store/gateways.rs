@@ -390,66 +390,6 @@ mod tests {
     }
 
     #[test]
-    fn announce_associate_rules_and_delete() {
-        let (_dir, store) = store_with_device();
-        let a = Announce {
-            scope: vec![Cidr::parse("10.0.1.0/24").unwrap()],
-            ports: vec![22],
-            permit: Some(vec![Cidr::parse("10.0.0.0/8").unwrap()]),
-            listens: vec![ListenSpec {
-                bind: "10.0.1.1:9100".into(),
-                to: "collector:9100".into(),
-            }],
-        };
-        assert_eq!(store.gateway_announce("tau", "gw1", &a).unwrap(), vec![]);
-        let net = Cidr::parse("10.0.2.0/24").unwrap();
-        store.gateway_associate(&n("tau"), &n("gw1"), &net).unwrap();
-        assert!(store.gateway_associate(&n("tau"), &n("gw1"), &net).is_err());
-        assert_eq!(store.gateway_announce("tau", "gw1", &a).unwrap(), vec![net]);
-        let t = Target::parse("collector:9100").unwrap();
-        store.gateway_allow(&n("tau"), &n("gw1"), &t).unwrap();
-        assert!(
-            store
-                .gateway_rule_allows("tau", "gw1", "collector:9100")
-                .unwrap()
-        );
-        assert!(
-            !store
-                .gateway_rule_allows("tau", "gw1", "collector:9101")
-                .unwrap()
-        );
-        let g = store.gateways(Some("tau")).unwrap();
-        assert_eq!(g.len(), 1);
-        assert_eq!(g[0].scope, vec!["10.0.1.0/24"]);
-        assert_eq!(g[0].permit, Some(vec!["10.0.0.0/8".to_string()]));
-        assert_eq!(g[0].associations, vec!["10.0.2.0/24"]);
-        assert_eq!(g[0].rules, vec!["collector:9100"]);
-        assert_eq!(g[0].listens[0].to, "collector:9100");
-        assert_eq!(store.gateway_system(&n("gw1")).unwrap().as_str(), "tau");
-
-        // Not a device: refused, nothing written.
-        let err = store
-            .gateway_associate(&n("tau"), &n("nosuch"), &net)
-            .unwrap_err();
-        assert!(err.to_string().contains("no device nosuch"), "{err}");
-        assert_eq!(store.gateways(None).unwrap().len(), 1);
-
-        let err = store
-            .gateway_delete(&n("tau"), &n("gw1"), false)
-            .unwrap_err();
-        assert!(err.to_string().contains("--force"), "{err}");
-        assert_eq!(store.gateways(None).unwrap().len(), 1);
-        store.gateway_deny(&n("tau"), &n("gw1"), &t).unwrap();
-        assert!(store.gateway_deny(&n("tau"), &n("gw1"), &t).is_err());
-        store
-            .gateway_dissociate(&n("tau"), &n("gw1"), &net)
-            .unwrap();
-        store.gateway_delete(&n("tau"), &n("gw1"), false).unwrap();
-        assert!(store.gateways(None).unwrap().is_empty());
-        assert!(store.gateway_delete(&n("tau"), &n("gw1"), false).is_err());
-    }
-
-    #[test]
     fn force_deletes_a_gateway_with_rules() {
         let (_dir, store) = store_with_device();
         let t = Target::parse("collector:9100").unwrap();

@@ -697,86 +697,9 @@ fn split_ports(s: &str) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ssh::keys::generate_ed25519;
 
     fn name(s: &str) -> Name {
         Name::parse(s).unwrap()
-    }
-
-    #[test]
-    fn keys_bind_to_system_role_and_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.add_system(&name("tau")).unwrap();
-        assert!(store.add_system(&name("tau")).is_err());
-        let k = generate_ed25519().unwrap();
-        let pk = k.public_key();
-        assert!(
-            store
-                .add_key(&name("nope"), Role::Device, &name("dev1"), pk)
-                .is_err()
-        );
-        store
-            .add_key(&name("tau"), Role::Device, &name("dev1"), pk)
-            .unwrap();
-        // The same key cannot be registered twice, anywhere.
-        assert!(
-            store
-                .add_key(&name("tau"), Role::Controller, &name("alice"), pk)
-                .is_err()
-        );
-        // Another key cannot take the device name.
-        let other = generate_ed25519().unwrap();
-        let err = store
-            .add_key(
-                &name("tau"),
-                Role::Device,
-                &name("dev1"),
-                other.public_key(),
-            )
-            .unwrap_err();
-        assert!(err.to_string().contains("already belongs"), "{err}");
-
-        let id = store.identity("tau", pk).unwrap().unwrap();
-        assert_eq!((id.role, id.name.as_str()), (Role::Device, "dev1"));
-        assert_eq!(store.identity("other", pk).unwrap(), None);
-        assert_eq!(store.identity("tau", other.public_key()).unwrap(), None);
-
-        store.revoke_key(&id.fingerprint).unwrap();
-        assert_eq!(store.identity("tau", pk).unwrap(), None);
-        assert!(!store.key_active(&id.fingerprint).unwrap());
-        assert!(store.revoke_key(&id.fingerprint).is_err());
-        // Once revoked, the name is free for a new key.
-        store
-            .add_key(
-                &name("tau"),
-                Role::Device,
-                &name("dev1"),
-                other.public_key(),
-            )
-            .unwrap();
-    }
-
-    #[test]
-    fn device_status_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
-            store
-                .device_up("tau", "dev1", peer, &[22, 8080], &DeviceInfo::default())
-                .unwrap();
-            let d = store.devices(Some("tau")).unwrap();
-            assert_eq!(d.len(), 1);
-            assert!(d[0].online);
-            assert_eq!(d[0].ports, vec![22, 8080]);
-        }
-        let store = Store::open(dir.path()).unwrap();
-        store.all_devices_down().unwrap();
-        let d = store.devices(None).unwrap();
-        assert!(!d[0].online);
-        assert_eq!(d[0].address.as_deref(), Some("192.0.2.7:5555"));
-        assert!(d[0].last_seen.is_some());
     }
 
     #[test]
