@@ -19,23 +19,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cli::{admin_tau, p, warren_ok};
-use common::netns::{Net, Watched, agent_config, default_route, in_ns, ip, is_root, start_relay};
+use common::netns::{
+    Net, Watched, agent_config, default_route, in_ns, ip, is_root, reachable, start_relay,
+};
 use common::openssh::{Sshd, login_user, run};
 use common::*;
 
 const BACK_WITHIN: Duration = Duration::from_secs(60);
-
-/// Can `ns` open a TCP connection to `addr`? (Bounded by a short timeout.)
-async fn reachable(ns: &str, addr: &str) -> bool {
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    let script = format!("exec 3<>/dev/tcp/{host}/{port}");
-    run(
-        in_ns(ns, "timeout").args(["3", "bash", "-c", &script]),
-        WAIT,
-    )
-    .await
-    .ok
-}
 
 #[tokio::test]
 async fn device_and_controller_behind_nat_meet_at_the_relay() {

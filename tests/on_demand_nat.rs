@@ -16,21 +16,9 @@ use std::time::Duration;
 
 use common::cli::{admin_tau, p};
 use common::mosquitto::Mosquitto;
-use common::netns::{Net, WARREN, Watched, agent_config, default_route, in_ns, is_root};
+use common::netns::{Net, WARREN, Watched, agent_config, default_route, in_ns, is_root, reachable};
 use common::openssh::{Sshd, login_user, run};
 use common::*;
-
-/// Can `ns` open a TCP connection to `addr`? (Bounded by a short timeout.)
-async fn reachable(ns: &str, addr: &str) -> bool {
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    let script = format!("exec 3<>/dev/tcp/{host}/{port}");
-    run(
-        in_ns(ns, "timeout").args(["3", "bash", "-c", &script]),
-        WAIT,
-    )
-    .await
-    .ok
-}
 
 /// Namespaces: the relay's public side, the NAT, the device behind it.
 fn topology(net: &mut Net) -> (String, String) {

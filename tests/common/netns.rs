@@ -220,6 +220,18 @@ pub fn cmd_ok(prog: &str, args: &[&str]) {
     );
 }
 
+/// Can `ns` open a TCP connection to `addr`? (Bounded by a short timeout.)
+pub async fn reachable(ns: &str, addr: &str) -> bool {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let script = format!("exec 3<>/dev/tcp/{host}/{port}");
+    super::openssh::run(
+        in_ns(ns, "timeout").args(["3", "bash", "-c", &script]),
+        WAIT,
+    )
+    .await
+    .ok
+}
+
 /// A command run inside namespace `ns`.
 pub fn in_ns(ns: &str, prog: &str) -> Command {
     let mut c = Command::new("ip");
