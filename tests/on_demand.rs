@@ -82,6 +82,20 @@ impl World {
     }
 
     /// Starts on-demand agent `dev` serving `allow`, with `od`.
+    /// `dev` on demand, its port 22 an echo server, once it is asleep.
+    async fn asleep_echo_device(&self, dev: &str) -> Sleeper {
+        let echo = echo_server().await;
+        let key = self.relay.add_key("tau", Role::Device, dev);
+        let mut sleeper = self.sleeper(
+            dev,
+            key,
+            &[format!("22=127.0.0.1:{echo}")],
+            self.on_demand(dev),
+        );
+        sleeper.state(State::Asleep).await;
+        sleeper
+    }
+
     fn sleeper(&self, dev: &str, key: Arc<PrivateKey>, allow: &[String], od: OnDemand) -> Sleeper {
         let mut settings = self.relay.agent_settings("tau", dev, key, allow);
         settings.on_demand = Some(od.clone());
@@ -272,15 +286,7 @@ async fn ssh_jump_wakes_an_asleep_device_which_sleeps_again_when_idle() {
 #[tokio::test]
 async fn many_streams_to_one_asleep_device_cause_one_wake() {
     let w = World::start().await;
-    let echo = echo_server().await;
-    let key = w.relay.add_key("tau", Role::Device, "dev1");
-    let mut dev = w.sleeper(
-        "dev1",
-        key,
-        &[format!("22=127.0.0.1:{echo}")],
-        w.on_demand("dev1"),
-    );
-    dev.state(State::Asleep).await;
+    let mut dev = w.asleep_echo_device("dev1").await;
     w.wait_listed("dev1", "asleep").await;
 
     let alice = w.relay.add_key("tau", Role::Controller, "bob");
@@ -469,15 +475,7 @@ async fn the_broker_acl_keeps_a_device_off_other_devices_command_topics() {
 #[tokio::test]
 async fn broker_down_while_asleep_the_agent_retries_and_reports_when_back() {
     let mut w = World::start().await;
-    let echo = echo_server().await;
-    let key = w.relay.add_key("tau", Role::Device, "dev1");
-    let mut dev = w.sleeper(
-        "dev1",
-        key,
-        &[format!("22=127.0.0.1:{echo}")],
-        w.on_demand("dev1"),
-    );
-    dev.state(State::Asleep).await;
+    let mut dev = w.asleep_echo_device("dev1").await;
     let mut states = w.broker.subscribe("admin", "warren/tau/dev1/state").await;
     states.until_state("asleep").await;
     drop(states);
