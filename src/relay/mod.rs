@@ -252,7 +252,11 @@ impl Relay {
                 tracing::info!(pruned, retention = ?keep, "pruned old audit events");
             }
         }
-        if let Some(addr) = &options.advertise {
+        // In a cluster each relay's address is its own registry row (set by
+        // `join` above); the shared settings would hold the last writer's.
+        if let Some(addr) = &options.advertise
+            && store.postgres().is_none()
+        {
             store.set_setting(ADVERTISE_SETTING, addr)?;
         }
         let (tx, rx) = mpsc::unbounded_channel();
