@@ -169,7 +169,38 @@ async fn open_port(
     Some(Open { exposure: e, stop })
 }
 
-/// Carries one public connection to the device.
+/// Opens the public connection's channel to `device`, connected here.
+async fn open_here<'a>(
+    relay: &'a Relay,
+    e: &Exposure,
+    device: &DeviceId,
+    peer: SocketAddr,
+) -> Result<(crate::ssh::Channel, super::registry::StreamGuard<'a>), PublicRefusal> {
+    let entry = relay.registry.lookup(&device.system, &device.name);
+    let Some(entry) = entry.filter(|d| d.ports.contains(&u32::from(e.device_port))) else {
+        return Err(PublicRefusal::DeviceNotServing);
+    };
+    let Some(guard) = relay.registry.open_stream(device) else {
+        return Err(PublicRefusal::Disabled);
+    };
+    let opened = tokio::time::timeout(
+        STREAM_OPEN_TIMEOUT,
+        entry
+            .handle
+            .open_forwarded(&e.device, u32::from(e.device_port), peer),
+    )
+    .await;
+    match opened {
+        Ok(Ok(ch)) => Ok((ch, guard)),
+        Ok(Err(err)) => Err(PublicRefusal::OpenFailed {
+            err: err.to_string(),
+        }),
+        Err(_) => Err(PublicRefusal::OpenTimeout),
+    }
+}
+
+/// Carries one public connection to the device (in a cluster, through the
+/// relay that holds it).
 async fn stream(
     relay: Arc<Relay>,
     e: Exposure,
@@ -194,29 +225,33 @@ async fn stream(
     let (Ok(system), Ok(name)) = (Name::parse(&e.system), Name::parse(&e.device)) else {
         return refused(PublicRefusal::NoValidDevice);
     };
-    let device = relay.registry.lookup(&system, &name);
-    let Some(device) = device.filter(|d| d.ports.contains(&u32::from(e.device_port))) else {
-        return refused(PublicRefusal::DeviceNotServing);
+    let device = DeviceId::new(system, name);
+    let (channel, guard) = match relay.registry.lookup(&device.system, &device.name) {
+        Some(_) => match open_here(&relay, &e, &device, peer).await {
+            Ok((channel, guard)) => (channel, Some(guard)),
+            Err(why) => return refused(why),
+        },
+        // In a cluster, the relay that holds the device carries it (one hop).
+        None => match super::hop::holder(&relay, &device.system, device.name.as_str()).await {
+            Some(holder) => {
+                let target = super::hop::HopTarget::Device(device);
+                match relay
+                    .hops
+                    .open(&holder, &target, u32::from(e.device_port))
+                    .await
+                {
+                    Ok(channel) => (channel, None),
+                    Err(err) => {
+                        return refused(PublicRefusal::OpenFailed {
+                            err: format!("{err:#} (through relay {})", holder.id),
+                        });
+                    }
+                }
+            }
+            None => return refused(PublicRefusal::DeviceNotServing),
+        },
     };
-    let Some(guard) = relay.registry.open_stream(&DeviceId::new(system, name)) else {
-        return refused(PublicRefusal::Disabled);
-    };
-    let opened = tokio::time::timeout(
-        STREAM_OPEN_TIMEOUT,
-        device
-            .handle
-            .open_forwarded(&e.device, u32::from(e.device_port), peer),
-    )
-    .await;
-    let channel = match opened {
-        Ok(Ok(ch)) => ch,
-        Ok(Err(err)) => {
-            return refused(PublicRefusal::OpenFailed {
-                err: err.to_string(),
-            });
-        }
-        Err(_) => return refused(PublicRefusal::OpenTimeout),
-    };
+    let disabled = guard.as_ref().map(|g| g.closed.clone()).unwrap_or_default();
     let _ = tcp.set_nodelay(true);
     let started = Instant::now();
     relay.audit().record(
@@ -232,7 +267,7 @@ async fn stream(
         _ = stop.cancelled() => {
             Event::new(kind::STREAM_CLOSE, "closed").detail("public port removed")
         }
-        _ = guard.closed.cancelled() => {
+        _ = disabled.cancelled() => {
             Event::new(kind::STREAM_CLOSE, "closed").detail("closed: device disabled by an admin")
         }
         stats = channel.splice_io(r, w) => {

@@ -16,6 +16,7 @@ mod enroll;
 pub mod expose;
 pub mod gateways;
 pub mod hop;
+mod hop_gateway;
 mod listen;
 mod live;
 pub mod p2p;
