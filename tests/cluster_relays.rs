@@ -105,3 +105,109 @@ async fn each_relay_advertises_itself_in_its_invites_and_ssh_config_and_a_cluste
     );
     assert!(!config.contains(&addr_a), "{config}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_asleep_device_asked_for_through_two_relays_is_woken_once_and_reached_where_it_registers()
+ {
+    use common::mosquitto::{Mosquitto, password, within};
+    use warren::agent::on_demand::{self, OnDemand, OnDemandEvent};
+    use warren::mqtt::{BrokerSettings, BrokerUrl, State, Topics};
+    use warren::relay::wake::{WakeOptions, kind};
+    let broker = Mosquitto::start().await;
+    let login = |user: &str| BrokerSettings {
+        url: BrokerUrl::parse(&broker.url()).unwrap(),
+        username: Some(user.into()),
+        password: Some(password(user).into()),
+        ca: None,
+        client_cert: None,
+    };
+    let waking = || RelayOptions {
+        wake: Some(WakeOptions {
+            broker: login("relay"),
+            topics: Topics::default(),
+            timeout: std::time::Duration::from_secs(20),
+        }),
+        ..Default::default()
+    };
+    let pg = PgServer::start();
+    let relays = cluster_with(&pg, vec![waking(), waking()]).await;
+    let (a, b) = (&relays[0], &relays[1]);
+    a.add_system("tau");
+    let alice = a.add_key("tau", Role::Controller, "alice");
+    let echo = common::echo_server().await;
+    let mut commands = broker.subscribe("admin", "warren/tau/dev1/cmd").await;
+    // dev1 is on demand and knows only relay B: woken, it registers there.
+    let mut written = b.relay.status_written();
+    let key = b.add_key("tau", Role::Device, "dev1");
+    let mut settings = b.agent_settings("tau", "dev1", key, &[format!("127.0.0.1:{echo}")]);
+    let od = OnDemand {
+        broker: login("dev1"),
+        idle_timeout: std::time::Duration::from_secs(60),
+        topics: Topics::default(),
+    };
+    settings.on_demand = Some(od.clone());
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    tokio::spawn(on_demand::run(settings, od, stop, Some(tx)));
+    within("dev1 asleep", async {
+        while !matches!(
+            events.recv().await,
+            Some(OnDemandEvent::State {
+                state: State::Asleep,
+                ..
+            })
+        ) {}
+    })
+    .await;
+    // Asleep as the cluster's store says: nobody holds it.
+    let pg_a = a.store().postgres().unwrap();
+    within("dev1 offline in the store", async {
+        while pg_a.held_by_other("tau", "dev1").unwrap().is_some()
+            || a.store()
+                .devices(Some("tau"))
+                .unwrap()
+                .iter()
+                .any(|d| d.online)
+        {
+            written.changed().await.unwrap();
+        }
+    })
+    .await;
+    // Controllers on both relays ask at once; both streams reach it.
+    let (on_a, on_b) = (
+        a.controller("tau", alice.clone()).await,
+        b.controller("tau", alice).await,
+    );
+    let (via_a, via_b) = tokio::join!(
+        common::echo_through(&on_a, "dev1", echo, b"through A"),
+        common::echo_through(&on_b, "dev1", echo, b"through B"),
+    );
+    assert_eq!(via_a.unwrap(), b"through A");
+    assert_eq!(via_b.unwrap(), b"through B");
+    // One `connect` on its topic: a marker published after both streams
+    // came back is the next message after that one.
+    let marker = r#"{"marker":"after both streams"}"#;
+    let sent = broker
+        .publish("admin", "warren/tau/dev1/cmd", marker, &[])
+        .await;
+    assert!(sent.ok, "{}", sent.stderr);
+    let mut connects = 0;
+    loop {
+        let (_, payload) = commands.next().await;
+        if payload == marker {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        if v["op"] == "connect" {
+            connects += 1;
+        }
+    }
+    assert_eq!(connects, 1, "exactly one wake published for two relays");
+    // The relay that sent it audited the wake, online.
+    let q = common::audit_of(kind::WAKE, 50);
+    a.wait_audit(&q, |e| {
+        e.result == "ok" && e.detail.as_deref() == Some("online")
+    })
+    .await;
+}
