@@ -420,19 +420,11 @@ async fn devices_process(flags: &std::collections::HashMap<String, String>) -> R
     Ok(())
 }
 
-async fn scale(a: &Args) -> Result<Scale> {
+/// Loader processes for each relay's devices, at most `--per-loader` each.
+fn spawn_loaders(a: &Args, relays: &[(String, String)]) -> Result<Vec<Child>> {
     let url = a.database.as_str();
-    let mut relays = Vec::new();
-    for _ in 0..3 {
-        let mut c = Child::spawn(&["relay".into(), "--database".into(), url.into()])?;
-        let line = c.line().await?;
-        let (addr, fp) = line.split_once(' ').context("relay line")?;
-        relays.push((addr.to_string(), fp.to_string(), c));
-    }
-    let store = Store::open_postgres(url)?;
-    store.add_system(&Name::parse("fleet")?)?;
     let mut loaders = Vec::new();
-    for (r, (addr, fp, _)) in relays.iter().enumerate() {
+    for (r, (addr, fp)) in relays.iter().enumerate() {
         let mut first = r * a.devices;
         let end = first + a.devices;
         while first < end {
@@ -459,6 +451,23 @@ async fn scale(a: &Args) -> Result<Scale> {
             first += count;
         }
     }
+    Ok(loaders)
+}
+
+async fn scale(a: &Args) -> Result<Scale> {
+    let url = a.database.as_str();
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        let mut c = Child::spawn(&["relay".into(), "--database".into(), url.into()])?;
+        let line = c.line().await?;
+        let (addr, fp) = line.split_once(' ').context("relay line")?;
+        relays.push((addr.to_string(), fp.to_string(), c));
+    }
+    let store = Store::open_postgres(url)?;
+    store.add_system(&Name::parse("fleet")?)?;
+    let targets: Vec<(String, String)> =
+        relays.iter().map(|r| (r.0.clone(), r.1.clone())).collect();
+    let mut loaders = spawn_loaders(a, &targets)?;
     eprintln!("scale: {} loader processes adding keys …", loaders.len());
     for l in &mut loaders {
         if l.line().await? != "ready" {

@@ -557,6 +557,36 @@ async fn gateway_on(
     (agent, key)
 }
 
+/// An ssh config for stock `ssh -J` through relay `a` to the sshd as the
+/// host `127.0.0.1.via.gw1` (its host key under the alias `behind-gw1`).
+fn gateway_ssh_config(
+    dir: &std::path::Path,
+    a: &TestRelay,
+    alice: &std::path::Path,
+    sshd: &Sshd,
+) -> std::path::PathBuf {
+    let user = login_user();
+    let known = write_file(
+        dir,
+        "known_hosts",
+        &format!("{}\nbehind-gw1 {}\n", a.known_hosts_line(), sshd.host_pub),
+    );
+    write_file(
+        dir,
+        "ssh_config",
+        &format!(
+            "Host 127.0.0.1\n  IdentityFile {alice}\n\
+             Host 127.0.0.1.via.gw1\n  User {user}\n  Port {port}\n  IdentityFile {userkey}\n  HostKeyAlias behind-gw1\n\
+             Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  \
+             UserKnownHostsFile {known}\n  ConnectTimeout 20\n",
+            alice = alice.display(),
+            port = sshd.port,
+            userkey = sshd.user_key.display(),
+            known = known.display(),
+        ),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_controller_on_relay_a_reaches_hosts_behind_a_gateway_on_relay_b_byte_exact() {
     let pg = PgServer::start();
@@ -570,26 +600,7 @@ async fn a_controller_on_relay_a_reaches_hosts_behind_a_gateway_on_relay_b_byte_
     let dir = tempfile::tempdir().unwrap();
     let alice = a.add_key_file(dir.path(), "tau", Role::Controller, "alice");
     // Stock `ssh -J` through A to a host named through gw1, byte-exact.
-    let user = login_user();
-    let known = write_file(
-        dir.path(),
-        "known_hosts",
-        &format!("{}\nbehind-gw1 {}\n", a.known_hosts_line(), sshd.host_pub),
-    );
-    let config = write_file(
-        dir.path(),
-        "ssh_config",
-        &format!(
-            "Host 127.0.0.1\n  IdentityFile {alice}\n\
-             Host 127.0.0.1.via.gw1\n  User {user}\n  Port {port}\n  IdentityFile {userkey}\n  HostKeyAlias behind-gw1\n\
-             Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  \
-             UserKnownHostsFile {known}\n  ConnectTimeout 20\n",
-            alice = alice.display(),
-            port = sshd.port,
-            userkey = sshd.user_key.display(),
-            known = known.display(),
-        ),
-    );
+    let config = gateway_ssh_config(dir.path(), a, &alice, &sshd);
     let payload = pseudo_random(256 * 1024);
     let file = dir.path().join("payload");
     std::fs::write(&file, &payload).unwrap();
@@ -641,31 +652,18 @@ async fn a_controller_on_relay_a_reaches_hosts_behind_a_gateway_on_relay_b_byte_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn gateway_rules_are_applied_on_both_relays_and_public_ports_reach_devices_on_another_relay()
-{
+async fn gateway_rules_are_applied_on_the_relay_asked_and_again_on_the_relay_holding_the_gateway() {
     use warren::policy::Refusal;
     use warren::protocol::Target;
     use warren::relay::hop::{HOP_USER, HopTarget};
     let pg = PgServer::start();
-    let url = pg.database();
-    let public_a = TestRelay::start_with(RelayOptions {
-        database: Some(url.clone()),
-        public_ports: warren::relay::config::PortRanges::parse(&["1-65535"]).unwrap(),
-        public_bind: Some("127.0.0.1".parse().unwrap()),
-        ..Default::default()
-    })
-    .await;
-    let b = TestRelay::start_with(RelayOptions {
-        database: Some(url),
-        ..Default::default()
-    })
-    .await;
-    let a = &public_a;
+    let relays = cluster(&pg, 2).await;
+    let (a, b) = (&relays[0], &relays[1]);
     a.add_system("tau");
     let echo = echo_server().await;
-    let _gw1 = gateway_on(&b, a, "gw1", "127.0.0.0/8", &[echo]).await;
+    let _gw1 = gateway_on(b, a, "gw1", "127.0.0.0/8", &[echo]).await;
     // robot: a gateway on A whose listen forwards may reach only what a rule allows.
-    let (_robot_agent, robot_key) = gateway_on(a, &b, "robot", "10.99.0.0/16", &[1]).await;
+    let (_robot_agent, robot_key) = gateway_on(a, b, "robot", "10.99.0.0/16", &[1]).await;
     let robot_fp = fingerprint(robot_key.public_key());
     let target = Target {
         host: "127.0.0.1.via.gw1".into(),
@@ -718,7 +716,26 @@ async fn gateway_rules_are_applied_on_both_relays_and_public_ports_reach_devices
     };
     a.wait_audit(&q, |e| e.reason.as_deref() == Some("no_gateway_rule"))
         .await;
-    // A public port bound on A carries its connections to dev1 on B.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_public_port_bound_on_relay_a_carries_connections_to_a_device_on_relay_b() {
+    let pg = PgServer::start();
+    let url = pg.database();
+    // Only A has public ports: the exposure is bound there.
+    let a = TestRelay::start_with(RelayOptions {
+        database: Some(url.clone()),
+        public_ports: warren::relay::config::PortRanges::parse(&["1-65535"]).unwrap(),
+        public_bind: Some("127.0.0.1".parse().unwrap()),
+        ..Default::default()
+    })
+    .await;
+    let b = TestRelay::start_with(RelayOptions {
+        database: Some(url),
+        ..Default::default()
+    })
+    .await;
+    a.add_system("tau");
     let (_dev1, dev_port) = b.echo_device("tau", "dev1").await;
     let pg_a = a.store().postgres().unwrap();
     let mut written = b.relay.status_written();

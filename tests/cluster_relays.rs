@@ -106,50 +106,64 @@ async fn each_relay_advertises_itself_in_its_invites_and_ssh_config_and_a_cluste
     assert!(!config.contains(&addr_a), "{config}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_asleep_device_asked_for_through_two_relays_is_woken_once_and_reached_where_it_registers()
- {
-    use common::mosquitto::{Mosquitto, password, within};
-    use warren::agent::on_demand::{self, OnDemand, OnDemandEvent};
-    use warren::mqtt::{BrokerSettings, BrokerUrl, State, Topics};
-    use warren::relay::wake::{WakeOptions, kind};
-    let broker = Mosquitto::start().await;
-    let login = |user: &str| BrokerSettings {
-        url: BrokerUrl::parse(&broker.url()).unwrap(),
+/// The `connect` commands on dev1's topic up to now: a marker published
+/// now is the next message after them.
+async fn connects_so_far(
+    broker: &common::mosquitto::Mosquitto,
+    commands: &mut common::mosquitto::Subscriber,
+) -> usize {
+    let marker = r#"{"marker":"now"}"#;
+    let sent = broker
+        .publish("admin", "warren/tau/dev1/cmd", marker, &[])
+        .await;
+    assert!(sent.ok, "{}", sent.stderr);
+    let mut connects = 0;
+    loop {
+        let (_, payload) = commands.next().await;
+        if payload == marker {
+            return connects;
+        }
+        let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        if v["op"] == "connect" {
+            connects += 1;
+        }
+    }
+}
+
+/// Broker settings for test user `user` of `broker`.
+fn broker_login(broker: &common::mosquitto::Mosquitto, user: &str) -> warren::mqtt::BrokerSettings {
+    warren::mqtt::BrokerSettings {
+        url: warren::mqtt::BrokerUrl::parse(&broker.url()).unwrap(),
         username: Some(user.into()),
-        password: Some(password(user).into()),
+        password: Some(common::mosquitto::password(user).into()),
         ca: None,
         client_cert: None,
-    };
-    let waking = || RelayOptions {
-        wake: Some(WakeOptions {
-            broker: login("relay"),
-            topics: Topics::default(),
-            timeout: std::time::Duration::from_secs(20),
-        }),
-        ..Default::default()
-    };
-    let pg = PgServer::start();
-    let relays = cluster_with(&pg, vec![waking(), waking()]).await;
-    let (a, b) = (&relays[0], &relays[1]);
-    a.add_system("tau");
-    let alice = a.add_key("tau", Role::Controller, "alice");
-    let echo = common::echo_server().await;
-    let mut commands = broker.subscribe("admin", "warren/tau/dev1/cmd").await;
-    // dev1 is on demand and knows only relay B: woken, it registers there.
+    }
+}
+
+/// Starts on-demand agent dev1 (serving `echo`) that knows only relay `b`,
+/// and waits until it is asleep and `a` sees nobody holding it.
+async fn asleep_on_b(
+    a: &TestRelay,
+    b: &TestRelay,
+    broker: &common::mosquitto::Mosquitto,
+    echo: u16,
+) -> tokio_util::sync::DropGuard {
+    use common::mosquitto::within;
+    use warren::agent::on_demand::{self, OnDemand, OnDemandEvent};
+    use warren::mqtt::{State, Topics};
     let mut written = b.relay.status_written();
     let key = b.add_key("tau", Role::Device, "dev1");
     let mut settings = b.agent_settings("tau", "dev1", key, &[format!("127.0.0.1:{echo}")]);
     let od = OnDemand {
-        broker: login("dev1"),
+        broker: broker_login(broker, "dev1"),
         idle_timeout: std::time::Duration::from_secs(60),
         topics: Topics::default(),
     };
     settings.on_demand = Some(od.clone());
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let stop = tokio_util::sync::CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
-    tokio::spawn(on_demand::run(settings, od, stop, Some(tx)));
+    tokio::spawn(on_demand::run(settings, od, stop.clone(), Some(tx)));
     within("dev1 asleep", async {
         while !matches!(
             events.recv().await,
@@ -174,6 +188,34 @@ async fn an_asleep_device_asked_for_through_two_relays_is_woken_once_and_reached
         }
     })
     .await;
+    stop.drop_guard()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_asleep_device_asked_for_through_two_relays_is_woken_once_and_reached_where_it_registers()
+ {
+    use common::mosquitto::Mosquitto;
+    use warren::mqtt::Topics;
+    use warren::relay::wake::{WakeOptions, kind};
+    let broker = Mosquitto::start().await;
+    let login = |user: &str| broker_login(&broker, user);
+    let waking = || RelayOptions {
+        wake: Some(WakeOptions {
+            broker: login("relay"),
+            topics: Topics::default(),
+            timeout: std::time::Duration::from_secs(20),
+        }),
+        ..Default::default()
+    };
+    let pg = PgServer::start();
+    let relays = cluster_with(&pg, vec![waking(), waking()]).await;
+    let (a, b) = (&relays[0], &relays[1]);
+    a.add_system("tau");
+    let alice = a.add_key("tau", Role::Controller, "alice");
+    let echo = common::echo_server().await;
+    let mut commands = broker.subscribe("admin", "warren/tau/dev1/cmd").await;
+    // dev1 is on demand and knows only relay B: woken, it registers there.
+    let _dev1 = asleep_on_b(a, b, &broker, echo).await;
     // Controllers on both relays ask at once; both streams reach it.
     let (on_a, on_b) = (
         a.controller("tau", alice.clone()).await,
@@ -185,24 +227,8 @@ async fn an_asleep_device_asked_for_through_two_relays_is_woken_once_and_reached
     );
     assert_eq!(via_a.unwrap(), b"through A");
     assert_eq!(via_b.unwrap(), b"through B");
-    // One `connect` on its topic: a marker published after both streams
-    // came back is the next message after that one.
-    let marker = r#"{"marker":"after both streams"}"#;
-    let sent = broker
-        .publish("admin", "warren/tau/dev1/cmd", marker, &[])
-        .await;
-    assert!(sent.ok, "{}", sent.stderr);
-    let mut connects = 0;
-    loop {
-        let (_, payload) = commands.next().await;
-        if payload == marker {
-            break;
-        }
-        let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
-        if v["op"] == "connect" {
-            connects += 1;
-        }
-    }
+    // One `connect` on its topic, for two relays asked at once.
+    let connects = connects_so_far(&broker, &mut commands).await;
     assert_eq!(connects, 1, "exactly one wake published for two relays");
     // The relay that sent it audited the wake, online.
     let q = common::audit_of(kind::WAKE, 50);

@@ -169,6 +169,45 @@ async fn open_port(
     Some(Open { exposure: e, stop })
 }
 
+/// Opens the public connection's channel to `device`: connected here, or
+/// in a cluster through the relay that holds it (one hop; no stream guard
+/// here, the holder keeps its own).
+async fn open_channel<'a>(
+    relay: &'a Relay,
+    e: &Exposure,
+    device: DeviceId,
+    peer: SocketAddr,
+) -> Result<
+    (
+        crate::ssh::Channel,
+        Option<super::registry::StreamGuard<'a>>,
+    ),
+    PublicRefusal,
+> {
+    if relay
+        .registry
+        .lookup(&device.system, &device.name)
+        .is_some()
+    {
+        let (channel, guard) = open_here(relay, e, &device, peer).await?;
+        return Ok((channel, Some(guard)));
+    }
+    let Some(holder) = super::hop::holder(relay, &device.system, device.name.as_str()).await else {
+        return Err(PublicRefusal::DeviceNotServing);
+    };
+    let target = super::hop::HopTarget::Device(device);
+    match relay
+        .hops
+        .open(&holder, &target, u32::from(e.device_port))
+        .await
+    {
+        Ok(channel) => Ok((channel, None)),
+        Err(err) => Err(PublicRefusal::OpenFailed {
+            err: format!("{err:#} (through relay {})", holder.id),
+        }),
+    }
+}
+
 /// Opens the public connection's channel to `device`, connected here.
 async fn open_here<'a>(
     relay: &'a Relay,
@@ -226,30 +265,9 @@ async fn stream(
         return refused(PublicRefusal::NoValidDevice);
     };
     let device = DeviceId::new(system, name);
-    let (channel, guard) = match relay.registry.lookup(&device.system, &device.name) {
-        Some(_) => match open_here(&relay, &e, &device, peer).await {
-            Ok((channel, guard)) => (channel, Some(guard)),
-            Err(why) => return refused(why),
-        },
-        // In a cluster, the relay that holds the device carries it (one hop).
-        None => match super::hop::holder(&relay, &device.system, device.name.as_str()).await {
-            Some(holder) => {
-                let target = super::hop::HopTarget::Device(device);
-                match relay
-                    .hops
-                    .open(&holder, &target, u32::from(e.device_port))
-                    .await
-                {
-                    Ok(channel) => (channel, None),
-                    Err(err) => {
-                        return refused(PublicRefusal::OpenFailed {
-                            err: format!("{err:#} (through relay {})", holder.id),
-                        });
-                    }
-                }
-            }
-            None => return refused(PublicRefusal::DeviceNotServing),
-        },
+    let (channel, guard) = match open_channel(&relay, &e, device, peer).await {
+        Ok(opened) => opened,
+        Err(why) => return refused(why),
     };
     let disabled = guard.as_ref().map(|g| g.closed.clone()).unwrap_or_default();
     let _ = tcp.set_nodelay(true);

@@ -163,8 +163,7 @@ pub(super) async fn peer_relay(relay: &Relay, fp: &str) -> Result<Option<String>
         .await
 }
 
-/// Serves a hop that relay `from` opened to `system/name` here: only to a
-/// device connected to this relay, on a port it registered.
+/// Serves a hop that relay `from` opened here ([`HopTarget`]).
 pub(super) async fn serve(
     relay: Arc<Relay>,
     from: String,
@@ -173,9 +172,10 @@ pub(super) async fn serve(
     peer: SocketAddr,
     channel: IncomingChannel,
 ) {
-    use crate::ssh::Refusal;
-    let device = match HopTarget::parse(&host) {
-        Some(HopTarget::Device(d)) => d,
+    match HopTarget::parse(&host) {
+        Some(HopTarget::Device(device)) => {
+            serve_device(relay, from, device, port, peer, channel).await
+        }
         Some(HopTarget::Gateway { gateway, host, key }) => {
             let route = super::hop_gateway::Asked {
                 gateway,
@@ -183,16 +183,29 @@ pub(super) async fn serve(
                 key,
                 port,
             };
-            return super::hop_gateway::serve(relay, from, route, peer, channel).await;
+            super::hop_gateway::serve(relay, from, route, peer, channel).await
         }
         None => {
-            return channel
-                .refuse(&Refusal::prohibited(format!(
+            channel
+                .refuse(&crate::ssh::Refusal::prohibited(format!(
                     "{host:?} is not SYSTEM/DEVICE nor SYSTEM/GATEWAY HOST KEY"
                 )))
-                .await;
+                .await
         }
-    };
+    }
+}
+
+/// Serves a hop to `device`: only to a device connected to this relay, on
+/// a port it registered.
+async fn serve_device(
+    relay: Arc<Relay>,
+    from: String,
+    device: DeviceId,
+    port: u32,
+    peer: SocketAddr,
+    channel: IncomingChannel,
+) {
+    use crate::ssh::Refusal;
     let Some(entry) = relay.registry.lookup(&device.system, &device.name) else {
         return channel
             .refuse(&Refusal::connect_failed(format!(
@@ -245,4 +258,36 @@ pub(super) async fn serve(
     incoming
         .splice_until(device_channel, guard.closed.cancelled())
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_targets_read_back_as_written_and_nothing_else_reads() {
+        let gw = DeviceId::new(Name::parse("tau").unwrap(), Name::parse("gw1").unwrap());
+        let targets = [
+            HopTarget::Device(gw.clone()),
+            HopTarget::Gateway {
+                gateway: gw,
+                host: "db.via.gw1".into(),
+                key: "SHA256:abc/def+ghi".into(),
+            },
+        ];
+        for t in targets {
+            assert_eq!(HopTarget::parse(&t.encode()), Some(t));
+        }
+        for bad in [
+            "dev1",
+            "tau/",
+            "tau/gw1 10.0.0.5",
+            "tau/gw1 10.0.0.5 SHA256:x extra",
+            "tau/gw1  SHA256:x",
+            "tau/gw1 10.0.0.5 ",
+            "Tau Caps/gw1",
+        ] {
+            assert_eq!(HopTarget::parse(bad), None, "{bad:?}");
+        }
+    }
 }
