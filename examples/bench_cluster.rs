@@ -1,13 +1,16 @@
-//! Cluster benchmark, in one process on loopback (run by `bench/cluster`,
-//! which starts a PostgreSQL server of its own):
+//! Cluster benchmark on loopback (run by `bench/cluster`, which starts a
+//! PostgreSQL server of its own):
 //!
 //! 1. the relay-to-relay hop: round trip and throughput of an echo stream
 //!    to a device on relay A, from a controller on A (direct) and on B (one
-//!    hop);
-//! 2. logins per second on a relay with SQLite and with PostgreSQL;
-//! 3. three relays on one database with `--devices` idle devices each:
-//!    registration time, and the process's memory growth per device (the
-//!    devices' side lives in the same process and is counted too).
+//!    hop), in this process;
+//! 2. logins per second on a relay with SQLite and with PostgreSQL, in this
+//!    process;
+//! 3. three relays on one database with `--devices` idle devices each, each
+//!    relay a process of its own (this program with `relay`) and the devices
+//!    logged in by loader processes (`devices`) of at most
+//!    `--per-loader` devices each (open files stay under 20,000 a process):
+//!    registration time, and each relay process's memory growth per device.
 //!
 //!   cargo run --release --example bench_cluster -- --database postgres://… [--devices 1000] [--json]
 
@@ -33,6 +36,9 @@ struct Args {
     logins: usize,
     rtts: usize,
     mib: usize,
+    per_loader: usize,
+    /// Only the idle devices' part (`--scale-only`).
+    scale_only: bool,
     json: bool,
 }
 
@@ -43,6 +49,8 @@ fn args() -> Result<Args> {
         logins: 200,
         rtts: 500,
         mib: 64,
+        per_loader: 5000,
+        scale_only: false,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -54,7 +62,9 @@ fn args() -> Result<Args> {
             "--logins" => a.logins = value()?.parse()?,
             "--rtts" => a.rtts = value()?.parse()?,
             "--mib" => a.mib = value()?.parse()?,
+            "--per-loader" => a.per_loader = value()?.parse()?,
             "--json" => a.json = true,
+            "--scale-only" => a.scale_only = true,
             other => bail!("unknown option {other}"),
         }
     }
@@ -290,12 +300,19 @@ async fn logins(database: Option<&str>, n: usize) -> Result<Logins> {
 struct Scale {
     relays: usize,
     devices_per_relay: usize,
+    loaders: usize,
+    /// From the loaders' start signal until every device is registered.
     registration_s: f64,
-    rss_growth_kib_per_device: f64,
+    /// Until the database shows every device online (status writes lag).
+    all_online_in_store_s: f64,
+    /// Each relay process's resident memory growth, per device it holds.
+    rss_growth_kib_per_device: Vec<f64>,
+    rss_before_mib: Vec<f64>,
+    rss_after_mib: Vec<f64>,
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -305,36 +322,202 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// A child process of this program (`relay` or `devices`), killed when
+/// dropped; it reports on stdout, one line at a time.
+struct Child {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Child {
+    fn spawn(args: &[String]) -> Result<Child> {
+        use std::process::Stdio;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a bench process")?;
+        let out = child.stdout.take().context("no stdout")?;
+        Ok(Child {
+            child,
+            lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out)),
+        })
+    }
+
+    async fn line(&mut self) -> Result<String> {
+        self.lines
+            .next_line()
+            .await?
+            .context("a bench process ended early (see its error above)")
+    }
+
+    async fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self.child.stdin.as_mut().context("no stdin")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        Ok(stdin.flush().await?)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+}
+
+/// `bench_cluster relay --database URL`: one relay on 127.0.0.1:0; prints
+/// `ADDR HOSTKEY`, serves until stdin closes.
+async fn relay_process(database: &str) -> Result<()> {
+    let r = relay(Some(database)).await?;
+    println!("{} {}", r.addr, r.relay.host_key());
+    let mut rest = String::new();
+    let _ = tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::stdin(), &mut rest).await;
+    Ok(())
+}
+
+/// `bench_cluster devices --database URL --relay ADDR --host-key FP --first
+/// I --count N`: adds keys for devices dI… of system fleet, prints `ready`,
+/// waits for `go`, registers them 8 at a time, prints `registered SECONDS`,
+/// holds them until stdin closes.
+async fn devices_process(flags: &std::collections::HashMap<String, String>) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let get = |k: &str| flags.get(k).with_context(|| format!("--{k} is required"));
+    let (first, count): (usize, usize) = (get("first")?.parse()?, get("count")?.parse()?);
+    let store = Store::open_postgres(get("database")?)?;
+    let mut keys = Vec::with_capacity(count);
+    for i in first..first + count {
+        keys.push((i, add_key(&store, "fleet", Role::Device, &format!("d{i}"))?));
+    }
+    let target = Arc::new((get("relay")?.clone(), get("host-key")?.clone()));
+    println!("ready");
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while stdin.next_line().await?.context("no go")? != "go" {}
+    let t = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut tasks = Vec::new();
+    for (i, key) in keys {
+        let (target, permit) = (target.clone(), sem.clone().acquire_owned().await?);
+        tasks.push(tokio::spawn(async move {
+            let tcp = client::dial(&target.0, Duration::from_secs(30)).await?;
+            let opts = ConnectOptions {
+                user: "fleet".into(),
+                key,
+                host_key: target.1.clone(),
+                dead_after: Duration::from_secs(600),
+            };
+            let c = client::connect(tcp, &opts, NoForwards).await?;
+            c.register(&format!("d{i}"), 22).await?;
+            drop(permit);
+            Ok::<_, anyhow::Error>(c)
+        }));
+    }
+    let mut conns = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        conns.push(t.await??);
+    }
+    println!("registered {:.3}", t.elapsed().as_secs_f64());
+    while stdin.next_line().await?.is_some() {}
+    drop(conns);
+    Ok(())
+}
+
+/// Loader processes for each relay's devices, at most `--per-loader` each.
+fn spawn_loaders(a: &Args, relays: &[(String, String)]) -> Result<Vec<Child>> {
+    let url = a.database.as_str();
+    let mut loaders = Vec::new();
+    for (r, (addr, fp)) in relays.iter().enumerate() {
+        let mut first = r * a.devices;
+        let end = first + a.devices;
+        while first < end {
+            let count = a.per_loader.min(end - first);
+            let args: Vec<String> = [
+                "devices",
+                "--database",
+                url,
+                "--relay",
+                addr,
+                "--host-key",
+                fp,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "--first".into(),
+                first.to_string(),
+                "--count".into(),
+                count.to_string(),
+            ])
+            .collect();
+            loaders.push(Child::spawn(&args)?);
+            first += count;
+        }
+    }
+    Ok(loaders)
+}
+
 async fn scale(a: &Args) -> Result<Scale> {
     let url = a.database.as_str();
-    let relays = [
-        relay(Some(url)).await?,
-        relay(Some(url)).await?,
-        relay(Some(url)).await?,
-    ];
-    let store = relays[0].relay.store();
-    let system = Name::parse("fleet")?;
-    store.add_system(&system)?;
-    let mut keys = Vec::new();
-    for i in 0..relays.len() * a.devices {
-        keys.push(add_key(store, "fleet", Role::Device, &format!("d{i}"))?);
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        let mut c = Child::spawn(&["relay".into(), "--database".into(), url.into()])?;
+        let line = c.line().await?;
+        let (addr, fp) = line.split_once(' ').context("relay line")?;
+        relays.push((addr.to_string(), fp.to_string(), c));
     }
-    let before = rss_kib();
+    let store = Store::open_postgres(url)?;
+    store.add_system(&Name::parse("fleet")?)?;
+    let targets: Vec<(String, String)> =
+        relays.iter().map(|r| (r.0.clone(), r.1.clone())).collect();
+    let mut loaders = spawn_loaders(a, &targets)?;
+    eprintln!("scale: {} loader processes adding keys …", loaders.len());
+    for l in &mut loaders {
+        if l.line().await? != "ready" {
+            bail!("a loader did not get ready");
+        }
+    }
+    let before: Vec<u64> = relays.iter().map(|r| rss_kib(r.2.pid())).collect();
+    eprintln!("scale: registering {} devices …", 3 * a.devices);
     let t = Instant::now();
-    let mut conns = Vec::new();
-    for (i, key) in keys.into_iter().enumerate() {
-        let r = &relays[i % relays.len()];
-        let c = login(r, "fleet", key).await?;
-        c.register(&format!("d{i}"), 22).await?;
-        conns.push(c);
+    for l in &mut loaders {
+        l.send("go").await?;
     }
-    let took = t.elapsed().as_secs_f64();
-    let grown = rss_kib().saturating_sub(before);
+    for l in &mut loaders {
+        let line = l.line().await?;
+        if !line.starts_with("registered") {
+            bail!("a loader said {line:?}");
+        }
+    }
+    let registration_s = t.elapsed().as_secs_f64();
+    let want = 3 * a.devices;
+    loop {
+        let online = store
+            .devices(Some("fleet"))?
+            .iter()
+            .filter(|d| d.online)
+            .count();
+        if online >= want {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("only {online} of {want} devices online in the store after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all_online_in_store_s = t.elapsed().as_secs_f64();
+    let after: Vec<u64> = relays.iter().map(|r| rss_kib(r.2.pid())).collect();
+    let mib = |v: &[u64]| v.iter().map(|k| *k as f64 / 1024.0).collect::<Vec<_>>();
     Ok(Scale {
         relays: relays.len(),
         devices_per_relay: a.devices,
-        registration_s: took,
-        rss_growth_kib_per_device: grown as f64 / conns.len().max(1) as f64,
+        loaders: loaders.len(),
+        registration_s,
+        all_online_in_store_s,
+        rss_growth_kib_per_device: before
+            .iter()
+            .zip(&after)
+            .map(|(b, a2)| a2.saturating_sub(*b) as f64 / a.devices.max(1) as f64)
+            .collect(),
+        rss_before_mib: mib(&before),
+        rss_after_mib: mib(&after),
     })
 }
 
@@ -347,20 +530,32 @@ struct Report {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let mut argv = std::env::args().skip(1);
+    match argv.next().as_deref() {
+        Some("relay") | Some("devices") => return child_mode().await,
+        _ => {}
+    }
     let a = args()?;
-    eprintln!(
-        "hop: {} round trips, {} MiB echoed, direct and through a second relay …",
-        a.rtts, a.mib
-    );
-    let hop = hop(&a).await?;
-    eprintln!("logins: {} on SQLite, then on PostgreSQL …", a.logins);
-    let logins = vec![
-        logins(None, a.logins).await?,
-        logins(Some(&a.database), a.logins).await?,
-    ];
+    let (mut hop_paths, mut login_rates) = (Vec::new(), Vec::new());
+    if !a.scale_only {
+        eprintln!(
+            "hop: {} round trips, {} MiB echoed, direct and through a second relay …",
+            a.rtts, a.mib
+        );
+        hop_paths = hop(&a).await?;
+        eprintln!("logins: {} on SQLite, then on PostgreSQL …", a.logins);
+        login_rates = vec![
+            logins(None, a.logins).await?,
+            logins(Some(&a.database), a.logins).await?,
+        ];
+    }
     eprintln!("scale: 3 relays × {} idle devices …", a.devices);
     let scale = scale(&a).await?;
-    let report = Report { hop, logins, scale };
+    let report = Report {
+        hop: hop_paths,
+        logins: login_rates,
+        scale,
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -378,9 +573,38 @@ async fn main() -> Result<()> {
         );
     }
     let s = &report.scale;
+    let per: Vec<String> = s
+        .rss_growth_kib_per_device
+        .iter()
+        .map(|k| format!("{k:.1}"))
+        .collect();
     println!(
-        "{} relays × {} idle devices: registered in {:.1} s, {:.1} KiB more memory per device (both ends, one process)",
-        s.relays, s.devices_per_relay, s.registration_s, s.rss_growth_kib_per_device
+        "{} relays × {} idle devices ({} loader processes): registered in {:.1} s, all online in the store after {:.1} s; relay memory per device {} KiB",
+        s.relays,
+        s.devices_per_relay,
+        s.loaders,
+        s.registration_s,
+        s.all_online_in_store_s,
+        per.join(" / ")
     );
     Ok(())
+}
+
+/// `relay` and `devices`: the processes `scale` starts.
+async fn child_mode() -> Result<()> {
+    let mut it = std::env::args().skip(1);
+    let mode = it.next().unwrap_or_default();
+    let mut flags = std::collections::HashMap::new();
+    while let Some(flag) = it.next() {
+        let key = flag.strip_prefix("--").context("flags only")?.to_string();
+        flags.insert(
+            key,
+            it.next().with_context(|| format!("{flag} needs a value"))?,
+        );
+    }
+    if mode == "relay" {
+        let db = flags.get("database").context("--database is required")?;
+        return relay_process(db).await;
+    }
+    devices_process(&flags).await
 }

@@ -17,8 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use common::openssh::{Sshd, login_user, run};
 use common::postgres::PgServer;
 use common::{
-    TestAgent, TestRelay, WAIT, connect_to, echo_server, echo_through, name, pseudo_random,
-    write_file,
+    TestAgent, TestRelay, WAIT, closed_port, connect_to, echo_server, echo_through, name,
+    pseudo_random, write_file,
 };
 use warren::audit::kind;
 use warren::protocol::Role;
@@ -530,4 +530,250 @@ async fn only_relays_of_the_registry_may_open_hops_and_only_to_their_own_devices
     );
     // Nor a plain name: a hop names SYSTEM/DEVICE.
     assert!(echo_through(&from_b, "dev1", port, b"x").await.is_err());
+}
+
+/// Starts gateway `gw` of system tau on `relay`, serving `scope` on `ports`,
+/// and waits until `other` relay's store sees `relay` holding it.
+async fn gateway_on(
+    relay: &TestRelay,
+    other: &TestRelay,
+    gw: &str,
+    scope: &str,
+    ports: &[u16],
+) -> (TestAgent, std::sync::Arc<warren::ssh::keys::PrivateKey>) {
+    use warren::agent::gateway::GatewayConfig;
+    let mut written = relay.relay.status_written();
+    let key = relay.add_key("tau", Role::Device, gw);
+    let mut s = relay.agent_settings("tau", gw, key.clone(), &["127.0.0.1:1".to_string()]);
+    s.gateway =
+        GatewayConfig::from_file(Some(&[scope.to_string()]), Some(ports), None, &[]).unwrap();
+    let mut agent = TestAgent::start(s);
+    agent.online().await;
+    let pg = other.store().postgres().unwrap();
+    tokio::time::timeout(WAIT, async {
+        while pg.held_by_other("tau", gw).unwrap().is_none() {
+            written.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the other relay sees the gateway's claim");
+    (agent, key)
+}
+
+/// An ssh config for stock `ssh -J` through relay `a` to the sshd as the
+/// host `127.0.0.1.via.gw1` (its host key under the alias `behind-gw1`).
+fn gateway_ssh_config(
+    dir: &std::path::Path,
+    a: &TestRelay,
+    alice: &std::path::Path,
+    sshd: &Sshd,
+) -> std::path::PathBuf {
+    let user = login_user();
+    let known = write_file(
+        dir,
+        "known_hosts",
+        &format!("{}\nbehind-gw1 {}\n", a.known_hosts_line(), sshd.host_pub),
+    );
+    write_file(
+        dir,
+        "ssh_config",
+        &format!(
+            "Host 127.0.0.1\n  IdentityFile {alice}\n\
+             Host 127.0.0.1.via.gw1\n  User {user}\n  Port {port}\n  IdentityFile {userkey}\n  HostKeyAlias behind-gw1\n\
+             Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  \
+             UserKnownHostsFile {known}\n  ConnectTimeout 20\n",
+            alice = alice.display(),
+            port = sshd.port,
+            userkey = sshd.user_key.display(),
+            known = known.display(),
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_controller_on_relay_a_reaches_hosts_behind_a_gateway_on_relay_b_byte_exact() {
+    let pg = PgServer::start();
+    let relays = cluster(&pg, 2).await;
+    let (a, b) = (&relays[0], &relays[1]);
+    a.add_system("tau");
+    let sshd = Sshd::start().await;
+    let echo = echo_server().await;
+    // gw1 on B serves loopback ("its network"): the sshd and the echo port.
+    let _gw1 = gateway_on(b, a, "gw1", "127.0.0.0/8", &[sshd.port, echo]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = a.add_key_file(dir.path(), "tau", Role::Controller, "alice");
+    // Stock `ssh -J` through A to a host named through gw1, byte-exact.
+    let config = gateway_ssh_config(dir.path(), a, &alice, &sshd);
+    let payload = pseudo_random(256 * 1024);
+    let file = dir.path().join("payload");
+    std::fs::write(&file, &payload).unwrap();
+    let ran = run(
+        tokio::process::Command::new("ssh")
+            .arg("-F")
+            .arg(&config)
+            .arg("-J")
+            .arg(format!("tau@127.0.0.1:{}", a.addr.port()))
+            .arg("127.0.0.1.via.gw1")
+            .arg(format!("cat {}", file.display())),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(ran.ok, "ssh -J through A via gw1 on B: {}", ran.stderr);
+    assert!(
+        ran.stdout == payload,
+        "bytes differ through the gateway hop"
+    );
+    // Warren's own client: routed by IP to the gateway that holds it, on B.
+    let conn = a.controller("tau", alice_key(&alice)).await;
+    let back = echo_through(&conn, "127.0.0.1", echo, &payload)
+        .await
+        .unwrap();
+    assert!(back == payload, "echo by IP through gw1 on B differs");
+    // A audited the stream, naming the gateway and the relay that carried it.
+    let q = AuditQuery {
+        kind: Some(kind::STREAM_OPEN.into()),
+        device: Some("gw1".into()),
+        limit: 50,
+        ..Default::default()
+    };
+    a.wait_audit(&q, |e| {
+        e.result == "ok"
+            && e.detail
+                .as_deref()
+                .is_some_and(|d| d.contains(&b.host_key()))
+    })
+    .await;
+    // B's own scope check still holds: a port gw1 does not serve is refused
+    // on A with the typed text, before any hop.
+    let err = echo_through(&conn, "127.0.0.1.via.gw1", 1, b"x")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("gateway gw1 serves ports"),
+        "{err:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_rules_are_applied_on_the_relay_asked_and_again_on_the_relay_holding_the_gateway() {
+    use warren::policy::Refusal;
+    use warren::protocol::Target;
+    use warren::relay::hop::{HOP_USER, HopTarget};
+    let pg = PgServer::start();
+    let relays = cluster(&pg, 2).await;
+    let (a, b) = (&relays[0], &relays[1]);
+    a.add_system("tau");
+    let echo = echo_server().await;
+    let _gw1 = gateway_on(b, a, "gw1", "127.0.0.0/8", &[echo]).await;
+    // robot: a gateway on A whose listen forwards may reach only what a rule allows.
+    let (_robot_agent, robot_key) = gateway_on(a, b, "robot", "10.99.0.0/16", &[1]).await;
+    let robot_fp = fingerprint(robot_key.public_key());
+    let target = Target {
+        host: "127.0.0.1.via.gw1".into(),
+        port: echo,
+    };
+    a.store()
+        .gateway_allow(&name("tau"), &name("robot"), &target)
+        .unwrap();
+    let robot_conn = a.controller("tau", robot_key).await;
+    let back = echo_through(&robot_conn, &target.host, echo, b"allowed")
+        .await
+        .unwrap();
+    assert_eq!(back, b"allowed");
+    // B checks the rule again itself: a hop from A naming robot's key is
+    // carried while the rule stands, refused with B's typed text once not.
+    let a_key = warren::ssh::keys::read_private(&a.dir.path().join("host_key")).unwrap();
+    let from_a = b
+        .try_connect(HOP_USER, std::sync::Arc::new(a_key))
+        .await
+        .unwrap();
+    let hop = HopTarget::Gateway {
+        gateway: warren::protocol::DeviceId::new(name("tau"), name("gw1")),
+        host: target.host.clone(),
+        key: robot_fp.clone(),
+    }
+    .encode();
+    assert_eq!(
+        echo_through(&from_a, &hop, echo, b"hop").await.unwrap(),
+        b"hop"
+    );
+    a.store()
+        .gateway_deny(&name("tau"), &name("robot"), &target)
+        .unwrap();
+    let typed = Refusal::NoGatewayRule {
+        device: name("robot"),
+        target: target.to_string(),
+    }
+    .to_string();
+    let err = echo_through(&from_a, &hop, echo, b"x").await.unwrap_err();
+    assert!(format!("{err:#}").contains(&typed), "B: {err:#}");
+    // On A the controller-side refusal is A's own, typed and audited.
+    let err = echo_through(&robot_conn, &target.host, echo, b"x")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains(&typed), "A: {err:#}");
+    let q = AuditQuery {
+        kind: Some(kind::STREAM_OPEN.into()),
+        limit: 50,
+        ..Default::default()
+    };
+    a.wait_audit(&q, |e| e.reason.as_deref() == Some("no_gateway_rule"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_public_port_bound_on_relay_a_carries_connections_to_a_device_on_relay_b() {
+    let pg = PgServer::start();
+    let url = pg.database();
+    // Only A has public ports: the exposure is bound there.
+    let a = TestRelay::start_with(RelayOptions {
+        database: Some(url.clone()),
+        public_ports: warren::relay::config::PortRanges::parse(&["1-65535"]).unwrap(),
+        public_bind: Some("127.0.0.1".parse().unwrap()),
+        ..Default::default()
+    })
+    .await;
+    let b = TestRelay::start_with(RelayOptions {
+        database: Some(url),
+        ..Default::default()
+    })
+    .await;
+    a.add_system("tau");
+    let (_dev1, dev_port) = b.echo_device("tau", "dev1").await;
+    let pg_a = a.store().postgres().unwrap();
+    let mut written = b.relay.status_written();
+    tokio::time::timeout(WAIT, async {
+        while pg_a.held_by_other("tau", "dev1").unwrap().is_none() {
+            written.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("A sees dev1 on B");
+    let public = closed_port().await;
+    a.store()
+        .add_exposure(public, &name("tau"), &name("dev1"), dev_port, &[])
+        .unwrap();
+    let mut exposed = a.relay.exposed();
+    tokio::time::timeout(WAIT, async {
+        while !exposed.borrow_and_update().open.contains(&public) {
+            exposed.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("A opens the public port");
+    let payload = pseudo_random(64 * 1024);
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", public))
+        .await
+        .unwrap();
+    tcp.write_all(&payload).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        back == payload,
+        "public port on A to dev1 on B: bytes differ"
+    );
 }

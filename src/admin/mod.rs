@@ -342,6 +342,26 @@ async fn cluster_pins(store: &Store, relay: String, host_key: String) -> Result<
     Ok((relays.join(","), keys.join(",")))
 }
 
+/// The address this relay advertises (`--advertise`): in a cluster its own
+/// registry row (the relay's id is its host key's fingerprint), so each
+/// relay's invites name itself first; on one relay, the stored setting.
+async fn advertised(store: &Store, host_key: &str) -> Result<Option<String>> {
+    if store.postgres().is_none() {
+        return store.call(|s| s.setting(ADVERTISE_SETTING)).await;
+    }
+    let id = host_key.to_string();
+    let relays = store
+        .call(|s| match s.postgres() {
+            Some(pg) => pg.relays(),
+            None => Ok(Vec::new()),
+        })
+        .await?;
+    Ok(relays
+        .into_iter()
+        .find(|r| r.id == id)
+        .and_then(|r| r.address))
+}
+
 async fn create_invite(store: &Store, caller: &Caller<'_>, request: Request) -> Result<Outcome> {
     let Request::CreateInvite {
         system,
@@ -357,7 +377,7 @@ async fn create_invite(store: &Store, caller: &Caller<'_>, request: Request) -> 
     let relay = match relay {
         Some(r) => r,
         None => {
-            let Some(r) = store.call(|s| s.setting(ADVERTISE_SETTING)).await? else {
+            let Some(r) = advertised(store, &host_key).await? else {
                 bail!(
                     "no relay address for the token: pass --relay HOST:PORT, or start the relay with --advertise HOST:PORT"
                 );

@@ -104,7 +104,7 @@ impl ClientSettings {
             system: Name::parse(&system).context("system")?,
             key: Arc::new(keys::read_private(&key_path)?),
             key_path,
-            relay_host_key: keys::parse_fingerprint(&fp)?.into(),
+            relay_host_key: keys::parse_fingerprints(&fp)?,
             socks_auth: file
                 .socks_auth
                 .as_deref()

@@ -51,10 +51,13 @@ pub(super) async fn run(
     }
     let result = match invite {
         Err(e) => Err(e),
-        Ok(inv) if inv.host_key != relay.host_key() => Err(anyhow::anyhow!(
-            "invite token refused: it was made for another relay (host key {})",
-            inv.host_key
-        )),
+        // A cluster's token pins every relay's key, comma-separated.
+        Ok(inv) if !crate::ssh::keys::pinned(&inv.host_key, relay.host_key()) => {
+            Err(anyhow::anyhow!(
+                "invite token refused: it was made for another relay (host key {})",
+                inv.host_key
+            ))
+        }
         Ok(inv) => {
             let k = key.clone();
             let id = inv.id.clone();

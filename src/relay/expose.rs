@@ -169,7 +169,77 @@ async fn open_port(
     Some(Open { exposure: e, stop })
 }
 
-/// Carries one public connection to the device.
+/// Opens the public connection's channel to `device`: connected here, or
+/// in a cluster through the relay that holds it (one hop; no stream guard
+/// here, the holder keeps its own).
+async fn open_channel<'a>(
+    relay: &'a Relay,
+    e: &Exposure,
+    device: DeviceId,
+    peer: SocketAddr,
+) -> Result<
+    (
+        crate::ssh::Channel,
+        Option<super::registry::StreamGuard<'a>>,
+    ),
+    PublicRefusal,
+> {
+    if relay
+        .registry
+        .lookup(&device.system, &device.name)
+        .is_some()
+    {
+        let (channel, guard) = open_here(relay, e, &device, peer).await?;
+        return Ok((channel, Some(guard)));
+    }
+    let Some(holder) = super::hop::holder(relay, &device.system, device.name.as_str()).await else {
+        return Err(PublicRefusal::DeviceNotServing);
+    };
+    let target = super::hop::HopTarget::Device(device);
+    match relay
+        .hops
+        .open(&holder, &target, u32::from(e.device_port))
+        .await
+    {
+        Ok(channel) => Ok((channel, None)),
+        Err(err) => Err(PublicRefusal::OpenFailed {
+            err: format!("{err:#} (through relay {})", holder.id),
+        }),
+    }
+}
+
+/// Opens the public connection's channel to `device`, connected here.
+async fn open_here<'a>(
+    relay: &'a Relay,
+    e: &Exposure,
+    device: &DeviceId,
+    peer: SocketAddr,
+) -> Result<(crate::ssh::Channel, super::registry::StreamGuard<'a>), PublicRefusal> {
+    let entry = relay.registry.lookup(&device.system, &device.name);
+    let Some(entry) = entry.filter(|d| d.ports.contains(&u32::from(e.device_port))) else {
+        return Err(PublicRefusal::DeviceNotServing);
+    };
+    let Some(guard) = relay.registry.open_stream(device) else {
+        return Err(PublicRefusal::Disabled);
+    };
+    let opened = tokio::time::timeout(
+        STREAM_OPEN_TIMEOUT,
+        entry
+            .handle
+            .open_forwarded(&e.device, u32::from(e.device_port), peer),
+    )
+    .await;
+    match opened {
+        Ok(Ok(ch)) => Ok((ch, guard)),
+        Ok(Err(err)) => Err(PublicRefusal::OpenFailed {
+            err: err.to_string(),
+        }),
+        Err(_) => Err(PublicRefusal::OpenTimeout),
+    }
+}
+
+/// Carries one public connection to the device (in a cluster, through the
+/// relay that holds it).
 async fn stream(
     relay: Arc<Relay>,
     e: Exposure,
@@ -194,29 +264,12 @@ async fn stream(
     let (Ok(system), Ok(name)) = (Name::parse(&e.system), Name::parse(&e.device)) else {
         return refused(PublicRefusal::NoValidDevice);
     };
-    let device = relay.registry.lookup(&system, &name);
-    let Some(device) = device.filter(|d| d.ports.contains(&u32::from(e.device_port))) else {
-        return refused(PublicRefusal::DeviceNotServing);
+    let device = DeviceId::new(system, name);
+    let (channel, guard) = match open_channel(&relay, &e, device, peer).await {
+        Ok(opened) => opened,
+        Err(why) => return refused(why),
     };
-    let Some(guard) = relay.registry.open_stream(&DeviceId::new(system, name)) else {
-        return refused(PublicRefusal::Disabled);
-    };
-    let opened = tokio::time::timeout(
-        STREAM_OPEN_TIMEOUT,
-        device
-            .handle
-            .open_forwarded(&e.device, u32::from(e.device_port), peer),
-    )
-    .await;
-    let channel = match opened {
-        Ok(Ok(ch)) => ch,
-        Ok(Err(err)) => {
-            return refused(PublicRefusal::OpenFailed {
-                err: err.to_string(),
-            });
-        }
-        Err(_) => return refused(PublicRefusal::OpenTimeout),
-    };
+    let disabled = guard.as_ref().map(|g| g.closed.clone()).unwrap_or_default();
     let _ = tcp.set_nodelay(true);
     let started = Instant::now();
     relay.audit().record(
@@ -232,7 +285,7 @@ async fn stream(
         _ = stop.cancelled() => {
             Event::new(kind::STREAM_CLOSE, "closed").detail("public port removed")
         }
-        _ = guard.closed.cancelled() => {
+        _ = disabled.cancelled() => {
             Event::new(kind::STREAM_CLOSE, "closed").detail("closed: device disabled by an admin")
         }
         stats = channel.splice_io(r, w) => {

@@ -30,6 +30,51 @@ use crate::store::postgres::RelayRecord;
 /// no key of a system can stand for a relay.
 pub const HOP_USER: &str = "@relay";
 
+/// What a hop asks the peer relay to open: the `direct-tcpip` host of the
+/// hop's channel. `SYSTEM/DEVICE` for a device; `SYSTEM/GATEWAY HOST KEY`
+/// for a host behind a gateway, where HOST is what the controller asked for
+/// (`10.0.0.5`, `db.via.gw1`) and KEY the fingerprint of the key that asked:
+/// the peer routes HOST again for that key with its own policy and opens it
+/// only through GATEWAY.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HopTarget {
+    Device(DeviceId),
+    Gateway {
+        gateway: DeviceId,
+        host: String,
+        key: String,
+    },
+}
+
+impl HopTarget {
+    pub fn encode(&self) -> String {
+        match self {
+            HopTarget::Device(d) => format!("{}/{}", d.system, d.name),
+            HopTarget::Gateway { gateway, host, key } => {
+                format!("{}/{} {host} {key}", gateway.system, gateway.name)
+            }
+        }
+    }
+
+    /// The target of a hop's channel; `None`: not one of the two forms.
+    pub fn parse(s: &str) -> Option<HopTarget> {
+        let mut words = s.split(' ');
+        let (system, name) = words.next()?.split_once('/')?;
+        let id = DeviceId::new(Name::parse(system).ok()?, Name::parse(name).ok()?);
+        match (words.next(), words.next(), words.next()) {
+            (None, _, _) => Some(HopTarget::Device(id)),
+            (Some(host), Some(key), None) if !host.is_empty() && !key.is_empty() => {
+                Some(HopTarget::Gateway {
+                    gateway: id,
+                    host: host.to_string(),
+                    key: key.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The pooled connections to peer relays, by relay id.
 pub struct Hops {
     key: Arc<PrivateKey>,
@@ -76,10 +121,10 @@ impl Hops {
         Ok(conn)
     }
 
-    /// Opens a stream to `device:port` on `peer`.
-    pub async fn open(&self, peer: &RelayRecord, device: &DeviceId, port: u32) -> Result<Channel> {
+    /// Opens a stream to `target` on `peer`, port `port`.
+    pub async fn open(&self, peer: &RelayRecord, target: &HopTarget, port: u32) -> Result<Channel> {
         let conn = self.connection(peer).await?;
-        let host = format!("{}/{}", device.system, device.name);
+        let host = target.encode();
         tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.open(&host, port))
             .await
             .map_err(|_| anyhow!("relay {} did not open the stream in time", peer.id))?
@@ -118,8 +163,7 @@ pub(super) async fn peer_relay(relay: &Relay, fp: &str) -> Result<Option<String>
         .await
 }
 
-/// Serves a hop that relay `from` opened to `system/name` here: only to a
-/// device connected to this relay, on a port it registered.
+/// Serves a hop that relay `from` opened here ([`HopTarget`]).
 pub(super) async fn serve(
     relay: Arc<Relay>,
     from: String,
@@ -128,17 +172,40 @@ pub(super) async fn serve(
     peer: SocketAddr,
     channel: IncomingChannel,
 ) {
+    match HopTarget::parse(&host) {
+        Some(HopTarget::Device(device)) => {
+            serve_device(relay, from, device, port, peer, channel).await
+        }
+        Some(HopTarget::Gateway { gateway, host, key }) => {
+            let route = super::hop_gateway::Asked {
+                gateway,
+                host,
+                key,
+                port,
+            };
+            super::hop_gateway::serve(relay, from, route, peer, channel).await
+        }
+        None => {
+            channel
+                .refuse(&crate::ssh::Refusal::prohibited(format!(
+                    "{host:?} is not SYSTEM/DEVICE nor SYSTEM/GATEWAY HOST KEY"
+                )))
+                .await
+        }
+    }
+}
+
+/// Serves a hop to `device`: only to a device connected to this relay, on
+/// a port it registered.
+async fn serve_device(
+    relay: Arc<Relay>,
+    from: String,
+    device: DeviceId,
+    port: u32,
+    peer: SocketAddr,
+    channel: IncomingChannel,
+) {
     use crate::ssh::Refusal;
-    let device = host
-        .split_once('/')
-        .and_then(|(s, n)| Some(DeviceId::new(Name::parse(s).ok()?, Name::parse(n).ok()?)));
-    let Some(device) = device else {
-        return channel
-            .refuse(&Refusal::prohibited(format!(
-                "{host:?} is not SYSTEM/DEVICE"
-            )))
-            .await;
-    };
     let Some(entry) = relay.registry.lookup(&device.system, &device.name) else {
         return channel
             .refuse(&Refusal::connect_failed(format!(
@@ -191,4 +258,36 @@ pub(super) async fn serve(
     incoming
         .splice_until(device_channel, guard.closed.cancelled())
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_targets_read_back_as_written_and_nothing_else_reads() {
+        let gw = DeviceId::new(Name::parse("tau").unwrap(), Name::parse("gw1").unwrap());
+        let targets = [
+            HopTarget::Device(gw.clone()),
+            HopTarget::Gateway {
+                gateway: gw,
+                host: "db.via.gw1".into(),
+                key: "SHA256:abc/def+ghi".into(),
+            },
+        ];
+        for t in targets {
+            assert_eq!(HopTarget::parse(&t.encode()), Some(t));
+        }
+        for bad in [
+            "dev1",
+            "tau/",
+            "tau/gw1 10.0.0.5",
+            "tau/gw1 10.0.0.5 SHA256:x extra",
+            "tau/gw1  SHA256:x",
+            "tau/gw1 10.0.0.5 ",
+            "Tau Caps/gw1",
+        ] {
+            assert_eq!(HopTarget::parse(bad), None, "{bad:?}");
+        }
+    }
 }

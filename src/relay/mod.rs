@@ -16,6 +16,7 @@ mod enroll;
 pub mod expose;
 pub mod gateways;
 pub mod hop;
+mod hop_gateway;
 mod listen;
 mod live;
 pub mod p2p;
@@ -252,7 +253,11 @@ impl Relay {
                 tracing::info!(pruned, retention = ?keep, "pruned old audit events");
             }
         }
-        if let Some(addr) = &options.advertise {
+        // In a cluster each relay's address is its own registry row (set by
+        // `join` above); the shared settings would hold the last writer's.
+        if let Some(addr) = &options.advertise
+            && store.postgres().is_none()
+        {
             store.set_setting(ADVERTISE_SETTING, addr)?;
         }
         let (tx, rx) = mpsc::unbounded_channel();

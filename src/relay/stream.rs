@@ -6,14 +6,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Relay;
+use super::hop::HopTarget;
+use super::hop_gateway::{self, Carrier};
 use super::router::Route;
 use crate::audit::{self, Event, kind};
-use crate::policy::Refusal;
+use crate::policy::{Refusal, Via};
+use crate::protocol::DeviceId;
 use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
 use crate::ssh::IncomingChannel;
 use crate::ssh::server::ServerHandle;
 use crate::ssh::{Channel, SpliceStats};
 use crate::store::Identity;
+use crate::store::postgres::RelayRecord;
 
 /// One stream's fixed facts, for its audit lines.
 struct Request {
@@ -71,10 +75,20 @@ pub(super) async fn stream(
         Err(r @ Refusal::Offline { .. }) => {
             // Offline here: in a cluster, another relay may hold it.
             match super::hop::holder(&req.relay, &req.who.system, &req.host).await {
-                Some(peer) => return hop(req, peer, channel).await,
+                Some(peer) => {
+                    let Ok(name) = crate::protocol::Name::parse(&req.host) else {
+                        return req.refuse(channel, r).await;
+                    };
+                    let device = DeviceId::new(req.who.system.clone(), name);
+                    let via = Via::Device {
+                        host: req.host.clone(),
+                    };
+                    return hop(req, peer, HopTarget::Device(device), via, channel).await;
+                }
                 None => return req.refuse(channel, r).await,
             }
         }
+        Err(r) if hop_gateway::maybe_elsewhere(&r) => return elsewhere(req, r, channel).await,
         Err(r) => return req.refuse(channel, r).await,
     };
     let relay = req.relay.clone();
@@ -103,21 +117,47 @@ pub(super) async fn stream(
     closed(&req, name, stats, started, disabled);
 }
 
-/// Carries the stream through `peer`, the relay of the cluster that holds
-/// the device (policy was applied here; `peer` only hands it to the device).
-async fn hop(req: Request, peer: crate::store::postgres::RelayRecord, channel: IncomingChannel) {
-    let Ok(name) = crate::protocol::Name::parse(&req.host) else {
-        return;
+/// A route refused here that a gateway on another relay of the cluster may
+/// carry: routed again over the cluster's gateways, then one hop.
+async fn elsewhere(req: Request, refused: Refusal, channel: IncomingChannel) {
+    let route = match hop_gateway::route(&req.relay, &req.who, &req.host, req.port).await {
+        Some(Ok(route)) => route,
+        Some(Err(r)) => return req.refuse(channel, r).await,
+        None => return req.refuse(channel, refused).await,
     };
-    let device = crate::protocol::DeviceId::new(req.who.system.clone(), name);
-    let opened = req.relay.hops.open(&peer, &device, req.port).await;
+    let Carrier::Remote(peer) = route.handle().clone() else {
+        // A gateway of this relay came online meanwhile: refuse as first found.
+        return req.refuse(channel, refused).await;
+    };
+    let target = HopTarget::Gateway {
+        gateway: route.carrier().clone(),
+        host: req.host.clone(),
+        key: req.who.fingerprint.clone(),
+    };
+    let via = route.via();
+    hop(req, peer, target, via, channel).await
+}
+
+/// Carries the stream through `peer`, the relay of the cluster that holds
+/// the device or gateway (policy was applied here; `peer` checks again
+/// only for gateways, and hands the stream on).
+async fn hop(
+    req: Request,
+    peer: RelayRecord,
+    target: HopTarget,
+    via: Via,
+    channel: IncomingChannel,
+) {
+    let carrier = match &target {
+        HopTarget::Device(d) => d.name.to_string(),
+        HopTarget::Gateway { gateway, .. } => gateway.name.to_string(),
+    };
+    let opened = req.relay.hops.open(&peer, &target, req.port).await;
     let device_channel = match opened {
         Ok(ch) => ch,
         Err(e) => {
             let refusal = Refusal::OpenFailed {
-                via: crate::policy::Via::Device {
-                    host: req.host.clone(),
-                },
+                via,
                 port: req.port,
                 err: format!("{e:#} (through relay {})", peer.id),
             };
@@ -127,11 +167,11 @@ async fn hop(req: Request, peer: crate::store::postgres::RelayRecord, channel: I
     let started = Instant::now();
     let controller_channel = channel.accept().await;
     req.relay.audit.record(
-        req.event(audit::OK, &req.host)
+        req.event(audit::OK, &carrier)
             .detail(format!("through relay {}", peer.id)),
     );
     let stats = controller_channel.splice(device_channel).await;
-    closed(&req, &req.host, stats, started, false);
+    closed(&req, &carrier, stats, started, false);
 }
 
 /// Asks the carrier to open the stream, within [`STREAM_OPEN_TIMEOUT`].

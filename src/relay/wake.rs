@@ -224,6 +224,42 @@ pub async fn wake(relay: &Relay, waker: &Arc<Waker>, device: &DeviceId, who: &st
     }
 }
 
+/// Who publishes a wake's `connect`.
+enum Claim {
+    /// One relay: this one, as always.
+    Alone,
+    /// In a cluster, this relay claimed the wake (at this time, ms).
+    Mine(i64),
+    /// Another relay of the cluster claimed it: this one only waits.
+    Other,
+}
+
+/// In a cluster, one relay claims each wake in the database, so a device
+/// asked for through several relays at once gets one `connect`.
+async fn claim(relay: &Relay, device: &DeviceId, timeout: Duration) -> Claim {
+    if relay.store().postgres().is_none() {
+        return Claim::Alone;
+    }
+    let (s, n) = (device.system.to_string(), device.name.to_string());
+    let claimed = relay
+        .store()
+        .call(move |st| match st.postgres() {
+            Some(pg) => pg.claim_wake(&s, &n, timeout).map(|c| c.ok_or(())),
+            None => Ok(Err(())),
+        })
+        .await;
+    match claimed {
+        Ok(Ok(sent)) => Claim::Mine(sent),
+        Ok(Err(())) => Claim::Other,
+        Err(e) => {
+            // Without the database, wake anyway: a second `connect` to an
+            // awake device changes nothing.
+            tracing::warn!(error = %format!("{e:#}"), "claiming a wake in the cluster");
+            Claim::Alone
+        }
+    }
+}
+
 /// One wake, from `connect` to its outcome, which it audits and hands to
 /// every waiter.
 async fn drive(
@@ -234,46 +270,99 @@ async fn drive(
     who: String,
 ) {
     let started = Instant::now();
-    let mut registry = relay.registry().watch();
     let mut errors = pending.error.subscribe();
-    let deadline = tokio::time::sleep(waker.timeout);
-    tokio::pin!(deadline);
-    let outcome = match waker.command(&device, Op::Connect).await {
+    let claim = claim(&relay, &device, waker.timeout).await;
+    let sent = match claim {
+        Claim::Other => Ok("sent by another relay".to_string()),
+        Claim::Alone | Claim::Mine(_) => waker.command(&device, Op::Connect).await,
+    };
+    let outcome = match sent {
         Err(e) => WakeOutcome::Failed {
             reason: format!("{e:#}"),
         },
         Ok(id) => {
             tracing::info!(device = %device, %id, who, "wake: connect published");
-            loop {
-                registry.borrow_and_update();
-                if relay
-                    .registry()
-                    .lookup(&device.system, &device.name)
-                    .is_some()
-                {
-                    break WakeOutcome::Online {
-                        took: started.elapsed(),
-                    };
-                }
-                if let Some(reason) = errors.borrow_and_update().clone() {
-                    break WakeOutcome::Failed { reason };
-                }
-                tokio::select! {
-                    _ = registry.changed() => {}
-                    _ = errors.changed() => {}
-                    _ = &mut deadline => break WakeOutcome::TimedOut { waited: waker.timeout },
-                    _ = relay.shutting_down().cancelled() => break WakeOutcome::Failed {
-                        reason: "relay shutting down".into(),
-                    },
-                }
-            }
+            until_online(&relay, &waker, &device, &mut errors, started).await
         }
     };
     waker.lock().remove(&device);
-    relay
-        .audit()
-        .record(wake_event(&device, &who, &outcome, started.elapsed()));
+    if let Claim::Mine(sent) = claim {
+        let (s, n) = (device.system.to_string(), device.name.to_string());
+        let ended = relay
+            .store()
+            .call(move |st| match st.postgres() {
+                Some(pg) => pg.end_wake(&s, &n, sent),
+                None => Ok(()),
+            })
+            .await;
+        if let Err(e) = ended {
+            tracing::warn!(error = %format!("{e:#}"), "ending a wake claim (it expires)");
+        }
+    }
+    let mut event = wake_event(&device, &who, &outcome, started.elapsed());
+    if matches!(claim, Claim::Other) {
+        let detail = event.detail.take().unwrap_or_default();
+        event = event.detail(format!(
+            "{detail}; the connect was sent by another relay of the cluster"
+        ));
+    }
+    relay.audit().record(event);
     pending.done.send_replace(Some(outcome));
+}
+
+/// Waits until `device` is online (here, or in a cluster on another relay),
+/// reports an error, or the wake timeout passes.
+async fn until_online(
+    relay: &Arc<Relay>,
+    waker: &Waker,
+    device: &DeviceId,
+    errors: &mut watch::Receiver<Option<String>>,
+    started: Instant,
+) -> WakeOutcome {
+    let mut registry = relay.registry().watch();
+    let deadline = tokio::time::sleep(waker.timeout);
+    tokio::pin!(deadline);
+    let cluster = relay.store().postgres().map(|pg| pg.change_notifier());
+    loop {
+        registry.borrow_and_update();
+        // Enabled before the checks, so a claim between them is not missed.
+        let mut claimed = cluster.as_ref().map(|n| Box::pin(n.notified()));
+        if let Some(c) = claimed.as_mut() {
+            c.as_mut().enable();
+        }
+        let here = relay
+            .registry()
+            .lookup(&device.system, &device.name)
+            .is_some();
+        if here
+            || (cluster.is_some()
+                && super::hop::holder(relay, &device.system, device.name.as_str())
+                    .await
+                    .is_some())
+        {
+            return WakeOutcome::Online {
+                took: started.elapsed(),
+            };
+        }
+        if let Some(reason) = errors.borrow_and_update().clone() {
+            return WakeOutcome::Failed { reason };
+        }
+        let elsewhere = async {
+            match claimed {
+                Some(c) => c.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = registry.changed() => {}
+            _ = errors.changed() => {}
+            _ = elsewhere => {}
+            _ = &mut deadline => return WakeOutcome::TimedOut { waited: waker.timeout },
+            _ = relay.shutting_down().cancelled() => return WakeOutcome::Failed {
+                reason: "relay shutting down".into(),
+            },
+        }
+    }
 }
 
 fn wake_event(device: &DeviceId, who: &str, outcome: &WakeOutcome, took: Duration) -> Event {
@@ -310,6 +399,13 @@ pub(super) async fn route_waking(
         .call(move |st| st.on_demand_device(&s, &n))
         .await;
     if !matches!(on_demand, Ok(Some(_))) {
+        return Err(Refusal::Offline { device, last_seen });
+    }
+    // Awake on another relay of the cluster: the stream hops there.
+    if super::hop::holder(relay, &who.system, device.as_str())
+        .await
+        .is_some()
+    {
         return Err(Refusal::Offline { device, last_seen });
     }
     let Some(waker) = relay.waker() else {

@@ -24,10 +24,15 @@ pub(super) async fn wake_now(relay: &Relay, who: &Identity, device: &DeviceId) -
         took_ms: Some(0),
         reason: None,
     };
-    if relay
+    let here = relay
         .registry()
         .lookup(&device.system, &device.name)
-        .is_some()
+        .is_some();
+    // In a cluster, awake on another relay is online too.
+    if here
+        || super::hop::holder(relay, &device.system, device.name.as_str())
+            .await
+            .is_some()
     {
         return reply;
     }

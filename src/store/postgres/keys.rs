@@ -154,6 +154,29 @@ impl Pg {
         }))
     }
 
+    /// The identity of the active key `fp` of `system`: a relay serving a
+    /// hop checks again, with its own policy, who asked on the other relay.
+    pub fn identity_by_fingerprint(&self, system: &str, fp: &str) -> Result<Option<Identity>> {
+        let row = self.block(async {
+            let c = self.client().await?;
+            Ok(c.query_opt(
+                "SELECT role, name FROM keys WHERE fingerprint = $1 AND system = $2 AND revoked IS NULL",
+                &[&fp, &system],
+            )
+            .await?)
+        })?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let (role, name): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        Ok(Some(Identity {
+            system: Name::parse(system)?,
+            role: role.parse().map_err(anyhow::Error::msg)?,
+            name: Name::parse(&name)?,
+            fingerprint: fp.to_string(),
+        }))
+    }
+
     pub fn key_active(&self, fp: &str) -> Result<bool> {
         self.block(async {
             let c = self.client().await?;

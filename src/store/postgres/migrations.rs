@@ -152,6 +152,19 @@ const MIGRATIONS: &[&str] = &[
         at      TEXT,
         PRIMARY KEY (system, name)
     );",
+    // 3 and 4 are reserved for other work in progress (PostgreSQL 3: the
+    // web console's credentials, 4: rates); empty here, replaced on merge.
+    "SELECT 1;",
+    "SELECT 1;",
+    // 5: on-demand wakes in progress across the cluster: one relay claims a
+    // device's wake and publishes the one `connect` (see relay/wake.rs).
+    "CREATE TABLE wakes (
+        system  TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        relay   TEXT NOT NULL,
+        sent    BIGINT NOT NULL,
+        PRIMARY KEY (system, name)
+    );",
 ];
 
 pub async fn migrate(c: &mut Client) -> Result<()> {

@@ -179,6 +179,12 @@ impl Pg {
         self.changed.notified().await
     }
 
+    /// What [`Pg::changed`] waits on, for a waiter that must not miss a
+    /// change between its check and its wait (`Notified::enable`).
+    pub fn change_notifier(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
     pub fn data_version(&self) -> i64 {
         self.version.load(Ordering::Relaxed)
     }

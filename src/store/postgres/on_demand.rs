@@ -1,6 +1,8 @@
 //! On-demand devices in a cluster's database: the same rows as SQLite's
 //! `on_demand` table (see `store/on_demand.rs`).
 
+use std::time::Duration;
+
 use anyhow::Result;
 
 use super::Pg;
@@ -19,6 +21,42 @@ fn record(r: &tokio_postgres::Row) -> Result<OnDemandRecord> {
 }
 
 impl Pg {
+    /// Claims the wake of `system/name` for this relay, unless another
+    /// relay claimed it less than `timeout` ago: the claim's time if this
+    /// relay publishes the `connect`, `None` if another relay does.
+    pub fn claim_wake(&self, system: &str, name: &str, timeout: Duration) -> Result<Option<i64>> {
+        let relay = self.relay_id().unwrap_or_default();
+        let now = crate::audit::now_ms() as i64;
+        let stale = now - timeout.as_millis() as i64;
+        self.block(async {
+            let c = self.client().await?;
+            let row = c
+                .query_opt(
+                    "INSERT INTO wakes (system, name, relay, sent) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (system, name) DO UPDATE SET relay = $3, sent = $4
+                       WHERE wakes.sent < $5
+                     RETURNING sent",
+                    &[&system, &name, &relay, &now, &stale],
+                )
+                .await?;
+            Ok(row.map(|_| now))
+        })
+    }
+
+    /// Ends this relay's wake claim made at `sent` (the next wake sends again).
+    pub fn end_wake(&self, system: &str, name: &str, sent: i64) -> Result<()> {
+        let relay = self.relay_id().unwrap_or_default();
+        self.block(async {
+            let c = self.client().await?;
+            c.execute(
+                "DELETE FROM wakes WHERE system = $1 AND name = $2 AND relay = $3 AND sent = $4",
+                &[&system, &name, &relay, &sent],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
     pub fn set_on_demand(&self, system: &str, name: &str, on_demand: bool) -> Result<()> {
         self.block(async {
             let c = self.client().await?;
