@@ -22,7 +22,7 @@ use crate::protocol::limits::{
 };
 use crate::protocol::{DeviceId, Name};
 use crate::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
-use crate::ssh::keys::PrivateKey;
+use crate::ssh::keys::{self, Fingerprint, PrivateKey};
 use crate::ssh::{Channel, IncomingChannel};
 use crate::store::postgres::RelayRecord;
 
@@ -42,7 +42,7 @@ pub enum HopTarget {
     Gateway {
         gateway: DeviceId,
         host: String,
-        key: String,
+        key: Fingerprint,
     },
 }
 
@@ -63,13 +63,11 @@ impl HopTarget {
         let id = DeviceId::new(Name::parse(system).ok()?, Name::parse(name).ok()?);
         match (words.next(), words.next(), words.next()) {
             (None, _, _) => Some(HopTarget::Device(id)),
-            (Some(host), Some(key), None) if !host.is_empty() && !key.is_empty() => {
-                Some(HopTarget::Gateway {
-                    gateway: id,
-                    host: host.to_string(),
-                    key: key.to_string(),
-                })
-            }
+            (Some(host), Some(key), None) if !host.is_empty() => Some(HopTarget::Gateway {
+                gateway: id,
+                host: host.to_string(),
+                key: keys::parse_fingerprint(key).ok()?,
+            }),
             _ => None,
         }
     }
@@ -272,7 +270,7 @@ mod tests {
             HopTarget::Gateway {
                 gateway: gw,
                 host: "db.via.gw1".into(),
-                key: "SHA256:abc/def+ghi".into(),
+                key: keys::fingerprint(keys::generate_ed25519().unwrap().public_key()),
             },
         ];
         for t in targets {
@@ -285,6 +283,7 @@ mod tests {
             "tau/gw1 10.0.0.5 SHA256:x extra",
             "tau/gw1  SHA256:x",
             "tau/gw1 10.0.0.5 ",
+            "tau/gw1 10.0.0.5 SHA256:not-a-fingerprint",
             "Tau Caps/gw1",
         ] {
             assert_eq!(HopTarget::parse(bad), None, "{bad:?}");

@@ -24,7 +24,7 @@ use crate::policy::Refusal;
 use crate::protocol::gateway::GatewayScope;
 use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
 use crate::protocol::{Cidr, DeviceId, Name, Target};
-use crate::ssh::IncomingChannel;
+use crate::ssh::{Fingerprint, IncomingChannel};
 use crate::store::postgres::RelayRecord;
 use crate::store::{GatewayRecord, Identity};
 
@@ -157,7 +157,7 @@ pub(super) struct Asked {
     pub gateway: DeviceId,
     pub host: String,
     /// The fingerprint of the key that asked on the other relay.
-    pub key: String,
+    pub key: Fingerprint,
     pub port: u32,
 }
 

@@ -156,7 +156,11 @@ impl Pg {
 
     /// The identity of the active key `fp` of `system`: a relay serving a
     /// hop checks again, with its own policy, who asked on the other relay.
-    pub fn identity_by_fingerprint(&self, system: &str, fp: &str) -> Result<Option<Identity>> {
+    pub fn identity_by_fingerprint(
+        &self,
+        system: &str,
+        fp: &Fingerprint,
+    ) -> Result<Option<Identity>> {
         let row = self.block(async {
             let c = self.client().await?;
             Ok(c.query_opt(
@@ -173,7 +177,7 @@ impl Pg {
             system: Name::parse(system)?,
             role: role.parse().map_err(anyhow::Error::msg)?,
             name: Name::parse(&name)?,
-            fingerprint: fp.to_string(),
+            fingerprint: fp.clone(),
         }))
     }
 
