@@ -55,8 +55,11 @@
 //!   the one writer), or PostgreSQL shared by a cluster of relays
 //!   (`store/postgres/`: device claims with epochs, the relay registry,
 //!   `LISTEN`/`NOTIFY`). In a cluster, `relay/hop.rs` carries a stream to a
-//!   device on another relay and `relay/cluster.rs` closes connections of
-//!   devices that moved to another relay.
+//!   device on another relay, `relay/hop_gateway.rs` to a host behind a
+//!   gateway on another relay (a typed route the holder checks again), and
+//!   `relay/cluster.rs` closes connections of devices that moved to another
+//!   relay; `relay/wake.rs` claims each on-demand wake in the database so
+//!   one relay sends it.
 //! - [`p2p`]: direct paths between a controller process and an agent:
 //!   UDP discovery, signalling through the relay, hole punching, QUIC with
 //!   pinned per-session certificates (`relay::p2p` and `relay::udp` are the
