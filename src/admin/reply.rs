@@ -66,6 +66,13 @@ pub enum Reply {
         device: String,
         disabled: bool,
     },
+    /// A bandwidth limit set (`rate`) or cleared (`None`).
+    RateSet {
+        system: String,
+        /// `None`: the system's limit.
+        device: Option<String>,
+        rate: Option<crate::protocol::rate::Rate>,
+    },
     Gateways(Vec<GatewayView>),
     Gateway(GatewayView),
     Rules(Vec<String>),
@@ -236,6 +243,22 @@ fn text(reply: &Reply) -> Result<Text> {
         Reply::Invites(i) => render_invites(i),
         Reply::Woken(w) => w.text(),
         Reply::InviteRevoked(rec) => format!("revoked invite {}\n", rec.id),
+        Reply::RateSet {
+            system,
+            device,
+            rate,
+        } => {
+            let whom = match device {
+                Some(d) => format!("device {d} in system {system}"),
+                None => format!("system {system}"),
+            };
+            match rate {
+                Some(r) => format!("{whom}: limited to {r} each way, live streams included\n"),
+                None => {
+                    format!("{whom}: limit cleared (the relay's default applies, if it has one)\n")
+                }
+            }
+        }
         Reply::Disabled {
             system,
             device,
