@@ -115,7 +115,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn size(n: u64) -> String {
     UNITS
         .iter()
-        .filter(|(_, mult)| *mult > 1 && n >= *mult && n % mult == 0)
+        .filter(|(_, mult)| *mult > 1 && n >= *mult && n.is_multiple_of(*mult))
         .min_by_key(|(_, mult)| n / mult)
         .map_or_else(
             || n.to_string(),
