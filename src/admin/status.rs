@@ -185,35 +185,38 @@ pub fn filter_labels(devices: Vec<DeviceStatus>, want: &[(String, String)]) -> V
         .collect()
 }
 
+/// The table's header: the optional columns only when some device has them.
+fn header(devices: &[DeviceStatus], with_system: bool, any_rate: bool) -> Vec<String> {
+    let mut h = vec![
+        "NAME",
+        "STATUS",
+        "SINCE",
+        "LAST SEEN",
+        "ADDRESS",
+        "PORTS",
+        "STREAMS",
+        "VERSION",
+        "LABELS",
+        "PATH",
+    ];
+    if devices.iter().any(|d| !d.scope.is_empty()) {
+        h.push("SCOPE");
+    }
+    if any_rate {
+        h.push("RATE");
+    }
+    if with_system {
+        h.insert(0, "SYSTEM");
+    }
+    h.into_iter().map(String::from).collect::<Vec<_>>()
+}
+
 /// A table for people. `with_system` adds the system column (admin view).
 pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
     let any_rate = devices
         .iter()
         .any(|d| d.rate.is_some() || d.system_rate.is_some());
-    let mut rows = vec![{
-        let mut h = vec![
-            "NAME",
-            "STATUS",
-            "SINCE",
-            "LAST SEEN",
-            "ADDRESS",
-            "PORTS",
-            "STREAMS",
-            "VERSION",
-            "LABELS",
-            "PATH",
-        ];
-        if devices.iter().any(|d| !d.scope.is_empty()) {
-            h.push("SCOPE");
-        }
-        if any_rate {
-            h.push("RATE");
-        }
-        if with_system {
-            h.insert(0, "SYSTEM");
-        }
-        h.into_iter().map(String::from).collect::<Vec<_>>()
-    }];
+    let mut rows = vec![header(devices, with_system, any_rate)];
     for d in devices {
         let mut r = vec![
             d.name.clone(),

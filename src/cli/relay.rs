@@ -235,14 +235,8 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         database: a.database.clone().or(file.database.clone()),
         udp_port,
         forbid_direct,
-        system_rate: default_rate(
-            "--system-rate",
-            a.system_rate.as_deref().or(file.system_rate.as_deref()),
-        )?,
-        device_rate: default_rate(
-            "--device-rate",
-            a.device_rate.as_deref().or(file.device_rate.as_deref()),
-        )?,
+        system_rate: default_rate("--system-rate", &a.system_rate, &file.system_rate)?,
+        device_rate: default_rate("--device-rate", &a.device_rate, &file.device_rate)?,
         ..RelayOptions::default()
     };
     let server = Relay::open(&data, options)?;
@@ -291,8 +285,12 @@ async fn udp_discovery(
 }
 
 /// `--system-rate`/`--device-rate` (or the file's): a rate, or `none`.
-fn default_rate(flag: &str, value: Option<&str>) -> Result<Option<crate::protocol::rate::Rate>> {
-    match value {
+fn default_rate(
+    flag: &str,
+    by_flag: &Option<String>,
+    in_file: &Option<String>,
+) -> Result<Option<crate::protocol::rate::Rate>> {
+    match by_flag.as_deref().or(in_file.as_deref()) {
         None => Ok(None),
         Some(v) => crate::protocol::rate::Rate::parse(v, None).map_err(|e| {
             anyhow::anyhow!(
