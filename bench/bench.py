@@ -45,7 +45,10 @@ import threading
 import time
 from pathlib import Path
 
+import fleet
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+fleet.B = sys.modules[__name__]
 SSHD = "/usr/sbin/sshd"
 SYSTEM = "tau"
 
@@ -310,13 +313,13 @@ class Sshd:
 
 
 class WarrenRelay:
-    def __init__(self, name, work, warren):
+    def __init__(self, name, work, warren, extra=()):
         self.warren = warren
         self.data = Path(work) / name
         self.port = free_port()
         self.proc = Proc(
             name,
-            [warren, "relay", "--listen", f"127.0.0.1:{self.port}", "--data", self.data],
+            [warren, "relay", "--listen", f"127.0.0.1:{self.port}", "--data", self.data, *extra],
             work,
         )
         self.proc.wait_for("relay listening", 20)
@@ -1338,6 +1341,11 @@ class Bench:
             "",
             "## Figures", "",
             R.get("table_markdown", ""), "",
+        ]
+        issue21 = fleet.markdown(R)
+        if issue21:
+            lines += ["## Fleet and fairness (bench/fleet.py)", "", *issue21, ""]
+        lines += [
             "## Ciphers", "",
         ]
         for k, c in R["ciphers"].items():
@@ -1429,7 +1437,10 @@ def main():
                     help="which way iperf3 sends during the profile")
     ap.add_argument("--agent-keepalive", default="10s",
                     help="agent keepalive_timeout: how soon a wedged agent connection is replaced")
-    ap.add_argument("--only", nargs="*", default=["throughput", "latency", "login", "scale", "profile"])
+    ap.add_argument("--only", nargs="*", default=["throughput", "latency", "login", "scale", "profile"],
+                    help="modes: throughput latency login scale profile, and (issue 21, bench/fleet.py) "
+                         "fairness idle restart handshakes")
+    fleet.add_arguments(ap, quick)
     a = ap.parse_args()
     a.quick = quick
     for attr in ("warren", "devices_bin", "probe_bin"):
@@ -1454,6 +1465,9 @@ def main():
             b.logins()
         if "scale" in a.only:
             b.scale()
+        for mode, run_mode in fleet.MODES.items():
+            if mode in a.only:
+                run_mode(b)
         if "profile" in a.only and a.profile > 0:
             if run(["sh", "-c", "command -v perf"], check=False).returncode == 0:
                 b.profile()

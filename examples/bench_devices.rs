@@ -20,6 +20,16 @@
 //!   to registered; holds every connection until stdin closes (or
 //!   SIGINT/SIGTERM), then prints how many were still open and exits.
 //!
+//! `--rejoin`: while holding, a device whose connection drops (the relay was
+//! killed) connects again at once and then every `--retry-ms` (jittered)
+//! until it is registered; once every dropped device is back, prints
+//! `rejoined N SECONDS refused R p50 P50 p99 P99`, SECONDS from the first
+//! drop seen to the last device registered again, R the attempts that failed.
+//!
+//! `--handshakes SECONDS`: instead of holding devices, `--concurrency`
+//! workers log in (key exchange and public-key auth), close and log in again
+//! for SECONDS; prints `handshakes N failed F seconds S`.
+//!
 //! Example:
 //!   cargo run --release --example bench_devices -- \
 //!     --relay 127.0.0.1:2222 --data /var/lib/warren --host-key SHA256:… --n 1000
@@ -82,6 +92,12 @@ struct Args {
     /// OpenSSH mode: the login user.
     #[arg(long, default_value = "root")]
     user: String,
+    /// While holding, reconnect devices whose connection dropped (see above).
+    #[arg(long)]
+    rejoin: bool,
+    /// Measure logins per second for this many seconds instead (see above).
+    #[arg(long)]
+    handshakes: Option<f64>,
 }
 
 /// What one device connection needs.
@@ -107,6 +123,9 @@ async fn main() -> Result<()> {
         stdin.read_line(&mut line).await?;
     }
 
+    if let Some(secs) = args.handshakes {
+        return handshakes(&args, devices, Duration::from_secs_f64(secs)).await;
+    }
     let started = Instant::now();
     let total = devices.len();
     let up = connect_all(&args, devices, started).await;
@@ -133,6 +152,15 @@ async fn main() -> Result<()> {
         eprintln!("failed: {e:#}");
     }
     let conns: Vec<_> = up.conns.into_iter().map(|(_, c)| c).collect();
+    let conns = if args.rejoin {
+        let mut sink = Vec::new();
+        tokio::select! {
+            c = rejoin(&args, conns, up.devices) => c?,
+            _ = stdin.read_to_end(&mut sink) => return Ok(()),
+        }
+    } else {
+        conns
+    };
 
     // Hold until stdin closes or a signal arrives.
     let mut sink = Vec::new();
@@ -209,6 +237,8 @@ fn prepare(args: &Args) -> Result<Vec<Device>> {
 /// per device that made it, retries made, errors of those that did not.
 struct Up {
     conns: Vec<(f64, ClientConnection<NoForwards>)>,
+    /// The devices of `conns`, in the same order.
+    devices: Vec<Arc<Device>>,
     retries: u64,
     errors: Vec<anyhow::Error>,
 }
@@ -229,17 +259,21 @@ async fn connect_all(args: &Args, devices: Vec<Device>, started: Instant) -> Up 
             let conn = connect_one(&relay, &host_key, &dev, attempts, retry_ms, &retries)
                 .await
                 .with_context(|| format!("device {i} ({})", dev.forward.0))?;
-            anyhow::Ok((started.elapsed().as_secs_f64(), conn))
+            anyhow::Ok((started.elapsed().as_secs_f64(), conn, Arc::new(dev)))
         });
     }
     let mut up = Up {
         conns: Vec::with_capacity(set.len()),
+        devices: Vec::with_capacity(set.len()),
         retries: 0,
         errors: Vec::new(),
     };
     while let Some(joined) = set.join_next().await {
         match joined.map_err(anyhow::Error::from).and_then(|r| r) {
-            Ok(c) => up.conns.push(c),
+            Ok((t, c, d)) => {
+                up.conns.push((t, c));
+                up.devices.push(d);
+            }
             Err(e) => up.errors.push(e),
         }
     }
@@ -288,4 +322,85 @@ async fn connect_one(
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+}
+
+/// Waits until connections drop, connects each dropped device again, and
+/// reports once all are back (see the module doc).
+async fn rejoin(
+    args: &Args,
+    conns: Vec<ClientConnection<NoForwards>>,
+    devices: Vec<Arc<Device>>,
+) -> Result<Vec<ClientConnection<NoForwards>>> {
+    let refused = Arc::new(AtomicU64::new(0));
+    let first_drop = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let mut set = JoinSet::new();
+    for (conn, dev) in conns.into_iter().zip(devices) {
+        let (relay, host_key) = (args.relay.clone(), args.host_key.clone());
+        let (refused, first_drop) = (refused.clone(), first_drop.clone());
+        let retry_ms = args.retry_ms.max(2);
+        set.spawn(async move {
+            // Idle connections: a drop is noticed within this poll.
+            while !conn.is_closed() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let dropped = *first_drop.get_or_init(Instant::now);
+            drop(conn);
+            let conn = connect_one(&relay, &host_key, &dev, u64::MAX, retry_ms, &refused).await?;
+            anyhow::Ok((dropped.elapsed().as_secs_f64(), conn))
+        });
+    }
+    let mut back = Vec::new();
+    let mut times = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let (t, c) = joined??;
+        times.push(t);
+        back.push(c);
+    }
+    times.sort_by(f64::total_cmp);
+    let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    say(&format!(
+        "rejoined {} {:.3} refused {} p50 {:.3} p99 {:.3}",
+        back.len(),
+        q(1.0),
+        refused.load(Ordering::Relaxed),
+        q(0.5),
+        q(0.99)
+    ))?;
+    Ok(back)
+}
+
+/// Logs in and out again and again for `length` with `--concurrency`
+/// workers, each with its own device key (see the module doc).
+async fn handshakes(args: &Args, devices: Vec<Device>, length: Duration) -> Result<()> {
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut set = JoinSet::new();
+    for dev in devices.into_iter().take(args.concurrency.max(1)) {
+        let (relay, host_key) = (args.relay.clone(), args.host_key.clone());
+        let (done, failed) = (done.clone(), failed.clone());
+        set.spawn(async move {
+            let opts = ConnectOptions {
+                user: dev.user.clone(),
+                key: dev.key.clone(),
+                host_key,
+                dead_after: Duration::from_secs(30),
+            };
+            while started.elapsed() < length {
+                let ok = match TcpStream::connect(&relay).await {
+                    Ok(tcp) => client::connect(tcp, &opts, NoForwards).await.is_ok(),
+                    Err(_) => false,
+                };
+                let counter = if ok { &done } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    say(&format!(
+        "handshakes {} failed {} seconds {:.3}",
+        done.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    ))
 }

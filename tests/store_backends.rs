@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::postgres::PgServer;
 use warren::protocol::device_info::DeviceInfo;
 use warren::protocol::gateway::{Announce, ListenSpec};
+use warren::protocol::rate::Rate;
 use warren::protocol::token::Invite;
 use warren::protocol::{Cidr, Name, Role, Target};
 use warren::ssh::keys::{Fingerprint, generate_ed25519};
@@ -380,7 +381,43 @@ fn gateways_announce_associate_rules_and_delete(open: Open) {
 /// A check, by name.
 type Check = (&'static str, fn(Open));
 
+fn rates_are_set_replaced_and_cleared(open: Open) {
+    let store = open();
+    let r = |s: &str| Rate::parse(s, None).unwrap();
+    let e = store.set_rate(&n("tau"), None, r("1M")).unwrap_err();
+    assert_eq!(e.to_string(), "no system tau");
+    store.add_system(&n("tau")).unwrap();
+    let e = store
+        .set_rate(&n("tau"), Some(&n("dev1")), r("1M"))
+        .unwrap_err();
+    assert_eq!(e.to_string(), "no device dev1 in system tau");
+    let k = generate_ed25519().unwrap();
+    store
+        .add_key(&n("tau"), Role::Device, &n("dev1"), k.public_key())
+        .unwrap();
+    store.set_rate(&n("tau"), None, r("1M")).unwrap();
+    store
+        .set_rate(&n("tau"), Some(&n("dev1")), r("500K"))
+        .unwrap();
+    store.set_rate(&n("tau"), None, r("2M")).unwrap();
+    let all = open().rates().unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        (all[0].device.as_deref(), Some(all[0].rate)),
+        (None, r("2M"))
+    );
+    assert_eq!(
+        (all[1].device.as_deref(), Some(all[1].rate)),
+        (Some("dev1"), r("500K"))
+    );
+    store.set_rate(&n("tau"), None, None).unwrap();
+    let all = open().rates().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].device.as_deref(), Some("dev1"));
+}
+
 const CHECKS: &[Check] = &[
+    ("rates", rates_are_set_replaced_and_cleared),
     ("keys", keys_bind_to_system_role_and_name),
     ("device status", device_status_survives_reopen),
     ("invites", an_invite_works_once_and_only_as_issued),
@@ -474,6 +511,12 @@ fn a_revocation_through_one_relay_is_notified_to_another_within_a_second() {
     a.set_device_disabled(&n("tau"), &n("dev1"), true).unwrap();
     version_moves(&c, v);
     assert_eq!(c.disabled_devices().unwrap().len(), 1);
+    // So is a bandwidth limit.
+    let v = c.data_version().unwrap();
+    a.set_rate(&n("tau"), None, Rate::parse("10M", None).unwrap())
+        .unwrap();
+    version_moves(&c, v);
+    assert_eq!(c.rates().unwrap().len(), 1);
 }
 
 #[test]

@@ -13,6 +13,7 @@ use super::wake::{WakeArgs, WakeOp};
 use super::{Format, Request, access, expose, gateway};
 use crate::protocol::device_info::parse_label;
 use crate::protocol::limits::{INVITE_DEFAULT_TTL, INVITE_MAX_TTL};
+use crate::protocol::rate::Rate;
 use crate::protocol::{DeviceId, Name, RelayAddress, Role};
 
 #[derive(Debug, Args)]
@@ -96,6 +97,33 @@ pub enum SystemCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set a system's bandwidth limit, shared by all its streams:
+    /// `system set tau --rate 10M` (bytes per second each way; `none`
+    /// clears it). Live streams slow down or speed up at once.
+    Set {
+        name: String,
+        #[command(flatten)]
+        rate: RateArgs,
+    },
+}
+
+/// `--rate` and `--burst` of `system set` and `device set`.
+#[derive(Debug, Args)]
+pub struct RateArgs {
+    /// Bytes per second each way: 10M (10,000,000), 512K, 1G, 256Ki; `none`
+    /// removes the limit (the relay's default, if any, applies again).
+    #[arg(long)]
+    pub rate: String,
+    /// Bytes that may go at full speed after a pause [default: a tenth
+    /// of a second of the rate, at least 64Ki].
+    #[arg(long)]
+    pub burst: Option<String>,
+}
+
+impl RateArgs {
+    fn parse(&self) -> Result<Option<Rate>> {
+        Rate::parse(&self.rate, self.burst.as_deref()).map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +199,15 @@ pub enum DeviceCommand {
         system: String,
         name: String,
     },
+    /// Set a device's own bandwidth limit, within its system's:
+    /// `device set --system tau dev1 --rate 1M` (`--rate none` clears it).
+    Set {
+        #[arg(long)]
+        system: String,
+        name: String,
+        #[command(flatten)]
+        rate: RateArgs,
+    },
 }
 
 impl AdminCommand {
@@ -210,6 +247,14 @@ impl AdminCommand {
             AdminCommand::System(SystemCommand::Ls { json }) => {
                 (Request::ListSystems, Format::json_if(json))
             }
+            AdminCommand::System(SystemCommand::Set { name, rate }) => (
+                Request::SetRate {
+                    system: Name::parse(&name).context("system name")?,
+                    device: None,
+                    rate: rate.parse()?,
+                },
+                text,
+            ),
             AdminCommand::Key(k) => k.into_request()?,
             AdminCommand::Gateway(g) => {
                 let (g, format) = g.into_request()?;
@@ -330,6 +375,13 @@ impl DeviceCommand {
         let (system, name, disabled) = match self {
             DeviceCommand::Disable { system, name } => (system, name, true),
             DeviceCommand::Enable { system, name } => (system, name, false),
+            DeviceCommand::Set { system, name, rate } => {
+                return Ok(Request::SetRate {
+                    system: Name::parse(&system).context("system name")?,
+                    device: Some(Name::parse(&name).context("device name")?),
+                    rate: rate.parse()?,
+                });
+            }
         };
         let system = Name::parse(&system).context("system name")?;
         let name = Name::parse(&name).context("device name")?;

@@ -24,6 +24,8 @@ pub enum Change {
     Devices,
     Gateways,
     Exposures,
+    /// Bandwidth limits.
+    Rates,
 }
 
 /// One device online now, as the relay's registry sees it.

@@ -208,6 +208,11 @@ pub async fn run(store: &Store, caller: &Caller<'_>, request: Request) -> Result
             }
         }
         Request::SetDisabled { device, disabled } => set_disabled(store, device, disabled).await?,
+        Request::SetRate {
+            system,
+            device,
+            rate,
+        } => set_rate(store, system, device, rate).await?,
         Request::Gateway(g) => store.call(move |s| gateway::run(s, g)).await?,
         Request::Expose(e) => store.call(move |s| expose::run(s, e)).await?,
         Request::Log { query } => read_log(store, caller, query).await?,
@@ -456,6 +461,36 @@ async fn set_disabled(store: &Store, device: DeviceId, disabled: bool) -> Result
             disabled,
         },
         change: Some(Change::Devices),
+    })
+}
+
+async fn set_rate(
+    store: &Store,
+    system: Name,
+    device: Option<Name>,
+    rate: Option<crate::protocol::rate::Rate>,
+) -> Result<Outcome> {
+    let (s, d) = (system.clone(), device.clone());
+    store
+        .call(move |st| st.set_rate(&s, d.as_ref(), rate))
+        .await?;
+    let mut event = Event::new(kind::RATE_SET, audit::OK)
+        .system(system.as_str())
+        .detail(match rate {
+            Some(r) => format!("limit {r}"),
+            None => "limit cleared".to_string(),
+        });
+    if let Some(d) = &device {
+        event = event.device(d.as_str());
+    }
+    Ok(Outcome {
+        events: vec![event],
+        reply: Reply::RateSet {
+            system: system.to_string(),
+            device: device.map(|d| d.to_string()),
+            rate,
+        },
+        change: Some(Change::Rates),
     })
 }
 

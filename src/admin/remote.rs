@@ -26,6 +26,7 @@ Admin keys may also run every `warren admin` command, e.g.
   invite --system tau --role device --name dev3 [--ttl 1h]
   invite ls | invite revoke ID | key ls | key revoke FP
   device disable --system tau dev1 | device enable --system tau dev1
+  system set tau --rate 10M | device set --system tau dev1 --rate 1M | … --rate none
 Reach a device with: ssh -J SYSTEM@RELAY:PORT USER@DEVICE
 ";
 
@@ -101,6 +102,10 @@ fn command_name(r: &Request) -> &'static str {
     match r {
         Request::HostKey => "host-key",
         Request::AddSystem { .. } | Request::ListSystems => "system",
+        Request::SetRate { device: None, .. } => "system",
+        Request::SetRate {
+            device: Some(_), ..
+        } => "device",
         Request::AddKey { .. } | Request::ListKeys | Request::RevokeKey { .. } => "key",
         Request::Gateway(_) => "gateway",
         Request::Expose(_) => "expose",

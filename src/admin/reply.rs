@@ -15,6 +15,7 @@ use super::wake::WakeReply;
 use super::{Change, Format, expose, gateway, log, status};
 use crate::audit::Event;
 use crate::protocol::Role;
+use crate::protocol::rate::Rate;
 use crate::render::{json_text, table, when};
 use crate::store::credentials::Credential;
 use crate::store::{DeviceStatus, Exposure, InviteRecord, KeyRecord};
@@ -65,6 +66,13 @@ pub enum Reply {
         system: String,
         device: String,
         disabled: bool,
+    },
+    /// A bandwidth limit set (`rate`) or cleared (`None`).
+    RateSet {
+        system: String,
+        /// `None`: the system's limit.
+        device: Option<String>,
+        rate: Option<Rate>,
     },
     Gateways(Vec<GatewayView>),
     Gateway(GatewayView),
@@ -214,6 +222,17 @@ pub fn json_value(reply: &Reply) -> Result<serde_json::Value> {
     Ok(serde_json::to_value(json_form(reply))?)
 }
 
+fn rate_set_text(system: &str, device: Option<&str>, rate: Option<Rate>) -> String {
+    let whom = match device {
+        Some(d) => format!("device {d} in system {system}"),
+        None => format!("system {system}"),
+    };
+    match rate {
+        Some(r) => format!("{whom}: limited to {r} each way, live streams included\n"),
+        None => format!("{whom}: limit cleared (the relay's default applies, if it has one)\n"),
+    }
+}
+
 fn text(reply: &Reply) -> Result<Text> {
     let out = match reply {
         Reply::HostKey { fingerprint } => format!("{fingerprint}\n"),
@@ -236,6 +255,11 @@ fn text(reply: &Reply) -> Result<Text> {
         Reply::Invites(i) => render_invites(i),
         Reply::Woken(w) => w.text(),
         Reply::InviteRevoked(rec) => format!("revoked invite {}\n", rec.id),
+        Reply::RateSet {
+            system,
+            device,
+            rate,
+        } => rate_set_text(system, device.as_deref(), *rate),
         Reply::Disabled {
             system,
             device,

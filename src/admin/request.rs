@@ -67,6 +67,13 @@ pub enum Request {
         device: DeviceId,
         disabled: bool,
     },
+    /// A system's bandwidth limit (`device` `None`) or a device's; `None`
+    /// clears it.
+    SetRate {
+        system: Name,
+        device: Option<Name>,
+        rate: Option<crate::protocol::rate::Rate>,
+    },
     Gateway(GatewayRequest),
     Expose(ExposeRequest),
     /// One page of the audit log, `query.limit` events (and one more, if

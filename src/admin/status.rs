@@ -19,12 +19,13 @@ pub async fn list(
         (Some(_), Some(s)) => Some(Name::parse(s)?),
         _ => None,
     };
-    let (records, gws, sleepers) = store
+    let (records, gws, sleepers, rates) = store
         .call(move |s| {
             Ok((
                 s.devices(system.as_deref())?,
                 s.gateways(system.as_deref())?,
                 s.on_demand_devices(system.as_deref())?,
+                s.rates()?,
             ))
         })
         .await?;
@@ -33,6 +34,7 @@ pub async fn list(
         None => records,
     };
     add_scopes(&mut out, &gws);
+    add_rates(&mut out, &rates);
     add_on_demand(&mut out, sleepers, |s, n| {
         let (Some(live), Ok(s), Ok(n)) = (live, Name::parse(s), Name::parse(n)) else {
             return false;
@@ -105,6 +107,8 @@ fn overlay(records: Vec<DeviceStatus>, live: Vec<LiveDevice>) -> Vec<DeviceStatu
             on_demand: None,
             path: Some(if l.direct > 0 { "direct" } else { "relayed" }.into()),
             path_why: if l.direct > 0 { None } else { l.why_relayed },
+            rate: None,
+            system_rate: None,
         };
         match out
             .iter_mut()
@@ -150,6 +154,29 @@ pub fn add_scopes(devices: &mut [DeviceStatus], gateways: &[store::GatewayRecord
     }
 }
 
+/// Fills in each device's own and its system's bandwidth limit.
+pub fn add_rates(devices: &mut [DeviceStatus], rates: &[store::RateRecord]) {
+    for d in devices {
+        for r in rates.iter().filter(|r| r.system == d.system) {
+            match &r.device {
+                None => d.system_rate = Some(r.rate),
+                Some(n) if *n == d.name => d.rate = Some(r.rate),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// The RATE column: the device's limit, then its system's.
+fn rate_cell(d: &DeviceStatus) -> String {
+    match (d.rate, d.system_rate) {
+        (Some(r), Some(s)) => format!("{r} (system {s})"),
+        (Some(r), None) => r.to_string(),
+        (None, Some(s)) => format!("system {s}"),
+        (None, None) => "-".into(),
+    }
+}
+
 /// Keeps the devices that carry every `KEY=VALUE` label in `want`.
 pub fn filter_labels(devices: Vec<DeviceStatus>, want: &[(String, String)]) -> Vec<DeviceStatus> {
     devices
@@ -158,29 +185,38 @@ pub fn filter_labels(devices: Vec<DeviceStatus>, want: &[(String, String)]) -> V
         .collect()
 }
 
+/// The table's header: the optional columns only when some device has them.
+fn header(devices: &[DeviceStatus], with_system: bool, any_rate: bool) -> Vec<String> {
+    let mut h = vec![
+        "NAME",
+        "STATUS",
+        "SINCE",
+        "LAST SEEN",
+        "ADDRESS",
+        "PORTS",
+        "STREAMS",
+        "VERSION",
+        "LABELS",
+        "PATH",
+    ];
+    if devices.iter().any(|d| !d.scope.is_empty()) {
+        h.push("SCOPE");
+    }
+    if any_rate {
+        h.push("RATE");
+    }
+    if with_system {
+        h.insert(0, "SYSTEM");
+    }
+    h.into_iter().map(String::from).collect::<Vec<_>>()
+}
+
 /// A table for people. `with_system` adds the system column (admin view).
 pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
-    let mut rows = vec![{
-        let mut h = vec![
-            "NAME",
-            "STATUS",
-            "SINCE",
-            "LAST SEEN",
-            "ADDRESS",
-            "PORTS",
-            "STREAMS",
-            "VERSION",
-            "LABELS",
-            "PATH",
-        ];
-        if devices.iter().any(|d| !d.scope.is_empty()) {
-            h.push("SCOPE");
-        }
-        if with_system {
-            h.insert(0, "SYSTEM");
-        }
-        h.into_iter().map(String::from).collect::<Vec<_>>()
-    }];
+    let any_rate = devices
+        .iter()
+        .any(|d| d.rate.is_some() || d.system_rate.is_some());
+    let mut rows = vec![header(devices, with_system, any_rate)];
     for d in devices {
         let mut r = vec![
             d.name.clone(),
@@ -225,6 +261,9 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
                 d.scope.join(",")
             });
         }
+        if any_rate {
+            r.push(rate_cell(d));
+        }
         if with_system {
             r.insert(0, d.system.clone());
         }
@@ -256,6 +295,8 @@ mod tests {
             on_demand: None,
             path: Some("relayed".into()),
             path_why: Some("symmetric NAT on device dev1's side".into()),
+            rate: None,
+            system_rate: None,
         };
         let mut asleep = DeviceStatus {
             name: "dev2".into(),
@@ -301,6 +342,60 @@ mod tests {
     }
 
     #[test]
+    fn limits_show_in_the_listing_and_its_json() {
+        let rate = |s: &str| {
+            crate::protocol::rate::Rate::parse(s, None)
+                .unwrap()
+                .unwrap()
+        };
+        let d = |name: &str| DeviceStatus {
+            system: "tau".into(),
+            name: name.into(),
+            online: false,
+            since: None,
+            last_seen: None,
+            address: None,
+            ports: vec![],
+            version: None,
+            labels: BTreeMap::new(),
+            streams: 0,
+            disabled: false,
+            scope: vec![],
+            status: "offline".into(),
+            on_demand: None,
+            path: None,
+            path_why: None,
+            rate: None,
+            system_rate: None,
+        };
+        let plain = render(&[d("dev1")], false);
+        assert!(!plain.contains("RATE"), "no column without limits: {plain}");
+        let mut list = vec![d("dev1"), d("dev2")];
+        let stored = |device: Option<&str>, r: &str| store::RateRecord {
+            system: "tau".into(),
+            device: device.map(String::from),
+            rate: rate(r),
+        };
+        add_rates(
+            &mut list,
+            &[stored(None, "10M"), stored(Some("dev2"), "1M")],
+        );
+        assert_eq!(list[0].rate, None);
+        assert_eq!(list[1].rate, Some(rate("1M")));
+        assert_eq!(list[0].system_rate, Some(rate("10M")));
+        let t = render(&list, false);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("RATE"), "{t}");
+        assert!(lines[1].ends_with("system 10M/s"), "{t}");
+        assert!(lines[2].ends_with("1M/s (system 10M/s)"), "{t}");
+        let json = serde_json::to_value(&list[1]).unwrap();
+        assert_eq!(json["rate"]["bytes_per_second"], 1_000_000);
+        assert_eq!(json["rate"]["burst"], 100_000);
+        assert_eq!(json["system_rate"]["bytes_per_second"], 10_000_000);
+        assert!(serde_json::to_value(&list[0]).unwrap()["rate"].is_null());
+    }
+
+    #[test]
     fn the_registry_is_the_truth_about_now() {
         let stored = |name: &str, online: bool| DeviceStatus {
             system: "tau".into(),
@@ -319,6 +414,8 @@ mod tests {
             on_demand: None,
             path: None,
             path_why: None,
+            rate: None,
+            system_rate: None,
         };
         let live = LiveDevice {
             device: crate::protocol::DeviceId::new(

@@ -94,6 +94,13 @@ pub struct RelayArgs {
     /// A system whose streams never take direct paths (repeatable).
     #[arg(long = "forbid-direct", value_name = "SYSTEM")]
     pub forbid_direct: Vec<String>,
+    /// Bandwidth limit of every system without one of its own (bytes per
+    /// second each way, shared by its streams): 100M, 1G… [default: none].
+    #[arg(long, value_name = "RATE")]
+    pub system_rate: Option<String>,
+    /// Bandwidth limit of every device without one of its own [default: none].
+    #[arg(long, value_name = "RATE")]
+    pub device_rate: Option<String>,
     /// Serve the HTTP API and web console on this address, e.g.
     /// 127.0.0.1:8080 (off by default; put it behind SSH or a TLS proxy).
     #[arg(long, env = "WARREN_HTTP")]
@@ -228,6 +235,8 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         database: a.database.clone().or(file.database.clone()),
         udp_port,
         forbid_direct,
+        system_rate: default_rate("--system-rate", &a.system_rate, &file.system_rate)?,
+        device_rate: default_rate("--device-rate", &a.device_rate, &file.device_rate)?,
         ..RelayOptions::default()
     };
     let server = Relay::open(&data, options)?;
@@ -273,6 +282,23 @@ async fn udp_discovery(
     let bound = d.local_addr()?;
     tracing::info!(udp = %bound, "UDP discovery for direct paths");
     Ok((Some(d), Some(bound.port())))
+}
+
+/// `--system-rate`/`--device-rate` (or the file's): a rate, or `none`.
+fn default_rate(
+    flag: &str,
+    by_flag: &Option<String>,
+    in_file: &Option<String>,
+) -> Result<Option<crate::protocol::rate::Rate>> {
+    match by_flag.as_deref().or(in_file.as_deref()) {
+        None => Ok(None),
+        Some(v) => crate::protocol::rate::Rate::parse(v, None).map_err(|e| {
+            anyhow::anyhow!(
+                "{flag} (or the config file's {}): {e}",
+                &flag[2..].replace('-', "_")
+            )
+        }),
+    }
 }
 
 fn forbid_direct(flags: &[String], file: Option<&[String]>) -> Result<Vec<Name>> {

@@ -226,3 +226,29 @@ pub const HOP_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause before a device status change the store refused is tried again.
 pub const STATUS_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Slowest bandwidth limit an admin may set (bytes per second each way):
+/// below it an interactive ssh session would wait seconds per screen.
+pub const MIN_RATE: u64 = 1_000;
+
+/// Fastest bandwidth limit (bytes per second): far above any link, so a
+/// larger number is a typo.
+pub const MAX_RATE: u64 = 100_000_000_000;
+
+/// A bandwidth limit's default burst is this much of its rate: short
+/// enough that a limited stream keeps its rate over a second, long enough
+/// that small requests never wait.
+pub const RATE_BURST_TIME: Duration = Duration::from_millis(100);
+
+/// Smallest burst: one SSH packet of the largest size peers use
+/// (32 KiB) with room, so a packet never waits longer than its own size
+/// needs.
+pub const MIN_BURST: u64 = 64 * 1024;
+
+/// Bytes a connection's task reads and writes before it lets other tasks
+/// run (fair share of the relay's cores between connections, so tenants):
+/// a quarter MiB is about a quarter of a millisecond of sealing and
+/// opening, so another tenant's 64-byte message waits that long per busy
+/// connection ahead of it, while the bulk stream's cost (one yield per
+/// quarter MiB) stays far below a percent.
+pub const CONNECTION_SLICE_BYTES: u64 = 256 * 1024;

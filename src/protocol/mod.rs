@@ -10,6 +10,7 @@ pub mod device_info;
 pub mod gateway;
 pub mod limits;
 pub mod names;
+pub mod rate;
 pub mod target;
 pub mod token;
 

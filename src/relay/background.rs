@@ -166,6 +166,7 @@ pub(super) async fn watch_store(relay: Arc<Relay>) {
         last = version;
         gateways::refresh(&relay).await;
         apply_disabled(&relay).await;
+        apply_rates(&relay).await;
         // `warren admin expose` may have changed public ports.
         relay.expose_wake.notify_one();
         let conns = relay.registry.conns();
@@ -273,4 +274,30 @@ pub(super) async fn apply_disabled(relay: &Relay) {
     if closed > 0 {
         tracing::info!(closed, "closed live streams of disabled devices");
     }
+}
+
+/// Loads the bandwidth limits from the store and applies them to live
+/// streams at once.
+pub(super) async fn apply_rates(relay: &Relay) {
+    let rates = match relay.store.call(|s| s.rates()).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "reading bandwidth limits");
+            return;
+        }
+    };
+    let stored = rates
+        .into_iter()
+        .filter_map(|r| {
+            Some(super::bandwidth::StoredRate {
+                system: crate::protocol::Name::parse(&r.system).ok()?,
+                device: match r.device {
+                    Some(d) => Some(crate::protocol::Name::parse(&d).ok()?),
+                    None => None,
+                },
+                rate: r.rate,
+            })
+        })
+        .collect();
+    relay.bandwidth.set(stored);
 }

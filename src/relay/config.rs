@@ -58,6 +58,10 @@ pub struct RelayFile {
     pub console_url: Option<String>,
     /// Address of the Prometheus `/metrics` endpoint (off when unset).
     pub metrics: Option<SocketAddr>,
+    /// Bandwidth limit of every system without one of its own ("100M").
+    pub system_rate: Option<String>,
+    /// Bandwidth limit of every device without one of its own ("10M").
+    pub device_rate: Option<String>,
 }
 
 impl RelayFile {
@@ -91,6 +95,16 @@ impl RelayFile {
                     path.display()
                 )
             })?;
+        }
+        for (field, value) in [
+            ("system_rate", &file.system_rate),
+            ("device_rate", &file.device_rate),
+        ] {
+            if let Some(v) = value {
+                crate::protocol::rate::Rate::parse(v, None).map_err(|e| {
+                    anyhow::anyhow!("invalid relay config {}: {field}: {e}", path.display())
+                })?;
+            }
         }
         if let Some(p) = &file.public_ports {
             PortRanges::parse(p).with_context(|| {
@@ -194,12 +208,18 @@ mod tests {
         assert_eq!(f.mqtt_password_file.unwrap(), dir.path().join("relay.pass"));
         assert_eq!(f.mqtt_ca.unwrap(), dir.path().join("ca.crt"));
         assert_eq!(f.wake_timeout.as_deref(), Some("45s"));
+        std::fs::write(&p, "system_rate = \"100M\"\ndevice_rate = \"10Mi\"\n").unwrap();
+        let f = RelayFile::load(&p).unwrap();
+        assert_eq!(f.system_rate.as_deref(), Some("100M"));
+        assert_eq!(f.device_rate.as_deref(), Some("10Mi"));
         for bad in [
             "colour = 1\n",
             "listen = \"nowhere\"\n",
             "public_ports = [\"99999\"]\n",
             "ciphers = \"aes128-cbc\"\n",
             "kex_algorithms = \"diffie-hellman-group1-sha1\"\n",
+            "system_rate = \"fast\"\n",
+            "device_rate = \"0\"\n",
         ] {
             std::fs::write(&p, bad).unwrap();
             assert!(RelayFile::load(&p).is_err(), "{bad:?}");

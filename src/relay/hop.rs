@@ -253,8 +253,10 @@ async fn serve_device(
     };
     tracing::debug!(%from, device = %device.name, port, "hop stream open");
     let incoming = channel.accept().await;
+    // Limits apply on the relay that holds the device.
+    let shaper = relay.bandwidth.shaper(&device);
     incoming
-        .splice_until(device_channel, guard.closed.cancelled())
+        .splice_paced(device_channel, guard.closed.cancelled(), Some(&shaper))
         .await;
 }
 

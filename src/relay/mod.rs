@@ -8,6 +8,7 @@
 //! each controller stream to its device and splices the two.
 
 mod background;
+pub mod bandwidth;
 mod cluster;
 mod commands;
 pub mod config;
@@ -95,6 +96,10 @@ pub struct RelayOptions {
     pub udp_port: Option<u16>,
     /// Systems whose streams never take direct paths (`--forbid-direct`).
     pub forbid_direct: Vec<crate::protocol::Name>,
+    /// Bandwidth limits of systems and devices without one of their own
+    /// (`--system-rate`, `--device-rate`); none by default.
+    pub system_rate: Option<crate::protocol::rate::Rate>,
+    pub device_rate: Option<crate::protocol::rate::Rate>,
 }
 
 impl Default for RelayOptions {
@@ -118,6 +123,8 @@ impl Default for RelayOptions {
             database: None,
             udp_port: None,
             forbid_direct: Vec::new(),
+            system_rate: None,
+            device_rate: None,
         }
     }
 }
@@ -186,6 +193,8 @@ pub struct Relay {
     me: std::sync::Weak<Relay>,
     /// Direct paths per device, for `ls`.
     paths: p2p::Paths,
+    /// Bandwidth limits in force, and the buckets of live streams.
+    bandwidth: bandwidth::Bandwidth,
 }
 
 /// Device status writes, applied in order by one task so that a quick
@@ -269,6 +278,7 @@ impl Relay {
             }
             None => (None, None),
         };
+        let bandwidth = bandwidth::Bandwidth::new(options.system_rate, options.device_rate);
         let relay = Arc::new_cyclic(|me| Relay {
             me: me.clone(),
             waker,
@@ -300,6 +310,7 @@ impl Relay {
             shutting_down: CancellationToken::new(),
             store_changed: tokio::sync::Notify::new(),
             paths: p2p::Paths::default(),
+            bandwidth,
         });
         Ok(Server {
             relay,
@@ -339,6 +350,11 @@ impl Relay {
     /// Direct paths per device (`ls` shows them).
     pub fn paths(&self) -> &p2p::Paths {
         &self.paths
+    }
+
+    /// Bandwidth limits in force.
+    pub fn bandwidth(&self) -> &bandwidth::Bandwidth {
+        &self.bandwidth
     }
 
     pub fn audit(&self) -> &Audit {
@@ -434,6 +450,7 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
         relay.spawn(wake::run_broker(relay.clone(), waker, eventloop));
     }
     background::apply_disabled(&relay).await;
+    background::apply_rates(&relay).await;
     relay.spawn(background::watch_store(relay.clone()));
     relay.spawn(background::flush_last_seen(relay.clone()));
     relay.spawn(cluster::close_lost(relay.clone()));

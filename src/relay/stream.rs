@@ -109,8 +109,9 @@ pub(super) async fn stream(
     relay
         .audit
         .record(req.event(audit::OK, name).detail("path=relayed"));
+    let shaper = relay.bandwidth.shaper(route.carrier());
     let stats = controller_channel
-        .splice_until(device_channel, guard.closed.cancelled())
+        .splice_paced(device_channel, guard.closed.cancelled(), Some(&shaper))
         .await;
     let disabled = guard.closed.is_cancelled();
     drop(guard);

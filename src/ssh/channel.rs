@@ -23,6 +23,26 @@ pub struct SpliceStats {
     pub received: u64,
 }
 
+/// Which way bytes go through a splice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceDirection {
+    /// From the channel the splice was called on to the other one.
+    Forward = 0,
+    /// From the other channel back.
+    Back = 1,
+}
+
+/// A pause before a packet is passed on.
+pub type PaceWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Paces a splice (the relay's bandwidth limits): asked before each packet
+/// is passed on. While a direction waits it reads nothing more, so its
+/// sender's window closes and back-pressure does the rest.
+pub trait Pace: Send + Sync {
+    /// `n` bytes are about to go `dir`: `Some` to hold them until it resolves.
+    fn take(&self, dir: SpliceDirection, n: usize) -> Option<PaceWait>;
+}
+
 /// An open SSH channel carrying one stream. Dropping it closes the channel.
 pub struct Channel {
     h: ChanHandle,
@@ -72,12 +92,24 @@ impl Channel {
         other: Channel,
         stop: impl std::future::Future<Output = ()>,
     ) -> SpliceStats {
+        self.splice_paced(other, stop, None).await
+    }
+
+    /// Like [`Channel::splice_until`], with every packet paced by `pace`.
+    pub async fn splice_paced(
+        self,
+        other: Channel,
+        stop: impl std::future::Future<Output = ()>,
+        pace: Option<&dyn Pace>,
+    ) -> SpliceStats {
         let (a, b) = (&self.h, &other.h);
         let mut stats = SpliceStats::default();
         let (eof_tx, eofs) = mpsc::unbounded_channel();
         {
-            let a_to_b = pump(a, b, &mut stats.sent, eof_tx.clone());
-            let b_to_a = pump(b, a, &mut stats.received, eof_tx);
+            let forward = pace.map(|p| (p, SpliceDirection::Forward));
+            let back = pace.map(|p| (p, SpliceDirection::Back));
+            let a_to_b = pump(a, b, &mut stats.sent, eof_tx.clone(), forward);
+            let b_to_a = pump(b, a, &mut stats.received, eof_tx, back);
             tokio::select! {
                 _ = both_directions(a_to_b, b_to_a, eofs) => {}
                 _ = stop => {}
@@ -167,12 +199,18 @@ async fn pump(
     write: &ChanHandle,
     count: &mut u64,
     eof: mpsc::UnboundedSender<()>,
+    pace: Option<(&dyn Pace, SpliceDirection)>,
 ) {
     let mut seen_eof = false;
     loop {
         match read.recv().await {
             Some(In::Data(data)) => {
                 *count += data.len() as u64;
+                if let Some((p, dir)) = pace
+                    && let Some(wait) = p.take(dir, data.len())
+                {
+                    wait.await;
+                }
                 if write.send(data, false).await.is_err() {
                     return;
                 }

@@ -24,7 +24,9 @@ pub mod server;
 /// Channel type of direct-path signalling (`crate::p2p`).
 pub const P2P_CHANNEL: &str = "p2p@warren";
 
-pub use channel::{Channel, IncomingChannel, Refusal, SpliceStats};
+pub use channel::{
+    Channel, IncomingChannel, Pace, PaceWait, Refusal, SpliceDirection, SpliceStats,
+};
 pub use keys::{Fingerprint, PrivateKey, PublicKey};
 pub use proto::mux::{buffered_at_least, buffered_bytes};
 

@@ -30,6 +30,8 @@ pub mod kind {
     pub const INVITE_REVOKE: &str = "invite_revoke";
     pub const DEVICE_DISABLE: &str = "device_disable";
     pub const DEVICE_ENABLE: &str = "device_enable";
+    /// A system's or a device's bandwidth limit set or cleared.
+    pub const RATE_SET: &str = "rate_set";
     pub const SYSTEM_ADD: &str = "system_add";
     pub const COMMAND: &str = "command";
     pub const PUBLIC_PORT: &str = "public_port";

@@ -139,6 +139,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX web_credentials_kind ON web_credentials (kind, created);
     CREATE INDEX audit_device ON audit (device, id);
     CREATE INDEX audit_kind ON audit (kind, id);",
+    // 8: bandwidth limits per system (`device` empty) and per device.
+    "CREATE TABLE rates (
+        system           TEXT NOT NULL,
+        device           TEXT NOT NULL DEFAULT '',
+        bytes_per_second INTEGER NOT NULL CHECK (bytes_per_second > 0),
+        burst            INTEGER NOT NULL CHECK (burst > 0),
+        updated          INTEGER NOT NULL,
+        PRIMARY KEY (system, device)
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

@@ -23,11 +23,13 @@ mod gateways;
 mod migrations;
 mod on_demand;
 pub mod postgres;
+pub mod rates;
 
 pub use audit::AuditQuery;
 pub use enroll::{InviteRecord, NewInvite};
 pub use exposures::Exposure;
 pub use on_demand::{OnDemandInfo, OnDemandRecord};
+pub use rates::RateRecord;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -122,6 +124,12 @@ pub struct DeviceStatus {
     /// Why the latest direct-path attempt left it relayed.
     #[serde(default)]
     pub path_why: Option<String>,
+    /// The device's own bandwidth limit, if an admin set one.
+    #[serde(default)]
+    pub rate: Option<crate::protocol::rate::Rate>,
+    /// Its system's bandwidth limit, if an admin set one.
+    #[serde(default)]
+    pub system_rate: Option<crate::protocol::rate::Rate>,
 }
 
 impl rusqlite::ToSql for Fingerprint {
@@ -520,6 +528,8 @@ impl Store {
                 on_demand: None,
                 path: None,
                 path_why: None,
+                rate: None,
+                system_rate: None,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

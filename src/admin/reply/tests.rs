@@ -171,6 +171,8 @@ fn devices_and_invites() {
         on_demand: None,
         path: None,
         path_why: None,
+        rate: None,
+        system_rate: None,
     };
     let mut all = Reply::Devices {
         devices: vec![d.clone()],

@@ -168,6 +168,18 @@ const TABLES: &[Table] = &[
         key: &["system", "name"],
         sequence: None,
     },
+    Table {
+        name: "rates",
+        columns: &[
+            ("system", 'T'),
+            ("device", 'T'),
+            ("bytes_per_second", 'I'),
+            ("burst", 'I'),
+            ("updated", 'I'),
+        ],
+        key: &["system", "device"],
+        sequence: None,
+    },
 ];
 
 /// What one table's copy did.

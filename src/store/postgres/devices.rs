@@ -170,6 +170,8 @@ impl Pg {
                     on_demand: None,
                     path: None,
                     path_why: None,
+                    rate: None,
+                    system_rate: None,
                 });
             }
             Ok(out)

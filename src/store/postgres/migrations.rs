@@ -152,10 +152,21 @@ const MIGRATIONS: &[&str] = &[
         at      TEXT,
         PRIMARY KEY (system, name)
     );",
-    // 3 and 4 are reserved for other work in progress (PostgreSQL 3: the
-    // web console's credentials, 4: rates); empty here, replaced on merge.
+    // 3: reserved for issue 17 (the web console's credentials), which
+    // lands its own SQL here; until then it does nothing.
     "SELECT 1;",
-    "SELECT 1;",
+    // 4: bandwidth limits (SQLite's 8); every relay of the cluster hears
+    // of a change at once.
+    "CREATE TABLE rates (
+        system           TEXT NOT NULL,
+        device           TEXT NOT NULL DEFAULT '',
+        bytes_per_second BIGINT NOT NULL CHECK (bytes_per_second > 0),
+        burst            BIGINT NOT NULL CHECK (burst > 0),
+        updated          BIGINT NOT NULL,
+        PRIMARY KEY (system, device)
+    );
+    CREATE TRIGGER rates_changed AFTER INSERT OR UPDATE OR DELETE ON rates
+        FOR EACH STATEMENT EXECUTE FUNCTION warren_changed();",
     // 5: on-demand wakes in progress across the cluster: one relay claims a
     // device's wake and publishes the one `connect` (see relay/wake.rs).
     "CREATE TABLE wakes (

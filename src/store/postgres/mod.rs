@@ -25,6 +25,7 @@ mod keys;
 mod listen;
 mod migrations;
 mod on_demand;
+mod rates;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -36,6 +36,8 @@ use ssh_key::{PrivateKey, PublicKey};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::protocol::limits::CONNECTION_SLICE_BYTES;
+
 use super::kex::{HostKey, KexAlg};
 use super::mux::{self, ChanHandle, Cmd, ConnTx, Ctl, Ended, OUTBOX, OpenRequest};
 use super::packet::{CipherAlg, PacketError};
@@ -380,6 +382,8 @@ impl<E: Events> Conn<E> {
     /// until the connection ends.
     async fn run_inner(&mut self) -> Result<String, Fail> {
         self.kx.start(&mut self.t);
+        // Bytes moved (read and written) when the task last let others run.
+        let mut slice_mark = 0u64;
         loop {
             if let Some(why) = self.t.broken {
                 return Err(Fail::Broken(why));
@@ -422,6 +426,14 @@ impl<E: Events> Conn<E> {
                 if self.t.pending() > 0 {
                     self.unpin_later();
                 }
+            }
+            // A bulk connection's socket is always ready, so without this
+            // its task would keep a worker for a whole scheduler budget
+            // while other tenants' small messages queue behind it.
+            let moved = self.t.read + self.t.written;
+            if moved - slice_mark >= CONNECTION_SLICE_BYTES {
+                slice_mark = moved;
+                tokio::task::yield_now().await;
             }
         }
     }

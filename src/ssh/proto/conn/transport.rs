@@ -114,6 +114,8 @@ pub(super) struct Transport {
     pub(super) bytes_since_kex: u64,
     /// Bytes written to the socket, in all.
     pub(super) written: u64,
+    /// Bytes read from the socket, in all.
+    pub(super) read: u64,
     /// Messages held back while [`Transport::holding`].
     deferred: VecDeque<Vec<u8>>,
     /// What [`Transport::deferred`] holds, with [`DEFERRED_OVERHEAD`] each.
@@ -142,6 +144,7 @@ impl Transport {
             broken: None,
             bytes_since_kex: 0,
             written: 0,
+            read: 0,
             deferred: VecDeque::new(),
             deferred_bytes: 0,
             holding: false,
@@ -160,6 +163,7 @@ impl Transport {
         match self.stream.try_read_buf(&mut self.rbuf.buf) {
             Ok(0) => Err(Fail::Eof),
             Ok(n) => {
+                self.read += n as u64;
                 if n == spare && self.read_chunk < READ_MAX {
                     self.read_chunk *= 2;
                 }

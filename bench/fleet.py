@@ -1,0 +1,256 @@
+"""Fleet-scale and fairness modes of bench/run (issue 21), run by bench.py
+with `--only NAME`:
+
+- fairness:   a victim system's 64-byte round trip (p50/p99) on an idle relay
+              and while another system runs `--fair-streams` bulk iperf3
+              streams flat out through the same relay.
+- idle:       N idle devices (`--idle-devices`, at most `--burst` connecting
+              at once): relay memory per device (RssAnon+VmPTE), time until
+              all are registered, new stream first byte p50 at N vs at 10.
+- restart:    N devices held by the load generator with `--rejoin`; the relay
+              is killed (SIGKILL) and started again on the same port and data:
+              the time until every device is registered again, refusals.
+- handshakes: logins per second (key exchange + public-key auth) per core of
+              relay CPU, Warren with curve25519-sha256 and with
+              mlkem768x25519-sha256, against sshd (its own choice of
+              exchange with this client: curve25519-sha256).
+
+Each mode appends records to results[MODE] and lines to the markdown.
+"""
+
+import json
+import shlex
+import statistics
+import time
+from pathlib import Path
+
+# bench.py's own module (its process list, helpers), set by bench.py before
+# a mode runs: importing it here would make a second copy of its globals.
+B = None
+
+
+def add_arguments(ap, quick):
+    ap.add_argument("--fair-streams", type=int, default=8, help="bulk streams of the noisy system")
+    ap.add_argument("--fair-seconds", type=int, default=5 if quick else 15,
+                    help="seconds the bulk streams run (the victim's probe runs inside)")
+    ap.add_argument("--idle-devices", type=int, nargs="+", default=[500] if quick else [19000])
+    ap.add_argument("--restart-devices", type=int, default=500 if quick else 19000)
+    ap.add_argument("--handshake-seconds", type=float, default=5 if quick else 20)
+    ap.add_argument("--handshake-concurrency", type=int, default=8)
+
+
+def percentiles(rec):
+    return f"p50 {rec['p50_us']:.0f} µs p99 {rec['p99_us']:.0f} µs" if "p50_us" in rec else f"FAILED {rec['error']}"
+
+
+# --------------------------------------------------------------- fairness
+
+def victim_world(b):
+    """System `victim` on the shared Warren relay: its own device (agent,
+    echo target) and a controller `ssh -L` to it."""
+    r = b.wrelay
+    r.admin("system", "add", "victim")
+    # A key belongs to one system: the victim's controller has its own.
+    ckey = b.work / "victim_user_key"
+    B.keygen(ckey, "victim")
+    r.admin("key", "add", "--system", "victim", "--role", "controller", "--name", "carol", f"{ckey}.pub")
+    key = b.work / "victim_dev_key"
+    B.run([b.a.warren, "keygen", key])
+    r.admin("key", "add", "--system", "victim", "--role", "device", "--name", "vdev", f"{key}.pub")
+    toml = b.work / "victim_agent.toml"
+    toml.write_text(
+        f'relay = "127.0.0.1:{r.port}"\nsystem = "victim"\nname = "vdev"\n'
+        f'key = "{key}"\nrelay_host_key = "{r.fingerprint}"\n'
+        f'allow = ["7=127.0.0.1:{b.echo_port}"]\n'
+    )
+    agent = B.Proc("victim_agent", [b.a.warren, "agent", "--config", toml], b.logs)
+    agent.wait_for("online: registered", 30)
+    lport = B.free_port()
+    argv = b.ssh("-N", "-v", "-i", ckey, "-o", "ExitOnForwardFailure=yes", "-L", f"127.0.0.1:{lport}:vdev:7",
+                 "-p", r.port, "victim@127.0.0.1")
+    ctl = B.Proc("victim_controller", argv, b.logs)
+    ctl.wait_for(rf"Local forwarding listening on 127\.0\.0\.1 port {lport}", 30)
+    ctl.lport = lport
+    return agent, ctl
+
+
+def fairness(b):
+    n, secs = b.a.fair_streams, b.a.fair_seconds
+    B.log(f"fairness: victim round trips idle, then while system {B.SYSTEM} runs {n} iperf3 streams for {secs}s")
+    agent, victim = victim_world(b)
+    bulk = b.controller("warren", None, B.free_port(), "iperf")
+    count = b.a.rtt_count
+    try:
+        for rnd in range(b.a.reps):
+            idle = b.probe("rtt", victim.lport, count, 100)
+            argv = ["iperf3", "-c", "127.0.0.1", "-p", str(bulk.lport), "-t", str(secs), "-P", str(n),
+                    "-J", "--connect-timeout", "10000", "-R"]
+            b.wait_iperf_idle("warren")
+            load = B.subprocess.Popen(argv, stdout=B.subprocess.PIPE, stderr=B.subprocess.PIPE, text=True)
+            # The bulk streams ramp up for a second before the probe starts.
+            time.sleep(1.0)
+            busy = b.probe("rtt", victim.lport, count, 20)
+            out, _ = load.communicate(timeout=secs + 30)
+            try:
+                mbit = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+            except (ValueError, KeyError):
+                mbit = None
+            rec = {"round": rnd, "idle": idle, "busy": busy, "bulk_streams": n, "bulk_mbit_s": mbit,
+                   "bulk_command": shlex.join(argv), "victim_controller": shlex.join(victim.argv),
+                   "loadavg": B.loadavg()}
+            if "p99_us" in idle and "p99_us" in busy:
+                rec["p99_ratio"] = round(busy["p99_us"] / idle["p99_us"], 2)
+                rec["p50_ratio"] = round(busy["p50_us"] / idle["p50_us"], 2)
+            b.results.setdefault("fairness", []).append(rec)
+            B.log(f"  round {rnd}: victim idle {percentiles(idle)}; under {n} bulk streams "
+                  f"({mbit or 0:.0f} Mbit/s) {percentiles(busy)}; p99 ×{rec.get('p99_ratio', '?')}")
+    finally:
+        for p in (bulk, victim, agent):
+            b.restart(p)
+
+
+# --------------------------------------------------------------- idle devices
+
+def idle(b):
+    """The scale measurement for Warren alone, at 10 and at each N."""
+    sizes = sorted(set([10] + b.a.idle_devices))
+    B.log(f"idle: Warren at {sizes} devices, at most {b.a.burst} connecting at once")
+    recs = {}
+    for n in sizes:
+        for rep in range(b.a.reps):
+            try:
+                rec = b.scale_once("warren", n, rep)
+            except RuntimeError as e:
+                rec = {"system": "warren", "n": n, "rep": rep, "error": str(e)[-2000:]}
+            b.results.setdefault("idle", []).append(rec)
+            recs.setdefault(n, []).append(rec)
+
+    def fb50(n):
+        v = [r["first_byte"]["p50_us"] for r in recs.get(n, []) if "p50_us" in r.get("first_byte", {})]
+        return statistics.median(v) if v else None
+
+    base = fb50(10)
+    for n in b.a.idle_devices:
+        if base and fb50(n):
+            b.results.setdefault("idle_first_byte_ratio", {})[str(n)] = round(fb50(n) / base, 2)
+
+
+# --------------------------------------------------------------- restart
+
+def restart(b):
+    n = b.a.restart_devices
+    B.log(f"restart: {n} devices, relay killed and started again")
+    name = f"restart_{n}"
+    relay = B.WarrenRelay(name, b.work, b.a.warren)
+    gen = None
+    try:
+        conc = min(n, b.a.burst)
+        argv = [b.a.devices_bin, "--relay", f"127.0.0.1:{relay.port}", "--data", relay.data,
+                "--host-key", relay.fingerprint, "--n", n, "--wait-go", "--concurrency", conc,
+                "--attempts", b.a.attempts, "--retry-ms", b.a.retry_ms, "--rejoin"]
+        gen = B.Proc(f"{name}_devices", argv, b.logs, stdin=True)
+        gen.wait_for(r"^keys-registered", 1800)
+        time.sleep(2.0)  # the relay's store watcher sees the new keys
+        gen.send("go\n")
+        up = gen.wait_for(r"^all-up (\d+) ([\d.]+) failed (\d+)", 1800)[0]
+        killed = time.monotonic()
+        relay.proc.p.kill()
+        relay.proc.p.wait()
+        B.PROCS.remove(relay.proc)
+        again = B.Proc(f"{name}_again", relay.proc.argv, b.logs)
+        again.wait_for("relay listening", 60)
+        listening_s = time.monotonic() - killed
+        m = gen.wait_for(r"^rejoined (\d+) ([\d.]+) refused (\d+) p50 ([\d.]+) p99 ([\d.]+)", 1800)[0]
+        rec = {"n": n, "up_before": int(up.group(1)), "registered_s": float(up.group(2)),
+               "failed_before": int(up.group(3)), "relay_listening_again_s": round(listening_s, 3),
+               "rejoined": int(m.group(1)), "all_back_s": float(m.group(2)), "refused": int(m.group(3)),
+               "back_p50_s": float(m.group(4)), "back_p99_s": float(m.group(5)),
+               "command": shlex.join(map(str, argv)), "relay": shlex.join(map(str, relay.proc.argv)),
+               "loadavg": B.loadavg()}
+        b.results.setdefault("restart", []).append(rec)
+        B.log(f"  {n} devices: listening again after {listening_s:.2f}s; all {rec['rejoined']} back after "
+              f"{rec['all_back_s']:.2f}s (p50 {rec['back_p50_s']:.2f}s), {rec['refused']} attempts refused")
+        gen.close_stdin()
+        b.restart(again)
+    finally:
+        for p in (gen, relay.proc):
+            if p is not None and p in B.PROCS:
+                b.restart(p)
+
+
+# --------------------------------------------------------------- handshakes
+
+def ticks_with_reaped(pid):
+    """utime+stime of `pid` and of its children it reaped (cutime+cstime):
+    sshd's per-login children are gone by the time anyone looks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15])
+
+def handshake_rate(b, label, relay_pid, gen_args, port):
+    c = b.a.handshake_concurrency
+    argv = [b.a.devices_bin, "--relay", f"127.0.0.1:{port}", *gen_args, "--n", c,
+            "--concurrency", c, "--handshakes", b.a.handshake_seconds]
+    before = ticks_with_reaped(relay_pid)
+    r = B.run(argv, timeout=b.a.handshake_seconds + 600)
+    after = ticks_with_reaped(relay_pid)
+    m = B.re.search(r"handshakes (\d+) failed (\d+) seconds ([\d.]+)", r.stdout)
+    cpu_s = (after - before) / B.CLK_TCK
+    done, failed, secs = int(m.group(1)), int(m.group(2)), float(m.group(3))
+    rec = {"relay": label, "handshakes": done, "failed": failed, "seconds": secs,
+           "per_s": round(done / secs, 1), "relay_cpu_s": round(cpu_s, 2),
+           "per_cpu_s": round(done / cpu_s, 1) if cpu_s else None,
+           "command": shlex.join(map(str, argv)), "loadavg": B.loadavg()}
+    b.results.setdefault("handshakes", []).append(rec)
+    B.log(f"  {label:34} {rec['per_s']:7.1f} logins/s, {rec['per_cpu_s']} per relay CPU-second "
+          f"({failed} failed)")
+
+
+def handshakes(b):
+    B.log(f"handshakes: {b.a.handshake_concurrency} clients logging in again and again for "
+          f"{b.a.handshake_seconds}s; relay CPU counted")
+    for kex in ("curve25519-sha256", "mlkem768x25519-sha256"):
+        name = f"hs_{kex.split('-')[0]}"
+        relay = B.WarrenRelay(name, b.work, b.a.warren, ["--kex-algorithms", kex])
+        try:
+            # Registers the keys; the load generator does not register names.
+            gen_args = ["--data", relay.data, "--host-key", relay.fingerprint]
+            time.sleep(0.5)
+            handshake_rate(b, f"warren {kex}", relay.proc.pid, gen_args, relay.port)
+        finally:
+            b.restart(relay.proc)
+    sshd = B.Sshd("hs_sshd", b.work, f"{b.ukey}.pub", "MaxStartups 100:30:200\nLogLevel ERROR\n")
+    try:
+        gen_args = ["--host-key", sshd.fingerprint, "--openssh-key", b.ukey, "--user", b.user]
+        handshake_rate(b, "sshd (curve25519-sha256)", sshd.proc.pid, gen_args, sshd.port)
+    finally:
+        b.restart(sshd.proc)
+
+
+MODES = {"fairness": fairness, "idle": idle, "restart": restart, "handshakes": handshakes}
+
+
+def markdown(results):
+    """Lines for the results file: one per record of these modes."""
+    out = []
+    for rec in results.get("fairness", []):
+        i, s = rec["idle"], rec["busy"]
+        if "p50_us" in i and "p50_us" in s:
+            out.append(f"- Fairness, round {rec['round']}: victim 64-byte RTT idle p50 {i['p50_us']:.0f} µs / "
+                       f"p99 {i['p99_us']:.0f} µs; under {rec['bulk_streams']} bulk streams of another system "
+                       f"({rec['bulk_mbit_s'] or 0:.0f} Mbit/s) p50 {s['p50_us']:.0f} µs / p99 {s['p99_us']:.0f} µs "
+                       f"(p99 ×{rec['p99_ratio']})")
+    for rec in results.get("idle", []):
+        if "kib_per_device" in rec:
+            fb = rec["first_byte"]
+            out.append(f"- Idle, {rec['n']} devices: {rec['kib_per_device']['RssAnon+VmPTE']} KiB/device, "
+                       f"all registered in {rec['all_registered_s']} s ({rec['failed']} failed), new stream "
+                       f"first byte p50 {fb.get('p50_us', 0):.0f} µs")
+    for n, ratio in results.get("idle_first_byte_ratio", {}).items():
+        out.append(f"- First byte p50 at {n} devices / at 10: ×{ratio}")
+    for rec in results.get("restart", []):
+        out.append(f"- Restart, {rec['n']} devices: relay listening again after {rec['relay_listening_again_s']} s; "
+                   f"all {rec['rejoined']} back after {rec['all_back_s']} s; {rec['refused']} attempts refused")
+    for rec in results.get("handshakes", []):
+        out.append(f"- Handshakes, {rec['relay']}: {rec['per_s']} logins/s, {rec['per_cpu_s']} per relay "
+                   f"CPU-second ({rec['failed']} failed)")
+    return out
