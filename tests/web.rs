@@ -459,9 +459,11 @@ async fn systems_are_added_by_unscoped_admins_only() {
     let scoped = w.session(Some("tau"), Role::Admin, "tauadmin").await;
     let resp = add(&scoped.cookie, &scoped.csrf, "gamma").await.unwrap();
     assert_eq!(resp.status(), 403);
+    // A bad name is bad input (400), with the CLI's text for it.
     let resp = add(&s.cookie, &s.csrf, "Bad Name").await.unwrap();
-    assert_eq!(resp.status(), 409);
+    assert_eq!(resp.status(), 400);
     let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "bad_value");
     assert!(
         body["error"].as_str().unwrap().starts_with("system name"),
         "{body}"

@@ -382,3 +382,111 @@ async fn gateways_invites_keys_and_ports_through_the_api() {
     let (status, body) = w.get(&admin, "api/v1/nothing-here").await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
 }
+
+#[tokio::test]
+async fn a_key_added_through_the_api_logs_in_and_bad_keys_change_nothing() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    r.add_system("beta");
+    let w = TestWeb::start(r.relay.clone()).await;
+    let admin = w.token("tau", Role::Admin);
+    let key = warren::ssh::keys::generate_ed25519().unwrap();
+    let text = key.public_key().to_openssh().unwrap();
+    let body = |system: &str, role: &str, name: &str, public_key: &str| {
+        Some(json!({"system": system, "role": role, "name": name, "public_key": public_key}))
+    };
+    let keys_now = || r.store().keys().unwrap().len();
+    // Refusals first: none of them adds a key.
+    for (b, status, code) in [
+        (
+            body("tau", "controller", "bob", "ssh-ed25519 AAAAnope"),
+            400,
+            "bad_value",
+        ),
+        (body("tau", "owner", "bob", &text), 400, "bad_value"),
+        (body("tau", "controller", "-bob", &text), 400, "bad_value"),
+        (body("tau", "controller", "bob b", &text), 400, "bad_value"),
+        (
+            body("beta", "controller", "bob", &text),
+            403,
+            "other_system",
+        ),
+    ] {
+        let (got, reply) = w.send(&admin, "POST", "api/v1/keys", b).await;
+        assert_eq!(
+            (got, reply["code"].as_str()),
+            (status, Some(code)),
+            "{reply}"
+        );
+    }
+    let (got, reply) = w
+        .send(
+            &admin,
+            "POST",
+            "api/v1/keys",
+            Some(json!({"system": "tau", "role": "controller", "name": "bob", "public_key": text, "x": 1})),
+        )
+        .await;
+    assert_eq!(got, 400, "{reply}");
+    let ctl = w.token("tau", Role::Controller);
+    let (got, reply) = w
+        .send(
+            &ctl,
+            "POST",
+            "api/v1/keys",
+            body("tau", "controller", "bob", &text),
+        )
+        .await;
+    assert_eq!((got, reply["code"].as_str()), (403, Some("read_only")));
+    assert_eq!(keys_now(), 0);
+
+    let (got, reply) = w
+        .send(
+            &admin,
+            "POST",
+            "api/v1/keys",
+            body("tau", "controller", "bob", &text),
+        )
+        .await;
+    assert_eq!(got, 200, "{reply}");
+    let fp = warren::ssh::keys::fingerprint(key.public_key());
+    assert!(reply["message"].as_str().unwrap().contains(&fp), "{reply}");
+    let (_, keys) = w.get(&admin, "api/v1/keys").await;
+    assert_eq!(keys[0]["fingerprint"], fp.as_str());
+    assert_eq!(keys[0]["role"], "controller");
+    // The same key again: the store's refusal, with the CLI's text.
+    let (got, reply) = w
+        .send(
+            &admin,
+            "POST",
+            "api/v1/keys",
+            body("tau", "device", "dev7", &text),
+        )
+        .await;
+    assert_eq!(
+        (got, reply["code"].as_str()),
+        (409, Some("refused")),
+        "{reply}"
+    );
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("is already registered as controller bob"),
+        "{reply}"
+    );
+    // On record with who acted, and the key logs in.
+    let e = r
+        .store()
+        .audit(&audit_of(kind::KEY_ADD, 5))
+        .unwrap()
+        .remove(0);
+    assert_eq!(e.key.as_deref(), Some("robot"));
+    assert!(e.detail.as_deref().unwrap().contains("via token"), "{e:?}");
+    let id = r
+        .store()
+        .identity("tau", key.public_key())
+        .unwrap()
+        .unwrap();
+    assert_eq!((id.role, id.name.as_str()), (Role::Controller, "bob"));
+}

@@ -63,7 +63,7 @@ pub fn router(web: Web) -> Router {
             "/devices/{system}/{name}/{action}",
             post(api::device_action),
         )
-        .route("/keys", get(api::keys))
+        .route("/keys", get(api::keys).post(api::add_key))
         .route("/keys/revoke", post(api::revoke_key))
         .route("/invites", get(api::invites).post(api::create_invite))
         .route("/invites/{id}/revoke", post(api::revoke_invite))

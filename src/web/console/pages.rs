@@ -15,8 +15,8 @@ use super::super::api::{self, DeviceParams, status_of};
 use super::super::auth::Principal;
 use super::super::error::ApiError;
 use super::super::input::Query;
-use super::super::ops;
 use super::{Page, PageResult, Peer, badge, error_page, esc, link, render, time_ms, time_s, who};
+use crate::admin::{ExposeRequest, GatewayRequest, Request};
 
 fn s(v: &Value) -> String {
     match v {
@@ -359,14 +359,12 @@ pub async fn gateways(
     headers: HeaderMap,
 ) -> PageResult {
     let p = who(p)?;
-    let list = ops::read_json(
-        &web,
-        &p,
-        peer,
-        vec!["gateway".into(), "ls".into(), "--json".into()],
-    )
-    .await
-    .map_err(error_page)?;
+    let list = GatewayRequest::List {
+        system: p.system().map(String::from),
+    };
+    let list = api::scoped_list(&web, &p, peer, Request::Gateway(list))
+        .await
+        .map_err(error_page)?;
     let mut body = String::from(
         "<h1>Gateways</h1><p class=mut>Devices that reach hosts of a private network. Add one: make a device invite under <a href=/keys>Keys &amp; invites</a>.</p>\
 <div class=bar style=\"margin-bottom:8px\"><button class=danger data-batch=\"DELETE /api/v1/gateways/{item}\" data-confirm=\"Delete these gateways? Those with forwarding rules are refused.\">Delete selected</button></div>\
@@ -559,14 +557,9 @@ pub async fn ports(
     headers: HeaderMap,
 ) -> PageResult {
     let p = who(p)?;
-    let list = ops::read_json(
-        &web,
-        &p,
-        peer,
-        vec!["expose".into(), "ls".into(), "--json".into()],
-    )
-    .await
-    .map_err(error_page)?;
+    let list = api::scoped_list(&web, &p, peer, Request::Expose(ExposeRequest::List))
+        .await
+        .map_err(error_page)?;
     let mut body = String::from(
         "<h1>Public ports</h1><table><tr><th>Relay port<th>System<th>Device<th>Device port<th>Allow from<th>Created<th></tr>",
     );
@@ -617,9 +610,9 @@ pub async fn keys(
     headers: HeaderMap,
 ) -> PageResult {
     let p = who(p)?;
-    let rd = |w: &[&str]| ops::read_json(&web, &p, peer, w.iter().map(|x| x.to_string()).collect());
-    let keys = rd(&["key", "ls", "--json"]).await.map_err(error_page)?;
-    let invites = rd(&["invite", "ls", "--json"]).await.map_err(error_page)?;
+    let rd = |r: Request| api::scoped_list(&web, &p, peer, r);
+    let keys = rd(Request::ListKeys).await.map_err(error_page)?;
+    let invites = rd(Request::ListInvites).await.map_err(error_page)?;
     let mine = |x: &Value| {
         p.system()
             .is_none_or(|own| x["system"].as_str() == Some(own))
