@@ -1,5 +1,6 @@
 //! Prometheus metrics of the relay process, served as text format 0.0.4 on
-//! `--metrics ADDR` (`web::serve_metrics`).
+//! `--metrics ADDR` (`web::serve_metrics`), or OpenMetrics 1.0.0 to a
+//! scraper whose `Accept` header asks for it ([`openmetrics`]).
 //!
 //! Label sets are fixed and small: `system` (tenants, which admins create),
 //! `direction`, `result` and `reason` (stable refusal codes). No label names
@@ -11,6 +12,8 @@
 //!
 //! One set per process ([`global`]): a process runs one relay; tests that
 //! start several read differences.
+
+pub mod openmetrics;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -199,17 +202,39 @@ impl Metrics {
 
     /// The text exposition (format 0.0.4), with the devices online now.
     pub fn render(&self, online_per_system: &[(String, usize)]) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.gather(online_per_system), &mut out) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The exposition a scrape's `Accept` header asks for: OpenMetrics
+    /// 1.0.0 only when it names it, else text 0.0.4; and its content type.
+    pub fn render_for(
+        &self,
+        accept: Option<&str>,
+        online_per_system: &[(String, usize)],
+    ) -> (&'static str, String) {
+        if openmetrics::wanted(accept) {
+            let families = self.gather(online_per_system);
+            (openmetrics::CONTENT_TYPE, openmetrics::encode(&families))
+        } else {
+            (CONTENT_TYPE, self.render(online_per_system))
+        }
+    }
+
+    fn gather(
+        &self,
+        online_per_system: &[(String, usize)],
+    ) -> Vec<prometheus::proto::MetricFamily> {
         self.devices_connected.reset();
         for (system, n) in online_per_system {
             self.devices_connected
                 .with_label_values(&[system.as_str()])
                 .set(*n as i64);
         }
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            tracing::error!(error = %e, "encoding metrics");
-        }
-        String::from_utf8_lossy(&out).into_owned()
+        self.registry.gather()
     }
 }
 
