@@ -490,3 +490,108 @@ async fn a_key_added_through_the_api_logs_in_and_bad_keys_change_nothing() {
         .unwrap();
     assert_eq!((id.role, id.name.as_str()), (Role::Controller, "bob"));
 }
+
+impl TestWeb {
+    /// A console page as a session sees it: status and HTML.
+    async fn page(&self, s: &Session, path: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .header("cookie", &s.cookie)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn the_console_shows_asleep_devices_and_a_new_machine_coming_online() {
+    let r = TestRelay::start_with(warren::relay::RelayOptions {
+        advertise: Some("relay.example:2222".into()),
+        ..Default::default()
+    })
+    .await;
+    r.add_system("tau");
+    let w = TestWeb::start(r.relay.clone()).await;
+    let admin = w.token("tau", Role::Admin);
+    let s = w.session(None, Role::Admin, "root").await;
+    // An on-demand device that went to sleep: asleep, not offline.
+    let (gone, _) = r.echo_device("tau", "dev1").await;
+    drop(gone);
+    r.wait_status("tau", "dev1", |d| !d.online).await;
+    r.store().set_on_demand("tau", "dev1", true).unwrap();
+    r.store()
+        .report_state(
+            "tau",
+            "dev1",
+            "asleep",
+            Some("idle"),
+            "2026-01-02T03:04:05Z",
+        )
+        .unwrap();
+    let (_, list) = w.get(&admin, "api/v1/devices?status=asleep").await;
+    assert_eq!(list["devices"][0]["name"], "dev1", "{list}");
+    let (_, list) = w.get(&admin, "api/v1/devices?status=offline").await;
+    assert_eq!(list["total"], 0, "{list}");
+    let (status, html) = w.page(&s, "devices").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("<span class=\"st asleep\">asleep</span>"),
+        "{html}"
+    );
+    // The filter offers every status.
+    assert!(html.contains("<option>waking</option>"), "{html}");
+    let (_, html) = w.page(&s, "").await;
+    assert!(html.contains("1 asleep</a>"), "{html}");
+    let (_, html) = w.page(&s, "devices/tau/dev1").await;
+    assert!(html.contains("yes; last reported <span class=\"st asleep\">asleep</span> at 2026-01-02T03:04:05Z (idle)"), "{html}");
+
+    // "Add a gateway": the invite, then the machine as the relay sees it.
+    let (status, inv) = w
+        .send(
+            &admin,
+            "POST",
+            "api/v1/invites",
+            Some(json!({"system": "tau", "role": "device", "name": "gw9"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{inv}");
+    let token = inv["token"].as_str().unwrap();
+    let row = |html: &str, check: &str| -> String {
+        let at = html
+            .find(&format!("<tr><td>{check}<td>"))
+            .unwrap_or_else(|| panic!("{check} missing:\n{html}"));
+        html[at..].split("</tr>").next().unwrap().to_string()
+    };
+    let (status, html) = w.page(&s, "enroll/tau/gw9").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(!html.contains(token), "the page never holds the token");
+    assert!(row(&html, "invite").contains("st waiting"), "{html}");
+    assert!(
+        row(&html, "connected").contains("not connected yet"),
+        "{html}"
+    );
+    assert!(row(&html, "SSH authentication").contains("unavailable until the key is registered"));
+    let fp = r.relay.host_key().to_string();
+    assert!(row(&html, "relay host key").contains(&fp), "{html}");
+    let (_gw, _) = r.echo_device("tau", "gw9").await;
+    let (_, html) = w.page(&s, "enroll/tau/gw9").await;
+    assert!(row(&html, "connected").contains("st online"), "{html}");
+    assert!(row(&html, "key registered").contains("st ok"), "{html}");
+    assert!(
+        row(&html, "SSH authentication").contains("available: logged in"),
+        "{html}"
+    );
+    // Disabled by an admin: unavailable, and why.
+    let (status, _) = w
+        .send(&admin, "POST", "api/v1/devices/tau/gw9/disable", None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, html) = w.page(&s, "enroll/tau/gw9").await;
+    assert!(
+        row(&html, "SSH authentication")
+            .contains("unavailable: the device is disabled by an admin"),
+        "{html}"
+    );
+}

@@ -6,6 +6,8 @@
 //! Live pages (`<main data-live>`) are fetched again every two seconds with
 //! `X-Fragment: 1`, which returns only the page's main part.
 
+mod gateways;
+mod keys;
 mod log;
 mod pages;
 
@@ -31,10 +33,11 @@ pub fn routes() -> Router<Web> {
         .route("/", get(pages::overview))
         .route("/devices", get(pages::devices))
         .route("/devices/{system}/{name}", get(pages::device))
-        .route("/gateways", get(pages::gateways))
-        .route("/gateways/{system}/{name}", get(pages::gateway))
-        .route("/ports", get(pages::ports))
-        .route("/keys", get(pages::keys))
+        .route("/gateways", get(gateways::gateways))
+        .route("/gateways/{system}/{name}", get(gateways::gateway))
+        .route("/ports", get(gateways::ports))
+        .route("/keys", get(keys::keys))
+        .route("/enroll/{system}/{name}", get(keys::enroll))
         .route("/log", get(log::page))
         .route("/log/{id}", get(log::entry))
         .route(
