@@ -69,72 +69,88 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(
     Ok(c)
 }
 
+/// Registers a labelled counter.
+fn counters(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    register(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+/// Registers a labelled gauge.
+fn gauges(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    register(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+/// Registers a histogram with `buckets` (seconds).
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> prometheus::Result<Histogram> {
+    register(
+        r,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
+    )
+}
+
 impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
         let r = Registry::new();
-        let build = register(
+        gauges(
             &r,
-            IntGaugeVec::new(
-                Opts::new("warren_build_info", "Warren's version; always 1"),
-                &["version"],
-            )?,
-        )?;
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+            "warren_build_info",
+            "Warren's version; always 1",
+            &["version"],
+        )?
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         Ok(Metrics {
-            devices_connected: register(
+            devices_connected: gauges(
                 &r,
-                IntGaugeVec::new(
-                    Opts::new("warren_devices_connected", "Devices online, per system"),
-                    &["system"],
-                )?,
+                "warren_devices_connected",
+                "Devices online, per system",
+                &["system"],
             )?,
             streams_active: register(
                 &r,
                 IntGauge::new("warren_streams_active", "Streams being spliced now")?,
             )?,
-            streams: register(
+            streams: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warren_streams_total",
-                        "Streams asked for, by result (ok, refused) and refusal code",
-                    ),
-                    &["result", "reason"],
-                )?,
+                "warren_streams_total",
+                "Streams asked for, by result (ok, refused) and refusal code",
+                &["result", "reason"],
             )?,
-            bytes: register(
+            bytes: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warren_relayed_bytes_total",
-                        "Bytes of ended streams, per system; up is controller to device",
-                    ),
-                    &["system", "direction"],
-                )?,
+                "warren_relayed_bytes_total",
+                "Bytes of ended streams, per system; up is controller to device",
+                &["system", "direction"],
             )?,
             logins: register(
                 &r,
                 IntCounter::new("warren_logins_total", "SSH logins accepted")?,
             )?,
-            login_failures: register(
+            login_failures: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warren_login_failures_total",
-                        "SSH logins refused, by reason",
-                    ),
-                    &["reason"],
-                )?,
+                "warren_login_failures_total",
+                "SSH logins refused, by reason",
+                &["reason"],
             )?,
-            stream_setup: register(
+            stream_setup: histogram(
                 &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "warren_stream_setup_seconds",
-                        "Time from a controller's stream request to the device's channel open",
-                    )
-                    .buckets(SETUP_BUCKETS.to_vec()),
-                )?,
+                "warren_stream_setup_seconds",
+                "Time from a controller's stream request to the device's channel open",
+                SETUP_BUCKETS,
             )?,
             audit_queue: register(
                 &r,
@@ -143,15 +159,11 @@ impl Metrics {
                     "Audit events waiting for the writer",
                 )?,
             )?,
-            store_calls: register(
+            store_calls: histogram(
                 &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "warren_store_call_seconds",
-                        "Store calls from the async side: queue wait plus run time",
-                    )
-                    .buckets(STORE_BUCKETS.to_vec()),
-                )?,
+                "warren_store_call_seconds",
+                "Store calls from the async side: queue wait plus run time",
+                STORE_BUCKETS,
             )?,
             registry: r,
         })

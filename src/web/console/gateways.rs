@@ -4,27 +4,23 @@
 
 use std::fmt::Write as _;
 
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::HeaderMap;
+use axum::extract::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::super::Web;
 use super::super::api;
-use super::super::auth::Principal;
-use super::super::error::ApiError;
 use super::super::input::Query;
 use super::pages::{json_attr, s};
-use super::{Page, PageResult, Peer, badge, error_page, esc, render, time_s, who};
+use super::{Page, PageResult, Viewer, badge, error_page, esc, render, time_s};
 use crate::admin::{ExposeRequest, GatewayRequest, Request};
 
-pub async fn gateways(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-) -> PageResult {
-    let p = who(p)?;
+pub async fn gateways(v: Viewer) -> PageResult {
+    let Viewer {
+        web,
+        p,
+        peer,
+        headers,
+    } = v;
     let list = GatewayRequest::List {
         system: p.system().map(String::from),
     };
@@ -92,14 +88,16 @@ pub struct Tab {
 }
 
 pub async fn gateway(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
+    v: Viewer,
     Path((system, name)): Path<(String, String)>,
     Query(t): Query<Tab>,
 ) -> PageResult {
-    let p = who(p)?;
+    let Viewer {
+        web,
+        p,
+        peer,
+        headers,
+    } = v;
     let g = api::gateway_detail(&web, &p, peer, &system, &name)
         .await
         .map_err(error_page)?;
@@ -216,13 +214,13 @@ fn networks_tab(g: &Value, base: &str) -> String {
     body
 }
 
-pub async fn ports(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-) -> PageResult {
-    let p = who(p)?;
+pub async fn ports(v: Viewer) -> PageResult {
+    let Viewer {
+        web,
+        p,
+        peer,
+        headers,
+    } = v;
     let list = api::scoped_list(&web, &p, peer, Request::Expose(ExposeRequest::List))
         .await
         .map_err(error_page)?;

@@ -4,8 +4,7 @@
 
 use std::fmt::Write as _;
 
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::HeaderMap;
+use axum::extract::Path;
 use serde_json::Value;
 
 use super::super::Web;
@@ -13,16 +12,16 @@ use super::super::auth::Principal;
 use super::super::error::ApiError;
 use super::super::{api, ops};
 use super::pages::{json_attr, s};
-use super::{Page, PageResult, Peer, badge, error_page, esc, render, time_s, who};
+use super::{Page, PageResult, Viewer, badge, error_page, esc, render, time_s};
 use crate::admin::Request;
 
-pub async fn keys(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-) -> PageResult {
-    let p = who(p)?;
+pub async fn keys(v: Viewer) -> PageResult {
+    let Viewer {
+        web,
+        p,
+        peer,
+        headers,
+    } = v;
     let rd = |r: Request| api::scoped_list(&web, &p, peer, r);
     let keys = rd(Request::ListKeys).await.map_err(error_page)?;
     let invites = rd(Request::ListInvites).await.map_err(error_page)?;
@@ -131,14 +130,13 @@ struct Known {
 ///
 /// `warren doctor` runs on the machine itself and its report stays there;
 /// these are the relay's own checks of the same steps.
-pub async fn enroll(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    Path((system, name)): Path<(String, String)>,
-) -> PageResult {
-    let p = who(p)?;
+pub async fn enroll(v: Viewer, Path((system, name)): Path<(String, String)>) -> PageResult {
+    let Viewer {
+        web,
+        p,
+        peer,
+        headers,
+    } = v;
     let known = gather(&web, &p, peer, &system, &name)
         .await
         .map_err(error_page)?;

@@ -163,6 +163,39 @@ pub fn who(p: Result<Principal, ApiError>) -> Result<Principal, Response> {
     p.map_err(error_page)
 }
 
+/// Who views a console page, from where, with the handlers' shared state
+/// and the request's headers (a live refresh asks for the fragment only).
+/// Without a login, the page is the login hint.
+pub struct Viewer {
+    pub web: Web,
+    pub p: Principal,
+    pub peer: SocketAddr,
+    pub headers: HeaderMap,
+}
+
+impl axum::extract::FromRequestParts<Web> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        web: &Web,
+    ) -> Result<Self, Response> {
+        let p = Principal::from_request_parts(parts, web)
+            .await
+            .map_err(error_page)?;
+        let peer =
+            parts.extensions.get::<Peer>().map(|c| c.0).ok_or_else(|| {
+                error_page(ApiError::internal(&anyhow::anyhow!("no peer address")))
+            })?;
+        Ok(Viewer {
+            web: web.clone(),
+            p,
+            peer,
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
 /// Peer of a console request.
 pub type Peer = axum::extract::ConnectInfo<SocketAddr>;
 

@@ -5,16 +5,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::HeaderMap;
+use axum::extract::Path;
 use serde_json::Value;
 
-use super::super::Web;
 use super::super::api::{self, DeviceParams, status_of};
-use super::super::auth::Principal;
 use super::super::error::ApiError;
 use super::super::input::Query;
-use super::{Page, PageResult, Peer, badge, error_page, esc, link, render, time_ms, time_s, who};
+use super::{Page, PageResult, Viewer, badge, error_page, esc, link, render, time_ms, time_s};
 
 pub(super) fn s(v: &Value) -> String {
     match v {
@@ -28,13 +25,13 @@ pub(super) fn json_attr(v: &Value) -> String {
     esc(&v.to_string())
 }
 
-pub async fn overview(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-) -> PageResult {
-    let p = who(p)?;
+pub async fn overview(v: Viewer) -> PageResult {
+    let Viewer {
+        web,
+        p,
+        peer,
+        headers,
+    } = v;
     let all = api::device_list(
         &web,
         &p,
@@ -138,14 +135,13 @@ fn refusals(events: &[crate::web::audit::Line]) -> String {
     body
 }
 
-pub async fn devices(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    q: Result<Query<DeviceParams>, ApiError>,
-) -> PageResult {
-    let p = who(p)?;
+pub async fn devices(v: Viewer, q: Result<Query<DeviceParams>, ApiError>) -> PageResult {
+    let Viewer {
+        web,
+        p,
+        peer,
+        headers,
+    } = v;
     let Query(q) = q.map_err(error_page)?;
     let keep = |k: &'static str, v: &Option<String>| (k, v.clone().unwrap_or_default());
     let filters = [
@@ -162,40 +158,12 @@ pub async fn devices(
     let total = list["total"].as_u64().unwrap_or(0) as usize;
     let mut body = device_filters(&filters, &sort);
     body.push_str("<div class=bar style=\"margin-bottom:8px\"><button class=danger data-batch=\"POST /api/v1/devices/{item}/disable\" data-confirm=\"Disable these devices? Their live streams close.\">Disable selected</button> <button data-batch=\"POST /api/v1/devices/{item}/enable\" data-confirm=\"Enable these devices?\">Enable selected</button></div>");
-    body.push_str("<table><tr><th><input type=checkbox class=pick-all>");
     let pairs = |extra: &[(&'static str, String)]| {
         let mut v: Vec<(&'static str, String)> = filters.to_vec();
         v.extend(extra.iter().cloned());
         v
     };
-    for (col, label) in [
-        ("name", "Name"),
-        ("system", "System"),
-        ("status", "Status"),
-        ("since", "Since"),
-        ("last_seen", "Last seen"),
-        ("address", "Address"),
-        ("streams", "Streams"),
-        ("version", "Version"),
-    ] {
-        let next = if sort == col {
-            format!("-{col}")
-        } else {
-            col.to_string()
-        };
-        let arrow = if sort == col {
-            " ▲"
-        } else if sort == format!("-{col}") {
-            " ▼"
-        } else {
-            ""
-        };
-        let _ = write!(
-            body,
-            "<th><a href=\"{}\">{label}{arrow}</a>",
-            esc(&link("/devices", &pairs(&[("sort", next)])))
-        );
-    }
+    body.push_str(&sort_headers(&filters, &sort));
     body.push_str("<th>Ports<th>Labels</tr>");
     for d in list["devices"].as_array().into_iter().flatten() {
         body.push_str(&device_row(d));
@@ -218,6 +186,38 @@ pub async fn devices(
             body,
         },
     ))
+}
+
+/// The device table's header: each column a link that sorts by it (again:
+/// the other way round), the current sort marked.
+fn sort_headers(filters: &[(&'static str, String)], sort: &str) -> String {
+    let mut body = String::from("<table><tr><th><input type=checkbox class=pick-all>");
+    for (col, label) in [
+        ("name", "Name"),
+        ("system", "System"),
+        ("status", "Status"),
+        ("since", "Since"),
+        ("last_seen", "Last seen"),
+        ("address", "Address"),
+        ("streams", "Streams"),
+        ("version", "Version"),
+    ] {
+        let (next, arrow) = if sort == col {
+            (format!("-{col}"), " ▲")
+        } else if sort == format!("-{col}") {
+            (col.to_string(), " ▼")
+        } else {
+            (col.to_string(), "")
+        };
+        let mut pairs = filters.to_vec();
+        pairs.push(("sort", next));
+        let _ = write!(
+            body,
+            "<th><a href=\"{}\">{label}{arrow}</a>",
+            esc(&link("/devices", &pairs))
+        );
+    }
+    body
 }
 
 /// The devices page's filter form.
@@ -308,14 +308,13 @@ fn pager(
     out
 }
 
-pub async fn device(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    Path((system, name)): Path<(String, String)>,
-) -> PageResult {
-    let p = who(p)?;
+pub async fn device(v: Viewer, Path((system, name)): Path<(String, String)>) -> PageResult {
+    let Viewer {
+        web,
+        p,
+        peer,
+        headers,
+    } = v;
     let v = api::device_detail(&web, &p, peer, &system, &name)
         .await
         .map_err(error_page)?;
