@@ -92,13 +92,16 @@
 //!   imports neither `relay` nor `cli`.
 //!   `admin::access` makes console login links and API tokens.
 //! - [`web`]: the HTTP side, beside `cli` over `admin`: the JSON API
-//!   (`web::api` builds typed requests, or admin command lines turned into
-//!   them, and runs them through `web::ops`: `run` and `commit` as an SSH
-//!   caller would; replies are taken as data, `admin::json_value`), the audit API with keyset paging and streamed
-//!   CSV (`web::audit`), sessions, tokens and CSRF (`web::auth`), the
-//!   console pages (`web::console`), and `/metrics`.
+//!   (`web::api` builds typed requests from checked values and runs them
+//!   through `web::ops`: `run` and `commit` as an SSH caller would; replies
+//!   are taken as data, `admin::json_value`), the audit API with keyset
+//!   paging and streamed CSV (`web::audit`), sessions, tokens and CSRF
+//!   (`web::auth`), the console pages (`web::console`: overview and
+//!   devices in `pages`, gateways and ports, keys and the add-a-machine
+//!   flow, the log), and `/metrics`.
 //! - [`metrics`]: the process's Prometheus metrics, counted from audit
-//!   events as they are recorded, stream setup and store calls; fixed labels.
+//!   events as they are recorded, stream setup and store calls; fixed
+//!   labels; text 0.0.4, or OpenMetrics when asked (`metrics::openmetrics`).
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.
 //! - [`fuzz`]: one entry per parser of outside input, for `fuzz-input/`
 //!   and the smoke run in the tests.

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the relay process, served as text format 0.0.4 on
-//! `--metrics ADDR` (`web::serve_metrics`).
+//! `--metrics ADDR` (`web::serve_metrics`), or OpenMetrics 1.0.0 to a
+//! scraper whose `Accept` header asks for it ([`openmetrics`]).
 //!
 //! Label sets are fixed and small: `system` (tenants, which admins create),
 //! `direction`, `result` and `reason` (stable refusal codes). No label names
@@ -11,6 +12,8 @@
 //!
 //! One set per process ([`global`]): a process runs one relay; tests that
 //! start several read differences.
+
+pub mod openmetrics;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -66,72 +69,88 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(
     Ok(c)
 }
 
+/// Registers a labelled counter.
+fn counters(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    register(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+/// Registers a labelled gauge.
+fn gauges(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    register(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+/// Registers a histogram with `buckets` (seconds).
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> prometheus::Result<Histogram> {
+    register(
+        r,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
+    )
+}
+
 impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
         let r = Registry::new();
-        let build = register(
+        gauges(
             &r,
-            IntGaugeVec::new(
-                Opts::new("warren_build_info", "Warren's version; always 1"),
-                &["version"],
-            )?,
-        )?;
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+            "warren_build_info",
+            "Warren's version; always 1",
+            &["version"],
+        )?
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         Ok(Metrics {
-            devices_connected: register(
+            devices_connected: gauges(
                 &r,
-                IntGaugeVec::new(
-                    Opts::new("warren_devices_connected", "Devices online, per system"),
-                    &["system"],
-                )?,
+                "warren_devices_connected",
+                "Devices online, per system",
+                &["system"],
             )?,
             streams_active: register(
                 &r,
                 IntGauge::new("warren_streams_active", "Streams being spliced now")?,
             )?,
-            streams: register(
+            streams: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warren_streams_total",
-                        "Streams asked for, by result (ok, refused) and refusal code",
-                    ),
-                    &["result", "reason"],
-                )?,
+                "warren_streams_total",
+                "Streams asked for, by result (ok, refused) and refusal code",
+                &["result", "reason"],
             )?,
-            bytes: register(
+            bytes: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warren_relayed_bytes_total",
-                        "Bytes of ended streams, per system; up is controller to device",
-                    ),
-                    &["system", "direction"],
-                )?,
+                "warren_relayed_bytes_total",
+                "Bytes of ended streams, per system; up is controller to device",
+                &["system", "direction"],
             )?,
             logins: register(
                 &r,
                 IntCounter::new("warren_logins_total", "SSH logins accepted")?,
             )?,
-            login_failures: register(
+            login_failures: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warren_login_failures_total",
-                        "SSH logins refused, by reason",
-                    ),
-                    &["reason"],
-                )?,
+                "warren_login_failures_total",
+                "SSH logins refused, by reason",
+                &["reason"],
             )?,
-            stream_setup: register(
+            stream_setup: histogram(
                 &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "warren_stream_setup_seconds",
-                        "Time from a controller's stream request to the device's channel open",
-                    )
-                    .buckets(SETUP_BUCKETS.to_vec()),
-                )?,
+                "warren_stream_setup_seconds",
+                "Time from a controller's stream request to the device's channel open",
+                SETUP_BUCKETS,
             )?,
             audit_queue: register(
                 &r,
@@ -140,15 +159,11 @@ impl Metrics {
                     "Audit events waiting for the writer",
                 )?,
             )?,
-            store_calls: register(
+            store_calls: histogram(
                 &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "warren_store_call_seconds",
-                        "Store calls from the async side: queue wait plus run time",
-                    )
-                    .buckets(STORE_BUCKETS.to_vec()),
-                )?,
+                "warren_store_call_seconds",
+                "Store calls from the async side: queue wait plus run time",
+                STORE_BUCKETS,
             )?,
             registry: r,
         })
@@ -199,17 +214,39 @@ impl Metrics {
 
     /// The text exposition (format 0.0.4), with the devices online now.
     pub fn render(&self, online_per_system: &[(String, usize)]) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.gather(online_per_system), &mut out) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The exposition a scrape's `Accept` header asks for: OpenMetrics
+    /// 1.0.0 only when it names it, else text 0.0.4; and its content type.
+    pub fn render_for(
+        &self,
+        accept: Option<&str>,
+        online_per_system: &[(String, usize)],
+    ) -> (&'static str, String) {
+        if openmetrics::wanted(accept) {
+            let families = self.gather(online_per_system);
+            (openmetrics::CONTENT_TYPE, openmetrics::encode(&families))
+        } else {
+            (CONTENT_TYPE, self.render(online_per_system))
+        }
+    }
+
+    fn gather(
+        &self,
+        online_per_system: &[(String, usize)],
+    ) -> Vec<prometheus::proto::MetricFamily> {
         self.devices_connected.reset();
         for (system, n) in online_per_system {
             self.devices_connected
                 .with_label_values(&[system.as_str()])
                 .set(*n as i64);
         }
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            tracing::error!(error = %e, "encoding metrics");
-        }
-        String::from_utf8_lossy(&out).into_owned()
+        self.registry.gather()
     }
 }
 

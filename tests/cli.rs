@@ -149,24 +149,84 @@ fn proxy_without_settings_says_what_is_missing() {
     );
 }
 
-#[test]
-fn a_cluster_relay_refuses_to_serve_the_console_rather_than_lose_its_logins() {
-    // Console sessions and API tokens live in the SQLite store only: a relay
-    // on a cluster's PostgreSQL must say so at start, before it dials the
-    // database (none is running here).
-    let dir = tempfile::tempdir().unwrap();
-    fails(
-        &[
-            "relay",
-            "--data",
-            p(dir.path()),
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            "postgres://warren@127.0.0.1:1/warren",
-            "--http",
-            "127.0.0.1:0",
-        ],
-        "--http with --database",
-    );
+/// The console URL a relay of the cluster at `url` stored when it started.
+fn console_base(url: &str) -> String {
+    warren::store::Store::open_postgres(url)
+        .unwrap()
+        .setting(warren::web::CONSOLE_URL_SETTING)
+        .unwrap()
+        .expect("the relay stored its console URL")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_login_on_one_cluster_relay_holds_on_another_and_a_logout_ends_it_on_both() {
+    use common::cli::{RelayProcess, warren_ok};
+    let pg = common::postgres::PgServer::start();
+    let url = pg.database();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = ["--database", url.as_str(), "--http", "127.0.0.1:0"];
+    // Each relay stores its console URL before it listens: read it between
+    // the starts to learn both addresses.
+    let _a = RelayProcess::start(&[], 0, &args, da.path()).await;
+    let base_a = console_base(&url);
+    let _b = RelayProcess::start(&[], 0, &args, db.path()).await;
+    let base_b = console_base(&url);
+    assert_ne!(base_a, base_b);
+
+    let link: serde_json::Value = serde_json::from_str(
+        &warren_ok(&["admin", "--database", &url, "console-login", "--json"]).await,
+    )
+    .unwrap();
+    let token = link["url"]
+        .as_str()
+        .unwrap()
+        .rsplit("/login/")
+        .next()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let opened = http
+        .get(format!("{base_a}login/{token}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(opened.status().is_success(), "{}", opened.status());
+    let cookie = opened.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    // The link was used on A: B refuses it too.
+    let again = http
+        .get(format!("{base_b}login/{token}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(again.status().is_client_error(), "{}", again.status());
+
+    let session = |base: String| {
+        let (http, cookie) = (http.clone(), cookie.clone());
+        async move {
+            http.get(format!("{base}api/v1/session"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let on_b = session(base_b.clone()).await;
+    assert_eq!(on_b.status(), 200);
+    let me: serde_json::Value = on_b.json().await.unwrap();
+    assert_eq!(me["role"], "admin", "{me}");
+    let csrf = me["csrf"].as_str().unwrap().to_string();
+    // Logging out on B ends the session on A.
+    let out = http
+        .post(format!("{base_b}api/v1/logout"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", csrf)
+        .send()
+        .await
+        .unwrap();
+    assert!(out.status().is_success(), "{}", out.status());
+    assert_eq!(session(base_a).await.status(), 401);
 }

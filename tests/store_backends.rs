@@ -18,6 +18,7 @@ use warren::protocol::token::Invite;
 use warren::protocol::{Cidr, Name, Role, Target};
 use warren::ssh::keys::{Fingerprint, generate_ed25519};
 use warren::store::audit::{Event, OK, REFUSED, kind};
+use warren::store::credentials::{CredKind, NewCredential};
 use warren::store::{AuditQuery, NewInvite, Store, now};
 
 fn n(s: &str) -> Name {
@@ -416,6 +417,117 @@ fn rates_are_set_replaced_and_cleared(open: Open) {
     assert_eq!(all[0].device.as_deref(), Some("dev1"));
 }
 
+fn console_credentials_work_once_expire_and_revoke(open: Open) {
+    let store = open();
+    let issue = |kind, system: Option<&str>, role, now, ttl_secs| {
+        store
+            .issue_credential(&NewCredential {
+                kind,
+                system,
+                role,
+                who: "alice",
+                now,
+                ttl_secs,
+            })
+            .unwrap()
+    };
+    assert!(
+        store
+            .issue_credential(&NewCredential {
+                kind: CredKind::Token,
+                system: Some("tau"),
+                role: Role::Device,
+                who: "dev1",
+                now: 1000,
+                ttl_secs: 60,
+            })
+            .is_err(),
+        "a device key gets no console credential"
+    );
+    // A login link: once, before it expires, and only as a login link.
+    let link = issue(CredKind::Login, Some("tau"), Role::Controller, 1000, 300);
+    assert!(
+        store
+            .check_credential(CredKind::Session, &link.secret, 1001)
+            .unwrap()
+            .is_none()
+    );
+    let late = issue(CredKind::Login, Some("tau"), Role::Controller, 1000, 300);
+    assert!(store.redeem_login(&late.secret, 1300).unwrap().is_none());
+    // Another handle (another relay of a cluster) sees the same rows.
+    let other = open();
+    let got = other.redeem_login(&link.secret, 1299).unwrap().unwrap();
+    assert_eq!(got, link.record);
+    assert_eq!(got.system.as_deref(), Some("tau"));
+    assert!(store.redeem_login(&link.secret, 1299).unwrap().is_none());
+    let (id, _) = late.secret.split_once('.').unwrap();
+    assert!(
+        store
+            .check_credential(CredKind::Login, &format!("{id}.wrong"), 1001)
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.redeem_login("garbage", 1001).unwrap().is_none());
+    let logins = other.credentials(CredKind::Login).unwrap();
+    assert_eq!(logins.len(), 2);
+    assert_eq!(logins.iter().filter(|c| c.used == Some(1299)).count(), 1);
+    assert!(!format!("{logins:?}").contains(late.secret.split_once('.').unwrap().1));
+
+    // Sessions end together; tokens are revoked one by one.
+    let (s1, s2) = (
+        issue(CredKind::Session, None, Role::Admin, 2000, 100),
+        issue(CredKind::Session, Some("tau"), Role::Controller, 2000, 100),
+    );
+    let token = issue(CredKind::Token, Some("tau"), Role::Admin, 2000, 100);
+    let seen = other
+        .check_credential(CredKind::Session, &s1.secret, 2050)
+        .unwrap()
+        .unwrap();
+    assert_eq!((seen.role, seen.system), (Role::Admin, None));
+    assert!(
+        other
+            .check_credential(CredKind::Session, &s1.secret, 2100)
+            .unwrap()
+            .is_none(),
+        "expired"
+    );
+    assert_eq!(other.revoke_sessions(2050).unwrap(), 2);
+    for s in [&s1, &s2] {
+        assert!(
+            store
+                .check_credential(CredKind::Session, &s.secret, 2051)
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert!(
+        store
+            .check_credential(CredKind::Token, &token.secret, 2051)
+            .unwrap()
+            .is_some()
+    );
+    let revoked = other
+        .revoke_credential(CredKind::Token, &token.record.id, 2052)
+        .unwrap();
+    assert_eq!(revoked.revoked, Some(2052));
+    assert!(
+        store
+            .check_credential(CredKind::Token, &token.secret, 2053)
+            .unwrap()
+            .is_none()
+    );
+    let err = store
+        .revoke_credential(CredKind::Token, &token.record.id, 2054)
+        .unwrap_err();
+    assert!(err.to_string().contains("no active token"), "{err}");
+    assert!(
+        store
+            .revoke_credential(CredKind::Session, &token.record.id, 2054)
+            .is_err()
+    );
+    assert_eq!(store.credentials(CredKind::Token).unwrap(), vec![revoked]);
+}
+
 const CHECKS: &[Check] = &[
     ("rates", rates_are_set_replaced_and_cleared),
     ("keys", keys_bind_to_system_role_and_name),
@@ -424,6 +536,10 @@ const CHECKS: &[Check] = &[
     ("audit", audit_pages_newest_first_with_filters),
     ("exposures", exposures_are_added_listed_and_removed),
     ("gateways", gateways_announce_associate_rules_and_delete),
+    (
+        "console credentials",
+        console_credentials_work_once_expire_and_revoke,
+    ),
 ];
 
 #[test]

@@ -360,6 +360,60 @@ async fn metrics_pass_promtool_and_move_when_a_stream_runs() {
     }
     // No series names a device.
     assert!(!after.contains("dev1"), "{after}");
+
+    // OpenMetrics only for a scraper that asks for it (Prometheus's own
+    // Accept header); the same samples, in its shape.
+    let resp = w
+        .http
+        .get(&w.metrics)
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
+        .send()
+        .await
+        .unwrap();
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert_eq!(
+        ct,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let om = resp.text().await.unwrap();
+    assert!(om.ends_with("\n# EOF\n"), "{om}");
+    assert_eq!(om.matches("# EOF").count(), 1, "{om}");
+    for line in [
+        "# TYPE warren_streams counter",
+        "# TYPE warren_logins counter",
+        "# TYPE warren_build info",
+        "# TYPE warren_stream_setup_seconds histogram",
+        "# TYPE warren_devices_connected gauge",
+        "warren_devices_connected{system=\"tau\"} 1",
+        "warren_stream_setup_seconds_bucket{le=\"1.0\"} ",
+        "warren_stream_setup_seconds_bucket{le=\"+Inf\"} ",
+    ] {
+        assert!(om.contains(line), "{line} missing:\n{om}");
+    }
+    assert!(!om.contains("# TYPE warren_streams_total"), "{om}");
+    assert!(sample(&om, ok) >= sample(&after, ok), "{om}");
+    assert!(sample(&om, up) >= sample(&after, up), "{om}");
+    // A browser's or curl's Accept gets the text format promtool checks.
+    for accept in ["*/*", "text/plain", "text/html,application/xhtml+xml"] {
+        let resp = w
+            .http
+            .get(&w.metrics)
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(
+            ct.starts_with("text/plain; version=0.0.4"),
+            "{accept}: {ct}"
+        );
+        let text = resp.text().await.unwrap();
+        assert!(!text.contains("# EOF"));
+        promtool_check(&text).await;
+    }
 }
 
 /// The value of the sample `series` (name and labels as printed); 0 if absent.
@@ -459,9 +513,11 @@ async fn systems_are_added_by_unscoped_admins_only() {
     let scoped = w.session(Some("tau"), Role::Admin, "tauadmin").await;
     let resp = add(&scoped.cookie, &scoped.csrf, "gamma").await.unwrap();
     assert_eq!(resp.status(), 403);
+    // A bad name is bad input (400), with the CLI's text for it.
     let resp = add(&s.cookie, &s.csrf, "Bad Name").await.unwrap();
-    assert_eq!(resp.status(), 409);
+    assert_eq!(resp.status(), 400);
     let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "bad_value");
     assert!(
         body["error"].as_str().unwrap().starts_with("system name"),
         "{body}"

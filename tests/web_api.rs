@@ -382,3 +382,216 @@ async fn gateways_invites_keys_and_ports_through_the_api() {
     let (status, body) = w.get(&admin, "api/v1/nothing-here").await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
 }
+
+#[tokio::test]
+async fn a_key_added_through_the_api_logs_in_and_bad_keys_change_nothing() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    r.add_system("beta");
+    let w = TestWeb::start(r.relay.clone()).await;
+    let admin = w.token("tau", Role::Admin);
+    let key = warren::ssh::keys::generate_ed25519().unwrap();
+    let text = key.public_key().to_openssh().unwrap();
+    let body = |system: &str, role: &str, name: &str, public_key: &str| {
+        Some(json!({"system": system, "role": role, "name": name, "public_key": public_key}))
+    };
+    let keys_now = || r.store().keys().unwrap().len();
+    // Refusals first: none of them adds a key.
+    for (b, status, code) in [
+        (
+            body("tau", "controller", "bob", "ssh-ed25519 AAAAnope"),
+            400,
+            "bad_value",
+        ),
+        (body("tau", "owner", "bob", &text), 400, "bad_value"),
+        (body("tau", "controller", "-bob", &text), 400, "bad_value"),
+        (body("tau", "controller", "bob b", &text), 400, "bad_value"),
+        (
+            body("beta", "controller", "bob", &text),
+            403,
+            "other_system",
+        ),
+    ] {
+        let (got, reply) = w.send(&admin, "POST", "api/v1/keys", b).await;
+        assert_eq!(
+            (got, reply["code"].as_str()),
+            (status, Some(code)),
+            "{reply}"
+        );
+    }
+    let (got, reply) = w
+        .send(
+            &admin,
+            "POST",
+            "api/v1/keys",
+            Some(json!({"system": "tau", "role": "controller", "name": "bob", "public_key": text, "x": 1})),
+        )
+        .await;
+    assert_eq!(got, 400, "{reply}");
+    let ctl = w.token("tau", Role::Controller);
+    let (got, reply) = w
+        .send(
+            &ctl,
+            "POST",
+            "api/v1/keys",
+            body("tau", "controller", "bob", &text),
+        )
+        .await;
+    assert_eq!((got, reply["code"].as_str()), (403, Some("read_only")));
+    assert_eq!(keys_now(), 0);
+
+    let (got, reply) = w
+        .send(
+            &admin,
+            "POST",
+            "api/v1/keys",
+            body("tau", "controller", "bob", &text),
+        )
+        .await;
+    assert_eq!(got, 200, "{reply}");
+    let fp = warren::ssh::keys::fingerprint(key.public_key());
+    assert!(reply["message"].as_str().unwrap().contains(fp.as_str()), "{reply}");
+    let (_, keys) = w.get(&admin, "api/v1/keys").await;
+    assert_eq!(keys[0]["fingerprint"], fp.as_str());
+    assert_eq!(keys[0]["role"], "controller");
+    // The same key again: the store's refusal, with the CLI's text.
+    let (got, reply) = w
+        .send(
+            &admin,
+            "POST",
+            "api/v1/keys",
+            body("tau", "device", "dev7", &text),
+        )
+        .await;
+    assert_eq!(
+        (got, reply["code"].as_str()),
+        (409, Some("refused")),
+        "{reply}"
+    );
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("is already registered as controller bob"),
+        "{reply}"
+    );
+    // On record with who acted, and the key logs in.
+    let e = r
+        .store()
+        .audit(&audit_of(kind::KEY_ADD, 5))
+        .unwrap()
+        .remove(0);
+    assert_eq!(e.key.as_deref(), Some("robot"));
+    assert!(e.detail.as_deref().unwrap().contains("via token"), "{e:?}");
+    let id = r
+        .store()
+        .identity("tau", key.public_key())
+        .unwrap()
+        .unwrap();
+    assert_eq!((id.role, id.name.as_str()), (Role::Controller, "bob"));
+}
+
+impl TestWeb {
+    /// A console page as a session sees it: status and HTML.
+    async fn page(&self, s: &Session, path: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .header("cookie", &s.cookie)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn the_console_shows_asleep_devices_and_a_new_machine_coming_online() {
+    let r = TestRelay::start_with(warren::relay::RelayOptions {
+        advertise: Some("relay.example:2222".into()),
+        ..Default::default()
+    })
+    .await;
+    r.add_system("tau");
+    let w = TestWeb::start(r.relay.clone()).await;
+    let admin = w.token("tau", Role::Admin);
+    let s = w.session(None, Role::Admin, "root").await;
+    // An on-demand device that went to sleep: asleep, not offline.
+    let (gone, _) = r.echo_device("tau", "dev1").await;
+    drop(gone);
+    r.wait_status("tau", "dev1", |d| !d.online).await;
+    r.store().set_on_demand("tau", "dev1", true).unwrap();
+    r.store()
+        .report_state(
+            "tau",
+            "dev1",
+            "asleep",
+            Some("idle"),
+            "2026-01-02T03:04:05Z",
+        )
+        .unwrap();
+    let (_, list) = w.get(&admin, "api/v1/devices?status=asleep").await;
+    assert_eq!(list["devices"][0]["name"], "dev1", "{list}");
+    let (_, list) = w.get(&admin, "api/v1/devices?status=offline").await;
+    assert_eq!(list["total"], 0, "{list}");
+    let (status, html) = w.page(&s, "devices").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("<span class=\"st asleep\">asleep</span>"),
+        "{html}"
+    );
+    // The filter offers every status.
+    assert!(html.contains("<option>waking</option>"), "{html}");
+    let (_, html) = w.page(&s, "").await;
+    assert!(html.contains("1 asleep</a>"), "{html}");
+    let (_, html) = w.page(&s, "devices/tau/dev1").await;
+    assert!(html.contains("yes; last reported <span class=\"st asleep\">asleep</span> at 2026-01-02T03:04:05Z (idle)"), "{html}");
+
+    // "Add a gateway": the invite, then the machine as the relay sees it.
+    let (status, inv) = w
+        .send(
+            &admin,
+            "POST",
+            "api/v1/invites",
+            Some(json!({"system": "tau", "role": "device", "name": "gw9"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{inv}");
+    let token = inv["token"].as_str().unwrap();
+    let row = |html: &str, check: &str| -> String {
+        let at = html
+            .find(&format!("<tr><td>{check}<td>"))
+            .unwrap_or_else(|| panic!("{check} missing:\n{html}"));
+        html[at..].split("</tr>").next().unwrap().to_string()
+    };
+    let (status, html) = w.page(&s, "enroll/tau/gw9").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(!html.contains(token), "the page never holds the token");
+    assert!(row(&html, "invite").contains("st waiting"), "{html}");
+    assert!(
+        row(&html, "connected").contains("not connected yet"),
+        "{html}"
+    );
+    assert!(row(&html, "SSH authentication").contains("unavailable until the key is registered"));
+    let fp = r.relay.host_key().to_string();
+    assert!(row(&html, "relay host key").contains(&fp), "{html}");
+    let (_gw, _) = r.echo_device("tau", "gw9").await;
+    let (_, html) = w.page(&s, "enroll/tau/gw9").await;
+    assert!(row(&html, "connected").contains("st online"), "{html}");
+    assert!(row(&html, "key registered").contains("st ok"), "{html}");
+    assert!(
+        row(&html, "SSH authentication").contains("available: logged in"),
+        "{html}"
+    );
+    // Disabled by an admin: unavailable, and why.
+    let (status, _) = w
+        .send(&admin, "POST", "api/v1/devices/tau/gw9/disable", None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, html) = w.page(&s, "enroll/tau/gw9").await;
+    assert!(
+        row(&html, "SSH authentication")
+            .contains("unavailable: the device is disabled by an admin"),
+        "{html}"
+    );
+}

@@ -71,24 +71,38 @@ impl AddArgs {
         let (Some(system), Some(port)) = (self.system, self.port) else {
             bail!("{usage}")
         };
-        let Some((device, device_port)) = target.rsplit_once(':') else {
+        if !target.contains(':') {
             bail!("{target:?} is not DEVICE:PORT; {usage}");
-        };
-        let device = Name::parse(device).with_context(|| format!("device name {device:?}"))?;
-        let device_port: u16 = device_port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .with_context(|| format!("{device_port:?} is not a device port (1-65535)"))?;
+        }
         let system = Name::parse(&system).context("system name")?;
-        parse_allow_from(&self.allow_from).context("--allow-from")?;
-        Ok(ExposeRequest::Add {
-            device: DeviceId::new(system, device),
-            device_port,
-            port,
-            allow_from: self.allow_from,
-        })
+        add_request(system, &target, port, self.allow_from)
     }
+}
+
+/// `expose DEVICE:PORT --system SYSTEM --port PORT [--allow-from …]` as a
+/// typed request, its values checked (the CLI and the HTTP API).
+pub(crate) fn add_request(
+    system: Name,
+    target: &str,
+    port: u16,
+    allow_from: Vec<String>,
+) -> Result<ExposeRequest> {
+    let Some((device, device_port)) = target.rsplit_once(':') else {
+        bail!("{target:?} is not DEVICE:PORT");
+    };
+    let device = Name::parse(device).with_context(|| format!("device name {device:?}"))?;
+    let device_port: u16 = device_port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .with_context(|| format!("{device_port:?} is not a device port (1-65535)"))?;
+    parse_allow_from(&allow_from).context("--allow-from")?;
+    Ok(ExposeRequest::Add {
+        device: DeviceId::new(system, device),
+        device_port,
+        port,
+        allow_from,
+    })
 }
 
 /// Runs an expose request against the store.

@@ -443,11 +443,11 @@ impl GatewayCommand {
     }
 }
 
-fn parse_cidr(s: &str) -> Result<Cidr> {
+pub(crate) fn parse_cidr(s: &str) -> Result<Cidr> {
     Cidr::parse(s).map_err(anyhow::Error::msg)
 }
 
-fn parse_target(s: &str) -> Result<Target> {
+pub(crate) fn parse_target(s: &str) -> Result<Target> {
     let t = Target::parse(s).map_err(anyhow::Error::msg)?;
     if s.trim().parse::<u16>().is_ok() {
         bail!("{s:?}: a rule names a service as NAME:PORT (e.g. collector:9100)");

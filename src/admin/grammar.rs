@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::log::LogArgs;
 use super::wake::{WakeArgs, WakeOp};
-use super::{Format, Request, access, expose, gateway};
+use super::{Format, KeySource, Request, access, expose, gateway};
 use crate::protocol::device_info::parse_label;
 use crate::protocol::limits::{INVITE_DEFAULT_TTL, INVITE_MAX_TTL};
 use crate::protocol::rate::Rate;
@@ -305,7 +305,7 @@ impl KeyCommand {
                     system: Name::parse(&system).context("system name")?,
                     role,
                     name: Name::parse(&name).context("key name")?,
-                    pubkey_file,
+                    key: KeySource::File(pubkey_file),
                 },
                 Format::json_if(json),
             ),
@@ -355,7 +355,7 @@ impl InviteArgs {
 }
 
 /// `--ttl`: how long an invite works (default and bounds from `limits`).
-fn invite_ttl(ttl: Option<&str>) -> Result<std::time::Duration> {
+pub(crate) fn invite_ttl(ttl: Option<&str>) -> Result<std::time::Duration> {
     let ttl = match ttl {
         Some(t) => humantime::parse_duration(t)
             .with_context(|| format!("--ttl {t:?} (write it like \"1h\" or \"2d\")"))?,

@@ -28,6 +28,8 @@ pub mod wake;
 
 pub use access::TokenRequest;
 pub use gateway::{AssociationView, GatewayCommand, GatewayView, ListenView, Which};
+pub(crate) use gateway::{parse_cidr, parse_target};
+pub(crate) use grammar::invite_ttl;
 pub use grammar::{
     AdminArgs, AdminCommand, DeviceCommand, InviteArgs, InviteCommand, KeyCommand, LsArgs,
     SystemCommand,
@@ -35,7 +37,7 @@ pub use grammar::{
 pub use live::{BoxFuture, Change, LiveDevice, LiveRelay, NO_BROKER};
 pub use remote::check_remote;
 pub use reply::{InviteMade, Outcome, Reply, Text, json_value, render};
-pub use request::{ExposeRequest, Format, GatewayRef, GatewayRequest, Request};
+pub use request::{ExposeRequest, Format, GatewayRef, GatewayRequest, KeySource, Request};
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -180,8 +182,8 @@ pub async fn run(store: &Store, caller: &Caller<'_>, request: Request) -> Result
             system,
             role,
             name,
-            pubkey_file,
-        } => add_key(store, caller, system, role, name, &pubkey_file).await?,
+            key,
+        } => add_key(store, caller, system, role, name, key).await?,
         Request::ListKeys => Outcome::read(Reply::Keys(store.call(|s| s.keys()).await?)),
         Request::RevokeKey { fingerprint } => {
             let rec = store.call(move |s| s.revoke_key(&fingerprint)).await?;
@@ -295,21 +297,23 @@ fn key_event(k: &str, rec: &store::KeyRecord) -> Event {
         .detail(format!("{} {} {}", rec.role, rec.name, rec.fingerprint))
 }
 
-/// `key add`: only on the relay host, where the file is.
+/// `key add`: from a file only on the relay host, where the file is; a key
+/// given as text from anywhere an admin may change things.
 async fn add_key(
     store: &Store,
     caller: &Caller<'_>,
     system: Name,
     role: Role,
     name: Name,
-    pubkey_file: &Path,
+    source: KeySource,
 ) -> Result<Outcome> {
-    if matches!(caller, Caller::Remote { .. }) {
-        bail!(
+    let key = match source {
+        KeySource::File(_) if matches!(caller, Caller::Remote { .. }) => bail!(
             "`key add` reads a file on the relay host; remotely, make an invite instead (`invite --system {system} --role {role} --name {name}`)"
-        );
-    }
-    let key = read_pubkey(pubkey_file)?;
+        ),
+        KeySource::File(path) => read_pubkey(&path)?,
+        KeySource::Text(text) => keys::parse_public(&text).context("public key")?,
+    };
     let rec = store
         .call(move |s| s.add_key(&system, role, &name, &key))
         .await?;

@@ -33,13 +33,14 @@ pub enum Request {
         name: Name,
     },
     ListSystems,
-    /// Register a key read from a file on the relay host (local callers
-    /// only: the file is read when the request runs).
+    /// Register a key: read from a file on the relay host (local callers
+    /// only: the file is read when the request runs), or given as text
+    /// (the HTTP API's `POST /keys`).
     AddKey {
         system: Name,
         role: Role,
         name: Name,
-        pubkey_file: PathBuf,
+        key: KeySource,
     },
     ListKeys,
     RevokeKey {
@@ -98,6 +99,15 @@ pub enum Request {
     ConsoleLogout,
     /// Bearer tokens for the HTTP API.
     Token(super::TokenRequest),
+}
+
+/// Where `key add` takes the public key from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A file on the relay host (`-`: standard input).
+    File(PathBuf),
+    /// The key's OpenSSH text (`ssh-ed25519 AAAA… comment`).
+    Text(String),
 }
 
 /// A gateway by name, with its system when given (otherwise the one system

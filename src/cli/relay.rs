@@ -181,14 +181,6 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         metrics: a.metrics,
         console_url: a.console_url.clone(),
     };
-    let http_on = http.http.is_some() || file.http.is_some();
-    if http_on && (a.database.is_some() || file.database.is_some()) {
-        anyhow::bail!(
-            "--http with --database: the web console and API keep their login links, sessions \
-             and tokens in the SQLite store only, so a relay of a PostgreSQL cluster cannot serve \
-             them yet; run the console on a single relay"
-        );
-    }
     let ports_by_flag = !a.public_ports.is_empty();
     let public_ports = if ports_by_flag {
         PortRanges::parse(&a.public_ports).context("--public-ports")?

@@ -190,7 +190,55 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
-const COLUMNS: &str = "id, time_ms, kind, result, system, key, fingerprint, device, target, bytes_up, bytes_down, duration_ms, peer, detail, reason";
+pub(crate) const COLUMNS: &str = "id, time_ms, kind, result, system, key, fingerprint, device, target, bytes_up, bytes_down, duration_ms, peer, detail, reason";
+
+/// A value bound to the statement [`AuditQuery::sql`] builds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+impl AuditQuery {
+    /// The statement for this query, with a condition for each filter
+    /// given and none for those left out, so that the database can use
+    /// the index of a filter (device, kind, system, time) rather than scan
+    /// every row through `(? IS NULL OR …)`; and its values in order.
+    /// `mark(n)` writes the n-th placeholder (`?n` for SQLite, `$n` for
+    /// PostgreSQL).
+    pub(crate) fn sql(&self, mark: fn(usize) -> String) -> (String, Vec<Arg>) {
+        let mut conds = Vec::new();
+        let mut args = Vec::new();
+        let mut add = |cond: &str, arg: Arg| {
+            args.push(arg);
+            conds.push(cond.replace('@', &mark(args.len())));
+        };
+        let text = |v: &Option<String>| v.clone().map(Arg::Text);
+        let int = |v: Option<u64>| v.map(|v| Arg::Int(v as i64));
+        let filters = [
+            ("system = @", text(&self.system)),
+            ("device = @", text(&self.device)),
+            ("(key = @ OR fingerprint = @)", text(&self.key)),
+            ("kind = @", text(&self.kind)),
+            ("time_ms >= @", int(self.since_ms)),
+            ("time_ms < @", int(self.until_ms)),
+            ("id < @", self.before.map(Arg::Int)),
+        ];
+        for (cond, arg) in filters {
+            if let Some(arg) = arg {
+                add(cond, arg);
+            }
+        }
+        let mut sql = format!("SELECT {COLUMNS} FROM audit");
+        if !conds.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conds.join(" AND "));
+        }
+        args.push(Arg::Int((self.limit + 1) as i64));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", mark(args.len())));
+        (sql, args)
+    }
+}
 
 fn event(r: &Row<'_>) -> rusqlite::Result<Event> {
     let opt_u64 = |i: usize| -> rusqlite::Result<Option<u64>> {
@@ -257,31 +305,14 @@ impl Store {
         if let Some(pg) = &self.pg {
             return pg.audit(q);
         }
+        let (sql, args) = q.sql(|n| format!("?{n}"));
         let conn = self.read();
-        let mut st = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM audit
-             WHERE (?1 IS NULL OR system = ?1)
-               AND (?2 IS NULL OR device = ?2)
-               AND (?3 IS NULL OR key = ?3 OR fingerprint = ?3)
-               AND (?4 IS NULL OR kind = ?4)
-               AND (?5 IS NULL OR time_ms >= ?5)
-               AND (?6 IS NULL OR time_ms < ?6)
-               AND (?7 IS NULL OR id < ?7)
-             ORDER BY id DESC LIMIT ?8"
-        ))?;
-        let rows = st.query_map(
-            params![
-                q.system,
-                q.device,
-                q.key,
-                q.kind,
-                q.since_ms.map(|v| v as i64),
-                q.until_ms.map(|v| v as i64),
-                q.before,
-                (q.limit + 1) as i64,
-            ],
-            event,
-        )?;
+        let mut st = conn.prepare_cached(&sql)?;
+        let values = args.into_iter().map(|a| match a {
+            Arg::Text(t) => rusqlite::types::Value::Text(t),
+            Arg::Int(i) => rusqlite::types::Value::Integer(i),
+        });
+        let rows = st.query_map(rusqlite::params_from_iter(values), event)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -321,5 +352,66 @@ mod tests {
         assert!(json.contains(r#""reason":"disabled""#), "{json}");
         let json = serde_json::to_string(&got[0]).unwrap();
         assert!(!json.contains("reason"), "{json}");
+    }
+
+    #[test]
+    fn the_statement_holds_only_the_filters_given() {
+        let q = AuditQuery {
+            device: Some("dev1".into()),
+            key: Some("alice".into()),
+            since_ms: Some(5),
+            limit: 10,
+            ..Default::default()
+        };
+        let (sql, args) = q.sql(|n| format!("${n}"));
+        assert_eq!(
+            sql,
+            format!(
+                "SELECT {COLUMNS} FROM audit WHERE device = $1 AND (key = $2 OR fingerprint = $2) AND time_ms >= $3 ORDER BY id DESC LIMIT $4"
+            )
+        );
+        assert_eq!(
+            args,
+            [
+                Arg::Text("dev1".into()),
+                Arg::Text("alice".into()),
+                Arg::Int(5),
+                Arg::Int(11)
+            ]
+        );
+        let (sql, args) = AuditQuery::default().sql(|n| format!("?{n}"));
+        assert_eq!(
+            sql,
+            format!("SELECT {COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1")
+        );
+        assert_eq!(args, [Arg::Int(1)]);
+    }
+
+    #[test]
+    fn a_device_range_uses_an_index_not_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let q = AuditQuery {
+            system: Some("tau".into()),
+            device: Some("dev1".into()),
+            since_ms: Some(1),
+            until_ms: Some(2),
+            limit: 100,
+            ..Default::default()
+        };
+        let (sql, args) = q.sql(|n| format!("?{n}"));
+        let conn = store.read();
+        let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let values = args.into_iter().map(|a| match a {
+            Arg::Text(t) => rusqlite::types::Value::Text(t),
+            Arg::Int(i) => rusqlite::types::Value::Integer(i),
+        });
+        let plan: Vec<String> = st
+            .query_map(rusqlite::params_from_iter(values), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("; ");
+        assert!(plan.contains("USING INDEX"), "{plan}");
     }
 }

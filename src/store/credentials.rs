@@ -24,7 +24,7 @@ pub enum CredKind {
 }
 
 impl CredKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CredKind::Login => "login",
             CredKind::Session => "session",
@@ -66,7 +66,7 @@ pub struct NewCredential<'a> {
     pub ttl_secs: u64,
 }
 
-const COLUMNS: &str = "id, kind, system, role, who, created, expires, used, revoked";
+pub(crate) const COLUMNS: &str = "id, kind, system, role, who, created, expires, used, revoked";
 
 fn record(r: &Row<'_>) -> rusqlite::Result<Credential> {
     record_at(r, 0)
@@ -86,34 +86,39 @@ impl Store {
             bail!("only controller and admin keys may use the console or the API");
         }
         let (id, secret) = Invite::fresh_id_and_secret()?;
-        let expires = new.now.saturating_add(new.ttl_secs);
-        self.lock().execute(
-            "INSERT INTO web_credentials (id, kind, secret_hash, system, role, who, created, expires)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                id,
-                new.kind.as_str(),
-                hash_secret(&secret),
-                new.system,
-                new.role.to_string(),
-                new.who,
-                new.now as i64,
-                expires as i64
-            ],
-        )?;
+        let record = Credential {
+            id,
+            kind: new.kind,
+            system: new.system.map(String::from),
+            role: new.role,
+            who: new.who.to_string(),
+            created: new.now,
+            expires: new.now.saturating_add(new.ttl_secs),
+            used: None,
+            revoked: None,
+        };
+        let hash = hash_secret(&secret);
+        if let Some(pg) = &self.pg {
+            pg.insert_credential(&record, &hash)?;
+        } else {
+            self.lock().execute(
+                "INSERT INTO web_credentials (id, kind, secret_hash, system, role, who, created, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    record.id,
+                    record.kind.as_str(),
+                    hash,
+                    record.system,
+                    record.role.to_string(),
+                    record.who,
+                    record.created as i64,
+                    record.expires as i64
+                ],
+            )?;
+        }
         Ok(Issued {
-            secret: format!("{id}.{secret}"),
-            record: Credential {
-                id,
-                kind: new.kind,
-                system: new.system.map(String::from),
-                role: new.role,
-                who: new.who.to_string(),
-                created: new.now,
-                expires,
-                used: None,
-                revoked: None,
-            },
+            secret: format!("{}.{secret}", record.id),
+            record,
         })
     }
 
@@ -128,16 +133,19 @@ impl Store {
         let Some((id, secret)) = split(text) else {
             return Ok(None);
         };
-        let conn = self.read();
-        let found: Option<(String, Credential)> = conn
-            .query_row(
-                &format!(
-                    "SELECT secret_hash, {COLUMNS} FROM web_credentials WHERE id = ?1 AND kind = ?2"
-                ),
-                params![id, kind.as_str()],
-                |r| Ok((r.get(0)?, record_at(r, 1)?)),
-            )
-            .optional()?;
+        let found = match &self.pg {
+            Some(pg) => pg.credential_with_hash(id, kind)?,
+            None => self
+                .read()
+                .query_row(
+                    &format!(
+                        "SELECT secret_hash, {COLUMNS} FROM web_credentials WHERE id = ?1 AND kind = ?2"
+                    ),
+                    params![id, kind.as_str()],
+                    |r| Ok((r.get(0)?, record_at(r, 1)?)),
+                )
+                .optional()?,
+        };
         Ok(found.and_then(|(hash, c)| {
             let live = c.expires > now && c.revoked.is_none() && c.used.is_none();
             (same_hash(&hash, &hash_secret(secret)) && live).then_some(c)
@@ -145,20 +153,27 @@ impl Store {
     }
 
     /// Uses a one-time login link: marks it used and returns it, if it was
-    /// live; a second use, or one after it expired, finds nothing.
+    /// live; a second use, or one after it expired, finds nothing (also
+    /// when two relays of a cluster are handed the same link at once).
     pub fn redeem_login(&self, text: &str, now: u64) -> Result<Option<Credential>> {
         let Some(c) = self.check_credential(CredKind::Login, text, now)? else {
             return Ok(None);
         };
-        let changed = self.lock().execute(
-            "UPDATE web_credentials SET used = ?2 WHERE id = ?1 AND used IS NULL",
-            params![c.id, now as i64],
-        )?;
+        let changed = match &self.pg {
+            Some(pg) => pg.mark_login_used(&c.id, now)?,
+            None => self.lock().execute(
+                "UPDATE web_credentials SET used = ?2 WHERE id = ?1 AND used IS NULL",
+                params![c.id, now as i64],
+            )? as u64,
+        };
         Ok((changed == 1).then_some(c))
     }
 
     /// Credentials of `kind`, newest first.
     pub fn credentials(&self, kind: CredKind) -> Result<Vec<Credential>> {
+        if let Some(pg) = &self.pg {
+            return pg.credentials(kind);
+        }
         let conn = self.read();
         let mut st = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM web_credentials WHERE kind = ?1 ORDER BY created DESC, id"
@@ -169,23 +184,34 @@ impl Store {
 
     /// Revokes one credential of `kind` by id.
     pub fn revoke_credential(&self, kind: CredKind, id: &str, now: u64) -> Result<Credential> {
-        let changed = self.lock().execute(
-            "UPDATE web_credentials SET revoked = ?3 WHERE id = ?1 AND kind = ?2 AND revoked IS NULL",
-            params![id, kind.as_str(), now as i64],
-        )?;
-        if changed == 0 {
-            bail!("no active {} with id {id:?}", kind.as_str());
+        let revoked = match &self.pg {
+            Some(pg) => pg.revoke_credential(kind, id, now)?,
+            None => {
+                let changed = self.lock().execute(
+                    "UPDATE web_credentials SET revoked = ?3 WHERE id = ?1 AND kind = ?2 AND revoked IS NULL",
+                    params![id, kind.as_str(), now as i64],
+                )?;
+                match changed {
+                    0 => None,
+                    _ => Some(self.read().query_row(
+                        &format!("SELECT {COLUMNS} FROM web_credentials WHERE id = ?1"),
+                        [id],
+                        record,
+                    )?),
+                }
+            }
+        };
+        match revoked {
+            Some(c) => Ok(c),
+            None => bail!("no active {} with id {id:?}", kind.as_str()),
         }
-        let conn = self.read();
-        Ok(conn.query_row(
-            &format!("SELECT {COLUMNS} FROM web_credentials WHERE id = ?1"),
-            [id],
-            record,
-        )?)
     }
 
     /// Ends every console session (and unused login link); returns how many.
     pub fn revoke_sessions(&self, now: u64) -> Result<usize> {
+        if let Some(pg) = &self.pg {
+            return pg.revoke_sessions(now);
+        }
         Ok(self.lock().execute(
             "UPDATE web_credentials SET revoked = ?1
              WHERE kind IN ('session', 'login') AND revoked IS NULL AND used IS NULL AND expires > ?1",
@@ -194,16 +220,28 @@ impl Store {
     }
 }
 
-fn record_at(r: &Row<'_>, offset: usize) -> rusqlite::Result<Credential> {
-    let kind = match r.get::<_, String>(offset + 1)?.as_str() {
-        "login" => CredKind::Login,
-        "session" => CredKind::Session,
-        _ => CredKind::Token,
-    };
-    let role = match r.get::<_, String>(offset + 3)?.as_str() {
+impl CredKind {
+    /// The kind a stored `kind` column names.
+    pub(crate) fn from_column(s: &str) -> CredKind {
+        match s {
+            "login" => CredKind::Login,
+            "session" => CredKind::Session,
+            _ => CredKind::Token,
+        }
+    }
+}
+
+/// The role a stored `role` column names (only these two are stored).
+pub(crate) fn role_from_column(s: &str) -> Role {
+    match s {
         "admin" => Role::Admin,
         _ => Role::Controller,
-    };
+    }
+}
+
+fn record_at(r: &Row<'_>, offset: usize) -> rusqlite::Result<Credential> {
+    let kind = CredKind::from_column(&r.get::<_, String>(offset + 1)?);
+    let role = role_from_column(&r.get::<_, String>(offset + 3)?);
     let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
         Ok(r.get::<_, Option<i64>>(offset + i)?
             .map(|v| v.max(0) as u64))

@@ -1,12 +1,12 @@
 //! The JSON routes over the admin operations: systems, devices, keys,
-//! invites, gateways and public ports. The device list builds a typed
-//! request and gets typed devices back ([`ops::request_for`]); the other
-//! routes build the admin command line from checked values and run it
-//! through [`ops::run`]; reads return the command's own JSON.
+//! invites, gateways and public ports. Each builds a typed admin request
+//! from checked values and runs it through [`ops`] (the same `admin::run`
+//! and `admin::commit` as the CLI); reads return the JSON the command
+//! prints with `--json`, changes what the CLI prints.
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::Path;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -14,43 +14,46 @@ use super::Web;
 use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
 use super::input::{Json, Query};
-use super::ops::{self, Access, value};
-use crate::admin::{Reply, Request};
+use super::ops::{self, Access, Ctx, name, parsed, value};
+use crate::admin::{ExposeRequest, GatewayRef, GatewayRequest, KeySource, Reply, Request};
 use crate::protocol::device_info::parse_label;
+use crate::protocol::{DeviceId, Name, Role};
 use crate::store::DeviceStatus;
 
-type Peer = ConnectInfo<SocketAddr>;
+type Reply_ = ApiResult<axum::Json<Value>>;
 
-fn words(w: &[&str]) -> Vec<String> {
-    w.iter().map(|s| s.to_string()).collect()
-}
-
-/// The reply of a change: what the CLI would have printed.
-fn done(out: String) -> axum::Json<Value> {
-    axum::Json(json!({ "ok": true, "message": out.trim_end() }))
-}
-
-/// Refuses a change to `system` by a caller limited to another one.
-fn own(p: &Principal, system: &str) -> ApiResult<String> {
-    let s = value("system", system)?;
-    p.scope(Some(s.clone()))?;
+/// `system` from a request, refused for a caller limited to another one.
+fn own(p: &Principal, system: &str) -> ApiResult<Name> {
+    let s = name("system", system)?;
+    p.scope(Some(s.to_string()))?;
     Ok(s)
 }
 
-pub async fn systems(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-) -> ApiResult<axum::Json<Value>> {
-    let all = ops::read_json(&web, &p, peer, words(&["system", "ls", "--json"])).await?;
+/// A list as its `ls --json` prints it, limited to the caller's system.
+pub async fn scoped_list(
+    web: &Web,
+    p: &Principal,
+    peer: SocketAddr,
+    request: Request,
+) -> ApiResult<Value> {
+    let all = ops::read(web, p, peer, request).await?;
     let list: Vec<Value> = all
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|s| p.system().is_none_or(|own| s.as_str() == Some(own)))
+        .filter(|x| {
+            p.system()
+                .is_none_or(|own| x.get("system").unwrap_or(x).as_str() == Some(own))
+        })
         .cloned()
         .collect();
-    Ok(axum::Json(Value::Array(list)))
+    Ok(Value::Array(list))
+}
+
+pub async fn systems(c: Ctx) -> Reply_ {
+    Ok(axum::Json(
+        scoped_list(&c.web, &c.p, c.peer, Request::ListSystems).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -59,22 +62,15 @@ pub struct NewSystem {
     pub name: String,
 }
 
-pub async fn add_system(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Json(b): Json<NewSystem>,
-) -> ApiResult<axum::Json<Value>> {
-    if p.system().is_some() {
+pub async fn add_system(c: Ctx, Json(b): Json<NewSystem>) -> Reply_ {
+    if c.p.system().is_some() {
         return Err(ApiError::forbidden(
             "other_system",
             "a login or token limited to one system cannot add systems",
         ));
     }
-    let name = value("name", &b.name)?;
-    let mut w = words(&["system", "add"]);
-    w.push(name);
-    Ok(done(ops::run(&web, &p, peer, Access::Change, w).await?))
+    let name = name("system name", &b.name)?;
+    c.change(Request::AddSystem { name }).await
 }
 
 /// Filters, sort and page of the device list.
@@ -82,7 +78,7 @@ pub async fn add_system(
 #[serde(deny_unknown_fields)]
 pub struct DeviceParams {
     pub system: Option<String>,
-    /// online, offline or disabled.
+    /// online, offline, asleep, waking or disabled.
     pub status: Option<String>,
     /// KEY=VALUE.
     pub label: Option<String>,
@@ -106,7 +102,7 @@ pub async fn device_list(
     q: DeviceParams,
 ) -> ApiResult<Value> {
     let system = match p.scope(q.system.clone())? {
-        Some(s) => Some(value("system", &s)?),
+        Some(s) => Some(name("system", &s)?.to_string()),
         None => None,
     };
     let labels = match &q.label {
@@ -124,10 +120,10 @@ pub async fn device_list(
         .collect::<Result<Vec<Value>, _>>()
         .map_err(|e| ApiError::internal(&e.into()))?;
     if let Some(st) = q.status.as_deref() {
-        if !matches!(st, "online" | "offline" | "disabled") {
+        if !STATUSES.contains(&st) {
             return Err(ApiError::bad(
                 "bad_query",
-                format!("status {st:?}: online, offline or disabled"),
+                format!("status {st:?}: {}", STATUSES.join(", ")),
             ));
         }
         list.retain(|d| status_of(d) == st);
@@ -164,14 +160,23 @@ async fn list_devices(
     }
 }
 
-/// online, offline or disabled.
+/// What a device's status may be, as the list filters and shows it.
+pub const STATUSES: [&str; 5] = ["online", "offline", "asleep", "waking", "disabled"];
+
+/// A device's status: `disabled` by an admin; else `asleep` or `waking`
+/// for an on-demand device that is not online (issue 16's wake on use);
+/// else online or offline.
 pub fn status_of(d: &Value) -> &'static str {
     if d["disabled"].as_bool() == Some(true) {
-        "disabled"
-    } else if d["online"].as_bool() == Some(true) {
-        "online"
-    } else {
-        "offline"
+        return "disabled";
+    }
+    if d["online"].as_bool() == Some(true) {
+        return "online";
+    }
+    match d["status"].as_str() {
+        Some("asleep") => "asleep",
+        Some("waking") => "waking",
+        _ => "offline",
     }
 }
 
@@ -205,13 +210,8 @@ fn sort_devices(list: &mut [Value], sort: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn devices(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Query(q): Query<DeviceParams>,
-) -> ApiResult<axum::Json<Value>> {
-    Ok(axum::Json(device_list(&web, &p, peer, q).await?))
+pub async fn devices(c: Ctx, Query(q): Query<DeviceParams>) -> Reply_ {
+    Ok(axum::Json(device_list(&c.web, &c.p, c.peer, q).await?))
 }
 
 /// One device: its status, and its recent history from the audit log.
@@ -220,10 +220,10 @@ pub async fn device_detail(
     p: &Principal,
     peer: SocketAddr,
     system: &str,
-    name: &str,
+    device: &str,
 ) -> ApiResult<Value> {
-    let system = own(p, system)?;
-    let name = value("name", name)?;
+    let system = own(p, system)?.to_string();
+    let name = name("name", device)?.to_string();
     let found = list_devices(web, p, peer, Some(system.clone()), Vec::new())
         .await?
         .into_iter()
@@ -247,65 +247,58 @@ pub async fn device_detail(
     Ok(json!({ "device": device, "history": history.events }))
 }
 
-pub async fn device(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Path((system, name)): Path<(String, String)>,
-) -> ApiResult<axum::Json<Value>> {
+pub async fn device(c: Ctx, Path((system, name)): Path<(String, String)>) -> Reply_ {
     Ok(axum::Json(
-        device_detail(&web, &p, peer, &system, &name).await?,
+        device_detail(&c.web, &c.p, c.peer, &system, &name).await?,
     ))
 }
 
 /// `POST /devices/{system}/{name}/{disable|enable}`.
 pub async fn device_action(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Path((system, name, action)): Path<(String, String, String)>,
-) -> ApiResult<axum::Json<Value>> {
-    if !matches!(action.as_str(), "disable" | "enable") {
-        return Err(ApiError::not_found(format!(
-            "no device action {action:?}: disable or enable"
-        )));
-    }
-    let system = own(&p, &system)?;
-    let w = vec![
-        "device".into(),
-        action,
-        "--system".into(),
-        system,
-        value("name", &name)?,
-    ];
-    Ok(done(ops::run(&web, &p, peer, Access::Change, w).await?))
+    c: Ctx,
+    Path((system, device, action)): Path<(String, String, String)>,
+) -> Reply_ {
+    let disabled = match action.as_str() {
+        "disable" => true,
+        "enable" => false,
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "no device action {action:?}: disable or enable"
+            )));
+        }
+    };
+    let device = DeviceId::new(own(&c.p, &system)?, name("name", &device)?);
+    c.change(Request::SetDisabled { device, disabled }).await
 }
 
-/// Keys, invites, gateways and public ports as their `ls --json` prints
-/// them, limited to the caller's system.
-async fn scoped_list(web: &Web, p: &Principal, peer: SocketAddr, w: &[&str]) -> ApiResult<Value> {
-    let all = ops::read_json(web, p, peer, words(w)).await?;
-    let list: Vec<Value> = all
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|x| {
-            p.system()
-                .is_none_or(|own| x["system"].as_str() == Some(own))
-        })
-        .cloned()
-        .collect();
-    Ok(Value::Array(list))
-}
-
-pub async fn keys(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-) -> ApiResult<axum::Json<Value>> {
+pub async fn keys(c: Ctx) -> Reply_ {
     Ok(axum::Json(
-        scoped_list(&web, &p, peer, &["key", "ls", "--json"]).await?,
+        scoped_list(&c.web, &c.p, c.peer, Request::ListKeys).await?,
     ))
+}
+
+/// `POST /keys`: a key given as its OpenSSH text, as `key add` registers
+/// one from a file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub system: String,
+    pub role: String,
+    pub name: String,
+    /// `ssh-ed25519 AAAA… comment` (ed25519, ecdsa or rsa).
+    pub public_key: String,
+}
+
+pub async fn add_key(c: Ctx, Json(b): Json<NewKey>) -> Reply_ {
+    let request = Request::AddKey {
+        system: own(&c.p, &b.system)?,
+        role: parsed("role", &b.role, str::parse::<Role>)?,
+        name: name("name", &b.name)?,
+        key: KeySource::Text(parsed("public_key", &b.public_key, |k| {
+            crate::ssh::keys::parse_public(k).map(|_| k.to_string())
+        })?),
+    };
+    c.change(request).await
 }
 
 #[derive(Deserialize)]
@@ -315,47 +308,41 @@ pub struct Fingerprint {
 }
 
 /// `POST /keys/revoke {"fingerprint": "SHA256:…"}`.
-pub async fn revoke_key(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Json(b): Json<Fingerprint>,
-) -> ApiResult<axum::Json<Value>> {
-    let fp = value("fingerprint", &b.fingerprint)?;
-    revoke_listed(&web, &p, peer, "key", "fingerprint", fp).await
+pub async fn revoke_key(c: Ctx, Json(b): Json<Fingerprint>) -> Reply_ {
+    let fingerprint = value("fingerprint", &b.fingerprint)?;
+    let listed = (Request::ListKeys, "fingerprint");
+    let revoke = Request::RevokeKey {
+        fingerprint: fingerprint.clone(),
+    };
+    revoke_listed(&c.web, &c.p, c.peer, listed, &fingerprint, revoke).await
 }
 
-/// Revokes `id` of `what` (`key`, `invite`) when the caller's own list
-/// holds it under `field`; 404 otherwise, so nothing of another system is
-/// even confirmed to exist.
+/// Runs `revoke` when the caller's own list (`listed`: the request and
+/// the field that names an item) holds `id`; 404 otherwise, so nothing of
+/// another system is even confirmed to exist.
 async fn revoke_listed(
     web: &Web,
     p: &Principal,
     peer: SocketAddr,
-    what: &str,
-    field: &str,
-    id: String,
-) -> ApiResult<axum::Json<Value>> {
-    let list = scoped_list(web, p, peer, &[what, "ls", "--json"]).await?;
+    (list, field): (Request, &str),
+    id: &str,
+    revoke: Request,
+) -> Reply_ {
+    let list = scoped_list(web, p, peer, list).await?;
     let known = list
         .as_array()
         .into_iter()
         .flatten()
-        .any(|v| v[field].as_str() == Some(id.as_str()));
+        .any(|v| v[field].as_str() == Some(id));
     if !known {
-        return Err(ApiError::not_found(format!("no {what} {id}")));
+        return Err(ApiError::not_found(format!("no {field} {id}")));
     }
-    let w = vec![what.to_string(), "revoke".into(), id];
-    Ok(done(ops::run(web, p, peer, Access::Change, w).await?))
+    ops::change(web, p, peer, revoke).await
 }
 
-pub async fn invites(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-) -> ApiResult<axum::Json<Value>> {
+pub async fn invites(c: Ctx) -> Reply_ {
     Ok(axum::Json(
-        scoped_list(&web, &p, peer, &["invite", "ls", "--json"]).await?,
+        scoped_list(&c.web, &c.p, c.peer, Request::ListInvites).await?,
     ))
 }
 
@@ -369,49 +356,54 @@ pub struct NewInvite {
 }
 
 /// `POST /invites`: the token is in the reply, once.
-pub async fn create_invite(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Json(b): Json<NewInvite>,
-) -> ApiResult<axum::Json<Value>> {
-    let mut w = vec![
-        "invite".into(),
-        "--system".into(),
-        own(&p, &b.system)?,
-        "--role".into(),
-        value("role", &b.role)?,
-        "--name".into(),
-        value("name", &b.name)?,
-        "--json".into(),
-    ];
-    if let Some(t) = &b.ttl {
-        w.extend(["--ttl".to_string(), value("ttl", t)?]);
-    }
-    let out = ops::run(&web, &p, peer, Access::Change, w).await?;
+pub async fn create_invite(c: Ctx, Json(b): Json<NewInvite>) -> Reply_ {
+    let ttl = match &b.ttl {
+        Some(t) => Some(value("ttl", t)?),
+        None => None,
+    };
+    let request = Request::CreateInvite {
+        system: own(&c.p, &b.system)?,
+        role: parsed("role", &b.role, str::parse::<Role>)?,
+        name: name("name", &b.name)?,
+        ttl: crate::admin::invite_ttl(ttl.as_deref())
+            .map_err(|e| ApiError::bad("bad_value", format!("{e:#}")))?,
+        relay: None,
+    };
+    let reply = ops::request_for(&c.web, &c.p, c.peer, Access::Change, request).await?;
     Ok(axum::Json(
-        serde_json::from_str(&out).map_err(|e| ApiError::internal(&e.into()))?,
+        crate::admin::json_value(&reply).map_err(|e| ApiError::internal(&e))?,
     ))
 }
 
-pub async fn revoke_invite(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Path(id): Path<String>,
-) -> ApiResult<axum::Json<Value>> {
+pub async fn revoke_invite(c: Ctx, Path(id): Path<String>) -> Reply_ {
     let id = value("id", &id)?;
-    revoke_listed(&web, &p, peer, "invite", "id", id).await
+    let revoke = Request::RevokeInvite { id: id.clone() };
+    revoke_listed(
+        &c.web,
+        &c.p,
+        c.peer,
+        (Request::ListInvites, "id"),
+        &id,
+        revoke,
+    )
+    .await
 }
 
-pub async fn gateways(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-) -> ApiResult<axum::Json<Value>> {
+pub async fn gateways(c: Ctx) -> Reply_ {
+    let list = GatewayRequest::List {
+        system: c.p.system().map(String::from),
+    };
     Ok(axum::Json(
-        scoped_list(&web, &p, peer, &["gateway", "ls", "--json"]).await?,
+        scoped_list(&c.web, &c.p, c.peer, Request::Gateway(list)).await?,
     ))
+}
+
+/// A gateway named in a route, in the caller's system.
+fn gateway_ref(p: &Principal, system: &str, gateway: &str) -> ApiResult<GatewayRef> {
+    Ok(GatewayRef {
+        system: Some(own(p, system)?),
+        name: name("name", gateway)?,
+    })
 }
 
 pub async fn gateway_detail(
@@ -419,27 +411,15 @@ pub async fn gateway_detail(
     p: &Principal,
     peer: SocketAddr,
     system: &str,
-    name: &str,
+    gateway: &str,
 ) -> ApiResult<Value> {
-    let w = vec![
-        "gateway".into(),
-        "show".into(),
-        "--system".into(),
-        own(p, system)?,
-        value("name", name)?,
-        "--json".into(),
-    ];
-    ops::read_json(web, p, peer, w).await
+    let show = GatewayRequest::Show(gateway_ref(p, system, gateway)?);
+    ops::read(web, p, peer, Request::Gateway(show)).await
 }
 
-pub async fn gateway(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Path((system, name)): Path<(String, String)>,
-) -> ApiResult<axum::Json<Value>> {
+pub async fn gateway(c: Ctx, Path((system, name)): Path<(String, String)>) -> Reply_ {
     Ok(axum::Json(
-        gateway_detail(&web, &p, peer, &system, &name).await?,
+        gateway_detail(&c.web, &c.p, c.peer, &system, &name).await?,
     ))
 }
 
@@ -454,15 +434,21 @@ pub struct GatewayChange {
 
 /// `POST /gateways/{system}/{name}/{associate|dissociate|allow|deny}`.
 pub async fn gateway_action(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Path((system, name, action)): Path<(String, String, String)>,
+    c: Ctx,
+    Path((system, gateway, action)): Path<(String, String, String)>,
     Json(b): Json<GatewayChange>,
-) -> ApiResult<axum::Json<Value>> {
-    let arg = match (action.as_str(), &b.network, &b.target) {
-        ("associate" | "dissociate", Some(n), None) => value("network", n)?,
-        ("allow" | "deny", None, Some(t)) => value("target", t)?,
+) -> Reply_ {
+    let gw = gateway_ref(&c.p, &system, &gateway)?;
+    use crate::admin::{parse_cidr, parse_target};
+    let request = match (action.as_str(), &b.network, &b.target) {
+        ("associate", Some(n), None) => {
+            GatewayRequest::Associate(gw, parsed("network", n, parse_cidr)?)
+        }
+        ("dissociate", Some(n), None) => {
+            GatewayRequest::Dissociate(gw, parsed("network", n, parse_cidr)?)
+        }
+        ("allow", None, Some(t)) => GatewayRequest::Allow(gw, parsed("target", t, parse_target)?),
+        ("deny", None, Some(t)) => GatewayRequest::Deny(gw, parsed("target", t, parse_target)?),
         ("associate" | "dissociate", ..) => {
             return Err(ApiError::bad(
                 "bad_body",
@@ -477,15 +463,7 @@ pub async fn gateway_action(
         }
         _ => return Err(ApiError::not_found(format!("no gateway action {action:?}"))),
     };
-    let w = vec![
-        "gateway".into(),
-        action,
-        "--system".into(),
-        own(&p, &system)?,
-        value("name", &name)?,
-        arg,
-    ];
-    Ok(done(ops::run(&web, &p, peer, Access::Change, w).await?))
+    c.change(Request::Gateway(request)).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -497,33 +475,20 @@ pub struct DeleteParams {
 /// `DELETE /gateways/{system}/{name}[?force=true]`: refused while the
 /// gateway has rules, unless forced (as `gateway delete`).
 pub async fn delete_gateway(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Path((system, name)): Path<(String, String)>,
+    c: Ctx,
+    Path((system, gateway)): Path<(String, String)>,
     Query(q): Query<DeleteParams>,
-) -> ApiResult<axum::Json<Value>> {
-    let mut w = vec![
-        "gateway".into(),
-        "delete".into(),
-        "--system".into(),
-        own(&p, &system)?,
-        value("name", &name)?,
-    ];
-    if q.force == Some(true) {
-        w.push("--force".into());
-    }
-    Ok(done(ops::run(&web, &p, peer, Access::Change, w).await?))
+) -> Reply_ {
+    let delete = GatewayRequest::Delete {
+        gw: gateway_ref(&c.p, &system, &gateway)?,
+        force: q.force == Some(true),
+    };
+    c.change(Request::Gateway(delete)).await
 }
 
-pub async fn ports(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-) -> ApiResult<axum::Json<Value>> {
-    Ok(axum::Json(
-        scoped_list(&web, &p, peer, &["expose", "ls", "--json"]).await?,
-    ))
+pub async fn ports(c: Ctx) -> Reply_ {
+    let list = Request::Expose(ExposeRequest::List);
+    Ok(axum::Json(scoped_list(&c.web, &c.p, c.peer, list).await?))
 }
 
 #[derive(Deserialize)]
@@ -537,33 +502,21 @@ pub struct NewPort {
     pub allow_from: Vec<String>,
 }
 
-pub async fn add_port(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Json(b): Json<NewPort>,
-) -> ApiResult<axum::Json<Value>> {
-    let mut w = vec![
-        "expose".into(),
-        value("target", &b.target)?,
-        "--system".into(),
-        own(&p, &b.system)?,
-        "--port".into(),
-        b.port.to_string(),
-    ];
-    for a in &b.allow_from {
-        w.extend(["--allow-from".to_string(), value("allow_from", a)?]);
-    }
-    Ok(done(ops::run(&web, &p, peer, Access::Change, w).await?))
+pub async fn add_port(c: Ctx, Json(b): Json<NewPort>) -> Reply_ {
+    let system = own(&c.p, &b.system)?;
+    let allow_from = b
+        .allow_from
+        .iter()
+        .map(|a| value("allow_from", a))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let target = value("target", &b.target)?;
+    let add = crate::admin::expose::add_request(system, &target, b.port, allow_from)
+        .map_err(|e| ApiError::bad("bad_value", format!("{e:#}")))?;
+    c.change(Request::Expose(add)).await
 }
 
-pub async fn remove_port(
-    State(web): State<Web>,
-    p: Principal,
-    ConnectInfo(peer): Peer,
-    Path(port): Path<u16>,
-) -> ApiResult<axum::Json<Value>> {
-    let ports = scoped_list(&web, &p, peer, &["expose", "ls", "--json"]).await?;
+pub async fn remove_port(c: Ctx, Path(port): Path<u16>) -> Reply_ {
+    let ports = scoped_list(&c.web, &c.p, c.peer, Request::Expose(ExposeRequest::List)).await?;
     if !ports
         .as_array()
         .into_iter()
@@ -572,6 +525,6 @@ pub async fn remove_port(
     {
         return Err(ApiError::not_found(format!("no public port {port}")));
     }
-    let w = vec!["expose".into(), "rm".into(), port.to_string()];
-    Ok(done(ops::run(&web, &p, peer, Access::Change, w).await?))
+    c.change(Request::Expose(ExposeRequest::Remove { port }))
+        .await
 }

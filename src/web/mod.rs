@@ -63,7 +63,7 @@ pub fn router(web: Web) -> Router {
             "/devices/{system}/{name}/{action}",
             post(api::device_action),
         )
-        .route("/keys", get(api::keys))
+        .route("/keys", get(api::keys).post(api::add_key))
         .route("/keys/revoke", post(api::revoke_key))
         .route("/invites", get(api::invites).post(api::create_invite))
         .route("/invites/{id}/revoke", post(api::revoke_invite))
@@ -98,7 +98,8 @@ pub async fn serve(listener: TcpListener, web: Web, shutdown: CancellationToken)
     Ok(())
 }
 
-/// Serves `/metrics` (Prometheus text format 0.0.4) on `listener` until
+/// Serves `/metrics` (Prometheus text format 0.0.4, or OpenMetrics 1.0.0
+/// when the scraper's `Accept` header asks for it) on `listener` until
 /// `shutdown`.
 pub async fn serve_metrics(
     listener: TcpListener,
@@ -110,9 +111,12 @@ pub async fn serve_metrics(
         .route(
             "/metrics",
             get(
-                |axum::extract::State(relay): axum::extract::State<Arc<Relay>>| async move {
-                    let text = crate::metrics::global().render(&online_per_system(&relay));
-                    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+                |axum::extract::State(relay): axum::extract::State<Arc<Relay>>,
+                 headers: axum::http::HeaderMap| async move {
+                    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                    let (content_type, text) =
+                        crate::metrics::global().render_for(accept, &online_per_system(&relay));
+                    ([(header::CONTENT_TYPE, content_type)], text).into_response()
                 },
             ),
         )

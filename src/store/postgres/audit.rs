@@ -3,13 +3,12 @@
 
 use anyhow::Result;
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 use super::Pg;
 use super::keys::u;
 use crate::store::AuditQuery;
-use crate::store::audit::Event;
-
-const COLUMNS: &str = "id, time_ms, kind, result, system, key, fingerprint, device, target, bytes_up, bytes_down, duration_ms, peer, detail, reason";
+use crate::store::audit::{Arg, Event};
 
 fn event(r: &Row) -> Result<Event> {
     let opt = |i: usize| -> Result<Option<u64>> { Ok(r.try_get::<_, Option<i64>>(i)?.map(u)) };
@@ -75,33 +74,23 @@ impl Pg {
     }
 
     pub fn audit(&self, q: &AuditQuery) -> Result<Vec<Event>> {
+        let (sql, args) = q.sql(|n| format!("${n}"));
+        let values: Vec<Box<dyn ToSql + Sync + Send>> = args
+            .into_iter()
+            .map(|a| -> Box<dyn ToSql + Sync + Send> {
+                match a {
+                    Arg::Text(t) => Box::new(t),
+                    Arg::Int(i) => Box::new(i),
+                }
+            })
+            .collect();
         self.block(async {
             let c = self.client().await?;
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT {COLUMNS} FROM audit
-                         WHERE ($1::text IS NULL OR system = $1)
-                           AND ($2::text IS NULL OR device = $2)
-                           AND ($3::text IS NULL OR key = $3 OR fingerprint = $3)
-                           AND ($4::text IS NULL OR kind = $4)
-                           AND ($5::bigint IS NULL OR time_ms >= $5)
-                           AND ($6::bigint IS NULL OR time_ms < $6)
-                           AND ($7::bigint IS NULL OR id < $7)
-                         ORDER BY id DESC LIMIT $8"
-                    ),
-                    &[
-                        &q.system,
-                        &q.device,
-                        &q.key,
-                        &q.kind,
-                        &i(q.since_ms),
-                        &i(q.until_ms),
-                        &q.before,
-                        &((q.limit + 1) as i64),
-                    ],
-                )
-                .await?;
+            let params: Vec<&(dyn ToSql + Sync)> = values
+                .iter()
+                .map(|v| v.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            let rows = c.query(&sql, &params).await?;
             rows.iter().map(event).collect()
         })
     }

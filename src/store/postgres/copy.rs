@@ -180,6 +180,23 @@ const TABLES: &[Table] = &[
         key: &["system", "device"],
         sequence: None,
     },
+    Table {
+        name: "web_credentials",
+        columns: &[
+            ("id", 'T'),
+            ("kind", 'T'),
+            ("secret_hash", 'T'),
+            ("system", 'T'),
+            ("role", 'T'),
+            ("who", 'T'),
+            ("created", 'I'),
+            ("expires", 'I'),
+            ("used", 'I'),
+            ("revoked", 'I'),
+        ],
+        key: &["id"],
+        sequence: None,
+    },
 ];
 
 /// What one table's copy did.

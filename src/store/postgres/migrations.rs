@@ -152,9 +152,24 @@ const MIGRATIONS: &[&str] = &[
         at      TEXT,
         PRIMARY KEY (system, name)
     );",
-    // 3: reserved for issue 17 (the web console's credentials), which
-    // lands its own SQL here; until then it does nothing.
-    "SELECT 1;",
+    // 3: the web console's login links and sessions and the HTTP API's
+    // tokens (SQLite's 7), so every relay of a cluster serves the console;
+    // indexes for the audit API's device and kind filters.
+    "CREATE TABLE web_credentials (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL CHECK (kind IN ('login', 'session', 'token')),
+        secret_hash TEXT NOT NULL,
+        system      TEXT,
+        role        TEXT NOT NULL CHECK (role IN ('controller', 'admin')),
+        who         TEXT NOT NULL,
+        created     BIGINT NOT NULL,
+        expires     BIGINT NOT NULL,
+        used        BIGINT,
+        revoked     BIGINT
+    );
+    CREATE INDEX web_credentials_kind ON web_credentials (kind, created);
+    CREATE INDEX audit_device ON audit (device, id);
+    CREATE INDEX audit_kind ON audit (kind, id);",
     // 4: bandwidth limits (SQLite's 8); every relay of the cluster hears
     // of a change at once.
     "CREATE TABLE rates (

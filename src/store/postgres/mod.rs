@@ -18,6 +18,7 @@
 mod audit;
 mod cluster;
 mod copy;
+mod credentials;
 mod devices;
 mod enroll;
 mod gateways;

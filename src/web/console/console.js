@@ -32,6 +32,13 @@ async function call(method, path, body) {
   return { ok: r.ok, json: j };
 }
 
+// The enroll page's command, from the token in the URL's fragment.
+function enrollCommand(root) {
+  const pre = root.querySelector("[data-enroll-cmd]");
+  const token = location.hash.slice(1);
+  if (pre && token) pre.textContent = "warren enroll " + decodeURIComponent(token);
+}
+
 async function refresh() {
   const main = document.querySelector("main[data-live]");
   if (!main || document.hidden) return;
@@ -41,6 +48,7 @@ async function refresh() {
   main.innerHTML = await r.text();
   for (const c of main.querySelectorAll("input[type=checkbox]")) c.checked = keep.has(c.value);
   localTimes(main);
+  enrollCommand(main);
 }
 
 document.addEventListener("click", async (ev) => {
@@ -94,7 +102,9 @@ document.addEventListener("submit", async (ev) => {
     if (r.ok) {
       const j = r.json || {};
       if (j.token && f.dataset.enroll !== undefined) {
-        flash("Run this on the new machine (the token works once):\n\nwarren enroll " + j.token + "\n\nThen watch it come online on its device page: /devices/" + j.system + "/" + j.name, true);
+        // The token stays in the fragment: browsers never send it.
+        location.href = "/enroll/" + encodeURIComponent(j.system) + "/" + encodeURIComponent(j.name) + "#" + j.token;
+        return;
       } else flash(j.message || "done", true);
       f.reset();
       refresh();
@@ -138,5 +148,6 @@ function rangeInputs() {
 }
 
 localTimes(document);
+enrollCommand(document);
 rangeInputs();
 setInterval(refresh, 2000);

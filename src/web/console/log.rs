@@ -4,16 +4,13 @@
 
 use std::fmt::Write as _;
 
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::Path;
 use serde_json::Value;
 
-use super::super::Web;
 use super::super::audit::{self, AuditParams, COLUMNS};
-use super::super::auth::Principal;
 use super::super::error::ApiError;
 use super::super::input::Query;
-use super::{Page, PageResult, badge, error_page, esc, link, render, time_ms, who};
+use super::{Page, PageResult, Viewer, badge, error_page, esc, link, render, time_ms};
 
 /// Kinds offered in the filter.
 const KINDS: &[&str] = &[
@@ -80,13 +77,78 @@ pub fn table(rows: &[Value]) -> String {
     out
 }
 
-pub async fn page(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    headers: HeaderMap,
-    q: Result<Query<AuditParams>, ApiError>,
-) -> PageResult {
-    let p = who(p)?;
+/// The log's filters: system, device, key, kind and a date range picked in
+/// local time (the script sends it as RFC 3339 in `since`, `until`).
+fn filter_form(filters: &[(&str, String)]) -> String {
+    let mut body = String::from("<form class=\"bar range\" method=get action=/log>");
+    for (k, v) in &filters[..3] {
+        let _ = write!(
+            body,
+            "<label>{k}<input name={k} value=\"{}\" size=10></label>",
+            esc(v)
+        );
+    }
+    body.push_str("<label>kind<select name=kind><option value=\"\">any</option>");
+    for k in KINDS {
+        let sel = if filters[3].1 == *k { " selected" } else { "" };
+        let _ = write!(body, "<option{sel}>{k}</option>");
+    }
+    let _ = write!(
+        body,
+        "</select></label><label>from (your time)<input type=datetime-local name=since_local></label>\
+<label>to<input type=datetime-local name=until_local></label>\
+<input type=hidden name=since value=\"{}\"><input type=hidden name=until value=\"{}\"><button>Apply</button> <a href=/log>reset</a></form>",
+        esc(&filters[4].1),
+        esc(&filters[5].1)
+    );
+    body
+}
+
+/// CSV export of the same filters, with a choice of columns.
+fn export_form(filters: &[(&str, String)]) -> String {
+    let mut body =
+        String::from("<form class=\"bar export\"><span class=mut>Export CSV with columns:</span>");
+    for c in COLUMNS {
+        let on = if matches!(*c, "fingerprint" | "peer" | "reason") {
+            ""
+        } else {
+            " checked"
+        };
+        let _ = write!(
+            body,
+            "<label style=\"flex-direction:row;gap:3px\"><input type=checkbox name=col value={c}{on}>{c}</label>"
+        );
+    }
+    for (k, v) in filters {
+        let _ = write!(body, "<input type=hidden name={k} value=\"{}\">", esc(v));
+    }
+    body.push_str("<button>Export</button></form>");
+    body
+}
+
+/// Links to the newest page and the next older one (keyset cursor).
+fn pager(filters: &[(&str, String)], first_page: bool, next: Option<&str>) -> String {
+    let mut body = String::from("<div class=pager>");
+    if !first_page {
+        let _ = write!(
+            body,
+            "<a href=\"{}\">« newest</a>",
+            esc(&link("/log", filters))
+        );
+    }
+    if let Some(c) = next {
+        let mut v = filters.to_vec();
+        v.push(("cursor", c.to_string()));
+        let _ = write!(body, " <a href=\"{}\">older ›</a>", esc(&link("/log", &v)));
+    }
+    body.push_str("</div>");
+    body
+}
+
+pub async fn page(v: Viewer, q: Result<Query<AuditParams>, ApiError>) -> PageResult {
+    let Viewer {
+        web, p, headers, ..
+    } = v;
     let Query(params) = q.map_err(error_page)?;
     let keep = |v: &Option<String>| v.clone().unwrap_or_default();
     let filters: Vec<(&str, String)> = vec![
@@ -100,67 +162,16 @@ pub async fn page(
     let first_page = params.cursor.is_none();
     let q = audit::query(&p, params, audit::DEFAULT_LIMIT).map_err(error_page)?;
     let page = audit::page(&web, q).await.map_err(error_page)?;
-    let mut body =
-        String::from("<h1>Operation log</h1><form class=\"bar range\" method=get action=/log>");
-    for (k, v) in &filters[..3] {
-        let _ = write!(
-            body,
-            "<label>{k}<input name={k} value=\"{}\" size=10></label>",
-            esc(v)
-        );
-    }
-    let _ = write!(
-        body,
-        "<label>kind<select name=kind><option value=\"\">any</option>"
-    );
-    for k in KINDS {
-        let sel = if filters[3].1 == *k { " selected" } else { "" };
-        let _ = write!(body, "<option{sel}>{k}</option>");
-    }
-    let _ = write!(
-        body,
-        "</select></label><label>from (your time)<input type=datetime-local name=since_local></label>\
-<label>to<input type=datetime-local name=until_local></label>\
-<input type=hidden name=since value=\"{}\"><input type=hidden name=until value=\"{}\"><button>Apply</button> <a href=/log>reset</a></form>",
-        esc(&filters[4].1),
-        esc(&filters[5].1)
-    );
-    body.push_str("<form class=\"bar export\"><span class=mut>Export CSV with columns:</span>");
-    for c in COLUMNS {
-        let on = if matches!(*c, "fingerprint" | "peer" | "reason") {
-            ""
-        } else {
-            " checked"
-        };
-        let _ = write!(
-            body,
-            "<label style=\"flex-direction:row;gap:3px\"><input type=checkbox name=col value={c}{on}>{c}</label>"
-        );
-    }
-    for (k, v) in &filters {
-        let _ = write!(body, "<input type=hidden name={k} value=\"{}\">", esc(v));
-    }
-    body.push_str("<button>Export</button></form>");
+    let mut body = String::from("<h1>Operation log</h1>");
+    body.push_str(&filter_form(&filters));
+    body.push_str(&export_form(&filters));
     let rows: Vec<Value> = page
         .events
         .iter()
         .filter_map(|l| serde_json::to_value(l).ok())
         .collect();
     body.push_str(&table(&rows));
-    body.push_str("<div class=pager>");
-    if !first_page {
-        let _ = write!(
-            body,
-            "<a href=\"{}\">« newest</a>",
-            esc(&link("/log", &filters))
-        );
-    }
-    if let Some(c) = &page.next {
-        let mut v = filters.clone();
-        v.push(("cursor", c.clone()));
-        let _ = write!(body, " <a href=\"{}\">older ›</a>", esc(&link("/log", &v)));
-    }
-    body.push_str("</div>");
+    body.push_str(&pager(&filters, first_page, page.next.as_deref()));
     Ok(render(
         &p,
         &headers,
@@ -174,13 +185,10 @@ pub async fn page(
 }
 
 /// One entry, all its fields, with a copy button.
-pub async fn entry(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> PageResult {
-    let p = who(p)?;
+pub async fn entry(v: Viewer, Path(id): Path<i64>) -> PageResult {
+    let Viewer {
+        web, p, headers, ..
+    } = v;
     let q = crate::store::AuditQuery {
         system: p.system().map(String::from),
         before: Some(id.saturating_add(1)),

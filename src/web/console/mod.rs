@@ -6,6 +6,8 @@
 //! Live pages (`<main data-live>`) are fetched again every two seconds with
 //! `X-Fragment: 1`, which returns only the page's main part.
 
+mod gateways;
+mod keys;
 mod log;
 mod pages;
 
@@ -31,10 +33,11 @@ pub fn routes() -> Router<Web> {
         .route("/", get(pages::overview))
         .route("/devices", get(pages::devices))
         .route("/devices/{system}/{name}", get(pages::device))
-        .route("/gateways", get(pages::gateways))
-        .route("/gateways/{system}/{name}", get(pages::gateway))
-        .route("/ports", get(pages::ports))
-        .route("/keys", get(pages::keys))
+        .route("/gateways", get(gateways::gateways))
+        .route("/gateways/{system}/{name}", get(gateways::gateway))
+        .route("/ports", get(gateways::ports))
+        .route("/keys", get(keys::keys))
+        .route("/enroll/{system}/{name}", get(keys::enroll))
         .route("/log", get(log::page))
         .route("/log/{id}", get(log::entry))
         .route(
@@ -158,6 +161,39 @@ pub type PageResult = Result<Response, Response>;
 /// The caller, or the login page.
 pub fn who(p: Result<Principal, ApiError>) -> Result<Principal, Response> {
     p.map_err(error_page)
+}
+
+/// Who views a console page, from where, with the handlers' shared state
+/// and the request's headers (a live refresh asks for the fragment only).
+/// Without a login, the page is the login hint.
+pub struct Viewer {
+    pub web: Web,
+    pub p: Principal,
+    pub peer: SocketAddr,
+    pub headers: HeaderMap,
+}
+
+impl axum::extract::FromRequestParts<Web> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        web: &Web,
+    ) -> Result<Self, Response> {
+        let p = Principal::from_request_parts(parts, web)
+            .await
+            .map_err(error_page)?;
+        let peer =
+            parts.extensions.get::<Peer>().map(|c| c.0).ok_or_else(|| {
+                error_page(ApiError::internal(&anyhow::anyhow!("no peer address")))
+            })?;
+        Ok(Viewer {
+            web: web.clone(),
+            p,
+            peer,
+            headers: parts.headers.clone(),
+        })
+    }
 }
 
 /// Peer of a console request.

@@ -5,20 +5,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::HeaderMap;
-use serde::Deserialize;
+use axum::extract::Path;
 use serde_json::Value;
 
-use super::super::Web;
 use super::super::api::{self, DeviceParams, status_of};
-use super::super::auth::Principal;
 use super::super::error::ApiError;
 use super::super::input::Query;
-use super::super::ops;
-use super::{Page, PageResult, Peer, badge, error_page, esc, link, render, time_ms, time_s, who};
+use super::{Page, PageResult, Viewer, badge, error_page, esc, link, render, time_ms, time_s};
 
-fn s(v: &Value) -> String {
+pub(super) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -26,17 +21,17 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn json_attr(v: &Value) -> String {
+pub(super) fn json_attr(v: &Value) -> String {
     esc(&v.to_string())
 }
 
-pub async fn overview(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-) -> PageResult {
-    let p = who(p)?;
+pub async fn overview(v: Viewer) -> PageResult {
+    let Viewer {
+        web,
+        p,
+        peer,
+        headers,
+    } = v;
     let all = api::device_list(
         &web,
         &p,
@@ -48,41 +43,77 @@ pub async fn overview(
     )
     .await
     .map_err(error_page)?;
-    let mut per: BTreeMap<String, [u64; 4]> = BTreeMap::new();
-    for d in all["devices"].as_array().into_iter().flatten() {
-        let c = per.entry(s(&d["system"])).or_default();
-        match status_of(d) {
-            "online" => c[0] += 1,
-            "offline" => c[1] += 1,
-            _ => c[2] += 1,
-        }
-        c[3] += d["streams"].as_u64().unwrap_or(0);
-    }
-    let mut body = String::from("<h1>Overview</h1><div class=cards>");
-    for (system, [on, off, dis, streams]) in &per {
-        let _ = write!(
-            body,
-            "<div class=card><div class=mut>system {}</div><div class=n>{on} online</div>{off} offline · {dis} disabled · {streams} streams</div>",
-            esc(system)
-        );
-    }
-    if per.is_empty() {
-        body.push_str("<div class=card>No devices yet: make an invite under <a href=/keys>Keys &amp; invites</a>.</div>");
-    }
-    body.push_str("</div><h2>Recent refusals</h2>");
+    let mut body = String::from("<h1>Overview</h1>");
+    body.push_str(&status_cards(&all["devices"]));
     let q = crate::store::AuditQuery {
         system: p.system().map(String::from),
         limit: 300,
         ..Default::default()
     };
     let recent = crate::web::audit::page(&web, q).await.map_err(error_page)?;
-    let refused: Vec<_> = recent
-        .events
+    body.push_str(&refusals(&recent.events));
+    Ok(render(
+        &p,
+        &headers,
+        Page {
+            title: "Overview".into(),
+            nav: "/",
+            live: true,
+            body,
+        },
+    ))
+}
+
+/// Devices per system and status (online, offline, asleep, waking,
+/// disabled: [`api::STATUSES`]), and their live streams, as cards.
+fn status_cards(devices: &Value) -> String {
+    let mut per: BTreeMap<String, ([u64; api::STATUSES.len()], u64)> = BTreeMap::new();
+    for d in devices.as_array().into_iter().flatten() {
+        let (counts, streams) = per.entry(s(&d["system"])).or_default();
+        if let Some(i) = api::STATUSES.iter().position(|st| *st == status_of(d)) {
+            counts[i] += 1;
+        }
+        *streams += d["streams"].as_u64().unwrap_or(0);
+    }
+    let mut body = String::from("<div class=cards>");
+    for (system, (counts, streams)) in &per {
+        let rest: Vec<String> = api::STATUSES
+            .iter()
+            .zip(counts)
+            .skip(1)
+            .map(|(st, n)| {
+                let link = esc(&link(
+                    "/devices",
+                    &[("system", system.clone()), ("status", st.to_string())],
+                ));
+                format!("<a href=\"{link}\">{n} {st}</a>")
+            })
+            .collect();
+        let _ = write!(
+            body,
+            "<div class=card><div class=mut>system {}</div><div class=n>{} online</div>{} · {streams} streams</div>",
+            esc(system),
+            counts[0],
+            rest.join(" · ")
+        );
+    }
+    if per.is_empty() {
+        body.push_str("<div class=card>No devices yet: make an invite under <a href=/keys>Keys &amp; invites</a>.</div>");
+    }
+    body.push_str("</div>");
+    body
+}
+
+/// The latest refusals among `events` (newest first), as a table.
+fn refusals(events: &[crate::web::audit::Line]) -> String {
+    let refused: Vec<_> = events
         .iter()
         .filter(|l| l.event.result == "refused")
         .take(12)
         .collect();
-    body.push_str("<table><tr><th>Time<th>Kind<th>System<th>Key<th>Target<th>Detail</tr>");
+    let mut body = String::from(
+        "<h2>Recent refusals</h2><table><tr><th>Time<th>Kind<th>System<th>Key<th>Target<th>Detail</tr>",
+    );
     for l in &refused {
         let e = &l.event;
         let _ = write!(
@@ -101,26 +132,16 @@ pub async fn overview(
         body.push_str("<tr><td colspan=6 class=mut>none among the latest events</tr>");
     }
     body.push_str("</table>");
-    Ok(render(
-        &p,
-        &headers,
-        Page {
-            title: "Overview".into(),
-            nav: "/",
-            live: true,
-            body,
-        },
-    ))
+    body
 }
 
-pub async fn devices(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    q: Result<Query<DeviceParams>, ApiError>,
-) -> PageResult {
-    let p = who(p)?;
+pub async fn devices(v: Viewer, q: Result<Query<DeviceParams>, ApiError>) -> PageResult {
+    let Viewer {
+        web,
+        p,
+        peer,
+        headers,
+    } = v;
     let Query(q) = q.map_err(error_page)?;
     let keep = |k: &'static str, v: &Option<String>| (k, v.clone().unwrap_or_default());
     let filters = [
@@ -137,40 +158,12 @@ pub async fn devices(
     let total = list["total"].as_u64().unwrap_or(0) as usize;
     let mut body = device_filters(&filters, &sort);
     body.push_str("<div class=bar style=\"margin-bottom:8px\"><button class=danger data-batch=\"POST /api/v1/devices/{item}/disable\" data-confirm=\"Disable these devices? Their live streams close.\">Disable selected</button> <button data-batch=\"POST /api/v1/devices/{item}/enable\" data-confirm=\"Enable these devices?\">Enable selected</button></div>");
-    body.push_str("<table><tr><th><input type=checkbox class=pick-all>");
     let pairs = |extra: &[(&'static str, String)]| {
         let mut v: Vec<(&'static str, String)> = filters.to_vec();
         v.extend(extra.iter().cloned());
         v
     };
-    for (col, label) in [
-        ("name", "Name"),
-        ("system", "System"),
-        ("status", "Status"),
-        ("since", "Since"),
-        ("last_seen", "Last seen"),
-        ("address", "Address"),
-        ("streams", "Streams"),
-        ("version", "Version"),
-    ] {
-        let next = if sort == col {
-            format!("-{col}")
-        } else {
-            col.to_string()
-        };
-        let arrow = if sort == col {
-            " ▲"
-        } else if sort == format!("-{col}") {
-            " ▼"
-        } else {
-            ""
-        };
-        let _ = write!(
-            body,
-            "<th><a href=\"{}\">{label}{arrow}</a>",
-            esc(&link("/devices", &pairs(&[("sort", next)])))
-        );
-    }
+    body.push_str(&sort_headers(&filters, &sort));
     body.push_str("<th>Ports<th>Labels</tr>");
     for d in list["devices"].as_array().into_iter().flatten() {
         body.push_str(&device_row(d));
@@ -195,6 +188,38 @@ pub async fn devices(
     ))
 }
 
+/// The device table's header: each column a link that sorts by it (again:
+/// the other way round), the current sort marked.
+fn sort_headers(filters: &[(&'static str, String)], sort: &str) -> String {
+    let mut body = String::from("<table><tr><th><input type=checkbox class=pick-all>");
+    for (col, label) in [
+        ("name", "Name"),
+        ("system", "System"),
+        ("status", "Status"),
+        ("since", "Since"),
+        ("last_seen", "Last seen"),
+        ("address", "Address"),
+        ("streams", "Streams"),
+        ("version", "Version"),
+    ] {
+        let (next, arrow) = if sort == col {
+            (format!("-{col}"), " ▲")
+        } else if sort == format!("-{col}") {
+            (col.to_string(), " ▼")
+        } else {
+            (col.to_string(), "")
+        };
+        let mut pairs = filters.to_vec();
+        pairs.push(("sort", next));
+        let _ = write!(
+            body,
+            "<th><a href=\"{}\">{label}{arrow}</a>",
+            esc(&link("/devices", &pairs))
+        );
+    }
+    body
+}
+
 /// The devices page's filter form.
 fn device_filters(filters: &[(&'static str, String)], sort: &str) -> String {
     let mut body = String::from("<h1>Devices</h1><form class=bar method=get action=/devices>");
@@ -206,12 +231,10 @@ fn device_filters(filters: &[(&'static str, String)], sort: &str) -> String {
                     if v == o { " selected" } else { "" }
                 )
             };
+            let opts: String = api::STATUSES.iter().map(|o| opt(o)).collect();
             let _ = write!(
                 body,
-                "<label>status<select name=status><option value=\"\">any</option>{}{}{}</select></label>",
-                opt("online"),
-                opt("offline"),
-                opt("disabled")
+                "<label>status<select name=status><option value=\"\">any</option>{opts}</select></label>"
             );
         } else {
             let _ = write!(
@@ -285,14 +308,13 @@ fn pager(
     out
 }
 
-pub async fn device(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    Path((system, name)): Path<(String, String)>,
-) -> PageResult {
-    let p = who(p)?;
+pub async fn device(v: Viewer, Path((system, name)): Path<(String, String)>) -> PageResult {
+    let Viewer {
+        web,
+        p,
+        peer,
+        headers,
+    } = v;
     let v = api::device_detail(&web, &p, peer, &system, &name)
         .await
         .map_err(error_page)?;
@@ -319,6 +341,7 @@ pub async fn device(
         ("Version", esc(&s(&d["version"]))),
         ("Labels", esc(&labels.join(" "))),
         ("Gateway scope", esc(&scope.join(", "))),
+        ("On demand", on_demand(&d["on_demand"])),
     ] {
         let _ = write!(body, "<tr><th style=\"width:140px\">{k}<td>{val}</tr>");
     }
@@ -352,341 +375,18 @@ pub async fn device(
     ))
 }
 
-pub async fn gateways(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-) -> PageResult {
-    let p = who(p)?;
-    let list = ops::read_json(
-        &web,
-        &p,
-        peer,
-        vec!["gateway".into(), "ls".into(), "--json".into()],
-    )
-    .await
-    .map_err(error_page)?;
-    let mut body = String::from(
-        "<h1>Gateways</h1><p class=mut>Devices that reach hosts of a private network. Add one: make a device invite under <a href=/keys>Keys &amp; invites</a>.</p>\
-<div class=bar style=\"margin-bottom:8px\"><button class=danger data-batch=\"DELETE /api/v1/gateways/{item}\" data-confirm=\"Delete these gateways? Those with forwarding rules are refused.\">Delete selected</button></div>\
-<table><tr><th><input type=checkbox class=pick-all><th>Name<th>System<th>Status<th>Scope<th>Associated networks<th>Rules<th>Updated</tr>",
-    );
-    for g in list.as_array().into_iter().flatten() {
-        if p.system()
-            .is_some_and(|own| g["system"].as_str() != Some(own))
-        {
-            continue;
-        }
-        let (sys, name) = (esc(&s(&g["system"])), esc(&s(&g["name"])));
-        let join = |k: &str| {
-            g[k].as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| {
-                    if x.is_object() {
-                        s(&x["network"])
-                    } else {
-                        s(x)
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let online = if g["online"].as_bool() == Some(true) {
-            "online"
-        } else {
-            "offline"
-        };
-        let _ = write!(
-            body,
-            "<tr><td><input type=checkbox class=pick value=\"{sys}/{name}\"><td><a href=\"/gateways/{sys}/{name}\">{name}</a><td>{sys}<td>{}<td class=wrap>{}<td class=wrap>{}<td class=wrap>{}<td>{}</tr>",
-            badge(online),
-            esc(&join("scope")),
-            esc(&join("associations")),
-            esc(&join("rules")),
-            time_s(g["updated"].as_u64())
-        );
+/// An on-demand device's last reported state (issue 16: asleep until a
+/// stream wakes it), or `no`.
+fn on_demand(o: &Value) -> String {
+    if !o.is_object() {
+        return "no".into();
     }
-    body.push_str("</table>");
-    Ok(render(
-        &p,
-        &headers,
-        Page {
-            title: "Gateways".into(),
-            nav: "/gateways",
-            live: true,
-            body,
-        },
-    ))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tab {
-    pub tab: Option<String>,
-}
-
-pub async fn gateway(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    Path((system, name)): Path<(String, String)>,
-    Query(t): Query<Tab>,
-) -> PageResult {
-    let p = who(p)?;
-    let g = api::gateway_detail(&web, &p, peer, &system, &name)
-        .await
-        .map_err(error_page)?;
-    let tab = t.tab.unwrap_or_else(|| "networks".into());
-    let (sys, nm) = (esc(&system), esc(&name));
-    let online = if g["online"].as_bool() == Some(true) {
-        "online"
-    } else {
-        "offline"
-    };
-    let mut body = format!(
-        "<h1>Gateway {nm} <span class=mut>in {sys}</span> {}</h1><div class=tabs>",
-        badge(online)
-    );
-    for (k, label) in [
-        ("networks", "Scope & networks"),
-        ("rules", "Forwarding rules"),
-        ("log", "Operation log"),
-    ] {
-        let on = if tab == k { " class=on" } else { "" };
-        let _ = write!(
-            body,
-            "<a{on} href=\"/gateways/{sys}/{nm}?tab={k}\">{label}</a>"
-        );
+    let mut out = format!("yes; last reported {}", badge(&s(&o["state"])));
+    if !o["at"].is_null() {
+        let _ = write!(out, " at {}", esc(&s(&o["at"])));
     }
-    body.push_str("</div>");
-    let base = format!("/api/v1/gateways/{sys}/{nm}");
-    match tab.as_str() {
-        "rules" => body.push_str(&rules_tab(&g, &base)),
-        "log" => {
-            let q = crate::store::AuditQuery {
-                system: Some(system.clone()),
-                device: Some(name.clone()),
-                limit: 50,
-                ..Default::default()
-            };
-            let page = crate::web::audit::page(&web, q).await.map_err(error_page)?;
-            let rows: Vec<Value> = page
-                .events
-                .iter()
-                .filter_map(|l| serde_json::to_value(l).ok())
-                .collect();
-            body.push_str(&super::log::table(&rows));
-        }
-        _ => body.push_str(&networks_tab(&g, &base)),
+    if !o["reason"].is_null() {
+        let _ = write!(out, " ({})", esc(&s(&o["reason"])));
     }
-    let _ = write!(
-        body,
-        "<h2>Danger</h2><button class=danger data-action=\"DELETE {base}\" data-confirm=\"Delete gateway {nm}? Refused while it has forwarding rules.\">Delete gateway</button>"
-    );
-    Ok(render(
-        &p,
-        &headers,
-        Page {
-            title: format!("Gateway {name}"),
-            nav: "/gateways",
-            live: tab != "rules" && tab != "networks",
-            body,
-        },
-    ))
-}
-
-/// The gateway page's rules tab.
-fn rules_tab(g: &Value, base: &str) -> String {
-    let mut body = String::new();
-    body.push_str("<table><tr><th>Target<th></tr>");
-    for r in g["rules"].as_array().into_iter().flatten() {
-        let t = esc(&s(r));
-        let _ = write!(
-            body,
-            "<tr><td>{t}<td><button class=danger data-action=\"POST {base}/deny\" data-body=\"{}\" data-confirm=\"Remove the rule for {t}?\">remove</button></tr>",
-            json_attr(&serde_json::json!({"target": s(r)}))
-        );
-    }
-    let _ = write!(
-        body,
-        "</table><form class=bar data-api=\"POST {base}/allow\" style=\"margin-top:10px\"><label>target (NAME:PORT)<input name=target required></label><button>Allow</button></form>"
-    );
-    body
-}
-
-/// The gateway page's scope and networks tab, with batch dissociate.
-fn networks_tab(g: &Value, base: &str) -> String {
-    let mut body = String::new();
-    let scope: Vec<String> = g["scope"].as_array().into_iter().flatten().map(s).collect();
-    let _ = write!(
-        body,
-        "<p>Scope announced by the gateway: <b>{}</b>; address {}</p>",
-        esc(&scope.join(", ")),
-        esc(&s(&g["address"]))
-    );
-    let _ = write!(
-        body,
-        "<div class=bar style=\"margin-bottom:8px\"><button class=danger data-batch=\"POST {base}/dissociate\" data-batch-body='{{\"network\":\"{{item}}\"}}' data-confirm=\"Dissociate these networks?\">Dissociate selected</button></div>"
-    );
-    body.push_str("<table><tr><th><input type=checkbox class=pick-all><th>Associated network<th>Served<th></tr>");
-    for a in g["associations"].as_array().into_iter().flatten() {
-        let n = esc(&s(&a["network"]));
-        let served = if a["served"].as_bool() == Some(true) {
-            "yes"
-        } else {
-            "refused by the gateway's permit"
-        };
-        let _ = write!(
-            body,
-            "<tr><td><input type=checkbox class=pick value=\"{n}\"><td>{n}<td>{served}<td><button class=danger data-action=\"POST {base}/dissociate\" data-body=\"{}\" data-confirm=\"Dissociate {n}?\">dissociate</button></tr>",
-            json_attr(&serde_json::json!({"network": s(&a["network"])}))
-        );
-    }
-    let _ = write!(
-        body,
-        "</table><form class=bar data-api=\"POST {base}/associate\" style=\"margin-top:10px\"><label>network (CIDR)<input name=network required></label><button>Associate</button></form>"
-    );
-    body
-}
-
-pub async fn ports(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-) -> PageResult {
-    let p = who(p)?;
-    let list = ops::read_json(
-        &web,
-        &p,
-        peer,
-        vec!["expose".into(), "ls".into(), "--json".into()],
-    )
-    .await
-    .map_err(error_page)?;
-    let mut body = String::from(
-        "<h1>Public ports</h1><table><tr><th>Relay port<th>System<th>Device<th>Device port<th>Allow from<th>Created<th></tr>",
-    );
-    for x in list.as_array().into_iter().flatten() {
-        if p.system()
-            .is_some_and(|own| x["system"].as_str() != Some(own))
-        {
-            continue;
-        }
-        let port = s(&x["port"]);
-        let allow: Vec<String> = x["allow_from"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(s)
-            .collect();
-        let _ = write!(
-            body,
-            "<tr><td>{port}<td>{}<td>{}<td>{}<td>{}<td>{}<td><button class=danger data-action=\"DELETE /api/v1/ports/{port}\" data-confirm=\"Close public port {port}?\">remove</button></tr>",
-            esc(&s(&x["system"])),
-            esc(&s(&x["device"])),
-            esc(&s(&x["device_port"])),
-            esc(&if allow.is_empty() {
-                "anyone".into()
-            } else {
-                allow.join(", ")
-            }),
-            time_s(x["created"].as_u64())
-        );
-    }
-    body.push_str("</table><h2>Expose a device port</h2><form class=bar data-api=\"POST /api/v1/ports\" data-confirm=\"Open this port to the internet?\"><label>system<input name=system required size=8></label><label>device:port<input name=target required placeholder=dev1:22></label><label>relay port<input name=port type=number required min=1 max=65535></label><button class=primary>Expose</button></form>");
-    Ok(render(
-        &p,
-        &headers,
-        Page {
-            title: "Public ports".into(),
-            nav: "/ports",
-            live: false,
-            body,
-        },
-    ))
-}
-
-pub async fn keys(
-    State(web): State<Web>,
-    p: Result<Principal, ApiError>,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-) -> PageResult {
-    let p = who(p)?;
-    let rd = |w: &[&str]| ops::read_json(&web, &p, peer, w.iter().map(|x| x.to_string()).collect());
-    let keys = rd(&["key", "ls", "--json"]).await.map_err(error_page)?;
-    let invites = rd(&["invite", "ls", "--json"]).await.map_err(error_page)?;
-    let mine = |x: &Value| {
-        p.system()
-            .is_none_or(|own| x["system"].as_str() == Some(own))
-    };
-    let mut body = String::from(
-        "<h1>Keys &amp; invites</h1><div class=row><div><h2>Add a device, gateway or person</h2><form class=bar data-api=\"POST /api/v1/invites\" data-enroll><label>system<input name=system required size=8></label><label>role<select name=role><option>device</option><option>controller</option><option>admin</option></select></label><label>name<input name=name required size=12></label><label>valid for<input name=ttl value=1h size=5></label><button class=primary>Make invite</button></form><p class=mut>The token is shown once, with the one <code>warren enroll</code> command to run on the machine.</p></div></div>",
-    );
-    body.push_str("<h2>Keys</h2><table><tr><th>System<th>Role<th>Name<th>Type<th>Fingerprint<th>Status<th>Enrolled<th></tr>");
-    for k in keys.as_array().into_iter().flatten().filter(|k| mine(k)) {
-        let fp = s(&k["fingerprint"]);
-        let revoked = !k["revoked"].is_null();
-        let action = if revoked {
-            String::new()
-        } else {
-            format!(
-                "<button class=danger data-action=\"POST /api/v1/keys/revoke\" data-body=\"{}\" data-confirm=\"Revoke key {} ({})? Its connections close.\">revoke</button>",
-                json_attr(&serde_json::json!({"fingerprint": fp})),
-                esc(&fp),
-                esc(&s(&k["name"]))
-            )
-        };
-        let _ = write!(
-            body,
-            "<tr><td>{}<td>{}<td>{}<td>{}<td><code>{}</code><td>{}<td>{}<td>{action}</tr>",
-            esc(&s(&k["system"])),
-            esc(&s(&k["role"])),
-            esc(&s(&k["name"])),
-            esc(&s(&k["algorithm"])),
-            esc(&fp),
-            if revoked {
-                badge("revoked")
-            } else {
-                badge("ok")
-            },
-            esc(&s(&k["enrolled_via"]))
-        );
-    }
-    body.push_str("</table><h2>Invites</h2><table><tr><th>ID<th>System<th>Role<th>Name<th>Status<th>Expires<th>Used by<th></tr>");
-    for i in invites.as_array().into_iter().flatten().filter(|i| mine(i)) {
-        let id = esc(&s(&i["id"]));
-        let action = if s(&i["status"]) == "pending" {
-            format!(
-                "<button class=danger data-action=\"POST /api/v1/invites/{id}/revoke\" data-confirm=\"Revoke invite {id}?\">revoke</button>"
-            )
-        } else {
-            String::new()
-        };
-        let _ = write!(
-            body,
-            "<tr><td>{id}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{action}</tr>",
-            esc(&s(&i["system"])),
-            esc(&s(&i["role"])),
-            esc(&s(&i["name"])),
-            esc(&s(&i["status"])),
-            time_s(i["expires"].as_u64()),
-            esc(&s(&i["used_by"]))
-        );
-    }
-    body.push_str("</table>");
-    Ok(render(
-        &p,
-        &headers,
-        Page {
-            title: "Keys & invites".into(),
-            nav: "/keys",
-            live: false,
-            body,
-        },
-    ))
+    out
 }
