@@ -13,7 +13,7 @@ pub mod names;
 pub mod target;
 pub mod token;
 
-pub use address::RelayAddress;
+pub use address::{RelayAddress, RelayEndpoint};
 pub use backoff::Backoff;
 pub use cidr::Cidr;
 pub use names::{DeviceId, Name, NameError, Role};

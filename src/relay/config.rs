@@ -58,6 +58,12 @@ pub struct RelayFile {
     pub console_url: Option<String>,
     /// Address of the Prometheus `/metrics` endpoint (off when unset).
     pub metrics: Option<SocketAddr>,
+    /// The TLS port ("0.0.0.0:443"): SSH in TLS or a WebSocket, and HTTPS.
+    pub tls: Option<SocketAddr>,
+    /// Its certificate chain and key (PEM, relative to the config file);
+    /// SIGHUP reloads them.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RelayFile {
@@ -72,6 +78,8 @@ impl RelayFile {
                 &mut file.mqtt_ca,
                 &mut file.mqtt_cert,
                 &mut file.mqtt_key,
+                &mut file.tls_cert,
+                &mut file.tls_key,
             ]
             .into_iter()
             .flatten()

@@ -20,6 +20,7 @@ pub mod client;
 pub mod keys;
 pub(crate) mod proto;
 pub mod server;
+pub mod socket;
 
 /// Channel type of direct-path signalling (`crate::p2p`).
 pub const P2P_CHANNEL: &str = "p2p@warren";
@@ -27,6 +28,7 @@ pub const P2P_CHANNEL: &str = "p2p@warren";
 pub use channel::{Channel, IncomingChannel, Refusal, SpliceStats};
 pub use keys::{Fingerprint, PrivateKey, PublicKey};
 pub use proto::mux::{buffered_at_least, buffered_bytes};
+pub use socket::Socket;
 
 /// Fuzzing entry points: each runs one parser over arbitrary bytes. They
 /// must never panic (the `fuzz/` targets and the smoke test call them).

@@ -125,6 +125,7 @@ pub fn agent_settings(
         gateway: Default::default(),
         on_demand: None,
         p2p: true,
+        relay_ca: None,
     }
 }
 
