@@ -94,6 +94,15 @@
 //!   caller would; replies are taken as data, `admin::json_value`), the audit API with keyset paging and streamed
 //!   CSV (`web::audit`), sessions, tokens and CSRF (`web::auth`), the
 //!   console pages (`web::console`), and `/metrics`.
+//! - [`transport`]: how an agent or a client reaches the relay: plain TCP,
+//!   `tls://` (SSH inside TLS, ALPN `warren-ssh`) or `wss://` (inside a
+//!   WebSocket), certificate checks, HTTP proxies with `CONNECT`, and
+//!   errors that name the layer that failed. The SSH layer runs on the
+//!   [`ssh::Socket`] it returns.
+//! - [`front`]: the relay's one TLS port (`--tls`, usually 443): first bytes
+//!   `SSH-` or TLS, then ALPN: SSH (the relay's own connections, via
+//!   `Relay::admit`/`serve_connection`), or HTTP (`web`'s router, plus
+//!   WebSockets on `/ssh` carrying SSH).
 //! - [`metrics`]: the process's Prometheus metrics, counted from audit
 //!   events as they are recorded, stream setup and store calls; fixed labels.
 //! - [`cli`]: one file per subcommand; `main.rs` only dispatches.

@@ -15,6 +15,7 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use common::openssh::{Sshd, login_user, run};
+use common::tls::{Pki, make_ca, make_pki};
 use common::{TestAgent, TestRelay, echo_server, echo_through, write_file};
 use warren::protocol::Role;
 use warren::ssh::client::{self, ClientConnection, ConnectOptions, HostKeyMismatch, NoForwards};
@@ -24,40 +25,6 @@ use warren::transport::{self as transport, DialError, DialOptions, ProxyChoice};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const WARREN: &str = env!("CARGO_BIN_EXE_warren");
-
-/// A CA, and a relay certificate for `localhost` and 127.0.0.1 signed by it.
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn make_ca(
-    dir: &Path,
-    cn: &str,
-    file: &str,
-) -> (PathBuf, rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, cn);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    (write_file(dir, file, &ca.pem()), ca)
-}
-
-fn make_pki(dir: &Path) -> Pki {
-    use rcgen::{CertificateParams, DnType, KeyPair};
-    let (ca, issuer) = make_ca(dir, "warren test CA", "ca.pem");
-    let mut p = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "relay.test");
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    Pki {
-        ca,
-        cert: write_file(dir, "relay.pem", &cert.pem()),
-        key: write_file(dir, "relay.key", &key.serialize_pem()),
-    }
-}
 
 /// A relay with its TLS port (console on) and the PKI it uses.
 struct Lab {
@@ -79,7 +46,7 @@ impl Lab {
         let relay = TestRelay::start().await;
         relay.add_system("tau");
         let dir = tempfile::tempdir().unwrap();
-        let pki = make_pki(dir.path());
+        let pki = make_pki(dir.path(), &["localhost", "127.0.0.1"]);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tls = listener.local_addr().unwrap();
         let certs = warren::transport::tls::CertFiles::load(&pki.cert, &pki.key).unwrap();
@@ -481,17 +448,9 @@ async fn tinyproxy_carries_tls_and_websockets_with_and_without_credentials() {
     assert!(log.contains("CONNECT"), "tinyproxy saw no CONNECT: {log}");
 }
 
-#[tokio::test]
-async fn stock_ssh_with_the_generated_stanza_runs_scp_and_rsync() {
-    let lab = Lab::start().await;
-    let sshd = Sshd::start().await;
-    let _agent = lab
-        .device(
-            &lab.tls_url(),
-            "dev1",
-            &[format!("22=127.0.0.1:{}", sshd.port)],
-        )
-        .await;
+/// `warren ssh-config --tls` for dev1 over wss://, completed into an ssh
+/// config with the device's login key and known host.
+async fn generated_config(lab: &Lab, sshd: &Sshd) -> PathBuf {
     let dir = lab.dir.path();
     let alice = lab
         .relay
@@ -527,7 +486,7 @@ async fn stock_ssh_with_the_generated_stanza_runs_scp_and_rsync() {
         "known_hosts",
         &format!("dev1.tau.warren {}\n", sshd.host_pub),
     );
-    let config = write_file(
+    write_file(
         dir,
         "ssh_config",
         &format!(
@@ -536,7 +495,22 @@ async fn stock_ssh_with_the_generated_stanza_runs_scp_and_rsync() {
             sshd.user_key.display(),
             known.display()
         ),
-    );
+    )
+}
+
+#[tokio::test]
+async fn stock_ssh_with_the_generated_stanza_runs_scp_and_rsync() {
+    let lab = Lab::start().await;
+    let sshd = Sshd::start().await;
+    let _agent = lab
+        .device(
+            &lab.tls_url(),
+            "dev1",
+            &[format!("22=127.0.0.1:{}", sshd.port)],
+        )
+        .await;
+    let config = generated_config(&lab, &sshd).await;
+    let dir = lab.dir.path();
     let r = run(
         Command::new("ssh")
             .arg("-F")

@@ -164,6 +164,17 @@ impl AgentSettings {
     }
 }
 
+impl AgentSettings {
+    /// How the agent reaches the relay (its CA; the proxy from the
+    /// environment).
+    pub fn dial_options(&self) -> crate::transport::DialOptions {
+        crate::transport::DialOptions {
+            ca: self.relay_ca.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// `relay` as written: one address, or the relays of a cluster separated
 /// by commas, tried in turn (each may also be a name with several addresses).
 fn relay_list(s: &str) -> Result<String> {

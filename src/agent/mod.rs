@@ -288,11 +288,7 @@ async fn session(
     let relays: Vec<String> = settings.relay.split(',').map(str::to_string).collect();
     let relay = relays[turn % relays.len().max(1)].clone();
     tracing::info!(%relay, "connecting to relay");
-    let dial = crate::transport::DialOptions {
-        ca: settings.relay_ca.clone(),
-        ..Default::default()
-    };
-    let tcp = match crate::transport::dial(&relay, &dial).await {
+    let tcp = match crate::transport::dial(&relay, &settings.dial_options()).await {
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };

@@ -493,6 +493,10 @@ fn reload(relay: &Relay, path: &std::path::Path, started: &RelayFile, ports_by_f
     if new.require_strict_kex != started.require_strict_kex {
         restart.push("require_strict_kex");
     }
+    if new.tls != started.tls {
+        // The certificate files are re-read on every SIGHUP; the port is not.
+        restart.push("tls");
+    }
     if !restart.is_empty() {
         tracing::warn!(
             "config reload: {} changed; that takes a restart (kept the running values)",

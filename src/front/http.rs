@@ -55,7 +55,11 @@ where
             let mut router = router.clone();
             async move { tower_service::Service::call(&mut router, req).await }
         });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // With a timer, hyper drops a client that takes more than 30 s to send
+    // its request headers (slowloris).
+    builder.http1().timer(hyper_util::rt::TokioTimer::new());
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::select! {
         r = conn => if let Err(e) = r {
@@ -105,7 +109,12 @@ async fn upgrade(relay: Arc<Relay>, peer: SocketAddr, mut req: Request) -> Respo
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(crate::transport::ws::config()),
+        )
+        .await;
         match crate::transport::ws::bridge(ws) {
             Ok(socket) => r.serve_connection(socket, peer, admitted).await,
             Err(e) => tracing::warn!(%peer, error = %e, "no socket pair for a WebSocket"),

@@ -15,13 +15,24 @@ use crate::ssh::socket::Socket;
 
 /// Largest message we send: what one read of the SSH side gives, at most.
 const MAX_MESSAGE: usize = 64 * 1024;
+/// Largest message or frame we take: the peer's messages are SSH bytes in
+/// pieces of its choosing; this bounds what one connection may make us
+/// hold (tungstenite's default is 64 MiB).
+const MAX_INCOMING: usize = 1024 * 1024;
+
+/// The WebSocket settings of both ends.
+pub fn config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_INCOMING))
+        .max_frame_size(Some(MAX_INCOMING))
+}
 
 /// The client's upgrade on `stream` (TLS to the relay) at `url`.
 pub async fn client<S>(url: &str, stream: S) -> Result<WebSocketStream<S>, DialError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio_tungstenite::client_async(url, stream).await {
+    match tokio_tungstenite::client_async_with_config(url, stream, Some(config())).await {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(r)) => Err(DialError::WebSocketRefused {
             url: url.to_string(),

@@ -521,6 +521,7 @@ pub mod mosquitto;
 pub mod netns;
 pub mod openssh;
 pub mod postgres;
+pub mod tls;
 
 impl TestRelay {
     /// Like [`TestRelay::add_key`], also writing the private key to a file
