@@ -640,3 +640,63 @@ async fn a_reloaded_certificate_is_served_to_new_connections() {
     std::fs::write(&lab.pki.key, "not a key").unwrap();
     assert!(certs.reload().is_err());
 }
+
+#[tokio::test]
+async fn the_relay_binary_serves_tls_from_its_config_file_and_reloads_it_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = make_pki(d, &["localhost"]);
+    common::cli::blocking::fails(
+        &[
+            "relay",
+            "--tls",
+            "127.0.0.1:0",
+            "--data",
+            common::cli::p(&d.join("x")),
+        ],
+        "--tls needs --cert FILE and --key FILE",
+    );
+    let tls_port = common::closed_port().await;
+    let cfg = write_file(
+        d,
+        "relay.toml",
+        &format!(
+            "tls = \"127.0.0.1:{tls_port}\"\ntls_cert = \"relay.pem\"\ntls_key = \"relay.key\"\n"
+        ),
+    );
+    let mut relay = common::cli::RelayProcess::start(
+        &[],
+        0,
+        &["--config", common::cli::p(&cfg)],
+        &d.join("data"),
+    )
+    .await;
+    let url = format!("tls://localhost:{tls_port}");
+    let with = |ca: &Path| DialOptions {
+        ca: Some(ca.to_path_buf()),
+        proxy: ProxyChoice::Direct,
+        ..Default::default()
+    };
+    transport::dial(&url, &with(&pki.ca)).await.unwrap();
+    // A certificate from another CA written over the files, then SIGHUP.
+    let (next_ca, issuer) = make_ca(d, "next CA", "next-ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(&pki.cert, cert.pem()).unwrap();
+    std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+    let pid = relay.child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    relay.line(&["TLS certificate reloaded"]).await;
+    let e = transport::dial(&url, &with(&pki.ca)).await.unwrap_err();
+    assert!(matches!(e, DialError::CertUntrusted { .. }), "{e}");
+    transport::dial(&url, &with(&next_ca)).await.unwrap();
+}

@@ -180,6 +180,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_port_settings_resolve_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relay.toml");
+        std::fs::write(
+            &p,
+            "tls = \"0.0.0.0:443\"\ntls_cert = \"tls/fullchain.pem\"\ntls_key = \"/etc/k.pem\"\n",
+        )
+        .unwrap();
+        let f = RelayFile::load(&p).unwrap();
+        assert_eq!(f.tls, Some("0.0.0.0:443".parse().unwrap()));
+        assert_eq!(f.tls_cert.unwrap(), dir.path().join("tls/fullchain.pem"));
+        assert_eq!(f.tls_key.unwrap(), std::path::PathBuf::from("/etc/k.pem"));
+        std::fs::write(&p, "tls = \"443\"\n").unwrap();
+        assert!(RelayFile::load(&p).is_err(), "an address with its IP");
+    }
+
+    #[test]
     fn config_file_is_checked() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("relay.toml");
