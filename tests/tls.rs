@@ -700,3 +700,17 @@ async fn the_relay_binary_serves_tls_from_its_config_file_and_reloads_it_on_sigh
     assert!(matches!(e, DialError::CertUntrusted { .. }), "{e}");
     transport::dial(&url, &with(&next_ca)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_websocket_refused_by_the_server_is_named_with_its_status() {
+    let lab = Lab::start().await;
+    let url = format!("wss://localhost:{}/nope", lab.tls.port());
+    let e = transport::dial(&url, &lab.dial_options())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DialError::WebSocketRefused { .. }), "{e}");
+    assert!(
+        e.to_string().ends_with("refused: HTTP 404 Not Found"),
+        "{e}"
+    );
+}

@@ -105,6 +105,8 @@ pub enum DialError {
     AlpnNotOffered { host: String, wanted: String },
     #[error("TLS: handshake with {host} failed: {why}")]
     Tls { host: String, why: String },
+    #[error("TLS: cannot check the relay's certificate: {0}")]
+    Roots(String),
     #[error("WebSocket: upgrade at {url} refused: HTTP {status}")]
     WebSocketRefused { url: String, status: String },
     #[error("WebSocket: {url}: {why}")]
@@ -130,6 +132,7 @@ impl DialError {
             DialError::CertUntrusted { .. } => "certificate_untrusted",
             DialError::AlpnNotOffered { .. } => "alpn_not_offered",
             DialError::Tls { .. } => "tls",
+            DialError::Roots(_) => "tls_roots",
             DialError::WebSocketRefused { .. } => "websocket_refused",
             DialError::WebSocket { .. } => "websocket",
             DialError::TimedOut { .. } => "timed_out",
@@ -251,6 +254,53 @@ mod tests {
         assert!(matches!(e, DialError::TcpRefused { .. }), "{e}");
         assert!(e.to_string().starts_with("TCP: connection to"), "{e}");
         assert_eq!(e.code(), "tcp_refused");
+    }
+
+    #[test]
+    fn every_layer_is_named_in_its_message() {
+        let cases = [
+            (
+                DialError::CertUntrusted {
+                    host: "r".into(),
+                    reason: "expired".into(),
+                    subject: "CN=r".into(),
+                    issuer: "CN=ca".into(),
+                },
+                "TLS: the certificate of r is not trusted (expired); subject CN=r, issuer CN=ca",
+            ),
+            (
+                DialError::AlpnNotOffered {
+                    host: "r".into(),
+                    wanted: "warren-ssh".into(),
+                },
+                "TLS: r did not offer ALPN warren-ssh",
+            ),
+            (
+                DialError::WebSocketRefused {
+                    url: "wss://r:443/ssh".into(),
+                    status: "403 Forbidden".into(),
+                },
+                "WebSocket: upgrade at wss://r:443/ssh refused: HTTP 403 Forbidden",
+            ),
+            (
+                DialError::TcpTimedOut {
+                    addr: "r:443".into(),
+                    after: Duration::from_secs(20),
+                },
+                "TCP: connecting to r:443 timed out after 20s",
+            ),
+        ];
+        for (e, start) in cases {
+            assert!(e.to_string().starts_with(start), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named() {
+        let ca = std::path::Path::new("/nonexistent/ca.pem");
+        let e = tls::client_config(Some(ca), &[ALPN_SSH]).unwrap_err();
+        assert!(matches!(e, DialError::Roots(_)), "{e}");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[tokio::test]

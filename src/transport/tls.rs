@@ -113,10 +113,7 @@ pub fn client_config(
     ca: Option<&Path>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ClientConfig>, DialError> {
-    let bad = |why: String| DialError::Tls {
-        host: "(setup)".into(),
-        why,
-    };
+    let bad = DialError::Roots;
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(ca) => {
@@ -162,13 +159,18 @@ pub async fn connect(
         host: host.to_string(),
         why: format!("not a host name for TLS: {e}"),
     })?;
+    let wanted = config
+        .alpn_protocols
+        .first()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
     tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
-        .map_err(|e| handshake_error(host, e))
+        .map_err(|e| handshake_error(host, &wanted, e))
 }
 
-fn handshake_error(host: &str, e: std::io::Error) -> DialError {
+fn handshake_error(host: &str, wanted: &str, e: std::io::Error) -> DialError {
     let tls = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
@@ -186,7 +188,7 @@ fn handshake_error(host: &str, e: std::io::Error) -> DialError {
         Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)) => {
             return DialError::AlpnNotOffered {
                 host: host.to_string(),
-                wanted: "warren-ssh".into(),
+                wanted: wanted.to_string(),
             };
         }
         _ => {}
