@@ -234,6 +234,7 @@ async fn hop(a: &Args) -> Result<Vec<Path>> {
         gateway: Default::default(),
         on_demand: None,
         p2p: true,
+        relay_ca: None,
     };
     tokio::spawn(agent::run(settings, stop.clone(), Some(tx)));
     while events.recv().await.context("agent stopped")? != AgentEvent::Online {}

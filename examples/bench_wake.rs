@@ -282,6 +282,7 @@ async fn wake_phase(
         gateway: Default::default(),
         on_demand: Some(od.clone()),
         p2p: true,
+        relay_ca: None,
     };
     let (tx, mut events) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();

@@ -294,6 +294,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report> {
             gateway: Default::default(),
             on_demand: None,
             p2p: true,
+            relay_ca: None,
         };
         let (tx, _) = (tx.clone(), ());
         let (etx, mut erx) = mpsc::unbounded_channel();

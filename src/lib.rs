@@ -99,6 +99,15 @@
 //!   (`web::auth`), the console pages (`web::console`: overview and
 //!   devices in `pages`, gateways and ports, keys and the add-a-machine
 //!   flow, the log), and `/metrics`.
+//! - [`transport`]: how an agent or a client reaches the relay: plain TCP,
+//!   `tls://` (SSH inside TLS, ALPN `warren-ssh`) or `wss://` (inside a
+//!   WebSocket), certificate checks, HTTP proxies with `CONNECT`, and
+//!   errors that name the layer that failed. The SSH layer runs on the
+//!   [`ssh::Socket`] it returns.
+//! - [`front`]: the relay's one TLS port (`--tls`, usually 443): first bytes
+//!   `SSH-` or TLS, then ALPN: SSH (the relay's own connections, via
+//!   `Relay::admit`/`serve_connection`), or HTTP (`web`'s router, plus
+//!   WebSockets on `/ssh` carrying SSH).
 //! - [`metrics`]: the process's Prometheus metrics, counted from audit
 //!   events as they are recorded, stream setup and store calls; fixed
 //!   labels; text 0.0.4, or OpenMetrics when asked (`metrics::openmetrics`).
@@ -117,6 +126,7 @@ pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod files;
+pub mod front;
 pub mod fuzz;
 pub mod metrics;
 pub mod mqtt;
@@ -127,4 +137,5 @@ pub mod relay;
 pub mod render;
 pub mod ssh;
 pub mod store;
+pub mod transport;
 pub mod web;

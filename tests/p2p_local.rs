@@ -57,6 +57,7 @@ fn tunnel(r: &TestRelay, mode: Mode) -> Arc<Tunnel> {
         key,
         relay_host_key: r.host_key(),
         socks_auth: None,
+        relay_ca: None,
     };
     let mut t = Tunnel::start(settings, r.stop.clone(), None);
     t.set_p2p(mode);
@@ -230,6 +231,7 @@ async fn require_fails_without_a_direct_path_and_off_never_tries() {
             key,
             relay_host_key: r.host_key(),
             socks_auth: None,
+            relay_ca: None,
         };
         let mut t = Tunnel::start(settings, r.stop.clone(), None);
         t.set_p2p(Mode::Off);

@@ -77,6 +77,7 @@ impl World {
             key: Arc::new(keys::read_private(&self.alice).unwrap()),
             relay_host_key: self.relay.host_key(),
             socks_auth: None,
+            relay_ca: None,
         }
     }
 
@@ -347,6 +348,7 @@ async fn forwards_over_a_host_range_survive_a_relay_restart() {
         key,
         relay_host_key: relay.host_key(),
         socks_auth: None,
+        relay_ca: None,
     };
     let planned = forward::plan(
         &["red00[1-3]:80=127.0.0.1:0".to_string()],

@@ -450,7 +450,10 @@ async fn a_key_added_through_the_api_logs_in_and_bad_keys_change_nothing() {
         .await;
     assert_eq!(got, 200, "{reply}");
     let fp = warren::ssh::keys::fingerprint(key.public_key());
-    assert!(reply["message"].as_str().unwrap().contains(fp.as_str()), "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains(fp.as_str()),
+        "{reply}"
+    );
     let (_, keys) = w.get(&admin, "api/v1/keys").await;
     assert_eq!(keys[0]["fingerprint"], fp.as_str());
     assert_eq!(keys[0]["role"], "controller");

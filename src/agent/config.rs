@@ -19,8 +19,13 @@ use crate::ssh::keys::{self, PrivateKey};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
-    /// `HOST:PORT` of the relay (port 2222 if omitted).
+    /// `HOST:PORT` of the relay (port 2222 if omitted), `tls://HOST:443`
+    /// (SSH inside TLS) or `wss://HOST/ssh` (inside a WebSocket).
     pub relay: String,
+    /// A CA (PEM) that signs the relay's TLS certificate, instead of the
+    /// system's roots (relative to the config file).
+    #[serde(default)]
+    pub relay_ca: Option<PathBuf>,
     /// System (tenant) name.
     pub system: String,
     /// This device's name.
@@ -66,6 +71,8 @@ pub struct AgentSettings {
     pub name: Name,
     pub key: Arc<PrivateKey>,
     pub relay_host_key: String,
+    /// CA of the relay's TLS certificate (`relay_ca`); `None`: system roots.
+    pub relay_ca: Option<PathBuf>,
     pub allow: AllowList,
     pub dead_after: Duration,
     pub labels: BTreeMap<String, String>,
@@ -86,6 +93,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("name", &self.name)
             .field("key", &keys::fingerprint(self.key.public_key()))
             .field("relay_host_key", &self.relay_host_key)
+            .field("relay_ca", &self.relay_ca)
             .field("allow", &self.allow)
             .field("dead_after", &self.dead_after)
             .field("labels", &self.labels)
@@ -146,12 +154,24 @@ impl AgentSettings {
             name,
             key: Arc::new(key),
             relay_host_key: keys::parse_fingerprints(&file.relay_host_key)?,
+            relay_ca: file.relay_ca.map(|ca| base.join(ca)),
             allow,
             dead_after,
             labels,
             gateway,
             p2p: file.p2p.unwrap_or(true),
         })
+    }
+}
+
+impl AgentSettings {
+    /// How the agent reaches the relay (its CA; the proxy from the
+    /// environment).
+    pub fn dial_options(&self) -> crate::transport::DialOptions {
+        crate::transport::DialOptions {
+            ca: self.relay_ca.clone(),
+            ..Default::default()
+        }
     }
 }
 

@@ -86,18 +86,15 @@ async fn relay_checks(s: &AgentSettings, checks: &mut Vec<Check>) {
     let started = Instant::now();
     // A cluster's list: the first relay (the agent moves on from it).
     let relay = s.relay.split(',').next().unwrap_or_default();
-    let tcp = match tokio::time::timeout(DOCTOR_CHECK_TIMEOUT, TcpStream::connect(relay)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            checks.push(check("relay reachable", false, format!("{relay}: {e}")));
-            return;
-        }
-        Err(_) => {
-            checks.push(check(
-                "relay reachable",
-                false,
-                format!("{relay}: no answer within {DOCTOR_CHECK_TIMEOUT:?}"),
-            ));
+    let dial = crate::transport::DialOptions {
+        ca: s.relay_ca.clone(),
+        timeout: DOCTOR_CHECK_TIMEOUT,
+        ..Default::default()
+    };
+    let tcp = match crate::transport::dial(relay, &dial).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            checks.push(check("relay reachable", false, e.to_string()));
             return;
         }
     };

@@ -20,9 +20,7 @@ use gateway::GatewayState;
 
 use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::gateway::{ANNOUNCE_COMMAND, Associations, CONTROL_ADDRESS, list};
-use crate::protocol::limits::{
-    BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, STREAM_OPEN_TIMEOUT, TARGET_CONNECT_TIMEOUT,
-};
+use crate::protocol::limits::{BACKOFF_RESET_AFTER, STREAM_OPEN_TIMEOUT, TARGET_CONNECT_TIMEOUT};
 use crate::protocol::{AllowList, Backoff, Name, Target};
 use crate::ssh::client::{self, ConnectOptions, ForwardedHandler};
 use crate::ssh::{IncomingChannel, Refusal, keys};
@@ -290,9 +288,9 @@ async fn session(
     let relays: Vec<String> = settings.relay.split(',').map(str::to_string).collect();
     let relay = relays[turn % relays.len().max(1)].clone();
     tracing::info!(%relay, "connecting to relay");
-    let tcp = match client::dial(&relay, HANDSHAKE_TIMEOUT).await {
+    let tcp = match crate::transport::dial(&relay, &settings.dial_options()).await {
         Ok(s) => s,
-        Err(e) => return format!("{e:#}"),
+        Err(e) => return e.to_string(),
     };
     let opts = ConnectOptions {
         user: settings.system.to_string(),

@@ -78,6 +78,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode> {
         gateway: Default::default(),
         on_demand: None,
         p2p: true,
+        relay_ca: None,
     };
     let (tx, mut events) = mpsc::unbounded_channel();
     let agent_task = tokio::spawn(agent::run(settings, stop.clone(), Some(tx)));
@@ -131,6 +132,7 @@ async fn controller_steps(
         key: std::sync::Arc::new(keys::read_private(&base.join("alice_key"))?),
         relay_host_key: relay_host_key.to_string(),
         socks_auth: None,
+        relay_ca: None,
     };
     let conn = client::connect(&client_settings).await?;
     let channel = conn.open("dev1", u32::from(service_port)).await?;

@@ -92,9 +92,15 @@ pub struct ClientArgs {
     /// Client config file [default: ~/.config/warren/client.toml].
     #[arg(long, env = "WARREN_CLIENT_CONFIG")]
     pub client_config: Option<PathBuf>,
-    /// Relay address, HOST[:PORT] (port 2222 by default).
+    /// Relay address: HOST[:PORT] (port 2222 by default), tls://HOST[:PORT]
+    /// (SSH inside TLS, port 443 by default) or wss://HOST[:PORT]/ssh (inside
+    /// a WebSocket). TLS goes through HTTPS_PROXY when set (minus NO_PROXY).
     #[arg(long, env = "WARREN_RELAY")]
     pub relay: Option<String>,
+    /// CA (PEM) that signs the relay's TLS certificate [default: the
+    /// system's roots].
+    #[arg(long, env = "WARREN_RELAY_CA")]
+    pub ca: Option<PathBuf>,
     /// System (tenant) name: the SSH user at the relay.
     #[arg(long, env = "WARREN_SYSTEM")]
     pub system: Option<String>,
@@ -114,6 +120,7 @@ impl ClientArgs {
             system: self.system.clone(),
             key: self.key.clone(),
             relay_host_key: self.relay_host_key.clone(),
+            relay_ca: self.ca.clone(),
         }
     }
 }

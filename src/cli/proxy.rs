@@ -14,10 +14,16 @@ use crate::protocol::Name;
 pub struct ProxyArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Device name (ssh's %h).
-    pub host: String,
+    /// Device name (ssh's %h). Without it (and --tls): stdin/stdout carry
+    /// the relay's own SSH port, for `ssh -o ProxyCommand=…` to the relay.
+    #[arg(required_unless_present = "tls", requires = "port")]
+    pub host: Option<String>,
     /// Port on the device (ssh's %p).
-    pub port: u16,
+    pub port: Option<u16>,
+    /// Reach the relay over TLS: a HOST[:PORT] relay address becomes
+    /// tls://HOST:443 (tls:// and wss:// addresses are used as they are).
+    #[arg(long)]
+    pub tls: bool,
     /// Direct paths to devices: `prefer` (used when one comes up, else the
     /// relay), `off` (always the relay) or `require` (fail without one). A direct path is used if up within 500 ms.
     #[arg(long, default_value = "prefer", value_name = "prefer|off|require")]
@@ -58,8 +64,48 @@ pub struct LogCmdArgs {
 }
 
 pub async fn proxy(a: ProxyArgs) -> Result<ExitCode> {
-    let settings = ClientSettings::resolve(&a.client.overrides())?;
-    client::proxy(&settings, &a.host, a.port, a.p2p).await?;
+    if a.tls && a.host.is_none() {
+        return relay_pipe(&a.client).await;
+    }
+    let mut settings = ClientSettings::resolve(&a.client.overrides())?;
+    if a.tls {
+        settings.relay = crate::protocol::RelayEndpoint::parse(&settings.relay)?
+            .over_tls()
+            .to_string();
+    }
+    let (Some(host), Some(port)) = (a.host, a.port) else {
+        anyhow::bail!("give the device and port (ssh's %h %p)");
+    };
+    client::proxy(&settings, &host, port, a.p2p).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warren proxy --tls` without a device: stdin/stdout to the relay's SSH
+/// server over TLS or a WebSocket (stock ssh then pins the relay's host
+/// key in its known_hosts). Needs only the relay address (and its CA).
+async fn relay_pipe(c: &super::ClientArgs) -> Result<ExitCode> {
+    let relay = c
+        .relay
+        .clone()
+        .context("no relay: give --relay tls://HOST:443 (or WARREN_RELAY)")?;
+    let relay = crate::protocol::RelayEndpoint::parse(&relay)?.over_tls();
+    let o = crate::transport::DialOptions {
+        ca: c.ca.clone(),
+        ..Default::default()
+    };
+    let socket = crate::transport::dial(&relay.to_string(), &o).await?;
+    let (mut r, mut w) = tokio::io::split(socket);
+    let (mut stdin, mut stdout) = (tokio::io::stdin(), tokio::io::stdout());
+    let up = async {
+        let _ = tokio::io::copy(&mut stdin, &mut w).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut r, &mut stdout).await;
+        let _ = tokio::io::AsyncWriteExt::flush(&mut stdout).await;
+    };
+    // stdin ending only half-closes: the relay's answer still comes.
+    tokio::join!(up, down);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -112,6 +112,18 @@ pub struct RelayArgs {
     /// Serve Prometheus metrics at /metrics on this address (off by default).
     #[arg(long, env = "WARREN_METRICS")]
     pub metrics: Option<SocketAddr>,
+    /// One TLS port for networks that let only web traffic out, e.g.
+    /// 0.0.0.0:443: SSH inside TLS (ALPN warren-ssh), plain SSH, HTTPS to
+    /// the console and API (with --http), and SSH in a WebSocket on /ssh.
+    /// Needs --cert and --key; SIGHUP reloads them.
+    #[arg(long, env = "WARREN_TLS")]
+    pub tls: Option<SocketAddr>,
+    /// The TLS port's certificate chain (PEM).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// The TLS port's private key (PEM).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
 }
 
 /// `--mqtt` and its companions (flags win over the config file).
@@ -168,7 +180,6 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         Some(path) => RelayFile::load(path)?,
         None => RelayFile::default(),
     };
-    let wake = wake_options(&a, &file)?;
     let listen = a
         .listen
         .or(file.listen)
@@ -181,34 +192,74 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         metrics: a.metrics,
         console_url: a.console_url.clone(),
     };
+    let http_on = http.http.is_some() || file.http.is_some();
     let ports_by_flag = !a.public_ports.is_empty();
-    let public_ports = if ports_by_flag {
-        PortRanges::parse(&a.public_ports).context("--public-ports")?
-    } else {
-        PortRanges::parse(file.public_ports.as_deref().unwrap_or_default())?
-    };
-    // Checked by RelayFile::load; parsed again here for the values.
-    let ciphers = match (a.ciphers, &file.ciphers) {
-        (Some(c), _) => c,
-        (None, Some(c)) => c.parse().map_err(anyhow::Error::msg)?,
-        (None, None) => Ciphers::default(),
-    };
-    let kex_algorithms = match (a.kex_algorithms, &file.kex_algorithms) {
-        (Some(k), _) => k,
-        (None, Some(k)) => k.parse().map_err(anyhow::Error::msg)?,
-        (None, None) => KexAlgorithms::default(),
-    };
     // Bound now (a taken port fails before anything else), but listening
     // only once the store is open and migrated: a script that waits for the
     // port and then runs `warren admin` must find the database ready.
     let socket = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let bound = socket.local_addr()?;
+    let tls = tls_port(&a, &file).await?;
+    let (discovery, options) = relay_options(&a, &file, bound).await?;
+    let server = Relay::open(&data, options)?;
+    let http = http_listeners(&http, &file, server.relay()).await?;
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        stop.cancel();
+    });
+    if let Some(path) = a.config.clone() {
+        let r = server.relay().clone();
+        let started = file;
+        super::on_sighup(shutdown.clone(), move || {
+            reload(&r, &path, &started, ports_by_flag)
+        })?;
+    }
+    if let Some(d) = discovery {
+        tokio::spawn(d.serve(shutdown.clone()));
+    }
+    if let Some(t) = tls {
+        t.spawn(server.relay(), http_on, &shutdown)?;
+    }
+    http.spawn(server.relay(), &shutdown);
+    server.serve(listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The relay's options from the flags and the file (flags win), and UDP
+/// discovery bound beside the SSH port at `bound`.
+async fn relay_options(
+    a: &RelayArgs,
+    file: &RelayFile,
+    bound: SocketAddr,
+) -> Result<(Option<Discovery>, RelayOptions)> {
+    let wake = wake_options(a, file)?;
+    let public_ports = if a.public_ports.is_empty() {
+        PortRanges::parse(file.public_ports.as_deref().unwrap_or_default())?
+    } else {
+        PortRanges::parse(&a.public_ports).context("--public-ports")?
+    };
+    // Checked by RelayFile::load; parsed again here for the values.
+    let ciphers = match (&a.ciphers, &file.ciphers) {
+        (Some(c), _) => c.clone(),
+        (None, Some(c)) => c.parse().map_err(anyhow::Error::msg)?,
+        (None, None) => Ciphers::default(),
+    };
+    let kex_algorithms = match (&a.kex_algorithms, &file.kex_algorithms) {
+        (Some(k), _) => k.clone(),
+        (None, Some(k)) => k.parse().map_err(anyhow::Error::msg)?,
+        (None, None) => KexAlgorithms::default(),
+    };
     let (discovery, udp_port) =
         udp_discovery(a.udp.as_deref().or(file.udp.as_deref()), bound).await?;
     let forbid_direct = forbid_direct(&a.forbid_direct, file.forbid_direct.as_deref())?;
-    let advertise = match a.advertise {
+    let advertise = match &a.advertise {
         Some(addr) => Some(
-            crate::protocol::RelayAddress::parse(&addr)
+            crate::protocol::RelayAddress::parse(addr)
                 .map(crate::protocol::RelayAddress::into_string)
                 .context("--advertise")?,
         ),
@@ -231,30 +282,66 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         device_rate: default_rate("--device-rate", &a.device_rate, &file.device_rate)?,
         ..RelayOptions::default()
     };
-    let server = Relay::open(&data, options)?;
-    let http = http_listeners(&http, &file, server.relay()).await?;
-    let listener = socket
-        .listen(LISTEN_BACKLOG)
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        super::shutdown_signal().await;
-        stop.cancel();
-    });
-    if let Some(path) = a.config.clone() {
-        let r = server.relay().clone();
-        let started = file;
-        super::on_sighup(shutdown.clone(), move || {
-            reload(&r, &path, &started, ports_by_flag)
+    Ok((discovery, options))
+}
+
+/// The TLS port (`--tls`), bound before the relay serves, with its
+/// certificate loaded (a bad certificate fails the start).
+struct TlsPort {
+    listener: tokio::net::TcpListener,
+    certs: std::sync::Arc<crate::transport::tls::CertFiles>,
+}
+
+async fn tls_port(a: &RelayArgs, file: &RelayFile) -> Result<Option<TlsPort>> {
+    let Some(addr) = a.tls.or(file.tls) else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (
+        a.cert.clone().or(file.tls_cert.clone()),
+        a.key.clone().or(file.tls_key.clone()),
+    ) else {
+        anyhow::bail!(
+            "--tls needs --cert FILE and --key FILE (PEM; tls_cert and tls_key in the config file)"
+        );
+    };
+    let certs = crate::transport::tls::CertFiles::load(&cert, &key).context("--tls")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--tls)"))?;
+    Ok(Some(TlsPort { listener, certs }))
+}
+
+impl TlsPort {
+    /// Serves the port; SIGHUP reloads its certificate and key.
+    fn spawn(
+        self,
+        relay: &std::sync::Arc<Relay>,
+        http_on: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let certs = self.certs.clone();
+        super::on_sighup(shutdown.clone(), move || match certs.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => tracing::error!(
+                "SIGHUP: TLS certificate not reloaded, keeping the running one: {e:#}"
+            ),
         })?;
+        let web = http_on.then(|| crate::web::Web {
+            relay: relay.clone(),
+            secure: true,
+        });
+        let front = crate::front::Front {
+            certs: self.certs,
+            web,
+        };
+        let (r, stop) = (relay.clone(), shutdown.clone());
+        relay.spawn(async move {
+            if let Err(e) = crate::front::serve(r, self.listener, front, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "TLS port stopped");
+            }
+        });
+        Ok(())
     }
-    if let Some(d) = discovery {
-        tokio::spawn(d.serve(shutdown.clone()));
-    }
-    http.spawn(server.relay(), &shutdown);
-    server.serve(listener, shutdown).await?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Binds UDP discovery: `spec` (an address, or `off`), by default the SSH
@@ -424,6 +511,10 @@ fn reload(relay: &Relay, path: &std::path::Path, started: &RelayFile, ports_by_f
     }
     if new.require_strict_kex != started.require_strict_kex {
         restart.push("require_strict_kex");
+    }
+    if new.tls != started.tls {
+        // The certificate files are re-read on every SIGHUP; the port is not.
+        restart.push("tls");
     }
     if !restart.is_empty() {
         tracing::warn!(

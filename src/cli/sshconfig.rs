@@ -28,6 +28,10 @@ pub struct SshConfigArgs {
     /// Prefix for each `Host` alias (e.g. `tau-` for `ssh tau-dev1`).
     #[arg(long, default_value = "")]
     pub prefix: String,
+    /// Reach the relay over TLS in the ProxyCommand: a HOST[:PORT] relay
+    /// address becomes tls://HOST:443 (tls:// and wss:// stay as they are).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Args)]
@@ -52,7 +56,12 @@ fn warren_exe() -> Result<PathBuf> {
 }
 
 pub async fn ssh_config(a: SshConfigArgs) -> Result<ExitCode> {
-    let s = ClientSettings::resolve(&a.client.overrides())?;
+    let mut s = ClientSettings::resolve(&a.client.overrides())?;
+    if a.tls {
+        s.relay = crate::protocol::RelayEndpoint::parse(&s.relay)?
+            .over_tls()
+            .to_string();
+    }
     let devices = if a.all {
         all_devices(&s).await?
     } else {

@@ -15,7 +15,6 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::device_info::check_labels;
-use crate::protocol::limits::HANDSHAKE_TIMEOUT;
 use crate::protocol::token::{ENROLL_USER, Invite};
 use crate::protocol::{Name, Role};
 use crate::ssh::client::{self, ConnectOptions, NoForwards};
@@ -98,7 +97,7 @@ pub async fn enroll(req: &EnrollRequest) -> Result<Enrolled> {
     let key = Arc::new(keys::generate_ed25519()?);
     // A cluster's token lists every relay: enroll at the first.
     let first = invite.relay.split(',').next().unwrap_or_default();
-    let tcp = client::dial(first, HANDSHAKE_TIMEOUT).await?;
+    let tcp = crate::transport::dial(first, &Default::default()).await?;
     let opts = ConnectOptions {
         user: ENROLL_USER.into(),
         key: key.clone(),

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::files::{CLIENT_CONFIG, config_path, read_config};
 use crate::p2p;
-use crate::protocol::limits::{AGENT_DEAD_RELAY_TIMEOUT, HANDSHAKE_TIMEOUT};
+use crate::protocol::limits::AGENT_DEAD_RELAY_TIMEOUT;
 use crate::protocol::{Name, RelayAddress};
 use crate::ssh::client::{self, ClientConnection, ConnectOptions, ForwardedHandler, NoForwards};
 use crate::ssh::keys::{self, PrivateKey};
@@ -35,6 +35,9 @@ pub struct ClientFile {
     pub system: Option<String>,
     pub key: Option<PathBuf>,
     pub relay_host_key: Option<String>,
+    /// A CA (PEM) that signs the relay's TLS certificate (tls:// and
+    /// wss:// relays), instead of the system's roots.
+    pub relay_ca: Option<PathBuf>,
     /// `USER:PASSWORD` for `warren socks` listeners (required off loopback).
     pub socks_auth: Option<String>,
 }
@@ -47,6 +50,7 @@ pub struct Overrides {
     pub system: Option<String>,
     pub key: Option<PathBuf>,
     pub relay_host_key: Option<String>,
+    pub relay_ca: Option<PathBuf>,
 }
 
 /// Validated controller settings.
@@ -59,6 +63,8 @@ pub struct ClientSettings {
     pub relay_host_key: String,
     /// From `socks_auth` in client.toml; never printed.
     pub socks_auth: Option<socks::Credentials>,
+    /// CA of the relay's TLS certificate (`--ca`, `relay_ca`).
+    pub relay_ca: Option<PathBuf>,
 }
 
 impl ClientSettings {
@@ -99,7 +105,9 @@ impl ClientSettings {
             .clone()
             .or(file.relay_host_key)
             .ok_or_else(|| missing("relay host key", "relay-host-key", "WARREN_RELAY_HOST_KEY"))?;
+        let relay_ca = o.relay_ca.clone().or(file.relay_ca.map(|ca| base.join(ca)));
         Ok(ClientSettings {
+            relay_ca,
             relay: RelayAddress::parse(&relay)?.into_string(),
             system: Name::parse(&system).context("system")?,
             key: Arc::new(keys::read_private(&key_path)?),
@@ -115,6 +123,16 @@ impl ClientSettings {
     }
 }
 
+impl ClientSettings {
+    /// How to reach the relay (its CA; the proxy from the environment).
+    pub fn dial_options(&self) -> crate::transport::DialOptions {
+        crate::transport::DialOptions {
+            ca: self.relay_ca.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// Connects and authenticates to the relay as a controller.
 pub async fn connect(s: &ClientSettings) -> Result<ClientConnection<NoForwards>> {
     connect_with(s, NoForwards).await
@@ -126,7 +144,7 @@ pub async fn connect_with<H: ForwardedHandler>(
     s: &ClientSettings,
     handler: H,
 ) -> Result<ClientConnection<H>> {
-    let tcp = client::dial(&s.relay, HANDSHAKE_TIMEOUT).await?;
+    let tcp = crate::transport::dial(&s.relay, &s.dial_options()).await?;
     let opts = ConnectOptions {
         user: s.system.to_string(),
         key: s.key.clone(),

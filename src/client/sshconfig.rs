@@ -17,7 +17,7 @@ pub fn host_key_alias(device: &Name, system: &Name) -> String {
 /// `warren proxy …` with every setting spelled out, so the line works
 /// without a client.toml (ssh runs it through a shell).
 pub fn proxy_command(exe: &Path, s: &ClientSettings) -> String {
-    [
+    let mut words = vec![
         shell_quote(&exe.to_string_lossy()),
         "proxy".into(),
         "--relay".into(),
@@ -28,10 +28,14 @@ pub fn proxy_command(exe: &Path, s: &ClientSettings) -> String {
         shell_quote(&s.key_path.to_string_lossy()),
         "--relay-host-key".into(),
         shell_quote(&s.relay_host_key),
-        "%h".into(),
-        "%p".into(),
-    ]
-    .join(" ")
+    ];
+    if let Some(ca) = &s.relay_ca {
+        words.push("--ca".into());
+        words.push(shell_quote(&ca.to_string_lossy()));
+    }
+    words.push("%h".into());
+    words.push("%p".into());
+    words.join(" ")
 }
 
 /// What goes into each `Host` block.
@@ -142,6 +146,7 @@ mod tests {
             key: Arc::new(keys::generate_ed25519().unwrap()),
             relay_host_key: format!("SHA256:{}", "A".repeat(43)),
             socks_auth: None,
+            relay_ca: None,
         }
     }
 
@@ -167,6 +172,19 @@ mod tests {
             ..o
         };
         assert!(!render_config(&s, &devices, &o).contains("User"));
+    }
+
+    #[test]
+    fn tls_relays_carry_their_ca_into_the_proxy_command() {
+        let mut s = settings();
+        s.relay = "tls://relay.example:443".into();
+        s.relay_ca = Some(PathBuf::from("/etc/warren/ca.pem"));
+        let line = proxy_command(Path::new("/usr/bin/warren"), &s);
+        assert!(
+            line.contains("--relay tls://relay.example:443 ")
+                && line.ends_with(" --ca /etc/warren/ca.pem %h %p"),
+            "{line}"
+        );
     }
 
     #[test]

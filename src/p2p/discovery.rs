@@ -193,7 +193,11 @@ pub async fn local_address(relay: SocketAddr) -> Option<IpAddr> {
 
 /// The relay's discovery address: the host we dial for SSH, its UDP port.
 pub async fn relay_udp(relay: &str, udp_port: u16) -> Result<SocketAddr> {
-    let addr = tokio::net::lookup_host(relay)
+    // tls:// and wss:// relays: the same host.
+    let relay = crate::protocol::RelayEndpoint::parse(relay)
+        .map(|e| e.host_port())
+        .unwrap_or_else(|_| relay.to_string());
+    let addr = tokio::net::lookup_host(&relay)
         .await
         .with_context(|| format!("resolving relay {relay}"))?
         .next()

@@ -14,7 +14,7 @@ pub mod rate;
 pub mod target;
 pub mod token;
 
-pub use address::RelayAddress;
+pub use address::{RelayAddress, RelayEndpoint};
 pub use backoff::Backoff;
 pub use cidr::Cidr;
 pub use names::{DeviceId, Name, NameError, Role};

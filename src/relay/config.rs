@@ -62,6 +62,12 @@ pub struct RelayFile {
     pub system_rate: Option<String>,
     /// Bandwidth limit of every device without one of its own ("10M").
     pub device_rate: Option<String>,
+    /// The TLS port ("0.0.0.0:443"): SSH in TLS or a WebSocket, and HTTPS.
+    pub tls: Option<SocketAddr>,
+    /// Its certificate chain and key (PEM, relative to the config file);
+    /// SIGHUP reloads them.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RelayFile {
@@ -76,6 +82,8 @@ impl RelayFile {
                 &mut file.mqtt_ca,
                 &mut file.mqtt_cert,
                 &mut file.mqtt_key,
+                &mut file.tls_cert,
+                &mut file.tls_key,
             ]
             .into_iter()
             .flatten()
@@ -183,6 +191,23 @@ mod tests {
         for bad in ["0", "http", "10-5", "1-70000", ""] {
             assert!(PortRanges::parse(&[bad]).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tls_port_settings_resolve_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relay.toml");
+        std::fs::write(
+            &p,
+            "tls = \"0.0.0.0:443\"\ntls_cert = \"tls/fullchain.pem\"\ntls_key = \"/etc/k.pem\"\n",
+        )
+        .unwrap();
+        let f = RelayFile::load(&p).unwrap();
+        assert_eq!(f.tls, Some("0.0.0.0:443".parse().unwrap()));
+        assert_eq!(f.tls_cert.unwrap(), dir.path().join("tls/fullchain.pem"));
+        assert_eq!(f.tls_key.unwrap(), std::path::PathBuf::from("/etc/k.pem"));
+        std::fs::write(&p, "tls = \"443\"\n").unwrap();
+        assert!(RelayFile::load(&p).is_err(), "an address with its IP");
     }
 
     #[test]

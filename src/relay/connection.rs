@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,7 +38,7 @@ const MAX_PROBES_LISTED: usize = 16;
 /// Runs one accepted connection to its end.
 pub(super) async fn run(
     relay: Arc<Relay>,
-    stream: TcpStream,
+    stream: crate::ssh::Socket,
     peer: SocketAddr,
     id: ConnId,
     permit: super::ratelimit::Slot,

@@ -15,7 +15,7 @@ use crate::protocol::limits::ACCEPT_RETRY;
 /// Accepts on `listener` until `stop`, spawning on `tasks` the task that
 /// `admit` returns for each connection (`None`: refused, the socket closes).
 /// The listener closes when this returns.
-pub(super) async fn accept_loop<F, Fut>(
+pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: CancellationToken,
     tasks: TaskTracker,

@@ -18,7 +18,7 @@ pub mod expose;
 pub mod gateways;
 pub mod hop;
 mod hop_gateway;
-mod listen;
+pub mod listen;
 mod live;
 pub mod p2p;
 pub mod ratelimit;
@@ -326,6 +326,17 @@ impl Relay {
         self.tasks.spawn(f);
     }
 
+    /// How long a new connection has for its handshakes.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.options.handshake_timeout
+    }
+
+    /// The relay's one task tracker (see [`Relay::spawn`]), for accept
+    /// loops of other ports (`front`).
+    pub fn tasks(&self) -> TaskTracker {
+        self.tasks.clone()
+    }
+
     /// Cancelled when the relay starts shutting down.
     pub fn shutting_down(&self) -> &CancellationToken {
         &self.shutting_down
@@ -435,6 +446,59 @@ impl Relay {
     }
 }
 
+/// A connection let in by [`Relay::admit`]: its id, and the slot it holds
+/// among unauthenticated connections until it logs in.
+pub struct Admission {
+    id: registry::ConnId,
+    permit: ratelimit::Slot,
+}
+
+impl Relay {
+    /// Whether to serve a new connection from `peer`: not while its address
+    /// is rate limited for failed logins, nor beyond the cap on
+    /// unauthenticated connections (each TLS handshake counts too).
+    pub fn admit(&self, peer: SocketAddr) -> Option<Admission> {
+        if let ratelimit::Verdict::Limited { audit } = self
+            .failed_logins
+            .check(peer.ip(), std::time::Instant::now())
+        {
+            if let Some(refused) = audit {
+                tracing::warn!(%peer, refused, "too many failed logins from this address; refusing its connections");
+                self.audit.record(audit::login_refused(
+                peer,
+                "",
+                audit::login_reason::RATE_LIMITED,
+                &format!(
+                    "rate limited: too many failed logins from {} ({refused} connection(s) refused)",
+                    peer.ip()
+                ),
+            ));
+            }
+            return None;
+        }
+        let permit = match self.unauthenticated.try_take(peer.ip()) {
+            Ok(p) => p,
+            Err(full) => {
+                tracing::warn!(%peer, ?full, limit = self.options.max_unauthenticated, "too many unauthenticated connections; closing new one");
+                return None;
+            }
+        };
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        Some(Admission { id, permit })
+    }
+
+    /// Runs an admitted connection's SSH session to its end, on a TCP socket
+    /// or on one that carries TLS or a WebSocket (`ssh::Socket::bridge`).
+    pub fn serve_connection(
+        self: &Arc<Self>,
+        socket: impl Into<crate::ssh::Socket>,
+        peer: SocketAddr,
+        a: Admission,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        connection::run(self.clone(), socket.into(), peer, a.id, a.permit)
+    }
+}
+
 /// Serves SSH on `listener` until `shutdown` is cancelled, then shuts down
 /// in order: stop accepting; tell every connection, in any state, "relay
 /// shutting down"; wait for the relay's tasks (at most [`SHUTDOWN_DRAIN`]);
@@ -465,39 +529,8 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
     relay.spawn(expose::run(relay.clone(), public_ip));
 
     let admit = |stream: TcpStream, peer: SocketAddr| {
-        if let ratelimit::Verdict::Limited { audit } = relay
-            .failed_logins
-            .check(peer.ip(), std::time::Instant::now())
-        {
-            if let Some(refused) = audit {
-                tracing::warn!(%peer, refused, "too many failed logins from this address; refusing its connections");
-                relay.audit.record(audit::login_refused(
-                    peer,
-                    "",
-                    audit::login_reason::RATE_LIMITED,
-                    &format!(
-                        "rate limited: too many failed logins from {} ({refused} connection(s) refused)",
-                        peer.ip()
-                    ),
-                ));
-            }
-            return None;
-        }
-        let permit = match relay.unauthenticated.try_take(peer.ip()) {
-            Ok(p) => p,
-            Err(full) => {
-                tracing::warn!(%peer, ?full, limit = relay.options.max_unauthenticated, "too many unauthenticated connections; closing new one");
-                return None;
-            }
-        };
-        let conn_id = relay.next_conn.fetch_add(1, Ordering::Relaxed);
-        Some(connection::run(
-            relay.clone(),
-            stream,
-            peer,
-            conn_id,
-            permit,
-        ))
+        let admitted = relay.admit(peer)?;
+        Some(relay.serve_connection(stream, peer, admitted))
     };
     listen::accept_loop(listener, shutdown, relay.tasks.clone(), admit).await;
 

@@ -15,6 +15,7 @@ use super::keys::{Fingerprint, PrivateKey, PublicKey, fingerprint};
 use super::proto::conn::{self, Conn, Events, ExecOutput, Incoming, Settings, Side};
 use super::proto::mux::{ConnTx, Ended, In, OpenRequest};
 use super::proto::wire::{Writer, open_failure};
+use super::socket::Socket;
 use crate::protocol::limits::{HANDSHAKE_TIMEOUT, MAX_PACKET_SIZE};
 
 /// Who we are and whom we trust.
@@ -51,6 +52,18 @@ impl ForwardedHandler for NoForwards {
     }
 }
 
+/// The relay showed a host key other than the pinned one (the SSH layer of
+/// a dial: TCP, proxy, TLS and WebSocket are `transport::DialError`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "SSH: relay host key mismatch: pinned {pinned}, relay presented {presented}; refusing to \
+     connect (if the relay's key really changed, update relay_host_key)"
+)]
+pub struct HostKeyMismatch {
+    pub pinned: String,
+    pub presented: String,
+}
+
 /// An authenticated connection to the relay. Dropping it closes the connection.
 pub struct ClientConnection<H: ForwardedHandler> {
     tx: ConnTx,
@@ -69,7 +82,7 @@ pub async fn dial(addr: &str, timeout: Duration) -> Result<TcpStream> {
 
 /// Connects, checks the relay's host key against the pin, and authenticates.
 pub async fn connect<H: ForwardedHandler>(
-    stream: TcpStream,
+    stream: impl Into<Socket>,
     opts: &ConnectOptions,
     handler: H,
 ) -> Result<ClientConnection<H>> {
@@ -77,11 +90,12 @@ pub async fn connect<H: ForwardedHandler>(
 }
 
 pub(crate) async fn connect_with<H: ForwardedHandler>(
-    mut stream: TcpStream,
+    stream: impl Into<Socket>,
     opts: &ConnectOptions,
     handler: H,
     mut settings: Settings,
 ) -> Result<ClientConnection<H>> {
+    let mut stream: Socket = stream.into();
     let _ = stream.set_nodelay(true);
     // Keepalive every third of the dead time; two unanswered → drop. A relay
     // that stops answering is detected after about `dead_after`.
@@ -138,11 +152,11 @@ pub(crate) async fn connect_with<H: ForwardedHandler>(
     task.abort();
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(seen) = seen.filter(|s| !crate::ssh::keys::pinned(&opts.host_key, s)) {
-        bail!(
-            "relay host key mismatch: pinned {}, relay presented {seen}; refusing to connect \
-             (if the relay's key really changed, update relay_host_key)",
-            opts.host_key
-        );
+        return Err(HostKeyMismatch {
+            pinned: opts.host_key.clone(),
+            presented: seen.into(),
+        }
+        .into());
     }
     if failed == "key refused" {
         bail!(

@@ -20,6 +20,7 @@ pub mod client;
 pub mod keys;
 pub(crate) mod proto;
 pub mod server;
+pub mod socket;
 
 /// Channel type of direct-path signalling (`crate::p2p`).
 pub const P2P_CHANNEL: &str = "p2p@warren";
@@ -29,6 +30,7 @@ pub use channel::{
 };
 pub use keys::{Fingerprint, PrivateKey, PublicKey};
 pub use proto::mux::{buffered_at_least, buffered_bytes};
+pub use socket::Socket;
 
 /// Fuzzing entry points: each runs one parser over arbitrary bytes. They
 /// must never panic (the `fuzz/` targets and the smoke test call them).

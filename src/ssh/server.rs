@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::algorithms::{Ciphers, KexAlgorithms};
@@ -19,6 +18,7 @@ use super::proto::conn::{self, Conn, Events, Incoming, Settings, Side};
 use super::proto::kex::HostKey;
 use super::proto::mux::{ConnTx, Ended, OpenRequest};
 use super::proto::wire::{Reader, Writer, open_failure};
+use super::socket::Socket;
 use crate::protocol::limits::MAX_PACKET_SIZE;
 use crate::protocol::limits::{
     HANDSHAKE_TIMEOUT, MAX_AUTH_ATTEMPTS, RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX,
@@ -261,10 +261,11 @@ impl<S: ServerSession> ServerConnection<S> {
 /// [`ServerConfig::set_login_grace`] when set (else by the caller).
 pub async fn start<S: ServerSession>(
     config: &ServerConfig,
-    mut stream: TcpStream,
+    stream: impl Into<Socket>,
     session: S,
 ) -> Result<ServerConnection<S>> {
     let host_key = config.host_key.clone().map_err(|e| anyhow::anyhow!(e))?;
+    let mut stream: Socket = stream.into();
     let _ = stream.set_nodelay(true);
     let limit = config.handshake_timeout;
     let peer = tokio::time::timeout(limit, conn::version_exchange(&mut stream, true))

@@ -125,6 +125,7 @@ pub fn agent_settings(
         gateway: Default::default(),
         on_demand: None,
         p2p: true,
+        relay_ca: None,
     }
 }
 
@@ -520,6 +521,7 @@ pub mod mosquitto;
 pub mod netns;
 pub mod openssh;
 pub mod postgres;
+pub mod tls;
 
 impl TestRelay {
     /// Like [`TestRelay::add_key`], also writing the private key to a file

@@ -259,7 +259,7 @@ impl<E: Events> Conn<E> {
     /// A connection past the version exchange. `peer_version` is the
     /// peer's version line.
     pub fn new(
-        stream: tokio::net::TcpStream,
+        stream: impl Into<crate::ssh::socket::Socket>,
         peer_version: Vec<u8>,
         side: Side,
         settings: Settings,
@@ -304,7 +304,7 @@ impl<E: Events> Conn<E> {
             }
         };
         let conn = Conn {
-            t: Transport::new(stream, settings.packets_per_key),
+            t: Transport::new(stream.into(), settings.packets_per_key),
             kx: KeyExchange::new(identity, &settings, v_c, v_s, tx.ctl.clone()),
             auth,
             ch: Channels::default(),

@@ -9,8 +9,9 @@ use std::ops::Range;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::ssh::socket::Socket;
 
 use super::super::mux::Chunk;
 use super::super::outbox::{self, Outbox};
@@ -39,7 +40,10 @@ pub(super) const FRAME_MIN: usize = 9 + 8192;
 const DEFERRED_OVERHEAD: usize = 64;
 
 /// Exchanges version lines. Returns the peer's line (without CR LF).
-pub async fn version_exchange(stream: &mut TcpStream, server: bool) -> Result<Vec<u8>, String> {
+pub async fn version_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    server: bool,
+) -> Result<Vec<u8>, String> {
     stream
         .write_all(format!("{VERSION}\r\n").as_bytes())
         .await
@@ -92,7 +96,7 @@ pub(super) enum Packet {
 }
 
 pub(super) struct Transport {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Socket,
     rbuf: ReadBuf,
     /// Bytes the next read asks for (see [`Transport::read_some`]).
     read_chunk: usize,
@@ -126,7 +130,7 @@ pub(super) struct Transport {
 }
 
 impl Transport {
-    pub(super) fn new(stream: TcpStream, packets_per_key: u64) -> Transport {
+    pub(super) fn new(stream: Socket, packets_per_key: u64) -> Transport {
         Transport {
             stream,
             rbuf: ReadBuf::default(),

@@ -1,0 +1,118 @@
+//! The TLS port in network namespaces (issue 20): the device sits behind a
+//! NAT that drops everything outbound except TCP 443, as on hotel and
+//! corporate networks. The relay binary listens on 443 (`--tls`, with a
+//! certificate from a CA made here) inside its own namespace; the agent
+//! registers over `tls://` and over `wss://`, while the SSH port stays
+//! unreachable from the device.
+//!
+//! ```text
+//!  dev 192.168.50.2 ── nat (MASQUERADE, only TCP 443 out) 203.0.113.2 ── relay 203.0.113.1
+//! ```
+//!
+//! Needs root (namespaces, iptables). It fails, never skips, without it.
+
+mod common;
+
+use common::cli::{admin_tau, p};
+use common::netns::{Net, Watched, agent_config, default_route, in_ns, is_root};
+use common::openssh::run;
+use common::tls::make_pki;
+use common::*;
+
+/// Can `ns` open a TCP connection to `addr` within 3 s?
+async fn reachable(ns: &str, addr: &str) -> bool {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let script = format!("exec 3<>/dev/tcp/{host}/{port}");
+    run(
+        in_ns(ns, "timeout").args(["3", "bash", "-c", &script]),
+        WAIT,
+    )
+    .await
+    .ok
+}
+
+fn iptables(ns: &str, rule: &[&str]) {
+    common::netns::cmd_ok("ip", &[&["netns", "exec", ns, "iptables"], rule].concat());
+}
+
+/// The router `ns` forwards out of its LAN `lan` only TCP to port 443
+/// (and the answers to what it let out).
+fn only_443_out(ns: &str, lan: &str) {
+    let tcp443 = ["-p", "tcp", "--dport", "443", "-j", "ACCEPT"];
+    let answers = [
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    ];
+    for rule in [&tcp443[..], &answers[..], &["-j", "DROP"][..]] {
+        iptables(ns, &[&["-A", "FORWARD", "-i", lan][..], rule].concat());
+    }
+}
+
+#[tokio::test]
+async fn a_device_that_may_only_reach_tcp_443_registers_over_tls_and_websocket() {
+    assert!(
+        is_root(),
+        "the TLS NAT test needs root (network namespaces, iptables); run the suite as root (CI does)"
+    );
+    let mut net = Net::new("t");
+    let relay_ns = net.add_ns("relay");
+    let nat = net.add_ns("nat");
+    let dev_ns = net.add_ns("dev");
+    let (_, nat_wan) = net.link(&relay_ns, "203.0.113.1/30", &nat, "203.0.113.2/30", "rn");
+    let (nat_lan, _) = net.link(&nat, "192.168.50.1/24", &dev_ns, "192.168.50.2/24", "nl");
+    net.nat(&nat, &nat_wan);
+    default_route(&nat, "203.0.113.1");
+    default_route(&dev_ns, "192.168.50.1");
+    only_443_out(&nat, &nat_lan);
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = make_pki(d, &["203.0.113.1", "relay.test"]);
+    let data = d.join("relay-data");
+    let mut relay = Watched::start(
+        in_ns(&relay_ns, env!("CARGO_BIN_EXE_warren"))
+            .args(["relay", "--listen", "0.0.0.0:2222", "--tls", "0.0.0.0:443"])
+            .args([
+                "--cert",
+                p(&pki.cert),
+                "--key",
+                p(&pki.key),
+                "--data",
+                p(&data),
+            ]),
+    );
+    relay.line("TLS port listening", WAIT).await;
+    assert!(
+        !reachable(&dev_ns, "203.0.113.1:2222").await,
+        "the SSH port must be blocked for the device"
+    );
+    assert!(reachable(&dev_ns, "203.0.113.1:443").await, "443 is open");
+
+    let host_key = admin_tau(&data, d, &[("device", "dev1"), ("device", "dev2")]).await;
+    let ca = format!(
+        "relay_ca = \"{}\"\nkeepalive_timeout = \"3s\"\n",
+        pki.ca.display()
+    );
+    let plain = agent_config(d, "dev1", "203.0.113.1:2222", &host_key, &ca);
+    let mut blocked = Watched::agent(&dev_ns, &plain);
+    // The plain agent cannot get out: its error names the TCP layer.
+    blocked
+        .line("TCP: connecting to 203.0.113.1:2222 timed out", WAIT * 2)
+        .await;
+    blocked.kill();
+    for (dev, url) in [
+        ("dev1", "tls://203.0.113.1:443"),
+        ("dev2", "wss://203.0.113.1/ssh"),
+    ] {
+        let cfg = agent_config(d, dev, url, &host_key, &ca);
+        let mut agent = Watched::agent(&dev_ns, &cfg);
+        // Said once the relay took its tcpip-forward: registered.
+        agent
+            .line(&format!("online: registered as tau/{dev}"), WAIT)
+            .await;
+    }
+}
