@@ -233,6 +233,40 @@ fn host_key_private(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The SSH server's settings from the relay's options.
+fn server_config(host: keys::PrivateKey, options: &RelayOptions) -> ServerConfig {
+    let mut config = ServerConfig::new(host);
+    config.handshake_timeout = options.handshake_timeout;
+    config.set_login_grace(options.handshake_timeout);
+    config.set_algorithms(
+        &options.ciphers,
+        &options.kex_algorithms,
+        options.require_strict_kex,
+    );
+    config
+}
+
+/// What the store needs before the relay serves: no device counted online
+/// from an earlier run, old audit events pruned, this relay's address.
+fn store_at_start(store: &Store, options: &RelayOptions) -> Result<()> {
+    store.all_devices_down()?;
+    if let Some(keep) = options.audit_retention {
+        let before = audit::now_ms().saturating_sub(keep.as_millis() as u64);
+        let pruned = store.prune_audit(before)?;
+        if pruned > 0 {
+            tracing::info!(pruned, retention = ?keep, "pruned old audit events");
+        }
+    }
+    // In a cluster each relay's address is its own registry row (set by
+    // `join`); the shared settings would hold the last writer's.
+    if let Some(addr) = &options.advertise
+        && store.postgres().is_none()
+    {
+        store.set_setting(ADVERTISE_SETTING, addr)?;
+    }
+    Ok(())
+}
+
 impl Relay {
     /// Opens the data directory: host key (created on first start) and store.
     pub fn open(data: &Path, options: RelayOptions) -> Result<Server> {
@@ -246,29 +280,8 @@ impl Relay {
             // The relay's id in the cluster is its host key's fingerprint.
             pg.join(&host_key, options.advertise.as_deref(), &host_key)?;
         }
-        let mut server_config = ServerConfig::new(host);
-        server_config.handshake_timeout = options.handshake_timeout;
-        server_config.set_login_grace(options.handshake_timeout);
-        server_config.set_algorithms(
-            &options.ciphers,
-            &options.kex_algorithms,
-            options.require_strict_kex,
-        );
-        store.all_devices_down()?;
-        if let Some(keep) = options.audit_retention {
-            let before = audit::now_ms().saturating_sub(keep.as_millis() as u64);
-            let pruned = store.prune_audit(before)?;
-            if pruned > 0 {
-                tracing::info!(pruned, retention = ?keep, "pruned old audit events");
-            }
-        }
-        // In a cluster each relay's address is its own registry row (set by
-        // `join` above); the shared settings would hold the last writer's.
-        if let Some(addr) = &options.advertise
-            && store.postgres().is_none()
-        {
-            store.set_setting(ADVERTISE_SETTING, addr)?;
-        }
+        let server_config = server_config(host, &options);
+        store_at_start(&store, &options)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (audit, audit_writer) = audit::channel();
         let (waker, mqtt) = match &options.wake {
