@@ -44,6 +44,7 @@ fn request(token: &str, config: &Path) -> EnrollRequest {
         token: token.into(),
         config: config.to_path_buf(),
         labels: Default::default(),
+        ca: None,
     }
 }
 

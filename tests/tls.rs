@@ -714,3 +714,78 @@ async fn a_websocket_refused_by_the_server_is_named_with_its_status() {
         "{e}"
     );
 }
+
+/// `warren admin invite --relay URL` for the lab's relay; returns the token.
+async fn tls_invite(lab: &Lab, role: &str, name: &str, url: &str) -> String {
+    let data = lab.relay.dir.path().to_str().unwrap().to_string();
+    let out = common::cli::warren_ok(&[
+        "admin", "--data", &data, "invite", "--system", "tau", "--role", role, "--name", name,
+        "--relay", url,
+    ])
+    .await;
+    out.trim().to_string()
+}
+
+#[tokio::test]
+async fn enroll_over_tls_with_a_private_ca_writes_configs_that_work_as_written() {
+    let lab = Lab::start().await;
+    let port = echo_server().await;
+    let dir = lab.dir.path();
+
+    // Without --ca the system's roots do not know the lab's CA: refused,
+    // saying so, and nothing written.
+    let token = tls_invite(&lab, "device", "dev1", &lab.tls_url()).await;
+    let agent_toml = dir.join("dev1/agent.toml");
+    let r = run(
+        Command::new(WARREN).args(["enroll", &token, "--config", agent_toml.to_str().unwrap()]),
+        LIMIT,
+    )
+    .await;
+    assert!(!r.ok);
+    assert!(r.stderr.contains("not trusted"), "{}", r.stderr);
+    assert!(!agent_toml.exists());
+
+    // With --ca: enrolled, and the config keeps the CA.
+    let token = tls_invite(&lab, "device", "dev1", &lab.tls_url()).await;
+    let ca = lab.pki.ca.to_str().unwrap();
+    common::cli::warren_ok(&[
+        "enroll",
+        &token,
+        "--config",
+        agent_toml.to_str().unwrap(),
+        "--ca",
+        ca,
+    ])
+    .await;
+    let text = std::fs::read_to_string(&agent_toml).unwrap();
+    assert!(text.contains(&format!("relay_ca = \"{ca}\"")), "{text}");
+    let mut settings = warren::agent::config::AgentSettings::load(&agent_toml).unwrap();
+    settings.allow = warren::protocol::AllowList::parse(&[format!("127.0.0.1:{port}")]).unwrap();
+    let mut agent = TestAgent::start(settings);
+    agent.online().await;
+
+    // A controller through the WebSocket path, its client config as written.
+    let token = tls_invite(&lab, "controller", "alice", &lab.wss_url()).await;
+    let client_toml = dir.join("alice/client.toml");
+    common::cli::warren_ok(&[
+        "enroll",
+        &token,
+        "--config",
+        client_toml.to_str().unwrap(),
+        "--ca",
+        ca,
+    ])
+    .await;
+    let settings = warren::client::ClientSettings::resolve(&warren::client::Overrides {
+        config: Some(client_toml),
+        ..Default::default()
+    })
+    .unwrap();
+    let conn = warren::client::connect(&settings).await.unwrap();
+    assert_eq!(
+        echo_through(&conn, "dev1", port, b"over 443")
+            .await
+            .unwrap(),
+        b"over 443"
+    );
+}

@@ -14,22 +14,9 @@
 mod common;
 
 use common::cli::{admin_tau, p};
-use common::netns::{Net, Watched, agent_config, default_route, in_ns, is_root};
-use common::openssh::run;
+use common::netns::{Net, Watched, agent_config, default_route, in_ns, is_root, reachable};
 use common::tls::make_pki;
 use common::*;
-
-/// Can `ns` open a TCP connection to `addr` within 3 s?
-async fn reachable(ns: &str, addr: &str) -> bool {
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    let script = format!("exec 3<>/dev/tcp/{host}/{port}");
-    run(
-        in_ns(ns, "timeout").args(["3", "bash", "-c", &script]),
-        WAIT,
-    )
-    .await
-    .ok
-}
 
 fn iptables(ns: &str, rule: &[&str]) {
     common::netns::cmd_ok("ip", &[&["netns", "exec", ns, "iptables"], rule].concat());

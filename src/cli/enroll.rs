@@ -24,6 +24,11 @@ pub struct EnrollArgs {
     /// A label for a device's agent config (KEY=VALUE; repeat for several).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// The CA (PEM) of a `tls://` or `wss://` relay's certificate, when the
+    /// system's roots do not trust it; the written config keeps it as
+    /// `relay_ca`.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -47,6 +52,7 @@ pub async fn run(a: EnrollArgs) -> Result<ExitCode> {
         token: a.token,
         config,
         labels,
+        ca: a.ca,
     })
     .await?;
     if a.json {

@@ -28,6 +28,10 @@ pub struct EnrollRequest {
     pub config: PathBuf,
     /// Labels for a device's agent config.
     pub labels: BTreeMap<String, String>,
+    /// The CA (PEM) that signs a `tls://` or `wss://` relay's certificate,
+    /// when the system's roots do not; written into the config as
+    /// `relay_ca` (an absolute path).
+    pub ca: Option<PathBuf>,
 }
 
 /// The relay's answer (JSON on stdout of `enroll`).
@@ -57,6 +61,8 @@ struct AgentToml<'a> {
     name: &'a str,
     key: &'a str,
     relay_host_key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_ca: Option<&'a str>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     labels: &'a BTreeMap<String, String>,
 }
@@ -67,6 +73,8 @@ struct ClientToml<'a> {
     system: &'a str,
     key: &'a str,
     relay_host_key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_ca: Option<&'a str>,
 }
 
 /// Where the key goes for a config path: `agent.toml` → `agent.key`.
@@ -94,10 +102,20 @@ pub async fn enroll(req: &EnrollRequest) -> Result<Enrolled> {
             );
         }
     }
+    let ca = match &req.ca {
+        Some(ca) => {
+            Some(std::path::absolute(ca).with_context(|| format!("--ca {}", ca.display()))?)
+        }
+        None => None,
+    };
     let key = Arc::new(keys::generate_ed25519()?);
     // A cluster's token lists every relay: enroll at the first.
     let first = invite.relay.split(',').next().unwrap_or_default();
-    let tcp = crate::transport::dial(first, &Default::default()).await?;
+    let dial = crate::transport::DialOptions {
+        ca: ca.clone(),
+        ..Default::default()
+    };
+    let tcp = crate::transport::dial(first, &dial).await?;
     let opts = ConnectOptions {
         user: ENROLL_USER.into(),
         key: key.clone(),
@@ -118,7 +136,7 @@ pub async fn enroll(req: &EnrollRequest) -> Result<Enrolled> {
     if answer.fingerprint != keys::fingerprint(key.public_key()) {
         bail!("the relay registered another key than ours; not writing a config");
     }
-    write_files(req, &invite, &answer, &key, &key_path).with_context(|| {
+    write_files(req, &invite, &answer, &key, &key_path, ca.as_deref()).with_context(|| {
         format!(
             "the relay enrolled key {} but writing the files failed; ask an admin to revoke that key and make a new invite",
             answer.fingerprint
@@ -140,7 +158,9 @@ fn write_files(
     answer: &Answer,
     key: &keys::PrivateKey,
     key_path: &Path,
+    ca: Option<&Path>,
 ) -> Result<()> {
+    let ca = ca.map(|p| p.to_string_lossy());
     if let Some(dir) = req.config.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -158,6 +178,7 @@ fn write_files(
             name: &answer.name,
             key: &key_file,
             relay_host_key: &invite.host_key,
+            relay_ca: ca.as_deref(),
             labels: &req.labels,
         })?,
         Role::Controller | Role::Admin => toml::to_string(&ClientToml {
@@ -166,6 +187,7 @@ fn write_files(
             system: system.as_str(),
             key: &key_file,
             relay_host_key: &invite.host_key,
+            relay_ca: ca.as_deref(),
         })?,
     };
     let text = format!(

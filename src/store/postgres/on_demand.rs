@@ -26,7 +26,7 @@ impl Pg {
     /// relay publishes the `connect`, `None` if another relay does.
     pub fn claim_wake(&self, system: &str, name: &str, timeout: Duration) -> Result<Option<i64>> {
         let relay = self.relay_id().unwrap_or_default();
-        let now = crate::audit::now_ms() as i64;
+        let now = crate::store::audit::now_ms() as i64;
         let stale = now - timeout.as_millis() as i64;
         self.block(async {
             let c = self.client().await?;
