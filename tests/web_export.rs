@@ -34,7 +34,7 @@ async fn a_csv_export_of_100000_events_streams_in_constant_memory() {
     let r = TestRelay::start().await;
     r.add_system("tau");
     let w = TestWeb::start(r.relay.clone()).await;
-    let detail = "x".repeat(300);
+    let detail = "x".repeat(1000);
     for batch in 0..10u64 {
         let events: Vec<Event> = (0..10_000u64)
             .map(|i| {
@@ -81,12 +81,15 @@ async fn a_csv_export_of_100000_events_streams_in_constant_memory() {
     assert_eq!(lines, 100_001, "a header and every event");
     assert_eq!(last_id, "1", "the oldest event comes last");
     assert!(
-        bytes > 30_000_000,
+        bytes > 100_000_000,
         "{bytes} bytes: the export is larger than the bound below"
     );
+    // What stays: the store's page caches, the allocator's arenas and the
+    // HTTP buffers, a fixed amount (12-14 MB here, for 37 MB or 107 MB exported).
     let grew = peak.saturating_sub(start);
+    eprintln!("peak memory grew by {grew} bytes while exporting {bytes} bytes");
     assert!(
-        grew < 12_000_000,
+        grew < 20_000_000,
         "peak memory grew by {grew} bytes while exporting {bytes} bytes"
     );
 }
