@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::openssh::{Sshd, login_user, run};
-use common::postgres::PgServer;
+use common::postgres::{PgServer, cluster_with};
 use common::{
     TestAgent, TestRelay, WAIT, closed_port, connect_to, echo_server, echo_through, name,
     pseudo_random, write_file,
@@ -28,29 +28,7 @@ use warren::store::AuditQuery;
 
 /// `n` relays on one new database of `pg`, with production timings.
 async fn cluster(pg: &PgServer, n: usize) -> Vec<TestRelay> {
-    let url = pg.database();
-    let mut relays = Vec::new();
-    for _ in 0..n {
-        relays.push(
-            TestRelay::start_with(RelayOptions {
-                database: Some(url.clone()),
-                ..Default::default()
-            })
-            .await,
-        );
-    }
-    // Each listens for the others' changes before the test begins.
-    for r in &relays {
-        let pg = r.store().postgres().unwrap();
-        tokio::time::timeout(WAIT, async {
-            while !pg.listening() {
-                pg.changed().await;
-            }
-        })
-        .await
-        .expect("relay listening to the database");
-    }
-    relays
+    cluster_with(pg, vec![RelayOptions::default(); n]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,36 +7,10 @@
 
 mod common;
 
-use common::postgres::PgServer;
-use common::{TestRelay, WAIT};
+use common::TestRelay;
+use common::postgres::{PgServer, cluster_with};
 use warren::protocol::Role;
 use warren::relay::RelayOptions;
-
-/// `n` relays on one new database of `pg`, each listening for the others.
-async fn cluster_with(pg: &PgServer, options: Vec<RelayOptions>) -> Vec<TestRelay> {
-    let url = pg.database();
-    let mut relays = Vec::new();
-    for o in options {
-        relays.push(
-            TestRelay::start_with(RelayOptions {
-                database: Some(url.clone()),
-                ..o
-            })
-            .await,
-        );
-    }
-    for r in &relays {
-        let pg = r.store().postgres().unwrap();
-        tokio::time::timeout(WAIT, async {
-            while !pg.listening() {
-                pg.changed().await;
-            }
-        })
-        .await
-        .expect("relay listening to the database");
-    }
-    relays
-}
 
 /// An invite made through `relay` without `--relay`: its token.
 async fn invite_through(

@@ -160,3 +160,33 @@ impl Drop for PgServer {
             .output();
     }
 }
+
+/// One relay per `options` on one new database of `pg`, each listening for
+/// the others before the test begins.
+pub async fn cluster_with(
+    pg: &PgServer,
+    options: Vec<warren::relay::RelayOptions>,
+) -> Vec<super::TestRelay> {
+    let url = pg.database();
+    let mut relays = Vec::new();
+    for o in options {
+        relays.push(
+            super::TestRelay::start_with(warren::relay::RelayOptions {
+                database: Some(url.clone()),
+                ..o
+            })
+            .await,
+        );
+    }
+    for r in &relays {
+        let pg = r.store().postgres().unwrap();
+        tokio::time::timeout(super::WAIT, async {
+            while !pg.listening() {
+                pg.changed().await;
+            }
+        })
+        .await
+        .expect("relay listening to the database");
+    }
+    relays
+}
