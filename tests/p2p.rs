@@ -370,12 +370,18 @@ async fn a_path_that_dies_falls_back_and_comes_back() {
     lab.audited("direct").await;
 
     // UDP dies on the device's NAT: within the keepalive window the path
-    // is given up, and new streams go through the relay.
+    // is given up, and new streams go through the relay. Either end may
+    // notice first: this client's QUIC connection times out, or the
+    // device's does and the relay ends the path's signalling.
     block_udp(&lab.nat_d, true);
     let cut = Instant::now();
     let window = DIRECT_IDLE_TIMEOUT + Duration::from_secs(3);
-    fwd.line_with(&["relayed", "direct path lost"], window)
-        .await;
+    let gave_up = fwd.line("direct path: relayed", window).await;
+    assert!(
+        gave_up.contains("direct path lost")
+            || gave_up.contains("the relay closed the direct path's signalling"),
+        "{gave_up}"
+    );
     let noticed = cut.elapsed();
     lab.fetch(local).await;
     lab.audited("relayed").await;
