@@ -1,7 +1,8 @@
 //! The TLS port in network namespaces (issue 20): the device sits behind a
 //! NAT that drops everything outbound except TCP 443, as on hotel and
-//! corporate networks. The relay binary listens on 443 (`--tls`, with a
-//! certificate from a CA made here) inside its own namespace; the agent
+//! corporate networks. The relay binary's TLS port (`--tls`, with a
+//! certificate from a CA made here; a port of its own, which the relay's
+//! namespace forwards 443 to) answers on 203.0.113.1:443; the agent
 //! registers over `tls://` and over `wss://`, while the SSH port stays
 //! unreachable from the device.
 //!
@@ -14,7 +15,9 @@
 mod common;
 
 use common::cli::{admin_tau, p};
-use common::netns::{Net, Watched, agent_config, default_route, in_ns, is_root, reachable};
+use common::netns::{
+    Net, Watched, agent_config, default_route, in_ns, is_root, reachable, wildcard_port,
+};
 use common::tls::make_pki;
 use common::*;
 
@@ -62,7 +65,7 @@ async fn a_device_that_may_only_reach_tcp_443_registers_over_tls_and_websocket()
     let data = d.join("relay-data");
     let mut relay = Watched::start(
         in_ns(&relay_ns, env!("CARGO_BIN_EXE_warren"))
-            .args(["relay", "--listen", "0.0.0.0:2222", "--tls", "0.0.0.0:443"])
+            .args(["relay", "--listen", "0.0.0.0:0", "--tls", "0.0.0.0:0"])
             .args([
                 "--cert",
                 p(&pki.cert),
@@ -72,9 +75,37 @@ async fn a_device_that_may_only_reach_tcp_443_registers_over_tls_and_websocket()
                 p(&data),
             ]),
     );
-    relay.line("TLS port listening", WAIT).await;
+    let (mut ssh_port, mut tls_port) = (None, None);
+    while ssh_port.is_none() || tls_port.is_none() {
+        let line = relay.line("listening", WAIT).await;
+        if line.contains("TLS port listening") {
+            tls_port = Some(wildcard_port(&line));
+        } else if line.contains("relay listening") {
+            ssh_port = Some(wildcard_port(&line));
+        }
+    }
+    let (ssh_port, tls_port) = (ssh_port.unwrap(), tls_port.unwrap());
+    // What the device dials is 443, as on a real relay.
+    iptables(
+        &relay_ns,
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "--dport",
+            "443",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("203.0.113.1:{tls_port}"),
+        ],
+    );
+    let ssh_addr = format!("203.0.113.1:{ssh_port}");
     assert!(
-        !reachable(&dev_ns, "203.0.113.1:2222").await,
+        !reachable(&dev_ns, &ssh_addr).await,
         "the SSH port must be blocked for the device"
     );
     assert!(reachable(&dev_ns, "203.0.113.1:443").await, "443 is open");
@@ -84,11 +115,14 @@ async fn a_device_that_may_only_reach_tcp_443_registers_over_tls_and_websocket()
         "relay_ca = \"{}\"\nkeepalive_timeout = \"3s\"\n",
         pki.ca.display()
     );
-    let plain = agent_config(d, "dev1", "203.0.113.1:2222", &host_key, &ca);
+    let plain = agent_config(d, "dev1", &ssh_addr, &host_key, &ca);
     let mut blocked = Watched::agent(&dev_ns, &plain);
     // The plain agent cannot get out: its error names the TCP layer.
     blocked
-        .line("TCP: connecting to 203.0.113.1:2222 timed out", WAIT * 2)
+        .line(
+            &format!("TCP: connecting to {ssh_addr} timed out"),
+            WAIT * 2,
+        )
         .await;
     blocked.kill();
     for (dev, url) in [

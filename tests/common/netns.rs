@@ -344,13 +344,16 @@ pub async fn start_relay(ns: &str, data: &Path, port: u16) -> (Watched, u16) {
             .arg(data),
     );
     let line = relay.line("relay listening", WAIT).await;
-    let port = line
-        .split("0.0.0.0:")
+    (relay, wildcard_port(&line))
+}
+
+/// The port of the `0.0.0.0:PORT` address a relay's log line names.
+pub fn wildcard_port(line: &str) -> u16 {
+    line.split("0.0.0.0:")
         .nth(1)
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
-    (relay, port)
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
 }
 
 pub fn is_root() -> bool {
