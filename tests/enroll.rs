@@ -23,16 +23,7 @@ use warren::store::{AuditQuery, NewInvite};
 
 /// `warren admin --data DIR invite …` for the test relay; returns the token.
 async fn invite(r: &TestRelay, role: &str, name: &str) -> String {
-    let data = r.dir.path().to_str().unwrap().to_string();
-    let relay = r.addr.to_string();
-    let out = warren_ok(&[
-        "admin", "--data", &data, "invite", "--system", "tau", "--role", role, "--name", name,
-        "--relay", &relay,
-    ])
-    .await;
-    let token = out.trim().to_string();
-    assert!(token.starts_with("warren1."), "{out}");
-    token
+    common::cli::invite_token(r.dir.path(), role, name, &r.addr.to_string()).await
 }
 
 fn mode(p: &Path) -> u32 {

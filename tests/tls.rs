@@ -717,13 +717,7 @@ async fn a_websocket_refused_by_the_server_is_named_with_its_status() {
 
 /// `warren admin invite --relay URL` for the lab's relay; returns the token.
 async fn tls_invite(lab: &Lab, role: &str, name: &str, url: &str) -> String {
-    let data = lab.relay.dir.path().to_str().unwrap().to_string();
-    let out = common::cli::warren_ok(&[
-        "admin", "--data", &data, "invite", "--system", "tau", "--role", role, "--name", name,
-        "--relay", url,
-    ])
-    .await;
-    out.trim().to_string()
+    common::cli::invite_token(lab.relay.dir.path(), role, name, url).await
 }
 
 #[tokio::test]

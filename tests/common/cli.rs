@@ -21,6 +21,20 @@ pub async fn warren(args: &[&str]) -> Ran {
     .await
 }
 
+/// `warren admin --data DATA invite` for system tau, naming `relay` in the
+/// token; returns the token.
+pub async fn invite_token(data: &Path, role: &str, name: &str, relay: &str) -> String {
+    let data = data.to_str().unwrap();
+    let out = warren_ok(&[
+        "admin", "--data", data, "invite", "--system", "tau", "--role", role, "--name", name,
+        "--relay", relay,
+    ])
+    .await;
+    let token = out.trim().to_string();
+    assert!(token.starts_with("warren1."), "{out}");
+    token
+}
+
 /// Runs `warren ARGS`, which must succeed; returns its stdout.
 pub async fn warren_ok<S: AsRef<str>>(args: &[S]) -> String {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
