@@ -230,3 +230,79 @@ async fn a_console_login_on_one_cluster_relay_holds_on_another_and_a_logout_ends
     assert!(out.status().is_success(), "{}", out.status());
     assert_eq!(session(base_a).await.status(), 401);
 }
+
+/// Each device holds a descriptor on the relay, and many systems start
+/// services with a soft open-file limit of 1,024: the relay raises its soft
+/// limit to the hard one and says what it has; a low limit gets a warning
+/// naming the fix.
+#[test]
+fn the_relay_raises_its_open_file_limit_and_warns_when_it_is_low() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let start = |soft: u64, max: Option<u64>| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(WARREN);
+        cmd.args(["relay", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .env("WARREN_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+        unsafe {
+            cmd.pre_exec(move || {
+                setrlimit(
+                    Resource::Nofile,
+                    Rlimit {
+                        current: Some(soft),
+                        maximum: max,
+                    },
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut said = Vec::new();
+        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+            let line = line.unwrap();
+            said.push(line.clone());
+            if line.contains("relay listening") {
+                break;
+            }
+        }
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        (said, limits)
+    };
+    // A soft limit of 256 under the usual hard one: raised to the hard one.
+    let (said, limits) = start(256, hard);
+    let hard_n = hard.unwrap_or(u64::MAX);
+    let want = hard.map_or("unlimited".to_string(), |h| h.to_string());
+    let listening = said.last().unwrap();
+    assert!(
+        listening.contains(&format!("open_files={hard_n}")),
+        "{said:?}"
+    );
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        line.split_whitespace().nth(3),
+        Some(want.as_str()),
+        "soft limit not raised: {line}"
+    );
+    if hard_n >= 4096 {
+        assert!(!said.iter().any(|l| l.contains("LimitNOFILE")), "{said:?}");
+    }
+    // A hard limit of 512: nothing to raise to; the relay says how many
+    // devices that allows and how to raise it.
+    let (said, _) = start(512, Some(512));
+    assert!(
+        said.iter()
+            .any(|l| l.contains("about 448 devices") && l.contains("LimitNOFILE")),
+        "{said:?}"
+    );
+    assert!(said.last().unwrap().contains("open_files=512"), "{said:?}");
+}

@@ -184,6 +184,7 @@ pub async fn run(a: RelayArgs) -> Result<ExitCode> {
         .listen
         .or(file.listen)
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 2222)));
+    crate::relay::listen::raise_open_files();
     let data = a.data.clone().or(file.data.clone()).context(
         "no data directory: give --data DIR (or WARREN_DATA, or data in the --config file)",
     )?;

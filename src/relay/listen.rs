@@ -44,3 +44,45 @@ pub async fn accept_loop<F, Fut>(
         }
     }
 }
+
+/// Descriptors the relay keeps for itself (listeners, the store, logs,
+/// the runtime): the rest is about one per connected device.
+pub const RESERVED_FILES: u64 = 64;
+
+/// Below this soft open-file limit the relay warns at start: a fleet of a
+/// few thousand devices would meet "accept failed: too many open files".
+const FEW_FILES: u64 = 4096;
+
+/// Raises this process's soft open-file limit to its hard limit (each
+/// device holds one descriptor; many systems start services at 1,024), and
+/// warns when even the hard limit is low. Returns the limit now in force.
+pub fn raise_open_files() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: now.maximum,
+        maximum: now.maximum,
+    };
+    if now.current != now.maximum
+        && let Err(e) = setrlimit(Resource::Nofile, raised)
+    {
+        tracing::warn!(error = %e, "cannot raise the open-file limit to the hard limit");
+    }
+    let limit = open_files_limit();
+    if limit < FEW_FILES {
+        tracing::warn!(
+            limit,
+            "the open-file limit allows about {} devices: raise it (LimitNOFILE= in the \
+             systemd unit, or ulimit -n) for a larger fleet",
+            limit.saturating_sub(RESERVED_FILES)
+        );
+    }
+    limit
+}
+
+/// The soft open-file limit in force (`u64::MAX`: unlimited).
+pub fn open_files_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}

@@ -538,7 +538,12 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
         .unwrap_or(listener.local_addr()?.ip());
     // Said before the public ports start, so that their log lines (a port
     // outside public_ports, say) always follow it.
-    tracing::info!(addr = %listener.local_addr()?, host_key = %relay.host_key, "relay listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        host_key = %relay.host_key,
+        open_files = listen::open_files_limit(),
+        "relay listening"
+    );
     relay.spawn(expose::run(relay.clone(), public_ip));
 
     let admit = |stream: TcpStream, peer: SocketAddr| {
