@@ -206,6 +206,32 @@ async fn the_relay_can_forbid_direct_paths_for_a_system() {
     assert!(json.contains(r#""path":"relayed""#), "{json}");
 }
 
+/// Bytes of a direct path never cross the relay, where limits are kept:
+/// a limited device (or one of a limited system) stays relayed.
+#[tokio::test]
+async fn a_device_with_a_bandwidth_limit_is_offered_no_direct_path() {
+    let r = relay(true, &[]).await;
+    let (_agent, port) = r.echo_device("tau", "dev1").await;
+    let dev1 = warren::protocol::DeviceId::new(name("tau"), name("dev1"));
+    let limit = warren::protocol::rate::Rate::with_burst(10_000_000, 1_000_000).unwrap();
+    r.admin_store()
+        .set_rate(&name("tau"), Some(&name("dev1")), Some(limit))
+        .unwrap();
+    let mut rechecks = r.relay.rechecks();
+    tokio::time::timeout(WAIT, async {
+        while r.relay.bandwidth().device_rate(&dev1).is_none() {
+            rechecks.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the relay applies the stored limit");
+    let t = tunnel(&r, Mode::Prefer);
+    let why = relayed_because(&t, port).await;
+    assert!(why.contains("has a bandwidth limit"), "{why}");
+    let ls = ls_dev1(&r).await;
+    assert_eq!(ls.path.as_deref(), Some("relayed"));
+}
+
 #[tokio::test]
 async fn require_fails_without_a_direct_path_and_off_never_tries() {
     let r = relay(false, &[]).await;

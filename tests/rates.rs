@@ -272,6 +272,101 @@ async fn clearing_a_limit_speeds_up_live_streams_at_once() {
     );
 }
 
+/// A public port (`warren admin expose`) carries a relayed stream of its
+/// device: the device's and its system's limits hold there too, each way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_port_is_paced_by_its_device_limit() {
+    let r = TestRelay::start_with(warren::relay::RelayOptions {
+        public_ports: warren::relay::config::PortRanges::parse(&["1-65535"]).unwrap(),
+        public_bind: Some("127.0.0.1".parse().unwrap()),
+        ..Default::default()
+    })
+    .await;
+    r.add_system("tau");
+    let (down, up) = (source(3_000_000).await, sink().await);
+    let allow = [format!("80=127.0.0.1:{down}"), format!("81=127.0.0.1:{up}")];
+    let _dev1 = r.device("tau", "dev1", &allow).await;
+    let limit = 1_500_000;
+    set_and_wait(&r, "tau", Some("dev1"), Some(rate(limit))).await;
+    let (pdown, pup) = (closed_port().await, closed_port().await);
+    let data = r.dir.path();
+    for (target, port) in [("dev1:80", pdown), ("dev1:81", pup)] {
+        let port = port.to_string();
+        let args = [
+            "admin",
+            "--data",
+            p(data),
+            "expose",
+            target,
+            "--system",
+            "tau",
+            "--port",
+            &port,
+        ];
+        common::cli::warren_ok(&args.map(String::from)).await;
+    }
+    let mut exposed = r.relay.exposed();
+    tokio::time::timeout(WAIT, async {
+        while exposed.borrow_and_update().open.len() < 2 {
+            exposed.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("both ports open");
+
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pdown))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut got, mut first, mut last) = (0u64, None, Instant::now());
+    let read_all = async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            first.get_or_insert((Instant::now(), n as u64));
+            last = Instant::now();
+            got += n as u64;
+        }
+    };
+    tokio::time::timeout(WAIT, read_all)
+        .await
+        .expect("download in time");
+    assert_eq!(got, 3_000_000);
+    let (t0, first_len) = first.unwrap();
+    assert_near(
+        "public port, device to outside",
+        rate_of(got, first_len, (last - t0).as_secs_f64()),
+        limit,
+    );
+
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pup))
+        .await
+        .unwrap();
+    let chunk = pseudo_random(32 * 1024);
+    let send = async {
+        for _ in 0..(3_000_000 / chunk.len()) {
+            s.write_all(&chunk).await.unwrap();
+        }
+        s.shutdown().await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let answer = tokio::time::timeout(WAIT, send)
+        .await
+        .expect("upload in time");
+    let (bytes, secs) = answer.split_once(' ').expect("BYTES SECONDS");
+    let bytes: u64 = bytes.parse().unwrap();
+    assert_eq!(bytes, (3_000_000 / chunk.len() * chunk.len()) as u64);
+    assert_near(
+        "public port, outside to device",
+        rate_of(bytes, 64 * 1024, secs.parse().unwrap()),
+        limit,
+    );
+}
+
 #[tokio::test]
 async fn limits_are_set_listed_audited_and_bad_ones_refused() {
     let r = TestRelay::start().await;

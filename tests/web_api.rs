@@ -598,3 +598,38 @@ async fn the_console_shows_asleep_devices_and_a_new_machine_coming_online() {
         "{html}"
     );
 }
+
+/// Bandwidth limits (issue 21): the API's device JSON carries the device's
+/// limit and its system's; the console shows both on the device list and
+/// page, and the system's on the overview's card.
+#[tokio::test]
+async fn the_api_and_console_show_device_and_system_limits() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    let w = TestWeb::start(r.relay.clone()).await;
+    let (_a, _) = r.echo_device("tau", "dev1").await;
+    let rate = |bps| warren::protocol::rate::Rate::new(bps).unwrap();
+    let store = r.store();
+    store
+        .set_rate(&name("tau"), None, Some(rate(10_000_000)))
+        .unwrap();
+    store
+        .set_rate(&name("tau"), Some(&name("dev1")), Some(rate(2_000_000)))
+        .unwrap();
+    let admin = w.token("tau", Role::Admin);
+    let (status, d) = w.get(&admin, "api/v1/devices/tau/dev1").await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["device"]["rate"]["bytes_per_second"], 2_000_000, "{d}");
+    assert_eq!(d["device"]["system_rate"]["bytes_per_second"], 10_000_000);
+    let (_, list) = w.get(&admin, "api/v1/devices").await;
+    assert_eq!(list["devices"][0]["rate"]["bytes_per_second"], 2_000_000);
+
+    let s = w.session(None, Role::Admin, "root").await;
+    let (_, html) = w.page(&s, "devices").await;
+    assert!(html.contains("<td>2M/s · system 10M/s</tr>"), "{html}");
+    let (_, html) = w.page(&s, "devices/tau/dev1").await;
+    assert!(html.contains("Device limit<td>2M/s</tr>"), "{html}");
+    assert!(html.contains("System limit<td>10M/s</tr>"), "{html}");
+    let (_, html) = w.page(&s, "").await;
+    assert!(html.contains("streams · limit 10M/s</div>"), "{html}");
+}

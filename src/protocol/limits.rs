@@ -252,3 +252,9 @@ pub const MIN_BURST: u64 = 64 * 1024;
 /// connection ahead of it, while the bulk stream's cost (one yield per
 /// quarter MiB) stays far below a percent.
 pub const CONNECTION_SLICE_BYTES: u64 = 256 * 1024;
+
+/// A connection that moved a whole [`CONNECTION_SLICE_BYTES`] within this
+/// long counts as bulk: it takes turns in its tenant's fair share of the
+/// relay's workers (`ssh::fair`) until it has been this long without
+/// finishing another slice.
+pub const BULK_HOLD: Duration = Duration::from_millis(100);

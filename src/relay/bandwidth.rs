@@ -163,7 +163,29 @@ impl Bandwidth {
         Shaper {
             system: bucket(&mut inner.system_buckets, &device.system, srate),
             device: bucket(&mut inner.device_buckets, device, drate),
+            opener: None,
         }
+    }
+
+    /// The shaper of a stream that device `opener` opened (a gateway's
+    /// listen forward) to `device`: the opener's own bucket is charged too
+    /// (both are of one system, whose bucket is charged once).
+    pub fn shaper_from(&self, device: &DeviceId, opener: &DeviceId) -> Shaper {
+        let mut shaper = self.shaper(device);
+        if opener != device {
+            let mut inner = self.lock();
+            let rate = inner.device_rate(self, opener);
+            shaper.opener = Some(bucket(&mut inner.device_buckets, opener, rate));
+        }
+        shaper
+    }
+
+    /// Whether a stream to `device` is paced (its or its system's limit):
+    /// such a stream must stay on the relay, never take a direct path.
+    pub fn limited(&self, device: &DeviceId) -> bool {
+        let inner = self.lock();
+        inner.system_rate(self, &device.system).is_some()
+            || inner.device_rate(self, device).is_some()
     }
 
     /// Replaces the stored limits (read from the store after a change) and
@@ -203,20 +225,25 @@ impl Bandwidth {
     }
 }
 
-/// A stream's two buckets.
+/// A stream's buckets: its system's, its device's, and for a stream that
+/// a device opened, the opener's.
 #[derive(Clone)]
 pub struct Shaper {
     system: Arc<Bucket>,
     device: Arc<Bucket>,
+    opener: Option<Arc<Bucket>>,
 }
 
 impl Pace for Shaper {
     fn take(&self, dir: SpliceDirection, n: usize) -> Option<PaceWait> {
         let now = Instant::now();
-        let wait = self
+        let mut wait = self
             .system
             .charge(dir, n, now)
             .max(self.device.charge(dir, n, now));
+        if let Some(o) = &self.opener {
+            wait = wait.max(o.charge(dir, n, now));
+        }
         if wait.is_zero() {
             return None;
         }
@@ -224,11 +251,19 @@ impl Pace for Shaper {
             self.system.changed.subscribe(),
             self.device.changed.subscribe(),
         );
+        let mut c = self.opener.as_ref().map(|o| o.changed.subscribe());
         Some(Box::pin(async move {
+            let opener = async {
+                match &mut c {
+                    Some(c) => c.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = a.changed() => {}
                 _ = b.changed() => {}
+                _ = opener => {}
             }
         }))
     }
@@ -344,6 +379,32 @@ mod tests {
             bw.lock().device_buckets.is_empty(),
             "buckets go with their streams"
         );
+    }
+
+    #[test]
+    fn a_stream_a_device_opened_is_paced_by_the_opener_too() {
+        let bw = Bandwidth::new(None, None);
+        let (gw, dev1) = (id("tau", "gw"), id("tau", "dev1"));
+        assert!(!bw.limited(&dev1));
+        bw.set(vec![StoredRate {
+            system: gw.system.clone(),
+            device: Some(gw.name.clone()),
+            rate: rate(1000, 65_536),
+        }]);
+        assert!(bw.limited(&gw) && !bw.limited(&dev1));
+        // To dev1 alone: not paced; opened by the limited gateway: paced.
+        assert!(
+            bw.shaper(&dev1)
+                .take(SpliceDirection::Forward, 1 << 20)
+                .is_none()
+        );
+        let s = bw.shaper_from(&dev1, &gw);
+        assert!(
+            s.take(SpliceDirection::Forward, 65_536).is_none(),
+            "the burst"
+        );
+        assert!(s.take(SpliceDirection::Back, 1 << 20).is_some());
+        assert!(bw.shaper_from(&gw, &gw).opener.is_none(), "one bucket once");
     }
 
     #[tokio::test(start_paused = true)]

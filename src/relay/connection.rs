@@ -394,6 +394,7 @@ impl ServerSession for Connection {
             });
         }
         if let Some(id) = &self.identity {
+            handle.share_with(self.relay.shares.share(&id.system));
             self.relay.registry.add_conn(
                 self.id,
                 LiveConn {

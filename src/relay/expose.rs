@@ -265,6 +265,8 @@ async fn stream(
         return refused(PublicRefusal::NoValidDevice);
     };
     let device = DeviceId::new(system, name);
+    // Paced here when the device is here (through a hop, its relay paces).
+    let shaper = relay.bandwidth.shaper(&device);
     let (channel, guard) = match open_channel(&relay, &e, device, peer).await {
         Ok(opened) => opened,
         Err(why) => return refused(why),
@@ -288,7 +290,7 @@ async fn stream(
         _ = disabled.cancelled() => {
             Event::new(kind::STREAM_CLOSE, "closed").detail("closed: device disabled by an admin")
         }
-        stats = channel.splice_io(r, w) => {
+        stats = channel.splice_io_paced(r, w, guard.is_some().then_some(&shaper as &dyn crate::ssh::Pace)) => {
             audit::stream_closed(&e.system, &who, &e.device, &target, stats, started.elapsed())
         }
     };

@@ -15,6 +15,7 @@ pub mod config;
 mod connection;
 mod enroll;
 pub mod expose;
+pub mod fair;
 pub mod gateways;
 pub mod hop;
 mod hop_gateway;
@@ -195,6 +196,8 @@ pub struct Relay {
     paths: p2p::Paths,
     /// Bandwidth limits in force, and the buckets of live streams.
     bandwidth: bandwidth::Bandwidth,
+    /// Each system's fair share of the workers.
+    shares: fair::Shares,
 }
 
 /// Device status writes, applied in order by one task so that a quick
@@ -324,6 +327,7 @@ impl Relay {
             store_changed: tokio::sync::Notify::new(),
             paths: p2p::Paths::default(),
             bandwidth,
+            shares: fair::Shares::per_worker(),
         });
         Ok(Server {
             relay,
@@ -379,6 +383,11 @@ impl Relay {
     /// Bandwidth limits in force.
     pub fn bandwidth(&self) -> &bandwidth::Bandwidth {
         &self.bandwidth
+    }
+
+    /// Each system's fair share of the workers.
+    pub fn shares(&self) -> &fair::Shares {
+        &self.shares
     }
 
     pub fn audit(&self) -> &Audit {

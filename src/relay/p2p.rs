@@ -3,7 +3,9 @@
 //! the device's connection, and carry the signalling between the two,
 //! parsing every line. Afterwards each direct stream is authorized here
 //! (routed again, audited with `path=direct`) before the device is told
-//! to accept it. [`Paths`] keeps, per device, how many direct paths are up
+//! to accept it. A device with a bandwidth limit (its own or its system's)
+//! is offered no direct path: its streams stay relayed and paced.
+//! [`Paths`] keeps, per device, how many direct paths are up
 //! and why the last attempt failed, for `ls`.
 
 use std::collections::HashMap;
@@ -88,6 +90,15 @@ pub(super) async fn signal(
     };
     if relay.options.forbid_direct.contains(&device.system) {
         let why = format!("the relay forbids direct paths in system {}", device.system);
+        return channel.refuse(&no(why)).await;
+    }
+    if relay.bandwidth.limited(&device) {
+        // Bytes of a direct path never cross the relay, so no limit could
+        // hold there: a limited device's streams stay relayed, and paced.
+        let why = format!(
+            "device {} has a bandwidth limit (its own or system {}'s): its streams stay relayed",
+            device.name, device.system
+        );
         return channel.refuse(&no(why)).await;
     }
     let Some(udp_port) = relay.options.udp_port else {

@@ -109,7 +109,14 @@ pub(super) async fn stream(
     relay
         .audit
         .record(req.event(audit::OK, name).detail("path=relayed"));
-    let shaper = relay.bandwidth.shaper(route.carrier());
+    // A device that opens a stream (a gateway's listen forward) is paced too.
+    let shaper = match req.who.role {
+        crate::protocol::Role::Device => relay.bandwidth.shaper_from(
+            route.carrier(),
+            &DeviceId::new(req.who.system.clone(), req.who.name.clone()),
+        ),
+        _ => relay.bandwidth.shaper(route.carrier()),
+    };
     let stats = controller_channel
         .splice_paced(device_channel, guard.closed.cancelled(), Some(&shaper))
         .await;

@@ -122,7 +122,23 @@ impl Channel {
 
     /// Splices this channel with a byte stream (a TCP socket, stdin/stdout).
     /// `sent` counts bytes from the channel to the stream.
-    pub async fn splice_io<R, W>(self, mut reader: R, mut writer: W) -> SpliceStats
+    pub async fn splice_io<R, W>(self, reader: R, writer: W) -> SpliceStats
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        self.splice_io_paced(reader, writer, None).await
+    }
+
+    /// Like [`Channel::splice_io`], with every chunk paced by `pace`:
+    /// [`SpliceDirection::Forward`] from the byte stream into the channel,
+    /// [`SpliceDirection::Back`] from the channel to the stream.
+    pub async fn splice_io_paced<R, W>(
+        self,
+        mut reader: R,
+        mut writer: W,
+        pace: Option<&dyn Pace>,
+    ) -> SpliceStats
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -138,6 +154,11 @@ impl Channel {
                     match ch.recv().await {
                         Some(In::Data(data)) => {
                             stats.sent += data.len() as u64;
+                            if let Some(p) = pace
+                                && let Some(wait) = p.take(SpliceDirection::Back, data.len())
+                            {
+                                wait.await;
+                            }
                             if writer.write_all(&data).await.is_err() {
                                 return;
                             }
@@ -174,6 +195,11 @@ impl Channel {
                         }
                         Ok(n) => {
                             stats.received += n as u64;
+                            if let Some(p) = pace
+                                && let Some(wait) = p.take(SpliceDirection::Forward, n)
+                            {
+                                wait.await;
+                            }
                             if ch.send(buf.split().freeze(), false).await.is_err() {
                                 return;
                             }

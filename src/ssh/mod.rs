@@ -17,6 +17,7 @@
 pub mod algorithms;
 pub mod channel;
 pub mod client;
+pub mod fair;
 pub mod keys;
 pub(crate) mod proto;
 pub mod server;

@@ -234,6 +234,12 @@ impl ServerHandle {
     pub async fn disconnect(&self, reason: &str) {
         self.0.ctl.disconnect(reason).await;
     }
+
+    /// Puts the connection's bulk work into `share`'s turns (its tenant's
+    /// fair share of the workers); the first share set stays.
+    pub fn share_with(&self, share: crate::ssh::fair::Share) {
+        let _ = self.0.ctl.share.set(share);
+    }
 }
 
 /// A server connection past the version exchange, running in its own task.

@@ -372,6 +372,9 @@ pub struct Ctl {
     pub kex_alg: watch::Sender<Option<&'static str>>,
     /// See [`UNPIN_AFTER`] (tests shorten it).
     pub unpin_after: Duration,
+    /// The tenant's fair share of the workers, once the application set
+    /// it (see [`crate::ssh::fair`]); bulk work takes turns in it.
+    pub share: std::sync::OnceLock<crate::ssh::fair::Share>,
     /// Rounds of the connection's unpinning (for tests).
     #[cfg(test)]
     pub unpins: watch::Sender<u32>,
@@ -395,6 +398,7 @@ impl Ctl {
             kexes: watch::Sender::new(0),
             kex_alg: watch::Sender::new(None),
             unpin_after,
+            share: std::sync::OnceLock::new(),
             #[cfg(test)]
             unpins: watch::Sender::new(0),
             #[cfg(test)]

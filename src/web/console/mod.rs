@@ -10,6 +10,7 @@ mod gateways;
 mod keys;
 mod log;
 mod pages;
+mod rates;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

@@ -75,6 +75,7 @@ fn status_cards(devices: &Value) -> String {
         }
         *streams += d["streams"].as_u64().unwrap_or(0);
     }
+    let limits = super::rates::per_system(devices);
     let mut body = String::from("<div class=cards>");
     for (system, (counts, streams)) in &per {
         let rest: Vec<String> = api::STATUSES
@@ -91,10 +92,14 @@ fn status_cards(devices: &Value) -> String {
             .collect();
         let _ = write!(
             body,
-            "<div class=card><div class=mut>system {}</div><div class=n>{} online</div>{} · {streams} streams</div>",
+            "<div class=card><div class=mut>system {}</div><div class=n>{} online</div>{} · {streams} streams{}</div>",
             esc(system),
             counts[0],
-            rest.join(" · ")
+            rest.join(" · "),
+            limits
+                .get(system)
+                .map(|r| format!(" · limit {}", esc(r)))
+                .unwrap_or_default()
         );
     }
     if per.is_empty() {
@@ -164,7 +169,7 @@ pub async fn devices(v: Viewer, q: Result<Query<DeviceParams>, ApiError>) -> Pag
         v
     };
     body.push_str(&sort_headers(&filters, &sort));
-    body.push_str("<th>Ports<th>Labels</tr>");
+    body.push_str("<th>Ports<th>Labels<th>Rate</tr>");
     for d in list["devices"].as_array().into_iter().flatten() {
         body.push_str(&device_row(d));
     }
@@ -262,7 +267,7 @@ fn device_row(d: &Value) -> String {
         .collect();
     let ports: Vec<String> = d["ports"].as_array().into_iter().flatten().map(s).collect();
     format!(
-        "<tr><td><input type=checkbox class=pick value=\"{sys}/{name}\"><td><a href=\"/devices/{sys}/{name}\">{name}</a><td>{sys}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td class=wrap>{}</tr>",
+        "<tr><td><input type=checkbox class=pick value=\"{sys}/{name}\"><td><a href=\"/devices/{sys}/{name}\">{name}</a><td>{sys}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td class=wrap>{}<td>{}</tr>",
         badge(status_of(d)),
         time_s(d["since"].as_u64()),
         time_s(d["last_seen"].as_u64()),
@@ -271,6 +276,7 @@ fn device_row(d: &Value) -> String {
         esc(&s(&d["version"])),
         esc(&ports.join(",")),
         esc(&labels.join(" ")),
+        super::rates::cell(d),
         sys = esc(&sys),
         name = esc(&name),
     )
@@ -345,7 +351,9 @@ pub async fn device(v: Viewer, Path((system, name)): Path<(String, String)>) -> 
     ] {
         let _ = write!(body, "<tr><th style=\"width:140px\">{k}<td>{val}</tr>");
     }
-    body.push_str("</table><p>");
+    body.push_str("</table>");
+    body.push_str(&super::rates::block(d));
+    body.push_str("<p>");
     let action = if status_of(d) == "disabled" {
         "enable"
     } else {

@@ -22,6 +22,7 @@ mod commands;
 mod dispatch;
 mod exchange;
 pub mod msg;
+mod slices;
 mod transport;
 
 #[cfg(test)]
@@ -36,8 +37,6 @@ use ssh_key::{PrivateKey, PublicKey};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::protocol::limits::CONNECTION_SLICE_BYTES;
-
 use super::kex::{HostKey, KexAlg};
 use super::mux::{self, ChanHandle, Cmd, ConnTx, Ctl, Ended, OUTBOX, OpenRequest};
 use super::packet::{CipherAlg, PacketError};
@@ -45,6 +44,7 @@ use super::wire::{WireError, Writer, msg as m, reason};
 use auth::{Auth, ClientAuth};
 use channels::Channels;
 use exchange::{Identity, KeyExchange};
+use slices::Slices;
 use transport::Transport;
 
 pub use msg::user_key;
@@ -72,6 +72,15 @@ pub const KEX_TIMEOUT: Duration = Duration::from_secs(60);
 pub const PACKETS_PER_KEY: u64 = 1 << 32;
 
 pub const VERSION: &str = concat!("SSH-2.0-warren_", env!("CARGO_PKG_VERSION"));
+
+/// What woke a connection's loop.
+enum Wake {
+    Read(std::io::Result<()>),
+    Write(std::io::Result<()>),
+    Cmd(Option<Cmd>),
+    Kick,
+    Timer,
+}
 
 /// Output of a command run on a session channel.
 #[derive(Debug, Default)]
@@ -382,8 +391,8 @@ impl<E: Events> Conn<E> {
     /// until the connection ends.
     async fn run_inner(&mut self) -> Result<String, Fail> {
         self.kx.start(&mut self.t);
-        // Bytes moved (read and written) when the task last let others run.
-        let mut slice_mark = 0u64;
+        let ctl = self.tx.ctl.clone();
+        let mut slices = Slices::default();
         loop {
             if let Some(why) = self.t.broken {
                 return Err(Fail::Broken(why));
@@ -396,31 +405,11 @@ impl<E: Events> Conn<E> {
             let can_read = self.t.pending() + self.t.deferred_bytes < READ_STOP;
             let can_cmd = self.run_backlog();
             let timer = self.timer();
-            tokio::select! {
-                r = self.t.stream.readable(), if can_read => {
-                    r.map_err(Fail::Io)?;
-                    self.t.read_some()?;
-                    self.process().await?;
-                }
-                r = self.t.stream.writable(), if self.t.pending() > 0 => {
-                    r.map_err(Fail::Io)?;
-                    self.t.write_some()?;
-                }
-                c = self.cmds.recv(), if can_cmd => {
-                    if let Some(c) = c {
-                        self.command(c);
-                        // Take what else is queued while we are here.
-                        while self.t.may_take_commands() {
-                            match self.cmds.try_recv() {
-                                Ok(c) => self.command(c),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                }
-                _ = self.tx.ctl.kick.notified() => {}
-                _ = tokio::time::sleep_until(timer) => self.timers()?,
-            }
+            let wake = slices
+                .unless_waiting(self.wait(can_read, can_cmd, timer))
+                .await;
+            slices.before_work(ctl.share.get()).await;
+            slices.unless_waiting(self.act(wake)).await?;
             if self.t.pending() > 0 {
                 self.t.write_some()?;
                 if self.t.pending() > 0 {
@@ -431,11 +420,47 @@ impl<E: Events> Conn<E> {
             // its task would keep a worker for a whole scheduler budget
             // while other tenants' small messages queue behind it.
             let moved = self.t.read + self.t.written;
-            if moved - slice_mark >= CONNECTION_SLICE_BYTES {
-                slice_mark = moved;
-                tokio::task::yield_now().await;
-            }
+            slices.after_work(moved, ctl.share.get()).await;
         }
+    }
+
+    /// Waits until the socket, a command, a kick or a timer wakes the loop.
+    async fn wait(&mut self, can_read: bool, can_cmd: bool, timer: Instant) -> Wake {
+        tokio::select! {
+            r = self.t.stream.readable(), if can_read => Wake::Read(r),
+            r = self.t.stream.writable(), if self.t.pending() > 0 => Wake::Write(r),
+            c = self.cmds.recv(), if can_cmd => Wake::Cmd(c),
+            _ = self.tx.ctl.kick.notified() => Wake::Kick,
+            _ = tokio::time::sleep_until(timer) => Wake::Timer,
+        }
+    }
+
+    /// Does what woke the loop.
+    async fn act(&mut self, wake: Wake) -> Result<(), Fail> {
+        match wake {
+            Wake::Read(r) => {
+                r.map_err(Fail::Io)?;
+                self.t.read_some()?;
+                self.process().await?;
+            }
+            Wake::Write(r) => {
+                r.map_err(Fail::Io)?;
+                self.t.write_some()?;
+            }
+            Wake::Cmd(Some(c)) => {
+                self.command(c);
+                // Take what else is queued while we are here.
+                while self.t.may_take_commands() {
+                    match self.cmds.try_recv() {
+                        Ok(c) => self.command(c),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Wake::Cmd(None) | Wake::Kick => {}
+            Wake::Timer => self.timers()?,
+        }
+        Ok(())
     }
 
     /// Runs the commands [`Conn::unpin`] set aside, as far as the transport

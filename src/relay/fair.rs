@@ -1,0 +1,68 @@
+//! Each system's fair share of the relay's workers ([`crate::ssh::fair`]):
+//! every connection of a system, controllers and devices, takes its bulk
+//! turns in the system's one share, with a turn per runtime worker.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::protocol::Name;
+use crate::ssh::fair::{self, Share};
+
+pub struct Shares {
+    turns: usize,
+    map: Mutex<HashMap<Name, Share>>,
+    /// Systems in the map after the last pruning.
+    pruned_at: Mutex<usize>,
+}
+
+impl Shares {
+    /// Shares of one turn per worker of the current runtime.
+    pub fn per_worker() -> Shares {
+        Shares::new(fair::workers())
+    }
+
+    pub fn new(turns: usize) -> Shares {
+        Shares {
+            turns,
+            map: Mutex::default(),
+            pruned_at: Mutex::new(0),
+        }
+    }
+
+    /// The share of `system` (made on first use).
+    pub fn share(&self, system: &Name) -> Share {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(system) {
+            return s.clone();
+        }
+        let mut pruned = self.pruned_at.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= 2 * (*pruned).max(64) {
+            map.retain(|_, s| !s.unused());
+            *pruned = map.len();
+        }
+        let s = Share::new(self.turns);
+        map.insert(system.clone(), s.clone());
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_share_per_system_and_unused_ones_go() {
+        let shares = Shares::new(2);
+        let tau = Name::parse("tau").unwrap();
+        let a = shares.share(&tau);
+        assert!(a.same(&shares.share(&tau)));
+        assert!(!a.same(&shares.share(&Name::parse("rho").unwrap())));
+        assert_eq!(a.size(), 2);
+        for i in 0..200 {
+            shares.share(&Name::parse(&format!("s{i}")).unwrap());
+        }
+        let n = shares.map.lock().unwrap().len();
+        assert!(n < 150, "unused shares were pruned: {n}");
+        assert!(a.same(&shares.share(&tau)), "a share in use stays");
+    }
+}

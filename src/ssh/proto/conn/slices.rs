@@ -1,0 +1,92 @@
+//! A connection's slices of work and its turns in its tenant's fair share
+//! ([`crate::ssh::fair`]).
+//!
+//! Every [`CONNECTION_SLICE_BYTES`] moved, the task lets other tasks run.
+//! Once the application gave the connection a share, a connection that
+//! moved a slice within the last [`BULK_HOLD`] counts as bulk: it queues
+//! for a turn at each slice boundary and after each wait, and gives the
+//! turn back at the next boundary or when it has nothing to do. Other
+//! connections (interactive ones, and any before login) never queue.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::time::Instant;
+
+use crate::protocol::limits::{BULK_HOLD, CONNECTION_SLICE_BYTES};
+use crate::ssh::fair::{Share, Turn};
+
+#[derive(Default)]
+pub(super) struct Slices {
+    /// Bytes moved (read and written) at the last slice boundary.
+    mark: u64,
+    /// Bulk until then (a slice ended within [`BULK_HOLD`] before it).
+    bulk_until: Option<Instant>,
+    turn: Option<Turn>,
+}
+
+impl Slices {
+    /// Runs `f`; if it has to wait (for the socket, a command, or anything
+    /// an application callback waits on), the turn goes to the next first:
+    /// a turn is held only while working, never while waiting.
+    pub(super) async fn unless_waiting<F: Future>(&mut self, f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        if self.turn.is_some() {
+            if let Some(v) = poll_once(&mut f).await {
+                return v;
+            }
+            self.turn = None;
+        }
+        f.await
+    }
+
+    /// Before working: a bulk connection without a turn queues for one.
+    pub(super) async fn before_work(&mut self, share: Option<&Share>) {
+        if self.turn.is_some() {
+            return;
+        }
+        let (Some(share), Some(until)) = (share, self.bulk_until) else {
+            return;
+        };
+        if Instant::now() >= until {
+            self.bulk_until = None;
+            return;
+        }
+        self.turn = Some(share.turn().await);
+    }
+
+    /// After working, with `moved` bytes moved in all: at a slice
+    /// boundary, gives the turn back, lets others run, and queues again.
+    pub(super) async fn after_work(&mut self, moved: u64, share: Option<&Share>) {
+        if moved - self.mark < CONNECTION_SLICE_BYTES {
+            return;
+        }
+        self.mark = moved;
+        self.turn = None;
+        let Some(share) = share else {
+            tokio::task::yield_now().await;
+            return;
+        };
+        self.bulk_until = Some(Instant::now() + BULK_HOLD);
+        match share.try_turn() {
+            // Nobody of this tenant waits: still let other tenants run.
+            Some(t) => {
+                self.turn = Some(t);
+                tokio::task::yield_now().await;
+            }
+            None => self.turn = Some(share.turn().await),
+        }
+    }
+}
+
+/// Polls `f` once: its output if it is ready now.
+async fn poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *f).poll(cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
