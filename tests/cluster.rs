@@ -401,6 +401,24 @@ async fn admin_migrate_copies_a_relay_into_postgres_checked_and_idempotent() {
     let relay = TestRelay::start().await;
     relay.add_system("tau");
     let dev = relay.add_key("tau", Role::Device, "dev1");
+    // A device with labels an admin set: one overriding, one hiding.
+    let mut info = warren::protocol::device_info::DeviceInfo::default();
+    info.labels.insert("site".into(), "lab3".into());
+    info.labels.insert("gpu".into(), "a100".into());
+    let peer = "192.0.2.1:1".parse().unwrap();
+    relay
+        .store()
+        .device_up("tau", "dev1", peer, &[22], &info)
+        .unwrap();
+    let edit = warren::store::labels::LabelEdit::new(
+        [("site".to_string(), "lab9".to_string())].into(),
+        vec!["gpu".into()],
+        Vec::new(),
+    )
+    .unwrap();
+    let tau = warren::protocol::Name::parse("tau").unwrap();
+    let dev1 = warren::protocol::Name::parse("dev1").unwrap();
+    relay.store().set_labels(&tau, &dev1, &edit).unwrap();
     relay
         .store()
         .append_audit(&[warren::audit::Event::new(kind::SYSTEM_ADD, "ok").system("tau")])
@@ -432,6 +450,13 @@ async fn admin_migrate_copies_a_relay_into_postgres_checked_and_idempotent() {
     // The cluster's store has the key, and `admin --database` reads it.
     let store = warren::store::Store::open_postgres(&url).unwrap();
     assert!(store.identity("tau", dev.public_key()).unwrap().is_some());
+    assert_eq!(
+        store.admin_labels(None).unwrap(),
+        relay.store().admin_labels(None).unwrap()
+    );
+    let d = &store.devices(Some("tau")).unwrap()[0];
+    assert_eq!(d.labels, [("site".to_string(), "lab9".to_string())].into());
+    assert_eq!(d.hidden_labels, ["gpu"]);
     let out = common::cli::warren_ok(&["admin", "--database", &url, "key", "ls", "--json"]).await;
     assert!(
         out.contains(fingerprint(dev.public_key()).as_str()),
