@@ -1,0 +1,184 @@
+//! Labels an admin sets on a device (issue 17): `warren admin device label`
+//! and the same over remote admin, refusals that change nothing, the
+//! merged labels in `ls`, the label filter and the audit log, and an agent
+//! registering again without undoing the admin's word.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::cli::{warren, warren_ok};
+use common::*;
+use warren::audit::kind;
+use warren::protocol::Role;
+
+fn labels(l: &[(&str, &str)]) -> BTreeMap<String, String> {
+    l.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_admins_labels_override_hide_and_survive_the_agent_registering_again() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    let port = echo_server().await;
+    let allow = [format!("127.0.0.1:{port}")];
+    let key = r.add_key("tau", Role::Device, "gpu1");
+    let mut settings = r.agent_settings("tau", "gpu1", key.clone(), &allow);
+    settings.labels = labels(&[("gpu", "a100"), ("site", "lab3"), ("os", "debian")]);
+    let mut agent = TestAgent::start(settings.clone());
+    agent.online().await;
+    r.wait_status("tau", "gpu1", |d| d.labels.len() == 3).await;
+    let data = r.dir.path().to_str().unwrap().to_string();
+    let admin = |args: &[&str]| {
+        let mut all = vec![
+            "admin", "--data", &data, "device", "label", "--system", "tau",
+        ];
+        all.extend_from_slice(args);
+        all.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+
+    // Refusals, with their reason, change nothing.
+    for (args, reason) in [
+        (vec!["gpu1", "bad key=x"], "label key \"bad key\""),
+        (vec!["gpu1", "site=has space"], "values use letters"),
+        (vec!["gpu1", "site"], "expected KEY=VALUE"),
+        (vec!["gpu1", "--remove=-x"], "label key \"-x\""),
+        (vec!["gpu1"], "no label change"),
+        (vec!["gpu1", "site=a", "--remove", "site"], "named twice"),
+        (vec!["nosuch", "site=a"], "no device nosuch in system tau"),
+    ] {
+        let a = admin(&args);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let ran = warren(&a).await;
+        assert!(!ran.ok, "{args:?} was accepted");
+        assert!(ran.stderr.contains(reason), "{args:?}: {}", ran.stderr);
+    }
+    assert!(r.store().admin_labels(None).unwrap().is_empty());
+
+    // Set one (overriding the agent's), add one, hide one.
+    let out = warren_ok(&admin(&[
+        "gpu1",
+        "site=lab9",
+        "room=b12",
+        "--remove",
+        "gpu",
+        "--json",
+    ]))
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kind"], "labels_set", "{out}");
+    assert_eq!(v["data"]["labels"]["site"], "lab9");
+    assert_eq!(v["data"]["hidden"], serde_json::json!(["gpu"]));
+    let want = labels(&[("os", "debian"), ("room", "b12"), ("site", "lab9")]);
+    let d = r.wait_status("tau", "gpu1", |d| d.labels == want).await;
+    assert_eq!(d.admin_labels, ["room", "site"]);
+
+    // `ls`: merged, the admin's marked; the filter uses the merged set.
+    let ls = |extra: &[&str]| {
+        let mut a = vec!["admin", "--data", &data, "ls"];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let out = warren_ok(&ls(&[])).await;
+    assert!(out.contains("os=debian,room=b12*,site=lab9*"), "{out}");
+    let out = warren_ok(&ls(&["--label", "site=lab9", "--json"])).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(v[0]["admin_labels"], serde_json::json!(["room", "site"]));
+    assert_eq!(v[0]["hidden_labels"], serde_json::json!(["gpu"]));
+    for gone in ["site=lab3", "gpu=a100"] {
+        let out = warren_ok(&ls(&["--label", gone, "--json"])).await;
+        assert_eq!(out.trim(), "[]", "{gone}: {out}");
+    }
+
+    // The agent registers again, now with one more label: the admin's
+    // word stays, its new label shows.
+    drop(agent);
+    r.wait_online("tau", "gpu1", false).await;
+    settings.labels.insert("rack".into(), "r7".into());
+    let mut agent = TestAgent::start(settings);
+    agent.online().await;
+    let d = r
+        .wait_status("tau", "gpu1", |d| d.online && d.labels.contains_key("rack"))
+        .await;
+    let want = labels(&[
+        ("os", "debian"),
+        ("rack", "r7"),
+        ("room", "b12"),
+        ("site", "lab9"),
+    ]);
+    assert_eq!(d.labels, want);
+    assert_eq!(d.hidden_labels, ["gpu"]);
+
+    // Reset forgets the admin's word: the agent's labels show again.
+    warren_ok(&admin(&["gpu1", "--reset", "site", "--reset", "gpu"])).await;
+    let d = r
+        .wait_status("tau", "gpu1", |d| {
+            d.labels.get("site").map(String::as_str) == Some("lab3")
+        })
+        .await;
+    assert_eq!(d.labels["gpu"], "a100");
+    assert_eq!(d.admin_labels, ["room"]);
+
+    // Every change is in the log, with who made it and what changed.
+    let events = r.store().audit(&audit_of(kind::LABELS_SET, 10)).unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1].key.as_deref(), Some("(local admin)"));
+    assert_eq!(events[1].device.as_deref(), Some("gpu1"));
+    assert_eq!(events[1].detail.as_deref(), Some("room=b12 site=lab9 -gpu"));
+    assert_eq!(events[0].detail.as_deref(), Some("reset site reset gpu"));
+}
+
+#[tokio::test]
+async fn remote_admin_sets_labels_and_a_controller_may_not() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    r.add_system("ops");
+    let (_dev, _port) = r.echo_device("tau", "dev1").await;
+    let root = r.add_key("ops", Role::Admin, "root");
+    let ops = r.controller("ops", root).await;
+    let ctl = r.add_key("tau", Role::Controller, "alice");
+    let conn = r.controller("tau", ctl).await;
+
+    let out = ops
+        .exec("device label --system tau dev1 site=lab9 --remove os")
+        .await
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        text,
+        "device dev1 in system tau: admin labels site=lab9; agent labels hidden: os\n"
+    );
+    let d = r
+        .wait_status("tau", "dev1", |d| !d.admin_labels.is_empty())
+        .await;
+    assert_eq!(d.labels["site"], "lab9");
+    let e = r
+        .wait_audit(&audit_of(kind::LABELS_SET, 10), |e| {
+            e.device.as_deref() == Some("dev1")
+        })
+        .await;
+    assert_eq!(e.key.as_deref(), Some("root"));
+
+    // Refused with a clear reason, nothing changed.
+    for (cmd, reason) in [
+        ("device label --system tau dev1 site=lab1", "admin"),
+        (
+            "device label --system tau nosuch site=lab1",
+            "no device nosuch",
+        ),
+        ("device label --system tau dev1 k=a,b", "values use letters"),
+    ] {
+        let who = if reason == "admin" { &conn } else { &ops };
+        let out = who.exec(cmd).await.unwrap();
+        assert_ne!(out.status, 0, "{cmd}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(reason), "{cmd}: {err}");
+    }
+    let rows = r.store().admin_labels(None).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1].value.as_deref(), Some("lab9"));
+}
