@@ -1,14 +1,17 @@
 //! Labels an admin sets on a device (issue 17): `warren admin device label`
 //! and the same over remote admin, refusals that change nothing, the
 //! merged labels in `ls`, the label filter and the audit log, and an agent
-//! registering again without undoing the admin's word.
+//! registering again without undoing the admin's word; the same through
+//! `PUT /api/v1/devices/{system}/{name}/labels`.
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use common::cli::{warren, warren_ok};
+use common::web::{Session, TestWeb};
 use common::*;
+use serde_json::json;
 use warren::audit::kind;
 use warren::protocol::Role;
 
@@ -181,4 +184,145 @@ async fn remote_admin_sets_labels_and_a_controller_may_not() {
     let rows = r.store().admin_labels(None).unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[1].value.as_deref(), Some("lab9"));
+}
+
+/// PUT with a bearer token, or a session's cookie (and its CSRF token when
+/// `csrf`); the status and the JSON body.
+async fn put(
+    w: &TestWeb,
+    auth: Result<&str, (&Session, bool)>,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut req = w.http.put(w.url(path)).json(&body);
+    req = match auth {
+        Ok(token) => req.bearer_auth(token),
+        Err((s, csrf)) => {
+            let req = req.header("cookie", &s.cookie);
+            if csrf {
+                req.header("x-csrf-token", &s.csrf)
+            } else {
+                req
+            }
+        }
+    };
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn the_api_sets_and_removes_labels_and_refuses_as_the_cli_does() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    r.add_system("ops");
+    let w = TestWeb::start(r.relay.clone()).await;
+    let (_dev, _) = r.echo_device("tau", "dev1").await;
+    let admin = w.token("tau", Role::Admin);
+    let path = "api/v1/devices/tau/dev1/labels";
+
+    let (status, v) = put(
+        &w,
+        Ok(&admin),
+        path,
+        json!({"set": {"site": "lab9", "room": "b12"}, "remove": ["os"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["labels"], json!({"room": "b12", "site": "lab9"}));
+    assert_eq!(v["data"]["hidden"], json!(["os"]));
+    // The list and its label filter show the merged labels, the admin's named.
+    let (_, list) = w.get(&admin, "api/v1/devices?label=site%3Dlab9").await;
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["devices"][0]["admin_labels"], json!(["room", "site"]));
+    let (_, d) = w.get(&admin, "api/v1/devices/tau/dev1").await;
+    assert_eq!(d["device"]["labels"]["room"], "b12", "{d}");
+    let (status, v) = put(&w, Ok(&admin), path, json!({"reset": ["room"]})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["labels"], json!({"site": "lab9"}));
+
+    // Refusals: the CLI's text, a stable code, nothing changed.
+    let before = r.store().admin_labels(None).unwrap();
+    let refusals = [
+        (
+            path,
+            json!({"set": {"bad key": "x"}}),
+            400,
+            "bad_value",
+            "label key \"bad key\"",
+        ),
+        (
+            path,
+            json!({"set": {"site": "a b"}}),
+            400,
+            "bad_value",
+            "values use letters",
+        ),
+        (
+            path,
+            json!({"remove": ["-x"]}),
+            400,
+            "bad_value",
+            "label key \"-x\"",
+        ),
+        (path, json!({}), 400, "bad_value", "no label change"),
+        (
+            path,
+            json!({"set": {}, "drop": ["x"]}),
+            400,
+            "bad_body",
+            "unknown field",
+        ),
+        (
+            "api/v1/devices/tau/nosuch/labels",
+            json!({"set": {"site": "x"}}),
+            409,
+            "refused",
+            "no device nosuch in system tau",
+        ),
+    ];
+    for (p, body, code, kind, text) in refusals {
+        let (status, v) = put(&w, Ok(&admin), p, body.clone()).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (code, Some(kind)),
+            "{body}: {v}"
+        );
+        assert!(v["error"].as_str().unwrap().contains(text), "{body}: {v}");
+    }
+    // A controller may not; nor an admin token of another system.
+    let ctl = w.token("tau", Role::Controller);
+    let (status, v) = put(&w, Ok(&ctl), path, json!({"set": {"x": "y"}})).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("read_only")),
+        "{v}"
+    );
+    let other = w.token("ops", Role::Admin);
+    let (status, v) = put(&w, Ok(&other), path, json!({"set": {"x": "y"}})).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("other_system")),
+        "{v}"
+    );
+    // A session needs its CSRF token.
+    let s = w.session(Some("tau"), Role::Admin, "carol").await;
+    let (status, v) = put(&w, Err((&s, false)), path, json!({"set": {"x": "y"}})).await;
+    assert_eq!((status, v["code"].as_str()), (403, Some("csrf")), "{v}");
+    assert_eq!(r.store().admin_labels(None).unwrap(), before);
+    let (status, v) = put(&w, Err((&s, true)), path, json!({"set": {"x": "y"}})).await;
+    assert_eq!(status, 200, "{v}");
+    let e = r
+        .wait_audit(&audit_of(kind::LABELS_SET, 10), |e| {
+            e.detail.as_deref().unwrap_or("").starts_with("x=y")
+        })
+        .await;
+    assert_eq!(e.key.as_deref(), Some("carol"), "{e:?}");
+    assert!(
+        e.detail
+            .as_deref()
+            .unwrap()
+            .contains("(via console session"),
+        "{e:?}"
+    );
 }
