@@ -318,6 +318,29 @@ async fn the_api_sets_and_removes_labels_and_refuses_as_the_cli_does() {
         })
         .await;
     assert_eq!(e.key.as_deref(), Some("carol"), "{e:?}");
+    // The device page has the labels form for admins only, and marks
+    // the admin's labels.
+    let viewer = w.session(Some("tau"), Role::Controller, "dave").await;
+    for (who, form) in [(&s, true), (&viewer, false)] {
+        let page = w
+            .http
+            .get(w.url("devices/tau/dev1"))
+            .header("cookie", &who.cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("title=\"set by an admin\">x=y</span>"),
+            "{page}"
+        );
+        assert_eq!(
+            page.contains("data-labels=\"PUT /api/v1/devices/tau/dev1/labels\""),
+            form
+        );
+    }
     assert!(
         e.detail
             .as_deref()
