@@ -21,6 +21,56 @@ fn labels(l: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `warren admin --data DATA device label --system tau ARGS…`.
+fn label_args(data: &str, args: &[&str]) -> Vec<String> {
+    let mut all = vec![
+        "admin", "--data", data, "device", "label", "--system", "tau",
+    ];
+    all.extend_from_slice(args);
+    all.iter().map(|s| s.to_string()).collect()
+}
+
+/// Bad labels and an unknown device are refused with their reason, and
+/// nothing is stored.
+async fn refusals_change_nothing(r: &TestRelay, data: &str) {
+    for (args, reason) in [
+        (vec!["gpu1", "bad key=x"], "label key \"bad key\""),
+        (vec!["gpu1", "site=has space"], "values use letters"),
+        (vec!["gpu1", "site"], "expected KEY=VALUE"),
+        (vec!["gpu1", "--remove=-x"], "label key \"-x\""),
+        (vec!["gpu1"], "no label change"),
+        (vec!["gpu1", "site=a", "--remove", "site"], "named twice"),
+        (vec!["nosuch", "site=a"], "no device nosuch in system tau"),
+    ] {
+        let a = label_args(data, &args);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let ran = warren(&a).await;
+        assert!(!ran.ok, "{args:?} was accepted");
+        assert!(ran.stderr.contains(reason), "{args:?}: {}", ran.stderr);
+    }
+    assert!(r.store().admin_labels(None).unwrap().is_empty());
+}
+
+/// `ls`: merged, the admin's marked; the filter uses the merged set.
+async fn ls_shows_the_merged_labels(data: &str) {
+    let ls = |extra: &[&str]| {
+        let mut a = vec!["admin", "--data", data, "ls"];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let out = warren_ok(&ls(&[])).await;
+    assert!(out.contains("os=debian,room=b12*,site=lab9*"), "{out}");
+    let out = warren_ok(&ls(&["--label", "site=lab9", "--json"])).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(v[0]["admin_labels"], serde_json::json!(["room", "site"]));
+    assert_eq!(v[0]["hidden_labels"], serde_json::json!(["gpu"]));
+    for gone in ["site=lab3", "gpu=a100"] {
+        let out = warren_ok(&ls(&["--label", gone, "--json"])).await;
+        assert_eq!(out.trim(), "[]", "{gone}: {out}");
+    }
+}
+
 #[tokio::test]
 async fn an_admins_labels_override_hide_and_survive_the_agent_registering_again() {
     let r = TestRelay::start().await;
@@ -34,31 +84,8 @@ async fn an_admins_labels_override_hide_and_survive_the_agent_registering_again(
     agent.online().await;
     r.wait_status("tau", "gpu1", |d| d.labels.len() == 3).await;
     let data = r.dir.path().to_str().unwrap().to_string();
-    let admin = |args: &[&str]| {
-        let mut all = vec![
-            "admin", "--data", &data, "device", "label", "--system", "tau",
-        ];
-        all.extend_from_slice(args);
-        all.iter().map(|s| s.to_string()).collect::<Vec<_>>()
-    };
-
-    // Refusals, with their reason, change nothing.
-    for (args, reason) in [
-        (vec!["gpu1", "bad key=x"], "label key \"bad key\""),
-        (vec!["gpu1", "site=has space"], "values use letters"),
-        (vec!["gpu1", "site"], "expected KEY=VALUE"),
-        (vec!["gpu1", "--remove=-x"], "label key \"-x\""),
-        (vec!["gpu1"], "no label change"),
-        (vec!["gpu1", "site=a", "--remove", "site"], "named twice"),
-        (vec!["nosuch", "site=a"], "no device nosuch in system tau"),
-    ] {
-        let a = admin(&args);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let ran = warren(&a).await;
-        assert!(!ran.ok, "{args:?} was accepted");
-        assert!(ran.stderr.contains(reason), "{args:?}: {}", ran.stderr);
-    }
-    assert!(r.store().admin_labels(None).unwrap().is_empty());
+    let admin = |args: &[&str]| label_args(&data, args);
+    refusals_change_nothing(&r, &data).await;
 
     // Set one (overriding the agent's), add one, hide one.
     let out = warren_ok(&admin(&[
@@ -78,23 +105,7 @@ async fn an_admins_labels_override_hide_and_survive_the_agent_registering_again(
     let d = r.wait_status("tau", "gpu1", |d| d.labels == want).await;
     assert_eq!(d.admin_labels, ["room", "site"]);
 
-    // `ls`: merged, the admin's marked; the filter uses the merged set.
-    let ls = |extra: &[&str]| {
-        let mut a = vec!["admin", "--data", &data, "ls"];
-        a.extend_from_slice(extra);
-        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
-    };
-    let out = warren_ok(&ls(&[])).await;
-    assert!(out.contains("os=debian,room=b12*,site=lab9*"), "{out}");
-    let out = warren_ok(&ls(&["--label", "site=lab9", "--json"])).await;
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 1, "{out}");
-    assert_eq!(v[0]["admin_labels"], serde_json::json!(["room", "site"]));
-    assert_eq!(v[0]["hidden_labels"], serde_json::json!(["gpu"]));
-    for gone in ["site=lab3", "gpu=a100"] {
-        let out = warren_ok(&ls(&["--label", gone, "--json"])).await;
-        assert_eq!(out.trim(), "[]", "{gone}: {out}");
-    }
+    ls_shows_the_merged_labels(&data).await;
 
     // The agent registers again, now with one more label: the admin's
     // word stays, its new label shows.
@@ -211,38 +222,9 @@ async fn put(
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
-#[tokio::test]
-async fn the_api_sets_and_removes_labels_and_refuses_as_the_cli_does() {
-    let r = TestRelay::start().await;
-    r.add_system("tau");
-    r.add_system("ops");
-    let w = TestWeb::start(r.relay.clone()).await;
-    let (_dev, _) = r.echo_device("tau", "dev1").await;
-    let admin = w.token("tau", Role::Admin);
-    let path = "api/v1/devices/tau/dev1/labels";
-
-    let (status, v) = put(
-        &w,
-        Ok(&admin),
-        path,
-        json!({"set": {"site": "lab9", "room": "b12"}, "remove": ["os"]}),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["data"]["labels"], json!({"room": "b12", "site": "lab9"}));
-    assert_eq!(v["data"]["hidden"], json!(["os"]));
-    // The list and its label filter show the merged labels, the admin's named.
-    let (_, list) = w.get(&admin, "api/v1/devices?label=site%3Dlab9").await;
-    assert_eq!(list["total"], 1, "{list}");
-    assert_eq!(list["devices"][0]["admin_labels"], json!(["room", "site"]));
-    let (_, d) = w.get(&admin, "api/v1/devices/tau/dev1").await;
-    assert_eq!(d["device"]["labels"]["room"], "b12", "{d}");
-    let (status, v) = put(&w, Ok(&admin), path, json!({"reset": ["room"]})).await;
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["data"]["labels"], json!({"site": "lab9"}));
-
-    // Refusals: the CLI's text, a stable code, nothing changed.
-    let before = r.store().admin_labels(None).unwrap();
+/// Bad labels and bodies, and an unknown device: the CLI's text and a
+/// stable code.
+async fn api_refusals(w: &TestWeb, admin: &str, path: &str) {
     let refusals = [
         (
             path,
@@ -282,7 +264,7 @@ async fn the_api_sets_and_removes_labels_and_refuses_as_the_cli_does() {
         ),
     ];
     for (p, body, code, kind, text) in refusals {
-        let (status, v) = put(&w, Ok(&admin), p, body.clone()).await;
+        let (status, v) = put(w, Ok(admin), p, body.clone()).await;
         assert_eq!(
             (status, v["code"].as_str()),
             (code, Some(kind)),
@@ -290,6 +272,52 @@ async fn the_api_sets_and_removes_labels_and_refuses_as_the_cli_does() {
         );
         assert!(v["error"].as_str().unwrap().contains(text), "{body}: {v}");
     }
+}
+
+/// A console page, as the session `cookie` sees it.
+async fn page(w: &TestWeb, cookie: &str, path: &str) -> String {
+    let resp = w
+        .http
+        .get(w.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await;
+    resp.unwrap().text().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_api_sets_and_removes_labels_and_refuses_as_the_cli_does() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    r.add_system("ops");
+    let w = TestWeb::start(r.relay.clone()).await;
+    let (_dev, _) = r.echo_device("tau", "dev1").await;
+    let admin = w.token("tau", Role::Admin);
+    let path = "api/v1/devices/tau/dev1/labels";
+
+    let (status, v) = put(
+        &w,
+        Ok(&admin),
+        path,
+        json!({"set": {"site": "lab9", "room": "b12"}, "remove": ["os"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["labels"], json!({"room": "b12", "site": "lab9"}));
+    assert_eq!(v["data"]["hidden"], json!(["os"]));
+    // The list and its label filter show the merged labels, the admin's named.
+    let (_, list) = w.get(&admin, "api/v1/devices?label=site%3Dlab9").await;
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["devices"][0]["admin_labels"], json!(["room", "site"]));
+    let (_, d) = w.get(&admin, "api/v1/devices/tau/dev1").await;
+    assert_eq!(d["device"]["labels"]["room"], "b12", "{d}");
+    let (status, v) = put(&w, Ok(&admin), path, json!({"reset": ["room"]})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["labels"], json!({"site": "lab9"}));
+
+    // Refusals: the CLI's text, a stable code, nothing changed.
+    let before = r.store().admin_labels(None).unwrap();
+    api_refusals(&w, &admin, path).await;
     // A controller may not; nor an admin token of another system.
     let ctl = w.token("tau", Role::Controller);
     let (status, v) = put(&w, Ok(&ctl), path, json!({"set": {"x": "y"}})).await;
@@ -322,16 +350,7 @@ async fn the_api_sets_and_removes_labels_and_refuses_as_the_cli_does() {
     // the admin's labels.
     let viewer = w.session(Some("tau"), Role::Controller, "dave").await;
     for (who, form) in [(&s, true), (&viewer, false)] {
-        let page = w
-            .http
-            .get(w.url("devices/tau/dev1"))
-            .header("cookie", &who.cookie)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = page(&w, &who.cookie, "devices/tau/dev1").await;
         assert!(
             page.contains("title=\"set by an admin\">x=y</span>"),
             "{page}"

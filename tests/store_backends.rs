@@ -434,8 +434,10 @@ fn admin_labels_override_hide_and_survive_registration(open: Open) {
         store.admin_labels(None).unwrap().is_empty(),
         "nothing changed"
     );
-    let mut info = DeviceInfo::default();
-    info.labels = set("site", "lab3");
+    let mut info = DeviceInfo {
+        labels: set("site", "lab3"),
+        ..Default::default()
+    };
     info.labels.insert("gpu".into(), "a100".into());
     info.labels.insert("os".into(), "debian".into());
     let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
