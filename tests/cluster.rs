@@ -393,6 +393,35 @@ async fn the_database_away_for_twenty_seconds_keeps_streams_and_refuses_logins_w
     }));
 }
 
+/// dev1 online with labels, one overridden by an admin and one hidden.
+fn admin_labels_on_dev1(store: &warren::store::Store) {
+    let mut info = warren::protocol::device_info::DeviceInfo::default();
+    info.labels.insert("site".into(), "lab3".into());
+    info.labels.insert("gpu".into(), "a100".into());
+    let peer = "192.0.2.1:1".parse().unwrap();
+    store.device_up("tau", "dev1", peer, &[22], &info).unwrap();
+    let edit = warren::store::labels::LabelEdit::new(
+        [("site".to_string(), "lab9".to_string())].into(),
+        vec!["gpu".into()],
+        Vec::new(),
+    )
+    .unwrap();
+    let tau = warren::protocol::Name::parse("tau").unwrap();
+    let dev1 = warren::protocol::Name::parse("dev1").unwrap();
+    store.set_labels(&tau, &dev1, &edit).unwrap();
+}
+
+/// The admin labels of [`admin_labels_on_dev1`] are in `dst` as in `src`.
+fn admin_labels_copied(src: &warren::store::Store, dst: &warren::store::Store) {
+    assert_eq!(
+        dst.admin_labels(None).unwrap(),
+        src.admin_labels(None).unwrap()
+    );
+    let d = &dst.devices(Some("tau")).unwrap()[0];
+    assert_eq!(d.labels, [("site".to_string(), "lab9".to_string())].into());
+    assert_eq!(d.hidden_labels, ["gpu"]);
+}
+
 #[tokio::test]
 async fn admin_migrate_copies_a_relay_into_postgres_checked_and_idempotent() {
     let pg = PgServer::start();
@@ -401,6 +430,7 @@ async fn admin_migrate_copies_a_relay_into_postgres_checked_and_idempotent() {
     let relay = TestRelay::start().await;
     relay.add_system("tau");
     let dev = relay.add_key("tau", Role::Device, "dev1");
+    admin_labels_on_dev1(relay.store());
     relay
         .store()
         .append_audit(&[warren::audit::Event::new(kind::SYSTEM_ADD, "ok").system("tau")])
@@ -432,6 +462,7 @@ async fn admin_migrate_copies_a_relay_into_postgres_checked_and_idempotent() {
     // The cluster's store has the key, and `admin --database` reads it.
     let store = warren::store::Store::open_postgres(&url).unwrap();
     assert!(store.identity("tau", dev.public_key()).unwrap().is_some());
+    admin_labels_copied(relay.store(), &store);
     let out = common::cli::warren_ok(&["admin", "--database", &url, "key", "ls", "--json"]).await;
     assert!(
         out.contains(fingerprint(dev.public_key()).as_str()),

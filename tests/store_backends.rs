@@ -19,6 +19,7 @@ use warren::protocol::{Cidr, Name, Role, Target};
 use warren::ssh::keys::{Fingerprint, generate_ed25519};
 use warren::store::audit::{Event, OK, REFUSED, kind};
 use warren::store::credentials::{CredKind, NewCredential};
+use warren::store::labels::LabelEdit;
 use warren::store::{AuditQuery, NewInvite, Store, now};
 
 fn n(s: &str) -> Name {
@@ -417,6 +418,79 @@ fn rates_are_set_replaced_and_cleared(open: Open) {
     assert_eq!(all[0].device.as_deref(), Some("dev1"));
 }
 
+fn admin_labels_override_hide_and_survive_registration(open: Open) {
+    let store = open();
+    store.add_system(&n("tau")).unwrap();
+    let set = |k: &str, v: &str| std::collections::BTreeMap::from([(k.into(), v.into())]);
+    let edit = |s, rm: &[&str], reset: &[&str]| {
+        let keys = |l: &[&str]| l.iter().map(|k| k.to_string()).collect();
+        LabelEdit::new(s, keys(rm), keys(reset)).unwrap()
+    };
+    let e = store
+        .set_labels(&n("tau"), &n("dev1"), &edit(set("site", "lab9"), &[], &[]))
+        .unwrap_err();
+    assert_eq!(e.to_string(), "no device dev1 in system tau");
+    assert!(
+        store.admin_labels(None).unwrap().is_empty(),
+        "nothing changed"
+    );
+    let mut info = DeviceInfo {
+        labels: set("site", "lab3"),
+        ..Default::default()
+    };
+    info.labels.insert("gpu".into(), "a100".into());
+    info.labels.insert("os".into(), "debian".into());
+    let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
+    store.device_up("tau", "dev1", peer, &[22], &info).unwrap();
+    let rows = store
+        .set_labels(
+            &n("tau"),
+            &n("dev1"),
+            &edit(set("site", "lab9"), &["gpu"], &[]),
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    // The agent registers again with its own labels: the admin's word stays.
+    open().device_up("tau", "dev1", peer, &[22], &info).unwrap();
+    let d = &open().devices(Some("tau")).unwrap()[0];
+    let want = [("os", "debian"), ("site", "lab9")];
+    let want: std::collections::BTreeMap<String, String> = want
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(d.labels, want);
+    assert_eq!(
+        (d.admin_labels.clone(), d.hidden_labels.clone()),
+        (vec!["site".to_string()], vec!["gpu".to_string()])
+    );
+    // Reset forgets the admin's word: the agent's labels show again.
+    store
+        .set_labels(
+            &n("tau"),
+            &n("dev1"),
+            &edit(Default::default(), &[], &["site", "gpu"]),
+        )
+        .unwrap();
+    let d = &open().devices(None).unwrap()[0];
+    assert_eq!(d.labels, info.labels);
+    assert!(d.admin_labels.is_empty() && d.hidden_labels.is_empty());
+    // At most MAX_LABELS admin labels on a device; a change over it changes nothing.
+    let many = |from: usize| {
+        (from..from + 20)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect()
+    };
+    store
+        .set_labels(&n("tau"), &n("dev1"), &edit(many(0), &[], &[]))
+        .unwrap();
+    let e = store
+        .set_labels(&n("tau"), &n("dev1"), &edit(many(20), &[], &[]))
+        .unwrap_err();
+    assert!(e.to_string().contains("more than 32 admin labels"), "{e}");
+    assert_eq!(open().admin_labels(Some("tau")).unwrap().len(), 20);
+    assert!(open().admin_labels(Some("other")).unwrap().is_empty());
+}
+
 fn console_credentials_work_once_expire_and_revoke(open: Open) {
     let store = open();
     let issue = |kind, system: Option<&str>, role, now, ttl_secs| {
@@ -530,6 +604,10 @@ fn console_credentials_work_once_expire_and_revoke(open: Open) {
 
 const CHECKS: &[Check] = &[
     ("rates", rates_are_set_replaced_and_cleared),
+    (
+        "admin labels",
+        admin_labels_override_hide_and_survive_registration,
+    ),
     ("keys", keys_bind_to_system_role_and_name),
     ("device status", device_status_survives_reopen),
     ("invites", an_invite_works_once_and_only_as_issued),

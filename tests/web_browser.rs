@@ -161,6 +161,26 @@ async fn the_console_in_chromium() {
     c.goto(&w.url("devices/tau/dev1")).await.unwrap();
     wait_text(&c, "//main/h1", "dev1").await;
     shot(&c, "device").await;
+    // Edit a label there; the list shows it, marked as the admin's.
+    c.find(Locator::Css("form[data-labels] input[name=label_set]"))
+        .await
+        .unwrap()
+        .send_keys("site=lab9")
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[data-labels] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "//div[@id='flash']/div[@class='ok']", "site=lab9").await;
+    shot(&c, "device-labels").await;
+    c.goto(&w.url("devices")).await.unwrap();
+    wait_text(&c, "//main//table//span[@class='adm']", "site=lab9").await;
+    let stored = r.store().admin_labels(Some("tau")).unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].value.as_deref(), Some("lab9"));
 
     // Filter the log to a date range (typed in local time, UTC here).
     c.goto(&w.url("log")).await.unwrap();

@@ -15,6 +15,7 @@ use crate::protocol::device_info::parse_label;
 use crate::protocol::limits::{INVITE_DEFAULT_TTL, INVITE_MAX_TTL};
 use crate::protocol::rate::Rate;
 use crate::protocol::{DeviceId, Name, RelayAddress, Role};
+use crate::store::labels::LabelEdit;
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
@@ -199,6 +200,26 @@ pub enum DeviceCommand {
         system: String,
         name: String,
     },
+    /// Set labels on a device, overriding the agent's labels of the same
+    /// key: `device label --system tau dev1 site=lab9 --remove gpu`. The
+    /// admin's word survives the agent's re-registration; `--reset KEY`
+    /// forgets it.
+    Label {
+        #[arg(long)]
+        system: String,
+        name: String,
+        /// KEY=VALUE labels to set.
+        #[arg(value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Hide the agent's label KEY (repeat for several).
+        #[arg(long = "remove", value_name = "KEY")]
+        remove: Vec<String>,
+        /// Forget the admin's label or removal of KEY (repeat for several).
+        #[arg(long = "reset", value_name = "KEY")]
+        reset: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Set a device's own bandwidth limit, within its system's:
     /// `device set --system tau dev1 --rate 1M` (`--rate none` clears it).
     Set {
@@ -277,7 +298,13 @@ impl AdminCommand {
                 (request, Format::json_if(a.json))
             }
             AdminCommand::Invite(a) => a.into_request()?,
-            AdminCommand::Device(d) => (d.into_request()?, text),
+            AdminCommand::Device(d) => {
+                let format = match &d {
+                    DeviceCommand::Label { json, .. } => Format::json_if(*json),
+                    _ => text,
+                };
+                (d.into_request()?, format)
+            }
             AdminCommand::Log(a) => a.into_request()?,
             AdminCommand::Wake(a) => a.into_request(WakeOp::Wake)?,
             AdminCommand::Sleep(a) => a.into_request(WakeOp::Sleep)?,
@@ -375,6 +402,28 @@ impl DeviceCommand {
         let (system, name, disabled) = match self {
             DeviceCommand::Disable { system, name } => (system, name, true),
             DeviceCommand::Enable { system, name } => (system, name, false),
+            DeviceCommand::Label {
+                system,
+                name,
+                labels,
+                remove,
+                reset,
+                json: _,
+            } => {
+                let set = labels
+                    .iter()
+                    .map(|l| parse_label(l))
+                    .collect::<Result<_, _>>()
+                    .map_err(anyhow::Error::msg)?;
+                let edit = LabelEdit::new(set, remove, reset).map_err(anyhow::Error::msg)?;
+                return Ok(Request::SetLabels {
+                    device: DeviceId::new(
+                        Name::parse(&system).context("system name")?,
+                        Name::parse(&name).context("device name")?,
+                    ),
+                    edit,
+                });
+            }
             DeviceCommand::Set { system, name, rate } => {
                 return Ok(Request::SetRate {
                     system: Name::parse(&system).context("system name")?,

@@ -36,7 +36,8 @@ pub struct LogFilter {
     pub device: Option<String>,
     /// Only this kind: login, device_up, device_down, register, stream_open,
     /// stream_close, enroll, key_add, key_revoke, invite_create,
-    /// invite_revoke, device_disable, device_enable, system_add, command.
+    /// invite_revoke, device_disable, device_enable, labels_set, system_add,
+    /// command.
     #[arg(long)]
     pub kind: Option<String>,
     /// Events at or after this time: RFC 3339 ("2026-11-26T10:00:00Z") or an

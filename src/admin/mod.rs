@@ -210,6 +210,7 @@ pub async fn run(store: &Store, caller: &Caller<'_>, request: Request) -> Result
             }
         }
         Request::SetDisabled { device, disabled } => set_disabled(store, device, disabled).await?,
+        Request::SetLabels { device, edit } => set_labels(store, device, edit).await?,
         Request::SetRate {
             system,
             device,
@@ -465,6 +466,45 @@ async fn set_disabled(store: &Store, device: DeviceId, disabled: bool) -> Result
             disabled,
         },
         change: Some(Change::Devices),
+    })
+}
+
+/// `device label`: the device's admin labels after the change are the reply.
+async fn set_labels(
+    store: &Store,
+    device: DeviceId,
+    edit: store::labels::LabelEdit,
+) -> Result<Outcome> {
+    let (d, e) = (device.clone(), edit.clone());
+    let rows = store
+        .call(move |s| s.set_labels(&d.system, &d.name, &e))
+        .await?;
+    let mut what: Vec<String> = edit.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    what.extend(edit.remove.iter().map(|k| format!("-{k}")));
+    what.extend(edit.reset.iter().map(|k| format!("reset {k}")));
+    let (mut labels, mut hidden) = (std::collections::BTreeMap::new(), Vec::new());
+    for r in rows {
+        match r.value {
+            Some(v) => {
+                labels.insert(r.key, v);
+            }
+            None => hidden.push(r.key),
+        }
+    }
+    Ok(Outcome {
+        events: vec![
+            Event::new(kind::LABELS_SET, audit::OK)
+                .system(device.system.as_str())
+                .device(device.name.as_str())
+                .detail(what.join(" ")),
+        ],
+        reply: Reply::LabelsSet {
+            system: device.system.to_string(),
+            device: device.name.to_string(),
+            labels,
+            hidden,
+        },
+        change: None,
     })
 }
 

@@ -26,6 +26,7 @@ Admin keys may also run every `warren admin` command, e.g.
   invite --system tau --role device --name dev3 [--ttl 1h]
   invite ls | invite revoke ID | key ls | key revoke FP
   device disable --system tau dev1 | device enable --system tau dev1
+  device label --system tau dev1 site=lab9 [--remove gpu] [--reset room]
   system set tau --rate 10M | device set --system tau dev1 --rate 1M | … --rate none
 Reach a device with: ssh -J SYSTEM@RELAY:PORT USER@DEVICE
 ";
@@ -113,7 +114,7 @@ fn command_name(r: &Request) -> &'static str {
         Request::CreateInvite { .. } | Request::ListInvites | Request::RevokeInvite { .. } => {
             "invite"
         }
-        Request::SetDisabled { .. } => "device",
+        Request::SetDisabled { .. } | Request::SetLabels { .. } => "device",
         Request::Log { .. } => "log",
         Request::Wake { op, .. } => match op {
             WakeOp::Wake => "wake",

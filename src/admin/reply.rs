@@ -67,6 +67,14 @@ pub enum Reply {
         device: String,
         disabled: bool,
     },
+    /// A device's admin labels after a change: those set, and the agent's
+    /// labels hidden.
+    LabelsSet {
+        system: String,
+        device: String,
+        labels: BTreeMap<String, String>,
+        hidden: Vec<String>,
+    },
     /// A bandwidth limit set (`rate`) or cleared (`None`).
     RateSet {
         system: String,
@@ -233,6 +241,27 @@ fn rate_set_text(system: &str, device: Option<&str>, rate: Option<Rate>) -> Stri
     }
 }
 
+fn labels_set_text(
+    system: &str,
+    device: &str,
+    labels: &BTreeMap<String, String>,
+    hidden: &[String],
+) -> String {
+    let list = |l: Vec<String>| {
+        if l.is_empty() {
+            "none".to_string()
+        } else {
+            l.join(" ")
+        }
+    };
+    let set = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(
+        "device {device} in system {system}: admin labels {}; agent labels hidden: {}\n",
+        list(set),
+        list(hidden.to_vec())
+    )
+}
+
 fn text(reply: &Reply) -> Result<Text> {
     let out = match reply {
         Reply::HostKey { fingerprint } => format!("{fingerprint}\n"),
@@ -260,6 +289,12 @@ fn text(reply: &Reply) -> Result<Text> {
             device,
             rate,
         } => rate_set_text(system, device.as_deref(), *rate),
+        Reply::LabelsSet {
+            system,
+            device,
+            labels,
+            hidden,
+        } => labels_set_text(system, device, labels, hidden),
         Reply::Disabled {
             system,
             device,

@@ -68,6 +68,11 @@ pub enum Request {
         device: DeviceId,
         disabled: bool,
     },
+    /// Change a device's admin labels (set, hide or reset them).
+    SetLabels {
+        device: DeviceId,
+        edit: crate::store::labels::LabelEdit,
+    },
     /// A system's bandwidth limit (`device` `None`) or a device's; `None`
     /// clears it.
     SetRate {

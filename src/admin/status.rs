@@ -109,6 +109,8 @@ fn overlay(records: Vec<DeviceStatus>, live: Vec<LiveDevice>) -> Vec<DeviceStatu
             path_why: if l.direct > 0 { None } else { l.why_relayed },
             rate: None,
             system_rate: None,
+            admin_labels: Vec::new(),
+            hidden_labels: Vec::new(),
         };
         match out
             .iter_mut()
@@ -121,6 +123,8 @@ fn overlay(records: Vec<DeviceStatus>, live: Vec<LiveDevice>) -> Vec<DeviceStatu
                 *d = DeviceStatus {
                     version,
                     labels,
+                    admin_labels: std::mem::take(&mut d.admin_labels),
+                    hidden_labels: std::mem::take(&mut d.hidden_labels),
                     ..now
                 };
             }
@@ -242,9 +246,13 @@ pub fn render(devices: &[DeviceStatus], with_system: bool) -> String {
             if d.labels.is_empty() {
                 "-".into()
             } else {
+                // `*`: the admin's label, overriding the agent's.
                 d.labels
                     .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
+                    .map(|(k, v)| {
+                        let admin = if d.admin_labels.contains(k) { "*" } else { "" };
+                        format!("{k}={v}{admin}")
+                    })
                     .collect::<Vec<_>>()
                     .join(",")
             },
@@ -297,6 +305,8 @@ mod tests {
             path_why: Some("symmetric NAT on device dev1's side".into()),
             rate: None,
             system_rate: None,
+            admin_labels: Vec::new(),
+            hidden_labels: Vec::new(),
         };
         let mut asleep = DeviceStatus {
             name: "dev2".into(),
@@ -367,6 +377,8 @@ mod tests {
             path_why: None,
             rate: None,
             system_rate: None,
+            admin_labels: Vec::new(),
+            hidden_labels: Vec::new(),
         };
         let plain = render(&[d("dev1")], false);
         assert!(!plain.contains("RATE"), "no column without limits: {plain}");
@@ -416,6 +428,8 @@ mod tests {
             path_why: None,
             rate: None,
             system_rate: None,
+            admin_labels: Vec::new(),
+            hidden_labels: Vec::new(),
         };
         let live = LiveDevice {
             device: crate::protocol::DeviceId::new(

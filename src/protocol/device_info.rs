@@ -52,11 +52,7 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
         return Err(format!("at most {MAX_LABELS} labels"));
     }
     for (k, v) in labels {
-        if !label_key_ok(k) {
-            return Err(format!(
-                "label key {k:?}: use letters, digits, '-', '_', '.', '/' (at most {MAX_LABEL_LEN}), starting with a letter or digit"
-            ));
-        }
+        check_label_key(k)?;
         if !label_value_ok(v) {
             return Err(format!(
                 "label {k} = {v:?}: values use letters, digits and -_./:+@ (1 to {MAX_LABEL_LEN} characters)"
@@ -64,6 +60,16 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Checks a label key (as an agent's, or one an admin removes).
+pub fn check_label_key(k: &str) -> Result<(), String> {
+    if label_key_ok(k) {
+        return Ok(());
+    }
+    Err(format!(
+        "label key {k:?}: use letters, digits, '-', '_', '.', '/' (at most {MAX_LABEL_LEN}), starting with a letter or digit"
+    ))
 }
 
 /// Parses `KEY=VALUE` (a label, or a `--label` filter).

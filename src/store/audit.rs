@@ -32,6 +32,8 @@ pub mod kind {
     pub const DEVICE_ENABLE: &str = "device_enable";
     /// A system's or a device's bandwidth limit set or cleared.
     pub const RATE_SET: &str = "rate_set";
+    /// A device's admin labels set, hidden or reset.
+    pub const LABELS_SET: &str = "labels_set";
     pub const SYSTEM_ADD: &str = "system_add";
     pub const COMMAND: &str = "command";
     pub const PUBLIC_PORT: &str = "public_port";

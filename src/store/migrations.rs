@@ -148,6 +148,17 @@ const MIGRATIONS: &[&str] = &[
         updated          INTEGER NOT NULL,
         PRIMARY KEY (system, device)
     );",
+    // 9: labels an admin set on a device (`value` NULL: the agent's label
+    // of that key is hidden). They override the agent's labels of the same
+    // key and survive its re-registration (`store/labels.rs`).
+    "CREATE TABLE device_labels (
+        system  TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        value   TEXT,
+        updated INTEGER NOT NULL,
+        PRIMARY KEY (system, name, key)
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

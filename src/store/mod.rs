@@ -20,6 +20,7 @@ pub mod datadir;
 mod enroll;
 mod exposures;
 mod gateways;
+pub mod labels;
 mod migrations;
 mod on_demand;
 pub mod postgres;
@@ -130,6 +131,13 @@ pub struct DeviceStatus {
     /// Its system's bandwidth limit, if an admin set one.
     #[serde(default)]
     pub system_rate: Option<crate::protocol::rate::Rate>,
+    /// Keys in `labels` whose value an admin set (`labels` is the merged
+    /// set: the agent's, with the admin's word laid over; `store/labels.rs`).
+    #[serde(default)]
+    pub admin_labels: Vec<String>,
+    /// Agent labels an admin hid: absent from `labels`.
+    #[serde(default)]
+    pub hidden_labels: Vec<String>,
 }
 
 impl rusqlite::ToSql for Fingerprint {
@@ -493,10 +501,17 @@ impl Store {
         Ok(())
     }
 
+    /// Devices as stored, with the labels an admin set merged in.
     pub fn devices(&self, system: Option<&str>) -> Result<Vec<DeviceStatus>> {
-        if let Some(pg) = &self.pg {
-            return pg.devices(system);
-        }
+        let mut devices = match &self.pg {
+            Some(pg) => pg.devices(system)?,
+            None => self.sqlite_devices(system)?,
+        };
+        labels::merge(&mut devices, self.admin_labels(system)?);
+        Ok(devices)
+    }
+
+    fn sqlite_devices(&self, system: Option<&str>) -> Result<Vec<DeviceStatus>> {
         let conn = self.read();
         let mut st = conn.prepare(
             "SELECT system, name, online, since, last_seen, address, ports, version, labels, streams, disabled FROM devices
@@ -530,6 +545,8 @@ impl Store {
                 path_why: None,
                 rate: None,
                 system_rate: None,
+                admin_labels: Vec::new(),
+                hidden_labels: Vec::new(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -4,6 +4,7 @@
 //! and `admin::commit` as the CLI); reads return the JSON the command
 //! prints with `--json`, changes what the CLI prints.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use axum::extract::Path;
@@ -19,6 +20,7 @@ use crate::admin::{ExposeRequest, GatewayRef, GatewayRequest, KeySource, Reply, 
 use crate::protocol::device_info::parse_label;
 use crate::protocol::{DeviceId, Name, Role};
 use crate::store::DeviceStatus;
+use crate::store::labels::LabelEdit;
 
 type Reply_ = ApiResult<axum::Json<Value>>;
 
@@ -269,6 +271,36 @@ pub async fn device_action(
     };
     let device = DeviceId::new(own(&c.p, &system)?, name("name", &device)?);
     c.change(Request::SetDisabled { device, disabled }).await
+}
+
+/// The body of `PUT /devices/{system}/{name}/labels`: labels to set, agent
+/// labels to hide, and keys whose admin label or removal is forgotten.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelChange {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+    #[serde(default)]
+    pub reset: Vec<String>,
+}
+
+/// `PUT /devices/{system}/{name}/labels`, as `device label --json`.
+pub async fn set_labels(
+    c: Ctx,
+    Path((system, device)): Path<(String, String)>,
+    Json(b): Json<LabelChange>,
+) -> Reply_ {
+    let device = DeviceId::new(own(&c.p, &system)?, name("name", &device)?);
+    let edit =
+        LabelEdit::new(b.set, b.remove, b.reset).map_err(|e| ApiError::bad("bad_value", e))?;
+    let request = Request::SetLabels { device, edit };
+    let reply = ops::request_for(&c.web, &c.p, c.peer, Access::Change, request).await?;
+    // What `device label --json` prints: the device's admin labels after.
+    Ok(axum::Json(
+        crate::admin::json_value(&reply).map_err(|e| ApiError::internal(&e))?,
+    ))
 }
 
 pub async fn keys(c: Ctx) -> Reply_ {

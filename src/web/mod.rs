@@ -60,6 +60,10 @@ pub fn router(web: Web) -> Router {
         .route("/devices", get(api::devices))
         .route("/devices/{system}/{name}", get(api::device))
         .route(
+            "/devices/{system}/{name}/labels",
+            axum::routing::put(api::set_labels),
+        )
+        .route(
             "/devices/{system}/{name}/{action}",
             post(api::device_action),
         )

@@ -173,6 +173,8 @@ fn devices_and_invites() {
         path_why: None,
         rate: None,
         system_rate: None,
+        admin_labels: Vec::new(),
+        hidden_labels: Vec::new(),
     };
     let mut all = Reply::Devices {
         devices: vec![d.clone()],

@@ -181,6 +181,18 @@ const TABLES: &[Table] = &[
         sequence: None,
     },
     Table {
+        name: "device_labels",
+        columns: &[
+            ("system", 'T'),
+            ("name", 'T'),
+            ("key", 'T'),
+            ("value", 'T'),
+            ("updated", 'I'),
+        ],
+        key: &["system", "name", "key"],
+        sequence: None,
+    },
+    Table {
         name: "web_credentials",
         columns: &[
             ("id", 'T'),

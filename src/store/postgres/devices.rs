@@ -172,6 +172,8 @@ impl Pg {
                     path_why: None,
                     rate: None,
                     system_rate: None,
+                    admin_labels: Vec::new(),
+                    hidden_labels: Vec::new(),
                 });
             }
             Ok(out)

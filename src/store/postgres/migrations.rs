@@ -191,6 +191,16 @@ const MIGRATIONS: &[&str] = &[
         sent    BIGINT NOT NULL,
         PRIMARY KEY (system, name)
     );",
+    // 6: labels an admin set on a device (SQLite's 9; `value` NULL hides
+    // the agent's label of that key).
+    "CREATE TABLE device_labels (
+        system  TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        value   TEXT,
+        updated BIGINT NOT NULL,
+        PRIMARY KEY (system, name, key)
+    );",
 ];
 
 pub async fn migrate(c: &mut Client) -> Result<()> {

@@ -23,6 +23,7 @@ mod devices;
 mod enroll;
 mod gateways;
 mod keys;
+mod labels;
 mod listen;
 mod migrations;
 mod on_demand;

@@ -42,6 +42,9 @@ function enrollCommand(root) {
 async function refresh() {
   const main = document.querySelector("main[data-live]");
   if (!main || document.hidden) return;
+  // Not while a labels form is being filled in.
+  const editing = main.querySelector("form[data-labels]");
+  if (editing && [...editing.elements].some(e => e.value !== (e.defaultValue || ""))) return;
   const keep = new Set([...main.querySelectorAll("input[type=checkbox]:checked")].map(c => c.value));
   const r = await fetch(location.href, { headers: { "x-fragment": "1" } });
   if (!r.ok) return;
@@ -92,6 +95,11 @@ document.addEventListener("click", async (ev) => {
 
 document.addEventListener("submit", async (ev) => {
   const f = ev.target;
+  if (f.dataset.labels) {
+    ev.preventDefault();
+    await saveLabels(f);
+    return;
+  }
   if (f.dataset.api) {
     ev.preventDefault();
     if (f.dataset.confirm && !confirm(f.dataset.confirm)) return;
@@ -125,6 +133,25 @@ document.addEventListener("submit", async (ev) => {
     for (const el of f.elements) if (el.name && el.value === "" && !el.disabled) el.disabled = true;
   }
 });
+
+// The device page's labels form: {"set": {K: V}, "remove": [K], "reset": [K]}.
+async function saveLabels(f) {
+  const words = n => f.elements[n].value.split(/\s+/).filter(w => w);
+  const set = {};
+  for (const w of words("label_set")) {
+    const i = w.indexOf("=");
+    if (i < 0) { flash("label " + JSON.stringify(w) + ": expected KEY=VALUE", false); return; }
+    set[w.slice(0, i)] = w.slice(i + 1);
+  }
+  const [method, path] = f.dataset.labels.split(" ");
+  const r = await call(method, path, { set, remove: words("label_remove"), reset: words("label_reset") });
+  if (!r.ok) { flash((r.json && r.json.error) || "refused", false); return; }
+  const d = (r.json && r.json.data) || {};
+  const shown = Object.entries(d.labels || {}).map(([k, v]) => k + "=" + v).join(" ") || "none";
+  flash("admin labels: " + shown + "; hidden: " + ((d.hidden || []).join(" ") || "none"), true);
+  f.reset();
+  refresh();
+}
 
 // The CSV export of the log's filters, with the columns ticked.
 function exportUrl(f) {

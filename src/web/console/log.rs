@@ -28,6 +28,7 @@ const KINDS: &[&str] = &[
     "invite_revoke",
     "device_disable",
     "device_enable",
+    "labels_set",
     "system_add",
     "command",
     "public_port",

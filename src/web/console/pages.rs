@@ -256,15 +256,34 @@ fn device_filters(filters: &[(&'static str, String)], sort: &str) -> String {
     );
     body
 }
-/// One row of the devices table.
-fn device_row(d: &Value) -> String {
-    let (sys, name) = (s(&d["system"]), s(&d["name"]));
-    let labels: Vec<String> = d["labels"]
+/// A device's merged labels, escaped; the admin's marked (class `adm`).
+fn labels_html(d: &Value) -> String {
+    let admin: Vec<&str> = d["admin_labels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let one = |(k, v): (&String, &Value)| {
+        let text = esc(&format!("{k}={}", s(v)));
+        if admin.contains(&k.as_str()) {
+            format!("<span class=adm title=\"set by an admin\">{text}</span>")
+        } else {
+            text
+        }
+    };
+    let all: Vec<String> = d["labels"]
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(k, v)| format!("{k}={}", s(v)))
+        .map(one)
         .collect();
+    all.join(" ")
+}
+
+/// One row of the devices table.
+fn device_row(d: &Value) -> String {
+    let (sys, name) = (s(&d["system"]), s(&d["name"]));
     let ports: Vec<String> = d["ports"].as_array().into_iter().flatten().map(s).collect();
     format!(
         "<tr><td><input type=checkbox class=pick value=\"{sys}/{name}\"><td><a href=\"/devices/{sys}/{name}\">{name}</a><td>{sys}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td class=wrap>{}<td>{}</tr>",
@@ -275,7 +294,7 @@ fn device_row(d: &Value) -> String {
         s(&d["streams"]),
         esc(&s(&d["version"])),
         esc(&ports.join(",")),
-        esc(&labels.join(" ")),
+        labels_html(d),
         super::rates::cell(d),
         sys = esc(&sys),
         name = esc(&name),
@@ -330,11 +349,11 @@ pub async fn device(v: Viewer, Path((system, name)): Path<(String, String)>) -> 
         "<h1>Device {nm} <span class=mut>in {sys}</span> {}</h1><table>",
         badge(status_of(d))
     );
-    let labels: Vec<String> = d["labels"]
-        .as_object()
+    let hidden: Vec<String> = d["hidden_labels"]
+        .as_array()
         .into_iter()
         .flatten()
-        .map(|(k, v)| format!("{k}={}", s(v)))
+        .map(s)
         .collect();
     let ports: Vec<String> = d["ports"].as_array().into_iter().flatten().map(s).collect();
     let scope: Vec<String> = d["scope"].as_array().into_iter().flatten().map(s).collect();
@@ -345,7 +364,8 @@ pub async fn device(v: Viewer, Path((system, name)): Path<(String, String)>) -> 
         ("Ports", esc(&ports.join(", "))),
         ("Live streams", s(&d["streams"])),
         ("Version", esc(&s(&d["version"]))),
-        ("Labels", esc(&labels.join(" "))),
+        ("Labels", labels_html(d)),
+        ("Hidden labels", esc(&hidden.join(" "))),
         ("Gateway scope", esc(&scope.join(", "))),
         ("On demand", on_demand(&d["on_demand"])),
     ] {
@@ -362,12 +382,16 @@ pub async fn device(v: Viewer, Path((system, name)): Path<(String, String)>) -> 
     let _ = write!(
         body,
         "<button class=danger data-action=\"POST /api/v1/devices/{sys}/{nm}/{action}\" data-confirm=\"{action} {nm}?\">{action}</button> \
-<a href=\"{}\">Its operation log</a></p><h2>Recent history</h2>",
+<a href=\"{}\">Its operation log</a></p>",
         esc(&link(
             "/log",
             &[("system", system.clone()), ("device", name.clone())]
         ))
     );
+    if p.role() == crate::protocol::Role::Admin {
+        body.push_str(&label_form(&sys, &nm));
+    }
+    body.push_str("<h2>Recent history</h2>");
     body.push_str(&super::log::table(
         v["history"].as_array().map(Vec::as_slice).unwrap_or(&[]),
     ));
@@ -381,6 +405,20 @@ pub async fn device(v: Viewer, Path((system, name)): Path<(String, String)>) -> 
             body,
         },
     ))
+}
+
+/// The labels form of the device page (admins only): `PUT …/labels`.
+/// `sys` and `nm` come escaped.
+fn label_form(sys: &str, nm: &str) -> String {
+    format!(
+        "<form class=bar data-labels=\"PUT /api/v1/devices/{sys}/{nm}/labels\" style=\"margin:10px 0\">\
+<label>set (KEY=VALUE …)<input name=label_set size=24 placeholder=site=lab9></label>\
+<label>hide the agent's (KEY …)<input name=label_remove size=12></label>\
+<label>reset (KEY …)<input name=label_reset size=12></label>\
+<button class=primary>Save labels</button></form>\
+<p class=mut>An admin's label overrides the agent's of the same key (marked <span class=adm>like this</span>) \
+and survives its re-registration; hiding removes an agent's label; reset gives the key back to the agent.</p>"
+    )
 }
 
 /// An on-demand device's last reported state (issue 16: asleep until a
