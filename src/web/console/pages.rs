@@ -256,6 +256,7 @@ fn device_filters(filters: &[(&'static str, String)], sort: &str) -> String {
     );
     body
 }
+
 /// A device's merged labels, escaped; the admin's marked (class `adm`).
 fn labels_html(d: &Value) -> String {
     let admin: Vec<&str> = d["admin_labels"]
