@@ -202,7 +202,7 @@ pub async fn devices_process(flags: &HashMap<String, String>) -> Result<()> {
         .split(',')
         .map(str::to_string)
         .collect();
-    let store = Store::open_postgres(get(flags, "database")?)?;
+    let store = crate::procs::open_store(get(flags, "database")?)?;
     let keys = add_keys(&store, first, count)?;
     drop(store);
     let shared = Arc::new(Shared {

@@ -49,6 +49,9 @@ struct Args {
     sample: usize,
     /// Kill one relay (SIGKILL) once every device is reachable.
     kill: bool,
+    /// One relay on SQLite (no database): the single relay's figures,
+    /// measured the same way.
+    sqlite: bool,
     logins: usize,
     rtts: usize,
     mib: usize,
@@ -66,6 +69,7 @@ fn args() -> Result<Args> {
         connecting: 32,
         sample: 20,
         kill: false,
+        sqlite: false,
         logins: 200,
         rtts: 500,
         mib: 64,
@@ -83,6 +87,7 @@ fn args() -> Result<Args> {
             "--connecting" => a.connecting = value()?.parse()?,
             "--sample" => a.sample = value()?.parse()?,
             "--kill" => a.kill = true,
+            "--sqlite" => a.sqlite = true,
             "--logins" => a.logins = value()?.parse()?,
             "--rtts" => a.rtts = value()?.parse()?,
             "--mib" => a.mib = value()?.parse()?,
@@ -94,6 +99,12 @@ fn args() -> Result<Args> {
     }
     if a.database.is_empty() {
         bail!("--database postgres://… is required (bench/cluster starts one)");
+    }
+    if a.sqlite {
+        if a.kill || a.relays > 1 {
+            bail!("--sqlite is one relay without a database: no --kill, no --relays");
+        }
+        a.relays = 1;
     }
     if a.relays == 0 || a.devices == 0 || a.per_loader == 0 {
         bail!("--relays, --devices and --per-loader must be at least 1");
@@ -354,10 +365,16 @@ struct Report {
 }
 
 /// `bench_cluster relay --database URL`: one relay on 127.0.0.1:0; prints
-/// `ADDR HOSTKEY`, serves until stdin closes.
+/// `ADDR HOSTKEY STORE`, serves until stdin closes. `--database sqlite`:
+/// a single relay on SQLite, STORE its data directory.
 async fn relay_process(database: &str) -> Result<()> {
-    let r = relay(Some(database)).await?;
-    println!("{} {}", r.addr, r.relay.host_key());
+    let r = relay(Some(database).filter(|d| *d != "sqlite")).await?;
+    let store = if database == "sqlite" {
+        r._dir.path().display().to_string()
+    } else {
+        database.to_string()
+    };
+    println!("{} {} {store}", r.addr, r.relay.host_key());
     let mut rest = String::new();
     let _ = tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::stdin(), &mut rest).await;
     Ok(())

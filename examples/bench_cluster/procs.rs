@@ -4,6 +4,16 @@
 use anyhow::{Context, Result};
 use tokio::io::AsyncWriteExt;
 
+/// The store at `at`: a `postgres://` address, else a relay's data
+/// directory (SQLite).
+pub fn open_store(at: &str) -> Result<warren::store::Store> {
+    if at.starts_with("postgres") {
+        warren::store::Store::open_postgres(at)
+    } else {
+        warren::store::Store::open(std::path::Path::new(at))
+    }
+}
+
 /// Resident anonymous memory plus page tables of `pid`, in KiB
 /// (`RssAnon` + `VmPTE` of /proc/PID/status): what the relay's own state
 /// costs, without the shared binary's pages.

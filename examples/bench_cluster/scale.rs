@@ -61,20 +61,31 @@ pub struct Kill {
     pub reach_after: Reach,
 }
 
-/// Relay processes, each `(address, host key, process)`.
-async fn start_relays(a: &Args) -> Result<Vec<(String, String, Child)>> {
+/// Relay processes, each `(address, host key, process)`, and where their
+/// store is (the database, or with `--sqlite` the relay's data directory).
+async fn start_relays(a: &Args) -> Result<(Vec<(String, String, Child)>, String)> {
     let mut relays = Vec::new();
+    let db = if a.sqlite {
+        "sqlite"
+    } else {
+        a.database.as_str()
+    };
+    let mut store = String::new();
     for _ in 0..a.relays {
-        let mut c = Child::spawn(&["relay".into(), "--database".into(), a.database.clone()])?;
+        let mut c = Child::spawn(&["relay".into(), "--database".into(), db.into()])?;
         let line = c.line().await?;
-        let (addr, fp) = line.split_once(' ').context("relay line")?;
+        let mut f = line.splitn(3, ' ');
+        let (Some(addr), Some(fp), Some(at)) = (f.next(), f.next(), f.next()) else {
+            bail!("relay line {line:?}");
+        };
+        store = at.to_string();
         relays.push((addr.to_string(), fp.to_string(), c));
     }
-    Ok(relays)
+    Ok((relays, store))
 }
 
 /// Loader processes of at most `--per-loader` devices each.
-fn spawn_loaders(a: &Args, addrs: &str, pins: &str) -> Result<Vec<Child>> {
+fn spawn_loaders(a: &Args, store: &str, addrs: &str, pins: &str) -> Result<Vec<Child>> {
     let total = a.relays * a.devices;
     let mut loaders = Vec::new();
     let mut first = 0;
@@ -82,7 +93,7 @@ fn spawn_loaders(a: &Args, addrs: &str, pins: &str) -> Result<Vec<Child>> {
         let count = a.per_loader.min(total - first);
         let mut args: Vec<String> = vec!["devices".into()];
         for (k, v) in [
-            ("--database", a.database.clone()),
+            ("--database", store.to_string()),
             ("--relays", addrs.to_string()),
             ("--host-keys", pins.to_string()),
             ("--first", first.to_string()),
@@ -200,14 +211,14 @@ fn sample_of(a: &Args, r: usize) -> Vec<usize> {
 }
 
 pub async fn scale(a: &Args) -> Result<Scale> {
-    let mut relays = start_relays(a).await?;
-    let store = Store::open_postgres(&a.database)?;
+    let (mut relays, store_at) = start_relays(a).await?;
+    let store = crate::procs::open_store(&store_at)?;
     store.add_system(&Name::parse("fleet")?)?;
     let targets: Vec<(String, String)> =
         relays.iter().map(|r| (r.0.clone(), r.1.clone())).collect();
     let addrs: Vec<&str> = targets.iter().map(|t| t.0.as_str()).collect();
     let pins: Vec<&str> = targets.iter().map(|t| t.1.as_str()).collect();
-    let mut loaders = spawn_loaders(a, &addrs.join(","), &pins.join(","))?;
+    let mut loaders = spawn_loaders(a, &store_at, &addrs.join(","), &pins.join(","))?;
     eprintln!("scale: {} loader processes adding keys …", loaders.len());
     for l in &mut loaders {
         if l.line().await? != "ready" {

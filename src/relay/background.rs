@@ -365,3 +365,58 @@ pub(super) async fn apply_rates(relay: &Relay) {
         .collect();
     relay.bandwidth.set(stored);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Name;
+
+    fn id(n: &str) -> DeviceId {
+        DeviceId::new(Name::parse("tau").unwrap(), Name::parse(n).unwrap())
+    }
+
+    fn up(n: &str) -> StatusChange {
+        StatusChange::Up {
+            device: id(n),
+            peer: "192.0.2.1:1".parse().unwrap(),
+            ports: vec![22],
+            info: Default::default(),
+        }
+    }
+
+    fn shape(runs: &[Vec<StatusChange>]) -> Vec<Vec<String>> {
+        runs.iter()
+            .map(|r| {
+                r.iter()
+                    .map(|c| match c {
+                        StatusChange::Up { device, .. } => format!("up {}", device.name),
+                        StatusChange::Down { device } => format!("down {}", device.name),
+                        StatusChange::Touch(l) => format!("touch {}", l.len()),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_registrations_go_together_and_everything_stays_in_order() {
+        let batch = vec![
+            up("a"),
+            up("b"),
+            StatusChange::Down { device: id("a") },
+            up("c"),
+            StatusChange::Touch(vec![(id("b"), 0)]),
+            up("d"),
+            up("e"),
+            up("a"),
+        ];
+        let want: Vec<Vec<&str>> = vec![
+            vec!["up a", "up b"],
+            vec!["down a"],
+            vec!["up c"],
+            vec!["touch 1"],
+            vec!["up d", "up e", "up a"],
+        ];
+        assert_eq!(shape(&runs(batch)), want);
+    }
+}
