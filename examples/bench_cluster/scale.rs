@@ -39,6 +39,11 @@ pub struct Scale {
 pub struct Reach {
     pub streams: usize,
     pub failures: usize,
+    /// Until the relay confirmed the stream (the device accepted it).
+    pub opened_p50_ms: f64,
+    /// First byte from the relay the device is on, and over a hop.
+    pub direct_p50_ms: f64,
+    pub hop_p50_ms: f64,
     pub first_byte_p50_ms: f64,
     pub first_byte_p99_ms: f64,
     pub errors: Vec<String>,
@@ -153,40 +158,49 @@ async fn controllers(store: &Store, relays: &[(String, String)]) -> Result<Vec<C
     Ok(out)
 }
 
-/// One stream to device `i`: the time until its first byte.
-async fn first_byte(conn: &Conn, i: usize) -> Result<Duration> {
+/// One stream to device `i`: the time until the relay confirmed it, and
+/// until its first byte.
+async fn first_byte(conn: &Conn, i: usize) -> Result<(Duration, Duration)> {
     let t = Instant::now();
     let fut = async {
         let ch = conn.open(&format!("d{i}"), 22).await?;
+        let opened = t.elapsed();
         let b = ch.recv_data().await.context("stream ended before a byte")?;
         ch.close();
         anyhow::ensure!(b.as_ref() == b"w", "unexpected first bytes {b:?}");
-        Ok(t.elapsed())
+        Ok((opened, t.elapsed()))
     };
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await
         .map_err(|_| anyhow::anyhow!("no first byte within 10 s"))?
 }
 
-/// Streams from each of `conns` to each of `targets`, 16 at a time.
-async fn reach(conns: &[Conn], targets: &[usize]) -> Reach {
+/// Streams from each of `conns` to each of `targets`, 16 at a time;
+/// `home` says which relay a device is on (for direct against hop).
+async fn reach(conns: &[Conn], targets: &[usize], home: impl Fn(usize) -> usize) -> Reach {
     let sem = Arc::new(tokio::sync::Semaphore::new(16));
     let mut set = JoinSet::new();
-    for c in conns {
+    for (r, c) in conns.iter().enumerate() {
         for &i in targets {
-            let (c, sem) = (c.clone(), sem.clone());
+            let (c, sem, direct) = (c.clone(), sem.clone(), home(i) == r);
             set.spawn(async move {
                 let _permit = sem.acquire().await;
-                first_byte(&c, i).await
+                first_byte(&c, i).await.map(|t| (t, direct))
             });
         }
     }
     let mut out = Reach::default();
     let mut times = Vec::new();
+    let mut opened = Vec::new();
+    let (mut direct, mut hop) = (Vec::new(), Vec::new());
     while let Some(r) = set.join_next().await {
         out.streams += 1;
         match r.map_err(anyhow::Error::from).and_then(|r| r) {
-            Ok(d) => times.push(d.as_secs_f64() * 1000.0),
+            Ok(((o, d), is_direct)) => {
+                opened.push(o.as_secs_f64() * 1000.0);
+                times.push(d.as_secs_f64() * 1000.0);
+                if is_direct { &mut direct } else { &mut hop }.push(d.as_secs_f64() * 1000.0);
+            }
             Err(e) => {
                 out.failures += 1;
                 let e = format!("{e:#}");
@@ -197,7 +211,14 @@ async fn reach(conns: &[Conn], targets: &[usize]) -> Reach {
         }
     }
     times.sort_by(f64::total_cmp);
+    opened.sort_by(f64::total_cmp);
     if !times.is_empty() {
+        out.opened_p50_ms = opened[opened.len() / 2];
+        for v in [&mut direct, &mut hop] {
+            v.sort_by(f64::total_cmp);
+        }
+        out.direct_p50_ms = direct.get(direct.len() / 2).copied().unwrap_or(0.0);
+        out.hop_p50_ms = hop.get(hop.len() / 2).copied().unwrap_or(0.0);
         out.first_byte_p50_ms = times[times.len() / 2];
         out.first_byte_p99_ms = times[(times.len() * 99 / 100).min(times.len() - 1)];
     }
@@ -249,7 +270,8 @@ pub async fn scale(a: &Args) -> Result<Scale> {
         conns.len() * sample.len(),
         a.sample
     );
-    let reached = reach(&conns, &sample).await;
+    let per = a.devices;
+    let reached = reach(&conns, &sample, |i| i / per).await;
     let kill = if a.kill {
         Some(kill_one(a, &mut relays, &mut loaders, &conns).await?)
     } else {
@@ -308,7 +330,8 @@ async fn kill_one(
     let sample = sample_of(a, k);
     let mut probe_failures = 0;
     let reach_after = loop {
-        let r = reach(&survivors, &sample).await;
+        // The killed relay's devices are all a hop away from most survivors.
+        let r = reach(&survivors, &sample, |_| usize::MAX).await;
         if r.failures == 0 {
             break r;
         }
@@ -349,8 +372,15 @@ pub fn print(s: &Scale) {
     );
     let r = &s.reach;
     println!(
-        "reachable from any relay: {} streams, {} failed; first byte p50 {:.2} ms, p99 {:.2} ms {:?}",
-        r.streams, r.failures, r.first_byte_p50_ms, r.first_byte_p99_ms, r.errors
+        "reachable from any relay: {} streams, {} failed; first byte p50 {:.2} ms (direct {:.2}, over a hop {:.2}), p99 {:.2} ms; confirmed p50 {:.2} ms {:?}",
+        r.streams,
+        r.failures,
+        r.first_byte_p50_ms,
+        r.direct_p50_ms,
+        r.hop_p50_ms,
+        r.first_byte_p99_ms,
+        r.opened_p50_ms,
+        r.errors
     );
     if let Some(k) = &s.kill {
         println!(
