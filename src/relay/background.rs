@@ -15,7 +15,7 @@ use crate::audit::{self, AuditWriter};
 use crate::protocol::DeviceId;
 use crate::protocol::limits::{LAST_SEEN_FLUSH_INTERVAL, STATUS_RETRY_INTERVAL};
 use crate::ssh::Fingerprint;
-use crate::store::Store;
+use crate::store::{DeviceUp, Store};
 
 /// The receiving ends of the relay's status and audit channels, until
 /// `serve` starts their writers.
@@ -92,16 +92,80 @@ async fn write_status(
             }
         };
         let Some(change) = change else { return };
-        // In order: a change the store refused (its database is away) is
-        // tried again before any later one, until it is written or the
-        // relay stops.
-        while !apply_status(&store, change.clone()).await {
-            tokio::select! {
-                _ = tokio::time::sleep(STATUS_RETRY_INTERVAL) => {}
-                _ = stop.cancelled() => break,
+        // What else is queued goes with it: a registration storm's claims
+        // are written a batch per transaction.
+        let mut batch = vec![change];
+        while batch.len() < STATUS_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
             }
         }
-        written.send_modify(|n| *n += 1);
+        for run in runs(batch) {
+            // In order: a change the store refused (its database is away)
+            // is tried again before any later one, until it is written or
+            // the relay stops.
+            while !apply_run(&store, run.clone()).await {
+                tokio::select! {
+                    _ = tokio::time::sleep(STATUS_RETRY_INTERVAL) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+            written.send_modify(|n| *n += run.len() as u64);
+        }
+    }
+}
+
+/// Status changes written at most at once.
+const STATUS_BATCH: usize = 256;
+
+/// `batch` cut into runs written at once: consecutive `Up`s together, any
+/// other change alone, in order.
+fn runs(batch: Vec<StatusChange>) -> Vec<Vec<StatusChange>> {
+    let mut out: Vec<Vec<StatusChange>> = Vec::new();
+    for change in batch {
+        let up = matches!(change, StatusChange::Up { .. });
+        match out.last_mut() {
+            Some(run) if up && matches!(run.last(), Some(StatusChange::Up { .. })) => {
+                run.push(change)
+            }
+            _ => out.push(vec![change]),
+        }
+    }
+    out
+}
+
+/// Writes a run of [`runs`]; false if the store refused it.
+async fn apply_run(store: &Store, mut run: Vec<StatusChange>) -> bool {
+    if run.len() == 1
+        && let Some(change) = run.pop()
+    {
+        return apply_status(store, change).await;
+    }
+    let ups: Vec<DeviceUp> = run
+        .into_iter()
+        .filter_map(|c| match c {
+            StatusChange::Up {
+                device,
+                peer,
+                ports,
+                info,
+            } => Some(DeviceUp {
+                system: device.system.to_string(),
+                name: device.name.to_string(),
+                peer,
+                ports,
+                info,
+            }),
+            _ => None,
+        })
+        .collect();
+    match store.call(move |s| s.devices_up(&ups)).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "writing device status");
+            false
+        }
     }
 }
 
@@ -300,4 +364,59 @@ pub(super) async fn apply_rates(relay: &Relay) {
         })
         .collect();
     relay.bandwidth.set(stored);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Name;
+
+    fn id(n: &str) -> DeviceId {
+        DeviceId::new(Name::parse("tau").unwrap(), Name::parse(n).unwrap())
+    }
+
+    fn up(n: &str) -> StatusChange {
+        StatusChange::Up {
+            device: id(n),
+            peer: "192.0.2.1:1".parse().unwrap(),
+            ports: vec![22],
+            info: Default::default(),
+        }
+    }
+
+    fn shape(runs: &[Vec<StatusChange>]) -> Vec<Vec<String>> {
+        runs.iter()
+            .map(|r| {
+                r.iter()
+                    .map(|c| match c {
+                        StatusChange::Up { device, .. } => format!("up {}", device.name),
+                        StatusChange::Down { device } => format!("down {}", device.name),
+                        StatusChange::Touch(l) => format!("touch {}", l.len()),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_registrations_go_together_and_everything_stays_in_order() {
+        let batch = vec![
+            up("a"),
+            up("b"),
+            StatusChange::Down { device: id("a") },
+            up("c"),
+            StatusChange::Touch(vec![(id("b"), 0)]),
+            up("d"),
+            up("e"),
+            up("a"),
+        ];
+        let want: Vec<Vec<&str>> = vec![
+            vec!["up a", "up b"],
+            vec!["down a"],
+            vec!["up c"],
+            vec!["touch 1"],
+            vec!["up d", "up e", "up a"],
+        ];
+        assert_eq!(shape(&runs(batch)), want);
+    }
 }

@@ -52,16 +52,24 @@ pub(super) async fn close_lost(relay: Arc<Relay>) {
 }
 
 /// Has the relay re-check the store as soon as the database notifies a
-/// change (rather than at its next poll of the store's version).
+/// change that moves the store's version (rather than at its next poll);
+/// other relays' device claims do not.
 pub(super) async fn wake_on_change(relay: Arc<Relay>) {
     let Some(pg) = relay.store.postgres() else {
         return;
     };
     let stop = relay.shutting_down.clone();
+    let mut last = pg.data_version();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = pg.changed() => relay.store_changed.notify_one(),
+            _ = pg.changed() => {
+                let now = pg.data_version();
+                if now != last {
+                    last = now;
+                    relay.store_changed.notify_one();
+                }
+            }
         }
     }
 }

@@ -437,7 +437,19 @@ impl Store {
         }
         fps.iter().map(|fp| self.key_active(fp)).collect()
     }
+}
 
+/// A device that registered, for [`Store::devices_up`].
+#[derive(Debug, Clone)]
+pub struct DeviceUp {
+    pub system: String,
+    pub name: String,
+    pub peer: SocketAddr,
+    pub ports: Vec<u16>,
+    pub info: DeviceInfo,
+}
+
+impl Store {
     pub fn device_up(
         &self,
         system: &str,
@@ -456,6 +468,18 @@ impl Store {
              ON CONFLICT (system, name) DO UPDATE SET online = 1, since = ?3, last_seen = ?3, address = ?4, ports = ?5, version = ?6, labels = ?7",
             params![system, name, t, peer.to_string(), join_ports(ports), info.version, labels],
         )?;
+        Ok(())
+    }
+
+    /// Devices that registered (in order): one transaction on PostgreSQL.
+    pub fn devices_up(&self, ups: &[DeviceUp]) -> Result<()> {
+        if let Some(pg) = &self.pg {
+            return pg.devices_up(ups);
+        }
+        for u in ups {
+            self.device_up(&u.system, &u.name, u.peer, &u.ports, &u.info)?;
+            self.set_on_demand(&u.system, &u.name, u.info.on_demand)?;
+        }
         Ok(())
     }
 

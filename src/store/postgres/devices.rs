@@ -15,7 +15,7 @@ use super::Pg;
 use super::keys::u;
 use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::{DeviceId, Name};
-use crate::store::{DeviceStatus, join_ports, now, split_ports};
+use crate::store::{DeviceStatus, DeviceUp, join_ports, now, split_ports};
 
 impl Pg {
     pub fn device_up(
@@ -26,41 +26,65 @@ impl Pg {
         ports: &[u16],
         info: &DeviceInfo,
     ) -> Result<()> {
+        self.devices_up(&[DeviceUp {
+            system: system.to_string(),
+            name: name.to_string(),
+            peer,
+            ports: ports.to_vec(),
+            info: info.clone(),
+        }])?;
+        Ok(())
+    }
+
+    /// Claims every device of `ups` (and records whether each is on demand)
+    /// in one transaction: a registration storm costs one commit per batch
+    /// rather than one per device.
+    pub fn devices_up(&self, ups: &[DeviceUp]) -> Result<()> {
         let t = now() as i64;
-        let labels = serde_json::to_string(&info.labels)?;
         let relay = self.relay_id();
-        let epoch = self.block(async {
+        let epochs = self.block(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await?;
-            let row = tx
-                .query_one(
+            let claim = tx
+                .prepare(
                     "INSERT INTO devices (system, name, online, since, last_seen, address, ports, version, labels, relay, epoch)
                      VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7, $8, 1)
                      ON CONFLICT (system, name) DO UPDATE SET online = 1, since = $3, last_seen = $3, address = $4,
                        ports = $5, version = $6, labels = $7, relay = $8, epoch = devices.epoch + 1
                      RETURNING epoch",
-                    &[&system, &name, &t, &peer.to_string(), &join_ports(ports), &info.version, &labels, &relay],
                 )
                 .await?;
-            let epoch: i64 = row.try_get(0)?;
-            let claim = super::Claim {
-                system: system.to_string(),
-                name: name.to_string(),
-                relay: relay.clone().unwrap_or_default(),
-                epoch,
-            };
-            tx.execute(
-                "SELECT pg_notify('warren_owner', $1)",
-                &[&serde_json::to_string(&claim)?],
-            )
-            .await?;
+            let mut epochs = Vec::with_capacity(ups.len());
+            for u in ups {
+                let labels = serde_json::to_string(&u.info.labels)?;
+                let row = tx
+                    .query_one(
+                        &claim,
+                        &[&u.system, &u.name, &t, &u.peer.to_string(), &join_ports(&u.ports), &u.info.version, &labels, &relay],
+                    )
+                    .await?;
+                let epoch: i64 = row.try_get(0)?;
+                let note = super::Claim {
+                    system: u.system.clone(),
+                    name: u.name.clone(),
+                    relay: relay.clone().unwrap_or_default(),
+                    epoch,
+                };
+                tx.execute(
+                    "SELECT pg_notify('warren_owner', $1)",
+                    &[&serde_json::to_string(&note)?],
+                )
+                .await?;
+                super::on_demand::set_in(&tx, &u.system, &u.name, u.info.on_demand).await?;
+                epochs.push(epoch);
+            }
             tx.commit().await?;
-            Ok(epoch)
+            Ok(epochs)
         })?;
-        self.epochs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((system.to_string(), name.to_string()), epoch);
+        let mut held = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        for (u, epoch) in ups.iter().zip(epochs) {
+            held.insert((u.system.clone(), u.name.clone()), epoch);
+        }
         Ok(())
     }
 

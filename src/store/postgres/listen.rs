@@ -57,10 +57,16 @@ pub(super) async fn run(
                         tracing::info!("database reachable again; resyncing");
                     }
                     while let Some(n) = rx.recv().await {
+                        // A claim changes no key, rule or setting: it wakes
+                        // the waiters (a wake waiting for the device to be
+                        // online anywhere) without moving the version, so a
+                        // registration storm elsewhere does not have this
+                        // relay re-check every key once per device.
                         if n.channel() == "warren_owner" {
                             claimed(n.payload(), &relay, &epochs, &lost);
+                        } else {
+                            version.fetch_add(1, Ordering::Relaxed);
                         }
-                        version.fetch_add(1, Ordering::Relaxed);
                         changed.notify_waiters();
                     }
                 }

@@ -65,12 +65,12 @@ pub struct Pg {
     handle: tokio::runtime::Handle,
     pool: Pool,
     config: tokio_postgres::Config,
-    /// Bumped by every notification and every (re)connection of the
+    /// Bumped by every notification but device claims, and every (re)connection of the
     /// listening connection: what `Store::data_version` returns.
     version: Arc<AtomicI64>,
     /// Whether the listening connection is up (the database is reachable).
     listening: Arc<AtomicBool>,
-    /// Woken with every bump of `version`.
+    /// Woken with every bump of `version` and every claim of another relay.
     changed: Arc<tokio::sync::Notify>,
     /// The relay this store serves, once it joined the cluster.
     relay: Arc<Mutex<Option<String>>>,

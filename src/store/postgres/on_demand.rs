@@ -60,20 +60,7 @@ impl Pg {
     pub fn set_on_demand(&self, system: &str, name: &str, on_demand: bool) -> Result<()> {
         self.block(async {
             let c = self.client().await?;
-            if on_demand {
-                c.execute(
-                    "INSERT INTO on_demand (system, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[&system, &name],
-                )
-                .await?;
-            } else {
-                c.execute(
-                    "DELETE FROM on_demand WHERE system = $1 AND name = $2",
-                    &[&system, &name],
-                )
-                .await?;
-            }
-            Ok(())
+            set_in(&c, system, name, on_demand).await
         })
     }
 
@@ -111,4 +98,28 @@ impl Pg {
             rows.iter().map(record).collect()
         })
     }
+}
+
+/// Records whether `system/name` is on demand, on `c` (a client or a
+/// transaction).
+pub(super) async fn set_in(
+    c: &impl deadpool_postgres::GenericClient,
+    system: &str,
+    name: &str,
+    on_demand: bool,
+) -> Result<()> {
+    if on_demand {
+        c.execute(
+            "INSERT INTO on_demand (system, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&system, &name],
+        )
+        .await?;
+    } else {
+        c.execute(
+            "DELETE FROM on_demand WHERE system = $1 AND name = $2",
+            &[&system, &name],
+        )
+        .await?;
+    }
+    Ok(())
 }

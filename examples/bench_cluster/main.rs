@@ -6,13 +6,22 @@
 //!    hop), in this process;
 //! 2. logins per second on a relay with SQLite and with PostgreSQL, in this
 //!    process;
-//! 3. three relays on one database with `--devices` idle devices each, each
-//!    relay a process of its own (this program with `relay`) and the devices
-//!    logged in by loader processes (`devices`) of at most
-//!    `--per-loader` devices each (open files stay under 20,000 a process):
-//!    registration time, and each relay process's memory growth per device.
+//! 3. `--relays` relays on one database with `--devices` idle devices homed
+//!    on each (`scale.rs`), each relay a process of its own (this program
+//!    with `relay`) and the devices held by loader processes (`devices`,
+//!    `loader.rs`) of at most `--per-loader` devices each (open files stay
+//!    under 20,000 a process): registration time, time until the database
+//!    shows them all online, each relay's memory per device, and streams
+//!    from every relay to a sample of every relay's devices; with `--kill`,
+//!    one relay killed (SIGKILL) while its devices move to the others.
 //!
-//!   cargo run --release --example bench_cluster -- --database postgres://… [--devices 1000] [--json]
+//!   cargo run --release --example bench_cluster -- --database postgres://… [--relays 3]
+//!     [--devices 1000] [--per-loader 18000] [--connecting 32] [--sample 20] [--kill]
+//!     [--scale-only] [--json]
+
+mod loader;
+mod procs;
+mod scale;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +41,17 @@ use warren::store::Store;
 
 struct Args {
     database: String,
+    relays: usize,
     devices: usize,
+    /// Devices connecting at once, per loader process.
+    connecting: usize,
+    /// Devices of each relay that streams are opened to, from every relay.
+    sample: usize,
+    /// Kill one relay (SIGKILL) once every device is reachable.
+    kill: bool,
+    /// One relay on SQLite (no database): the single relay's figures,
+    /// measured the same way.
+    sqlite: bool,
     logins: usize,
     rtts: usize,
     mib: usize,
@@ -45,11 +64,16 @@ struct Args {
 fn args() -> Result<Args> {
     let mut a = Args {
         database: String::new(),
+        relays: 3,
         devices: 1000,
+        connecting: 32,
+        sample: 20,
+        kill: false,
+        sqlite: false,
         logins: 200,
         rtts: 500,
         mib: 64,
-        per_loader: 5000,
+        per_loader: 18000,
         scale_only: false,
         json: false,
     };
@@ -58,7 +82,12 @@ fn args() -> Result<Args> {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--database" => a.database = value()?,
+            "--relays" => a.relays = value()?.parse()?,
             "--devices" => a.devices = value()?.parse()?,
+            "--connecting" => a.connecting = value()?.parse()?,
+            "--sample" => a.sample = value()?.parse()?,
+            "--kill" => a.kill = true,
+            "--sqlite" => a.sqlite = true,
             "--logins" => a.logins = value()?.parse()?,
             "--rtts" => a.rtts = value()?.parse()?,
             "--mib" => a.mib = value()?.parse()?,
@@ -70,6 +99,37 @@ fn args() -> Result<Args> {
     }
     if a.database.is_empty() {
         bail!("--database postgres://… is required (bench/cluster starts one)");
+    }
+    if a.sqlite {
+        if a.kill {
+            bail!("--sqlite is one relay without a database: no --kill");
+        }
+        a.relays = 1;
+    }
+    if a.relays == 0 || a.devices == 0 || a.per_loader == 0 {
+        bail!("--relays, --devices and --per-loader must be at least 1");
+    }
+    if a.per_loader > 19_000 {
+        bail!(
+            "--per-loader {} is over 19,000: a process here may hold 20,000 open files",
+            a.per_loader
+        );
+    }
+    if a.kill {
+        // The survivors take the killed relay's devices evenly.
+        let after = a.devices + a.devices.div_ceil(a.relays.saturating_sub(1).max(1));
+        if a.relays < 2 {
+            bail!("--kill needs at least 2 relays");
+        }
+        if after > 19_000 {
+            bail!(
+                "--kill with {} relays × {} devices leaves {after} devices on each survivor, over \
+                 the 19,000 one process may hold here (20,000 open files); use --devices {} or fewer",
+                a.relays,
+                a.devices,
+                19_000 * (a.relays - 1) / a.relays
+            );
+        }
     }
     Ok(a)
 }
@@ -298,235 +358,26 @@ async fn logins(database: Option<&str>, n: usize) -> Result<Logins> {
 }
 
 #[derive(Debug, Serialize)]
-struct Scale {
-    relays: usize,
-    devices_per_relay: usize,
-    loaders: usize,
-    /// From the loaders' start signal until every device is registered.
-    registration_s: f64,
-    /// Until the database shows every device online (status writes lag).
-    all_online_in_store_s: f64,
-    /// Each relay process's resident memory growth, per device it holds.
-    rss_growth_kib_per_device: Vec<f64>,
-    rss_before_mib: Vec<f64>,
-    rss_after_mib: Vec<f64>,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// A child process of this program (`relay` or `devices`), killed when
-/// dropped; it reports on stdout, one line at a time.
-struct Child {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Child {
-    fn spawn(args: &[String]) -> Result<Child> {
-        use std::process::Stdio;
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a bench process")?;
-        let out = child.stdout.take().context("no stdout")?;
-        Ok(Child {
-            child,
-            lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out)),
-        })
-    }
-
-    async fn line(&mut self) -> Result<String> {
-        self.lines
-            .next_line()
-            .await?
-            .context("a bench process ended early (see its error above)")
-    }
-
-    async fn send(&mut self, line: &str) -> Result<()> {
-        let stdin = self.child.stdin.as_mut().context("no stdin")?;
-        stdin.write_all(format!("{line}\n").as_bytes()).await?;
-        Ok(stdin.flush().await?)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-}
-
-/// `bench_cluster relay --database URL`: one relay on 127.0.0.1:0; prints
-/// `ADDR HOSTKEY`, serves until stdin closes.
-async fn relay_process(database: &str) -> Result<()> {
-    let r = relay(Some(database)).await?;
-    println!("{} {}", r.addr, r.relay.host_key());
-    let mut rest = String::new();
-    let _ = tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::stdin(), &mut rest).await;
-    Ok(())
-}
-
-/// `bench_cluster devices --database URL --relay ADDR --host-key FP --first
-/// I --count N`: adds keys for devices dI… of system fleet, prints `ready`,
-/// waits for `go`, registers them 8 at a time, prints `registered SECONDS`,
-/// holds them until stdin closes.
-async fn devices_process(flags: &std::collections::HashMap<String, String>) -> Result<()> {
-    use tokio::io::AsyncBufReadExt;
-    let get = |k: &str| flags.get(k).with_context(|| format!("--{k} is required"));
-    let (first, count): (usize, usize) = (get("first")?.parse()?, get("count")?.parse()?);
-    let store = Store::open_postgres(get("database")?)?;
-    let mut keys = Vec::with_capacity(count);
-    for i in first..first + count {
-        keys.push((i, add_key(&store, "fleet", Role::Device, &format!("d{i}"))?));
-    }
-    let target = Arc::new((get("relay")?.clone(), get("host-key")?.clone()));
-    println!("ready");
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while stdin.next_line().await?.context("no go")? != "go" {}
-    let t = Instant::now();
-    let sem = Arc::new(tokio::sync::Semaphore::new(8));
-    let mut tasks = Vec::new();
-    for (i, key) in keys {
-        let (target, permit) = (target.clone(), sem.clone().acquire_owned().await?);
-        tasks.push(tokio::spawn(async move {
-            let tcp = client::dial(&target.0, Duration::from_secs(30)).await?;
-            let opts = ConnectOptions {
-                user: "fleet".into(),
-                key,
-                host_key: target.1.clone(),
-                dead_after: Duration::from_secs(600),
-            };
-            let c = client::connect(tcp, &opts, NoForwards).await?;
-            c.register(&format!("d{i}"), 22).await?;
-            drop(permit);
-            Ok::<_, anyhow::Error>(c)
-        }));
-    }
-    let mut conns = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        conns.push(t.await??);
-    }
-    println!("registered {:.3}", t.elapsed().as_secs_f64());
-    while stdin.next_line().await?.is_some() {}
-    drop(conns);
-    Ok(())
-}
-
-/// Loader processes for each relay's devices, at most `--per-loader` each.
-fn spawn_loaders(a: &Args, relays: &[(String, String)]) -> Result<Vec<Child>> {
-    let url = a.database.as_str();
-    let mut loaders = Vec::new();
-    for (r, (addr, fp)) in relays.iter().enumerate() {
-        let mut first = r * a.devices;
-        let end = first + a.devices;
-        while first < end {
-            let count = a.per_loader.min(end - first);
-            let args: Vec<String> = [
-                "devices",
-                "--database",
-                url,
-                "--relay",
-                addr,
-                "--host-key",
-                fp,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([
-                "--first".into(),
-                first.to_string(),
-                "--count".into(),
-                count.to_string(),
-            ])
-            .collect();
-            loaders.push(Child::spawn(&args)?);
-            first += count;
-        }
-    }
-    Ok(loaders)
-}
-
-async fn scale(a: &Args) -> Result<Scale> {
-    let url = a.database.as_str();
-    let mut relays = Vec::new();
-    for _ in 0..3 {
-        let mut c = Child::spawn(&["relay".into(), "--database".into(), url.into()])?;
-        let line = c.line().await?;
-        let (addr, fp) = line.split_once(' ').context("relay line")?;
-        relays.push((addr.to_string(), fp.to_string(), c));
-    }
-    let store = Store::open_postgres(url)?;
-    store.add_system(&Name::parse("fleet")?)?;
-    let targets: Vec<(String, String)> =
-        relays.iter().map(|r| (r.0.clone(), r.1.clone())).collect();
-    let mut loaders = spawn_loaders(a, &targets)?;
-    eprintln!("scale: {} loader processes adding keys …", loaders.len());
-    for l in &mut loaders {
-        if l.line().await? != "ready" {
-            bail!("a loader did not get ready");
-        }
-    }
-    let before: Vec<u64> = relays.iter().map(|r| rss_kib(r.2.pid())).collect();
-    eprintln!("scale: registering {} devices …", 3 * a.devices);
-    let t = Instant::now();
-    for l in &mut loaders {
-        l.send("go").await?;
-    }
-    for l in &mut loaders {
-        let line = l.line().await?;
-        if !line.starts_with("registered") {
-            bail!("a loader said {line:?}");
-        }
-    }
-    let registration_s = t.elapsed().as_secs_f64();
-    let want = 3 * a.devices;
-    loop {
-        let online = store
-            .devices(Some("fleet"))?
-            .iter()
-            .filter(|d| d.online)
-            .count();
-        if online >= want {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(600) {
-            bail!("only {online} of {want} devices online in the store after 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let all_online_in_store_s = t.elapsed().as_secs_f64();
-    let after: Vec<u64> = relays.iter().map(|r| rss_kib(r.2.pid())).collect();
-    let mib = |v: &[u64]| v.iter().map(|k| *k as f64 / 1024.0).collect::<Vec<_>>();
-    Ok(Scale {
-        relays: relays.len(),
-        devices_per_relay: a.devices,
-        loaders: loaders.len(),
-        registration_s,
-        all_online_in_store_s,
-        rss_growth_kib_per_device: before
-            .iter()
-            .zip(&after)
-            .map(|(b, a2)| a2.saturating_sub(*b) as f64 / a.devices.max(1) as f64)
-            .collect(),
-        rss_before_mib: mib(&before),
-        rss_after_mib: mib(&after),
-    })
-}
-
-#[derive(Debug, Serialize)]
 struct Report {
     hop: Vec<Path>,
     logins: Vec<Logins>,
-    scale: Scale,
+    scale: scale::Scale,
+}
+
+/// `bench_cluster relay --database URL`: one relay on 127.0.0.1:0; prints
+/// `ADDR HOSTKEY STORE`, serves until stdin closes. `--database sqlite`:
+/// a single relay on SQLite, STORE its data directory.
+async fn relay_process(database: &str) -> Result<()> {
+    let r = relay(Some(database).filter(|d| *d != "sqlite")).await?;
+    let store = if database == "sqlite" {
+        r._dir.path().display().to_string()
+    } else {
+        database.to_string()
+    };
+    println!("{} {} {store}", r.addr, r.relay.host_key());
+    let mut rest = String::new();
+    let _ = tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::stdin(), &mut rest).await;
+    Ok(())
 }
 
 #[tokio::main]
@@ -550,8 +401,8 @@ async fn main() -> Result<()> {
             logins(Some(&a.database), a.logins).await?,
         ];
     }
-    eprintln!("scale: 3 relays × {} idle devices …", a.devices);
-    let scale = scale(&a).await?;
+    eprintln!("scale: {} relays × {} idle devices …", a.relays, a.devices);
+    let scale = scale::scale(&a).await?;
     let report = Report {
         hop: hop_paths,
         logins: login_rates,
@@ -573,21 +424,7 @@ async fn main() -> Result<()> {
             l.backend, l.per_second, l.logins
         );
     }
-    let s = &report.scale;
-    let per: Vec<String> = s
-        .rss_growth_kib_per_device
-        .iter()
-        .map(|k| format!("{k:.1}"))
-        .collect();
-    println!(
-        "{} relays × {} idle devices ({} loader processes): registered in {:.1} s, all online in the store after {:.1} s; relay memory per device {} KiB",
-        s.relays,
-        s.devices_per_relay,
-        s.loaders,
-        s.registration_s,
-        s.all_online_in_store_s,
-        per.join(" / ")
-    );
+    scale::print(&report.scale);
     Ok(())
 }
 
@@ -607,5 +444,5 @@ async fn child_mode() -> Result<()> {
         let db = flags.get("database").context("--database is required")?;
         return relay_process(db).await;
     }
-    devices_process(&flags).await
+    loader::devices_process(&flags).await
 }
