@@ -35,6 +35,10 @@
 //! - [`ssh`]: Warren's own SSH implementation (transport, authentication,
 //!   channels with per-channel flow control), behind a small interface: server
 //!   session callbacks, a client connection, a [`ssh::Channel`] that can be spliced.
+//!   `ssh::fair` is a tenant's fair share of the workers (a FIFO of turns
+//!   that bulk connections take per slice, `ssh/proto/conn/slices.rs`);
+//!   `relay::fair` gives each system one, and `relay::bandwidth` paces
+//!   every relayed path (streams, public ports, listen forwards, hops).
 //! - [`relay`]: the public server (the walk above); `relay::expose` serves
 //!   public ports that an admin opened, `relay::gateways` keeps the live
 //!   gateway scopes, `relay::commands` answers remote admin commands (a
