@@ -1006,7 +1006,8 @@ class Bench:
                 time.sleep(0.5)
             conc = min(n, self.a.burst)
             argv = [self.a.devices_bin, "--relay", f"127.0.0.1:{world['port']}", *world["gen_args"], "--n", n,
-                    "--wait-go", "--concurrency", conc, "--attempts", self.a.attempts, "--retry-ms", self.a.retry_ms]
+                    "--wait-go", "--concurrency", conc, "--attempts", self.a.attempts, "--retry-ms", self.a.retry_ms,
+                    "--sources", self.a.sources]
             gen = Proc(f"{name}_devices", argv, self.logs, stdin=True)
             world["procs"].append(gen)
             gen.wait_for(r"^keys-registered", 1800)
@@ -1404,6 +1405,8 @@ def main():
     ap.add_argument("--pids")
     ap.add_argument("--warren", required=True)
     ap.add_argument("--devices", dest="devices_bin", required=True)
+    ap.add_argument("--sources", type=int, default=254,
+                    help="loopback source addresses the load generator spreads devices over (127.0.0.2-...; 0: all from 127.0.0.1)")
     ap.add_argument("--probe", dest="probe_bin", required=True)
     ap.add_argument("--out", required=True, help="JSON result file")
     ap.add_argument("--md", required=True, help="markdown result file")

@@ -147,7 +147,7 @@ def restart(b):
         conc = min(n, b.a.burst)
         argv = [b.a.devices_bin, "--relay", f"127.0.0.1:{relay.port}", "--data", relay.data,
                 "--host-key", relay.fingerprint, "--n", n, "--wait-go", "--concurrency", conc,
-                "--attempts", b.a.attempts, "--retry-ms", b.a.retry_ms, "--rejoin"]
+                "--attempts", b.a.attempts, "--retry-ms", b.a.retry_ms, "--rejoin", "--sources", b.a.sources]
         gen = B.Proc(f"{name}_devices", argv, b.logs, stdin=True)
         gen.wait_for(r"^keys-registered", 1800)
         time.sleep(2.0)  # the relay's store watcher sees the new keys

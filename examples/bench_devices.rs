@@ -35,6 +35,7 @@
 //!     --relay 127.0.0.1:2222 --data /var/lib/warren --host-key SHA256:… --n 1000
 
 use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +44,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -98,6 +99,12 @@ struct Args {
     /// Measure logins per second for this many seconds instead (see above).
     #[arg(long)]
     handshakes: Option<f64>,
+    /// Spread connections over this many loopback source addresses,
+    /// 127.0.0.2, 127.0.0.3, … (device i binds address i mod N before
+    /// connecting), as a fleet comes from many addresses; each address also
+    /// keeps its own ephemeral ports. 0: the kernel's choice (127.0.0.1).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=254))]
+    sources: u16,
 }
 
 /// What one device connection needs.
@@ -106,6 +113,33 @@ struct Device {
     user: String,
     /// The forward to request: (address, port).
     forward: (String, u32),
+    /// Local address to connect from (`--sources`), if any.
+    source: Option<Ipv4Addr>,
+}
+
+/// Device `i`'s source address with `--sources n` (see [`Args::sources`]).
+fn source_address(i: usize, n: u16) -> Option<Ipv4Addr> {
+    if n == 0 {
+        return None;
+    }
+    let k = (i % usize::from(n)) as u8;
+    Some(Ipv4Addr::new(127, 0, 0, 2 + k))
+}
+
+/// Connects to `relay` from `source` (bound before connecting) or from
+/// wherever the kernel picks.
+async fn dial(relay: &str, source: Option<Ipv4Addr>) -> Result<TcpStream> {
+    let Some(src) = source else {
+        return Ok(TcpStream::connect(relay).await?);
+    };
+    let to: SocketAddr = tokio::net::lookup_host(relay)
+        .await?
+        .find(SocketAddr::is_ipv4)
+        .with_context(|| format!("{relay}: no IPv4 address"))?;
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from((src, 0)))
+        .with_context(|| format!("binding {src}"))?;
+    Ok(sock.connect(to).await?)
 }
 
 #[tokio::main]
@@ -196,10 +230,11 @@ fn prepare(args: &Args) -> Result<Vec<Device>> {
     if let Some(path) = &args.openssh_key {
         let key = Arc::new(keys::read_private(path)?);
         return Ok((0..args.n)
-            .map(|_| Device {
+            .map(|i| Device {
                 key: key.clone(),
                 user: args.user.clone(),
                 forward: ("127.0.0.1".to_string(), 0),
+                source: source_address(i, args.sources),
             })
             .collect());
     }
@@ -228,6 +263,7 @@ fn prepare(args: &Args) -> Result<Vec<Device>> {
             key: Arc::new(key),
             user: args.system.clone(),
             forward: (name, 22),
+            source: source_address(i, args.sources),
         });
     }
     Ok(devices)
@@ -306,10 +342,10 @@ async fn connect_one(
             let ms = warren::protocol::jitter(retry_ms / 2, retry_ms);
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        let tcp = match TcpStream::connect(relay).await {
+        let tcp = match dial(relay, dev.source).await {
             Ok(t) => t,
             Err(e) => {
-                last = Some(anyhow::Error::from(e));
+                last = Some(e);
                 continue;
             }
         };
@@ -387,7 +423,7 @@ async fn handshakes(args: &Args, devices: Vec<Device>, length: Duration) -> Resu
                 dead_after: Duration::from_secs(30),
             };
             while started.elapsed() < length {
-                let ok = match TcpStream::connect(&relay).await {
+                let ok = match dial(&relay, dev.source).await {
                     Ok(tcp) => client::connect(tcp, &opts, NoForwards).await.is_ok(),
                     Err(_) => false,
                 };

@@ -470,21 +470,26 @@ async fn unauthenticated_connections_are_capped() {
         assert_eq!(&b, b"SSH-");
         idle.push(s);
     }
-    // The third is closed at once, before any banner.
+    // The third is not accepted while both slots are held: it waits in the
+    // kernel's accept queue, with no banner (and is not closed).
     let mut third = TcpStream::connect(r.addr).await.unwrap();
-    let mut buf = Vec::new();
-    let n = tokio::time::timeout(WAIT, third.read_to_end(&mut buf))
-        .await
-        .unwrap();
+    let mut b = [0u8; 4];
     assert!(
-        n.is_err() || buf.is_empty(),
-        "got {:?}",
-        String::from_utf8_lossy(&buf)
+        tokio::time::timeout(Duration::from_millis(300), third.read_exact(&mut b))
+            .await
+            .is_err(),
+        "the third connection was served (or closed) while the cap was full"
     );
     // Slots free up when the idle ones go away: the relay notices the
-    // dropped sockets as soon as it reads EOF.
-    let mut held = r.relay.unauthenticated();
+    // dropped sockets as soon as it reads EOF, and takes the waiting one.
     drop(idle);
+    tokio::time::timeout(WAIT, third.read_exact(&mut b))
+        .await
+        .expect("the waiting connection is accepted once a slot frees")
+        .unwrap();
+    assert_eq!(&b, b"SSH-");
+    drop(third);
+    let mut held = r.relay.unauthenticated();
     tokio::time::timeout(WAIT, held.wait_for(|n| *n < 2))
         .await
         .expect("a slot frees up")

@@ -470,8 +470,10 @@ impl HttpListeners {
     }
 }
 
-/// Pending connections the kernel queues for the accept loop.
-const LISTEN_BACKLOG: u32 = 1024;
+/// Pending connections the kernel queues for the accept loop (capped by
+/// net.core.somaxconn, 4096 on current kernels): a burst of devices waits
+/// there while the relay's handshake slots are full.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// A TCP socket bound to `addr` (address reuse as `TcpListener::bind`), not yet listening.
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {

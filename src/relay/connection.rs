@@ -74,7 +74,10 @@ pub(super) async fn run(
         // The SSH layer ends a connection that does not log in within
         // `handshake_timeout` (`ServerConfig::set_login_grace`).
         let started = tokio::select! {
-            started = server::start(&relay.server_config, stream, conn) => match started {
+            // Boxed: the handshake's state (and `conn` until the SSH layer
+            // takes it) would otherwise stay part of this task's size for
+            // the connection's whole life.
+            started = Box::pin(server::start(&relay.server_config, stream, conn)) => match started {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(error = %format!("{e:#}"), "handshake failed");

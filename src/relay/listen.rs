@@ -19,12 +19,35 @@ pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: CancellationToken,
     tasks: TaskTracker,
-    mut admit: F,
+    admit: F,
 ) where
     F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    accept_loop_gated(listener, stop, tasks, || std::future::ready(()), admit).await;
+}
+
+/// [`accept_loop`], accepting only once `gate` is ready: while the relay
+/// has no room for another handshake, new connections wait in the
+/// kernel's accept queue instead of being accepted and closed (a burst of
+/// devices then connects without retries).
+pub async fn accept_loop_gated<G, GFut, F, Fut>(
+    listener: TcpListener,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    mut gate: G,
+    mut admit: F,
+) where
+    G: FnMut() -> GFut,
+    GFut: Future<Output = ()>,
+    F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = gate() => {}
+        }
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {

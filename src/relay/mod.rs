@@ -559,7 +559,10 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
         let admitted = relay.admit(peer)?;
         Some(relay.serve_connection(stream, peer, admitted))
     };
-    listen::accept_loop(listener, shutdown, relay.tasks.clone(), admit).await;
+    // A full cap on unauthenticated connections stops accepting: the
+    // kernel queues the rest (`cli::relay`'s backlog) until a handshake ends.
+    let gate = || relay.unauthenticated.global_free();
+    listen::accept_loop_gated(listener, shutdown, relay.tasks.clone(), gate, admit).await;
 
     tracing::info!("relay shutting down");
     // Public ports stop accepting, and every connection task says goodbye.

@@ -244,6 +244,13 @@ impl Unauthenticated {
         self.held.subscribe()
     }
 
+    /// Waits until a global slot is free (without taking it).
+    pub async fn global_free(&self) {
+        if let Ok(p) = self.global.acquire().await {
+            drop(p);
+        }
+    }
+
     pub fn try_take(&self, ip: IpAddr) -> Result<Slot, Full> {
         let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
         let held = by_ip.entry(ip).or_insert(0);

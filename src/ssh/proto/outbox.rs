@@ -114,6 +114,11 @@ impl Outbox {
         all
     }
 
+    /// Whether a buffer is allocated (see [`Outbox::release_if_empty`]).
+    pub fn holds_memory(&self) -> bool {
+        self.tail.capacity() > 0 || self.queue.capacity() > 0
+    }
+
     /// Lets go of the buffers when nothing waits (an idle connection).
     pub fn release_if_empty(&mut self) {
         if self.is_empty() {

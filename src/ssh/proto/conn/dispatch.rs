@@ -137,14 +137,14 @@ impl<E: Events> Conn<E> {
                 user,
                 service,
                 method,
-            } => self.on_userauth_request(user, service, method).await,
+            } => Box::pin(self.on_userauth_request(user, service, method)).await,
             Msg::UserauthSuccess => {
                 self.on_userauth_success();
                 Ok(())
             }
             Msg::UserauthFailure => Err(self.on_userauth_failure()),
             Msg::GlobalRequest { name, want, data } => {
-                self.on_global_request(name, want, data).await
+                Box::pin(self.on_global_request(name, want, data)).await
             }
             Msg::RequestReply(ok) => self.on_request_reply(ok),
             Msg::ChannelOpen {
@@ -164,7 +164,12 @@ impl<E: Events> Conn<E> {
             Msg::Data { id, ext, data } => self.on_data(&p, id, ext, data),
             Msg::Eof { id } => self.on_eof(id),
             Msg::Close { id } => self.on_close(id),
-            Msg::ChannelRequest { id, want, req } => self.on_channel_request(id, want, req).await,
+            // The application's futures (key checks, registration, commands)
+            // run boxed: inline they would make every connection's task,
+            // idle ones too, as large as the largest of them.
+            Msg::ChannelRequest { id, want, req } => {
+                Box::pin(self.on_channel_request(id, want, req)).await
+            }
             Msg::Unknown => self.unimplemented(),
         }
     }

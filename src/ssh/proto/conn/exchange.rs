@@ -52,7 +52,9 @@ pub(super) struct KeyExchange {
     server: bool,
     identity: Identity,
     policy: Policy,
-    run: Option<KexRun>,
+    /// Boxed: most of a connection's life has no exchange running, and
+    /// the state of one would otherwise be part of every connection.
+    run: Option<Box<KexRun>>,
     /// The first exchange finished (both NEWKEYS): strict kex wants no
     /// other packet before it.
     pub(super) first_kex_done: bool,
@@ -159,7 +161,7 @@ impl KeyExchange {
         );
         t.seal_now(&ours);
         t.hold();
-        self.run = Some(KexRun {
+        self.run = Some(Box::new(KexRun {
             ours,
             theirs: None,
             neg: None,
@@ -168,7 +170,7 @@ impl KeyExchange {
             sent_newkeys: false,
             ignore_next: false,
             started: Instant::now(),
-        });
+        }));
     }
 
     /// Starts a rekey when the keys in use reached a limit: bytes, time,

@@ -27,6 +27,8 @@ mod transport;
 
 #[cfg(test)]
 mod seal_tests;
+#[cfg(test)]
+mod size_tests;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -60,6 +62,11 @@ pub const READ_STOP: usize = 4 * 1024 * 1024;
 /// A socket that took fewer bytes than this in a whole
 /// [`Settings::unpin_after`] counts as stalled (see [`Conn::unpin`]).
 const STALLED_BELOW: u64 = 64 * 1024;
+/// Buffers (the read buffer, the outbox) are given back this long after
+/// they were first used, if they are empty then: an idle connection keeps
+/// none (16 KiB of read buffer and the key exchange's 2.5 KiB of outbox
+/// each), and a busy one allocates them again at most once per period.
+pub const RELEASE_AFTER: Duration = Duration::from_secs(1);
 /// Time allowed to flush a DISCONNECT.
 const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// A key exchange not finished within this ends the connection: a peer
@@ -262,6 +269,8 @@ pub struct Conn<E: Events> {
     backlog: VecDeque<Cmd>,
     /// Bytes written to the socket at the last unpin round.
     written_at_unpin: u64,
+    /// When empty buffers are given back next (see [`RELEASE_AFTER`]).
+    next_release: Option<Instant>,
 }
 
 impl<E: Events> Conn<E> {
@@ -329,17 +338,29 @@ impl<E: Events> Conn<E> {
             next_unpin: None,
             backlog: VecDeque::new(),
             written_at_unpin: 0,
+            next_release: None,
         };
         (conn, tx)
     }
 
     /// Runs the connection to its end.
-    pub async fn run(mut self) -> Ended {
+    ///
+    /// Not an `async fn`: its state would hold the connection twice (the
+    /// argument, and the local it is moved to), and this future is what an
+    /// idle connection's task costs. The block uses `self` where it was
+    /// captured.
+    // The `async fn` form is what this avoids (see above and size_tests).
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(mut self) -> impl Future<Output = Ended> + Send {
+        async move { self.run_to_end().await }
+    }
+
+    async fn run_to_end(&mut self) -> Ended {
         let ended = match self.run_inner().await {
             Ok(said) => Ended::Local(said),
             Err(Fail::Protocol(code, text)) => {
                 tracing::debug!(%text, "closing SSH connection");
-                self.send_disconnect(code, &text).await;
+                Box::pin(self.send_disconnect(code, &text)).await;
                 Ended::Local(text)
             }
             Err(Fail::Peer(text)) => Ended::PeerSaid(text),
@@ -398,7 +419,7 @@ impl<E: Events> Conn<E> {
                 return Err(Fail::Broken(why));
             }
             if let Some(reason) = self.tx.ctl.take_disconnect() {
-                self.send_disconnect(reason::BY_APPLICATION, &reason).await;
+                Box::pin(self.send_disconnect(reason::BY_APPLICATION, &reason)).await;
                 return Ok(reason);
             }
             self.kx.maybe_rekey(&mut self.t);
@@ -421,6 +442,9 @@ impl<E: Events> Conn<E> {
             // while other tenants' small messages queue behind it.
             let moved = self.t.read + self.t.written;
             slices.after_work(moved, ctl.share.get()).await;
+            if self.next_release.is_none() && self.t.holds_buffers() {
+                self.next_release = Some(Instant::now() + RELEASE_AFTER);
+            }
         }
     }
 
@@ -491,6 +515,7 @@ impl<E: Events> Conn<E> {
         for t in [
             self.kx.deadline(),
             self.next_unpin,
+            self.next_release,
             self.auth.pending_deadline(),
         ]
         .into_iter()
@@ -508,6 +533,10 @@ impl<E: Events> Conn<E> {
         }
         if self.next_unpin.is_some_and(|t| t <= now) {
             self.unpin();
+        }
+        if self.next_release.is_some_and(|t| t <= now) {
+            self.next_release = None;
+            self.t.release_if_idle();
         }
         self.kx.check_deadline()?;
         if self.auth.pending_deadline().is_some_and(|t| t <= now) {

@@ -12,7 +12,7 @@ use crate::ssh::proto::mux::{ChanHandle, ChanShared};
 use crate::ssh::proto::packet::Direction;
 
 /// Refuses everything; the connection under test never gets that far.
-struct Nothing;
+pub(super) struct Nothing;
 
 impl Events for Nothing {
     async fn check_key(&mut self, _: &str, _: &PublicKey, _: bool) -> bool {
@@ -32,7 +32,7 @@ impl Events for Nothing {
 
 /// A server connection whose sealing keys cannot seal (keys made for
 /// opening), and the other end of its socket.
-async fn broken_conn() -> (Conn<Nothing>, TcpStream) {
+pub(super) async fn broken_conn() -> (Conn<Nothing>, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
     let (s, _) = l.accept().await.unwrap();

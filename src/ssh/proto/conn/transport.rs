@@ -389,6 +389,12 @@ impl Transport {
     }
 
     /// Idle connections keep no buffers (a busy one reuses them).
+    /// Whether the read buffer or the outbox holds an allocation that
+    /// [`Transport::release_if_idle`] could give back.
+    pub(super) fn holds_buffers(&self) -> bool {
+        self.rbuf.buf.capacity() > 0 || self.out.holds_memory()
+    }
+
     pub(super) fn release_if_idle(&mut self) {
         self.out.release_if_empty();
         self.rbuf.release_if_empty();
