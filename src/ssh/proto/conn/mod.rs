@@ -426,11 +426,15 @@ impl<E: Events> Conn<E> {
             let can_read = self.t.pending() + self.t.deferred_bytes < READ_STOP;
             let can_cmd = self.run_backlog();
             let timer = self.timer();
-            let wake = slices
-                .unless_waiting(self.wait(can_read, can_cmd, timer))
-                .await;
+            let wake = {
+                let wait = std::pin::pin!(self.wait(can_read, can_cmd, timer));
+                slices.unless_waiting(wait).await
+            };
             slices.before_work(ctl.share.get()).await;
-            slices.unless_waiting(self.act(wake)).await?;
+            {
+                let act = std::pin::pin!(self.act(wake));
+                slices.unless_waiting(act).await?;
+            }
             if self.t.pending() > 0 {
                 self.t.write_some()?;
                 if self.t.pending() > 0 {

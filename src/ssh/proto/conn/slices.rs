@@ -30,8 +30,9 @@ impl Slices {
     /// Runs `f`; if it has to wait (for the socket, a command, or anything
     /// an application callback waits on), the turn goes to the next first:
     /// a turn is held only while working, never while waiting.
-    pub(super) async fn unless_waiting<F: Future>(&mut self, f: F) -> F::Output {
-        let mut f = std::pin::pin!(f);
+    /// `f` comes pinned by the caller, so that the future is stored once
+    /// in the connection task's state, not twice (size_tests).
+    pub(super) async fn unless_waiting<F: Future>(&mut self, mut f: Pin<&mut F>) -> F::Output {
         if self.turn.is_some() {
             if let Some(v) = poll_once(&mut f).await {
                 return v;
