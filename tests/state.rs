@@ -95,7 +95,7 @@ async fn eight_processes_opening_a_new_database_at_once_all_succeed() {
         let version: i64 = db
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 8, "round {round}");
+        assert_eq!(version, warren::store::schema_version(), "round {round}");
         let systems: i64 = db
             .query_row("SELECT count(*) FROM systems", [], |r| r.get(0))
             .unwrap();
@@ -154,7 +154,7 @@ async fn the_relay_port_accepts_only_once_the_store_is_migrated() {
     let version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 8);
+    assert_eq!(version, warren::store::schema_version());
     let r = warren(&["admin", "--data", p(&data), "system", "add", "tau"]).await;
     assert!(r.ok, "{}", r.stderr);
     relay.start_kill().unwrap();

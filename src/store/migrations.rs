@@ -161,6 +161,11 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
+/// The schema version this build migrates a database to.
+pub fn schema_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     // The version is read inside the same exclusive transaction that applies
     // the migrations: processes opening a new database at once (a relay and
@@ -168,7 +173,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     // finds the schema current instead of creating the same tables again.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
     let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let known = MIGRATIONS.len() as i64;
+    let known = schema_version();
     if current > known {
         bail!(
             "database schema version {current} is newer than this warren knows ({known}); upgrade warren"

@@ -22,6 +22,7 @@ mod exposures;
 mod gateways;
 pub mod labels;
 mod migrations;
+pub use migrations::schema_version;
 mod on_demand;
 pub mod postgres;
 pub mod rates;
