@@ -655,15 +655,6 @@ fn eight_relays_migrating_one_new_database_at_once_all_succeed() {
     }
 }
 
-/// Waits until `store`'s listening connection is up.
-fn listening(store: &Store) {
-    let started = Instant::now();
-    while !store.postgres().unwrap().listening() {
-        assert!(started.elapsed() < common::WAIT, "not listening");
-        std::thread::yield_now();
-    }
-}
-
 /// Waits until `store`'s version moves past `v`; returns how long it took.
 fn version_moves(store: &Store, v: i64) -> Duration {
     let started = Instant::now();
@@ -686,7 +677,7 @@ fn a_revocation_through_one_relay_is_notified_to_another_within_a_second() {
         .add_key(&n("tau"), Role::Controller, &n("alice"), k.public_key())
         .unwrap();
     // C listens (its first connection is itself a resync).
-    listening(&c);
+    common::postgres::listening(&c);
     let v = c.data_version().unwrap();
     a.revoke_key(&rec.fingerprint).unwrap();
     let took = version_moves(&c, v);
@@ -717,18 +708,7 @@ fn a_revocation_through_one_relay_is_notified_to_another_within_a_second() {
 fn a_stale_relay_cannot_take_a_device_back() {
     let pg = PgServer::start();
     let url = pg.database();
-    let a = Store::open_postgres(&url).unwrap();
-    let b = Store::open_postgres(&url).unwrap();
-    a.postgres()
-        .unwrap()
-        .join("relay-a", Some("127.0.0.1:1"), "SHA256:a")
-        .unwrap();
-    b.postgres()
-        .unwrap()
-        .join("relay-b", Some("127.0.0.1:2"), "SHA256:b")
-        .unwrap();
-    let mut lost = a.postgres().unwrap().lost_devices();
-    listening(&a);
+    let (a, b, mut lost) = common::postgres::two_relays(&url);
     let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
     a.device_up("tau", "dev1", peer, &[22], &DeviceInfo::default())
         .unwrap();

@@ -6,19 +6,9 @@
 
 mod common;
 
-use std::time::Instant;
-
 use common::postgres::PgServer;
 use warren::protocol::device_info::DeviceInfo;
 use warren::store::{DeviceUp, Store};
-
-fn listening(store: &Store) {
-    let started = Instant::now();
-    while !store.postgres().unwrap().listening() {
-        assert!(started.elapsed() < common::WAIT, "not listening");
-        std::thread::yield_now();
-    }
-}
 
 fn up(name: &str, on_demand: bool) -> DeviceUp {
     DeviceUp {
@@ -37,18 +27,7 @@ fn up(name: &str, on_demand: bool) -> DeviceUp {
 fn claims_written_in_one_batch_each_take_their_device_and_are_notified() {
     let pg = PgServer::start();
     let url = pg.database();
-    let a = Store::open_postgres(&url).unwrap();
-    let b = Store::open_postgres(&url).unwrap();
-    a.postgres()
-        .unwrap()
-        .join("relay-a", Some("127.0.0.1:1"), "SHA256:a")
-        .unwrap();
-    b.postgres()
-        .unwrap()
-        .join("relay-b", Some("127.0.0.1:2"), "SHA256:b")
-        .unwrap();
-    let mut lost = a.postgres().unwrap().lost_devices();
-    listening(&a);
+    let (a, b, mut lost) = common::postgres::two_relays(&url);
     a.devices_up(&[up("dev1", false)]).unwrap();
     let (_, first) = a
         .postgres()

@@ -190,3 +190,38 @@ pub async fn cluster_with(
     }
     relays
 }
+
+/// Two relays of one cluster on `url` (`relay-a` and `relay-b`, joined),
+/// and a receiver of the devices `relay-a` loses to another relay, taken
+/// once its listening connection is up.
+pub fn two_relays(
+    url: &str,
+) -> (
+    warren::store::Store,
+    warren::store::Store,
+    tokio::sync::broadcast::Receiver<(String, String)>,
+) {
+    use warren::store::Store;
+    let a = Store::open_postgres(url).unwrap();
+    let b = Store::open_postgres(url).unwrap();
+    a.postgres()
+        .unwrap()
+        .join("relay-a", Some("127.0.0.1:1"), "SHA256:a")
+        .unwrap();
+    b.postgres()
+        .unwrap()
+        .join("relay-b", Some("127.0.0.1:2"), "SHA256:b")
+        .unwrap();
+    let lost = a.postgres().unwrap().lost_devices();
+    listening(&a);
+    (a, b, lost)
+}
+
+/// Waits until `store`'s listening connection is up.
+pub fn listening(store: &warren::store::Store) {
+    let started = std::time::Instant::now();
+    while !store.postgres().unwrap().listening() {
+        assert!(started.elapsed() < super::WAIT, "not listening");
+        std::thread::yield_now();
+    }
+}
