@@ -108,3 +108,28 @@ fn a_batch_of_registrations_on_sqlite_is_each_device_online() {
         .collect();
     assert_eq!(on_demand, vec!["dev1".to_string()]);
 }
+
+/// A batch names devices in any order, one of them twice: each is claimed
+/// once, with its latest registration (rows are locked in device order, so
+/// two relays batching the same devices cannot deadlock).
+#[test]
+fn a_batch_naming_a_device_twice_claims_it_once_with_the_latest() {
+    let pg = PgServer::start();
+    let url = pg.database();
+    let (a, _b, _lost) = common::postgres::two_relays(&url);
+    let mut again = up("dev2", false);
+    again.ports = vec![2222];
+    a.devices_up(&[up("dev2", false), up("dev1", false), again])
+        .unwrap();
+    let all = a.devices(Some("tau")).unwrap();
+    let dev2 = all.iter().find(|d| d.name == "dev2").unwrap();
+    assert!(dev2.online && dev2.ports == vec![2222], "{:?}", dev2.ports);
+    assert!(all.iter().any(|d| d.name == "dev1" && d.online));
+    let (_, epoch) = a
+        .postgres()
+        .unwrap()
+        .device_holder("tau", "dev2")
+        .unwrap()
+        .unwrap();
+    assert_eq!(epoch, 1, "claimed once");
+}

@@ -42,6 +42,14 @@ impl Pg {
     pub fn devices_up(&self, ups: &[DeviceUp]) -> Result<()> {
         let t = now() as i64;
         let relay = self.relay_id();
+        // Rows are locked in one order on every relay (by device), and each
+        // device is claimed once (its latest Up): two relays batching the
+        // same devices in different orders cannot deadlock each other.
+        let mut latest = std::collections::BTreeMap::new();
+        for u in ups {
+            latest.insert((u.system.as_str(), u.name.as_str()), u);
+        }
+        let ups: Vec<&DeviceUp> = latest.into_values().collect();
         let epochs = self.block(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await?;
@@ -55,7 +63,7 @@ impl Pg {
                 )
                 .await?;
             let mut epochs = Vec::with_capacity(ups.len());
-            for u in ups {
+            for u in &ups {
                 let labels = serde_json::to_string(&u.info.labels)?;
                 let row = tx
                     .query_one(
