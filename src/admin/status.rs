@@ -358,28 +358,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
         };
-        let d = |name: &str| DeviceStatus {
-            system: "tau".into(),
-            name: name.into(),
-            online: false,
-            since: None,
-            last_seen: None,
-            address: None,
-            ports: vec![],
-            version: None,
-            labels: BTreeMap::new(),
-            streams: 0,
-            disabled: false,
-            scope: vec![],
-            status: "offline".into(),
-            on_demand: None,
-            path: None,
-            path_why: None,
-            rate: None,
-            system_rate: None,
-            admin_labels: Vec::new(),
-            hidden_labels: Vec::new(),
-        };
+        let d = |name: &str| DeviceStatus::offline("tau", name);
         let plain = render(&[d("dev1")], false);
         assert!(!plain.contains("RATE"), "no column without limits: {plain}");
         let mut list = vec![d("dev1"), d("dev2")];

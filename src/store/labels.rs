@@ -225,29 +225,11 @@ mod tests {
     #[test]
     fn the_admins_word_overrides_and_hides() {
         let mut d = DeviceStatus {
-            system: "tau".into(),
-            name: "dev1".into(),
-            online: false,
-            since: None,
-            last_seen: None,
-            address: None,
-            ports: Vec::new(),
-            version: None,
             labels: [("site", "lab3"), ("gpu", "a100"), ("os", "debian")]
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            streams: 0,
-            disabled: false,
-            scope: Vec::new(),
-            status: "offline".into(),
-            on_demand: None,
-            path: None,
-            path_why: None,
-            rate: None,
-            system_rate: None,
-            admin_labels: Vec::new(),
-            hidden_labels: Vec::new(),
+            ..DeviceStatus::offline("tau", "dev1")
         };
         let l = |k: &str, v: Option<&str>| AdminLabel {
             system: "tau".into(),

@@ -141,6 +141,35 @@ pub struct DeviceStatus {
     pub hidden_labels: Vec<String>,
 }
 
+impl DeviceStatus {
+    /// A device known to the store and never seen online: no address,
+    /// ports, labels or limits (fill in what a caller needs).
+    pub fn offline(system: &str, name: &str) -> DeviceStatus {
+        DeviceStatus {
+            system: system.into(),
+            name: name.into(),
+            online: false,
+            since: None,
+            last_seen: None,
+            address: None,
+            ports: Vec::new(),
+            version: None,
+            labels: std::collections::BTreeMap::new(),
+            streams: 0,
+            disabled: false,
+            scope: Vec::new(),
+            status: "offline".into(),
+            on_demand: None,
+            path: None,
+            path_why: None,
+            rate: None,
+            system_rate: None,
+            admin_labels: Vec::new(),
+            hidden_labels: Vec::new(),
+        }
+    }
+}
+
 impl rusqlite::ToSql for Fingerprint {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         Ok(self.as_str().into())

@@ -155,26 +155,9 @@ fn host_key_systems_and_keys() {
 #[test]
 fn devices_and_invites() {
     let d = DeviceStatus {
-        system: "tau".into(),
-        name: "dev1".into(),
-        online: false,
-        since: None,
-        last_seen: None,
-        address: None,
         ports: vec![22],
-        version: None,
         labels: BTreeMap::from([("gpu".into(), "a100".into())]),
-        streams: 0,
-        disabled: false,
-        scope: vec![],
-        status: "offline".into(),
-        on_demand: None,
-        path: None,
-        path_why: None,
-        rate: None,
-        system_rate: None,
-        admin_labels: Vec::new(),
-        hidden_labels: Vec::new(),
+        ..DeviceStatus::offline("tau", "dev1")
     };
     let mut all = Reply::Devices {
         devices: vec![d.clone()],
