@@ -362,8 +362,8 @@ mod tests {
     use super::*;
     use crate::ssh::proto::mux::{ChanShared, Cmd, ConnTx, Ctl, OUTBOX};
 
-    fn channel(id: u32) -> (Channel, Arc<ChanShared>, mpsc::UnboundedReceiver<Cmd>) {
-        let (cmds, rx) = mpsc::unbounded_channel();
+    fn channel(id: u32) -> (Channel, Arc<ChanShared>, crate::ssh::proto::queue::CmdRx) {
+        let (cmds, rx) = crate::ssh::proto::queue::channel();
         let tx = ConnTx {
             cmds,
             space: Arc::new(Semaphore::new(OUTBOX)),

@@ -17,6 +17,7 @@ pub mod kex;
 pub mod mux;
 pub mod outbox;
 pub mod packet;
+pub mod queue;
 pub mod readbuf;
 pub mod wire;
 

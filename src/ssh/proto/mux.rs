@@ -16,7 +16,7 @@ use std::ops::{Deref, Range};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
 
 /// Window we give each channel: at most this many received bytes wait in
 /// memory for a slow reader.
@@ -448,7 +448,7 @@ impl Ctl {
 /// The way into one connection's task.
 #[derive(Clone)]
 pub struct ConnTx {
-    pub cmds: mpsc::UnboundedSender<Cmd>,
+    pub cmds: super::queue::CmdTx,
     /// Bytes of channel data that may be queued towards the socket.
     pub space: Arc<Semaphore>,
     pub ctl: Arc<Ctl>,

@@ -36,12 +36,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ssh_key::{PrivateKey, PublicKey};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::kex::{HostKey, KexAlg};
 use super::mux::{self, ChanHandle, Cmd, ConnTx, Ctl, Ended, OUTBOX, OpenRequest};
 use super::packet::{CipherAlg, PacketError};
+use super::queue::{self, CmdRx};
 use super::wire::{WireError, Writer, msg as m, reason};
 use auth::{Auth, ClientAuth};
 use channels::Channels;
@@ -256,7 +257,7 @@ pub struct Conn<E: Events> {
     server: bool,
     keepalive: Option<(Duration, usize)>,
     unpin_after: Duration,
-    cmds: mpsc::UnboundedReceiver<Cmd>,
+    cmds: CmdRx,
     tx: ConnTx,
     /// A packet arrived since the last keepalive round.
     heard: bool,
@@ -290,7 +291,7 @@ impl<E: Events> Conn<E> {
         } else {
             (ours, peer_version)
         };
-        let (cmd_tx, cmds) = mpsc::unbounded_channel();
+        let (cmd_tx, cmds) = queue::channel();
         let tx = ConnTx {
             cmds: cmd_tx,
             space: Arc::new(Semaphore::new(OUTBOX)),
@@ -446,7 +447,7 @@ impl<E: Events> Conn<E> {
             // while other tenants' small messages queue behind it.
             let moved = self.t.read + self.t.written;
             slices.after_work(moved, ctl.share.get()).await;
-            if self.next_release.is_none() && self.t.holds_buffers() {
+            if self.next_release.is_none() && self.holds_buffers() {
                 self.next_release = Some(Instant::now() + RELEASE_AFTER);
             }
         }
@@ -540,7 +541,7 @@ impl<E: Events> Conn<E> {
         }
         if self.next_release.is_some_and(|t| t <= now) {
             self.next_release = None;
-            self.t.release_if_idle();
+            self.release_if_idle();
         }
         self.kx.check_deadline()?;
         if self.auth.pending_deadline().is_some_and(|t| t <= now) {
@@ -549,8 +550,22 @@ impl<E: Events> Conn<E> {
         Ok(())
     }
 
-    fn keepalive(&mut self) -> Result<(), Fail> {
+    /// Whether [`Conn::release_if_idle`] could give memory back.
+    fn holds_buffers(&self) -> bool {
+        self.t.holds_buffers() || self.cmds.holds_slots() || self.backlog.capacity() > 0
+    }
+
+    /// Gives back the buffers and queue slots that nothing waits in.
+    fn release_if_idle(&mut self) {
         self.t.release_if_idle();
+        self.cmds.release_if_empty();
+        if self.backlog.is_empty() {
+            self.backlog = VecDeque::new();
+        }
+    }
+
+    fn keepalive(&mut self) -> Result<(), Fail> {
+        self.release_if_idle();
         let Some((interval, max)) = self.keepalive else {
             self.next_keepalive = None;
             return Ok(());

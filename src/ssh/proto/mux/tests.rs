@@ -2,8 +2,8 @@
 
 use super::*;
 
-fn handle() -> (ChanHandle, Arc<ChanShared>, mpsc::UnboundedReceiver<Cmd>) {
-    let (cmds, rx) = mpsc::unbounded_channel();
+fn handle() -> (ChanHandle, Arc<ChanShared>, crate::ssh::proto::queue::CmdRx) {
+    let (cmds, rx) = crate::ssh::proto::queue::channel();
     let tx = ConnTx {
         cmds,
         space: Arc::new(Semaphore::new(OUTBOX)),
@@ -110,7 +110,7 @@ fn queued_data_gets_its_own_buffer_after_a_whole_round() {
 #[test]
 fn reading_keeps_the_unpin_marks_in_step() {
     let shared = ChanShared::new(0, 32768);
-    let (cmds, _rx) = mpsc::unbounded_channel();
+    let (cmds, _rx) = crate::ssh::proto::queue::channel();
     let tx = ConnTx {
         cmds,
         space: Arc::new(Semaphore::new(OUTBOX)),
