@@ -24,14 +24,17 @@ pub async fn accept_loop<F, Fut>(
     F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let mut admit = admit;
+    let admit = move |tcp, peer, ()| admit(tcp, peer);
     accept_loop_gated(listener, stop, tasks, || std::future::ready(()), admit).await;
 }
 
 /// [`accept_loop`], accepting only once `gate` is ready: while the relay
 /// has no room for another handshake, new connections wait in the
 /// kernel's accept queue instead of being accepted and closed (a burst of
-/// devices then connects without retries).
-pub async fn accept_loop_gated<G, GFut, F, Fut>(
+/// devices then connects without retries). What the gate gives (the slot it
+/// waited for) goes to `admit` with the connection accepted next.
+pub async fn accept_loop_gated<G, GFut, T, F, Fut>(
     listener: TcpListener,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -39,15 +42,15 @@ pub async fn accept_loop_gated<G, GFut, F, Fut>(
     mut admit: F,
 ) where
     G: FnMut() -> GFut,
-    GFut: Future<Output = ()>,
-    F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
+    GFut: Future<Output = T>,
+    F: FnMut(TcpStream, SocketAddr, T) -> Option<Fut>,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
-        tokio::select! {
+        let given = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = gate() => {}
-        }
+            given = gate() => given,
+        };
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -62,7 +65,7 @@ pub async fn accept_loop_gated<G, GFut, F, Fut>(
                 }
             },
         };
-        if let Some(task) = admit(tcp, peer) {
+        if let Some(task) = admit(tcp, peer, given) {
             tasks.spawn(task);
         }
     }

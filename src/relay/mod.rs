@@ -480,6 +480,15 @@ impl Relay {
     /// is rate limited for failed logins, nor beyond the cap on
     /// unauthenticated connections (each TLS handshake counts too).
     pub fn admit(&self, peer: SocketAddr) -> Option<Admission> {
+        self.admit_reserved(peer, None)
+    }
+
+    /// [`Relay::admit`] into a global slot the accept loop reserved.
+    pub fn admit_reserved(
+        &self,
+        peer: SocketAddr,
+        reserved: Option<ratelimit::Reserved>,
+    ) -> Option<Admission> {
         if let ratelimit::Verdict::Limited { audit } = self
             .failed_logins
             .check(peer.ip(), std::time::Instant::now())
@@ -498,7 +507,7 @@ impl Relay {
             }
             return None;
         }
-        let permit = match self.unauthenticated.try_take(peer.ip()) {
+        let permit = match self.unauthenticated.take(peer.ip(), reserved) {
             Ok(p) => p,
             Err(full) => {
                 tracing::warn!(%peer, ?full, limit = self.options.max_unauthenticated, "too many unauthenticated connections; closing new one");
@@ -555,13 +564,14 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
     );
     relay.spawn(expose::run(relay.clone(), public_ip));
 
-    let admit = |stream: TcpStream, peer: SocketAddr| {
-        let admitted = relay.admit(peer)?;
+    let admit = |stream: TcpStream, peer: SocketAddr, reserved| {
+        let admitted = relay.admit_reserved(peer, reserved)?;
         Some(relay.serve_connection(stream, peer, admitted))
     };
     // A full cap on unauthenticated connections stops accepting: the
-    // kernel queues the rest (`cli::relay`'s backlog) until a handshake ends.
-    let gate = || relay.unauthenticated.global_free();
+    // kernel queues the rest (`cli::relay`'s backlog) until a handshake
+    // ends. The slot waited for is reserved for the connection accepted.
+    let gate = || relay.unauthenticated.reserve();
     listen::accept_loop_gated(listener, shutdown, relay.tasks.clone(), gate, admit).await;
 
     tracing::info!("relay shutting down");

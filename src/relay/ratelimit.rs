@@ -222,6 +222,10 @@ pub struct Slot {
     held: Arc<watch::Sender<usize>>,
 }
 
+/// A global slot set aside by [`Unauthenticated::reserve`] for the next
+/// accepted connection; dropping it frees it.
+pub struct Reserved(OwnedSemaphorePermit);
+
 /// Why a new connection got no slot.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Full {
@@ -244,24 +248,36 @@ impl Unauthenticated {
         self.held.subscribe()
     }
 
-    /// Waits until a global slot is free (without taking it).
-    pub async fn global_free(&self) {
-        if let Ok(p) = self.global.acquire().await {
-            drop(p);
-        }
+    /// Waits until a global slot is free and reserves it for the next
+    /// connection accepted ([`Unauthenticated::take`]), so that no other
+    /// listener (the TLS front) takes it in between.
+    pub async fn reserve(&self) -> Option<Reserved> {
+        self.global.clone().acquire_owned().await.ok().map(Reserved)
     }
 
     pub fn try_take(&self, ip: IpAddr) -> Result<Slot, Full> {
+        self.take(ip, None)
+    }
+
+    /// A slot for a connection from `ip`, in the global slot `reserved`
+    /// if given (it is freed again if the address is over its cap).
+    pub fn take(&self, ip: IpAddr, reserved: Option<Reserved>) -> Result<Slot, Full> {
         let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
         let held = by_ip.entry(ip).or_insert(0);
         if *held >= self.per_address {
             return Err(Full::Address);
         }
-        let Ok(permit) = self.global.clone().try_acquire_owned() else {
-            if *held == 0 {
-                by_ip.remove(&ip);
-            }
-            return Err(Full::Global);
+        let permit = match reserved {
+            Some(Reserved(p)) => p,
+            None => match self.global.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if *held == 0 {
+                        by_ip.remove(&ip);
+                    }
+                    return Err(Full::Global);
+                }
+            },
         };
         *held += 1;
         self.held.send_modify(|n| *n += 1);
@@ -365,6 +381,26 @@ mod tests {
         drop(a1);
         assert_eq!(*held.borrow(), 4);
         assert!(u.try_take(a).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_reserved_slot_is_the_accepted_connections_alone() {
+        let u = Unauthenticated::new(2, 1);
+        let a: IpAddr = "198.51.100.1".parse().unwrap();
+        let b: IpAddr = "198.51.100.2".parse().unwrap();
+        let c: IpAddr = "198.51.100.3".parse().unwrap();
+        let _a = u.try_take(a).unwrap();
+        let reserved = u.reserve().await.unwrap();
+        // Another listener (the TLS front) finds the cap full...
+        assert_eq!(u.try_take(b).err(), Some(Full::Global));
+        // ...and the connection accepted for the reservation gets it.
+        let held = u.take(c, Some(reserved)).unwrap();
+        assert_eq!(*u.watch().borrow(), 2);
+        drop(held);
+        // A reservation for an address over its cap is given back.
+        let reserved = u.reserve().await.unwrap();
+        assert_eq!(u.take(a, Some(reserved)).err(), Some(Full::Address));
+        assert!(u.try_take(b).is_ok(), "the reserved slot was freed");
     }
 
     #[test]
