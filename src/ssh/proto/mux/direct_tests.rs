@@ -85,7 +85,7 @@ async fn a_busy_reader_keeps_the_order_through_its_queue() {
 
 #[tokio::test]
 async fn no_window_or_no_outbox_space_falls_back_to_the_queue() {
-    let (a, mut b) = (end(1, 0), end(7, 3));
+    let (a, b) = (end(1, 0), end(7, 3));
     a.h.direct_to(&b.h, None);
     let _recv = idle_reader(&a.h).await;
     assert_eq!(a.shared.push_data(data(b"four")), Pushed::Queued);
@@ -170,7 +170,7 @@ async fn drain(mut b: End, total: usize, out: Arc<StdMutex<Vec<u8>>>) {
                 got += data.len();
                 out.lock().unwrap().extend_from_slice(&data);
                 b.h.tx.space.add_permits(data.len());
-                if got % 3 == 0 {
+                if got.is_multiple_of(3) {
                     tokio::task::yield_now().await;
                 }
                 b.shared.add_window(data.len() as u32);
@@ -224,7 +224,7 @@ async fn bytes_keep_their_order_between_the_direct_path_and_the_pump() {
         sent += len;
         n += 1;
         // Now and then the pump catches up, as between bursts.
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             tokio::time::timeout(std::time::Duration::from_secs(10), idle(&a.shared))
                 .await
                 .expect("the pump caught up");
