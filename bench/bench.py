@@ -1293,10 +1293,14 @@ class Bench:
             out.append(f"| {f['label']} | {f['unit']} ({f['better']} is better) | {w} | {o} | {ratio} | "
                        f"{f.get('target', '')} | {met} |")
 
+        cores = R["machine"].get("nproc") or 1
         cpu_rows = ["", "CPU seconds per GiB relayed, per process (median over runs; relay = all sshd processes "
-                        "for OpenSSH):", "",
-                    "| System | Cipher | Streams | Direction | relay | device side | controller | iperf3 server |",
-                    "|---|---|---|---|---|---|---|---|"]
+                        "for OpenSSH). Bound: the throughput these processes allow on this machine's "
+                        f"{cores} cores, {cores} / (sum of the four) GiB/s in Mbit/s (the iperf3 client's own CPU "
+                        "is not counted, so the real bound is lower):", "",
+                    "| System | Cipher | Streams | Direction | relay | device side | controller | iperf3 server "
+                    "| bound Mbit/s |",
+                    "|---|---|---|---|---|---|---|---|---|"]
         seen = {}
         for rec in R["throughput"]:
             if rec.get("cpu_s_per_gib"):
@@ -1304,8 +1308,11 @@ class Bench:
                     rec["cpu_s_per_gib"])
         for (s, c, n, d), lst in sorted(seen.items()):
             med = {k: statistics.median(x[k] for x in lst) for k in lst[0]}
+            total = med['relay'] + med['device_side'] + med['controller'] + med['iperf3_server']
+            bound = f"{cores / total * 8 * 2**30 / 1e6:,.0f}" if total > 0 else "—"
             cpu_rows.append(f"| {s} | {c} | {n} | {d.replace('_to_', '→')} | {med['relay']:.2f} | "
-                            f"{med['device_side']:.2f} | {med['controller']:.2f} | {med['iperf3_server']:.2f} |")
+                            f"{med['device_side']:.2f} | {med['controller']:.2f} | {med['iperf3_server']:.2f} | "
+                            f"{bound} |")
         h = R.get("warren_stream_health")
         if h:
             cpu_rows += ["", f"Failed throughput runs: Warren {h['warren_failed_runs']}, OpenSSH "

@@ -26,6 +26,8 @@
 //!    gives, then opens `forwarded-tcpip` on the device's connection.
 //! 5. **Splice.** `ssh/channel.rs`: `Channel::splice` joins the two channels
 //!    with per-channel flow control; `stream.rs` audits the bytes each way.
+//!    Data for an idle splice skips its task: the connection task that
+//!    opened it queues it on the other connection (`ssh/proto/mux/direct.rs`).
 //!
 //! ## Modules
 //!

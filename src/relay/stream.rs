@@ -118,7 +118,7 @@ pub(super) async fn stream(
         _ => relay.bandwidth.shaper(route.carrier()),
     };
     let stats = controller_channel
-        .splice_paced(device_channel, guard.closed.cancelled(), Some(&shaper))
+        .splice_shaped(device_channel, guard.closed.cancelled(), Arc::new(shaper))
         .await;
     let disabled = guard.closed.is_cancelled();
     drop(guard);

@@ -5,12 +5,15 @@
 //! side takes the next message only after that write completed, so a slow
 //! reader slows its writer instead of filling memory.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::proto::conn::Incoming;
-use super::proto::mux::{ChanHandle, In};
+use super::proto::mux::{ChanHandle, Charge, In};
 use super::proto::wire::open_failure;
 use crate::protocol::limits::SPLICE_BUFFER;
 
@@ -96,15 +99,47 @@ impl Channel {
     }
 
     /// Like [`Channel::splice_until`], with every packet paced by `pace`.
+    /// Every packet goes through the splice's own task (see
+    /// [`Channel::splice_shaped`] for the direct path).
     pub async fn splice_paced(
         self,
         other: Channel,
         stop: impl std::future::Future<Output = ()>,
         pace: Option<&dyn Pace>,
     ) -> SpliceStats {
+        self.splice_inner(other, stop, pace, pace.is_none(), None)
+            .await
+    }
+
+    /// Like [`Channel::splice_paced`], and data may skip the splice's task:
+    /// the connection task that received it queues it on the other
+    /// connection when nothing of its channel waits and window, outbox
+    /// space and `pace` allow (`ssh::proto::mux::direct`), one task
+    /// hand-off instead of two per packet.
+    pub async fn splice_shaped(
+        self,
+        other: Channel,
+        stop: impl std::future::Future<Output = ()>,
+        pace: Arc<dyn Pace>,
+    ) -> SpliceStats {
+        let shared = Some(pace);
+        let pace = shared.as_deref();
+        self.splice_inner(other, stop, pace, true, shared.clone())
+            .await
+    }
+
+    async fn splice_inner(
+        self,
+        other: Channel,
+        stop: impl std::future::Future<Output = ()>,
+        pace: Option<&dyn Pace>,
+        direct: bool,
+        shared: Option<Arc<dyn Pace>>,
+    ) -> SpliceStats {
         let (a, b) = (&self.h, &other.h);
         let mut stats = SpliceStats::default();
         let (eof_tx, eofs) = mpsc::unbounded_channel();
+        let moved = direct.then(|| DirectPath::start(a, b, shared));
         {
             let forward = pace.map(|p| (p, SpliceDirection::Forward));
             let back = pace.map(|p| (p, SpliceDirection::Back));
@@ -114,6 +149,11 @@ impl Channel {
                 _ = both_directions(a_to_b, b_to_a, eofs) => {}
                 _ = stop => {}
             }
+        }
+        if let Some(moved) = moved {
+            let (sent, received) = moved.end();
+            stats.sent += sent;
+            stats.received += received;
         }
         a.close();
         b.close();
@@ -215,6 +255,49 @@ impl Channel {
     }
 }
 
+/// The direct path of a splice, both ways, while it runs (ended on drop,
+/// so a cancelled splice passes nothing on after it).
+struct DirectPath<'a> {
+    a: &'a ChanHandle,
+    b: &'a ChanHandle,
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+}
+
+impl<'a> DirectPath<'a> {
+    fn start(a: &'a ChanHandle, b: &'a ChanHandle, pace: Option<Arc<dyn Pace>>) -> Self {
+        let charge = |dir: SpliceDirection| -> Option<Charge> {
+            let pace = pace.clone()?;
+            Some(Box::new(move |n| pace.take(dir, n)))
+        };
+        let sent = a.direct_to(b, charge(SpliceDirection::Forward));
+        let received = b.direct_to(a, charge(SpliceDirection::Back));
+        DirectPath {
+            a,
+            b,
+            sent,
+            received,
+        }
+    }
+
+    /// Ends it; the bytes that went directly, each way.
+    fn end(self) -> (u64, u64) {
+        self.a.no_direct();
+        self.b.no_direct();
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for DirectPath<'_> {
+    fn drop(&mut self) {
+        self.a.no_direct();
+        self.b.no_direct();
+    }
+}
+
 /// Moves one direction: data from `read` to `write`; reports EOF on `eof`
 /// (once) and goes on reading, so that a close after EOF is seen at once. Returns
 /// when the source closed or the sink failed. Reading the next message only
@@ -232,7 +315,10 @@ async fn pump(
         match read.recv().await {
             Some(In::Data(data)) => {
                 *count += data.len() as u64;
-                if let Some((p, dir)) = pace
+                // The direct path may have charged the pace already.
+                if let Some(wait) = read.take_pace_hold() {
+                    wait.await;
+                } else if let Some((p, dir)) = pace
                     && let Some(wait) = p.take(dir, data.len())
                 {
                     wait.await;

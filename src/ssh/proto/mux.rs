@@ -18,6 +18,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 
+pub use direct::{Charge, Direct, PaceHold, Pushed};
+
 /// Window we give each channel: at most this many received bytes wait in
 /// memory for a slow reader.
 pub const WINDOW: u32 = 2 * 1024 * 1024;
@@ -174,6 +176,12 @@ pub struct ChanState {
     /// What the peer still lets us send, and its largest packet.
     pub remote_window: u32,
     pub remote_max: u32,
+    /// The reader waits in [`ChanHandle::recv`] with nothing in hand.
+    reader_waiting: bool,
+    /// Where data may go without the reader (see [`direct`]).
+    direct: Option<Arc<Direct>>,
+    /// The pace's wait for the data queued last, already charged.
+    pace_hold: Option<PaceHold>,
 }
 
 pub struct ChanShared {
@@ -194,6 +202,9 @@ impl ChanShared {
                 closed: false,
                 remote_window,
                 remote_max,
+                reader_waiting: false,
+                direct: None,
+                pace_hold: None,
             }),
             rx: Notify::new(),
             tx: Notify::new(),
@@ -539,6 +550,7 @@ impl ChanHandle {
             {
                 let mut st = self.shared.lock();
                 if let Some(m) = st.queue.pop_front() {
+                    st.reader_waiting = false;
                     st.aged = st.aged.saturating_sub(1);
                     st.owned = st.owned.saturating_sub(1);
                     if let Some(n) = m.data_len() {
@@ -554,8 +566,10 @@ impl ChanHandle {
                     return Some(m);
                 }
                 if st.closed {
+                    st.reader_waiting = false;
                     return None;
                 }
+                st.reader_waiting = true;
             }
             self.shared.rx.notified().await;
         }
@@ -652,5 +666,8 @@ impl Drop for ChanHandle {
     }
 }
 
+mod direct;
+#[cfg(test)]
+mod direct_tests;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,9 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::super::mux::{ChanHandle, ChanShared, Chunk, Cmd, In, OpenReply, OpenRequest, WINDOW};
+use super::super::mux::{
+    ChanHandle, ChanShared, Chunk, Cmd, In, OpenReply, OpenRequest, Pushed, WINDOW,
+};
 use super::super::wire::{Writer, msg, open_failure};
 use super::msg::{ChanReq, OpenKind};
 use super::transport::FRAME_MIN;
@@ -336,15 +338,24 @@ impl<E: Events> Conn<E> {
         } else {
             Bytes::copy_from_slice(&p[offset..offset + len])
         };
-        to.push(if ext {
-            In::Ext(bytes)
+        if ext {
+            to.push(In::Ext(bytes));
         } else {
-            In::Data(bytes.into())
-        });
+            let pushed = to.push_data(bytes.into());
+            self.pushed(id, pushed);
+        }
         if big {
             self.unpin_later();
         }
         Ok(())
+    }
+
+    /// The window to grant back for data passed on directly (see
+    /// [`super::super::mux::Direct`]), granted now, as its reader would.
+    fn pushed(&mut self, id: u32, pushed: Pushed) {
+        if let Pushed::Direct(Some(n)) = pushed {
+            self.cmd_adjust(id, n);
+        }
     }
 
     /// A big CHANNEL_DATA packet taken whole (see [`Chunk::Frame`]).
@@ -355,7 +366,8 @@ impl<E: Events> Conn<E> {
         frame: impl FnOnce() -> Chunk,
     ) -> Result<(), Fail> {
         if let Some(to) = self.ch.data_to(id, len)? {
-            to.push(In::Data(frame()));
+            let pushed = to.push_data(frame());
+            self.pushed(id, pushed);
             self.unpin_later();
         }
         Ok(())

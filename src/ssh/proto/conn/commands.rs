@@ -62,7 +62,7 @@ impl<E: Events> Conn<E> {
         self.tx.space.add_permits(n);
     }
 
-    fn cmd_adjust(&mut self, id: u32, n: u32) {
+    pub(super) fn cmd_adjust(&mut self, id: u32, n: u32) {
         if let Some(e) = self.ch.table.get_mut(&id)
             && e.kind == ChanKind::Open
             && !e.sent_close
