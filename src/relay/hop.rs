@@ -121,26 +121,39 @@ impl Hops {
 
     /// Opens a stream to `target` on `peer`, port `port`.
     pub async fn open(&self, peer: &RelayRecord, target: &HopTarget, port: u32) -> Result<Channel> {
+        let metrics = crate::metrics::global();
+        let t = std::time::Instant::now();
         let conn = self.connection(peer).await?;
+        metrics.hop_phase("connect", t.elapsed());
+        let t = std::time::Instant::now();
         let host = target.encode();
-        tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.open(&host, port))
+        let opened = tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.open(&host, port))
             .await
-            .map_err(|_| anyhow!("relay {} did not open the stream in time", peer.id))?
+            .map_err(|_| anyhow!("relay {} did not open the stream in time", peer.id))?;
+        metrics.hop_phase("open", t.elapsed());
+        opened
     }
 }
 
-/// The relay holding `system/host` if it is another relay of the cluster.
+/// The relay holding `system/host` if it is another relay of the cluster:
+/// from the claims this relay received, without a store call when they
+/// know the device (`Pg::holder`); else from the store.
 pub(super) async fn holder(relay: &Relay, system: &Name, host: &str) -> Option<RelayRecord> {
-    relay.store.postgres()?;
+    let pg = relay.store.postgres()?;
     let (s, h) = (system.to_string(), host.to_string());
-    match relay
-        .store
-        .call(move |st| match st.postgres() {
-            Some(pg) => pg.held_by_other(&s, &h),
-            None => Ok(None),
-        })
-        .await
-    {
+    let found = match pg.holder_known(&s, &h) {
+        Some(known) => Ok(known),
+        None => {
+            relay
+                .store
+                .call(move |st| match st.postgres() {
+                    Some(pg) => pg.holder(&s, &h),
+                    None => Ok(None),
+                })
+                .await
+        }
+    };
+    match found {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "looking up the relay that holds a device");
