@@ -73,24 +73,35 @@ impl HopTarget {
     }
 }
 
-/// The pooled connections to peer relays, by relay id.
+/// The pooled connections to peer relays, by relay id: each peer's slot
+/// locked on its own, so dialing a slow or dead relay holds up no hop to
+/// another.
 pub struct Hops {
     key: Arc<PrivateKey>,
-    conns: Mutex<HashMap<String, Arc<ClientConnection<NoForwards>>>>,
+    conns: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<Conn>>>>>,
 }
+
+type Conn = Arc<ClientConnection<NoForwards>>;
 
 impl Hops {
     pub fn new(key: Arc<PrivateKey>) -> Hops {
         Hops {
             key,
-            conns: Mutex::default(),
+            conns: Default::default(),
         }
     }
 
     /// The live connection to `peer`, opened if there is none.
-    async fn connection(&self, peer: &RelayRecord) -> Result<Arc<ClientConnection<NoForwards>>> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&peer.id)
+    async fn connection(&self, peer: &RelayRecord) -> Result<Conn> {
+        let slot = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer.id.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref()
             && !c.is_closed()
         {
             return Ok(c.clone());
@@ -115,7 +126,7 @@ impl Hops {
                 .await
                 .with_context(|| format!("logging in to relay {address}"))?,
         );
-        conns.insert(peer.id.clone(), conn.clone());
+        *slot = Some(conn.clone());
         Ok(conn)
     }
 

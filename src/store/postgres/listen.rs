@@ -18,16 +18,29 @@ use super::Claim;
 use super::holders::Holders;
 use crate::protocol::limits::DATABASE_LISTEN_RETRY;
 
-pub(super) async fn run(
-    config: tokio_postgres::Config,
-    version: Arc<AtomicI64>,
-    changed: Arc<tokio::sync::Notify>,
-    listening: Arc<AtomicBool>,
-    relay: Arc<Mutex<Option<String>>>,
-    epochs: Arc<Mutex<HashMap<(String, String), i64>>>,
-    lost: broadcast::Sender<(String, String)>,
-    holders: Arc<Holders>,
-) {
+/// What the listening connection updates (the store's shared state).
+pub(super) struct Listener {
+    pub config: tokio_postgres::Config,
+    pub version: Arc<AtomicI64>,
+    pub changed: Arc<tokio::sync::Notify>,
+    pub listening: Arc<AtomicBool>,
+    pub relay: Arc<Mutex<Option<String>>>,
+    pub epochs: Arc<Mutex<HashMap<(String, String), i64>>>,
+    pub lost: broadcast::Sender<(String, String)>,
+    pub holders: Arc<Holders>,
+}
+
+pub(super) async fn run(l: Listener) {
+    let Listener {
+        config,
+        version,
+        changed,
+        listening,
+        relay,
+        epochs,
+        lost,
+        holders,
+    } = l;
     let mut was_down = false;
     loop {
         match config.connect(NoTls).await {

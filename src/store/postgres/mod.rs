@@ -134,16 +134,16 @@ impl Pg {
             migrations::migrate(&mut c).await
         })
         .with_context(|| format!("opening database {}", redact(url)))?;
-        pg.handle().spawn(listen::run(
-            pg.config.clone(),
-            pg.version.clone(),
-            pg.changed.clone(),
-            pg.listening.clone(),
-            pg.relay.clone(),
-            pg.epochs.clone(),
-            pg.lost.clone(),
-            pg.holders.clone(),
-        ));
+        pg.handle().spawn(listen::run(listen::Listener {
+            config: pg.config.clone(),
+            version: pg.version.clone(),
+            changed: pg.changed.clone(),
+            listening: pg.listening.clone(),
+            relay: pg.relay.clone(),
+            epochs: pg.epochs.clone(),
+            lost: pg.lost.clone(),
+            holders: pg.holders.clone(),
+        }));
         Ok(pg)
     }
 
