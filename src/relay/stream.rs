@@ -70,14 +70,11 @@ pub(super) async fn stream(
         peer,
     };
     let asked = Instant::now();
-    // Held by another relay of the cluster, as its claim said: straight to
-    // the hop, without a store call (the hop's first byte waits on nothing).
-    if let Some(device) = held_elsewhere(&req) {
+    if let Some((device, peer)) = held_elsewhere(&req) {
         crate::metrics::global().hop_phase("lookup", asked.elapsed());
         let via = Via::Device {
             host: req.host.clone(),
         };
-        let (device, peer) = device;
         return hop(req, peer, HopTarget::Device(device), via, channel).await;
     }
     let route = match super::wake::route_waking(&req.relay, &req.who, &req.host, port).await {
@@ -138,6 +135,8 @@ pub(super) async fn stream(
 
 /// A device another relay holds, by the claims this relay received: for a
 /// key that may open streams, naming a device that is not connected here.
+/// The stream goes straight to the hop, without a store call (its first
+/// byte waits on no query).
 /// What the route would find too (an offline device held elsewhere is a
 /// hop), without reading the store; `None`: route as usual.
 fn held_elsewhere(req: &Request) -> Option<(DeviceId, RelayRecord)> {
