@@ -60,7 +60,8 @@
 //!   the relay's data directory (reads on connections of their own beside
 //!   the one writer), or PostgreSQL shared by a cluster of relays
 //!   (`store/postgres/`: device claims with epochs, the relay registry,
-//!   `LISTEN`/`NOTIFY`). In a cluster, `relay/hop.rs` carries a stream to a
+//!   `LISTEN`/`NOTIFY`, and `holders.rs`: which relay holds each device, in
+//!   memory from the claims). In a cluster, `relay/hop.rs` carries a stream to a
 //!   device on another relay, `relay/hop_gateway.rs` to a host behind a
 //!   gateway on another relay (a typed route the holder checks again), and
 //!   `relay/cluster.rs` closes connections of devices that moved to another

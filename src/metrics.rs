@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Stream setup: from the controller's `direct-tcpip` to the device's
@@ -48,6 +48,7 @@ pub struct Metrics {
     stream_setup: Histogram,
     audit_queue: IntGauge,
     store_calls: Histogram,
+    hop_setup: HistogramVec,
 }
 
 /// The process's metrics.
@@ -165,6 +166,19 @@ impl Metrics {
                 "Store calls from the async side: queue wait plus run time",
                 STORE_BUCKETS,
             )?,
+            hop_setup: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "warren_hop_setup_seconds",
+                        "A stream over a hop to another relay, by phase: lookup (of the relay \
+                         holding the device), connect (to that relay, or its pooled connection), \
+                         open (the channel through it, until the device accepted)",
+                    )
+                    .buckets(SETUP_BUCKETS.to_vec()),
+                    &["phase"],
+                )?,
+            )?,
             registry: r,
         })
     }
@@ -201,6 +215,19 @@ impl Metrics {
 
     pub fn stream_setup(&self, took: Duration) {
         self.stream_setup.observe(took.as_secs_f64());
+    }
+
+    /// One phase of a hop's setup (`lookup`, `connect`, `open`).
+    pub fn hop_phase(&self, phase: &str, took: Duration) {
+        self.hop_setup
+            .with_label_values(&[phase])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Count and total seconds of a hop phase so far (the bench's mean).
+    pub fn hop_phase_total(&self, phase: &str) -> (u64, f64) {
+        let h = self.hop_setup.with_label_values(&[phase]);
+        (h.get_sample_count(), h.get_sample_sum())
     }
 
     pub fn store_call(&self, took: Duration) {

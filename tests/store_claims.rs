@@ -133,3 +133,99 @@ fn a_batch_naming_a_device_twice_claims_it_once_with_the_latest() {
         .unwrap();
     assert_eq!(epoch, 1, "claimed once");
 }
+
+/// Waits (on `store`'s change notifications, not a clock) until `done`.
+fn until(store: &Store, why: &str, done: impl Fn() -> bool) {
+    let notifier = store.postgres().unwrap().change_notifier();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(common::WAIT, async {
+            loop {
+                let changed = notifier.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if done() {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{why}"))
+    })
+}
+
+/// Who holds `tau/NAME` by A's holder map alone: `None` if the map does not
+/// say, `Some("")` held by A itself.
+fn known(store: &Store, name: &str) -> Option<String> {
+    let known = store.postgres().unwrap().holder_known("tau", name)?;
+    Some(known.map(|r| r.id).unwrap_or_default())
+}
+
+/// The holder map of relay A follows B's claims, B's devices going offline
+/// and B restarting, from notifications alone: A answers "who holds it"
+/// without a query, and asks the store only when its map does not say.
+#[test]
+fn relay_a_knows_from_claims_alone_which_relay_holds_each_device() {
+    let pg = PgServer::start();
+    let url = pg.database();
+    let (a, b, _lost) = common::postgres::two_relays(&url);
+    let pga = a.postgres().unwrap();
+    b.devices_up(&[up("dev1", false), up("dev2", false)])
+        .unwrap();
+    until(&a, "A hears B's claims", || {
+        known(&a, "dev1").is_some() && known(&a, "dev2").is_some()
+    });
+    let queries = pga.holder_queries();
+    let held = pga.holder("tau", "dev1").unwrap().unwrap();
+    assert_eq!(
+        (held.id.as_str(), held.address.as_deref()),
+        ("relay-b", Some("127.0.0.1:2"))
+    );
+    assert_eq!(pga.holder_queries(), queries, "answered from the map");
+    // A takes dev2 over: held here, no hop.
+    a.devices_up(&[up("dev2", false)]).unwrap();
+    until(&a, "A hears its own claim", || {
+        known(&a, "dev2").as_deref() == Some("")
+    });
+    assert!(pga.holder("tau", "dev2").unwrap().is_none());
+    // B's device leaves: A forgets it; then the store is asked, and agrees.
+    b.device_down("tau", "dev1").unwrap();
+    until(&a, "A hears dev1 leave B", || known(&a, "dev1").is_none());
+    assert!(pga.holder("tau", "dev1").unwrap().is_none());
+    assert_eq!(pga.holder_queries(), queries + 1, "dev1: asked the store");
+    // B restarts: whatever it held is gone from A's map at once.
+    b.devices_up(&[up("dev3", false)]).unwrap();
+    until(&a, "A hears dev3", || known(&a, "dev3").is_some());
+    b.all_devices_down().unwrap();
+    until(&a, "A hears B restart", || known(&a, "dev3").is_none());
+}
+
+/// The per-minute touch writes last seen and stream counts in batches, only
+/// for the devices this relay holds under its own claim.
+#[test]
+fn the_batched_touch_writes_only_the_devices_held_under_this_relays_claim() {
+    let pg = PgServer::start();
+    let url = pg.database();
+    let (a, b, _lost) = common::postgres::two_relays(&url);
+    let names: Vec<String> = (0..2500).map(|i| format!("d{i}")).collect();
+    let ups: Vec<DeviceUp> = names.iter().map(|n| up(n, false)).collect();
+    a.devices_up(&ups).unwrap();
+    // B took d7 over since: A's late touch must not write it.
+    b.devices_up(&[up("d7", false)]).unwrap();
+    let touch: Vec<(String, String, u64)> = names
+        .iter()
+        .rev()
+        .map(|n| ("tau".to_string(), n.clone(), 3))
+        .collect();
+    a.touch_devices(&touch).unwrap();
+    let all = a.devices(Some("tau")).unwrap();
+    assert_eq!(all.len(), 2500);
+    for d in &all {
+        let want = if d.name == "d7" { 0 } else { 3 };
+        assert_eq!(d.streams, want, "{}", d.name);
+    }
+}

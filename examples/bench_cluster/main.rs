@@ -375,8 +375,22 @@ async fn relay_process(database: &str) -> Result<()> {
         database.to_string()
     };
     println!("{} {} {store}", r.addr, r.relay.host_key());
-    let mut rest = String::new();
-    let _ = tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::stdin(), &mut rest).await;
+    // `hops`: the hop setup phases so far (count and seconds of each).
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line == "hops" {
+            let m = warren::metrics::global();
+            let phases: Vec<String> = ["lookup", "connect", "open"]
+                .iter()
+                .map(|p| {
+                    let (n, secs) = m.hop_phase_total(p);
+                    format!("{n} {secs}")
+                })
+                .collect();
+            println!("hops {}", phases.join(" "));
+        }
+    }
     Ok(())
 }
 

@@ -47,6 +47,53 @@ pub struct Reach {
     pub first_byte_p50_ms: f64,
     pub first_byte_p99_ms: f64,
     pub errors: Vec<String>,
+    /// Where a hop's setup went on the relays asked (their mean, ms):
+    /// finding the relay that holds the device, the connection to it (a
+    /// pooled one, or dialed and logged in), the channel opened through it.
+    pub hop_phases_mean_ms: Option<HopPhases>,
+}
+
+#[derive(Debug, Serialize, Default, Clone, Copy)]
+pub struct HopPhases {
+    pub hops: u64,
+    pub lookup: f64,
+    pub connect: f64,
+    pub open: f64,
+}
+
+/// Each relay's hop phase totals so far: (count, seconds) of lookup,
+/// connect and open, summed over `relays`.
+async fn hop_totals(relays: &mut [(String, String, Child)]) -> Result<[(u64, f64); 3]> {
+    let mut sum = [(0u64, 0f64); 3];
+    for r in relays {
+        r.2.send("hops").await?;
+        let line = r.2.line().await?;
+        let v: Vec<&str> = line
+            .strip_prefix("hops ")
+            .context("a relay's hop phases")?
+            .split(' ')
+            .collect();
+        for (i, s) in sum.iter_mut().enumerate() {
+            s.0 += v.get(2 * i).context("hop phase count")?.parse::<u64>()?;
+            s.1 += v.get(2 * i + 1).context("hop phase time")?.parse::<f64>()?;
+        }
+    }
+    Ok(sum)
+}
+
+/// The mean of each phase between two [`hop_totals`].
+fn hop_phases(before: [(u64, f64); 3], after: [(u64, f64); 3]) -> Option<HopPhases> {
+    let mean = |i: usize| {
+        let n = after[i].0.saturating_sub(before[i].0);
+        (after[i].1 - before[i].1) * 1000.0 / n.max(1) as f64
+    };
+    let hops = after[0].0.saturating_sub(before[0].0);
+    (hops > 0).then(|| HopPhases {
+        hops,
+        lookup: mean(0),
+        connect: mean(1),
+        open: mean(2),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -271,7 +318,9 @@ pub async fn scale(a: &Args) -> Result<Scale> {
         a.sample
     );
     let per = a.devices;
-    let reached = reach(&conns, &sample, |i| i / per).await;
+    let before_hops = hop_totals(&mut relays).await?;
+    let mut reached = reach(&conns, &sample, |i| i / per).await;
+    reached.hop_phases_mean_ms = hop_phases(before_hops, hop_totals(&mut relays).await?);
     let kill = if a.kill {
         Some(kill_one(a, &mut relays, &mut loaders, &conns).await?)
     } else {
@@ -331,7 +380,9 @@ async fn kill_one(
     let mut probe_failures = 0;
     let reach_after = loop {
         // The killed relay's devices are all a hop away from most survivors.
-        let r = reach(&survivors, &sample, |_| usize::MAX).await;
+        let before_hops = hop_totals(&mut relays[..k]).await?;
+        let mut r = reach(&survivors, &sample, |_| usize::MAX).await;
+        r.hop_phases_mean_ms = hop_phases(before_hops, hop_totals(&mut relays[..k]).await?);
         if r.failures == 0 {
             break r;
         }
@@ -382,6 +433,12 @@ pub fn print(s: &Scale) {
         r.opened_p50_ms,
         r.errors
     );
+    if let Some(h) = &r.hop_phases_mean_ms {
+        println!(
+            "hop setup on the relays asked, mean of {} hops: lookup {:.2} ms, connect {:.2} ms, open {:.2} ms",
+            h.hops, h.lookup, h.connect, h.open
+        );
+    }
     if let Some(k) = &s.kill {
         println!(
             "kill -9 of relay {}: {} devices registered elsewhere after {:.1} s, reachable from every survivor after {:.1} s; {} refusals {:?}; {} sampled streams failed before",
@@ -393,5 +450,16 @@ pub fn print(s: &Scale) {
             k.refusal_reasons,
             k.probe_failures_before_reachable,
         );
+        let r = &k.reach_after;
+        println!(
+            "after the kill, from every survivor to the moved devices: first byte p50 {:.2} ms, p99 {:.2} ms",
+            r.first_byte_p50_ms, r.first_byte_p99_ms
+        );
+        if let Some(h) = &r.hop_phases_mean_ms {
+            println!(
+                "  hop setup, mean of {} hops: lookup {:.2} ms, connect {:.2} ms, open {:.2} ms",
+                h.hops, h.lookup, h.connect, h.open
+            );
+        }
     }
 }

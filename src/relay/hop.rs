@@ -73,24 +73,35 @@ impl HopTarget {
     }
 }
 
-/// The pooled connections to peer relays, by relay id.
+/// The pooled connections to peer relays, by relay id: each peer's slot
+/// locked on its own, so dialing a slow or dead relay holds up no hop to
+/// another.
 pub struct Hops {
     key: Arc<PrivateKey>,
-    conns: Mutex<HashMap<String, Arc<ClientConnection<NoForwards>>>>,
+    conns: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<Conn>>>>>,
 }
+
+type Conn = Arc<ClientConnection<NoForwards>>;
 
 impl Hops {
     pub fn new(key: Arc<PrivateKey>) -> Hops {
         Hops {
             key,
-            conns: Mutex::default(),
+            conns: Default::default(),
         }
     }
 
     /// The live connection to `peer`, opened if there is none.
-    async fn connection(&self, peer: &RelayRecord) -> Result<Arc<ClientConnection<NoForwards>>> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&peer.id)
+    async fn connection(&self, peer: &RelayRecord) -> Result<Conn> {
+        let slot = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer.id.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref()
             && !c.is_closed()
         {
             return Ok(c.clone());
@@ -115,32 +126,45 @@ impl Hops {
                 .await
                 .with_context(|| format!("logging in to relay {address}"))?,
         );
-        conns.insert(peer.id.clone(), conn.clone());
+        *slot = Some(conn.clone());
         Ok(conn)
     }
 
     /// Opens a stream to `target` on `peer`, port `port`.
     pub async fn open(&self, peer: &RelayRecord, target: &HopTarget, port: u32) -> Result<Channel> {
+        let metrics = crate::metrics::global();
+        let t = std::time::Instant::now();
         let conn = self.connection(peer).await?;
+        metrics.hop_phase("connect", t.elapsed());
+        let t = std::time::Instant::now();
         let host = target.encode();
-        tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.open(&host, port))
+        let opened = tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.open(&host, port))
             .await
-            .map_err(|_| anyhow!("relay {} did not open the stream in time", peer.id))?
+            .map_err(|_| anyhow!("relay {} did not open the stream in time", peer.id))?;
+        metrics.hop_phase("open", t.elapsed());
+        opened
     }
 }
 
-/// The relay holding `system/host` if it is another relay of the cluster.
+/// The relay holding `system/host` if it is another relay of the cluster:
+/// from the claims this relay received, without a store call when they
+/// know the device (`Pg::holder`); else from the store.
 pub(super) async fn holder(relay: &Relay, system: &Name, host: &str) -> Option<RelayRecord> {
-    relay.store.postgres()?;
+    let pg = relay.store.postgres()?;
     let (s, h) = (system.to_string(), host.to_string());
-    match relay
-        .store
-        .call(move |st| match st.postgres() {
-            Some(pg) => pg.held_by_other(&s, &h),
-            None => Ok(None),
-        })
-        .await
-    {
+    let found = match pg.holder_known(&s, &h) {
+        Some(known) => Ok(known),
+        None => {
+            relay
+                .store
+                .call(move |st| match st.postgres() {
+                    Some(pg) => pg.holder(&s, &h),
+                    None => Ok(None),
+                })
+                .await
+        }
+    };
+    match found {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "looking up the relay that holds a device");

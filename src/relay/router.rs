@@ -385,11 +385,10 @@ impl RouteView for Relay {
         let store = self.store.clone();
         async move {
             store
-                .call(move |st| Ok(st.devices(Some(&s))?.into_iter().find(|d| d.name == n)))
+                .call(move |st| st.last_seen(&s, &n))
                 .await
                 .ok()
                 .flatten()
-                .map(|d| d.last_seen)
         }
     }
 }

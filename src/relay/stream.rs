@@ -70,12 +70,20 @@ pub(super) async fn stream(
         peer,
     };
     let asked = Instant::now();
+    if let Some((device, peer)) = held_elsewhere(&req) {
+        crate::metrics::global().hop_phase("lookup", asked.elapsed());
+        let via = Via::Device {
+            host: req.host.clone(),
+        };
+        return hop(req, peer, HopTarget::Device(device), via, channel).await;
+    }
     let route = match super::wake::route_waking(&req.relay, &req.who, &req.host, port).await {
         Ok(r) => r,
         Err(r @ Refusal::Offline { .. }) => {
             // Offline here: in a cluster, another relay may hold it.
             match super::hop::holder(&req.relay, &req.who.system, &req.host).await {
                 Some(peer) => {
+                    crate::metrics::global().hop_phase("lookup", asked.elapsed());
                     let Ok(name) = crate::protocol::Name::parse(&req.host) else {
                         return req.refuse(channel, r).await;
                     };
@@ -123,6 +131,33 @@ pub(super) async fn stream(
     let disabled = guard.closed.is_cancelled();
     drop(guard);
     closed(&req, name, stats, started, disabled);
+}
+
+/// A device another relay holds, by the claims this relay received: for a
+/// key that may open streams, naming a device that is not connected here.
+/// The stream goes straight to the hop, without a store call (its first
+/// byte waits on no query).
+/// What the route would find too (an offline device held elsewhere is a
+/// hop), without reading the store; `None`: route as usual.
+fn held_elsewhere(req: &Request) -> Option<(DeviceId, RelayRecord)> {
+    if req.who.role == crate::protocol::Role::Device
+        || crate::policy::may_open_streams(&req.who).is_err()
+    {
+        return None;
+    }
+    let name = crate::protocol::Name::parse(&req.host).ok()?;
+    let device = DeviceId::new(req.who.system.clone(), name);
+    if req
+        .relay
+        .registry
+        .lookup(&device.system, &device.name)
+        .is_some()
+    {
+        return None;
+    }
+    let pg = req.relay.store.postgres()?;
+    let peer = pg.holder_known(device.system.as_str(), device.name.as_str())??;
+    Some((device, peer))
 }
 
 /// A route refused here that a gateway on another relay of the cluster may

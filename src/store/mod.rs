@@ -26,6 +26,7 @@ pub use migrations::schema_version;
 mod on_demand;
 pub mod postgres;
 pub mod rates;
+mod seen;
 
 pub use audit::AuditQuery;
 pub use enroll::{InviteRecord, NewInvite};

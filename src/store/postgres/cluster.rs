@@ -6,17 +6,26 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::Pg;
+use super::holders::Known;
 use super::keys::u;
 use crate::protocol::limits::RELAY_HEARTBEAT_INTERVAL as HEARTBEAT_INTERVAL;
 use crate::store::now;
 
-/// A relay's claim on a device, as `warren_owner` notifications carry it.
+/// A relay's claim on a device, as `warren_owner` notifications carry it;
+/// `online: false`: the device left that relay (the claim of that epoch
+/// ends); an empty `name`: the relay started and holds nothing so far.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claim {
     pub system: String,
     pub name: String,
     pub relay: String,
     pub epoch: i64,
+    #[serde(default = "online")]
+    pub online: bool,
+}
+
+fn online() -> bool {
+    true
 }
 
 /// A relay of the cluster, as the registry holds it.
@@ -46,6 +55,7 @@ impl Pg {
         })?;
         *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
         let pool = self.pool.clone();
+        let holders = self.holders.clone();
         let id = id.to_string();
         self.handle().spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -56,6 +66,10 @@ impl Pg {
                 let _ = c
                     .execute("UPDATE relays SET heartbeat = $2 WHERE id = $1", &[&id, &t])
                     .await;
+                // Which relays beat: whose claims a hop may follow.
+                if let Ok(relays) = read_relays(&c).await {
+                    holders.set_relays(relays, t as u64);
+                }
                 // Devices of a relay that stopped beating are offline (their
                 // agents are moving to other relays, which claim them anew).
                 let dead = t - 3 * HEARTBEAT_INTERVAL.as_secs() as i64;
@@ -74,24 +88,39 @@ impl Pg {
     pub fn relays(&self) -> Result<Vec<RelayRecord>> {
         self.block(async {
             let c = self.client().await?;
-            let rows = c
-                .query(
-                    "SELECT id, address, host_key, started, heartbeat FROM relays ORDER BY id",
-                    &[],
-                )
-                .await?;
-            let mut out = Vec::new();
-            for r in rows {
-                out.push(RelayRecord {
-                    id: r.try_get(0)?,
-                    address: r.try_get(1)?,
-                    host_key: r.try_get(2)?,
-                    started: u(r.try_get(3)?),
-                    heartbeat: u(r.try_get(4)?),
-                });
-            }
-            Ok(out)
+            read_relays(&c).await
         })
+    }
+
+    /// The relay that holds `system/name` now, if another relay of the
+    /// registry does, from the claims received ([`super::holders`]); the
+    /// store is asked only when they do not say (no claim seen, or the
+    /// holder's heartbeat stopped).
+    pub fn holder(&self, system: &str, name: &str) -> Result<Option<RelayRecord>> {
+        if let Some(known) = self.holder_known(system, name) {
+            return Ok(known);
+        }
+        self.holders.queried();
+        self.held_by_other(system, name)
+    }
+
+    /// What the claims received say of `system/name` without asking the
+    /// store: `Some(None)` held here, `Some(Some(r))` held by relay `r`;
+    /// `None`: they do not say ([`Pg::holder`] asks the store).
+    pub fn holder_known(&self, system: &str, name: &str) -> Option<Option<RelayRecord>> {
+        let me = self.relay_id();
+        match self.holders.known(system, name, me.as_deref()) {
+            Known::Here => Some(None),
+            Known::By(r) => Some(Some(r)),
+            Known::Unknown | Known::Stale => None,
+        }
+    }
+
+    /// Holder lookups ([`Pg::holder`]) that had to ask the store.
+    pub fn holder_queries(&self) -> u64 {
+        self.holders
+            .queries
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The relay that holds `system/name` now, if another relay of the
@@ -142,4 +171,24 @@ impl Pg {
     pub fn lost_devices(&self) -> broadcast::Receiver<(String, String)> {
         self.lost.subscribe()
     }
+}
+
+pub(super) async fn read_relays(c: &tokio_postgres::Client) -> Result<Vec<RelayRecord>> {
+    let rows = c
+        .query(
+            "SELECT id, address, host_key, started, heartbeat FROM relays ORDER BY id",
+            &[],
+        )
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(RelayRecord {
+            id: r.try_get(0)?,
+            address: r.try_get(1)?,
+            host_key: r.try_get(2)?,
+            started: u(r.try_get(3)?),
+            heartbeat: u(r.try_get(4)?),
+        });
+    }
+    Ok(out)
 }

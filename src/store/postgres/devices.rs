@@ -17,6 +17,9 @@ use crate::protocol::device_info::DeviceInfo;
 use crate::protocol::{DeviceId, Name};
 use crate::store::{DeviceStatus, DeviceUp, join_ports, now, split_ports};
 
+/// Devices whose last-seen time one statement writes.
+const TOUCH_BATCH: usize = 1000;
+
 impl Pg {
     pub fn device_up(
         &self,
@@ -77,6 +80,7 @@ impl Pg {
                     name: u.name.clone(),
                     relay: relay.clone().unwrap_or_default(),
                     epoch,
+                    online: true,
                 };
                 tx.execute(
                     "SELECT pg_notify('warren_owner', $1)",
@@ -110,11 +114,17 @@ impl Pg {
         let t = now() as i64;
         let relay = self.relay_id();
         let epoch = self.held(system, name);
+        // The other relays' holder maps forget the device with its claim.
         self.block(async {
             let c = self.client().await?;
             c.execute(
-                "UPDATE devices SET online = 0, since = $3, last_seen = $3, streams = 0
-                 WHERE system = $1 AND name = $2 AND relay IS NOT DISTINCT FROM $4 AND epoch = $5",
+                "WITH down AS (
+                   UPDATE devices SET online = 0, since = $3, last_seen = $3, streams = 0
+                   WHERE system = $1 AND name = $2 AND relay IS NOT DISTINCT FROM $4 AND epoch = $5
+                   RETURNING system, name, relay, epoch)
+                 SELECT pg_notify('warren_owner', json_build_object('system', system, 'name', name,
+                   'relay', relay, 'epoch', epoch, 'online', false)::text)
+                 FROM down WHERE relay IS NOT NULL",
                 &[&system, &name, &t, &relay, &epoch],
             )
             .await?;
@@ -132,35 +142,64 @@ impl Pg {
     pub fn all_devices_down(&self) -> Result<()> {
         let relay = self.relay_id();
         self.block(async {
-            let c = self.client().await?;
-            c.execute(
+            let mut c = self.client().await?;
+            let tx = c.transaction().await?;
+            tx.execute(
                 "UPDATE devices SET online = 0, since = last_seen, streams = 0
                  WHERE online = 1 AND relay IS NOT DISTINCT FROM $1",
                 &[&relay],
             )
             .await?;
+            if let Some(relay) = &relay {
+                // Every relay's holder map forgets what this one held.
+                let note = super::Claim {
+                    system: String::new(),
+                    name: String::new(),
+                    relay: relay.clone(),
+                    epoch: 0,
+                    online: false,
+                };
+                tx.execute(
+                    "SELECT pg_notify('warren_owner', $1)",
+                    &[&serde_json::to_string(&note)?],
+                )
+                .await?;
+            }
+            tx.commit().await?;
             Ok(())
         })
     }
 
+    /// Last seen and stream counts of the devices this relay holds: one
+    /// statement per [`TOUCH_BATCH`] devices (in device order, as claims
+    /// lock them), each its own short transaction, so the per-minute touch
+    /// of a full relay holds no connection or row lock for long.
     pub fn touch_devices(&self, devices: &[(String, String, u64)]) -> Result<()> {
         let t = now() as i64;
         let relay = self.relay_id();
-        let held: Vec<i64> = devices.iter().map(|(s, n, _)| self.held(s, n)).collect();
+        let mut rows: Vec<(&str, &str, i64, i64)> = devices
+            .iter()
+            .map(|(s, n, streams)| (s.as_str(), n.as_str(), *streams as i64, self.held(s, n)))
+            .collect();
+        rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         self.block(async {
-            let mut c = self.client().await?;
-            let tx = c.transaction().await?;
-            let st = tx
+            let c = self.client().await?;
+            let st = c
                 .prepare(
-                    "UPDATE devices SET last_seen = $3, streams = $4
-                     WHERE system = $1 AND name = $2 AND relay IS NOT DISTINCT FROM $5 AND epoch = $6",
+                    "UPDATE devices d SET last_seen = $1, streams = v.streams
+                     FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS v(system, name, streams, epoch)
+                     WHERE d.system = v.system AND d.name = v.name
+                       AND d.relay IS NOT DISTINCT FROM $6 AND d.epoch = v.epoch",
                 )
                 .await?;
-            for ((system, name, streams), epoch) in devices.iter().zip(&held) {
-                tx.execute(&st, &[system, name, &t, &(*streams as i64), &relay, epoch])
+            for chunk in rows.chunks(TOUCH_BATCH) {
+                let systems: Vec<&str> = chunk.iter().map(|r| r.0).collect();
+                let names: Vec<&str> = chunk.iter().map(|r| r.1).collect();
+                let streams: Vec<i64> = chunk.iter().map(|r| r.2).collect();
+                let epochs: Vec<i64> = chunk.iter().map(|r| r.3).collect();
+                c.execute(&st, &[&t, &systems, &names, &streams, &epochs, &relay])
                     .await?;
             }
-            tx.commit().await?;
             Ok(())
         })
     }
@@ -209,6 +248,23 @@ impl Pg {
                 });
             }
             Ok(out)
+        })
+    }
+
+    /// A device's last sighting; `None`: no such device (`Store::last_seen`).
+    pub fn last_seen(&self, system: &str, name: &str) -> Result<Option<Option<u64>>> {
+        self.block(async {
+            let c = self.client().await?;
+            let row = c
+                .query_opt(
+                    "SELECT last_seen FROM devices WHERE system = $1 AND name = $2",
+                    &[&system, &name],
+                )
+                .await?;
+            Ok(match row {
+                Some(r) => Some(r.try_get::<_, Option<i64>>(0)?.map(u)),
+                None => None,
+            })
         })
     }
 

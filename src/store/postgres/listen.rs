@@ -15,17 +15,32 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::Claim;
+use super::holders::Holders;
 use crate::protocol::limits::DATABASE_LISTEN_RETRY;
 
-pub(super) async fn run(
-    config: tokio_postgres::Config,
-    version: Arc<AtomicI64>,
-    changed: Arc<tokio::sync::Notify>,
-    listening: Arc<AtomicBool>,
-    relay: Arc<Mutex<Option<String>>>,
-    epochs: Arc<Mutex<HashMap<(String, String), i64>>>,
-    lost: broadcast::Sender<(String, String)>,
-) {
+/// What the listening connection updates (the store's shared state).
+pub(super) struct Listener {
+    pub config: tokio_postgres::Config,
+    pub version: Arc<AtomicI64>,
+    pub changed: Arc<tokio::sync::Notify>,
+    pub listening: Arc<AtomicBool>,
+    pub relay: Arc<Mutex<Option<String>>>,
+    pub epochs: Arc<Mutex<HashMap<(String, String), i64>>>,
+    pub lost: broadcast::Sender<(String, String)>,
+    pub holders: Arc<Holders>,
+}
+
+pub(super) async fn run(l: Listener) {
+    let Listener {
+        config,
+        version,
+        changed,
+        listening,
+        relay,
+        epochs,
+        lost,
+        holders,
+    } = l;
     let mut was_down = false;
     loop {
         match config.connect(NoTls).await {
@@ -49,6 +64,9 @@ pub(super) async fn run(
                     if let Err(e) = held_elsewhere(&client, &relay, &epochs, &lost).await {
                         tracing::warn!(error = %e, "checking which devices other relays claimed");
                     }
+                    if let Err(e) = load_holders(&client, &holders).await {
+                        tracing::warn!(error = %e, "reading which relay holds each device");
+                    }
                     listening.store(true, Ordering::Relaxed);
                     // Whatever changed while nobody listened: resync.
                     version.fetch_add(1, Ordering::Relaxed);
@@ -63,7 +81,13 @@ pub(super) async fn run(
                         // registration storm elsewhere does not have this
                         // relay re-check every key once per device.
                         if n.channel() == "warren_owner" {
-                            claimed(n.payload(), &relay, &epochs, &lost);
+                            if claimed(n.payload(), &relay, &epochs, &lost, &holders) {
+                                // A relay that joined since: whose claims a
+                                // hop may follow now rather than at the next beat.
+                                if let Ok(relays) = super::cluster::read_relays(&client).await {
+                                    holders.set_relays(relays, crate::store::now());
+                                }
+                            }
                         } else {
                             version.fetch_add(1, Ordering::Relaxed);
                         }
@@ -87,20 +111,26 @@ pub(super) async fn run(
 }
 
 /// A relay claimed a device: if this relay holds it under an older epoch,
-/// it lost it (the device reconnected elsewhere).
+/// it lost it (the device reconnected elsewhere). True if the claim names a
+/// relay the holder map does not know yet.
 fn claimed(
     payload: &str,
     relay: &Mutex<Option<String>>,
     epochs: &Mutex<HashMap<(String, String), i64>>,
     lost: &broadcast::Sender<(String, String)>,
-) {
+    holders: &Holders,
+) -> bool {
     let Ok(claim) = serde_json::from_str::<Claim>(payload) else {
         tracing::warn!(payload, "unreadable device claim");
-        return;
+        return false;
     };
+    let unknown = holders.apply(&claim);
+    if !claim.online {
+        return unknown;
+    }
     let me = relay.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if Some(&claim.relay) == me.as_ref() || (me.is_none() && claim.relay.is_empty()) {
-        return;
+        return unknown;
     }
     let key = (claim.system, claim.name);
     let mut epochs = epochs.lock().unwrap_or_else(|p| p.into_inner());
@@ -111,6 +141,7 @@ fn claimed(
         drop(epochs);
         let _ = lost.send(key);
     }
+    unknown
 }
 
 /// After (re)connecting: claims made while nobody listened are lost, so
@@ -147,6 +178,36 @@ async fn held_elsewhere(
                 let _ = lost.send(key);
             }
         }
+    }
+    Ok(())
+}
+
+/// After (re)connecting: which relay holds each device online, from the
+/// store (claims sent while nobody listened are lost). Claims that arrive
+/// meanwhile wait in the listening connection and apply after, by epoch.
+async fn load_holders(
+    client: &tokio_postgres::Client,
+    holders: &Holders,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT system, name, relay, epoch FROM devices WHERE online = 1 AND relay IS NOT NULL",
+            &[],
+        )
+        .await?;
+    let mut claims = Vec::with_capacity(rows.len());
+    for r in rows {
+        claims.push(Claim {
+            system: r.try_get(0)?,
+            name: r.try_get(1)?,
+            relay: r.try_get(2)?,
+            epoch: r.try_get(3)?,
+            online: true,
+        });
+    }
+    holders.load(&claims);
+    if let Ok(relays) = super::cluster::read_relays(client).await {
+        holders.set_relays(relays, crate::store::now());
     }
     Ok(())
 }

@@ -13,7 +13,8 @@
 //! and `LISTEN`/`NOTIFY`: revocations, disabled devices, gateway and public
 //! port changes notify in the writing transaction (triggers), and a relay
 //! resyncs fully whenever its listening connection comes back
-//! ([`listen`]).
+//! ([`listen`]). Claims and devices going offline notify too, so each relay
+//! knows in memory which relay holds every device ([`holders`]).
 
 mod audit;
 mod cluster;
@@ -22,6 +23,7 @@ mod credentials;
 mod devices;
 mod enroll;
 mod gateways;
+mod holders;
 mod keys;
 mod labels;
 mod listen;
@@ -78,6 +80,8 @@ pub struct Pg {
     epochs: Arc<Mutex<HashMap<(String, String), i64>>>,
     /// Devices this relay held and another relay claimed since.
     lost: broadcast::Sender<(String, String)>,
+    /// Which relay holds each device of the cluster, from the claims.
+    holders: Arc<holders::Holders>,
 }
 
 impl Pg {
@@ -123,21 +127,23 @@ impl Pg {
             relay: Arc::default(),
             epochs: Arc::default(),
             lost,
+            holders: Arc::default(),
         };
         pg.block(async {
             let mut c = pg.client().await?;
             migrations::migrate(&mut c).await
         })
         .with_context(|| format!("opening database {}", redact(url)))?;
-        pg.handle().spawn(listen::run(
-            pg.config.clone(),
-            pg.version.clone(),
-            pg.changed.clone(),
-            pg.listening.clone(),
-            pg.relay.clone(),
-            pg.epochs.clone(),
-            pg.lost.clone(),
-        ));
+        pg.handle().spawn(listen::run(listen::Listener {
+            config: pg.config.clone(),
+            version: pg.version.clone(),
+            changed: pg.changed.clone(),
+            listening: pg.listening.clone(),
+            relay: pg.relay.clone(),
+            epochs: pg.epochs.clone(),
+            lost: pg.lost.clone(),
+            holders: pg.holders.clone(),
+        }));
         Ok(pg)
     }
 

@@ -1,0 +1,103 @@
+//! Hops between relays of a cluster on one real PostgreSQL database
+//! (tests/common/postgres.rs), as the relay asked finds them: relay A (in
+//! this process) knows from the claims it received which relay holds a
+//! device, and opens the hop without asking the store; when that relay is
+//! killed (`kill -9`, a process of its own) and the device registers on a
+//! third relay, A follows the new claim and reaches the device there on the
+//! first try.
+
+mod common;
+
+use common::cli::RelayProcess;
+use common::postgres::PgServer;
+use common::{TestRelay, WAIT, connect_to, echo_server, echo_through, name};
+use warren::protocol::Role;
+use warren::relay::RelayOptions;
+use warren::ssh::keys::fingerprint;
+
+/// A relay process on `url` and its host key's fingerprint (its cluster id).
+async fn relay_process(url: &str, dir: &std::path::Path) -> (RelayProcess, String) {
+    let p = RelayProcess::start(&[], 0, &["--database", url], dir).await;
+    let key = warren::ssh::keys::read_private(&dir.join("host_key")).unwrap();
+    (p, fingerprint(key.public_key()).to_string())
+}
+
+/// Waits (on A's database notifications) until A's claims say `relay`
+/// holds `tau/dev1`.
+async fn until_held_by(a: &TestRelay, relay: &str) {
+    let pg = a.store().postgres().unwrap();
+    let notifier = pg.change_notifier();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let changed = notifier.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(Some(r)) = pg.holder_known("tau", "dev1")
+                && r.id == relay
+            {
+                return;
+            }
+            changed.await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("A's claims never named {relay} for dev1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_a_hops_to_the_holder_without_a_query_and_follows_a_device_to_a_survivor_at_once() {
+    let pg = PgServer::start();
+    let url = pg.database();
+    let a = TestRelay::start_with(RelayOptions {
+        database: Some(url.clone()),
+        ..Default::default()
+    })
+    .await;
+    common::postgres::listening(a.store());
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut b, b_id) = relay_process(&url, dirs[0].path()).await;
+    let (c, c_id) = relay_process(&url, dirs[1].path()).await;
+    let store = a.store();
+    store.add_system(&name("tau")).unwrap();
+    let alice = common::add_key_to(store, "tau", Role::Controller, "alice");
+    let dev = common::add_key_to(store, "tau", Role::Device, "dev1");
+    let port = echo_server().await;
+    // The agent knows B and C and starts on B.
+    let addrs = format!("127.0.0.1:{},127.0.0.1:{}", b.port, c.port);
+    let mut agent = common::TestAgent::start(common::agent_settings(
+        &addrs,
+        &format!("{b_id},{c_id}"),
+        "tau",
+        "dev1",
+        dev,
+        &[format!("127.0.0.1:{port}")],
+    ));
+    agent.online().await;
+    until_held_by(&a, &b_id).await;
+    let pga = a.store().postgres().unwrap();
+    let queries = pga.holder_queries();
+    let metrics = warren::metrics::global();
+    let (lookups, _) = metrics.hop_phase_total("lookup");
+    let conn = connect_to(&a.addr.to_string(), &a.host_key(), "tau", alice.clone())
+        .await
+        .unwrap();
+    let back = echo_through(&conn, "dev1", port, b"through B")
+        .await
+        .unwrap();
+    assert_eq!(back, b"through B");
+    assert_eq!(pga.holder_queries(), queries, "A asked the store for B");
+    assert_eq!(metrics.hop_phase_total("lookup").0, lookups + 1, "one hop");
+    assert_eq!(metrics.hop_phase_total("open").0, lookups + 1, "timed open");
+
+    b.kill_9().await;
+    agent.offline().await;
+    agent.online().await;
+    // C's claim reaches A: the next stream goes through C, first try.
+    until_held_by(&a, &c_id).await;
+    let back = echo_through(&conn, "dev1", port, b"through C")
+        .await
+        .unwrap();
+    assert_eq!(back, b"through C");
+    assert_eq!(pga.holder_queries(), queries, "A asked the store for C");
+    drop(c);
+}
