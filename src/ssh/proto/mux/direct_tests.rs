@@ -12,11 +12,11 @@ use super::*;
 struct End {
     h: ChanHandle,
     shared: Arc<ChanShared>,
-    cmds: mpsc::UnboundedReceiver<Cmd>,
+    cmds: crate::ssh::proto::queue::CmdRx,
 }
 
 fn end(id: u32, window: u32) -> End {
-    let (cmds, rx) = mpsc::unbounded_channel();
+    let (cmds, rx) = crate::ssh::proto::queue::channel();
     let tx = ConnTx {
         cmds,
         space: Arc::new(Semaphore::new(OUTBOX)),
@@ -43,7 +43,7 @@ async fn idle_reader(h: &ChanHandle) -> std::pin::Pin<Box<impl Future<Output = O
     recv
 }
 
-fn sent_data(rx: &mut mpsc::UnboundedReceiver<Cmd>) -> Vec<(u32, Vec<u8>)> {
+fn sent_data(rx: &mut crate::ssh::proto::queue::CmdRx) -> Vec<(u32, Vec<u8>)> {
     let mut out = Vec::new();
     while let Ok(c) = rx.try_recv() {
         if let Cmd::Data { id, data, .. } = c {
