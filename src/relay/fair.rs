@@ -5,7 +5,8 @@
 //!
 //! `WARREN_TRACE_SYSTEM=NAME` (for benchmarks) times that system's
 //! messages through the relay into the metric
-//! `warren_traced_relay_delay_seconds`.
+//! `warren_traced_relay_delay_seconds`; `WARREN_FAIR_KEEP=0` turns keeping
+//! a turn back off, to measure without it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,9 @@ impl Shares {
     pub fn per_worker() -> Shares {
         let mut s = Shares::new(fair::workers());
         s.traced = std::env::var("WARREN_TRACE_SYSTEM").ok();
+        if std::env::var("WARREN_FAIR_KEEP").is_ok_and(|v| v == "0") {
+            s.tenants = Tenants::keeping(false);
+        }
         s
     }
 

@@ -127,6 +127,9 @@ impl Share {
         if self.0.size < 2 {
             return false;
         }
+        if !tenants.keep {
+            return false;
+        }
         let others = tenants.others_active(self.0.id, now);
         let mut kept = self.0.kept.lock().unwrap_or_else(|p| p.into_inner());
         if !others {
@@ -216,15 +219,26 @@ impl Drop for Keeping<'_> {
 /// tenants that were active last (distinct), which is enough to tell any
 /// tenant whether another one was active within [`ACTIVE_WINDOW`]: the
 /// last other than itself is one of the two.
-#[derive(Default)]
 pub struct Tenants {
     next_id: AtomicU64,
     last: Mutex<[Option<(u64, Instant)>; 2]>,
+    /// Whether shares keep a turn back (off only to measure without).
+    keep: bool,
 }
 
 impl Tenants {
     pub fn new() -> Arc<Tenants> {
-        Arc::new(Tenants::default())
+        Tenants::keeping(true)
+    }
+
+    /// Tenants whose shares keep a turn back for each other, or not
+    /// (`false`: every share always has all its turns, to compare).
+    pub fn keeping(keep: bool) -> Arc<Tenants> {
+        Arc::new(Tenants {
+            next_id: AtomicU64::new(0),
+            last: Mutex::new([None, None]),
+            keep,
+        })
     }
 
     /// A new tenant's share of `turns` turns; `trace` records its
@@ -425,6 +439,17 @@ mod tests {
         let a = bulk.try_turn().expect("a free turn");
         let b = bulk.try_turn().expect("the kept one, given back");
         assert_eq!((bulk.held(), bulk.limit(), bulk.kept_back()), (2, 2, 1));
+        drop((a, b));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tenants_that_do_not_keep_give_every_turn_while_another_is_active() {
+        let t = Tenants::keeping(false);
+        let (bulk, other) = (t.share(2, None), t.share(2, None));
+        other.active(Instant::now());
+        assert!(t.others_active(bulk.0.id, Instant::now()));
+        let (a, b) = (bulk.turn().await, bulk.turn().await);
+        assert_eq!((bulk.held(), bulk.limit(), bulk.kept_back()), (2, 2, 0));
         drop((a, b));
     }
 
