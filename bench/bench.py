@@ -313,7 +313,7 @@ class Sshd:
 
 
 class WarrenRelay:
-    def __init__(self, name, work, warren, extra=()):
+    def __init__(self, name, work, warren, extra=(), env=None):
         self.warren = warren
         self.data = Path(work) / name
         self.port = free_port()
@@ -321,6 +321,7 @@ class WarrenRelay:
             name,
             [warren, "relay", "--listen", f"127.0.0.1:{self.port}", "--data", self.data, *extra],
             work,
+            env=env,
         )
         self.proc.wait_for("relay listening", 20)
         self.fingerprint = run([warren, "admin", "--data", self.data, "host-key"]).stdout.strip()
@@ -430,7 +431,13 @@ class Bench:
         self.echo_port = int(self.echo.wait_for(r"^listening (\d+)", 20)[0].group(1))
 
         # Warren relay, system, controller key (same key as for OpenSSH) and device key.
-        self.wrelay = WarrenRelay("warren_relay", w, self.a.warren)
+        # The fairness mode reads the relay's own delay for the victim system's
+        # messages (WARREN_TRACE_SYSTEM) from its metrics.
+        fair = "fairness" in self.a.only
+        self.wrelay_metrics = free_port() if fair else None
+        self.wrelay = WarrenRelay("warren_relay", w, self.a.warren,
+                                  ["--metrics", f"127.0.0.1:{self.wrelay_metrics}"] if fair else (),
+                                  env=dict(os.environ, WARREN_TRACE_SYSTEM="victim") if fair else None)
         self.wrelay.admin("system", "add", SYSTEM)
         self.wrelay.admin("key", "add", "--system", SYSTEM, "--role", "controller", "--name", "alice", f"{self.ukey}.pub")
         self.devkey = w / "dev1_key"

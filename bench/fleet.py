@@ -86,7 +86,9 @@ def fairness(b):
     count = b.a.rtt_count
     try:
         for rnd in range(b.a.reps):
+            before = snapshot(b, victim, agent)
             idle = b.probe("rtt", victim.lport, count, 100)
+            idle.update(inside(b, before, snapshot(b, victim, agent)))
             argv = ["iperf3", "-c", "127.0.0.1", "-p", str(bulk.lport), "-t", str(secs), "-P", str(n),
                     "-J", "--connect-timeout", "10000", "-R"]
             b.wait_iperf_idle("warren")
@@ -95,7 +97,9 @@ def fairness(b):
             renice(noisy, b.a.fair_nice)
             # The bulk streams ramp up for a second before the probe starts.
             time.sleep(1.0)
+            before = snapshot(b, victim, agent)
             busy = b.probe("rtt", victim.lport, count, 20)
+            busy.update(inside(b, before, snapshot(b, victim, agent)))
             out, _ = load.communicate(timeout=secs + 30)
             renice(noisy[:3], 0)
             try:
@@ -112,9 +116,99 @@ def fairness(b):
             b.results.setdefault("fairness", []).append(rec)
             B.log(f"  round {rnd}: victim idle {percentiles(idle)}; under {n} bulk streams "
                   f"({mbit or 0:.0f} Mbit/s) {percentiles(busy)}; p99 ×{rec.get('p99_ratio', '?')}")
+            for label, r in (("idle", idle), ("busy", busy)):
+                B.log(f"    {label}: {split_line(r)}")
     finally:
         for p in (bulk, victim, agent):
             b.restart(p)
+
+
+# The relay's own delay for a victim message, from its read on one connection
+# to its write on the other (histogram warren_traced_relay_delay_seconds,
+# recorded for the system named by WARREN_TRACE_SYSTEM), and the time the
+# relay's threads and the victim's processes spent runnable but waiting for
+# a core (/proc/PID/task/TID/schedstat: run-queue wait and time slices).
+
+DELAY = "warren_traced_relay_delay_seconds"
+
+
+def delay_buckets(b):
+    """Cumulative bucket counts {le: count} of the relay's traced delay."""
+    import urllib.request
+    if not getattr(b, "wrelay_metrics", None):
+        return {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{b.wrelay_metrics}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for m in B.re.finditer(DELAY + r'_bucket\{le="([^"]+)"\} (\d+)', text):
+        out[float(m.group(1))] = int(m.group(2))
+    return out
+
+
+def bucket_quantile(diff, q):
+    """The q-quantile (µs) of a cumulative bucket diff, interpolated inside
+    its bucket (the upper bound of the last finite bucket if beyond it)."""
+    bounds = sorted(diff)
+    total = diff[bounds[-1]] if bounds else 0
+    if total == 0:
+        return None
+    want, lo, below = q * total, 0.0, 0
+    for le in bounds:
+        if diff[le] >= want:
+            if le == float("inf"):
+                return lo * 1e6
+            inside = diff[le] - below
+            return (lo + (le - lo) * ((want - below) / inside if inside else 1.0)) * 1e6
+        lo, below = le, diff[le]
+    return lo * 1e6
+
+
+def sched(pids):
+    """Sum over every thread of `pids` of (run-queue wait ns, time slices)."""
+    wait = slices = 0
+    for pid in pids:
+        try:
+            tids = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                f = (t / "schedstat").read_text().split()
+            except OSError:
+                continue
+            wait, slices = wait + int(f[1]), slices + int(f[2])
+    return wait, slices
+
+
+def snapshot(b, victim, agent):
+    return {"t": time.monotonic(), "delay": delay_buckets(b), "relay": sched([b.wrelay.proc.pid]),
+            "victim": sched([victim.pid, agent.pid, b.echo.pid])}
+
+
+def inside(b, before, after):
+    """What happened between two snapshots: the relay's delay for the victim's
+    messages (p50/p99, each direction counted), and the run-queue wait of the
+    relay's threads and of the victim's processes per second."""
+    out = {}
+    diff = {le: after["delay"].get(le, 0) - before["delay"].get(le, 0) for le in after["delay"]}
+    if diff and max(diff.values()) > 0:
+        out["relay_delay"] = {"count": max(diff.values()), "p50_us": round(bucket_quantile(diff, 0.5), 1),
+                              "p99_us": round(bucket_quantile(diff, 0.99), 1)}
+    secs = max(after["t"] - before["t"], 1e-6)
+    for who in ("relay", "victim"):
+        (w0, s0), (w1, s1) = before[who], after[who]
+        out[f"{who}_runqueue"] = {"wait_ms_per_s": round((w1 - w0) / 1e6 / secs, 1),
+                                  "mean_wait_us": round((w1 - w0) / 1e3 / max(s1 - s0, 1), 1)}
+    return out
+
+
+def split_line(r):
+    d = r.get("relay_delay")
+    rd = f"relay's own delay per message p50 {d['p50_us']:.0f} µs p99 {d['p99_us']:.0f} µs" if d else "no relay delay"
+    rq, vq = r.get("relay_runqueue", {}), r.get("victim_runqueue", {})
+    return (f"{rd}; run-queue wait: relay threads {rq.get('wait_ms_per_s')} ms/s "
+            f"(mean {rq.get('mean_wait_us')} µs), victim's processes {vq.get('wait_ms_per_s')} ms/s "
+            f"(mean {vq.get('mean_wait_us')} µs)")
 
 
 def renice(pids, value):
@@ -258,6 +352,8 @@ def markdown(results):
                        f"p99 {i['p99_us']:.0f} µs; under {rec['bulk_streams']} bulk streams of another system "
                        f"({rec['bulk_mbit_s'] or 0:.0f} Mbit/s) p50 {s['p50_us']:.0f} µs / p99 {s['p99_us']:.0f} µs "
                        f"(p99 ×{rec['p99_ratio']})")
+            for label, r in (("idle", i), ("under load", s)):
+                out.append(f"  - {label}: {split_line(r)}")
     for rec in results.get("idle", []):
         if "kib_per_device" in rec:
             fb = rec["first_byte"]

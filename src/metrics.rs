@@ -36,6 +36,13 @@ const STORE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
+/// A traced system's message through the relay (`WARREN_TRACE_SYSTEM`, a
+/// benchmark's probe): tens of microseconds on an idle relay.
+const TRACE_BUCKETS: &[f64] = &[
+    0.00002, 0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002,
+    0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1,
+];
+
 /// The relay's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -49,6 +56,7 @@ pub struct Metrics {
     audit_queue: IntGauge,
     store_calls: Histogram,
     hop_setup: HistogramVec,
+    traced_delay: Histogram,
 }
 
 /// The process's metrics.
@@ -179,6 +187,13 @@ impl Metrics {
                     &["phase"],
                 )?,
             )?,
+            traced_delay: histogram(
+                &r,
+                "warren_traced_relay_delay_seconds",
+                "Messages of the system named by WARREN_TRACE_SYSTEM (a benchmark's probe): \
+                 from the relay reading one on a connection to writing it on another",
+                TRACE_BUCKETS,
+            )?,
             registry: r,
         })
     }
@@ -232,6 +247,11 @@ impl Metrics {
 
     pub fn store_call(&self, took: Duration) {
         self.store_calls.observe(took.as_secs_f64());
+    }
+
+    /// A traced system's message crossed the relay in `took`.
+    pub fn traced_delay(&self, took: Duration) {
+        self.traced_delay.observe(took.as_secs_f64());
     }
 
     /// `n` audit events queued (positive) or written (negative).

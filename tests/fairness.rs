@@ -1,7 +1,8 @@
 //! The fair share between systems on the relay (`ssh::fair`): while one
 //! system moves bulk data over many connections, its connections take
 //! turns in its share (as many as the relay's workers), and another
-//! system's interactive connection never takes or waits for a turn. The
+//! system's interactive connection never takes or waits for a turn; while
+//! that system is active, the bulk system keeps one of its turns back. The
 //! test counts turns; it times nothing.
 
 mod common;
@@ -86,4 +87,8 @@ async fn bulk_connections_take_turns_and_another_systems_messages_never_wait() {
     assert!(taken > 0, "tau's bulk connections took no turns");
     eprintln!("tau: {taken} turns taken, {waited} of them waited");
     assert_eq!(rho.counts(), (0, 0), "rho's small messages took turns");
+    // While rho was active, tau's bulk work kept one of its two turns back,
+    // so one worker stayed free for rho's messages.
+    assert!(tau.kept_back() > 0, "tau kept no turn back for rho");
+    assert_eq!(rho.kept_back(), 0, "rho moved no bulk");
 }

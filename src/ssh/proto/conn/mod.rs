@@ -431,6 +431,7 @@ impl<E: Events> Conn<E> {
                 let wait = std::pin::pin!(self.wait(can_read, can_cmd, timer));
                 slices.unless_waiting(wait).await
             };
+            let woke = Slices::woke(ctl.share.get());
             slices.before_work(ctl.share.get()).await;
             {
                 let act = std::pin::pin!(self.act(wake));
@@ -442,6 +443,7 @@ impl<E: Events> Conn<E> {
                     self.unpin_later();
                 }
             }
+            slices.trace(ctl.share.get(), woke, self.t.read, self.t.written);
             // A bulk connection's socket is always ready, so without this
             // its task would keep a worker for a whole scheduler budget
             // while other tenants' small messages queue behind it.

@@ -10,12 +10,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 
 use tokio::time::Instant;
 
 use crate::protocol::limits::{BULK_HOLD, CONNECTION_SLICE_BYTES};
-use crate::ssh::fair::{Share, Turn};
+use crate::ssh::fair::{ACTIVE_MARK_EVERY, Share, Turn};
 
 #[derive(Default)]
 pub(super) struct Slices {
@@ -24,7 +25,15 @@ pub(super) struct Slices {
     /// Bulk until then (a slice ended within [`BULK_HOLD`] before it).
     bulk_until: Option<Instant>,
     turn: Option<Turn>,
+    /// When this connection last marked its tenant active.
+    marked: Option<Instant>,
+    /// Bytes read and written when last traced, and the connection's
+    /// number in its tenant's trace (only for a traced tenant).
+    traced: (u64, u64, u64),
 }
+
+/// Numbers the connections of a traced tenant.
+static TRACED: AtomicU64 = AtomicU64::new(0);
 
 impl Slices {
     /// Runs `f`; if it has to wait (for the socket, a command, or anything
@@ -42,15 +51,25 @@ impl Slices {
         f.await
     }
 
-    /// Before working: a bulk connection without a turn queues for one.
+    /// Before working: marks the tenant active (at most once per
+    /// [`ACTIVE_MARK_EVERY`]); a bulk connection without a turn queues
+    /// for one.
     pub(super) async fn before_work(&mut self, share: Option<&Share>) {
+        let Some(share) = share else {
+            return;
+        };
+        let now = Instant::now();
+        if self.marked.is_none_or(|m| now >= m + ACTIVE_MARK_EVERY) {
+            self.marked = Some(now);
+            share.active(now);
+        }
         if self.turn.is_some() {
             return;
         }
-        let (Some(share), Some(until)) = (share, self.bulk_until) else {
+        let Some(until) = self.bulk_until else {
             return;
         };
-        if Instant::now() >= until {
+        if now >= until {
             self.bulk_until = None;
             return;
         }
@@ -78,6 +97,41 @@ impl Slices {
             }
             None => self.turn = Some(share.turn().await),
         }
+    }
+}
+
+impl Slices {
+    /// For a traced tenant ([`crate::ssh::fair::Trace`]): the time the
+    /// loop woke, before it reads anything.
+    pub(super) fn woke(share: Option<&Share>) -> Option<Instant> {
+        share.and_then(Share::trace).map(|_| Instant::now())
+    }
+
+    /// For a traced tenant: notes that this connection read bytes since it
+    /// `woke`, or wrote bytes (`read`, `written`: its totals).
+    pub(super) fn trace(
+        &mut self,
+        share: Option<&Share>,
+        woke: Option<Instant>,
+        read: u64,
+        written: u64,
+    ) {
+        let (Some(trace), Some(woke)) = (share.and_then(Share::trace), woke) else {
+            return;
+        };
+        let (r, w, mut id) = self.traced;
+        if id == 0 {
+            id = TRACED.fetch_add(1, Ordering::Relaxed) + 1;
+        }
+        // First what went out (a message another connection read before),
+        // then what came in.
+        if written > w {
+            trace.wrote(id, Instant::now());
+        }
+        if read > r {
+            trace.read(id, woke);
+        }
+        self.traced = (read, written, id);
     }
 }
 
