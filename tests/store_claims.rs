@@ -202,6 +202,21 @@ fn relay_a_knows_from_claims_alone_which_relay_holds_each_device() {
     until(&a, "A hears dev3", || known(&a, "dev3").is_some());
     b.all_devices_down().unwrap();
     until(&a, "A hears B restart", || known(&a, "dev3").is_none());
+    // While A's listening connection is down, claims may be missed: the
+    // map says nothing (the store is asked) until it is read afresh.
+    assert_eq!(known(&a, "dev2").as_deref(), Some(""));
+    pg.pg_stop();
+    let started = std::time::Instant::now();
+    while pga.listening() {
+        assert!(started.elapsed() < common::WAIT, "A still listening");
+        std::thread::yield_now();
+    }
+    assert_eq!(known(&a, "dev2"), None, "no answer from a map nobody feeds");
+    pg.pg_start();
+    common::postgres::listening(&a);
+    until(&a, "A reads the map again", || {
+        known(&a, "dev2").as_deref() == Some("")
+    });
 }
 
 /// The per-minute touch writes last seen and stream counts in batches, only

@@ -122,6 +122,15 @@ impl CmdRx {
     }
 }
 
+impl Drop for CmdRx {
+    /// A connection task that ends without [`CmdRx::close`] (a panic, an
+    /// abort) still refuses further commands, and the queued ones' reply
+    /// channels drop, so whoever waits on them hears the connection closed.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +178,25 @@ mod tests {
         assert!(matches!(tx.send(eof(2)), Err(Cmd::Eof(2))));
         assert_eq!(rx.try_recv().map(id), Err(Empty));
         assert!(!rx.holds_slots());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_receiver_refuses_and_answers_waiting_openers() {
+        let (tx, rx) = channel();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let open = Cmd::Open {
+            kind: "session",
+            extra: Vec::new(),
+            max_packet: 32768,
+            reply,
+        };
+        assert!(tx.send(open).is_ok());
+        drop(rx);
+        assert!(
+            answer.await.is_err(),
+            "the queued reply channel was dropped"
+        );
+        assert!(tx.send(eof(1)).is_err());
     }
 
     #[tokio::test]

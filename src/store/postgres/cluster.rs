@@ -106,8 +106,13 @@ impl Pg {
 
     /// What the claims received say of `system/name` without asking the
     /// store: `Some(None)` held here, `Some(Some(r))` held by relay `r`;
-    /// `None`: they do not say ([`Pg::holder`] asks the store).
+    /// `None`: they do not say ([`Pg::holder`] asks the store), which is
+    /// also the answer while the listening connection is down (claims made
+    /// meanwhile have not arrived; the map is read afresh when it is back).
     pub fn holder_known(&self, system: &str, name: &str) -> Option<Option<RelayRecord>> {
+        if !self.listening() {
+            return None;
+        }
         let me = self.relay_id();
         match self.holders.known(system, name, me.as_deref()) {
             Known::Here => Some(None),
