@@ -389,26 +389,14 @@ mod tests {
     #[test]
     fn the_registry_is_the_truth_about_now() {
         let stored = |name: &str, online: bool| DeviceStatus {
-            system: "tau".into(),
-            name: name.into(),
             online,
             since: Some(1),
             last_seen: Some(1),
-            address: None,
-            ports: vec![],
             version: Some("0.1.0".into()),
             labels: BTreeMap::from([("site".into(), "lab".into())]),
             streams: 4,
-            disabled: false,
-            scope: vec![],
             status: if online { "online" } else { "offline" }.into(),
-            on_demand: None,
-            path: None,
-            path_why: None,
-            rate: None,
-            system_rate: None,
-            admin_labels: Vec::new(),
-            hidden_labels: Vec::new(),
+            ..DeviceStatus::offline("tau", name)
         };
         let live = LiveDevice {
             device: crate::protocol::DeviceId::new(

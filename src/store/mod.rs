@@ -573,10 +573,10 @@ impl Store {
              WHERE ?1 IS NULL OR system = ?1 ORDER BY system, name",
         )?;
         let rows = st.query_map([system], |r| {
+            let (system, name): (String, String) = (r.get(0)?, r.get(1)?);
+            let online = r.get::<_, i64>(2)? != 0;
             Ok(DeviceStatus {
-                system: r.get(0)?,
-                name: r.get(1)?,
-                online: r.get::<_, i64>(2)? != 0,
+                online,
                 since: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
                 last_seen: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
                 address: r.get(5)?,
@@ -588,20 +588,8 @@ impl Store {
                     .unwrap_or_default(),
                 streams: r.get::<_, i64>(9)?.max(0) as u64,
                 disabled: r.get::<_, i64>(10)? != 0,
-                scope: Vec::new(),
-                status: if r.get::<_, i64>(2)? != 0 {
-                    "online"
-                } else {
-                    "offline"
-                }
-                .into(),
-                on_demand: None,
-                path: None,
-                path_why: None,
-                rate: None,
-                system_rate: None,
-                admin_labels: Vec::new(),
-                hidden_labels: Vec::new(),
+                status: if online { "online" } else { "offline" }.into(),
+                ..DeviceStatus::offline(&system, &name)
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -216,10 +216,10 @@ impl Pg {
                 .await?;
             let mut out = Vec::new();
             for r in rows {
+                let (system, name): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+                let online = r.try_get::<_, i64>(2)? != 0;
                 out.push(DeviceStatus {
-                    system: r.try_get(0)?,
-                    name: r.try_get(1)?,
-                    online: r.try_get::<_, i64>(2)? != 0,
+                    online,
                     since: r.try_get::<_, Option<i64>>(3)?.map(u),
                     last_seen: r.try_get::<_, Option<i64>>(4)?.map(u),
                     address: r.try_get(5)?,
@@ -231,20 +231,8 @@ impl Pg {
                         .unwrap_or_default(),
                     streams: u(r.try_get(9)?),
                     disabled: r.try_get::<_, i64>(10)? != 0,
-                    scope: Vec::new(),
-                    status: if r.try_get::<_, i64>(2)? != 0 {
-                        "online"
-                    } else {
-                        "offline"
-                    }
-                    .into(),
-                    on_demand: None,
-                    path: None,
-                    path_why: None,
-                    rate: None,
-                    system_rate: None,
-                    admin_labels: Vec::new(),
-                    hidden_labels: Vec::new(),
+                    status: if online { "online" } else { "offline" }.into(),
+                    ..DeviceStatus::offline(&system, &name)
                 });
             }
             Ok(out)
