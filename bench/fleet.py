@@ -35,6 +35,8 @@ def add_arguments(ap, quick):
                     help="nice value for the noisy system's own processes (its ssh -L, agent, iperf3 client "
                          "and server; the relay and the victim's processes stay at 0): separates what the "
                          "relay does from the OS sharing 2 cores between the load generators")
+    ap.add_argument("--fair-rate", default=None,
+                    help="bandwidth limit set on the noisy system for the bulk run (as `system set --rate`, e.g. 100M)")
     ap.add_argument("--fair-seconds", type=int, default=5 if quick else 15,
                     help="seconds the bulk streams run (the victim's probe runs inside)")
     ap.add_argument("--idle-devices", type=int, nargs="+", default=[500] if quick else [19000])
@@ -92,6 +94,8 @@ def fairness(b):
             argv = ["iperf3", "-c", "127.0.0.1", "-p", str(bulk.lport), "-t", str(secs), "-P", str(n),
                     "-J", "--connect-timeout", "10000", "-R"]
             b.wait_iperf_idle("warren")
+            if b.a.fair_rate:
+                b.wrelay.admin("system", "set", B.SYSTEM, "--rate", b.a.fair_rate)
             load = B.subprocess.Popen(argv, stdout=B.subprocess.PIPE, stderr=B.subprocess.PIPE, text=True)
             noisy = [bulk.pid, b.agent.pid, b.iperf["warren"].pid, load.pid]
             renice(noisy, b.a.fair_nice)
@@ -102,12 +106,14 @@ def fairness(b):
             busy.update(inside(b, before, snapshot(b, victim, agent)))
             out, _ = load.communicate(timeout=secs + 30)
             renice(noisy[:3], 0)
+            if b.a.fair_rate:
+                b.wrelay.admin("system", "set", B.SYSTEM, "--rate", "none")
             try:
                 mbit = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
             except (ValueError, KeyError):
                 mbit = None
             rec = {"round": rnd, "idle": idle, "busy": busy, "bulk_streams": n, "bulk_mbit_s": mbit,
-                   "noisy_nice": b.a.fair_nice,
+                   "noisy_nice": b.a.fair_nice, "noisy_rate": b.a.fair_rate,
                    "bulk_command": shlex.join(argv), "victim_controller": shlex.join(victim.argv),
                    "loadavg": B.loadavg()}
             if "p99_us" in idle and "p99_us" in busy:
