@@ -306,3 +306,74 @@ fn the_relay_raises_its_open_file_limit_and_warns_when_it_is_low() {
     );
     assert!(said.last().unwrap().contains("open_files=512"), "{said:?}");
 }
+
+/// The relay's runtime threads ask for short time slices (relay/slice.rs):
+/// by default 0.1 ms, `--thread-slice` sets another, 0 keeps the kernel's
+/// default. Read back from the kernel's own view of each thread.
+#[test]
+fn the_relays_threads_ask_for_the_time_slice_they_are_given() {
+    use std::io::{BufRead, BufReader};
+    let slices = |extra: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(WARREN)
+            .args(["relay", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .env("WARREN_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = Vec::new();
+        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+            let line = line.unwrap();
+            said.push(line.clone());
+            if line.contains("relay listening") {
+                break;
+            }
+        }
+        // (thread name, slice in ns) of the main thread and the workers.
+        let mut threads = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {
+            let path = task.unwrap().path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap();
+            let comm = comm.trim().to_string();
+            if comm != "warren" && !comm.starts_with("tokio-r") {
+                continue;
+            }
+            let sched = std::fs::read_to_string(path.join("sched")).unwrap();
+            let slice: u64 = sched
+                .lines()
+                .find(|l| l.starts_with("se.slice"))
+                .expect("no se.slice: Linux 6.12 or later needed")
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            threads.push((comm, slice));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        (said, threads)
+    };
+    let (said, threads) = slices(&[]);
+    assert!(threads.len() >= 3, "main thread and workers: {threads:?}");
+    assert!(threads.iter().all(|(_, s)| *s == 100_000), "{threads:?}");
+    assert!(
+        said.iter().any(|l| l.contains("ask for short time slices")),
+        "{said:?}"
+    );
+    let (_, threads) = slices(&["--thread-slice", "2ms"]);
+    assert!(threads.iter().all(|(_, s)| *s == 2_000_000), "{threads:?}");
+    // With 0 the threads keep what they inherit: this thread's slice.
+    let own: u64 = std::fs::read_to_string("/proc/thread-self/sched")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("se.slice"))
+        .and_then(|l| l.rsplit(':').next()?.trim().parse().ok())
+        .unwrap();
+    let (said, threads) = slices(&["--thread-slice", "0"]);
+    assert!(threads.iter().all(|(_, s)| *s == own), "{own} {threads:?}");
+    assert!(!said.iter().any(|l| l.contains("time slices")), "{said:?}");
+}

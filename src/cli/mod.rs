@@ -168,9 +168,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::ConnectScript(a) => sshconfig::connect_script(a),
         Command::Service(a) => service::run(a),
         command => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.enable_all();
+            if let Command::Relay(a) = &command {
+                relay::thread_slices(&mut builder, a.thread_slice);
+            }
+            let rt = builder.build()?;
             rt.block_on(async move {
                 match command {
                     Command::Relay(a) => relay::run(*a).await,

@@ -25,6 +25,7 @@ pub mod p2p;
 pub mod ratelimit;
 pub mod registry;
 mod router;
+pub mod slice;
 mod stream;
 pub mod udp;
 pub mod wake;
