@@ -40,7 +40,9 @@
 //!   `ssh::fair` is a tenant's fair share of the workers (a FIFO of turns
 //!   that bulk connections take per slice, `ssh/proto/conn/slices.rs`);
 //!   `relay::fair` gives each system one, and `relay::bandwidth` paces
-//!   every relayed path (streams, public ports, listen forwards, hops).
+//!   every relayed path (streams, public ports, listen forwards, hops);
+//!   `relay::slice` has the relay's threads ask the scheduler for short
+//!   time slices, so a woken relay thread preempts CPU-bound work sooner.
 //! - [`relay`]: the public server (the walk above); `relay::expose` serves
 //!   public ports that an admin opened, `relay::gateways` keeps the live
 //!   gateway scopes, `relay::commands` answers remote admin commands (a
