@@ -113,6 +113,9 @@ def fairness(b):
             except (ValueError, KeyError):
                 mbit = None
             rec = {"round": rnd, "idle": idle, "busy": busy, "bulk_streams": n, "bulk_mbit_s": mbit,
+                   "time_slices_us": {"relay": time_slices([b.wrelay.proc.pid]),
+                                      "victim": time_slices([victim.pid, agent.pid, b.echo.pid]),
+                                      "noisy": time_slices(noisy[:3])},
                    "noisy_nice": b.a.fair_nice, "noisy_rate": b.a.fair_rate,
                    "bulk_command": shlex.join(argv), "victim_controller": shlex.join(victim.argv),
                    "loadavg": B.loadavg()}
@@ -124,6 +127,7 @@ def fairness(b):
                   f"({mbit or 0:.0f} Mbit/s) {percentiles(busy)}; p99 ×{rec.get('p99_ratio', '?')}")
             for label, r in (("idle", idle), ("busy", busy)):
                 B.log(f"    {label}: {split_line(r)}")
+            B.log(f"    time slices (µs): {rec['time_slices_us']}")
     finally:
         for p in (bulk, victim, agent):
             b.restart(p)
@@ -184,6 +188,26 @@ def sched(pids):
                 continue
             wait, slices = wait + int(f[1]), slices + int(f[2])
     return wait, slices
+
+
+def time_slices(pids):
+    """The distinct scheduler time slices (µs) of every thread of `pids`
+    (`se.slice` in /proc/PID/task/TID/sched), e.g. [100] for a relay whose
+    threads asked for 0.1 ms (see `warren relay --thread-slice`)."""
+    out = set()
+    for pid in pids:
+        try:
+            tids = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                m = B.re.search(r"^se\.slice\s*:\s*(\d+)", (t / "sched").read_text(), B.re.M)
+            except OSError:
+                continue
+            if m:
+                out.add(int(m.group(1)) // 1000)
+    return sorted(out)
 
 
 def snapshot(b, victim, agent):
@@ -354,12 +378,18 @@ def markdown(results):
         i, s = rec["idle"], rec["busy"]
         if "p50_us" in i and "p50_us" in s:
             nice = f" (noisy system's processes at nice {rec['noisy_nice']})" if rec.get("noisy_nice") else ""
+            if rec.get("noisy_rate"):
+                nice += f" (noisy system limited to {rec['noisy_rate']}/s)"
             out.append(f"- Fairness{nice}, round {rec['round']}: victim 64-byte RTT idle p50 {i['p50_us']:.0f} µs / "
                        f"p99 {i['p99_us']:.0f} µs; under {rec['bulk_streams']} bulk streams of another system "
                        f"({rec['bulk_mbit_s'] or 0:.0f} Mbit/s) p50 {s['p50_us']:.0f} µs / p99 {s['p99_us']:.0f} µs "
                        f"(p99 ×{rec['p99_ratio']})")
             for label, r in (("idle", i), ("under load", s)):
                 out.append(f"  - {label}: {split_line(r)}")
+            if rec.get("time_slices_us"):
+                sl = rec["time_slices_us"]
+                out.append(f"  - scheduler time slices (µs): relay threads {sl['relay']}, victim's processes "
+                           f"{sl['victim']}, noisy system's processes {sl['noisy']}")
     for rec in results.get("idle", []):
         if "kib_per_device" in rec:
             fb = rec["first_byte"]
