@@ -34,7 +34,9 @@ pub fn request(slice: Duration) -> std::io::Result<bool> {
     {
         return Ok(false);
     }
-    attr.sched_flags = 0;
+    // Only the flag that belongs to the thread itself is kept (its
+    // children fall back to the default policy); the others are requests.
+    attr.sched_flags &= libc::SCHED_FLAG_RESET_ON_FORK as u64;
     attr.sched_runtime = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);
     // SAFETY: `attr` is a valid, initialised `sched_attr` whose `size`
     // field is its own size; the kernel only reads it. Thread id 0 is the
