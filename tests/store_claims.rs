@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::postgres::PgServer;
 use warren::protocol::device_info::DeviceInfo;
 use warren::store::{DeviceUp, Store};
@@ -242,5 +244,166 @@ fn the_batched_touch_writes_only_the_devices_held_under_this_relays_claim() {
     for d in &all {
         let want = if d.name == "d7" { 0 } else { 3 };
         assert_eq!(d.streams, want, "{}", d.name);
+    }
+}
+
+/// The statements one connection ran for a claim: the server log's entries
+/// after byte `from` (`log_statement = all`) of the process that ran the
+/// claim's `INSERT INTO devices`, each a simple query or an `execute`.
+fn statements_of_claim(log: &str, from: usize) -> usize {
+    // An entry starts "2026-… UTC [PID] LOG:  …"; a statement's further
+    // lines follow as they are.
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for line in log[from..].lines() {
+        let head = line
+            .split_once(" [")
+            .and_then(|(_, rest)| rest.split_once("] "))
+            .filter(|(pid, _)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        match head {
+            Some((pid, msg)) => entries.push((pid.to_string(), msg.to_string())),
+            None => {
+                if let Some(last) = entries.last_mut() {
+                    last.1.push_str(line);
+                }
+            }
+        }
+    }
+    let pid = &entries
+        .iter()
+        .find(|(_, m)| m.starts_with("LOG:") && m.contains("INSERT INTO devices"))
+        .expect("the claim in the server log")
+        .0;
+    entries
+        .iter()
+        .filter(|(p, m)| {
+            p == pid && (m.starts_with("LOG:  execute") || m.starts_with("LOG:  statement:"))
+        })
+        .count()
+}
+
+/// The next `n` devices `lost` names (each within the wait).
+fn next_lost(
+    lost: &mut tokio::sync::broadcast::Receiver<(String, String)>,
+    n: usize,
+) -> BTreeSet<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (0..n)
+        .map(|_| {
+            rt.block_on(async { tokio::time::timeout(common::WAIT, lost.recv()).await })
+                .expect("a device lost")
+                .unwrap()
+                .1
+        })
+        .collect()
+}
+
+/// One relay claims hundreds of devices in one call, 50 of them held by
+/// another relay before: each gets its epoch (the store's and the relay's
+/// own, which its later writes name), every other relay's holder map learns
+/// each claim from the notifications, the relay that held some hears it
+/// lost them, on-demand flags are set and cleared, and the whole batch
+/// costs the server the same statements as a batch of three.
+#[test]
+fn hundreds_of_claims_in_one_call_cost_a_constant_number_of_statements() {
+    let pg = PgServer::start();
+    let url = pg.database();
+    let db = url.rsplit('/').next().unwrap();
+    pg.psql(
+        &url,
+        &format!("ALTER DATABASE {db} SET log_statement = 'all'"),
+    );
+    let (a, b, _) = common::postgres::two_relays(&url);
+    let c = Store::open_postgres(&url).unwrap();
+    let pgc = c.postgres().unwrap();
+    pgc.join("relay-c", Some("127.0.0.1:3"), "SHA256:c")
+        .unwrap();
+    common::postgres::listening(&b);
+    common::postgres::listening(&c);
+    let mut b_lost = b.postgres().unwrap().lost_devices();
+    // B held d0..d49 first, the even ones on demand.
+    let first: Vec<DeviceUp> = (0..50).map(|i| up(&format!("d{i}"), i % 2 == 0)).collect();
+    b.devices_up(&first).unwrap();
+    let small: Vec<DeviceUp> = (0..3).map(|i| up(&format!("s{i}"), i == 1)).collect();
+    let from = pg.log().len();
+    a.devices_up(&small).unwrap();
+    let for_three = statements_of_claim(&pg.log(), from);
+    // A's batch, in no particular order: every third device on demand.
+    let mut batch: Vec<DeviceUp> = (0..400).map(|i| up(&format!("d{i}"), i % 3 == 0)).collect();
+    batch.reverse();
+    batch.swap(10, 300);
+    let from = pg.log().len();
+    a.devices_up(&batch).unwrap();
+    let for_400 = statements_of_claim(&pg.log(), from);
+    assert_eq!(
+        (for_three, for_400),
+        (4, 4),
+        "begin, claims, on-demand flags, commit"
+    );
+    let pga = a.postgres().unwrap();
+    for i in 0..400 {
+        let want = if i < 50 { 2 } else { 1 };
+        assert_eq!(
+            pga.device_holder("tau", &format!("d{i}")).unwrap(),
+            Some(("relay-a".to_string(), want)),
+            "d{i}"
+        );
+    }
+    // B and C learn every claim from the notifications alone.
+    for (relay, store) in [("B", &b), ("C", &c)] {
+        until(store, &format!("{relay} hears all 400 claims"), || {
+            (0..400).all(|i| known(store, &format!("d{i}")).as_deref() == Some("relay-a"))
+        });
+    }
+    // B hears it lost each of the 50 it held, and only those.
+    let want: BTreeSet<String> = (0..50).map(|i| format!("d{i}")).collect();
+    assert_eq!(next_lost(&mut b_lost, 50), want);
+    // On demand: every third (B's even flags cleared where A's Up says no).
+    let on_demand: BTreeSet<String> = a
+        .on_demand_devices(Some("tau"))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    let want: BTreeSet<String> = (0..400)
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("d{i}"))
+        .chain(["s1".to_string()])
+        .collect();
+    assert_eq!(on_demand, want);
+    // A recorded each device's own epoch: its touch names it and applies.
+    let touch: Vec<(String, String, u64)> = (0..400)
+        .map(|i| ("tau".to_string(), format!("d{i}"), 5))
+        .collect();
+    a.touch_devices(&touch).unwrap();
+    for d in a.devices(Some("tau")).unwrap() {
+        let want = if d.name.starts_with('d') { 5 } else { 0 };
+        assert_eq!(d.streams, want, "{}", d.name);
+    }
+}
+
+/// Two relays claim the same 300 devices at once, again and again, one in
+/// the opposite order of the other: rows are locked in one order whatever
+/// the batch's, so neither transaction deadlocks, and each claim counts.
+#[test]
+fn two_relays_claiming_the_same_devices_at_once_in_opposite_orders_never_deadlock() {
+    let pg = PgServer::start();
+    let url = pg.database();
+    let (a, b, _) = common::postgres::two_relays(&url);
+    let forward: Vec<DeviceUp> = (0..300).map(|i| up(&format!("d{i}"), i % 2 == 0)).collect();
+    let backward: Vec<DeviceUp> = forward.iter().rev().cloned().collect();
+    const ROUNDS: i64 = 6;
+    std::thread::scope(|s| {
+        let ta = s.spawn(|| (0..ROUNDS).try_for_each(|_| a.devices_up(&forward)));
+        let tb = s.spawn(|| (0..ROUNDS).try_for_each(|_| b.devices_up(&backward)));
+        ta.join().unwrap().expect("relay A's claims");
+        tb.join().unwrap().expect("relay B's claims");
+    });
+    let pga = a.postgres().unwrap();
+    for i in 0..300 {
+        let (_, epoch) = pga.device_holder("tau", &format!("d{i}")).unwrap().unwrap();
+        assert_eq!(epoch, 2 * ROUNDS, "d{i}: every claim counted");
     }
 }

@@ -179,9 +179,15 @@ async fn apply_status(store: &Store, change: StatusChange) -> bool {
                 ports,
                 info,
             } => {
-                let (system, name) = (device.system.as_str(), device.name.as_str());
-                s.device_up(system, name, peer, &ports, &info)?;
-                s.set_on_demand(system, name, info.on_demand)
+                // One transaction on PostgreSQL (the claim and the flag);
+                // on SQLite the row, then the flag, as before.
+                s.devices_up(&[DeviceUp {
+                    system: device.system.to_string(),
+                    name: device.name.to_string(),
+                    peer,
+                    ports,
+                    info,
+                }])
             }
             StatusChange::Down { device } => {
                 s.device_down(device.system.as_str(), device.name.as_str())

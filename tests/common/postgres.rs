@@ -148,6 +148,30 @@ impl PgServer {
         );
         self.url(&db)
     }
+
+    /// Runs `sql` as the postgres user on the database at `url` (one of
+    /// [`PgServer::database`]'s).
+    pub fn psql(&self, url: &str, sql: &str) {
+        let db = url.rsplit('/').next().unwrap();
+        as_postgres(
+            &bin("psql"),
+            &[
+                "-h",
+                self.socket_dir().to_str().unwrap(),
+                "-d",
+                db,
+                "-q",
+                "-c",
+                sql,
+            ],
+        );
+    }
+
+    /// The server's log so far (`log_statement` set on a database lists its
+    /// statements there, one entry per `execute` or simple query).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap()
+    }
 }
 
 impl Drop for PgServer {

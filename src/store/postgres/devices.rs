@@ -40,62 +40,38 @@ impl Pg {
     }
 
     /// Claims every device of `ups` (and records whether each is on demand)
-    /// in one transaction: a registration storm costs one commit per batch
-    /// rather than one per device.
+    /// in one transaction of two statements whatever the batch's size: a
+    /// registration storm costs one commit and four round trips per batch
+    /// (begin, the claims with their notifications, the on-demand flags,
+    /// commit) rather than three round trips per device.
     pub fn devices_up(&self, ups: &[DeviceUp]) -> Result<()> {
         let t = now() as i64;
         let relay = self.relay_id();
-        // Rows are locked in one order on every relay (by device), and each
-        // device is claimed once (its latest Up): two relays batching the
-        // same devices in different orders cannot deadlock each other.
+        // Rows are locked in one order on every relay (by device, in the
+        // order of the arrays), and each device is claimed once (its latest
+        // Up): two relays batching the same devices in different orders
+        // cannot deadlock each other.
         let mut latest = std::collections::BTreeMap::new();
         for u in ups {
             latest.insert((u.system.as_str(), u.name.as_str()), u);
         }
         let ups: Vec<&DeviceUp> = latest.into_values().collect();
-        let epochs = self.block(async {
+        if ups.is_empty() {
+            return Ok(());
+        }
+        let claimed = self.block(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await?;
-            let claim = tx
-                .prepare(
-                    "INSERT INTO devices (system, name, online, since, last_seen, address, ports, version, labels, relay, epoch)
-                     VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7, $8, 1)
-                     ON CONFLICT (system, name) DO UPDATE SET online = 1, since = $3, last_seen = $3, address = $4,
-                       ports = $5, version = $6, labels = $7, relay = $8, epoch = devices.epoch + 1
-                     RETURNING epoch",
-                )
-                .await?;
-            let mut epochs = Vec::with_capacity(ups.len());
-            for u in &ups {
-                let labels = serde_json::to_string(&u.info.labels)?;
-                let row = tx
-                    .query_one(
-                        &claim,
-                        &[&u.system, &u.name, &t, &u.peer.to_string(), &join_ports(&u.ports), &u.info.version, &labels, &relay],
-                    )
-                    .await?;
-                let epoch: i64 = row.try_get(0)?;
-                let note = super::Claim {
-                    system: u.system.clone(),
-                    name: u.name.clone(),
-                    relay: relay.clone().unwrap_or_default(),
-                    epoch,
-                    online: true,
-                };
-                tx.execute(
-                    "SELECT pg_notify('warren_owner', $1)",
-                    &[&serde_json::to_string(&note)?],
-                )
-                .await?;
-                super::on_demand::set_in(&tx, &u.system, &u.name, u.info.on_demand).await?;
-                epochs.push(epoch);
-            }
+            let claimed = claim_in(&tx, &ups, t, relay.as_deref()).await?;
+            // After the claims: this transaction holds every device's row,
+            // so another batch touching the same flags waits for it there.
+            on_demand_in(&tx, &ups).await?;
             tx.commit().await?;
-            Ok(epochs)
+            Ok(claimed)
         })?;
         let mut held = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
-        for (u, epoch) in ups.iter().zip(epochs) {
-            held.insert((u.system.clone(), u.name.clone()), epoch);
+        for (system, name, epoch) in claimed {
+            held.insert((system, name), epoch);
         }
         Ok(())
     }
@@ -324,4 +300,82 @@ impl Pg {
             Ok(out)
         })
     }
+}
+
+/// Claims `ups` (sorted by device, each once) for `relay` in one statement
+/// that also sends each claim's `warren_owner` notification (the JSON of a
+/// [`super::Claim`], one per device: far under PostgreSQL's 8,000 bytes);
+/// returns each device's new epoch.
+async fn claim_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ups: &[&DeviceUp],
+    t: i64,
+    relay: Option<&str>,
+) -> Result<Vec<(String, String, i64)>> {
+    let mut labels = Vec::with_capacity(ups.len());
+    for u in ups {
+        labels.push(serde_json::to_string(&u.info.labels)?);
+    }
+    let systems: Vec<&str> = ups.iter().map(|u| u.system.as_str()).collect();
+    let names: Vec<&str> = ups.iter().map(|u| u.name.as_str()).collect();
+    let addresses: Vec<String> = ups.iter().map(|u| u.peer.to_string()).collect();
+    let ports: Vec<String> = ups.iter().map(|u| join_ports(&u.ports)).collect();
+    let versions: Vec<Option<&str>> = ups.iter().map(|u| u.info.version.as_deref()).collect();
+    let st = tx
+        .prepare_cached(
+            "WITH claimed AS (
+               INSERT INTO devices (system, name, online, since, last_seen, address, ports, version, labels, relay, epoch)
+               SELECT v.system, v.name, 1, $7, $7, v.address, v.ports, v.version, v.labels, $8, 1
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                 WITH ORDINALITY AS v(system, name, address, ports, version, labels, ord)
+               ORDER BY v.ord
+               ON CONFLICT (system, name) DO UPDATE SET online = 1, since = EXCLUDED.since,
+                 last_seen = EXCLUDED.last_seen, address = EXCLUDED.address, ports = EXCLUDED.ports,
+                 version = EXCLUDED.version, labels = EXCLUDED.labels, relay = EXCLUDED.relay,
+                 epoch = devices.epoch + 1
+               RETURNING system, name, epoch)
+             SELECT system, name, epoch, pg_notify('warren_owner', json_build_object('system', system,
+               'name', name, 'relay', coalesce($8::text, ''), 'epoch', epoch, 'online', true)::text)
+             FROM claimed",
+        )
+        .await?;
+    let rows = tx
+        .query(
+            &st,
+            &[
+                &systems, &names, &addresses, &ports, &versions, &labels, &t, &relay,
+            ],
+        )
+        .await?;
+    if rows.len() != ups.len() {
+        bail!("claimed {} of {} devices", rows.len(), ups.len());
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+    }
+    Ok(out)
+}
+
+/// Records which devices of `ups` are on demand and which are not, in one
+/// statement (the on-demand rows of those that are, none for the others).
+async fn on_demand_in(tx: &deadpool_postgres::Transaction<'_>, ups: &[&DeviceUp]) -> Result<()> {
+    let systems: Vec<&str> = ups.iter().map(|u| u.system.as_str()).collect();
+    let names: Vec<&str> = ups.iter().map(|u| u.name.as_str()).collect();
+    let flags: Vec<bool> = ups.iter().map(|u| u.info.on_demand).collect();
+    let st = tx
+        .prepare_cached(
+            "WITH v AS (
+               SELECT * FROM unnest($1::text[], $2::text[], $3::bool[]) WITH ORDINALITY
+                 AS v(system, name, on_demand, ord)),
+             added AS (
+               INSERT INTO on_demand (system, name)
+               SELECT system, name FROM v WHERE on_demand ORDER BY ord
+               ON CONFLICT DO NOTHING)
+             DELETE FROM on_demand o USING v
+             WHERE NOT v.on_demand AND o.system = v.system AND o.name = v.name",
+        )
+        .await?;
+    tx.execute(&st, &[&systems, &names, &flags]).await?;
+    Ok(())
 }
