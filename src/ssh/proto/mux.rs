@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 
+pub use counts::{DataCounts, data_counts};
 pub use direct::{Charge, Direct, PaceHold, Pushed};
 
 /// Window we give each channel: at most this many received bytes wait in
@@ -666,6 +667,7 @@ impl Drop for ChanHandle {
     }
 }
 
+pub(crate) mod counts;
 mod direct;
 #[cfg(test)]
 mod direct_tests;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::super::mux::{
-    ChanHandle, ChanShared, Chunk, Cmd, In, OpenReply, OpenRequest, Pushed, WINDOW,
+    ChanHandle, ChanShared, Chunk, Cmd, In, OpenReply, OpenRequest, Pushed, WINDOW, counts,
 };
 use super::super::wire::{Writer, msg, open_failure};
 use super::msg::{ChanReq, OpenKind};
@@ -131,6 +131,7 @@ impl Channels {
             )));
         }
         e.local_window -= len as u32;
+        counts::count_in(len);
         if e.kind == ChanKind::Session || e.input_dropped || e.sent_close {
             return Ok(None);
         }

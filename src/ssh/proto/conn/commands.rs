@@ -4,7 +4,7 @@
 
 use tokio::sync::oneshot;
 
-use super::super::mux::{ChanShared, Chunk, Cmd, OpenReply, WINDOW};
+use super::super::mux::{ChanShared, Chunk, Cmd, OpenReply, WINDOW, counts};
 use super::super::wire::{Writer, msg, open_failure};
 use super::channels::{ChanKind, Entry, open_failure_msg};
 use super::{Conn, Events};
@@ -58,6 +58,7 @@ impl<E: Events> Conn<E> {
                 self.backlog.push_front(Cmd::Data { id, ext, data });
                 return;
             }
+            counts::count_out(n);
         }
         self.tx.space.add_permits(n);
     }
