@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::super::mux::{
-    ChanHandle, ChanShared, Chunk, Cmd, In, OpenReply, OpenRequest, Pushed, WINDOW, counts,
+    ChanHandle, ChanShared, Chunk, Cmd, In, OpenReply, OpenRequest, Pushed, WINDOW, Wakes, counts,
 };
 use super::super::wire::{Writer, msg, open_failure};
 use super::msg::{ChanReq, OpenKind};
@@ -365,9 +365,10 @@ impl<E: Events> Conn<E> {
         id: u32,
         len: usize,
         frame: impl FnOnce() -> Chunk,
+        wakes: &mut Wakes,
     ) -> Result<(), Fail> {
         if let Some(to) = self.ch.data_to(id, len)? {
-            let pushed = to.push_data(frame());
+            let pushed = to.push_data_waking(frame(), wakes);
             self.pushed(id, pushed);
             self.unpin_later();
         }
