@@ -15,8 +15,10 @@ Everything is divided by the GiB iperf3 received. Stdlib only; started by
 bench.py (which sets B to itself).
 """
 
+import json
 import re
 import shlex
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -65,17 +67,17 @@ def one(b, cipher, streams, direction, ctl):
     iperf = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              stdin=subprocess.DEVNULL)
     time.sleep(0.5)  # past the connection setup: the counts cover the bulk phase
+    perf = shutil.which("perf") is not None
     stats = {k: perf_stat(p, max(1, secs - 1), b.work / f"perf-{k}-{streams}-{direction}.csv")
-             for k, p in pids.items()}
+             for k, p in pids.items()} if perf else {}
     out, _ = iperf.communicate(timeout=secs + 30)
     for proc, _ in stats.values():
         proc.wait(timeout=30)
     after_m = metric_counts(b)
     after_cpu = {k: B.cpu_ticks([p], False) for k, p in pids.items()}
-    import json
     res = json.loads(out or "{}")
     rec = {"cipher": cipher, "streams": streams, "direction": direction, "command": shlex.join(argv),
-           "perf_command": shlex.join(stats["relay"][1]), "loadavg": B.loadavg()}
+           "perf_command": shlex.join(stats["relay"][1]) if perf else None, "loadavg": B.loadavg()}
     if "end" not in res:
         rec["error"] = res.get("error", "no result")
         B.log(f"  datapath P{streams} {direction}: FAILED {rec['error']}")
@@ -94,7 +96,7 @@ def one(b, cipher, streams, direction, ctl):
                           legs[1]: delta["bytes_out"] // max(1, delta["packets_out"])}
     rec["cpu_s_per_gib"] = {k: round((after_cpu[k] - before_cpu[k]) / B.CLK_TCK / gib, 3) for k in pids}
     for k in pids:
-        c = read_perf(b.work / f"perf-{k}-{streams}-{direction}.csv")
+        c = read_perf(b.work / f"perf-{k}-{streams}-{direction}.csv") if perf else {}
         rec[f"{k}_per_gib"] = {e: round(v * scale / gib) for e, v in c.items()}
     B.log(f"  datapath P{streams} {direction:21} {rec['mbit_s']} Mbit/s  cpu s/GiB {rec['cpu_s_per_gib']}  "
           f"packets/GiB {rec['packets_per_gib']} mean {rec['mean_packet']}")
@@ -108,6 +110,8 @@ def datapath(b):
         b.skip("datapath", "the relay was started without --metrics")
         return
     ciphers = b.a.ciphers or [None]
+    if shutil.which("perf") is None:
+        b.skip("datapath system calls and context switches", "perf is not installed (apt-get install linux-perf)")
     b.results["datapath"] = []
     for cipher in ciphers:
         B.log(f"data path per GiB, client-leg cipher {cipher or 'default'}")
