@@ -190,11 +190,12 @@ impl Channel {
             let from_channel = eof_tx.clone();
             let to_io = async {
                 let mut eof = false;
-                let mut parts = Vec::new();
                 loop {
                     match ch.recv().await {
                         Some(In::Data(data)) => {
-                            // What else arrived already goes in the same write.
+                            // What else arrived already goes in the same write
+                            // (a list per batch: an idle stream keeps none).
+                            let mut parts = Vec::new();
                             let n = gather(ch, data, &mut parts);
                             stats.sent += n as u64;
                             if let Some(p) = pace
@@ -202,9 +203,7 @@ impl Channel {
                             {
                                 wait.await;
                             }
-                            let written = write_parts(&mut writer, &parts).await;
-                            parts.clear();
-                            if written.is_err() {
+                            if write_parts(&mut writer, &parts).await.is_err() {
                                 return;
                             }
                             // Interactive streams (ssh sessions) need every
