@@ -45,10 +45,12 @@ import threading
 import time
 from pathlib import Path
 
+import datapath
 import fleet
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 fleet.B = sys.modules[__name__]
+datapath.B = sys.modules[__name__]
 SSHD = "/usr/sbin/sshd"
 SYSTEM = "tau"
 
@@ -434,9 +436,11 @@ class Bench:
         # The fairness mode reads the relay's own delay for the victim system's
         # messages (WARREN_TRACE_SYSTEM) from its metrics.
         fair = "fairness" in self.a.only
-        self.wrelay_metrics = free_port() if fair else None
+        # The data path mode reads its packet counters there too.
+        metrics = fair or "datapath" in self.a.only
+        self.wrelay_metrics = free_port() if metrics else None
         self.wrelay = WarrenRelay("warren_relay", w, self.a.warren,
-                                  ["--metrics", f"127.0.0.1:{self.wrelay_metrics}"] if fair else (),
+                                  ["--metrics", f"127.0.0.1:{self.wrelay_metrics}"] if metrics else (),
                                   env=dict(os.environ, WARREN_TRACE_SYSTEM="victim") if fair else None)
         self.wrelay.admin("system", "add", SYSTEM)
         self.wrelay.admin("key", "add", "--system", SYSTEM, "--role", "controller", "--name", "alice", f"{self.ukey}.pub")
@@ -1360,6 +1364,9 @@ class Bench:
         issue21 = fleet.markdown(R)
         if issue21:
             lines += ["## Fleet and fairness (bench/fleet.py)", "", *issue21, ""]
+        dp = datapath.markdown(R)
+        if dp:
+            lines += ["## Data path per GiB (bench/datapath.py)", "", *dp, ""]
         lines += [
             "## Ciphers", "",
         ]
@@ -1456,7 +1463,7 @@ def main():
                     help="agent keepalive_timeout: how soon a wedged agent connection is replaced")
     ap.add_argument("--only", nargs="*", default=["throughput", "latency", "login", "scale", "profile"],
                     help="modes: throughput latency login scale profile, and (issue 21, bench/fleet.py) "
-                         "fairness idle restart handshakes")
+                         "fairness idle restart handshakes, (bench/datapath.py) datapath")
     fleet.add_arguments(ap, quick)
     a = ap.parse_args()
     a.quick = quick
@@ -1482,7 +1489,7 @@ def main():
             b.logins()
         if "scale" in a.only:
             b.scale()
-        for mode, run_mode in fleet.MODES.items():
+        for mode, run_mode in {**fleet.MODES, **datapath.MODES}.items():
             if mode in a.only:
                 run_mode(b)
         if "profile" in a.only and a.profile > 0:

@@ -27,7 +27,11 @@
 //! 5. **Splice.** `ssh/channel.rs`: `Channel::splice` joins the two channels
 //!    with per-channel flow control; `stream.rs` audits the bytes each way.
 //!    Data for an idle splice skips its task: the connection task that
-//!    opened it queues it on the other connection (`ssh/proto/mux/direct.rs`).
+//!    opened it queues it on the other connection (`ssh/proto/mux/direct.rs`),
+//!    waking it once for all the packets of one read; small data queued
+//!    for one channel leaves as one packet (`Conn::coalesce`,
+//!    `ssh/proto/conn/commands.rs`), and data for a byte stream (the
+//!    agent's target) leaves in one write per batch (`ssh/channel.rs`).
 //!
 //! ## Modules
 //!

@@ -57,6 +57,8 @@ pub struct Metrics {
     store_calls: Histogram,
     hop_setup: HistogramVec,
     traced_delay: Histogram,
+    data_packets: IntCounterVec,
+    data_bytes: IntCounterVec,
 }
 
 /// The process's metrics.
@@ -194,6 +196,18 @@ impl Metrics {
                  from the relay reading one on a connection to writing it on another",
                 TRACE_BUCKETS,
             )?,
+            data_packets: counters(
+                &r,
+                "warren_ssh_data_packets_total",
+                "SSH channel data packets received (in) and sent (out), all connections",
+                &["direction"],
+            )?,
+            data_bytes: counters(
+                &r,
+                "warren_ssh_data_bytes_total",
+                "Bytes of data in those packets",
+                &["direction"],
+            )?,
             registry: r,
         })
     }
@@ -293,7 +307,22 @@ impl Metrics {
                 .with_label_values(&[system.as_str()])
                 .set(*n as i64);
         }
+        self.data_counts();
         self.registry.gather()
+    }
+
+    /// Brings the data packet counters up to the SSH layer's totals.
+    fn data_counts(&self) {
+        let c = crate::ssh::data_counts();
+        for (vec, dir, now) in [
+            (&self.data_packets, "in", c.packets_in),
+            (&self.data_packets, "out", c.packets_out),
+            (&self.data_bytes, "in", c.bytes_in),
+            (&self.data_bytes, "out", c.bytes_out),
+        ] {
+            let counter = vec.with_label_values(&[dir]);
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
     }
 }
 
@@ -350,6 +379,22 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} not in\n{text}");
         }
+        // The SSH layer's data packet counters, brought up at each render
+        // (other tests in this process move them: at least what they were).
+        let before = crate::ssh::data_counts();
+        let text = m.render(&[]);
+        let counted = |name: &str, dir: &str| -> u64 {
+            let line = format!("warren_ssh_data_{name}_total{{direction=\"{dir}\"}} ");
+            let at = text
+                .find(&line)
+                .unwrap_or_else(|| panic!("{line} not in\n{text}"));
+            let rest = &text[at + line.len()..];
+            rest.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        assert!(counted("packets", "in") >= before.packets_in);
+        assert!(counted("packets", "out") >= before.packets_out);
+        assert!(counted("bytes", "in") >= before.bytes_in);
+        assert!(counted("bytes", "out") >= before.bytes_out);
         // A system gone offline leaves no stale series.
         assert!(!m.render(&[]).contains("warren_devices_connected{"));
     }

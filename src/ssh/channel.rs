@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::proto::conn::Incoming;
-use super::proto::mux::{ChanHandle, Charge, In};
+use super::proto::mux::{ChanHandle, Charge, Chunk, In};
 use super::proto::wire::open_failure;
 use crate::protocol::limits::SPLICE_BUFFER;
 
@@ -193,13 +193,17 @@ impl Channel {
                 loop {
                     match ch.recv().await {
                         Some(In::Data(data)) => {
-                            stats.sent += data.len() as u64;
+                            // What else arrived already goes in the same write
+                            // (a list per batch: an idle stream keeps none).
+                            let mut parts = Vec::new();
+                            let n = gather(ch, data, &mut parts);
+                            stats.sent += n as u64;
                             if let Some(p) = pace
-                                && let Some(wait) = p.take(SpliceDirection::Back, data.len())
+                                && let Some(wait) = p.take(SpliceDirection::Back, n)
                             {
                                 wait.await;
                             }
-                            if writer.write_all(&data).await.is_err() {
+                            if write_parts(&mut writer, &parts).await.is_err() {
                                 return;
                             }
                             // Interactive streams (ssh sessions) need every
@@ -253,6 +257,51 @@ impl Channel {
         ch.close();
         stats
     }
+}
+
+/// Data parts gathered into one write to a byte stream, at most.
+const WRITE_PARTS: usize = 16;
+
+/// `first`, and the data queued behind it on `ch` (up to [`WRITE_PARTS`]
+/// parts and [`SPLICE_BUFFER`] bytes), into `parts`: what one read of the
+/// connection brought leaves in one write instead of one per packet.
+/// Never waits for more. Returns the bytes gathered.
+fn gather(ch: &ChanHandle, first: Chunk, parts: &mut Vec<Chunk>) -> usize {
+    let mut n = first.len();
+    parts.push(first);
+    while parts.len() < WRITE_PARTS && n < SPLICE_BUFFER {
+        match ch.try_recv_data(SPLICE_BUFFER - n) {
+            Some(d) => {
+                n += d.len();
+                parts.push(d);
+            }
+            None => break,
+        }
+    }
+    n
+}
+
+/// Writes all of `parts`, in order, with vectored writes.
+async fn write_parts<W: AsyncWrite + Unpin>(w: &mut W, parts: &[Chunk]) -> std::io::Result<()> {
+    let (mut i, mut off) = (0, 0);
+    while i < parts.len() {
+        let mut iov = [std::io::IoSlice::new(&[]); WRITE_PARTS];
+        let mut k = 0;
+        for (j, p) in parts[i..].iter().enumerate().take(WRITE_PARTS) {
+            iov[j] = std::io::IoSlice::new(if j == 0 { &p[off..] } else { p });
+            k = j + 1;
+        }
+        let mut n = w.write_vectored(&iov[..k]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while i < parts.len() && n >= parts[i].len() - off {
+            n -= parts[i].len() - off;
+            (i, off) = (i + 1, 0);
+        }
+        off += n;
+    }
+    Ok(())
 }
 
 /// The direct path of a splice, both ways, while it runs (ended on drop,
@@ -498,5 +547,96 @@ mod tests {
         // Its own EOF ends the splice.
         b_in.push(In::Eof);
         assert!(done(splice.as_mut()).await);
+    }
+
+    /// A byte stream that records each write call, taking at most `max`
+    /// bytes per call.
+    struct Recorder {
+        writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+        max: usize,
+    }
+
+    impl Recorder {
+        fn record(&self, bufs: &[std::io::IoSlice<'_>]) -> usize {
+            let mut one: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            one.truncate(self.max);
+            let n = one.len();
+            self.writes.lock().unwrap().push(one);
+            n
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(self.record(&[std::io::IoSlice::new(buf)])))
+        }
+
+        fn poll_write_vectored(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(self.record(bufs)))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Splices a channel holding `queued` (then EOF) to a recorder; its writes.
+    async fn written(queued: &[&[u8]], max: usize) -> Vec<Vec<u8>> {
+        let (ch, shared, _cmds) = channel(1);
+        for q in queued {
+            shared.push(In::Data(Bytes::copy_from_slice(q).into()));
+        }
+        shared.push(In::Eof);
+        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = Recorder {
+            writes: writes.clone(),
+            max,
+        };
+        let stats = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            ch.splice_io(tokio::io::empty(), w),
+        )
+        .await
+        .expect("the splice ends at EOF both ways");
+        let total: usize = queued.iter().map(|q| q.len()).sum();
+        assert_eq!(stats.sent, total as u64);
+        writes.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn data_queued_for_a_byte_stream_leaves_in_one_write_in_order() {
+        let got = written(&[b"one ", b"two ", b"three"], usize::MAX).await;
+        assert_eq!(got, vec![b"one two three".to_vec()]);
+        // A lone message: written as it is.
+        assert_eq!(
+            written(&[b"ping"], usize::MAX).await,
+            vec![b"ping".to_vec()]
+        );
+        // Short writes: the rest follows, in order, nothing twice.
+        let got = written(&[b"abc", b"defgh", b"", b"ij"], 4).await;
+        assert_eq!(got.concat(), b"abcdefghij".to_vec());
+        assert!(got.iter().all(|w| w.len() <= 4));
     }
 }

@@ -30,7 +30,7 @@ pub use channel::{
     Channel, IncomingChannel, Pace, PaceWait, Refusal, SpliceDirection, SpliceStats,
 };
 pub use keys::{Fingerprint, PrivateKey, PublicKey};
-pub use proto::mux::{buffered_at_least, buffered_bytes};
+pub use proto::mux::{DataCounts, buffered_at_least, buffered_bytes, data_counts};
 pub use socket::Socket;
 
 /// Fuzzing entry points: each runs one parser over arbitrary bytes. They

@@ -18,7 +18,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 
-pub use direct::{Charge, Direct, PaceHold, Pushed};
+pub use counts::{DataCounts, data_counts};
+pub use direct::{Charge, Direct, PaceHold, Pushed, Wakes};
 
 /// Window we give each channel: at most this many received bytes wait in
 /// memory for a slow reader.
@@ -550,19 +551,7 @@ impl ChanHandle {
             {
                 let mut st = self.shared.lock();
                 if let Some(m) = st.queue.pop_front() {
-                    st.reader_waiting = false;
-                    st.aged = st.aged.saturating_sub(1);
-                    st.owned = st.owned.saturating_sub(1);
-                    if let Some(n) = m.data_len() {
-                        st.queued -= n;
-                        BUFFERED.fetch_sub(n, Ordering::Relaxed);
-                        st.consumed += n as u32;
-                        if st.consumed >= GRANT_AT && !st.closed {
-                            let n = std::mem::take(&mut st.consumed);
-                            drop(st);
-                            self.tx.send(Cmd::Adjust { id: self.id, n });
-                        }
-                    }
+                    self.taken(st, &m);
                     return Some(m);
                 }
                 if st.closed {
@@ -572,6 +561,40 @@ impl ChanHandle {
                 st.reader_waiting = true;
             }
             self.shared.rx.notified().await;
+        }
+    }
+
+    /// The next data the peer sent, if it is queued already and at most
+    /// `max` bytes; never waits (a writer gathers what arrived into one
+    /// write). Taking it grants window as [`ChanHandle::recv`] does.
+    pub fn try_recv_data(&self, max: usize) -> Option<Chunk> {
+        let mut st = self.shared.lock();
+        if !matches!(st.queue.front(), Some(In::Data(d)) if d.len() <= max) {
+            return None;
+        }
+        let m = st.queue.pop_front()?;
+        self.taken(st, &m);
+        match m {
+            In::Data(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Bookkeeping for `m`, just taken from the queue: buffered bytes, and
+    /// window granted back once [`GRANT_AT`] was read.
+    fn taken(&self, mut st: MutexGuard<'_, ChanState>, m: &In) {
+        st.reader_waiting = false;
+        st.aged = st.aged.saturating_sub(1);
+        st.owned = st.owned.saturating_sub(1);
+        if let Some(n) = m.data_len() {
+            st.queued -= n;
+            BUFFERED.fetch_sub(n, Ordering::Relaxed);
+            st.consumed += n as u32;
+            if st.consumed >= GRANT_AT && !st.closed {
+                let n = std::mem::take(&mut st.consumed);
+                drop(st);
+                self.tx.send(Cmd::Adjust { id: self.id, n });
+            }
         }
     }
 
@@ -666,6 +689,7 @@ impl Drop for ChanHandle {
     }
 }
 
+pub(crate) mod counts;
 mod direct;
 #[cfg(test)]
 mod direct_tests;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
-use super::mux::Cmd;
+use super::mux::{Chunk, Cmd};
 
 struct Shared {
     inner: Mutex<Inner>,
@@ -70,6 +70,28 @@ impl CmdTx {
         self.0.ready.notify_one();
         Ok(())
     }
+
+    /// Queues `c` without waking the receiver: the caller owes it a
+    /// [`CmdTx::wake`] (see [`super::mux::Wakes`]), so that commands queued
+    /// in a row cost one wake-up.
+    pub fn send_quiet(&self, c: Cmd) -> Result<(), Cmd> {
+        let mut inner = self.0.lock();
+        if inner.closed {
+            return Err(c);
+        }
+        inner.queue.push_back(c);
+        Ok(())
+    }
+
+    /// Wakes the receiver for what [`CmdTx::send_quiet`] queued.
+    pub fn wake(&self) {
+        self.0.ready.notify_one();
+    }
+
+    /// Whether both ends lead to the same queue.
+    pub fn same_queue(&self, other: &CmdTx) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl CmdRx {
@@ -93,6 +115,24 @@ impl CmdRx {
     /// The oldest command, without waiting.
     pub fn try_recv(&mut self) -> Result<Cmd, Empty> {
         self.0.lock().queue.pop_front().ok_or(Empty)
+    }
+
+    /// The oldest command if it is channel data for channel `id` (extended
+    /// or not, as `ext` says) of at most `room` bytes; never waits.
+    pub fn try_recv_data(&mut self, id: u32, ext: bool, room: usize) -> Option<Chunk> {
+        let mut inner = self.0.lock();
+        match inner.queue.front() {
+            Some(Cmd::Data {
+                id: i,
+                ext: e,
+                data,
+            }) if *i == id && *e == ext && data.len() <= room => {}
+            _ => return None,
+        }
+        match inner.queue.pop_front() {
+            Some(Cmd::Data { data, .. }) => Some(data),
+            _ => None,
+        }
     }
 
     /// Refuses further commands and drops the queued ones.

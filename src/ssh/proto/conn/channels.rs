@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::super::mux::{
-    ChanHandle, ChanShared, Chunk, Cmd, In, OpenReply, OpenRequest, Pushed, WINDOW,
+    ChanHandle, ChanShared, Chunk, Cmd, In, OpenReply, OpenRequest, Pushed, WINDOW, Wakes, counts,
 };
 use super::super::wire::{Writer, msg, open_failure};
 use super::msg::{ChanReq, OpenKind};
@@ -131,6 +131,7 @@ impl Channels {
             )));
         }
         e.local_window -= len as u32;
+        counts::count_in(len);
         if e.kind == ChanKind::Session || e.input_dropped || e.sent_close {
             return Ok(None);
         }
@@ -364,9 +365,10 @@ impl<E: Events> Conn<E> {
         id: u32,
         len: usize,
         frame: impl FnOnce() -> Chunk,
+        wakes: &mut Wakes,
     ) -> Result<(), Fail> {
         if let Some(to) = self.ch.data_to(id, len)? {
-            let pushed = to.push_data(frame());
+            let pushed = to.push_data_waking(frame(), wakes);
             self.pushed(id, pushed);
             self.unpin_later();
         }

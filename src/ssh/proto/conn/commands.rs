@@ -4,11 +4,24 @@
 
 use tokio::sync::oneshot;
 
-use super::super::mux::{ChanShared, Chunk, Cmd, OpenReply, WINDOW};
+use bytes::BytesMut;
+
+use super::super::mux::{ChanShared, Chunk, Cmd, OpenReply, SEND_PACKET, WINDOW, counts};
 use super::super::wire::{Writer, msg, open_failure};
 use super::channels::{ChanKind, Entry, open_failure_msg};
+use super::transport::FRAME_MIN;
 use super::{Conn, Events};
 use crate::protocol::limits::MAX_PACKET_SIZE;
+
+/// Room a joined packet leaves before its data, to be sealed in place:
+/// length, padding length and the longest data header (extended data).
+const JOIN_HEAD: usize = 4 + 1 + 13;
+/// And after it: the padding (at most a cipher block and 3) and the tag.
+const JOIN_TAIL: usize = 64;
+/// Data parts smaller than this are joined (see [`Conn::coalesce`]): the
+/// size below which received data is copied out of its read buffer
+/// ([`FRAME_MIN`] less the data header).
+const JOIN_BELOW: usize = FRAME_MIN - 9;
 
 impl<E: Events> Conn<E> {
     pub(super) fn command(&mut self, c: Cmd) {
@@ -32,6 +45,7 @@ impl<E: Events> Conn<E> {
     }
 
     fn cmd_data(&mut self, id: u32, ext: bool, data: Chunk) {
+        let data = self.coalesce(id, ext, data);
         let n = data.len();
         if self.t.may_seal()
             && let Some(e) = self.ch.table.get(&id)
@@ -58,8 +72,55 @@ impl<E: Events> Conn<E> {
                 self.backlog.push_front(Cmd::Data { id, ext, data });
                 return;
             }
+            counts::count_out(n);
         }
         self.tx.space.add_permits(n);
+    }
+
+    /// Joins the small data queued for channel `id` right behind `data` to
+    /// it, up to the peer's largest packet for the channel: a burst of
+    /// small writes (an interactive session, a chatty protocol, a client
+    /// that reads its socket in small pieces) leaves as fewer packets, so
+    /// both ends open, wake and write less per byte. Only what is queued
+    /// already: nothing waits for more, and a lone message leaves as it
+    /// came. Only parts below [`JOIN_BELOW`], which were copied out of
+    /// their read buffer on arrival and would be copied again to be
+    /// sealed: joined, they are copied once and sealed in place, so
+    /// joining adds no copy (a big frame keeps going whole, sealed in
+    /// place). The window and outbox space were taken for each part by its
+    /// sender, so the joined packet stays within both.
+    fn coalesce(&mut self, id: u32, ext: bool, data: Chunk) -> Chunk {
+        // Behind the backlog (older than the queue) or in a key exchange,
+        // data goes as it is.
+        if data.len() >= JOIN_BELOW || !self.backlog.is_empty() || !self.t.may_take_commands() {
+            return data;
+        }
+        let Some(e) = self.ch.table.get(&id).filter(|e| e.open_for_us()) else {
+            return data;
+        };
+        let max = (e.shared.lock().remote_max as usize).min(SEND_PACKET as usize);
+        let room = |used: usize| max.saturating_sub(used).min(JOIN_BELOW - 1);
+        let Some(next) = self.cmds.try_recv_data(id, ext, room(data.len())) else {
+            return data;
+        };
+        // Room for a few more parts; more grows it.
+        let guess = (4 * (data.len() + next.len())).min(max);
+        let mut buf = BytesMut::with_capacity(JOIN_HEAD + guess + JOIN_TAIL);
+        buf.resize(JOIN_HEAD, 0);
+        buf.extend_from_slice(&data);
+        buf.extend_from_slice(&next);
+        while let Some(more) = self
+            .cmds
+            .try_recv_data(id, ext, room(buf.len() - JOIN_HEAD))
+        {
+            buf.extend_from_slice(&more);
+        }
+        let end = buf.len();
+        buf.resize(end + JOIN_TAIL, 0);
+        Chunk::Frame {
+            packet: buf,
+            data: JOIN_HEAD..end,
+        }
     }
 
     pub(super) fn cmd_adjust(&mut self, id: u32, n: u32) {

@@ -6,24 +6,30 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-use super::super::mux::Chunk;
+use super::super::mux::{Chunk, Wakes};
 use super::super::wire::{Writer, msg};
 use super::msg::{self as m, Msg};
 use super::transport::Packet;
 use super::{Conn, Events, Fail, proto};
 
 impl<E: Events> Conn<E> {
-    /// Handles every whole packet the read buffer holds.
+    /// Handles every whole packet the read buffer holds. Big data packets
+    /// passed on directly to another connection wake it once, after the
+    /// last of them ([`Wakes`]), or before any other message is handled.
     pub(super) async fn process(&mut self) -> Result<(), Fail> {
+        let mut wakes = Wakes::default();
         while let Some(packet) = self.t.next_packet()? {
             self.heard = true;
             let payload = match packet {
                 Packet::Payload(p) => p,
-                Packet::Frame(packet, range) => match self.data_frame(packet, range.clone())? {
-                    None => continue,
-                    Some(packet) => packet.freeze().slice(range),
-                },
+                Packet::Frame(packet, range) => {
+                    match self.data_frame(packet, range.clone(), &mut wakes)? {
+                        None => continue,
+                        Some(packet) => packet.freeze().slice(range),
+                    }
+                }
             };
+            wakes.flush();
             self.handle(payload).await?;
         }
         Ok(())
@@ -35,6 +41,7 @@ impl<E: Events> Conn<E> {
         &mut self,
         packet: BytesMut,
         payload: Range<usize>,
+        wakes: &mut Wakes,
     ) -> Result<Option<BytesMut>, Fail> {
         let in_kex = !self.kx.first_kex_done || self.kx.peer_in_kex();
         let Some((id, len)) = m::data_header(&packet[payload.clone()]) else {
@@ -44,10 +51,11 @@ impl<E: Events> Conn<E> {
         if in_kex || !self.auth.authed || len.checked_add(9) != Some(payload.len()) {
             return Ok(Some(packet));
         }
-        self.on_data_frame(id, len, || Chunk::Frame {
+        let frame = || Chunk::Frame {
             packet,
             data: payload.start + 9..payload.end,
-        })?;
+        };
+        self.on_data_frame(id, len, frame, wakes)?;
         Ok(None)
     }
 

@@ -26,6 +26,8 @@ mod slices;
 mod transport;
 
 #[cfg(test)]
+mod coalesce_tests;
+#[cfg(test)]
 mod seal_tests;
 #[cfg(test)]
 mod size_tests;

@@ -7,13 +7,15 @@
 //! on its way through a relay instead of two (the pump's task is skipped).
 //! Whenever one of these does not hold, the data is queued as before and
 //! the pump passes it on, so bytes keep their order and back-pressure
-//! stays with the pump.
+//! stays with the pump. The packets one read brings wake the other
+//! connection's task once ([`Wakes`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::super::queue::CmdTx;
 use super::{ChanHandle, ChanShared, Chunk, Cmd, ConnTx, GRANT_AT, In, SEND_PACKET};
 
 /// A wait the pace asks for before data is passed on.
@@ -70,10 +72,50 @@ impl ChanHandle {
     }
 }
 
+/// The wake-up owed to the connection that data was last passed to
+/// directly (its command queue, [`CmdTx::send_quiet`]): the packets one read
+/// brought for the same connection wake its task once, when the reading
+/// connection has handled them all ([`Wakes::flush`]), or when data goes to
+/// another connection; dropping it wakes too. Nothing waits for more data:
+/// the wake comes before the reading task does anything else.
+#[derive(Default)]
+pub struct Wakes(Option<CmdTx>);
+
+impl Wakes {
+    fn owe(&mut self, tx: &CmdTx) {
+        match &self.0 {
+            Some(owed) if owed.same_queue(tx) => {}
+            _ => {
+                self.flush();
+                self.0 = Some(tx.clone());
+            }
+        }
+    }
+
+    /// Wakes the connection owed a wake-up, if any.
+    pub fn flush(&mut self) {
+        if let Some(tx) = self.0.take() {
+            tx.wake();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 impl ChanShared {
     /// Connection side: channel data arrived. Passed on directly when it
     /// may be (see the module doc), queued for the reader otherwise.
     pub fn push_data(&self, data: Chunk) -> Pushed {
+        self.push_data_waking(data, &mut Wakes::default())
+    }
+
+    /// Like [`ChanShared::push_data`]; data passed on directly leaves its
+    /// connection's wake-up to `wakes`.
+    pub fn push_data_waking(&self, data: Chunk, wakes: &mut Wakes) -> Pushed {
         let direct = {
             let st = self.lock();
             match &st.direct {
@@ -86,7 +128,7 @@ impl ChanShared {
             }
         };
         let n = data.len();
-        match direct.pass(data) {
+        match direct.pass(data, wakes) {
             Ok(()) => {
                 direct.moved.fetch_add(n as u64, Ordering::Relaxed);
                 let mut st = self.lock();
@@ -108,7 +150,7 @@ impl Direct {
     /// Takes the other channel's window and its connection's outbox space
     /// for `data`, and the pace's leave, and queues it there; hands it
     /// back (with the pace's wait, when that held it) otherwise.
-    fn pass(&self, data: Chunk) -> Result<(), (Chunk, Option<PaceHold>)> {
+    fn pass(&self, data: Chunk, wakes: &mut Wakes) -> Result<(), (Chunk, Option<PaceHold>)> {
         let n = data.len();
         if n == 0 || n > SEND_PACKET as usize {
             return Err((data, None));
@@ -134,11 +176,14 @@ impl Direct {
         }
         // A connection that is gone ends the splice too: its channel is
         // closed, and the other direction's pump sees it.
-        let _ = self.tx.cmds.send(Cmd::Data {
+        let queued = self.tx.cmds.send_quiet(Cmd::Data {
             id: self.id,
             ext: false,
             data,
         });
+        if queued.is_ok() {
+            wakes.owe(&self.tx.cmds);
+        }
         Ok(())
     }
 

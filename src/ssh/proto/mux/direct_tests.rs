@@ -245,3 +245,56 @@ async fn bytes_keep_their_order_between_the_direct_path_and_the_pump() {
     assert!(direct > 0, "the direct path was never taken");
     assert!((direct as usize) < total, "the queue was never used");
 }
+
+/// Counts wake-ups of a task.
+struct CountWakes(AtomicUsize);
+
+impl std::task::Wake for CountWakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test]
+async fn data_passed_on_in_a_row_wakes_the_other_connection_once() {
+    let (a, mut b) = (end(1, 0), end(7, 1 << 20));
+    a.h.direct_to(&b.h, None);
+    let _recv = idle_reader(&a.h).await;
+    // The other connection's task waits for a command.
+    let count = Arc::new(CountWakes(AtomicUsize::new(0)));
+    let waker = std::task::Waker::from(count.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    {
+        let mut waiting = Box::pin(b.cmds.recv());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        let mut wakes = Wakes::default();
+        for m in [&b"one"[..], b"two", b"three"] {
+            assert_eq!(
+                a.shared.push_data_waking(data(m), &mut wakes),
+                Pushed::Direct(None)
+            );
+        }
+        assert_eq!(
+            count.0.load(Ordering::Relaxed),
+            0,
+            "woken before the read was handled"
+        );
+        wakes.flush();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        drop(wakes);
+        assert_eq!(count.0.load(Ordering::Relaxed), 1, "woken twice");
+        match waiting.as_mut().poll(&mut cx) {
+            Poll::Ready(Some(Cmd::Data { data, .. })) => assert_eq!(&data[..], b"one"),
+            _ => panic!("the first command was not there"),
+        }
+    }
+    let rest = sent_data(&mut b.cmds);
+    assert_eq!(rest, vec![(7, b"two".to_vec()), (7, b"three".to_vec())]);
+    // Dropping what is owed wakes too (a read that ended in an error).
+    let mut waiting = Box::pin(b.cmds.recv());
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+    let mut wakes = Wakes::default();
+    a.shared.push_data_waking(data(b"four"), &mut wakes);
+    drop(wakes);
+    assert_eq!(count.0.load(Ordering::Relaxed), 2);
+}
