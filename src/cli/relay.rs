@@ -143,14 +143,23 @@ pub fn thread_slices(builder: &mut tokio::runtime::Builder, slice: std::time::Du
     if slice.is_zero() {
         return;
     }
-    let ask = move || match crate::relay::slice::request(slice) {
-        Ok(_) => true,
-        Err(e) => {
-            if !WARNED.swap(true, Ordering::Relaxed) {
+    let ask = move || {
+        let result = crate::relay::slice::request(slice);
+        if matches!(result, Ok(true)) || WARNED.swap(true, Ordering::Relaxed) {
+            return matches!(result, Ok(true));
+        }
+        match result {
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                tracing::info!(error = %e, "the relay's threads keep the scheduler's time slices");
+            }
+            Err(e) => {
                 tracing::warn!(error = %e, "the relay's threads keep the scheduler's default time slice");
             }
-            false
+            Ok(_) => tracing::info!(
+                "the relay runs under a real-time or idle scheduling policy: its time slices are left as they are"
+            ),
         }
+        false
     };
     if ask() {
         tracing::info!(slice = ?slice, "the relay's threads ask for short time slices");

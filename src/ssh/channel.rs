@@ -195,15 +195,26 @@ impl Channel {
                         Some(In::Data(data)) => {
                             // What else arrived already goes in the same write
                             // (a list per batch: an idle stream keeps none).
+                            // A paced stream gathers no more than a packet's
+                            // worth, so its charges stay as fine as before.
+                            let most = if pace.is_some() {
+                                PACED_GATHER
+                            } else {
+                                SPLICE_BUFFER
+                            };
                             let mut parts = Vec::new();
-                            let n = gather(ch, data, &mut parts);
+                            let n = gather(ch, data, &mut parts, most);
                             stats.sent += n as u64;
                             if let Some(p) = pace
                                 && let Some(wait) = p.take(SpliceDirection::Back, n)
                             {
                                 wait.await;
                             }
-                            if write_parts(&mut writer, &parts).await.is_err() {
+                            let unpin_after = ch.tx.ctl.unpin_after;
+                            if write_parts(&mut writer, &mut parts, unpin_after)
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                             // Interactive streams (ssh sessions) need every
@@ -262,18 +273,25 @@ impl Channel {
 /// Data parts gathered into one write to a byte stream, at most.
 const WRITE_PARTS: usize = 16;
 
+/// Bytes a paced splice gathers into one write, at most (about a packet).
+const PACED_GATHER: usize = 64 * 1024;
+
 /// `first`, and the data queued behind it on `ch` (up to [`WRITE_PARTS`]
-/// parts and [`SPLICE_BUFFER`] bytes), into `parts`: what one read of the
-/// connection brought leaves in one write instead of one per packet.
-/// Never waits for more. Returns the bytes gathered.
-fn gather(ch: &ChanHandle, first: Chunk, parts: &mut Vec<Chunk>) -> usize {
+/// parts and `most` bytes), into `parts`: what one read of the connection
+/// brought leaves in one write instead of one per packet. Never waits for
+/// more. Empty data (valid in SSH) is dropped. Returns the bytes gathered.
+fn gather(ch: &ChanHandle, first: Chunk, parts: &mut Vec<Chunk>, most: usize) -> usize {
     let mut n = first.len();
-    parts.push(first);
-    while parts.len() < WRITE_PARTS && n < SPLICE_BUFFER {
-        match ch.try_recv_data(SPLICE_BUFFER - n) {
+    if n > 0 {
+        parts.push(first);
+    }
+    while parts.len() < WRITE_PARTS && n < most {
+        match ch.try_recv_data(most - n) {
             Some(d) => {
                 n += d.len();
-                parts.push(d);
+                if !d.is_empty() {
+                    parts.push(d);
+                }
             }
             None => break,
         }
@@ -281,17 +299,40 @@ fn gather(ch: &ChanHandle, first: Chunk, parts: &mut Vec<Chunk>) -> usize {
     n
 }
 
-/// Writes all of `parts`, in order, with vectored writes.
-async fn write_parts<W: AsyncWrite + Unpin>(w: &mut W, parts: &[Chunk]) -> std::io::Result<()> {
+/// Writes all of `parts`, in order, with vectored writes. Parts that share
+/// a connection's read buffer get buffers of their own once a write has
+/// waited `unpin_after` (a stalled reader must not keep many read buffers
+/// alive, as for data still queued: see `ChanHandle::unpin_waiting`).
+async fn write_parts<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    parts: &mut [Chunk],
+    unpin_after: std::time::Duration,
+) -> std::io::Result<()> {
     let (mut i, mut off) = (0, 0);
+    let mut pinned = parts.iter().any(Chunk::is_pinned);
     while i < parts.len() {
-        let mut iov = [std::io::IoSlice::new(&[]); WRITE_PARTS];
-        let mut k = 0;
-        for (j, p) in parts[i..].iter().enumerate().take(WRITE_PARTS) {
-            iov[j] = std::io::IoSlice::new(if j == 0 { &p[off..] } else { p });
-            k = j + 1;
-        }
-        let mut n = w.write_vectored(&iov[..k]).await?;
+        let written = {
+            let mut iov = [std::io::IoSlice::new(&[]); WRITE_PARTS];
+            let mut k = 0;
+            for (j, p) in parts[i..].iter().enumerate().take(WRITE_PARTS) {
+                iov[j] = std::io::IoSlice::new(if j == 0 { &p[off..] } else { p });
+                k = j + 1;
+            }
+            let write = w.write_vectored(&iov[..k]);
+            if pinned {
+                // A write that has not finished has written nothing:
+                // dropping it on the timeout loses no byte.
+                tokio::time::timeout(unpin_after, write).await.ok()
+            } else {
+                Some(write.await)
+            }
+        };
+        let Some(written) = written else {
+            parts[i..].iter_mut().for_each(Chunk::unpin);
+            pinned = false;
+            continue;
+        };
+        let mut n = written?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -638,5 +679,98 @@ mod tests {
         let got = written(&[b"abc", b"defgh", b"", b"ij"], 4).await;
         assert_eq!(got.concat(), b"abcdefghij".to_vec());
         assert!(got.iter().all(|w| w.len() <= 4));
+    }
+
+    #[tokio::test]
+    async fn empty_data_alone_does_not_end_a_byte_stream_splice() {
+        let (ch, shared, _cmds) = channel(1);
+        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = Recorder {
+            writes: writes.clone(),
+            max: usize::MAX,
+        };
+        let splice = ch.splice_io(tokio::io::empty(), w);
+        tokio::pin!(splice);
+        // Empty data (valid in SSH) with nothing behind it.
+        shared.push(In::Data(Bytes::new().into()));
+        assert!(!done(splice.as_mut()).await, "empty data ended the splice");
+        shared.push(In::Data(Bytes::from_static(b"after").into()));
+        shared.push(In::Eof);
+        assert!(done(splice.as_mut()).await);
+        assert_eq!(writes.lock().unwrap().concat(), b"after".to_vec());
+    }
+
+    /// A byte stream that takes nothing until `open` is set.
+    struct Stalled {
+        open: Arc<std::sync::atomic::AtomicBool>,
+        got: Vec<u8>,
+    }
+
+    impl AsyncWrite for Stalled {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if !self.open.load(Ordering::Relaxed) {
+                // Woken again by the test's timer, like a socket by epoll.
+                let waker = cx.waker().clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    waker.wake();
+                });
+                return Poll::Pending;
+            }
+            self.got.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gathered_parts_of_a_read_buffer_get_their_own_when_the_writer_stalls() {
+        // Two parts sharing one buffer (as frames share a connection's
+        // read buffer): pinned while that buffer is alive elsewhere.
+        let read_buffer = Bytes::from(vec![7u8; 64]);
+        let (a, b) = (read_buffer.slice(..32), read_buffer.slice(32..));
+        let mut parts = vec![Chunk::from(a), Chunk::from(b)];
+        assert!(parts.iter().all(Chunk::is_pinned));
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut w = Stalled {
+            open: open.clone(),
+            got: Vec::new(),
+        };
+        let unpin_after = std::time::Duration::from_secs(2);
+        let write = write_parts(&mut w, &mut parts, unpin_after);
+        tokio::pin!(write);
+        // Before the limit: still sharing; after it: copies of their own.
+        tokio::select! {
+            _ = &mut write => panic!("a stalled writer took the data"),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        tokio::select! {
+            _ = &mut write => panic!("a stalled writer took the data"),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+        open.store(true, Ordering::Relaxed);
+        write.await.expect("written once the writer takes data");
+        assert!(
+            parts.iter().all(|p| !p.is_pinned()),
+            "parts still pin the read buffer"
+        );
+        assert_eq!(w.got, vec![7u8; 64]);
     }
 }
