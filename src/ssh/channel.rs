@@ -754,19 +754,21 @@ mod tests {
             got: Vec::new(),
         };
         let unpin_after = std::time::Duration::from_secs(2);
-        let write = write_parts(&mut w, &mut parts, unpin_after);
-        tokio::pin!(write);
-        // Before the limit: still sharing; after it: copies of their own.
-        tokio::select! {
-            _ = &mut write => panic!("a stalled writer took the data"),
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        {
+            let write = write_parts(&mut w, &mut parts, unpin_after);
+            tokio::pin!(write);
+            // Before the limit: still sharing; after it: copies of their own.
+            tokio::select! {
+                _ = &mut write => panic!("a stalled writer took the data"),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            tokio::select! {
+                _ = &mut write => panic!("a stalled writer took the data"),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            }
+            open.store(true, Ordering::Relaxed);
+            write.await.expect("written once the writer takes data");
         }
-        tokio::select! {
-            _ = &mut write => panic!("a stalled writer took the data"),
-            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-        }
-        open.store(true, Ordering::Relaxed);
-        write.await.expect("written once the writer takes data");
         assert!(
             parts.iter().all(|p| !p.is_pinned()),
             "parts still pin the read buffer"
