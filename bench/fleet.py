@@ -173,20 +173,24 @@ def bucket_quantile(diff, q):
     return lo * 1e6
 
 
+def threads(pids):
+    """The /proc task directories of every thread of `pids` (gone ones skipped)."""
+    for pid in pids:
+        try:
+            yield from Path(f"/proc/{pid}/task").iterdir()
+        except OSError:
+            continue
+
+
 def sched(pids):
     """Sum over every thread of `pids` of (run-queue wait ns, time slices)."""
     wait = slices = 0
-    for pid in pids:
+    for t in threads(pids):
         try:
-            tids = list(Path(f"/proc/{pid}/task").iterdir())
+            f = (t / "schedstat").read_text().split()
         except OSError:
             continue
-        for t in tids:
-            try:
-                f = (t / "schedstat").read_text().split()
-            except OSError:
-                continue
-            wait, slices = wait + int(f[1]), slices + int(f[2])
+        wait, slices = wait + int(f[1]), slices + int(f[2])
     return wait, slices
 
 
@@ -195,18 +199,13 @@ def time_slices(pids):
     (`se.slice` in /proc/PID/task/TID/sched), e.g. [100] for a relay whose
     threads asked for 0.1 ms (see `warren relay --thread-slice`)."""
     out = set()
-    for pid in pids:
+    for t in threads(pids):
         try:
-            tids = list(Path(f"/proc/{pid}/task").iterdir())
+            m = B.re.search(r"^se\.slice\s*:\s*(\d+)", (t / "sched").read_text(), B.re.M)
         except OSError:
             continue
-        for t in tids:
-            try:
-                m = B.re.search(r"^se\.slice\s*:\s*(\d+)", (t / "sched").read_text(), B.re.M)
-            except OSError:
-                continue
-            if m:
-                out.add(int(m.group(1)) // 1000)
+        if m:
+            out.add(int(m.group(1)) // 1000)
     return sorted(out)
 
 

@@ -231,6 +231,20 @@ async fn a_console_login_on_one_cluster_relay_holds_on_another_and_a_logout_ends
     assert_eq!(session(base_a).await.status(), 401);
 }
 
+/// What a relay started with its stderr piped says until it listens.
+fn said_until_listening(child: &mut std::process::Child) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut said = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        said.push(line.clone());
+        if line.contains("relay listening") {
+            break;
+        }
+    }
+    said
+}
+
 /// Each device holds a descriptor on the relay, and many systems start
 /// services with a soft open-file limit of 1,024: the relay raises its soft
 /// limit to the hard one and says what it has; a low limit gets a warning
@@ -238,7 +252,6 @@ async fn a_console_login_on_one_cluster_relay_holds_on_another_and_a_logout_ends
 #[test]
 fn the_relay_raises_its_open_file_limit_and_warns_when_it_is_low() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
     let hard = getrlimit(Resource::Nofile).maximum;
     let start = |soft: u64, max: Option<u64>| {
@@ -262,14 +275,7 @@ fn the_relay_raises_its_open_file_limit_and_warns_when_it_is_low() {
             });
         }
         let mut child = cmd.spawn().unwrap();
-        let mut said = Vec::new();
-        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-            let line = line.unwrap();
-            said.push(line.clone());
-            if line.contains("relay listening") {
-                break;
-            }
-        }
+        let said = said_until_listening(&mut child);
         let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
@@ -312,7 +318,6 @@ fn the_relay_raises_its_open_file_limit_and_warns_when_it_is_low() {
 /// default. Read back from the kernel's own view of each thread.
 #[test]
 fn the_relays_threads_ask_for_the_time_slice_they_are_given() {
-    use std::io::{BufRead, BufReader};
     let slices = |extra: &[&str]| {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(WARREN)
@@ -323,14 +328,7 @@ fn the_relays_threads_ask_for_the_time_slice_they_are_given() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut said = Vec::new();
-        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-            let line = line.unwrap();
-            said.push(line.clone());
-            if line.contains("relay listening") {
-                break;
-            }
-        }
+        let said = said_until_listening(&mut child);
         // (thread name, slice in ns) of the main thread and the workers.
         let mut threads = Vec::new();
         for task in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {

@@ -94,17 +94,26 @@ async fn shot(c: &Client, name: &str) {
 }
 
 /// Waits until the element at `xpath` contains `text` (the browser's own
-/// wait, which checks again every 100 ms); returns its text.
+/// wait, which checks again every 100 ms); returns its text. The console
+/// redraws live: an element found just before a redraw is stale when its
+/// text is read, and is found again.
 async fn wait_text(c: &Client, xpath: &str, text: &str) -> String {
     let at = format!("{xpath}[contains(., \"{text}\")]");
-    let found = c
-        .wait()
-        .at_most(WAIT)
-        .every(std::time::Duration::from_millis(100))
-        .for_element(Locator::XPath(&at))
-        .await
-        .unwrap_or_else(|e| panic!("{text:?} not shown at {xpath} within {WAIT:?}: {e}"));
-    found.text().await.unwrap()
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found = c
+            .wait()
+            .at_most(WAIT)
+            .every(std::time::Duration::from_millis(100))
+            .for_element(Locator::XPath(&at))
+            .await
+            .unwrap_or_else(|e| panic!("{text:?} not shown at {xpath} within {WAIT:?}: {e}"));
+        match found.text().await {
+            Ok(t) => return t,
+            Err(e) if e.is_stale_element_reference() && std::time::Instant::now() < deadline => {}
+            Err(e) => panic!("reading {xpath}: {e}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
