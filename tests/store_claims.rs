@@ -407,3 +407,43 @@ fn two_relays_claiming_the_same_devices_at_once_in_opposite_orders_never_deadloc
         assert_eq!(epoch, 2 * ROUNDS, "d{i}: every claim counted");
     }
 }
+
+/// A relay's per-minute touch locks its devices' rows in device order, as
+/// claims do: touching its devices while another relay takes them over in
+/// the opposite order never deadlocks (PostgreSQL would abort one side).
+/// The touch states that order (`ORDER BY … FOR UPDATE`); before, it was
+/// the planner's choice, which followed the arrays here too, so this
+/// guards the behaviour rather than catching the older statement.
+#[test]
+fn a_touch_and_another_relays_takeover_at_once_never_deadlock() {
+    let pg = PgServer::start();
+    let url = pg.database();
+    let (a, b, _) = common::postgres::two_relays(&url);
+    let forward: Vec<DeviceUp> = (0..300).map(|i| up(&format!("d{i}"), false)).collect();
+    let backward: Vec<DeviceUp> = forward.iter().rev().cloned().collect();
+    let touch: Vec<(String, String, u64)> = (0..300)
+        .map(|i| ("tau".to_string(), format!("d{i}"), 1))
+        .collect();
+    // The rows first written one by one in reverse: the table's physical
+    // order is then not the device order a join might otherwise follow.
+    for d in &backward {
+        b.devices_up(std::slice::from_ref(d)).unwrap();
+    }
+    const ROUNDS: i64 = 6;
+    std::thread::scope(|s| {
+        let ta = s.spawn(|| {
+            (0..ROUNDS).try_for_each(|_| {
+                a.devices_up(&forward)?;
+                (0..3).try_for_each(|_| a.touch_devices(&touch))
+            })
+        });
+        let tb = s.spawn(|| (0..ROUNDS).try_for_each(|_| b.devices_up(&backward)));
+        ta.join().unwrap().expect("relay A's claims and touches");
+        tb.join().unwrap().expect("relay B's claims");
+    });
+    let pga = a.postgres().unwrap();
+    for i in 0..300 {
+        let (_, epoch) = pga.device_holder("tau", &format!("d{i}")).unwrap().unwrap();
+        assert_eq!(epoch, 2 * ROUNDS + 1, "d{i}: every claim counted");
+    }
+}

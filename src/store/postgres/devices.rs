@@ -162,10 +162,20 @@ impl Pg {
             let c = self.client().await?;
             let st = c
                 .prepare(
-                    "UPDATE devices d SET last_seen = $1, streams = v.streams
-                     FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS v(system, name, streams, epoch)
-                     WHERE d.system = v.system AND d.name = v.name
-                       AND d.relay IS NOT DISTINCT FROM $6 AND d.epoch = v.epoch",
+                    // The rows are locked first, in the arrays' (device)
+                    // order: an UPDATE … FROM alone locks them in whatever
+                    // order its join visits them, which could deadlock with
+                    // another relay's batch of claims.
+                    "WITH v AS (
+                       SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[])
+                         WITH ORDINALITY AS v(system, name, streams, epoch, ord)),
+                     locked AS (
+                       SELECT d.system, d.name, v.streams FROM devices d
+                       JOIN v ON d.system = v.system AND d.name = v.name
+                       WHERE d.relay IS NOT DISTINCT FROM $6 AND d.epoch = v.epoch
+                       ORDER BY v.ord FOR UPDATE OF d)
+                     UPDATE devices d SET last_seen = $1, streams = l.streams
+                     FROM locked l WHERE d.system = l.system AND d.name = l.name",
                 )
                 .await?;
             for chunk in rows.chunks(TOUCH_BATCH) {
