@@ -591,13 +591,28 @@ mod tests {
     }
 
     /// A byte stream that records each write call, taking at most `max`
-    /// bytes per call.
+    /// bytes per call, and (with `open`) nothing until `open` is set.
     struct Recorder {
         writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
         max: usize,
+        open: Option<Arc<std::sync::atomic::AtomicBool>>,
     }
 
     impl Recorder {
+        /// Whether the stream takes nothing now; if so it is woken again
+        /// by a timer of the test, like a socket by epoll.
+        fn stalled(&self, cx: &std::task::Context<'_>) -> bool {
+            if self.open.as_ref().is_none_or(|o| o.load(Ordering::Relaxed)) {
+                return false;
+            }
+            let waker = cx.waker().clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                waker.wake();
+            });
+            true
+        }
+
         fn record(&self, bufs: &[std::io::IoSlice<'_>]) -> usize {
             let mut one: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
             one.truncate(self.max);
@@ -610,17 +625,20 @@ mod tests {
     impl AsyncWrite for Recorder {
         fn poll_write(
             self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
+            cx: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
-            Poll::Ready(Ok(self.record(&[std::io::IoSlice::new(buf)])))
+            self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
         }
 
         fn poll_write_vectored(
             self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
+            cx: &mut std::task::Context<'_>,
             bufs: &[std::io::IoSlice<'_>],
         ) -> Poll<std::io::Result<usize>> {
+            if self.stalled(cx) {
+                return Poll::Pending;
+            }
             Poll::Ready(Ok(self.record(bufs)))
         }
 
@@ -654,6 +672,7 @@ mod tests {
         let w = Recorder {
             writes: writes.clone(),
             max,
+            open: None,
         };
         let stats = tokio::time::timeout(
             std::time::Duration::from_secs(10),
@@ -688,6 +707,7 @@ mod tests {
         let w = Recorder {
             writes: writes.clone(),
             max: usize::MAX,
+            open: None,
         };
         let splice = ch.splice_io(tokio::io::empty(), w);
         tokio::pin!(splice);
@@ -700,46 +720,6 @@ mod tests {
         assert_eq!(writes.lock().unwrap().concat(), b"after".to_vec());
     }
 
-    /// A byte stream that takes nothing until `open` is set.
-    struct Stalled {
-        open: Arc<std::sync::atomic::AtomicBool>,
-        got: Vec<u8>,
-    }
-
-    impl AsyncWrite for Stalled {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            if !self.open.load(Ordering::Relaxed) {
-                // Woken again by the test's timer, like a socket by epoll.
-                let waker = cx.waker().clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    waker.wake();
-                });
-                return Poll::Pending;
-            }
-            self.got.extend_from_slice(buf);
-            Poll::Ready(Ok(buf.len()))
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn gathered_parts_of_a_read_buffer_get_their_own_when_the_writer_stalls() {
         // Two parts sharing one buffer (as frames share a connection's
@@ -749,9 +729,11 @@ mod tests {
         let mut parts = vec![Chunk::from(a), Chunk::from(b)];
         assert!(parts.iter().all(Chunk::is_pinned));
         let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut w = Stalled {
-            open: open.clone(),
-            got: Vec::new(),
+        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut w = Recorder {
+            writes: writes.clone(),
+            max: usize::MAX,
+            open: Some(open.clone()),
         };
         let unpin_after = std::time::Duration::from_secs(2);
         {
@@ -773,6 +755,6 @@ mod tests {
             parts.iter().all(|p| !p.is_pinned()),
             "parts still pin the read buffer"
         );
-        assert_eq!(w.got, vec![7u8; 64]);
+        assert_eq!(writes.lock().unwrap().concat(), vec![7u8; 64]);
     }
 }

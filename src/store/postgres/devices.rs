@@ -235,10 +235,9 @@ impl Pg {
                     &[&system, &name],
                 )
                 .await?;
-            Ok(match row {
-                Some(r) => Some(r.try_get::<_, Option<i64>>(0)?.map(u)),
-                None => None,
-            })
+            Ok(row
+                .map(|r| r.try_get::<_, Option<i64>>(0).map(|t| t.map(u)))
+                .transpose()?)
         })
     }
 
@@ -252,10 +251,9 @@ impl Pg {
                     &[&system, &name],
                 )
                 .await?;
-            Ok(match row {
-                Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
-                None => None,
-            })
+            Ok(row
+                .map(|r| Ok::<_, tokio_postgres::Error>((r.try_get(0)?, r.try_get(1)?)))
+                .transpose()?)
         })
     }
 
