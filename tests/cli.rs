@@ -375,3 +375,135 @@ fn the_relays_threads_ask_for_the_time_slice_they_are_given() {
     assert!(threads.iter().all(|(_, s)| *s == own), "{own} {threads:?}");
     assert!(!said.iter().any(|l| l.contains("time slices")), "{said:?}");
 }
+
+/// `--max-unauthenticated` and `--max-unauthenticated-per-address` (or the
+/// config file's keys) set the caps on connections not yet logged in: past
+/// the whole cap a connection waits unserved, past one address's cap it is
+/// closed; bad values fail the start with the reason.
+#[test]
+fn the_caps_on_unauthenticated_connections_are_the_operators() {
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+    let start = |extra: &[&str], file: Option<&str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(WARREN);
+        cmd.args(["relay", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .env("WARREN_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+        if let Some(text) = file {
+            let path = dir.path().join("relay.toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let said = said_until_listening(&mut child);
+        let line = said.last().unwrap().clone();
+        let addr: SocketAddr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no address in {line}"))
+            .parse()
+            .unwrap();
+        (child, dir, line, addr)
+    };
+    // The relay's first bytes on a connection it serves: its banner.
+    let banner = |s: &mut TcpStream, wait: Duration| -> std::io::Result<Vec<u8>> {
+        s.set_read_timeout(Some(wait))?;
+        let mut b = [0u8; 4];
+        let n = s.read(&mut b)?;
+        Ok(b[..n].to_vec())
+    };
+    // A connection from a loopback address of our choosing.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let from = |src: &str, to: SocketAddr| {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        let s = rt.block_on(sock.connect(to)).unwrap().into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    };
+    const WAIT: Duration = Duration::from_secs(20);
+
+    // The whole cap: two are served, the third waits until one goes.
+    let (mut child, _dir, line, addr) = start(&["--max-unauthenticated", "2"], None);
+    assert!(
+        line.contains("unauthenticated=2") && line.contains("unauthenticated_per_address=2"),
+        "{line}"
+    );
+    let mut held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for s in &mut held {
+        assert_eq!(banner(s, WAIT).unwrap(), b"SSH-");
+    }
+    let mut third = TcpStream::connect(addr).unwrap();
+    let waited = banner(&mut third, Duration::from_millis(300));
+    assert!(
+        waited
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut),
+        "the third connection was served or closed while the cap was full: {waited:?}"
+    );
+    drop(held);
+    assert_eq!(banner(&mut third, WAIT).unwrap(), b"SSH-");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // One address's cap, from the config file: its second connection is
+    // closed, another address is still served. The relay's stderr is a pipe
+    // nobody reads any more (`said_until_listening` dropped its end): the
+    // warning it logs must not take it down.
+    let (mut child, _dir, line, addr) = start(
+        &[],
+        Some("max_unauthenticated = 4\nmax_unauthenticated_per_address = 1\n"),
+    );
+    assert!(
+        line.contains("unauthenticated=4") && line.contains("unauthenticated_per_address=1"),
+        "{line}"
+    );
+    let mut first = from("127.0.0.1", addr);
+    assert_eq!(banner(&mut first, WAIT).unwrap(), b"SSH-");
+    let mut second = from("127.0.0.1", addr);
+    match banner(&mut second, WAIT) {
+        Ok(b) => assert!(b.is_empty(), "served past its address's cap: {b:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    let mut other = from("127.0.0.2", addr);
+    assert_eq!(banner(&mut other, WAIT).unwrap(), b"SSH-");
+    assert!(child.try_wait().unwrap().is_none(), "the relay exited");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Bad values fail the start and say why.
+    for (args, want) in [
+        (
+            &["--max-unauthenticated", "0"][..],
+            "out of range: 1 to 100000",
+        ),
+        (
+            &[
+                "--max-unauthenticated",
+                "4",
+                "--max-unauthenticated-per-address",
+                "8",
+            ][..],
+            "larger than --max-unauthenticated 4",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(WARREN)
+            .args(["relay", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

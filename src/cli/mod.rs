@@ -147,7 +147,11 @@ pub fn init_logging(cli: &Cli) {
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
             std::env::var_os("NO_COLOR"),
         ))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr a pipe whose reader is
+        // gone) is dropped: the default reports it with `eprintln!`, which
+        // panics on that same closed stderr and took the relay down.
+        .log_internal_errors(false);
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

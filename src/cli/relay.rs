@@ -101,6 +101,17 @@ pub struct RelayArgs {
     /// Bandwidth limit of every device without one of its own [default: none].
     #[arg(long, value_name = "RATE")]
     pub device_rate: Option<String>,
+    /// Connections accepted but not yet logged in that the relay holds at
+    /// once; past it, new ones wait in the kernel's accept queue (like
+    /// sshd's MaxStartups). Each costs a descriptor and at most a bounded
+    /// handshake buffer: raise it to re-register a large fleet faster after
+    /// a restart [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_unauthenticated: Option<usize>,
+    /// Of those, how many one address may hold; past it, its new
+    /// connections are closed [default: 32].
+    #[arg(long, value_name = "N")]
+    pub max_unauthenticated_per_address: Option<usize>,
     /// Serve the HTTP API and web console on this address, e.g.
     /// 127.0.0.1:8080 (off by default; put it behind SSH or a TLS proxy).
     #[arg(long, env = "WARREN_HTTP")]
@@ -310,7 +321,10 @@ async fn relay_options(
         None if !bound.ip().is_unspecified() => Some(bound.to_string()),
         None => None,
     };
+    let (max_unauthenticated, max_unauthenticated_per_address) = unauthenticated_caps(a, file)?;
     let options = RelayOptions {
+        max_unauthenticated,
+        max_unauthenticated_per_address,
         wake,
         public_ports,
         public_bind: a.public_bind.or(file.public_bind),
@@ -408,6 +422,45 @@ async fn udp_discovery(
 }
 
 /// `--system-rate`/`--device-rate` (or the file's): a rate, or `none`.
+/// The caps on connections not yet logged in, from the flags and the file
+/// (flags win): each at least 1, at most [`MAX_UNAUTHENTICATED_CAP`], and
+/// one address's cap no larger than the whole.
+fn unauthenticated_caps(a: &RelayArgs, file: &RelayFile) -> Result<(usize, usize)> {
+    let pick = |flag: &str, by_flag: Option<usize>, in_file: Option<usize>, default: usize| {
+        let n = by_flag.or(in_file).unwrap_or(default);
+        if !(1..=MAX_UNAUTHENTICATED_CAP).contains(&n) {
+            anyhow::bail!(
+                "--{flag} (or the config file's {}): {n} is out of range: 1 to {MAX_UNAUTHENTICATED_CAP}",
+                flag.replace('-', "_")
+            );
+        }
+        Ok(n)
+    };
+    let all = pick(
+        "max-unauthenticated",
+        a.max_unauthenticated,
+        file.max_unauthenticated,
+        crate::protocol::limits::MAX_UNAUTHENTICATED,
+    )?;
+    let per = pick(
+        "max-unauthenticated-per-address",
+        a.max_unauthenticated_per_address,
+        file.max_unauthenticated_per_address,
+        crate::protocol::limits::MAX_UNAUTHENTICATED_PER_ADDRESS.min(all),
+    )?;
+    if per > all {
+        anyhow::bail!(
+            "--max-unauthenticated-per-address {per} is larger than --max-unauthenticated {all}: \
+             one address cannot hold more than the whole"
+        );
+    }
+    Ok((all, per))
+}
+
+/// Highest cap on connections not yet logged in: far above what one
+/// process's descriptors allow, low enough that a typo is caught.
+const MAX_UNAUTHENTICATED_CAP: usize = 100_000;
+
 fn default_rate(
     flag: &str,
     by_flag: &Option<String>,

@@ -62,6 +62,10 @@ pub struct RelayFile {
     pub system_rate: Option<String>,
     /// Bandwidth limit of every device without one of its own ("10M").
     pub device_rate: Option<String>,
+    /// Connections not yet logged in held at once (default 256), and of
+    /// those, per address (default 32).
+    pub max_unauthenticated: Option<usize>,
+    pub max_unauthenticated_per_address: Option<usize>,
     /// The TLS port ("0.0.0.0:443"): SSH in TLS or a WebSocket, and HTTPS.
     pub tls: Option<SocketAddr>,
     /// Its certificate chain and key (PEM, relative to the config file);

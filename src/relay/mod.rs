@@ -561,6 +561,8 @@ async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToke
         addr = %listener.local_addr()?,
         host_key = %relay.host_key,
         open_files = listen::open_files_limit(),
+        unauthenticated = relay.options.max_unauthenticated,
+        unauthenticated_per_address = relay.options.max_unauthenticated_per_address,
         "relay listening"
     );
     relay.spawn(expose::run(relay.clone(), public_ip));
