@@ -482,7 +482,11 @@ fn the_caps_on_unauthenticated_connections_are_the_operators() {
     // Bad values fail the start and say why.
     for (args, want) in [
         (
-            &["--max-unauthenticated", "0"][..],
+            &["--max-unauthenticated", "1"][..],
+            "out of range: 2 to 100000",
+        ),
+        (
+            &["--max-unauthenticated-per-address", "0"][..],
             "out of range: 1 to 100000",
         ),
         (

@@ -421,16 +421,16 @@ async fn udp_discovery(
     Ok((Some(d), Some(bound.port())))
 }
 
-/// `--system-rate`/`--device-rate` (or the file's): a rate, or `none`.
 /// The caps on connections not yet logged in, from the flags and the file
-/// (flags win): each at least 1, at most [`MAX_UNAUTHENTICATED_CAP`], and
-/// one address's cap no larger than the whole.
+/// (flags win): the whole from 2 (the SSH port's accept loop holds one slot
+/// while it waits, so the TLS port and WebSockets always have one more) to
+/// [`MAX_UNAUTHENTICATED_CAP`], one address's from 1 to the whole.
 fn unauthenticated_caps(a: &RelayArgs, file: &RelayFile) -> Result<(usize, usize)> {
-    let pick = |flag: &str, by_flag: Option<usize>, in_file: Option<usize>, default: usize| {
+    let pick = |flag: &str, by_flag: Option<usize>, in_file: Option<usize>, default, least| {
         let n = by_flag.or(in_file).unwrap_or(default);
-        if !(1..=MAX_UNAUTHENTICATED_CAP).contains(&n) {
+        if !(least..=MAX_UNAUTHENTICATED_CAP).contains(&n) {
             anyhow::bail!(
-                "--{flag} (or the config file's {}): {n} is out of range: 1 to {MAX_UNAUTHENTICATED_CAP}",
+                "--{flag} (or the config file's {}): {n} is out of range: {least} to {MAX_UNAUTHENTICATED_CAP}",
                 flag.replace('-', "_")
             );
         }
@@ -441,12 +441,14 @@ fn unauthenticated_caps(a: &RelayArgs, file: &RelayFile) -> Result<(usize, usize
         a.max_unauthenticated,
         file.max_unauthenticated,
         crate::protocol::limits::MAX_UNAUTHENTICATED,
+        2,
     )?;
     let per = pick(
         "max-unauthenticated-per-address",
         a.max_unauthenticated_per_address,
         file.max_unauthenticated_per_address,
         crate::protocol::limits::MAX_UNAUTHENTICATED_PER_ADDRESS.min(all),
+        1,
     )?;
     if per > all {
         anyhow::bail!(
@@ -461,6 +463,7 @@ fn unauthenticated_caps(a: &RelayArgs, file: &RelayFile) -> Result<(usize, usize
 /// process's descriptors allow, low enough that a typo is caught.
 const MAX_UNAUTHENTICATED_CAP: usize = 100_000;
 
+/// `--system-rate`/`--device-rate` (or the file's): a rate, or `none`.
 fn default_rate(
     flag: &str,
     by_flag: &Option<String>,
