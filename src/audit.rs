@@ -241,6 +241,9 @@ pub mod login_reason {
     pub const RATE_LIMITED: &str = "rate_limited";
     /// The store (a cluster's database) cannot be reached to check keys.
     pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+    /// Closed before its handshake: the cap on unauthenticated
+    /// connections (the address's, or the whole) was full.
+    pub const TOO_MANY_UNAUTHENTICATED: &str = "too_many_unauthenticated";
 }
 
 pub fn stream_closed(

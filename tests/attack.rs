@@ -179,6 +179,32 @@ async fn a_flood_that_never_authenticates_is_capped_and_timed_out_while_users_lo
         started.elapsed() < Duration::from_secs(2) + WAIT,
         "closed within the handshake timeout"
     );
+    // The 252 closed over the cap are one audit record (and one log line)
+    // per address in the window, not one each: the logins above were
+    // recorded after every one of them, so they are all in by now.
+    let logins = |events: Vec<warren::audit::Event>| {
+        let ok = events.iter().filter(|e| e.result == "ok").count();
+        (ok >= 10).then_some(events)
+    };
+    let events = r.wait_audit_for(&audit_of(kind::LOGIN, 1000), logins).await;
+    let over: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("too_many_unauthenticated"))
+        .collect();
+    let mut from: Vec<_> = over
+        .iter()
+        .map(|e| e.peer.as_deref().unwrap().split(':').next().unwrap())
+        .collect();
+    from.sort();
+    assert_eq!(from, ["127.0.1.1", "127.0.1.2", "127.0.1.3"], "{over:?}");
+    assert!(
+        over.iter().all(|e| e
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("16 unauthenticated connections from this address")),
+        "{over:?}"
+    );
 }
 
 #[tokio::test]

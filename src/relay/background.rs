@@ -295,11 +295,16 @@ fn flood_summary(
             "enroll logins not completed",
         ),
         Flood::KeyProbe => (audit::kind::KEY_PROBE, audit::REFUSED, "key probes"),
+        Flood::OverCap => (
+            audit::kind::LOGIN,
+            audit::REFUSED,
+            "connections closed over the cap on unauthenticated ones",
+        ),
     };
     let mut e = audit::Event::new(kind, result).detail(format!(
         "{n} more {what} from {ip} within {window:?}, counted, not recorded one by one"
     ));
-    if flood != Flood::KeyProbe {
+    if matches!(flood, Flood::EnrollLogin | Flood::EnrollRefused) {
         e = e.system(crate::protocol::token::ENROLL_USER);
     }
     e.peer = Some(ip.to_string());

@@ -511,7 +511,27 @@ impl Relay {
         let permit = match self.unauthenticated.take(peer.ip(), reserved) {
             Ok(p) => p,
             Err(full) => {
-                tracing::warn!(%peer, ?full, limit = self.options.max_unauthenticated, "too many unauthenticated connections; closing new one");
+                // A peer can cause this at will: recorded once per address
+                // and window, the rest counted (one log line, one row).
+                let (cap, whose) = match full {
+                    ratelimit::Full::Address => (
+                        self.options.max_unauthenticated_per_address,
+                        "from this address",
+                    ),
+                    ratelimit::Full::Global => (self.options.max_unauthenticated, "in all"),
+                };
+                self.record_flood(
+                    peer.ip(),
+                    ratelimit::Flood::OverCap,
+                    audit::login_refused(
+                        peer,
+                        "",
+                        audit::login_reason::TOO_MANY_UNAUTHENTICATED,
+                        &format!(
+                            "closed before its handshake: {cap} unauthenticated connections {whose} already"
+                        ),
+                    ),
+                );
                 return None;
             }
         };

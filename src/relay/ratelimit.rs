@@ -132,6 +132,9 @@ pub enum Flood {
     EnrollRefused,
     /// Registered keys asked about without a signature.
     KeyProbe,
+    /// Connections closed because the cap on unauthenticated connections
+    /// (the address's, or the whole on the TLS port) was full.
+    OverCap,
 }
 
 #[derive(Debug, Clone, Copy)]
