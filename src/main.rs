@@ -1,5 +1,6 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,7 +11,8 @@ fn main() -> ExitCode {
     match warren::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("warren: {err:#}");
+            // Not `eprintln!`: with stderr closed it would panic (exit 101).
+            let _ = writeln!(std::io::stderr(), "warren: {err:#}");
             ExitCode::from(1)
         }
     }
