@@ -68,7 +68,8 @@
 //!   (`store/postgres/`: device claims with epochs, the relay registry,
 //!   `LISTEN`/`NOTIFY`, and `holders.rs`: which relay holds each device, in
 //!   memory from the claims). In a cluster, `relay/hop.rs` carries a stream to a
-//!   device on another relay, `relay/hop_gateway.rs` to a host behind a
+//!   device on another relay (asking the store once when the claims name a
+//!   relay that no longer holds it), `relay/hop_gateway.rs` to a host behind a
 //!   gateway on another relay (a typed route the holder checks again), and
 //!   `relay/cluster.rs` closes connections of devices that moved to another
 //!   relay; `relay/wake.rs` claims each on-demand wake in the database so

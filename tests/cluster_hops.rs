@@ -4,7 +4,7 @@
 //! device, and opens the hop without asking the store; when that relay is
 //! killed (`kill -9`, a process of its own) and the device registers on a
 //! third relay, A follows the new claim and reaches the device there on the
-//! first try.
+//! first try. (`tests/cluster_stale.rs`: when A's claims are behind.)
 
 mod common;
 

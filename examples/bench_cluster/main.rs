@@ -13,12 +13,15 @@
 //!    under 20,000 a process): registration time, time until the database
 //!    shows them all online, each relay's memory per device, and streams
 //!    from every relay to a sample of every relay's devices; with `--kill`,
-//!    one relay killed (SIGKILL) while its devices move to the others.
+//!    one relay killed (SIGKILL) while its devices move to the others
+//!    (`kill.rs`: when they are registered again, claimed in the store,
+//!    known to each survivor's holder map, and reachable from every survivor).
 //!
 //!   cargo run --release --example bench_cluster -- --database postgres://… [--relays 3]
 //!     [--devices 1000] [--per-loader 18000] [--connecting 32] [--sample 20] [--kill]
 //!     [--scale-only] [--json]
 
+mod kill;
 mod loader;
 mod procs;
 mod scale;
@@ -375,7 +378,9 @@ async fn relay_process(database: &str) -> Result<()> {
         database.to_string()
     };
     println!("{} {} {store}", r.addr, r.relay.host_key());
-    // `hops`: the hop setup phases so far (count and seconds of each).
+    // `hops`: the hop setup phases so far (count and seconds of each);
+    // `lookups`: holder lookups that asked the store; `holders …`: see
+    // [`holders`].
     let mut lines =
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
     while let Ok(Some(line)) = lines.next_line().await {
@@ -389,9 +394,45 @@ async fn relay_process(database: &str) -> Result<()> {
                 })
                 .collect();
             println!("hops {}", phases.join(" "));
+        } else if line == "lookups" {
+            let n = r
+                .relay
+                .store()
+                .postgres()
+                .map_or(0, |pg| pg.holder_queries());
+            println!("lookups {n}");
+        } else if let Some(ask) = line.strip_prefix("holders ") {
+            println!("holders {}", holders(&r, ask)?);
         }
     }
     Ok(())
+}
+
+/// `SYSTEM dFIRST COUNT KILLED`: what this relay's holder map says of
+/// devices dFIRST… (COUNT of them): `LEARNED NAMING_KILLED UNKNOWN`, where
+/// LEARNED held here or by a beating relay other than KILLED, UNKNOWN no
+/// entry or a relay whose heartbeat stopped (the store decides).
+fn holders(r: &Running, ask: &str) -> Result<String> {
+    let v: Vec<&str> = ask.split(' ').collect();
+    let [system, first, count, killed] = v[..] else {
+        bail!("holders SYSTEM dFIRST COUNT KILLED, not {ask:?}");
+    };
+    let first: usize = first.strip_prefix('d').context("dFIRST")?.parse()?;
+    let count: usize = count.parse()?;
+    let pg = r
+        .relay
+        .store()
+        .postgres()
+        .context("a relay on PostgreSQL")?;
+    let (mut learned, mut naming_killed, mut unknown) = (0, 0, 0);
+    for i in first..first + count {
+        match pg.holder_known(system, &format!("d{i}")) {
+            Some(Some(h)) if h.id == killed => naming_killed += 1,
+            Some(_) => learned += 1,
+            None => unknown += 1,
+        }
+    }
+    Ok(format!("{learned} {naming_killed} {unknown}"))
 }
 
 #[tokio::main]

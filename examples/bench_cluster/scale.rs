@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::Args;
-use crate::procs::{Child, anon_pte_kib, status_all};
+use crate::procs::{Child, anon_pte_kib};
 use warren::protocol::{Name, Role};
 use warren::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
 use warren::store::Store;
@@ -32,7 +32,7 @@ pub struct Scale {
     pub memory_after_mib: Vec<f64>,
     /// Streams from every relay to a sample of every relay's devices.
     pub reach: Reach,
-    pub kill: Option<Kill>,
+    pub kill: Option<crate::kill::Kill>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -63,7 +63,7 @@ pub struct HopPhases {
 
 /// Each relay's hop phase totals so far: (count, seconds) of lookup,
 /// connect and open, summed over `relays`.
-async fn hop_totals(relays: &mut [(String, String, Child)]) -> Result<[(u64, f64); 3]> {
+pub async fn hop_totals(relays: &mut [(String, String, Child)]) -> Result<[(u64, f64); 3]> {
     let mut sum = [(0u64, 0f64); 3];
     for r in relays {
         r.2.send("hops").await?;
@@ -82,7 +82,7 @@ async fn hop_totals(relays: &mut [(String, String, Child)]) -> Result<[(u64, f64
 }
 
 /// The mean of each phase between two [`hop_totals`].
-fn hop_phases(before: [(u64, f64); 3], after: [(u64, f64); 3]) -> Option<HopPhases> {
+pub fn hop_phases(before: [(u64, f64); 3], after: [(u64, f64); 3]) -> Option<HopPhases> {
     let mean = |i: usize| {
         let n = after[i].0.saturating_sub(before[i].0);
         (after[i].1 - before[i].1) * 1000.0 / n.max(1) as f64
@@ -94,23 +94,6 @@ fn hop_phases(before: [(u64, f64); 3], after: [(u64, f64); 3]) -> Option<HopPhas
         connect: mean(1),
         open: mean(2),
     })
-}
-
-#[derive(Debug, Serialize)]
-pub struct Kill {
-    pub killed_relay: usize,
-    pub devices_moved: u64,
-    /// From SIGKILL until every device is registered again (elsewhere).
-    pub all_registered_elsewhere_s: f64,
-    /// Until a sample of the killed relay's devices answered streams from
-    /// every surviving relay, all of them.
-    pub reachable_from_every_survivor_s: f64,
-    /// Failed connection attempts (refusals, timeouts) of the moving devices.
-    pub refusals: u64,
-    pub refusal_reasons: Vec<String>,
-    /// Sampled streams that failed before all of the sample answered.
-    pub probe_failures_before_reachable: usize,
-    pub reach_after: Reach,
 }
 
 /// Relay processes, each `(address, host key, process)`, and where their
@@ -180,7 +163,7 @@ async fn wait_online(store: &Store, want: usize, t: Instant) -> Result<f64> {
     }
 }
 
-type Conn = Arc<ClientConnection<NoForwards>>;
+pub type Conn = Arc<ClientConnection<NoForwards>>;
 
 /// A controller of `fleet` logged in to each relay.
 async fn controllers(store: &Store, relays: &[(String, String)]) -> Result<Vec<Conn>> {
@@ -224,7 +207,7 @@ async fn first_byte(conn: &Conn, i: usize) -> Result<(Duration, Duration)> {
 
 /// Streams from each of `conns` to each of `targets`, 16 at a time;
 /// `home` says which relay a device is on (for direct against hop).
-async fn reach(conns: &[Conn], targets: &[usize], home: impl Fn(usize) -> usize) -> Reach {
+pub async fn reach(conns: &[Conn], targets: &[usize], home: impl Fn(usize) -> usize) -> Reach {
     let sem = Arc::new(tokio::sync::Semaphore::new(16));
     let mut set = JoinSet::new();
     for (r, c) in conns.iter().enumerate() {
@@ -273,7 +256,7 @@ async fn reach(conns: &[Conn], targets: &[usize], home: impl Fn(usize) -> usize)
 }
 
 /// `sample` devices spread over the devices homed on relay `r`.
-fn sample_of(a: &Args, r: usize) -> Vec<usize> {
+pub fn sample_of(a: &Args, r: usize) -> Vec<usize> {
     let n = a.sample.min(a.devices).max(1);
     (0..n).map(|j| r * a.devices + j * a.devices / n).collect()
 }
@@ -322,7 +305,7 @@ pub async fn scale(a: &Args) -> Result<Scale> {
     let mut reached = reach(&conns, &sample, |i| i / per).await;
     reached.hop_phases_mean_ms = hop_phases(before_hops, hop_totals(&mut relays).await?);
     let kill = if a.kill {
-        Some(kill_one(a, &mut relays, &mut loaders, &conns).await?)
+        Some(crate::kill::kill_one(a, &mut relays, &mut loaders, &conns).await?)
     } else {
         None
     };
@@ -342,67 +325,6 @@ pub async fn scale(a: &Args) -> Result<Scale> {
         memory_after_mib: mib(&after),
         reach: reached,
         kill,
-    })
-}
-
-/// SIGKILL to the last relay; waits until its devices are registered on the
-/// others and a sample of them answers streams from every survivor.
-async fn kill_one(
-    a: &Args,
-    relays: &mut [(String, String, Child)],
-    loaders: &mut [Child],
-    conns: &[Conn],
-) -> Result<Kill> {
-    let k = relays.len() - 1;
-    let before = status_all(loaders).await?;
-    eprintln!("kill: SIGKILL to relay {k} ({} devices) …", a.devices);
-    let t = Instant::now();
-    relays[k].2.kill9().await?;
-    let total = (a.relays * a.devices) as u64;
-    let limit = Duration::from_secs(300);
-    let mut s = status_all(loaders).await?;
-    // Every device's connection to the killed relay ends at once; wait until
-    // the loaders counted them down and back up again.
-    while s.registered < total || s.moved < before.moved + a.devices as u64 {
-        if t.elapsed() > limit {
-            bail!(
-                "after {limit:?}: {} of {total} devices registered",
-                s.registered
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        s = status_all(loaders).await?;
-    }
-    let all_registered_elsewhere_s = t.elapsed().as_secs_f64();
-    eprintln!("kill: all registered again after {all_registered_elsewhere_s:.1} s; probing …");
-    let survivors: Vec<Conn> = conns[..k].to_vec();
-    let sample = sample_of(a, k);
-    let mut probe_failures = 0;
-    let reach_after = loop {
-        // The killed relay's devices are all a hop away from most survivors.
-        let before_hops = hop_totals(&mut relays[..k]).await?;
-        let mut r = reach(&survivors, &sample, |_| usize::MAX).await;
-        r.hop_phases_mean_ms = hop_phases(before_hops, hop_totals(&mut relays[..k]).await?);
-        if r.failures == 0 {
-            break r;
-        }
-        probe_failures += r.failures;
-        if t.elapsed() > limit {
-            bail!("after {limit:?}: still failing streams: {:?}", r.errors);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let reachable_from_every_survivor_s = t.elapsed().as_secs_f64();
-    let s = status_all(loaders).await?;
-    Ok(Kill {
-        killed_relay: k,
-        devices_moved: s.moved - before.moved,
-        all_registered_elsewhere_s,
-        reachable_from_every_survivor_s,
-        refusals: s.failures - before.failures,
-        refusal_reasons: s.errors,
-        probe_failures_before_reachable: probe_failures,
-        reach_after,
     })
 }
 
@@ -440,26 +362,6 @@ pub fn print(s: &Scale) {
         );
     }
     if let Some(k) = &s.kill {
-        println!(
-            "kill -9 of relay {}: {} devices registered elsewhere after {:.1} s, reachable from every survivor after {:.1} s; {} refusals {:?}; {} sampled streams failed before",
-            k.killed_relay,
-            k.devices_moved,
-            k.all_registered_elsewhere_s,
-            k.reachable_from_every_survivor_s,
-            k.refusals,
-            k.refusal_reasons,
-            k.probe_failures_before_reachable,
-        );
-        let r = &k.reach_after;
-        println!(
-            "after the kill, from every survivor to the moved devices: first byte p50 {:.2} ms, p99 {:.2} ms",
-            r.first_byte_p50_ms, r.first_byte_p99_ms
-        );
-        if let Some(h) = &r.hop_phases_mean_ms {
-            println!(
-                "  hop setup, mean of {} hops: lookup {:.2} ms, connect {:.2} ms, open {:.2} ms",
-                h.hops, h.lookup, h.connect, h.open
-            );
-        }
+        crate::kill::print(k);
     }
 }

@@ -196,13 +196,10 @@ async fn open_channel<'a>(
         return Err(PublicRefusal::DeviceNotServing);
     };
     let target = super::hop::HopTarget::Device(device);
-    match relay
-        .hops
-        .open(&holder, &target, u32::from(e.device_port))
-        .await
-    {
-        Ok(channel) => Ok((channel, None)),
-        Err(err) => Err(PublicRefusal::OpenFailed {
+    let port = u32::from(e.device_port);
+    match super::hop::open_following(relay, holder, &target, port).await {
+        (Ok(channel), _) => Ok((channel, None)),
+        (Err(err), holder) => Err(PublicRefusal::OpenFailed {
             err: format!("{err:#} (through relay {})", holder.id),
         }),
     }

@@ -132,17 +132,85 @@ impl Hops {
 
     /// Opens a stream to `target` on `peer`, port `port`.
     pub async fn open(&self, peer: &RelayRecord, target: &HopTarget, port: u32) -> Result<Channel> {
+        self.open_at(peer, target, port).await.map_err(|f| f.error)
+    }
+
+    async fn open_at(
+        &self,
+        peer: &RelayRecord,
+        target: &HopTarget,
+        port: u32,
+    ) -> Result<Channel, Failed> {
         let metrics = crate::metrics::global();
         let t = std::time::Instant::now();
-        let conn = self.connection(peer).await?;
+        let conn = self.connection(peer).await.map_err(|error| Failed {
+            unreachable: true,
+            error,
+        })?;
         metrics.hop_phase("connect", t.elapsed());
         let t = std::time::Instant::now();
         let host = target.encode();
         let opened = tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.open(&host, port))
             .await
-            .map_err(|_| anyhow!("relay {} did not open the stream in time", peer.id))?;
+            .map_err(|_| anyhow!("relay {} did not open the stream in time", peer.id))
+            .and_then(|r| r);
         metrics.hop_phase("open", t.elapsed());
-        opened
+        opened.map_err(|error| Failed {
+            unreachable: false,
+            error,
+        })
+    }
+}
+
+/// Why a hop did not open.
+struct Failed {
+    /// The peer could not be reached (dialing or logging in to it failed),
+    /// rather than refusing or not answering the channel.
+    unreachable: bool,
+    error: anyhow::Error,
+}
+
+/// Opens a hop to `target` on `peer`, the relay the claims received name.
+/// They can be behind the store: `peer` was killed a moment ago (and still
+/// beats as far as the registry says), or the device's claim on another
+/// relay has not arrived. If the hop to a device fails, the store says
+/// where the device is now; if another relay holds it, the hop goes there
+/// (a stale holder costs one store lookup, not the stream) and the claims
+/// map follows the store ([`crate::store::postgres::Pg::holder_after_failed_hop`]).
+/// Returns the stream and the relay it went through.
+pub(super) async fn open_following(
+    relay: &Relay,
+    peer: RelayRecord,
+    target: &HopTarget,
+    port: u32,
+) -> (Result<Channel>, RelayRecord) {
+    let failed = match relay.hops.open_at(&peer, target, port).await {
+        Ok(ch) => return (Ok(ch), peer),
+        Err(f) => f,
+    };
+    let HopTarget::Device(device) = target else {
+        return (Err(failed.error), peer);
+    };
+    let (s, n) = (device.system.to_string(), device.name.to_string());
+    let (from, unreachable) = (peer.id.clone(), failed.unreachable);
+    let now = relay
+        .store
+        .call(move |st| match st.postgres() {
+            Some(pg) => pg.holder_after_failed_hop(&s, &n, &from, unreachable),
+            None => Ok(None),
+        })
+        .await;
+    match now {
+        Ok(Some(next)) => {
+            tracing::debug!(device = %device.name, stale = %peer.id, now = %next.id,
+                "the claims named a relay that no longer holds the device; following the store");
+            (relay.hops.open(&next, target, port).await, next)
+        }
+        Ok(None) => (Err(failed.error), peer),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "looking up the relay that holds a device");
+            (Err(failed.error), peer)
+        }
     }
 }
 

@@ -195,7 +195,7 @@ async fn hop(
         HopTarget::Device(d) => d.name.to_string(),
         HopTarget::Gateway { gateway, .. } => gateway.name.to_string(),
     };
-    let opened = req.relay.hops.open(&peer, &target, req.port).await;
+    let (opened, peer) = super::hop::open_following(&req.relay, peer, &target, req.port).await;
     let device_channel = match opened {
         Ok(ch) => ch,
         Err(e) => {

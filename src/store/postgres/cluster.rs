@@ -70,16 +70,8 @@ impl Pg {
                 if let Ok(relays) = read_relays(&c).await {
                     holders.set_relays(relays, t as u64);
                 }
-                // Devices of a relay that stopped beating are offline (their
-                // agents are moving to other relays, which claim them anew).
                 let dead = t - 3 * HEARTBEAT_INTERVAL.as_secs() as i64;
-                let _ = c
-                    .execute(
-                        "UPDATE devices SET online = 0, since = last_seen, streams = 0
-                         WHERE online = 1 AND relay IN (SELECT id FROM relays WHERE heartbeat < $1)",
-                        &[&dead],
-                    )
-                    .await;
+                let _ = sweep_dead(&c, dead).await;
             }
         });
         Ok(())
@@ -132,26 +124,65 @@ impl Pg {
     /// registry does (and its heartbeat is recent: a relay that died holds
     /// nothing).
     pub fn held_by_other(&self, system: &str, name: &str) -> Result<Option<RelayRecord>> {
+        Ok(self.held_by_other_claim(system, name)?.map(|(r, _)| r))
+    }
+
+    /// After a hop to relay `failed` for `system/name` did not open: where
+    /// the store says the device is now (a query, counted with
+    /// [`Pg::holder_queries`]), which also corrects the claims received
+    /// ([`super::holders`]). `unreachable`: `failed` could not be reached
+    /// at all (dialing or logging in to it failed), so what it holds asks
+    /// the store too until it beats again. `None`: no relay but `failed` (or
+    /// none but this one) holds the device: the hop fails as it did.
+    pub fn holder_after_failed_hop(
+        &self,
+        system: &str,
+        name: &str,
+        failed: &str,
+        unreachable: bool,
+    ) -> Result<Option<RelayRecord>> {
+        if unreachable {
+            self.holders.unreachable(failed);
+        }
+        self.holders.queried();
+        let Some((relay, epoch)) = self.held_by_other_claim(system, name)? else {
+            return Ok(None);
+        };
+        self.holders.correct(&Claim {
+            system: system.to_string(),
+            name: name.to_string(),
+            relay: relay.id.clone(),
+            epoch,
+            online: true,
+        });
+        Ok((relay.id != failed).then_some(relay))
+    }
+
+    /// [`Pg::held_by_other`] with the epoch of that relay's claim.
+    fn held_by_other_claim(&self, system: &str, name: &str) -> Result<Option<(RelayRecord, i64)>> {
         let me = self.relay_id();
         let fresh = now().saturating_sub(3 * HEARTBEAT_INTERVAL.as_secs()) as i64;
         self.block(async {
             let c = self.client().await?;
             let row = c
                 .query_opt(
-                    "SELECT r.id, r.address, r.host_key, r.started, r.heartbeat FROM devices d JOIN relays r ON r.id = d.relay
+                    "SELECT r.id, r.address, r.host_key, r.started, r.heartbeat, d.epoch FROM devices d JOIN relays r ON r.id = d.relay
                      WHERE d.system = $1 AND d.name = $2 AND d.online = 1 AND r.heartbeat >= $3
                        AND r.id IS DISTINCT FROM $4",
                     &[&system, &name, &fresh, &me],
                 )
                 .await?;
             Ok(match row {
-                Some(r) => Some(RelayRecord {
-                    id: r.try_get(0)?,
-                    address: r.try_get(1)?,
-                    host_key: r.try_get(2)?,
-                    started: u(r.try_get(3)?),
-                    heartbeat: u(r.try_get(4)?),
-                }),
+                Some(r) => Some((
+                    RelayRecord {
+                        id: r.try_get(0)?,
+                        address: r.try_get(1)?,
+                        host_key: r.try_get(2)?,
+                        started: u(r.try_get(3)?),
+                        heartbeat: u(r.try_get(4)?),
+                    },
+                    r.try_get(5)?,
+                )),
                 None => None,
             })
         })
@@ -176,6 +207,37 @@ impl Pg {
     pub fn lost_devices(&self) -> broadcast::Receiver<(String, String)> {
         self.lost.subscribe()
     }
+}
+
+/// Devices of a relay that stopped beating (before `dead`) are offline:
+/// their agents are moving to other relays, which claim them anew. Every
+/// relay sweeps, every heartbeat, while those claims are being written: the
+/// rows are locked in device order (as claims lock them) and rows another
+/// transaction holds (a claim in flight, another relay's sweep) are
+/// skipped, so a sweep never waits on a claim nor deadlocks with one (an
+/// `UPDATE … WHERE relay IN …` alone locked them in whatever order it met
+/// them, and held up the claims of a survivor's registration storm).
+async fn sweep_dead(c: &tokio_postgres::Client, dead: i64) -> Result<()> {
+    let gone: Vec<String> = c
+        .query("SELECT id FROM relays WHERE heartbeat < $1", &[&dead])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    if gone.is_empty() {
+        return Ok(());
+    }
+    c.execute(
+        "WITH gone AS (
+           SELECT system, name FROM devices
+           WHERE online = 1 AND relay = ANY($1::text[])
+           ORDER BY system, name FOR UPDATE SKIP LOCKED)
+         UPDATE devices d SET online = 0, since = d.last_seen, streams = 0
+         FROM gone g WHERE d.system = g.system AND d.name = g.name",
+        &[&gone],
+    )
+    .await?;
+    Ok(())
 }
 
 pub(super) async fn read_relays(c: &tokio_postgres::Client) -> Result<Vec<RelayRecord>> {

@@ -17,6 +17,15 @@
 //! (95,000 devices: under 3 MB per relay). Two devices whose hashes collide
 //! would share an entry; the hop then asks the wrong relay, which refuses,
 //! and the next claim of either device corrects it.
+//!
+//! The map can be behind the store: a relay killed a moment ago still beats
+//! (as far as the registry says) for up to three intervals, and a claim
+//! made elsewhere may not have arrived yet. A hop that finds the map wrong
+//! (the relay it names cannot be reached, or no longer holds the device)
+//! asks the store, hops where the store says, and corrects the map with
+//! what it read ([`Holders::correct`]); a relay that could not be reached
+//! counts as holding nothing ([`Holders::unreachable`]) until the registry
+//! shows it beating again, so the streams after the first do not try it.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -41,6 +50,9 @@ struct Inner {
     /// The registry of relays as last read, and the store's clock then.
     relays: HashMap<String, RelayRecord>,
     read_at: u64,
+    /// Relays a hop could not reach, with their heartbeat then: what they
+    /// hold is stale until the registry shows a later beat.
+    unreachable: HashMap<String, u64>,
 }
 
 /// What the map says of a device.
@@ -125,6 +137,26 @@ impl Holders {
         let mut inner = self.lock();
         inner.relays = relays.into_iter().map(|r| (r.id.clone(), r)).collect();
         inner.read_at = at;
+        let Inner {
+            relays,
+            unreachable,
+            ..
+        } = &mut *inner;
+        unreachable.retain(|id, beat| relays.get(id).is_some_and(|r| r.heartbeat <= *beat));
+    }
+
+    /// A hop could not reach `relay`: until the registry shows it beating
+    /// after now, what the map says it holds is stale (the store decides).
+    pub(super) fn unreachable(&self, relay: &str) {
+        let mut inner = self.lock();
+        let beat = inner.relays.get(relay).map_or(0, |r| r.heartbeat);
+        inner.unreachable.insert(relay.to_string(), beat);
+    }
+
+    /// What the store said of a device after a hop found the map wrong: its
+    /// claim, applied as a received one (a later claim still wins).
+    pub(super) fn correct(&self, c: &Claim) {
+        self.lock().apply(c);
     }
 
     pub(super) fn known(&self, system: &str, name: &str, me: Option<&str>) -> Known {
@@ -139,8 +171,14 @@ impl Holders {
         let dead = inner
             .read_at
             .saturating_sub(3 * RELAY_HEARTBEAT_INTERVAL.as_secs());
+        let reachable = |r: &RelayRecord| {
+            inner
+                .unreachable
+                .get(id)
+                .is_none_or(|beat| r.heartbeat > *beat)
+        };
         match inner.relays.get(id) {
-            Some(r) if r.heartbeat >= dead => Known::By(r.clone()),
+            Some(r) if r.heartbeat >= dead && reachable(r) => Known::By(r.clone()),
             _ => Known::Stale,
         }
     }
@@ -225,5 +263,31 @@ mod tests {
         h.load(&[claim("d7", "b", 1, true)]);
         assert_eq!(h.len(), 1);
         assert_eq!(holder(&h, "d7"), "b");
+    }
+
+    #[test]
+    fn a_relay_a_hop_could_not_reach_holds_nothing_until_it_beats_again_and_the_store_corrects_the_map()
+     {
+        let h = Holders::default();
+        h.set_relays(vec![record("b", 100), record("c", 100)], 100);
+        h.apply(&claim("d1", "b", 1, true));
+        h.apply(&claim("d2", "b", 1, true));
+        h.apply(&claim("d3", "c", 1, true));
+        h.unreachable("b");
+        assert_eq!(holder(&h, "d1"), "stale", "b could not be reached");
+        assert_eq!(holder(&h, "d3"), "c", "c is not concerned");
+        // The registry read again: b has not beaten since; still stale.
+        h.set_relays(vec![record("b", 100), record("c", 105)], 105);
+        assert_eq!(holder(&h, "d2"), "stale");
+        // The store said c holds d1 now (epoch 2): the map follows.
+        h.correct(&claim("d1", "c", 2, true));
+        assert_eq!(holder(&h, "d1"), "c");
+        // An older claim read from the store does not undo a newer one.
+        h.apply(&claim("d3", "c", 5, true));
+        h.correct(&claim("d3", "b", 4, true));
+        assert_eq!(holder(&h, "d3"), "c");
+        // b beats again (it was only away a moment): what it holds counts.
+        h.set_relays(vec![record("b", 106), record("c", 106)], 106);
+        assert_eq!(holder(&h, "d2"), "b");
     }
 }

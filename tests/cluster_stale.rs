@@ -1,0 +1,128 @@
+//! A hop when the claims relay A received are behind the store (one real
+//! PostgreSQL database, tests/common/postgres.rs): they still name a relay
+//! that was killed after the device's new relay claimed it. The stream
+//! still goes through on the first try; the failed hop costs A one store
+//! lookup. (A process of its own: `tests/cluster_hops.rs` counts the
+//! process's hop metrics.)
+
+mod common;
+
+use common::cli::RelayProcess;
+use common::postgres::PgServer;
+use common::{TestRelay, WAIT, connect_to, echo_server, echo_through, name};
+use warren::protocol::Role;
+use warren::relay::RelayOptions;
+use warren::ssh::keys::fingerprint;
+
+/// A relay process on `url` and its host key's fingerprint (its cluster id).
+async fn relay_process(url: &str, dir: &std::path::Path) -> (RelayProcess, String) {
+    let p = RelayProcess::start(&[], 0, &["--database", url], dir).await;
+    let key = warren::ssh::keys::read_private(&dir.join("host_key")).unwrap();
+    (p, fingerprint(key.public_key()).to_string())
+}
+
+/// Waits (on A's database notifications) until A's claims say `relay`
+/// holds `tau/dev1`.
+async fn until_held_by(a: &TestRelay, relay: &str) {
+    let pg = a.store().postgres().unwrap();
+    let notifier = pg.change_notifier();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let changed = notifier.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(Some(r)) = pg.holder_known("tau", "dev1")
+                && r.id == relay
+            {
+                return;
+            }
+            changed.await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("A's claims never named {relay} for dev1"));
+}
+
+/// A device moves from relay D (killed) to relay C, and C's claim is in the
+/// store; A's claims still name D (D was killed a moment ago: the registry
+/// says it beats). The claim notification that would have told A is the
+/// one thing simulated: the test sends A a claim of D at the store's epoch,
+/// as a notification lagging behind C's would leave A's map. A stream from
+/// A reaches the device through C on the first try, at the cost of one
+/// store lookup, and the next one finds C without asking the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_through_relay_a_whose_claims_still_name_the_killed_relay_follows_the_store_at_once()
+ {
+    let pg = PgServer::start();
+    let url = pg.database();
+    let a = TestRelay::start_with(RelayOptions {
+        database: Some(url.clone()),
+        ..Default::default()
+    })
+    .await;
+    common::postgres::listening(a.store());
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut d, d_id) = relay_process(&url, dirs[0].path()).await;
+    let (c, c_id) = relay_process(&url, dirs[1].path()).await;
+    let store = a.store();
+    store.add_system(&name("tau")).unwrap();
+    let alice = common::add_key_to(store, "tau", Role::Controller, "alice");
+    let dev = common::add_key_to(store, "tau", Role::Device, "dev1");
+    let port = echo_server().await;
+    let addrs = format!("127.0.0.1:{},127.0.0.1:{}", d.port, c.port);
+    let mut agent = common::TestAgent::start(common::agent_settings(
+        &addrs,
+        &format!("{d_id},{c_id}"),
+        "tau",
+        "dev1",
+        dev,
+        &[format!("127.0.0.1:{port}")],
+    ));
+    agent.online().await;
+    until_held_by(&a, &d_id).await;
+    let conn = connect_to(&a.addr.to_string(), &a.host_key(), "tau", alice.clone())
+        .await
+        .unwrap();
+    let back = echo_through(&conn, "dev1", port, b"through D")
+        .await
+        .unwrap();
+    assert_eq!(back, b"through D");
+
+    d.kill_9().await;
+    // Killed a moment ago: the registry says D beats for a while yet.
+    pg.psql(
+        &url,
+        &format!(
+            "UPDATE relays SET heartbeat = extract(epoch FROM now())::bigint + 60 WHERE id = '{d_id}'"
+        ),
+    );
+    agent.offline().await;
+    agent.online().await;
+    until_held_by(&a, &c_id).await;
+    // A's claims fall behind the store: they name D again, at C's epoch.
+    pg.psql(
+        &url,
+        &format!(
+            "SELECT pg_notify('warren_owner', json_build_object('system', system, 'name', name,
+               'relay', '{d_id}', 'epoch', epoch, 'online', true)::text)
+             FROM devices WHERE system = 'tau' AND name = 'dev1' AND relay = '{c_id}'"
+        ),
+    );
+    until_held_by(&a, &d_id).await;
+    let pga = a.store().postgres().unwrap();
+    let queries = pga.holder_queries();
+    let back = echo_through(&conn, "dev1", port, b"through C")
+        .await
+        .expect("A's stream follows the store to C on the first try");
+    assert_eq!(back, b"through C");
+    assert_eq!(pga.holder_queries(), queries + 1, "one store lookup");
+    // The map follows the store: the next stream goes to C straight away.
+    assert_eq!(
+        pga.holder_known("tau", "dev1").flatten().map(|r| r.id),
+        Some(c_id.clone())
+    );
+    let back = echo_through(&conn, "dev1", port, b"again").await.unwrap();
+    assert_eq!(back, b"again");
+    assert_eq!(pga.holder_queries(), queries + 1, "no second lookup");
+    drop(c);
+}
