@@ -66,8 +66,8 @@ where
 }
 
 /// Writes `first` (bytes a buffered header read already took from `recv`),
-/// then copies `recv` to `writer` until the peer finishes the stream; shuts
-/// `writer` down either way. Counts into `n` as it goes.
+/// then copies `recv` to `writer` until the peer finishes the stream; flushes
+/// and shuts `writer` down either way. Counts into `n` as it goes.
 pub async fn from_quic<W>(
     first: &[u8],
     recv: &mut quinn::RecvStream,
@@ -78,8 +78,12 @@ where
     W: AsyncWrite + Unpin + ?Sized,
 {
     let copied = copy_from_quic(first, recv, writer, n).await;
+    // A flush first: some writers (tokio's stdout, which `warren proxy`
+    // writes to) finish their writes in the background and do not wait
+    // for them on shutdown.
+    let flushed = writer.flush().await;
     let shut = writer.shutdown().await;
-    copied.and(shut)
+    copied.and(flushed).and(shut)
 }
 
 async fn copy_from_quic<W>(
