@@ -15,7 +15,7 @@ use warren::audit::kind;
 use warren::client::ClientSettings;
 use warren::client::direct::Stream;
 use warren::client::tunnel::{OpenError, Tunnel};
-use warren::p2p::Mode;
+use warren::p2p::{DIRECT_CONN_WINDOW, DIRECT_STREAM_WINDOW, Mode};
 use warren::protocol::Role;
 use warren::relay::RelayOptions;
 use warren::relay::udp::Discovery;
@@ -144,6 +144,37 @@ async fn a_direct_path_carries_streams_the_relay_authorized() {
         e.result == "refused" && e.detail.as_deref().unwrap_or("").starts_with("path=direct")
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_transfer_larger_than_the_windows_arrives_intact_and_in_order() {
+    let r = relay(true, &[]).await;
+    let (_agent, port) = r.echo_device("tau", "dev1").await;
+    let t = tunnel(&r, Mode::Prefer);
+    t.keep_direct("dev1", port);
+    let path = t.path("dev1");
+    let link = path.wait_up(WAIT).await;
+    assert!(link.is_some(), "no direct path: {:?}", path.why_relayed());
+
+    // More than a stream's and a connection's receive windows, each way
+    // (the echo sends it back), in bytes that differ from their
+    // neighbours, so a chunk lost, doubled or moved shows.
+    let len = DIRECT_CONN_WINDOW.max(DIRECT_STREAM_WINDOW) as usize * 2 + 12_345;
+    let mut x = 0x2545_f491_u32;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let s = t.open_stream("dev1", port).await.unwrap();
+    assert!(matches!(s, Stream::Direct(_)), "stream not direct");
+    let back = echo_through(s, &data).await;
+    assert_eq!(back.len(), data.len());
+    let first_diff = back.iter().zip(&data).position(|(a, b)| a != b);
+    assert_eq!(first_diff, None, "the echo differs from the data");
 }
 
 /// dev1 as `ls` shows it, with the running relay's live view.

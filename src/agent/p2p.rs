@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use super::SharedAllow;
 use crate::p2p::discovery;
 use crate::p2p::signal::{Candidates, Header, Lines, Signal, parse_session};
-use crate::p2p::{ALLOW_WAIT, PUNCH_BUDGET, SIGNAL_TIMEOUT, punch, quic};
+use crate::p2p::{ALLOW_WAIT, PUNCH_BUDGET, SIGNAL_TIMEOUT, pump, punch, quic};
 use crate::protocol::Name;
 use crate::protocol::limits::TARGET_CONNECT_TIMEOUT;
 use crate::ssh::IncomingChannel;
@@ -177,10 +177,16 @@ async fn stream(
     if send.write_all(b"ok\n").await.is_err() {
         return;
     }
-    let mut quic = tokio::io::join(recv, send);
-    let mut tcp = target;
-    let r = tokio::io::copy_bidirectional(&mut quic, &mut tcp).await;
-    tracing::debug!(result = ?r, "direct stream closed");
+    // Bytes the header read took past the header line.
+    let first = recv.buffer().to_vec();
+    let mut recv = recv.into_inner();
+    let (mut tr, mut tw) = target.into_split();
+    let (mut up, mut down) = (0, 0);
+    let (u, d) = tokio::join!(
+        pump::from_quic(&first, &mut recv, &mut tw, &mut up),
+        pump::to_quic(&mut tr, &mut send, &mut down),
+    );
+    tracing::debug!(up, down, ?u, ?d, "direct stream closed");
 }
 
 async fn admit(

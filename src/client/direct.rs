@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::tunnel::OpenError;
 use crate::p2p::signal::{Candidates, Header, Lines, Signal, parse_session, session_hex};
-use crate::p2p::{PUNCH_BUDGET, RETRY_AFTER, SIGNAL_TIMEOUT, discovery, punch, quic};
+use crate::p2p::{PUNCH_BUDGET, RETRY_AFTER, SIGNAL_TIMEOUT, discovery, pump, punch, quic};
 use crate::protocol::limits::STREAM_OPEN_TIMEOUT;
 use crate::ssh::client::{ClientConnection, ForwardedHandler};
 use crate::ssh::{Channel, SpliceStats};
@@ -374,16 +374,19 @@ impl DirectStream {
             link,
             id,
             mut send,
-            mut recv,
+            recv,
         } = self;
+        // Bytes the header read took past the device's `ok` line.
+        let first = recv.buffer().to_vec();
+        let mut recv = recv.into_inner();
         let up = async {
-            let n = tokio::io::copy(&mut reader, &mut send).await.unwrap_or(0);
-            let _ = send.finish();
+            let mut n = 0;
+            let _ = pump::to_quic(&mut reader, &mut send, &mut n).await;
             n
         };
         let down = async {
-            let n = tokio::io::copy(&mut recv, &mut writer).await.unwrap_or(0);
-            let _ = writer.shutdown().await;
+            let mut n = 0;
+            let _ = pump::from_quic(&first, &mut recv, &mut writer, &mut n).await;
             n
         };
         let mut stats = SpliceStats::default();

@@ -20,6 +20,7 @@
 //!    certificate whose SHA-256 fingerprint the relay passed it.
 
 pub mod discovery;
+pub mod pump;
 pub mod punch;
 pub mod quic;
 pub mod signal;
@@ -47,6 +48,28 @@ pub const DIRECT_KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// A direct path silent this long is dead; new streams go relayed.
 pub const DIRECT_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Largest UDP payload a direct path's packets grow to: the upper bound of
+/// quinn's MTU discovery, which starts at QUIC's 1,200 bytes and probes up
+/// (a probe too big for the path is lost and the search settles below it;
+/// black holes drop back). Ethernet paths stop at 1,452; loopback and jumbo
+/// frames go up to this: fewer packets, so fewer encryptions, headers and
+/// acknowledgements per GiB. Not higher: quinn sends up to 10 datagrams in
+/// one segmentation-offload (GSO) send, whose total the kernel caps at
+/// 65,507 bytes (and refuses silently beyond, as it does a too-big probe).
+pub const DIRECT_MAX_UDP_PAYLOAD: u16 = 6550;
+
+/// Bytes a direct stream's receiver buffers unread (QUIC flow control): at
+/// most this much memory per stream when the local side reads slowly, and
+/// the most in flight per stream (8 MiB is 1 Gbit/s at a 64 ms round trip).
+pub const DIRECT_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// Bytes a whole direct path buffers unread over all its streams: bounds
+/// the receiver's memory per path.
+pub const DIRECT_CONN_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// Bytes a sender keeps unacknowledged over all its streams on a path.
+pub const DIRECT_SEND_WINDOW: u64 = 32 * 1024 * 1024;
 
 /// After a failed upgrade, wait this long before trying again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);

@@ -16,7 +16,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
 
-use super::{DIRECT_IDLE_TIMEOUT, DIRECT_KEEPALIVE};
+use super::{
+    DIRECT_CONN_WINDOW, DIRECT_IDLE_TIMEOUT, DIRECT_KEEPALIVE, DIRECT_MAX_UDP_PAYLOAD,
+    DIRECT_SEND_WINDOW, DIRECT_STREAM_WINDOW,
+};
 
 /// ALPN of a direct path, so nothing else speaking QUIC is taken for one.
 const ALPN: &[u8] = b"warren-p2p/1";
@@ -180,6 +183,10 @@ impl ClientCertVerifier for Pinned {
     }
 }
 
+/// The transport of a direct path, the same at both ends: keep-alive and
+/// idle timeout, packets that grow to [`DIRECT_MAX_UDP_PAYLOAD`], flow
+/// control windows sized for a fast path but bounded (memory per stream and
+/// per path).
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(DIRECT_KEEPALIVE));
@@ -187,6 +194,12 @@ fn transport() -> Arc<quinn::TransportConfig> {
     if let Ok(idle) = quinn::IdleTimeout::try_from(DIRECT_IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
     }
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(DIRECT_MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
+    t.stream_receive_window(DIRECT_STREAM_WINDOW.into());
+    t.receive_window(DIRECT_CONN_WINDOW.into());
+    t.send_window(DIRECT_SEND_WINDOW);
     Arc::new(t)
 }
 
@@ -224,13 +237,13 @@ pub fn endpoint(
     sock: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
 ) -> Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        sock,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .context("starting QUIC on the punched socket")
+    let mut config = quinn::EndpointConfig::default();
+    // In quinn's bounds (1,200 to 65,527): a constant.
+    config
+        .max_udp_payload_size(DIRECT_MAX_UDP_PAYLOAD)
+        .map_err(|e| anyhow!("QUIC endpoint config: {e}"))?;
+    quinn::Endpoint::new(config, server, sock, Arc::new(quinn::TokioRuntime))
+        .context("starting QUIC on the punched socket")
 }
 
 /// Connects to the device at `peer` with the pinned configuration.
@@ -313,5 +326,87 @@ mod tests {
         let (c, _) = pair(&ctl, &dev.fingerprint, &stranger, &ctl.fingerprint).await;
         let err = format!("{:#}", c.unwrap_err());
         assert!(err.contains("QUIC handshake"), "{err}");
+    }
+
+    /// A connected pair on loopback: (controller's connection, device's).
+    async fn connected() -> (quinn::Connection, quinn::Connection) {
+        let (ctl, dev) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let (c, s) = pair(&ctl, &dev.fingerprint, &dev, &ctl.fingerprint).await;
+        (c.unwrap(), s.unwrap().unwrap())
+    }
+
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_stream_holds_its_receive_window_unread_and_no_more() {
+        let (c, s) = connected().await;
+        let (mut tx, _rx) = c.open_bi().await.unwrap();
+        // The device does not read: the controller may still write exactly
+        // the stream window, and no byte more.
+        let window = vec![7u8; DIRECT_STREAM_WINDOW as usize];
+        tokio::time::timeout(WAIT, tx.write_all(&window))
+            .await
+            .expect("a whole window written without the peer reading")
+            .unwrap();
+        let (_stx, mut srx) = tokio::time::timeout(WAIT, s.accept_bi())
+            .await
+            .unwrap()
+            .unwrap();
+        let more = [1u8; 1];
+        let blocked =
+            tokio::time::timeout(std::time::Duration::from_millis(300), tx.write(&more)).await;
+        assert!(
+            blocked.is_err(),
+            "wrote past the stream window: {blocked:?}"
+        );
+        // Reading frees the window; everything arrives, in order.
+        let writer = tokio::spawn(async move {
+            tx.write_all(&more).await.unwrap();
+            tx.finish().unwrap();
+            tx.stopped().await.ok();
+        });
+        let got = tokio::time::timeout(WAIT, srx.read_to_end(usize::MAX))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), window.len() + 1);
+        assert!(got[..window.len()].iter().all(|&b| b == 7));
+        assert_eq!(got[window.len()], 1);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn packets_grow_to_the_ceiling_where_the_path_allows() {
+        let (c, s) = connected().await;
+        assert_eq!(c.stats().path.current_mtu, 1200, "starts at QUIC's minimum");
+        let (mut tx, _rx) = c.open_bi().await.unwrap();
+        tx.write_all(b"x").await.unwrap();
+        let (_stx, mut srx) = s.accept_bi().await.unwrap();
+        let drain = tokio::spawn(async move { srx.read_to_end(usize::MAX).await.map(|v| v.len()) });
+        // Loopback carries 64 KiB datagrams: MTU discovery climbs to the
+        // ceiling (probes go with the data; wait while sending).
+        let climbed = tokio::time::timeout(WAIT, async {
+            let block = vec![0u8; 64 * 1024];
+            while c.stats().path.current_mtu < DIRECT_MAX_UDP_PAYLOAD {
+                tx.write_all(&block).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(
+            climbed.is_ok(),
+            "MTU stayed at {} (ceiling {DIRECT_MAX_UDP_PAYLOAD})",
+            c.stats().path.current_mtu
+        );
+        assert_eq!(c.stats().path.current_mtu, DIRECT_MAX_UDP_PAYLOAD);
+        tx.finish().unwrap();
+        assert!(
+            tokio::time::timeout(WAIT, drain)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                > 0
+        );
     }
 }
