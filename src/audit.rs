@@ -51,9 +51,14 @@ pub fn channel() -> (Audit, AuditWriter) {
 impl Audit {
     /// Logs the event and queues it for the store; never waits.
     pub fn record(&self, event: Event) {
-        event.log();
-        let m = crate::metrics::global();
-        m.event(crate::metrics::EventFacts {
+        self.count(&event);
+        self.record_counted(event);
+    }
+
+    /// Counts the event in the metrics only: one of many a peer can cause
+    /// at will, aggregated into a later record (`Relay::record_flood`).
+    pub fn count(&self, event: &Event) {
+        crate::metrics::global().event(crate::metrics::EventFacts {
             kind: &event.kind,
             result: &event.result,
             reason: event.reason.as_deref(),
@@ -61,7 +66,13 @@ impl Audit {
             bytes_up: event.bytes_up,
             bytes_down: event.bytes_down,
         });
-        m.audit_queued(1);
+    }
+
+    /// Logs and queues a record whose events the metrics already counted
+    /// one by one ([`Audit::count`]): a summary of aggregated events.
+    pub fn record_counted(&self, event: Event) {
+        event.log();
+        crate::metrics::global().audit_queued(1);
         // The writer lives as long as the relay serves; events after that are
         // still logged.
         let _ = self.tx.send(Msg::Event(Box::new(event)));

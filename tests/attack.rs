@@ -137,6 +137,7 @@ async fn a_flood_that_never_authenticates_is_capped_and_timed_out_while_users_lo
     // 300 idle sockets from three "hosts": only 16 each get a slot (48 of
     // the 64), the
     // rest are closed at once.
+    let counted_before = over_cap_counted();
     let mut flood = Vec::new();
     for i in 0..300 {
         let from = format!("127.0.1.{}", 1 + i % 3);
@@ -181,7 +182,13 @@ async fn a_flood_that_never_authenticates_is_capped_and_timed_out_while_users_lo
     );
     // The 252 closed over the cap are one audit record (and one log line)
     // per address in the window, not one each: the logins above were
-    // recorded after every one of them, so they are all in by now.
+    // recorded after every one of them, so they are all in by now. The
+    // metric counts every one.
+    assert!(
+        over_cap_counted() >= counted_before + 252,
+        "{} counted, {counted_before} before",
+        over_cap_counted()
+    );
     let logins = |events: Vec<warren::audit::Event>| {
         let ok = events.iter().filter(|e| e.result == "ok").count();
         (ok >= 10).then_some(events)
@@ -475,4 +482,64 @@ async fn hostile_input_is_refused_and_the_relay_stays_responsive() {
         b"alive"
     );
     eprintln!("login + stream after the hostile input: {:?}", t.elapsed());
+}
+
+/// `warren_login_failures_total{reason="too_many_unauthenticated"}` now
+/// (the process's metrics: other tests only add to it).
+fn over_cap_counted() -> u64 {
+    warren::metrics::global()
+        .render(&[])
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("warren_login_failures_total{reason=\"too_many_unauthenticated\"} ")
+        })
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// While the whole cap is full (the TLS port and WebSockets find it so;
+/// the SSH port waits instead), connections from ever new addresses are
+/// closed: one audit record for all of them in the window, not one per
+/// address, and every one counted in the metric.
+#[tokio::test]
+async fn closed_while_the_whole_cap_is_full_from_many_addresses_is_one_record() {
+    let r = TestRelay::start_with(RelayOptions {
+        max_unauthenticated: 3,
+        ..Default::default()
+    })
+    .await;
+    // The SSH port's accept loop holds one slot while it waits; take the
+    // rest as connections would.
+    let mut held = Vec::new();
+    for i in 1..=3 {
+        let peer: SocketAddr = format!("127.0.2.{i}:4000").parse().unwrap();
+        match r.relay.admit(peer) {
+            Some(a) => held.push(a),
+            None => break,
+        }
+    }
+    assert!(held.len() >= 2, "{} slots taken", held.len());
+    let before = over_cap_counted();
+    for i in 0..200u32 {
+        let peer: SocketAddr = format!("127.0.3.{}:{}", 1 + i % 250, 5000 + i)
+            .parse()
+            .unwrap();
+        assert!(r.relay.admit(peer).is_none(), "admitted past the whole cap");
+    }
+    assert!(over_cap_counted() >= before + 200);
+    r.relay.audit().flush().await.unwrap();
+    let events = r.store().audit(&audit_of(kind::LOGIN, 1000)).unwrap();
+    let over: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("too_many_unauthenticated"))
+        .collect();
+    assert_eq!(over.len(), 1, "{over:?}");
+    assert!(
+        over[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("3 unauthenticated connections in all"),
+        "{over:?}"
+    );
+    drop(held);
 }

@@ -272,7 +272,10 @@ async fn sweep_floods(relay: Arc<Relay>, stop: CancellationToken) {
             _ = tick.tick() => std::time::Instant::now(),
         };
         for (ip, flood, n) in relay.floods.sweep(now) {
-            relay.audit.record(flood_summary(ip, flood, n, window));
+            // Each was counted in the metrics as it happened.
+            relay
+                .audit
+                .record_counted(flood_summary(ip, flood, n, window));
         }
         if stop.is_cancelled() {
             return;
@@ -301,13 +304,21 @@ fn flood_summary(
             "connections closed over the cap on unauthenticated ones",
         ),
     };
+    let from = if ip == ratelimit::ANY_ADDRESS {
+        "any address".to_string()
+    } else {
+        ip.to_string()
+    };
     let mut e = audit::Event::new(kind, result).detail(format!(
-        "{n} more {what} from {ip} within {window:?}, counted, not recorded one by one"
+        "{n} more {what} from {from} within {window:?}, counted, not recorded one by one"
     ));
     if matches!(flood, Flood::EnrollLogin | Flood::EnrollRefused) {
         e = e.system(crate::protocol::token::ENROLL_USER);
     }
-    e.peer = Some(ip.to_string());
+    if flood == Flood::OverCap {
+        e = e.reason(audit::login_reason::TOO_MANY_UNAUTHENTICATED);
+    }
+    e.peer = (ip != ratelimit::ANY_ADDRESS).then(|| ip.to_string());
     e
 }
 

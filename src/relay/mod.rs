@@ -449,7 +449,10 @@ impl Relay {
     /// summary (see [`sweep_floods`]).
     fn record_flood(&self, ip: std::net::IpAddr, flood: ratelimit::Flood, mut event: audit::Event) {
         match self.floods.note(ip, flood, std::time::Instant::now()) {
-            None => tracing::debug!(%ip, ?flood, kind = %event.kind, "counted, not recorded"),
+            None => {
+                self.audit.count(&event);
+                tracing::debug!(%ip, ?flood, kind = %event.kind, "counted, not recorded");
+            }
             Some(0) => self.audit.record(event),
             Some(n) => {
                 let detail = event.detail.take().unwrap_or_default();
@@ -513,15 +516,23 @@ impl Relay {
             Err(full) => {
                 // A peer can cause this at will: recorded once per address
                 // and window, the rest counted (one log line, one row).
-                let (cap, whose) = match full {
+                // The whole cap full (the TLS port, WebSockets) is no one
+                // address's doing: one key for all, so rotating addresses
+                // cannot make a record each.
+                let (cap, whose, key) = match full {
                     ratelimit::Full::Address => (
                         self.options.max_unauthenticated_per_address,
                         "from this address",
+                        peer.ip(),
                     ),
-                    ratelimit::Full::Global => (self.options.max_unauthenticated, "in all"),
+                    ratelimit::Full::Global => (
+                        self.options.max_unauthenticated,
+                        "in all",
+                        ratelimit::ANY_ADDRESS,
+                    ),
                 };
                 self.record_flood(
-                    peer.ip(),
+                    key,
                     ratelimit::Flood::OverCap,
                     audit::login_refused(
                         peer,

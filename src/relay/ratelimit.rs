@@ -123,6 +123,10 @@ pub struct AuditFloods {
     table: Mutex<HashMap<(IpAddr, Flood), FloodWindow>>,
 }
 
+/// The key under which events that are no one address's doing are
+/// aggregated (connections closed while the whole cap is full).
+pub const ANY_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
 /// What is aggregated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flood {
