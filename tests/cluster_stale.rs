@@ -124,5 +124,22 @@ async fn a_stream_through_relay_a_whose_claims_still_name_the_killed_relay_follo
     let back = echo_through(&conn, "dev1", port, b"again").await.unwrap();
     assert_eq!(back, b"again");
     assert_eq!(pga.holder_queries(), queries + 1, "no second lookup");
+    // A port the device does not serve is C's answer, not a stale map: the
+    // stream fails with it and costs no lookup (a retry loop cannot make
+    // one query per stream).
+    for _ in 0..3 {
+        let err = echo_through(&conn, "dev1", port ^ 1, b"no")
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("does not serve port"),
+            "{err:#}"
+        );
+    }
+    assert_eq!(
+        pga.holder_queries(),
+        queries + 1,
+        "a refused port asks the store"
+    );
     drop(c);
 }

@@ -145,6 +145,7 @@ impl Hops {
         let t = std::time::Instant::now();
         let conn = self.connection(peer).await.map_err(|error| Failed {
             unreachable: true,
+            not_here: false,
             error,
         })?;
         metrics.hop_phase("connect", t.elapsed());
@@ -157,16 +158,23 @@ impl Hops {
         metrics.hop_phase("open", t.elapsed());
         opened.map_err(|error| Failed {
             unreachable: false,
+            not_here: format!("{error:#}").contains(NOT_HERE),
             error,
         })
     }
 }
+
+/// What a relay's refusal says of a device it does not hold (matched by
+/// the relay that hopped there: both ends are Warren relays of one cluster).
+const NOT_HERE: &str = "is not connected to this relay";
 
 /// Why a hop did not open.
 struct Failed {
     /// The peer could not be reached (dialing or logging in to it failed),
     /// rather than refusing or not answering the channel.
     unreachable: bool,
+    /// The peer answered that it does not hold the device.
+    not_here: bool,
     error: anyhow::Error,
 }
 
@@ -188,9 +196,15 @@ pub(super) async fn open_following(
         Ok(ch) => return (Ok(ch), peer),
         Err(f) => f,
     };
+    // Only a map that may be wrong asks the store: the peer gone, or not
+    // holding the device. A refused port or target is the device's answer,
+    // and must not cost a query each time a controller retries it.
     let HopTarget::Device(device) = target else {
         return (Err(failed.error), peer);
     };
+    if !failed.unreachable && !failed.not_here {
+        return (Err(failed.error), peer);
+    }
     let (s, n) = (device.system.to_string(), device.name.to_string());
     let (from, unreachable) = (peer.id.clone(), failed.unreachable);
     let now = relay
@@ -299,7 +313,7 @@ async fn serve_device(
     let Some(entry) = relay.registry.lookup(&device.system, &device.name) else {
         return channel
             .refuse(&Refusal::connect_failed(format!(
-                "device {} is not connected to this relay",
+                "device {} {NOT_HERE}",
                 device.name
             )))
             .await;
