@@ -2,12 +2,15 @@
 //! (the TCP connection on either end of a direct path), in big pieces and
 //! without a copy of our own:
 //!
-//! - local → QUIC: each read fills a fresh buffer of up to [`LOCAL_READ`]
-//!   bytes, handed to quinn as it is (`write_chunk`, no copy into quinn's
-//!   send buffer);
+//! - local → QUIC: each read fills a fresh buffer, handed to quinn as it
+//!   is (`write_chunk`, no copy into quinn's send buffer); the buffer starts
+//!   at [`LOCAL_READ_MIN`] and doubles while reads fill it, up to
+//!   [`LOCAL_READ`], so an idle or interactive stream keeps a small one;
 //! - QUIC → local: quinn's received chunks are taken as they are
 //!   (`read_chunks`, no copy out of quinn's reassembly) and written to the
-//!   local stream together, [`CHUNKS_PER_WRITE`] at most per vectored write.
+//!   local stream together, [`CHUNKS_PER_WRITE`] at most per vectored write,
+//!   then let go (a chunk is a slice of a whole received datagram batch:
+//!   one kept would keep the batch).
 //!
 //! A generic `tokio::io::copy` moves 8 KiB per read and per write, and
 //! copies twice; at a few Gbit/s that is a system call and two wake-ups per
@@ -20,6 +23,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest read from the local stream, one QUIC write.
 pub const LOCAL_READ: usize = 256 * 1024;
+
+/// First read buffer of a stream (and what it shrinks back to).
+pub const LOCAL_READ_MIN: usize = 16 * 1024;
 
 /// Most chunks received from QUIC that go to the local stream in one write.
 pub const CHUNKS_PER_WRITE: usize = 64;
@@ -47,16 +53,19 @@ where
     R: AsyncRead + Unpin + ?Sized,
 {
     let mut buf = BytesMut::new();
+    let mut size = LOCAL_READ_MIN;
     loop {
         // The previous buffer went to quinn whole; this one is new unless
         // the last read left room in it.
-        if buf.capacity() < LOCAL_READ / 4 {
-            buf = BytesMut::with_capacity(LOCAL_READ);
+        if buf.capacity() < size / 4 {
+            buf = BytesMut::with_capacity(size);
         }
+        let room = buf.capacity();
         let got = reader.read_buf(&mut buf).await?;
         if got == 0 {
             break;
         }
+        size = next_read_size(size, got, room);
         *n += got as u64;
         send.write_chunk(buf.split().freeze())
             .await
@@ -105,9 +114,23 @@ where
     {
         let len: usize = chunks[..k].iter().map(Bytes::len).sum();
         write_all_chunks(writer, &mut chunks[..k]).await?;
+        // Written chunks are empty but still hold their datagram batch.
+        chunks[..k].fill(Bytes::new());
         *n += len as u64;
     }
     Ok(())
+}
+
+/// The next read buffer's size: double while reads fill the room they had,
+/// back to the smallest after a read of under a quarter of it.
+fn next_read_size(size: usize, got: usize, room: usize) -> usize {
+    if got >= room {
+        (size * 2).min(LOCAL_READ)
+    } else if got < size / 4 {
+        LOCAL_READ_MIN
+    } else {
+        size
+    }
 }
 
 /// Writes every chunk, in order, with as few (vectored) writes as the
@@ -152,4 +175,29 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_buffer_grows_while_reads_fill_it_and_shrinks_when_they_do_not() {
+        // A bulk stream: every read fills its room, up to the largest.
+        let mut size = LOCAL_READ_MIN;
+        let mut seen = vec![size];
+        while size < LOCAL_READ {
+            size = next_read_size(size, size, size);
+            seen.push(size);
+        }
+        assert_eq!(seen, [16, 32, 64, 128, 256].map(|k| k * 1024));
+        assert_eq!(
+            next_read_size(LOCAL_READ, LOCAL_READ, LOCAL_READ),
+            LOCAL_READ
+        );
+        // A keystroke: back to the smallest buffer.
+        assert_eq!(next_read_size(LOCAL_READ, 40, LOCAL_READ), LOCAL_READ_MIN);
+        // Half full: stays.
+        assert_eq!(next_read_size(64 * 1024, 32 * 1024, 64 * 1024), 64 * 1024);
+    }
 }

@@ -378,7 +378,8 @@ mod tests {
     #[tokio::test]
     async fn packets_grow_to_the_ceiling_where_the_path_allows() {
         let (c, s) = connected().await;
-        assert_eq!(c.stats().path.current_mtu, 1200, "starts at QUIC's minimum");
+        // It starts at QUIC's minimum (1,200); a probe may already have
+        // raised it by now, so only the climb is checked.
         let (mut tx, _rx) = c.open_bi().await.unwrap();
         tx.write_all(b"x").await.unwrap();
         let (_stx, mut srx) = s.accept_bi().await.unwrap();
