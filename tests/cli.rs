@@ -496,7 +496,7 @@ fn the_caps_on_unauthenticated_connections_are_the_operators() {
                 "--max-unauthenticated-per-address",
                 "8",
             ][..],
-            "larger than --max-unauthenticated 4",
+            "larger than max_unauthenticated 4",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();

@@ -102,14 +102,15 @@ pub struct RelayArgs {
     #[arg(long, value_name = "RATE")]
     pub device_rate: Option<String>,
     /// Connections accepted but not yet logged in that the relay holds at
-    /// once; past it, new ones wait in the kernel's accept queue (like
-    /// sshd's MaxStartups). Each costs a descriptor and at most a bounded
-    /// handshake buffer: raise it to re-register a large fleet faster after
-    /// a restart [default: 256].
+    /// once, 2 or more; past it, new ones on the SSH port wait in the
+    /// kernel's accept queue (like sshd's MaxStartups), and those on the TLS
+    /// port or a WebSocket are closed. Each costs a descriptor and at most a
+    /// bounded handshake buffer: raise it to re-register a large fleet
+    /// faster after a restart [default: 256].
     #[arg(long, value_name = "N")]
     pub max_unauthenticated: Option<usize>,
     /// Of those, how many one address may hold; past it, its new
-    /// connections are closed [default: 32].
+    /// connections are closed [default: 32, or the whole cap if lower].
     #[arg(long, value_name = "N")]
     pub max_unauthenticated_per_address: Option<usize>,
     /// Serve the HTTP API and web console on this address, e.g.
@@ -422,9 +423,10 @@ async fn udp_discovery(
 }
 
 /// The caps on connections not yet logged in, from the flags and the file
-/// (flags win): the whole from 2 (the SSH port's accept loop holds one slot
-/// while it waits, so the TLS port and WebSockets always have one more) to
-/// [`MAX_UNAUTHENTICATED_CAP`], one address's from 1 to the whole.
+/// (flags win): the whole from 2 to [`MAX_UNAUTHENTICATED_CAP`] (the SSH
+/// port's accept loop holds one slot while it waits for a connection: with
+/// 1 the TLS port and WebSockets would never get one), one address's from
+/// 1 to the whole.
 fn unauthenticated_caps(a: &RelayArgs, file: &RelayFile) -> Result<(usize, usize)> {
     let pick = |flag: &str, by_flag: Option<usize>, in_file: Option<usize>, default, least| {
         let n = by_flag.or(in_file).unwrap_or(default);
@@ -452,8 +454,9 @@ fn unauthenticated_caps(a: &RelayArgs, file: &RelayFile) -> Result<(usize, usize
     )?;
     if per > all {
         anyhow::bail!(
-            "--max-unauthenticated-per-address {per} is larger than --max-unauthenticated {all}: \
-             one address cannot hold more than the whole"
+            "max_unauthenticated_per_address {per} is larger than max_unauthenticated {all} \
+             (flags --max-unauthenticated-per-address and --max-unauthenticated, or the config \
+             file's keys): one address cannot hold more than the whole"
         );
     }
     Ok((all, per))
