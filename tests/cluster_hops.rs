@@ -8,41 +8,10 @@
 
 mod common;
 
-use common::cli::RelayProcess;
-use common::postgres::PgServer;
-use common::{TestRelay, WAIT, connect_to, echo_server, echo_through, name};
+use common::postgres::{PgServer, relay_process, until_held_by};
+use common::{TestRelay, connect_to, echo_server, echo_through, name};
 use warren::protocol::Role;
 use warren::relay::RelayOptions;
-use warren::ssh::keys::fingerprint;
-
-/// A relay process on `url` and its host key's fingerprint (its cluster id).
-async fn relay_process(url: &str, dir: &std::path::Path) -> (RelayProcess, String) {
-    let p = RelayProcess::start(&[], 0, &["--database", url], dir).await;
-    let key = warren::ssh::keys::read_private(&dir.join("host_key")).unwrap();
-    (p, fingerprint(key.public_key()).to_string())
-}
-
-/// Waits (on A's database notifications) until A's claims say `relay`
-/// holds `tau/dev1`.
-async fn until_held_by(a: &TestRelay, relay: &str) {
-    let pg = a.store().postgres().unwrap();
-    let notifier = pg.change_notifier();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let changed = notifier.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(Some(r)) = pg.holder_known("tau", "dev1")
-                && r.id == relay
-            {
-                return;
-            }
-            changed.await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("A's claims never named {relay} for dev1"));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relay_a_hops_to_the_holder_without_a_query_and_follows_a_device_to_a_survivor_at_once() {

@@ -97,11 +97,7 @@ fn streams() -> AuditQuery {
 async fn a_direct_path_carries_streams_the_relay_authorized() {
     let r = relay(true, &[]).await;
     let (_agent, port) = r.echo_device("tau", "dev1").await;
-    let t = tunnel(&r, Mode::Prefer);
-    t.keep_direct("dev1", port);
-    let path = t.path("dev1");
-    let link = path.wait_up(WAIT).await;
-    assert!(link.is_some(), "no direct path: {:?}", path.why_relayed());
+    let t = direct_up(&r, port).await;
 
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let s = t.open_stream("dev1", port).await.unwrap();
@@ -150,11 +146,7 @@ async fn a_direct_path_carries_streams_the_relay_authorized() {
 async fn a_transfer_larger_than_the_windows_arrives_intact_and_in_order() {
     let r = relay(true, &[]).await;
     let (_agent, port) = r.echo_device("tau", "dev1").await;
-    let t = tunnel(&r, Mode::Prefer);
-    t.keep_direct("dev1", port);
-    let path = t.path("dev1");
-    let link = path.wait_up(WAIT).await;
-    assert!(link.is_some(), "no direct path: {:?}", path.why_relayed());
+    let t = direct_up(&r, port).await;
 
     // More than a stream's and a connection's receive windows, each way
     // (the echo sends it back), in bytes that differ from their
@@ -189,6 +181,16 @@ async fn ls_dev1(r: &TestRelay) -> warren::store::DeviceStatus {
 }
 
 /// Waits until the direct path to dev1 has failed; its reason.
+/// A tunnel whose direct path to dev1 (serving `port`) is up.
+async fn direct_up(r: &TestRelay, port: u16) -> Arc<Tunnel> {
+    let t = tunnel(r, Mode::Prefer);
+    t.keep_direct("dev1", port);
+    let path = t.path("dev1");
+    let link = path.wait_up(WAIT).await;
+    assert!(link.is_some(), "no direct path: {:?}", path.why_relayed());
+    t
+}
+
 async fn relayed_because(t: &Tunnel, port: u16) -> String {
     // A stream starts the upgrade and is relayed meanwhile.
     let s = t.open_stream("dev1", port).await.unwrap();

@@ -249,3 +249,35 @@ pub fn listening(store: &warren::store::Store) {
         std::thread::yield_now();
     }
 }
+
+/// A relay process on `url` and its host key's fingerprint (its cluster id).
+pub async fn relay_process(url: &str, dir: &std::path::Path) -> (super::cli::RelayProcess, String) {
+    let p = super::cli::RelayProcess::start(&[], 0, &["--database", url], dir).await;
+    let key = warren::ssh::keys::read_private(&dir.join("host_key")).unwrap();
+    (
+        p,
+        warren::ssh::keys::fingerprint(key.public_key()).to_string(),
+    )
+}
+
+/// Waits (on A's database notifications) until A's claims say `relay`
+/// holds `tau/dev1`.
+pub async fn until_held_by(a: &super::TestRelay, relay: &str) {
+    let pg = a.store().postgres().unwrap();
+    let notifier = pg.change_notifier();
+    tokio::time::timeout(super::WAIT, async {
+        loop {
+            let changed = notifier.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(Some(r)) = pg.holder_known("tau", "dev1")
+                && r.id == relay
+            {
+                return;
+            }
+            changed.await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("A's claims never named {relay} for dev1"));
+}
