@@ -8,41 +8,22 @@
 
 mod common;
 
-use common::postgres::{PgServer, relay_process, until_held_by};
-use common::{TestRelay, connect_to, echo_server, echo_through, name};
-use warren::protocol::Role;
-use warren::relay::RelayOptions;
+use common::postgres::{ThreeRelays, until_held_by};
+use common::{connect_to, echo_through};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relay_a_hops_to_the_holder_without_a_query_and_follows_a_device_to_a_survivor_at_once() {
-    let pg = PgServer::start();
-    let url = pg.database();
-    let a = TestRelay::start_with(RelayOptions {
-        database: Some(url.clone()),
-        ..Default::default()
-    })
-    .await;
-    common::postgres::listening(a.store());
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (mut b, b_id) = relay_process(&url, dirs[0].path()).await;
-    let (c, c_id) = relay_process(&url, dirs[1].path()).await;
-    let store = a.store();
-    store.add_system(&name("tau")).unwrap();
-    let alice = common::add_key_to(store, "tau", Role::Controller, "alice");
-    let dev = common::add_key_to(store, "tau", Role::Device, "dev1");
-    let port = echo_server().await;
-    // The agent knows B and C and starts on B.
-    let addrs = format!("127.0.0.1:{},127.0.0.1:{}", b.port, c.port);
-    let mut agent = common::TestAgent::start(common::agent_settings(
-        &addrs,
-        &format!("{b_id},{c_id}"),
-        "tau",
-        "dev1",
-        dev,
-        &[format!("127.0.0.1:{port}")],
-    ));
-    agent.online().await;
-    until_held_by(&a, &b_id).await;
+    let ThreeRelays {
+        pg: _pg,
+        url: _url,
+        a,
+        first: (mut b, _),
+        second: (c, c_id),
+        alice,
+        port,
+        mut agent,
+        dirs: _dirs,
+    } = ThreeRelays::start().await;
     let pga = a.store().postgres().unwrap();
     let queries = pga.holder_queries();
     let metrics = warren::metrics::global();

@@ -7,10 +7,8 @@
 
 mod common;
 
-use common::postgres::{PgServer, relay_process, until_held_by};
-use common::{TestRelay, connect_to, echo_server, echo_through, name};
-use warren::protocol::Role;
-use warren::relay::RelayOptions;
+use common::postgres::{ThreeRelays, until_held_by};
+use common::{connect_to, echo_through};
 
 /// A device moves from relay D (killed) to relay C, and C's claim is in the
 /// store; A's claims still name D (D was killed a moment ago: the registry
@@ -22,33 +20,17 @@ use warren::relay::RelayOptions;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_through_relay_a_whose_claims_still_name_the_killed_relay_follows_the_store_at_once()
  {
-    let pg = PgServer::start();
-    let url = pg.database();
-    let a = TestRelay::start_with(RelayOptions {
-        database: Some(url.clone()),
-        ..Default::default()
-    })
-    .await;
-    common::postgres::listening(a.store());
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (mut d, d_id) = relay_process(&url, dirs[0].path()).await;
-    let (c, c_id) = relay_process(&url, dirs[1].path()).await;
-    let store = a.store();
-    store.add_system(&name("tau")).unwrap();
-    let alice = common::add_key_to(store, "tau", Role::Controller, "alice");
-    let dev = common::add_key_to(store, "tau", Role::Device, "dev1");
-    let port = echo_server().await;
-    let addrs = format!("127.0.0.1:{},127.0.0.1:{}", d.port, c.port);
-    let mut agent = common::TestAgent::start(common::agent_settings(
-        &addrs,
-        &format!("{d_id},{c_id}"),
-        "tau",
-        "dev1",
-        dev,
-        &[format!("127.0.0.1:{port}")],
-    ));
-    agent.online().await;
-    until_held_by(&a, &d_id).await;
+    let ThreeRelays {
+        pg,
+        url,
+        a,
+        first: (mut d, d_id),
+        second: (c, c_id),
+        alice,
+        port,
+        mut agent,
+        dirs: _dirs,
+    } = ThreeRelays::start().await;
     let conn = connect_to(&a.addr.to_string(), &a.host_key(), "tau", alice.clone())
         .await
         .unwrap();

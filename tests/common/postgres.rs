@@ -281,3 +281,64 @@ pub async fn until_held_by(a: &super::TestRelay, relay: &str) {
     .await
     .unwrap_or_else(|_| panic!("A's claims never named {relay} for dev1"));
 }
+
+/// A cluster of three relays on one database: A in this process, and two
+/// relay processes (the first and the second) whose ids a device `tau/dev1`
+/// knows in that order; the device serves an echo server and is online on
+/// the first, as A's claims say. A controller key `alice` is in `tau`.
+pub struct ThreeRelays {
+    pub pg: PgServer,
+    pub url: String,
+    pub a: super::TestRelay,
+    pub first: (super::cli::RelayProcess, String),
+    pub second: (super::cli::RelayProcess, String),
+    pub alice: std::sync::Arc<super::PrivateKey>,
+    pub port: u16,
+    pub agent: super::TestAgent,
+    /// The relay processes' data directories (kept while they run).
+    pub dirs: Vec<tempfile::TempDir>,
+}
+
+impl ThreeRelays {
+    pub async fn start() -> ThreeRelays {
+        let pg = PgServer::start();
+        let url = pg.database();
+        let a = super::TestRelay::start_with(warren::relay::RelayOptions {
+            database: Some(url.clone()),
+            ..Default::default()
+        })
+        .await;
+        listening(a.store());
+        let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let first = relay_process(&url, dirs[0].path()).await;
+        let second = relay_process(&url, dirs[1].path()).await;
+        let store = a.store();
+        store.add_system(&super::name("tau")).unwrap();
+        let alice = super::add_key_to(store, "tau", warren::protocol::Role::Controller, "alice");
+        let dev = super::add_key_to(store, "tau", warren::protocol::Role::Device, "dev1");
+        let port = super::echo_server().await;
+        // The agent knows both relay processes and starts on the first.
+        let addrs = format!("127.0.0.1:{},127.0.0.1:{}", first.0.port, second.0.port);
+        let mut agent = super::TestAgent::start(super::agent_settings(
+            &addrs,
+            &format!("{},{}", first.1, second.1),
+            "tau",
+            "dev1",
+            dev,
+            &[format!("127.0.0.1:{port}")],
+        ));
+        agent.online().await;
+        until_held_by(&a, &first.1).await;
+        ThreeRelays {
+            pg,
+            url,
+            a,
+            first,
+            second,
+            alice,
+            port,
+            agent,
+            dirs,
+        }
+    }
+}
