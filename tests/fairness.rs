@@ -92,3 +92,126 @@ async fn bulk_connections_take_turns_and_another_systems_messages_never_wait() {
     assert!(tau.kept_back() > 0, "tau kept no turn back for rho");
     assert_eq!(rho.kept_back(), 0, "rho moved no bulk");
 }
+
+/// The nice value of every thread of this process, by thread id.
+fn nice_values() -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue; // a thread that ended
+        };
+        // After the command name (in parentheses): state is field 3, nice 19.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        out.push((t.file_name().to_str().unwrap().parse().unwrap(), nice));
+    }
+    out
+}
+
+/// While another system is active, the threads doing a bulk system's
+/// slices run nicer by the step (`warren relay --bulk-nice`), and every
+/// thread is back at its own value once the work ends; with the other
+/// system quiet, nothing runs nicer.
+#[test]
+fn bulk_slices_run_nicer_while_another_system_is_active_and_only_then() {
+    const STEP: i32 = 7;
+    warren::ssh::nice::set(STEP).expect("the tests run as root");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(warren::ssh::nice::on_thread_start)
+        .build()
+        .unwrap();
+    // A thread that samples every thread's nice value until told to stop.
+    let sample = || {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let seen = std::thread::spawn(move || {
+            let mut most = 0;
+            let mut samples = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                most = nice_values().iter().map(|&(_, n)| n).fold(most, i32::max);
+                samples += 1;
+            }
+            (most, samples)
+        });
+        (stop, seen)
+    };
+    rt.block_on(async {
+        let r = TestRelay::start().await;
+        r.add_system("tau");
+        r.add_system("rho");
+        let len = 16 * 1024 * 1024;
+        let port = source(len).await;
+        let _dev1 = r
+            .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
+            .await;
+        let key = r.add_key("tau", Role::Controller, "alice");
+        let mut bulk = Vec::new();
+        for _ in 0..4 {
+            bulk.push(r.controller("tau", key.clone()).await);
+        }
+        let downloads = || {
+            futures_util::future::join_all(bulk.iter().map(|c| async move {
+                let ch = c.open("dev1", u32::from(port)).await.unwrap();
+                let mut got = 0;
+                while let Some(d) = ch.recv_data().await {
+                    got += d.len();
+                }
+                got
+            }))
+        };
+
+        // tau alone: rho has no connection yet, so nothing runs nicer.
+        let (stop, seen) = sample();
+        let got = tokio::time::timeout(WAIT * 2, downloads())
+            .await
+            .expect("downloads in time");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (most, samples) = seen.join().unwrap();
+        assert!(got.iter().all(|&g| g == len), "{got:?}");
+        assert!(samples > 10, "{samples} samples");
+        assert_eq!(most, 0, "a thread ran nicer while tau was alone");
+
+        // tau's downloads while rho's messages go back and forth.
+        let (_vdev, echo) = r.echo_device("rho", "vdev").await;
+        let carol = r
+            .controller("rho", r.add_key("rho", Role::Controller, "carol"))
+            .await;
+        let ch = carol.open("vdev", u32::from(echo)).await.unwrap();
+        let (stop, seen) = sample();
+        let pings = async {
+            loop {
+                assert!(ch.send_data(vec![7; 64]).await);
+                let mut back = 0;
+                while back < 64 {
+                    back += ch.recv_data().await.expect("echo").len();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        let got = tokio::time::timeout(WAIT * 2, async {
+            tokio::select! {
+                got = downloads() => got,
+                _ = pings => unreachable!(),
+            }
+        })
+        .await
+        .expect("downloads in time");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (most, _) = seen.join().unwrap();
+        assert!(got.iter().all(|&g| g == len), "{got:?}");
+        assert_eq!(
+            most, STEP,
+            "no thread ran tau's slices nicer while rho was active"
+        );
+        // Every thread is back at its own value (0) once the work ends.
+        tokio::time::timeout(WAIT, async {
+            while nice_values().iter().any(|&(_, n)| n != 0) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("threads left nicer: {:?}", nice_values()));
+    });
+}

@@ -175,6 +175,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.enable_all();
             if let Command::Relay(a) = &command {
+                relay::bulk_nice(a.bulk_nice);
                 relay::thread_slices(&mut builder, a.thread_slice);
             }
             let rt = builder.build()?;

@@ -144,18 +144,43 @@ pub struct RelayArgs {
     #[arg(long, env = "WARREN_THREAD_SLICE", default_value = "100us",
           value_parser = crate::relay::slice::parse)]
     pub thread_slice: std::time::Duration,
+    /// While another system is active, a thread doing a bulk system's
+    /// slice of relaying runs this much nicer (0 to 19; 0: never), so the
+    /// scheduler runs the other systems' messages, and the processes they
+    /// go to on a shared host, first. Needs root, CAP_SYS_NICE or
+    /// LimitNICE= to set the thread back; otherwise the relay says so and
+    /// runs without. A flag only (set before the threads start).
+    #[arg(long, env = "WARREN_BULK_NICE", default_value_t = crate::ssh::nice::DEFAULT,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub bulk_nice: i32,
+}
+
+/// Turns on the lower priority of bulk slices (`--bulk-nice`); where the
+/// host does not allow it, says so once and runs without.
+pub fn bulk_nice(step: i32) {
+    match crate::ssh::nice::set(step) {
+        Ok(()) if step > 0 => {
+            tracing::info!(step, "bulk slices run nicer while another system is active")
+        }
+        Ok(()) => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            "bulk slices keep the relay's priority (--bulk-nice needs root, CAP_SYS_NICE or LimitNICE= to set a thread back)"
+        ),
+    }
 }
 
 /// Makes the calling thread and every thread the relay's runtime starts ask
-/// for `slice` (see `relay::slice`; zero: the kernel's default). Says at
+/// for `slice` (see `relay::slice`; zero: the kernel's default), and start
+/// at the relay's own nice value (`ssh::nice::on_thread_start`). Says at
 /// start what it got; a failure is a warning, once, and the relay runs on.
 pub fn thread_slices(builder: &mut tokio::runtime::Builder, slice: std::time::Duration) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static WARNED: AtomicBool = AtomicBool::new(false);
-    if slice.is_zero() {
-        return;
-    }
     let ask = move || {
+        if slice.is_zero() {
+            return false;
+        }
         let result = crate::relay::slice::request(slice);
         if matches!(result, Ok(true)) || WARNED.swap(true, Ordering::Relaxed) {
             return matches!(result, Ok(true));
@@ -177,6 +202,7 @@ pub fn thread_slices(builder: &mut tokio::runtime::Builder, slice: std::time::Du
         tracing::info!(slice = ?slice, "the relay's threads ask for short time slices");
     }
     builder.on_thread_start(move || {
+        crate::ssh::nice::on_thread_start();
         ask();
     });
 }

@@ -153,6 +153,15 @@ impl Share {
         }
     }
 
+    /// Whether another tenant of its [`Tenants`] was active within
+    /// [`ACTIVE_WINDOW`] before `now` (never for a share on its own).
+    pub fn others_active(&self, now: Instant) -> bool {
+        self.0
+            .tenants
+            .as_ref()
+            .is_some_and(|t| t.others_active(self.0.id, now))
+    }
+
     /// How many turns the share has.
     pub fn size(&self) -> usize {
         self.0.size

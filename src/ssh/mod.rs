@@ -19,6 +19,7 @@ pub mod channel;
 pub mod client;
 pub mod fair;
 pub mod keys;
+pub mod nice;
 pub(crate) mod proto;
 pub mod server;
 pub mod socket;

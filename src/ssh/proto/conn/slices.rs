@@ -7,6 +7,11 @@
 //! for a turn at each slice boundary and after each wait, and gives the
 //! turn back at the next boundary or when it has nothing to do. Other
 //! connections (interactive ones, and any before login) never queue.
+//!
+//! While another tenant is active, a bulk connection's work with a turn
+//! runs at a lower thread priority ([`crate::ssh::nice`]): from the moment
+//! it has its turn to the end of that round of work, and never across a
+//! wait.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::protocol::limits::{BULK_HOLD, CONNECTION_SLICE_BYTES};
 use crate::ssh::fair::{ACTIVE_MARK_EVERY, Share, Turn};
+use crate::ssh::nice;
 
 #[derive(Default)]
 pub(super) struct Slices {
@@ -25,6 +31,9 @@ pub(super) struct Slices {
     /// Bulk until then (a slice ended within [`BULK_HOLD`] before it).
     bulk_until: Option<Instant>,
     turn: Option<Turn>,
+    /// Whether another tenant was active when the turn was taken: the
+    /// work with it then runs at a lower priority.
+    lower: bool,
     /// When this connection last marked its tenant active.
     marked: Option<Instant>,
     /// Bytes read and written when last traced, and the connection's
@@ -48,6 +57,7 @@ impl Slices {
             }
             self.turn = None;
         }
+        nice::restore();
         f.await
     }
 
@@ -63,22 +73,30 @@ impl Slices {
             self.marked = Some(now);
             share.active(now);
         }
-        if self.turn.is_some() {
-            return;
+        if self.turn.is_none() {
+            let Some(until) = self.bulk_until else {
+                return;
+            };
+            if now >= until {
+                self.bulk_until = None;
+                return;
+            }
+            self.took(share.turn().await, share);
         }
-        let Some(until) = self.bulk_until else {
-            return;
-        };
-        if now >= until {
-            self.bulk_until = None;
-            return;
+        if self.lower {
+            nice::lower();
         }
-        self.turn = Some(share.turn().await);
+    }
+
+    fn took(&mut self, turn: Turn, share: &Share) {
+        self.turn = Some(turn);
+        self.lower = nice::step() > 0 && share.others_active(Instant::now());
     }
 
     /// After working, with `moved` bytes moved in all: at a slice
     /// boundary, gives the turn back, lets others run, and queues again.
     pub(super) async fn after_work(&mut self, moved: u64, share: Option<&Share>) {
+        nice::restore();
         if moved - self.mark < CONNECTION_SLICE_BYTES {
             return;
         }
@@ -92,11 +110,22 @@ impl Slices {
         match share.try_turn() {
             // Nobody of this tenant waits: still let other tenants run.
             Some(t) => {
-                self.turn = Some(t);
+                self.took(t, share);
                 tokio::task::yield_now().await;
             }
-            None => self.turn = Some(share.turn().await),
+            None => {
+                let t = share.turn().await;
+                self.took(t, share);
+            }
         }
+    }
+}
+
+impl Drop for Slices {
+    /// A loop that ends with an error between its work's start and end
+    /// leaves no lowered thread behind (it ends in the same poll).
+    fn drop(&mut self) {
+        nice::restore();
     }
 }
 
