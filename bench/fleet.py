@@ -19,6 +19,7 @@ Each mode appends records to results[MODE] and lines to the markdown.
 """
 
 import json
+import os
 import shlex
 import statistics
 import time
@@ -35,6 +36,10 @@ def add_arguments(ap, quick):
                     help="nice value for the noisy system's own processes (its ssh -L, agent, iperf3 client "
                          "and server; the relay and the victim's processes stay at 0): separates what the "
                          "relay does from the OS sharing 2 cores between the load generators")
+    ap.add_argument("--fair-idle", action="store_true",
+                    help="run the noisy system's own processes (as --fair-nice) under SCHED_IDLE instead: they "
+                         "get a core only when the relay and the victim's processes leave one free, the closest "
+                         "one machine comes to those processes being on other hosts")
     ap.add_argument("--fair-rate", default=None,
                     help="bandwidth limit set on the noisy system for the bulk run (as `system set --rate`, e.g. 100M)")
     ap.add_argument("--fair-seconds", type=int, default=5 if quick else 15,
@@ -99,6 +104,8 @@ def fairness(b):
             load = B.subprocess.Popen(argv, stdout=B.subprocess.PIPE, stderr=B.subprocess.PIPE, text=True)
             noisy = [bulk.pid, b.agent.pid, b.iperf["warren"].pid, load.pid]
             renice(noisy, b.a.fair_nice)
+            if b.a.fair_idle:
+                set_idle(noisy, True)
             # The bulk streams ramp up for a second before the probe starts.
             time.sleep(1.0)
             before = snapshot(b, victim, agent)
@@ -106,6 +113,8 @@ def fairness(b):
             busy.update(inside(b, before, snapshot(b, victim, agent)))
             out, _ = load.communicate(timeout=secs + 30)
             renice(noisy[:3], 0)
+            if b.a.fair_idle:
+                set_idle(noisy[:3], False)
             if b.a.fair_rate:
                 b.wrelay.admin("system", "set", B.SYSTEM, "--rate", "none")
             try:
@@ -116,7 +125,8 @@ def fairness(b):
                    "time_slices_us": {"relay": time_slices([b.wrelay.proc.pid]),
                                       "victim": time_slices([victim.pid, agent.pid, b.echo.pid]),
                                       "noisy": time_slices(noisy[:3])},
-                   "noisy_nice": b.a.fair_nice, "noisy_rate": b.a.fair_rate,
+                   "noisy_nice": b.a.fair_nice, "noisy_idle": b.a.fair_idle, "noisy_rate": b.a.fair_rate,
+                   "relay_bulk_nice": os.environ.get("WARREN_BULK_NICE", "default"),
                    "bulk_command": shlex.join(argv), "victim_controller": shlex.join(victim.argv),
                    "loadavg": B.loadavg()}
             if "p99_us" in idle and "p99_us" in busy:
@@ -209,9 +219,16 @@ def time_slices(pids):
     return sorted(out)
 
 
+VICTIM_PARTS = ("ssh", "agent", "echo")
+
+
 def snapshot(b, victim, agent):
-    return {"t": time.monotonic(), "delay": delay_buckets(b), "relay": sched([b.wrelay.proc.pid]),
-            "victim": sched([victim.pid, agent.pid, b.echo.pid])}
+    parts = dict(zip(VICTIM_PARTS, (victim.pid, agent.pid, b.echo.pid)))
+    snap = {"t": time.monotonic(), "delay": delay_buckets(b), "relay": sched([b.wrelay.proc.pid]),
+            "victim": sched(list(parts.values()))}
+    for name, pid in parts.items():
+        snap[f"victim_{name}"] = sched([pid])
+    return snap
 
 
 def inside(b, before, after):
@@ -224,7 +241,7 @@ def inside(b, before, after):
         out["relay_delay"] = {"count": max(diff.values()), "p50_us": round(bucket_quantile(diff, 0.5), 1),
                               "p99_us": round(bucket_quantile(diff, 0.99), 1)}
     secs = max(after["t"] - before["t"], 1e-6)
-    for who in ("relay", "victim"):
+    for who in ("relay", "victim") + tuple(f"victim_{p}" for p in VICTIM_PARTS):
         (w0, s0), (w1, s1) = before[who], after[who]
         out[f"{who}_runqueue"] = {"wait_ms_per_s": round((w1 - w0) / 1e6 / secs, 1),
                                   "mean_wait_us": round((w1 - w0) / 1e3 / max(s1 - s0, 1), 1)}
@@ -237,16 +254,31 @@ def split_line(r):
     rq, vq = r.get("relay_runqueue", {}), r.get("victim_runqueue", {})
     return (f"{rd}; run-queue wait: relay threads {rq.get('wait_ms_per_s')} ms/s "
             f"(mean {rq.get('mean_wait_us')} µs), victim's processes {vq.get('wait_ms_per_s')} ms/s "
-            f"(mean {vq.get('mean_wait_us')} µs)")
+            f"(mean {vq.get('mean_wait_us')} µs: "
+            + ", ".join(f"{p} {r.get(f'victim_{p}_runqueue', {}).get('wait_ms_per_s')}" for p in VICTIM_PARTS)
+            + ")")
 
 
 def renice(pids, value):
-    """Sets the nice value of each process in `pids` (gone ones skipped)."""
-    import os
-    for pid in pids:
+    """Sets the nice value of every thread of each process in `pids` (gone
+    ones skipped). On Linux a nice value belongs to a thread: renicing a
+    process id alone leaves the other threads of a multi-threaded process
+    (the agent's runtime workers) where they were."""
+    for t in threads(pids):
         try:
-            os.setpriority(os.PRIO_PROCESS, pid, value)
-        except ProcessLookupError:
+            os.setpriority(os.PRIO_PROCESS, int(t.name), value)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def set_idle(pids, idle):
+    """Puts every thread of each process in `pids` under SCHED_IDLE (or back
+    under SCHED_OTHER); gone ones skipped."""
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    for t in threads(pids):
+        try:
+            os.sched_setscheduler(int(t.name), policy, os.sched_param(0))
+        except (ProcessLookupError, ValueError):
             pass
 
 
