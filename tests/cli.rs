@@ -376,6 +376,82 @@ fn the_relays_threads_ask_for_the_time_slice_they_are_given() {
     assert!(!said.iter().any(|l| l.contains("time slices")), "{said:?}");
 }
 
+/// `--bulk-nice` (ssh/nice.rs): on by default with step 10, said at start,
+/// every thread still at its own nice value; 0 turns it off; a step past
+/// 19 is refused; where the relay could not set a thread back (no
+/// CAP_SYS_NICE, RLIMIT_NICE 0) it says so and runs without.
+#[test]
+fn the_relay_says_whether_bulk_slices_run_nicer() {
+    use std::os::unix::process::CommandExt;
+    let start = |extra: &[&str], without_cap: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = if without_cap {
+            let mut c = Command::new("setpriv");
+            c.args(["--bounding-set=-sys_nice", "--", WARREN]);
+            c
+        } else {
+            Command::new(WARREN)
+        };
+        cmd.args(["relay", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .env("WARREN_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: only an async-signal-safe system call between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                use rustix::process::{Resource, Rlimit, setrlimit};
+                let zero = Rlimit {
+                    current: Some(0),
+                    maximum: Some(0),
+                };
+                setrlimit(Resource::Nice, zero).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().expect("setpriv (util-linux) and the relay");
+        let said = said_until_listening(&mut child);
+        let mut nice = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            nice.push(rest.split(' ').nth(16).unwrap().parse::<i32>().unwrap());
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        (said, nice)
+    };
+    let (said, nice) = start(&[], false);
+    assert!(
+        said.iter()
+            .any(|l| l.contains("bulk slices run nicer") && l.contains("step=10")),
+        "{said:?}"
+    );
+    assert!(nice.iter().all(|&n| n == 0), "{nice:?}");
+    let (said, _) = start(&["--bulk-nice", "0"], false);
+    assert!(!said.iter().any(|l| l.contains("bulk slices")), "{said:?}");
+    // Without the right to set a thread back: a warning naming the fix,
+    // and the relay runs.
+    let (said, nice) = start(&["--bulk-nice", "5"], true);
+    assert!(
+        said.iter()
+            .any(|l| l.contains("bulk slices keep the relay's priority")
+                && l.contains("CAP_SYS_NICE")),
+        "{said:?}"
+    );
+    assert!(said.last().unwrap().contains("relay listening"), "{said:?}");
+    assert!(nice.iter().all(|&n| n == 0), "{nice:?}");
+    let out = Command::new(WARREN)
+        .args(["relay", "--listen", "127.0.0.1:0", "--bulk-nice", "20"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--bulk-nice") && err.contains("0..=19"),
+        "{err}"
+    );
+}
+
 /// `--max-unauthenticated` and `--max-unauthenticated-per-address` (or the
 /// config file's keys) set the caps on connections not yet logged in: past
 /// the whole cap a connection waits unserved, past one address's cap it is
