@@ -106,8 +106,12 @@ def fairness(b):
             renice(noisy, b.a.fair_nice)
             if b.a.fair_idle:
                 set_idle(noisy, True)
-            # The bulk streams ramp up for a second before the probe starts.
+            # The bulk streams ramp up for a second before the probe starts;
+            # threads started meanwhile (per stream) get the same priority.
             time.sleep(1.0)
+            renice(noisy, b.a.fair_nice)
+            if b.a.fair_idle:
+                set_idle(noisy, True)
             before = snapshot(b, victim, agent)
             busy = b.probe("rtt", victim.lport, count, 20)
             busy.update(inside(b, before, snapshot(b, victim, agent)))
@@ -243,8 +247,10 @@ def inside(b, before, after):
     secs = max(after["t"] - before["t"], 1e-6)
     for who in ("relay", "victim") + tuple(f"victim_{p}" for p in VICTIM_PARTS):
         (w0, s0), (w1, s1) = before[who], after[who]
-        out[f"{who}_runqueue"] = {"wait_ms_per_s": round((w1 - w0) / 1e6 / secs, 1),
-                                  "mean_wait_us": round((w1 - w0) / 1e3 / max(s1 - s0, 1), 1)}
+        # Sums over live threads: one that ended in between can make it fall.
+        wait, slices = max(w1 - w0, 0), max(s1 - s0, 1)
+        out[f"{who}_runqueue"] = {"wait_ms_per_s": round(wait / 1e6 / secs, 1),
+                                  "mean_wait_us": round(wait / 1e3 / slices, 1)}
     return out
 
 
@@ -267,7 +273,7 @@ def renice(pids, value):
     for t in threads(pids):
         try:
             os.setpriority(os.PRIO_PROCESS, int(t.name), value)
-        except (ProcessLookupError, ValueError):
+        except (ProcessLookupError, ValueError, PermissionError):
             pass
 
 
@@ -278,7 +284,7 @@ def set_idle(pids, idle):
     for t in threads(pids):
         try:
             os.sched_setscheduler(int(t.name), policy, os.sched_param(0))
-        except (ProcessLookupError, ValueError):
+        except (ProcessLookupError, ValueError, PermissionError):
             pass
 
 

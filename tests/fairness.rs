@@ -93,13 +93,20 @@ async fn bulk_connections_take_turns_and_another_systems_messages_never_wait() {
     assert_eq!(rho.kept_back(), 0, "rho moved no bulk");
 }
 
-/// The nice value of every thread of this process, by thread id.
+/// The threads of the test's own runtime (other tests of this binary may
+/// run beside it under `cargo test`).
+const THREADS: &str = "nice-test";
+
+/// The nice value of every thread of the test's runtime, by thread id.
 fn nice_values() -> Vec<(u32, i32)> {
     let mut out = Vec::new();
     for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
             continue; // a thread that ended
         };
+        if !stat.contains(&format!("({THREADS})")) {
+            continue;
+        }
         // After the command name (in parentheses): state is field 3, nice 19.
         let rest = &stat[stat.rfind(')').unwrap() + 2..];
         let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
@@ -119,6 +126,7 @@ fn bulk_slices_run_nicer_while_another_system_is_active_and_only_then() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .thread_name(THREADS)
         .on_thread_start(warren::ssh::nice::on_thread_start)
         .build()
         .unwrap();
@@ -214,4 +222,5 @@ fn bulk_slices_run_nicer_while_another_system_is_active_and_only_then() {
         .await
         .unwrap_or_else(|_| panic!("threads left nicer: {:?}", nice_values()));
     });
+    warren::ssh::nice::set(0).unwrap();
 }

@@ -146,33 +146,42 @@ pub struct RelayArgs {
     pub thread_slice: std::time::Duration,
     /// While another system is active, a thread doing a bulk system's
     /// slice of relaying runs this much nicer (0 to 19; 0: never), so the
-    /// scheduler runs the other systems' messages, and the processes they
-    /// go to on a shared host, first. Needs root, CAP_SYS_NICE or
-    /// LimitNICE= to set the thread back; otherwise the relay says so and
-    /// runs without. A flag only (set before the threads start).
-    #[arg(long, env = "WARREN_BULK_NICE", default_value_t = crate::ssh::nice::DEFAULT,
+    /// scheduler runs the other systems' messages, and the processes of
+    /// the relay's scheduling group, first [default: 10]. Needs
+    /// CAP_SYS_NICE (root has it) or LimitNICE= to set the thread back;
+    /// otherwise the relay says so and runs without. A flag (and
+    /// environment variable) only: it is set before the threads start.
+    #[arg(long, env = "WARREN_BULK_NICE",
           value_parser = clap::value_parser!(i32).range(0..=19))]
-    pub bulk_nice: i32,
+    pub bulk_nice: Option<i32>,
 }
 
-/// Turns on the lower priority of bulk slices (`--bulk-nice`); where the
-/// host does not allow it, says so once and runs without.
-pub fn bulk_nice(step: i32) {
+/// Turns on the lower priority of bulk slices (`--bulk-nice`, default
+/// [`crate::ssh::nice::DEFAULT`]); where the host does not allow it, says
+/// so and runs without: a warning when the operator asked for it, a note
+/// when it is the default.
+pub fn bulk_nice(asked: Option<i32>) {
+    let step = asked.unwrap_or(crate::ssh::nice::DEFAULT);
     match crate::ssh::nice::set(step) {
         Ok(()) if step > 0 => {
             tracing::info!(step, "bulk slices run nicer while another system is active")
         }
         Ok(()) => {}
-        Err(e) => tracing::warn!(
+        Err(e) if asked.is_some() => tracing::warn!(
             error = %e,
-            "bulk slices keep the relay's priority (--bulk-nice needs root, CAP_SYS_NICE or LimitNICE= to set a thread back)"
+            "bulk slices keep the relay's priority (--bulk-nice needs CAP_SYS_NICE or LimitNICE= to set a thread back)"
+        ),
+        Err(e) => tracing::info!(
+            error = %e,
+            "bulk slices keep the relay's priority (--bulk-nice needs CAP_SYS_NICE or LimitNICE= to set a thread back)"
         ),
     }
 }
 
 /// Makes the calling thread and every thread the relay's runtime starts ask
 /// for `slice` (see `relay::slice`; zero: the kernel's default), and start
-/// at the relay's own nice value (`ssh::nice::on_thread_start`). Says at
+/// at the relay's own nice value once bulk slices may be lowered
+/// (`ssh::nice::on_thread_start`). Says at
 /// start what it got; a failure is a warning, once, and the relay runs on.
 pub fn thread_slices(builder: &mut tokio::runtime::Builder, slice: std::time::Duration) {
     use std::sync::atomic::{AtomicBool, Ordering};

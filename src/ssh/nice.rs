@@ -11,21 +11,32 @@
 //! active lately, its thread runs at a higher nice value ([`set`], `warren
 //! relay --bulk-nice`): the scheduler then lets the others run first, and
 //! the bulk work keeps the rest of the cores. The thread is back at its own
-//! nice value before the task waits or the slice ends, so the priority
-//! belongs to one poll of one task and never to a thread (its other tasks
-//! run at the thread's own priority).
+//! nice value before the task waits or its round of work ends, so the lower
+//! weight applies to one round of one task's work, not to the thread's
+//! other tasks (the scheduler may still carry some of the round's
+//! accounting over to the thread's next moments).
+//!
+//! Nice values weigh threads against each other inside one scheduling
+//! group: the relay's own threads always, other processes only when they
+//! share the relay's group (with autogroup, its session; under systemd,
+//! its cgroup, whose `CPUWeight=` weighs it against other services).
 //!
 //! Raising a nice value is always allowed; setting it back needs
 //! `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows the thread's own value
 //! (`LimitNICE=` in a systemd unit). [`set`] checks that on a throwaway
-//! thread first and refuses if the way back is closed.
+//! thread first and refuses if the way back is closed. Linux only: other
+//! systems have one nice value per process.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// How much the nice value of a thread doing a bulk slice rises while
 /// another tenant is active (0: never). Set once at start.
 static BULK: AtomicI32 = AtomicI32::new(0);
+
+/// Whether [`set`] ever turned lowering on: threads started after that
+/// begin at [`BASE`], even once lowering is off again.
+static EVER: AtomicBool = AtomicBool::new(false);
 
 /// The nice value of the thread that called [`set`]: what every thread
 /// the runtime starts begins with ([`on_thread_start`]).
@@ -38,7 +49,8 @@ pub const DEFAULT: i32 = 10;
 
 /// Turns the lower priority of bulk slices on with `step` (1–19; 0 turns
 /// it off). Fails, leaving it off, where this process may not set a
-/// thread's nice value back (see the module).
+/// thread's nice value back (see the module), and on systems where a
+/// nice value belongs to the whole process rather than to one thread.
 pub fn set(step: i32) -> std::io::Result<()> {
     if !(0..=19).contains(&step) {
         return Err(std::io::Error::new(
@@ -47,17 +59,34 @@ pub fn set(step: i32) -> std::io::Result<()> {
         ));
     }
     if step > 0 {
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let own = own_nice()?;
-            renice(own.saturating_add(step).min(19))?;
-            renice(own)
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("the check of nice values panicked"))??;
+        check(step)?;
         BASE.store(own_nice()?, Ordering::Relaxed);
+        EVER.store(true, Ordering::Relaxed);
     }
     BULK.store(step, Ordering::Relaxed);
     Ok(())
+}
+
+/// Whether a thread may rise by `step` and come back (on a throwaway
+/// thread, so that a failure leaves no thread of ours lowered).
+#[cfg(target_os = "linux")]
+fn check(step: i32) -> std::io::Result<()> {
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let own = own_nice()?;
+        renice(own.saturating_add(step).min(19))?;
+        renice(own)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the check of nice values panicked"))?
+}
+
+#[cfg(not(target_os = "linux"))]
+fn check(_step: i32) -> std::io::Result<()> {
+    // Elsewhere "this process" in the priority calls is the whole process.
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "a thread's own nice value exists on Linux only",
+    ))
 }
 
 /// The step set by [`set`] (0: off).
@@ -66,9 +95,9 @@ pub fn step() -> i32 {
 }
 
 thread_local! {
-    /// This thread's own nice value, read once, and whether it runs
-    /// lowered now.
-    static OWN: Cell<Option<i32>> = const { Cell::new(None) };
+    /// This thread's own nice value, read when it was lowered, and
+    /// whether it runs lowered now.
+    static OWN: Cell<i32> = const { Cell::new(0) };
     static LOWERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -82,30 +111,33 @@ pub fn lower() -> bool {
     if LOWERED.get() {
         return true;
     }
-    let Some(own) = own() else {
+    // Read each time, so a value someone set on this thread since stays.
+    let Ok(own) = own_nice() else {
         return false;
     };
     if renice(own.saturating_add(step).min(19)).is_err() {
         return false;
     }
+    OWN.set(own);
     LOWERED.set(true);
     true
 }
 
 /// Puts the calling thread back at its own nice value if [`lower`]
-/// lowered it.
+/// lowered it. If that fails (only a limit changed since the start can
+/// make it), lowering is turned off for good and the thread stays marked
+/// lowered, so the next call tries again.
 pub fn restore() {
     if !LOWERED.get() {
         return;
     }
-    LOWERED.set(false);
-    if let Some(own) = OWN.get()
-        && let Err(e) = renice(own)
-    {
-        // Checked at start, so only a changed limit gets here; the thread
-        // would stay slow for everyone, so turn lowering off for good.
-        BULK.store(0, Ordering::Relaxed);
-        tracing::warn!(error = %e, "a relay thread could not get its priority back: bulk slices are no longer lowered");
+    match renice(OWN.get()) {
+        Ok(()) => LOWERED.set(false),
+        Err(e) => {
+            if BULK.swap(0, Ordering::Relaxed) != 0 {
+                tracing::warn!(error = %e, "a relay thread could not get its priority back: bulk slices are no longer lowered");
+            }
+        }
     }
 }
 
@@ -114,27 +146,14 @@ pub fn restore() {
 /// blocking task started during a bulk slice); it starts at the base
 /// value instead.
 pub fn on_thread_start() {
-    if step() == 0 {
-        return;
-    }
-    let base = BASE.load(Ordering::Relaxed);
-    if renice(base).is_ok() {
-        OWN.set(Some(base));
+    if EVER.load(Ordering::Relaxed) {
+        let _ = renice(BASE.load(Ordering::Relaxed));
     }
 }
 
 /// Whether the calling thread runs lowered now.
 pub fn lowered() -> bool {
     LOWERED.get()
-}
-
-fn own() -> Option<i32> {
-    if let Some(n) = OWN.get() {
-        return Some(n);
-    }
-    let n = own_nice().ok()?;
-    OWN.set(Some(n));
-    Some(n)
 }
 
 fn own_nice() -> std::io::Result<i32> {
@@ -181,7 +200,6 @@ mod tests {
             assert_eq!(own_nice().unwrap(), 2);
             // Capped at 19.
             renice(15).unwrap();
-            OWN.set(None);
             assert!(lower());
             assert_eq!(own_nice().unwrap(), 19);
             restore();

@@ -9,9 +9,9 @@
 //! connections (interactive ones, and any before login) never queue.
 //!
 //! While another tenant is active, a bulk connection's work with a turn
-//! runs at a lower thread priority ([`crate::ssh::nice`]): from the moment
-//! it has its turn to the end of that round of work, and never across a
-//! wait.
+//! runs at a lower thread priority ([`crate::ssh::nice`]): from the start
+//! of a round of work ([`Slices::before_work`]) to its end
+//! ([`Slices::after_work`]), and never across a wait.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -173,4 +173,61 @@ async fn poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
         })
     })
     .await
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::ssh::fair::Tenants;
+
+    /// A round of bulk work runs lowered while another tenant is active,
+    /// and the thread is back at its own priority before the task waits
+    /// and at the end of the round.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lowered_round_ends_before_any_wait() {
+        nice::set(3).expect("the tests run as root");
+        let tenants = Tenants::new();
+        let bulk = tenants.share(2, None);
+        let other = tenants.share(2, None);
+        let mut s = Slices::default();
+        s.bulk_until = Some(Instant::now() + BULK_HOLD);
+        // Alone: a turn, not lowered.
+        s.before_work(Some(&bulk)).await;
+        assert!(s.turn.is_some());
+        assert!(!nice::lowered());
+        s.after_work(0, Some(&bulk)).await;
+        // Another tenant active: the next turn's round runs lowered.
+        other.active(Instant::now());
+        s.turn = None;
+        s.before_work(Some(&bulk)).await;
+        assert!(nice::lowered());
+        // Work that has to wait: its first poll runs lowered, the rest not.
+        let mut seen = Vec::new();
+        {
+            let work = std::pin::pin!(std::future::poll_fn(|cx| {
+                seen.push(nice::lowered());
+                if seen.len() == 1 {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            }));
+            s.unless_waiting(work).await;
+        }
+        assert_eq!(seen, [true, false]);
+        assert!(s.turn.is_none(), "the turn went back before the wait");
+        // A round that ends without waiting ends lowered until after_work.
+        s.turn = None;
+        s.before_work(Some(&bulk)).await;
+        assert!(nice::lowered());
+        s.after_work(0, Some(&bulk)).await;
+        assert!(!nice::lowered());
+        // An ending loop drops its slices lowered: the drop sets it back.
+        s.before_work(Some(&bulk)).await;
+        assert!(nice::lowered());
+        drop(s);
+        assert!(!nice::lowered());
+        nice::set(0).unwrap();
+    }
 }
