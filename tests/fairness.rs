@@ -224,3 +224,58 @@ fn bulk_slices_run_nicer_while_another_system_is_active_and_only_then() {
     });
     warren::ssh::nice::set(0).unwrap();
 }
+
+/// Only channel data makes a system active: while another system's
+/// connections log in and open a channel but move nothing, the bulk system
+/// keeps all its turns; once data crosses, it keeps one back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_that_moves_no_data_does_not_hold_back_the_bulk_one() {
+    let r = TestRelay::start().await;
+    r.add_system("tau");
+    r.add_system("rho");
+    let len = 8 * 1024 * 1024;
+    let port = source(len).await;
+    let _dev1 = r
+        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
+        .await;
+    let key = r.add_key("tau", Role::Controller, "alice");
+    let mut bulk = Vec::new();
+    for _ in 0..4 {
+        bulk.push(r.controller("tau", key.clone()).await);
+    }
+    let tau = r.relay.shares().share(&name("tau"));
+    let downloads = || {
+        futures_util::future::join_all(bulk.iter().map(|c| async move {
+            let ch = c.open("dev1", u32::from(port)).await.unwrap();
+            let mut got = 0;
+            while let Some(d) = ch.recv_data().await {
+                got += d.len();
+            }
+            got
+        }))
+    };
+    // rho: a device registered, a controller logged in and a channel open,
+    // all just now, and not a byte of data.
+    let (_vdev, echo) = r.echo_device("rho", "vdev").await;
+    let carol = r
+        .controller("rho", r.add_key("rho", Role::Controller, "carol"))
+        .await;
+    let ch = carol.open("vdev", u32::from(echo)).await.unwrap();
+    let got = tokio::time::timeout(WAIT * 2, downloads())
+        .await
+        .expect("downloads in time");
+    assert!(got.iter().all(|&g| g == len), "{got:?}");
+    assert!(tau.counts().0 > 0, "tau's bulk connections took no turns");
+    assert_eq!(tau.kept_back(), 0, "rho moved no data, yet tau held back");
+    // One message through rho's channel: now rho is active.
+    assert!(ch.send_data(vec![1; 64]).await);
+    let mut back = 0;
+    while back < 64 {
+        back += ch.recv_data().await.expect("echo").len();
+    }
+    let got = tokio::time::timeout(WAIT * 2, downloads())
+        .await
+        .expect("downloads in time");
+    assert!(got.iter().all(|&g| g == len), "{got:?}");
+    assert!(tau.kept_back() > 0, "rho's data did not make tau hold back");
+}

@@ -11,8 +11,9 @@
 //! little (interactive traffic) never take a turn.
 //!
 //! Shares made by one [`Tenants`] also know about each other: every
-//! connection marks its tenant active ([`Share::active`], at most once per
-//! [`ACTIVE_MARK_EVERY`]), and while another tenant was active within
+//! connection whose round of work moved channel data marks its tenant
+//! active ([`Share::active`], at most once per [`ACTIVE_MARK_EVERY`];
+//! keepalives, logins and channels opened without data do not), and while another tenant was active within
 //! [`ACTIVE_WINDOW`], a share of more than one turn keeps one of them back
 //! (it holds it itself), so a bulk tenant leaves one worker free for the
 //! others' traffic instead of filling every worker with its slices. Alone
@@ -28,7 +29,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// Another tenant counts as active this long after it last moved anything.
+/// Another tenant counts as active this long after it last moved channel
+/// data.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
 
 /// A connection marks its tenant active at most this often.

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::protocol::limits::{BULK_HOLD, CONNECTION_SLICE_BYTES};
 use crate::ssh::fair::{ACTIVE_MARK_EVERY, Share, Turn};
 use crate::ssh::nice;
+use crate::ssh::proto::mux::counts;
 
 #[derive(Default)]
 pub(super) struct Slices {
@@ -36,6 +37,8 @@ pub(super) struct Slices {
     lower: bool,
     /// When this connection last marked its tenant active.
     marked: Option<Instant>,
+    /// The thread's data packet count when the round of work began.
+    data_at: u64,
     /// Bytes read and written when last traced, and the connection's
     /// number in its tenant's trace (only for a traced tenant).
     traced: (u64, u64, u64),
@@ -61,18 +64,13 @@ impl Slices {
         f.await
     }
 
-    /// Before working: marks the tenant active (at most once per
-    /// [`ACTIVE_MARK_EVERY`]); a bulk connection without a turn queues
-    /// for one.
+    /// Before working: a bulk connection without a turn queues for one.
     pub(super) async fn before_work(&mut self, share: Option<&Share>) {
         let Some(share) = share else {
             return;
         };
+        self.data_at = counts::packets_here();
         let now = Instant::now();
-        if self.marked.is_none_or(|m| now >= m + ACTIVE_MARK_EVERY) {
-            self.marked = Some(now);
-            share.active(now);
-        }
         if self.turn.is_none() {
             let Some(until) = self.bulk_until else {
                 return;
@@ -88,6 +86,25 @@ impl Slices {
         }
     }
 
+    /// Marks the tenant active (at most once per [`ACTIVE_MARK_EVERY`]) if
+    /// the round of work that just ended moved channel data: keepalives,
+    /// logins and channels opened without data do not count. (A round that
+    /// waited may have ended on another thread; its reading then differs
+    /// and counts, as every round did before.)
+    fn mark_active(&mut self, share: Option<&Share>) {
+        let Some(share) = share else {
+            return;
+        };
+        if counts::packets_here() == self.data_at {
+            return;
+        }
+        let now = Instant::now();
+        if self.marked.is_none_or(|m| now >= m + ACTIVE_MARK_EVERY) {
+            self.marked = Some(now);
+            share.active(now);
+        }
+    }
+
     fn took(&mut self, turn: Turn, share: &Share) {
         self.turn = Some(turn);
         self.lower = nice::step() > 0 && share.others_active(Instant::now());
@@ -97,6 +114,7 @@ impl Slices {
     /// boundary, gives the turn back, lets others run, and queues again.
     pub(super) async fn after_work(&mut self, moved: u64, share: Option<&Share>) {
         nice::restore();
+        self.mark_active(share);
         if moved - self.mark < CONNECTION_SLICE_BYTES {
             return;
         }
