@@ -11,6 +11,7 @@ use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use warren::protocol::Role;
+use warren::ssh::client::{ClientConnection, NoForwards};
 
 /// A service that sends `len` bytes to whoever connects, then closes.
 async fn source(len: usize) -> u16 {
@@ -30,6 +31,54 @@ async fn source(len: usize) -> u16 {
         }
     });
     port
+}
+
+/// System `tau` with a device serving `len` bytes to whoever connects, and
+/// `n` controllers logged in.
+struct Bulk {
+    _dev1: TestAgent,
+    port: u16,
+    len: usize,
+    controllers: Vec<ClientConnection<NoForwards>>,
+}
+
+impl Bulk {
+    async fn start(r: &TestRelay, len: usize, n: usize) -> Bulk {
+        r.add_system("tau");
+        let port = source(len).await;
+        let _dev1 = r
+            .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
+            .await;
+        let key = r.add_key("tau", Role::Controller, "alice");
+        let mut controllers = Vec::new();
+        for _ in 0..n {
+            controllers.push(r.controller("tau", key.clone()).await);
+        }
+        Bulk {
+            _dev1,
+            port,
+            len,
+            controllers,
+        }
+    }
+
+    /// Every controller downloads the device's bytes at once; each must
+    /// get all of them in time.
+    async fn download(&self) {
+        let port = u32::from(self.port);
+        let all = futures_util::future::join_all(self.controllers.iter().map(|c| async move {
+            let ch = c.open("dev1", port).await.unwrap();
+            let mut got = 0;
+            while let Some(d) = ch.recv_data().await {
+                got += d.len();
+            }
+            got
+        }));
+        let got = tokio::time::timeout(WAIT * 2, all)
+            .await
+            .expect("downloads in time");
+        assert!(got.iter().all(|&g| g == self.len), "{got:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,37 +196,14 @@ fn bulk_slices_run_nicer_while_another_system_is_active_and_only_then() {
     };
     rt.block_on(async {
         let r = TestRelay::start().await;
-        r.add_system("tau");
+        let bulk = Bulk::start(&r, 16 * 1024 * 1024, 4).await;
         r.add_system("rho");
-        let len = 16 * 1024 * 1024;
-        let port = source(len).await;
-        let _dev1 = r
-            .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-            .await;
-        let key = r.add_key("tau", Role::Controller, "alice");
-        let mut bulk = Vec::new();
-        for _ in 0..4 {
-            bulk.push(r.controller("tau", key.clone()).await);
-        }
-        let downloads = || {
-            futures_util::future::join_all(bulk.iter().map(|c| async move {
-                let ch = c.open("dev1", u32::from(port)).await.unwrap();
-                let mut got = 0;
-                while let Some(d) = ch.recv_data().await {
-                    got += d.len();
-                }
-                got
-            }))
-        };
 
         // tau alone: rho has no connection yet, so nothing runs nicer.
         let (stop, seen) = sample();
-        let got = tokio::time::timeout(WAIT * 2, downloads())
-            .await
-            .expect("downloads in time");
+        bulk.download().await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (most, samples) = seen.join().unwrap();
-        assert!(got.iter().all(|&g| g == len), "{got:?}");
         assert!(samples > 10, "{samples} samples");
         assert_eq!(most, 0, "a thread ran nicer while tau was alone");
 
@@ -198,17 +224,12 @@ fn bulk_slices_run_nicer_while_another_system_is_active_and_only_then() {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         };
-        let got = tokio::time::timeout(WAIT * 2, async {
-            tokio::select! {
-                got = downloads() => got,
-                _ = pings => unreachable!(),
-            }
-        })
-        .await
-        .expect("downloads in time");
+        tokio::select! {
+            () = bulk.download() => {}
+            _ = pings => unreachable!(),
+        }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (most, _) = seen.join().unwrap();
-        assert!(got.iter().all(|&g| g == len), "{got:?}");
         assert_eq!(
             most, STEP,
             "no thread ran tau's slices nicer while rho was active"
@@ -231,29 +252,9 @@ fn bulk_slices_run_nicer_while_another_system_is_active_and_only_then() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_system_that_moves_no_data_does_not_hold_back_the_bulk_one() {
     let r = TestRelay::start().await;
-    r.add_system("tau");
+    let bulk = Bulk::start(&r, 8 * 1024 * 1024, 4).await;
     r.add_system("rho");
-    let len = 8 * 1024 * 1024;
-    let port = source(len).await;
-    let _dev1 = r
-        .device("tau", "dev1", &[format!("127.0.0.1:{port}")])
-        .await;
-    let key = r.add_key("tau", Role::Controller, "alice");
-    let mut bulk = Vec::new();
-    for _ in 0..4 {
-        bulk.push(r.controller("tau", key.clone()).await);
-    }
     let tau = r.relay.shares().share(&name("tau"));
-    let downloads = || {
-        futures_util::future::join_all(bulk.iter().map(|c| async move {
-            let ch = c.open("dev1", u32::from(port)).await.unwrap();
-            let mut got = 0;
-            while let Some(d) = ch.recv_data().await {
-                got += d.len();
-            }
-            got
-        }))
-    };
     // rho: a device registered, a controller logged in and a channel open,
     // all just now, and not a byte of data.
     let (_vdev, echo) = r.echo_device("rho", "vdev").await;
@@ -261,10 +262,7 @@ async fn a_system_that_moves_no_data_does_not_hold_back_the_bulk_one() {
         .controller("rho", r.add_key("rho", Role::Controller, "carol"))
         .await;
     let ch = carol.open("vdev", u32::from(echo)).await.unwrap();
-    let got = tokio::time::timeout(WAIT * 2, downloads())
-        .await
-        .expect("downloads in time");
-    assert!(got.iter().all(|&g| g == len), "{got:?}");
+    bulk.download().await;
     assert!(tau.counts().0 > 0, "tau's bulk connections took no turns");
     assert_eq!(tau.kept_back(), 0, "rho moved no data, yet tau held back");
     // One message through rho's channel: now rho is active.
@@ -273,9 +271,6 @@ async fn a_system_that_moves_no_data_does_not_hold_back_the_bulk_one() {
     while back < 64 {
         back += ch.recv_data().await.expect("echo").len();
     }
-    let got = tokio::time::timeout(WAIT * 2, downloads())
-        .await
-        .expect("downloads in time");
-    assert!(got.iter().all(|&g| g == len), "{got:?}");
+    bulk.download().await;
     assert!(tau.kept_back() > 0, "rho's data did not make tau hold back");
 }
