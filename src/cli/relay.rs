@@ -167,14 +167,14 @@ pub fn bulk_nice(asked: Option<i32>) {
             tracing::info!(step, "bulk slices run nicer while another system is active")
         }
         Ok(()) => {}
-        Err(e) if asked.is_some() => tracing::warn!(
-            error = %e,
-            "bulk slices keep the relay's priority (--bulk-nice needs CAP_SYS_NICE or LimitNICE= to set a thread back)"
-        ),
-        Err(e) => tracing::info!(
-            error = %e,
-            "bulk slices keep the relay's priority (--bulk-nice needs CAP_SYS_NICE or LimitNICE= to set a thread back)"
-        ),
+        Err(e) => {
+            const WHY: &str = "bulk slices keep the relay's priority (--bulk-nice needs CAP_SYS_NICE or LimitNICE= to set a thread back)";
+            if asked.is_some() {
+                tracing::warn!(error = %e, "{WHY}");
+            } else {
+                tracing::info!(error = %e, "{WHY}");
+            }
+        }
     }
 }
 

@@ -151,8 +151,9 @@ pub fn on_thread_start() {
     }
 }
 
-/// Whether the calling thread runs lowered now.
-pub fn lowered() -> bool {
+/// Whether the calling thread runs lowered now (for tests).
+#[cfg(test)]
+pub(crate) fn lowered() -> bool {
     LOWERED.get()
 }
 
