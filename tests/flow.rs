@@ -16,6 +16,12 @@ use warren::protocol::Role;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// Held by each test that reads the process-wide count of buffered bytes
+/// (`warren::ssh::buffered_bytes`): under `cargo test` the tests of this file
+/// share one process, and one slow stream's buffers would count in the
+/// other's bound (nextest runs each test in its own process).
+static BUFFERED_COUNT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct World {
     relay: TestRelay,
     sshd: Sshd,
@@ -286,6 +292,7 @@ async fn ten_logins_each_under(w: &World, cfg: &Path, bound: Duration) {
 
 #[tokio::test]
 async fn a_slow_download_does_not_stall_logins_to_the_same_device() {
+    let _count = BUFFERED_COUNT.lock().await;
     let big = big_download(200 * 1024 * 1024).await;
     let w = World::start(&[format!("9000=127.0.0.1:{big}")]).await;
     let cfg = w.config("");
@@ -328,6 +335,7 @@ async fn a_slow_download_does_not_stall_logins_to_the_same_device() {
 
 #[tokio::test]
 async fn a_slow_upload_among_many_socks_streams_stalls_only_itself() {
+    let _count = BUFFERED_COUNT.lock().await;
     let sink = slow_sink(20_000).await;
     let web = http_server("hello from dev1").await;
     let w = World::start(&[
