@@ -94,3 +94,51 @@ async fn a_stream_through_relay_a_whose_claims_still_name_the_killed_relay_follo
     );
     drop(c);
 }
+
+/// A's claims name relay C, which is up but does not hold the device (D
+/// does): again a notification lagging behind the store, simulated. C
+/// refuses the hop with the reason code Warren relays keep for "not here"
+/// (`RefusalKind::NotHere`), so A asks the store once, finds D and
+/// reaches the device through it on the first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hop_to_a_relay_that_is_up_but_does_not_hold_the_device_follows_the_store() {
+    let ThreeRelays {
+        pg,
+        url,
+        a,
+        first: (d, d_id),
+        second: (c, c_id),
+        alice,
+        port,
+        agent: _agent,
+        dirs: _dirs,
+    } = ThreeRelays::start().await;
+    let conn = connect_to(&a.addr.to_string(), &a.host_key(), "tau", alice.clone())
+        .await
+        .unwrap();
+    let back = echo_through(&conn, "dev1", port, b"through D")
+        .await
+        .unwrap();
+    assert_eq!(back, b"through D");
+    pg.psql(
+        &url,
+        &format!(
+            "SELECT pg_notify('warren_owner', json_build_object('system', system, 'name', name,
+               'relay', '{c_id}', 'epoch', epoch, 'online', true)::text)
+             FROM devices WHERE system = 'tau' AND name = 'dev1' AND relay = '{d_id}'"
+        ),
+    );
+    until_held_by(&a, &c_id).await;
+    let pga = a.store().postgres().unwrap();
+    let queries = pga.holder_queries();
+    let back = echo_through(&conn, "dev1", port, b"back to D")
+        .await
+        .expect("C says the device is not here; A follows the store to D");
+    assert_eq!(back, b"back to D");
+    assert_eq!(pga.holder_queries(), queries + 1, "one store lookup");
+    assert_eq!(
+        pga.holder_known("tau", "dev1").flatten().map(|r| r.id),
+        Some(d_id.clone())
+    );
+    drop((c, d));
+}

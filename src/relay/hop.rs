@@ -21,9 +21,9 @@ use crate::protocol::limits::{
     HOP_DIAL_TIMEOUT, RELAY_KEEPALIVE_INTERVAL, RELAY_KEEPALIVE_MAX, STREAM_OPEN_TIMEOUT,
 };
 use crate::protocol::{DeviceId, Name};
-use crate::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards};
+use crate::ssh::client::{self, ClientConnection, ConnectOptions, NoForwards, StreamRefused};
 use crate::ssh::keys::{self, Fingerprint, PrivateKey};
-use crate::ssh::{Channel, IncomingChannel};
+use crate::ssh::{Channel, IncomingChannel, RefusalKind};
 use crate::store::postgres::RelayRecord;
 
 /// The SSH user a relay logs in to another as. Not a valid system name, so
@@ -158,15 +158,13 @@ impl Hops {
         metrics.hop_phase("open", t.elapsed());
         opened.map_err(|error| Failed {
             unreachable: false,
-            not_here: format!("{error:#}").contains(NOT_HERE),
+            not_here: error
+                .downcast_ref::<StreamRefused>()
+                .is_some_and(|r| r.kind() == Some(RefusalKind::NotHere)),
             error,
         })
     }
 }
-
-/// What a relay's refusal says of a device it does not hold (matched by
-/// the relay that hopped there: both ends are Warren relays of one cluster).
-const NOT_HERE: &str = "is not connected to this relay";
 
 /// Why a hop did not open.
 struct Failed {
@@ -312,8 +310,8 @@ async fn serve_device(
     use crate::ssh::Refusal;
     let Some(entry) = relay.registry.lookup(&device.system, &device.name) else {
         return channel
-            .refuse(&Refusal::connect_failed(format!(
-                "device {} {NOT_HERE}",
+            .refuse(&Refusal::not_here(format!(
+                "device {} is not connected to this relay",
                 device.name
             )))
             .await;

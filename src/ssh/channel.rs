@@ -468,6 +468,22 @@ pub enum RefusalKind {
     ConnectFailed,
     /// Out of some resource (SSH_OPEN_RESOURCE_SHORTAGE).
     ResourceShortage,
+    /// The target is not at this end, but may be elsewhere (a private
+    /// reason code: only another Warren relay reads it).
+    NotHere,
+}
+
+impl RefusalKind {
+    /// The kind a peer's reason code stands for, if it is one of ours.
+    pub fn from_code(code: u32) -> Option<RefusalKind> {
+        match code {
+            open_failure::ADMINISTRATIVELY_PROHIBITED => Some(RefusalKind::Prohibited),
+            open_failure::CONNECT_FAILED => Some(RefusalKind::ConnectFailed),
+            open_failure::RESOURCE_SHORTAGE => Some(RefusalKind::ResourceShortage),
+            open_failure::NOT_HERE => Some(RefusalKind::NotHere),
+            _ => None,
+        }
+    }
 }
 
 impl Refusal {
@@ -485,11 +501,20 @@ impl Refusal {
         }
     }
 
+    /// For a peer that is another Warren relay only ([`RefusalKind::NotHere`]).
+    pub fn not_here(message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: RefusalKind::NotHere,
+            message: message.into(),
+        }
+    }
+
     fn code(&self) -> u32 {
         match self.kind {
             RefusalKind::Prohibited => open_failure::ADMINISTRATIVELY_PROHIBITED,
             RefusalKind::ConnectFailed => open_failure::CONNECT_FAILED,
             RefusalKind::ResourceShortage => open_failure::RESOURCE_SHORTAGE,
+            RefusalKind::NotHere => open_failure::NOT_HERE,
         }
     }
 }

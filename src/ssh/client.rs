@@ -10,9 +10,10 @@ use anyhow::{Result, anyhow, bail};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::channel::{Channel, IncomingChannel};
+use super::channel::{Channel, IncomingChannel, RefusalKind};
 use super::keys::{Fingerprint, PrivateKey, PublicKey, fingerprint};
 use super::proto::conn::{self, Conn, Events, ExecOutput, Incoming, Settings, Side};
+use super::proto::mux::OpenRefused;
 use super::proto::mux::{ConnTx, Ended, In, OpenRequest};
 use super::proto::wire::{Writer, open_failure};
 use super::socket::Socket;
@@ -62,6 +63,22 @@ impl ForwardedHandler for NoForwards {
 pub struct HostKeyMismatch {
     pub pinned: String,
     pub presented: String,
+}
+
+/// The relay refused a stream ([`ClientConnection::open`]).
+#[derive(Debug, thiserror::Error)]
+#[error("relay refused {host}:{port}: {refused}")]
+pub struct StreamRefused {
+    pub host: String,
+    pub port: u32,
+    pub refused: OpenRefused,
+}
+
+impl StreamRefused {
+    /// What kind of refusal the relay's reason code says, if it is one of ours.
+    pub fn kind(&self) -> Option<RefusalKind> {
+        self.refused.code.and_then(RefusalKind::from_code)
+    }
 }
 
 /// An authenticated connection to the relay. Dropping it closes the connection.
@@ -191,7 +208,12 @@ impl<H: ForwardedHandler> ClientConnection<H> {
             .finish();
         match self.tx.open("direct-tcpip", extra, MAX_PACKET_SIZE).await {
             Ok(h) => Ok(Channel::new(h)),
-            Err(text) => bail!("relay refused {host}:{port}: {text}"),
+            Err(refused) => Err(StreamRefused {
+                host: host.to_string(),
+                port,
+                refused,
+            }
+            .into()),
         }
     }
 
@@ -205,7 +227,7 @@ impl<H: ForwardedHandler> ClientConnection<H> {
             .await
         {
             Ok(h) => Ok(Channel::new(h)),
-            Err(text) => bail!("{text}"),
+            Err(refused) => Err(refused.into()),
         }
     }
 

@@ -28,10 +28,10 @@ pub mod socket;
 pub const P2P_CHANNEL: &str = "p2p@warren";
 
 pub use channel::{
-    Channel, IncomingChannel, Pace, PaceWait, Refusal, SpliceDirection, SpliceStats,
+    Channel, IncomingChannel, Pace, PaceWait, Refusal, RefusalKind, SpliceDirection, SpliceStats,
 };
 pub use keys::{Fingerprint, PrivateKey, PublicKey};
-pub use proto::mux::{DataCounts, buffered_at_least, buffered_bytes, data_counts};
+pub use proto::mux::{DataCounts, OpenRefused, buffered_at_least, buffered_bytes, data_counts};
 pub use socket::Socket;
 
 /// Fuzzing entry points: each runs one parser over arbitrary bytes. They

@@ -216,7 +216,7 @@ impl ServerHandle {
             )
             .await
             .map(Channel::new)
-            .map_err(OpenError)
+            .map_err(|refused| OpenError(refused.text))
     }
 
     /// Opens a `p2p@warren` channel (signalling for a direct path) for the
@@ -227,7 +227,7 @@ impl ServerHandle {
             .open(crate::ssh::P2P_CHANNEL, extra, MAX_PACKET_SIZE)
             .await
             .map(Channel::new)
-            .map_err(OpenError)
+            .map_err(|refused| OpenError(refused.text))
     }
 
     /// Closes the connection, telling the peer why.

@@ -319,7 +319,26 @@ pub enum OpenRequest {
     },
 }
 
-pub type OpenReply = oneshot::Sender<Result<(u32, Arc<ChanShared>), String>>;
+pub type OpenReply = oneshot::Sender<Result<(u32, Arc<ChanShared>), OpenRefused>>;
+
+/// Why a channel we asked for did not open: the peer's refusal, with its
+/// reason code ([`super::wire::open_failure`]), or none when the
+/// connection closed (or the peer's packet size was unusable) first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text}")]
+pub struct OpenRefused {
+    pub code: Option<u32>,
+    pub text: String,
+}
+
+impl OpenRefused {
+    pub(crate) fn ours(text: impl Into<String>) -> OpenRefused {
+        OpenRefused {
+            code: None,
+            text: text.into(),
+        }
+    }
+}
 
 /// Requests from handles to the connection task.
 pub enum Cmd {
@@ -478,7 +497,7 @@ impl ConnTx {
         kind: &'static str,
         extra: Vec<u8>,
         max_packet: u32,
-    ) -> Result<ChanHandle, String> {
+    ) -> Result<ChanHandle, OpenRefused> {
         let (reply, rx) = oneshot::channel();
         if !self.send(Cmd::Open {
             kind,
@@ -486,12 +505,12 @@ impl ConnTx {
             max_packet,
             reply,
         }) {
-            return Err("connection closed".into());
+            return Err(OpenRefused::ours("connection closed"));
         }
         match rx.await {
             Ok(Ok((id, shared))) => Ok(ChanHandle::new(id, shared, self.clone())),
-            Ok(Err(reason)) => Err(reason),
-            Err(_) => Err("connection closed".into()),
+            Ok(Err(refused)) => Err(refused),
+            Err(_) => Err(OpenRefused::ours("connection closed")),
         }
     }
 

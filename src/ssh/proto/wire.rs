@@ -65,6 +65,10 @@ pub mod open_failure {
     pub const CONNECT_FAILED: u32 = 2;
     pub const UNKNOWN_CHANNEL_TYPE: u32 = 3;
     pub const RESOURCE_SHORTAGE: u32 = 4;
+    /// The target is not at this end (it is elsewhere): Warren relays of
+    /// one cluster tell each other so on a hop. From the range RFC 4250
+    /// (4.3) leaves for private use; never sent to anyone else.
+    pub const NOT_HERE: u32 = 0xFE00_0001;
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

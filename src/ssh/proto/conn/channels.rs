@@ -10,7 +10,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::super::mux::{
-    ChanHandle, ChanShared, Chunk, Cmd, In, OpenReply, OpenRequest, Pushed, WINDOW, Wakes, counts,
+    ChanHandle, ChanShared, Chunk, Cmd, In, OpenRefused, OpenReply, OpenRequest, Pushed, WINDOW,
+    Wakes, counts,
 };
 use super::super::wire::{Writer, msg, open_failure};
 use super::msg::{ChanReq, OpenKind};
@@ -151,7 +152,7 @@ impl Channels {
             e.shared.unpin_all();
             e.shared.close();
             if let Some(reply) = e.reply {
-                let _ = reply.send(Err("connection closed".into()));
+                let _ = reply.send(Err(OpenRefused::ours("connection closed")));
             }
         }
     }
@@ -274,9 +275,9 @@ impl<E: Events> Conn<E> {
         e.kind = ChanKind::Open;
         if max < MIN_PEER_PACKET {
             if let Some(reply) = e.reply.take() {
-                let _ = reply.send(Err(format!(
+                let _ = reply.send(Err(OpenRefused::ours(format!(
                     "peer's maximum packet size {max} is below {MIN_PEER_PACKET}"
-                )));
+                ))));
             }
             self.command(Cmd::Close(id));
             return Ok(());
@@ -301,7 +302,10 @@ impl<E: Events> Conn<E> {
                     } else {
                         String::from_utf8_lossy(text).into_owned()
                     };
-                    let _ = reply.send(Err(text));
+                    let _ = reply.send(Err(OpenRefused {
+                        code: Some(code),
+                        text,
+                    }));
                 }
                 Ok(())
             }

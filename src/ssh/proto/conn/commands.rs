@@ -6,7 +6,9 @@ use tokio::sync::oneshot;
 
 use bytes::BytesMut;
 
-use super::super::mux::{ChanShared, Chunk, Cmd, OpenReply, SEND_PACKET, WINDOW, counts};
+use super::super::mux::{
+    ChanShared, Chunk, Cmd, OpenRefused, OpenReply, SEND_PACKET, WINDOW, counts,
+};
 use super::super::wire::{Writer, msg, open_failure};
 use super::channels::{ChanKind, Entry, open_failure_msg};
 use super::transport::FRAME_MIN;
@@ -194,7 +196,7 @@ impl<E: Events> Conn<E> {
 
     fn cmd_open(&mut self, kind: &str, extra: &[u8], max_packet: u32, reply: OpenReply) {
         let Some(id) = self.ch.alloc_id() else {
-            let _ = reply.send(Err("too many channels".into()));
+            let _ = reply.send(Err(OpenRefused::ours("too many channels")));
             return;
         };
         let max_packet = max_packet.min(MAX_PACKET_SIZE);

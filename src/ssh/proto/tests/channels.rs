@@ -276,6 +276,57 @@ async fn data_is_checked_against_the_packet_size_announced_for_its_channel() {
     );
 }
 
+/// A peer's refusal reaches the opener with its reason code, so that a
+/// Warren relay can tell "not here" (a private code) from any other answer.
+#[tokio::test]
+async fn a_refusal_reaches_the_opener_with_its_reason_code() {
+    use crate::ssh::RefusalKind;
+    use crate::ssh::proto::wire::open_failure;
+    let mut srv = server(Settings::default()).await;
+    let mut raw = Raw::connect(srv.addr, true, None).await;
+    let server_tx = srv.conns.recv().await.unwrap();
+    raw.login(&srv.user).await;
+    let extra = Writer::default()
+        .string("127.0.0.1")
+        .u32(22)
+        .string("127.0.0.1")
+        .u32(1)
+        .finish();
+    let opening =
+        tokio::spawn(async move { server_tx.open("forwarded-tcpip", extra, 32768).await });
+    let open = raw.recv().await.unwrap();
+    assert_eq!(open[0], msg::CHANNEL_OPEN);
+    let mut r = Reader::new(&open[1..]);
+    assert_eq!(r.utf8().unwrap(), "forwarded-tcpip");
+    let id = r.u32().unwrap();
+    raw.send(
+        &Writer::new(msg::CHANNEL_OPEN_FAILURE)
+            .u32(id)
+            .u32(open_failure::NOT_HERE)
+            .string("device dev1 is not connected to this relay")
+            .string("")
+            .finish(),
+    )
+    .await;
+    let err = tokio::time::timeout(WAIT, opening)
+        .await
+        .unwrap()
+        .unwrap()
+        .err()
+        .expect("refused");
+    assert_eq!(err.code, Some(open_failure::NOT_HERE));
+    assert_eq!(err.text, "device dev1 is not connected to this relay");
+    assert_eq!(
+        err.code.and_then(RefusalKind::from_code),
+        Some(RefusalKind::NotHere)
+    );
+    assert_eq!(
+        RefusalKind::from_code(open_failure::CONNECT_FAILED),
+        Some(RefusalKind::ConnectFailed)
+    );
+    assert_eq!(RefusalKind::from_code(0xFE00_0002), None);
+}
+
 #[tokio::test]
 async fn a_peer_announcing_packets_below_1_kib_is_refused() {
     let mut srv = server(Settings::default()).await;
@@ -296,7 +347,8 @@ async fn a_peer_announcing_packets_below_1_kib_is_refused() {
     let mut raw = Raw::connect(srv.addr, true, None).await;
     let (opened, id) = raw_accepts_forward(&mut srv, &mut raw, 32768, 100).await;
     let err = opened.err().expect("a 100-byte packet size is refused");
-    assert!(err.contains("maximum packet size"), "{err}");
+    assert!(err.text.contains("maximum packet size"), "{err}");
+    assert_eq!(err.code, None, "our own refusal, not the peer's");
     let close = raw.recv().await.unwrap();
     assert_eq!(close[0], msg::CHANNEL_CLOSE);
     assert_eq!(Reader::new(&close[1..]).u32().unwrap(), 7);

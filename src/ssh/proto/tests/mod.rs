@@ -527,7 +527,7 @@ async fn raw_accepts_forward(
     raw: &mut Raw,
     ours: u32,
     theirs: u32,
-) -> (Result<ChanHandle, String>, u32) {
+) -> (Result<ChanHandle, mux::OpenRefused>, u32) {
     let server_tx = srv.conns.recv().await.unwrap();
     raw.login(&srv.user).await;
     let extra = Writer::default()
