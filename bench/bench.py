@@ -379,6 +379,11 @@ class Bench:
                 "nproc": os.cpu_count(),
                 "cpu": model.group(1) if model else "unknown",
                 "aes_ni": "aes" in flags,
+                # Which AES-GCM code the cryptography library can pick (its
+                # AVX-512 code or the older AVX one): it changes what share of
+                # the relay's CPU the cipher is, so compare runs on like hosts.
+                "avx512f": "avx512f" in flags,
+                "vaes": "vaes" in flags,
                 "uname": " ".join(os.uname()),
                 "mem_total": re.search(r"MemTotal:\s+(\d+ kB)", Path("/proc/meminfo").read_text()).group(1),
                 "nofile_limit": run(["sh", "-c", "ulimit -n"]).stdout.strip(),
@@ -1367,7 +1372,8 @@ class Bench:
             f"{R.get('elapsed_s', 0):.0f} s); command: `{R['command']}`",
             f"- Code measured: `{v['code_commit']}` (last commit touching src/ or Cargo.*; HEAD `{v['git_head']}`"
             + (", with uncommitted changes in src/" if v["git_dirty"] else "") + ")",
-            f"- Machine: {m['nproc']} cores, {m['cpu']}, AES-NI {'yes' if m['aes_ni'] else 'no'}, {m['mem_total']}, "
+            f"- Machine: {m['nproc']} cores, {m['cpu']}, AES-NI {'yes' if m['aes_ni'] else 'no'}, "
+            f"AVX-512 {'yes' if m.get('avx512f') else 'no'}, VAES {'yes' if m.get('vaes') else 'no'}, {m['mem_total']}, "
             f"`{m['uname']}`; open-file limit {m['nofile_limit']}",
             f"- Load average at start {' '.join(m['loadavg_start'])}, at end {' '.join(m.get('loadavg_end', []))} "
             "(the machine is shared: other builds may run during the benchmark; each record in the JSON has the "

@@ -19,6 +19,9 @@ use crate::scale::{Conn, Reach, hop_phases, hop_totals, reach, sample_of};
 pub struct Kill {
     pub killed_relay: usize,
     pub devices_moved: u64,
+    /// Whether the store and the maps were polled while the devices moved
+    /// (`--quiet-move` turns it off: then the two times below are upper bounds).
+    pub watched_while_moving: bool,
     /// From SIGKILL until every device is registered again (elsewhere).
     pub all_registered_elsewhere_s: f64,
     /// Until the store showed every moved device online on a survivor (its
@@ -179,7 +182,9 @@ pub async fn kill_one(
                 s.registered
             );
         }
-        watch.poll(&mut relays[..k]).await?;
+        if !a.quiet_move {
+            watch.poll(&mut relays[..k]).await?;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
         s = status_all(loaders).await?;
     }
@@ -230,6 +235,7 @@ pub async fn kill_one(
     Ok(Kill {
         killed_relay: k,
         devices_moved: s.moved - before.moved,
+        watched_while_moving: !a.quiet_move,
         all_registered_elsewhere_s,
         all_claimed_in_store_s: watch.claimed,
         survivor_maps_learned_s: watch.learned,

@@ -52,6 +52,11 @@ struct Args {
     sample: usize,
     /// Kill one relay (SIGKILL) once every device is reachable.
     kill: bool,
+    /// With `--kill`: poll the store and the survivors' maps only once every
+    /// device is registered again (`--quiet-move`), so that the polling adds
+    /// no load while they move; the claimed and learned times are then
+    /// upper bounds.
+    quiet_move: bool,
     /// One relay on SQLite (no database): the single relay's figures,
     /// measured the same way.
     sqlite: bool,
@@ -72,6 +77,7 @@ fn args() -> Result<Args> {
         connecting: 32,
         sample: 20,
         kill: false,
+        quiet_move: false,
         sqlite: false,
         logins: 200,
         rtts: 500,
@@ -90,6 +96,7 @@ fn args() -> Result<Args> {
             "--connecting" => a.connecting = value()?.parse()?,
             "--sample" => a.sample = value()?.parse()?,
             "--kill" => a.kill = true,
+            "--quiet-move" => a.quiet_move = true,
             "--sqlite" => a.sqlite = true,
             "--logins" => a.logins = value()?.parse()?,
             "--rtts" => a.rtts = value()?.parse()?,
