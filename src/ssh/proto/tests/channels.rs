@@ -284,21 +284,7 @@ async fn a_refusal_reaches_the_opener_with_its_reason_code() {
     use crate::ssh::proto::wire::open_failure;
     let mut srv = server(Settings::default()).await;
     let mut raw = Raw::connect(srv.addr, true, None).await;
-    let server_tx = srv.conns.recv().await.unwrap();
-    raw.login(&srv.user).await;
-    let extra = Writer::default()
-        .string("127.0.0.1")
-        .u32(22)
-        .string("127.0.0.1")
-        .u32(1)
-        .finish();
-    let opening =
-        tokio::spawn(async move { server_tx.open("forwarded-tcpip", extra, 32768).await });
-    let open = raw.recv().await.unwrap();
-    assert_eq!(open[0], msg::CHANNEL_OPEN);
-    let mut r = Reader::new(&open[1..]);
-    assert_eq!(r.utf8().unwrap(), "forwarded-tcpip");
-    let id = r.u32().unwrap();
+    let (opening, id) = raw_receives_forward(&mut srv, &mut raw, 32768).await;
     raw.send(
         &Writer::new(msg::CHANNEL_OPEN_FAILURE)
             .u32(id)

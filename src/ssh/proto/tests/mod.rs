@@ -519,15 +519,16 @@ async fn raw_open(raw: &mut Raw, kind: &str, host: &str, max: u32) -> Vec<u8> {
     raw.recv().await.unwrap()
 }
 
-/// The raw peer, logged in, accepts the forwarded-tcpip channel the server
-/// opens (asking for packets up to `ours`), announcing `theirs`; returns
-/// the opener's result and the server's channel id.
-async fn raw_accepts_forward(
-    srv: &mut TestServer,
-    raw: &mut Raw,
-    ours: u32,
-    theirs: u32,
-) -> (Result<ChanHandle, mux::OpenRefused>, u32) {
+/// An opening of a forwarded-tcpip channel by the server, as the raw peer
+/// received it: the opener's pending result and the server's channel id.
+type Opening = (
+    tokio::task::JoinHandle<Result<ChanHandle, mux::OpenRefused>>,
+    u32,
+);
+
+/// The raw peer logs in; the server opens a forwarded-tcpip channel to it
+/// (asking for packets up to `ours`), which the raw peer receives.
+async fn raw_receives_forward(srv: &mut TestServer, raw: &mut Raw, ours: u32) -> Opening {
     let server_tx = srv.conns.recv().await.unwrap();
     raw.login(&srv.user).await;
     let extra = Writer::default()
@@ -543,6 +544,19 @@ async fn raw_accepts_forward(
     assert_eq!(r.utf8().unwrap(), "forwarded-tcpip");
     let (id, _window, max) = (r.u32().unwrap(), r.u32().unwrap(), r.u32().unwrap());
     assert_eq!(max, ours);
+    (opening, id)
+}
+
+/// The raw peer, logged in, accepts the forwarded-tcpip channel the server
+/// opens (asking for packets up to `ours`), announcing `theirs`; returns
+/// the opener's result and the server's channel id.
+async fn raw_accepts_forward(
+    srv: &mut TestServer,
+    raw: &mut Raw,
+    ours: u32,
+    theirs: u32,
+) -> (Result<ChanHandle, mux::OpenRefused>, u32) {
+    let (opening, id) = raw_receives_forward(srv, raw, ours).await;
     raw.send(
         &Writer::new(msg::CHANNEL_OPEN_CONFIRMATION)
             .u32(id)
