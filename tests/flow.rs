@@ -16,10 +16,10 @@ use warren::protocol::Role;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Held by each test that reads the process-wide count of buffered bytes
-/// (`warren::ssh::buffered_bytes`): under `cargo test` the tests of this file
-/// share one process, and one slow stream's buffers would count in the
-/// other's bound (nextest runs each test in its own process).
+/// Held by every test of this file: two of them bound the process-wide
+/// count of buffered bytes (`warren::ssh::buffered_bytes`), and under
+/// `cargo test` the tests share one process, so any other test's streams
+/// would count in that bound (nextest runs each test in its own process).
 static BUFFERED_COUNT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct World {
@@ -91,6 +91,7 @@ impl World {
 
 #[tokio::test]
 async fn every_cipher_and_key_exchange_works_with_openssh_across_rekeys() {
+    let _count = BUFFERED_COUNT.lock().await;
     let w = World::start(&[]).await;
     let file = w.dir.path().join("blob");
     let data = pseudo_random(6 * 1024 * 1024);
@@ -134,6 +135,7 @@ async fn every_cipher_and_key_exchange_works_with_openssh_across_rekeys() {
 
 #[tokio::test]
 async fn an_agentless_openssh_device_works_in_every_cipher_across_rekeys() {
+    let _count = BUFFERED_COUNT.lock().await;
     let w = World::start(&[]).await;
     let file = w.dir.path().join("blob");
     let data = pseudo_random(4 * 1024 * 1024);
