@@ -19,7 +19,7 @@ use crate::protocol::Backoff;
 use crate::protocol::limits::{BACKOFF_RESET_AFTER, HANDSHAKE_TIMEOUT, TUNNEL_LIVENESS_CHECK};
 use crate::ssh::Channel;
 use crate::ssh::IncomingChannel;
-use crate::ssh::client::{ClientConnection, ForwardedHandler};
+use crate::ssh::client::{ClientConnection, ForwardedHandler, StreamRefused};
 
 /// How long `--p2p require` waits for a direct path to come up.
 const REQUIRE_WAIT: std::time::Duration = SIGNAL_TIMEOUT.saturating_add(PUNCH_BUDGET);
@@ -207,14 +207,12 @@ impl Tunnel {
     /// for a connection to the relay if there is none right now.
     pub async fn open(&self, host: &str, port: u16) -> Result<Channel, OpenError> {
         let conn = self.conn().await?;
-        conn.open(host, u32::from(port)).await.map_err(|e| {
-            let text = format!("{e:#}");
-            // The SSH layer words a refusal as "relay refused HOST:PORT: why".
-            match text.strip_prefix(&format!("relay refused {host}:{port}: ")) {
-                Some(why) => OpenError::Refused(why.to_string()),
-                None => OpenError::Failed(text),
-            }
-        })
+        conn.open(host, u32::from(port))
+            .await
+            .map_err(|e| match e.downcast::<StreamRefused>() {
+                Ok(refused) => OpenError::Refused(refused.refused.text),
+                Err(e) => OpenError::Failed(format!("{e:#}")),
+            })
     }
 
     /// The live relay connection, waiting up to [`HANDSHAKE_TIMEOUT`].
