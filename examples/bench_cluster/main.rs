@@ -110,6 +110,9 @@ fn args() -> Result<Args> {
     if a.database.is_empty() {
         bail!("--database postgres://… is required (bench/cluster starts one)");
     }
+    if a.quiet_move && !a.kill {
+        bail!("--quiet-move changes what --kill polls: give it with --kill");
+    }
     if a.sqlite {
         if a.kill {
             bail!("--sqlite is one relay without a database: no --kill");
