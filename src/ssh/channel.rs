@@ -474,15 +474,26 @@ pub enum RefusalKind {
 }
 
 impl RefusalKind {
+    const ALL: [RefusalKind; 4] = [
+        RefusalKind::Prohibited,
+        RefusalKind::ConnectFailed,
+        RefusalKind::ResourceShortage,
+        RefusalKind::NotHere,
+    ];
+
+    /// Its reason code on the wire.
+    fn code(self) -> u32 {
+        match self {
+            RefusalKind::Prohibited => open_failure::ADMINISTRATIVELY_PROHIBITED,
+            RefusalKind::ConnectFailed => open_failure::CONNECT_FAILED,
+            RefusalKind::ResourceShortage => open_failure::RESOURCE_SHORTAGE,
+            RefusalKind::NotHere => open_failure::NOT_HERE,
+        }
+    }
+
     /// The kind a peer's reason code stands for, if it is one of ours.
     pub fn from_code(code: u32) -> Option<RefusalKind> {
-        match code {
-            open_failure::ADMINISTRATIVELY_PROHIBITED => Some(RefusalKind::Prohibited),
-            open_failure::CONNECT_FAILED => Some(RefusalKind::ConnectFailed),
-            open_failure::RESOURCE_SHORTAGE => Some(RefusalKind::ResourceShortage),
-            open_failure::NOT_HERE => Some(RefusalKind::NotHere),
-            _ => None,
-        }
+        RefusalKind::ALL.into_iter().find(|k| k.code() == code)
     }
 }
 
@@ -510,12 +521,7 @@ impl Refusal {
     }
 
     fn code(&self) -> u32 {
-        match self.kind {
-            RefusalKind::Prohibited => open_failure::ADMINISTRATIVELY_PROHIBITED,
-            RefusalKind::ConnectFailed => open_failure::CONNECT_FAILED,
-            RefusalKind::ResourceShortage => open_failure::RESOURCE_SHORTAGE,
-            RefusalKind::NotHere => open_failure::NOT_HERE,
-        }
+        self.kind.code()
     }
 }
 
