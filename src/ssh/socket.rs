@@ -69,10 +69,33 @@ impl Socket {
         }
     }
 
+    /// Reads what the socket holds into `buf`'s spare room without
+    /// waiting. A read that leaves room over drained the socket, so it
+    /// also forgets the socket's readiness: the next [`Socket::readable`]
+    /// waits for new bytes (edge-triggered epoll reports every arrival)
+    /// instead of waking the loop for a read that finds nothing, which
+    /// cost every small message a second system call and a second turn of
+    /// the loop. Tokio's own `poll_read` does the same.
     pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
-        match self {
-            Socket::Tcp(s) => s.try_read_buf(buf),
-            Socket::Pair(s) => s.try_read_buf(buf),
+        let spare = buf.capacity() - buf.len();
+        let mut got = 0;
+        let mut drained = |read: io::Result<usize>| {
+            let n = read?;
+            got = n;
+            if n > 0 && n < spare {
+                Err(io::Error::from(io::ErrorKind::WouldBlock))
+            } else {
+                Ok(n)
+            }
+        };
+        let readable = tokio::io::Interest::READABLE;
+        let read = match self {
+            Socket::Tcp(s) => s.try_io(readable, || drained(s.try_read_buf(buf))),
+            Socket::Pair(s) => s.try_io(readable, || drained(s.try_read_buf(buf))),
+        };
+        match read {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+            read => read,
         }
     }
 
@@ -160,5 +183,65 @@ where
         }
         w.write_all(&buf[..n]).await?;
         w.flush().await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_read_that_drains_the_socket_waits_for_new_bytes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let s = Socket::Tcp(listener.accept().await.unwrap().0);
+        let mut buf = bytes::BytesMut::with_capacity(1024);
+        for word in [&b"hello"[..], b"world"] {
+            peer.write_all(word).await.unwrap();
+            tokio::time::timeout(WAIT, s.readable())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(s.try_read_buf(&mut buf).unwrap(), 5);
+            // Drained: no wake-up for a read that would find nothing.
+            assert!(s.readable().now_or_never().is_none(), "still ready");
+        }
+        assert_eq!(&buf[..], b"helloworld");
+        // A read that fills the buffer keeps the readiness: more may wait.
+        peer.write_all(&[7; 100]).await.unwrap();
+        tokio::time::timeout(WAIT, s.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut small = bytes::BytesMut::with_capacity(10);
+        let spare = small.capacity();
+        assert_eq!(s.try_read_buf(&mut small).unwrap(), spare);
+        assert!(s.readable().now_or_never().is_some(), "readiness lost");
+        // The end of the stream reads as 0, as before.
+        drop(peer);
+        let mut rest = bytes::BytesMut::with_capacity(4096);
+        let mut n = spare;
+        loop {
+            tokio::time::timeout(WAIT, s.readable())
+                .await
+                .unwrap()
+                .unwrap();
+            match s.try_read_buf(&mut rest) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(n, 100);
     }
 }
