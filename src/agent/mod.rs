@@ -426,10 +426,7 @@ async fn carry_out<H: ForwardedHandler>(conn: &client::ClientConnection<H>, a: g
         Ok(Ok(ch)) => {
             tracing::debug!(to = %a.to, peer = %a.peer, "listen forward open");
             let _ = a.tcp.set_nodelay(true);
-            tokio::spawn(async move {
-                let (r, w) = a.tcp.into_split();
-                ch.splice_io(r, w).await;
-            });
+            tokio::spawn(ch.splice_tcp(a.tcp));
         }
         Ok(Err(e)) => tracing::warn!(to = %a.to, peer = %a.peer, "listen forward refused: {e:#}"),
         Err(_) => {
@@ -527,8 +524,7 @@ async fn serve_stream(target: Target, channel: IncomingChannel) {
     };
     let _ = tcp.set_nodelay(true);
     let ch = channel.accept().await;
-    let (r, w) = tcp.into_split();
-    let stats = ch.splice_io(r, w).await;
+    let stats = ch.splice_tcp(tcp).await;
     tracing::debug!(target = %addr, sent = stats.sent, received = stats.received, "stream closed");
 }
 

@@ -426,6 +426,17 @@ impl Stream {
             Stream::Direct(d) => d.splice_io(reader, writer).await,
         }
     }
+
+    /// Splices with a TCP stream ([`Channel::splice_tcp`] when relayed).
+    pub async fn splice_tcp(self, tcp: tokio::net::TcpStream) -> SpliceStats {
+        match self {
+            Stream::Relayed(ch) => ch.splice_tcp(tcp).await,
+            Stream::Direct(d) => {
+                let (r, w) = tcp.into_split();
+                d.splice_io(r, w).await
+            }
+        }
+    }
 }
 
 /// The direct paths of one controller process, by device.

@@ -191,10 +191,9 @@ async fn accept_loop(f: Forward, l: TcpListener, tunnel: Arc<Tunnel>, shutdown: 
                     }
                 };
                 tracing::info!(path = channel.path().as_str(), "stream open");
-                let (r, w) = tcp.into_split();
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    stats = channel.splice_io(r, w) => {
+                    stats = channel.splice_tcp(tcp) => {
                         tracing::debug!(sent = stats.sent, received = stats.received, "stream closed");
                     }
                 }

@@ -283,8 +283,7 @@ pub async fn serve(
                 let Some(channel) = open(&mut stream, &tunnel, &req).await else {
                     return;
                 };
-                let (r, w) = stream.into_split();
-                let stats = channel.splice_io(r, w).await;
+                let stats = channel.splice_tcp(stream).await;
                 tracing::debug!(
                     sent = stats.sent,
                     received = stats.received,

@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::proto::conn::Incoming;
-use super::proto::mux::{ChanHandle, Charge, Chunk, In};
+use super::proto::mux::{ChanHandle, Charge, Chunk, DirectSink, In};
 use super::proto::wire::open_failure;
+use super::tcp_write::SharedWrite;
 use crate::protocol::limits::SPLICE_BUFFER;
 
 /// Bytes moved by a splice, each way.
@@ -170,14 +172,41 @@ impl Channel {
         self.splice_io_paced(reader, writer, None).await
     }
 
+    /// Splices this channel with a TCP stream, like [`Channel::splice_io`];
+    /// small data from the channel is written to the socket by the
+    /// connection's task itself while this splice waits for it (see
+    /// [`super::tcp_write`]).
+    pub async fn splice_tcp(self, tcp: TcpStream) -> SpliceStats {
+        let (r, w) = tcp.into_split();
+        let w = SharedWrite::new(w);
+        self.splice_io_with(r, w.clone(), None, Some(Arc::new(w)))
+            .await
+    }
+
     /// Like [`Channel::splice_io`], with every chunk paced by `pace`:
     /// [`SpliceDirection::Forward`] from the byte stream into the channel,
     /// [`SpliceDirection::Back`] from the channel to the stream.
     pub async fn splice_io_paced<R, W>(
         self,
+        reader: R,
+        writer: W,
+        pace: Option<&dyn Pace>,
+    ) -> SpliceStats
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        self.splice_io_with(reader, writer, pace, None).await
+    }
+
+    /// The splice with a byte stream; data from the channel may go to
+    /// `sink` (the same stream as `writer`) directly while nothing waits.
+    async fn splice_io_with<R, W>(
+        self,
         mut reader: R,
         mut writer: W,
         pace: Option<&dyn Pace>,
+        sink: Option<Arc<dyn DirectSink>>,
     ) -> SpliceStats
     where
         R: AsyncRead + Unpin,
@@ -185,6 +214,7 @@ impl Channel {
     {
         let ch = &self.h;
         let mut stats = SpliceStats::default();
+        let direct = sink.map(|sink| SinkPath::start(ch, sink));
         let (eof_tx, eofs) = mpsc::unbounded_channel();
         {
             let from_channel = eof_tx.clone();
@@ -226,6 +256,9 @@ impl Channel {
                         // EOF counts once per direction (the connection
                         // passes one per channel; this holds either way).
                         Some(In::Eof) if !std::mem::replace(&mut eof, true) => {
+                            if let Some(d) = &direct {
+                                d.stop();
+                            }
                             let _ = writer.shutdown().await;
                             let _ = from_channel.send(());
                             // Keep reading: the close that follows must end
@@ -265,8 +298,42 @@ impl Channel {
             };
             both_directions(to_io, from_io, eofs).await;
         }
+        if let Some(d) = direct {
+            stats.sent += d.end();
+        }
         ch.close();
         stats
+    }
+}
+
+/// A splice's direct path to its socket ([`DirectSink`]); it ends when the
+/// splice does, however it ends, so no data reaches the socket after.
+struct SinkPath<'a> {
+    ch: &'a ChanHandle,
+    moved: Arc<AtomicU64>,
+}
+
+impl<'a> SinkPath<'a> {
+    fn start(ch: &'a ChanHandle, sink: Arc<dyn DirectSink>) -> Self {
+        let moved = ch.direct_to_sink(sink);
+        SinkPath { ch, moved }
+    }
+
+    /// No more data goes directly (the stream's sending side is ending).
+    fn stop(&self) {
+        self.ch.no_direct();
+    }
+
+    /// Ends it; the bytes that went directly.
+    fn end(self) -> u64 {
+        self.stop();
+        self.moved.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SinkPath<'_> {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 
 pub use counts::{DataCounts, data_counts};
-pub use direct::{Charge, Direct, PaceHold, Pushed, Wakes};
+pub use direct::{Charge, Direct, DirectSink, PaceHold, Pushed, Wakes};
 
 /// Window we give each channel: at most this many received bytes wait in
 /// memory for a slow reader.

@@ -9,11 +9,19 @@
 //! the pump passes it on, so bytes keep their order and back-pressure
 //! stays with the pump. The packets one read brings wake the other
 //! connection's task once ([`Wakes`]).
+//!
+//! A channel spliced to a byte stream that can be written without waiting
+//! (a TCP socket: [`DirectSink`]) has a direct path too: under the same
+//! conditions the connection task writes the data to the socket itself,
+//! and the splice's task is not woken at all. What the socket does not
+//! take at once is queued for the splice, behind nothing, so order holds.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
 
 use super::super::queue::CmdTx;
 use super::{ChanHandle, ChanShared, Chunk, Cmd, ConnTx, GRANT_AT, In, SEND_PACKET};
@@ -24,14 +32,40 @@ pub type PaceHold = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Charges `n` bytes to a splice direction's pace: `Some` to hold them.
 pub type Charge = Box<dyn Fn(usize) -> Option<PaceHold> + Send + Sync>;
 
+/// A byte stream a spliced channel's data may be written to directly.
+pub trait DirectSink: Send + Sync {
+    /// Writes what fits of `data` now, never waiting: `WouldBlock` when
+    /// nothing does.
+    fn try_write(&self, data: &[u8]) -> std::io::Result<usize>;
+}
+
 /// Where a spliced channel's data may go directly.
 pub struct Direct {
-    id: u32,
-    to: Arc<ChanShared>,
-    tx: ConnTx,
+    to: Dest,
     /// Bytes that went the direct way (the splice adds them to its counts).
     pub moved: Arc<AtomicU64>,
-    charge: Option<Charge>,
+}
+
+enum Dest {
+    /// Another channel, through its connection's command queue.
+    Channel {
+        id: u32,
+        to: Arc<ChanShared>,
+        tx: ConnTx,
+        charge: Option<Charge>,
+    },
+    /// A byte stream's socket.
+    Sink(Arc<dyn DirectSink>),
+}
+
+/// What [`Direct::pass`] did with data.
+enum Passed {
+    /// All of it went: this many bytes.
+    All(usize),
+    /// The first `.0` bytes went; the rest is to be queued.
+    Part(usize, Chunk),
+    /// Nothing went (with the pace's wait, when that held it).
+    Back(Chunk, Option<PaceHold>),
 }
 
 /// What [`ChanShared::push_data`] did with the data.
@@ -48,13 +82,26 @@ impl ChanHandle {
     /// `to` (see the module doc); `charge` paces it. Returns the count of
     /// bytes that go that way.
     pub fn direct_to(&self, to: &ChanHandle, charge: Option<Charge>) -> Arc<AtomicU64> {
-        let moved = Arc::new(AtomicU64::new(0));
-        let d = Direct {
+        self.direct(Dest::Channel {
             id: to.id,
             to: to.shared.clone(),
             tx: to.tx.clone(),
-            moved: moved.clone(),
             charge,
+        })
+    }
+
+    /// From now on, data arriving on this channel may be written straight
+    /// to `sink` (see the module doc). Returns the count of bytes that go
+    /// that way.
+    pub fn direct_to_sink(&self, sink: Arc<dyn DirectSink>) -> Arc<AtomicU64> {
+        self.direct(Dest::Sink(sink))
+    }
+
+    fn direct(&self, to: Dest) -> Arc<AtomicU64> {
+        let moved = Arc::new(AtomicU64::new(0));
+        let d = Direct {
+            to,
+            moved: moved.clone(),
         };
         self.shared.lock().direct = Some(Arc::new(d));
         moved
@@ -127,72 +174,103 @@ impl ChanShared {
                 }
             }
         };
-        let n = data.len();
-        match direct.pass(data, wakes) {
-            Ok(()) => {
-                direct.moved.fetch_add(n as u64, Ordering::Relaxed);
-                let mut st = self.lock();
-                st.consumed += n as u32;
-                let grant = (st.consumed >= GRANT_AT && !st.closed)
-                    .then(|| std::mem::take(&mut st.consumed));
-                Pushed::Direct(grant)
-            }
-            Err((data, hold)) => {
+        let (n, rest) = match direct.pass(data, wakes) {
+            Passed::All(n) => (n, None),
+            Passed::Part(n, rest) => (n, Some(rest)),
+            Passed::Back(data, hold) => {
                 self.lock().pace_hold = hold;
                 self.push(In::Data(data));
-                Pushed::Queued
+                return Pushed::Queued;
             }
+        };
+        direct.moved.fetch_add(n as u64, Ordering::Relaxed);
+        let grant = {
+            let mut st = self.lock();
+            st.consumed += n as u32;
+            (st.consumed >= GRANT_AT && !st.closed).then(|| std::mem::take(&mut st.consumed))
+        };
+        if let Some(rest) = rest {
+            self.push(In::Data(rest));
         }
+        Pushed::Direct(grant)
     }
 }
 
 impl Direct {
-    /// Takes the other channel's window and its connection's outbox space
-    /// for `data`, and the pace's leave, and queues it there; hands it
-    /// back (with the pace's wait, when that held it) otherwise.
-    fn pass(&self, data: Chunk, wakes: &mut Wakes) -> Result<(), (Chunk, Option<PaceHold>)> {
-        let n = data.len();
-        if n == 0 || n > SEND_PACKET as usize {
-            return Err((data, None));
+    fn pass(&self, data: Chunk, wakes: &mut Wakes) -> Passed {
+        if data.is_empty() {
+            return Passed::Back(data, None);
         }
-        let n32 = n as u32;
-        {
-            let mut st = self.to.lock();
-            if st.closed || st.remote_window < n32 || st.remote_max.max(1) < n32 {
-                return Err((data, None));
+        match &self.to {
+            Dest::Channel { id, to, tx, charge } => {
+                to_channel(*id, to, tx, charge.as_ref(), data, wakes)
             }
-            st.remote_window -= n32;
+            Dest::Sink(sink) => to_sink(sink.as_ref(), data),
         }
-        match self.tx.space.try_acquire_many(n32) {
-            Ok(permit) => permit.forget(),
-            Err(_) => {
-                self.give_back(n32, false);
-                return Err((data, None));
-            }
-        }
-        if let Some(hold) = self.charge.as_ref().and_then(|c| c(n)) {
-            self.give_back(n32, true);
-            return Err((data, Some(hold)));
-        }
-        // A connection that is gone ends the splice too: its channel is
-        // closed, and the other direction's pump sees it.
-        let queued = self.tx.cmds.send_quiet(Cmd::Data {
-            id: self.id,
-            ext: false,
-            data,
-        });
-        if queued.is_ok() {
-            wakes.owe(&self.tx.cmds);
-        }
-        Ok(())
     }
+}
 
-    fn give_back(&self, n: u32, space: bool) {
-        let mut st = self.to.lock();
-        st.remote_window = st.remote_window.saturating_add(n);
+/// Takes the other channel's window and its connection's outbox space for
+/// `data`, and the pace's leave, and queues it there; hands it back (with
+/// the pace's wait, when that held it) otherwise.
+fn to_channel(
+    id: u32,
+    to: &ChanShared,
+    tx: &ConnTx,
+    charge: Option<&Charge>,
+    data: Chunk,
+    wakes: &mut Wakes,
+) -> Passed {
+    let n = data.len();
+    if n > SEND_PACKET as usize {
+        return Passed::Back(data, None);
+    }
+    let n32 = n as u32;
+    {
+        let mut st = to.lock();
+        if st.closed || st.remote_window < n32 || st.remote_max.max(1) < n32 {
+            return Passed::Back(data, None);
+        }
+        st.remote_window -= n32;
+    }
+    let give_back = |space: bool| {
+        let mut st = to.lock();
+        st.remote_window = st.remote_window.saturating_add(n32);
         drop(st);
         if space {
-            self.tx.space.add_permits(n as usize);
+            tx.space.add_permits(n);
         }
+    };
+    match tx.space.try_acquire_many(n32) {
+        Ok(permit) => permit.forget(),
+        Err(_) => {
+            give_back(false);
+            return Passed::Back(data, None);
+        }
+    }
+    if let Some(hold) = charge.and_then(|c| c(n)) {
+        give_back(true);
+        return Passed::Back(data, Some(hold));
+    }
+    // A connection that is gone ends the splice too: its channel is
+    // closed, and the other direction's pump sees it.
+    let queued = tx.cmds.send_quiet(Cmd::Data {
+        id,
+        ext: false,
+        data,
+    });
+    if queued.is_ok() {
+        wakes.owe(&tx.cmds);
+    }
+    Passed::All(n)
+}
+
+/// Writes `data` to the socket as far as it takes it now. An error is the
+/// splice's to see: the data is handed back, and its write fails there.
+fn to_sink(sink: &dyn DirectSink, data: Chunk) -> Passed {
+    match sink.try_write(&data) {
+        Ok(n) if n == data.len() => Passed::All(n),
+        Ok(n) if n > 0 => Passed::Part(n, Bytes::copy_from_slice(&data[n..]).into()),
+        _ => Passed::Back(data, None),
     }
 }

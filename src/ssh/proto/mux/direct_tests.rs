@@ -298,3 +298,109 @@ async fn data_passed_on_in_a_row_wakes_the_other_connection_once() {
     drop(wakes);
     assert_eq!(count.0.load(Ordering::Relaxed), 2);
 }
+
+/// A socket's write side that takes `room` bytes, then would block (or
+/// fails every write, when `broken`).
+struct Sink {
+    took: StdMutex<Vec<u8>>,
+    room: AtomicUsize,
+    broken: bool,
+}
+
+impl Sink {
+    fn new(room: usize) -> Arc<Sink> {
+        Arc::new(Sink {
+            took: StdMutex::new(Vec::new()),
+            room: AtomicUsize::new(room),
+            broken: false,
+        })
+    }
+
+    fn took(&self) -> Vec<u8> {
+        self.took.lock().unwrap().clone()
+    }
+}
+
+impl DirectSink for Sink {
+    fn try_write(&self, data: &[u8]) -> std::io::Result<usize> {
+        if self.broken {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        let n = self.room.load(Ordering::Relaxed).min(data.len());
+        if n == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        self.room.fetch_sub(n, Ordering::Relaxed);
+        self.took.lock().unwrap().extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+}
+
+fn queued_data(h: &ChanHandle) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| h.try_recv_data(usize::MAX).map(|d| d.to_vec())).collect()
+}
+
+#[tokio::test]
+async fn data_for_an_idle_reader_is_written_to_the_socket() {
+    let a = end(1, 0);
+    let sink = Sink::new(1 << 20);
+    let moved = a.h.direct_to_sink(sink.clone());
+    let _recv = idle_reader(&a.h).await;
+    assert_eq!(a.shared.push_data(data(b"ping")), Pushed::Direct(None));
+    assert_eq!(sink.took(), b"ping");
+    assert_eq!(moved.load(Ordering::Relaxed), 4);
+    assert!(!a.shared.has_queued(), "nothing waits for the reader");
+    // Window is granted back as a reader would, once enough went.
+    let big = vec![7u8; GRANT_AT as usize];
+    assert_eq!(
+        a.shared.push_data(Bytes::from(big).into()),
+        Pushed::Direct(Some(GRANT_AT + 4))
+    );
+}
+
+#[tokio::test]
+async fn what_the_socket_does_not_take_is_queued_first() {
+    let a = end(1, 0);
+    let sink = Sink::new(3);
+    let moved = a.h.direct_to_sink(sink.clone());
+    let recv = idle_reader(&a.h).await;
+    assert_eq!(a.shared.push_data(data(b"abcdef")), Pushed::Direct(None));
+    assert_eq!(sink.took(), b"abc");
+    assert_eq!(moved.load(Ordering::Relaxed), 3);
+    // The rest waits for the reader, and what comes next waits behind it
+    // even though the socket has room again.
+    sink.room.store(1 << 20, Ordering::Relaxed);
+    assert_eq!(a.shared.push_data(data(b"gh")), Pushed::Queued);
+    assert!(matches!(recv.await, Some(In::Data(ref d)) if &d[..] == b"def"));
+    assert_eq!(queued_data(&a.h), vec![b"gh".to_vec()]);
+    assert_eq!(sink.took(), b"abc", "nothing passed the queue");
+}
+
+#[tokio::test]
+async fn a_full_or_broken_socket_leaves_the_data_to_the_splice() {
+    let a = end(1, 0);
+    let sink = Sink::new(0);
+    let moved = a.h.direct_to_sink(sink.clone());
+    let recv = idle_reader(&a.h).await;
+    assert_eq!(a.shared.push_data(data(b"full")), Pushed::Queued);
+    assert!(matches!(recv.await, Some(In::Data(ref d)) if &d[..] == b"full"));
+    assert_eq!(moved.load(Ordering::Relaxed), 0);
+    let a = end(1, 0);
+    let broken = Arc::new(Sink {
+        took: StdMutex::new(Vec::new()),
+        room: AtomicUsize::new(1 << 20),
+        broken: true,
+    });
+    a.h.direct_to_sink(broken);
+    let recv = idle_reader(&a.h).await;
+    assert_eq!(a.shared.push_data(data(b"gone")), Pushed::Queued);
+    assert!(matches!(recv.await, Some(In::Data(ref d)) if &d[..] == b"gone"));
+    // After no_direct nothing goes to the socket.
+    let a = end(1, 0);
+    let sink = Sink::new(1 << 20);
+    a.h.direct_to_sink(sink.clone());
+    a.h.no_direct();
+    let _recv = idle_reader(&a.h).await;
+    assert_eq!(a.shared.push_data(data(b"late")), Pushed::Queued);
+    assert!(sink.took().is_empty());
+}
