@@ -525,7 +525,13 @@ async fn serve_stream(target: Target, channel: IncomingChannel) {
     let _ = tcp.set_nodelay(true);
     let ch = channel.accept().await;
     let stats = ch.splice_tcp(tcp).await;
-    tracing::debug!(target = %addr, sent = stats.sent, received = stats.received, "stream closed");
+    tracing::debug!(
+        target = %addr,
+        sent = stats.sent,
+        received = stats.received,
+        bypassed = stats.bypassed,
+        "stream closed"
+    );
 }
 
 #[cfg(test)]

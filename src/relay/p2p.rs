@@ -267,6 +267,7 @@ fn closed(s: &Session, o: &Open, up: u64, down: u64, took: Duration) {
     let stats = SpliceStats {
         sent: up,
         received: down,
+        bypassed: 0,
     };
     let mut e = audit::stream_closed(
         s.who.system.as_str(),

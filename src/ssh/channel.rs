@@ -26,6 +26,9 @@ pub struct SpliceStats {
     pub sent: u64,
     /// From the other side into this channel.
     pub received: u64,
+    /// Of both, the bytes a connection's task passed on itself, bypassing
+    /// the splice's task (see [`super::proto::mux::Direct`]).
+    pub bypassed: u64,
 }
 
 /// Which way bytes go through a splice.
@@ -156,6 +159,7 @@ impl Channel {
             let (sent, received) = moved.end();
             stats.sent += sent;
             stats.received += received;
+            stats.bypassed = sent + received;
         }
         a.close();
         b.close();
@@ -173,14 +177,14 @@ impl Channel {
     }
 
     /// Splices this channel with a TCP stream, like [`Channel::splice_io`];
-    /// small data from the channel is written to the socket by the
+    /// data from the channel is written to the socket by the
     /// connection's task itself while this splice waits for it (see
     /// [`super::tcp_write`]).
     pub async fn splice_tcp(self, tcp: TcpStream) -> SpliceStats {
         let (r, w) = tcp.into_split();
         let w = SharedWrite::new(w);
-        self.splice_io_with(r, w.clone(), None, Some(Arc::new(w)))
-            .await
+        let sink = w.sink();
+        self.splice_io_with(r, w, None, Some(sink)).await
     }
 
     /// Like [`Channel::splice_io`], with every chunk paced by `pace`:
@@ -299,7 +303,8 @@ impl Channel {
             both_directions(to_io, from_io, eofs).await;
         }
         if let Some(d) = direct {
-            stats.sent += d.end();
+            stats.bypassed = d.end();
+            stats.sent += stats.bypassed;
         }
         ch.close();
         stats

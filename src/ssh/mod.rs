@@ -23,7 +23,7 @@ pub mod nice;
 pub(crate) mod proto;
 pub mod server;
 pub mod socket;
-pub mod tcp_write;
+pub(crate) mod tcp_write;
 
 /// Channel type of direct-path signalling (`crate::p2p`).
 pub const P2P_CHANNEL: &str = "p2p@warren";

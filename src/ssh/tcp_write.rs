@@ -1,6 +1,6 @@
 //! The write half of a TCP stream that a channel's splice shares with its
 //! connection's task: the splice writes through it as any writer, and the
-//! connection writes small data straight to the socket when the splice
+//! connection writes data straight to the socket when the splice
 //! waits with nothing in hand ([`super::proto::mux::DirectSink`]), so a
 //! message to a device's local service wakes one task instead of two.
 
@@ -15,13 +15,19 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use super::proto::mux::DirectSink;
 
-/// A shared write half: clones write to the same socket.
-#[derive(Clone)]
+/// A write half the splice writes through; [`SharedWrite::sink`] is the
+/// connection's way to the same socket.
 pub struct SharedWrite(Arc<OwnedWriteHalf>);
 
 impl SharedWrite {
     pub fn new(w: OwnedWriteHalf) -> SharedWrite {
         SharedWrite(Arc::new(w))
+    }
+
+    /// The socket for the connection's direct path. It writes only while
+    /// the splice waits for data, so the two never write at once.
+    pub fn sink(&self) -> Arc<dyn DirectSink> {
+        self.0.clone()
     }
 
     fn socket(&self) -> &TcpStream {
@@ -45,9 +51,9 @@ impl SharedWrite {
     }
 }
 
-impl DirectSink for SharedWrite {
+impl DirectSink for OwnedWriteHalf {
     fn try_write(&self, data: &[u8]) -> io::Result<usize> {
-        self.socket().try_write(data)
+        OwnedWriteHalf::try_write(self, data)
     }
 }
 

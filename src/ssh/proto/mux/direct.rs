@@ -13,8 +13,9 @@
 //! A channel spliced to a byte stream that can be written without waiting
 //! (a TCP socket: [`DirectSink`]) has a direct path too: under the same
 //! conditions the connection task writes the data to the socket itself,
-//! and the splice's task is not woken at all. What the socket does not
-//! take at once is queued for the splice, behind nothing, so order holds.
+//! and the splice's task is not woken. What the socket does not take at
+//! once is queued for the splice (which is woken for it), behind nothing,
+//! so order holds.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -163,50 +164,49 @@ impl ChanShared {
     /// Like [`ChanShared::push_data`]; data passed on directly leaves its
     /// connection's wake-up to `wakes`.
     pub fn push_data_waking(&self, data: Chunk, wakes: &mut Wakes) -> Pushed {
-        let direct = {
-            let st = self.lock();
-            match &st.direct {
-                Some(d) if st.reader_waiting && st.queue.is_empty() && !st.closed => d.clone(),
-                _ => {
-                    drop(st);
-                    self.push(In::Data(data));
-                    return Pushed::Queued;
-                }
+        let st = self.lock();
+        let direct = match &st.direct {
+            Some(d)
+                if st.reader_waiting && st.queue.is_empty() && !st.closed && !data.is_empty() =>
+            {
+                d.clone()
+            }
+            _ => {
+                drop(st);
+                self.push(In::Data(data));
+                return Pushed::Queued;
             }
         };
-        let (n, rest) = match direct.pass(data, wakes) {
+        let (mut st, passed) = match &direct.to {
+            // Written under this channel's lock: once `no_direct` returns,
+            // nothing more reaches the socket and the count is final.
+            Dest::Sink(sink) => (st, to_sink(sink.as_ref(), data)),
+            // Not under it: passing on takes the other channel's lock.
+            Dest::Channel { id, to, tx, charge } => {
+                drop(st);
+                let passed = to_channel(*id, to, tx, charge.as_ref(), data, wakes);
+                (self.lock(), passed)
+            }
+        };
+        let (n, rest) = match passed {
             Passed::All(n) => (n, None),
             Passed::Part(n, rest) => (n, Some(rest)),
             Passed::Back(data, hold) => {
-                self.lock().pace_hold = hold;
+                st.pace_hold = hold;
+                drop(st);
                 self.push(In::Data(data));
                 return Pushed::Queued;
             }
         };
         direct.moved.fetch_add(n as u64, Ordering::Relaxed);
-        let grant = {
-            let mut st = self.lock();
-            st.consumed += n as u32;
-            (st.consumed >= GRANT_AT && !st.closed).then(|| std::mem::take(&mut st.consumed))
-        };
+        st.consumed += n as u32;
+        let grant =
+            (st.consumed >= GRANT_AT && !st.closed).then(|| std::mem::take(&mut st.consumed));
+        drop(st);
         if let Some(rest) = rest {
             self.push(In::Data(rest));
         }
         Pushed::Direct(grant)
-    }
-}
-
-impl Direct {
-    fn pass(&self, data: Chunk, wakes: &mut Wakes) -> Passed {
-        if data.is_empty() {
-            return Passed::Back(data, None);
-        }
-        match &self.to {
-            Dest::Channel { id, to, tx, charge } => {
-                to_channel(*id, to, tx, charge.as_ref(), data, wakes)
-            }
-            Dest::Sink(sink) => to_sink(sink.as_ref(), data),
-        }
     }
 }
 

@@ -347,8 +347,9 @@ async fn a_channel_spliced_to_tcp_keeps_every_byte_in_order() {
     let conn = srv.client(Settings::default()).await;
     let ch = conn.open("echo", 1).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    // A small receive buffer: the burst below fills the splice's socket,
-    // so writes take part of the data and the rest waits in the queue.
+    // A small receive buffer, so that during the burst below the splice's
+    // socket is often full: writes then take part of the data, or none,
+    // and the rest waits in the queue.
     let near = tokio::net::TcpSocket::new_v4().unwrap();
     near.set_recv_buffer_size(4096).unwrap();
     let near = near.connect(listener.local_addr().unwrap()).await.unwrap();
@@ -368,7 +369,7 @@ async fn a_channel_spliced_to_tcp_keeps_every_byte_in_order() {
         assert_eq!(back, msg, "round trip {i}");
         total += msg.len();
     }
-    // A burst written while the reader lags.
+    // A burst, read back as it comes (the reader's small buffer lags).
     let burst: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 253) as u8).collect();
     total += burst.len();
     let sent = burst.clone();
@@ -386,4 +387,8 @@ async fn a_channel_spliced_to_tcp_keeps_every_byte_in_order() {
     assert!(back == burst, "the burst came back out of order");
     let stats = tokio::time::timeout(WAIT, splice).await.unwrap().unwrap();
     assert_eq!((stats.sent, stats.received), (total as u64, total as u64));
+    // The round trips' echoes found the splice waiting, so the connection
+    // wrote them itself; the burst's bytes went both ways.
+    assert!(stats.bypassed > 0, "the direct path was never taken");
+    assert!(stats.bypassed < stats.sent, "the splice never wrote");
 }
