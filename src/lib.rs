@@ -31,7 +31,9 @@
 //!    waking it once for all the packets of one read; small data queued
 //!    for one channel leaves as one packet (`Conn::coalesce`,
 //!    `ssh/proto/conn/commands.rs`), and data for a byte stream (the
-//!    agent's target) leaves in one write per batch (`ssh/channel.rs`).
+//!    agent's target) leaves in one write per batch (`ssh/channel.rs`), or,
+//!    for a TCP socket whose splice waits, is written by the connection
+//!    task itself (`Channel::splice_tcp`, `ssh/tcp_write.rs`).
 //!
 //! ## Modules
 //!

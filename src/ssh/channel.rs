@@ -27,7 +27,7 @@ pub struct SpliceStats {
     /// From the other side into this channel.
     pub received: u64,
     /// Of both, the bytes a connection's task passed on itself, bypassing
-    /// the splice's task (see [`super::proto::mux::Direct`]).
+    /// the splice's task (see `ssh/proto/mux/direct.rs`).
     pub bypassed: u64,
 }
 
@@ -179,7 +179,7 @@ impl Channel {
     /// Splices this channel with a TCP stream, like [`Channel::splice_io`];
     /// data from the channel is written to the socket by the
     /// connection's task itself while this splice waits for it (see
-    /// [`super::tcp_write`]).
+    /// `ssh/tcp_write.rs`).
     pub async fn splice_tcp(self, tcp: TcpStream) -> SpliceStats {
         let (r, w) = tcp.into_split();
         let w = SharedWrite::new(w);
