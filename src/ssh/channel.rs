@@ -144,7 +144,7 @@ impl Channel {
         let (a, b) = (&self.h, &other.h);
         let mut stats = SpliceStats::default();
         let (eof_tx, eofs) = mpsc::unbounded_channel();
-        let moved = direct.then(|| DirectPath::start(a, b, shared));
+        let bypass = direct.then(|| Bypass::both(a, b, shared));
         {
             let forward = pace.map(|p| (p, SpliceDirection::Forward));
             let back = pace.map(|p| (p, SpliceDirection::Back));
@@ -155,8 +155,8 @@ impl Channel {
                 _ = stop => {}
             }
         }
-        if let Some(moved) = moved {
-            let (sent, received) = moved.end();
+        if let Some((forward, back)) = bypass {
+            let (sent, received) = (forward.end(), back.end());
             stats.sent += sent;
             stats.received += received;
             stats.bypassed = sent + received;
@@ -218,7 +218,7 @@ impl Channel {
     {
         let ch = &self.h;
         let mut stats = SpliceStats::default();
-        let direct = sink.map(|sink| SinkPath::start(ch, sink));
+        let direct = sink.map(|sink| Bypass::to_sink(ch, sink));
         let (eof_tx, eofs) = mpsc::unbounded_channel();
         {
             let from_channel = eof_tx.clone();
@@ -311,37 +311,6 @@ impl Channel {
     }
 }
 
-/// A splice's direct path to its socket ([`DirectSink`]); it ends when the
-/// splice does, however it ends, so no data reaches the socket after.
-struct SinkPath<'a> {
-    ch: &'a ChanHandle,
-    moved: Arc<AtomicU64>,
-}
-
-impl<'a> SinkPath<'a> {
-    fn start(ch: &'a ChanHandle, sink: Arc<dyn DirectSink>) -> Self {
-        let moved = ch.direct_to_sink(sink);
-        SinkPath { ch, moved }
-    }
-
-    /// No more data goes directly (the stream's sending side is ending).
-    fn stop(&self) {
-        self.ch.no_direct();
-    }
-
-    /// Ends it; the bytes that went directly.
-    fn end(self) -> u64 {
-        self.stop();
-        self.moved.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for SinkPath<'_> {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// Data parts gathered into one write to a byte stream, at most.
 const WRITE_PARTS: usize = 16;
 
@@ -417,46 +386,57 @@ async fn write_parts<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// The direct path of a splice, both ways, while it runs (ended on drop,
-/// so a cancelled splice passes nothing on after it).
-struct DirectPath<'a> {
-    a: &'a ChanHandle,
-    b: &'a ChanHandle,
-    sent: Arc<AtomicU64>,
-    received: Arc<AtomicU64>,
+/// One channel's direct path while its splice runs (see
+/// `ssh/proto/mux/direct.rs`). It ends with the splice, however that ends
+/// (on drop too), so a cancelled splice passes nothing on after it.
+struct Bypass<'a> {
+    ch: &'a ChanHandle,
+    moved: Arc<AtomicU64>,
 }
 
-impl<'a> DirectPath<'a> {
-    fn start(a: &'a ChanHandle, b: &'a ChanHandle, pace: Option<Arc<dyn Pace>>) -> Self {
+impl<'a> Bypass<'a> {
+    /// Both ways between two spliced channels, each paced by `pace`.
+    fn both(
+        a: &'a ChanHandle,
+        b: &'a ChanHandle,
+        pace: Option<Arc<dyn Pace>>,
+    ) -> (Bypass<'a>, Bypass<'a>) {
         let charge = |dir: SpliceDirection| -> Option<Charge> {
             let pace = pace.clone()?;
             Some(Box::new(move |n| pace.take(dir, n)))
         };
         let sent = a.direct_to(b, charge(SpliceDirection::Forward));
         let received = b.direct_to(a, charge(SpliceDirection::Back));
-        DirectPath {
-            a,
-            b,
-            sent,
-            received,
-        }
+        (
+            Bypass { ch: a, moved: sent },
+            Bypass {
+                ch: b,
+                moved: received,
+            },
+        )
     }
 
-    /// Ends it; the bytes that went directly, each way.
-    fn end(self) -> (u64, u64) {
-        self.a.no_direct();
-        self.b.no_direct();
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.received.load(Ordering::Relaxed),
-        )
+    /// From the channel straight to its byte stream's socket.
+    fn to_sink(ch: &'a ChanHandle, sink: Arc<dyn DirectSink>) -> Bypass<'a> {
+        let moved = ch.direct_to_sink(sink);
+        Bypass { ch, moved }
+    }
+
+    /// No more data goes directly.
+    fn stop(&self) {
+        self.ch.no_direct();
+    }
+
+    /// Ends it; the bytes that went directly.
+    fn end(self) -> u64 {
+        self.stop();
+        self.moved.load(Ordering::Relaxed)
     }
 }
 
-impl Drop for DirectPath<'_> {
+impl Drop for Bypass<'_> {
     fn drop(&mut self) {
-        self.a.no_direct();
-        self.b.no_direct();
+        self.stop();
     }
 }
 

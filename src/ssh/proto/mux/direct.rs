@@ -59,7 +59,7 @@ enum Dest {
     Sink(Arc<dyn DirectSink>),
 }
 
-/// What [`Direct::pass`] did with data.
+/// What passing data on directly did with it.
 enum Passed {
     /// All of it went: this many bytes.
     All(usize),
