@@ -35,6 +35,7 @@ import atexit
 import json
 import os
 import re
+import resource
 import shlex
 import signal
 import socket
@@ -220,6 +221,52 @@ def cpu_ticks(pids, tree=False):
         group = [pid] + (descendants(pid, table) if tree else [])
         total += sum(table[p][1] for p in group if p in table)
     return total
+
+
+# What any relay that decrypts and re-encrypts must pay per byte: the cipher
+# (aws-lc is linked into the binary) and the kernel's copies between socket
+# buffers and user memory.
+CIPHER_SYMBOL = re.compile(r"aes|gcm|ghash|chacha|poly1305", re.I)
+COPY_SYMBOL = re.compile(r"^(rep_movs_alternative|copy_user\w*|_copy_to_iter|_copy_from_iter|copy_page_(to|from)_iter)$")
+
+
+def floor_shares(data):
+    """Shares of a perf.data's samples: cipher, kernel copies, the rest of
+    the kernel, and everything else (Warren, its runtime, libc)."""
+    argv = ["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol",
+            "--percent-limit", "0", "-g", "none"]
+    rep = run(argv, check=False, timeout=600)
+    acc = {"cipher_pct": 0.0, "copies_pct": 0.0, "other_kernel_pct": 0.0, "other_user_pct": 0.0}
+    for ln in rep.stdout.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[([.k])\]\s+(\S+)", ln)
+        if not m:
+            continue
+        pct, dso, kind, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4)
+        if kind == "k":
+            acc["copies_pct" if COPY_SYMBOL.match(sym) else "other_kernel_pct"] += pct
+        elif dso != "[kernel.kallsyms]" and CIPHER_SYMBOL.search(sym):
+            acc["cipher_pct"] += pct
+        else:
+            acc["other_user_pct"] += pct
+    acc = {k: round(v, 1) for k, v in acc.items()}
+    acc["command"] = shlex.join(map(str, argv))
+    return acc
+
+
+def floor_line(f, who="relay"):
+    """One sentence: how far above its floor (cipher + copies) a process runs,
+    and what it would cost with no code of its own (cipher + the kernel)."""
+    base = f["cipher_pct"] + f["copies_pct"]
+    kernel = base + f["other_kernel_pct"]
+    text = (f"cipher {f['cipher_pct']:.1f}%, the kernel's copies {f['copies_pct']:.1f}%, the rest of the kernel "
+            f"{f['other_kernel_pct']:.1f}%, Warren, its runtime and libc {f['other_user_pct']:.1f}% of the {who}'s CPU")
+    if base > 0:
+        text += f": the {who} runs at {100 / base:.2f}× its floor (cipher and copies)"
+        s = f.get("s_per_gib_while_profiled", f.get("relay_s_per_gib_while_profiled"))
+        if s:
+            text += (f"; {s:.2f} s/GiB while profiled, of which the floor is {s * base / 100:.2f} and cipher plus "
+                     f"the whole kernel {s * kernel / 100:.2f}")
+    return text
 
 
 def memory(pid, tree=False):
@@ -655,6 +702,9 @@ class Bench:
         busy_retries = 0
         while True:
             before = {k: cpu_ticks(p, t) for k, (p, t) in groups.items()}
+            # The iperf3 client shares the two cores too: its CPU comes from
+            # this process's reaped children (subprocess.run waits for it).
+            reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.monotonic()
             try:
                 r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
@@ -664,12 +714,15 @@ class Bench:
                 out = {"error": str(e)}
             wall = time.monotonic() - t0
             after = {k: cpu_ticks(p, t) for k, (p, t) in groups.items()}
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            client_s = (now.ru_utime + now.ru_stime) - (reaped.ru_utime + reaped.ru_stime)
             if "busy" in str(out.get("error", "")) and time.monotonic() < deadline:
                 busy_retries += 1
                 time.sleep(0.25)
                 continue
             break
         cpu = {k: (after[k] - before[k]) / CLK_TCK for k in groups}
+        cpu["iperf3_client"] = round(client_s, 3)
         rec = {
             "system": system,
             "cipher": cipher or "default",
@@ -1120,7 +1173,7 @@ class Bench:
     # --- 5. a CPU profile of the relay under throughput
 
     def profile(self):
-        cipher = self.a.profile_cipher
+        cipher = None if self.a.profile_cipher == "default" else self.a.profile_cipher
         reverse = self.a.profile_direction == "device_to_controller"
         log(f"profile: perf record of the Warren relay, {self.a.profile}s of iperf3{' -R' if reverse else ''} "
             f"through it ({cipher}, {self.a.profile_direction})")
@@ -1130,15 +1183,30 @@ class Bench:
         # DWARF call graphs: release builds have no frame pointers.
         perf = Proc("perf_record", ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,32768",
                                     "-o", out, "-p", self.wrelay.proc.pid], self.logs)
+        # The agent too, flat (no call graphs): its floor is one cipher and
+        # the copies on both of its sockets.
+        agent_out = self.work / "agent.perf.data"
+        agent_perf = Proc("perf_record_agent", ["perf", "record", "-e", "cpu-clock", "-F", "499", "-o", agent_out,
+                                                "-p", self.agent.pid], self.logs)
         time.sleep(0.5)
         argv = ["iperf3", "-c", "127.0.0.1", "-p", ctl.lport, "-t", self.a.profile, "-J"] + (["-R"] if reverse else [])
+        ticks = {"relay": cpu_ticks([self.wrelay.proc.pid]), "agent": cpu_ticks([self.agent.pid])}
         r = run(argv, timeout=self.a.profile + 30, check=False)
+        ticks = {"relay": cpu_ticks([self.wrelay.proc.pid]) - ticks["relay"],
+                 "agent": cpu_ticks([self.agent.pid]) - ticks["agent"]}
         try:
-            mbit = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+            end = json.loads(r.stdout)["end"]["sum_received"]
+            mbit, moved = end["bits_per_second"] / 1e6, end["bytes"]
         except (json.JSONDecodeError, KeyError):
-            mbit = None
-        perf.p.send_signal(signal.SIGINT)
-        perf.p.wait(120)
+            mbit, moved = None, None
+        for pr in (perf, agent_perf):
+            pr.p.send_signal(signal.SIGINT)
+            pr.p.wait(120)
+        floor, agent_floor = floor_shares(out), floor_shares(agent_out)
+        if moved:
+            # CPU per GiB while perf samples it (DWARF unwinding adds some).
+            floor["s_per_gib_while_profiled"] = ticks["relay"] / CLK_TCK / (moved / 2**30)
+            agent_floor["s_per_gib_while_profiled"] = ticks["agent"] / CLK_TCK / (moved / 2**30)
         flat = run(["perf", "report", "-i", out, "--stdio", "--no-children", "--sort", "dso,symbol",
                     "--percent-limit", "1", "-g", "none"], check=False, timeout=600)
         lines = [ln.rstrip() for ln in flat.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
@@ -1166,7 +1234,11 @@ class Bench:
             "inclusive": incl[:60],
             "callers_command": shlex.join(map(str, callers.args)),
             "callers": callers_lines[:120],
+            "floor": floor,
+            "agent_floor": agent_floor,
         }
+        log("  " + floor_line(floor))
+        log("  " + floor_line(agent_floor, "agent"))
         for ln in lines[:15]:
             log(f"  {ln}")
         for p in (ctl, dev, perf):
@@ -1325,11 +1397,11 @@ class Bench:
         cores = R["machine"].get("nproc") or 1
         cpu_rows = ["", "CPU seconds per GiB relayed, per process (median over runs; relay = all sshd processes "
                         "for OpenSSH). Bound: the throughput these processes allow on this machine's "
-                        f"{cores} cores, {cores} / (sum of the four) GiB/s in Mbit/s (the iperf3 client's own CPU "
-                        "is not counted, so the real bound is lower):", "",
+                        f"{cores} cores, {cores} / (their sum) GiB/s in Mbit/s (runs from before the iperf3 "
+                        "client's CPU was recorded show — there, and leave it out of the bound):", "",
                     "| System | Cipher | Streams | Direction | relay | device side | controller | iperf3 server "
-                    "| bound Mbit/s |",
-                    "|---|---|---|---|---|---|---|---|---|"]
+                    "| iperf3 client | bound Mbit/s |",
+                    "|---|---|---|---|---|---|---|---|---|---|"]
         seen = {}
         for rec in R["throughput"]:
             if rec.get("cpu_s_per_gib"):
@@ -1337,11 +1409,12 @@ class Bench:
                     rec["cpu_s_per_gib"])
         for (s, c, n, d), lst in sorted(seen.items()):
             med = {k: statistics.median(x[k] for x in lst) for k in lst[0]}
-            total = med['relay'] + med['device_side'] + med['controller'] + med['iperf3_server']
+            client = med.get("iperf3_client")
+            total = med['relay'] + med['device_side'] + med['controller'] + med['iperf3_server'] + (client or 0)
             bound = f"{cores / total * 8 * 2**30 / 1e6:,.0f}" if total > 0 else "—"
             cpu_rows.append(f"| {s} | {c} | {n} | {d.replace('_to_', '→')} | {med['relay']:.2f} | "
                             f"{med['device_side']:.2f} | {med['controller']:.2f} | {med['iperf3_server']:.2f} | "
-                            f"{bound} |")
+                            f"{'—' if client is None else f'{client:.2f}'} | {bound} |")
         h = R.get("warren_stream_health")
         if h:
             cpu_rows += ["", f"Failed throughput runs: Warren {h['warren_failed_runs']}, OpenSSH "
@@ -1425,6 +1498,9 @@ class Bench:
                       "```", *P["inclusive"][:40], "```", "",
                       f"Who calls the copies, zeroing and page faults: `{P['callers_command']}` (filtered)", "",
                       "```", *P["callers"][:80], "```", ""]
+            for key, who in (("floor", "relay"), ("agent_floor", "agent")):
+                if P.get(key):
+                    lines += [f"The {who}'s floor (`{P[key]['command']}`, every symbol): {floor_line(P[key], who)}", ""]
         if R["skipped"] or R["notes"]:
             lines += ["## Skipped and notes", ""]
             lines += [f"- skipped: {s['what']}: {s['reason']}" for s in R["skipped"]]
@@ -1481,7 +1557,7 @@ def main():
     ap.add_argument("--profile", type=int, default=0 if quick else 10,
                     help="seconds of perf record on the relay under iperf3 (0: none)")
     ap.add_argument("--profile-cipher", default="aes256-gcm@openssh.com",
-                    help="client-leg cipher during the profile (both relays must accept it)")
+                    help="client-leg cipher during the profile (both relays must accept it; default: the ssh default)")
     ap.add_argument("--profile-direction", default="device_to_controller",
                     choices=["device_to_controller", "controller_to_device"],
                     help="which way iperf3 sends during the profile")
