@@ -224,30 +224,37 @@ def cpu_ticks(pids, tree=False):
 
 
 # What any relay that decrypts and re-encrypts must pay per byte: the cipher
-# (aws-lc is linked into the binary) and the kernel's copies between socket
-# buffers and user memory.
-CIPHER_SYMBOL = re.compile(r"aes|gcm|ghash|chacha|poly1305", re.I)
-COPY_SYMBOL = re.compile(r"^(rep_movs_alternative|copy_user\w*|_copy_to_iter|_copy_from_iter|copy_page_(to|from)_iter)$")
+# (aws-lc is linked into the binary: all of its symbols count, glue included)
+# and the kernel's copies between socket buffers and user memory (with the
+# hardened-usercopy checks that go with them).
+CIPHER_SYMBOL = re.compile(r"aws_lc|aes|gcm|ghash|chacha|poly1305", re.I)
+COPY_SYMBOL = re.compile(r"^(rep_movs_alternative|\w*copy_user\w*|_copy_to_iter|_copy_from_iter|"
+                         r"copy_page_(to|from)_iter|__check_object_size|check_heap_object)$")
 
 
 def floor_shares(data):
     """Shares of a perf.data's samples: cipher, kernel copies, the rest of
-    the kernel, and everything else (Warren, its runtime, libc)."""
+    the kernel, and everything else (Warren, its runtime, libc); None when
+    the file has no samples (perf failed)."""
     argv = ["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol",
             "--percent-limit", "0", "-g", "none"]
     rep = run(argv, check=False, timeout=600)
     acc = {"cipher_pct": 0.0, "copies_pct": 0.0, "other_kernel_pct": 0.0, "other_user_pct": 0.0}
+    seen = False
     for ln in rep.stdout.splitlines():
         m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[([.k])\]\s+(\S+)", ln)
         if not m:
             continue
-        pct, dso, kind, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4)
+        seen = True
+        pct, kind, sym = float(m.group(1)), m.group(3), m.group(4)
         if kind == "k":
             acc["copies_pct" if COPY_SYMBOL.match(sym) else "other_kernel_pct"] += pct
-        elif dso != "[kernel.kallsyms]" and CIPHER_SYMBOL.search(sym):
+        elif CIPHER_SYMBOL.search(sym):
             acc["cipher_pct"] += pct
         else:
             acc["other_user_pct"] += pct
+    if not seen:
+        return None
     acc = {k: round(v, 1) for k, v in acc.items()}
     acc["command"] = shlex.join(map(str, argv))
     return acc
@@ -1176,7 +1183,7 @@ class Bench:
         cipher = None if self.a.profile_cipher == "default" else self.a.profile_cipher
         reverse = self.a.profile_direction == "device_to_controller"
         log(f"profile: perf record of the Warren relay, {self.a.profile}s of iperf3{' -R' if reverse else ''} "
-            f"through it ({cipher}, {self.a.profile_direction})")
+            f"through it ({cipher or 'the ssh default'}, {self.a.profile_direction})")
         dev = self.openssh_device(cipher)
         ctl = self.controller("warren", cipher, free_port(), "iperf")
         out = self.work / "relay.perf.data"
@@ -1203,10 +1210,12 @@ class Bench:
             pr.p.send_signal(signal.SIGINT)
             pr.p.wait(120)
         floor, agent_floor = floor_shares(out), floor_shares(agent_out)
-        if moved:
-            # CPU per GiB while perf samples it (DWARF unwinding adds some).
-            floor["s_per_gib_while_profiled"] = ticks["relay"] / CLK_TCK / (moved / 2**30)
-            agent_floor["s_per_gib_while_profiled"] = ticks["agent"] / CLK_TCK / (moved / 2**30)
+        for f, who in ((floor, "relay"), (agent_floor, "agent")):
+            if f is None:
+                log(f"  profile: no samples of the {who} (see the perf_record logs)")
+            elif moved:
+                # CPU per GiB while perf samples it (DWARF unwinding adds some).
+                f["s_per_gib_while_profiled"] = ticks[who] / CLK_TCK / (moved / 2**30)
         flat = run(["perf", "report", "-i", out, "--stdio", "--no-children", "--sort", "dso,symbol",
                     "--percent-limit", "1", "-g", "none"], check=False, timeout=600)
         lines = [ln.rstrip() for ln in flat.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
@@ -1237,8 +1246,9 @@ class Bench:
             "floor": floor,
             "agent_floor": agent_floor,
         }
-        log("  " + floor_line(floor))
-        log("  " + floor_line(agent_floor, "agent"))
+        for f, who in ((floor, "relay"), (agent_floor, "agent")):
+            if f:
+                log("  " + floor_line(f, who))
         for ln in lines[:15]:
             log(f"  {ln}")
         for p in (ctl, dev, perf):
@@ -1397,8 +1407,8 @@ class Bench:
         cores = R["machine"].get("nproc") or 1
         cpu_rows = ["", "CPU seconds per GiB relayed, per process (median over runs; relay = all sshd processes "
                         "for OpenSSH). Bound: the throughput these processes allow on this machine's "
-                        f"{cores} cores, {cores} / (their sum) GiB/s in Mbit/s (runs from before the iperf3 "
-                        "client's CPU was recorded show — there, and leave it out of the bound):", "",
+                        f"{cores} cores, {cores} / (their sum) GiB/s in Mbit/s (runs from before stop 32 did "
+                        "not record the iperf3 client's CPU: a dash, and the bound leaves it out):", "",
                     "| System | Cipher | Streams | Direction | relay | device side | controller | iperf3 server "
                     "| iperf3 client | bound Mbit/s |",
                     "|---|---|---|---|---|---|---|---|---|---|"]
