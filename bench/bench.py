@@ -269,7 +269,7 @@ def floor_line(f, who="relay"):
             f"{f['other_kernel_pct']:.1f}%, Warren, its runtime and libc {f['other_user_pct']:.1f}% of the {who}'s CPU")
     if base > 0:
         text += f": the {who} runs at {100 / base:.2f}× its floor (cipher and copies)"
-        s = f.get("s_per_gib_while_profiled", f.get("relay_s_per_gib_while_profiled"))
+        s = f.get("s_per_gib_while_profiled")
         if s:
             text += (f"; {s:.2f} s/GiB while profiled, of which the floor is {s * base / 100:.2f} and cipher plus "
                      f"the whole kernel {s * kernel / 100:.2f}")
@@ -1197,10 +1197,10 @@ class Bench:
                                                 "-p", self.agent.pid], self.logs)
         time.sleep(0.5)
         argv = ["iperf3", "-c", "127.0.0.1", "-p", ctl.lport, "-t", self.a.profile, "-J"] + (["-R"] if reverse else [])
-        ticks = {"relay": cpu_ticks([self.wrelay.proc.pid]), "agent": cpu_ticks([self.agent.pid])}
+        pids = {"relay": self.wrelay.proc.pid, "agent": self.agent.pid}
+        before = {who: cpu_ticks([pid]) for who, pid in pids.items()}
         r = run(argv, timeout=self.a.profile + 30, check=False)
-        ticks = {"relay": cpu_ticks([self.wrelay.proc.pid]) - ticks["relay"],
-                 "agent": cpu_ticks([self.agent.pid]) - ticks["agent"]}
+        ticks = {who: cpu_ticks([pid]) - before[who] for who, pid in pids.items()}
         try:
             end = json.loads(r.stdout)["end"]["sum_received"]
             mbit, moved = end["bits_per_second"] / 1e6, end["bytes"]
@@ -1251,7 +1251,7 @@ class Bench:
                 log("  " + floor_line(f, who))
         for ln in lines[:15]:
             log(f"  {ln}")
-        for p in (ctl, dev, perf):
+        for p in (ctl, dev, perf, agent_perf):
             if p in PROCS:
                 self.restart(p)
 

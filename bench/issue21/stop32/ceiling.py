@@ -23,9 +23,8 @@ for d in sorted(fl.iterdir()):
     f = d / "results.json"
     if not f.exists():
         continue
-    P = json.loads(f.read_text())["profile"]
-    name = d.name.split("-controller_to_device")[0].split("-device_to_controller")[0]
-    cipher = "default" if name == "default" else f"{name}@openssh.com"
+    F = json.loads(f.read_text())
+    P, cipher = F["profile"], F["settings"]["profile_cipher"]
     own[(cipher, P["direction"])] = (P["floor"]["other_user_pct"] / 100, P["agent_floor"]["other_user_pct"] / 100)
 
 rows = {}
@@ -33,13 +32,20 @@ for rec in R["throughput"]:
     if rec.get("cpu_s_per_gib") and rec.get("mbit_s"):
         rows.setdefault((rec["system"], rec["cipher"], rec["streams"], rec["direction"]), []).append(rec)
 
+
+
+def warren_rows():
+    """Each Warren row that has a profile: its key, runs, and OpenSSH's runs."""
+    for (s, c, n, d), lst in sorted(rows.items()):
+        if s == "warren" and (c, d) in own:
+            yield c, n, d, lst, rows[("openssh", c, n, d)]
+
+
 print("| Cipher | Streams | Direction | OpenSSH Mbit/s | 2× | Warren Mbit/s | Warren's bound | "
       "bound with no relay/agent code of their own | its ratio to OpenSSH |")
 print("|---|---|---|---|---|---|---|---|---|")
-for (s, c, n, d), lst in sorted(rows.items()):
-    if s != "warren" or (c, d) not in own:
-        continue
-    o = statistics.median(r["mbit_s"] for r in rows[("openssh", c, n, d)])
+for c, n, d, lst, ossh in warren_rows():
+    o = statistics.median(r["mbit_s"] for r in ossh)
     w = statistics.median(r["mbit_s"] for r in lst)
     med = {k: statistics.median(r["cpu_s_per_gib"][k] for r in lst) for k in lst[0]["cpu_s_per_gib"]}
     total = sum(med.values())
@@ -53,10 +59,8 @@ print()
 print("| Cipher | Streams | Direction | OpenSSH relay s/GiB | 0.35× | Warren relay s/GiB | "
       "its cipher and kernel alone | their ratio to OpenSSH |")
 print("|---|---|---|---|---|---|---|---|")
-for (s, c, n, d), lst in sorted(rows.items()):
-    if s != "warren" or (c, d) not in own:
-        continue
-    o = statistics.median(r["cpu_s_per_gib"]["relay"] for r in rows[("openssh", c, n, d)])
+for c, n, d, lst, ossh in warren_rows():
+    o = statistics.median(r["cpu_s_per_gib"]["relay"] for r in ossh)
     w = statistics.median(r["cpu_s_per_gib"]["relay"] for r in lst)
     least = w * (1 - own[(c, d)][0])
     print(f"| {c} | {n} | {d.replace('_to_', '→')} | {o:.2f} | {0.35 * o:.2f} | {w:.2f} | {least:.2f} | "
